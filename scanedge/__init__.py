@@ -1,0 +1,34 @@
+"""scanedge: segment medical image slices at the scanner console, live, on CPU or GPU.
+
+import scanedge
+with scanedge.Pipeline.open() as pipe:          # the shipped demo model
+    result = pipe.run(dicom_bytes_or_numpy_slice)
+    result.mask, result.findings, result.overlay
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from scanedge.errors import ScanedgeError
+from scanedge.imaging.dicom import slices_from_dicom
+from scanedge.imaging.overlay import OverlayOptions
+from scanedge.imaging.slices import Slice, SliceGeometry, SliceIdentity, SliceLimits
+from scanedge.manifest import Manifest, load_manifest
+from scanedge.runtime.pipeline import Pipeline, PipelineConfig, SliceResult
+
+__all__ = [
+    "Manifest",
+    "OverlayOptions",
+    "Pipeline",
+    "PipelineConfig",
+    "ScanedgeError",
+    "Slice",
+    "SliceGeometry",
+    "SliceIdentity",
+    "SliceLimits",
+    "SliceResult",
+    "__version__",
+    "load_manifest",
+    "slices_from_dicom",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from scanedge.cli import main
+
+sys.exit(main())

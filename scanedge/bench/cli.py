@@ -1,0 +1,206 @@
+"""``edge-bench`` (also ``scanedge bench``): latency of the engine, the pipeline and the live stream.
+
+Arguments become the bench modules' own config objects here; nothing below sees argparse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from scanedge.errors import ScanedgeError
+
+__all__ = ["build_parser", "main"]
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+class _Progress:
+    """A rich progress bar shown only for runs that last more than ~2 seconds."""
+
+    def __init__(self, console, description: str) -> None:
+        import time
+
+        self._time = time.perf_counter
+        self._start = self._time()
+        self._console = console
+        self._description = description
+        self._bar = None
+        self._task = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._bar is None:
+            if self._time() - self._start < 2.0:
+                return
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn(self._description),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=self._console,
+                transient=True,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(self._description, total=total)
+        self._bar.update(self._task, completed=done, total=max(total, done))
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _run_length(args: argparse.Namespace):
+    from scanedge.bench.inprocess import RunLength
+
+    return RunLength(count=args.count, duration_s=args.duration, warmup=args.warmup)
+
+
+def _emit(report, args: argparse.Namespace, console) -> int:
+    report.render(console)
+    if args.json:
+        report.write_json(args.json)
+        console.print(f"JSON report: {args.json}")
+    if args.plot:
+        report.plot(args.plot)
+        console.print(f"plot: {args.plot}")
+    return 0
+
+
+def cmd_engine(args: argparse.Namespace) -> int:
+    from scanedge.bench.inprocess import bench_engine
+
+    console = _console()
+    shape = tuple(int(v) for v in args.shape.lower().split("x")) if args.shape else None
+    progress = _Progress(console, "engine")
+    try:
+        report = bench_engine(
+            args.model,
+            engine=args.engine,
+            shape=shape,
+            batch=args.batch,
+            threads=args.threads,
+            run=_run_length(args),
+            baseline=args.baseline,
+            progress=progress,
+        )
+    finally:
+        progress.close()
+    return _emit(report, args, console)
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from scanedge.bench.inprocess import bench_pipeline
+    from scanedge.bench.inputs import bench_slices, parse_size
+
+    console = _console()
+    slices = bench_slices(parse_size(args.size), args.series)
+    progress = _Progress(console, "pipeline")
+    try:
+        report = bench_pipeline(
+            slices,
+            args.model,
+            engine=args.engine,
+            threads=args.threads,
+            overlay=not args.no_overlay,
+            dicom=args.dicom,
+            run=_run_length(args),
+            baseline=args.baseline,
+            progress=progress,
+        )
+    finally:
+        progress.close()
+    return _emit(report, args, console)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from scanedge.bench.compare import compare_reports
+    from scanedge.bench.report import BenchReport
+
+    console = _console()
+    a, b = BenchReport.read_json(args.a), BenchReport.read_json(args.b)
+    figures = [f.strip() for f in args.figures.split(",")] if args.figures else None
+    result = compare_reports(a, b, max_ratio=args.max_ratio, figures=figures)
+    table = Table(title=f"B/A: {args.b} vs {args.a}", title_justify="left")
+    for col in ("figure", "stat", "A ms", "B ms", "B/A"):
+        table.add_column(col, justify="right" if col not in ("figure", "stat") else "left")
+    for r in result.rows:
+        mark = "[red]" if r.exceeded else ""
+        table.add_row(r.figure, r.stat, f"{r.a:.3f}", f"{r.b:.3f}", f"{mark}{r.ratio:.3f}")
+    console.print(table)
+    if result.throughput_ratio is not None:
+        console.print(f"throughput B/A: {result.throughput_ratio:.3f}")
+    if result.failed:
+        bad = ", ".join(f"{r.figure} {r.stat} {r.ratio:.2f}x" for r in result.rows if r.exceeded)
+        console.print(f"[red]regression:[/] {bad} exceed --max-ratio {args.max_ratio}")
+        return 1
+    return 0
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: one per core)")
+    p.add_argument("--engine", choices=("auto", "ort", "tensorrt"), default="auto")
+    p.add_argument("--count", type=int, default=500, help="measured iterations (default 500)")
+    p.add_argument("--duration", type=float, default=None, help="measure for this many seconds instead of --count")
+    p.add_argument("--warmup", type=int, default=20, help="unmeasured iterations first (default 20)")
+    p.add_argument("--baseline", action="store_true", help="also time raw ONNX Runtime session.run, interleaved")
+    p.add_argument("--json", type=Path, help="write the full report (schema scanedge.bench/1) here")
+    p.add_argument("--plot", type=Path, help="write a latency histogram + timeline PNG here")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="edge-bench", description="Latency profiler for scanedge engines, pipeline and stream."
+    )
+    sub = ap.add_subparsers(dest="mode", required=True, metavar="MODE")
+
+    p = sub.add_parser("engine", help="the inference engine alone")
+    p.add_argument("model", type=Path, help="ONNX model (or engine file)")
+    p.add_argument("--shape", help="input shape, e.g. 1x1x256x256 (default: the model's static shape)")
+    p.add_argument("--batch", type=int, help="batch size (first dimension)")
+    _add_common(p)
+    p.set_defaults(func=cmd_engine)
+
+    p = sub.add_parser("pipeline", help="the in-process pipeline, per stage")
+    p.add_argument("--model", type=Path, default=None, help="default: the shipped demo model")
+    p.add_argument("--size", default="512x512", help="slice size for the demo-patient inputs (default 512x512)")
+    p.add_argument("--series", type=Path, help="use the slices of this DICOM folder instead")
+    p.add_argument("--dicom", action="store_true", help="feed DICOM bytes (adds the decode stage)")
+    p.add_argument("--no-overlay", action="store_true", help="skip overlay rendering")
+    _add_common(p)
+    p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("compare", help="ratios between two JSON reports; exit 1 past --max-ratio")
+    p.add_argument("a", type=Path, help="reference report")
+    p.add_argument("b", type=Path, help="candidate report")
+    p.add_argument("--max-ratio", type=float, default=None, help="fail when any B/A ratio exceeds this")
+    p.add_argument("--figures", help="comma-separated figures to compare (default: all shared)")
+    p.set_defaults(func=cmd_compare)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ScanedgeError as exc:
+        _console().print(f"[red]error[/] [{exc.code}] {exc.message}")
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
+        _console().print(f"[red]error[/] {exc}")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

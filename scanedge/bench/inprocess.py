@@ -1,0 +1,261 @@
+"""In-process measurements: the engine alone, and the whole slice pipeline stage by stage.
+
+``--baseline`` runs a plain ``onnxruntime.InferenceSession.run`` on the same model and the same
+input tensors, interleaved iteration by iteration with the measured path, so that both see the same
+machine noise and their difference is the cost of everything scanedge adds.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scanedge.bench.report import BenchReport
+from scanedge.bench.stats import cpu_load_warning, stability_warnings, summarize, system_busy_seconds
+from scanedge.engines import EngineKind, open_engine
+from scanedge.imaging.dicom import encode_dicom
+from scanedge.imaging.overlay import OverlayOptions
+from scanedge.imaging.slices import Slice
+from scanedge.manifest import load_manifest
+from scanedge.runtime.pipeline import Pipeline, default_model_path
+
+__all__ = ["RunLength", "bench_engine", "bench_pipeline"]
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class RunLength:
+    """How long to measure: ``count`` iterations, or until ``duration_s`` when it is given."""
+
+    count: int = 500
+    duration_s: float | None = None
+    warmup: int = 20
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or self.warmup < 0 or (self.duration_s is not None and self.duration_s <= 0):
+            raise ValueError("count must be >= 1, warmup >= 0 and duration > 0")
+
+    def done(self, i: int, elapsed: float) -> bool:
+        return elapsed >= self.duration_s if self.duration_s is not None else i >= self.count
+
+    def expected(self, elapsed: float, i: int) -> int:
+        if self.duration_s is None:
+            return self.count
+        return max(i, int(i / max(elapsed, 1e-9) * self.duration_s)) if i else 0
+
+
+def _plain_session(model: Path, threads: int | None) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads is not None:
+        so.intra_op_num_threads = threads
+    return ort.InferenceSession(str(model), sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def _cpu_time() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _model_info(path: Path) -> dict[str, Any]:
+    try:
+        manifest, _ = load_manifest(path, verify_sha=False)
+    except Exception:  # engine files without manifests are still benchmarkable
+        return {"path": str(path)}
+    return {"path": str(path), "name": manifest.name, "version": manifest.version, "sha256": manifest.onnx_sha256}
+
+
+def _finish(report: BenchReport, wall: float, busy0: tuple[float, float], cpu0: float) -> BenchReport:
+    report.wall_s = wall
+    for name, values in report.samples.items():
+        if name == "total" or len(report.samples) == 1:
+            report.warnings.extend(stability_warnings(name, summarize(values)))
+    load = cpu_load_warning(busy0, system_busy_seconds(), _cpu_time() - cpu0, wall)
+    if load:
+        report.warnings.append(load)
+    return report
+
+
+def _baseline_block(baseline: list[float], measured: list[float], what: str) -> dict[str, Any]:
+    b, m = summarize(baseline), summarize(measured)
+    return {
+        "what": what,
+        "samples": {"session.run": [round(v, 4) for v in baseline]},
+        "figures": {"session.run": b.to_dict()},
+        "overhead_ms": {"p50": m.median - b.median, "p99": m.p99 - b.p99},
+        "ratio": m.median / b.median if b.median > 0 else float("inf"),
+    }
+
+
+def bench_engine(
+    model: str | os.PathLike[str],
+    *,
+    engine: EngineKind = "auto",
+    shape: Sequence[int] | None = None,
+    batch: int | None = None,
+    threads: int | None = None,
+    run: RunLength = RunLength(),
+    baseline: bool = False,
+    progress: Progress | None = None,
+) -> BenchReport:
+    """Time ``engine.infer`` alone on random inputs."""
+    path = Path(model)
+    eng = open_engine(path, engine, threads=threads)
+    with eng:
+        spec = eng.input_specs[0]
+        dims = list(shape) if shape else list(spec.shape)
+        if batch is not None:
+            dims[0] = batch
+        if any(not isinstance(d, int) or d < 1 for d in dims):
+            raise ValueError(f"input {spec.name!r} has dynamic dims {spec.shape}; give --shape, e.g. 1x1x256x256")
+        feeds = {spec.name: np.random.default_rng(0).standard_normal(dims).astype(spec.dtype)}
+        for s in eng.input_specs[1:]:
+            raise ValueError(f"edge-bench engine drives single-input models; {s.name!r} is a second input")
+        session = _plain_session(path, threads) if baseline else None
+        for _ in range(run.warmup):
+            eng.infer(feeds)
+            if session is not None:
+                session.run(None, feeds)
+        samples: list[float] = []
+
+        def measured(_: int) -> None:
+            t0 = time.perf_counter()
+            eng.infer(feeds)
+            samples.append((time.perf_counter() - t0) * 1e3)
+
+        busy0, cpu0 = system_busy_seconds(), _cpu_time()
+        start = time.perf_counter()
+        i, timeline, base = _drive(run, measured, (lambda _: session.run(None, feeds)) if session else None, progress)
+        wall = time.perf_counter() - start
+        report = BenchReport(
+            mode="engine",
+            settings={"shape": dims, "threads": threads, "count": i, "warmup": run.warmup, "baseline": baseline},
+            samples={"infer": samples},
+            engine=eng.describe(),
+            model=_model_info(path),
+            throughput_per_s=len(samples) * dims[0] / (sum(samples) / 1e3),
+            timeline=timeline,
+        )
+        if session is not None:
+            report.baseline = _baseline_block(base, samples, "plain InferenceSession.run, same inputs")
+    return _finish(report, wall, busy0, cpu0)
+
+
+STAGES = ("decode", "preprocess", "infer", "postprocess", "overlay")
+#: measured and baseline iterations alternate in blocks of this many: per-iteration alternation makes
+#: two ONNX Runtime thread pools (each spinning after its run) fight over the cores, which a real
+#: deployment never sees; blocks keep both exposed to the same machine noise without that artefact
+BASELINE_BLOCK = 25
+
+
+def _drive(
+    run: RunLength,
+    measured: Callable[[int], None],
+    baseline: Callable[[int], None] | None,
+    progress: Progress | None,
+) -> tuple[int, list[float], list[float]]:
+    """Run ``measured`` until ``run`` is done, with ``baseline`` on the same indices in blocks.
+
+    Returns (iterations, start offset in seconds of each measured iteration, baseline samples in ms).
+    """
+    timeline: list[float] = []
+    base: list[float] = []
+    start = time.perf_counter()
+    i = 0
+    while not run.done(i, time.perf_counter() - start):
+        first = i
+        while i - first < BASELINE_BLOCK and not run.done(i, time.perf_counter() - start):
+            timeline.append(time.perf_counter() - start)
+            measured(i)
+            i += 1
+            if progress:
+                progress(i, run.expected(time.perf_counter() - start, i))
+        if baseline is not None:
+            for k in range(first, i):
+                t0 = time.perf_counter()
+                baseline(k)
+                base.append((time.perf_counter() - t0) * 1e3)
+    return i, timeline, base
+
+
+def bench_pipeline(
+    slices: Sequence[Slice],
+    model: str | os.PathLike[str] | None = None,
+    *,
+    engine: EngineKind = "auto",
+    threads: int | None = None,
+    overlay: OverlayOptions | bool = True,
+    dicom: bool = False,
+    run: RunLength = RunLength(),
+    baseline: bool = False,
+    progress: Progress | None = None,
+) -> BenchReport:
+    """Time the in-process pipeline per stage; inputs cycle through ``slices`` (as DICOM bytes with ``dicom``)."""
+    path = Path(model) if model is not None else default_model_path()
+    pipe = Pipeline.open(path, engine=engine, threads=threads)
+    with pipe:
+        inputs: list[Any] = [encode_dicom(s) for s in slices] if dicom else list(slices)
+        session = _plain_session(path, threads) if baseline else None
+        tensors = []
+        if session is not None:  # the baseline sees exactly the tensors the pipeline's engine sees
+            from scanedge.imaging.preprocess import Preprocessor
+
+            pre = Preprocessor(pipe.manifest)
+            tensors = [pre(s)[0].copy() for s in slices]
+        name = pipe.manifest.input.name
+        for i in range(run.warmup):
+            pipe.run(inputs[i % len(inputs)], overlay=overlay)
+            if session is not None:
+                session.run(None, {name: tensors[i % len(tensors)]})
+        samples: dict[str, list[float]] = {k: [] for k in (*STAGES, "outside_model", "total")}
+        if not dicom:
+            del samples["decode"]
+
+        def measured(i: int) -> None:
+            t = pipe.run(inputs[i % len(inputs)], overlay=overlay).timings
+            for stage in STAGES:
+                if stage in samples:
+                    samples[stage].append(getattr(t, f"{stage}_ms"))
+            samples["total"].append(t.total_ms)
+            samples["outside_model"].append(t.total_ms - t.infer_ms)
+
+        def raw_run(i: int) -> None:
+            session.run(None, {name: tensors[i % len(tensors)]})
+
+        busy0, cpu0 = system_busy_seconds(), _cpu_time()
+        start = time.perf_counter()
+        i, timeline, base = _drive(run, measured, raw_run if session else None, progress)
+        wall = time.perf_counter() - start
+        shapes = sorted({s.shape for s in slices})
+        report = BenchReport(
+            mode="pipeline",
+            settings={
+                "slice_shapes": [list(s) for s in shapes],
+                "input": "dicom" if dicom else "numpy",
+                "overlay": asdict(overlay) if isinstance(overlay, OverlayOptions) else bool(overlay),
+                "threads": threads,
+                "count": i,
+                "warmup": run.warmup,
+                "distinct_slices": len(slices),
+                "baseline": baseline,
+            },
+            samples=samples,
+            engine=pipe.engine.describe(),
+            model=_model_info(path),
+            throughput_per_s=i / wall,
+            timeline=timeline,
+        )
+        if session is not None:
+            report.baseline = _baseline_block(
+                base, samples["total"], "plain InferenceSession.run of the model on the same preprocessed tensors"
+            )
+    return _finish(report, wall, busy0, cpu0)

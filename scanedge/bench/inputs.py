@@ -1,0 +1,64 @@
+"""Slices to benchmark with: a real series folder, or the demo patient resized to the requested size.
+
+The demo patient is used by default because latency depends on content (postprocessing and overlays
+do more work when there are lesions to count and draw); uniform noise would flatter them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from scanedge.imaging.files import load_slices
+from scanedge.imaging.slices import Slice, SliceGeometry, SliceIdentity
+
+__all__ = ["bench_slices", "parse_size"]
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'512x512' -> (512, 512) as (rows, cols)."""
+    try:
+        rows, cols = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"size {text!r} is not ROWSxCOLS, e.g. 512x512") from None
+    if rows < 1 or cols < 1:
+        raise ValueError(f"size {text!r} must be positive")
+    return rows, cols
+
+
+def bench_slices(
+    size: tuple[int, int] | None = (512, 512),
+    series: str | os.PathLike[str] | None = None,
+    limit: int | None = None,
+) -> list[Slice]:
+    """Slices from ``series`` (any size, as stored), or the demo patient resized to ``size`` as int16."""
+    if series is not None:
+        slices = [item.slice for item in load_slices([series])]
+        if not slices:
+            raise ValueError(f"no slices found under {series}")
+        return slices[:limit] if limit else slices
+    from scanedge.demo.series import load_demo_patient
+
+    patient = load_demo_patient()
+    rows, cols = size or patient.pixels.shape[1:]
+    spacing = (
+        patient.pixel_spacing[0] * patient.pixels.shape[1] / rows,
+        patient.pixel_spacing[1] * patient.pixels.shape[2] / cols,
+    )
+    out = []
+    stack: Sequence[np.ndarray] = patient.pixels[:limit] if limit else patient.pixels
+    for i, px in enumerate(stack):
+        resized = px if (rows, cols) == px.shape else cv2.resize(px, (cols, rows), interpolation=cv2.INTER_LINEAR)
+        out.append(
+            Slice.from_array(
+                np.ascontiguousarray(resized, np.int16),
+                geometry=SliceGeometry(pixel_spacing=spacing, slice_location=float(patient.z_mm[i])),
+                identity=SliceIdentity(series_uid="bench", instance_number=i + 1),
+                window_center=float(np.percentile(px, 60)),
+                window_width=float(np.percentile(px, 99.5) * 1.2),
+            )
+        )
+    return out

@@ -1,0 +1,225 @@
+"""A benchmark report: what was measured, on what, and the figures - as JSON, a terminal table and a plot.
+
+The JSON schema (``scanedge.bench/1``) is documented in docs/edge-bench.md. Raw samples are stored
+(milliseconds, rounded to the microsecond) so that every figure can be recomputed and two reports can
+be compared later without rerunning anything.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scanedge.bench.stats import LatencyStats, summarize
+
+__all__ = ["SCHEMA", "BenchReport", "machine_info", "versions"]
+
+SCHEMA = "scanedge.bench/1"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory_gb() -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal"):
+                    return round(int(line.split()[1]) / 1024**2, 1)
+    except OSError:
+        pass
+    return None
+
+
+def machine_info() -> dict[str, Any]:
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu_model": _cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cores": affinity,
+        "memory_gb": _memory_gb(),
+        "os": f"{platform.system()} {platform.release()}",
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+    }
+
+
+def versions() -> dict[str, str]:
+    import cv2
+    import onnxruntime
+    import zmq
+
+    import scanedge
+
+    return {
+        "scanedge": scanedge.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+        "pyzmq": zmq.__version__,
+        "zeromq": zmq.zmq_version(),
+    }
+
+
+@dataclass
+class BenchReport:
+    """Figures are named series of samples ("total", "infer", "preprocess", "transport", ...)."""
+
+    mode: str
+    settings: dict[str, Any]
+    samples: dict[str, list[float]]
+    engine: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    throughput_per_s: float | None = None
+    wall_s: float | None = None
+    baseline: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+    machine: dict[str, Any] = field(default_factory=machine_info)
+    versions: dict[str, str] = field(default_factory=versions)
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    timeline: list[float] = field(default_factory=list)  # seconds since start of each "total" sample
+
+    def figures(self) -> dict[str, LatencyStats]:
+        return {name: summarize(values) for name, values in self.samples.items() if len(values)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "mode": self.mode,
+            "created": self.created,
+            "machine": self.machine,
+            "versions": self.versions,
+            "engine": self.engine,
+            "model": self.model,
+            "settings": self.settings,
+            "counts": self.counts,
+            "throughput_per_s": self.throughput_per_s,
+            "wall_s": self.wall_s,
+            "figures": {name: s.to_dict() for name, s in self.figures().items()},
+            "baseline": self.baseline,
+            "warnings": self.warnings,
+            "samples": {name: [round(v, 4) for v in values] for name, values in self.samples.items()},
+            "timeline": [round(t, 4) for t in self.timeline],
+        }
+
+    def write_json(self, path: str | os.PathLike[str]) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchReport:
+        if data.get("schema") != SCHEMA:
+            raise ValueError(f"not a scanedge benchmark report (schema {data.get('schema')!r}, expected {SCHEMA!r})")
+        return cls(
+            mode=data["mode"],
+            settings=data["settings"],
+            samples={k: list(v) for k, v in data["samples"].items()},
+            engine=data.get("engine", {}),
+            model=data.get("model", {}),
+            counts=data.get("counts", {}),
+            throughput_per_s=data.get("throughput_per_s"),
+            wall_s=data.get("wall_s"),
+            baseline=data.get("baseline"),
+            warnings=list(data.get("warnings", [])),
+            machine=data.get("machine", {}),
+            versions=data.get("versions", {}),
+            created=data.get("created", ""),
+            timeline=list(data.get("timeline", [])),
+        )
+
+    @classmethod
+    def read_json(cls, path: str | os.PathLike[str]) -> BenchReport:
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+    # --- presentation -------------------------------------------------------------------------------
+
+    def render(self, console: Any) -> None:
+        """A trtexec-like summary on a rich console."""
+        from rich.table import Table
+
+        title = f"edge-bench {self.mode}"
+        if self.model:
+            title += f" - {self.model.get('name', '')} {self.model.get('version', '')}".rstrip()
+        table = Table(title=title, title_justify="left")
+        table.add_column("figure (ms)")
+        for col in ("min", "mean", "p50", "p90", "p95", "p99", "p99.9", "max", "stdev", "jitter", "tail"):
+            table.add_column(col, justify="right")
+        rows = dict(self.figures())
+        if self.baseline:
+            for name, values in self.baseline.get("samples", {}).items():
+                rows[f"baseline {name}"] = summarize(values)
+        for name, s in rows.items():
+            table.add_row(
+                name,
+                *(
+                    f"{v:.3f}"
+                    for v in (s.min, s.mean, s.median, s.p90, s.p95, s.p99, s.p999, s.max, s.stdev, s.jitter, s.tail)
+                ),
+            )
+        console.print(table)
+        parts = []
+        if self.throughput_per_s is not None:
+            parts.append(f"throughput {self.throughput_per_s:.1f} slices/s")
+        if self.counts:
+            parts.append(", ".join(f"{k} {v}" for k, v in self.counts.items()))
+        if self.engine:
+            parts.append(f"engine {self.engine.get('kind')} {self.engine.get('providers', '')}")
+        if parts:
+            console.print("; ".join(parts))
+        if self.baseline and "overhead_ms" in self.baseline:
+            o = self.baseline["overhead_ms"]
+            console.print(
+                f"overhead over raw ONNX Runtime ({self.baseline.get('what', 'session.run')}): "
+                f"p50 {o['p50']:+.3f} ms, p99 {o['p99']:+.3f} ms, ratio {self.baseline['ratio']:.2f}x"
+            )
+        for w in self.warnings:
+            console.print(f"[yellow]warning:[/] {w}")
+
+    def plot(self, path: str | os.PathLike[str], figure: str = "total") -> None:
+        """Latency histogram and latency over time for one figure (needs matplotlib)."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError as exc:
+            raise RuntimeError("--plot needs matplotlib: pip install 'scanedge[bench]'") from exc
+        values = np.asarray(self.samples.get(figure) or next(iter(self.samples.values())), np.float64)
+        fig, (hist, over) = plt.subplots(1, 2, figsize=(12, 4.2))
+        hist.hist(values, bins=min(80, max(10, values.size // 10)), color="#3b7dd8", alpha=0.85, label=figure)
+        if self.baseline and self.baseline.get("samples"):
+            base = np.asarray(next(iter(self.baseline["samples"].values())), np.float64)
+            hist.hist(base, bins=min(80, max(10, base.size // 10)), color="#999999", alpha=0.6, label="baseline")
+        for q, style in ((50, "-"), (99, "--")):
+            hist.axvline(np.percentile(values, q), color="k", linestyle=style, linewidth=1, label=f"p{q}")
+        hist.set_xlabel("latency (ms)")
+        hist.set_ylabel("slices")
+        hist.legend()
+        x = np.asarray(self.timeline, np.float64) if len(self.timeline) == values.size else np.arange(values.size)
+        over.plot(x, values, ".", markersize=2, color="#3b7dd8")
+        over.set_xlabel("time (s)" if len(self.timeline) == values.size else "sample")
+        over.set_ylabel("latency (ms)")
+        model = f"{self.model.get('name', '')} " if self.model else ""
+        fig.suptitle(f"edge-bench {self.mode}: {model}{figure} latency (n={values.size})")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)

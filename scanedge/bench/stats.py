@@ -1,0 +1,123 @@
+"""Latency statistics the way trtexec and perf_analyzer report them, plus the warnings they give.
+
+Percentiles use numpy's default (linear interpolation between closest ranks), so any figure here can be
+recomputed from the raw samples stored in the JSON report with one numpy call.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+__all__ = [
+    "PERCENTILES",
+    "LatencyStats",
+    "cpu_load_warning",
+    "stability_warnings",
+    "summarize",
+    "system_busy_seconds",
+]
+
+PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
+#: coefficient of variation above which results are flagged as unstable (trtexec warns at 1%
+#: for GPU compute; a shared 2-core CPU box needs a looser bar)
+HIGH_CV = 0.10
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Summary of one series of latency samples, all in milliseconds."""
+
+    count: int
+    min: float
+    mean: float
+    median: float
+    p90: float
+    p95: float
+    p99: float
+    p999: float
+    max: float
+    stdev: float
+    jitter: float  # p99 - p50
+    tail: float  # max - p95
+    cv: float  # stdev / mean
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, float]) -> LatencyStats:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
+def summarize(samples_ms: Sequence[float] | np.ndarray) -> LatencyStats:
+    a = np.asarray(samples_ms, np.float64)
+    if a.size == 0:
+        raise ValueError("no samples to summarise")
+    p50, p90, p95, p99, p999 = (float(v) for v in np.percentile(a, PERCENTILES))
+    mean = float(a.mean())
+    stdev = float(a.std(ddof=1)) if a.size > 1 else 0.0
+    return LatencyStats(
+        count=int(a.size),
+        min=float(a.min()),
+        mean=mean,
+        median=p50,
+        p90=p90,
+        p95=p95,
+        p99=p99,
+        p999=p999,
+        max=float(a.max()),
+        stdev=stdev,
+        jitter=p99 - p50,
+        tail=float(a.max()) - p95,
+        cv=stdev / mean if mean > 0 else math.inf,
+    )
+
+
+def stability_warnings(name: str, stats: LatencyStats) -> list[str]:
+    """trtexec-style warnings about figures that should not be trusted as they are."""
+    out = []
+    if stats.count < 100:
+        out.append(f"{name}: only {stats.count} samples; p99 needs >= 100 (use --count or --duration)")
+    elif stats.count < 1000:
+        out.append(f"{name}: {stats.count} samples; p99.9 needs >= 1000 to mean anything")
+    if stats.cv > HIGH_CV:
+        out.append(
+            f"{name}: high variance (coefficient of variation {stats.cv:.0%}); the machine is noisy or "
+            "throttling: compare medians, rerun, or pin the process"
+        )
+    return out
+
+
+def cpu_load_warning(
+    before: tuple[float, float], after: tuple[float, float], own_cpu_s: float, wall_s: float
+) -> str | None:
+    """Flag CPU time used by *other* processes during a run (from /proc/stat busy time)."""
+    cores = os.cpu_count() or 1
+    busy = (after[0] - before[0]) - own_cpu_s
+    if wall_s <= 0:
+        return None
+    other = busy / (wall_s * cores)
+    if other > 0.15:
+        return (
+            f"other processes used ~{other:.0%} of the CPU during the run; latencies are inflated. "
+            "Stop other work, or compare figures measured side by side in one run"
+        )
+    return None
+
+
+def system_busy_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds since boot over all cores, from /proc/stat; zeros where unavailable."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
+    total = sum(fields[:8])
+    return (total - idle) / tick, total / tick

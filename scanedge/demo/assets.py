@@ -1,0 +1,33 @@
+"""Where the shipped demo model and demo patient live, and the demo model's manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scanedge.manifest import ClassSpec, InputSpec, IntensityPolicy, Manifest, OutputSpec, SizePolicy
+
+__all__ = ["DEMO_MODEL_PATH", "DEMO_PATIENT_PATH", "demo_manifest"]
+
+_PACKAGE = Path(__file__).resolve().parent.parent
+DEMO_MODEL_PATH = _PACKAGE / "models" / "ms_lesion_demo.onnx"
+DEMO_PATIENT_PATH = Path(__file__).resolve().parent / "data" / "demo_patient.npz"
+
+
+def demo_manifest(version: str = "1.0.0", description: str = "") -> Manifest:
+    """The manifest the demo model is trained with and shipped under."""
+    return Manifest(
+        name="ms-lesion-demo",
+        version=version,
+        description=description
+        or "2D U-Net (pixel-unshuffle stem) segmenting MS-like white-matter lesions on FLAIR-like axial "
+        "brain slices; trained on synthetic data built on the MNI152 template.",
+        intended_use="DEMONSTRATION ONLY - trained on synthetic images; not a medical device, not for clinical use.",
+        input=InputSpec(name="image", layout="NCHW", channels=1, color="gray"),
+        size=SizePolicy(mode="fixed", height=256, width=256, interpolation="area"),
+        intensity=IntensityPolicy(mode="zscore"),
+        output=OutputSpec(name="logits", kind="logits", activation="softmax"),
+        classes=(
+            ClassSpec("background", (0, 0, 0)),
+            ClassSpec("lesion", (255, 40, 40), threshold=0.5),
+        ),
+    )

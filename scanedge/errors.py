@@ -1,0 +1,255 @@
+"""One exception tree for everything scanedge raises.
+
+Every error carries a stable ``code`` (an upper-case string) so that the same failure reads the same
+in a Python traceback, in a log line and in an ERROR reply over the wire. Library errors from pydicom,
+onnx, ONNX Runtime or ZeroMQ are mapped at the boundary with ``raise ... from``, so callers only ever
+need to catch :class:`ScanedgeError` (or one of its families)::
+
+    ScanedgeError
+    ├── InputError                    the caller's data cannot be used
+    │   ├── InvalidSliceError           zero-size, wrong rank, wrong dtype, NaN/Inf pixels
+    │   ├── ImageTooLargeError          more pixels than the configured limit
+    │   └── DicomError                  DICOM that cannot become a slice
+    │       ├── NotDicomError             truncated or non-DICOM bytes
+    │       ├── MissingPixelDataError     a DICOM object without Pixel Data
+    │       ├── CodecUnavailableError     compressed pixels, codec plugin not installed
+    │       └── UnsupportedPhotometricError
+    ├── ModelError                    the model or its manifest cannot be used
+    │   ├── ManifestMissingError        no manifest in the ONNX file and no sidecar
+    │   ├── ManifestInvalidError        a manifest that does not validate
+    │   └── ManifestMismatchError       the ONNX graph contradicts its manifest
+    ├── EngineError                   an inference backend failed
+    │   ├── ProviderUnavailableError    the requested execution provider is not active
+    │   ├── EngineStateError            infer() before activate(), or after deactivate()
+    │   ├── EngineInputError            feeds that do not match the engine's input specs
+    │   └── DeviceUnavailableError      no GPU / no TensorRT / an engine built for another GPU
+    ├── ConversionError               building or verifying an engine failed
+    ├── ProtocolError                 a wire message that breaks docs/protocol.md
+    │   ├── UnsupportedVersionError     protocol version not spoken
+    │   ├── UnknownMessageTypeError
+    │   ├── BadFramesError              wrong number of frames
+    │   ├── BadPayloadError             payload bytes contradict dtype x shape
+    │   ├── UnsupportedDtypeError
+    │   ├── MessageTooLargeError
+    │   └── UnknownModelError           the runtime does not serve that model
+    └── RequestError                  the runtime answered without a result, or did not answer
+        ├── SupersededError             a newer slice of the series replaced this one
+        ├── ExpiredError                the deadline passed before inference
+        ├── BusyError                   the runtime's in-flight cap was reached
+        ├── ShuttingDownError
+        ├── RequestTimeoutError         no reply within the caller's timeout
+        ├── RuntimeUnavailableError     no runtime reachable after the retries
+        └── RemoteError                 any other failure reported by the runtime (``code`` says which)
+
+Over the wire a failure travels as its ``code``; :func:`error_for_code` turns it back into the same
+class on the client, so ``except NotDicomError`` works for local and remote calls alike.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadFramesError",
+    "BadPayloadError",
+    "BusyError",
+    "CodecUnavailableError",
+    "ConversionError",
+    "DeviceUnavailableError",
+    "DicomError",
+    "EngineError",
+    "EngineInputError",
+    "EngineStateError",
+    "ExpiredError",
+    "ImageTooLargeError",
+    "InputError",
+    "InvalidSliceError",
+    "ManifestInvalidError",
+    "ManifestMismatchError",
+    "ManifestMissingError",
+    "MessageTooLargeError",
+    "MissingPixelDataError",
+    "ModelError",
+    "NotDicomError",
+    "ProtocolError",
+    "ProviderUnavailableError",
+    "RemoteError",
+    "RequestError",
+    "RequestTimeoutError",
+    "RuntimeUnavailableError",
+    "ScanedgeError",
+    "ShuttingDownError",
+    "SupersededError",
+    "UnknownMessageTypeError",
+    "UnknownModelError",
+    "UnsupportedDtypeError",
+    "UnsupportedPhotometricError",
+    "UnsupportedVersionError",
+    "error_for_code",
+]
+
+
+class ScanedgeError(Exception):
+    """Root of every error scanedge raises on purpose."""
+
+    code = "INTERNAL"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InputError(ScanedgeError):
+    """The caller's data cannot be turned into a slice the model can read."""
+
+    code = "BAD_INPUT"
+
+
+class InvalidSliceError(InputError):
+    code = "INVALID_SLICE"
+
+
+class ImageTooLargeError(InputError):
+    code = "IMAGE_TOO_LARGE"
+
+
+class DicomError(InputError):
+    code = "BAD_DICOM"
+
+
+class NotDicomError(DicomError):
+    code = "NOT_DICOM"
+
+
+class MissingPixelDataError(DicomError):
+    code = "NO_PIXEL_DATA"
+
+
+class CodecUnavailableError(DicomError):
+    code = "CODEC_UNAVAILABLE"
+
+
+class UnsupportedPhotometricError(DicomError):
+    code = "UNSUPPORTED_PHOTOMETRIC"
+
+
+class ModelError(ScanedgeError):
+    code = "BAD_MODEL"
+
+
+class ManifestMissingError(ModelError):
+    code = "MANIFEST_MISSING"
+
+
+class ManifestInvalidError(ModelError):
+    code = "MANIFEST_INVALID"
+
+
+class ManifestMismatchError(ModelError):
+    code = "MANIFEST_MISMATCH"
+
+
+class EngineError(ScanedgeError):
+    code = "ENGINE_FAILED"
+
+
+class ProviderUnavailableError(EngineError):
+    code = "PROVIDER_UNAVAILABLE"
+
+
+class EngineStateError(EngineError):
+    code = "ENGINE_STATE"
+
+
+class EngineInputError(EngineError):
+    code = "ENGINE_INPUT"
+
+
+class DeviceUnavailableError(EngineError):
+    code = "DEVICE_UNAVAILABLE"
+
+
+class ConversionError(ScanedgeError):
+    code = "CONVERSION_FAILED"
+
+
+class ProtocolError(ScanedgeError):
+    code = "BAD_MESSAGE"
+
+
+class UnsupportedVersionError(ProtocolError):
+    code = "UNSUPPORTED_VERSION"
+
+
+class UnknownMessageTypeError(ProtocolError):
+    code = "UNKNOWN_TYPE"
+
+
+class BadFramesError(ProtocolError):
+    code = "BAD_FRAMES"
+
+
+class BadPayloadError(ProtocolError):
+    code = "BAD_PAYLOAD"
+
+
+class UnsupportedDtypeError(ProtocolError):
+    code = "UNSUPPORTED_DTYPE"
+
+
+class MessageTooLargeError(ProtocolError):
+    code = "TOO_LARGE"
+
+
+class UnknownModelError(ProtocolError):
+    code = "UNKNOWN_MODEL"
+
+
+class RequestError(ScanedgeError):
+    code = "REQUEST_FAILED"
+
+
+class SupersededError(RequestError):
+    code = "SUPERSEDED"
+
+
+class ExpiredError(RequestError):
+    code = "EXPIRED"
+
+
+class BusyError(RequestError):
+    code = "BUSY"
+
+
+class ShuttingDownError(RequestError):
+    code = "SHUTTING_DOWN"
+
+
+class RequestTimeoutError(RequestError):
+    code = "TIMEOUT"
+
+
+class RuntimeUnavailableError(RequestError):
+    code = "UNAVAILABLE"
+
+
+class RemoteError(RequestError):
+    """A failure the runtime reported with a code this client has no class for."""
+
+    def __init__(self, message: str, code: str = "INTERNAL") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _all_subclasses(cls: type) -> list[type]:
+    out = []
+    for sub in cls.__subclasses__():
+        out.append(sub)
+        out.extend(_all_subclasses(sub))
+    return out
+
+
+def error_for_code(code: str, message: str) -> ScanedgeError:
+    """The scanedge error class whose ``code`` is ``code``, instantiated; RemoteError for unknown codes."""
+    for cls in _all_subclasses(ScanedgeError):
+        if cls is not RemoteError and cls.__dict__.get("code") == code:
+            return cls(message)
+    return RemoteError(message, code)

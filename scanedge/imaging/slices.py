@@ -1,0 +1,171 @@
+"""A slice: one 2-D image plus the geometry and identity needed to segment and report on it.
+
+Pixels are kept as the modality stored them (e.g. int16 MR values), with the DICOM rescale kept beside
+them rather than applied, so that nothing is converted until the preprocessor knows the model's size and
+can convert only what it needs. Decoders normalise what would otherwise leak into every later stage:
+MONOCHROME1 is inverted to MONOCHROME2, YBR and palette colour become RGB.
+
+A slice carries no patient identifiers (names, IDs, birth dates): only series/instance UIDs and
+positions, so it can be logged and published safely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scanedge.errors import ImageTooLargeError, InvalidSliceError
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "SUPPORTED_DTYPES",
+    "Slice",
+    "SliceGeometry",
+    "SliceIdentity",
+    "SliceLimits",
+]
+
+#: Pixel dtypes a slice may hold. Anything else (bool, complex, float16, object, 64-bit ints) is refused
+#: up front instead of failing deep inside OpenCV.
+SUPPORTED_DTYPES: tuple[np.dtype, ...] = tuple(
+    np.dtype(t) for t in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+)
+
+
+@dataclass(frozen=True)
+class SliceLimits:
+    """Guards against images that would exhaust memory or stall the pipeline."""
+
+    max_pixels: int = 4096 * 4096
+    max_side: int = 16384
+
+
+DEFAULT_LIMITS = SliceLimits()
+
+
+@dataclass(frozen=True)
+class SliceGeometry:
+    """Where the slice sits in the patient (DICOM LPS, millimetres). Every field is optional."""
+
+    pixel_spacing: tuple[float, float] | None = None  # (row spacing, column spacing)
+    slice_thickness: float | None = None
+    image_position: tuple[float, float, float] | None = None
+    image_orientation: tuple[float, float, float, float, float, float] | None = None
+    slice_location: float | None = None
+
+    @property
+    def pixel_area_mm2(self) -> float | None:
+        if self.pixel_spacing is None:
+            return None
+        return float(self.pixel_spacing[0] * self.pixel_spacing[1])
+
+    @property
+    def position_along_normal(self) -> float | None:
+        """Distance along the slice normal: the key that orders a series spatially."""
+        if self.image_position is None or self.image_orientation is None:
+            return self.slice_location
+        row, col = np.asarray(self.image_orientation[:3]), np.asarray(self.image_orientation[3:])
+        return float(np.dot(np.cross(row, col), np.asarray(self.image_position)))
+
+
+@dataclass(frozen=True)
+class SliceIdentity:
+    """Which slice this is, without saying whose."""
+
+    series_uid: str = ""
+    sop_instance_uid: str = ""
+    instance_number: int | None = None
+    frame_index: int = 0
+    modality: str = ""
+
+
+@dataclass(frozen=True, eq=False)
+class Slice:
+    """An image slice: ``pixels`` is (rows, cols) for grey or (rows, cols, 3) RGB."""
+
+    pixels: np.ndarray
+    geometry: SliceGeometry = field(default_factory=SliceGeometry)
+    identity: SliceIdentity = field(default_factory=SliceIdentity)
+    rescale_slope: float = 1.0
+    rescale_intercept: float = 0.0
+    window_center: float | None = None
+    window_width: float | None = None
+
+    @property
+    def is_color(self) -> bool:
+        return self.pixels.ndim == 3
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.pixels.shape[0]), int(self.pixels.shape[1])
+
+    @property
+    def has_rescale(self) -> bool:
+        return self.rescale_slope != 1.0 or self.rescale_intercept != 0.0
+
+    @classmethod
+    def from_array(
+        cls,
+        pixels: np.ndarray,
+        *,
+        geometry: SliceGeometry | None = None,
+        identity: SliceIdentity | None = None,
+        rescale_slope: float = 1.0,
+        rescale_intercept: float = 0.0,
+        window_center: float | None = None,
+        window_width: float | None = None,
+        limits: SliceLimits = DEFAULT_LIMITS,
+    ) -> Slice:
+        """Validate an array and wrap it. The array is not copied; do not modify it while in use."""
+        check_pixels(pixels, limits)
+        if not pixels.dtype.isnative:  # big-endian DICOM or arrays: OpenCV needs native order
+            pixels = pixels.astype(pixels.dtype.newbyteorder("="))
+        for name, v in (("rescale_slope", rescale_slope), ("rescale_intercept", rescale_intercept)):
+            if not np.isfinite(v):
+                raise InvalidSliceError(f"{name} must be finite, got {v!r}")
+        if rescale_slope == 0:
+            raise InvalidSliceError("rescale_slope must not be 0")
+        if (window_center is None) != (window_width is None) or (window_width is not None and window_width <= 0):
+            window_center = window_width = None  # a half or nonsensical window is ignored, not fatal
+        return cls(
+            pixels=pixels if pixels.flags.c_contiguous else np.ascontiguousarray(pixels),
+            geometry=geometry or SliceGeometry(),
+            identity=identity or SliceIdentity(),
+            rescale_slope=float(rescale_slope),
+            rescale_intercept=float(rescale_intercept),
+            window_center=None if window_center is None else float(window_center),
+            window_width=None if window_width is None else float(window_width),
+        )
+
+
+def check_pixels(pixels: object, limits: SliceLimits = DEFAULT_LIMITS) -> None:
+    """Refuse pixel arrays the pipeline cannot read, with a message that says what to change."""
+    if not isinstance(pixels, np.ndarray):
+        raise InvalidSliceError(f"pixels must be a numpy array, got {type(pixels).__name__}")
+    if pixels.dtype.newbyteorder("=") not in SUPPORTED_DTYPES:
+        names = ", ".join(d.name for d in SUPPORTED_DTYPES)
+        raise InvalidSliceError(f"pixel dtype {pixels.dtype} is not supported; use one of {names}")
+    if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 3):
+        raise InvalidSliceError(f"pixels must be 2-D (rows, cols) or (rows, cols, 3) RGB; got shape {pixels.shape}")
+    rows, cols = pixels.shape[:2]
+    if rows == 0 or cols == 0:
+        raise InvalidSliceError(f"pixels are empty (shape {pixels.shape})")
+    if rows * cols > limits.max_pixels or max(rows, cols) > limits.max_side:
+        raise ImageTooLargeError(
+            f"image of {rows}x{cols} exceeds the limit of {limits.max_pixels} pixels / {limits.max_side} per "
+            "side; raise SliceLimits (or --max-pixels) if such images are expected"
+        )
+    if pixels.dtype.kind == "f" and not _all_finite(pixels):
+        bad = int(np.count_nonzero(~np.isfinite(pixels)))
+        raise InvalidSliceError(f"pixels contain {bad} NaN/Inf value(s); send finite values only")
+
+
+def _all_finite(pixels: np.ndarray) -> bool:
+    # One float64 reduction is ~5x cheaper than np.isfinite(...).all(); any NaN/Inf poisons the sum.
+    # Only finite float64 inputs near the float64 limit can overflow the sum; they take the slow check.
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = float(np.add.reduce(pixels, axis=None, dtype=np.float64))
+    if np.isfinite(total):
+        return True
+    return bool(np.isfinite(pixels).all())

@@ -1,0 +1,502 @@
+"""The model manifest: everything scanedge must know about a segmentation model that ONNX does not say.
+
+An ONNX graph says "float32[1,1,256,256] in, float32[1,2,256,256] out". It does not say that the input is
+a z-scored FLAIR slice resized to 256², that channel 1 of the output is "lesion" drawn in red, or that the
+outputs are logits. Getting any of that wrong gives a plausible but wrong mask, so the manifest travels
+*inside* the ONNX file (``metadata_props["scanedge.manifest"]``, JSON) and can also be kept as a JSON
+sidecar (``MODEL.onnx.manifest.json``) for models that cannot be rewritten.
+
+Compatibility: new fields get defaults; the meaning of an existing field never changes; unknown fields
+are refused (a typo must not silently fall back to a default). ``onnx_sha256`` is the sha256 of the
+serialized ONNX *graph* (nodes and weights, not the metadata), so embedding the manifest does not change
+it, while any change to the network does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from scanedge.errors import ManifestInvalidError, ManifestMismatchError, ManifestMissingError
+
+__all__ = [
+    "METADATA_KEY",
+    "SCHEMA_VERSION",
+    "ClassSpec",
+    "InputSpec",
+    "IntensityPolicy",
+    "Manifest",
+    "ManifestSource",
+    "OutputSpec",
+    "SizePolicy",
+    "check_model_io",
+    "embed_manifest",
+    "graph_sha256",
+    "load_manifest",
+    "sidecar_path",
+]
+
+SCHEMA_VERSION = 1
+METADATA_KEY = "scanedge.manifest"
+
+Layout = Literal["NCHW", "NHWC"]
+ColorOrder = Literal["gray", "rgb", "bgr"]
+SizeMode = Literal["fixed", "multiple", "pad"]
+Interpolation = Literal["linear", "area", "nearest", "cubic"]
+IntensityMode = Literal["none", "window", "percentile", "zscore", "scale"]
+OutputKind = Literal["logits", "probabilities"]
+Activation = Literal["softmax", "sigmoid"]
+
+
+def _fail(what: str, problem: str) -> ManifestInvalidError:
+    return ManifestInvalidError(f"manifest field {what}: {problem}")
+
+
+def _choice(what: str, value: Any, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise _fail(what, f"{value!r} is not one of {', '.join(map(repr, allowed))}")
+
+
+def _positive_int(what: str, value: Any, *, allow_zero: bool = False) -> None:
+    low = 0 if allow_zero else 1
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise _fail(what, f"{value!r} must be an integer >= {low}")
+
+
+def _finite(what: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise _fail(what, f"{value!r} must be a finite number")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The model's image input.
+
+    ``channels`` must equal ``(2 * context_slices + 1) * (3 if colour else 1)``: a 2.5D model that takes
+    one neighbour on each side of a grey slice has three channels, ordered caudal neighbour, slice, cranial
+    neighbour (by position in the series).
+    """
+
+    name: str = "image"
+    layout: Layout = "NCHW"
+    channels: int = 1
+    color: ColorOrder = "gray"
+    context_slices: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise _fail("input.name", "must not be empty")
+        _choice("input.layout", self.layout, ("NCHW", "NHWC"))
+        _choice("input.color", self.color, ("gray", "rgb", "bgr"))
+        _positive_int("input.channels", self.channels)
+        _positive_int("input.context_slices", self.context_slices, allow_zero=True)
+        expected = self.planes * self.channels_per_plane
+        if self.channels != expected:
+            raise _fail(
+                "input.channels",
+                f"{self.channels} does not match color={self.color!r} with "
+                f"context_slices={self.context_slices} (that makes {expected})",
+            )
+
+    @property
+    def planes(self) -> int:
+        """Slices stacked into one input: the slice itself plus its context on both sides."""
+        return 2 * self.context_slices + 1
+
+    @property
+    def channels_per_plane(self) -> int:
+        return 1 if self.color == "gray" else 3
+
+
+@dataclass(frozen=True)
+class SizePolicy:
+    """How a slice of any size becomes the model's input size.
+
+    ``fixed``: resize to ``height`` x ``width``. ``multiple``: resize each side to the nearest multiple of
+    ``multiple`` (for models with dynamic height/width). ``pad``: zero-pad bottom/right up to the next
+    multiple, keeping the pixel grid exactly (the output is cropped back).
+    """
+
+    mode: SizeMode = "fixed"
+    height: int | None = 256
+    width: int | None = 256
+    multiple: int = 32
+    interpolation: Interpolation = "area"
+
+    def __post_init__(self) -> None:
+        _choice("size.mode", self.mode, ("fixed", "multiple", "pad"))
+        _choice("size.interpolation", self.interpolation, ("linear", "area", "nearest", "cubic"))
+        _positive_int("size.multiple", self.multiple)
+        if self.mode == "fixed":
+            _positive_int("size.height", self.height)
+            _positive_int("size.width", self.width)
+
+    def model_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (height, width) the model sees for a slice of this size."""
+        if self.mode == "fixed":
+            return int(self.height), int(self.width)  # type: ignore[arg-type]
+        m = self.multiple
+        if self.mode == "pad":
+            return -(-height // m) * m, -(-width // m) * m
+        return max(m, round(height / m) * m), max(m, round(width / m) * m)
+
+
+@dataclass(frozen=True)
+class IntensityPolicy:
+    """How stored pixel values become the numbers the model was trained on.
+
+    Steps, in order: DICOM rescale (``apply_rescale``, slope/intercept, e.g. to Hounsfield units), then one
+    normalisation ``mode``:
+
+    - ``window``: clip to ``window_center`` ± ``window_width``/2 and map to [0, 1]; without a centre/width
+      the slice's own DICOM window is used, and without that its min/max.
+    - ``percentile``: clip to the ``percentile_low``/``percentile_high`` percentiles, map to [0, 1].
+    - ``zscore``: subtract the image mean, divide by its standard deviation.
+    - ``scale``: ``(x * scale - mean[c]) / std[c]`` per channel, as most imported models expect
+      (e.g. scale=1/255 with ImageNet mean/std).
+    - ``none``: the rescaled values as they are.
+    """
+
+    mode: IntensityMode = "zscore"
+    apply_rescale: bool = True
+    window_center: float | None = None
+    window_width: float | None = None
+    percentile_low: float = 0.5
+    percentile_high: float = 99.5
+    scale: float = 1.0
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        _choice("intensity.mode", self.mode, ("none", "window", "percentile", "zscore", "scale"))
+        if (self.window_center is None) != (self.window_width is None):
+            raise _fail("intensity.window_center/window_width", "give both or neither")
+        if self.window_center is not None:
+            _finite("intensity.window_center", self.window_center)
+            _finite("intensity.window_width", self.window_width)
+            if self.window_width <= 0:  # type: ignore[operator]
+                raise _fail("intensity.window_width", "must be > 0")
+        _finite("intensity.percentile_low", self.percentile_low)
+        _finite("intensity.percentile_high", self.percentile_high)
+        if not 0 <= self.percentile_low < self.percentile_high <= 100:
+            raise _fail("intensity.percentile_low/high", "need 0 <= low < high <= 100")
+        _finite("intensity.scale", self.scale)
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if len(self.mean) != len(self.std):
+            raise _fail("intensity.mean/std", "must have the same length")
+        if any(s <= 0 for s in self.std):
+            raise _fail("intensity.std", "every value must be > 0")
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """The model's output: per-class scores, NCHW.
+
+    softmax: one channel per class, background included. sigmoid: one channel per foreground class
+    (class k+1 is channel k); a pixel takes the most probable class over its threshold, else background.
+    """
+
+    name: str = "logits"
+    kind: OutputKind = "logits"
+    activation: Activation = "softmax"
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise _fail("output.name", "must not be empty")
+        _choice("output.kind", self.kind, ("logits", "probabilities"))
+        _choice("output.activation", self.activation, ("softmax", "sigmoid"))
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    """One label value. ``color`` is RGB 0-255; ``threshold`` is the probability a pixel needs to be
+    called this class (sigmoid outputs, and the foreground class of a two-class softmax)."""
+
+    name: str
+    color: tuple[int, int, int] = (255, 0, 0)
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise _fail("classes[].name", "must not be empty")
+        color = tuple(self.color)
+        if len(color) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in color):
+            raise _fail(f"classes[{self.name}].color", f"{self.color!r} must be three integers 0-255")
+        object.__setattr__(self, "color", color)
+        _finite(f"classes[{self.name}].threshold", self.threshold)
+        if not 0 < self.threshold < 1:
+            raise _fail(f"classes[{self.name}].threshold", "must be between 0 and 1 (exclusive)")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated, immutable description of one segmentation model. ``classes[0]`` is background."""
+
+    name: str
+    version: str
+    classes: tuple[ClassSpec, ...]
+    input: InputSpec = field(default_factory=InputSpec)
+    size: SizePolicy = field(default_factory=SizePolicy)
+    intensity: IntensityPolicy = field(default_factory=IntensityPolicy)
+    output: OutputSpec = field(default_factory=OutputSpec)
+    description: str = ""
+    intended_use: str = ""
+    onnx_sha256: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise _fail("name", "must not be empty")
+        if not self.version:
+            raise _fail("version", "must not be empty")
+        if self.schema_version != SCHEMA_VERSION:
+            raise _fail(
+                "schema_version",
+                f"{self.schema_version} is not supported by this scanedge (it reads {SCHEMA_VERSION}); "
+                "upgrade scanedge or rewrite the manifest with `scanedge manifest init`",
+            )
+        object.__setattr__(self, "classes", tuple(self.classes))
+        if len(self.classes) < 2:
+            raise _fail("classes", "need at least two (background and one finding)")
+        names = [c.name for c in self.classes]
+        if len(set(names)) != len(names):
+            raise _fail("classes", f"names must be unique, got {names}")
+        if len(self.classes) > 255:
+            raise _fail("classes", "at most 255 classes fit a uint8 label mask")
+        norm = self.intensity.mean
+        if norm and len(norm) != self.input.channels_per_plane:
+            raise _fail(
+                "intensity.mean/std",
+                f"has {len(norm)} values but the input has {self.input.channels_per_plane} channel(s) per slice",
+            )
+        if self.onnx_sha256 is not None and (
+            len(self.onnx_sha256) != 64 or any(c not in "0123456789abcdef" for c in self.onnx_sha256)
+        ):
+            raise _fail("onnx_sha256", "must be 64 lower-case hex digits")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def output_channels(self) -> int:
+        """Channels the output tensor must have for this manifest."""
+        return self.num_classes if self.output.activation == "softmax" else self.num_classes - 1
+
+    # --- serialisation -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
+
+    def replace(self, **changes: Any) -> Manifest:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
+        if not isinstance(data, Mapping):
+            raise ManifestInvalidError(f"a manifest must be a JSON object, got {type(data).__name__}")
+        data = dict(data)
+        version = data.get("schema_version", SCHEMA_VERSION)
+        if isinstance(version, int) and version > SCHEMA_VERSION:
+            raise ManifestInvalidError(
+                f"this manifest uses schema version {version}; this scanedge reads version {SCHEMA_VERSION}. "
+                "Upgrade scanedge."
+            )
+        try:
+            sections = {
+                "input": _build(InputSpec, data.pop("input", {}), "input"),
+                "size": _build(SizePolicy, data.pop("size", {}), "size"),
+                "intensity": _build(IntensityPolicy, data.pop("intensity", {}), "intensity"),
+                "output": _build(OutputSpec, data.pop("output", {}), "output"),
+            }
+            raw_classes = data.pop("classes", None)
+            if not isinstance(raw_classes, list):
+                raise _fail("classes", "must be a list of {name, color, threshold} objects")
+            classes = tuple(_build(ClassSpec, c, f"classes[{i}]") for i, c in enumerate(raw_classes))
+            return _build(cls, {**data, **sections, "classes": classes}, "manifest")
+        except ManifestInvalidError:
+            raise
+        except (TypeError, ValueError) as exc:  # wrong JSON types deep inside a field
+            raise ManifestInvalidError(f"manifest does not validate: {exc}") from exc
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Manifest:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ManifestInvalidError(f"manifest is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+
+def _build(kind: type, data: Any, where: str) -> Any:
+    if isinstance(data, kind):
+        return data
+    if not isinstance(data, Mapping):
+        raise _fail(where, f"must be an object, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(kind)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise _fail(where, f"unknown key(s) {unknown}; known keys are {sorted(known)}")
+    values = dict(data)
+    for f in dataclasses.fields(kind):
+        if f.name in values and isinstance(values[f.name], list) and f.name != "classes":
+            values[f.name] = tuple(values[f.name])
+    missing = [
+        f.name
+        for f in dataclasses.fields(kind)
+        if f.name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise _fail(where, f"missing required key(s) {missing}")
+    return kind(**values)
+
+
+# --- where manifests live ----------------------------------------------------------------------
+
+ManifestSource = Literal["explicit", "sidecar", "embedded"]
+
+
+def sidecar_path(model_path: str | os.PathLike[str]) -> Path:
+    """``model.onnx`` -> ``model.onnx.manifest.json``."""
+    p = Path(model_path)
+    return p.with_name(p.name + ".manifest.json")
+
+
+def graph_sha256(model: Any) -> str:
+    """sha256 of the serialized graph of an ``onnx.ModelProto`` (metadata excluded)."""
+    return hashlib.sha256(model.graph.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _load_onnx(path: Path) -> Any:
+    import onnx
+
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise ManifestMismatchError(f"{path} is not a readable ONNX model: {exc}") from exc
+
+
+def load_manifest(
+    model_path: str | os.PathLike[str],
+    manifest_path: str | os.PathLike[str] | None = None,
+    *,
+    verify_sha: bool = True,
+) -> tuple[Manifest, ManifestSource]:
+    """The manifest for a model: an explicit file, else the sidecar, else the one embedded in the ONNX.
+
+    With ``verify_sha`` a manifest that names a different graph (its ``onnx_sha256``) is refused: it was
+    written for another model, and its thresholds or normalisation may not fit this one.
+    """
+    path = Path(model_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    source: ManifestSource
+    text: str | None = None
+    if manifest_path is not None:
+        text, source = Path(manifest_path).read_text(encoding="utf-8"), "explicit"
+    elif sidecar_path(path).is_file():
+        text, source = sidecar_path(path).read_text(encoding="utf-8"), "sidecar"
+    model = _load_onnx(path) if path.suffix.lower() == ".onnx" else None
+    if text is None:
+        source = "embedded"
+        if model is not None:
+            text = {p.key: p.value for p in model.metadata_props}.get(METADATA_KEY)
+        if text is None:
+            raise ManifestMissingError(
+                f"{path.name} has no scanedge manifest (none embedded, no {sidecar_path(path).name}). "
+                "Describe the model once with `scanedge manifest init "
+                f"{path} --name NAME --classes background,finding ...` "
+                "(see `scanedge manifest init --help`), or pass a manifest JSON explicitly."
+            )
+    manifest = Manifest.from_json(text)
+    if verify_sha and model is not None and manifest.onnx_sha256 is not None:
+        actual = graph_sha256(model)
+        if actual != manifest.onnx_sha256:
+            raise ManifestMismatchError(
+                f"the {source} manifest of {path.name} was written for another graph "
+                f"(manifest onnx_sha256 {manifest.onnx_sha256[:12]}..., model {actual[:12]}...). "
+                "Re-run `scanedge manifest init` on this model, or convert it with `scanedge convert`."
+            )
+    return manifest, source
+
+
+def embed_manifest(model: Any, manifest: Manifest, out_path: str | os.PathLike[str] | None = None) -> Manifest:
+    """Write ``manifest`` (with this graph's sha256) into an ``onnx.ModelProto``; save it if a path is given."""
+    import onnx
+
+    stamped = manifest.replace(onnx_sha256=graph_sha256(model))
+    props = [p for p in model.metadata_props if p.key != METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(props)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, stamped.to_json(indent=None)
+    if out_path is not None:
+        onnx.save(model, str(out_path))
+    return stamped
+
+
+def check_model_io(
+    manifest: Manifest,
+    inputs: Iterable[tuple[str, Sequence[int | str | None]]],
+    outputs: Iterable[tuple[str, Sequence[int | str | None]]],
+) -> None:
+    """Refuse a model whose declared inputs/outputs contradict its manifest.
+
+    ``inputs``/``outputs`` are (name, shape) pairs as the engine reports them; a dimension that is not a
+    positive int is dynamic and matches anything.
+    """
+    ins, outs = dict(inputs), dict(outputs)
+    spec, size = manifest.input, manifest.size
+    if spec.name not in ins:
+        raise ManifestMismatchError(
+            f"manifest input.name is {spec.name!r} but the model's inputs are {sorted(ins)}; "
+            "fix input.name in the manifest"
+        )
+    shape = tuple(ins[spec.name])
+    if len(shape) != 4:
+        raise ManifestMismatchError(f"input {spec.name!r} has rank {len(shape)}; scanedge needs a 4-D image input")
+    c_axis, h_axis, w_axis = (1, 2, 3) if spec.layout == "NCHW" else (3, 1, 2)
+
+    def fixed(d: Any) -> int | None:
+        return d if isinstance(d, int) and d > 0 else None
+
+    if fixed(shape[c_axis]) not in (None, spec.channels):
+        raise ManifestMismatchError(
+            f"input {spec.name!r} has {shape[c_axis]} channels ({spec.layout} shape {list(shape)}) but the "
+            f"manifest declares {spec.channels}"
+        )
+    h, w = fixed(shape[h_axis]), fixed(shape[w_axis])
+    if size.mode == "fixed":
+        if (h, w) != (None, None) and (h, w) != (size.height, size.width):
+            raise ManifestMismatchError(
+                f"input {spec.name!r} is {h}x{w} but the manifest resizes to {size.height}x{size.width}"
+            )
+    elif h is not None or w is not None:
+        raise ManifestMismatchError(
+            f"manifest size.mode={size.mode!r} feeds varying sizes, but input {spec.name!r} has a fixed "
+            f"height/width ({list(shape)}); use size.mode='fixed'"
+        )
+    out = manifest.output
+    if out.name not in outs:
+        raise ManifestMismatchError(f"manifest output.name is {out.name!r} but the model's outputs are {sorted(outs)}")
+    oshape = tuple(outs[out.name])
+    if len(oshape) != 4:
+        raise ManifestMismatchError(f"output {out.name!r} has rank {len(oshape)}; scanedge needs NCHW scores")
+    if fixed(oshape[1]) not in (None, manifest.output_channels):
+        raise ManifestMismatchError(
+            f"output {out.name!r} has {oshape[1]} channels but {manifest.num_classes} classes with "
+            f"{out.activation} need {manifest.output_channels}"
+        )

@@ -1,0 +1,245 @@
+"""The in-process slice pipeline: decode -> preprocess -> infer -> postprocess -> overlay.
+
+This is the whole product on one slice, with no network in between; the server runs exactly this per
+request, so an embedded caller and a remote console get identical masks. Every stage is timed.
+
+A pipeline reuses its buffers across calls and is therefore not thread-safe: use one per thread (they
+can share nothing but the model file).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from scanedge.engines import Engine, EngineKind, open_engine
+from scanedge.errors import InvalidSliceError
+from scanedge.imaging.dicom import slices_from_dicom
+from scanedge.imaging.encode import ImageFormat, encode_image
+from scanedge.imaging.overlay import OverlayOptions, OverlayRenderer
+from scanedge.imaging.postprocess import ClassFindings, Postprocessor
+from scanedge.imaging.preprocess import Preprocessor
+from scanedge.imaging.series import context_window
+from scanedge.imaging.slices import DEFAULT_LIMITS, Slice, SliceIdentity, SliceLimits
+from scanedge.manifest import Manifest, check_model_io, load_manifest
+
+__all__ = ["Pipeline", "PipelineConfig", "SliceResult", "StageTimings", "default_model_path"]
+
+
+def default_model_path() -> Path:
+    """The shipped demo model (MS-like lesions on FLAIR-like slices; not for clinical use)."""
+    from scanedge.demo.assets import DEMO_MODEL_PATH
+
+    return DEMO_MODEL_PATH
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Limits and drawing options; the model-specific parts live in the manifest."""
+
+    limits: SliceLimits = DEFAULT_LIMITS
+    overlay: OverlayOptions = field(default_factory=OverlayOptions)
+
+
+@dataclass(frozen=True)
+class StageTimings:
+    """Wall time per stage, milliseconds."""
+
+    decode_ms: float = 0.0
+    preprocess_ms: float = 0.0
+    infer_ms: float = 0.0
+    postprocess_ms: float = 0.0
+    overlay_ms: float = 0.0
+    total_ms: float = 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: round(v, 4) for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True, eq=False)
+class SliceResult:
+    """Everything scanedge answers for one slice. Arrays are owned by the result."""
+
+    identity: SliceIdentity
+    model: str
+    mask: np.ndarray  # (rows, cols) uint8 labels on the slice's grid
+    probabilities: np.ndarray  # (classes, h, w) float32 on the model's grid
+    findings: tuple[ClassFindings, ...]
+    overlay: np.ndarray | None  # (rows, cols, 3) uint8 RGB, or None when not requested
+    timings: StageTimings
+
+    def finding(self, name: str) -> ClassFindings:
+        for f in self.findings:
+            if f.name == name:
+                return f
+        raise KeyError(f"no class named {name!r}; classes are {[f.name for f in self.findings]}")
+
+    @property
+    def found(self) -> bool:
+        """True when any foreground class has at least one pixel."""
+        return any(f.pixels for f in self.findings)
+
+    def probabilities_on_slice(self) -> np.ndarray:
+        """Probabilities resized (bilinear) to the slice's grid: (classes, rows, cols). Costs a resize each."""
+        rows, cols = self.mask.shape
+        return np.stack([cv2.resize(p, (cols, rows), interpolation=cv2.INTER_LINEAR) for p in self.probabilities])
+
+    def encode_overlay(self, fmt: ImageFormat = "png", *, quality: int = 90) -> bytes:
+        if self.overlay is None:
+            raise ValueError("this result has no overlay; run the pipeline with overlay=True")
+        return encode_image(self.overlay, fmt, quality=quality)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (no pixel arrays)."""
+        ident = self.identity
+        return {
+            "series_uid": ident.series_uid,
+            "sop_instance_uid": ident.sop_instance_uid,
+            "instance_number": ident.instance_number,
+            "frame_index": ident.frame_index,
+            "model": self.model,
+            "shape": list(self.mask.shape),
+            "findings": [f.to_dict() for f in self.findings],
+            "timings_ms": self.timings.to_dict(),
+        }
+
+
+SliceInput = Slice | np.ndarray | bytes | bytearray | memoryview
+
+
+class Pipeline:
+    """One model, ready to segment slices. Build with :meth:`open` or from an engine + manifest."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        manifest: Manifest,
+        config: PipelineConfig | None = None,
+        *,
+        owns_engine: bool = False,
+    ) -> None:
+        self.manifest = manifest
+        self.config = config or PipelineConfig()
+        self.engine = engine
+        self._owns_engine = owns_engine
+        was_active = engine.is_active
+        try:
+            engine.activate()  # static inputs are warmed up here, before anything is known of the manifest
+            check_model_io(
+                manifest,
+                [(s.name, s.shape) for s in engine.input_specs],
+                [(s.name, s.shape) for s in engine.output_specs],
+            )
+            spec = next(s for s in engine.input_specs if s.name == manifest.input.name)
+            if not was_active and spec.is_dynamic() and manifest.size.mode == "fixed":
+                engine.warmup_shapes.setdefault(spec.name, self._fixed_input_shape())
+                engine.warmup(engine.warmup_runs)
+        except BaseException:
+            if owns_engine:
+                engine.deactivate()
+            raise
+        self._pre = Preprocessor(manifest)
+        self._post = Postprocessor(manifest)
+        self._overlay = OverlayRenderer(manifest, self.config.overlay)
+        self.model_label = f"{manifest.name}@{manifest.version}"
+
+    @classmethod
+    def open(
+        cls,
+        model: str | os.PathLike[str] | None = None,
+        *,
+        manifest: str | os.PathLike[str] | Manifest | None = None,
+        engine: EngineKind = "auto",
+        threads: int | None = None,
+        providers: tuple[str, ...] | None = None,
+        config: PipelineConfig | None = None,
+    ) -> Pipeline:
+        """Open ``model`` (default: the shipped demo model) with its manifest and an active engine."""
+        path = Path(model) if model is not None else default_model_path()
+        if isinstance(manifest, Manifest):
+            man = manifest
+        else:
+            man, _ = load_manifest(path, manifest)
+        eng = open_engine(path, engine, threads=threads, providers=providers)
+        return cls(eng, man, config, owns_engine=True)
+
+    def _fixed_input_shape(self) -> tuple[int, ...]:
+        spec, size = self.manifest.input, self.manifest.size
+        h, w = int(size.height), int(size.width)  # type: ignore[arg-type]
+        return (1, spec.channels, h, w) if spec.layout == "NCHW" else (1, h, w, spec.channels)
+
+    def close(self) -> None:
+        if self._owns_engine:
+            self.engine.deactivate()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- running -------------------------------------------------------------------------------------
+
+    def to_slice(self, source: SliceInput) -> Slice:
+        """A numpy array or single-frame DICOM bytes as a validated slice."""
+        if isinstance(source, Slice):
+            return source
+        if isinstance(source, np.ndarray):
+            return Slice.from_array(source, limits=self.config.limits)
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            frames = slices_from_dicom(source, limits=self.config.limits)
+            if len(frames) != 1:
+                raise InvalidSliceError(
+                    f"the DICOM object has {len(frames)} frames; decode it with slices_from_dicom() "
+                    "and segment the frames with run_series()"
+                )
+            return frames[0]
+        raise InvalidSliceError(f"cannot segment a {type(source).__name__}; pass a Slice, numpy array or DICOM bytes")
+
+    def run(
+        self,
+        source: SliceInput,
+        *,
+        context: Sequence[Slice] = (),
+        overlay: bool | OverlayOptions = True,
+    ) -> SliceResult:
+        """Segment one slice. ``context``: a 2.5D model's neighbours (see :class:`Preprocessor`)."""
+        t0 = time.perf_counter()
+        slice_ = self.to_slice(source)
+        t1 = time.perf_counter()
+        tensor, info = self._pre(slice_, context)
+        t2 = time.perf_counter()
+        out = self.engine.infer({self.manifest.input.name: tensor})[self.manifest.output.name]
+        t3 = time.perf_counter()
+        post = self._post(out, info, slice_.geometry)
+        t4 = time.perf_counter()
+        image = None
+        if overlay is not False:
+            opts = overlay if isinstance(overlay, OverlayOptions) else None
+            image = self._overlay.render(slice_, post.mask, post.probabilities, opts)
+        t5 = time.perf_counter()
+        timings = StageTimings(
+            decode_ms=(t1 - t0) * 1e3,
+            preprocess_ms=(t2 - t1) * 1e3,
+            infer_ms=(t3 - t2) * 1e3,
+            postprocess_ms=(t4 - t3) * 1e3,
+            overlay_ms=(t5 - t4) * 1e3,
+            total_ms=(t5 - t0) * 1e3,
+        )
+        return SliceResult(
+            slice_.identity, self.model_label, post.mask, post.probabilities, post.findings, image, timings
+        )
+
+    def run_series(self, slices: Iterable[Slice], *, overlay: bool | OverlayOptions = True) -> Iterator[SliceResult]:
+        """Segment slices already in series order, giving a 2.5D model its neighbours."""
+        series = list(slices)
+        k = self.manifest.input.context_slices
+        for i, s in enumerate(series):
+            yield self.run(s, context=context_window(series, i, k), overlay=overlay)

@@ -1,0 +1,138 @@
+import json
+
+import onnx
+import pytest
+
+from scanedge.errors import ManifestInvalidError, ManifestMismatchError, ManifestMissingError
+from scanedge.manifest import (
+    METADATA_KEY,
+    ClassSpec,
+    InputSpec,
+    IntensityPolicy,
+    Manifest,
+    SizePolicy,
+    check_model_io,
+    embed_manifest,
+    graph_sha256,
+    load_manifest,
+    sidecar_path,
+)
+from tests.conftest import conv_model, simple_manifest
+
+
+def test_json_round_trip_keeps_every_field():
+    m = simple_manifest(
+        input=InputSpec(name="image", channels=9, color="rgb", context_slices=1),
+        intensity=IntensityPolicy(mode="scale", scale=1 / 255, mean=(0.4, 0.5, 0.6), std=(0.2, 0.2, 0.3)),
+        size=SizePolicy(mode="pad", height=None, width=None, multiple=16),
+    )
+    again = Manifest.from_json(m.to_json())
+    assert again == m
+    assert isinstance(again.classes[1].color, tuple) and isinstance(again.intensity.mean, tuple)
+
+
+def test_embedded_manifest_is_read_back_and_stamped_with_the_graph_hash(tmp_path):
+    model = conv_model()
+    path = tmp_path / "m.onnx"
+    stamped = embed_manifest(model, simple_manifest(), path)
+    manifest, source = load_manifest(path)
+    assert source == "embedded"
+    assert manifest == stamped
+    assert manifest.onnx_sha256 == graph_sha256(onnx.load(str(path)))
+
+
+def test_sidecar_wins_over_embedded_and_explicit_wins_over_both(tmp_path):
+    path = tmp_path / "m.onnx"
+    embed_manifest(conv_model(), simple_manifest(), path)
+    sidecar_path(path).write_text(simple_manifest(name="from-sidecar").to_json())
+    assert load_manifest(path)[0].name == "from-sidecar"
+    explicit = tmp_path / "other.json"
+    explicit.write_text(simple_manifest(name="explicit").to_json())
+    assert load_manifest(path, explicit) == (simple_manifest(name="explicit"), "explicit")
+
+
+def test_missing_manifest_says_how_to_add_one(tmp_path):
+    path = tmp_path / "bare.onnx"
+    onnx.save(conv_model(), str(path))
+    with pytest.raises(ManifestMissingError, match="scanedge manifest init"):
+        load_manifest(path)
+
+
+def test_manifest_written_for_another_graph_is_refused(tmp_path):
+    path = tmp_path / "m.onnx"
+    model = conv_model()
+    embed_manifest(model, simple_manifest(), path)
+    changed = conv_model(weights=[[1.0], [2.0]])
+    props = {p.key: p.value for p in model.metadata_props}
+    changed.metadata_props.add(key=METADATA_KEY, value=props[METADATA_KEY])
+    onnx.save(changed, str(path))
+    with pytest.raises(ManifestMismatchError, match="another graph"):
+        load_manifest(path)
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"classes": [{"name": "background"}]}, "at least two"),
+        ({"input": {"channels": 2}}, "does not match"),
+        ({"input": {"layout": "CHW"}}, "not one of"),
+        ({"intensity": {"mode": "window", "window_center": 40}}, "both or neither"),
+        ({"size": {"mode": "fixed", "height": 0}}, "integer >= 1"),
+        ({"colour": "red"}, "unknown key"),
+        ({"classes": [{"name": "a"}, {"name": "a"}]}, "unique"),
+        ({"classes": [{"name": "a"}, {"name": "b", "color": [300, 0, 0]}]}, "0-255"),
+        ({"classes": [{"name": "a"}, {"name": "b", "threshold": 1.5}]}, "between 0 and 1"),
+        ({"schema_version": 99}, "Upgrade scanedge"),
+    ],
+)
+def test_invalid_manifests_are_refused_with_the_field_named(patch, message):
+    data = json.loads(simple_manifest().to_json())
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key].update(value)
+        else:
+            data[key] = value
+    with pytest.raises(ManifestInvalidError, match=message):
+        Manifest.from_dict(data)
+
+
+def test_not_json_is_a_manifest_error():
+    with pytest.raises(ManifestInvalidError, match="not valid JSON"):
+        Manifest.from_json("{nope")
+
+
+@pytest.mark.parametrize(
+    ("manifest", "inputs", "outputs", "message"),
+    [
+        (simple_manifest(), [("pixels", [1, 1, 256, 256])], [("logits", [1, 2, 256, 256])], "input.name"),
+        (simple_manifest(), [("image", [1, 3, 256, 256])], [("logits", [1, 2, 256, 256])], "3 channels"),
+        (simple_manifest(), [("image", [1, 1, 512, 512])], [("logits", [1, 2, 512, 512])], "512x512"),
+        (simple_manifest(), [("image", [1, 1, 256, 256])], [("logits", [1, 3, 256, 256])], "need 2"),
+        (simple_manifest(), [("image", [1, 1, 256, 256])], [("scores", [1, 2, 256, 256])], "output.name"),
+        (simple_manifest(), [("image", [1, 256, 256])], [("logits", [1, 2, 256, 256])], "rank 3"),
+        (
+            simple_manifest(size=SizePolicy(mode="multiple", height=None, width=None)),
+            [("image", [1, 1, 256, 256])],
+            [("logits", [1, 2, 256, 256])],
+            "fixed",
+        ),
+    ],
+)
+def test_model_io_that_contradicts_the_manifest_is_refused(manifest, inputs, outputs, message):
+    with pytest.raises(ManifestMismatchError, match=message):
+        check_model_io(manifest, inputs, outputs)
+
+
+def test_dynamic_dimensions_match_any_size():
+    m = simple_manifest(size=SizePolicy(mode="pad", height=None, width=None, multiple=32))
+    check_model_io(m, [("image", [1, 1, "h", "w"])], [("logits", [1, 2, "h", "w"])])
+    sig = simple_manifest(
+        classes=(ClassSpec("bg"), ClassSpec("a"), ClassSpec("b")),
+    ).replace(output=simple_manifest().output.__class__(name="logits", activation="sigmoid"))
+    check_model_io(sig, [("image", [1, 1, 256, 256])], [("logits", [None, 2, 256, 256])])
+
+
+def test_size_policy_model_sizes():
+    assert SizePolicy(mode="fixed", height=256, width=128).model_size(512, 512) == (256, 128)
+    assert SizePolicy(mode="pad", multiple=32).model_size(500, 33) == (512, 64)
+    assert SizePolicy(mode="multiple", multiple=32).model_size(500, 10) == (512, 32)

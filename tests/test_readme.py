@@ -1,0 +1,21 @@
+"""The README's promises: its embedding example runs, and its set-up commands are the ones CI runs."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def test_embedding_example_runs(capsys):
+    code = re.search(r"```python\n(import scanedge\n.*?)```", README, re.S).group(1)
+    assert len(code.strip().splitlines()) <= 15
+    exec(compile(code, "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 32 and all(line.startswith("IM") and line.endswith(" ms") for line in lines)
+
+
+def test_ci_runs_the_readme_test_command():
+    test_command = next(line for line in README.splitlines() if "pytest" in line and line.startswith("python3 -m venv"))
+    assert test_command in (ROOT / ".ci" / "run").read_text()
+    assert "scanedge demo" in README
