@@ -9,37 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from scanedge import __version__
+from scanedge.console import LazyProgress, make_console, run_command
 from scanedge.errors import ScanedgeError
 
 __all__ = ["main"]
-
-Handler = Callable[[argparse.Namespace], int]
-
-
-def _console(stderr: bool = True):
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False)
-
-
-def _progress(console):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
 
 
 def _percentile_line(values: Sequence[float]) -> str:
@@ -82,8 +62,7 @@ def _segment_all(pipe, loaded, out: Path, fmt: str, console, save_masks: bool) -
     from scanedge.imaging.series import context_window
 
     k = pipe.manifest.input.context_slices
-    with _progress(console) as progress:
-        task = progress.add_task("segmenting", total=len(loaded))
+    with LazyProgress(console, "segmenting", delay_s=1.0) as progress:
         for i, item in enumerate(loaded):
             result = pipe.run(item.slice, context=context_window(series, i, k))
             stem = item.name.replace("#", "_f").replace("/", "_")
@@ -95,7 +74,7 @@ def _segment_all(pipe, loaded, out: Path, fmt: str, console, save_masks: bool) -
                 np.save(mask_path, result.mask)
                 record["mask"] = str(mask_path)
             records.append(record)
-            progress.advance(task)
+            progress(i + 1, len(loaded))
     return records
 
 
@@ -153,7 +132,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from scanedge.imaging.files import load_slices
     from scanedge.imaging.slices import SliceLimits
 
-    console = _console()
+    console = make_console()
     with console.status("reading slices ..."):
         loaded = load_slices(args.paths, limits=SliceLimits(max_pixels=args.max_pixels))
     if not loaded:
@@ -182,7 +161,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from scanedge.demo.series import demo_series_dir, load_demo_patient
     from scanedge.imaging.files import load_slices
 
-    console = _console()
+    console = make_console()
     with console.status("preparing the demo series (DICOM, written on first use) ..."):
         series_dir = demo_series_dir()
         loaded = load_slices([series_dir])
@@ -254,7 +233,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     from scanedge.manifest import graph_sha256, load_manifest
 
-    console = _console(stderr=False)
+    console = make_console(stderr=False)
     model = onnx.load(str(args.model), load_external_data=False)
     io = _graph_io(model)
     sha = graph_sha256(model)
@@ -332,7 +311,7 @@ def cmd_manifest_init(args: argparse.Namespace) -> int:
         sidecar_path,
     )
 
-    console = _console()
+    console = make_console()
     model = onnx.load(str(args.model))
     inputs, outputs = _graph_io(model)
     if not inputs or not outputs:
@@ -488,16 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except ScanedgeError as exc:
-        _console().print(f"[red]error[/] [{exc.code}] {exc.message}")
-        return 2
-    except FileNotFoundError as exc:
-        _console().print(f"[red]error[/] {exc}")
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

@@ -10,51 +10,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from scanedge.errors import ScanedgeError
+from scanedge.console import LazyProgress, make_console, run_command
 
 __all__ = ["build_parser", "main"]
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False)
-
-
-class _Progress:
-    """A rich progress bar shown only for runs that last more than ~2 seconds."""
-
-    def __init__(self, console, description: str) -> None:
-        import time
-
-        self._time = time.perf_counter
-        self._start = self._time()
-        self._console = console
-        self._description = description
-        self._bar = None
-        self._task = None
-
-    def __call__(self, done: int, total: int) -> None:
-        if self._bar is None:
-            if self._time() - self._start < 2.0:
-                return
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._bar = Progress(
-                TextColumn(self._description),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=self._console,
-                transient=True,
-            )
-            self._bar.start()
-            self._task = self._bar.add_task(self._description, total=total)
-        self._bar.update(self._task, completed=done, total=max(total, done))
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
 
 
 def _run_length(args: argparse.Namespace):
@@ -77,10 +35,9 @@ def _emit(report, args: argparse.Namespace, console) -> int:
 def cmd_engine(args: argparse.Namespace) -> int:
     from scanedge.bench.inprocess import bench_engine
 
-    console = _console()
+    console = make_console()
     shape = tuple(int(v) for v in args.shape.lower().split("x")) if args.shape else None
-    progress = _Progress(console, "engine")
-    try:
+    with LazyProgress(console, "engine") as progress:
         report = bench_engine(
             args.model,
             engine=args.engine,
@@ -91,8 +48,6 @@ def cmd_engine(args: argparse.Namespace) -> int:
             baseline=args.baseline,
             progress=progress,
         )
-    finally:
-        progress.close()
     return _emit(report, args, console)
 
 
@@ -100,10 +55,9 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     from scanedge.bench.inprocess import bench_pipeline
     from scanedge.bench.inputs import bench_slices, parse_size
 
-    console = _console()
+    console = make_console()
     slices = bench_slices(parse_size(args.size), args.series)
-    progress = _Progress(console, "pipeline")
-    try:
+    with LazyProgress(console, "pipeline") as progress:
         report = bench_pipeline(
             slices,
             args.model,
@@ -115,8 +69,6 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
             baseline=args.baseline,
             progress=progress,
         )
-    finally:
-        progress.close()
     return _emit(report, args, console)
 
 
@@ -126,7 +78,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from scanedge.bench.compare import compare_reports
     from scanedge.bench.report import BenchReport
 
-    console = _console()
+    console = make_console()
     a, b = BenchReport.read_json(args.a), BenchReport.read_json(args.b)
     figures = [f.strip() for f in args.figures.split(",")] if args.figures else None
     result = compare_reports(a, b, max_ratio=args.max_ratio, figures=figures)
@@ -190,16 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except ScanedgeError as exc:
-        _console().print(f"[red]error[/] [{exc.code}] {exc.message}")
-        return 2
-    except (ValueError, FileNotFoundError) as exc:
-        _console().print(f"[red]error[/] {exc}")
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":
