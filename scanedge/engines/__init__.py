@@ -20,6 +20,7 @@ def open_engine(
     *,
     threads: int | None = None,
     providers: tuple[str, ...] | None = None,
+    spinning: bool = True,
     warmup_shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> Engine:
     """An inactive engine for ``model`` (call ``activate()`` or use ``with``).
@@ -28,5 +29,5 @@ def open_engine(
     """
     if engine not in ("auto", "ort", "tensorrt"):
         raise ValueError(f"unknown engine {engine!r}; use auto, ort or tensorrt")
-    options = OrtOptions(threads=threads, **({"providers": tuple(providers)} if providers else {}))
+    options = OrtOptions(threads=threads, spinning=spinning, **({"providers": tuple(providers)} if providers else {}))
     return OnnxRuntimeEngine(model, options, warmup_shapes=warmup_shapes)

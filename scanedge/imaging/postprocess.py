@@ -36,10 +36,10 @@ class ClassFindings:
             "label": self.label,
             "name": self.name,
             "pixels": self.pixels,
-            "area_mm2": None if self.area_mm2 is None else round(self.area_mm2, 3),
+            "area_mm2": self.area_mm2,
             "components": self.components,
-            "max_probability": round(self.max_probability, 5),
-            "mean_probability": round(self.mean_probability, 5),
+            "max_probability": self.max_probability,
+            "mean_probability": self.mean_probability,
         }
 
 

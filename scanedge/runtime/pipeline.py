@@ -159,6 +159,7 @@ class Pipeline:
         engine: EngineKind = "auto",
         threads: int | None = None,
         providers: tuple[str, ...] | None = None,
+        spinning: bool = True,
         config: PipelineConfig | None = None,
     ) -> Pipeline:
         """Open ``model`` (default: the shipped demo model) with its manifest and an active engine."""
@@ -167,7 +168,7 @@ class Pipeline:
             man = manifest
         else:
             man, _ = load_manifest(path, manifest)
-        eng = open_engine(path, engine, threads=threads, providers=providers)
+        eng = open_engine(path, engine, threads=threads, providers=providers, spinning=spinning)
         return cls(eng, man, config, owns_engine=True)
 
     def _fixed_input_shape(self) -> tuple[int, ...]:

@@ -1,0 +1,90 @@
+"""Latest-slice-first scheduling: per series, only the newest waiting slice is worth computing.
+
+During acquisition a console can send slices faster than a CPU segments them. Queueing them all would
+show the radiographer findings that lag further and further behind the scan. Instead, each series has at
+most one *waiting* request: a newer slice replaces it, and the replaced one is handed back so the server
+answers it SUPERSEDED (never silently dropped). Series are served in the order they first queued, so
+one busy series cannot starve another. Requests without a series key queue plainly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Job", "LatestSliceScheduler"]
+
+
+@dataclass(eq=False)
+class Job:
+    """One accepted request, from the I/O thread to a worker."""
+
+    request: Any  # a SegmentRequest
+    identity: bytes  # ZeroMQ routing id of the console
+    payload: Any  # the pixel frame (kept alive, never copied)
+    model: str
+    nbytes: int
+    received_at: float = field(default_factory=time.time)
+    received_mono: float = field(default_factory=time.monotonic)
+    deadline_mono: float | None = None
+    seq: int = 0  # the I/O thread's key for this job until it is answered
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.deadline_mono is not None and (now or time.monotonic()) > self.deadline_mono
+
+
+class LatestSliceScheduler:
+    """Thread-safe queue: ``submit`` from the I/O thread, ``take`` from workers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._waiting: OrderedDict[Any, Job] = OrderedDict()  # key: series, or a unique token
+        self._anonymous = itertools.count()
+        self._closed = False
+
+    def submit(self, job: Job) -> Job | None:
+        """Queue ``job``; return the waiting job of the same series it supersedes, if any."""
+        series = job.request.series
+        key: Any = ("series", series) if series else ("anonymous", next(self._anonymous))
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("scheduler is closed")
+            replaced = self._waiting.get(key)
+            self._waiting[key] = job  # a replacement keeps the series' place in line
+            self._lock.notify()
+        return replaced
+
+    def take(self, timeout: float | None = None) -> Job | None:
+        """The oldest waiting job; None on timeout or once closed and empty."""
+        with self._lock:
+            end = None if timeout is None else time.monotonic() + timeout
+            while not self._waiting:
+                if self._closed:
+                    return None
+                remaining = None if end is None else end - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._lock.wait(remaining)
+            _, job = self._waiting.popitem(last=False)
+            return job
+
+    def expire(self, now: float | None = None) -> list[Job]:
+        """Remove and return every waiting job whose deadline has passed."""
+        now = now or time.monotonic()
+        with self._lock:
+            gone = [k for k, j in self._waiting.items() if j.expired(now)]
+            return [self._waiting.pop(k) for k in gone]
+
+    def depth(self) -> int:
+        with self._lock:
+            return len(self._waiting)
+
+    def close(self) -> None:
+        """Wake all workers; ``take`` returns what is left, then None."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
