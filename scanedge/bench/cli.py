@@ -46,6 +46,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
             threads=args.threads,
             run=_run_length(args),
             baseline=args.baseline,
+            baseline_model=args.baseline_model,
             progress=progress,
         )
     return _emit(report, args, console)
@@ -69,6 +70,56 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
             baseline=args.baseline,
             progress=progress,
         )
+    return _emit(report, args, console)
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    from scanedge.bench.inputs import bench_slices, parse_size
+    from scanedge.bench.stream import StreamSettings, bench_stream
+
+    if (args.endpoint is None) == (not args.spawn):
+        raise ValueError("give exactly one of --spawn or --endpoint URL")
+    console = make_console()
+    slices = bench_slices(parse_size(args.size), args.series)
+    settings = StreamSettings(
+        endpoint=args.endpoint,
+        model=args.model,
+        threads=args.threads,
+        workers=args.workers,
+        rate=args.rate,
+        consoles=args.consoles,
+        outputs=tuple(o.strip() for o in args.outputs.split(",") if o.strip()),
+        overlay_encoding=args.overlay_encoding,
+        deadline_ms=args.deadline_ms,
+        dicom=args.dicom,
+        run=_run_length(args),
+        baseline=args.baseline,
+    )
+    where = "a spawned runtime" if args.spawn else args.endpoint
+    rate = f"{args.rate:g} slices/s per console" if args.rate else "flat out"
+    console.print(f"streaming to {where}: {args.consoles} console(s), {rate}")
+    with LazyProgress(console, "stream") as progress:
+        report = bench_stream(slices, settings, progress)
+    code = _emit(report, args, console)
+    rss = report.settings.get("server_rss_mb")
+    if rss:
+        console.print(
+            f"runtime memory (RSS): start {rss['start']:.0f} MB, max {rss['max']:.0f} MB, end {rss['end']:.0f} MB "
+            f"(second half of the run: {rss['growth_second_half']:+.1f} MB)"
+        )
+    return code
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from scanedge.bench.echo import bench_echo
+    from scanedge.bench.inputs import parse_size
+
+    rows, cols = parse_size(args.size)
+    request = rows * cols * 2  # int16 pixels
+    reply = rows * cols * 4 if args.reply == "mask+overlay" else rows * cols
+    console = make_console()
+    with LazyProgress(console, "echo") as progress:
+        report = bench_echo(request, reply, pause_ms=args.pause_ms, run=_run_length(args), progress=progress)
     return _emit(report, args, console)
 
 
@@ -119,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path, help="ONNX model (or engine file)")
     p.add_argument("--shape", help="input shape, e.g. 1x1x256x256 (default: the model's static shape)")
     p.add_argument("--batch", type=int, help="batch size (first dimension)")
+    p.add_argument("--baseline-model", type=Path, help="time this ONNX model as the baseline (e.g. the fp32 original)")
     _add_common(p)
     p.set_defaults(func=cmd_engine)
 
@@ -130,6 +182,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-overlay", action="store_true", help="skip overlay rendering")
     _add_common(p)
     p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("stream", help="end to end against a runtime over ZeroMQ")
+    p.add_argument("--spawn", action="store_true", help="start `scanedge serve` in a child process for the run")
+    p.add_argument("--endpoint", help="a running runtime, e.g. tcp://127.0.0.1:5555")
+    p.add_argument("--model", type=Path, default=None, help="model for --spawn (default: the demo model)")
+    p.add_argument("--workers", type=int, default=1, help="workers of a spawned runtime")
+    p.add_argument("--size", default="512x512", help="slice size of the demo-patient inputs (default 512x512)")
+    p.add_argument("--series", type=Path, help="send the slices of this DICOM folder instead")
+    p.add_argument("--dicom", action="store_true", help="send DICOM bytes instead of raw pixel frames")
+    p.add_argument("--rate", type=float, default=None, help="slices per second per console (default: flat out)")
+    p.add_argument("--consoles", type=int, default=1, help="concurrent consoles, each with its own series")
+    p.add_argument("--outputs", default="mask,overlay", help="reply frames: mask,overlay,probabilities")
+    p.add_argument("--overlay-encoding", choices=("raw", "jpeg", "png"), default="raw")
+    p.add_argument("--deadline-ms", type=float, default=None, help="per-request deadline")
+    _add_common(p)
+    p.set_defaults(func=cmd_stream)
+
+    p = sub.add_parser("echo", help="the transport floor: raw ZeroMQ echo of slice-sized messages, no scanedge")
+    p.add_argument("--size", default="512x512", help="slice size: requests carry int16 pixels of this size")
+    p.add_argument("--reply", choices=("mask+overlay", "mask"), default="mask+overlay", help="reply size")
+    p.add_argument("--pause-ms", type=float, default=0.0, help="peer pauses this long before replying")
+    _add_common(p)
+    p.set_defaults(func=cmd_echo)
 
     p = sub.add_parser("compare", help="ratios between two JSON reports; exit 1 past --max-ratio")
     p.add_argument("a", type=Path, help="reference report")

@@ -26,7 +26,7 @@ from scanedge.imaging.slices import Slice
 from scanedge.manifest import load_manifest
 from scanedge.runtime.pipeline import Pipeline, default_model_path
 
-__all__ = ["RunLength", "bench_engine", "bench_pipeline"]
+__all__ = ["DEFAULT_RUN", "RunLength", "bench_engine", "bench_pipeline"]
 
 Progress = Callable[[int, int], None]
 
@@ -50,6 +50,9 @@ class RunLength:
         if self.duration_s is None:
             return self.count
         return max(i, int(i / max(elapsed, 1e-9) * self.duration_s)) if i else 0
+
+
+DEFAULT_RUN = RunLength()
 
 
 def _plain_session(model: Path, threads: int | None) -> Any:
@@ -103,11 +106,16 @@ def bench_engine(
     shape: Sequence[int] | None = None,
     batch: int | None = None,
     threads: int | None = None,
-    run: RunLength = RunLength(),
+    run: RunLength = DEFAULT_RUN,
     baseline: bool = False,
+    baseline_model: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
 ) -> BenchReport:
-    """Time ``engine.infer`` alone on random inputs."""
+    """Time ``engine.infer`` alone on random inputs.
+
+    ``baseline`` times a plain ``InferenceSession.run`` of the same model on the same inputs;
+    ``baseline_model`` does that for another model instead (e.g. the fp32 original of an int8 engine).
+    """
     path = Path(model)
     eng = open_engine(path, engine, threads=threads)
     with eng:
@@ -120,7 +128,8 @@ def bench_engine(
         feeds = {spec.name: np.random.default_rng(0).standard_normal(dims).astype(spec.dtype)}
         for s in eng.input_specs[1:]:
             raise ValueError(f"edge-bench engine drives single-input models; {s.name!r} is a second input")
-        session = _plain_session(path, threads) if baseline else None
+        reference = Path(baseline_model) if baseline_model is not None else path
+        session = _plain_session(reference, threads) if baseline or baseline_model is not None else None
         for _ in range(run.warmup):
             eng.infer(feeds)
             if session is not None:
@@ -138,7 +147,13 @@ def bench_engine(
         wall = time.perf_counter() - start
         report = BenchReport(
             mode="engine",
-            settings={"shape": dims, "threads": threads, "count": i, "warmup": run.warmup, "baseline": baseline},
+            settings={
+                "shape": dims,
+                "threads": threads,
+                "count": i,
+                "warmup": run.warmup,
+                "baseline": str(baseline_model) if baseline_model else baseline,
+            },
             samples={"infer": samples},
             engine=eng.describe(),
             model=_model_info(path),
@@ -146,7 +161,10 @@ def bench_engine(
             timeline=timeline,
         )
         if session is not None:
-            report.baseline = _baseline_block(base, samples, "plain InferenceSession.run, same inputs")
+            what = "plain InferenceSession.run, same inputs"
+            if baseline_model is not None:
+                what = f"plain InferenceSession.run of {reference.name}, same inputs"
+            report.baseline = _baseline_block(base, samples, what)
     return _finish(report, wall, busy0, cpu0)
 
 
@@ -195,7 +213,7 @@ def bench_pipeline(
     threads: int | None = None,
     overlay: OverlayOptions | bool = True,
     dicom: bool = False,
-    run: RunLength = RunLength(),
+    run: RunLength = DEFAULT_RUN,
     baseline: bool = False,
     progress: Progress | None = None,
 ) -> BenchReport:

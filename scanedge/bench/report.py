@@ -188,7 +188,7 @@ class BenchReport:
         if self.baseline and "overhead_ms" in self.baseline:
             o = self.baseline["overhead_ms"]
             console.print(
-                f"overhead over raw ONNX Runtime ({self.baseline.get('what', 'session.run')}): "
+                f"overhead over the baseline ({self.baseline.get('what', 'session.run')}): "
                 f"p50 {o['p50']:+.3f} ms, p99 {o['p99']:+.3f} ms, ratio {self.baseline['ratio']:.2f}x"
             )
         for w in self.warnings:

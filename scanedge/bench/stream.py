@@ -1,0 +1,377 @@
+"""End-to-end measurement against a running runtime, the way a console sees it.
+
+Each simulated console has its own connection and its own series. ``rate`` sends at a fixed rate per
+console and measures latency from the *intended* send time, so a stall that delays later sends shows up
+in their latency instead of disappearing (coordinated omission). Without a rate each console runs closed
+loop ("flat out"): the next slice goes as soon as the previous answer is back.
+
+``--spawn`` starts ``scanedge serve`` in a separate process (as in production: no shared interpreter
+lock with the load generator) and samples its resident memory during the run.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scanedge.bench.inprocess import RunLength
+from scanedge.bench.report import BenchReport
+from scanedge.bench.stats import cpu_load_warning, stability_warnings, summarize, system_busy_seconds
+from scanedge.errors import BusyError, ExpiredError, ScanedgeError, SupersededError
+from scanedge.imaging.dicom import encode_dicom
+from scanedge.imaging.slices import Slice
+from scanedge.runtime.client import Client, ClientConfig, RemoteResult
+
+__all__ = ["SpawnedRuntime", "StreamSettings", "bench_stream"]
+
+Progress = Callable[[int, int], None]
+SERVER_STAGES = ("queue", "decode", "preprocess", "infer", "postprocess", "overlay", "encode")
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    endpoint: str | None = None  # None: spawn a runtime
+    model: Path | None = None
+    threads: int | None = None  # of a spawned runtime
+    workers: int = 1
+    rate: float | None = None  # slices per second per console; None: closed loop
+    consoles: int = 1
+    outputs: tuple[str, ...] = ("mask", "overlay")
+    overlay_encoding: str = "raw"
+    deadline_ms: float | None = None
+    dicom: bool = False
+    run: RunLength = field(default_factory=RunLength)
+    baseline: bool = False
+
+    def __post_init__(self) -> None:
+        if self.consoles < 1 or (self.rate is not None and self.rate <= 0):
+            raise ValueError("consoles must be >= 1 and rate > 0")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class SpawnedRuntime:
+    """``scanedge serve`` in a child process on a free loopback port, with its memory sampled."""
+
+    def __init__(self, model: Path | None, threads: int | None, workers: int = 1) -> None:
+        self.endpoint = f"tcp://127.0.0.1:{_free_port()}"
+        cmd = [
+            sys.executable,
+            "-m",
+            "scanedge",
+            "serve",
+            "--bind",
+            self.endpoint,
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+            "--stats-interval",
+            "3600",
+        ]
+        if model is not None:
+            cmd += ["--model", str(model)]
+        if threads is not None:
+            cmd += ["--threads", str(threads)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.rss_mb: list[float] = []
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+
+    def wait_ready(self, timeout: float = 120.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        with Client(self.endpoint, ClientConfig(timeout_s=1.0, retries=0)) as probe:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"the spawned runtime exited: {self.proc.stderr.read().decode()[-2000:]}")
+                try:
+                    pong = probe.ping(timeout=1.0)
+                    break
+                except ScanedgeError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the spawned runtime did not answer PING in time") from None
+        self._sampler.start()
+        return pong
+
+    def _sample(self) -> None:
+        path = f"/proc/{self.proc.pid}/status"
+        while not self._stop.wait(0.1):
+            try:
+                with open(path) as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            self.rss_mb.append(int(line.split()[1]) / 1024)
+            except OSError:
+                return
+
+    def close(self) -> int | None:
+        self._stop.set()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.returncode
+
+    def __enter__(self) -> SpawnedRuntime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Recorder:
+    """Collects per-request outcomes from the clients' I/O threads."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.samples: dict[str, list[float]] = {k: [] for k in ("total", "server", "transport", *SERVER_STAGES)}
+        self.timeline: list[float] = []
+        self.counts = {"ok": 0, "superseded": 0, "expired": 0, "busy": 0, "error": 0}
+        self.errors: dict[str, int] = {}
+        self.done = 0
+
+    def callback(self, intended: float, sent: float, start: float):
+        def record(future) -> None:
+            now = time.perf_counter()
+            with self.lock:
+                self.done += 1
+                exc = future.exception()
+                if exc is None:
+                    r: RemoteResult = future.result()
+                    server_ms = r.timings_ms.get("total", 0.0)
+                    self.samples["total"].append((now - intended) * 1e3)
+                    self.samples["server"].append(server_ms)
+                    self.samples["transport"].append(max(0.0, (now - sent) * 1e3 - server_ms))
+                    for stage in SERVER_STAGES:
+                        self.samples[stage].append(r.timings_ms.get(stage, 0.0))
+                    self.timeline.append(intended - start)
+                    self.counts["ok"] += 1
+                elif isinstance(exc, SupersededError):
+                    self.counts["superseded"] += 1
+                elif isinstance(exc, ExpiredError):
+                    self.counts["expired"] += 1
+                elif isinstance(exc, BusyError):
+                    self.counts["busy"] += 1
+                else:
+                    self.counts["error"] += 1
+                    code = getattr(exc, "code", type(exc).__name__)
+                    self.errors[code] = self.errors.get(code, 0) + 1
+
+        return record
+
+
+def _payloads(slices: Sequence[Slice], dicom: bool) -> list[Any]:
+    return [encode_dicom(s) for s in slices] if dicom else list(slices)
+
+
+def bench_stream(slices: Sequence[Slice], settings: StreamSettings, progress: Progress | None = None) -> BenchReport:
+    spawned = None
+    endpoint = settings.endpoint
+    if endpoint is None:
+        spawned = SpawnedRuntime(settings.model, settings.threads, settings.workers)
+        endpoint = spawned.endpoint
+    try:
+        if spawned is not None:
+            pong = spawned.wait_ready()
+        else:
+            with Client(endpoint, ClientConfig(timeout_s=5.0, retries=0)) as probe:
+                pong = probe.ping()
+        report = _run(slices, settings, endpoint, pong, progress, spawned)
+    finally:
+        code = spawned.close() if spawned else None
+    if spawned is not None:
+        report.settings["spawned_exit_code"] = code
+    return report
+
+
+def _run(slices, settings: StreamSettings, endpoint: str, pong: dict[str, Any], progress, spawned) -> BenchReport:
+    run = settings.run
+    payloads = _payloads(slices, settings.dicom)
+    rec = _Recorder()
+    clients = [Client(endpoint, ClientConfig(timeout_s=30.0)) for _ in range(settings.consoles)]
+    local_pipe = None
+    baseline: list[float] = []
+    if settings.baseline:
+        from scanedge.runtime.pipeline import Pipeline
+
+        # the runtime's engine settings (spinning off), so the difference is the runtime itself
+        local_pipe = Pipeline.open(settings.model, threads=settings.threads, spinning=False)
+    kw = {
+        "outputs": settings.outputs,
+        "overlay_encoding": settings.overlay_encoding,
+        "deadline_ms": settings.deadline_ms,
+        "publish": False,
+    }
+    try:
+        for i in range(min(run.warmup, 50)):  # warm up connections and the runtime
+            clients[i % len(clients)].segment(payloads[i % len(payloads)], **kw)
+        busy0 = system_busy_seconds()
+        cpu0 = time.process_time()
+        start = time.perf_counter()
+        total = run.count if run.duration_s is None else None
+        if settings.rate is None and settings.consoles == 1 and local_pipe is not None:
+            sent = _closed_loop_with_baseline(clients[0], payloads, kw, rec, run, start, local_pipe, baseline, progress)
+        else:
+            if local_pipe is not None:  # fixed rate or several consoles: the baseline goes first
+                for i in range(min(len(payloads) * 4, 200)):
+                    baseline.append(
+                        local_pipe.run(
+                            payloads[i % len(payloads)], overlay="overlay" in settings.outputs
+                        ).timings.total_ms
+                    )
+            sent = _drive_consoles(clients, payloads, kw, rec, settings, start, total, progress)
+        _wait_all(rec, sent, timeout=60)
+        wall = time.perf_counter() - start
+    finally:
+        for c in clients:
+            c.close()
+        if local_pipe is not None:
+            local_pipe.close()
+    samples = {k: v for k, v in rec.samples.items() if v}
+    model = pong["models"][0]
+    report = BenchReport(
+        mode="stream",
+        settings={
+            "endpoint": endpoint if settings.endpoint else "spawned",
+            "rate_per_console": settings.rate,
+            "consoles": settings.consoles,
+            "outputs": list(settings.outputs),
+            "overlay_encoding": settings.overlay_encoding,
+            "input": "dicom" if settings.dicom else "raw",
+            "slice_shapes": [list(s) for s in sorted({s.shape for s in slices})],
+            "deadline_ms": settings.deadline_ms,
+            "sent": sent,
+            "warmup": run.warmup,
+            "threads": settings.threads,
+            "workers": settings.workers,
+            "baseline": settings.baseline,
+        },
+        samples=samples,
+        engine={"kind": pong.get("engine"), "server": pong.get("server")},
+        model={"name": model["name"], "version": model["version"]},
+        counts=dict(rec.counts),
+        throughput_per_s=rec.counts["ok"] / wall if wall > 0 else None,
+        wall_s=wall,
+        timeline=rec.timeline,
+    )
+    if rec.errors:
+        report.counts.update({f"error.{k}": v for k, v in rec.errors.items()})
+    if baseline and samples.get("total"):
+        b, m = summarize(baseline), summarize(samples["total"])
+        report.baseline = {
+            "what": "the in-process pipeline, same slices, outputs and engine settings, same run",
+            "samples": {"in-process": [round(v, 4) for v in baseline]},
+            "figures": {"in-process": b.to_dict()},
+            "overhead_ms": {"p50": m.median - b.median, "p99": m.p99 - b.p99},
+            "ratio": m.median / b.median if b.median > 0 else float("inf"),
+        }
+    if spawned is not None and spawned.rss_mb:
+        rss = spawned.rss_mb
+        tail = rss[len(rss) // 2 :]
+        report.settings["server_rss_mb"] = {
+            "start": rss[0],
+            "max": max(rss),
+            "end": rss[-1],
+            "growth_second_half": tail[-1] - tail[0] if tail else 0.0,
+        }
+    if "total" in samples:
+        report.warnings.extend(stability_warnings("total", summarize(samples["total"])))
+    load = cpu_load_warning(busy0, system_busy_seconds(), time.process_time() - cpu0, wall)
+    if load and spawned is None:
+        report.warnings.append(load)
+    if rec.counts["error"]:
+        report.warnings.append(f"{rec.counts['error']} request(s) failed: {rec.errors}")
+    return report
+
+
+def _wait_all(rec: _Recorder, sent: int, timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with rec.lock:
+            if rec.done >= sent:
+                return
+        time.sleep(0.005)
+
+
+#: stream and in-process baseline alternate in blocks this long: switching every few slices leaves the
+#: in-process engine's threads and caches in the way of the client's I/O and inflates the stream figures
+STREAM_BASELINE_BLOCK = 250
+
+
+def _closed_loop_with_baseline(client, payloads, kw, rec, run, start, pipe, baseline, progress) -> int:
+    """One console, flat out, alternating long blocks with the in-process pipeline on the same slices."""
+    i = 0
+    while not run.done(i, time.perf_counter() - start):
+        first = i
+        while i - first < STREAM_BASELINE_BLOCK and not run.done(i, time.perf_counter() - start):
+            t = time.perf_counter()
+            future = client.submit(payloads[i % len(payloads)], series="console-0", **kw)
+            future.add_done_callback(rec.callback(t, t, start))
+            try:
+                future.result(60)
+            except ScanedgeError:
+                pass
+            i += 1
+            if progress:
+                progress(i, run.expected(time.perf_counter() - start, i))
+        for k in range(first, i):
+            baseline.append(pipe.run(payloads[k % len(payloads)], overlay="overlay" in kw["outputs"]).timings.total_ms)
+    return i
+
+
+def _drive_consoles(clients, payloads, kw, rec, settings: StreamSettings, start, total, progress) -> int:
+    run = settings.run
+    per_console = None if total is None else -(-total // len(clients))
+    sent = [0] * len(clients)
+
+    def console(k: int) -> None:
+        client = clients[k]
+        n = 0
+        while True:
+            elapsed = time.perf_counter() - start
+            if (per_console is not None and n >= per_console) or (
+                run.duration_s is not None and elapsed >= run.duration_s
+            ):
+                return
+            if settings.rate is not None:
+                intended = start + n / settings.rate + k / (settings.rate * len(clients))  # stagger consoles
+                delay = intended - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            else:
+                intended = time.perf_counter()
+            actual = time.perf_counter()
+            future = client.submit(payloads[n % len(payloads)], series=f"console-{k}", **kw)
+            future.add_done_callback(rec.callback(intended, actual, start))
+            n += 1
+            sent[k] = n
+            if settings.rate is None:
+                try:
+                    future.result(60)
+                except ScanedgeError:
+                    pass
+
+    threads = [threading.Thread(target=console, args=(k,), daemon=True) for k in range(len(clients))]
+    for t in threads:
+        t.start()
+    expected = total or 0
+    while any(t.is_alive() for t in threads):
+        time.sleep(0.05)
+        if progress:
+            done = sum(sent)
+            progress(done, expected if total else run.expected(time.perf_counter() - start, done))
+    return sum(sent)

@@ -1,0 +1,88 @@
+import json
+
+from scanedge.bench.cli import main as bench_main
+
+
+def test_stream_spawn_produces_a_sane_report_and_plot(tmp_path, capsys):
+    js, png = tmp_path / "s.json", tmp_path / "s.png"
+    code = bench_main(
+        [
+            "stream",
+            "--spawn",
+            "--size",
+            "256x256",
+            "--count",
+            "60",
+            "--warmup",
+            "5",
+            "--threads",
+            "1",
+            "--baseline",
+            "--json",
+            str(js),
+            "--plot",
+            str(png),
+        ]
+    )
+    assert code == 0
+    report = json.loads(js.read_text())
+    assert report["mode"] == "stream" and report["counts"]["ok"] == 60 and report["counts"]["error"] == 0
+    figures = report["figures"]
+    for name in ("total", "server", "transport", "queue", "infer", "overlay"):
+        assert figures[name]["count"] == 60
+    assert figures["total"]["median"] >= figures["server"]["median"] >= figures["infer"]["median"]
+    assert report["baseline"]["figures"]["in-process"]["count"] >= 60
+    assert report["settings"]["spawned_exit_code"] == 0  # the runtime shut down cleanly
+    rss = report["settings"]["server_rss_mb"]
+    assert 20 < rss["start"] <= rss["max"] < 2000
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert "runtime memory" in capsys.readouterr().err
+
+
+def test_fixed_rate_with_several_consoles(tmp_path):
+    js = tmp_path / "r.json"
+    code = bench_main(
+        [
+            "stream",
+            "--spawn",
+            "--size",
+            "128x128",
+            "--rate",
+            "20",
+            "--consoles",
+            "2",
+            "--duration",
+            "1.5",
+            "--warmup",
+            "2",
+            "--threads",
+            "1",
+            "--outputs",
+            "mask",
+            "--json",
+            str(js),
+        ]
+    )
+    assert code == 0
+    report = json.loads(js.read_text())
+    sent = report["settings"]["sent"]
+    assert 50 <= sent <= 70  # 2 consoles x 20/s x 1.5 s
+    assert report["counts"]["ok"] + report["counts"]["superseded"] == sent
+    assert report["settings"]["consoles"] == 2 and report["settings"]["rate_per_console"] == 20
+
+
+def test_stream_needs_a_target(capsys):
+    assert bench_main(["stream"]) == 2
+    assert "--spawn or --endpoint" in capsys.readouterr().err
+
+
+def test_echo_floor_runs_without_scanedge_on_the_peer(tmp_path):
+    js = tmp_path / "e.json"
+    assert (
+        bench_main(["echo", "--size", "64x64", "--count", "50", "--warmup", "5", "--pause-ms", "1", "--json", str(js)])
+        == 0
+    )
+    report = json.loads(js.read_text())
+    assert report["mode"] == "echo" and report["figures"]["round_trip"]["count"] == 50
+    assert report["settings"]["reply_bytes"] == 64 * 64 * 4
+    assert 0 < report["figures"]["round_trip"]["median"] < 50  # the 1 ms pause is subtracted
