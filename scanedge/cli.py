@@ -448,6 +448,92 @@ def cmd_keys_allow(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- convert / verify / export ----------------------------------------------------------------------------
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    import time
+
+    from scanedge.converters.convert import ConvertOptions, convert
+
+    console = make_console()
+    options = ConvertOptions(
+        target=args.target,
+        precision=args.precision,
+        calibration=args.calibration,
+        calibration_limit=args.calibration_limit,
+        shapes=args.shapes,
+        out_dir=args.out,
+        timing_cache=args.timing_cache,
+    )
+    t0 = time.perf_counter()
+    with console.status("converting ...") as status:
+        result = convert(
+            args.model, options, manifest_path=args.manifest, say=lambda m: (console.print(m), status.update(m))
+        )
+    console.print(
+        f"[bold]{result.output}[/] ({options.target}, {options.precision}) in {time.perf_counter() - t0:.1f} s; "
+        f"check the result with: scanedge verify {result.output} --reference {args.model} --data SLICES"
+    )
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from scanedge.converters.verify import DEFAULT_MIN_DICE, Thresholds, judge, measure_agreement
+    from scanedge.engines import open_engine
+    from scanedge.imaging.files import load_slices
+    from scanedge.manifest import load_manifest
+
+    console = make_console()
+    manifest, _ = load_manifest(args.engine_file, args.manifest)
+    ref_manifest, _ = load_manifest(args.reference)
+    if [c.name for c in manifest.classes] != [c.name for c in ref_manifest.classes]:
+        raise ValueError("the engine and the reference model have different classes; they cannot be compared")
+    with console.status("reading slices ..."):
+        slices = [item.slice for item in load_slices([args.data])][: args.limit]
+    if not slices:
+        raise ValueError(f"no slices found in {args.data}")
+    with console.status(f"running both models on {len(slices)} slice(s) ..."):
+        with (
+            open_engine(args.engine_file, args.engine, threads=args.threads, onnx_sha256=manifest.onnx_sha256) as cand,
+            open_engine(args.reference, "ort", threads=args.threads) as ref,
+        ):
+            agreement = measure_agreement(cand, ref, ref_manifest, slices)
+    thresholds = Thresholds(args.min_dice or DEFAULT_MIN_DICE[manifest.precision], args.max_abs_diff)
+    verdict = judge(agreement, thresholds)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "agreement": agreement.to_dict(),
+                    "thresholds": thresholds.__dict__,
+                    "passed": verdict.passed,
+                    "failures": list(verdict.failures),
+                },
+                indent=2,
+            )
+        )
+    dice = ", ".join(f"{k} {v:.4f}" for k, v in agreement.dice.items())
+    console.print(
+        f"{manifest.precision} engine vs reference on {agreement.slices} slices: Dice {dice}; probabilities "
+        f"max |diff| {agreement.max_abs_diff:.4f}, mean {agreement.mean_abs_diff:.5f}; "
+        f"{agreement.pixel_agreement:.4%} of mask pixels identical"
+    )
+    if verdict.passed:
+        console.print(f"[green]PASS[/] (Dice >= {thresholds.min_dice})")
+        return 0
+    console.print("[red]FAIL[/] " + "; ".join(verdict.failures))
+    return 1
+
+
+def cmd_export_triton(args: argparse.Namespace) -> int:
+    from scanedge.converters.triton import export_triton
+
+    entry = export_triton(args.model, args.repo, manifest_path=args.manifest, instances=args.instances)
+    make_console().print(f"Triton model repository entry written to {entry} (config.pbtxt, 1/model.*)")
+    return 0
+
+
 # --- argument parsing ----------------------------------------------------------------------------------
 
 
@@ -489,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--publish", default=None, help="PUB endpoint for viewers, e.g. tcp://127.0.0.1:5556")
     p.add_argument("--workers", type=int, default=1, help="inference workers (each with its own engine)")
     p.add_argument("--threads", type=int, default=None, help="inference threads per worker")
-    p.add_argument("--spinning", action="store_true", help="let ONNX Runtime threads busy-wait between runs")
+    p.add_argument("--spinning", action="store_true", help="let ONNX Runtime threads busy-wait (off by default)")
     p.add_argument("--engine", choices=("auto", "ort", "tensorrt"), default="auto")
     p.add_argument("--max-message-mb", type=float, default=64.0, help="larger messages are refused (TOO_LARGE)")
     p.add_argument("--max-inflight-mb", type=float, default=256.0, help="payload bytes in flight before BUSY")
@@ -511,6 +597,40 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("clients_dir", type=Path)
     k.add_argument("public_key", type=Path)
     k.set_defaults(func=cmd_keys_allow)
+
+    p = sub.add_parser("convert", help="build an optimized engine (ORT or TensorRT; fp32, fp16, int8)")
+    p.add_argument("model", type=Path, help="ONNX model with a manifest")
+    p.add_argument("--target", choices=("ort", "tensorrt"), default="ort")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
+    p.add_argument("--calibration", type=Path, help="folder of slices for int8 calibration")
+    p.add_argument("--calibration-limit", type=int, default=200, help="use at most this many slices")
+    p.add_argument(
+        "--shapes", help="TensorRT optimization profile MIN:OPT:MAX, e.g. 1x1x256x256:1x1x256x256:1x1x512x512"
+    )
+    p.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file (default: in --out)")
+    p.add_argument("--manifest", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=Path("engines"))
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("verify", help="compare an engine's segmentations with the reference ONNX model")
+    p.add_argument("engine_file", type=Path, metavar="ENGINE", help="converted ONNX model or TensorRT plan")
+    p.add_argument("--reference", type=Path, required=True, help="the original ONNX model")
+    p.add_argument("--data", type=Path, required=True, help="folder of slices to compare on")
+    p.add_argument("--engine", choices=("auto", "ort", "tensorrt"), default="auto")
+    p.add_argument("--manifest", type=Path, default=None)
+    p.add_argument("--min-dice", type=float, default=None, help="default: 0.99 for fp16, 0.97 for int8, 0.999 fp32")
+    p.add_argument("--max-abs-diff", type=float, default=None, help="also fail above this probability difference")
+    p.add_argument("--limit", type=int, default=500, help="compare at most this many slices")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("export-triton", help="write a Triton model repository entry")
+    p.add_argument("model", type=Path, help="ONNX model or TensorRT plan (with its manifest)")
+    p.add_argument("--repo", type=Path, required=True)
+    p.add_argument("--manifest", type=Path, default=None)
+    p.add_argument("--instances", type=int, default=1)
+    p.set_defaults(func=cmd_export_triton)
 
     p = sub.add_parser("inspect", help="print a model's inputs, outputs and manifest")
     p.add_argument("model", type=Path)

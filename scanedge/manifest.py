@@ -250,6 +250,7 @@ class Manifest:
     description: str = ""
     intended_use: str = ""
     onnx_sha256: str | None = None
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"  # of the graph; set by `scanedge convert`
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -257,6 +258,7 @@ class Manifest:
             raise _fail("name", "must not be empty")
         if not self.version:
             raise _fail("version", "must not be empty")
+        _choice("precision", self.precision, ("fp32", "fp16", "int8"))
         if self.schema_version != SCHEMA_VERSION:
             raise _fail(
                 "schema_version",

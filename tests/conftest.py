@@ -88,3 +88,25 @@ def demo_series(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from scanedge.demo.series import demo_series_dir
 
     return demo_series_dir()
+
+
+def _gpu_unavailable_reason() -> str | None:
+    from scanedge.engines.cuda import gpu_info, tensorrt_module
+    from scanedge.errors import DeviceUnavailableError
+
+    try:
+        tensorrt_module()
+        gpu_info()
+    except DeviceUnavailableError as exc:
+        return exc.message
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return
+    reason = _gpu_unavailable_reason()
+    if reason:
+        for item in gpu_items:
+            item.add_marker(pytest.mark.skip(reason=f"needs an NVIDIA GPU with TensorRT: {reason}"))

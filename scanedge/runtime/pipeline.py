@@ -168,7 +168,9 @@ class Pipeline:
             man = manifest
         else:
             man, _ = load_manifest(path, manifest)
-        eng = open_engine(path, engine, threads=threads, providers=providers, spinning=spinning)
+        eng = open_engine(
+            path, engine, threads=threads, providers=providers, spinning=spinning, onnx_sha256=man.onnx_sha256
+        )
         return cls(eng, man, config, owns_engine=True)
 
     def _fixed_input_shape(self) -> tuple[int, ...]:

@@ -80,7 +80,7 @@ class ServerConfig:
     publish: str | None = None
     workers: int = 1
     threads: int | None = None  # inference threads per worker (None: ONNX Runtime's default)
-    spinning: bool = False  # ONNX Runtime busy-waiting; off leaves the cores to the I/O thread (see OrtOptions)
+    spinning: bool = False  # ONNX Runtime busy-waiting; off measured faster in the server (see OrtOptions)
     engine: EngineKind = "auto"
     max_message_bytes: int = 64 * 1024 * 1024
     max_inflight_bytes: int = 256 * 1024 * 1024

@@ -1,0 +1,154 @@
+"""One ONNX file in, the fastest engine this hardware can run out: check -> simplify -> precision -> build.
+
+ORT target: an offline-optimized ONNX file with its manifest (``<stem>.<precision>.onnx``), ready for
+``scanedge serve``. TensorRT target: the same precision-converted ONNX plus a plan keyed to this GPU.
+Each step is timed and reported through ``say``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from scanedge.converters.calibration import CalibrationSlices
+from scanedge.converters.checks import CheckReport, check_onnx
+from scanedge.converters.precision import PRECISIONS, to_fp16, to_int8
+from scanedge.errors import ConversionError
+from scanedge.manifest import Manifest, embed_manifest, load_manifest
+
+__all__ = ["ConversionResult", "ConvertOptions", "convert", "ort_optimize"]
+
+Target = Literal["ort", "tensorrt"]
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    target: Target = "ort"
+    precision: str = "fp32"
+    calibration: Path | None = None  # folder of slices (DICOM, .npy, images); required for int8
+    calibration_limit: int = 200
+    shapes: str | None = None  # TensorRT profile MIN:OPT:MAX
+    out_dir: Path = Path("engines")
+    timing_cache: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.target not in ("ort", "tensorrt"):
+            raise ValueError(f"target must be ort or tensorrt, got {self.target!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.precision == "int8" and self.calibration is None:
+            raise ValueError(
+                "int8 needs --calibration DIR: slices like the ones the model will see (20-200 are enough)"
+            )
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    output: Path  # the ORT model, or the TensorRT plan
+    onnx: Path  # the precision-converted ONNX with its manifest
+    manifest: Manifest
+    check: CheckReport
+    steps: tuple[tuple[str, float], ...]  # (step, seconds)
+
+
+def ort_optimize(model: Any, out_path: Path, level: str) -> Any:
+    """ONNX Runtime's offline graph optimizer (constant folding, fusions) -> the optimized ModelProto.
+
+    ``basic`` keeps standard ONNX ops (portable, fine for TensorRT); ``extended`` adds ORT-specific fusions
+    for ORT deployment. ``all`` (layout transforms for this very CPU) is deliberately not offered: such a
+    file is not portable to another console.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "in.onnx"
+        onnx.save(model, str(src))
+        so = ort.SessionOptions()
+        so.graph_optimization_level = {
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        }[level]
+        so.optimized_model_filepath = str(out_path)
+        so.log_severity_level = 3
+        try:
+            ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ConversionError(f"ONNX Runtime could not optimize the model: {exc}") from exc
+    optimized = onnx.load(str(out_path))
+    del optimized.metadata_props[:]
+    optimized.metadata_props.extend(model.metadata_props)
+    return optimized
+
+
+def convert(
+    model_path: str | os.PathLike[str],
+    options: ConvertOptions,
+    *,
+    manifest_path: str | os.PathLike[str] | None = None,
+    say: Callable[[str], None] = lambda _: None,
+) -> ConversionResult:
+    import onnx
+
+    path = Path(model_path)
+    manifest, _ = load_manifest(path, manifest_path)
+    out_dir = Path(options.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = path.name.split(".")[0]
+    steps: list[tuple[str, float]] = []
+
+    def step(name: str, fn: Callable[[], Any]) -> Any:
+        say(f"{name} ...")
+        t0 = time.perf_counter()
+        value = fn()
+        steps.append((name, time.perf_counter() - t0))
+        say(f"{name}: done in {steps[-1][1]:.2f} s")
+        return value
+
+    model = onnx.load(str(path))
+    report = step("check", lambda: check_onnx(model, manifest))
+    for note in report.notes:
+        say(f"note: {note}")
+    with tempfile.TemporaryDirectory() as tmp:
+        model = step(
+            "simplify (ORT basic offline optimization)", lambda: ort_optimize(model, Path(tmp) / "basic.onnx", "basic")
+        )
+        if options.precision == "fp16":
+            model = step("fp16 conversion (float32 I/O kept)", lambda: to_fp16(model))
+        elif options.precision == "int8":
+            reader = step(
+                f"calibration data from {options.calibration}",
+                lambda: CalibrationSlices(manifest, options.calibration, options.calibration_limit),
+            )
+            say(f"calibrating on {reader.count} slice(s) through the runtime's own preprocessing")
+            model = step(
+                "int8 quantization (QDQ)", lambda: to_int8(model, reader, Path(tmp) / "int8.onnx", options.target)
+            )
+        if options.target == "ort":
+            model = step(
+                "ORT extended offline optimization", lambda: ort_optimize(model, Path(tmp) / "ext.onnx", "extended")
+            )
+    converted = manifest.replace(
+        precision=options.precision,
+        description=(manifest.description + f" [converted by scanedge: {options.precision}, {options.target}]").strip(),
+    )
+    onnx_out = out_dir / f"{stem}.{options.precision}.onnx"
+    stamped = embed_manifest(model, converted, onnx_out)
+    say(f"wrote {onnx_out} ({onnx_out.stat().st_size / 1e6:.2f} MB)")
+    output = onnx_out
+    if options.target == "tensorrt":
+        from scanedge.converters.tensorrt_build import build_plan, parse_shapes
+
+        shapes = parse_shapes(options.shapes) if options.shapes else None
+        output = step(
+            "TensorRT build",
+            lambda: build_plan(
+                onnx_out, stamped, options.precision, out_dir, shapes=shapes, timing_cache=options.timing_cache, say=say
+            ),
+        )
+    return ConversionResult(output, onnx_out, stamped, report, tuple(steps))

@@ -1,0 +1,81 @@
+"""Export a model or a TensorRT plan as a Triton Inference Server model repository entry.
+
+For sites that outgrow one console: ``<repo>/<name>/config.pbtxt`` plus ``<repo>/<name>/1/model.onnx``
+(platform ``onnxruntime_onnx``) or ``1/model.plan`` (``tensorrt_plan``). Tensor names, types and dims
+come from the model's manifest; the manifest itself travels along as ``scanedge.manifest.json`` and as a
+``parameters`` entry, so a scanedge client can preprocess and postprocess for Triton exactly as the
+runtime does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from scanedge.engines import PLAN_SUFFIXES
+from scanedge.errors import ConversionError
+from scanedge.manifest import Manifest, load_manifest
+
+__all__ = ["export_triton", "triton_config"]
+
+_TYPE = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8"}
+
+
+def _dims(manifest: Manifest, channels: int) -> list[int]:
+    size = manifest.size
+    h, w = (int(size.height), int(size.width)) if size.mode == "fixed" else (-1, -1)  # type: ignore[arg-type]
+    return [1, channels, h, w] if manifest.input.layout == "NCHW" else [1, h, w, channels]
+
+
+def triton_config(manifest: Manifest, platform: str, instances: int = 1, gpu: bool = False) -> str:
+    """config.pbtxt text (batch dimension explicit: max_batch_size 0, as the models take batch 1)."""
+    inp, out = manifest.input, manifest.output
+    in_dims = _dims(manifest, inp.channels)
+    out_dims = (
+        [1, manifest.output_channels, *in_dims[2:]]
+        if inp.layout == "NCHW"
+        else [1, manifest.output_channels, in_dims[1], in_dims[2]]
+    )
+    manifest_json = json.dumps(manifest.to_json(indent=None))
+    return "\n".join(
+        [
+            f'name: "{manifest.name}"',
+            f'platform: "{platform}"',
+            "max_batch_size: 0",
+            "input [",
+            f'  {{ name: "{inp.name}" data_type: TYPE_FP32 dims: [ {", ".join(map(str, in_dims))} ] }}',
+            "]",
+            "output [",
+            f'  {{ name: "{out.name}" data_type: TYPE_FP32 dims: [ {", ".join(map(str, out_dims))} ] }}',
+            "]",
+            f"instance_group [ {{ kind: {'KIND_GPU' if gpu else 'KIND_CPU'} count: {instances} }} ]",
+            "version_policy: { specific: { versions: [ 1 ] } }",
+            f'parameters: {{ key: "scanedge.manifest" value: {{ string_value: {manifest_json} }} }}',
+            "",
+        ]
+    )
+
+
+def export_triton(
+    model: str | os.PathLike[str],
+    repo: str | os.PathLike[str],
+    *,
+    manifest_path: str | os.PathLike[str] | None = None,
+    instances: int = 1,
+) -> Path:
+    """Write the repository entry; returns its folder."""
+    path = Path(model)
+    manifest, _ = load_manifest(path, manifest_path)
+    is_plan = path.suffix.lower() in PLAN_SUFFIXES
+    if path.suffix.lower() not in (".onnx", *PLAN_SUFFIXES):
+        raise ConversionError(f"{path.name} is neither an ONNX model nor a TensorRT plan")
+    entry = Path(repo) / manifest.name
+    version = entry / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, version / ("model.plan" if is_plan else "model.onnx"))
+    platform = "tensorrt_plan" if is_plan else "onnxruntime_onnx"
+    (entry / "config.pbtxt").write_text(triton_config(manifest, platform, instances, gpu=is_plan))
+    (entry / "scanedge.manifest.json").write_text(manifest.to_json() + "\n")
+    return entry

@@ -1,0 +1,83 @@
+"""The GPU as TensorRT needs it, through cuda-python: is there one, and which one.
+
+TensorRT's ``deserialize_cuda_engine`` crashes the process (segfault) on a machine without a usable GPU,
+so nothing touches TensorRT before :func:`gpu_info` has confirmed a device; every way of not having one
+(no cuda-python, no driver, no device) is a :class:`DeviceUnavailableError` that says what is missing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from scanedge.errors import DeviceUnavailableError
+
+__all__ = ["GpuInfo", "check", "cudart", "gpu_info", "tensorrt_module"]
+
+_INSTALL_GPU = "pip install 'scanedge[gpu]'"
+
+
+def cudart() -> Any:
+    """cuda-python's runtime bindings (new ``cuda.bindings.runtime`` or the older ``cuda.cudart``)."""
+    try:
+        from cuda.bindings import runtime
+
+        return runtime
+    except ImportError:
+        pass
+    try:
+        from cuda import cudart as runtime  # cuda-python < 12.6
+
+        return runtime
+    except ImportError as exc:
+        raise DeviceUnavailableError(f"cuda-python is not installed, so no GPU can be used: {_INSTALL_GPU}") from exc
+
+
+def tensorrt_module() -> Any:
+    try:
+        import tensorrt
+    except ImportError as exc:
+        raise DeviceUnavailableError(
+            f"TensorRT is not installed ({_INSTALL_GPU}, from NVIDIA's package index); use --engine ort on this machine"
+        ) from exc
+    return tensorrt
+
+
+def check(result: Any, what: str) -> Any:
+    """cuda-python calls return (error, value...); raise on error, return the value(s)."""
+    rt = cudart()
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if err != rt.cudaError_t.cudaSuccess:
+        name = getattr(err, "name", str(err))
+        raise DeviceUnavailableError(f"CUDA call {what} failed: {name}")
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    index: int
+    name: str
+    compute_capability: tuple[int, int]
+    sm_count: int
+
+    @property
+    def slug(self) -> str:
+        """File-name-safe GPU name, e.g. 'nvidia-h100-80gb-hbm3'."""
+        return "".join(c if c.isalnum() else "-" for c in self.name.lower()).strip("-")
+
+
+def gpu_info(device: int = 0) -> GpuInfo:
+    """The CUDA device ``device``, or DeviceUnavailableError saying why there is none."""
+    rt = cudart()
+    result = rt.cudaGetDeviceCount()
+    err, count = result[0], (result[1] if len(result) > 1 else None)
+    if err != rt.cudaError_t.cudaSuccess or not count:
+        reason = getattr(err, "name", str(err)) if err != rt.cudaError_t.cudaSuccess else "no devices"
+        raise DeviceUnavailableError(
+            f"no usable NVIDIA GPU on this machine ({reason}); TensorRT engines need one. Use --engine ort"
+        )
+    if device >= count:
+        raise DeviceUnavailableError(f"GPU {device} requested but only {count} present")
+    props = check(rt.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+    name = props.name.decode(errors="replace").rstrip("\x00") if isinstance(props.name, bytes) else str(props.name)
+    return GpuInfo(device, name, (int(props.major), int(props.minor)), int(props.multiProcessorCount))
