@@ -8,7 +8,6 @@ machine noise and their difference is the cost of everything scanedge adds.
 from __future__ import annotations
 
 import os
-import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from scanedge.bench.report import BenchReport
-from scanedge.bench.stats import cpu_load_warning, stability_warnings, summarize, system_busy_seconds
+from scanedge.bench.stats import RunMonitor, summarize
 from scanedge.engines import EngineKind, open_engine
 from scanedge.imaging.dicom import encode_dicom
 from scanedge.imaging.overlay import OverlayOptions
@@ -64,11 +63,6 @@ def _plain_session(model: Path, threads: int | None) -> Any:
     return ort.InferenceSession(str(model), sess_options=so, providers=["CPUExecutionProvider"])
 
 
-def _cpu_time() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 def _model_info(path: Path) -> dict[str, Any]:
     try:
         manifest, _ = load_manifest(path, verify_sha=False)
@@ -77,14 +71,9 @@ def _model_info(path: Path) -> dict[str, Any]:
     return {"path": str(path), "name": manifest.name, "version": manifest.version, "sha256": manifest.onnx_sha256}
 
 
-def _finish(report: BenchReport, wall: float, busy0: tuple[float, float], cpu0: float) -> BenchReport:
+def _finish(report: BenchReport, wall: float, monitor: RunMonitor, figure: str) -> BenchReport:
     report.wall_s = wall
-    for name, values in report.samples.items():
-        if name == "total" or len(report.samples) == 1:
-            report.warnings.extend(stability_warnings(name, summarize(values)))
-    load = cpu_load_warning(busy0, system_busy_seconds(), _cpu_time() - cpu0, wall)
-    if load:
-        report.warnings.append(load)
+    report.warnings.extend(monitor.warnings(figure, report.samples[figure]))
     return report
 
 
@@ -141,7 +130,7 @@ def bench_engine(
             eng.infer(feeds)
             samples.append((time.perf_counter() - t0) * 1e3)
 
-        busy0, cpu0 = system_busy_seconds(), _cpu_time()
+        monitor = RunMonitor()
         start = time.perf_counter()
         i, timeline, base = _drive(run, measured, (lambda _: session.run(None, feeds)) if session else None, progress)
         wall = time.perf_counter() - start
@@ -165,7 +154,7 @@ def bench_engine(
             if baseline_model is not None:
                 what = f"plain InferenceSession.run of {reference.name}, same inputs"
             report.baseline = _baseline_block(base, samples, what)
-    return _finish(report, wall, busy0, cpu0)
+    return _finish(report, wall, monitor, "infer")
 
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "overlay")
@@ -249,7 +238,7 @@ def bench_pipeline(
         def raw_run(i: int) -> None:
             session.run(None, {name: tensors[i % len(tensors)]})
 
-        busy0, cpu0 = system_busy_seconds(), _cpu_time()
+        monitor = RunMonitor()
         start = time.perf_counter()
         i, timeline, base = _drive(run, measured, raw_run if session else None, progress)
         wall = time.perf_counter() - start
@@ -276,4 +265,4 @@ def bench_pipeline(
             report.baseline = _baseline_block(
                 base, samples["total"], "plain InferenceSession.run of the model on the same preprocessed tensors"
             )
-    return _finish(report, wall, busy0, cpu0)
+    return _finish(report, wall, monitor, "total")

@@ -16,10 +16,14 @@ import numpy as np
 __all__ = [
     "PERCENTILES",
     "LatencyStats",
+    "RunMonitor",
+    "cpu_clock_mhz",
     "cpu_load_warning",
+    "drift_warning",
     "stability_warnings",
     "summarize",
     "system_busy_seconds",
+    "throttling_warning",
 ]
 
 PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
@@ -93,6 +97,38 @@ def stability_warnings(name: str, stats: LatencyStats) -> list[str]:
     return out
 
 
+def drift_warning(name: str, samples_ms: Sequence[float]) -> str | None:
+    """Latency that grows during a run (thermal throttling, a filling queue, a leak) shows as the last
+    tenth of the samples being clearly slower than the first tenth."""
+    a = np.asarray(samples_ms, np.float64)
+    if a.size < 100:
+        return None
+    tenth = a.size // 10
+    first, last = float(np.median(a[:tenth])), float(np.median(a[-tenth:]))
+    if first > 0 and last > first * 1.25:
+        return (
+            f"{name}: latency drifted up during the run (median {first:.2f} ms in the first tenth, {last:.2f} ms "
+            "in the last): throttling, a filling queue, or growing load"
+        )
+    return None
+
+
+def cpu_clock_mhz() -> float | None:
+    """Mean current CPU clock from /proc/cpuinfo (None where the platform does not report it)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            values = [float(line.split(":", 1)[1]) for line in f if line.startswith("cpu MHz")]
+    except (OSError, ValueError):
+        return None
+    return sum(values) / len(values) if values else None
+
+
+def throttling_warning(before_mhz: float | None, after_mhz: float | None) -> str | None:
+    if before_mhz and after_mhz and after_mhz < 0.9 * before_mhz:
+        return f"CPU clock fell from {before_mhz:.0f} to {after_mhz:.0f} MHz during the run: throttling"
+    return None
+
+
 def cpu_load_warning(
     before: tuple[float, float], after: tuple[float, float], own_cpu_s: float, wall_s: float
 ) -> str | None:
@@ -121,3 +157,36 @@ def system_busy_seconds() -> tuple[float, float]:
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
     total = sum(fields[:8])
     return (total - idle) / tick, total / tick
+
+
+class RunMonitor:
+    """Snapshots the machine at the start of a run; ``warnings`` then says what went wrong meanwhile:
+    too few samples, high variance, upward drift, CPU throttling, other processes using the CPU."""
+
+    def __init__(self) -> None:
+        import resource
+        import time
+
+        self._resource, self._time = resource, time
+        self.busy = system_busy_seconds()
+        self.cpu = self._own_cpu()
+        self.mhz = cpu_clock_mhz()
+        self.start = time.perf_counter()
+
+    def _own_cpu(self) -> float:
+        r = self._resource.getrusage(self._resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    def warnings(self, name: str, samples_ms: Sequence[float], *, check_load: bool = True) -> list[str]:
+        wall = self._time.perf_counter() - self.start
+        out = stability_warnings(name, summarize(samples_ms))
+        for warning in (
+            drift_warning(name, samples_ms),
+            throttling_warning(self.mhz, cpu_clock_mhz()),
+            cpu_load_warning(self.busy, system_busy_seconds(), self._own_cpu() - self.cpu, wall)
+            if check_load
+            else None,
+        ):
+            if warning:
+                out.append(warning)
+        return out

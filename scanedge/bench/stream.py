@@ -24,7 +24,7 @@ from typing import Any
 
 from scanedge.bench.inprocess import RunLength
 from scanedge.bench.report import BenchReport
-from scanedge.bench.stats import cpu_load_warning, stability_warnings, summarize, system_busy_seconds
+from scanedge.bench.stats import RunMonitor, summarize
 from scanedge.errors import BusyError, ExpiredError, ScanedgeError, SupersededError
 from scanedge.imaging.dicom import encode_dicom
 from scanedge.imaging.slices import Slice
@@ -219,8 +219,7 @@ def _run(slices, settings: StreamSettings, endpoint: str, pong: dict[str, Any], 
     try:
         for i in range(min(run.warmup, 50)):  # warm up connections and the runtime
             clients[i % len(clients)].segment(payloads[i % len(payloads)], **kw)
-        busy0 = system_busy_seconds()
-        cpu0 = time.process_time()
+        monitor = RunMonitor()
         start = time.perf_counter()
         total = run.count if run.duration_s is None else None
         if settings.rate is None and settings.consoles == 1 and local_pipe is not None:
@@ -262,7 +261,7 @@ def _run(slices, settings: StreamSettings, endpoint: str, pong: dict[str, Any], 
         },
         samples=samples,
         engine={"kind": pong.get("engine"), "server": pong.get("server")},
-        model={"name": model["name"], "version": model["version"]},
+        model={"name": model["name"], "version": model["version"], "sha256": model.get("onnx_sha256")},
         counts=dict(rec.counts),
         throughput_per_s=rec.counts["ok"] / wall if wall > 0 else None,
         wall_s=wall,
@@ -288,11 +287,8 @@ def _run(slices, settings: StreamSettings, endpoint: str, pong: dict[str, Any], 
             "end": rss[-1],
             "growth_second_half": tail[-1] - tail[0] if tail else 0.0,
         }
-    if "total" in samples:
-        report.warnings.extend(stability_warnings("total", summarize(samples["total"])))
-    load = cpu_load_warning(busy0, system_busy_seconds(), time.process_time() - cpu0, wall)
-    if load and spawned is None:
-        report.warnings.append(load)
+    if "total" in samples:  # a spawned runtime's CPU use is expected load, not interference
+        report.warnings.extend(monitor.warnings("total", samples["total"], check_load=spawned is None))
     if rec.counts["error"]:
         report.warnings.append(f"{rec.counts['error']} request(s) failed: {rec.errors}")
     return report

@@ -119,6 +119,8 @@ class _Model:
             "version": m.version,
             "classes": [c.name for c in m.classes],
             "input": {"channels": m.input.channels, "height": m.size.height, "width": m.size.width},
+            "precision": m.precision,
+            "onnx_sha256": m.onnx_sha256,
         }
 
 

@@ -95,3 +95,15 @@ def test_compare_cli_exit_codes(tmp_path):
     assert bench_main(["compare", str(a), str(b), "--max-ratio", "1.2"]) == 1
     assert bench_main(["compare", str(a), str(b), "--max-ratio", "1.2", "--figures", "infer"]) == 0
     assert bench_main(["compare", str(a), str(b), "--figures", "nope"]) == 2
+
+
+def test_drift_and_throttling_warnings():
+    from scanedge.bench.stats import drift_warning, throttling_warning
+
+    steady = np.ones(1000)
+    assert drift_warning("total", steady) is None
+    drifting = np.linspace(1.0, 2.0, 1000)
+    assert "drifted up" in drift_warning("total", drifting)
+    assert drift_warning("total", drifting[:50]) is None  # too few to tell
+    assert "throttling" in throttling_warning(3000.0, 2000.0)
+    assert throttling_warning(3000.0, 2950.0) is None and throttling_warning(None, 2000.0) is None

@@ -327,3 +327,20 @@ def test_offered_far_more_than_capacity_memory_and_latency_stay_bounded(demo_ser
         assert superseded >= 15 and len(served) >= 5
         assert max(r.timings_ms["queue"] for r in served) < 2 * 100 + 50  # never more than ~one slice of wait
         assert client.ping()["in_flight_bytes"] == 0 and client.ping()["queue_depth"] == 0
+
+
+def test_several_models_are_served_by_name(conv_model_path, demo_series):
+    from scanedge.runtime.server import ModelSpec
+
+    data = demo_files(demo_series, 1)[0].read_bytes()
+    with Server(
+        [ModelSpec(Path(__file__).parents[2] / "scanedge/models/ms_lesion_demo.onnx"), ModelSpec(conv_model_path)],
+        local_config(),
+    ) as srv:
+        with Client(srv.endpoint) as client:
+            pong = client.ping()
+            assert [m["name"] for m in pong["models"]] == ["ms-lesion-demo", "test-model"]
+            assert pong["models"][0]["onnx_sha256"] and pong["models"][0]["precision"] == "fp32"
+            assert client.segment(data).model == "ms-lesion-demo@1.0.0"  # the first is the default
+            other = client.segment(data, model="test-model")
+            assert other.model == "test-model@0.0.1" and other.findings[0].name == "finding"
