@@ -124,6 +124,13 @@ class _Model:
         }
 
 
+def _bind(socket: zmq.Socket, endpoint: str) -> None:
+    try:
+        socket.bind(endpoint)
+    except zmq.ZMQError as exc:
+        raise ValueError(f"cannot listen on {endpoint}: {exc.strerror} (is another runtime running there?)") from exc
+
+
 class Server:
     """Serve one or more models. ``start()`` runs in a background thread; ``serve()`` in the caller's."""
 
@@ -221,7 +228,7 @@ class Server:
             router.setsockopt(zmq.LINGER, cfg.linger_ms)
             if cfg.curve is not None:
                 cfg.curve.apply(router)
-            router.bind(cfg.bind)
+            _bind(router, cfg.bind)
             self._endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
             if cfg.publish:
                 pub = ctx.socket(zmq.PUB)
@@ -229,7 +236,7 @@ class Server:
                 pub.setsockopt(zmq.LINGER, 0)
                 if cfg.curve is not None:
                     cfg.curve.apply(pub)
-                pub.bind(cfg.publish)
+                _bind(pub, cfg.publish)
                 self._publish_endpoint = pub.getsockopt_string(zmq.LAST_ENDPOINT)
             pull = ctx.socket(zmq.PULL)
             pull.bind(self._results_endpoint)

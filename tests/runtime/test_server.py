@@ -344,3 +344,10 @@ def test_several_models_are_served_by_name(conv_model_path, demo_series):
             assert client.segment(data).model == "ms-lesion-demo@1.0.0"  # the first is the default
             other = client.segment(data, model="test-model")
             assert other.model == "test-model@0.0.1" and other.findings[0].name == "finding"
+
+
+def test_an_address_in_use_is_a_clear_startup_error(server):
+    with pytest.raises(ValueError, match="cannot listen on"):
+        Server(config=local_config(bind=server.endpoint)).start()
+    with Client(server.endpoint) as client:  # the running one is unaffected
+        assert client.ping()["type"] == "PONG"
