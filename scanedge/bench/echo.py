@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import zmq
 
-from scanedge.bench.inprocess import DEFAULT_RUN, RunLength
+from scanedge.bench.inprocess import DEFAULT_RUN, RunLength, drive
 from scanedge.bench.report import BenchReport
 from scanedge.bench.stats import RunMonitor
 
@@ -64,15 +64,14 @@ def bench_echo(
             sock.recv_multipart(copy=False)
         monitor = RunMonitor()
         start = time.perf_counter()
-        i = 0
-        while not run.done(i, time.perf_counter() - start):
+
+        def round_trip(_: int) -> None:
             t0 = time.perf_counter()
             sock.send_multipart([b"{}", payload], copy=False)
             reply = sock.recv_multipart(copy=False)
             samples.append((time.perf_counter() - t0) * 1e3 - float(reply[0].bytes))  # minus the actual pause
-            i += 1
-            if progress:
-                progress(i, run.expected(time.perf_counter() - start, i))
+
+        i, _, _ = drive(run, round_trip, None, progress)
         wall = time.perf_counter() - start
         sock.send_multipart([b"stop", b""])
     finally:

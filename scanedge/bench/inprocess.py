@@ -25,7 +25,7 @@ from scanedge.imaging.slices import Slice
 from scanedge.manifest import load_manifest
 from scanedge.runtime.pipeline import Pipeline, default_model_path
 
-__all__ = ["DEFAULT_RUN", "RunLength", "bench_engine", "bench_pipeline"]
+__all__ = ["DEFAULT_RUN", "RunLength", "baseline_block", "bench_engine", "bench_pipeline", "drive"]
 
 Progress = Callable[[int, int], None]
 
@@ -77,12 +77,15 @@ def _finish(report: BenchReport, wall: float, monitor: RunMonitor, figure: str) 
     return report
 
 
-def _baseline_block(baseline: list[float], measured: list[float], what: str) -> dict[str, Any]:
+def baseline_block(
+    baseline: list[float], measured: list[float], what: str, name: str = "session.run"
+) -> dict[str, Any]:
+    """The report's ``baseline`` entry: the baseline's samples and figures, and what the measured path adds."""
     b, m = summarize(baseline), summarize(measured)
     return {
         "what": what,
-        "samples": {"session.run": [round(v, 4) for v in baseline]},
-        "figures": {"session.run": b.to_dict()},
+        "samples": {name: [round(v, 4) for v in baseline]},
+        "figures": {name: b.to_dict()},
         "overhead_ms": {"p50": m.median - b.median, "p99": m.p99 - b.p99},
         "ratio": m.median / b.median if b.median > 0 else float("inf"),
     }
@@ -132,7 +135,7 @@ def bench_engine(
 
         monitor = RunMonitor()
         start = time.perf_counter()
-        i, timeline, base = _drive(run, measured, (lambda _: session.run(None, feeds)) if session else None, progress)
+        i, timeline, base = drive(run, measured, (lambda _: session.run(None, feeds)) if session else None, progress)
         wall = time.perf_counter() - start
         report = BenchReport(
             mode="engine",
@@ -153,7 +156,7 @@ def bench_engine(
             what = "plain InferenceSession.run, same inputs"
             if baseline_model is not None:
                 what = f"plain InferenceSession.run of {reference.name}, same inputs"
-            report.baseline = _baseline_block(base, samples, what)
+            report.baseline = baseline_block(base, samples, what)
     return _finish(report, wall, monitor, "infer")
 
 
@@ -164,11 +167,12 @@ STAGES = ("decode", "preprocess", "infer", "postprocess", "overlay")
 BASELINE_BLOCK = 25
 
 
-def _drive(
+def drive(
     run: RunLength,
-    measured: Callable[[int], None],
-    baseline: Callable[[int], None] | None,
+    measured: Callable[[int], Any],
+    baseline: Callable[[int], Any] | None,
     progress: Progress | None,
+    block: int = BASELINE_BLOCK,
 ) -> tuple[int, list[float], list[float]]:
     """Run ``measured`` until ``run`` is done, with ``baseline`` on the same indices in blocks.
 
@@ -180,7 +184,7 @@ def _drive(
     i = 0
     while not run.done(i, time.perf_counter() - start):
         first = i
-        while i - first < BASELINE_BLOCK and not run.done(i, time.perf_counter() - start):
+        while i - first < block and not run.done(i, time.perf_counter() - start):
             timeline.append(time.perf_counter() - start)
             measured(i)
             i += 1
@@ -240,7 +244,7 @@ def bench_pipeline(
 
         monitor = RunMonitor()
         start = time.perf_counter()
-        i, timeline, base = _drive(run, measured, raw_run if session else None, progress)
+        i, timeline, base = drive(run, measured, raw_run if session else None, progress)
         wall = time.perf_counter() - start
         shapes = sorted({s.shape for s in slices})
         report = BenchReport(
@@ -262,7 +266,7 @@ def bench_pipeline(
             timeline=timeline,
         )
         if session is not None:
-            report.baseline = _baseline_block(
+            report.baseline = baseline_block(
                 base, samples["total"], "plain InferenceSession.run of the model on the same preprocessed tensors"
             )
     return _finish(report, wall, monitor, "total")

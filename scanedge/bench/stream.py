@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scanedge.bench.inprocess import RunLength
+from scanedge.bench.inprocess import RunLength, baseline_block, drive
 from scanedge.bench.report import BenchReport
-from scanedge.bench.stats import RunMonitor, summarize
+from scanedge.bench.stats import RunMonitor
 from scanedge.errors import BusyError, ExpiredError, ScanedgeError, SupersededError
 from scanedge.imaging.dicom import encode_dicom
 from scanedge.imaging.slices import Slice
@@ -270,14 +270,12 @@ def _run(slices, settings: StreamSettings, endpoint: str, pong: dict[str, Any], 
     if rec.errors:
         report.counts.update({f"error.{k}": v for k, v in rec.errors.items()})
     if baseline and samples.get("total"):
-        b, m = summarize(baseline), summarize(samples["total"])
-        report.baseline = {
-            "what": "the in-process pipeline, same slices, outputs and engine settings, same run",
-            "samples": {"in-process": [round(v, 4) for v in baseline]},
-            "figures": {"in-process": b.to_dict()},
-            "overhead_ms": {"p50": m.median - b.median, "p99": m.p99 - b.p99},
-            "ratio": m.median / b.median if b.median > 0 else float("inf"),
-        }
+        report.baseline = baseline_block(
+            baseline,
+            samples["total"],
+            "the in-process pipeline, same slices, outputs and engine settings, same run",
+            "in-process",
+        )
     if spawned is not None and spawned.rss_mb:
         rss = spawned.rss_mb
         tail = rss[len(rss) // 2 :]
@@ -310,23 +308,22 @@ STREAM_BASELINE_BLOCK = 250
 
 def _closed_loop_with_baseline(client, payloads, kw, rec, run, start, pipe, baseline, progress) -> int:
     """One console, flat out, alternating long blocks with the in-process pipeline on the same slices."""
-    i = 0
-    while not run.done(i, time.perf_counter() - start):
-        first = i
-        while i - first < STREAM_BASELINE_BLOCK and not run.done(i, time.perf_counter() - start):
-            t = time.perf_counter()
-            future = client.submit(payloads[i % len(payloads)], series="console-0", **kw)
-            future.add_done_callback(rec.callback(t, t, start))
-            try:
-                future.result(60)
-            except ScanedgeError:
-                pass
-            i += 1
-            if progress:
-                progress(i, run.expected(time.perf_counter() - start, i))
-        for k in range(first, i):
-            baseline.append(pipe.run(payloads[k % len(payloads)], overlay="overlay" in kw["outputs"]).timings.total_ms)
-    return i
+
+    def measured(i: int) -> None:
+        t = time.perf_counter()
+        future = client.submit(payloads[i % len(payloads)], series="console-0", **kw)
+        future.add_done_callback(rec.callback(t, t, start))
+        try:
+            future.result(60)
+        except ScanedgeError:
+            pass
+
+    def in_process(k: int) -> None:
+        pipe.run(payloads[k % len(payloads)], overlay="overlay" in kw["outputs"])
+
+    sent, _, samples = drive(run, measured, in_process, progress, block=STREAM_BASELINE_BLOCK)
+    baseline.extend(samples)
+    return sent
 
 
 def _drive_consoles(clients, payloads, kw, rec, settings: StreamSettings, start, total, progress) -> int:

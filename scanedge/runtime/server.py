@@ -124,6 +124,19 @@ class _Model:
         }
 
 
+def _expired(job: Job, now: float) -> dict[str, Any]:
+    """The EXPIRED reply, whether the I/O thread's sweep or a worker finds the deadline passed."""
+    waited = (now - job.received_mono) * 1e3
+    req = job.request
+    return error_header(
+        req.id,
+        "EXPIRED",
+        f"deadline of {req.deadline_ms} ms passed after {waited:.1f} ms in the queue",
+        req,
+        job.received_at,
+    )
+
+
 def _bind(socket: zmq.Socket, endpoint: str) -> None:
     try:
         socket.bind(endpoint)
@@ -315,19 +328,7 @@ class Server:
             now = time.monotonic()
             if now >= next_sweep:
                 for job in self._scheduler.expire(now):
-                    waited = (now - job.received_mono) * 1e3
-                    self._reply(
-                        router,
-                        pub,
-                        job,
-                        error_header(
-                            job.request.id,
-                            "EXPIRED",
-                            f"deadline of {job.request.deadline_ms} ms passed after {waited:.1f} ms in the queue",
-                            job.request,
-                            job.received_at,
-                        ),
-                    )
+                    self._reply(router, pub, job, _expired(job, now))
                 next_sweep = now + cfg.sweep_interval_s
             if now >= next_stats:
                 log.info("stats: %s", self.stats.summary_line())
@@ -544,13 +545,7 @@ class Server:
         start = time.monotonic()
         queue_ms = (start - job.received_mono) * 1e3
         if job.expired(start):
-            return error_header(
-                req.id,
-                "EXPIRED",
-                f"deadline of {req.deadline_ms} ms passed after {queue_ms:.1f} ms in the queue",
-                req,
-                job.received_at,
-            ), []
+            return _expired(job, start), []
         try:
             t0 = time.perf_counter()
             slice_ = slice_from_request(req, job.payload.buffer, self.config.limits)
