@@ -6,15 +6,18 @@ onnx, ONNX Runtime or ZeroMQ are mapped at the boundary with ``raise ... from``,
 need to catch :class:`ScanedgeError` (or one of its families)::
 
     ScanedgeError
+    ├── ConfigError                   a setting that cannot work (bind address, key files, limits, options)
     ├── InputError                    the caller's data cannot be used
     │   ├── InvalidSliceError           zero-size, wrong rank, wrong dtype, NaN/Inf pixels
-    │   ├── ImageTooLargeError          more pixels than the configured limit
+    │   ├── ImageTooLargeError          more pixels (or decoded bytes) than the configured limit
     │   └── DicomError                  DICOM that cannot become a slice
     │       ├── NotDicomError             truncated or non-DICOM bytes
+    │       ├── NotAnImageError           a DICOM object that is not an image (SEG, SR, RTSTRUCT, ...)
     │       ├── MissingPixelDataError     a DICOM object without Pixel Data
     │       ├── CodecUnavailableError     compressed pixels, codec plugin not installed
     │       └── UnsupportedPhotometricError
     ├── ModelError                    the model or its manifest cannot be used
+    │   ├── ModelFileError              the file is not a readable ONNX model (or TensorRT plan)
     │   ├── ManifestMissingError        no manifest in the ONNX file and no sidecar
     │   ├── ManifestInvalidError        a manifest that does not validate
     │   └── ManifestMismatchError       the ONNX graph contradicts its manifest
@@ -22,7 +25,9 @@ need to catch :class:`ScanedgeError` (or one of its families)::
     │   ├── ProviderUnavailableError    the requested execution provider is not active
     │   ├── EngineStateError            infer() before activate(), or after deactivate()
     │   ├── EngineInputError            feeds that do not match the engine's input specs
-    │   └── DeviceUnavailableError      no GPU / no TensorRT / an engine built for another GPU
+    │   ├── NonFiniteOutputError        the model produced NaN or infinite values for this input
+    │   ├── DeviceUnavailableError      no GPU / no TensorRT / an engine built for another GPU
+    │   └── CudaError                   a CUDA call failed on a GPU that is present
     ├── ConversionError               building or verifying an engine failed
     ├── ProtocolError                 a wire message that breaks docs/protocol.md
     │   ├── UnsupportedVersionError     protocol version not spoken
@@ -32,6 +37,7 @@ need to catch :class:`ScanedgeError` (or one of its families)::
     │   ├── UnsupportedDtypeError
     │   ├── MessageTooLargeError
     │   └── UnknownModelError           the runtime does not serve that model
+    ├── RuntimeStateError             the runtime could not start, or did not stop cleanly
     └── RequestError                  the runtime answered without a result, or did not answer
         ├── SupersededError             a newer slice of the series replaced this one
         ├── ExpiredError                the deadline passed before inference
@@ -39,7 +45,12 @@ need to catch :class:`ScanedgeError` (or one of its families)::
         ├── ShuttingDownError
         ├── RequestTimeoutError         no reply within the caller's timeout
         ├── RuntimeUnavailableError     no runtime reachable after the retries
+        ├── UnauthorizedError           the runtime refused this console's CurveZMQ key
+        ├── ClientClosedError           the client was closed before the reply arrived
         └── RemoteError                 any other failure reported by the runtime (``code`` says which)
+
+Outside the tree, on purpose: programmer errors from Python callers (a wrong argument type, an
+unknown keyword), which stay ``TypeError`` / ``ValueError`` so that they are fixed, not handled.
 
 Over the wire a failure travels as its ``code``; :func:`error_for_code` turns it back into the same
 class on the client, so ``except NotDicomError`` works for local and remote calls alike.
@@ -51,8 +62,11 @@ __all__ = [
     "BadFramesError",
     "BadPayloadError",
     "BusyError",
+    "ClientClosedError",
     "CodecUnavailableError",
+    "ConfigError",
     "ConversionError",
+    "CudaError",
     "DeviceUnavailableError",
     "DicomError",
     "EngineError",
@@ -68,16 +82,21 @@ __all__ = [
     "MessageTooLargeError",
     "MissingPixelDataError",
     "ModelError",
+    "ModelFileError",
+    "NonFiniteOutputError",
+    "NotAnImageError",
     "NotDicomError",
     "ProtocolError",
     "ProviderUnavailableError",
     "RemoteError",
     "RequestError",
     "RequestTimeoutError",
+    "RuntimeStateError",
     "RuntimeUnavailableError",
     "ScanedgeError",
     "ShuttingDownError",
     "SupersededError",
+    "UnauthorizedError",
     "UnknownMessageTypeError",
     "UnknownModelError",
     "UnsupportedDtypeError",
@@ -95,6 +114,12 @@ class ScanedgeError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class ConfigError(ScanedgeError):
+    """A configuration value or command-line option that cannot work; the message says which and why."""
+
+    code = "BAD_CONFIG"
 
 
 class InputError(ScanedgeError):
@@ -119,6 +144,10 @@ class NotDicomError(DicomError):
     code = "NOT_DICOM"
 
 
+class NotAnImageError(DicomError):
+    code = "NOT_AN_IMAGE"
+
+
 class MissingPixelDataError(DicomError):
     code = "NO_PIXEL_DATA"
 
@@ -133,6 +162,10 @@ class UnsupportedPhotometricError(DicomError):
 
 class ModelError(ScanedgeError):
     code = "BAD_MODEL"
+
+
+class ModelFileError(ModelError):
+    code = "BAD_MODEL_FILE"
 
 
 class ManifestMissingError(ModelError):
@@ -163,8 +196,16 @@ class EngineInputError(EngineError):
     code = "ENGINE_INPUT"
 
 
+class NonFiniteOutputError(EngineError):
+    code = "NON_FINITE_OUTPUT"
+
+
 class DeviceUnavailableError(EngineError):
     code = "DEVICE_UNAVAILABLE"
+
+
+class CudaError(EngineError):
+    code = "CUDA_ERROR"
 
 
 class ConversionError(ScanedgeError):
@@ -203,6 +244,10 @@ class UnknownModelError(ProtocolError):
     code = "UNKNOWN_MODEL"
 
 
+class RuntimeStateError(ScanedgeError):
+    code = "RUNTIME_STATE"
+
+
 class RequestError(ScanedgeError):
     code = "REQUEST_FAILED"
 
@@ -229,6 +274,14 @@ class RequestTimeoutError(RequestError):
 
 class RuntimeUnavailableError(RequestError):
     code = "UNAVAILABLE"
+
+
+class UnauthorizedError(RequestError):
+    code = "UNAUTHORIZED"
+
+
+class ClientClosedError(RequestError):
+    code = "CLIENT_CLOSED"
 
 
 class RemoteError(RequestError):
