@@ -26,6 +26,7 @@ need to catch :class:`ScanedgeError` (or one of its families)::
     │   ├── EngineStateError            infer() before activate(), or after deactivate()
     │   ├── EngineInputError            feeds that do not match the engine's input specs
     │   ├── NonFiniteOutputError        the model produced NaN or infinite values for this input
+    │   ├── EngineTimeoutError          inference ran past the runtime's job timeout (a wedged worker)
     │   ├── DeviceUnavailableError      no GPU / no TensorRT / an engine built for another GPU
     │   └── CudaError                   a CUDA call failed on a GPU that is present
     ├── ConversionError               building or verifying an engine failed
@@ -72,6 +73,7 @@ __all__ = [
     "EngineError",
     "EngineInputError",
     "EngineStateError",
+    "EngineTimeoutError",
     "ExpiredError",
     "ImageTooLargeError",
     "InputError",
@@ -103,6 +105,7 @@ __all__ = [
     "UnsupportedPhotometricError",
     "UnsupportedVersionError",
     "error_for_code",
+    "redacted_traceback",
 ]
 
 
@@ -198,6 +201,10 @@ class EngineInputError(EngineError):
 
 class NonFiniteOutputError(EngineError):
     code = "NON_FINITE_OUTPUT"
+
+
+class EngineTimeoutError(EngineError):
+    code = "ENGINE_TIMEOUT"
 
 
 class DeviceUnavailableError(EngineError):
@@ -306,3 +313,16 @@ def error_for_code(code: str, message: str) -> ScanedgeError:
         if cls is not RemoteError and cls.__dict__.get("code") == code:
             return cls(message)
     return RemoteError(message, code)
+
+
+def redacted_traceback(exc: BaseException, limit: int = 12) -> str:
+    """Where an unexpected exception came from, without its message.
+
+    Type, then ``file:line function`` innermost first (``<-`` reads "called from"). The message is left
+    out on purpose: library exceptions can quote data (a DICOM value, raw bytes), and logs must never
+    hold patient identifiers."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__, limit=-limit) if exc.__traceback__ else []
+    where = " <- ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}" for f in reversed(frames))
+    return f"{type(exc).__module__}.{type(exc).__qualname__}" + (f" at {where}" if where else "")

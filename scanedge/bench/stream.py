@@ -29,6 +29,7 @@ from scanedge.errors import BusyError, ExpiredError, ScanedgeError, SupersededEr
 from scanedge.imaging.dicom import encode_dicom
 from scanedge.imaging.slices import Slice
 from scanedge.runtime.client import Client, ClientConfig, RemoteResult
+from scanedge.runtime.protocol import Pong
 
 __all__ = ["SpawnedRuntime", "StreamSettings", "bench_stream"]
 
@@ -90,7 +91,7 @@ class SpawnedRuntime:
         self._stop = threading.Event()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
 
-    def wait_ready(self, timeout: float = 120.0) -> dict[str, Any]:
+    def wait_ready(self, timeout: float = 120.0) -> Pong:
         deadline = time.monotonic() + timeout
         with Client(self.endpoint, ClientConfig(timeout_s=1.0, retries=0)) as probe:
             while True:
@@ -198,7 +199,7 @@ def bench_stream(slices: Sequence[Slice], settings: StreamSettings, progress: Pr
     return report
 
 
-def _run(slices, settings: StreamSettings, endpoint: str, pong: dict[str, Any], progress, spawned) -> BenchReport:
+def _run(slices, settings: StreamSettings, endpoint: str, pong: Pong, progress, spawned) -> BenchReport:
     run = settings.run
     payloads = _payloads(slices, settings.dicom)
     rec = _Recorder()
@@ -241,7 +242,7 @@ def _run(slices, settings: StreamSettings, endpoint: str, pong: dict[str, Any], 
         if local_pipe is not None:
             local_pipe.close()
     samples = {k: v for k, v in rec.samples.items() if v}
-    model = pong["models"][0]
+    model = pong.models[0]
     report = BenchReport(
         mode="stream",
         settings={
@@ -260,8 +261,8 @@ def _run(slices, settings: StreamSettings, endpoint: str, pong: dict[str, Any], 
             "baseline": settings.baseline,
         },
         samples=samples,
-        engine={"kind": pong.get("engine"), "server": pong.get("server")},
-        model={"name": model["name"], "version": model["version"], "sha256": model.get("onnx_sha256")},
+        engine={"kind": pong.engine, "server": pong.server},
+        model={"name": model.name, "version": model.version, "sha256": model.onnx_sha256},
         counts=dict(rec.counts),
         throughput_per_s=rec.counts["ok"] / wall if wall > 0 else None,
         wall_s=wall,

@@ -21,14 +21,22 @@ class FuzzTarget:
 
 
 def _header(data: bytes) -> None:
-    from scanedge.runtime.protocol import decode_header, parse_segment
+    from scanedge.runtime.protocol import Segment, decode_request, encode, request_echo
 
     try:
-        header = decode_header(data)
-        if header.get("type") == "SEGMENT":
-            parse_segment(header, 1)
+        request = decode_request([data, b"\0" * 16], 1 << 20)
     except ScanedgeError:
-        pass
+        request_echo(data)  # what an ERROR reply would echo must never fail either
+        return
+    encode(request)  # what was accepted can be written back
+    if isinstance(request, Segment):
+        from scanedge.imaging.slices import SliceLimits
+        from scanedge.runtime.payloads import slice_from_request
+
+        try:
+            slice_from_request(request, b"\0" * 16, SliceLimits(max_pixels=4096, max_side=4096))
+        except ScanedgeError:
+            pass
 
 
 def _header_seeds() -> Iterator[bytes]:
@@ -43,6 +51,11 @@ def _header_seeds() -> Iterator[bytes]:
 TARGETS: dict[str, FuzzTarget] = {
     t.name: t
     for t in (
-        FuzzTarget("header", _header, _header_seeds, "a wire header frame: JSON decoding and SEGMENT validation"),
+        FuzzTarget(
+            "header",
+            _header,
+            _header_seeds,
+            "a request header frame: bounded JSON decoding, validation, the echo of a refused one, the slice",
+        ),
     )
 }

@@ -24,6 +24,8 @@ __all__ = [
     "SliceGeometry",
     "SliceIdentity",
     "SliceLimits",
+    "all_finite",
+    "check_pixels",
 ]
 
 #: Pixel dtypes a slice may hold. Anything else (bool, complex, float16, object, 64-bit ints) is refused
@@ -31,6 +33,13 @@ __all__ = [
 SUPPORTED_DTYPES: tuple[np.dtype, ...] = tuple(
     np.dtype(t) for t in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 )
+
+
+#: Geometry bounds (mm): no scanner has pixels below a micrometre or above ten metres, or positions
+#: more than ten kilometres from the origin; values outside are refused rather than propagated.
+MIN_SPACING_MM = 1e-6
+MAX_SPACING_MM = 1e4
+MAX_POSITION_MM = 1e7
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,24 @@ class SliceGeometry:
     image_position: tuple[float, float, float] | None = None
     image_orientation: tuple[float, float, float, float, float, float] | None = None
     slice_location: float | None = None
+
+    def __post_init__(self) -> None:
+        # Every number here ends up in a result (areas, volumes, positions): bounded, so that none of
+        # them can ever be infinite or NaN, whatever a file or a peer claims.
+        for name, values, low, high in (
+            ("pixel_spacing", self.pixel_spacing, MIN_SPACING_MM, MAX_SPACING_MM),
+            ("slice_thickness", None if self.slice_thickness is None else (self.slice_thickness,), 0.0, MAX_SPACING_MM),
+            ("image_position", self.image_position, -MAX_POSITION_MM, MAX_POSITION_MM),
+            ("image_orientation", self.image_orientation, -1.5, 1.5),
+            (
+                "slice_location",
+                None if self.slice_location is None else (self.slice_location,),
+                -MAX_POSITION_MM,
+                MAX_POSITION_MM,
+            ),
+        ):
+            if values is not None and not all(low <= v <= high for v in values):
+                raise InvalidSliceError(f"geometry {name} {values} is outside [{low:g}, {high:g}]")
 
     @property
     def pixel_area_mm2(self) -> float | None:
@@ -156,12 +183,15 @@ def check_pixels(pixels: object, limits: SliceLimits = DEFAULT_LIMITS) -> None:
             f"image of {rows}x{cols} exceeds the limit of {limits.max_pixels} pixels / {limits.max_side} per "
             "side; raise SliceLimits (or --max-pixels) if such images are expected"
         )
-    if pixels.dtype.kind == "f" and not _all_finite(pixels):
+    if pixels.dtype.kind == "f" and not all_finite(pixels):
         bad = int(np.count_nonzero(~np.isfinite(pixels)))
         raise InvalidSliceError(f"pixels contain {bad} NaN/Inf value(s); send finite values only")
 
 
-def _all_finite(pixels: np.ndarray) -> bool:
+def all_finite(pixels: np.ndarray) -> bool:
+    """True when a float array holds no NaN/Inf (integer arrays always do)."""
+    if pixels.dtype.kind != "f":
+        return True
     # One float64 reduction is ~5x cheaper than np.isfinite(...).all(); any NaN/Inf poisons the sum.
     # Only finite float64 inputs near the float64 limit can overflow the sum; they take the slow check.
     with np.errstate(over="ignore", invalid="ignore"):

@@ -1,14 +1,22 @@
 """Console-side client: send slices, get futures; many requests in flight on one connection.
 
-One background I/O thread owns the DEALER socket (pyzmq sockets are not thread-safe); any thread may
-call :meth:`Client.submit`. Requests are handed to the I/O thread through a queue plus a one-byte
-inproc wake-up, and pixel arrays go out with ``copy=False``.
+One background I/O thread owns the DEALER socket and its monitor (pyzmq sockets are not thread-safe);
+any thread may call :meth:`Client.submit`. Requests are handed to the I/O thread through a queue plus a
+one-byte inproc wake-up, and pixel arrays go out with ``copy=False``. Messages are built and read by
+:mod:`scanedge.runtime.protocol`, the same module the runtime uses.
 
-Reliability follows the ZeroMQ guide's Lazy Pirate pattern: when the runtime has been silent for
-``heartbeat_s * liveness`` while requests are outstanding, the client closes the socket, opens a new
-one and resends every unanswered request under its original id, up to ``retries`` times; then it fails
-them with :class:`RuntimeUnavailableError`. Replies are matched by id and each future completes once,
-so a request answered both before and after a runtime restart is delivered to its caller once.
+Reliability, after the ZeroMQ guide's Lazy Pirate pattern, plus restart detection:
+
+- every PONG and reply names the runtime *instance* that sent it; the client greets each new connection
+  with a PING, so when a runtime is killed and another one takes its port, the first PONG shows a new
+  instance and every request still unanswered is resent at once (the new runtime never saw them);
+- when the runtime has been silent for ``heartbeat_s * liveness`` while requests are outstanding, the
+  client closes the socket, opens a new one and resends them, up to ``retries`` times; then it fails
+  them with :class:`RuntimeUnavailableError`;
+- replies are matched by id and each future completes once, so a request answered twice (before and
+  after a restart, or after a resend) is delivered to its caller once;
+- a runtime that refuses this console's CurveZMQ key (or speaks another security mechanism) fails the
+  outstanding requests with :class:`UnauthorizedError` instead of letting them time out.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -27,37 +36,69 @@ from typing import Any
 
 import numpy as np
 import zmq
+import zmq.utils.monitor
 
 from scanedge.errors import (
     BusyError,
+    ClientClosedError,
+    ConfigError,
+    ProtocolError,
     RequestTimeoutError,
     RuntimeUnavailableError,
     ScanedgeError,
+    UnauthorizedError,
     error_for_code,
 )
 from scanedge.imaging.overlay import OverlayOptions
 from scanedge.imaging.postprocess import ClassFindings
 from scanedge.imaging.slices import Slice, SliceGeometry
-from scanedge.runtime.protocol import PROTOCOL_VERSION, WIRE_DTYPES, encode_header
+from scanedge.runtime.endpoints import parse_endpoint
+from scanedge.runtime.payloads import arrays_from_frames, geometry_from_slice, wire_array
+from scanedge.runtime.protocol import (
+    Error,
+    Pong,
+    Result,
+    StatsReply,
+    decode_reply,
+    encode,
+    ping_request,
+    segment_request,
+    stats_request,
+)
 from scanedge.runtime.security import CurveClientKeys
 
 __all__ = ["AsyncClient", "Client", "ClientConfig", "RemoteResult"]
 
 log = logging.getLogger("scanedge.client")
 
+_MONITORED = (
+    zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+)
+
 
 @dataclass(frozen=True)
 class ClientConfig:
-    timeout_s: float = 10.0  # default per-request timeout
+    """How patient a console is with its runtime.
+
+    Attributes:
+        timeout_s: default time a request may take, from submit to reply (per call: ``timeout=``).
+        heartbeat_s: with requests outstanding and nothing heard for this long, the client sends PING.
+        liveness: heartbeats of silence after which the connection is reopened and requests resent.
+        retries: reopenings before the outstanding requests fail with RuntimeUnavailableError.
+        curve: this console's CurveZMQ keys (required by a networked runtime).
+        hwm: most requests outstanding on this connection; more fail at once with BusyError.
+    """
+
+    timeout_s: float = 10.0
     heartbeat_s: float = 1.0
-    liveness: int = 3  # heartbeats of silence before reconnecting
-    retries: int = 3  # reconnects before giving up on outstanding requests
+    liveness: int = 3
+    retries: int = 3
     curve: CurveClientKeys | None = None
     hwm: int = 1000
 
     def __post_init__(self) -> None:
-        if self.timeout_s <= 0 or self.heartbeat_s <= 0 or self.liveness < 1 or self.retries < 0:
-            raise ValueError("timeouts must be > 0, liveness >= 1, retries >= 0")
+        if not (self.timeout_s > 0 and self.heartbeat_s > 0) or self.liveness < 1 or self.retries < 0 or self.hwm < 1:
+            raise ConfigError("timeouts must be > 0, liveness >= 1, retries >= 0, hwm >= 1")
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,32 +118,39 @@ class RemoteResult:
     overlay_encoded: bytes | None  # JPEG/PNG bytes when the overlay was requested encoded
     probabilities: np.ndarray | None
     round_trip_ms: float
-    header: dict[str, Any]
+    header: Result
 
     def finding(self, name: str) -> ClassFindings:
+        """The findings of the class called ``name`` (KeyError if the model has no such class)."""
         for f in self.findings:
             if f.name == name:
                 return f
         raise KeyError(name)
 
 
-def _parse_result(header: dict[str, Any], frames: Sequence[zmq.Frame], rtt_ms: float) -> RemoteResult:
-    arrays: dict[str, Any] = {}
-    for meta, frame in zip(header.get("frames", []), frames):
-        if meta.get("encoding", "raw") == "raw":
-            arrays[meta["name"]] = np.frombuffer(frame.buffer, dtype=WIRE_DTYPES[meta["dtype"]]).reshape(meta["shape"])
-        else:
-            arrays[meta["name"] + "_encoded"] = frame.bytes
-    findings = tuple(ClassFindings(**f) for f in header.get("findings", []))
+def _remote_result(header: Result, frames: Sequence[Any], rtt_ms: float) -> RemoteResult:
+    arrays = arrays_from_frames(header.frames, frames)
+    t = header.timings_ms
     return RemoteResult(
-        id=header["id"],
-        series=header.get("series", ""),
-        instance=header.get("instance", ""),
-        index=header.get("index"),
-        model=header.get("model", ""),
-        engine=header.get("engine", ""),
-        findings=findings,
-        timings_ms=header.get("timings_ms", {}),
+        id=header.id,
+        series=header.series,
+        instance=header.instance,
+        index=header.index,
+        model=header.model,
+        engine=header.engine,
+        findings=tuple(
+            ClassFindings(
+                label=f.label,
+                name=f.name,
+                pixels=f.pixels,
+                area_mm2=f.area_mm2,
+                components=f.components,
+                max_probability=f.max_probability,
+                mean_probability=f.mean_probability,
+            )
+            for f in header.findings
+        ),
+        timings_ms={k: getattr(t, k) for k in t.__struct_fields__},
         mask=arrays.get("mask"),
         overlay=arrays.get("overlay"),
         overlay_encoded=arrays.get("overlay_encoded"),
@@ -115,21 +163,30 @@ def _parse_result(header: dict[str, Any], frames: Sequence[zmq.Frame], rtt_ms: f
 @dataclass(eq=False)
 class _Pending:
     frames: list[Any]
-    future: Future
+    future: Future[Any]
     deadline: float
     sent_mono: float = 0.0
+    sent: bool = False
+    runtime: str | None = None  # the runtime instance it was last sent to, once known
 
 
 class Client:
     """A connection to one runtime. Thread-safe; close() when done (or use ``with``)."""
 
     def __init__(self, endpoint: str, config: ClientConfig | None = None) -> None:
+        """Connect (in the background) to the runtime at ``endpoint`` (e.g. ``tcp://127.0.0.1:5555``)."""
+        parse_endpoint(endpoint)
         self.endpoint = endpoint
         self.config = config or ClientConfig()
+        self.reconnects = 0
+        self.resent = 0
+        self.runtime_id: str | None = None
         self._ctx = zmq.Context()
         self._prefix = os.urandom(4).hex()
         self._ids = itertools.count(1)
         self._outbox: queue.SimpleQueue[tuple[str, _Pending]] = queue.SimpleQueue()
+        self._outstanding = 0
+        self._count_lock = threading.Lock()
         self._wake_endpoint = f"inproc://scanedge-client-{self._prefix}"
         self._wake_lock = threading.Lock()
         self._wake_pull = self._ctx.socket(zmq.PULL)
@@ -137,7 +194,8 @@ class Client:
         self._wake = self._ctx.socket(zmq.PUSH)
         self._wake.connect(self._wake_endpoint)
         self._closing = threading.Event()
-        self.reconnects = 0
+        self._refused: UnauthorizedError | None = None
+        self._unsent: deque[str] = deque()  # ids waiting to be (re)sent, in order; owned by the I/O thread
         self._thread = threading.Thread(target=self._run, name="scanedge-client", daemon=True)
         self._thread.start()
 
@@ -161,98 +219,90 @@ class Client:
         publish: bool = True,
         timeout: float | None = None,
     ) -> Future[RemoteResult]:
-        """Send one slice (a numpy array, a :class:`Slice`, or DICOM bytes); the future holds the result.
+        """Send one slice; the future holds its :class:`RemoteResult`.
+
+        Args:
+            image: a numpy array (grey ``(rows, cols)`` or RGB ``(rows, cols, 3)``), a :class:`Slice`
+                (its geometry, rescale, window and identity are sent along), or the bytes of one DICOM object.
+            series: the stream key (Series Instance UID): per series only the newest waiting slice is computed.
+            instance, index: echoed back (SOP Instance UID, instance number).
+            model: which served model to run (default: the runtime's default).
+            geometry, rescale, window: override what a Slice carries (raw pixels only).
+            deadline_ms: after this long in the runtime's queue the request is answered EXPIRED.
+            outputs: payload frames wanted back: ``mask``, ``overlay``, ``probabilities``.
+            overlay_encoding: ``raw`` (fastest), ``jpeg`` or ``png``.
+            overlay_options: how the overlay is drawn (default: the runtime's).
+            publish: also publish the result on the runtime's PUB socket.
+            timeout: seconds before the future fails with RequestTimeoutError (default: the config's).
 
         The future raises the runtime's error as the same scanedge exception class as in-process code
-        (e.g. :class:`NotDicomError`), :class:`SupersededError` / :class:`ExpiredError` / :class:`BusyError`
-        for scheduling outcomes, :class:`RequestTimeoutError` after ``timeout`` seconds.
+        (e.g. :class:`NotDicomError`), :class:`SupersededError` / :class:`ExpiredError` /
+        :class:`BusyError` for scheduling outcomes, :class:`RequestTimeoutError` after ``timeout``.
         """
-        if self._closing.is_set():
-            raise RuntimeError("client is closed")
-        header: dict[str, Any] = {
-            "version": PROTOCOL_VERSION,
-            "type": "SEGMENT",
-            "id": f"{self._prefix}-{next(self._ids)}",
-        }
+        fields: dict[str, Any] = {}
         if isinstance(image, Slice):
             s = image
             geometry = geometry or s.geometry
             rescale = rescale or (s.rescale_slope, s.rescale_intercept)
-            if window is None and s.window_center is not None:
-                window = (s.window_center, s.window_width)  # type: ignore[assignment]
+            if window is None and s.window_center is not None and s.window_width is not None:
+                window = (s.window_center, s.window_width)
             series = series or s.identity.series_uid
             instance = instance or s.identity.sop_instance_uid
             index = index if index is not None else s.identity.instance_number
             image = s.pixels
         if isinstance(image, np.ndarray):
-            pixels = image
-            if pixels.dtype.name not in WIRE_DTYPES or pixels.ndim not in (2, 3):
-                raise ValueError(f"cannot send a {pixels.dtype} array of shape {pixels.shape}")
-            if pixels.dtype.byteorder == ">" or not pixels.flags.c_contiguous:
-                pixels = np.ascontiguousarray(pixels, pixels.dtype.newbyteorder("<"))
-            header.update(encoding="raw", dtype=pixels.dtype.name, shape=list(pixels.shape))
+            pixels = wire_array(image)
+            fields.update(encoding="raw", dtype=pixels.dtype.name, shape=list(pixels.shape))
             payload: Any = pixels
         else:
-            header["encoding"] = "dicom"
+            fields["encoding"] = "dicom"
             payload = image
-        if series:
-            header["series"] = series
-        if instance:
-            header["instance"] = instance
+        fields.update(series=series, instance=instance, outputs=list(outputs), publish=publish)
         if index is not None:
-            header["index"] = int(index)
+            fields["index"] = int(index)
         if model:
-            header["model"] = model
-        if geometry is not None:
-            geo = {
-                k: list(v) if isinstance(v, tuple) else v
-                for k, v in (
-                    ("pixel_spacing", geometry.pixel_spacing),
-                    ("slice_thickness", geometry.slice_thickness),
-                    ("image_position", geometry.image_position),
-                    ("image_orientation", geometry.image_orientation),
-                )
-                if v is not None
-            }
-            if geo:
-                header["geometry"] = geo
+            fields["model"] = model
+        geo = geometry_from_slice(geometry) if geometry is not None else None
+        if geo:
+            fields["geometry"] = geo
         if rescale is not None and tuple(rescale) != (1.0, 0.0):
-            header["rescale"] = {"slope": float(rescale[0]), "intercept": float(rescale[1])}
+            fields["rescale"] = {"slope": float(rescale[0]), "intercept": float(rescale[1])}
         if window is not None:
-            header["window"] = {"center": float(window[0]), "width": float(window[1])}
+            fields["window"] = {"center": float(window[0]), "width": float(window[1])}
         if deadline_ms is not None:
-            header["deadline_ms"] = float(deadline_ms)
-        header["outputs"] = list(outputs)
+            fields["deadline_ms"] = float(deadline_ms)
         if overlay_encoding != "raw":
-            header["overlay_encoding"] = overlay_encoding
+            fields["overlay_encoding"] = overlay_encoding
         if overlay_options is not None:
-            header["overlay_options"] = {
+            fields["overlay_options"] = {
                 k: getattr(overlay_options, k) for k in ("alpha", "fill", "contours", "heatmap")
             }
-        if not publish:
-            header["publish"] = False
-        header["sent_at"] = time.time()
-        return self._enqueue(header, [payload], timeout)
+        fields["sent_at"] = time.time()
+        header = segment_request(self._next_id(), **fields)
+        return self._enqueue(str(header.id), [encode(header), payload], timeout)
 
     def segment(self, image: Any, **kwargs: Any) -> RemoteResult:
         """``submit(...).result()``."""
         return self.submit(image, **kwargs).result()
 
-    def ping(self, timeout: float | None = None) -> dict[str, Any]:
-        """The runtime's PONG: version, models, engine, queue depth."""
+    def ping(self, timeout: float | None = None) -> Pong:
+        """The runtime's PONG: version, models, engine, queue depth, worker health, limits."""
         return self.request("PING", timeout).result()
 
-    def stats(self, timeout: float | None = None) -> dict[str, Any]:
+    def stats(self, timeout: float | None = None) -> StatsReply:
         """The runtime's counters and latency histograms (STATS_REPLY)."""
         return self.request("STATS", timeout).result()
 
-    def request(self, kind: str, timeout: float | None = None) -> Future[dict[str, Any]]:
-        """Send a payload-less request (PING or STATS); the future holds the reply header."""
-        return self._enqueue(
-            {"version": PROTOCOL_VERSION, "type": kind, "id": f"{self._prefix}-{next(self._ids)}"}, [], timeout
-        )
+    def request(self, kind: str, timeout: float | None = None) -> Future[Any]:
+        """Send a payload-less request (``PING`` or ``STATS``); the future holds the reply."""
+        builders = {"PING": ping_request, "STATS": stats_request}
+        if kind not in builders:
+            raise ValueError(f"request() sends PING or STATS, not {kind!r}")
+        request_id = self._next_id()
+        return self._enqueue(request_id, [encode(builders[kind](request_id))], timeout)
 
     def close(self) -> None:
+        """Stop the I/O thread; unanswered futures fail with :class:`ClientClosedError`."""
         if self._closing.is_set():
             return
         self._closing.set()
@@ -270,13 +320,28 @@ class Client:
 
     # --- plumbing ----------------------------------------------------------------------------------------
 
-    def _enqueue(self, header: dict[str, Any], payload: list[Any], timeout: float | None) -> Future:
-        future: Future = Future()
+    def _next_id(self) -> str:
+        return f"{self._prefix}-{next(self._ids)}"
+
+    def _enqueue(self, request_id: str, frames: list[Any], timeout: float | None) -> Future[Any]:
+        if self._closing.is_set():
+            raise ClientClosedError("the client is closed")
+        if self._refused is not None:
+            raise UnauthorizedError(self._refused.message)
+        with self._count_lock:
+            if self._outstanding >= self.config.hwm:
+                raise BusyError(f"{self._outstanding} requests are already outstanding on this connection (hwm)")
+            self._outstanding += 1
+        future: Future[Any] = Future()
+        future.add_done_callback(self._done)
         wait = self.config.timeout_s if timeout is None else timeout
-        pending = _Pending([encode_header(header), *payload], future, time.monotonic() + wait)
-        self._outbox.put((header["id"], pending))
+        self._outbox.put((request_id, _Pending(frames, future, time.monotonic() + wait)))
         self._poke()
         return future
+
+    def _done(self, _: Future[Any]) -> None:
+        with self._count_lock:
+            self._outstanding -= 1
 
     def _poke(self) -> None:
         with self._wake_lock:
@@ -286,25 +351,25 @@ class Client:
                 except zmq.Again:
                     pass  # wake-ups are already queued; the I/O thread will see this request too
 
-    def _open(self) -> zmq.Socket:
+    def _open(self) -> tuple[zmq.Socket, zmq.Socket]:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, self.config.hwm)
         sock.setsockopt(zmq.RCVHWM, self.config.hwm)
         if self.config.curve is not None:
             self.config.curve.apply(sock)
+        monitor = sock.get_monitor_socket(_MONITORED)
         sock.connect(self.endpoint)
-        return sock
+        return sock, monitor
 
     def _run(self) -> None:
-        import json
-
         cfg = self.config
         pending: dict[str, _Pending] = {}
-        sock = self._open()
+        unsent = self._unsent
+        sock, monitor = self._open()
         poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_pull, zmq.POLLIN)
+        for s in (sock, monitor, self._wake_pull):
+            poller.register(s, zmq.POLLIN)
         last_heard = last_ping = time.monotonic()
         attempts = 0
         try:
@@ -312,11 +377,7 @@ class Client:
                 events = dict(poller.poll(int(cfg.heartbeat_s * 250)))
                 now = time.monotonic()
                 if self._wake_pull in events:
-                    while True:
-                        try:
-                            self._wake_pull.recv(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
+                    self._drain_wakeups()
                 while True:
                     try:
                         request_id, item = self._outbox.get_nowait()
@@ -324,104 +385,191 @@ class Client:
                         break
                     if not pending:
                         last_heard = now  # silence only counts while something is outstanding
-                    item.sent_mono = now
                     pending[request_id] = item
-                    if not self._send(sock, item):
-                        del pending[request_id]
+                    unsent.append(request_id)
+                if monitor in events:
+                    self._on_monitor(monitor, sock, pending)
                 if sock in events:
-                    while True:
-                        try:
-                            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            break
+                    heard = self._receive(sock, pending)
+                    if heard:
                         last_heard = time.monotonic()
                         attempts = 0
-                        try:
-                            header = json.loads(frames[0].bytes)
-                        except (ValueError, IndexError):
-                            log.warning("ignoring an unparsable message from the runtime")
-                            continue
-                        item = pending.pop(header.get("id"), None)  # type: ignore[arg-type]
-                        if item is None or item.future.done():
-                            continue  # a heartbeat PONG, or a late duplicate after a resend: never delivered twice
-                        self._complete(item, header, frames[1:])
+                if unsent:
+                    self._send_unsent(sock, pending)
                 now = time.monotonic()
-                for request_id in [k for k, p in pending.items() if now > p.deadline]:
+                for request_id in [k for k, p in pending.items() if now > p.deadline or p.future.done()]:
                     item = pending.pop(request_id)
-                    waited = now - item.sent_mono
-                    item.future.set_exception(
-                        RequestTimeoutError(f"no reply from {self.endpoint} within {waited:.2f} s")
-                    )
+                    if not item.future.done():
+                        waited = now - (item.sent_mono or now)
+                        item.future.set_exception(
+                            RequestTimeoutError(f"no reply from {self.endpoint} within {waited:.2f} s")
+                        )
                 if pending and now - last_heard > cfg.heartbeat_s and now - last_ping > cfg.heartbeat_s:
-                    self._heartbeat(sock)
+                    self._ping(sock, "hb")
                     last_ping = now
                 if pending and now - last_heard > cfg.heartbeat_s * cfg.liveness:
                     attempts += 1
-                    poller.unregister(sock)
-                    sock.close(0)
+                    for s in (sock, monitor):
+                        poller.unregister(s)
+                    self._close_socket(sock, monitor)
                     if attempts > cfg.retries:
-                        for item in pending.values():
-                            item.future.set_exception(
-                                RuntimeUnavailableError(
-                                    f"runtime at {self.endpoint} did not answer after {cfg.retries} reconnect(s)"
-                                )
-                            )
-                        pending.clear()
+                        error = RuntimeUnavailableError(
+                            f"runtime at {self.endpoint} did not answer after {cfg.retries} reconnect(s)"
+                        )
+                        self._fail_all(pending, error)
                         attempts = 0
-                    log.warning(
-                        "runtime at %s silent for %.1f s; reconnecting (attempt %d)",
-                        self.endpoint,
-                        now - last_heard,
-                        attempts,
-                    )
+                    else:
+                        log.warning(
+                            "runtime at %s silent for %.1f s; reconnecting and resending %d request(s) (attempt %d)",
+                            self.endpoint,
+                            now - last_heard,
+                            len(pending),
+                            attempts,
+                        )
                     self.reconnects += 1
-                    sock = self._open()
-                    poller.register(sock, zmq.POLLIN)
-                    for item in pending.values():
-                        self._send(sock, item)
+                    sock, monitor = self._open()
+                    for s in (sock, monitor):
+                        poller.register(s, zmq.POLLIN)
+                    self._mark_unsent(pending, pending.values())
                     last_heard = time.monotonic()
         finally:
-            for item in pending.values():
-                if not item.future.done():
-                    item.future.set_exception(RuntimeUnavailableError("client closed before the reply arrived"))
+            self._fail_all(pending, ClientClosedError("the client was closed before the reply arrived"))
             while True:
                 try:
                     _, item = self._outbox.get_nowait()
                 except queue.Empty:
                     break
-                item.future.set_exception(RuntimeUnavailableError("client closed"))
-            sock.close(0)
+                item.future.set_exception(ClientClosedError("the client was closed"))
+            self._close_socket(sock, monitor)
             self._wake_pull.close(0)
 
-    def _send(self, sock: zmq.Socket, item: _Pending) -> bool:
-        try:
-            sock.send_multipart(item.frames, zmq.NOBLOCK, copy=False)
-            return True
-        except zmq.Again:
-            item.future.set_exception(BusyError("too many requests queued on this connection (high-water mark)"))
-            return False
+    def _drain_wakeups(self) -> None:
+        while True:
+            try:
+                self._wake_pull.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
 
-    def _heartbeat(self, sock: zmq.Socket) -> None:
-        ping = encode_header(
-            {"version": PROTOCOL_VERSION, "type": "PING", "id": f"{self._prefix}-hb-{next(self._ids)}"}
-        )
+    @staticmethod
+    def _close_socket(sock: zmq.Socket, monitor: zmq.Socket) -> None:
         try:
-            sock.send(ping, zmq.NOBLOCK)
+            sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        monitor.close(0)
+        sock.close(0)
+
+    @staticmethod
+    def _fail_all(pending: dict[str, _Pending], error: ScanedgeError) -> None:
+        for item in pending.values():
+            if not item.future.done():
+                item.future.set_exception(type(error)(error.message))
+        pending.clear()
+
+    def _send_unsent(self, sock: zmq.Socket, pending: dict[str, _Pending]) -> None:
+        unsent = self._unsent
+        while unsent:
+            request_id = unsent[0]
+            item = pending.get(request_id)
+            if item is None or item.sent or item.future.done():
+                unsent.popleft()
+                continue
+            try:
+                sock.send_multipart(item.frames, zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return  # no connection (yet) or queue full: retried on the next turn, until its deadline
+            unsent.popleft()
+            if item.sent_mono:
+                self.resent += 1
+            item.sent = True
+            item.sent_mono = time.monotonic()
+            item.runtime = self.runtime_id
+
+    def _mark_unsent(self, pending: dict[str, _Pending], items: Any) -> None:
+        """Queue ``items`` to be sent again (on the current socket, in their original order)."""
+        index = {id(item): key for key, item in pending.items()}
+        for item in items:
+            item.sent = False
+            self._unsent.append(index[id(item)])
+
+    def _ping(self, sock: zmq.Socket, kind: str) -> None:
+        try:
+            sock.send(encode(ping_request(f"{self._prefix}-{kind}-{next(self._ids)}")), zmq.NOBLOCK)
         except zmq.Again:
             pass
 
-    def _complete(self, item: _Pending, header: dict[str, Any], frames: Sequence[zmq.Frame]) -> None:
-        kind = header.get("type")
-        if kind == "RESULT":
+    def _on_monitor(self, monitor: zmq.Socket, sock: zmq.Socket, pending: dict[str, _Pending]) -> None:
+        while True:
+            try:
+                event = zmq.utils.monitor.recv_monitor_message(monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            kind = event["event"]
+            if kind == zmq.EVENT_CONNECTED:
+                self._ping(sock, "hello")  # learn which runtime instance is there
+            elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH or (
+                kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                and event["value"] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+            ):
+                reason = (
+                    "the runtime refused this console's CurveZMQ key (it is not in the runtime's allow-list)"
+                    if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                    else "the runtime uses another security mechanism (CurveZMQ keys needed, or not expected)"
+                )
+                log.error("%s: %s", self.endpoint, reason)
+                self._refused = UnauthorizedError(f"{self.endpoint}: {reason}")
+                self._fail_all(pending, self._refused)
+
+    def _receive(self, sock: zmq.Socket, pending: dict[str, _Pending]) -> bool:
+        heard = False
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return heard
+            heard = True
+            try:
+                reply = decode_reply(frames[0].buffer)
+            except ProtocolError as exc:
+                log.warning("ignoring a malformed message from the runtime: %s", exc.message)
+                continue
+            if reply.runtime and reply.runtime != self.runtime_id:
+                self._on_runtime(reply.runtime, sock, pending)
+            item = pending.pop(str(reply.id), None)
+            if item is None or item.future.done():
+                continue  # a heartbeat PONG, or a late duplicate after a resend: never delivered twice
+            self._complete(item, reply, frames[1:])
+
+    def _on_runtime(self, runtime: str, sock: zmq.Socket, pending: dict[str, _Pending]) -> None:
+        """A reply from a runtime instance not seen before: resend what the previous one took with it."""
+        previous, self.runtime_id = self.runtime_id, runtime
+        if previous is None:
+            for item in pending.values():
+                if item.sent and item.runtime is None:
+                    item.runtime = runtime  # sent before the first greeting came back: it went here
+            return
+        lost = [item for item in pending.values() if item.sent and item.runtime != runtime]
+        if lost:
+            log.warning(
+                "runtime at %s restarted (instance %s -> %s); resending %d unanswered request(s)",
+                self.endpoint,
+                previous,
+                runtime,
+                len(lost),
+            )
+        self._mark_unsent(pending, lost)
+
+    def _complete(self, item: _Pending, reply: Any, frames: Sequence[Any]) -> None:
+        if isinstance(reply, Result):
             rtt = (time.monotonic() - item.sent_mono) * 1e3
             try:
-                item.future.set_result(_parse_result(header, frames, rtt))
-            except (KeyError, TypeError, ValueError) as exc:
-                item.future.set_exception(ScanedgeError(f"malformed RESULT from the runtime: {exc}"))
-        elif kind == "ERROR":
-            item.future.set_exception(error_for_code(str(header.get("code")), str(header.get("message", ""))))
+                item.future.set_result(_remote_result(reply, frames, rtt))
+            except ProtocolError as exc:
+                item.future.set_exception(exc)
+        elif isinstance(reply, Error):
+            item.future.set_exception(error_for_code(reply.code, reply.message))
         else:  # PONG, STATS_REPLY
-            item.future.set_result(header)
+            item.future.set_result(reply)
 
 
 class AsyncClient:
@@ -431,12 +579,13 @@ class AsyncClient:
         self._client = Client(endpoint, config)
 
     async def segment(self, image: Any, **kwargs: Any) -> RemoteResult:
+        """Segment one slice; the same arguments as :meth:`Client.submit`."""
         return await asyncio.wrap_future(self._client.submit(image, **kwargs))
 
-    async def ping(self, timeout: float | None = None) -> dict[str, Any]:
+    async def ping(self, timeout: float | None = None) -> Pong:
         return await asyncio.wrap_future(self._client.request("PING", timeout))
 
-    async def stats(self, timeout: float | None = None) -> dict[str, Any]:
+    async def stats(self, timeout: float | None = None) -> StatsReply:
         return await asyncio.wrap_future(self._client.request("STATS", timeout))
 
     async def close(self) -> None:

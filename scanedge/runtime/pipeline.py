@@ -20,14 +20,14 @@ import cv2
 import numpy as np
 
 from scanedge.engines import Engine, EngineKind, open_engine
-from scanedge.errors import InvalidSliceError
+from scanedge.errors import InvalidSliceError, NonFiniteOutputError
 from scanedge.imaging.dicom import slices_from_dicom
 from scanedge.imaging.encode import ImageFormat, encode_image
 from scanedge.imaging.overlay import OverlayOptions, OverlayRenderer
 from scanedge.imaging.postprocess import ClassFindings, Postprocessor
 from scanedge.imaging.preprocess import Preprocessor
 from scanedge.imaging.series import context_window
-from scanedge.imaging.slices import DEFAULT_LIMITS, Slice, SliceIdentity, SliceLimits
+from scanedge.imaging.slices import DEFAULT_LIMITS, Slice, SliceIdentity, SliceLimits, all_finite
 from scanedge.manifest import Manifest, check_model_io, load_manifest
 
 __all__ = ["Pipeline", "PipelineConfig", "SliceResult", "StageTimings", "default_model_path"]
@@ -220,6 +220,11 @@ class Pipeline:
         tensor, info = self._pre(slice_, context)
         t2 = time.perf_counter()
         out = self.engine.infer({self.manifest.input.name: tensor})[self.manifest.output.name]
+        if not all_finite(out):
+            raise NonFiniteOutputError(
+                f"model {self.model_label} produced NaN or infinite values for this slice; no result can be "
+                "trusted (is the input far outside what the model was trained on?)"
+            )
         t3 = time.perf_counter()
         post = self._post(out, info, slice_.geometry)
         t4 = time.perf_counter()

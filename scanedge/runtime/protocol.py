@@ -1,26 +1,32 @@
-"""The wire protocol of docs/protocol.md: parsing requests, building replies. No sockets here.
+"""The wire protocol of docs/protocol.md as code: every message type, built and parsed in both directions.
 
-Headers are JSON (one frame); pixels and results travel as raw little-endian C-contiguous frames,
-received without copying (``np.frombuffer`` over the ZeroMQ frame) and sent without copying.
-Every way a message can be wrong maps to one typed error with a wire code.
+This module is the specification's executable twin. Headers are typed, bounded msgspec Structs, so a
+header is decoded straight into validated fields: no recursion past a fixed depth, no 4300-digit
+integers, no infinities, no lone surrogates, every number inside a range the spec states. Everything
+a peer can get wrong maps to one typed error with a wire code. Sockets live elsewhere (the server's
+I/O loop, the client); pixel frames are handled by :mod:`scanedge.runtime.payloads`.
+
+Who uses what:
+
+- consoles build requests with :func:`segment_request`, :func:`ping_request`, :func:`stats_request`,
+  and read replies with :func:`decode_reply`;
+- the runtime reads requests with :func:`decode_request` (and :func:`request_echo` when that fails),
+  and builds :class:`Result`, :class:`Error` (:func:`error_reply`), :class:`Pong`, :class:`StatsReply`;
+- both encode with :func:`encode`.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
-import numpy as np
+import msgspec
+from msgspec import Meta, Struct
 
 from scanedge.errors import (
     BadFramesError,
     BadPayloadError,
-    ImageTooLargeError,
-    InvalidSliceError,
     MessageTooLargeError,
     ProtocolError,
     ScanedgeError,
@@ -28,331 +34,544 @@ from scanedge.errors import (
     UnsupportedDtypeError,
     UnsupportedVersionError,
 )
-from scanedge.imaging.dicom import invert_monochrome1, slices_from_dicom
-from scanedge.imaging.overlay import OverlayOptions
-from scanedge.imaging.slices import Slice, SliceGeometry, SliceIdentity, SliceLimits
 
 __all__ = [
     "MAX_HEADER_BYTES",
     "MESSAGE_TYPES",
     "OUTPUT_NAMES",
     "PROTOCOL_VERSION",
+    "STATUS_FOR_CODE",
     "SUPPORTED_VERSIONS",
     "WIRE_DTYPES",
-    "SegmentRequest",
-    "check_message_size",
-    "check_raw_payload",
-    "decode_header",
-    "encode_header",
-    "error_header",
-    "parse_segment",
-    "payload_nbytes",
-    "safe_id",
-    "slice_from_request",
+    "Echo",
+    "Error",
+    "Finding",
+    "FrameInfo",
+    "Geometry",
+    "Histogram",
+    "Limits",
+    "ModelInfo",
+    "ModelInput",
+    "OverlayRequest",
+    "Ping",
+    "Pong",
+    "Reply",
+    "Request",
+    "Rescale",
+    "Result",
+    "Segment",
+    "Stats",
+    "StatsReply",
+    "Timings",
+    "Window",
+    "WorkerHealth",
+    "decode_reply",
+    "decode_request",
+    "encode",
+    "error_reply",
+    "ping_request",
+    "publish_topic",
+    "request_echo",
+    "result_reply",
+    "segment_request",
+    "stats_request",
 ]
 
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 MAX_HEADER_BYTES = 64 * 1024
-MESSAGE_TYPES = ("SEGMENT", "RESULT", "ERROR", "PING", "PONG", "STATS", "STATS_REPLY")
+REQUEST_TYPES = ("SEGMENT", "PING", "STATS")
+REPLY_TYPES = ("RESULT", "ERROR", "PONG", "STATS_REPLY")
+MESSAGE_TYPES = REQUEST_TYPES + REPLY_TYPES
 OUTPUT_NAMES = ("mask", "overlay", "probabilities")
-WIRE_DTYPES = {
-    name: np.dtype(name).newbyteorder("<")
-    for name in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
-}
+#: dtypes a raw pixel frame may carry (always little-endian on the wire)
+WIRE_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+#: reply ``status`` of the scheduling outcomes; every other error code has status "error"
 STATUS_FOR_CODE = {"SUPERSEDED": "superseded", "EXPIRED": "expired", "BUSY": "busy"}
 
+# --- bounded field types (the ranges docs/protocol.md states) -------------------------------------------
 
-def encode_header(header: Mapping[str, Any]) -> bytes:
-    return json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
-
-
-def decode_header(frame: bytes | memoryview) -> dict[str, Any]:
-    """Parse and check the fields every message has. Raises ProtocolError (and subclasses)."""
-    if len(frame) > MAX_HEADER_BYTES:
-        raise ProtocolError(f"header frame of {len(frame)} bytes exceeds {MAX_HEADER_BYTES}")
-    try:
-        header = json.loads(bytes(frame))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"header frame is not UTF-8 JSON: {exc}") from exc
-    if not isinstance(header, dict):
-        raise ProtocolError(f"header must be a JSON object, got {type(header).__name__}")
-    request_id = header.get("id")
-    if not _valid_id(request_id):
-        raise ProtocolError("header 'id' must be a string of 1-64 characters or an integer 0..2^53-1")
-    version = header.get("version")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise ProtocolError("header 'version' must be an integer")
-    if version not in SUPPORTED_VERSIONS:
-        raise UnsupportedVersionError(
-            f"protocol version {version} is not spoken here (supported: {list(SUPPORTED_VERSIONS)})"
-        )
-    kind = header.get("type")
-    if kind not in MESSAGE_TYPES:
-        raise UnknownMessageTypeError(f"unknown message type {kind!r}; known: {', '.join(MESSAGE_TYPES)}")
-    return header
+RequestId = Annotated[int, Meta(ge=0, le=2**53 - 1)] | Annotated[str, Meta(min_length=1, max_length=64)]
+Version = Annotated[int, Meta(ge=0, le=2**31 - 1)]
+Key = Annotated[str, Meta(max_length=256)]
+InstanceNumber = Annotated[int, Meta(ge=-(2**31), le=2**31 - 1)]
+Dim = Annotated[int, Meta(ge=0, le=2**24)]
+Millimetres = Annotated[float, Meta(ge=0.0, le=1e4)]  # spacing, thickness: 0 = unknown
+Position = Annotated[float, Meta(ge=-1e7, le=1e7)]
+Cosine = Annotated[float, Meta(ge=-1.5, le=1.5)]
+Slope = Annotated[float, Meta(ge=-1e6, le=1e6)]
+Level = Annotated[float, Meta(ge=-1e9, le=1e9)]
+Width = Annotated[float, Meta(gt=0.0, le=1e10)]
+Fraction = Annotated[float, Meta(ge=0.0, le=1.0)]
+Epoch = Annotated[float, Meta(ge=0.0, le=1e11)]
+DeadlineMs = Annotated[float, Meta(gt=0.0, le=86_400_000.0)]
+OutputName = Literal["mask", "overlay", "probabilities"]
+Count = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 
 
-def _valid_id(value: Any) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int):
-        return 0 <= value < 2**53
-    return isinstance(value, str) and 1 <= len(value) <= 64
+class Geometry(Struct, frozen=True, omit_defaults=True):
+    """Where the slice lies (DICOM LPS, mm). A spacing or thickness of 0 means unknown."""
+
+    pixel_spacing: tuple[Millimetres, Millimetres] | None = None
+    slice_thickness: Millimetres | None = None
+    image_position: tuple[Position, Position, Position] | None = None
+    image_orientation: tuple[Cosine, Cosine, Cosine, Cosine, Cosine, Cosine] | None = None
 
 
-def safe_id(header_frame: bytes | memoryview) -> Any:
-    """Best-effort id from a header that failed validation, so the error can still be attributed."""
-    try:
-        value = json.loads(bytes(header_frame))
-        candidate = value.get("id") if isinstance(value, dict) else None
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return candidate if _valid_id(candidate) else None
+class Rescale(Struct, frozen=True, omit_defaults=True):
+    slope: Slope = 1.0
+    intercept: Level = 0.0
 
 
-@dataclass(frozen=True)
-class SegmentRequest:
-    """A validated SEGMENT header (the pixel frame is kept separately, unparsed)."""
+class Window(Struct, frozen=True, omit_defaults=True):
+    center: Level | None = None
+    width: Width | None = None
 
-    id: Any
+
+class OverlayRequest(Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+    """How the overlay is drawn; omitted fields take the runtime's defaults."""
+
+    alpha: Fraction | None = None
+    fill: bool | None = None
+    contours: bool | None = None
+    heatmap: bool | None = None
+
+
+class _Message(Struct, frozen=True, kw_only=True, tag_field="type"):
+    version: Version  # required in every header, so omit_defaults can never drop it
+
+
+class Segment(_Message, tag="SEGMENT", omit_defaults=True):
+    """A SEGMENT header (section 3); its one payload frame holds the pixels or the DICOM object."""
+
+    id: RequestId
+    encoding: Literal["raw", "dicom"] = "raw"
+    dtype: Annotated[str, Meta(max_length=32)] | None = None
+    shape: Annotated[list[Dim], Meta(min_length=2, max_length=3)] | None = None
+    series: Key = ""
+    instance: Key = ""
+    index: InstanceNumber | None = None
+    model: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+    geometry: Geometry | None = None
+    rescale: Rescale | None = None
+    window: Window | None = None
+    photometric: Literal["MONOCHROME1", "MONOCHROME2", "RGB"] | None = None
+    bits_stored: Annotated[int, Meta(ge=1, le=64)] | None = None
+    deadline_ms: DeadlineMs | None = None
+    outputs: Annotated[tuple[OutputName, ...], Meta(max_length=8)] = ("mask", "overlay")
+    overlay_encoding: Literal["raw", "jpeg", "png"] = "raw"
+    overlay_options: OverlayRequest | None = None
+    publish: bool = True
+    sent_at: Epoch | None = None
+
+
+class Ping(_Message, tag="PING"):
+    id: RequestId
+
+
+class Stats(_Message, tag="STATS"):
+    id: RequestId
+
+
+Request = Segment | Ping | Stats
+
+# --- replies ----------------------------------------------------------------------------------------------
+
+
+class Timings(Struct, frozen=True):
+    """Runtime-side milliseconds per stage (section 4)."""
+
+    queue: float = 0.0
+    decode: float = 0.0
+    preprocess: float = 0.0
+    infer: float = 0.0
+    postprocess: float = 0.0
+    overlay: float = 0.0
+    encode: float = 0.0
+    total: float = 0.0
+
+
+class Finding(Struct, frozen=True):
+    label: int
+    name: str
+    pixels: int
+    area_mm2: float | None
+    components: int
+    max_probability: float
+    mean_probability: float
+
+
+class FrameInfo(Struct, frozen=True, omit_defaults=True):
+    """One payload frame of a RESULT: raw frames have dtype and shape, encoded ones their byte count."""
+
+    name: str
+    encoding: str
+    dtype: str | None = None
+    shape: list[int] | None = None
+    bytes: int | None = None
+
+
+class Result(_Message, tag="RESULT"):
+    id: RequestId
+    status: str = "ok"
+    code: str | None = None
+    message: str = ""
     series: str = ""
     instance: str = ""
     index: int | None = None
-    model: str | None = None
-    encoding: str = "raw"
-    dtype: str | None = None
-    shape: tuple[int, ...] | None = None
-    geometry: SliceGeometry = field(default_factory=SliceGeometry)
-    rescale_slope: float = 1.0
-    rescale_intercept: float = 0.0
-    window_center: float | None = None
-    window_width: float | None = None
-    photometric: str | None = None
-    bits_stored: int | None = None
-    deadline_ms: float | None = None
-    outputs: tuple[str, ...] = ("mask", "overlay")
-    overlay_encoding: str = "raw"
-    overlay_options: OverlayOptions | None = None
-    publish: bool = True
+    model: str = ""
+    engine: str = ""
+    timings_ms: Timings = Timings()
+    findings: tuple[Finding, ...] = ()
+    frames: tuple[FrameInfo, ...] = ()
+    sent_at: float | None = None
+    received_at: float | None = None
+    replied_at: float | None = None
+    runtime: str = ""
+
+
+class Error(_Message, tag="ERROR"):
+    id: RequestId | None
+    status: str = "error"
+    code: str = "INTERNAL"
+    message: str = ""
+    series: str = ""
+    instance: str = ""
+    index: int | None = None
+    sent_at: float | None = None
+    received_at: float | None = None
+    replied_at: float | None = None
+    runtime: str = ""
+
+
+class ModelInput(Struct, frozen=True):
+    channels: int
+    height: int | None
+    width: int | None
+
+
+class ModelInfo(Struct, frozen=True):
+    """A served model as PONG describes it (section 5)."""
+
+    name: str
+    version: str
+    classes: tuple[str, ...]
+    input: ModelInput
+    precision: str = "fp32"
+    onnx_sha256: str | None = None
+    output_kind: str = "logits"
+    activation: str = "softmax"
+
+
+class WorkerHealth(Struct, frozen=True):
+    configured: int = 0
+    alive: int = 0
+    busy: int = 0
+    restarted: int = 0
+    wedged: int = 0
+
+
+class Limits(Struct, frozen=True):
+    """The runtime's limits in bytes and pixels, so a console can size its requests."""
+
+    max_header_bytes: int = MAX_HEADER_BYTES
+    max_message_bytes: int = 0
+    max_inflight_bytes: int = 0
+    max_pixels: int = 0
+    max_side: int = 0
+
+
+class Pong(_Message, tag="PONG"):
+    id: RequestId
+    server: str = ""
+    protocols: tuple[int, ...] = SUPPORTED_VERSIONS
+    models: tuple[ModelInfo, ...] = ()
+    default_model: str = ""
+    engine: str = ""
+    queue_depth: int = 0
+    in_flight_bytes: int = 0
+    runtime: str = ""
+    started_at: float | None = None
+    workers: WorkerHealth = WorkerHealth()
+    limits: Limits = Limits()
+
+
+class Histogram(Struct, frozen=True):
+    """Fixed log-spaced buckets: ``counts[i]`` samples fell at or below ``buckets_ms[i]`` and above the
+    previous bound (``None``: above the top bound). Percentiles are bucket upper bounds."""
+
+    buckets_ms: tuple[float | None, ...] = ()
+    counts: tuple[int, ...] = ()
+    count: int = 0
+    p50: float | None = None
+    p90: float | None = None
+    p99: float | None = None
+    max: float | None = None
+
+
+class StatsReply(_Message, tag="STATS_REPLY"):
+    id: RequestId
+    counters: dict[str, int] = {}
+    histograms: dict[str, dict[str, Histogram]] = {}
+    runtime: str = ""
+
+
+Reply = Result | Error | Pong | StatsReply
+
+
+def _plain(value: Any) -> Any:
+    """Encoder hook: str subclasses (pydicom's UID and PersonName-free text values) as plain strings."""
+    if isinstance(value, str):
+        return value[:]
+    raise NotImplementedError(f"cannot encode {type(value).__name__} in a header")
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_plain)
+_request_decoder = msgspec.json.Decoder(Request)
+_reply_decoder = msgspec.json.Decoder(Reply)
+
+
+class Echo(Struct, frozen=True):
+    """What a reply echoes from its request; best effort when the request itself is invalid."""
+
+    id: RequestId | None = None
+    series: str = ""
+    instance: str = ""
+    index: int | None = None
     sent_at: float | None = None
 
-
-def _get(header: Mapping[str, Any], key: str, kinds: type | tuple[type, ...], default: Any = None) -> Any:
-    value = header.get(key, default)
-    if value is None or value is default:
-        return value
-    if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
-        raise ProtocolError(f"field {key!r} has the wrong type (bool)")
-    if not isinstance(value, kinds):
-        raise ProtocolError(f"field {key!r} has the wrong type ({type(value).__name__})")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ProtocolError(f"field {key!r} must be finite")
-    return value
+    @classmethod
+    def of(cls, request: Segment | Ping | Stats) -> Echo:
+        if isinstance(request, Segment):
+            return cls(request.id, request.series, request.instance, request.index, request.sent_at)
+        return cls(request.id)
 
 
-def _floats(obj: Mapping[str, Any], key: str, n: int) -> tuple[float, ...] | None:
-    value = obj.get(key)
-    if value is None:
+class _Envelope(Struct):
+    """Every field a reply echoes, undecoded: each is checked on its own so one bad field spoils nothing else."""
+
+    version: msgspec.Raw = msgspec.Raw()
+    type: msgspec.Raw = msgspec.Raw()
+    id: msgspec.Raw = msgspec.Raw()
+    series: msgspec.Raw = msgspec.Raw()
+    instance: msgspec.Raw = msgspec.Raw()
+    index: msgspec.Raw = msgspec.Raw()
+    sent_at: msgspec.Raw = msgspec.Raw()
+
+
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
+_field_decoders: dict[Any, msgspec.json.Decoder] = {}
+
+
+def _field(raw: msgspec.Raw, kind: Any, default: Any) -> Any:
+    if not raw:
+        return default
+    decoder = _field_decoders.get(kind)
+    if decoder is None:
+        decoder = _field_decoders[kind] = msgspec.json.Decoder(kind)
+    try:
+        return decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return default
+
+
+def _envelope(frame: bytes | memoryview) -> _Envelope | None:
+    if len(frame) > MAX_HEADER_BYTES:
         return None
-    if (
-        not isinstance(value, list)
-        or len(value) != n
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
-    ):
-        raise ProtocolError(f"geometry.{key} must be a list of {n} finite numbers")
-    return tuple(float(v) for v in value)
+    try:
+        return _envelope_decoder.decode(frame)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
 
 
-def parse_segment(header: Mapping[str, Any], payload_frames: int) -> SegmentRequest:
-    """Validate a SEGMENT header against docs/protocol.md section 3."""
-    if payload_frames != 1:
-        raise BadFramesError(f"SEGMENT carries exactly one pixel frame after the header, got {payload_frames}")
-    encoding = _get(header, "encoding", str, "raw")
-    if encoding not in ("raw", "dicom"):
-        raise ProtocolError(f"encoding must be 'raw' or 'dicom', got {encoding!r}")
-    dtype = shape = None
-    if encoding == "raw":
-        dtype = _get(header, "dtype", str)
-        if dtype is None:
-            raise ProtocolError("raw SEGMENT needs 'dtype'")
-        if dtype not in WIRE_DTYPES:
-            raise UnsupportedDtypeError(f"dtype {dtype!r} is not supported; use one of {', '.join(WIRE_DTYPES)}")
-        raw_shape = header.get("shape")
-        if (
-            not isinstance(raw_shape, list)
-            or len(raw_shape) not in (2, 3)
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw_shape)
-            or (len(raw_shape) == 3 and raw_shape[2] != 3)
-        ):
-            raise BadPayloadError(
-                f"shape must be [rows, cols] or [rows, cols, 3] of non-negative integers, got {raw_shape!r}"
-            )
-        shape = tuple(raw_shape)
-    geometry_obj = _get(header, "geometry", dict, {}) or {}
-    spacing = _floats(geometry_obj, "pixel_spacing", 2)
-    thickness = geometry_obj.get("slice_thickness")
-    geometry = SliceGeometry(
-        pixel_spacing=spacing if spacing and all(v > 0 for v in spacing) else None,  # type: ignore[arg-type]
-        slice_thickness=float(thickness)
-        if isinstance(thickness, (int, float)) and not isinstance(thickness, bool)
-        else None,
-        image_position=_floats(geometry_obj, "image_position", 3),  # type: ignore[arg-type]
-        image_orientation=_floats(geometry_obj, "image_orientation", 6),  # type: ignore[arg-type]
-        slice_location=None,
-    )
-    rescale = _get(header, "rescale", dict, {}) or {}
-    window = _get(header, "window", dict, {}) or {}
-    outputs = header.get("outputs", ["mask", "overlay"])
-    if not isinstance(outputs, list) or not all(o in OUTPUT_NAMES for o in outputs):
-        raise ProtocolError(f"outputs must be a list drawn from {list(OUTPUT_NAMES)}, got {outputs!r}")
-    overlay_encoding = _get(header, "overlay_encoding", str, "raw")
-    if overlay_encoding not in ("raw", "jpeg", "png"):
-        raise ProtocolError(f"overlay_encoding must be raw, jpeg or png, got {overlay_encoding!r}")
-    options = None
-    raw_options = _get(header, "overlay_options", dict)
-    if raw_options:
-        unknown = set(raw_options) - {"alpha", "fill", "contours", "heatmap"}
-        if unknown:
-            raise ProtocolError(f"overlay_options has unknown keys {sorted(unknown)}")
-        try:
-            options = OverlayOptions(**raw_options)
-        except (TypeError, ValueError) as exc:
-            raise ProtocolError(f"overlay_options: {exc}") from exc
-    deadline = _get(header, "deadline_ms", (int, float))
-    if deadline is not None and deadline <= 0:
-        raise ProtocolError("deadline_ms must be > 0")
-    photometric = _get(header, "photometric", str)
-    if photometric not in (None, "MONOCHROME1", "MONOCHROME2", "RGB"):
-        raise ProtocolError(f"photometric must be MONOCHROME1, MONOCHROME2 or RGB, got {photometric!r}")
-    series = _get(header, "series", str, "") or ""
-    if len(series) > 256:
-        raise ProtocolError("series must be at most 256 characters")
-    return SegmentRequest(
-        id=header["id"],
-        series=series,
-        instance=_get(header, "instance", str, "") or "",
-        index=_get(header, "index", int),
-        model=_get(header, "model", str),
-        encoding=encoding,
-        dtype=dtype,
-        shape=shape,
-        geometry=geometry,
-        rescale_slope=float(_num(rescale, "slope", 1.0)),
-        rescale_intercept=float(_num(rescale, "intercept", 0.0)),
-        window_center=_num(window, "center", None),
-        window_width=_num(window, "width", None),
-        photometric=photometric,
-        bits_stored=_get(header, "bits_stored", int),
-        deadline_ms=float(deadline) if deadline is not None else None,
-        outputs=tuple(dict.fromkeys(outputs)),
-        overlay_encoding=overlay_encoding,
-        overlay_options=options,
-        publish=bool(_get(header, "publish", bool, True)),
-        sent_at=_get(header, "sent_at", (int, float)),
+def request_echo(frame: bytes | memoryview) -> Echo:
+    """The id and echo fields of a request whose validation failed, so its ERROR can still be attributed."""
+    env = _envelope(frame)
+    if env is None:
+        return Echo()
+    return Echo(
+        id=_field(env.id, RequestId, None),
+        series=_field(env.series, Key, ""),
+        instance=_field(env.instance, Key, ""),
+        index=_field(env.index, InstanceNumber, None),
+        sent_at=_field(env.sent_at, Epoch, None),
     )
 
 
-def _num(obj: Mapping[str, Any], key: str, default: float | None) -> float | None:
-    value = obj.get(key, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ProtocolError(f"{key!r} must be a finite number")
-    return float(value)
+# --- decoding -------------------------------------------------------------------------------------------
 
 
-def payload_nbytes(req: SegmentRequest) -> int:
-    """Bytes a raw pixel frame must have for this request's dtype and shape."""
-    assert req.dtype is not None and req.shape is not None
-    return math.prod(req.shape) * WIRE_DTYPES[req.dtype].itemsize
+def decode_request(frames: Sequence[bytes | memoryview | Any], max_message_bytes: int) -> Request:
+    """Validate a request (header frame plus payload frames) against sections 2-3 and 5.
 
-
-def check_raw_payload(req: SegmentRequest, nbytes: int, limits: SliceLimits) -> None:
-    """Refuse a raw pixel frame whose length contradicts dtype x shape, or an image over the limits.
-
-    Cheap enough for the I/O thread, so a malformed slice is refused before it can supersede a good one.
+    Raises a :class:`ProtocolError` subclass naming what is wrong; the checks run in the order the
+    spec's error table implies (size, JSON, version, type, fields, frame count).
     """
-    expected = payload_nbytes(req)
-    if nbytes != expected:
-        raise BadPayloadError(
-            f"shape {list(req.shape or ())} x {req.dtype} needs {expected} bytes, the pixel frame has {nbytes}"
+    if not frames:
+        raise BadFramesError("empty message: a header frame is required")
+    size = sum(len(f) for f in frames)
+    if size > max_message_bytes:
+        raise MessageTooLargeError(f"message of {size} bytes exceeds the runtime's limit of {max_message_bytes} bytes")
+    head = frames[0]
+    if len(head) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header frame of {len(head)} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        request = _request_decoder.decode(head)
+    except msgspec.ValidationError as exc:
+        raise _classify(head, exc) from None
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"header frame is not a UTF-8 JSON object: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("header frame is nested too deeply") from None
+    if request.version not in SUPPORTED_VERSIONS:
+        raise UnsupportedVersionError(
+            f"protocol version {request.version} is not spoken here (supported: {list(SUPPORTED_VERSIONS)})"
         )
-    rows, cols = (req.shape or (0, 0))[:2]
-    if rows * cols > limits.max_pixels or max(rows, cols) > limits.max_side:
-        raise ImageTooLargeError(f"image of {rows}x{cols} exceeds the limit of {limits.max_pixels} pixels")
+    payload = len(frames) - 1
+    if isinstance(request, Segment):
+        if payload != 1:
+            raise BadFramesError(f"SEGMENT carries exactly one pixel frame after the header, got {payload}")
+        _check_segment(request)
+    elif payload:
+        raise BadFramesError(f"{_type_name(request)} carries no payload frames, got {payload}")
+    return request
 
 
-def slice_from_request(req: SegmentRequest, payload: memoryview | bytes, limits: SliceLimits) -> Slice:
-    """The request's slice; raw pixels are viewed in place (no copy) when already native little-endian."""
-    if req.encoding == "dicom":
-        frames = slices_from_dicom(bytes(payload), limits=limits)
-        if len(frames) != 1:
-            from scanedge.errors import DicomError
+def _type_name(request: Request) -> str:
+    return type(request).__struct_config__.tag  # type: ignore[return-value]
 
-            raise DicomError(f"a SEGMENT carries one slice; this DICOM object has {len(frames)} frames")
-        s = frames[0]
-        ident = s.identity
-        return Slice(
-            pixels=s.pixels,
-            geometry=s.geometry,
-            identity=SliceIdentity(
-                series_uid=req.series or ident.series_uid,
-                sop_instance_uid=req.instance or ident.sop_instance_uid,
-                instance_number=req.index if req.index is not None else ident.instance_number,
-                modality=ident.modality,
-            ),
-            rescale_slope=s.rescale_slope,
-            rescale_intercept=s.rescale_intercept,
-            window_center=s.window_center,
-            window_width=s.window_width,
+
+def _classify(head: bytes | memoryview, exc: msgspec.ValidationError) -> ScanedgeError:
+    """Which error a header that failed validation deserves: version first, then type, then the field."""
+    env = _envelope(head)
+    if env is None:
+        return ProtocolError(f"header frame is not a JSON object: {exc}")
+    version = _field(env.version, Version, None)
+    if version is None:
+        return ProtocolError("header 'version' must be an integer")
+    if version not in SUPPORTED_VERSIONS:
+        return UnsupportedVersionError(
+            f"protocol version {version} is not spoken here (supported: {list(SUPPORTED_VERSIONS)})"
         )
-    check_raw_payload(req, len(payload), limits)
-    if req.shape and 0 in req.shape:
-        raise InvalidSliceError(f"pixels are empty (shape {list(req.shape)})")
-    pixels = np.frombuffer(payload, dtype=WIRE_DTYPES[req.dtype]).reshape(req.shape)  # type: ignore[index]
-    center = req.window_center
-    if req.photometric == "MONOCHROME1":
-        bits = req.bits_stored or pixels.dtype.itemsize * 8
-        pixels, center = invert_monochrome1(pixels, bits, req.rescale_slope, req.rescale_intercept, center)
-    return Slice.from_array(
-        pixels,
-        geometry=req.geometry,
-        identity=SliceIdentity(series_uid=req.series, sop_instance_uid=req.instance, instance_number=req.index),
-        rescale_slope=req.rescale_slope,
-        rescale_intercept=req.rescale_intercept,
-        window_center=center,
-        window_width=req.window_width,
-        limits=limits,
-    )
+    kind = _field(env.type, Annotated[str, Meta(max_length=32)], None)
+    if kind not in MESSAGE_TYPES:
+        shown = kind if kind is not None else "(missing or not a string)"
+        return UnknownMessageTypeError(f"unknown message type {shown!r}; known: {', '.join(MESSAGE_TYPES)}")
+    if kind in REPLY_TYPES:
+        return UnknownMessageTypeError(f"{kind} is a reply type; a runtime accepts {', '.join(REQUEST_TYPES)}")
+    text = str(exc)
+    if text.endswith("`$.shape`") or "`$.shape[" in text:
+        return BadPayloadError(f"shape must be [rows, cols] or [rows, cols, 3] of integers 0..2^24: {text}")
+    return ProtocolError(f"invalid {kind} header: {text}")
 
 
-def error_header(
-    request_id: Any,
+def _check_segment(req: Segment) -> None:
+    """What the types cannot say: raw pixels need dtype and shape, colour has 3 samples."""
+    if req.encoding != "raw":
+        return
+    if req.dtype is None:
+        raise ProtocolError("raw SEGMENT needs 'dtype'")
+    if req.dtype not in WIRE_DTYPES:
+        raise UnsupportedDtypeError(f"dtype {req.dtype!r} is not supported; use one of {', '.join(WIRE_DTYPES)}")
+    if req.shape is None or (len(req.shape) == 3 and req.shape[2] != 3):
+        raise BadPayloadError(f"shape must be [rows, cols] or [rows, cols, 3], got {req.shape!r}")
+
+
+def decode_reply(frame: bytes | memoryview) -> Reply:
+    """A reply header as the runtime sent it; :class:`ProtocolError` for anything malformed."""
+    if len(frame) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"reply header of {len(frame)} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        return _reply_decoder.decode(frame)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ProtocolError(f"malformed reply from the runtime: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("malformed reply from the runtime: nested too deeply") from None
+
+
+# --- building -------------------------------------------------------------------------------------------
+
+
+def encode(message: Struct) -> bytes:
+    """A header frame: compact UTF-8 JSON. Non-finite floats cannot occur (every field is bounded or
+    computed from bounded values); msgspec would write them as null rather than fail."""
+    return _encoder.encode(message)
+
+
+def error_reply(
+    echo: Echo,
     error: ScanedgeError | str,
     message: str = "",
-    req: SegmentRequest | None = None,
+    *,
     received_at: float | None = None,
-) -> dict[str, Any]:
-    """An ERROR reply for a typed error (or a bare code such as "SUPERSEDED")."""
+    runtime: str = "",
+) -> Error:
+    """An ERROR reply for a typed error, or for a bare code such as ``"SUPERSEDED"`` with ``message``."""
     code = error.code if isinstance(error, ScanedgeError) else error
     text = error.message if isinstance(error, ScanedgeError) else message
-    header: dict[str, Any] = {
-        "version": PROTOCOL_VERSION,
-        "type": "ERROR",
-        "id": request_id,
-        "status": STATUS_FOR_CODE.get(code, "error"),
-        "code": code,
-        "message": text,
-    }
-    if req is not None:
-        header.update(series=req.series, instance=req.instance, index=req.index, sent_at=req.sent_at)
-    header["received_at"] = received_at
-    header["replied_at"] = time.time()
-    return header
+    return Error(
+        version=PROTOCOL_VERSION,
+        id=echo.id,
+        status=STATUS_FOR_CODE.get(code, "error"),
+        code=code,
+        message=text,
+        series=echo.series,
+        instance=echo.instance,
+        index=echo.index,
+        sent_at=echo.sent_at,
+        received_at=received_at,
+        replied_at=time.time(),
+        runtime=runtime,
+    )
 
 
-def check_message_size(frames: Sequence[Any], limit: int) -> None:
-    size = sum(len(f) for f in frames)
-    if size > limit:
-        raise MessageTooLargeError(f"message of {size} bytes exceeds the runtime's limit of {limit} bytes")
+def result_reply(
+    echo: Echo,
+    *,
+    model: str,
+    engine: str,
+    timings: Timings,
+    findings: Sequence[Finding],
+    frames: Sequence[FrameInfo],
+    received_at: float,
+    runtime: str,
+) -> Result:
+    """A RESULT header; the payload frames follow it in the order of ``frames``."""
+    return Result(
+        version=PROTOCOL_VERSION,
+        id=echo.id,  # type: ignore[arg-type]  (a job's request always has an id)
+        series=echo.series,
+        instance=echo.instance,
+        index=echo.index,
+        model=model,
+        engine=engine,
+        timings_ms=timings,
+        findings=tuple(findings),
+        frames=tuple(frames),
+        sent_at=echo.sent_at,
+        received_at=received_at,
+        replied_at=time.time(),
+        runtime=runtime,
+    )
+
+
+def segment_request(request_id: RequestId, **fields: Any) -> Segment:
+    """A SEGMENT header; ``fields`` are section 3's (values outside the spec's ranges raise here, in the
+    console, instead of coming back as an ERROR)."""
+    try:
+        return msgspec.convert({"type": "SEGMENT", "version": PROTOCOL_VERSION, "id": request_id, **fields}, Segment)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError(f"invalid SEGMENT field: {exc}") from None
+
+
+def ping_request(request_id: RequestId) -> Ping:
+    return Ping(version=PROTOCOL_VERSION, id=request_id)
+
+
+def stats_request(request_id: RequestId) -> Stats:
+    return Stats(version=PROTOCOL_VERSION, id=request_id)
+
+
+def publish_topic(series: str) -> bytes:
+    """The PUB topic frame (section 9): the series as UTF-8. Never fails, whatever the string holds."""
+    return series.encode("utf-8", "replace")

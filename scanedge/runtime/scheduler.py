@@ -13,17 +13,20 @@ import itertools
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from scanedge.runtime.protocol import Echo, Segment
 
 __all__ = ["Job", "LatestSliceScheduler"]
 
 
 @dataclass(eq=False)
 class Job:
-    """One accepted request, from the I/O thread to a worker."""
+    """One accepted SEGMENT, from the I/O thread to a worker; answered exactly once, by the I/O thread."""
 
-    request: Any  # a SegmentRequest
+    request: Segment
     identity: bytes  # ZeroMQ routing id of the console
     payload: Any  # the pixel frame (kept alive, never copied)
     model: str
@@ -35,6 +38,10 @@ class Job:
 
     def expired(self, now: float | None = None) -> bool:
         return self.deadline_mono is not None and (now or time.monotonic()) > self.deadline_mono
+
+    @property
+    def echo(self) -> Echo:
+        return Echo.of(self.request)
 
 
 class LatestSliceScheduler:
@@ -72,12 +79,20 @@ class LatestSliceScheduler:
             _, job = self._waiting.popitem(last=False)
             return job
 
+    def remove(self, predicate: Callable[[Job], bool]) -> list[Job]:
+        """Remove and return every waiting job for which ``predicate`` holds."""
+        with self._lock:
+            gone = [k for k, j in self._waiting.items() if predicate(j)]
+            return [self._waiting.pop(k) for k in gone]
+
     def expire(self, now: float | None = None) -> list[Job]:
         """Remove and return every waiting job whose deadline has passed."""
         now = now or time.monotonic()
-        with self._lock:
-            gone = [k for k, j in self._waiting.items() if j.expired(now)]
-            return [self._waiting.pop(k) for k in gone]
+        return self.remove(lambda j: j.expired(now))
+
+    def drain(self) -> list[Job]:
+        """Remove and return everything still waiting."""
+        return self.remove(lambda j: True)
 
     def depth(self) -> int:
         with self._lock:

@@ -71,14 +71,16 @@ class RuntimeStats:
         key = {"SUPERSEDED": "superseded", "EXPIRED": "expired", "BUSY": "busy"}.get(code)
         self.counters[key or f"error.{code}"] += 1
 
-    def to_dict(self) -> dict[str, Any]:
+    def histograms(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Per model: ``latency_ms`` (received -> reply handed to ZeroMQ) and ``queue_ms`` (received ->
+        a worker starts it)."""
         return {
-            "counters": dict(sorted(self.counters.items())),
-            "histograms": {
-                model: {"latency_ms": self.latency[model].to_dict(), "queue_ms": self.queue[model].to_dict()}
-                for model in self.latency
-            },
+            model: {"latency_ms": self.latency[model].to_dict(), "queue_ms": self.queue[model].to_dict()}
+            for model in self.latency
         }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"counters": dict(sorted(self.counters.items())), "histograms": self.histograms()}
 
     def summary_line(self) -> str:
         c = self.counters

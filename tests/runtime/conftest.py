@@ -1,16 +1,25 @@
-"""Real runtimes on 127.0.0.1 for the streaming tests; a slow engine (a real ORT engine plus a sleep)
-injects the only fault these tests need: inference that takes long enough to queue behind."""
+"""Real runtimes on 127.0.0.1 for the streaming tests, and the faults they inject.
+
+Engines here are the real ONNX Runtime engine; the only thing a test adds is a fault: inference held at
+a gate until the test opens it (so "the worker is busy" is a fact, not a hope about timing), a fixed
+delay, or a stage that fails in a chosen way.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pytest
+import zmq
 
 from scanedge.engines import OnnxRuntimeEngine, OrtOptions
 from scanedge.manifest import Manifest
+from scanedge.runtime.client import Client
 from scanedge.runtime.pipeline import Pipeline, PipelineConfig
 from scanedge.runtime.server import ModelSpec, Server, ServerConfig
 
@@ -25,32 +34,98 @@ class SlowEngine(OnnxRuntimeEngine):
         return super()._infer_impl(feeds)
 
 
-def slow_factory(delay_s: float):
+class Gate:
+    """Holds every inference until :meth:`open` (or ``timeout_s``, so a failing test cannot hang)."""
+
+    def __init__(self, timeout_s: float = 30.0) -> None:
+        self._open = threading.Event()
+        self._cond = threading.Condition()
+        self.entered_count = 0
+        self.timeout_s = timeout_s
+
+    def enter(self) -> None:
+        with self._cond:
+            self.entered_count += 1
+            self._cond.notify_all()
+        self._open.wait(self.timeout_s)
+
+    def wait_entered(self, count: int = 1, timeout: float = 10.0) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: self.entered_count >= count, timeout), "no inference started"
+
+    def open(self) -> None:
+        self._open.set()
+
+
+class GatedEngine(OnnxRuntimeEngine):
+    gate: Gate | None = None
+
+    def _infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.gate is not None and self.is_active:
+            self.gate.enter()
+        return super()._infer_impl(feeds)
+
+
+def _factory(engine_class: type[OnnxRuntimeEngine], **attributes: Any):
     def make(spec: ModelSpec, manifest: Manifest, config: PipelineConfig) -> Pipeline:
-        engine = SlowEngine(spec.path, OrtOptions(threads=1), warmup_runs=0)
-        engine.delay_s = delay_s
-        return Pipeline(engine, manifest, config, owns_engine=True)
+        engine = engine_class(spec.path, OrtOptions(threads=1), warmup_runs=0)
+        pipe = Pipeline(engine, manifest, config, owns_engine=True)
+        for name, value in attributes.items():
+            setattr(engine, name, value)  # armed only after activation: warm-up is not held up
+        return pipe
 
     return make
 
 
-def local_config(**changes) -> ServerConfig:
+def slow_factory(delay_s: float):
+    return _factory(SlowEngine, delay_s=delay_s)
+
+
+def gated_factory(gate: Gate):
+    return _factory(GatedEngine, gate=gate)
+
+
+def local_config(**changes: Any) -> ServerConfig:
     base = {"bind": "tcp://127.0.0.1:*", "threads": 1, "sweep_interval_s": 0.02, "linger_ms": 200}
     return ServerConfig(**{**base, **changes})
+
+
+@contextlib.contextmanager
+def running_server(
+    models: Sequence[Any] = (), *, pipeline_factory: Any = None, **config_changes: Any
+) -> Iterator[Server]:
+    srv = Server(models, config=local_config(**config_changes), pipeline_factory=pipeline_factory).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@contextlib.contextmanager
+def subscriber(server: Server, topic: bytes) -> Iterator[zmq.Socket]:
+    """A SUB on the server's PUB whose subscription is known to be live (no slow-joiner guessing): a probe
+    series is published until it arrives, then unsubscribed."""
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, topic)
+    sub.setsockopt(zmq.SUBSCRIBE, b"__probe__")
+    sub.connect(server.publish_endpoint)
+    try:
+        with Client(server.endpoint) as probe:
+            deadline = time.monotonic() + 10
+            while not sub.poll(50):
+                probe.segment(np.zeros((8, 8), np.uint8), series="__probe__", outputs=("mask",))
+                assert time.monotonic() < deadline, "the subscription never became live"
+        while sub.poll(100):
+            sub.recv_multipart()  # probes still in flight
+        sub.setsockopt(zmq.UNSUBSCRIBE, b"__probe__")
+        yield sub
+    finally:
+        sub.close(0)
 
 
 @pytest.fixture
 def server() -> Iterator[Server]:
     """The demo model behind a real ROUTER/PUB on loopback."""
-    srv = Server(config=local_config(publish="tcp://127.0.0.1:*")).start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def slow_server(request) -> Iterator[Server]:
-    """The demo model with 0.3 s per inference; parametrize indirectly with a dict of ServerConfig changes."""
-    changes = getattr(request, "param", {}) or {}
-    srv = Server(config=local_config(**changes), pipeline_factory=slow_factory(0.3)).start()
-    yield srv
-    srv.stop()
+    with running_server(publish="tcp://127.0.0.1:*") as srv:
+        yield srv

@@ -25,12 +25,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def runtime():
+def start_runtime(*extra: str) -> tuple[subprocess.Popen, zmq.Socket, dict]:
+    """`scanedge serve` on a free port, and a DEALER that has seen its PONG (section 5: PING until PONG)."""
     port = free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scanedge", "serve", "--bind", endpoint, "--threads", "1", "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "scanedge",
+            "serve",
+            "--bind",
+            endpoint,
+            "--threads",
+            "1",
+            "--log-level",
+            "warning",
+            *extra,
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -39,22 +51,31 @@ def runtime():
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoint)
     deadline = time.monotonic() + 60
-    while True:  # section 5: PING until PONG
+    while True:
         sock.send(json.dumps({"version": 1, "type": "PING", "id": "hello"}).encode())
         if sock.poll(1000):
             pong = json.loads(sock.recv())
-            break
+            return proc, sock, pong
         assert proc.poll() is None, proc.stderr.read().decode()
         assert time.monotonic() < deadline, "runtime did not start"
         sock.close(0)
         sock = zmq.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(endpoint)
-    yield proc, sock, pong
+
+
+def stop_runtime(proc: subprocess.Popen, sock: zmq.Socket) -> None:
     sock.close(0)
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    proc, sock, pong = start_runtime()
+    yield proc, sock, pong
+    stop_runtime(proc, sock)
 
 
 def test_pong_describes_the_runtime(runtime):
@@ -135,23 +156,44 @@ def test_error_reply_for_a_wrong_payload_length(runtime):
     assert (reply["type"], reply["status"], reply["code"], reply["id"]) == ("ERROR", "error", "BAD_PAYLOAD", "c1-43")
 
 
-def test_stats_reply(runtime):
-    _, sock, _ = runtime
+def stats(sock: zmq.Socket) -> dict:
     sock.send(json.dumps({"version": 1, "type": "STATS", "id": "s"}).encode())
     assert sock.poll(10_000)
-    reply = json.loads(sock.recv())
-    assert reply["type"] == "STATS_REPLY" and reply["counters"]["ok"] >= 2
+    return json.loads(sock.recv())
 
 
-def test_sigterm_answers_in_flight_requests_and_exits_zero(runtime):
-    proc, sock, _ = runtime
-    header = {"version": 1, "type": "SEGMENT", "dtype": "uint8", "shape": [512, 512], "outputs": ["mask"]}
-    for i in range(5):
-        sock.send_multipart([json.dumps({**header, "id": f"last-{i}"}).encode(), bytes(512 * 512)])
-    proc.send_signal(signal.SIGTERM)
-    replies = []
-    while len(replies) < 5 and sock.poll(10_000):
-        replies.append(json.loads(sock.recv_multipart()[0]))
-    assert sorted(r["id"] for r in replies) == [f"last-{i}" for i in range(5)]
-    assert all(r["type"] == "RESULT" or r["code"] == "SHUTTING_DOWN" for r in replies)
-    assert proc.wait(30) == 0
+def test_stats_reply_counts_and_histograms_as_section_5_says(runtime):
+    _, sock, pong = runtime
+    before = stats(sock)
+    header = {"version": 1, "type": "SEGMENT", "id": "st", "dtype": "uint8", "shape": [8, 8], "outputs": ["mask"]}
+    sock.send_multipart([json.dumps(header).encode(), bytes(64)])
+    assert sock.poll(10_000) and json.loads(sock.recv_multipart()[0])["type"] == "RESULT"
+    sock.send_multipart([json.dumps({**header, "id": "bad", "dtype": "complex64"}).encode(), bytes(64)])
+    assert sock.poll(10_000) and json.loads(sock.recv_multipart()[0])["code"] == "UNSUPPORTED_DTYPE"
+    after = stats(sock)
+    assert after["type"] == "STATS_REPLY" and after["id"] == "s"
+    counters = after["counters"]
+    assert counters["ok"] == before["counters"].get("ok", 0) + 1
+    assert counters["error.UNSUPPORTED_DTYPE"] == before["counters"].get("error.UNSUPPORTED_DTYPE", 0) + 1
+    assert counters["received"] == before["counters"]["received"] + 3  # SEGMENT, SEGMENT, STATS
+    hist = after["histograms"][pong["default_model"]]["latency_ms"]
+    assert hist["count"] == sum(hist["counts"]) == counters["ok"]
+    assert len(hist["buckets_ms"]) == len(hist["counts"]) and hist["buckets_ms"] == sorted(hist["buckets_ms"])
+    assert hist["p50"] <= hist["p90"] <= hist["p99"] and hist["max"] > 0
+
+
+def test_sigterm_answers_in_flight_requests_and_exits_zero():
+    proc, sock, _ = start_runtime()
+    try:
+        header = {"version": 1, "type": "SEGMENT", "dtype": "uint8", "shape": [512, 512], "outputs": ["mask"]}
+        for i in range(5):
+            sock.send_multipart([json.dumps({**header, "id": f"last-{i}"}).encode(), bytes(512 * 512)])
+        proc.send_signal(signal.SIGTERM)
+        replies = []
+        while len(replies) < 5 and sock.poll(10_000):
+            replies.append(json.loads(sock.recv_multipart()[0]))
+        assert sorted(r["id"] for r in replies) == [f"last-{i}" for i in range(5)]
+        assert all(r["type"] == "RESULT" or r["code"] == "SHUTTING_DOWN" for r in replies)
+        assert proc.wait(30) == 0
+    finally:
+        stop_runtime(proc, sock)

@@ -4,13 +4,13 @@ import time
 import numpy as np
 import pytest
 
-from scanedge.runtime.protocol import SegmentRequest
+from scanedge.runtime.protocol import Segment
 from scanedge.runtime.scheduler import Job, LatestSliceScheduler
 from scanedge.runtime.stats import LatencyHistogram
 
 
 def job(series: str, n: int, deadline: float | None = None) -> Job:
-    return Job(SegmentRequest(id=n, series=series), b"id", b"", "m", 10, deadline_mono=deadline, seq=n)
+    return Job(Segment(version=1, id=n, series=series), b"id", b"", "m", 10, deadline_mono=deadline, seq=n)
 
 
 def test_latest_slice_replaces_the_waiting_one_and_keeps_its_place():
@@ -32,12 +32,20 @@ def test_expired_jobs_are_swept():
     assert s.depth() == 1
 
 
+def test_remove_and_drain_hand_back_the_jobs_they_take():
+    s = LatestSliceScheduler()
+    for n, series in enumerate(("a", "b", "", ""), start=1):
+        s.submit(job(series, n))
+    assert [j.seq for j in s.remove(lambda j: j.seq % 2 == 0)] == [2, 4]
+    assert [j.seq for j in s.drain()] == [1, 3]
+    assert s.depth() == 0 and s.take(0) is None
+
+
 def test_close_wakes_waiting_workers():
     s = LatestSliceScheduler()
     got = []
     t = threading.Thread(target=lambda: got.append(s.take()))
-    t.start()
-    time.sleep(0.05)
+    t.start()  # whether take() is already waiting or not, close() must end it with None
     s.close()
     t.join(2)
     assert got == [None]

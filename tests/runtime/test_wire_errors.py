@@ -2,7 +2,6 @@
 never dies and other consoles' requests are unaffected. Raw DEALER sockets send exactly the bad frames."""
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -10,16 +9,16 @@ import pytest
 import zmq
 
 from scanedge.runtime.client import Client
-from scanedge.runtime.server import Server
+from scanedge.runtime.protocol import WIRE_DTYPES
 from tests.conftest import dicom_file
-from tests.runtime.conftest import local_config, slow_factory
+from tests.runtime.conftest import Gate, gated_factory, running_server, subscriber
+from tests.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
 def small_limit_server():
-    srv = Server(config=local_config(max_message_bytes=600_000)).start()
-    yield srv
-    srv.stop()
+    with running_server(max_message_bytes=600_000, publish="tcp://127.0.0.1:*") as srv:
+        yield srv
 
 
 def dealer(endpoint: str) -> zmq.Socket:
@@ -43,6 +42,12 @@ def seg(**fields) -> bytes:
 
 PIXELS = bytes(64)
 NAN = np.full((8, 8), np.nan, "<f4").tobytes()
+HUGE = "1" + "0" * 400  # an integer >= 1e309: no float can hold it
+DIGITS = "7" * 5000  # more digits than Python's int() accepts by default
+
+
+def raw(text: str) -> bytes:
+    return text.encode()
 
 
 @pytest.mark.parametrize(
@@ -73,10 +78,115 @@ NAN = np.full((8, 8), np.nan, "<f4").tobytes()
         ([seg(deadline_ms=-5), PIXELS], "BAD_MESSAGE", "r1"),
         ([seg(outputs=["mask", "everything"]), PIXELS], "BAD_MESSAGE", "r1"),
         ([seg(overlay_options={"alpha": 7}), PIXELS], "BAD_MESSAGE", "r1"),
+        ([seg(overlay_options={"gamma": 1}), PIXELS], "BAD_MESSAGE", "r1"),
         ([seg(geometry={"pixel_spacing": [1]}), PIXELS], "BAD_MESSAGE", "r1"),
         ([seg(dtype="uint8", shape=[1000, 1000]), bytes(1_000_000)], "TOO_LARGE", "r1"),
         ([json.dumps({"version": 1, "type": "PING", "id": 5}).encode(), b"x"], "BAD_FRAMES", 5),
         ([b""], "BAD_MESSAGE", None),
+        # [G] finding 1: each of these ended the process
+        (
+            [raw('{"version":1,"type":"SEGMENT","id":"r1","x":' + "[" * 1000 + "]" * 1000 + "}"), PIXELS],
+            "BAD_MESSAGE",
+            None,
+        ),
+        (
+            [raw('{"version":1,"type":"SEGMENT","id":"r1","x":' + "[" * 100000 + "]" * 100000 + "}"), PIXELS],
+            "BAD_MESSAGE",
+            None,
+        ),
+        ([raw('{"version":1,"type":"SEGMENT","id":"r1","x":' + DIGITS + "}"), PIXELS], "BAD_MESSAGE", "r1"),
+        ([raw('{"version":1,"type":"SEGMENT","id":' + DIGITS + "}"), PIXELS], "BAD_MESSAGE", None),
+        ([raw('{"version":' + DIGITS + ',"type":"SEGMENT","id":"r1"}'), PIXELS], "BAD_MESSAGE", "r1"),
+        ([seg(deadline_ms=HUGE).replace(b'"' + HUGE.encode() + b'"', HUGE.encode()), PIXELS], "BAD_MESSAGE", "r1"),
+        (
+            [raw('{"version":1,"type":"SEGMENT","id":"r1","dtype":"uint8","shape":[8,8],"deadline_ms":1e999}'), PIXELS],
+            "BAD_MESSAGE",
+            "r1",
+        ),
+        (
+            [
+                raw(
+                    f'{{"version":1,"type":"SEGMENT","id":"r1","dtype":"uint8","shape":[8,8],"rescale":{{"slope":{HUGE}}}}}'
+                ),
+                PIXELS,
+            ],
+            "BAD_MESSAGE",
+            "r1",
+        ),
+        (
+            [
+                raw(
+                    f'{{"version":1,"type":"SEGMENT","id":"r1","dtype":"uint8","shape":[8,8],"rescale":{{"intercept":-{HUGE}}}}}'
+                ),
+                PIXELS,
+            ],
+            "BAD_MESSAGE",
+            "r1",
+        ),
+        (
+            [
+                raw(
+                    f'{{"version":1,"type":"SEGMENT","id":"r1","dtype":"uint8","shape":[8,8],"window":{{"center":{HUGE},"width":1}}}}'
+                ),
+                PIXELS,
+            ],
+            "BAD_MESSAGE",
+            "r1",
+        ),
+        (
+            [
+                raw(
+                    f'{{"version":1,"type":"SEGMENT","id":"r1","dtype":"uint8","shape":[8,8],"window":{{"center":1,"width":{HUGE}}}}}'
+                ),
+                PIXELS,
+            ],
+            "BAD_MESSAGE",
+            "r1",
+        ),
+        (
+            [
+                raw(
+                    f'{{"version":1,"type":"SEGMENT","id":"r1","dtype":"uint8","shape":[8,8],"geometry":{{"pixel_spacing":[{HUGE},1]}}}}'
+                ),
+                PIXELS,
+            ],
+            "BAD_MESSAGE",
+            "r1",
+        ),
+        (
+            [
+                raw(
+                    f'{{"version":1,"type":"SEGMENT","id":"r1","dtype":"uint8","shape":[8,8],"geometry":{{"image_position":[0,0,{HUGE}]}}}}'
+                ),
+                PIXELS,
+            ],
+            "BAD_MESSAGE",
+            "r1",
+        ),
+        (
+            [
+                raw(
+                    f'{{"version":1,"type":"SEGMENT","id":"r1","dtype":"uint8","shape":[8,8],"geometry":{{"slice_thickness":{HUGE}}}}}'
+                ),
+                PIXELS,
+            ],
+            "BAD_MESSAGE",
+            "r1",
+        ),
+        (
+            [raw('{"version":1,"type":"SEGMENT","id":"r1","dtype":"uint8","shape":[8,' + DIGITS + "]}"), PIXELS],
+            "BAD_PAYLOAD",
+            "r1",
+        ),
+        ([seg(bits_stored=100_000_000, photometric="MONOCHROME1"), PIXELS], "BAD_MESSAGE", "r1"),
+        ([seg(bits_stored=16, photometric="MONOCHROME1"), PIXELS], "INVALID_SLICE", "r1"),  # 16 bits in uint8
+        (
+            [raw('{"version":1,"type":"SEGMENT","id":"r1","series":"\\ud800","dtype":"uint8","shape":[8,8]}'), PIXELS],
+            "BAD_MESSAGE",
+            None,
+        ),
+        # [G] finding 2: an area of 1e200^2 mm² per pixel would be infinite
+        ([seg(geometry={"pixel_spacing": [1e200, 1e200]}), PIXELS], "BAD_MESSAGE", "r1"),
     ],
 )
 def test_bad_messages_get_typed_errors_and_the_runtime_carries_on(small_limit_server, frames, code, reply_id):
@@ -84,9 +194,56 @@ def test_bad_messages_get_typed_errors_and_the_runtime_carries_on(small_limit_se
     try:
         reply = ask(sock, frames)
         assert (reply["type"], reply["status"], reply["code"], reply["id"]) == ("ERROR", "error", code, reply_id)
-        assert reply["message"]
+        assert reply["message"] and reply["runtime"] == small_limit_server.runtime_id
+        assert {"series", "instance", "index", "sent_at", "received_at", "replied_at"} <= set(reply)
         ok = ask(sock, [seg(id="good"), PIXELS])  # the same connection keeps working
         assert ok["type"] == "RESULT" and ok["id"] == "good"
+    finally:
+        sock.close(0)
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [seg(series="s-9", instance="i-9", index=9, sent_at=123.5, shape=[8, 9]), PIXELS],  # BAD_PAYLOAD
+        [seg(series="s-9", instance="i-9", index=9, sent_at=123.5, dtype="complex64"), PIXELS],  # UNSUPPORTED_DTYPE
+        [seg(series="s-9", instance="i-9", index=9, sent_at=123.5)],  # BAD_FRAMES
+        [seg(series="s-9", instance="i-9", index=9, sent_at=123.5, deadline_ms=-1), PIXELS],  # BAD_MESSAGE
+    ],
+)
+def test_every_error_reply_echoes_what_it_can_of_the_request(small_limit_server, frames):
+    sock = dealer(small_limit_server.endpoint)
+    try:
+        reply = ask(sock, frames)
+    finally:
+        sock.close(0)
+    assert reply["type"] == "ERROR"
+    assert (reply["id"], reply["series"], reply["instance"], reply["index"], reply["sent_at"]) == (
+        "r1",
+        "s-9",
+        "i-9",
+        9,
+        123.5,
+    )
+
+
+def test_a_lone_surrogate_in_a_published_series_cannot_stop_the_runtime(small_limit_server):
+    """Before: the reply went out, then encoding the PUB topic killed the process."""
+    sock = dealer(small_limit_server.endpoint)
+    try:
+        with subscriber(small_limit_server, b"") as sub:
+            bad = ask(
+                sock,
+                [
+                    raw('{"version":1,"type":"SEGMENT","id":"r1","series":"a\\udfff","dtype":"uint8","shape":[8,8]}'),
+                    PIXELS,
+                ],
+            )
+            assert bad["code"] == "BAD_MESSAGE"
+            ok = ask(sock, [seg(id="ok", series="série-ü-雪"), PIXELS])
+            assert ok["type"] == "RESULT" and ok["series"] == "série-ü-雪"
+            assert sub.poll(5000)
+            assert sub.recv_multipart()[0] == "série-ü-雪".encode()
     finally:
         sock.close(0)
 
@@ -103,21 +260,53 @@ def test_corrupt_and_multiframe_dicom(small_limit_server):
         sock.close(0)
 
 
-def test_errors_are_counted(small_limit_server):
-    with Client(small_limit_server.endpoint) as client:
-        counters = client.stats()["counters"]
-    assert counters["error.BAD_PAYLOAD"] >= 1 and counters["error.UNSUPPORTED_DTYPE"] >= 1
+def test_errors_are_counted_by_code():
+    with running_server() as srv:
+        sock = dealer(srv.endpoint)
+        try:
+            ask(sock, [seg(shape=[8, 9]), PIXELS])
+            ask(sock, [seg(dtype="complex64"), PIXELS])
+            ask(sock, [seg(dtype="complex64"), PIXELS])
+        finally:
+            sock.close(0)
+        with Client(srv.endpoint) as client:
+            counters = client.stats().counters
+    assert counters["error.BAD_PAYLOAD"] == 1 and counters["error.UNSUPPORTED_DTYPE"] == 2
 
 
 def test_console_vanishing_mid_request_does_not_disturb_others():
-    with Server(config=local_config(), pipeline_factory=slow_factory(0.3)) as srv:
+    gate = Gate()
+    with running_server(pipeline_factory=gated_factory(gate)) as srv:
         gone = dealer(srv.endpoint)
         gone.send_multipart([seg(id="orphan", series="a"), PIXELS])
-        time.sleep(0.1)
+        gate.wait_entered()
         gone.close(0)  # disconnects while its request is being segmented
         with Client(srv.endpoint) as client:
-            result = client.segment(np.zeros((8, 8), np.uint8), series="b")
-            assert result.mask.shape == (8, 8)
-            time.sleep(0.4)
-            counters = client.stats()["counters"]
-        assert counters["client_gone"] == 1 and counters["ok"] == 2
+            other = client.submit(np.zeros((8, 8), np.uint8), series="b")
+            gate.open()
+            assert other.result(10).mask.shape == (8, 8)
+            counters = wait_until(lambda: (c := client.stats().counters)["ok"] == 2 and c)
+        assert counters["client_gone"] == 1
+
+
+def test_fifty_vanished_consoles_are_all_counted_and_their_queued_work_dropped():
+    gate = Gate()
+    with running_server(pipeline_factory=gated_factory(gate)) as srv, Client(srv.endpoint) as client:
+        socks = [dealer(srv.endpoint) for _ in range(50)]
+        for i, sock in enumerate(socks):
+            sock.send_multipart([seg(id=f"v{i}", series=f"s{i}"), PIXELS])
+        wait_until(lambda: client.ping().queue_depth == 49, what="one running, 49 queued")
+        for sock in socks:
+            sock.close(0)
+        wait_until(lambda: client.ping().queue_depth == 0, what="queued work of vanished consoles dropped")
+        gate.open()
+        counters = wait_until(lambda: (c := client.stats().counters)["client_gone"] == 50 and c)
+        assert counters.get("ok", 0) == 1  # only the one already running was computed
+        assert client.ping().in_flight_bytes == 0
+
+
+@pytest.mark.parametrize("dtype", WIRE_DTYPES)
+def test_every_wire_dtype_is_accepted(small_limit_server, dtype):
+    pixels = np.arange(64, dtype=dtype).reshape(8, 8)
+    with Client(small_limit_server.endpoint) as client:
+        assert client.segment(pixels, outputs=("mask",)).mask.shape == (8, 8)

@@ -1,0 +1,412 @@
+"""The runtime's I/O thread: the only owner of its sockets, the only sender of replies.
+
+pyzmq sockets are not thread-safe, so the ROUTER (consoles), the PUB (viewers) and the ROUTER's
+monitor belong to this loop alone. It decodes and validates each request, dispatches it through a
+handler table keyed by message type, applies admission (models, limits, the in-flight byte cap),
+schedules SEGMENTs, answers PING/STATS at once, sweeps deadlines, supervises the workers and forwards
+their outcomes. Worker outcomes arrive through a deque; a byte on a pipe wakes the poller (a worker
+owns no ZeroMQ socket, so a worker stuck in inference can never block the context's shutdown).
+
+Every reply goes through :meth:`IoLoop._answer`, which releases the job exactly once: whoever answers
+first (worker, sweep, supersede, supervisor, shutdown) wins, and any later outcome for the same job is
+dropped. Nothing one message can carry ends the loop: each message is handled inside its own guard, and
+bookkeeping (counters, in-flight bytes) is owned by this thread, so it needs no lock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+import zmq.utils.monitor
+
+from scanedge import __version__
+from scanedge.errors import (
+    BusyError,
+    ScanedgeError,
+    ShuttingDownError,
+    UnknownModelError,
+    redacted_traceback,
+)
+from scanedge.runtime.payloads import check_raw_payload
+from scanedge.runtime.protocol import (
+    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
+    Echo,
+    Histogram,
+    Limits,
+    ModelInfo,
+    Ping,
+    Pong,
+    Request,
+    Result,
+    Segment,
+    Stats,
+    StatsReply,
+    WorkerHealth,
+    decode_request,
+    encode,
+    error_reply,
+    publish_topic,
+    request_echo,
+)
+from scanedge.runtime.scheduler import Job, LatestSliceScheduler
+from scanedge.runtime.stats import RuntimeStats
+from scanedge.runtime.workers import Outcome, WorkerPool, error_outcome, expired_outcome
+
+__all__ = ["IoLoop", "LoopSettings"]
+
+log = logging.getLogger("scanedge.runtime")
+_GONE_MEMORY = 4096  # identities of vanished consoles remembered (LRU), for counting their replies
+#: after a stop request, requests still arriving for this long are answered SHUTTING_DOWN (not dropped
+#: unread): a console that sent just before the signal learns what happened instead of timing out
+SHUTDOWN_DRAIN_S = 0.25
+
+
+class LoopSettings:
+    """What the loop needs from the server's configuration (plain values, no sockets)."""
+
+    def __init__(
+        self,
+        *,
+        max_message_bytes: int,
+        max_inflight_bytes: int,
+        limits: Any,
+        sweep_interval_s: float,
+        stats_log_interval_s: float,
+        shutdown_grace_s: float,
+        insecure_warning: str | None,
+    ) -> None:
+        self.max_message_bytes = max_message_bytes
+        self.max_inflight_bytes = max_inflight_bytes
+        self.limits = limits
+        self.sweep_interval_s = sweep_interval_s
+        self.stats_log_interval_s = stats_log_interval_s
+        self.shutdown_grace_s = shutdown_grace_s
+        self.insecure_warning = insecure_warning
+
+
+class IoLoop:
+    """Owns the sockets once built; :meth:`run` returns after a requested stop has answered everything."""
+
+    def __init__(
+        self,
+        router: zmq.Socket,
+        pub: zmq.Socket | None,
+        settings: LoopSettings,
+        *,
+        models: dict[str, ModelInfo],
+        default_model: str,
+        engine: str,
+        runtime_id: str,
+        scheduler: LatestSliceScheduler,
+        pool: WorkerPool,
+        stats: RuntimeStats,
+        finished: deque[tuple[Job, Outcome]],
+        wake_fd: int,
+        stop_requested: Callable[[], bool],
+    ) -> None:
+        self.router = router
+        self.pub = pub
+        self.settings = settings
+        self.models = models
+        self.default_model = default_model
+        self.engine = engine
+        self.runtime_id = runtime_id
+        self.started_at = time.time()
+        self.scheduler = scheduler
+        self.pool = pool
+        self.stats = stats
+        self.inflight: dict[int, Job] = {}
+        self.inflight_bytes = 0
+        self._finished = finished
+        self._wake_fd = wake_fd
+        self._stop_requested = stop_requested
+        self._stopping = False
+        self._seq = itertools.count(1)
+        self._fd_identity: dict[int, bytes] = {}
+        self._gone: OrderedDict[bytes, None] = OrderedDict()
+        self._monitor = router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._handlers: dict[type, Callable[[bytes, Any, list[zmq.Frame]], None]] = {
+            Segment: self._on_segment,
+            Ping: self._on_ping,
+            Stats: self._on_stats,
+        }
+
+    # --- the loop ---------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        s = self.settings
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
+        poller.register(self._wake_fd, zmq.POLLIN)
+        interval_ms = max(1, int(min(s.sweep_interval_s, 0.1) * 1000))  # stop and supervision stay prompt
+        now = time.monotonic()
+        next_sweep, next_stats, next_warning = now, now + s.stats_log_interval_s, now + 600
+        stop_deadline = quiet_until = 0.0
+        while True:
+            if self._stop_requested() and not self._stopping:
+                self._stopping = True
+                stop_deadline = time.monotonic() + s.shutdown_grace_s
+                quiet_until = time.monotonic() + SHUTDOWN_DRAIN_S
+                log.info("stopping: answering %d request(s) in flight, refusing new ones", len(self.inflight))
+            if self._stopping:
+                if not self.inflight and time.monotonic() >= quiet_until:
+                    self._drain_requests()  # what already arrived is answered SHUTTING_DOWN, not dropped
+                    return
+                if time.monotonic() > stop_deadline:
+                    self._abandon_inflight()
+                    return
+            try:
+                events = dict(poller.poll(interval_ms))
+                if self._wake_fd in events:
+                    self._drain_finished()
+                if self._monitor in events:
+                    self._drain_monitor()
+                if self.router in events:
+                    self._drain_requests()
+                now = time.monotonic()
+                if now >= next_sweep:
+                    self._sweep(now)
+                    next_sweep = now + s.sweep_interval_s
+                if now >= next_stats:
+                    log.info("stats: %s", self.stats.summary_line())
+                    next_stats = now + s.stats_log_interval_s
+                if s.insecure_warning and now >= next_warning:
+                    log.warning(s.insecure_warning)
+                    next_warning = now + 600
+            except zmq.ContextTerminated:
+                return
+            except Exception as exc:  # a bug outside any one message: log it, keep serving
+                log.error("I/O loop error; the runtime carries on: %s", redacted_traceback(exc))
+
+    def close(self) -> None:
+        self.router.disable_monitor()
+        self._monitor.close(0)
+
+    # --- requests ------------------------------------------------------------------------------------------
+
+    def _drain_requests(self) -> None:
+        for _ in range(256):  # bounded, so results are forwarded between bursts
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._handle(frames)
+
+    def _handle(self, frames: list[zmq.Frame]) -> None:
+        identity = frames[0].bytes
+        self.stats.counters["received"] += 1
+        try:
+            fd = frames[1].get(zmq.SRCFD) if len(frames) > 1 else -1
+            if fd >= 0:
+                self._fd_identity[fd] = identity
+        except zmq.ZMQError:
+            pass
+        body = frames[1:]
+        try:
+            request = decode_request([f.buffer for f in body], self.settings.max_message_bytes)
+        except ScanedgeError as exc:
+            self._reject(identity, request_echo(body[0].buffer) if body else Echo(), exc)
+            return
+        try:
+            self._handlers[type(request)](identity, request, body[1:])
+        except ScanedgeError as exc:
+            self._reject(identity, Echo.of(request), exc)
+        except Exception as exc:  # a bug in a handler: this request gets INTERNAL, the loop carries on
+            log.error("internal error handling request %r: %s", request.id, redacted_traceback(exc))
+            self._reject(identity, Echo.of(request), "INTERNAL", "internal error in the runtime (logged there)")
+
+    def _reject(self, identity: bytes, echo: Echo, error: ScanedgeError | str, message: str = "") -> None:
+        header = error_reply(echo, error, message, received_at=time.time(), runtime=self.runtime_id)
+        self.stats.record_error(header.code)
+        log.warning(
+            "request %r%s rejected: %s %s",
+            echo.id,
+            f" (series {echo.series})" if echo.series else "",
+            header.code,
+            header.message,
+        )
+        self._send(identity, [encode(header)])
+
+    def _on_ping(self, identity: bytes, request: Request, payload: list[zmq.Frame]) -> None:
+        self._send(identity, [encode(self.pong(request.id))])
+
+    def _on_stats(self, identity: bytes, request: Request, payload: list[zmq.Frame]) -> None:
+        reply = StatsReply(
+            version=PROTOCOL_VERSION,
+            id=request.id,
+            counters=dict(sorted(self.stats.counters.items())),
+            histograms={
+                model: {"latency_ms": Histogram(**h["latency_ms"]), "queue_ms": Histogram(**h["queue_ms"])}
+                for model, h in self.stats.histograms().items()
+            },
+            runtime=self.runtime_id,
+        )
+        self._send(identity, [encode(reply)])
+
+    def pong(self, request_id: Any) -> Pong:
+        s = self.settings
+        return Pong(
+            version=PROTOCOL_VERSION,
+            id=request_id,
+            server=__version__,
+            protocols=SUPPORTED_VERSIONS,
+            models=tuple(self.models.values()),
+            default_model=self.default_model,
+            engine=self.engine,
+            queue_depth=self.scheduler.depth(),
+            in_flight_bytes=self.inflight_bytes,
+            runtime=self.runtime_id,
+            started_at=self.started_at,
+            workers=WorkerHealth(
+                configured=self.pool.size,
+                alive=self.pool.alive(),
+                busy=self.pool.busy(),
+                restarted=self.pool.restarted,
+                wedged=len(self.pool.wedged),
+            ),
+            limits=Limits(
+                max_message_bytes=s.max_message_bytes,
+                max_inflight_bytes=s.max_inflight_bytes,
+                max_pixels=s.limits.max_pixels,
+                max_side=s.limits.max_side,
+            ),
+        )
+
+    def _on_segment(self, identity: bytes, req: Segment, payload: list[zmq.Frame]) -> None:
+        if self._stopping:
+            raise ShuttingDownError("the runtime is shutting down and accepts no new slices")
+        model = req.model or self.default_model
+        if model not in self.models:
+            raise UnknownModelError(f"model {model!r} is not served here; models: {sorted(self.models)}")
+        frame = payload[0]
+        nbytes = len(frame)
+        if req.encoding == "raw":
+            check_raw_payload(req, nbytes, self.settings.limits)
+        cap = self.settings.max_inflight_bytes
+        if self.inflight_bytes + nbytes > cap:
+            raise BusyError(
+                f"{self.inflight_bytes} bytes already in flight; accepting {nbytes} more would pass the cap "
+                f"of {cap}; retry shortly"
+            )
+        now = time.monotonic()
+        job = Job(
+            request=req,
+            identity=identity,
+            payload=frame,
+            model=model,
+            nbytes=nbytes,
+            received_mono=now,
+            deadline_mono=None if req.deadline_ms is None else now + req.deadline_ms / 1e3,
+            seq=next(self._seq),
+        )
+        self.inflight[job.seq] = job
+        self.inflight_bytes += nbytes
+        replaced = self.scheduler.submit(job)
+        if replaced is not None:
+            self._answer(
+                replaced,
+                error_outcome(
+                    replaced,
+                    "SUPERSEDED",
+                    f"a newer slice of series {req.series} arrived before this one started",
+                    self.runtime_id,
+                ),
+            )
+
+    # --- replies -----------------------------------------------------------------------------------------
+
+    def _answer(self, job: Job, outcome: Outcome) -> None:
+        """Send a job's one reply (dropping any later one), publish it, release its in-flight bytes."""
+        if self.inflight.pop(job.seq, None) is None:
+            log.debug("a second outcome for request %r was dropped (already answered)", job.request.id)
+            return
+        self.inflight_bytes -= job.nbytes
+        header = outcome.header
+        if isinstance(header, Result):
+            self.stats.record_result(job.model, header.timings_ms.total, header.timings_ms.queue)
+        else:
+            self.stats.record_error(header.code)
+            log.debug("request %r (series %s) answered %s", job.request.id, job.request.series or "-", header.code)
+        if job.identity in self._gone:
+            self.stats.counters["client_gone"] += 1
+        else:
+            self._send(job.identity, [outcome.encoded, *outcome.payload])
+        if self.pub is not None and isinstance(header, Result) and job.request.publish:
+            try:
+                self.pub.send_multipart(
+                    [publish_topic(header.series), outcome.encoded, *outcome.payload], zmq.NOBLOCK, copy=False
+                )
+            except zmq.Again:
+                self.stats.counters["publish_dropped"] += 1
+
+    def _send(self, identity: bytes, frames: list[Any]) -> bool:
+        try:
+            self.router.send_multipart([identity, *frames], zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                self.stats.counters["client_gone"] += 1
+                log.info("console %s disconnected before its reply could be sent", identity.hex()[:12])
+            elif exc.errno == zmq.EAGAIN:
+                self.stats.counters["reply_dropped"] += 1
+                log.warning(
+                    "console %s is not reading its replies (high-water mark); reply dropped", identity.hex()[:12]
+                )
+            else:
+                self.stats.counters["send_failed"] += 1
+                log.error("sending a reply failed: %s", exc)
+            return False
+
+    def _drain_finished(self) -> None:
+        try:
+            while os.read(self._wake_fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while self._finished:
+            job, outcome = self._finished.popleft()
+            self._answer(job, outcome)
+
+    def _drain_monitor(self) -> None:
+        """A console's connection closed: forget queued work for it, count what it will never receive."""
+        while True:
+            try:
+                event = zmq.utils.monitor.recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            identity = self._fd_identity.pop(event["value"], None)
+            if event["event"] != zmq.EVENT_DISCONNECTED or identity is None:
+                continue
+            self._gone[identity] = None
+            if len(self._gone) > _GONE_MEMORY:
+                self._gone.popitem(last=False)
+            for job in self.scheduler.remove(lambda j, ident=identity: j.identity == ident):
+                if self.inflight.pop(job.seq, None) is not None:
+                    self.inflight_bytes -= job.nbytes
+                    self.stats.counters["client_gone"] += 1
+
+    def _sweep(self, now: float) -> None:
+        for job in self.scheduler.expire(now):
+            self._answer(job, expired_outcome(job, now, self.runtime_id))
+        for job, outcome in self.pool.supervise(now):
+            self._answer(job, outcome)
+
+    def _abandon_inflight(self) -> None:
+        for job in self.scheduler.drain():
+            err = ShuttingDownError("the runtime stopped before this slice started")
+            self._answer(job, error_outcome(job, err, runtime=self.runtime_id))
+        for job in list(self.inflight.values()):
+            err = ShuttingDownError(
+                f"the runtime stopped after its {self.settings.shutdown_grace_s:g} s grace period before this "
+                "slice finished"
+            )
+            self._answer(job, error_outcome(job, err, runtime=self.runtime_id))
