@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from scanedge.errors import ConfigError
+
 __all__ = ["CurveClientKeys", "CurveServerKeys", "allow_client", "generate_keys", "is_loopback_endpoint"]
 
 
@@ -35,11 +37,14 @@ def is_loopback_endpoint(endpoint: str) -> bool:
 
 
 def generate_keys(directory: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
-    """Write a CurveZMQ key pair ``NAME.key`` / ``NAME.key_secret`` into ``directory``."""
+    """Write a CurveZMQ key pair ``NAME.key`` / ``NAME.key_secret`` into ``directory``; returns (public, secret).
+
+    ConfigError for a name that is not a plain file name.
+    """
     import zmq.auth
 
     if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"invalid key name {name!r}")
+        raise ConfigError(f"invalid key name {name!r}: use a plain file name such as server or console-1")
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     public, secret = (Path(p) for p in zmq.auth.create_certificates(str(d), name))
@@ -55,13 +60,12 @@ class CurveServerKeys:
     clients_dir: Path
 
     def load(self) -> tuple[bytes, bytes]:
-        import zmq.auth
-
-        public, secret = zmq.auth.load_certificate(str(self.secret_file))
+        """(public, secret) key of the runtime; ConfigError when a key file or the allow-list is unusable."""
+        public, secret = _load_key_file(self.secret_file)
         if secret is None:
-            raise ValueError(f"{self.secret_file} holds no secret key (use the .key_secret file)")
+            raise ConfigError(f"{self.secret_file} holds no secret key (use the .key_secret file)")
         if not self.clients_dir.is_dir() or not any(self.clients_dir.glob("*.key")):
-            raise ValueError(f"{self.clients_dir} holds no client public keys (*.key); no client could connect")
+            raise ConfigError(f"{self.clients_dir} holds no client public keys (*.key); no client could connect")
         return public, secret
 
     def apply(self, socket: Any) -> None:
@@ -88,15 +92,22 @@ class CurveClientKeys:
     server_public_file: Path
 
     def apply(self, socket: Any) -> None:
-        import zmq.auth
-
-        public, secret = zmq.auth.load_certificate(str(self.secret_file))
+        public, secret = _load_key_file(self.secret_file)
         if secret is None:
-            raise ValueError(f"{self.secret_file} holds no secret key (use the .key_secret file)")
-        server_public, _ = zmq.auth.load_certificate(str(self.server_public_file))
+            raise ConfigError(f"{self.secret_file} holds no secret key (use the .key_secret file)")
+        server_public, _ = _load_key_file(self.server_public_file)
         socket.curve_secretkey = secret
         socket.curve_publickey = public
         socket.curve_serverkey = server_public
+
+
+def _load_key_file(path: str | os.PathLike[str]) -> tuple[bytes, bytes | None]:
+    import zmq.auth
+
+    try:
+        return zmq.auth.load_certificate(str(path))
+    except (OSError, ValueError) as exc:  # missing file, or no public key in it
+        raise ConfigError(f"{path} is not a readable CurveZMQ key file ({type(exc).__name__})") from exc
 
 
 def allow_client(clients_dir: str | os.PathLike[str], public_key_file: str | os.PathLike[str]) -> Path:
