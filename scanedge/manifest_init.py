@@ -113,10 +113,11 @@ def guess_layout(shape: Sequence[Dim]) -> Layout:
 def _size_policy(shape: Sequence[Dim], layout: Layout, options: ManifestInitOptions) -> SizePolicy:
     h_axis, w_axis = (2, 3) if layout == "NCHW" else (1, 2)
     if options.size is not None:
-        h, w = options.size
+        height, width = options.size
+        return SizePolicy(mode="fixed", height=height, width=width, interpolation=options.interpolation)
+    h, w = (shape[h_axis], shape[w_axis]) if len(shape) == 4 else (None, None)
+    if isinstance(h, int) and isinstance(w, int):
         return SizePolicy(mode="fixed", height=h, width=w, interpolation=options.interpolation)
-    if len(shape) == 4 and isinstance(shape[h_axis], int) and isinstance(shape[w_axis], int):
-        return SizePolicy(mode="fixed", height=shape[h_axis], width=shape[w_axis], interpolation=options.interpolation)
     return SizePolicy(
         mode=options.size_mode, height=None, width=None, multiple=options.multiple, interpolation=options.interpolation
     )

@@ -28,6 +28,7 @@ class TensorInfo:
     shape: tuple[Dim, ...]
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: name, dtype, and the shape as a list."""
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from scanedge.cli.arguments import literal, parse_color, parse_numbers, parse_size, split_list
 from scanedge.console import make_console
+
+if TYPE_CHECKING:
+    from scanedge.manifest import IntensityPolicy
 
 __all__ = ["add_parsers", "cmd_inspect", "cmd_manifest_init"]
 
@@ -33,7 +37,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return status
 
 
-def _intensity(args: argparse.Namespace):
+def _intensity(args: argparse.Namespace) -> IntensityPolicy:
     from scanedge.manifest import IntensityPolicy
 
     window = parse_numbers(args.window, "--window", 2)

@@ -70,6 +70,7 @@ class LatencyPercentiles:
         return cls(float(p50), float(p90), float(p99), float(a.max()), int(a.size))
 
     def to_dict(self) -> dict[str, float]:
+        """p50, p90, p99 and max (the count is left out: it is the series' slice count)."""
         return {"p50": self.p50, "p90": self.p90, "p99": self.p99, "max": self.max}
 
     def describe(self) -> str:
