@@ -1,28 +1,42 @@
 """Terminal plumbing shared by the ``scanedge`` and ``edge-bench`` commands: consoles, progress, exit codes.
 
 Messages for people go to stderr; machine-readable output goes to stdout.
+
+Exit codes: 0 success, 1 a check that ran and failed (verify, compare, inspect), 2 a typed scanedge error
+or a file the user named that does not exist, 130 Ctrl-C. Anything else is a bug and keeps its traceback.
+Text that comes from outside (paths, error messages) is printed literally, never read as rich markup:
+``pip install 'scanedge[dicom]'`` must not lose its ``[dicom]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from scanedge.errors import ScanedgeError
+from scanedge.errors import ConfigError, ScanedgeError
 
-__all__ = ["LazyProgress", "make_console", "run_command"]
+__all__ = ["LazyProgress", "make_console", "print_error", "run_command", "user_values"]
 
 
 def make_console(stderr: bool = True) -> Any:
+    """A rich Console on stderr (people) or stdout (``stderr=False``, for reports), without auto-highlighting.
+
+    Printed lines are never hard-wrapped (``soft_wrap``): a path or a hint broken at the console width
+    cannot be copied, and a terminal wraps long lines by itself.
+    """
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
 class LazyProgress:
-    """A progress callback ``(done, total)`` that shows a rich bar only once work has taken > 2 s."""
+    """A progress callback ``(done, total)`` that shows a rich bar only once work has taken ``delay_s``.
+
+    Short runs print nothing; use it as a context manager so the bar is removed when the work ends.
+    """
 
     def __init__(self, console: Any, description: str, delay_s: float = 2.0) -> None:
         self._start = time.perf_counter()
@@ -61,15 +75,43 @@ class LazyProgress:
         self.close()
 
 
+def print_error(message: str, code: str | None = None) -> None:
+    """One line on stderr: ``error [CODE] message``, the message printed literally and never wrapped."""
+    from rich.text import Text
+
+    line = Text("error", style="red")
+    line.append(f" [{code}] {message}" if code else f" {message}")
+    make_console().print(line, soft_wrap=True)
+
+
+@contextmanager
+def user_values() -> Iterator[None]:
+    """Turn ``ValueError`` into ConfigError inside the block, for code that validates what the user typed.
+
+    Library config objects (``OverlayOptions``, ``ServerConfig``, ...) refuse bad values with ValueError,
+    which is right for Python callers; on the command line the same value is the user's to fix. Keep the
+    block to building such objects from arguments: a ValueError anywhere else is a bug and must keep its
+    traceback.
+    """
+    try:
+        yield
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
-    """Run a command handler: typed errors become one red line and exit status 2, Ctrl-C 130."""
+    """Run a command handler and turn its outcome into an exit status.
+
+    Typed scanedge errors, and FileNotFoundError for a path the user named, print one line and give 2;
+    Ctrl-C gives 130. Every other exception propagates with its traceback: it is a bug.
+    """
     try:
         return int(func(args) or 0)
     except ScanedgeError as exc:
-        make_console().print(f"[red]error[/] [{exc.code}] {exc.message}")
+        print_error(exc.message, exc.code)
         return 2
-    except (ValueError, FileNotFoundError) as exc:
-        make_console().print(f"[red]error[/] {exc}")
+    except FileNotFoundError as exc:
+        print_error(str(exc))
         return 2
     except KeyboardInterrupt:
         return 130

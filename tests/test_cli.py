@@ -92,3 +92,76 @@ def test_help_and_version(argv):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 0
+
+
+def test_demo_without_the_check_skips_dice_and_still_tiles_every_slice(tmp_path, capsys):
+    import cv2
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--threads", "1", "--no-check", "--contours"]) == 0
+    assert "Dice" not in capsys.readouterr().err
+    sheet = cv2.imread(str(out / "montage.png"))
+    assert sheet.shape == (4 * 256, 8 * 256, 3)  # 32 slices of 256x256, 8 per row
+
+
+def bare_model(tmp_path):
+    path = tmp_path / "bare.onnx"
+    onnx.save(conv_model(), str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--colors", "000000,notred"], "'notred' is not RRGGBB hex"),
+        (["--window", "40"], "--window takes 2 comma-separated numbers"),
+        (["--thresholds", "0.5,high"], "--thresholds takes comma-separated numbers"),
+        (["--size", "256"], "--size takes HEIGHTxWIDTH"),
+        (["--colors", "000000"], "one value per class"),
+    ],
+)
+def test_unusable_manifest_init_options_are_config_errors(tmp_path, capsys, extra, message):
+    path = bare_model(tmp_path)
+    assert main(["manifest", "init", str(path), "--name", "x", "--classes", "bg,fg", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error [BAD_CONFIG]") and message in err and err.count("\n") == 1
+
+
+def test_usage_problems_are_config_errors_not_tracebacks(tmp_path, conv_model_path, capsys):
+    from scanedge.demo.assets import DEMO_MODEL_PATH
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        (["segment", str(empty), "--model", str(conv_model_path)], "no slices found under"),
+        (["segment", dicom_file("MR_small.dcm"), "--model", str(conv_model_path), "--alpha", "1.5"], "alpha"),
+        (["serve", "--curve-secret", str(tmp_path / "server.key_secret")], "go together"),
+        (["keys", "generate", str(tmp_path), "--name", ".hidden"], "invalid key name"),
+        (["verify", str(conv_model_path), "--reference", str(DEMO_MODEL_PATH), "--data", str(empty)], "no slices"),
+        (["convert", str(conv_model_path), "--precision", "int8", "--out", str(tmp_path / "e")], "--calibration"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "[BAD_CONFIG]" in err and message in err, (argv, err)
+
+
+def test_verify_refuses_models_with_different_classes(tmp_path, conv_model_path, capsys, demo_series):
+    from scanedge.demo.assets import DEMO_MODEL_PATH
+
+    argv = ["verify", str(conv_model_path), "--reference", str(DEMO_MODEL_PATH), "--data", str(demo_series)]
+    assert main([*argv, "--limit", "2"]) == 2
+    assert "[BAD_CONFIG] the engine and the reference model have different classes" in capsys.readouterr().err
+
+
+def test_paths_are_printed_literally_not_as_markup(tmp_path, capsys):
+    from scanedge.manifest import embed_manifest
+    from tests.conftest import simple_manifest
+
+    folder = tmp_path / "[red]models"
+    folder.mkdir()
+    path = folder / "m.onnx"
+    embed_manifest(conv_model(), simple_manifest(), path)
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(str(path)) and "opset 17" in out

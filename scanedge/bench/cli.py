@@ -10,7 +10,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from scanedge.console import LazyProgress, make_console, run_command
+from rich.markup import escape
+
+from scanedge.console import LazyProgress, make_console, run_command, user_values
+from scanedge.errors import ConfigError
 
 __all__ = ["build_parser", "main"]
 
@@ -18,17 +21,18 @@ __all__ = ["build_parser", "main"]
 def _run_length(args: argparse.Namespace):
     from scanedge.bench.inprocess import RunLength
 
-    return RunLength(count=args.count, duration_s=args.duration, warmup=args.warmup)
+    with user_values():
+        return RunLength(count=args.count, duration_s=args.duration, warmup=args.warmup)
 
 
 def _emit(report, args: argparse.Namespace, console) -> int:
     report.render(console)
     if args.json:
         report.write_json(args.json)
-        console.print(f"JSON report: {args.json}")
+        console.print(f"JSON report: {escape(str(args.json))}")
     if args.plot:
         report.plot(args.plot)
-        console.print(f"plot: {args.plot}")
+        console.print(f"plot: {escape(str(args.plot))}")
     return 0
 
 
@@ -36,7 +40,8 @@ def cmd_engine(args: argparse.Namespace) -> int:
     from scanedge.bench.inprocess import bench_engine
 
     console = make_console()
-    shape = tuple(int(v) for v in args.shape.lower().split("x")) if args.shape else None
+    with user_values():
+        shape = tuple(int(v) for v in args.shape.lower().split("x")) if args.shape else None
     with LazyProgress(console, "engine") as progress:
         report = bench_engine(
             args.model,
@@ -78,24 +83,25 @@ def cmd_stream(args: argparse.Namespace) -> int:
     from scanedge.bench.stream import StreamSettings, bench_stream
 
     if (args.endpoint is None) == (not args.spawn):
-        raise ValueError("give exactly one of --spawn or --endpoint URL")
+        raise ConfigError("give exactly one of --spawn or --endpoint URL")
     console = make_console()
     slices = bench_slices(parse_size(args.size), args.series)
-    settings = StreamSettings(
-        endpoint=args.endpoint,
-        model=args.model,
-        threads=args.threads,
-        workers=args.workers,
-        rate=args.rate,
-        consoles=args.consoles,
-        outputs=tuple(o.strip() for o in args.outputs.split(",") if o.strip()),
-        overlay_encoding=args.overlay_encoding,
-        deadline_ms=args.deadline_ms,
-        dicom=args.dicom,
-        run=_run_length(args),
-        baseline=args.baseline,
-    )
-    where = "a spawned runtime" if args.spawn else args.endpoint
+    with user_values():
+        settings = StreamSettings(
+            endpoint=args.endpoint,
+            model=args.model,
+            threads=args.threads,
+            workers=args.workers,
+            rate=args.rate,
+            consoles=args.consoles,
+            outputs=tuple(o.strip() for o in args.outputs.split(",") if o.strip()),
+            overlay_encoding=args.overlay_encoding,
+            deadline_ms=args.deadline_ms,
+            dicom=args.dicom,
+            run=_run_length(args),
+            baseline=args.baseline,
+        )
+    where = "a spawned runtime" if args.spawn else escape(args.endpoint)
     rate = f"{args.rate:g} slices/s per console" if args.rate else "flat out"
     console.print(f"streaming to {where}: {args.consoles} console(s), {rate}")
     with LazyProgress(console, "stream") as progress:
@@ -130,10 +136,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from scanedge.bench.report import BenchReport
 
     console = make_console()
-    a, b = BenchReport.read_json(args.a), BenchReport.read_json(args.b)
+    with user_values():  # a file that is not a report
+        a, b = BenchReport.read_json(args.a), BenchReport.read_json(args.b)
     figures = [f.strip() for f in args.figures.split(",")] if args.figures else None
     result = compare_reports(a, b, max_ratio=args.max_ratio, figures=figures)
-    table = Table(title=f"B/A: {args.b} vs {args.a}", title_justify="left")
+    table = Table(title=escape(f"B/A: {args.b} vs {args.a}"), title_justify="left")
     for col in ("figure", "stat", "A ms", "B ms", "B/A"):
         table.add_column(col, justify="right" if col not in ("figure", "stat") else "left")
     for r in result.rows:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from scanedge.bench.report import BenchReport
+from scanedge.errors import ConfigError
 
 __all__ = ["Comparison", "ComparisonRow", "compare_reports"]
 
@@ -44,15 +45,18 @@ def compare_reports(
     figures: Sequence[str] | None = None,
     stats: Sequence[str] = COMPARED_STATS,
 ) -> Comparison:
-    """Ratios B/A of the chosen statistics for every figure both reports have (or those named)."""
+    """Ratios B/A of the chosen statistics for every figure both reports have (or those named).
+
+    ConfigError when a named figure is missing from either report, or the reports share none.
+    """
     fa, fb = a.figures(), b.figures()
     names = [n for n in (figures or fa) if n in fa and n in fb]
     if figures:
         missing = [n for n in figures if n not in fa or n not in fb]
         if missing:
-            raise ValueError(f"figure(s) {missing} are not in both reports; A has {sorted(fa)}, B has {sorted(fb)}")
+            raise ConfigError(f"figure(s) {missing} are not in both reports; A has {sorted(fa)}, B has {sorted(fb)}")
     if not names:
-        raise ValueError(f"the reports share no figures (A: {sorted(fa)}, B: {sorted(fb)})")
+        raise ConfigError(f"the reports share no figures (A: {sorted(fa)}, B: {sorted(fb)})")
     rows = []
     for name in names:
         for stat in stats:

@@ -19,6 +19,7 @@ import numpy as np
 from scanedge.bench.report import BenchReport
 from scanedge.bench.stats import RunMonitor, summarize
 from scanedge.engines import EngineKind, open_engine
+from scanedge.errors import ConfigError
 from scanedge.imaging.dicom import encode_dicom
 from scanedge.imaging.overlay import OverlayOptions
 from scanedge.imaging.slices import Slice
@@ -116,10 +117,10 @@ def bench_engine(
         if batch is not None:
             dims[0] = batch
         if any(not isinstance(d, int) or d < 1 for d in dims):
-            raise ValueError(f"input {spec.name!r} has dynamic dims {spec.shape}; give --shape, e.g. 1x1x256x256")
+            raise ConfigError(f"input {spec.name!r} has dynamic dims {spec.shape}; give --shape, e.g. 1x1x256x256")
         feeds = {spec.name: np.random.default_rng(0).standard_normal(dims).astype(spec.dtype)}
         for s in eng.input_specs[1:]:
-            raise ValueError(f"edge-bench engine drives single-input models; {s.name!r} is a second input")
+            raise ConfigError(f"edge-bench engine drives single-input models; {s.name!r} is a second input")
         reference = Path(baseline_model) if baseline_model is not None else path
         session = _plain_session(reference, threads) if baseline or baseline_model is not None else None
         for _ in range(run.warmup):

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from scanedge.errors import ConfigError
 from scanedge.imaging.files import load_slices
 from scanedge.imaging.slices import Slice, SliceGeometry, SliceIdentity
 
@@ -19,13 +20,13 @@ __all__ = ["bench_slices", "parse_size"]
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """'512x512' -> (512, 512) as (rows, cols)."""
+    """'512x512' -> (512, 512) as (rows, cols); ConfigError for anything else."""
     try:
         rows, cols = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"size {text!r} is not ROWSxCOLS, e.g. 512x512") from None
+        raise ConfigError(f"size {text!r} is not ROWSxCOLS, e.g. 512x512") from None
     if rows < 1 or cols < 1:
-        raise ValueError(f"size {text!r} must be positive")
+        raise ConfigError(f"size {text!r} must be positive")
     return rows, cols
 
 
@@ -38,7 +39,7 @@ def bench_slices(
     if series is not None:
         slices = [item.slice for item in load_slices([series])]
         if not slices:
-            raise ValueError(f"no slices found under {series}")
+            raise ConfigError(f"no slices found under {series}")
         return slices[:limit] if limit else slices
     from scanedge.demo.series import load_demo_patient
 

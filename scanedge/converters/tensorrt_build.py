@@ -15,7 +15,7 @@ from pathlib import Path
 
 from scanedge.engines.cuda import gpu_info, tensorrt_module
 from scanedge.engines.tensorrt import EngineKey, key_path
-from scanedge.errors import ConversionError
+from scanedge.errors import ConfigError, ConversionError
 from scanedge.manifest import Manifest, sidecar_path
 
 __all__ = ["ShapeProfile", "build_plan", "parse_shapes"]
@@ -24,18 +24,18 @@ ShapeProfile = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 
 
 def parse_shapes(text: str) -> ShapeProfile:
-    """'1x1x256x256:1x1x256x256:1x1x512x512' -> (min, opt, max)."""
+    """'1x1x256x256:1x1x256x256:1x1x512x512' -> (min, opt, max); ConfigError for anything else."""
     parts = text.split(":")
     if len(parts) != 3:
-        raise ValueError(f"--shapes needs MIN:OPT:MAX, e.g. 1x1x256x256:1x1x256x256:1x1x512x512; got {text!r}")
+        raise ConfigError(f"--shapes needs MIN:OPT:MAX, e.g. 1x1x256x256:1x1x256x256:1x1x512x512; got {text!r}")
     try:
         shapes = tuple(tuple(int(v) for v in p.lower().split("x")) for p in parts)
     except ValueError:
-        raise ValueError(f"--shapes has a non-integer dimension: {text!r}") from None
+        raise ConfigError(f"--shapes has a non-integer dimension: {text!r}") from None
     if len({len(s) for s in shapes}) != 1 or any(
         a > b for lo, hi in itertools.pairwise(shapes) for a, b in zip(lo, hi)
     ):
-        raise ValueError(f"--shapes must have equal ranks and MIN <= OPT <= MAX in every dimension: {text!r}")
+        raise ConfigError(f"--shapes must have equal ranks and MIN <= OPT <= MAX in every dimension: {text!r}")
     return shapes  # type: ignore[return-value]
 
 

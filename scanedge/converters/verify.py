@@ -7,19 +7,30 @@ other thresholds without rerunning anything.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from scanedge.engines import Engine
+from scanedge.engines import Engine, EngineKind, open_engine
+from scanedge.errors import ConfigError
+from scanedge.imaging.metrics import Overlap, overlap
 from scanedge.imaging.postprocess import Postprocessor
 from scanedge.imaging.preprocess import Preprocessor
 from scanedge.imaging.series import context_window
 from scanedge.imaging.slices import Slice
-from scanedge.manifest import Manifest
+from scanedge.manifest import Manifest, load_manifest
 
-__all__ = ["DEFAULT_MIN_DICE", "Agreement", "Thresholds", "Verdict", "judge", "measure_agreement"]
+__all__ = [
+    "DEFAULT_MIN_DICE",
+    "Agreement",
+    "Thresholds",
+    "Verdict",
+    "judge",
+    "measure_agreement",
+    "measure_engine_file",
+]
 
 DEFAULT_MIN_DICE = {"fp32": 0.999, "fp16": 0.99, "int8": 0.97}
 
@@ -41,12 +52,24 @@ class Agreement:
 
 @dataclass(frozen=True)
 class Thresholds:
+    """What a candidate must reach: ``min_dice`` per class, and at most ``max_abs_diff`` (when given)
+    between any two probabilities."""
+
     min_dice: float
     max_abs_diff: float | None = None
+
+    @classmethod
+    def for_precision(
+        cls, precision: str, min_dice: float | None = None, max_abs_diff: float | None = None
+    ) -> Thresholds:
+        """``min_dice`` if given, else the default for the candidate's ``precision`` (fp32, fp16, int8)."""
+        return cls(min_dice if min_dice is not None else DEFAULT_MIN_DICE[precision], max_abs_diff)
 
 
 @dataclass(frozen=True)
 class Verdict:
+    """Pass or fail, with one line per missed threshold."""
+
     passed: bool
     failures: tuple[str, ...]
 
@@ -56,9 +79,7 @@ def measure_agreement(candidate: Engine, reference: Engine, manifest: Manifest, 
     pre, post = Preprocessor(manifest), Postprocessor(manifest)
     name_in, name_out = manifest.input.name, manifest.output.name
     classes = [c.name for c in manifest.classes[1:]]
-    inter = dict.fromkeys(classes, 0)
-    ref_px = dict.fromkeys(classes, 0)
-    cand_px = dict.fromkeys(classes, 0)
+    pooled = dict.fromkeys(classes, Overlap())  # a = reference, b = candidate
     max_diff, sum_diff, n_probs, same, total = 0.0, 0.0, 0, 0, 0
     k = manifest.input.context_slices
     for i, s in enumerate(slices):
@@ -72,15 +93,40 @@ def measure_agreement(candidate: Engine, reference: Engine, manifest: Manifest, 
         same += int(np.count_nonzero(ref.mask == cand.mask))
         total += ref.mask.size
         for label, name in enumerate(classes, start=1):
-            r, c = ref.mask == label, cand.mask == label
-            inter[name] += int(np.count_nonzero(r & c))
-            ref_px[name] += int(np.count_nonzero(r))
-            cand_px[name] += int(np.count_nonzero(c))
-    dice = {n: (2 * inter[n] / (ref_px[n] + cand_px[n]) if ref_px[n] + cand_px[n] else 1.0) for n in classes}
+            pooled[name] += overlap(ref.mask == label, cand.mask == label)
+    dice = {n: o.dice for n, o in pooled.items()}
+    ref_px = {n: o.a_pixels for n, o in pooled.items()}
     return Agreement(len(slices), dice, max_diff, sum_diff / max(1, n_probs), same / max(1, total), ref_px)
 
 
+def measure_engine_file(
+    engine_path: str | os.PathLike[str],
+    reference_path: str | os.PathLike[str],
+    slices: Sequence[Slice],
+    *,
+    manifest_path: str | os.PathLike[str] | None = None,
+    engine: EngineKind = "auto",
+    threads: int | None = None,
+) -> tuple[Manifest, Agreement]:
+    """Open a converted engine file and its reference ONNX model and measure their agreement on ``slices``.
+
+    ``manifest_path`` overrides the engine's own manifest; the reference always runs on ONNX Runtime.
+    Returns the engine's manifest (its ``precision`` picks the default thresholds) and the agreement.
+    Raises ConfigError when the two models do not segment the same classes.
+    """
+    manifest, _ = load_manifest(engine_path, manifest_path)
+    ref_manifest, _ = load_manifest(reference_path)
+    if [c.name for c in manifest.classes] != [c.name for c in ref_manifest.classes]:
+        raise ConfigError("the engine and the reference model have different classes; they cannot be compared")
+    with (
+        open_engine(engine_path, engine, threads=threads, onnx_sha256=manifest.onnx_sha256) as cand,
+        open_engine(reference_path, "ort", threads=threads) as ref,
+    ):
+        return manifest, measure_agreement(cand, ref, ref_manifest, slices)
+
+
 def judge(agreement: Agreement, thresholds: Thresholds) -> Verdict:
+    """Compare measured agreement with thresholds; the verdict lists every threshold that was missed."""
     failures = [
         f"{name}: Dice {d:.4f} < {thresholds.min_dice}" for name, d in agreement.dice.items() if d < thresholds.min_dice
     ]

@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +20,10 @@ import numpy as np
 
 from scanedge.demo.assets import DEMO_PATIENT_PATH
 from scanedge.imaging.dicom import dataset_from_slice
+from scanedge.imaging.metrics import dice
 from scanedge.imaging.slices import Slice, SliceGeometry, SliceIdentity
 
-__all__ = ["DemoPatient", "demo_series_dir", "load_demo_patient", "write_demo_series"]
+__all__ = ["DemoPatient", "demo_series_dir", "dice_against_truth", "load_demo_patient", "write_demo_series"]
 
 _MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 _UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's UID root, as generate_uid() uses
@@ -51,6 +53,13 @@ def load_demo_patient(path: Path = DEMO_PATIENT_PATH) -> DemoPatient:
             pixel_spacing=(float(data["pixel_spacing"][0]), float(data["pixel_spacing"][1])),
             digest=digest,
         )
+
+
+def dice_against_truth(masks: Sequence[np.ndarray], patient: DemoPatient | None = None) -> float:
+    """Dice of the demo series' label masks (one per slice, in series order) against the lesions the
+    generator put there: possible only because the demo patient is synthetic."""
+    patient = patient or load_demo_patient()
+    return dice(patient.labels, np.stack(masks))
 
 
 def _uid(digest: str, *parts: object) -> str:

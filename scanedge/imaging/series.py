@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TypeVar
+
+import numpy as np
 
 from scanedge.imaging.slices import Slice
 
-__all__ = ["context_window", "order_key", "sort_slices"]
+__all__ = ["context_window", "order_key", "slice_spacing", "sort_slices"]
 
 T = TypeVar("T")
 
@@ -53,3 +55,18 @@ def context_window(series: Sequence[Slice], index: int, context_slices: int) -> 
     while len(after) < len(before):
         after.append(after[-1] if after else series[index])
     return before + after
+
+
+def slice_spacing(slices: Iterable[Slice]) -> dict[str, float]:
+    """Median distance (mm) between neighbouring slices, per series UID, from positions along the normal.
+
+    Slice thickness is not used: spacing is what turns summed areas into a volume, and slices may
+    overlap or leave gaps. The median shrugs off one missing slice. Series with fewer than two
+    positioned slices are left out (their spacing is unknown).
+    """
+    positions: dict[str, list[float]] = {}
+    for s in slices:
+        pos = s.geometry.position_along_normal
+        if pos is not None:
+            positions.setdefault(s.identity.series_uid, []).append(pos)
+    return {uid: float(np.median(np.diff(sorted(p)))) for uid, p in positions.items() if len(p) > 1}

@@ -5,6 +5,7 @@ import pytest
 
 from scanedge.bench.cli import main as bench_main
 from scanedge.bench.inprocess import RunLength, bench_engine, bench_pipeline
+from scanedge.errors import ConfigError
 from scanedge.imaging.slices import Slice, SliceGeometry
 
 
@@ -24,7 +25,7 @@ def test_engine_bench_needs_a_shape_for_dynamic_models(tmp_path):
 
     path = tmp_path / "dyn.onnx"
     onnx.save(conv_model(height="h", width="w"), str(path))
-    with pytest.raises(ValueError, match="--shape"):
+    with pytest.raises(ConfigError, match="--shape"):
         bench_engine(path, run=RunLength(count=1, warmup=0))
     r = bench_engine(path, shape=(1, 1, 64, 96), run=RunLength(count=5, warmup=0))
     assert r.settings["shape"] == [1, 1, 64, 96]

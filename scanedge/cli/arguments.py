@@ -1,0 +1,165 @@
+"""Argument groups several commands share, and turning their values into the library's config objects.
+
+Text the user typed is parsed here (comma lists, colours, sizes); a value that cannot work is a
+ConfigError naming the option, so it prints as one line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from rich.markup import escape
+
+from scanedge.console import user_values
+from scanedge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from scanedge.imaging.files import LoadedSlice
+    from scanedge.imaging.overlay import OverlayOptions
+    from scanedge.imaging.slices import SliceLimits
+    from scanedge.runtime.pipeline import PipelineConfig
+
+__all__ = [
+    "ENGINE_CHOICES",
+    "add_engine_args",
+    "add_limit_args",
+    "add_model_args",
+    "add_overlay_args",
+    "literal",
+    "overlay_options",
+    "parse_color",
+    "parse_numbers",
+    "parse_size",
+    "pipeline_config",
+    "read_slices",
+    "slice_limits",
+    "split_list",
+]
+
+ENGINE_CHOICES = ("auto", "ort", "tensorrt")
+DEFAULT_MAX_PIXELS = 4096 * 4096
+
+T = TypeVar("T")
+
+
+def literal(value: object) -> str:
+    """``value`` as text rich prints as it is: paths and names from outside may contain ``[...]``."""
+    return escape(str(value))
+
+
+# --- argument groups -------------------------------------------------------------------------------------
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """--model and --manifest: one model, default the shipped demo model."""
+    g = p.add_argument_group("model")
+    g.add_argument("--model", type=Path, default=None, help="ONNX model (default: the shipped demo model)")
+    g.add_argument("--manifest", type=Path, default=None, help="manifest JSON overriding the embedded one")
+
+
+def add_engine_args(
+    p: argparse.ArgumentParser, *, threads_help: str | None = "inference threads (default: one per core)"
+) -> None:
+    """--engine and --threads: which backend runs the model, and how many threads it may use."""
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", choices=ENGINE_CHOICES, default="auto")
+    g.add_argument("--threads", type=int, default=None, help=threads_help)
+
+
+def add_overlay_args(p: argparse.ArgumentParser) -> None:
+    """--format, --alpha, --contours, --heatmap: how overlays are drawn and written."""
+    g = p.add_argument_group("overlays")
+    g.add_argument("--format", choices=("png", "jpeg"), default="png", help="overlay file format")
+    g.add_argument("--alpha", type=float, default=0.5, help="opacity of class colours (0-1)")
+    g.add_argument("--contours", action="store_true", help="outline each finding")
+    g.add_argument("--heatmap", action="store_true", help="tint by lesion probability")
+
+
+def add_limit_args(p: argparse.ArgumentParser, *, help_text: str | None = "refuse slices larger than this") -> None:
+    """--max-pixels: the largest slice accepted."""
+    g = p.add_argument_group("limits")
+    g.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help=help_text)
+
+
+# --- config objects from arguments -----------------------------------------------------------------------
+
+
+def slice_limits(args: argparse.Namespace) -> SliceLimits:
+    """SliceLimits from --max-pixels."""
+    from scanedge.imaging.slices import SliceLimits
+
+    return SliceLimits(max_pixels=args.max_pixels)
+
+
+def overlay_options(args: argparse.Namespace) -> OverlayOptions:
+    """OverlayOptions from --alpha, --contours and --heatmap."""
+    from scanedge.imaging.overlay import OverlayOptions
+
+    with user_values():
+        return OverlayOptions(alpha=args.alpha, contours=args.contours, heatmap=args.heatmap)
+
+
+def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
+    """PipelineConfig from the limit and overlay arguments."""
+    from scanedge.runtime.pipeline import PipelineConfig
+
+    return PipelineConfig(limits=slice_limits(args), overlay=overlay_options(args))
+
+
+def read_slices(paths: Iterable[str | os.PathLike[str]], limits: SliceLimits | None = None) -> list[LoadedSlice]:
+    """Every slice under the files/folders the user named, in series order; ConfigError when there is none."""
+    from scanedge.imaging.files import load_slices
+    from scanedge.imaging.slices import DEFAULT_LIMITS
+
+    paths = list(paths)
+    loaded = load_slices(paths, limits=limits or DEFAULT_LIMITS)
+    if not loaded:
+        raise ConfigError("no slices found under " + ", ".join(map(str, paths)))
+    return loaded
+
+
+# --- text the user typed ---------------------------------------------------------------------------------
+
+
+def split_list(text: str | None) -> tuple[str, ...]:
+    """'a, b,,c' -> ('a', 'b', 'c'); None or '' -> ()."""
+    return tuple(x.strip() for x in text.split(",") if x.strip()) if text else ()
+
+
+def _convert(items: Sequence[str], cast: Callable[[str], T], option: str, expected: str) -> tuple[T, ...]:
+    try:
+        return tuple(cast(x) for x in items)
+    except ValueError:
+        raise ConfigError(f"{option} takes {expected}, got {','.join(items)!r}") from None
+
+
+def parse_numbers(text: str | None, option: str, count: int | None = None) -> tuple[float, ...]:
+    """Comma-separated numbers for ``option``; exactly ``count`` of them when given. () for None."""
+    if text is None:
+        return ()
+    values = _convert(split_list(text), float, option, "comma-separated numbers")
+    if count is not None and len(values) != count:
+        raise ConfigError(f"{option} takes {count} comma-separated numbers, got {len(values)}: {text!r}")
+    return values
+
+
+def parse_color(text: str) -> tuple[int, int, int]:
+    """'ffcc00' or '#FFCC00' -> (255, 204, 0)."""
+    hexa = text.strip().lstrip("#")
+    if len(hexa) == 6 and all(c in "0123456789abcdefABCDEF" for c in hexa):
+        return int(hexa[0:2], 16), int(hexa[2:4], 16), int(hexa[4:6], 16)
+    raise ConfigError(f"colour {text!r} is not RRGGBB hex (e.g. ff0000 for red)")
+
+
+def parse_size(text: str, option: str) -> tuple[int, int]:
+    """'256x192' -> (256, 192) as (height, width), both >= 1."""
+    parts = text.lower().split("x")
+    if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+        h, w = (int(p) for p in parts)
+        if h >= 1 and w >= 1:
+            return h, w
+    raise ConfigError(f"{option} takes HEIGHTxWIDTH, e.g. 256x256; got {text!r}")

@@ -1,0 +1,128 @@
+"""``scanedge convert``, ``verify`` and ``export-triton``: building engines, checking them, shipping them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from scanedge.cli.arguments import add_engine_args, literal, read_slices
+from scanedge.console import make_console, user_values
+
+__all__ = ["add_parsers", "cmd_convert", "cmd_export_triton", "cmd_verify"]
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Convert a model with a manifest into an optimized engine, reporting each step."""
+    from scanedge.converters.convert import ConvertOptions, convert
+
+    console = make_console()
+    with user_values():
+        options = ConvertOptions(
+            target=args.target,
+            precision=args.precision,
+            calibration=args.calibration,
+            calibration_limit=args.calibration_limit,
+            shapes=args.shapes,
+            out_dir=args.out,
+            timing_cache=args.timing_cache,
+        )
+    t0 = time.perf_counter()
+    with console.status("converting ...") as status:
+
+        def say(message: str) -> None:
+            console.print(literal(message))
+            status.update(literal(message))
+
+        result = convert(args.model, options, manifest_path=args.manifest, say=say)
+    console.print(
+        f"[bold]{literal(result.output)}[/] ({options.target}, {options.precision}) in "
+        f"{time.perf_counter() - t0:.1f} s; check the result with: "
+        + literal(f"scanedge verify {result.output} --reference {args.model} --data SLICES")
+    )
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Compare an engine with its reference model on real slices; exit 1 when it misses the thresholds."""
+    from scanedge.converters.verify import Thresholds, judge, measure_engine_file
+
+    console = make_console()
+    with console.status("reading slices ..."):
+        slices = [item.slice for item in read_slices([args.data])][: args.limit]
+    with console.status(f"running both models on {len(slices)} slice(s) ..."):
+        manifest, agreement = measure_engine_file(
+            args.engine_file,
+            args.reference,
+            slices,
+            manifest_path=args.manifest,
+            engine=args.engine,
+            threads=args.threads,
+        )
+    thresholds = Thresholds.for_precision(manifest.precision, args.min_dice, args.max_abs_diff)
+    verdict = judge(agreement, thresholds)
+    if args.json:
+        report = {
+            "agreement": agreement.to_dict(),
+            "thresholds": thresholds.__dict__,
+            "passed": verdict.passed,
+            "failures": list(verdict.failures),
+        }
+        print(json.dumps(report, indent=2))
+    dice = ", ".join(f"{literal(k)} {v:.4f}" for k, v in agreement.dice.items())
+    console.print(
+        f"{manifest.precision} engine vs reference on {agreement.slices} slices: Dice {dice}; probabilities "
+        f"max |diff| {agreement.max_abs_diff:.4f}, mean {agreement.mean_abs_diff:.5f}; "
+        f"{agreement.pixel_agreement:.4%} of mask pixels identical"
+    )
+    if verdict.passed:
+        console.print(f"[green]PASS[/] (Dice >= {thresholds.min_dice})")
+        return 0
+    console.print("[red]FAIL[/] " + literal("; ".join(verdict.failures)))
+    return 1
+
+
+def cmd_export_triton(args: argparse.Namespace) -> int:
+    """Write a Triton model repository entry for a model or engine."""
+    from scanedge.converters.triton import export_triton
+
+    entry = export_triton(args.model, args.repo, manifest_path=args.manifest, instances=args.instances)
+    make_console().print(f"Triton model repository entry written to {literal(entry)} (config.pbtxt, 1/model.*)")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register ``convert``, ``verify`` and ``export-triton``."""
+    p = sub.add_parser("convert", help="build an optimized engine (ORT or TensorRT; fp32, fp16, int8)")
+    p.add_argument("model", type=Path, help="ONNX model with a manifest")
+    p.add_argument("--target", choices=("ort", "tensorrt"), default="ort")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
+    p.add_argument("--calibration", type=Path, help="folder of slices for int8 calibration")
+    p.add_argument("--calibration-limit", type=int, default=200, help="use at most this many slices")
+    p.add_argument(
+        "--shapes", help="TensorRT optimization profile MIN:OPT:MAX, e.g. 1x1x256x256:1x1x256x256:1x1x512x512"
+    )
+    p.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file (default: in --out)")
+    p.add_argument("--manifest", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=Path("engines"))
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("verify", help="compare an engine's segmentations with the reference ONNX model")
+    p.add_argument("engine_file", type=Path, metavar="ENGINE", help="converted ONNX model or TensorRT plan")
+    p.add_argument("--reference", type=Path, required=True, help="the original ONNX model")
+    p.add_argument("--data", type=Path, required=True, help="folder of slices to compare on")
+    p.add_argument("--manifest", type=Path, default=None)
+    p.add_argument("--min-dice", type=float, default=None, help="default: 0.99 for fp16, 0.97 for int8, 0.999 fp32")
+    p.add_argument("--max-abs-diff", type=float, default=None, help="also fail above this probability difference")
+    p.add_argument("--limit", type=int, default=500, help="compare at most this many slices")
+    add_engine_args(p, threads_help=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("export-triton", help="write a Triton model repository entry")
+    p.add_argument("model", type=Path, help="ONNX model or TensorRT plan (with its manifest)")
+    p.add_argument("--repo", type=Path, required=True)
+    p.add_argument("--manifest", type=Path, default=None)
+    p.add_argument("--instances", type=int, default=1)
+    p.set_defaults(func=cmd_export_triton)

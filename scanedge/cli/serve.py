@@ -1,0 +1,128 @@
+"""``scanedge serve`` and ``scanedge keys``: the streaming runtime and its CurveZMQ keys."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from scanedge.cli.arguments import add_engine_args, add_limit_args, literal
+from scanedge.console import make_console
+from scanedge.errors import ConfigError
+
+__all__ = ["add_parsers", "cmd_keys_allow", "cmd_keys_generate", "cmd_serve"]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the models until SIGINT/SIGTERM; requests in flight are answered before exiting."""
+    import logging
+    import os
+    import signal
+
+    from scanedge.imaging.slices import SliceLimits
+    from scanedge.runtime.security import CurveServerKeys
+    from scanedge.runtime.server import ModelSpec, Server, ServerConfig
+
+    if (args.curve_secret is None) != (args.curve_clients is None):
+        raise ConfigError("--curve-secret and --curve-clients go together")
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    curve = CurveServerKeys(args.curve_secret, args.curve_clients) if args.curve_secret else None
+    config = ServerConfig(
+        bind=args.bind,
+        publish=args.publish,
+        workers=args.workers,
+        threads=args.threads,
+        spinning=args.spinning,
+        engine=args.engine,
+        max_message_bytes=int(args.max_message_mb * 1024 * 1024),
+        max_inflight_bytes=int(args.max_inflight_mb * 1024 * 1024),
+        limits=SliceLimits(max_pixels=args.max_pixels),
+        curve=curve,
+        insecure=args.insecure,
+        job_timeout_s=args.job_timeout,
+        shutdown_grace_s=args.shutdown_grace,
+        stats_log_interval_s=args.stats_interval,
+    )
+    log = logging.getLogger("scanedge.runtime")
+    if args.insecure:
+        log.warning("--insecure: traffic is NOT encrypted and any client may connect; use CurveZMQ on real networks")
+    server = Server([ModelSpec(m) for m in args.model], config)
+
+    def stop(signum: int, frame: object) -> None:
+        log.info("signal %d: finishing requests in flight (at most %g s), then exiting", signum, args.shutdown_grace)
+        server.request_stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    server.serve()
+    if server.wedged_workers:
+        # A thread stuck inside an inference library cannot be stopped from Python, and an interpreter
+        # shutting down around it may crash: leave now, having answered everything that could be.
+        log.error("exiting with worker(s) still stuck in inference: %s", ", ".join(server.wedged_workers))
+        logging.shutdown()
+        os._exit(1)
+    return 0
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    """Write a CurveZMQ key pair NAME.key / NAME.key_secret into DIR."""
+    from scanedge.runtime.security import generate_keys
+
+    public, secret = generate_keys(args.dir, args.name, force=args.force)
+    make_console().print(f"public key: {literal(public)}\nsecret key: {literal(secret)} (keep it private)")
+    return 0
+
+
+def cmd_keys_allow(args: argparse.Namespace) -> int:
+    """Copy a client's public key into the runtime's allow-list directory."""
+    from scanedge.runtime.security import allow_client
+
+    target = allow_client(args.clients_dir, args.public_key)
+    make_console().print(f"allowed: {literal(target)}")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register ``serve`` and ``keys generate|allow``."""
+    p = sub.add_parser("serve", help="run the streaming runtime (ZeroMQ; docs/protocol.md)")
+    p.add_argument("--model", type=Path, action="append", default=[], help="model to serve (repeatable; default: demo)")
+    p.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ROUTER endpoint for consoles")
+    p.add_argument("--publish", default=None, help="PUB endpoint for viewers, e.g. tcp://127.0.0.1:5556")
+    p.add_argument("--workers", type=int, default=1, help="inference workers (each with its own engine)")
+    add_engine_args(p, threads_help="inference threads per worker")
+    p.add_argument("--spinning", action="store_true", help="let ONNX Runtime threads busy-wait (off by default)")
+    p.add_argument("--max-message-mb", type=float, default=64.0, help="larger messages are refused (TOO_LARGE)")
+    p.add_argument("--max-inflight-mb", type=float, default=256.0, help="payload bytes in flight before BUSY")
+    add_limit_args(p, help_text=None)
+    p.add_argument("--curve-secret", type=Path, help="the runtime's CurveZMQ secret key file (NAME.key_secret)")
+    p.add_argument("--curve-clients", type=Path, help="directory of allowed client public keys (*.key)")
+    p.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without encryption")
+    p.add_argument(
+        "--job-timeout",
+        type=float,
+        default=60.0,
+        help="seconds one inference may take before its worker is declared wedged and replaced (default: 60)",
+    )
+    p.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=10.0,
+        help="on SIGTERM/SIGINT, seconds requests in flight may take before the runtime exits anyway (default: 10)",
+    )
+    p.add_argument("--stats-interval", type=float, default=60.0, help="seconds between stats log lines")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("keys", help="CurveZMQ keys for networked runtimes")
+    ksub = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    k = ksub.add_parser("generate", help="write NAME.key (public) and NAME.key_secret into DIR")
+    k.add_argument("dir", type=Path)
+    k.add_argument("--name", required=True, help="e.g. server, or the console's name")
+    k.add_argument("--force", action="store_true", help="replace an existing key pair of that name")
+    k.set_defaults(func=cmd_keys_generate)
+    k = ksub.add_parser("allow", help="add a client's public key to the runtime's allow-list directory")
+    k.add_argument("clients_dir", type=Path)
+    k.add_argument("public_key", type=Path)
+    k.set_defaults(func=cmd_keys_allow)

@@ -1,0 +1,114 @@
+"""What an ONNX file declares, read without running it: inputs, outputs, opset, graph hash, manifest.
+
+``scanedge inspect`` prints this; ``scanedge manifest init`` starts from it. Nothing here loads a runtime.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scanedge.errors import ModelFileError
+from scanedge.manifest import Manifest, ManifestSource, graph_sha256, load_manifest
+
+__all__ = ["Dim", "ModelInspection", "TensorInfo", "graph_io", "inspect_model", "opset_version", "read_onnx"]
+
+Dim = int | str | None
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A graph input or output as declared. A dimension is an int (fixed), a str (a named dynamic
+    dimension, e.g. ``"batch"``) or None (dynamic, unnamed)."""
+
+    name: str
+    dtype: str  # numpy dtype name, e.g. "float32"
+    shape: tuple[Dim, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: name, dtype, and the shape as a list."""
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+def read_onnx(path: str | os.PathLike[str], *, external_data: bool = False) -> Any:
+    """An ``onnx.ModelProto`` from ``path``; ``external_data`` also loads weights kept in side files.
+
+    Raises FileNotFoundError for a missing file and ModelFileError for one that is not ONNX.
+    """
+    import onnx
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"model file not found: {p}")
+    try:
+        return onnx.load(str(p), load_external_data=external_data)
+    except Exception as exc:  # protobuf DecodeError and friends; the message names no patient data
+        raise ModelFileError(f"{p} is not a readable ONNX model ({type(exc).__name__})") from exc
+
+
+def graph_io(model: Any) -> tuple[tuple[TensorInfo, ...], tuple[TensorInfo, ...]]:
+    """(inputs, outputs) of an ``onnx.ModelProto``; initializers listed as inputs (old exporters) are
+    weights, not inputs, and are left out."""
+    import onnx
+
+    weights = {i.name for i in model.graph.initializer}
+
+    def describe(v: Any) -> TensorInfo:
+        t = v.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim)
+        return TensorInfo(v.name, onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, dims)
+
+    return (
+        tuple(describe(v) for v in model.graph.input if v.name not in weights),
+        tuple(describe(v) for v in model.graph.output),
+    )
+
+
+def opset_version(model: Any) -> int | None:
+    """The default-domain ONNX opset the model imports, or None when it imports none."""
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None)
+
+
+@dataclass(frozen=True)
+class ModelInspection:
+    """An ONNX file's declared interface and its manifest, and whether that manifest was written for it."""
+
+    path: Path
+    opset: int | None
+    graph_sha256: str
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    manifest: Manifest
+    manifest_source: ManifestSource
+
+    @property
+    def manifest_matches_graph(self) -> bool:
+        """False when the manifest names another graph's sha256 (written for a different model)."""
+        return self.manifest.onnx_sha256 in (None, self.graph_sha256)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, as ``scanedge inspect --json`` prints it."""
+        return {
+            "model": str(self.path),
+            "graph_sha256": self.graph_sha256,
+            "manifest_source": self.manifest_source,
+            "manifest_matches_graph": self.manifest_matches_graph,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "manifest": self.manifest.to_dict(),
+        }
+
+
+def inspect_model(
+    model_path: str | os.PathLike[str], manifest_path: str | os.PathLike[str] | None = None
+) -> ModelInspection:
+    """Read ``model_path`` and its manifest (``manifest_path``, else sidecar, else embedded) without
+    refusing a manifest written for another graph: reporting that is the point of inspecting."""
+    model = read_onnx(model_path)
+    inputs, outputs = graph_io(model)
+    manifest, source = load_manifest(model_path, manifest_path, verify_sha=False)
+    return ModelInspection(
+        Path(model_path), opset_version(model), graph_sha256(model), inputs, outputs, manifest, source
+    )
