@@ -204,6 +204,7 @@ def test_stop_answers_everything_in_flight_then_refuses_new_work(demo_series):
     with Client(srv.endpoint, ClientConfig(timeout_s=10)) as client:
         futures = [client.submit(data, series=f"s{i}") for i in range(3)]
         gate.wait_entered()
+        wait_until(lambda: client.ping().queue_depth == 2, what="all three accepted: one running, two queued")
         stopper = threading.Thread(target=srv.stop)
         stopper.start()
         wait_until(lambda: srv._stop.is_set())
