@@ -38,17 +38,18 @@ def _overlay_options(args: argparse.Namespace):
 
 
 def _open_pipeline(args: argparse.Namespace, console):
+    from scanedge.engines import EngineOptions
     from scanedge.imaging.slices import SliceLimits
     from scanedge.runtime.pipeline import Pipeline, PipelineConfig
 
     config = PipelineConfig(limits=SliceLimits(max_pixels=args.max_pixels), overlay=_overlay_options(args))
+    options = EngineOptions(backend=args.backend, threads=args.threads)
     with console.status("loading the model and warming up the engine ..."):
-        pipe = Pipeline.open(
-            args.model, manifest=args.manifest, engine=args.engine, threads=args.threads, config=config
-        )
+        pipe = Pipeline.open(args.model, manifest=args.manifest, options=options, config=config)
     man = pipe.manifest
     console.print(
-        f"model [bold]{man.name}[/] {man.version} on {pipe.engine.kind} {pipe.engine.describe().get('providers', '')}"
+        f"model [bold]{man.name}[/] {man.version} on {pipe.engine.backend} "
+        f"{pipe.engine.describe().get('providers', '')}"
     )
     if man.intended_use:
         console.print(f"[yellow]{man.intended_use}[/]")
@@ -391,6 +392,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import logging
     import signal
 
+    from scanedge.engines import EngineOptions
     from scanedge.imaging.slices import SliceLimits
     from scanedge.runtime.security import CurveServerKeys
     from scanedge.runtime.server import ModelSpec, Server, ServerConfig
@@ -406,9 +408,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         bind=args.bind,
         publish=args.publish,
         workers=args.workers,
-        threads=args.threads,
-        spinning=args.spinning,
-        engine=args.engine,
+        engine=EngineOptions(backend=args.backend, threads=args.threads, spinning=args.spinning),
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
         max_inflight_bytes=int(args.max_inflight_mb * 1024 * 1024),
         limits=SliceLimits(max_pixels=args.max_pixels),
@@ -480,7 +480,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from scanedge.converters.verify import DEFAULT_MIN_DICE, Thresholds, judge, measure_agreement
-    from scanedge.engines import open_engine
+    from scanedge.engines import EngineOptions, open_engine
     from scanedge.imaging.files import load_slices
     from scanedge.manifest import load_manifest
 
@@ -495,8 +495,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise ValueError(f"no slices found in {args.data}")
     with console.status(f"running both models on {len(slices)} slice(s) ..."):
         with (
-            open_engine(args.engine_file, args.engine, threads=args.threads, onnx_sha256=manifest.onnx_sha256) as cand,
-            open_engine(args.reference, "ort", threads=args.threads) as ref,
+            open_engine(
+                args.engine_file,
+                EngineOptions(backend=args.backend, threads=args.threads),
+                onnx_sha256=manifest.onnx_sha256,
+            ) as cand,
+            open_engine(args.reference, EngineOptions(backend="ort", threads=args.threads)) as ref,
         ):
             agreement = measure_agreement(cand, ref, ref_manifest, slices)
     thresholds = Thresholds(args.min_dice or DEFAULT_MIN_DICE[manifest.precision], args.max_abs_diff)
@@ -537,10 +541,21 @@ def cmd_export_triton(args: argparse.Namespace) -> int:
 # --- argument parsing ----------------------------------------------------------------------------------
 
 
+def _add_backend_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--backend",
+        "--engine",  # the earlier name of the flag, kept so that existing scripts keep working
+        dest="backend",
+        choices=("auto", "ort", "tensorrt"),
+        default="auto",
+        help="inference backend (default auto: a matching TensorRT plan if there is one, else ONNX Runtime)",
+    )
+
+
 def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, default=None, help="ONNX model (default: the shipped demo model)")
     p.add_argument("--manifest", type=Path, default=None, help="manifest JSON overriding the embedded one")
-    p.add_argument("--engine", choices=("auto", "ort", "tensorrt"), default="auto")
+    _add_backend_arg(p)
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: one per core)")
     p.add_argument("--format", choices=("png", "jpeg"), default="png", help="overlay file format")
     p.add_argument("--alpha", type=float, default=0.5, help="opacity of class colours (0-1)")
@@ -576,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="inference workers (each with its own engine)")
     p.add_argument("--threads", type=int, default=None, help="inference threads per worker")
     p.add_argument("--spinning", action="store_true", help="let ONNX Runtime threads busy-wait (off by default)")
-    p.add_argument("--engine", choices=("auto", "ort", "tensorrt"), default="auto")
+    _add_backend_arg(p)
     p.add_argument("--max-message-mb", type=float, default=64.0, help="larger messages are refused (TOO_LARGE)")
     p.add_argument("--max-inflight-mb", type=float, default=256.0, help="payload bytes in flight before BUSY")
     p.add_argument("--max-pixels", type=int, default=4096 * 4096)
@@ -616,7 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("engine_file", type=Path, metavar="ENGINE", help="converted ONNX model or TensorRT plan")
     p.add_argument("--reference", type=Path, required=True, help="the original ONNX model")
     p.add_argument("--data", type=Path, required=True, help="folder of slices to compare on")
-    p.add_argument("--engine", choices=("auto", "ort", "tensorrt"), default="auto")
+    _add_backend_arg(p)
     p.add_argument("--manifest", type=Path, default=None)
     p.add_argument("--min-dice", type=float, default=None, help="default: 0.99 for fp16, 0.97 for int8, 0.999 fp32")
     p.add_argument("--max-abs-diff", type=float, default=None, help="also fail above this probability difference")

@@ -29,7 +29,7 @@ from typing import Any
 import zmq
 
 from scanedge import __version__
-from scanedge.engines import EngineKind
+from scanedge.engines import EngineOptions
 from scanedge.errors import (
     BadFramesError,
     BusyError,
@@ -79,9 +79,9 @@ class ServerConfig:
     bind: str = "tcp://127.0.0.1:5555"
     publish: str | None = None
     workers: int = 1
-    threads: int | None = None  # inference threads per worker (None: ONNX Runtime's default)
-    spinning: bool = False  # ONNX Runtime busy-waiting; off measured faster in the server (see OrtOptions)
-    engine: EngineKind = "auto"
+    #: how each worker's engine runs (backend, threads per worker, ...); spinning is off because it was
+    #: measured faster in the server (see EngineOptions.spinning)
+    engine: EngineOptions = EngineOptions(spinning=False)
     max_message_bytes: int = 64 * 1024 * 1024
     max_inflight_bytes: int = 256 * 1024 * 1024
     limits: SliceLimits = DEFAULT_LIMITS
@@ -230,7 +230,7 @@ class Server:
         router = pub = pull = None
         try:
             pipelines = [self._open_pipelines() for _ in range(cfg.workers)]
-            self._engine_kind = pipelines[0][self.default_model].engine.kind
+            self._engine_kind = pipelines[0][self.default_model].engine.backend
             if cfg.curve is not None:
                 auth = cfg.curve.start_authenticator(ctx)
             router = ctx.socket(zmq.ROUTER)
@@ -298,10 +298,7 @@ class Server:
             ctx.term()
 
     def _open_from_file(self, spec: ModelSpec, manifest: Manifest, config: PipelineConfig) -> Pipeline:
-        cfg = self.config
-        return Pipeline.open(
-            spec.path, manifest=manifest, engine=cfg.engine, threads=cfg.threads, spinning=cfg.spinning, config=config
-        )
+        return Pipeline.open(spec.path, manifest=manifest, options=self.config.engine, config=config)
 
     def _open_pipelines(self) -> dict[str, Pipeline]:
         pconf = PipelineConfig(limits=self.config.limits, overlay=self.config.overlay)
@@ -589,7 +586,7 @@ class Server:
             "instance": req.instance or slice_.identity.sop_instance_uid,
             "index": req.index if req.index is not None else slice_.identity.instance_number,
             "model": pipe.model_label,
-            "engine": pipe.engine.kind,
+            "engine": pipe.engine.backend,
             "timings_ms": {
                 "queue": round(queue_ms, 4),
                 "decode": round(decode_ms + t.decode_ms, 4),

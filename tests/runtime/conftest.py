@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 import pytest
 
-from scanedge.engines import OnnxRuntimeEngine, OrtOptions
+from scanedge.engines import EngineOptions, OnnxRuntimeEngine
 from scanedge.manifest import Manifest
 from scanedge.runtime.pipeline import Pipeline, PipelineConfig
 from scanedge.runtime.server import ModelSpec, Server, ServerConfig
@@ -27,7 +27,7 @@ class SlowEngine(OnnxRuntimeEngine):
 
 def slow_factory(delay_s: float):
     def make(spec: ModelSpec, manifest: Manifest, config: PipelineConfig) -> Pipeline:
-        engine = SlowEngine(spec.path, OrtOptions(threads=1), warmup_runs=0)
+        engine = SlowEngine(spec.path, EngineOptions(threads=1, warmup_runs=0))
         engine.delay_s = delay_s
         return Pipeline(engine, manifest, config, owns_engine=True)
 
@@ -35,7 +35,12 @@ def slow_factory(delay_s: float):
 
 
 def local_config(**changes) -> ServerConfig:
-    base = {"bind": "tcp://127.0.0.1:*", "threads": 1, "sweep_interval_s": 0.02, "linger_ms": 200}
+    base = {
+        "bind": "tcp://127.0.0.1:*",
+        "engine": EngineOptions(threads=1, spinning=False),
+        "sweep_interval_s": 0.02,
+        "linger_ms": 200,
+    }
     return ServerConfig(**{**base, **changes})
 
 
