@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal, Union, get_args
+from typing import Any, Literal, get_args
 
 from scanedge.errors import ConfigError
 
@@ -27,7 +27,7 @@ OptimizationLevel = Literal["disable", "basic", "extended", "all"]
 OPTIMIZATION_LEVELS: tuple[str, ...] = get_args(OptimizationLevel)
 
 #: an ONNX Runtime execution provider: its name, or its name and provider options
-Provider = Union[str, tuple[str, Mapping[str, Any]]]  # noqa: UP007 (a runtime alias must work on Python 3.10)
+Provider = str | tuple[str, Mapping[str, Any]]
 
 
 def _frozen_provider(provider: object) -> str | tuple[str, Mapping[str, Any]]:

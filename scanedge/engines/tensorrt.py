@@ -176,7 +176,8 @@ class TensorRTEngine(Engine):
             )
         self._context = self._engine.create_execution_context()
         self._stream = check(rt.cudaStreamCreate(), "cudaStreamCreate")
-        inputs, outputs = [], []
+        inputs: list[TensorSpec] = []
+        outputs: list[TensorSpec] = []
         for i in range(self._engine.num_io_tensors):
             name = self._engine.get_tensor_name(i)
             dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name)))
