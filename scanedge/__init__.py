@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from scanedge.engines import EngineOptions
 from scanedge.errors import ScanedgeError
 from scanedge.imaging.dicom import slices_from_dicom
 from scanedge.imaging.overlay import OverlayOptions
@@ -18,6 +19,7 @@ from scanedge.manifest import Manifest, load_manifest
 from scanedge.runtime.pipeline import Pipeline, PipelineConfig, SliceResult
 
 __all__ = [
+    "EngineOptions",
     "Manifest",
     "OverlayOptions",
     "Pipeline",

@@ -25,6 +25,13 @@ def _run_length(args: argparse.Namespace):
         return RunLength(count=args.count, duration_s=args.duration, warmup=args.warmup)
 
 
+def _engine_options(args: argparse.Namespace, **changes):
+    """The engine settings the command line asked for, as the library's one options object."""
+    from scanedge.engines import EngineOptions
+
+    return EngineOptions(**{"backend": args.backend, "threads": args.threads, **changes})
+
+
 def _emit(report, args: argparse.Namespace, console) -> int:
     report.render(console)
     if args.json:
@@ -45,10 +52,9 @@ def cmd_engine(args: argparse.Namespace) -> int:
     with LazyProgress(console, "engine") as progress:
         report = bench_engine(
             args.model,
-            engine=args.engine,
+            options=_engine_options(args),
             shape=shape,
             batch=args.batch,
-            threads=args.threads,
             run=_run_length(args),
             baseline=args.baseline,
             baseline_model=args.baseline_model,
@@ -67,8 +73,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         report = bench_pipeline(
             slices,
             args.model,
-            engine=args.engine,
-            threads=args.threads,
+            options=_engine_options(args),
             overlay=not args.no_overlay,
             dicom=args.dicom,
             run=_run_length(args),
@@ -90,7 +95,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         settings = StreamSettings(
             endpoint=args.endpoint,
             model=args.model,
-            threads=args.threads,
+            engine=_engine_options(args, spinning=False),
             workers=args.workers,
             rate=args.rate,
             consoles=args.consoles,
@@ -158,7 +163,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: one per core)")
-    p.add_argument("--engine", choices=("auto", "ort", "tensorrt"), default="auto")
+    p.add_argument(
+        "--backend",
+        "--engine",
+        dest="backend",
+        choices=("auto", "ort", "tensorrt"),
+        default="auto",
+        help="inference backend (default auto: a matching TensorRT plan if there is one, else ONNX Runtime)",
+    )
     p.add_argument("--count", type=int, default=500, help="measured iterations (default 500)")
     p.add_argument("--duration", type=float, default=None, help="measure for this many seconds instead of --count")
     p.add_argument("--warmup", type=int, default=20, help="unmeasured iterations first (default 20)")

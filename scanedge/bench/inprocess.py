@@ -1,8 +1,9 @@
 """In-process measurements: the engine alone, and the whole slice pipeline stage by stage.
 
 ``--baseline`` runs a plain ``onnxruntime.InferenceSession.run`` on the same model and the same
-input tensors, interleaved iteration by iteration with the measured path, so that both see the same
-machine noise and their difference is the cost of everything scanedge adds.
+input tensors, interleaved in blocks with the measured path, so that both see the same machine noise
+and their difference is the cost of everything scanedge adds. The baseline session comes from the same
+session loader as the engine's, with the same options, so only the wrapper differs.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from scanedge.bench.report import BenchReport
 from scanedge.bench.stats import RunMonitor, summarize
-from scanedge.engines import EngineKind, open_engine
+from scanedge.engines import EngineOptions, OrtSessionLoader, open_engine
 from scanedge.errors import ConfigError
 from scanedge.imaging.dicom import encode_dicom
 from scanedge.imaging.overlay import OverlayOptions
@@ -55,13 +56,9 @@ class RunLength:
 DEFAULT_RUN = RunLength()
 
 
-def _plain_session(model: Path, threads: int | None) -> Any:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    if threads is not None:
-        so.intra_op_num_threads = threads
-    return ort.InferenceSession(str(model), sess_options=so, providers=["CPUExecutionProvider"])
+def _plain_session(model: Path, options: EngineOptions) -> Any:
+    """A bare ONNX Runtime session for the baseline, made exactly as the measured engine's session is."""
+    return OrtSessionLoader(model, options)()
 
 
 def _model_info(path: Path) -> dict[str, Any]:
@@ -95,22 +92,21 @@ def baseline_block(
 def bench_engine(
     model: str | os.PathLike[str],
     *,
-    engine: EngineKind = "auto",
+    options: EngineOptions = EngineOptions(),
     shape: Sequence[int] | None = None,
     batch: int | None = None,
-    threads: int | None = None,
     run: RunLength = DEFAULT_RUN,
     baseline: bool = False,
     baseline_model: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
 ) -> BenchReport:
-    """Time ``engine.infer`` alone on random inputs.
+    """Time ``engine.infer`` alone on random inputs, the engine opened with ``options``.
 
     ``baseline`` times a plain ``InferenceSession.run`` of the same model on the same inputs;
     ``baseline_model`` does that for another model instead (e.g. the fp32 original of an int8 engine).
     """
     path = Path(model)
-    eng = open_engine(path, engine, threads=threads)
+    eng = open_engine(path, options)
     with eng:
         spec = eng.input_specs[0]
         dims = list(shape) if shape else list(spec.shape)
@@ -122,7 +118,7 @@ def bench_engine(
         for s in eng.input_specs[1:]:
             raise ConfigError(f"edge-bench engine drives single-input models; {s.name!r} is a second input")
         reference = Path(baseline_model) if baseline_model is not None else path
-        session = _plain_session(reference, threads) if baseline or baseline_model is not None else None
+        session = _plain_session(reference, options) if baseline or baseline_model is not None else None
         for _ in range(run.warmup):
             eng.infer(feeds)
             if session is not None:
@@ -142,7 +138,7 @@ def bench_engine(
             mode="engine",
             settings={
                 "shape": dims,
-                "threads": threads,
+                "threads": options.threads,
                 "count": i,
                 "warmup": run.warmup,
                 "baseline": str(baseline_model) if baseline_model else baseline,
@@ -203,8 +199,7 @@ def bench_pipeline(
     slices: Sequence[Slice],
     model: str | os.PathLike[str] | None = None,
     *,
-    engine: EngineKind = "auto",
-    threads: int | None = None,
+    options: EngineOptions = EngineOptions(),
     overlay: OverlayOptions | bool = True,
     dicom: bool = False,
     run: RunLength = DEFAULT_RUN,
@@ -213,10 +208,10 @@ def bench_pipeline(
 ) -> BenchReport:
     """Time the in-process pipeline per stage; inputs cycle through ``slices`` (as DICOM bytes with ``dicom``)."""
     path = Path(model) if model is not None else default_model_path()
-    pipe = Pipeline.open(path, engine=engine, threads=threads)
+    pipe = Pipeline.open(path, options=options)
     with pipe:
         inputs: list[Any] = [encode_dicom(s) for s in slices] if dicom else list(slices)
-        session = _plain_session(path, threads) if baseline else None
+        session = _plain_session(path, options) if baseline else None
         tensors = []
         if session is not None:  # the baseline sees exactly the tensors the pipeline's engine sees
             from scanedge.imaging.preprocess import Preprocessor
@@ -254,7 +249,7 @@ def bench_pipeline(
                 "slice_shapes": [list(s) for s in shapes],
                 "input": "dicom" if dicom else "numpy",
                 "overlay": asdict(overlay) if isinstance(overlay, OverlayOptions) else bool(overlay),
-                "threads": threads,
+                "threads": options.threads,
                 "count": i,
                 "warmup": run.warmup,
                 "distinct_slices": len(slices),

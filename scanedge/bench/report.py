@@ -61,14 +61,14 @@ def machine_info() -> dict[str, Any]:
 
 def versions() -> dict[str, str]:
     import cv2
-    import onnxruntime
     import zmq
 
     import scanedge
+    from scanedge.engines.ort_session import import_onnxruntime
 
     return {
         "scanedge": scanedge.__version__,
-        "onnxruntime": onnxruntime.__version__,
+        "onnxruntime": import_onnxruntime().__version__,
         "numpy": np.__version__,
         "opencv": cv2.__version__,
         "pyzmq": zmq.__version__,
@@ -182,7 +182,8 @@ class BenchReport:
         if self.counts:
             parts.append(", ".join(f"{k} {v}" for k, v in self.counts.items()))
         if self.engine:
-            parts.append(f"engine {self.engine.get('kind')} {self.engine.get('providers', '')}")
+            backend = self.engine.get("backend", self.engine.get("kind"))  # older reports say "kind"
+            parts.append(f"engine {backend} {self.engine.get('providers', '')}")
         if parts:
             console.print("; ".join(parts))
         if self.baseline and "overhead_ms" in self.baseline:

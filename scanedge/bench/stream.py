@@ -25,6 +25,7 @@ from typing import Any
 from scanedge.bench.inprocess import RunLength, baseline_block, drive
 from scanedge.bench.report import BenchReport
 from scanedge.bench.stats import RunMonitor
+from scanedge.engines import EngineOptions
 from scanedge.errors import BusyError, ExpiredError, ScanedgeError, SupersededError
 from scanedge.imaging.dicom import encode_dicom
 from scanedge.imaging.slices import Slice
@@ -41,7 +42,8 @@ SERVER_STAGES = ("queue", "decode", "preprocess", "infer", "postprocess", "overl
 class StreamSettings:
     endpoint: str | None = None  # None: spawn a runtime
     model: Path | None = None
-    threads: int | None = None  # of a spawned runtime
+    #: engine settings of a spawned runtime and of the in-process baseline (spinning off, as the server)
+    engine: EngineOptions = EngineOptions(spinning=False)
     workers: int = 1
     rate: float | None = None  # slices per second per console; None: closed loop
     consoles: int = 1
@@ -66,7 +68,10 @@ def _free_port() -> int:
 class SpawnedRuntime:
     """``scanedge serve`` in a child process on a free loopback port, with its memory sampled."""
 
-    def __init__(self, model: Path | None, threads: int | None, workers: int = 1) -> None:
+    def __init__(
+        self, model: Path | None, engine: EngineOptions = EngineOptions(spinning=False), workers: int = 1
+    ) -> None:
+        """Start it; ``engine``'s backend, threads and spinning become ``scanedge serve`` flags."""
         self.endpoint = f"tcp://127.0.0.1:{_free_port()}"
         cmd = [
             sys.executable,
@@ -84,8 +89,11 @@ class SpawnedRuntime:
         ]
         if model is not None:
             cmd += ["--model", str(model)]
-        if threads is not None:
-            cmd += ["--threads", str(threads)]
+        cmd += ["--backend", engine.backend]
+        if engine.threads is not None:
+            cmd += ["--threads", str(engine.threads)]
+        if engine.spinning:
+            cmd += ["--spinning"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.rss_mb: list[float] = []
         self._stop = threading.Event()
@@ -183,7 +191,7 @@ def bench_stream(slices: Sequence[Slice], settings: StreamSettings, progress: Pr
     spawned = None
     endpoint = settings.endpoint
     if endpoint is None:
-        spawned = SpawnedRuntime(settings.model, settings.threads, settings.workers)
+        spawned = SpawnedRuntime(settings.model, settings.engine, settings.workers)
         endpoint = spawned.endpoint
     try:
         if spawned is not None:
@@ -210,7 +218,7 @@ def _run(slices, settings: StreamSettings, endpoint: str, pong: Pong, progress, 
         from scanedge.runtime.pipeline import Pipeline
 
         # the runtime's engine settings (spinning off), so the difference is the runtime itself
-        local_pipe = Pipeline.open(settings.model, threads=settings.threads, spinning=False)
+        local_pipe = Pipeline.open(settings.model, options=settings.engine)
     kw = {
         "outputs": settings.outputs,
         "overlay_encoding": settings.overlay_encoding,
@@ -256,12 +264,12 @@ def _run(slices, settings: StreamSettings, endpoint: str, pong: Pong, progress, 
             "deadline_ms": settings.deadline_ms,
             "sent": sent,
             "warmup": run.warmup,
-            "threads": settings.threads,
+            "threads": settings.engine.threads,
             "workers": settings.workers,
             "baseline": settings.baseline,
         },
         samples=samples,
-        engine={"kind": pong.engine, "server": pong.server},
+        engine={"backend": pong.engine, "server": pong.server},
         model={"name": model.name, "version": model.version, "sha256": model.onnx_sha256},
         counts=dict(rec.counts),
         throughput_per_s=rec.counts["ok"] / wall if wall > 0 else None,

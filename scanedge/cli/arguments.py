@@ -10,7 +10,7 @@ import argparse
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.markup import escape
 
@@ -18,6 +18,7 @@ from scanedge.console import user_values
 from scanedge.errors import ConfigError
 
 if TYPE_CHECKING:
+    from scanedge.engines import EngineOptions
     from scanedge.imaging.files import LoadedSlice
     from scanedge.imaging.overlay import OverlayOptions
     from scanedge.imaging.slices import SliceLimits
@@ -29,6 +30,7 @@ __all__ = [
     "add_limit_args",
     "add_model_args",
     "add_overlay_args",
+    "engine_options",
     "literal",
     "overlay_options",
     "parse_color",
@@ -64,10 +66,25 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def add_engine_args(
     p: argparse.ArgumentParser, *, threads_help: str | None = "inference threads (default: one per core)"
 ) -> None:
-    """--engine and --threads: which backend runs the model, and how many threads it may use."""
+    """--backend (alias --engine) and --threads: which backend runs the model, and how many threads it may use."""
     g = p.add_argument_group("engine")
-    g.add_argument("--engine", choices=ENGINE_CHOICES, default="auto")
+    g.add_argument(
+        "--backend",
+        "--engine",  # the earlier name of the flag, kept so that existing scripts keep working
+        dest="backend",
+        choices=ENGINE_CHOICES,
+        default="auto",
+        help="inference backend (default auto: a matching TensorRT plan if there is one, else ONNX Runtime)",
+    )
     g.add_argument("--threads", type=int, default=None, help=threads_help)
+
+
+def engine_options(args: argparse.Namespace, **changes: Any) -> EngineOptions:
+    """The engine the command line asked for, as the library's one options object."""
+    from scanedge.engines import EngineOptions
+
+    with user_values():
+        return EngineOptions(**{"backend": args.backend, "threads": args.threads, **changes})
 
 
 def add_overlay_args(p: argparse.ArgumentParser) -> None:

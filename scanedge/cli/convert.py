@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from scanedge.cli.arguments import add_engine_args, literal, read_slices
+from scanedge.cli.arguments import add_engine_args, engine_options, literal, read_slices
 from scanedge.console import make_console, user_values
 
 __all__ = ["add_parsers", "cmd_convert", "cmd_export_triton", "cmd_verify"]
@@ -57,8 +57,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             args.reference,
             slices,
             manifest_path=args.manifest,
-            engine=args.engine,
-            threads=args.threads,
+            options=engine_options(args),
         )
     thresholds = Thresholds.for_precision(manifest.precision, args.min_dice, args.max_abs_diff)
     verdict = judge(agreement, thresholds)

@@ -11,6 +11,7 @@ from scanedge.cli.arguments import (
     add_limit_args,
     add_model_args,
     add_overlay_args,
+    engine_options,
     literal,
     pipeline_config,
     read_slices,
@@ -31,13 +32,11 @@ def _open_pipeline(args: argparse.Namespace, console: Any) -> Pipeline:
 
     config = pipeline_config(args)
     with console.status("loading the model and warming up the engine ..."):
-        pipe = Pipeline.open(
-            args.model, manifest=args.manifest, engine=args.engine, threads=args.threads, config=config
-        )
+        pipe = Pipeline.open(args.model, manifest=args.manifest, options=engine_options(args), config=config)
     man = pipe.manifest
     providers = pipe.engine.describe().get("providers", "")
     console.print(
-        f"model [bold]{literal(man.name)}[/] {literal(man.version)} on {pipe.engine.kind} {literal(providers)}"
+        f"model [bold]{literal(man.name)}[/] {literal(man.version)} on {pipe.engine.backend} {literal(providers)}"
     )
     if man.intended_use:
         console.print(f"[yellow]{literal(man.intended_use)}[/]")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from scanedge.cli.arguments import add_engine_args, add_limit_args, literal
+from scanedge.cli.arguments import add_engine_args, add_limit_args, engine_options, literal
 from scanedge.console import make_console
 from scanedge.errors import ConfigError
 
@@ -33,9 +33,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         bind=args.bind,
         publish=args.publish,
         workers=args.workers,
-        threads=args.threads,
-        spinning=args.spinning,
-        engine=args.engine,
+        engine=engine_options(args, spinning=args.spinning),
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
         max_inflight_bytes=int(args.max_inflight_mb * 1024 * 1024),
         limits=SliceLimits(max_pixels=args.max_pixels),

@@ -18,7 +18,8 @@ from typing import Any, Literal
 from scanedge.converters.calibration import CalibrationSlices
 from scanedge.converters.checks import CheckReport, check_onnx
 from scanedge.converters.precision import PRECISIONS, to_fp16, to_int8
-from scanedge.errors import ConversionError
+from scanedge.engines import EngineOptions, OrtSessionLoader
+from scanedge.errors import ConversionError, EngineError
 from scanedge.manifest import Manifest, embed_manifest, load_manifest
 
 __all__ = ["ConversionResult", "ConvertOptions", "convert", "ort_optimize"]
@@ -56,7 +57,7 @@ class ConversionResult:
     steps: tuple[tuple[str, float], ...]  # (step, seconds)
 
 
-def ort_optimize(model: Any, out_path: Path, level: str) -> Any:
+def ort_optimize(model: Any, out_path: Path, level: Literal["basic", "extended"]) -> Any:
     """ONNX Runtime's offline graph optimizer (constant folding, fusions) -> the optimized ModelProto.
 
     ``basic`` keeps standard ONNX ops (portable, fine for TensorRT); ``extended`` adds ORT-specific fusions
@@ -64,22 +65,17 @@ def ort_optimize(model: Any, out_path: Path, level: str) -> Any:
     file is not portable to another console.
     """
     import onnx
-    import onnxruntime as ort
 
+    if level not in ("basic", "extended"):
+        raise ValueError(f"offline optimization level must be basic or extended, got {level!r}")
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in.onnx"
         onnx.save(model, str(src))
-        so = ort.SessionOptions()
-        so.graph_optimization_level = {
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        }[level]
-        so.optimized_model_filepath = str(out_path)
-        so.log_severity_level = 3
+        loader = OrtSessionLoader(src, EngineOptions(optimization=level), optimized_model_path=out_path)
         try:
-            ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise ConversionError(f"ONNX Runtime could not optimize the model: {exc}") from exc
+            loader()  # the session is thrown away: writing the optimized graph is the point
+        except EngineError as exc:
+            raise ConversionError(f"ONNX Runtime could not optimize the model: {exc.message}") from exc
     optimized = onnx.load(str(out_path))
     del optimized.metadata_props[:]
     optimized.metadata_props.extend(model.metadata_props)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from scanedge.converters.calibration import CalibrationSlices
+from scanedge.engines.ort_session import import_onnxruntime
 from scanedge.errors import ConversionError
 
 __all__ = ["PRECISIONS", "to_fp16", "to_int8"]
@@ -23,6 +24,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 def to_fp16(model: Any) -> Any:
     """A float16 copy of the graph with float32 inputs/outputs (Casts at the boundary)."""
+    import_onnxruntime()  # ONNX Runtime first, with its telemetry off
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     try:
@@ -40,6 +42,8 @@ def to_int8(model: Any, calibration: CalibrationSlices, out_path: str | os.PathL
     asymmetric uint8 activations.
     """
     import onnx
+
+    import_onnxruntime()  # ONNX Runtime first, with its telemetry off (the quantizer makes its own sessions)
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from scanedge.engines import Engine, EngineKind, open_engine
+from scanedge.engines import Engine, EngineOptions, open_engine
 from scanedge.errors import ConfigError
 from scanedge.imaging.metrics import Overlap, overlap
 from scanedge.imaging.postprocess import Postprocessor
@@ -105,12 +105,12 @@ def measure_engine_file(
     slices: Sequence[Slice],
     *,
     manifest_path: str | os.PathLike[str] | None = None,
-    engine: EngineKind = "auto",
-    threads: int | None = None,
+    options: EngineOptions = EngineOptions(),
 ) -> tuple[Manifest, Agreement]:
     """Open a converted engine file and its reference ONNX model and measure their agreement on ``slices``.
 
-    ``manifest_path`` overrides the engine's own manifest; the reference always runs on ONNX Runtime.
+    ``manifest_path`` overrides the engine's own manifest; the reference always runs on ONNX Runtime
+    (with ``options``' threads).
     Returns the engine's manifest (its ``precision`` picks the default thresholds) and the agreement.
     Raises ConfigError when the two models do not segment the same classes.
     """
@@ -119,8 +119,8 @@ def measure_engine_file(
     if [c.name for c in manifest.classes] != [c.name for c in ref_manifest.classes]:
         raise ConfigError("the engine and the reference model have different classes; they cannot be compared")
     with (
-        open_engine(engine_path, engine, threads=threads, onnx_sha256=manifest.onnx_sha256) as cand,
-        open_engine(reference_path, "ort", threads=threads) as ref,
+        open_engine(engine_path, options, onnx_sha256=manifest.onnx_sha256) as cand,
+        open_engine(reference_path, EngineOptions(backend="ort", threads=options.threads)) as ref,
     ):
         return manifest, measure_agreement(cand, ref, ref_manifest, slices)
 

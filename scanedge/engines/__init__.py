@@ -1,4 +1,12 @@
-"""Inference backends behind one contract (:class:`Engine`): ONNX Runtime, and TensorRT on NVIDIA GPUs."""
+"""Inference backends behind one contract (:class:`Engine`): ONNX Runtime, and TensorRT on NVIDIA GPUs.
+
+How a model runs is one frozen :class:`EngineOptions` (backend, threads, providers, ...), passed intact
+from the caller to :func:`open_engine` and on to the engine. "Engine" means the object that runs a
+model; "backend" (``auto``/``ort``/``tensorrt``) means which kind of engine.
+
+Importing this package switches ONNX Runtime's telemetry off for the process (see
+:mod:`scanedge.engines.ort_session`); it does so before anything in scanedge imports ONNX Runtime.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +14,26 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
 
 from scanedge.engines.base import Engine, TensorSpec
-from scanedge.engines.onnxruntime import OnnxRuntimeEngine, OrtOptions
-from scanedge.errors import DeviceUnavailableError
+from scanedge.engines.onnxruntime import OnnxRuntimeEngine
+from scanedge.engines.options import BACKENDS, Backend, EngineOptions
+from scanedge.engines.ort_session import OrtSessionLoader
+from scanedge.errors import ConfigError, DeviceUnavailableError
 
 __all__ = [
+    "BACKENDS",
     "PLAN_SUFFIXES",
+    "Backend",
     "Engine",
-    "EngineKind",
+    "EngineOptions",
     "OnnxRuntimeEngine",
-    "OrtOptions",
+    "OrtSessionLoader",
     "TensorSpec",
     "find_matching_plan",
     "open_engine",
 ]
 
-EngineKind = Literal["auto", "ort", "tensorrt"]
 PLAN_SUFFIXES = (".engine", ".plan")
 log = logging.getLogger("scanedge.engines")
 
@@ -63,35 +73,34 @@ def find_matching_plan(onnx_path: str | os.PathLike[str], onnx_sha256: str | Non
 
 def open_engine(
     model: str | os.PathLike[str],
-    engine: EngineKind = "auto",
+    options: EngineOptions = EngineOptions(),
     *,
-    threads: int | None = None,
-    providers: tuple[str, ...] | None = None,
-    spinning: bool = True,
     onnx_sha256: str | None = None,
     warmup_shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> Engine:
-    """An inactive engine for ``model`` (call ``activate()`` or use ``with``).
+    """An inactive engine for ``model`` (call ``activate()`` or use ``with``), chosen by ``options.backend``.
 
-    ``ort`` runs an ONNX file with ONNX Runtime. ``tensorrt`` runs a plan file (``.engine``/``.plan``).
-    ``auto``: a plan file runs on TensorRT; an ONNX file runs on a TensorRT plan built from the same
-    graph (``onnx_sha256``) for this GPU if one lies beside it, else on ONNX Runtime.
+    ``ort`` runs an ONNX file with ONNX Runtime. ``tensorrt`` runs a plan file (``.engine``/``.plan``), or
+    the plan built from the ONNX graph ``onnx_sha256`` for this GPU that lies beside an ONNX file.
+    ``auto``: a plan file runs on TensorRT; an ONNX file runs on such a matching plan if there is one,
+    else on ONNX Runtime. Asking ONNX Runtime to run a plan is a :class:`ConfigError`; no matching plan
+    for ``tensorrt`` is a :class:`DeviceUnavailableError`.
     """
-    if engine not in ("auto", "ort", "tensorrt"):
-        raise ValueError(f"unknown engine {engine!r}; use auto, ort or tensorrt")
+    if not isinstance(options, EngineOptions):
+        raise TypeError(f"options must be EngineOptions, got {type(options).__name__}")
     path = Path(model)
     is_plan = path.suffix.lower() in PLAN_SUFFIXES
-    if engine == "ort" and is_plan:
-        raise ValueError(f"{path.name} is a TensorRT plan; ONNX Runtime needs the .onnx model")
-    if engine == "tensorrt" and not is_plan:
+    if options.backend == "ort" and is_plan:
+        raise ConfigError(f"{path.name} is a TensorRT plan; ONNX Runtime needs the .onnx model (or --backend tensorrt)")
+    if options.backend == "tensorrt" and not is_plan:
         plan = find_matching_plan(path, onnx_sha256)
         if plan is None:
             raise DeviceUnavailableError(
                 f"no TensorRT plan for {path.name} that matches this machine; build one with "
-                f"`scanedge convert {path} --target tensorrt`, or use --engine ort"
+                f"`scanedge convert {path} --target tensorrt`, or use --backend ort"
             )
         path, is_plan = plan, True
-    elif engine == "auto" and not is_plan:
+    elif options.backend == "auto" and not is_plan:
         plan = find_matching_plan(path, onnx_sha256)
         if plan is not None:
             log.info("using TensorRT plan %s for %s", plan.name, path.name)
@@ -99,6 +108,5 @@ def open_engine(
     if is_plan:
         from scanedge.engines.tensorrt import TensorRTEngine
 
-        return TensorRTEngine(path, warmup_shapes=warmup_shapes)
-    options = OrtOptions(threads=threads, spinning=spinning, **({"providers": tuple(providers)} if providers else {}))
-    return OnnxRuntimeEngine(path, options, warmup_shapes=warmup_shapes)
+        return TensorRTEngine(path, options, warmup_shapes=warmup_shapes)
+    return OnnxRuntimeEngine(OrtSessionLoader(path, options), warmup_shapes=warmup_shapes)

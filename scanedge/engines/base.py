@@ -43,8 +43,8 @@ class TensorSpec:
 class Engine(abc.ABC):
     """Base class of inference backends. Use as a context manager or call activate()/deactivate()."""
 
-    #: short backend name used on the command line and in reports ("ort", "tensorrt")
-    kind: ClassVar[str] = ""
+    #: the backend's name, as ``EngineOptions.backend`` and the command line spell it ("ort", "tensorrt")
+    backend: ClassVar[str] = ""
 
     def __init__(
         self, name: str, *, warmup_runs: int = 2, warmup_shapes: Mapping[str, tuple[int, ...]] | None = None
@@ -67,7 +67,7 @@ class Engine(abc.ABC):
         except ScanedgeError:
             raise
         except Exception as exc:
-            raise EngineError(f"{self.kind} engine {self.name!r} failed to load: {exc}") from exc
+            raise EngineError(f"{self.backend} engine {self.name!r} failed to load: {exc}") from exc
         self.is_active = True
         try:
             self.warmup(self.warmup_runs)
@@ -112,7 +112,7 @@ class Engine(abc.ABC):
         except ScanedgeError:
             raise
         except Exception as exc:
-            raise EngineError(f"{self.kind} inference failed: {exc}") from exc
+            raise EngineError(f"{self.backend} inference failed: {exc}") from exc
 
     def warmup(self, runs: int = 2) -> None:
         """Run ``runs`` inferences on zeros so the first real slice does not pay for lazy initialisation.
@@ -134,7 +134,7 @@ class Engine(abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         """What a report should say about this engine (backend, device, versions)."""
-        return {"kind": self.kind, "name": self.name}
+        return {"backend": self.backend, "name": self.name}
 
     def _require_active(self) -> None:
         if not self.is_active:

@@ -3,6 +3,11 @@
 TensorRT's ``deserialize_cuda_engine`` crashes the process (segfault) on a machine without a usable GPU,
 so nothing touches TensorRT before :func:`gpu_info` has confirmed a device; every way of not having one
 (no cuda-python, no driver, no device) is a :class:`DeviceUnavailableError` that says what is missing.
+
+A CUDA call that fails on a GPU that is there (out of memory, a failed launch, an illegal address) is a
+different matter: the machine can run the model, this call did not. :func:`cuda_failure` tells the two
+apart by the CUDA error's name, so the first reads ``DEVICE_UNAVAILABLE`` (use another backend or
+machine) and the second ``CUDA_ERROR`` (retry, free memory, or report a bug), with the CUDA name in it.
 """
 
 from __future__ import annotations
@@ -10,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from scanedge.errors import DeviceUnavailableError
+from scanedge.errors import CudaError, DeviceUnavailableError
 
-__all__ = ["GpuInfo", "check", "cudart", "gpu_info", "tensorrt_module"]
+__all__ = ["DEVICE_UNAVAILABLE_ERRORS", "GpuInfo", "check", "cuda_failure", "cudart", "gpu_info", "tensorrt_module"]
 
 _INSTALL_GPU = "pip install 'scanedge[gpu]'"
 
@@ -33,28 +38,65 @@ def cudart() -> Any:
         raise DeviceUnavailableError(f"cuda-python is not installed, so no GPU can be used: {_INSTALL_GPU}") from exc
 
 
+#: CUDA runtime errors that mean "no usable GPU here" rather than "this call failed": no device or
+#: driver (or one too old, a stub library, a driver/library mismatch), devices taken or not ready, and
+#: code built for another GPU or toolkit (no kernel image for this device, unsupported PTX)
+DEVICE_UNAVAILABLE_ERRORS = frozenset(
+    {
+        "cudaErrorNoDevice",
+        "cudaErrorInvalidDevice",
+        "cudaErrorInsufficientDriver",
+        "cudaErrorCallRequiresNewerDriver",
+        "cudaErrorStubLibrary",
+        "cudaErrorSystemDriverMismatch",
+        "cudaErrorCompatNotSupportedOnDevice",
+        "cudaErrorSystemNotReady",
+        "cudaErrorDevicesUnavailable",
+        "cudaErrorDeviceNotLicensed",
+        "cudaErrorSoftwareValidityNotEstablished",
+        "cudaErrorStartupFailure",
+        "cudaErrorInitializationError",
+        "cudaErrorNoKernelImageForDevice",
+        "cudaErrorUnsupportedPtxVersion",
+        "cudaErrorJitCompilerNotFound",
+    }
+)
+
+
+def cuda_failure(error: Any, what: str) -> DeviceUnavailableError | CudaError:
+    """The scanedge error for CUDA runtime error ``error`` (a ``cudaError_t``) returned by call ``what``."""
+    name = getattr(error, "name", None) or str(error)
+    if name in DEVICE_UNAVAILABLE_ERRORS:
+        return DeviceUnavailableError(f"CUDA call {what} failed with {name}: no usable NVIDIA GPU for TensorRT here")
+    return CudaError(f"CUDA call {what} failed with {name}")
+
+
 def tensorrt_module() -> Any:
+    """The ``tensorrt`` module, or DeviceUnavailableError saying how to install it."""
     try:
         import tensorrt
     except ImportError as exc:
         raise DeviceUnavailableError(
-            f"TensorRT is not installed ({_INSTALL_GPU}, from NVIDIA's package index); use --engine ort on this machine"
+            f"TensorRT is not installed ({_INSTALL_GPU}, from NVIDIA's package index); use --backend ort here"
         ) from exc
     return tensorrt
 
 
 def check(result: Any, what: str) -> Any:
-    """cuda-python calls return (error, value...); raise on error, return the value(s)."""
+    """cuda-python calls return (error, value...); raise on error (see :func:`cuda_failure`), return the value(s)."""
     rt = cudart()
     err, *values = result if isinstance(result, tuple) else (result,)
     if err != rt.cudaError_t.cudaSuccess:
-        name = getattr(err, "name", str(err))
-        raise DeviceUnavailableError(f"CUDA call {what} failed: {name}")
+        raise cuda_failure(err, what)
+    if not values:
+        return None
     return values[0] if len(values) == 1 else tuple(values)
 
 
 @dataclass(frozen=True)
 class GpuInfo:
+    """The facts about a GPU that a TensorRT plan depends on (its key is built from them)."""
+
     index: int
     name: str
     compute_capability: tuple[int, int]
@@ -74,7 +116,7 @@ def gpu_info(device: int = 0) -> GpuInfo:
     if err != rt.cudaError_t.cudaSuccess or not count:
         reason = getattr(err, "name", str(err)) if err != rt.cudaError_t.cudaSuccess else "no devices"
         raise DeviceUnavailableError(
-            f"no usable NVIDIA GPU on this machine ({reason}); TensorRT engines need one. Use --engine ort"
+            f"no usable NVIDIA GPU on this machine ({reason}); TensorRT engines need one. Use --backend ort"
         )
     if device >= count:
         raise DeviceUnavailableError(f"GPU {device} requested but only {count} present")

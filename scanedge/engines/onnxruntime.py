@@ -1,27 +1,26 @@
 """ONNX Runtime backend: CPU by default, any execution provider on request, never a silent fallback.
 
-ONNX Runtime quietly drops to the CPU when a requested provider cannot start (missing CUDA libraries,
-for instance); a console that believes it runs on its GPU while it runs on two CPU cores misses its
-latency budget without anyone knowing. So the first requested provider must be the first active one,
-or activation fails with :class:`ProviderUnavailableError`.
-
-Outputs are bound once per input shape through IOBinding into preallocated numpy arrays, so repeated
-same-shape calls allocate nothing; the arrays returned by ``infer`` are those buffers.
+The session itself comes from an :class:`~scanedge.engines.ort_session.OrtSessionLoader` (the one place
+sessions are made: settings, telemetry off, provider check, error mapping); this engine adds the
+contract and the buffers. Outputs are bound once per input shape through IOBinding into preallocated
+numpy arrays, so repeated same-shape calls allocate nothing; the arrays returned by ``infer`` are those
+buffers.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from scanedge.engines.base import Engine, TensorSpec
-from scanedge.errors import EngineError, ProviderUnavailableError
+from scanedge.engines.options import EngineOptions
+from scanedge.engines.ort_session import OrtSessionLoader, import_onnxruntime
+from scanedge.errors import EngineError
 
-__all__ = ["OnnxRuntimeEngine", "OrtOptions"]
+__all__ = ["OnnxRuntimeEngine"]
 
 _ORT_TYPES = {
     "tensor(float)": np.float32,
@@ -35,53 +34,34 @@ _ORT_TYPES = {
     "tensor(int64)": np.int64,
     "tensor(bool)": np.bool_,
 }
-_LEVELS = ("disable", "basic", "extended", "all")
-
-Provider = str | tuple[str, dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class OrtOptions:
-    """Session settings. ``threads=None`` lets ONNX Runtime use one thread per physical core.
-
-    ``spinning``: ONNX Runtime's pool threads busy-wait between (and shortly after) runs instead of
-    sleeping. It helps a process that does nothing but inference; in the streaming runtime, whose I/O
-    and worker threads need the same cores, it hurts: measured on two cores with the demo model at 10
-    slices/s, server-side inference took 7.6-11.2 ms (p50) with spinning and 5.3-7.5 ms without, and
-    flat-out p99 dropped by a third. The runtime turns it off; in-process use keeps ONNX Runtime's default.
-    """
-
-    providers: tuple[Provider, ...] = ("CPUExecutionProvider",)
-    threads: int | None = None
-    spinning: bool = True
-    optimization: str = "all"
-    optimized_model_path: str | None = None  # write the optimised graph here (used by converters)
-    extra: dict[str, str] = field(default_factory=dict)  # session config entries
-
-    def __post_init__(self) -> None:
-        if not self.providers:
-            raise ValueError("OrtOptions.providers must name at least one execution provider")
-        if self.optimization not in _LEVELS:
-            raise ValueError(f"OrtOptions.optimization must be one of {_LEVELS}, got {self.optimization!r}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError("OrtOptions.threads must be >= 1")
 
 
 class OnnxRuntimeEngine(Engine):
-    kind = "ort"
+    """An ONNX model on ONNX Runtime.
+
+    Give it a loader (``OnnxRuntimeEngine(OrtSessionLoader(path, options))``), or, for short, the model
+    and the options (``OnnxRuntimeEngine(path, options)``), which builds that loader. The options are the
+    loader's: ``engine.options is engine.loader.options``.
+    """
+
+    backend = "ort"
 
     def __init__(
         self,
-        model: str | os.PathLike[str] | bytes,
-        options: OrtOptions | None = None,
+        model: OrtSessionLoader | str | os.PathLike[str] | bytes,
+        options: EngineOptions | None = None,
         *,
-        warmup_runs: int = 2,
         warmup_shapes: Mapping[str, tuple[int, ...]] | None = None,
     ) -> None:
-        name = "<bytes>" if isinstance(model, bytes) else os.fspath(model)
-        super().__init__(name, warmup_runs=warmup_runs, warmup_shapes=warmup_shapes)
-        self._model = model if isinstance(model, bytes) else os.fspath(model)
-        self.options = options or OrtOptions()
+        if isinstance(model, OrtSessionLoader):
+            if options is not None:
+                raise TypeError("pass the options to the OrtSessionLoader, not to the engine as well")
+            loader = model
+        else:
+            loader = OrtSessionLoader(model, options)
+        super().__init__(loader.name, warmup_runs=loader.options.warmup_runs, warmup_shapes=warmup_shapes)
+        self.loader = loader
+        self.options = loader.options
         self._session: Any = None
         self._binding: Any = None
         self._bound: dict[tuple, tuple[dict[str, np.ndarray], dict[str, Any]]] = {}
@@ -101,47 +81,7 @@ class OnnxRuntimeEngine(Engine):
         return self._session
 
     def _activate_impl(self) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-        import onnxruntime as ort
-
-        requested = [p if isinstance(p, str) else p[0] for p in self.options.providers]
-        available = ort.get_available_providers()
-        missing = [p for p in requested if p not in available]
-        if missing:
-            raise ProviderUnavailableError(
-                f"execution provider(s) {missing} are not in this onnxruntime build "
-                f"(available: {available}); install the matching package (e.g. onnxruntime-gpu for CUDA) "
-                "or choose another provider"
-            )
-        so = ort.SessionOptions()
-        so.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[self.options.optimization]
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.inter_op_num_threads = 1
-        if self.options.threads is not None:
-            so.intra_op_num_threads = self.options.threads
-        if self.options.optimized_model_path:
-            so.optimized_model_filepath = self.options.optimized_model_path
-        so.log_severity_level = 3
-        if not self.options.spinning:
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        for key, value in self.options.extra.items():
-            so.add_session_config_entry(key, value)
-        try:
-            session = ort.InferenceSession(self._model, sess_options=so, providers=list(self.options.providers))
-        except Exception as exc:
-            raise EngineError(f"ONNX Runtime could not load {self.name}: {exc}") from exc
-        active = session.get_providers()
-        if active[:1] != requested[:1]:
-            raise ProviderUnavailableError(
-                f"requested {requested[0]} but ONNX Runtime started {active[0]} (it falls back silently "
-                "when a provider's libraries fail to load); fix the provider's installation or request "
-                f"{active[0]} explicitly"
-            )
+        session = self.loader()
         self._session = session
         self._binding = session.io_binding()
         self._bound.clear()
@@ -170,8 +110,7 @@ class OnnxRuntimeEngine(Engine):
 
     def _first_run(self, key: tuple, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Learn this input shape's output shapes and allocate the buffers later calls are bound to."""
-        import onnxruntime as ort
-
+        ort = import_onnxruntime()
         results = dict(zip(self._outputs_by_name, self._session.run(None, dict(feeds))))
         if len(self._bound) >= 16:  # a handful of shapes in practice; bound the cache anyway
             self._bound.clear()
@@ -187,14 +126,12 @@ class OnnxRuntimeEngine(Engine):
         self._bound.clear()
 
     def describe(self) -> dict[str, Any]:
-        import onnxruntime as ort
-
+        """The base description plus ONNX Runtime's version, the active providers and the session settings."""
+        ort = import_onnxruntime()
         info = super().describe()
         info.update(
             onnxruntime=ort.__version__,
-            providers=self.providers
-            if self.is_active
-            else [p if isinstance(p, str) else p[0] for p in self.options.providers],
+            providers=self.providers if self.is_active else list(self.options.provider_names),
             threads=self.options.threads,
             spinning=self.options.spinning,
             optimization=self.options.optimization,

@@ -28,7 +28,8 @@ import numpy as np
 
 from scanedge.engines.base import Engine, TensorSpec
 from scanedge.engines.cuda import GpuInfo, check, cudart, gpu_info, tensorrt_module
-from scanedge.errors import DeviceUnavailableError, EngineError
+from scanedge.engines.options import EngineOptions
+from scanedge.errors import DeviceUnavailableError, EngineError, EngineInputError, ModelFileError
 
 __all__ = ["EngineKey", "TensorRTEngine", "check_engine_key", "key_path", "read_engine_key"]
 
@@ -79,11 +80,13 @@ class EngineKey:
 
 
 def key_path(plan: str | os.PathLike[str]) -> Path:
+    """Where the key file of ``plan`` lives: beside it, named ``<plan>.key.json``."""
     p = Path(plan)
     return p.with_name(p.name + ".key.json")
 
 
 def read_engine_key(plan: str | os.PathLike[str]) -> EngineKey:
+    """The key of ``plan``; DeviceUnavailableError when it is missing or unreadable (the plan cannot be trusted)."""
     path = key_path(plan)
     if not path.is_file():
         raise DeviceUnavailableError(
@@ -127,21 +130,22 @@ class _Buffers:
 
 
 class TensorRTEngine(Engine):
-    kind = "tensorrt"
+    """A TensorRT plan on the GPU ``options.device``, with ``options.cuda_graphs`` and ``options.warmup_runs``."""
+
+    backend = "tensorrt"
 
     def __init__(
         self,
         plan: str | os.PathLike[str],
+        options: EngineOptions | None = None,
         *,
-        device: int = 0,
-        cuda_graphs: bool = True,
-        warmup_runs: int = 2,
         warmup_shapes: Mapping[str, tuple[int, ...]] | None = None,
     ) -> None:
-        super().__init__(os.fspath(plan), warmup_runs=warmup_runs, warmup_shapes=warmup_shapes)
+        self.options = options if options is not None else EngineOptions()
+        super().__init__(os.fspath(plan), warmup_runs=self.options.warmup_runs, warmup_shapes=warmup_shapes)
         self.plan = Path(plan)
-        self.device = device
-        self.cuda_graphs = cuda_graphs
+        self.device = self.options.device
+        self.cuda_graphs = self.options.cuda_graphs
         self.key: EngineKey | None = None
         self.gpu: GpuInfo | None = None
         self._trt: Any = None
@@ -160,12 +164,20 @@ class TensorRTEngine(Engine):
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        self._engine = self._runtime.deserialize_cuda_engine(self.plan.read_bytes())  # 4. now safe
-        if self._engine is None:
-            raise EngineError(f"TensorRT could not deserialize {self.plan.name} (see the TensorRT log above)")
+        try:
+            serialized = self.plan.read_bytes()
+        except OSError as exc:
+            raise ModelFileError(f"cannot read the TensorRT plan {self.plan}: {exc.strerror or exc}") from exc
+        self._engine = self._runtime.deserialize_cuda_engine(serialized)  # 4. now safe
+        if self._engine is None:  # its key matched this machine, so the file itself is damaged
+            raise ModelFileError(
+                f"TensorRT could not deserialize {self.plan.name} although its key matches this machine: the "
+                "file is damaged or truncated (see the TensorRT log above); rebuild it with `scanedge convert`"
+            )
         self._context = self._engine.create_execution_context()
         self._stream = check(rt.cudaStreamCreate(), "cudaStreamCreate")
-        inputs, outputs = [], []
+        inputs: list[TensorSpec] = []
+        outputs: list[TensorSpec] = []
         for i in range(self._engine.num_io_tensors):
             name = self._engine.get_tensor_name(i)
             dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name)))
@@ -178,7 +190,7 @@ class TensorRTEngine(Engine):
         rt = cudart()
         for name, arr in feeds.items():
             if not self._context.set_input_shape(name, arr.shape):
-                raise EngineError(f"input {name!r} shape {arr.shape} is outside the engine's optimization profile")
+                raise EngineInputError(f"input {name!r} shape {arr.shape} is outside the engine's optimization profile")
         host, device, ptrs = {}, {}, []
         for spec in (*self._inputs, *self._outputs):
             shape = tuple(self._context.get_tensor_shape(spec.name))

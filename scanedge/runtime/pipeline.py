@@ -19,7 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from scanedge.engines import Engine, EngineKind, open_engine
+from scanedge.engines import Engine, EngineOptions, open_engine
 from scanedge.errors import InvalidSliceError, NonFiniteOutputError
 from scanedge.imaging.dicom import slices_from_dicom
 from scanedge.imaging.encode import ImageFormat, encode_image
@@ -156,21 +156,21 @@ class Pipeline:
         model: str | os.PathLike[str] | None = None,
         *,
         manifest: str | os.PathLike[str] | Manifest | None = None,
-        engine: EngineKind = "auto",
-        threads: int | None = None,
-        providers: tuple[str, ...] | None = None,
-        spinning: bool = True,
+        options: EngineOptions | None = None,
         config: PipelineConfig | None = None,
     ) -> Pipeline:
-        """Open ``model`` (default: the shipped demo model) with its manifest and an active engine."""
+        """Open ``model`` (default: the shipped demo model) with its manifest and an active engine.
+
+        ``manifest``: a manifest (or its JSON file) instead of the one in or beside the model.
+        ``options``: how the engine runs (default ``EngineOptions()``), handed to it unchanged.
+        ``config``: slice limits and overlay drawing.
+        """
         path = Path(model) if model is not None else default_model_path()
         if isinstance(manifest, Manifest):
             man = manifest
         else:
             man, _ = load_manifest(path, manifest)
-        eng = open_engine(
-            path, engine, threads=threads, providers=providers, spinning=spinning, onnx_sha256=man.onnx_sha256
-        )
+        eng = open_engine(path, options if options is not None else EngineOptions(), onnx_sha256=man.onnx_sha256)
         return cls(eng, man, config, owns_engine=True)
 
     def _fixed_input_shape(self) -> tuple[int, ...]:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import zmq
 
-from scanedge.engines import EngineKind
+from scanedge.engines import EngineOptions
 from scanedge.errors import ConfigError, RuntimeStateError
 from scanedge.imaging.overlay import OverlayOptions
 from scanedge.imaging.slices import DEFAULT_LIMITS, SliceLimits
@@ -66,10 +66,8 @@ class ServerConfig:
             Loopback by default; anything else needs ``curve`` or ``insecure``.
         publish: optional PUB endpoint on which every RESULT is also published by series, for viewers.
         workers: inference workers, each with its own engine per model.
-        threads: inference threads per worker (None: ONNX Runtime's default, one per core).
-        spinning: ONNX Runtime busy-waiting between runs; off measured faster beside the I/O thread.
-        engine: backend: ``auto`` (a matching TensorRT plan if one lies beside the model, else ONNX
-            Runtime), ``ort`` or ``tensorrt``.
+        engine: how each worker's engine runs (backend, threads per worker, ...); ONNX Runtime's
+            spinning is off because it measured slower beside the I/O thread (see EngineOptions.spinning).
         max_message_bytes: larger requests are answered TOO_LARGE (ZeroMQ drops peers sending twice this).
         max_inflight_bytes: payload bytes accepted and not yet answered before new SEGMENTs get BUSY.
         limits: per-slice pixel and size limits (IMAGE_TOO_LARGE past them).
@@ -89,9 +87,7 @@ class ServerConfig:
     bind: str = "tcp://127.0.0.1:5555"
     publish: str | None = None
     workers: int = 1
-    threads: int | None = None
-    spinning: bool = False
-    engine: EngineKind = "auto"
+    engine: EngineOptions = EngineOptions(spinning=False)
     max_message_bytes: int = 64 * 1024 * 1024
     max_inflight_bytes: int = 256 * 1024 * 1024
     limits: SliceLimits = DEFAULT_LIMITS
@@ -279,7 +275,7 @@ class Server:
         try:
             for _ in range(cfg.workers):
                 opened.append(self._open_pipelines())
-            engine = opened[0][self.default_model].engine.kind
+            engine = opened[0][self.default_model].engine.backend
             if cfg.curve is not None:
                 auth = cfg.curve.start_authenticator(ctx)
             router = ctx.socket(zmq.ROUTER)
@@ -390,10 +386,7 @@ class Server:
     # --- models ------------------------------------------------------------------------------------------
 
     def _open_from_file(self, spec: ModelSpec, manifest: Manifest, config: PipelineConfig) -> Pipeline:
-        cfg = self.config
-        return Pipeline.open(
-            spec.path, manifest=manifest, engine=cfg.engine, threads=cfg.threads, spinning=cfg.spinning, config=config
-        )
+        return Pipeline.open(spec.path, manifest=manifest, options=self.config.engine, config=config)
 
     def _open_pipelines(self) -> dict[str, Pipeline]:
         pconf = PipelineConfig(limits=self.config.limits, overlay=self.config.overlay)

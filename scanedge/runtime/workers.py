@@ -88,7 +88,7 @@ def run_job(job: Job, pipe: Pipeline, limits: SliceLimits, overlay: OverlayOptio
                 req.sent_at,
             ),
             model=pipe.model_label,
-            engine=pipe.engine.kind,
+            engine=pipe.engine.backend,
             timings=Timings(
                 queue=round(queue_ms, 4),
                 decode=round(decode_ms + t.decode_ms, 4),

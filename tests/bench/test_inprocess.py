@@ -5,17 +5,19 @@ import pytest
 
 from scanedge.bench.cli import main as bench_main
 from scanedge.bench.inprocess import RunLength, bench_engine, bench_pipeline
+from scanedge.engines import EngineOptions
 from scanedge.errors import ConfigError
 from scanedge.imaging.slices import Slice, SliceGeometry
 
 
 def test_engine_bench_with_baseline(conv_model_path):
-    r = bench_engine(conv_model_path, threads=1, run=RunLength(count=40, warmup=3), baseline=True)
+    one_thread = EngineOptions(threads=1)
+    r = bench_engine(conv_model_path, options=one_thread, run=RunLength(count=40, warmup=3), baseline=True)
     fig = r.figures()["infer"]
     assert fig.count == 40 and 0 < fig.min <= fig.median <= fig.max
     assert r.baseline["figures"]["session.run"]["count"] == 40
     assert set(r.baseline["overhead_ms"]) == {"p50", "p99"} and r.baseline["ratio"] > 0
-    assert r.engine["kind"] == "ort" and r.settings["shape"] == [1, 1, 256, 256]
+    assert r.engine["backend"] == "ort" and r.settings["shape"] == [1, 1, 256, 256]
 
 
 def test_engine_bench_needs_a_shape_for_dynamic_models(tmp_path):
@@ -39,7 +41,9 @@ def test_pipeline_bench_reports_every_stage_and_the_overhead_over_raw_ort(conv_m
         )
         for _ in range(3)
     ]
-    r = bench_pipeline(slices, conv_model_path, threads=1, dicom=True, run=RunLength(count=30, warmup=2), baseline=True)
+    one_thread = EngineOptions(threads=1)
+    run = RunLength(count=30, warmup=2)
+    r = bench_pipeline(slices, conv_model_path, options=one_thread, dicom=True, run=run, baseline=True)
     figures = r.figures()
     assert set(figures) == {"decode", "preprocess", "infer", "postprocess", "overlay", "outside_model", "total"}
     assert figures["total"].median >= figures["infer"].median

@@ -12,7 +12,7 @@ import pytest
 from scanedge.cli import main
 from scanedge.converters.convert import ConvertOptions, convert
 from scanedge.demo.assets import DEMO_MODEL_PATH
-from scanedge.engines import OnnxRuntimeEngine, open_engine
+from scanedge.engines import EngineOptions, OnnxRuntimeEngine, open_engine
 from scanedge.engines.cuda import GpuInfo, gpu_info
 from scanedge.engines.tensorrt import EngineKey, TensorRTEngine, check_engine_key, key_path, read_engine_key
 from scanedge.errors import DeviceUnavailableError
@@ -79,7 +79,7 @@ def test_no_gpu_is_a_clear_error_not_a_crash(tmp_path):
         engine.activate()
     assert not engine.is_active
     with pytest.raises(DeviceUnavailableError, match="no TensorRT plan"):
-        open_engine(DEMO_MODEL_PATH, "tensorrt")
+        open_engine(DEMO_MODEL_PATH, EngineOptions(backend="tensorrt"))
 
 
 @pytest.mark.skipif(not no_gpu(), reason="this machine has a GPU")
@@ -91,7 +91,7 @@ def test_auto_falls_back_to_onnx_runtime_when_a_plan_cannot_run_here(tmp_path):
     plan.parent.mkdir()
     plan.write_bytes(b"\0")
     key_path(plan).write_text(EngineKey.for_device(H100, "11.4.0", "fp32", manifest.onnx_sha256).to_json())
-    engine = open_engine(model, "auto", onnx_sha256=manifest.onnx_sha256)
+    engine = open_engine(model, EngineOptions(backend="auto"), onnx_sha256=manifest.onnx_sha256)
     assert isinstance(engine, OnnxRuntimeEngine)
 
 

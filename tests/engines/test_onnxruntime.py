@@ -3,8 +3,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from scanedge.engines import OnnxRuntimeEngine, OrtOptions, open_engine
-from scanedge.errors import EngineError, EngineInputError, EngineStateError, ProviderUnavailableError
+from scanedge.engines import EngineOptions, OnnxRuntimeEngine, OrtSessionLoader, open_engine
+from scanedge.errors import EngineInputError, EngineStateError, ModelFileError, ProviderUnavailableError
 from tests.conftest import conv_model
 
 
@@ -31,7 +31,7 @@ def test_infer_matches_a_plain_session_and_declares_specs(conv_model_path):
 
 def test_same_shape_calls_reuse_one_output_buffer_and_stay_correct(dynamic_model):
     rng = np.random.default_rng(1)
-    with OnnxRuntimeEngine(dynamic_model, warmup_runs=0) as engine:
+    with OnnxRuntimeEngine(dynamic_model, EngineOptions(warmup_runs=0)) as engine:
         seen = []
         # alternate shapes: each shape keeps its own bound buffers, results never leak between shapes
         for shape in [(64, 64), (64, 64), (32, 48), (64, 64), (32, 48), (32, 48)]:
@@ -44,7 +44,7 @@ def test_same_shape_calls_reuse_one_output_buffer_and_stay_correct(dynamic_model
 
 
 def test_warm_up_runs_on_activate_for_static_inputs(conv_model_path):
-    engine = OnnxRuntimeEngine(conv_model_path, warmup_runs=1)
+    engine = OnnxRuntimeEngine(conv_model_path, EngineOptions(warmup_runs=1))
     engine.activate()
     assert engine._bound  # the warm-up ran and bound this shape's buffers
     engine.deactivate()
@@ -52,7 +52,8 @@ def test_warm_up_runs_on_activate_for_static_inputs(conv_model_path):
 
 def test_missing_provider_is_refused_not_silently_replaced(conv_model_path):
     assert "CUDAExecutionProvider" not in ort.get_available_providers()
-    engine = OnnxRuntimeEngine(conv_model_path, OrtOptions(providers=("CUDAExecutionProvider", "CPUExecutionProvider")))
+    options = EngineOptions(providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
+    engine = OnnxRuntimeEngine(conv_model_path, options)
     with pytest.raises(ProviderUnavailableError, match="CUDAExecutionProvider"):
         engine.activate()
     assert not engine.is_active
@@ -80,21 +81,26 @@ def test_bad_feeds_are_engine_input_errors(conv_model_path, feeds, message):
             engine.infer(feeds)
 
 
-def test_a_file_that_is_not_onnx_fails_to_activate_with_an_engine_error(tmp_path):
+def test_a_file_that_is_not_onnx_fails_to_activate_with_a_model_file_error(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
-    with pytest.raises(EngineError, match="could not load"):
-        OnnxRuntimeEngine(bad).activate()
+    engine = OnnxRuntimeEngine(bad)
+    with pytest.raises(ModelFileError, match=r"bad\.onnx is not a readable ONNX model") as err:
+        engine.activate()
+    assert err.value.code == "BAD_MODEL_FILE" and not engine.is_active
 
 
 def test_thread_count_and_describe(conv_model_path):
-    with open_engine(conv_model_path, "ort", threads=1) as engine:
+    with open_engine(conv_model_path, EngineOptions(backend="ort", threads=1)) as engine:
         info = engine.describe()
-        assert info["kind"] == "ort" and info["threads"] == 1 and info["providers"] == ["CPUExecutionProvider"]
+        assert info["backend"] == "ort" and info["threads"] == 1 and info["providers"] == ["CPUExecutionProvider"]
+        assert engine.backend == "ort"
 
 
-def test_invalid_options_are_refused():
-    with pytest.raises(ValueError):
-        OrtOptions(threads=0)
-    with pytest.raises(ValueError):
-        OrtOptions(optimization="max")
+def test_the_engine_runs_the_session_its_loader_makes(conv_model_path):
+    loader = OrtSessionLoader(conv_model_path, EngineOptions(threads=1, warmup_runs=0))
+    with OnnxRuntimeEngine(loader) as engine:
+        assert engine.loader is loader and engine.options is loader.options
+        assert engine.session.get_session_options().intra_op_num_threads == 1
+    with pytest.raises(TypeError, match="OrtSessionLoader"):
+        OnnxRuntimeEngine(loader, EngineOptions())

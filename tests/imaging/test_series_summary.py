@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from scanedge.engines import EngineOptions
 from scanedge.imaging.files import load_slices
 from scanedge.imaging.postprocess import ClassFindings
 from scanedge.imaging.series import slice_spacing
@@ -102,7 +103,7 @@ def test_latency_percentiles():
 
 def test_the_demo_series_summary_adds_up_the_pipelines_findings(demo_series):
     slices = [item.slice for item in load_slices([demo_series])]
-    with Pipeline.open(threads=1) as pipe:
+    with Pipeline.open(options=EngineOptions(threads=1)) as pipe:
         results = list(pipe.run_series(slices, overlay=False))
     (s,) = summarize_series(slices, [r.findings for r in results], [r.timings.total_ms for r in results])
     lesion = s.load("lesion")

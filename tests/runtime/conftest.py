@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import zmq
 
-from scanedge.engines import OnnxRuntimeEngine, OrtOptions
+from scanedge.engines import EngineOptions, OnnxRuntimeEngine
 from scanedge.manifest import Manifest
 from scanedge.runtime.client import Client
 from scanedge.runtime.pipeline import Pipeline, PipelineConfig
@@ -68,7 +68,7 @@ class GatedEngine(OnnxRuntimeEngine):
 
 def _factory(engine_class: type[OnnxRuntimeEngine], **attributes: Any):
     def make(spec: ModelSpec, manifest: Manifest, config: PipelineConfig) -> Pipeline:
-        engine = engine_class(spec.path, OrtOptions(threads=1), warmup_runs=0)
+        engine = engine_class(spec.path, EngineOptions(threads=1, warmup_runs=0))
         pipe = Pipeline(engine, manifest, config, owns_engine=True)
         for name, value in attributes.items():
             setattr(engine, name, value)  # armed only after activation: warm-up is not held up
@@ -86,7 +86,12 @@ def gated_factory(gate: Gate):
 
 
 def local_config(**changes: Any) -> ServerConfig:
-    base = {"bind": "tcp://127.0.0.1:*", "threads": 1, "sweep_interval_s": 0.02, "linger_ms": 200}
+    base = {
+        "bind": "tcp://127.0.0.1:*",
+        "engine": EngineOptions(threads=1, spinning=False),
+        "sweep_interval_s": 0.02,
+        "linger_ms": 200,
+    }
     return ServerConfig(**{**base, **changes})
 
 

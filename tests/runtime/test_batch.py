@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from scanedge.demo.series import dice_against_truth, load_demo_patient
+from scanedge.engines import EngineOptions
 from scanedge.imaging.files import load_slices
 from scanedge.imaging.metrics import dice
 from scanedge.runtime.batch import BatchOutput, segment_to_folder
@@ -34,7 +35,7 @@ def test_files_results_and_summaries_for_real_dicom(tmp_path, conv_model_path):
     loaded = load_slices([folder])
     out = tmp_path / "out"
     done = []
-    with Pipeline.open(conv_model_path, threads=1) as pipe:
+    with Pipeline.open(conv_model_path, options=EngineOptions(threads=1)) as pipe:
         calls = count_inferences(pipe)
         report = segment_to_folder(
             pipe, loaded, BatchOutput(out, overlay_format="jpeg", save_masks=True), lambda i, n: done.append((i, n))
@@ -57,7 +58,7 @@ def test_files_results_and_summaries_for_real_dicom(tmp_path, conv_model_path):
 
 def test_the_demo_runs_the_model_once_per_slice_and_scores_the_kept_masks(tmp_path, demo_series):
     loaded = load_slices([demo_series])
-    with Pipeline.open(threads=1) as pipe:
+    with Pipeline.open(options=EngineOptions(threads=1)) as pipe:
         calls = count_inferences(pipe)
         report = segment_to_folder(pipe, loaded, BatchOutput(tmp_path, montage=True, keep_masks=True))
         assert calls[0] == len(loaded) == 32
@@ -73,7 +74,7 @@ def test_the_demo_runs_the_model_once_per_slice_and_scores_the_kept_masks(tmp_pa
 
 def test_the_montage_tiles_the_overlays_that_were_written(tmp_path, demo_series):
     loaded = load_slices([demo_series])[:10]
-    with Pipeline.open(threads=1) as pipe:
+    with Pipeline.open(options=EngineOptions(threads=1)) as pipe:
         report = segment_to_folder(pipe, loaded, BatchOutput(tmp_path, montage=True, montage_columns=4))
     sheet = cv2.imread(str(report.montage_path), cv2.IMREAD_COLOR)
     assert report.montage_path.name == "montage.png" and sheet.shape == (3 * 256, 4 * 256, 3)

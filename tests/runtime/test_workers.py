@@ -178,11 +178,12 @@ def test_a_model_that_fails_to_load_fails_the_start_and_leaves_nothing_open(tmp_
     opened = []
 
     def factory(spec, manifest, config):
+        from scanedge.engines import EngineOptions
         from scanedge.runtime.pipeline import Pipeline
 
         if len(opened) == 2:
             raise RuntimeError("the third pipeline cannot load")
-        pipe = Pipeline.open(spec.path, manifest=manifest, threads=1, config=config)
+        pipe = Pipeline.open(spec.path, manifest=manifest, options=EngineOptions(threads=1), config=config)
         opened.append(pipe)
         return pipe
 
@@ -195,13 +196,13 @@ def test_a_model_that_fails_to_load_fails_the_start_and_leaves_nothing_open(tmp_
 
 
 def test_warmup_failure_deactivates_the_engine(conv_model_path):
-    from scanedge.engines import OnnxRuntimeEngine, OrtOptions
+    from scanedge.engines import EngineOptions, OnnxRuntimeEngine
 
     class FailingWarmup(OnnxRuntimeEngine):
         def warmup(self, runs: int = 2) -> None:
             raise RuntimeError("warm-up failed")
 
-    engine = FailingWarmup(conv_model_path, OrtOptions(threads=1))
+    engine = FailingWarmup(conv_model_path, EngineOptions(threads=1))
     with pytest.raises(RuntimeError, match="warm-up failed"):
         engine.activate()
     assert not engine.is_active and engine._session is None
