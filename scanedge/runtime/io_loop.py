@@ -130,9 +130,10 @@ class IoLoop:
         self._stop_requested = stop_requested
         self._stopping = False
         self._seq = itertools.count(1)
-        self._fd_identity: dict[int, bytes] = {}
+        self._fd_identity: dict[int, bytes] = {}  # connection fd -> the console last heard on it
+        self._fd_open: dict[int, int] = {}  # connections accepted and not yet closed, per fd number
         self._gone: OrderedDict[bytes, None] = OrderedDict()
-        self._monitor = router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._monitor = router.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         self._handlers: dict[type, Callable[[bytes, Any, list[zmq.Frame]], None]] = {
             Segment: self._on_segment,
             Ping: self._on_ping,
@@ -145,7 +146,7 @@ class IoLoop:
         s = self.settings
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
-        poller.register(self._monitor, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)  # read in _drain_requests, before any request
         poller.register(self._wake_fd, zmq.POLLIN)
         interval_ms = max(1, int(min(s.sweep_interval_s, 0.1) * 1000))  # stop and supervision stay prompt
         now = time.monotonic()
@@ -168,9 +169,7 @@ class IoLoop:
                 events = dict(poller.poll(interval_ms))
                 if self._wake_fd in events:
                     self._drain_finished()
-                if self._monitor in events:
-                    self._drain_monitor()
-                if self.router in events:
+                if self.router in events or self._monitor in events:
                     self._drain_requests()
                 now = time.monotonic()
                 if now >= next_sweep:
@@ -194,6 +193,9 @@ class IoLoop:
     # --- requests ------------------------------------------------------------------------------------------
 
     def _drain_requests(self) -> None:
+        # Connection events first: libzmq reports a closed connection before its file descriptor can be
+        # reused, so a console arriving on a reused fd is never mistaken for the one that left.
+        self._drain_monitor()
         for _ in range(256):  # bounded, so results are forwarded between bursts
             try:
                 frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -210,11 +212,16 @@ class IoLoop:
                 self._fd_identity[fd] = identity
         except zmq.ZMQError:
             pass
+        self._gone.pop(identity, None)  # it is talking, so it is here
         body = frames[1:]
         try:
             request = decode_request([f.buffer for f in body], self.settings.max_message_bytes)
         except ScanedgeError as exc:
             self._reject(identity, request_echo(body[0].buffer) if body else Echo(), exc)
+            return
+        except Exception as exc:  # a decoder bug: this message gets INTERNAL, the loop carries on
+            log.error("internal error decoding a request: %s", redacted_traceback(exc))
+            self._reject(identity, Echo(), "INTERNAL", "internal error in the runtime (logged there)")
             return
         try:
             self._handlers[type(request)](identity, request, body[1:])
@@ -282,7 +289,7 @@ class IoLoop:
         )
 
     def _on_segment(self, identity: bytes, req: Segment, payload: list[zmq.Frame]) -> None:
-        if self._stopping:
+        if self._stopping or self._stop_requested():  # the flag, not the loop's state: stop admits nothing more
             raise ShuttingDownError("the runtime is shutting down and accepts no new slices")
         model = req.model or self.default_model
         if model not in self.models:
@@ -377,22 +384,40 @@ class IoLoop:
             self._answer(job, outcome)
 
     def _drain_monitor(self) -> None:
-        """A console's connection closed: forget queued work for it, count what it will never receive."""
+        """A console's connection closed: forget queued work for it, count what it will never receive.
+
+        Connections are known by file descriptor, and a closed one's number can be reused at once. So
+        open connections are counted per fd: a close reported while a newer connection on the same
+        number is already open may belong to either, and is not attributed (never drop a live console's
+        work; at worst a vanished one is counted when its reply bounces instead).
+        """
         while True:
             try:
                 event = zmq.utils.monitor.recv_monitor_message(self._monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            identity = self._fd_identity.pop(event["value"], None)
-            if event["event"] != zmq.EVENT_DISCONNECTED or identity is None:
+            fd = event["value"]
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                self._fd_open[fd] = self._fd_open.get(fd, 0) + 1
                 continue
-            self._gone[identity] = None
-            if len(self._gone) > _GONE_MEMORY:
-                self._gone.popitem(last=False)
-            for job in self.scheduler.remove(lambda j, ident=identity: j.identity == ident):
-                if self.inflight.pop(job.seq, None) is not None:
-                    self.inflight_bytes -= job.nbytes
-                    self.stats.counters["client_gone"] += 1
+            if event["event"] != zmq.EVENT_DISCONNECTED:
+                continue
+            open_before = self._fd_open.pop(fd, 1)
+            if open_before > 1:
+                self._fd_open[fd] = open_before - 1
+                continue
+            identity = self._fd_identity.pop(fd, None)
+            if identity is not None:
+                self._console_gone(identity)
+
+    def _console_gone(self, identity: bytes) -> None:
+        self._gone[identity] = None
+        if len(self._gone) > _GONE_MEMORY:
+            self._gone.popitem(last=False)
+        for job in self.scheduler.remove(lambda j: j.identity == identity):
+            if self.inflight.pop(job.seq, None) is not None:
+                self.inflight_bytes -= job.nbytes
+                self.stats.counters["client_gone"] += 1
 
     def _sweep(self, now: float) -> None:
         for job in self.scheduler.expire(now):

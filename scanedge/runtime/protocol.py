@@ -371,7 +371,7 @@ def _field(raw: msgspec.Raw, kind: Any, default: Any) -> Any:
         decoder = _field_decoders[kind] = msgspec.json.Decoder(kind)
     try:
         return decoder.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
         return default
 
 
@@ -380,7 +380,7 @@ def _envelope(frame: bytes | memoryview) -> _Envelope | None:
         return None
     try:
         return _envelope_decoder.decode(frame)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
         return None
 
 
@@ -421,6 +421,8 @@ def decode_request(frames: Sequence[bytes | memoryview | Any], max_message_bytes
         raise _classify(head, exc) from None
     except msgspec.DecodeError as exc:
         raise ProtocolError(f"header frame is not a UTF-8 JSON object: {exc}") from None
+    except UnicodeDecodeError as exc:  # msgspec lets invalid UTF-8 inside object keys through as this
+        raise ProtocolError(f"header frame is not valid UTF-8 (byte {exc.start})") from None
     except RecursionError:
         raise ProtocolError("header frame is nested too deeply") from None
     if request.version not in SUPPORTED_VERSIONS:
@@ -483,7 +485,7 @@ def decode_reply(frame: bytes | memoryview) -> Reply:
         raise ProtocolError(f"reply header of {len(frame)} bytes exceeds {MAX_HEADER_BYTES}")
     try:
         return _reply_decoder.decode(frame)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"malformed reply from the runtime: {exc}") from None
     except RecursionError:
         raise ProtocolError("malformed reply from the runtime: nested too deeply") from None

@@ -130,7 +130,11 @@ def _model_info(m: Manifest) -> ModelInfo:
         name=m.name,
         version=m.version,
         classes=tuple(c.name for c in m.classes),
-        input=ModelInput(channels=m.input.channels, height=m.size.height, width=m.size.width),
+        input=ModelInput(
+            channels=m.input.channels,
+            height=m.size.height if m.size.mode == "fixed" else None,
+            width=m.size.width if m.size.mode == "fixed" else None,
+        ),
         precision=m.precision,
         onnx_sha256=m.onnx_sha256,
         output_kind=m.output.kind,

@@ -83,6 +83,7 @@ def raw(text: str) -> bytes:
         ([seg(dtype="uint8", shape=[1000, 1000]), bytes(1_000_000)], "TOO_LARGE", "r1"),
         ([json.dumps({"version": 1, "type": "PING", "id": 5}).encode(), b"x"], "BAD_FRAMES", 5),
         ([b""], "BAD_MESSAGE", None),
+        ([b'{"versi\xff\xffon":1,"type":"SEGMENT","id":"r1"}', PIXELS], "BAD_MESSAGE", "r1"),  # found by fuzzing
         # [G] finding 1: each of these ended the process
         (
             [raw('{"version":1,"type":"SEGMENT","id":"r1","x":' + "[" * 1000 + "]" * 1000 + "}"), PIXELS],
