@@ -11,6 +11,7 @@ Text that comes from outside (paths, error messages) is printed literally, never
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +19,10 @@ from typing import Any
 
 from scanedge.errors import ConfigError, ScanedgeError
 
-__all__ = ["LazyProgress", "make_console", "print_error", "run_command", "user_values"]
+__all__ = ["PIPED_WIDTH", "LazyProgress", "make_console", "print_error", "run_command", "user_values"]
+
+#: console width when output goes to a file or a pipe
+PIPED_WIDTH = 200
 
 
 def make_console(stderr: bool = True) -> Any:
@@ -27,9 +31,15 @@ def make_console(stderr: bool = True) -> Any:
     Printed lines are never hard-wrapped (``soft_wrap``): a path or a hint broken at the console width
     cannot be copied, and a terminal wraps long lines by itself.
     """
+    import sys
+
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    stream = sys.stderr if stderr else sys.stdout
+    # Piped to a file or another program there is no width to fit: tables keep whole numbers (rich
+    # would otherwise squeeze them to 80 columns with "12.4…" cells).
+    width = None if stream.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
 
 
 class LazyProgress:

@@ -121,6 +121,41 @@ def cmd_stream(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_soak(args: argparse.Namespace) -> int:
+    from scanedge.bench.inputs import parse_size
+    from scanedge.bench.soak import SoakSettings, bench_soak
+
+    if (args.endpoint is None) == (not args.spawn):
+        raise ConfigError("give exactly one of --spawn or --endpoint URL")
+    console = make_console()
+    with user_values():
+        settings = SoakSettings(
+            endpoint=args.endpoint,
+            model=args.model,
+            engine=_engine_options(args, spinning=False),
+            workers=args.workers,
+            duration_s=args.duration,
+            consoles=args.consoles,
+            overload=args.overload,
+            malformed=args.malformed,
+            size=parse_size(args.size),
+            window_s=args.window,
+            rss_slope_limit_mb_h=args.max_rss_slope,
+        )
+    where = "a spawned runtime" if args.spawn else escape(args.endpoint)
+    console.print(
+        f"soaking {where} for {args.duration:g} s: {args.consoles} console(s) at {args.overload:g}x capacity, "
+        f"{args.malformed:.0%} malformed messages"
+    )
+    with LazyProgress(console, "soak", delay_s=0.0) as progress:
+        report = bench_soak(settings, progress)
+    report.render(make_console(stderr=False))
+    if args.json:
+        report.write_json(args.json)
+        console.print(f"JSON report: {escape(str(args.json))}")
+    return 0 if report.passed else 1
+
+
 def cmd_echo(args: argparse.Namespace) -> int:
     from scanedge.bench.echo import bench_echo
     from scanedge.bench.inputs import parse_size
@@ -217,6 +252,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deadline-ms", type=float, default=None, help="per-request deadline")
     _add_common(p)
     p.set_defaults(func=cmd_stream)
+
+    p = sub.add_parser(
+        "soak", help="overload plus malformed messages for a long time: every reply accounted for, nothing leaks"
+    )
+    p.add_argument("--spawn", action="store_true", help="start `scanedge serve` in a child process for the run")
+    p.add_argument("--endpoint", help="a running runtime, e.g. tcp://127.0.0.1:5555 (no process metrics)")
+    p.add_argument("--model", type=Path, default=None, help="model for --spawn (default: the demo model)")
+    p.add_argument("--workers", type=int, default=1, help="workers of a spawned runtime (default 1)")
+    p.add_argument("--duration", type=float, default=120.0, help="seconds of load (default 120)")
+    p.add_argument("--consoles", type=int, default=3, help="concurrent consoles, each its own series (default 3)")
+    p.add_argument("--overload", type=float, default=2.0, help="offered load / measured capacity (default 2)")
+    p.add_argument("--malformed", type=float, default=0.05, help="fraction of malformed messages (default 0.05)")
+    p.add_argument("--size", default="256x256", help="slice size of the good requests (default 256x256)")
+    p.add_argument("--window", type=float, default=10.0, help="seconds per report row (default 10)")
+    p.add_argument(
+        "--max-rss-slope", type=float, default=60.0, help="fail above this memory growth, MB/hour (default 60)"
+    )
+    p.add_argument("--threads", type=int, default=None, help="inference threads of a spawned runtime")
+    p.add_argument(
+        "--backend",
+        "--engine",
+        dest="backend",
+        choices=("auto", "ort", "tensorrt"),
+        default="auto",
+        help="backend of a spawned runtime (default auto)",
+    )
+    p.add_argument("--json", type=Path, help="write the full report (schema scanedge.soak/1) here")
+    p.set_defaults(func=cmd_soak)
 
     p = sub.add_parser("echo", help="the transport floor: raw ZeroMQ echo of slice-sized messages, no scanedge")
     p.add_argument("--size", default="512x512", help="slice size: requests carry int16 pixels of this size")

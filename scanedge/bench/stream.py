@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -94,7 +95,9 @@ class SpawnedRuntime:
             cmd += ["--threads", str(engine.threads)]
         if engine.spinning:
             cmd += ["--spinning"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # its log goes to a file: a pipe nobody reads fills up and stalls the runtime mid-run
+        self._log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log)
         self.rss_mb: list[float] = []
         self._stop = threading.Event()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
@@ -104,7 +107,7 @@ class SpawnedRuntime:
         with Client(self.endpoint, ClientConfig(timeout_s=1.0, retries=0)) as probe:
             while True:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"the spawned runtime exited: {self.proc.stderr.read().decode()[-2000:]}")
+                    raise RuntimeError(f"the spawned runtime exited: {self.log_tail()}")
                 try:
                     pong = probe.ping(timeout=1.0)
                     break
@@ -125,6 +128,11 @@ class SpawnedRuntime:
             except OSError:
                 return
 
+    def log_tail(self, limit: int = 2000) -> str:
+        """The last ``limit`` characters the runtime logged."""
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")[-limit:]
+
     def close(self) -> int | None:
         self._stop.set()
         if self.proc.poll() is None:
@@ -133,6 +141,7 @@ class SpawnedRuntime:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait(10)
         return self.proc.returncode
 
     def __enter__(self) -> SpawnedRuntime:

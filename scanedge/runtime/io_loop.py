@@ -34,6 +34,7 @@ from scanedge.errors import (
     UnknownModelError,
     redacted_traceback,
 )
+from scanedge.runtime.log_budget import LogBudget
 from scanedge.runtime.payloads import check_raw_payload
 from scanedge.runtime.protocol import (
     PROTOCOL_VERSION,
@@ -134,6 +135,7 @@ class IoLoop:
         self._fd_open: dict[int, int] = {}  # connections accepted and not yet closed, per fd number
         self._gone: OrderedDict[bytes, None] = OrderedDict()
         self._monitor = router.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        self._reject_log = LogBudget("rejected request(s)")
         self._handlers: dict[type, Callable[[bytes, Any, list[zmq.Frame]], None]] = {
             Segment: self._on_segment,
             Ping: self._on_ping,
@@ -234,13 +236,14 @@ class IoLoop:
     def _reject(self, identity: bytes, echo: Echo, error: ScanedgeError | str, message: str = "") -> None:
         header = error_reply(echo, error, message, received_at=time.time(), runtime=self.runtime_id)
         self.stats.record_error(header.code)
-        log.warning(
-            "request %r%s rejected: %s %s",
-            echo.id,
-            f" (series {echo.series})" if echo.series else "",
-            header.code,
-            header.message,
-        )
+        if self._reject_log.allow(header.code):
+            log.warning(
+                "request %r%s rejected: %s %s",
+                echo.id,
+                f" (series {echo.series})" if echo.series else "",
+                header.code,
+                header.message,
+            )
         self._send(identity, [encode(header)])
 
     def _on_ping(self, identity: bytes, request: Request, payload: list[zmq.Frame]) -> None:

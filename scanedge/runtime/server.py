@@ -34,6 +34,7 @@ from scanedge.imaging.slices import DEFAULT_LIMITS, SliceLimits
 from scanedge.manifest import Manifest, load_manifest
 from scanedge.runtime.endpoints import parse_endpoint
 from scanedge.runtime.io_loop import IoLoop, LoopSettings
+from scanedge.runtime.log_budget import LogBudget
 from scanedge.runtime.pipeline import Pipeline, PipelineConfig, default_model_path
 from scanedge.runtime.protocol import ModelInfo, ModelInput
 from scanedge.runtime.scheduler import Job, LatestSliceScheduler
@@ -298,11 +299,12 @@ class Server:
                 if cfg.curve is not None:
                     cfg.curve.apply(pub)
                 self._publish_endpoint = _bind(pub, cfg.publish)
+            failure_log = LogBudget("failed slice(s)")
             pool = WorkerPool(
                 cfg.workers,
                 self._scheduler,
                 self._open_pipelines,
-                lambda job, pipe: run_job(job, pipe, cfg.limits, cfg.overlay, self.runtime_id),
+                lambda job, pipe: run_job(job, pipe, cfg.limits, cfg.overlay, self.runtime_id, failure_log),
                 emit,
                 job_timeout_s=cfg.job_timeout_s,
             )

@@ -21,6 +21,7 @@ from typing import Any
 from scanedge.errors import EngineTimeoutError, ScanedgeError, redacted_traceback
 from scanedge.imaging.overlay import OverlayOptions
 from scanedge.imaging.slices import SliceLimits
+from scanedge.runtime.log_budget import LogBudget
 from scanedge.runtime.payloads import overlay_options, result_frames, slice_from_request
 from scanedge.runtime.pipeline import Pipeline
 from scanedge.runtime.protocol import Echo, Error, Finding, Result, Timings, encode, error_reply, result_reply
@@ -62,8 +63,16 @@ def expired_outcome(job: Job, now: float, runtime: str = "") -> Outcome:
     )
 
 
-def run_job(job: Job, pipe: Pipeline, limits: SliceLimits, overlay: OverlayOptions, runtime: str) -> Outcome:
-    """Segment one job's slice and build its RESULT; a typed failure becomes its ERROR."""
+def run_job(
+    job: Job,
+    pipe: Pipeline,
+    limits: SliceLimits,
+    overlay: OverlayOptions,
+    runtime: str,
+    failure_log: LogBudget | None = None,
+) -> Outcome:
+    """Segment one job's slice and build its RESULT; a typed failure becomes its ERROR (logged within
+    ``failure_log``'s budget: failures are the peer's to cause)."""
     req = job.request
     start = time.monotonic()
     if job.expired(start):
@@ -105,7 +114,8 @@ def run_job(job: Job, pipe: Pipeline, limits: SliceLimits, overlay: OverlayOptio
             runtime=runtime,
         )
     except ScanedgeError as exc:
-        log.warning("request %r (series %s) failed: %s %s", req.id, req.series or "-", exc.code, exc.message)
+        if failure_log is None or failure_log.allow(exc.code):
+            log.warning("request %r (series %s) failed: %s %s", req.id, req.series or "-", exc.code, exc.message)
         return error_outcome(job, exc, runtime=runtime)
     return _outcome(header, tuple(payload))
 

@@ -10,7 +10,6 @@ succeeds; resident memory stays bounded; SIGTERM still ends it cleanly.
 from __future__ import annotations
 
 import json
-import random
 import re
 import signal
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 import zmq
 
+from scanedge.fuzz.traffic import HostileTraffic
 from tests.runtime.test_protocol_raw import ROOT, free_port
 
 MESSAGES = 3000
@@ -38,75 +38,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
-
-
-class Generator:
-    """Deterministic hostile traffic; each message says whether a reply must carry its id."""
-
-    def __init__(self, seed: int, dicom: list[bytes]) -> None:
-        self.rng = random.Random(seed)
-        self.dicom = dicom
-        self.n = 0
-
-    def header(self, **fields) -> dict:
-        self.n += 1
-        return {"version": 1, "type": "SEGMENT", "id": f"f-{self.n}", **fields}
-
-    def good(self) -> tuple[list[bytes], str, bool]:
-        rows, cols = self.rng.choice([(16, 16), (32, 48), (64, 64)])
-        h = self.header(dtype="uint8", shape=[rows, cols], outputs=["mask"])
-        pixels = bytes(self.rng.getrandbits(8) for _ in range(rows * cols))
-        return [json.dumps(h).encode(), pixels], h["id"], True
-
-    def hostile(self) -> tuple[list[bytes], str | None]:
-        r = self.rng
-        kind = r.randrange(11)
-        h = self.header(dtype="uint8", shape=[8, 8])
-        rid = h["id"]
-        frames_after = [bytes(64)]
-        if kind == 0:  # a field of the wrong type
-            field = r.choice(
-                ["dtype", "shape", "series", "index", "geometry", "rescale", "outputs", "publish", "deadline_ms"]
-            )
-            h[field] = r.choice([None, True, "x", 3.5, [1, "a"], {"k": []}, -1])
-        elif kind == 1:  # deep nesting
-            depth = r.choice([500, 2000, 20000])
-            body = json.dumps(h)[:-1] + ',"deep":' + "[" * depth + "]" * depth + "}"
-            return [body.encode(), *frames_after], None if depth > 900 else rid
-        elif kind == 2:  # huge numbers
-            field = r.choice(["deadline_ms", "index", "bits_stored", "sent_at", "version"])
-            body = json.dumps({**h, field: 0})[:-1].replace(
-                f'"{field}": 0', f'"{field}": ' + "9" * r.choice([20, 400, 5000])
-            )
-            return [(body + "}").encode(), *frames_after], rid
-        elif kind == 3:  # lone surrogates
-            body = json.dumps(h)[:-1] + ', "series": "a\\ud800"}'
-            return [body.encode(), *frames_after], None
-        elif kind == 4:  # random frame count
-            return [json.dumps(h).encode(), *([bytes(64)] * r.choice([0, 2, 3, 5]))], rid
-        elif kind == 5:  # random bytes as the header
-            return [bytes(r.getrandbits(8) for _ in range(r.randrange(1, 200))), *frames_after], None
-        elif kind == 6:  # mutated real DICOM
-            data = bytearray(r.choice(self.dicom))
-            for _ in range(r.randrange(1, 30)):
-                data[r.randrange(len(data))] = r.getrandbits(8)
-            if r.random() < 0.3:
-                data = data[: r.randrange(len(data))]
-            h = {k: v for k, v in h.items() if k not in ("dtype", "shape")}
-            h["encoding"] = "dicom"
-            return [json.dumps(h).encode(), bytes(data)], rid
-        elif kind == 7:  # absurd geometry and windows
-            h["geometry"] = {"pixel_spacing": [r.choice([1e200, -1, 0, 5e3]), 1]}
-            h["window"] = {"center": r.choice([1e300, 0]), "width": r.choice([0, -5, 1e11])}
-        elif kind == 8:  # truncated JSON
-            body = json.dumps(h)
-            return [body[: r.randrange(1, len(body))].encode(), *frames_after], None
-        elif kind == 9:  # payload contradicting dtype x shape
-            h["shape"] = [r.randrange(0, 100), r.randrange(0, 100)]
-        else:  # PING / STATS, possibly with a stray frame
-            h = {"version": 1, "type": r.choice(["PING", "STATS", "RESULT", "NOPE"]), "id": rid}
-            return [json.dumps(h).encode(), *([b"x"] if r.random() < 0.5 else [])], rid
-        return [json.dumps(h).encode(), *frames_after], rid
 
 
 @pytest.mark.slow
@@ -129,7 +60,7 @@ def test_a_live_runtime_survives_thousands_of_hostile_messages(demo_series):
         assert sock.poll(60_000), proc.stderr.read().decode() if proc.poll() is not None else "no PONG"
         sock.recv_multipart()
         rss_start = rss_mb(proc.pid)
-        gen = Generator(seed=20261129, dicom=dicom)
+        traffic = HostileTraffic(seed=20261129, dicom=dicom)
         expected: dict[str, bool] = {}  # id -> must succeed
         anonymous = 0
         replies: Counter[str] = Counter()
@@ -155,14 +86,12 @@ def test_a_live_runtime_survives_thousands_of_hostile_messages(demo_series):
             return True
 
         for i in range(MESSAGES):
-            if i % 3 == 0:
-                frames, rid, good = gen.good()
-            else:
-                (frames, rid), good = gen.hostile(), False
+            message = traffic.good((32, 32)) if i % 3 == 0 else traffic.hostile()
+            frames, rid = message.frames, message.request_id
             if rid is None:
                 anonymous += 1
             else:
-                expected[rid] = good
+                expected[rid] = message.good
             sock.send_multipart(frames)
             outstanding += 1
             while outstanding >= IN_FLIGHT:
