@@ -19,3 +19,14 @@ def test_ci_runs_the_readme_test_command():
     test_command = next(line for line in README.splitlines() if "pytest" in line and line.startswith("python3 -m venv"))
     assert test_command in (ROOT / ".ci" / "run").read_text()
     assert "scanedge demo" in README
+
+
+def test_streaming_example_runs_against_a_runtime(capsys):
+    from tests.runtime.conftest import running_server
+
+    code = re.search(r"```python\n(from scanedge.demo.series import demo_series_dir\n.*?)```", README, re.S).group(1)
+    assert 'Client("tcp://127.0.0.1:5555")' in code
+    with running_server() as srv:
+        exec(compile(code.replace("tcp://127.0.0.1:5555", srv.endpoint), "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and all(len(line.split()) == 4 and line.endswith(" ms") for line in lines)  # computed slices
