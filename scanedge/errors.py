@@ -299,8 +299,8 @@ class RemoteError(RequestError):
         self.code = code
 
 
-def _all_subclasses(cls: type) -> list[type]:
-    out = []
+def _all_subclasses(cls: type[ScanedgeError]) -> list[type[ScanedgeError]]:
+    out: list[type[ScanedgeError]] = []
     for sub in cls.__subclasses__():
         out.append(sub)
         out.extend(_all_subclasses(sub))

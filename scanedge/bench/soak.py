@@ -206,7 +206,7 @@ class _Console(threading.Thread):
         self.drain_deadline = float("inf")  # set when sending stops: how long to wait for the last replies
 
     def run(self) -> None:
-        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 100_000)
         sock.connect(self.endpoint)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +55,7 @@ class LatencyStats:
         return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, float]) -> LatencyStats:
+    def from_dict(cls, data: Mapping[str, Any]) -> LatencyStats:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__})
 
 

@@ -117,9 +117,11 @@ def convert(
         if options.precision == "fp16":
             model = step("fp16 conversion (float32 I/O kept)", lambda: to_fp16(model))
         elif options.precision == "int8":
+            calibration = options.calibration
+            assert calibration is not None  # ConvertOptions refuses int8 without it
             reader = step(
-                f"calibration data from {options.calibration}",
-                lambda: CalibrationSlices(manifest, options.calibration, options.calibration_limit),
+                f"calibration data from {calibration}",
+                lambda: CalibrationSlices(manifest, calibration, options.calibration_limit),
             )
             say(f"calibrating on {reader.count} slice(s) through the runtime's own preprocessing")
             model = step(

@@ -198,7 +198,8 @@ class TensorRTEngine(Engine):
             hptr = check(rt.cudaMallocHost(nbytes), "cudaMallocHost")
             ptrs.append(hptr)
             raw = (ctypes.c_uint8 * nbytes).from_address(_ptr(hptr))
-            host[spec.name] = np.frombuffer(raw, dtype=spec.dtype, count=int(np.prod(shape))).reshape(shape)
+            # numpy's stubs leave out ctypes arrays, which export the buffer protocol frombuffer reads
+            host[spec.name] = np.frombuffer(raw, dtype=spec.dtype, count=int(np.prod(shape))).reshape(shape)  # type: ignore[call-overload]
             device[spec.name] = check(rt.cudaMalloc(nbytes), "cudaMalloc")
         return _Buffers(host, device, ptrs)
 

@@ -171,7 +171,7 @@ def normalize_intensity(
         if policy.mean:
             channels = tensor.shape[channels_axis]
             for c in range(channels):
-                idx = [slice(None)] * tensor.ndim
+                idx: list[slice | int] = [slice(None)] * tensor.ndim
                 idx[channels_axis] = c
                 view = tensor[tuple(idx)]
                 j = c % channels_per_plane

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import msgspec
 from msgspec import Meta, Struct
@@ -141,7 +141,7 @@ class _Message(Struct, frozen=True, kw_only=True, tag_field="type"):
     version: Version  # required in every header, so omit_defaults can never drop it
 
 
-class Segment(_Message, tag="SEGMENT", omit_defaults=True):
+class Segment(_Message, tag="SEGMENT", omit_defaults=True, frozen=True):
     """A SEGMENT header (section 3); its one payload frame holds the pixels or the DICOM object."""
 
     id: RequestId
@@ -165,11 +165,11 @@ class Segment(_Message, tag="SEGMENT", omit_defaults=True):
     sent_at: Epoch | None = None
 
 
-class Ping(_Message, tag="PING"):
+class Ping(_Message, tag="PING", frozen=True):
     id: RequestId
 
 
-class Stats(_Message, tag="STATS"):
+class Stats(_Message, tag="STATS", frozen=True):
     id: RequestId
 
 
@@ -211,7 +211,7 @@ class FrameInfo(Struct, frozen=True, omit_defaults=True):
     bytes: int | None = None
 
 
-class Result(_Message, tag="RESULT"):
+class Result(_Message, tag="RESULT", frozen=True):
     id: RequestId
     status: str = "ok"
     code: str | None = None
@@ -230,7 +230,7 @@ class Result(_Message, tag="RESULT"):
     runtime: str = ""
 
 
-class Error(_Message, tag="ERROR"):
+class Error(_Message, tag="ERROR", frozen=True):
     id: RequestId | None
     status: str = "error"
     code: str = "INTERNAL"
@@ -281,7 +281,7 @@ class Limits(Struct, frozen=True):
     max_side: int = 0
 
 
-class Pong(_Message, tag="PONG"):
+class Pong(_Message, tag="PONG", frozen=True):
     id: RequestId
     server: str = ""
     protocols: tuple[int, ...] = SUPPORTED_VERSIONS
@@ -309,7 +309,7 @@ class Histogram(Struct, frozen=True):
     max: float | None = None
 
 
-class StatsReply(_Message, tag="STATS_REPLY"):
+class StatsReply(_Message, tag="STATS_REPLY", frozen=True):
     id: RequestId
     counters: dict[str, int] = {}
     histograms: dict[str, dict[str, Histogram]] = {}
@@ -541,7 +541,7 @@ def result_reply(
     """A RESULT header; the payload frames follow it in the order of ``frames``."""
     return Result(
         version=PROTOCOL_VERSION,
-        id=echo.id,  # type: ignore[arg-type]  (a job's request always has an id)
+        id=cast("int | str", echo.id),  # a job's request always has an id
         series=echo.series,
         instance=echo.instance,
         index=echo.index,
