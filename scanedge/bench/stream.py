@@ -19,9 +19,10 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scanedge.bench.inprocess import RunLength, baseline_block, drive
 from scanedge.bench.report import BenchReport
@@ -32,6 +33,9 @@ from scanedge.imaging.dicom import encode_dicom
 from scanedge.imaging.slices import Slice
 from scanedge.runtime.client import Client, ClientConfig, RemoteResult
 from scanedge.runtime.protocol import Pong
+
+if TYPE_CHECKING:  # imported lazily where used: only the baseline needs a local pipeline
+    from scanedge.runtime.pipeline import Pipeline
 
 __all__ = ["SpawnedRuntime", "StreamSettings", "bench_stream"]
 
@@ -162,8 +166,8 @@ class _Recorder:
         self.errors: dict[str, int] = {}
         self.done = 0
 
-    def callback(self, intended: float, sent: float, start: float):
-        def record(future) -> None:
+    def callback(self, intended: float, sent: float, start: float) -> Callable[[Future[RemoteResult]], None]:
+        def record(future: Future[RemoteResult]) -> None:
             now = time.perf_counter()
             with self.lock:
                 self.done += 1
@@ -216,7 +220,14 @@ def bench_stream(slices: Sequence[Slice], settings: StreamSettings, progress: Pr
     return report
 
 
-def _run(slices, settings: StreamSettings, endpoint: str, pong: Pong, progress, spawned) -> BenchReport:
+def _run(
+    slices: Sequence[Slice],
+    settings: StreamSettings,
+    endpoint: str,
+    pong: Pong,
+    progress: Progress | None,
+    spawned: SpawnedRuntime | None,
+) -> BenchReport:
     run = settings.run
     payloads = _payloads(slices, settings.dicom)
     rec = _Recorder()
@@ -324,7 +335,17 @@ def _wait_all(rec: _Recorder, sent: int, timeout: float) -> None:
 STREAM_BASELINE_BLOCK = 250
 
 
-def _closed_loop_with_baseline(client, payloads, kw, rec, run, start, pipe, baseline, progress) -> int:
+def _closed_loop_with_baseline(
+    client: Client,
+    payloads: Sequence[Any],
+    kw: dict[str, Any],
+    rec: _Recorder,
+    run: RunLength,
+    start: float,
+    pipe: Pipeline,
+    baseline: list[float],
+    progress: Progress | None,
+) -> int:
     """One console, flat out, alternating long blocks with the in-process pipeline on the same slices."""
 
     def measured(i: int) -> None:
@@ -344,7 +365,16 @@ def _closed_loop_with_baseline(client, payloads, kw, rec, run, start, pipe, base
     return sent
 
 
-def _drive_consoles(clients, payloads, kw, rec, settings: StreamSettings, start, total, progress) -> int:
+def _drive_consoles(
+    clients: Sequence[Client],
+    payloads: Sequence[Any],
+    kw: dict[str, Any],
+    rec: _Recorder,
+    settings: StreamSettings,
+    start: float,
+    total: int | None,
+    progress: Progress | None,
+) -> int:
     run = settings.run
     per_console = None if total is None else -(-total // len(clients))
     sent = [0] * len(clients)

@@ -23,7 +23,9 @@ import json
 import multiprocessing as mp
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +40,7 @@ DEMO_PATIENT_SEED = 424_242
 DEMO_SLICES = tuple(range(22, 150, 4))  # 32 axial slices, 4 mm apart
 
 
-def _build_network():  # torch is imported lazily: the runtime never needs it
+def _build_network() -> Any:  # torch is imported lazily: the runtime never needs it
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
@@ -47,7 +49,7 @@ def _build_network():  # torch is imported lazily: the runtime never needs it
         return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
 
     class LesionNet(nn.Module):
-        def __init__(self, channels=CHANNELS, classes: int = 2) -> None:
+        def __init__(self, channels: Sequence[int] = CHANNELS, classes: int = 2) -> None:
             super().__init__()
             self.encoders = nn.ModuleList()
             previous = 4
@@ -127,7 +129,7 @@ def make_training_set(samples: int, seed: int, workers: int) -> tuple[np.ndarray
 # --- training ----------------------------------------------------------------------------------------
 
 
-def train(images: np.ndarray, labels: np.ndarray, steps: int, batch: int, crop: int, seed: int):
+def train(images: np.ndarray, labels: np.ndarray, steps: int, batch: int, crop: int, seed: int) -> Any:
     import torch
     import torch.nn.functional as F
 
@@ -169,7 +171,7 @@ def train(images: np.ndarray, labels: np.ndarray, steps: int, batch: int, crop: 
     return net
 
 
-def export(net, out: Path) -> None:
+def export(net: Any, out: Path) -> None:
     import onnx
     import torch
 
