@@ -24,7 +24,17 @@ _CV_DTYPES = {np.dtype(t) for t in ("uint8", "int8", "uint16", "int16", "int32",
 
 @dataclass(frozen=True)
 class OverlayOptions:
-    """How findings are drawn. ``alpha`` is the opacity of the class colour over the image."""
+    """How findings are drawn. ``alpha`` is the opacity of the class colour over the image.
+
+    Every fraction must lie in [0, 1] (ValueError otherwise).
+
+    Attributes:
+        fill: fill each finding with its class colour (blended by ``alpha``).
+        contours: outline each finding in its class colour.
+        contour_thickness: outline width in pixels, >= 1.
+        heatmap: tint the image by the foreground probability (inferno colour map).
+        heatmap_alpha: the heat map's opacity.
+    """
 
     alpha: float = 0.5
     fill: bool = True
