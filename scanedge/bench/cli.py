@@ -221,6 +221,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``edge-bench`` argument parser: one subcommand per mode, each bound to its handler (``func``)."""
     ap = argparse.ArgumentParser(
         prog="edge-bench", description="Latency profiler for scanedge engines, pipeline and stream."
     )
@@ -304,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``edge-bench`` with ``argv`` (default: the process arguments); returns the exit status
+    (2 for a typed scanedge error, after one line on stderr)."""
     args = build_parser().parse_args(argv)
     return run_command(args.func, args)
 

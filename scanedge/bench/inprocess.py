@@ -34,7 +34,13 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class RunLength:
-    """How long to measure: ``count`` iterations, or until ``duration_s`` when it is given."""
+    """How long to measure: ``count`` iterations, or until ``duration_s`` when it is given.
+
+    Attributes:
+        count: measured iterations when no duration is given.
+        duration_s: measure for this many seconds instead of ``count`` iterations.
+        warmup: unmeasured iterations first (sessions, caches and sockets settle).
+    """
 
     count: int = 500
     duration_s: float | None = None
@@ -45,9 +51,11 @@ class RunLength:
             raise ValueError("count must be >= 1, warmup >= 0 and duration > 0")
 
     def done(self, i: int, elapsed: float) -> bool:
+        """Whether a run that has done ``i`` iterations in ``elapsed`` seconds is finished."""
         return elapsed >= self.duration_s if self.duration_s is not None else i >= self.count
 
     def expected(self, elapsed: float, i: int) -> int:
+        """The total iterations to expect (for progress bars), extrapolated from the rate so far for timed runs."""
         if self.duration_s is None:
             return self.count
         return max(i, int(i / max(elapsed, 1e-9) * self.duration_s)) if i else 0

@@ -45,6 +45,20 @@ SERVER_STAGES = ("queue", "decode", "preprocess", "infer", "postprocess", "overl
 
 @dataclass(frozen=True)
 class StreamSettings:
+    """What ``edge-bench stream`` drives, and how.
+
+    Attributes:
+        model: the model a spawned runtime serves (and the baseline runs); None: the demo model.
+        workers: inference workers of a spawned runtime.
+        consoles: simulated consoles, each with its own connection and series.
+        outputs: what each request asks for (``mask``, ``overlay``, ``probabilities``).
+        overlay_encoding: how the overlay comes back: ``raw``, ``jpeg`` or ``png``.
+        deadline_ms: each request's deadline; None: none.
+        dicom: send DICOM objects instead of raw pixels (adds the runtime's DICOM decoding).
+        run: how long to measure.
+        baseline: also time the in-process pipeline on the same slices, so the runtime's own cost shows.
+    """
+
     endpoint: str | None = None  # None: spawn a runtime
     model: Path | None = None
     #: engine settings of a spawned runtime and of the in-process baseline (spinning off, as the server)
@@ -107,6 +121,10 @@ class SpawnedRuntime:
         self._sampler = threading.Thread(target=self._sample, daemon=True)
 
     def wait_ready(self, timeout: float = 120.0) -> Pong:
+        """Block until the runtime answers PING (its PONG is returned), then start sampling its memory.
+
+        RuntimeError when it exits first or does not answer within ``timeout`` seconds.
+        """
         deadline = time.monotonic() + timeout
         with Client(self.endpoint, ClientConfig(timeout_s=1.0, retries=0)) as probe:
             while True:
@@ -138,6 +156,7 @@ class SpawnedRuntime:
         return self._log.read().decode(errors="replace")[-limit:]
 
     def close(self) -> int | None:
+        """Stop it with SIGTERM (SIGKILL after 30 s) and return its exit status."""
         self._stop.set()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -201,6 +220,11 @@ def _payloads(slices: Sequence[Slice], dicom: bool) -> list[Any]:
 
 
 def bench_stream(slices: Sequence[Slice], settings: StreamSettings, progress: Progress | None = None) -> BenchReport:
+    """Stream ``slices`` (cycled) to ``settings.endpoint``, or to a runtime spawned for the run, and report
+    end-to-end latency per request with the runtime's own stage timings and the transport between them.
+
+    ``progress(done, expected)`` is called as requests complete.
+    """
     spawned = None
     endpoint = settings.endpoint
     if endpoint is None:
