@@ -107,9 +107,9 @@ class RemoteResult:
 
     Attributes:
         id: the request id it answers.
-        series: the series the request named ("" when none).
-        instance: the instance the request named ("" when none).
-        index: the slice index the request gave; None when none.
+        series: the request's series, else the DICOM object's Series Instance UID ("" when neither).
+        instance: the request's instance, else the DICOM object's SOP Instance UID ("" when neither).
+        index: the request's index, else the DICOM Instance Number; None when neither.
         model: ``name@version`` of the model that ran.
         engine: the backend that ran it (``ort``, ``tensorrt``).
         findings: per foreground class, what was found.
