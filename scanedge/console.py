@@ -75,6 +75,7 @@ class LazyProgress:
         self._bar.update(self._task, completed=done, total=max(total, done))
 
     def close(self) -> None:
+        """Stop the bar, if one was shown (leaving it on screen at its last state)."""
         if self._bar is not None:
             self._bar.stop()
 

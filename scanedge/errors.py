@@ -132,162 +132,242 @@ class InputError(ScanedgeError):
 
 
 class InvalidSliceError(InputError):
+    """Pixels that cannot be a slice: zero-size, wrong rank or channel count, unsupported dtype, NaN/Inf."""
+
     code = "INVALID_SLICE"
 
 
 class ImageTooLargeError(InputError):
+    """More pixels, a longer side or more decoded bytes than the configured limits allow."""
+
     code = "IMAGE_TOO_LARGE"
 
 
 class DicomError(InputError):
+    """A DICOM object that cannot become a slice (the family of the DICOM-specific errors)."""
+
     code = "BAD_DICOM"
 
 
 class NotDicomError(DicomError):
+    """Bytes that are not DICOM, or a DICOM file truncated before its pixels."""
+
     code = "NOT_DICOM"
 
 
 class NotAnImageError(DicomError):
+    """A DICOM object that is not an image (SEG, SR, RTSTRUCT, ...), so there is nothing to segment."""
+
     code = "NOT_AN_IMAGE"
 
 
 class MissingPixelDataError(DicomError):
+    """An image object without Pixel Data."""
+
     code = "NO_PIXEL_DATA"
 
 
 class CodecUnavailableError(DicomError):
+    """Compressed pixels whose codec plugin is not installed (install the ``dicom`` extra)."""
+
     code = "CODEC_UNAVAILABLE"
 
 
 class UnsupportedPhotometricError(DicomError):
+    """A photometric interpretation scanedge does not read (imaging.dicom.SUPPORTED_PHOTOMETRIC lists those it does)."""
+
     code = "UNSUPPORTED_PHOTOMETRIC"
 
 
 class ModelError(ScanedgeError):
+    """The model file or its manifest cannot be used."""
+
     code = "BAD_MODEL"
 
 
 class ModelFileError(ModelError):
+    """The file is not a readable ONNX model (or TensorRT plan)."""
+
     code = "BAD_MODEL_FILE"
 
 
 class ManifestMissingError(ModelError):
+    """No manifest embedded in the ONNX file and no sidecar file next to it."""
+
     code = "MANIFEST_MISSING"
 
 
 class ManifestInvalidError(ModelError):
+    """A manifest that does not validate (wrong field, value out of range, bad JSON)."""
+
     code = "MANIFEST_INVALID"
 
 
 class ManifestMismatchError(ModelError):
+    """The ONNX graph contradicts its manifest (tensor names, ranks, channels, classes, hash)."""
+
     code = "MANIFEST_MISMATCH"
 
 
 class EngineError(ScanedgeError):
+    """An inference backend failed (the family of the engine errors)."""
+
     code = "ENGINE_FAILED"
 
 
 class ProviderUnavailableError(EngineError):
+    """A requested ONNX Runtime execution provider is not available in this installation."""
+
     code = "PROVIDER_UNAVAILABLE"
 
 
 class EngineStateError(EngineError):
+    """``infer()`` before ``activate()`` or after ``deactivate()``."""
+
     code = "ENGINE_STATE"
 
 
 class EngineInputError(EngineError):
+    """Feeds that do not match the engine's inputs (names, dtypes, ranks, fixed dims)."""
+
     code = "ENGINE_INPUT"
 
 
 class NonFiniteOutputError(EngineError):
+    """The model produced NaN or infinite values for this input."""
+
     code = "NON_FINITE_OUTPUT"
 
 
 class EngineTimeoutError(EngineError):
+    """Inference ran past the runtime's job timeout; the worker is considered wedged and replaced."""
+
     code = "ENGINE_TIMEOUT"
 
 
 class DeviceUnavailableError(EngineError):
+    """No usable GPU for this engine: no device, driver, cuda-python or TensorRT, or a plan built for another GPU."""
+
     code = "DEVICE_UNAVAILABLE"
 
 
 class CudaError(EngineError):
+    """A CUDA call failed on a GPU that is present (out of memory, a failed launch): this call, not the machine."""
+
     code = "CUDA_ERROR"
 
 
 class ConversionError(ScanedgeError):
+    """Building, quantizing or verifying an engine failed; the message names the step."""
+
     code = "CONVERSION_FAILED"
 
 
 class ProtocolError(ScanedgeError):
+    """A wire message that breaks docs/protocol.md (the family of the protocol errors)."""
+
     code = "BAD_MESSAGE"
 
 
 class UnsupportedVersionError(ProtocolError):
+    """A protocol version this side does not speak."""
+
     code = "UNSUPPORTED_VERSION"
 
 
 class UnknownMessageTypeError(ProtocolError):
+    """A header whose ``type`` is not one docs/protocol.md defines."""
+
     code = "UNKNOWN_TYPE"
 
 
 class BadFramesError(ProtocolError):
+    """A message with the wrong number of frames for its type."""
+
     code = "BAD_FRAMES"
 
 
 class BadPayloadError(ProtocolError):
+    """Payload bytes that contradict the header (dtype times shape, encoding)."""
+
     code = "BAD_PAYLOAD"
 
 
 class UnsupportedDtypeError(ProtocolError):
+    """A raw pixel dtype outside the protocol's list."""
+
     code = "UNSUPPORTED_DTYPE"
 
 
 class MessageTooLargeError(ProtocolError):
+    """A header or message above the runtime's size limits."""
+
     code = "TOO_LARGE"
 
 
 class UnknownModelError(ProtocolError):
+    """A request for a model the runtime does not serve."""
+
     code = "UNKNOWN_MODEL"
 
 
 class RuntimeStateError(ScanedgeError):
+    """The runtime could not start (the message says why) or did not stop cleanly."""
+
     code = "RUNTIME_STATE"
 
 
 class RequestError(ScanedgeError):
+    """The runtime answered without a result, or did not answer (the family of request outcomes)."""
+
     code = "REQUEST_FAILED"
 
 
 class SupersededError(RequestError):
+    """A newer slice of the same series arrived while this one waited, so only the newer one is computed."""
+
     code = "SUPERSEDED"
 
 
 class ExpiredError(RequestError):
+    """The request's deadline passed before inference started; nothing was computed."""
+
     code = "EXPIRED"
 
 
 class BusyError(RequestError):
+    """The runtime's cap on bytes in flight was reached; send again later."""
+
     code = "BUSY"
 
 
 class ShuttingDownError(RequestError):
+    """The runtime is stopping and did not compute this request."""
+
     code = "SHUTTING_DOWN"
 
 
 class RequestTimeoutError(RequestError):
+    """No reply within the caller's timeout."""
+
     code = "TIMEOUT"
 
 
 class RuntimeUnavailableError(RequestError):
+    """No runtime reachable at the endpoint after the client's retries."""
+
     code = "UNAVAILABLE"
 
 
 class UnauthorizedError(RequestError):
+    """The runtime refused this console's CurveZMQ key."""
+
     code = "UNAUTHORIZED"
 
 
 class ClientClosedError(RequestError):
+    """The client was closed before the reply arrived."""
+
     code = "CLIENT_CLOSED"
 
 
@@ -299,8 +379,8 @@ class RemoteError(RequestError):
         self.code = code
 
 
-def _all_subclasses(cls: type) -> list[type]:
-    out = []
+def _all_subclasses(cls: type[ScanedgeError]) -> list[type[ScanedgeError]]:
+    out: list[type[ScanedgeError]] = []
     for sub in cls.__subclasses__():
         out.append(sub)
         out.extend(_all_subclasses(sub))

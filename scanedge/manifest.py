@@ -82,6 +82,12 @@ class InputSpec:
     ``channels`` must equal ``(2 * context_slices + 1) * (3 if colour else 1)``: a 2.5D model that takes
     one neighbour on each side of a grey slice has three channels, ordered caudal neighbour, slice, cranial
     neighbour (by position in the series).
+
+    Attributes:
+        name: the input tensor's name in the ONNX graph.
+        layout: ``NCHW`` or ``NHWC``.
+        color: ``gray``, or the channel order of a colour model: ``rgb`` or ``bgr``.
+        context_slices: neighbouring slices stacked on each side of the slice (2.5D models); 0 for 2-D.
     """
 
     name: str = "image"
@@ -112,6 +118,7 @@ class InputSpec:
 
     @property
     def channels_per_plane(self) -> int:
+        """Channels one slice contributes: 1 for grey, 3 for colour."""
         return 1 if self.color == "gray" else 3
 
 
@@ -122,6 +129,11 @@ class SizePolicy:
     ``fixed``: resize to ``height`` x ``width``. ``multiple``: resize each side to the nearest multiple of
     ``multiple`` (for models with dynamic height/width). ``pad``: zero-pad bottom/right up to the next
     multiple, keeping the pixel grid exactly (the output is cropped back).
+
+    Attributes:
+        mode: ``fixed``, ``multiple`` or ``pad``, as above.
+        interpolation: how slices are resized: ``area`` (best for shrinking), ``linear``, ``cubic`` or
+            ``nearest``.
     """
 
     mode: SizeMode = "fixed"
@@ -162,6 +174,10 @@ class IntensityPolicy:
     - ``scale``: ``(x * scale - mean[c]) / std[c]`` per channel, as most imported models expect
       (e.g. scale=1/255 with ImageNet mean/std).
     - ``none``: the rescaled values as they are.
+
+    Attributes:
+        mean: per-channel means for ``scale`` (empty: no subtraction); as many as one slice has channels.
+        std: per-channel standard deviations for ``scale``, each > 0; as many as ``mean``.
     """
 
     mode: IntensityMode = "zscore"
@@ -202,6 +218,11 @@ class OutputSpec:
 
     softmax: one channel per class, background included. sigmoid: one channel per foreground class
     (class k+1 is channel k); a pixel takes the most probable class over its threshold, else background.
+
+    Attributes:
+        name: the output tensor's name in the ONNX graph.
+        kind: ``logits`` (the activation is applied by scanedge) or ``probabilities`` (already applied).
+        activation: ``softmax`` or ``sigmoid``, as above.
     """
 
     name: str = "logits"
@@ -218,7 +239,11 @@ class OutputSpec:
 @dataclass(frozen=True)
 class ClassSpec:
     """One label value. ``color`` is RGB 0-255; ``threshold`` is the probability a pixel needs to be
-    called this class (sigmoid outputs, and the foreground class of a two-class softmax)."""
+    called this class (sigmoid outputs, and the foreground class of a two-class softmax).
+
+    Attributes:
+        name: the class's name in results and reports (``lesion``); unique within a manifest.
+    """
 
     name: str
     color: tuple[int, int, int] = (255, 0, 0)
@@ -238,7 +263,23 @@ class ClassSpec:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A validated, immutable description of one segmentation model. ``classes[0]`` is background."""
+    """A validated, immutable description of one segmentation model. ``classes[0]`` is background.
+
+    Invalid values raise ManifestInvalidError on construction.
+
+    Attributes:
+        name: the model's name, as results and the runtime report it.
+        version: the model's version (free text, e.g. ``1.2.0``).
+        classes: one entry per label value, background first; 2 to 255 of them.
+        input: the image input tensor.
+        size: how slices become the input's height and width.
+        intensity: how pixel values become the input's numbers.
+        output: the score output tensor.
+        description: what the model does, for people.
+        intended_use: what it may and may not be used for, for people.
+        onnx_sha256: :func:`graph_sha256` of the model it describes; checked on load when set.
+        schema_version: the manifest format's version (this scanedge reads 1).
+    """
 
     name: str
     version: str
@@ -286,6 +327,7 @@ class Manifest:
 
     @property
     def num_classes(self) -> int:
+        """Classes including background."""
         return len(self.classes)
 
     @property
@@ -296,16 +338,21 @@ class Manifest:
     # --- serialisation -------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field as plain values (nested dicts and tuples), the shape :meth:`from_dict` reads."""
         return dataclasses.asdict(self)
 
     def to_json(self, *, indent: int | None = 2) -> str:
+        """:meth:`to_dict` as JSON text (``indent=None``: one line)."""
         return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
 
     def replace(self, **changes: Any) -> Manifest:
+        """A copy with ``changes`` applied, validated again."""
         return dataclasses.replace(self, **changes)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
+        """The manifest ``data`` describes (as parsed JSON); ManifestInvalidError for unknown or missing keys,
+        wrong types, invalid values, or a newer schema version."""
         if not isinstance(data, Mapping):
             raise ManifestInvalidError(f"a manifest must be a JSON object, got {type(data).__name__}")
         data = dict(data)
@@ -334,6 +381,7 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Manifest:
+        """The manifest in JSON ``text``; ManifestInvalidError when it is not JSON or not a valid manifest."""
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:

@@ -60,6 +60,7 @@ class ManifestInitOptions:
       together they fix the input's channel count.
     - ``size``: (height, width) the model takes; default: the input's static size, else ``size_mode``
       (``pad`` or ``multiple`` of ``multiple``) for dynamic height/width.
+    - ``name``, ``version``, ``description``, ``intended_use``: the manifest's fields of the same names.
     - ``intensity``, ``kind``, ``activation``, ``interpolation``: as in the manifest (docs/manifest.md).
 
     Raises ConfigError when ``colors`` or ``thresholds`` do not give one value per class.

@@ -21,7 +21,12 @@ Dim = int | str | None
 @dataclass(frozen=True)
 class TensorInfo:
     """A graph input or output as declared. A dimension is an int (fixed), a str (a named dynamic
-    dimension, e.g. ``"batch"``) or None (dynamic, unnamed)."""
+    dimension, e.g. ``"batch"``) or None (dynamic, unnamed).
+
+    Attributes:
+        name: the tensor's name in the graph.
+        shape: its dimensions, as above.
+    """
 
     name: str
     dtype: str  # numpy dtype name, e.g. "float32"
@@ -73,7 +78,17 @@ def opset_version(model: Any) -> int | None:
 
 @dataclass(frozen=True)
 class ModelInspection:
-    """An ONNX file's declared interface and its manifest, and whether that manifest was written for it."""
+    """An ONNX file's declared interface and its manifest, and whether that manifest was written for it.
+
+    Attributes:
+        path: the ONNX file.
+        opset: its default-domain opset; None when it imports none.
+        graph_sha256: :func:`~scanedge.manifest.graph_sha256` of its graph.
+        inputs: graph inputs (weights excluded), in graph order.
+        outputs: graph outputs, in graph order.
+        manifest: the manifest found for it (not checked against the graph).
+        manifest_source: where that manifest came from: ``explicit``, ``sidecar`` or ``embedded``.
+    """
 
     path: Path
     opset: int | None

@@ -9,30 +9,36 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 
 from scanedge.console import LazyProgress, make_console, run_command, user_values
 from scanedge.errors import ConfigError
 
+if TYPE_CHECKING:  # the bench modules are imported lazily, by the command that runs
+    from scanedge.bench.inprocess import RunLength
+    from scanedge.bench.report import BenchReport
+    from scanedge.engines import EngineOptions
+
 __all__ = ["build_parser", "main"]
 
 
-def _run_length(args: argparse.Namespace):
+def _run_length(args: argparse.Namespace) -> RunLength:
     from scanedge.bench.inprocess import RunLength
 
     with user_values():
         return RunLength(count=args.count, duration_s=args.duration, warmup=args.warmup)
 
 
-def _engine_options(args: argparse.Namespace, **changes):
+def _engine_options(args: argparse.Namespace, **changes: Any) -> EngineOptions:
     """The engine settings the command line asked for, as the library's one options object."""
     from scanedge.engines import EngineOptions
 
     return EngineOptions(**{"backend": args.backend, "threads": args.threads, **changes})
 
 
-def _emit(report, args: argparse.Namespace, console) -> int:
+def _emit(report: BenchReport, args: argparse.Namespace, console: Any) -> int:
     report.render(console)
     if args.json:
         report.write_json(args.json)
@@ -215,6 +221,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``edge-bench`` argument parser: one subcommand per mode, each bound to its handler (``func``)."""
     ap = argparse.ArgumentParser(
         prog="edge-bench", description="Latency profiler for scanedge engines, pipeline and stream."
     )
@@ -298,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``edge-bench`` with ``argv`` (default: the process arguments); returns the exit status
+    (2 for a typed scanedge error, after one line on stderr)."""
     args = build_parser().parse_args(argv)
     return run_command(args.func, args)
 

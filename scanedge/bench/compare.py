@@ -15,6 +15,16 @@ COMPARED_STATS = ("median", "p99")
 
 @dataclass(frozen=True)
 class ComparisonRow:
+    """One statistic of one figure in both reports.
+
+    Attributes:
+        figure: the figure's name in both reports (``infer``, ``total``, ...).
+        stat: which statistic of it (``median``, ``p99``, ...).
+        a: its value in report A, in ms.
+        b: its value in report B, in ms.
+        limit: the ratio above which the row fails the comparison; None: informational only.
+    """
+
     figure: str
     stat: str
     a: float
@@ -24,16 +34,24 @@ class ComparisonRow:
 
     @property
     def exceeded(self) -> bool:
+        """Whether B is slower than A by more than the limit allows."""
         return self.limit is not None and self.ratio > self.limit
 
 
 @dataclass(frozen=True)
 class Comparison:
+    """Report B against report A, statistic by statistic.
+
+    Attributes:
+        rows: one row per compared figure and statistic, in the order of the figures.
+    """
+
     rows: tuple[ComparisonRow, ...]
     throughput_ratio: float | None  # b / a: below 1 means B is slower
 
     @property
     def failed(self) -> bool:
+        """Whether any row exceeded its limit: the regression gate's verdict."""
         return any(r.exceeded for r in self.rows)
 
 

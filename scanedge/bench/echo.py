@@ -51,6 +51,7 @@ def bench_echo(
     peer = subprocess.Popen(
         [sys.executable, "-c", _PEER, str(reply_bytes), str(pause_ms / 1e3)], stdout=subprocess.PIPE, text=True
     )
+    assert peer.stdout is not None  # stdout=PIPE
     port = int(peer.stdout.readline())
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
@@ -60,14 +61,16 @@ def bench_echo(
     samples: list[float] = []
     try:
         for _ in range(run.warmup):
-            sock.send_multipart([b"{}", payload], copy=False)
+            # an ndarray is a buffer; numpy declares __buffer__ only for Python >= 3.12
+            sock.send_multipart([b"{}", payload], copy=False)  # type: ignore[list-item]
             sock.recv_multipart(copy=False)
         monitor = RunMonitor()
         start = time.perf_counter()
 
         def round_trip(_: int) -> None:
             t0 = time.perf_counter()
-            sock.send_multipart([b"{}", payload], copy=False)
+            # an ndarray is a buffer; numpy declares __buffer__ only for Python >= 3.12
+            sock.send_multipart([b"{}", payload], copy=False)  # type: ignore[list-item]
             reply = sock.recv_multipart(copy=False)
             samples.append((time.perf_counter() - t0) * 1e3 - float(reply[0].bytes))  # minus the actual pause
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -34,7 +34,13 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class RunLength:
-    """How long to measure: ``count`` iterations, or until ``duration_s`` when it is given."""
+    """How long to measure: ``count`` iterations, or until ``duration_s`` when it is given.
+
+    Attributes:
+        count: measured iterations when no duration is given.
+        duration_s: measure for this many seconds instead of ``count`` iterations.
+        warmup: unmeasured iterations first (sessions, caches and sockets settle).
+    """
 
     count: int = 500
     duration_s: float | None = None
@@ -45,9 +51,11 @@ class RunLength:
             raise ValueError("count must be >= 1, warmup >= 0 and duration > 0")
 
     def done(self, i: int, elapsed: float) -> bool:
+        """Whether a run that has done ``i`` iterations in ``elapsed`` seconds is finished."""
         return elapsed >= self.duration_s if self.duration_s is not None else i >= self.count
 
     def expected(self, elapsed: float, i: int) -> int:
+        """The total iterations to expect (for progress bars), extrapolated from the rate so far for timed runs."""
         if self.duration_s is None:
             return self.count
         return max(i, int(i / max(elapsed, 1e-9) * self.duration_s)) if i else 0
@@ -114,7 +122,8 @@ def bench_engine(
             dims[0] = batch
         if any(not isinstance(d, int) or d < 1 for d in dims):
             raise ConfigError(f"input {spec.name!r} has dynamic dims {spec.shape}; give --shape, e.g. 1x1x256x256")
-        feeds = {spec.name: np.random.default_rng(0).standard_normal(dims).astype(spec.dtype)}
+        sizes = cast("list[int]", dims)  # all positive ints, checked just above
+        feeds = {spec.name: np.random.default_rng(0).standard_normal(sizes).astype(spec.dtype)}
         for s in eng.input_specs[1:]:
             raise ConfigError(f"edge-bench engine drives single-input models; {s.name!r} is a second input")
         reference = Path(baseline_model) if baseline_model is not None else path
@@ -146,7 +155,7 @@ def bench_engine(
             samples={"infer": samples},
             engine=eng.describe(),
             model=_model_info(path),
-            throughput_per_s=len(samples) * dims[0] / (sum(samples) / 1e3),
+            throughput_per_s=len(samples) * sizes[0] / (sum(samples) / 1e3),
             timeline=timeline,
         )
         if session is not None:
@@ -211,7 +220,7 @@ def bench_pipeline(
     pipe = Pipeline.open(path, options=options)
     with pipe:
         inputs: list[Any] = [encode_dicom(s) for s in slices] if dicom else list(slices)
-        session = _plain_session(path, options) if baseline else None
+        session: Any = _plain_session(path, options) if baseline else None
         tensors = []
         if session is not None:  # the baseline sees exactly the tensors the pipeline's engine sees
             from scanedge.imaging.preprocess import Preprocessor

@@ -7,7 +7,6 @@ do more work when there are lesions to count and draw); uniform noise would flat
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -50,7 +49,7 @@ def bench_slices(
         patient.pixel_spacing[1] * patient.pixels.shape[2] / cols,
     )
     out = []
-    stack: Sequence[np.ndarray] = patient.pixels[:limit] if limit else patient.pixels
+    stack: np.ndarray = patient.pixels[:limit] if limit else patient.pixels
     for i, px in enumerate(stack):
         resized = px if (rows, cols) == px.shape else cv2.resize(px, (cols, rows), interpolation=cv2.INTER_LINEAR)
         out.append(

@@ -47,6 +47,7 @@ def _memory_gb() -> float | None:
 
 
 def machine_info() -> dict[str, Any]:
+    """What the figures were measured on: CPU model, cores (all, and usable by this process), memory, OS, Python."""
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "cpu_model": _cpu_model(),
@@ -60,6 +61,7 @@ def machine_info() -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
+    """Versions of scanedge and of the libraries on its hot path (ONNX Runtime, numpy, OpenCV, pyzmq, libzmq)."""
     import cv2
     import zmq
 
@@ -78,7 +80,23 @@ def versions() -> dict[str, str]:
 
 @dataclass
 class BenchReport:
-    """Figures are named series of samples ("total", "infer", "preprocess", "transport", ...)."""
+    """Figures are named series of samples ("total", "infer", "preprocess", "transport", ...).
+
+    Attributes:
+        mode: what was measured: ``engine``, ``pipeline``, ``stream`` or ``echo``.
+        settings: the run's settings as reported (shape, threads, count, rate, ...).
+        samples: raw latencies in ms per figure; every statistic is computed from these.
+        engine: the engine's own description (backend, providers, threads, ...).
+        model: which model: path, name, version, sha256.
+        counts: outcome counts (``ok``, ``busy``, ``error.CODE``, ...) where outcomes vary.
+        throughput_per_s: slices per second over the measured part of the run.
+        wall_s: wall-clock seconds of the measured part of the run.
+        baseline: the plain ONNX Runtime (or in-process) baseline and the overhead over it; None without one.
+        warnings: why the figures may not be trustworthy (high variance, load, throttling).
+        machine: :func:`machine_info` of the machine that measured.
+        versions: :func:`versions` of the libraries that measured.
+        created: when the report was made, ISO 8601 in UTC.
+    """
 
     mode: str
     settings: dict[str, Any]
@@ -96,9 +114,11 @@ class BenchReport:
     timeline: list[float] = field(default_factory=list)  # seconds since start of each "total" sample
 
     def figures(self) -> dict[str, LatencyStats]:
+        """Statistics of every figure that has samples."""
         return {name: summarize(values) for name, values in self.samples.items() if len(values)}
 
     def to_dict(self) -> dict[str, Any]:
+        """The ``scanedge.bench/1`` JSON document: settings, figures, warnings and the raw samples."""
         return {
             "schema": SCHEMA,
             "mode": self.mode,
@@ -119,10 +139,12 @@ class BenchReport:
         }
 
     def write_json(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`to_dict` to ``path`` as indented JSON."""
         Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BenchReport:
+        """The report a :meth:`to_dict` document describes; ValueError when it is not a ``scanedge.bench/1`` one."""
         if data.get("schema") != SCHEMA:
             raise ValueError(f"not a scanedge benchmark report (schema {data.get('schema')!r}, expected {SCHEMA!r})")
         return cls(
@@ -144,6 +166,7 @@ class BenchReport:
 
     @classmethod
     def read_json(cls, path: str | os.PathLike[str]) -> BenchReport:
+        """A report written by :meth:`write_json`; ValueError when the file is not JSON or not a report."""
         try:
             data = json.loads(Path(path).read_text())
         except json.JSONDecodeError as exc:

@@ -42,11 +42,19 @@ class SoakSettings:
     """What to run: a spawned runtime (``endpoint`` None) or a running one, and how hard to push it.
 
     Attributes:
+        endpoint: a running runtime to soak; None spawns ``scanedge serve`` and watches its process.
+        model: the model a spawned runtime serves; None: the demo model.
+        engine: engine settings of a spawned runtime.
+        workers: inference workers of a spawned runtime.
+        duration_s: how long the consoles send, in seconds.
+        consoles: simulated consoles, each with its own connection and series.
         overload: offered load as a multiple of the capacity measured at the start (2.0: twice).
         malformed: fraction of messages that are malformed (0.05: one in twenty).
+        size: (rows, cols) of the good slices sent.
         window_s: the report's time resolution.
         rss_slope_limit_mb_h: resident-memory growth (least-squares slope after the first fifth of the
             run) above which the run fails.
+        seed: seed of the traffic generators, so a failing run can be replayed.
     """
 
     endpoint: str | None = None
@@ -71,7 +79,19 @@ class SoakSettings:
 
 @dataclass
 class SoakWindow:
-    """One time window of the run (``start_s`` from the start of sending)."""
+    """One time window of the run (``start_s`` from the start of sending).
+
+    Attributes:
+        start_s: seconds from the start of sending to the start of this window.
+        sent: messages sent in the window.
+        replies: replies received in the window.
+        outcomes: replies by outcome: ``ok``, ``control`` (PONG, STATS_REPLY) or the error code.
+        p50_ms: median end-to-end latency of the slices computed in the window; None when there were none.
+        p99_ms: their 99th percentile.
+        rss_mb: the runtime's resident memory at the window's last sample (spawned runtimes only).
+        fds: the runtime's open file descriptors at that sample.
+        threads: the runtime's threads at that sample.
+    """
 
     start_s: float
     sent: int = 0
@@ -86,6 +106,30 @@ class SoakWindow:
 
 @dataclass
 class SoakReport:
+    """The soak's verdict and the evidence for it; it passed when ``failures`` is empty.
+
+    Attributes:
+        settings: the :class:`SoakSettings` the run used, as plain values.
+        capacity_per_s: slices per second the runtime computed flat out before the soak.
+        offered_per_s: the rate all consoles together sent at (capacity times overload).
+        messages: messages sent, good and malformed.
+        replies: replies received, including those with id null.
+        null_id_replies: replies with id null (allowed only for messages with an unreadable id).
+        duplicates: surplus replies to a request id answered more than once.
+        missing: request ids never answered.
+        good_failed: well-formed slices answered with an error other than SUPERSEDED.
+        runtime_alive: whether a spawned runtime was still running at the end, before it was stopped (always
+            True for one the soak did not start).
+        runtime_exit_code: a spawned runtime's exit status once stopped; None for one the soak did not start.
+        rss_slope_mb_h: least-squares growth of resident memory after the first fifth of the run, MB per hour.
+        fd_growth: open file descriptors gained over the same stretch.
+        thread_growth: threads gained over the same stretch.
+        windows: the run window by window.
+        machine: :func:`~scanedge.bench.report.machine_info` of the machine that ran the soak.
+        versions: :func:`~scanedge.bench.report.versions` of the libraries involved.
+        failures: why the run failed, one sentence per reason; empty when it passed.
+    """
+
     settings: dict[str, Any]
     capacity_per_s: float
     offered_per_s: float
@@ -108,18 +152,22 @@ class SoakReport:
 
     @property
     def passed(self) -> bool:
+        """Whether every message was answered once and memory, descriptors and threads stayed flat."""
         return not self.failures
 
     def to_dict(self) -> dict[str, Any]:
+        """The ``scanedge.soak/1`` JSON document: every field, plus ``passed``."""
         data = asdict(self)
         data["schema"] = "scanedge.soak/1"
         data["passed"] = self.passed
         return data
 
     def write_json(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`to_dict` to ``path`` as indented JSON."""
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     def render(self, console: Any) -> None:
+        """The per-window table, the totals and the verdict on a rich console."""
         from rich.table import Table
 
         table = Table(title="soak, per window", title_justify="left")
@@ -206,7 +254,7 @@ class _Console(threading.Thread):
         self.drain_deadline = float("inf")  # set when sending stops: how long to wait for the last replies
 
     def run(self) -> None:
-        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 100_000)
         sock.connect(self.endpoint)

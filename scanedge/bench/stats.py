@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,20 @@ HIGH_CV = 0.10
 
 @dataclass(frozen=True)
 class LatencyStats:
-    """Summary of one series of latency samples, all in milliseconds."""
+    """Summary of one series of latency samples, all in milliseconds.
+
+    Attributes:
+        count: number of samples.
+        min: the fastest sample.
+        mean: arithmetic mean.
+        median: 50th percentile.
+        p90: 90th percentile (numpy's linear interpolation, as every percentile here).
+        p95: 95th percentile.
+        p99: 99th percentile; needs 100 samples or more to mean anything.
+        p999: 99.9th percentile; needs 1000 samples or more.
+        max: the slowest sample.
+        stdev: sample standard deviation (0 for a single sample).
+    """
 
     count: int
     min: float
@@ -51,14 +65,17 @@ class LatencyStats:
     cv: float  # stdev / mean
 
     def to_dict(self) -> dict[str, float]:
+        """Every field by name, floats rounded to 10 ns for JSON."""
         return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, float]) -> LatencyStats:
+    def from_dict(cls, data: Mapping[str, Any]) -> LatencyStats:
+        """The statistics :meth:`to_dict` wrote (extra keys are ignored; a missing one raises KeyError)."""
         return cls(**{k: data[k] for k in cls.__dataclass_fields__})
 
 
 def summarize(samples_ms: Sequence[float] | np.ndarray) -> LatencyStats:
+    """The statistics of ``samples_ms`` (milliseconds); ValueError when there are none."""
     a = np.asarray(samples_ms, np.float64)
     if a.size == 0:
         raise ValueError("no samples to summarise")
@@ -124,6 +141,7 @@ def cpu_clock_mhz() -> float | None:
 
 
 def throttling_warning(before_mhz: float | None, after_mhz: float | None) -> str | None:
+    """A warning when the mean CPU clock fell by more than 10% during a run; None otherwise or when unknown."""
     if before_mhz and after_mhz and after_mhz < 0.9 * before_mhz:
         return f"CPU clock fell from {before_mhz:.0f} to {after_mhz:.0f} MHz during the run: throttling"
     return None
@@ -178,6 +196,11 @@ class RunMonitor:
         return r.ru_utime + r.ru_stime
 
     def warnings(self, name: str, samples_ms: Sequence[float], *, check_load: bool = True) -> list[str]:
+        """Warnings about figure ``name`` measured since this monitor was made.
+
+        ``check_load=False`` leaves out the other-processes check, for runs where another process (a spawned
+        runtime, an echo peer) is expected to use the CPU.
+        """
         wall = self._time.perf_counter() - self.start
         out = stability_warnings(name, summarize(samples_ms))
         for warning in (

@@ -19,9 +19,10 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scanedge.bench.inprocess import RunLength, baseline_block, drive
 from scanedge.bench.report import BenchReport
@@ -33,6 +34,9 @@ from scanedge.imaging.slices import Slice
 from scanedge.runtime.client import Client, ClientConfig, RemoteResult
 from scanedge.runtime.protocol import Pong
 
+if TYPE_CHECKING:  # imported lazily where used: only the baseline needs a local pipeline
+    from scanedge.runtime.pipeline import Pipeline
+
 __all__ = ["SpawnedRuntime", "StreamSettings", "bench_stream"]
 
 Progress = Callable[[int, int], None]
@@ -41,6 +45,20 @@ SERVER_STAGES = ("queue", "decode", "preprocess", "infer", "postprocess", "overl
 
 @dataclass(frozen=True)
 class StreamSettings:
+    """What ``edge-bench stream`` drives, and how.
+
+    Attributes:
+        model: the model a spawned runtime serves (and the baseline runs); None: the demo model.
+        workers: inference workers of a spawned runtime.
+        consoles: simulated consoles, each with its own connection and series.
+        outputs: what each request asks for (``mask``, ``overlay``, ``probabilities``).
+        overlay_encoding: how the overlay comes back: ``raw``, ``jpeg`` or ``png``.
+        deadline_ms: each request's deadline; None: none.
+        dicom: send DICOM objects instead of raw pixels (adds the runtime's DICOM decoding).
+        run: how long to measure.
+        baseline: also time the in-process pipeline on the same slices, so the runtime's own cost shows.
+    """
+
     endpoint: str | None = None  # None: spawn a runtime
     model: Path | None = None
     #: engine settings of a spawned runtime and of the in-process baseline (spinning off, as the server)
@@ -103,6 +121,10 @@ class SpawnedRuntime:
         self._sampler = threading.Thread(target=self._sample, daemon=True)
 
     def wait_ready(self, timeout: float = 120.0) -> Pong:
+        """Block until the runtime answers PING (its PONG is returned), then start sampling its memory.
+
+        RuntimeError when it exits first or does not answer within ``timeout`` seconds.
+        """
         deadline = time.monotonic() + timeout
         with Client(self.endpoint, ClientConfig(timeout_s=1.0, retries=0)) as probe:
             while True:
@@ -134,6 +156,7 @@ class SpawnedRuntime:
         return self._log.read().decode(errors="replace")[-limit:]
 
     def close(self) -> int | None:
+        """Stop it with SIGTERM (SIGKILL after 30 s) and return its exit status."""
         self._stop.set()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -162,8 +185,8 @@ class _Recorder:
         self.errors: dict[str, int] = {}
         self.done = 0
 
-    def callback(self, intended: float, sent: float, start: float):
-        def record(future) -> None:
+    def callback(self, intended: float, sent: float, start: float) -> Callable[[Future[RemoteResult]], None]:
+        def record(future: Future[RemoteResult]) -> None:
             now = time.perf_counter()
             with self.lock:
                 self.done += 1
@@ -197,6 +220,11 @@ def _payloads(slices: Sequence[Slice], dicom: bool) -> list[Any]:
 
 
 def bench_stream(slices: Sequence[Slice], settings: StreamSettings, progress: Progress | None = None) -> BenchReport:
+    """Stream ``slices`` (cycled) to ``settings.endpoint``, or to a runtime spawned for the run, and report
+    end-to-end latency per request with the runtime's own stage timings and the transport between them.
+
+    ``progress(done, expected)`` is called as requests complete.
+    """
     spawned = None
     endpoint = settings.endpoint
     if endpoint is None:
@@ -216,7 +244,14 @@ def bench_stream(slices: Sequence[Slice], settings: StreamSettings, progress: Pr
     return report
 
 
-def _run(slices, settings: StreamSettings, endpoint: str, pong: Pong, progress, spawned) -> BenchReport:
+def _run(
+    slices: Sequence[Slice],
+    settings: StreamSettings,
+    endpoint: str,
+    pong: Pong,
+    progress: Progress | None,
+    spawned: SpawnedRuntime | None,
+) -> BenchReport:
     run = settings.run
     payloads = _payloads(slices, settings.dicom)
     rec = _Recorder()
@@ -324,7 +359,17 @@ def _wait_all(rec: _Recorder, sent: int, timeout: float) -> None:
 STREAM_BASELINE_BLOCK = 250
 
 
-def _closed_loop_with_baseline(client, payloads, kw, rec, run, start, pipe, baseline, progress) -> int:
+def _closed_loop_with_baseline(
+    client: Client,
+    payloads: Sequence[Any],
+    kw: dict[str, Any],
+    rec: _Recorder,
+    run: RunLength,
+    start: float,
+    pipe: Pipeline,
+    baseline: list[float],
+    progress: Progress | None,
+) -> int:
     """One console, flat out, alternating long blocks with the in-process pipeline on the same slices."""
 
     def measured(i: int) -> None:
@@ -344,7 +389,16 @@ def _closed_loop_with_baseline(client, payloads, kw, rec, run, start, pipe, base
     return sent
 
 
-def _drive_consoles(clients, payloads, kw, rec, settings: StreamSettings, start, total, progress) -> int:
+def _drive_consoles(
+    clients: Sequence[Client],
+    payloads: Sequence[Any],
+    kw: dict[str, Any],
+    rec: _Recorder,
+    settings: StreamSettings,
+    start: float,
+    total: int | None,
+    progress: Progress | None,
+) -> int:
     run = settings.run
     per_console = None if total is None else -(-total // len(clients))
     sent = [0] * len(clients)

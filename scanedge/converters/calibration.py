@@ -48,10 +48,12 @@ class CalibrationSlices:
         self._iter: Iterator[np.ndarray] | None = None
 
     def get_next(self) -> dict[str, Any] | None:
+        """The next calibration feed ``{input name: tensor}``; None once every slice has been given."""
         if self._iter is None:
             self._iter = iter(self._tensors)
         tensor = next(self._iter, None)
         return None if tensor is None else {self.input_name: tensor}
 
     def rewind(self) -> None:
+        """Start again from the first slice (the quantizer may read the data more than once)."""
         self._iter = None

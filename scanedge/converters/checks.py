@@ -15,6 +15,16 @@ MIN_OPSET = 13  # older opsets lack the ops TensorRT's parser and ORT's quantize
 
 @dataclass(frozen=True)
 class CheckReport:
+    """What :func:`check_onnx` found in a model that passed.
+
+    Attributes:
+        opset: the model's default-domain opset.
+        inputs: graph inputs (initializers excluded) and their dims; a dim is an int, a symbolic name, or None.
+        outputs: graph outputs and their dims, likewise.
+        dynamic_inputs: names of the inputs with at least one dim that is not a fixed positive size.
+        notes: things worth telling the user that do not stop the conversion.
+    """
+
     opset: int
     inputs: dict[str, list[Any]]
     outputs: dict[str, list[Any]]

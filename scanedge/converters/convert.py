@@ -29,6 +29,17 @@ Target = Literal["ort", "tensorrt"]
 
 @dataclass(frozen=True)
 class ConvertOptions:
+    """What :func:`convert` makes; ValueError on construction for an unknown target or precision, or int8
+    without calibration data.
+
+    Attributes:
+        target: ``ort`` (an optimized ONNX file for ONNX Runtime) or ``tensorrt`` (a plan for this GPU).
+        precision: ``fp32``, ``fp16`` (float32 I/O kept) or ``int8`` (Q/DQ nodes, calibrated).
+        calibration_limit: at most this many calibration slices are used.
+        out_dir: where the outputs are written (created if missing).
+        timing_cache: TensorRT timing cache file; None: one per GPU and TensorRT version in ``out_dir``.
+    """
+
     target: Target = "ort"
     precision: str = "fp32"
     calibration: Path | None = None  # folder of slices (DICOM, .npy, images); required for int8
@@ -50,6 +61,13 @@ class ConvertOptions:
 
 @dataclass(frozen=True)
 class ConversionResult:
+    """What :func:`convert` wrote, and how long each step took.
+
+    Attributes:
+        manifest: the manifest embedded in the converted model (precision and description updated).
+        check: what the pre-conversion checks found.
+    """
+
     output: Path  # the ORT model, or the TensorRT plan
     onnx: Path  # the precision-converted ONNX with its manifest
     manifest: Manifest
@@ -89,6 +107,14 @@ def convert(
     manifest_path: str | os.PathLike[str] | None = None,
     say: Callable[[str], None] = lambda _: None,
 ) -> ConversionResult:
+    """Convert the ONNX model at ``model_path`` as ``options`` say: check, simplify, change precision,
+    optimize for ONNX Runtime or build a TensorRT plan.
+
+    ``manifest_path``: a manifest file to use instead of the one embedded in (or next to) the model.
+    ``say`` receives one line per step as it starts and finishes. Raises ConversionError when a step
+    fails, a ModelError (ManifestMissingError, ...) for a missing or mismatched manifest, and
+    DeviceUnavailableError for the TensorRT target without a usable GPU.
+    """
     import onnx
 
     path = Path(model_path)
@@ -117,9 +143,11 @@ def convert(
         if options.precision == "fp16":
             model = step("fp16 conversion (float32 I/O kept)", lambda: to_fp16(model))
         elif options.precision == "int8":
+            calibration = options.calibration
+            assert calibration is not None  # ConvertOptions refuses int8 without it
             reader = step(
-                f"calibration data from {options.calibration}",
-                lambda: CalibrationSlices(manifest, options.calibration, options.calibration_limit),
+                f"calibration data from {calibration}",
+                lambda: CalibrationSlices(manifest, calibration, options.calibration_limit),
             )
             say(f"calibrating on {reader.count} slice(s) through the runtime's own preprocessing")
             model = step(

@@ -61,6 +61,13 @@ def build_plan(
     workspace_mb: int = 2048,
     say: Callable[[str], None] = lambda _: None,
 ) -> Path:
+    """Build a TensorRT plan for this GPU from ``onnx_path`` (already at ``precision``) and return its path.
+
+    The plan is written to ``out_dir`` under a name keyed on the GPU, TensorRT version, precision and model,
+    with its key file and manifest beside it. ``shapes``: the (min, opt, max) input profile; default: the
+    manifest's fixed size. ``workspace_mb`` caps TensorRT's scratch memory. ConversionError when TensorRT
+    rejects the model or the build fails; DeviceUnavailableError without a GPU or TensorRT.
+    """
     trt = tensorrt_module()
     gpu = gpu_info()
     assert manifest.onnx_sha256 is not None

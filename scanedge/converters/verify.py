@@ -37,7 +37,14 @@ DEFAULT_MIN_DICE = {"fp32": 0.999, "fp16": 0.99, "int8": 0.97}
 
 @dataclass(frozen=True)
 class Agreement:
-    """How a candidate engine's output differs from the reference's on the same inputs."""
+    """How a candidate engine's output differs from the reference's on the same inputs.
+
+    Attributes:
+        slices: how many slices were compared.
+        mean_abs_diff: mean absolute difference over every probability of every slice.
+        reference_pixels: per foreground class, the reference's foreground pixels over all slices (a Dice
+            over a handful of pixels means little).
+    """
 
     slices: int
     dice: dict[str, float]  # per foreground class, pooled over all slices (1.0 when both are empty)
@@ -47,6 +54,7 @@ class Agreement:
     reference_pixels: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
+        """Every field by name, for JSON reports."""
         return asdict(self)
 
 
@@ -68,7 +76,12 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class Verdict:
-    """Pass or fail, with one line per missed threshold."""
+    """Pass or fail, with one line per missed threshold.
+
+    Attributes:
+        passed: whether every threshold was met.
+        failures: one sentence per missed threshold; empty when passed.
+    """
 
     passed: bool
     failures: tuple[str, ...]

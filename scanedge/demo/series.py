@@ -31,6 +31,12 @@ _UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's UID root, as generate_uid(
 
 @dataclass(frozen=True, eq=False)
 class DemoPatient:
+    """The shipped synthetic patient: stored pixel values, the lesions the generator put there, geometry.
+
+    Attributes:
+        pixel_spacing: (row, column) spacing in mm.
+    """
+
     pixels: np.ndarray  # (slices, rows, cols) int16 stored values
     labels: np.ndarray  # (slices, rows, cols) uint8 true lesion labels
     z_mm: np.ndarray  # (slices,) slice positions along the feet-head axis
@@ -39,6 +45,8 @@ class DemoPatient:
 
 
 def load_demo_patient(path: Path = DEMO_PATIENT_PATH) -> DemoPatient:
+    """The demo patient stored at ``path`` (default: the one shipped in the package); FileNotFoundError
+    when it is missing."""
     if not path.is_file():
         raise FileNotFoundError(
             f"the demo patient is missing ({path}); reinstall scanedge or regenerate it with "

@@ -27,7 +27,16 @@ SIZE = 256
 
 @dataclass(frozen=True)
 class Anatomy:
-    """Tissue maps as (z, row, col) float32 volumes in [0, 1], plus lesion-site candidates (z, row, col)."""
+    """Tissue maps as (z, row, col) float32 volumes in [0, 1], plus lesion-site candidates (z, row, col).
+
+    Attributes:
+        gm: grey-matter fraction per voxel.
+        wm: white-matter fraction per voxel.
+        csf: cerebrospinal-fluid fraction per voxel (the brain mask minus grey and white matter).
+        periventricular: (n, 3) int16 voxels in white matter next to the ventricles.
+        juxtacortical: (n, 3) int16 voxels in white matter just below the cortex.
+        deep: (n, 3) int16 voxels deep in white matter, away from ventricles and cortex.
+    """
 
     gm: np.ndarray
     wm: np.ndarray
@@ -38,11 +47,14 @@ class Anatomy:
 
     @property
     def depth(self) -> int:
+        """Number of axial slices."""
         return int(self.gm.shape[0])
 
 
 @dataclass(frozen=True)
 class Lesion:
+    """One ellipsoidal lesion in the anatomy's voxel grid."""
+
     center: tuple[float, float, float]  # (z, row, col) voxels
     inverse_axes: np.ndarray  # 3x3: maps an offset to ellipsoid-normalised coordinates
     reach: float  # largest semi-axis, voxels
@@ -50,7 +62,20 @@ class Lesion:
 
 @dataclass(frozen=True)
 class SubjectParams:
-    """One synthetic subject's contrast and deformation, shared by all of its slices."""
+    """One synthetic subject's contrast and deformation, shared by all of its slices.
+
+    Attributes:
+        mu_csf: intensity of CSF, in the ~[0, 1] image range (FLAIR: dark).
+        mu_wm: intensity of white matter.
+        mu_gm: intensity of grey matter (above white matter, as in FLAIR).
+        mu_lesion: intensity of lesions (the brightest tissue).
+        mu_scalp: intensity of the scalp shell around the brain.
+        blur_sigma: partial-volume blur, Gaussian sigma in pixels.
+        noise_sigma: Rician noise, sigma of each Gaussian component.
+        gamma: exponent of the final intensity curve.
+        map_y: the row map that goes with ``map_x``.
+        flip: mirror the slice left-right.
+    """
 
     mu_csf: float
     mu_wm: float
@@ -161,7 +186,7 @@ def random_subject(rng: np.random.Generator, *, deform: float = 1.0) -> SubjectP
     angle = rng.uniform(-12, 12) * deform
     scale = 1.0 + rng.uniform(-0.1, 0.1) * deform
     shift = rng.uniform(-8, 8, 2) * deform
-    affine = cv2.getRotationMatrix2D((SIZE / 2, SIZE / 2), angle, scale)
+    affine: np.ndarray = cv2.getRotationMatrix2D((SIZE / 2, SIZE / 2), angle, scale)
     affine[:, 2] += shift
     inverse = cv2.invertAffineTransform(affine)
     ys, xs = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)

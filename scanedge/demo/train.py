@@ -23,7 +23,9 @@ import json
 import multiprocessing as mp
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,13 +34,23 @@ from scanedge.demo.assets import DEMO_MODEL_PATH, DEMO_PATIENT_PATH, demo_manife
 from scanedge.imaging.preprocess import Preprocessor
 from scanedge.imaging.slices import Slice
 
+__all__ = [
+    "evaluate",
+    "export",
+    "lesion_metrics",
+    "main",
+    "make_training_set",
+    "train",
+    "write_demo_patient",
+]
+
 CHANNELS = (16, 32, 64, 96)
 HELD_OUT_SEEDS = tuple(range(900_000, 900_006))
 DEMO_PATIENT_SEED = 424_242
 DEMO_SLICES = tuple(range(22, 150, 4))  # 32 axial slices, 4 mm apart
 
 
-def _build_network():  # torch is imported lazily: the runtime never needs it
+def _build_network() -> Any:  # torch is imported lazily: the runtime never needs it
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
@@ -47,7 +59,7 @@ def _build_network():  # torch is imported lazily: the runtime never needs it
         return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
 
     class LesionNet(nn.Module):
-        def __init__(self, channels=CHANNELS, classes: int = 2) -> None:
+        def __init__(self, channels: Sequence[int] = CHANNELS, classes: int = 2) -> None:
             super().__init__()
             self.encoders = nn.ModuleList()
             previous = 4
@@ -112,6 +124,8 @@ def _subject_volume(seed: int, zs: tuple[int, ...], deform: float = 1.0) -> tupl
 
 
 def make_training_set(samples: int, seed: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
+    """``samples`` preprocessed synthetic slices (float16) and their lesion labels (uint8), each (samples,
+    256, 256), synthesised by ``workers`` processes; one random subject per slice, derived from ``seed``."""
     seeds = [seed * 1_000_003 + i for i in range(samples)]
     images = np.empty((samples, 256, 256), np.float16)
     labels = np.empty((samples, 256, 256), np.uint8)
@@ -127,7 +141,9 @@ def make_training_set(samples: int, seed: int, workers: int) -> tuple[np.ndarray
 # --- training ----------------------------------------------------------------------------------------
 
 
-def train(images: np.ndarray, labels: np.ndarray, steps: int, batch: int, crop: int, seed: int):
+def train(images: np.ndarray, labels: np.ndarray, steps: int, batch: int, crop: int, seed: int) -> Any:
+    """Train the demo network for ``steps`` AdamW steps on random ``crop``-pixel crops, ``batch`` per step,
+    with weighted cross-entropy plus soft Dice; returns the torch module in eval mode."""
     import torch
     import torch.nn.functional as F
 
@@ -169,7 +185,8 @@ def train(images: np.ndarray, labels: np.ndarray, steps: int, batch: int, crop: 
     return net
 
 
-def export(net, out: Path) -> None:
+def export(net: Any, out: Path) -> None:
+    """Export ``net`` to ONNX (opset 17, fixed 1x1x256x256 input) at ``out`` with the demo manifest embedded."""
     import onnx
     import torch
 
@@ -218,6 +235,8 @@ def lesion_metrics(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 
 
 def evaluate(model_path: Path) -> dict[str, float]:
+    """:func:`lesion_metrics` of the exported model, run through the scanedge pipeline, pooled over the
+    held-out subjects, plus the numbers of slices and subjects."""
     from scanedge.runtime.pipeline import Pipeline
 
     zs = tuple(range(30, 150, 3))
@@ -256,6 +275,8 @@ def write_demo_patient(path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m scanedge.demo.train``: synthesise, train, export, evaluate, write the demo patient; returns
+    the exit status (2 without torch)."""
     ap = argparse.ArgumentParser(prog="python -m scanedge.demo.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", type=int, default=6000, help="synthetic training slices (default 6000)")
     ap.add_argument("--steps", type=int, default=5000, help="optimiser steps (default 5000)")

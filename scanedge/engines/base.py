@@ -25,16 +25,24 @@ Dim = int | str | None
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """A named tensor as the engine declares it; a ``str``/``None`` dimension is dynamic."""
+    """A named tensor as the engine declares it; a ``str``/``None`` dimension is dynamic.
+
+    Attributes:
+        name: the tensor's name in the model graph.
+        dtype: its element type.
+        shape: its dims: a fixed size (int >= 0), or a symbolic name, None or a negative int for a dynamic one.
+    """
 
     name: str
     dtype: np.dtype
     shape: tuple[Dim, ...]
 
     def is_dynamic(self) -> bool:
+        """Whether any dimension is dynamic."""
         return any(not isinstance(d, int) or d < 0 for d in self.shape)
 
     def matches(self, shape: tuple[int, ...]) -> bool:
+        """Whether a concrete ``shape`` fits: same rank, and equal to every fixed dimension."""
         if len(shape) != len(self.shape):
             return False
         return all(not isinstance(d, int) or d < 0 or d == s for d, s in zip(self.shape, shape))
@@ -77,6 +85,7 @@ class Engine(abc.ABC):
         return self
 
     def deactivate(self) -> None:
+        """Release the model and its buffers. Calling it on an inactive engine is a no-op."""
         if self.is_active:
             self.is_active = False
             self._deactivate_impl()
@@ -95,11 +104,13 @@ class Engine(abc.ABC):
 
     @property
     def input_specs(self) -> tuple[TensorSpec, ...]:
+        """The model's inputs, in graph order; EngineStateError on an inactive engine."""
         self._require_active()
         return self._inputs
 
     @property
     def output_specs(self) -> tuple[TensorSpec, ...]:
+        """The model's outputs, in graph order; EngineStateError on an inactive engine."""
         self._require_active()
         return self._outputs
 

@@ -95,7 +95,14 @@ def check(result: Any, what: str) -> Any:
 
 @dataclass(frozen=True)
 class GpuInfo:
-    """The facts about a GPU that a TensorRT plan depends on (its key is built from them)."""
+    """The facts about a GPU that a TensorRT plan depends on (its key is built from them).
+
+    Attributes:
+        index: the CUDA device ordinal.
+        name: the device name as CUDA reports it (``NVIDIA H100 80GB HBM3``).
+        compute_capability: (major, minor), e.g. (9, 0).
+        sm_count: streaming multiprocessors.
+    """
 
     index: int
     name: str

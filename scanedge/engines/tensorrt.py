@@ -36,7 +36,16 @@ __all__ = ["EngineKey", "TensorRTEngine", "check_engine_key", "key_path", "read_
 
 @dataclass(frozen=True)
 class EngineKey:
-    """What a TensorRT plan is only valid for (Holoscan names its cache files after the same facts)."""
+    """What a TensorRT plan is only valid for (Holoscan names its cache files after the same facts).
+
+    Attributes:
+        gpu: the GPU's name as CUDA reports it.
+        compute_capability: the GPU's (major, minor) compute capability.
+        sm_count: the GPU's streaming multiprocessors.
+        tensorrt: the TensorRT version that built the plan.
+        precision: ``fp32``, ``fp16`` or ``int8``.
+        onnx_sha256: sha256 of the ONNX graph the plan was built from.
+    """
 
     gpu: str
     compute_capability: tuple[int, int]
@@ -47,6 +56,7 @@ class EngineKey:
 
     @classmethod
     def for_device(cls, gpu: GpuInfo, tensorrt_version: str, precision: str, onnx_sha256: str) -> EngineKey:
+        """The key of a plan built on ``gpu`` with TensorRT ``tensorrt_version``."""
         return cls(gpu.name, gpu.compute_capability, gpu.sm_count, tensorrt_version, precision, onnx_sha256)
 
     def filename(self, stem: str) -> str:
@@ -70,10 +80,12 @@ class EngineKey:
         return out
 
     def to_json(self) -> str:
+        """The key file's text."""
         return json.dumps(asdict(self), indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> EngineKey:
+        """The key in a key file's text; ValueError, KeyError or TypeError when it is not one."""
         data = json.loads(text)
         data["compute_capability"] = tuple(data["compute_capability"])
         return cls(**data)
@@ -198,7 +210,8 @@ class TensorRTEngine(Engine):
             hptr = check(rt.cudaMallocHost(nbytes), "cudaMallocHost")
             ptrs.append(hptr)
             raw = (ctypes.c_uint8 * nbytes).from_address(_ptr(hptr))
-            host[spec.name] = np.frombuffer(raw, dtype=spec.dtype, count=int(np.prod(shape))).reshape(shape)
+            # numpy's stubs leave out ctypes arrays, which export the buffer protocol frombuffer reads
+            host[spec.name] = np.frombuffer(raw, dtype=spec.dtype, count=int(np.prod(shape))).reshape(shape)  # type: ignore[call-overload]
             device[spec.name] = check(rt.cudaMalloc(nbytes), "cudaMalloc")
         return _Buffers(host, device, ptrs)
 

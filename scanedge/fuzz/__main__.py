@@ -14,8 +14,11 @@ from pathlib import Path
 
 from scanedge.fuzz.targets import TARGETS
 
+__all__ = ["main"]
+
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the fuzzer as the command line says; returns the exit status (0: no crash, 2: atheris missing)."""
     ap = argparse.ArgumentParser(prog="python -m scanedge.fuzz", description=__doc__.splitlines()[0])
     ap.add_argument("target", nargs="?", choices=sorted(TARGETS), help="what to fuzz")
     ap.add_argument("seconds", nargs="?", type=int, default=60, help="how long to run (default: 60)")

@@ -12,7 +12,14 @@ __all__ = ["TARGETS", "FuzzTarget"]
 
 @dataclass(frozen=True)
 class FuzzTarget:
-    """``run(data)`` exercises one entry point; ``seeds()`` yields valid inputs to start mutating from."""
+    """``run(data)`` exercises one entry point; ``seeds()`` yields valid inputs to start mutating from.
+
+    Attributes:
+        name: how the command line and :data:`TARGETS` call it.
+        run: feeds raw bytes to the entry point; any exception other than a ScanedgeError is a finding.
+        seeds: valid inputs for the initial corpus.
+        description: one line for ``--list``.
+    """
 
     name: str
     run: Callable[[bytes], None]

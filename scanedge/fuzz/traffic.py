@@ -31,6 +31,13 @@ HOSTILE_KINDS = (
 
 @dataclass(frozen=True)
 class Message:
+    """One multipart message to send, and what its reply must look like.
+
+    Attributes:
+        frames: the ZeroMQ frames, header first.
+        kind: ``good`` or the entry of :data:`HOSTILE_KINDS` that made it.
+    """
+
     frames: list[bytes]
     request_id: str | None  # None: the id is deliberately unreadable
     good: bool = False  # a valid SEGMENT that must be answered RESULT (or SUPERSEDED when it has a series)
@@ -51,6 +58,7 @@ class HostileTraffic:
         return {"version": 1, "type": "SEGMENT", "id": f"{self.prefix}-{self.n}", **fields}
 
     def good(self, shape: tuple[int, int] = (32, 32), series: str = "", outputs: Sequence[str] = ("mask",)) -> Message:
+        """A valid raw uint8 SEGMENT of ``shape`` (rows, cols) with random pixels, in ``series`` when given."""
         rows, cols = shape
         h = self._header(dtype="uint8", shape=[rows, cols], outputs=list(outputs))
         if series:
@@ -59,6 +67,8 @@ class HostileTraffic:
         return Message([json.dumps(h).encode(), pixels], str(h["id"]), good=True)
 
     def hostile(self) -> Message:
+        """A malformed or unexpected message of a random kind from :data:`HOSTILE_KINDS` (``mutated_dicom``
+        only when DICOM objects were given)."""
         r = self.rng
         kind = r.choice(HOSTILE_KINDS if self.dicom else tuple(k for k in HOSTILE_KINDS if k != "mutated_dicom"))
         h = self._header(dtype="uint8", shape=[8, 8])

@@ -205,7 +205,7 @@ def _first(value: Any) -> float | None:
     if isinstance(value, Sequence) and not isinstance(value, str):
         value = value[0] if len(value) else None
     try:
-        v = float(value)  # type: ignore[arg-type]
+        v = float(value)
     except (TypeError, ValueError):
         return None
     return v if np.isfinite(v) else None
@@ -307,7 +307,7 @@ def dataset_from_slice(
     8 or 16 bits only; grey or RGB.
     """
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 
     px = slice_.pixels
     if px.dtype.name not in _DICOM_DTYPES or (slice_.is_color and px.dtype != np.uint8):
@@ -315,8 +315,8 @@ def dataset_from_slice(
     bits, signed = _DICOM_DTYPES[px.dtype.name]
     ident, geo = slice_.identity, slice_.geometry
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid or ident.sop_instance_uid or generate_uid()
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid or ident.sop_instance_uid or generate_uid())
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)

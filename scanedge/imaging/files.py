@@ -21,7 +21,12 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
 @dataclass(frozen=True, eq=False)
 class LoadedSlice:
-    """A slice and where it came from (``name`` is the file, with ``#frame`` for multi-frame DICOM)."""
+    """A slice and where it came from (``name`` is the file, with ``#frame`` for multi-frame DICOM).
+
+    Attributes:
+        path: the file it was read from.
+        slice: the slice itself.
+    """
 
     name: str
     path: Path

@@ -20,6 +20,11 @@ class Overlap:
     """Pixel counts of two binary masks: their intersection and each one's size.
 
     Counts add up across slices (``a + b``), so a whole series is scored by summing its slices' overlaps.
+
+    Attributes:
+        intersection: pixels set in both masks.
+        a_pixels: pixels set in mask A (by convention the reference).
+        b_pixels: pixels set in mask B (the candidate).
     """
 
     intersection: int = 0

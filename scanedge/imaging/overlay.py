@@ -24,7 +24,17 @@ _CV_DTYPES = {np.dtype(t) for t in ("uint8", "int8", "uint16", "int16", "int32",
 
 @dataclass(frozen=True)
 class OverlayOptions:
-    """How findings are drawn. ``alpha`` is the opacity of the class colour over the image."""
+    """How findings are drawn. ``alpha`` is the opacity of the class colour over the image.
+
+    Every fraction must lie in [0, 1] (ValueError otherwise).
+
+    Attributes:
+        fill: fill each finding with its class colour (blended by ``alpha``).
+        contours: outline each finding in its class colour.
+        contour_thickness: outline width in pixels, >= 1.
+        heatmap: tint the image by the foreground probability (inferno colour map).
+        heatmap_alpha: the heat map's opacity.
+    """
 
     alpha: float = 0.5
     fill: bool = True
@@ -60,7 +70,8 @@ def display_image(slice_: Slice) -> np.ndarray:
             # saturating addWeighted, and |a*x + b| == a*x + b once x is at or above the window floor
             floor = (lo - slice_.rescale_intercept) / slope
             floor = float(np.ceil(floor)) if px.dtype.kind in "iu" else floor
-            return cv2.convertScaleAbs(cv2.max(px, floor), alpha=alpha, beta=beta)
+            # OpenCV takes a scalar for either operand; its stubs list arrays only
+            return cv2.convertScaleAbs(cv2.max(px, floor), alpha=alpha, beta=beta)  # type: ignore[call-overload]
         return cv2.addWeighted(px, alpha, px, 0.0, beta, dtype=cv2.CV_8U)
     lo_v, hi_v = _min_max(px)
     gain = 255.0 / max(hi_v - lo_v, 1e-6)
@@ -123,5 +134,6 @@ class OverlayRenderer:
             p8 = cv2.resize(p8, (cols, rows), interpolation=cv2.INTER_LINEAR)
         heat = cv2.cvtColor(cv2.applyColorMap(p8, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB)
         tinted = cv2.addWeighted(base, 1.0 - opts.heatmap_alpha, heat, opts.heatmap_alpha, 0.0)
-        floor = cv2.compare(p8, int(opts.heatmap_floor * 255), cv2.CMP_GE)
+        # OpenCV takes a scalar for either operand; its stubs list arrays only
+        floor = cv2.compare(p8, int(opts.heatmap_floor * 255), cv2.CMP_GE)  # type: ignore[call-overload]
         cv2.copyTo(tinted, floor, base)

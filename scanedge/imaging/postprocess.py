@@ -21,7 +21,16 @@ __all__ = ["ClassFindings", "Postprocessed", "Postprocessor"]
 
 @dataclass(frozen=True)
 class ClassFindings:
-    """What was found for one foreground class on one slice."""
+    """What was found for one foreground class on one slice.
+
+    Attributes:
+        label: the class's value in the label mask (1, 2, ...).
+        name: the class's name in the manifest.
+        pixels: pixels labelled with this class on the slice's grid.
+        area_mm2: their area in mm²; None when the slice has no pixel spacing.
+        components: connected regions (8-connected) of this class on the slice's grid.
+        max_probability: the highest probability of this class anywhere on the model's grid.
+    """
 
     label: int
     name: str
@@ -32,6 +41,7 @@ class ClassFindings:
     mean_probability: float  # over the pixels labelled with this class; 0 when there are none
 
     def to_dict(self) -> dict[str, object]:
+        """Every field by name, for JSON."""
         return {
             "label": self.label,
             "name": self.name,
@@ -45,6 +55,8 @@ class ClassFindings:
 
 @dataclass(frozen=True, eq=False)
 class Postprocessed:
+    """One output tensor, interpreted: what :class:`Postprocessor` returns."""
+
     probabilities: np.ndarray  # (classes, h, w) float32 on the model's grid (valid region)
     mask: np.ndarray  # (rows, cols) uint8 labels on the slice's grid
     findings: tuple[ClassFindings, ...]  # foreground classes only, in label order

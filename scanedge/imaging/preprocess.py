@@ -38,7 +38,12 @@ PERCENTILE_SAMPLE = 256 * 256
 
 @dataclass(frozen=True)
 class PreprocessInfo:
-    """What the postprocessor needs to map the model's output back onto the slice."""
+    """What the postprocessor needs to map the model's output back onto the slice.
+
+    Attributes:
+        slice_shape: the slice's (rows, cols).
+        model_shape: the (height, width) of the tensor given to the model.
+    """
 
     slice_shape: tuple[int, int]
     model_shape: tuple[int, int]
@@ -171,7 +176,7 @@ def normalize_intensity(
         if policy.mean:
             channels = tensor.shape[channels_axis]
             for c in range(channels):
-                idx = [slice(None)] * tensor.ndim
+                idx: list[slice | int] = [slice(None)] * tensor.ndim
                 idx[channels_axis] = c
                 view = tensor[tuple(idx)]
                 j = c % channels_per_plane

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -28,7 +28,7 @@ def order_key(slice_: Slice) -> tuple:
     )
 
 
-def sort_slices(items: Sequence[T], key_slice=lambda item: item) -> list[T]:
+def sort_slices(items: Sequence[T], key_slice: Callable[[Any], Slice] = lambda item: item) -> list[T]:
     """Items (slices, or records holding one; ``key_slice`` extracts it) in series and spatial order.
 
     The sort is stable, so slices with no geometry and no instance numbers keep their given order.

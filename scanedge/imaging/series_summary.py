@@ -30,6 +30,11 @@ class ClassLoad:
 
     ``area_mm2`` is None when any slice lacks a pixel spacing; ``volume_mm3`` (area x slice spacing,
     rounded to 0.1 mm³) is None when the area or the spacing is unknown.
+
+    Attributes:
+        name: the class's name in the manifest.
+        slices_with_finding: slices with at least one pixel of the class.
+        pixels: the class's pixels summed over the slices.
     """
 
     name: str
@@ -52,7 +57,15 @@ class ClassLoad:
 
 @dataclass(frozen=True)
 class LatencyPercentiles:
-    """Exact percentiles of per-slice latencies, milliseconds, with the number of samples."""
+    """Exact percentiles of per-slice latencies, milliseconds, with the number of samples.
+
+    Attributes:
+        p50: the median.
+        p90: the 90th percentile.
+        p99: the 99th percentile.
+        max: the slowest slice.
+        count: how many latencies were summarised.
+    """
 
     p50: float
     p90: float
@@ -83,7 +96,14 @@ class LatencyPercentiles:
 
 @dataclass(frozen=True)
 class SeriesSummary:
-    """One series: its slice count, the load of each foreground class, and latency when it was timed."""
+    """One series: its slice count, the load of each foreground class, and latency when it was timed.
+
+    Attributes:
+        series_uid: the series' Series Instance UID (or the id a raw slice was given).
+        slices: how many slices of the series were segmented.
+        classes: the load of each foreground class, in the order the findings list them.
+        latency_ms: percentiles of the slices' latencies; None when they were not timed.
+    """
 
     series_uid: str
     slices: int

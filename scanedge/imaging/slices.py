@@ -44,7 +44,12 @@ MAX_POSITION_MM = 1e7
 
 @dataclass(frozen=True)
 class SliceLimits:
-    """Guards against images that would exhaust memory or stall the pipeline."""
+    """Guards against images that would exhaust memory or stall the pipeline.
+
+    Attributes:
+        max_pixels: the most pixels (rows x cols) a slice may have; larger ones are ImageTooLargeError.
+        max_side: the longest row or column allowed, in pixels.
+    """
 
     max_pixels: int = 4096 * 4096
     max_side: int = 16384
@@ -55,7 +60,17 @@ DEFAULT_LIMITS = SliceLimits()
 
 @dataclass(frozen=True)
 class SliceGeometry:
-    """Where the slice sits in the patient (DICOM LPS, millimetres). Every field is optional."""
+    """Where the slice sits in the patient (DICOM LPS, millimetres). Every field is optional.
+
+    Values outside physical bounds (spacing 1 µm to 10 m, positions within 10 km) are InvalidSliceError.
+
+    Attributes:
+        slice_thickness: nominal slice thickness (DICOM Slice Thickness).
+        image_position: (x, y, z) of the first pixel's centre (DICOM Image Position (Patient)).
+        image_orientation: direction cosines of the first row then the first column (DICOM Image
+            Orientation (Patient)).
+        slice_location: DICOM Slice Location, used for ordering when position or orientation is missing.
+    """
 
     pixel_spacing: tuple[float, float] | None = None  # (row spacing, column spacing)
     slice_thickness: float | None = None
@@ -83,6 +98,7 @@ class SliceGeometry:
 
     @property
     def pixel_area_mm2(self) -> float | None:
+        """Area of one pixel in mm²; None without a pixel spacing."""
         if self.pixel_spacing is None:
             return None
         return float(self.pixel_spacing[0] * self.pixel_spacing[1])
@@ -98,7 +114,15 @@ class SliceGeometry:
 
 @dataclass(frozen=True)
 class SliceIdentity:
-    """Which slice this is, without saying whose."""
+    """Which slice this is, without saying whose.
+
+    Attributes:
+        series_uid: Series Instance UID, or any id that groups raw slices into a series ("" when unknown).
+        sop_instance_uid: SOP Instance UID of the DICOM object the slice came from.
+        instance_number: DICOM Instance Number; orders slices when no geometry is known.
+        frame_index: the frame's index (0-based) within a multi-frame object; 0 otherwise.
+        modality: DICOM Modality (``MR``, ``CT``, ...).
+    """
 
     series_uid: str = ""
     sop_instance_uid: str = ""
@@ -109,7 +133,18 @@ class SliceIdentity:
 
 @dataclass(frozen=True, eq=False)
 class Slice:
-    """An image slice: ``pixels`` is (rows, cols) for grey or (rows, cols, 3) RGB."""
+    """An image slice: ``pixels`` is (rows, cols) for grey or (rows, cols, 3) RGB.
+
+    Build one with :meth:`from_array`, which validates; the constructor does not.
+
+    Attributes:
+        geometry: where the slice sits in the patient.
+        identity: which slice it is (UIDs, numbers), never whose.
+        rescale_slope: DICOM Rescale Slope: modality value = stored value x slope + intercept.
+        rescale_intercept: DICOM Rescale Intercept.
+        window_center: the display window's centre, in modality values; None: no window (min-max is shown).
+        window_width: the display window's width, > 0; None together with ``window_center``.
+    """
 
     pixels: np.ndarray
     geometry: SliceGeometry = field(default_factory=SliceGeometry)
@@ -121,14 +156,17 @@ class Slice:
 
     @property
     def is_color(self) -> bool:
+        """Whether the pixels are RGB (rows, cols, 3)."""
         return self.pixels.ndim == 3
 
     @property
     def shape(self) -> tuple[int, int]:
+        """(rows, cols)."""
         return int(self.pixels.shape[0]), int(self.pixels.shape[1])
 
     @property
     def has_rescale(self) -> bool:
+        """Whether the rescale changes values (slope != 1 or intercept != 0)."""
         return self.rescale_slope != 1.0 or self.rescale_intercept != 0.0
 
     @classmethod

@@ -35,6 +35,9 @@ class BatchOutput:
     ``out_dir`` receives ``<name>.overlay.png|jpg`` per slice and ``results.json``; ``save_masks`` adds
     ``<name>.mask.npy``; ``montage`` adds ``montage.png`` (every overlay tiled, ``montage_columns`` per
     row); ``keep_masks`` keeps each label mask in memory on its :class:`SegmentedSlice`.
+
+    Attributes:
+        overlay_format: ``png`` (lossless) or ``jpeg`` for the overlay files.
     """
 
     out_dir: Path
@@ -47,7 +50,15 @@ class BatchOutput:
 
 @dataclass(frozen=True, eq=False)
 class SegmentedSlice:
-    """One slice's outcome: where it came from, what was found, how long it took, where its files went."""
+    """One slice's outcome: where it came from, what was found, how long it took, where its files went.
+
+    Attributes:
+        source: the slice and the file it was read from.
+        findings: per foreground class, what was found.
+        timings: how long each pipeline stage took.
+        overlay_path: the overlay file written for it.
+        mask_path: its ``.npy`` label mask; None unless ``BatchOutput.save_masks``.
+    """
 
     source: LoadedSlice
     result: dict[str, Any]  # SliceResult.to_dict(): identity, model, shape, findings, timings
@@ -68,7 +79,14 @@ class SegmentedSlice:
 
 @dataclass(frozen=True, eq=False)
 class BatchReport:
-    """Everything a batch produced: per-slice outcomes, per-series summaries and the files written."""
+    """Everything a batch produced: per-slice outcomes, per-series summaries and the files written.
+
+    Attributes:
+        slices: one outcome per slice, in series order.
+        series: one summary per series, in the order the series first appear.
+        results_path: the ``results.json`` written.
+        montage_path: the montage written; None unless ``BatchOutput.montage``.
+    """
 
     model: str  # name@version
     slices: tuple[SegmentedSlice, ...]

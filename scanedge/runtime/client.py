@@ -103,7 +103,23 @@ class ClientConfig:
 
 @dataclass(frozen=True, eq=False)
 class RemoteResult:
-    """A RESULT from the runtime. Arrays are read-only views over the received frames."""
+    """A RESULT from the runtime. Arrays are read-only views over the received frames.
+
+    Attributes:
+        id: the request id it answers.
+        series: the request's series, else the DICOM object's Series Instance UID ("" when neither).
+        instance: the request's instance, else the DICOM object's SOP Instance UID ("" when neither).
+        index: the request's index, else the DICOM Instance Number; None when neither.
+        model: ``name@version`` of the model that ran.
+        engine: the backend that ran it (``ort``, ``tensorrt``).
+        findings: per foreground class, what was found.
+        timings_ms: the runtime's milliseconds per stage (``queue``, ``decode``, ..., ``total``).
+        mask: (rows, cols) uint8 labels on the slice's grid, when requested.
+        overlay: (rows, cols, 3) uint8 RGB, when requested raw.
+        probabilities: (classes, h, w) float32 on the model's grid, when requested.
+        round_trip_ms: send to reply as this client measured it.
+        header: the RESULT header as received.
+    """
 
     id: Any
     series: str
@@ -583,12 +599,15 @@ class AsyncClient:
         return await asyncio.wrap_future(self._client.submit(image, **kwargs))
 
     async def ping(self, timeout: float | None = None) -> Pong:
+        """The runtime's PONG, as :meth:`Client.ping`."""
         return await asyncio.wrap_future(self._client.request("PING", timeout))
 
     async def stats(self, timeout: float | None = None) -> StatsReply:
+        """The runtime's counters and histograms, as :meth:`Client.stats`."""
         return await asyncio.wrap_future(self._client.request("STATS", timeout))
 
     async def close(self) -> None:
+        """Close the underlying :class:`Client` without blocking the event loop."""
         await asyncio.get_running_loop().run_in_executor(None, self._client.close)
 
     async def __aenter__(self) -> AsyncClient:

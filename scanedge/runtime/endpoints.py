@@ -25,7 +25,12 @@ _NAME = re.compile(r"^[^\s;]{1,255}$")
 
 @dataclass(frozen=True)
 class Endpoint:
-    """A parsed endpoint; ``host``/``port`` only for tcp (``port`` None for ``*``, a random port)."""
+    """A parsed endpoint; ``host``/``port`` only for tcp (``port`` None for ``*``, a random port).
+
+    Attributes:
+        scheme: ``tcp``, ``ipc`` or ``inproc``.
+        address: everything after ``://``: ``host:port`` for tcp, the name for ipc and inproc.
+    """
 
     scheme: str
     address: str

@@ -145,6 +145,8 @@ class IoLoop:
     # --- the loop ---------------------------------------------------------------------------------------
 
     def run(self) -> None:
+        """Serve on the calling thread until a stop is requested and everything in flight is answered (or
+        the shutdown grace runs out), or the ZeroMQ context is terminated."""
         s = self.settings
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
@@ -189,6 +191,7 @@ class IoLoop:
                 log.error("I/O loop error; the runtime carries on: %s", redacted_traceback(exc))
 
     def close(self) -> None:
+        """Stop monitoring connections and close the monitor socket (the caller owns the others)."""
         self.router.disable_monitor()
         self._monitor.close(0)
 
@@ -263,6 +266,7 @@ class IoLoop:
         self._send(identity, [encode(reply)])
 
     def pong(self, request_id: Any) -> Pong:
+        """The PONG answering request ``request_id``: models, queue, workers and limits as of now."""
         s = self.settings
         return Pong(
             version=PROTOCOL_VERSION,

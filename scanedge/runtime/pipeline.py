@@ -42,7 +42,12 @@ def default_model_path() -> Path:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Limits and drawing options; the model-specific parts live in the manifest."""
+    """Limits and drawing options; the model-specific parts live in the manifest.
+
+    Attributes:
+        limits: the largest slice accepted (bigger ones are ImageTooLargeError before any work).
+        overlay: how overlays are drawn unless a call says otherwise.
+    """
 
     limits: SliceLimits = DEFAULT_LIMITS
     overlay: OverlayOptions = field(default_factory=OverlayOptions)
@@ -50,7 +55,16 @@ class PipelineConfig:
 
 @dataclass(frozen=True)
 class StageTimings:
-    """Wall time per stage, milliseconds."""
+    """Wall time per stage, milliseconds.
+
+    Attributes:
+        decode_ms: DICOM decoding or array validation into a slice.
+        preprocess_ms: slice to the model's input tensor.
+        infer_ms: the engine's inference.
+        postprocess_ms: output to probabilities, mask and findings.
+        overlay_ms: drawing the overlay (0 when none was drawn).
+        total_ms: all of the above, end to end.
+    """
 
     decode_ms: float = 0.0
     preprocess_ms: float = 0.0
@@ -60,12 +74,20 @@ class StageTimings:
     total_ms: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
+        """Every stage by field name, rounded to 0.1 µs."""
         return {k: round(v, 4) for k, v in self.__dict__.items()}
 
 
 @dataclass(frozen=True, eq=False)
 class SliceResult:
-    """Everything scanedge answers for one slice. Arrays are owned by the result."""
+    """Everything scanedge answers for one slice. Arrays are owned by the result.
+
+    Attributes:
+        identity: which slice this answers (UIDs and numbers, no patient identifiers).
+        model: ``name@version`` of the model that ran.
+        findings: per foreground class, in label order.
+        timings: how long each stage took.
+    """
 
     identity: SliceIdentity
     model: str
@@ -76,6 +98,7 @@ class SliceResult:
     timings: StageTimings
 
     def finding(self, name: str) -> ClassFindings:
+        """The findings of the class called ``name``; KeyError when the model has no such class."""
         for f in self.findings:
             if f.name == name:
                 return f
@@ -92,6 +115,10 @@ class SliceResult:
         return np.stack([cv2.resize(p, (cols, rows), interpolation=cv2.INTER_LINEAR) for p in self.probabilities])
 
     def encode_overlay(self, fmt: ImageFormat = "png", *, quality: int = 90) -> bytes:
+        """The overlay as PNG or JPEG bytes (``quality`` 0-100 for JPEG); ValueError when none was drawn.
+
+        Encoding costs more than inference (PNG especially): do it only when the bytes are needed.
+        """
         if self.overlay is None:
             raise ValueError("this result has no overlay; run the pipeline with overlay=True")
         return encode_image(self.overlay, fmt, quality=quality)
@@ -179,6 +206,7 @@ class Pipeline:
         return (1, spec.channels, h, w) if spec.layout == "NCHW" else (1, h, w, spec.channels)
 
     def close(self) -> None:
+        """Release the engine if this pipeline opened it (an engine passed in stays the caller's)."""
         if self._owns_engine:
             self.engine.deactivate()
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import msgspec
 from msgspec import Meta, Struct
@@ -119,11 +119,15 @@ class Geometry(Struct, frozen=True, omit_defaults=True):
 
 
 class Rescale(Struct, frozen=True, omit_defaults=True):
+    """A SEGMENT's DICOM rescale (section 3): modality value = stored value x ``slope`` + ``intercept``."""
+
     slope: Slope = 1.0
     intercept: Level = 0.0
 
 
 class Window(Struct, frozen=True, omit_defaults=True):
+    """A SEGMENT's display window in modality values (section 3): ``center`` and ``width`` > 0."""
+
     center: Level | None = None
     width: Width | None = None
 
@@ -141,7 +145,7 @@ class _Message(Struct, frozen=True, kw_only=True, tag_field="type"):
     version: Version  # required in every header, so omit_defaults can never drop it
 
 
-class Segment(_Message, tag="SEGMENT", omit_defaults=True):
+class Segment(_Message, tag="SEGMENT", omit_defaults=True, frozen=True):
     """A SEGMENT header (section 3); its one payload frame holds the pixels or the DICOM object."""
 
     id: RequestId
@@ -165,11 +169,15 @@ class Segment(_Message, tag="SEGMENT", omit_defaults=True):
     sent_at: Epoch | None = None
 
 
-class Ping(_Message, tag="PING"):
+class Ping(_Message, tag="PING", frozen=True):
+    """A PING header (section 5): answered at once by PONG, never queued behind inference."""
+
     id: RequestId
 
 
-class Stats(_Message, tag="STATS"):
+class Stats(_Message, tag="STATS", frozen=True):
+    """A STATS header (section 5): answered by STATS_REPLY."""
+
     id: RequestId
 
 
@@ -192,6 +200,9 @@ class Timings(Struct, frozen=True):
 
 
 class Finding(Struct, frozen=True):
+    """One foreground class's findings in a RESULT (section 4), as
+    :class:`~scanedge.imaging.postprocess.ClassFindings` has them."""
+
     label: int
     name: str
     pixels: int
@@ -211,7 +222,9 @@ class FrameInfo(Struct, frozen=True, omit_defaults=True):
     bytes: int | None = None
 
 
-class Result(_Message, tag="RESULT"):
+class Result(_Message, tag="RESULT", frozen=True):
+    """A RESULT header (section 4); its payload frames follow in the order of ``frames``."""
+
     id: RequestId
     status: str = "ok"
     code: str | None = None
@@ -230,7 +243,9 @@ class Result(_Message, tag="RESULT"):
     runtime: str = ""
 
 
-class Error(_Message, tag="ERROR"):
+class Error(_Message, tag="ERROR", frozen=True):
+    """An ERROR header (section 4): ``code`` from section 7, ``id`` null only when the request's id was unreadable."""
+
     id: RequestId | None
     status: str = "error"
     code: str = "INTERNAL"
@@ -245,6 +260,8 @@ class Error(_Message, tag="ERROR"):
 
 
 class ModelInput(Struct, frozen=True):
+    """A served model's input in PONG (section 5): ``height``/``width`` null for models that take any size."""
+
     channels: int
     height: int | None
     width: int | None
@@ -264,6 +281,8 @@ class ModelInfo(Struct, frozen=True):
 
 
 class WorkerHealth(Struct, frozen=True):
+    """PONG ``workers`` (section 5): inference workers configured, running, busy now, replaced, set aside as wedged."""
+
     configured: int = 0
     alive: int = 0
     busy: int = 0
@@ -281,7 +300,9 @@ class Limits(Struct, frozen=True):
     max_side: int = 0
 
 
-class Pong(_Message, tag="PONG"):
+class Pong(_Message, tag="PONG", frozen=True):
+    """A PONG header (section 5): what the runtime serves, how loaded it is, and its limits."""
+
     id: RequestId
     server: str = ""
     protocols: tuple[int, ...] = SUPPORTED_VERSIONS
@@ -309,7 +330,9 @@ class Histogram(Struct, frozen=True):
     max: float | None = None
 
 
-class StatsReply(_Message, tag="STATS_REPLY"):
+class StatsReply(_Message, tag="STATS_REPLY", frozen=True):
+    """A STATS_REPLY header (section 5): counters since start and latency histograms per model."""
+
     id: RequestId
     counters: dict[str, int] = {}
     histograms: dict[str, dict[str, Histogram]] = {}
@@ -342,6 +365,7 @@ class Echo(Struct, frozen=True):
 
     @classmethod
     def of(cls, request: Segment | Ping | Stats) -> Echo:
+        """What a reply to a decoded ``request`` echoes."""
         if isinstance(request, Segment):
             return cls(request.id, request.series, request.instance, request.index, request.sent_at)
         return cls(request.id)
@@ -541,7 +565,7 @@ def result_reply(
     """A RESULT header; the payload frames follow it in the order of ``frames``."""
     return Result(
         version=PROTOCOL_VERSION,
-        id=echo.id,  # type: ignore[arg-type]  (a job's request always has an id)
+        id=cast("int | str", echo.id),  # a job's request always has an id
         series=echo.series,
         instance=echo.instance,
         index=echo.index,
@@ -567,10 +591,12 @@ def segment_request(request_id: RequestId, **fields: Any) -> Segment:
 
 
 def ping_request(request_id: RequestId) -> Ping:
+    """A PING header with ``request_id``."""
     return Ping(version=PROTOCOL_VERSION, id=request_id)
 
 
 def stats_request(request_id: RequestId) -> Stats:
+    """A STATS header with ``request_id``."""
     return Stats(version=PROTOCOL_VERSION, id=request_id)
 
 

@@ -24,7 +24,16 @@ __all__ = ["Job", "LatestSliceScheduler"]
 
 @dataclass(eq=False)
 class Job:
-    """One accepted SEGMENT, from the I/O thread to a worker; answered exactly once, by the I/O thread."""
+    """One accepted SEGMENT, from the I/O thread to a worker; answered exactly once, by the I/O thread.
+
+    Attributes:
+        request: the SEGMENT header as decoded.
+        model: the name of the model to run (the request's, or the runtime's default).
+        nbytes: size of the pixel frame; counts against the runtime's cap on bytes in flight.
+        received_at: wall-clock arrival time (epoch seconds), echoed in the reply.
+        received_mono: monotonic arrival time, for queue time and deadlines.
+        deadline_mono: monotonic time after which the job is answered EXPIRED instead of computed; None: none.
+    """
 
     request: Segment
     identity: bytes  # ZeroMQ routing id of the console
@@ -37,10 +46,12 @@ class Job:
     seq: int = 0  # the I/O thread's key for this job until it is answered
 
     def expired(self, now: float | None = None) -> bool:
+        """Whether the deadline has passed at monotonic time ``now`` (default: the current time)."""
         return self.deadline_mono is not None and (now or time.monotonic()) > self.deadline_mono
 
     @property
     def echo(self) -> Echo:
+        """What the reply echoes from the request (id, series, instance, index, sent_at)."""
         return Echo.of(self.request)
 
 
@@ -95,6 +106,7 @@ class LatestSliceScheduler:
         return self.remove(lambda j: True)
 
     def depth(self) -> int:
+        """How many jobs are waiting for a worker."""
         with self._lock:
             return len(self._waiting)
 

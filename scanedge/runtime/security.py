@@ -96,6 +96,11 @@ class KeyAllowList:
         self.refused = 0
 
     def keys(self) -> set[bytes]:
+        """The admitted public keys (Z85); re-read when the directory changed, empty when it is missing.
+
+        An unreadable directory keeps the previous keys (and logs an error) rather than locking every
+        console out.
+        """
         import zmq.auth
 
         try:
@@ -124,18 +129,26 @@ class KeyAllowList:
 
 @dataclass(frozen=True)
 class CurveServerKeys:
-    """The runtime's secret key file and the directory of admitted client public keys."""
+    """The runtime's secret key file and the directory of admitted client public keys.
+
+    Attributes:
+        secret_file: the runtime's ``NAME.key_secret`` file (its public key is read from it too).
+        clients_dir: the allow-list: one ``*.key`` public key file per admitted console.
+    """
 
     secret_file: Path
     clients_dir: Path
 
     def load(self) -> tuple[bytes, bytes]:
+        """(public, secret) Z85 keys of the runtime; ConfigError when the key file holds no secret or the
+        allow-list is missing or empty (no console could ever connect)."""
         public, secret = _load_pair(self.secret_file, need_secret=True)
         if not self.clients_dir.is_dir() or not any(self.clients_dir.glob("*.key")):
             raise ConfigError(f"{self.clients_dir} holds no client public keys (*.key); no client could connect")
         return public, secret  # type: ignore[return-value]
 
     def apply(self, socket: Any) -> None:
+        """Make ``socket`` (before it binds) a CurveZMQ server with the runtime's key pair."""
         public, secret = self.load()
         socket.curve_secretkey = secret
         socket.curve_publickey = public
@@ -153,12 +166,19 @@ class CurveServerKeys:
 
 @dataclass(frozen=True)
 class CurveClientKeys:
-    """A console's own key pair and the runtime's public key."""
+    """A console's own key pair and the runtime's public key.
+
+    Attributes:
+        secret_file: the console's ``NAME.key_secret`` file.
+        server_public_file: the runtime's public ``NAME.key`` file.
+    """
 
     secret_file: Path
     server_public_file: Path
 
     def apply(self, socket: Any) -> None:
+        """Make ``socket`` (before it connects) a CurveZMQ client of that runtime; ConfigError for an
+        unreadable key file or one without the secret it needs."""
         public, secret = _load_pair(self.secret_file, need_secret=True)
         server_public, _ = _load_pair(self.server_public_file, need_secret=False)
         socket.curve_secretkey = secret

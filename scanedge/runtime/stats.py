@@ -19,12 +19,15 @@ _BOUNDS = tuple(float(b) for b in np.round(np.logspace(np.log10(0.05), 5, 64), 4
 
 
 class LatencyHistogram:
+    """Latencies in milliseconds counted into the fixed log-spaced buckets, plus the count and the maximum."""
+
     def __init__(self) -> None:
         self.counts = [0] * (len(_BOUNDS) + 1)  # last bucket: above the top bound
         self.count = 0
         self.max = 0.0
 
     def record(self, ms: float) -> None:
+        """Count one latency of ``ms`` milliseconds."""
         self.counts[bisect.bisect_left(_BOUNDS, ms)] += 1
         self.count += 1
         self.max = max(self.max, ms)
@@ -42,6 +45,7 @@ class LatencyHistogram:
         return self.max
 
     def to_dict(self) -> dict[str, Any]:
+        """The protocol's Histogram: non-empty buckets only (bound None: above the top), count, p50/p90/p99, max."""
         used = [i for i, c in enumerate(self.counts) if c]
         return {
             "buckets_ms": [(_BOUNDS[i] if i < len(_BOUNDS) else None) for i in used],
@@ -63,11 +67,13 @@ class RuntimeStats:
         self.queue: dict[str, LatencyHistogram] = {}
 
     def record_result(self, model: str, total_ms: float, queue_ms: float) -> None:
+        """Count one RESULT of ``model`` with its end-to-end and queue milliseconds."""
         self.counters["ok"] += 1
         self.latency.setdefault(model, LatencyHistogram()).record(total_ms)
         self.queue.setdefault(model, LatencyHistogram()).record(queue_ms)
 
     def record_error(self, code: str) -> None:
+        """Count one reply without a result: ``superseded``, ``expired``, ``busy``, or ``error.CODE``."""
         key = {"SUPERSEDED": "superseded", "EXPIRED": "expired", "BUSY": "busy"}.get(code)
         self.counters[key or f"error.{code}"] += 1
 
@@ -80,9 +86,11 @@ class RuntimeStats:
         }
 
     def to_dict(self) -> dict[str, Any]:
+        """Counters (sorted by name) and :meth:`histograms`, as STATS_REPLY carries them."""
         return {"counters": dict(sorted(self.counters.items())), "histograms": self.histograms()}
 
     def summary_line(self) -> str:
+        """One log line: the main counters and each model's p50/p99 latency."""
         c = self.counters
         errors = sum(v for k, v in c.items() if k.startswith("error."))
         parts = [

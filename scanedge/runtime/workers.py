@@ -36,7 +36,13 @@ Pipelines = dict[str, Pipeline]
 
 @dataclass(frozen=True, eq=False)
 class Outcome:
-    """A job's reply, ready to send: the header struct (for counters), its encoded frame, payload frames."""
+    """A job's reply, ready to send: the header struct (for counters), its encoded frame, payload frames.
+
+    Attributes:
+        header: the RESULT or ERROR header.
+        encoded: the header as its wire frame.
+        payload: the frames after the header (mask, overlay, probabilities), in the header's order.
+    """
 
     header: Result | Error
     encoded: bytes
@@ -52,6 +58,8 @@ def error_outcome(job: Job, error: ScanedgeError | str, message: str = "", runti
 
 
 def internal_outcome(job: Job, what: str, runtime: str = "") -> Outcome:
+    """The INTERNAL error reply to ``job``; ``what`` says in a few words what failed (no details: those are
+    logged in the runtime, not sent to the console)."""
     return error_outcome(job, "INTERNAL", f"internal error in the runtime ({what}; logged there)", runtime)
 
 
@@ -145,10 +153,12 @@ class Worker:
         self.thread = threading.Thread(target=self._run, name=f"scanedge-worker-{index}", daemon=True)
 
     def start(self) -> Worker:
+        """Start the thread; returns the worker."""
         self.thread.start()
         return self
 
     def is_alive(self) -> bool:
+        """Whether its thread is still running."""
         return self.thread.is_alive()
 
     def _run(self) -> None:
@@ -274,9 +284,11 @@ class WorkerPool:
         return owed
 
     def busy(self) -> int:
+        """Workers running a job right now."""
         return sum(1 for w in self.workers if w.current is not None)
 
     def alive(self) -> int:
+        """Workers whose thread runs and whose models opened."""
         return sum(1 for w in self.workers if w.is_alive() and w.failed is None)
 
     def join(self, timeout: float) -> list[Worker]:
