@@ -35,10 +35,18 @@ SUPPORTED_DTYPES: tuple[np.dtype, ...] = tuple(
 
 @dataclass(frozen=True)
 class SliceLimits:
-    """Guards against images that would exhaust memory or stall the pipeline."""
+    """Guards against images that would exhaust memory or stall the pipeline.
+
+    ``max_pixels`` and ``max_side`` bound one slice. ``max_decoded_bytes`` bounds what one DICOM object
+    may expand to, checked before anything is inflated or decoded: the pixel array of all its frames
+    (rows x columns x frames x samples x bytes per sample) and the inflated dataset of a Deflated transfer
+    syntax. The default, 512 MiB, holds a 1000-slice 512x512 CT volume in one enhanced object; a DICOM
+    file larger than this (plus room for its header) is refused before it is parsed.
+    """
 
     max_pixels: int = 4096 * 4096
     max_side: int = 16384
+    max_decoded_bytes: int = 512 * 1024 * 1024
 
 
 DEFAULT_LIMITS = SliceLimits()
