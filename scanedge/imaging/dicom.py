@@ -685,6 +685,8 @@ def _decode(ds: Any, photometric: str, layout: _Layout, where: str) -> np.ndarra
                 f"{where}: the pixels are compressed ({tsyntax.name}) and no decoder plugin for it is installed; "
                 f"install the codecs with: {_INSTALL_CODECS}"
             )
+        with _reading(where, "the compressed frames"):
+            _check_codestreams(ds, layout, tsyntax, where)
     if not compressed and photometric in ("MONOCHROME1", "MONOCHROME2"):
         native = _native_grey(ds, layout, tsyntax)
         if native is not None:
@@ -704,6 +706,58 @@ def _decode(ds: Any, photometric: str, layout: _Layout, where: str) -> np.ndarra
         raise DicomError(
             f"{where}: the Pixel Data is truncated or inconsistent with the image attributes ({type(exc).__name__})"
         ) from exc
+
+
+def _check_codestreams(ds: Any, layout: _Layout, tsyntax: Any, where: str) -> None:
+    """Refuse a frame whose JPEG, JPEG-LS or JPEG 2000 header declares more pixels than the DICOM attributes.
+
+    The decoders size their output by the codestream's own header, not by Rows and Columns: a 4 KB JPEG
+    that claims 60000x60000 pixels exhausts memory inside libjpeg before pydicom can compare the sizes.
+    """
+    from pydicom.encaps import generate_frames
+
+    if tsyntax == "1.2.840.10008.1.2.5":  # RLE: its decoder sizes the output by Rows and Columns
+        return
+    offsets = None
+    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+        offsets = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+    frames = generate_frames(_value(ds, "PixelData"), number_of_frames=layout.frames, extended_offsets=offsets)
+    for index, frame in enumerate(frames):
+        size = _codestream_size(frame)
+        if size is not None and (size[0] > layout.rows or size[1] > layout.cols):
+            raise DicomError(
+                f"{where}: the {tsyntax.name} stream of frame {index} declares {size[0]}x{size[1]} pixels, but the "
+                f"image is {layout.rows}x{layout.cols}; the stream is corrupt"
+            )
+
+
+#: JPEG frame headers (SOF0-15 but DHT, JPG and DAC) and JPEG-LS's (SOF55, SOF57).
+_JPEG_SOF = frozenset({*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC} | {0xF7, 0xF9})
+_J2K_SIZ = b"\xff\x4f\xff\x51"  # start of codestream, then the image and tile size marker
+
+
+def _codestream_size(frame: bytes) -> tuple[int, int] | None:
+    """(rows, columns) as a JPEG, JPEG-LS or JPEG 2000 codestream's header declares them; None if not found."""
+    if not frame.startswith(b"\xff\xd8"):
+        siz = frame.find(_J2K_SIZ, 0, 4096)  # a bare codestream, or one inside JP2 boxes
+        if siz < 0 or len(frame) < siz + 24:
+            return None
+        width, height, x_offset, y_offset = struct.unpack_from(">IIII", frame, siz + 8)
+        return height - y_offset, width - x_offset
+    pos = 2
+    while pos + 9 <= len(frame) and frame[pos] == 0xFF:
+        marker = frame[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker in _JPEG_SOF:
+            return struct.unpack_from(">HH", frame, pos + 5)
+        elif marker == 0xDA:  # a scan before any frame header
+            return None
+        elif 0xD0 <= marker <= 0xD8 or marker == 0x01:  # markers without a length
+            pos += 2
+        else:
+            pos += 2 + struct.unpack_from(">H", frame, pos + 2)[0]
+    return None
 
 
 _LITTLE_ENDIAN_NATIVE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99"})

@@ -335,3 +335,28 @@ def test_rt_image_is_an_image():
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = RTImageStorage
     (s,) = slices_from_dicom(saved(ds))
     np.testing.assert_array_equal(s.pixels, ds.pixel_array)
+
+
+# --- codestreams that claim more pixels than the image has ---------------------------------------------------
+
+
+def _claims(name: str, marker: bytes, at: int, fmt: str, size: int) -> bytes:
+    data = Path(dicom_file(name)).read_bytes()
+    i = data.index(marker) + at
+    return data[:i] + struct.pack(fmt, size, size) + data[i + struct.calcsize(fmt) :]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(lambda: _claims("SC_rgb_jpeg.dcm", b"\xff\xc0", 5, ">HH", 8000), id="jpeg"),
+        pytest.param(lambda: _claims("MR_small_jpeg_ls_lossless.dcm", b"\xff\xf7", 5, ">HH", 8000), id="jpeg-ls"),
+        pytest.param(lambda: _claims("MR_small_jp2klossless.dcm", b"\xff\x4f\xff\x51", 8, ">II", 8000), id="j2k"),
+    ],
+)
+def test_a_codestream_claiming_more_pixels_than_the_image_is_refused_before_decoding(data):
+    """The decoders allocate what the codestream header says (8000x8000 took libjpeg 5 s and 1 GB; 60000x60000
+    killed the process), not what Rows and Columns say."""
+    with pytest.raises(DicomError, match="declares 8000x8000 pixels") as exc:
+        slices_from_dicom(data())
+    assert exc.value.code == "BAD_DICOM"
