@@ -12,7 +12,8 @@ pydicom inflate it whole), the image attributes are checked against :class:`Slic
 is decoded, and objects that are not images (SEG, SR, RT plans, ...) are refused by SOP class before
 their pixels are touched. Whatever pydicom, numpy or a codec raises on malformed data becomes a
 :class:`DicomError` naming the file and what was being read, never the exception's own text: pydicom's
-messages can quote element values, and those can be patient names.
+messages can quote element values, and those can be patient names. For the same reason pydicom's own
+warnings and log records are dropped while scanedge reads an object (in that thread only).
 
 Patient identifiers are never copied out of the dataset.
 """
@@ -20,9 +21,12 @@ Patient identifiers are never copied out of the dataset.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import struct
+import threading
+import warnings
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -223,6 +227,41 @@ class _HeaderGuard:
         return False
 
 
+_reading_here = threading.local()  # depth > 0 while this thread is inside read_dataset / slices_from_dicom
+
+
+class _NotWhileReading(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_reading_here, "depth", 0)
+
+
+@cache
+def _hush_pydicom() -> None:
+    """Once per process: pydicom's warnings and log records quote element values ("Invalid value for VR
+    IS: 'Doe^Jane'"), so those raised while scanedge reads a DICOM object in this thread are dropped.
+    Elsewhere, and in other threads, they pass as before."""
+    hush = _NotWhileReading()
+    for name in ("pydicom", "py.warnings"):  # the second: where logging.captureWarnings sends warnings
+        logging.getLogger(name).addFilter(hush)
+    shown = warnings.showwarning
+
+    def showwarning(*args: Any, **kwargs: Any) -> None:
+        if not getattr(_reading_here, "depth", 0):
+            shown(*args, **kwargs)
+
+    warnings.showwarning = showwarning
+
+
+@contextmanager
+def _quietly() -> Iterator[None]:
+    _hush_pydicom()
+    _reading_here.depth = getattr(_reading_here, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _reading_here.depth -= 1
+
+
 def _where(source: DicomSource) -> str:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return "DICOM bytes"
@@ -240,7 +279,11 @@ def read_dataset(source: DicomSource, *, limits: SliceLimits = DEFAULT_LIMITS) -
 
     if isinstance(source, Dataset):
         return source
-    where = _where(source)
+    with _quietly():
+        return _read(source, _where(source), limits)
+
+
+def _read(source: DicomSource, where: str, limits: SliceLimits) -> Any:
     if isinstance(source, (bytes, bytearray, memoryview)):
         size = memoryview(source).nbytes
         if size < 8:
@@ -437,9 +480,10 @@ def slices_from_dicom(
     a file that cannot be opened raises its ``OSError``.
     """
     where = _where(source)
-    ds = read_dataset(source, limits=limits)
-    with _reading(where, "the image attributes"):
-        return _slices(ds, limits, max_frames, where)
+    with _quietly():
+        ds = read_dataset(source, limits=limits)
+        with _reading(where, "the image attributes"):
+            return _slices(ds, limits, max_frames, where)
 
 
 @contextmanager

@@ -6,6 +6,9 @@ Every case must end in a typed error (never a library exception), refused before
 
 import io
 import struct
+import subprocess
+import sys
+import textwrap
 import tracemalloc
 import zlib
 from pathlib import Path
@@ -360,3 +363,32 @@ def test_a_codestream_claiming_more_pixels_than_the_image_is_refused_before_deco
     with pytest.raises(DicomError, match="declares 8000x8000 pixels") as exc:
         slices_from_dicom(data())
     assert exc.value.code == "BAD_DICOM"
+
+
+def test_pydicoms_warnings_and_log_records_about_the_object_are_not_shown(tmp_path):
+    """pydicom warns "Invalid value for VR IS: 'Doe^Jane'" on stderr and in the log (a server's log, with
+    logging configured); while scanedge reads the object, neither may show it. In a fresh interpreter,
+    as the command line runs, because pytest records warnings itself."""
+    path = tmp_path / "scan.dcm"
+    path.write_bytes(name_in_number_of_frames())
+    script = textwrap.dedent(
+        f"""
+        import logging, sys
+        logging.basicConfig(level=logging.DEBUG)
+        from scanedge.errors import DicomError
+        from scanedge.imaging.dicom import slices_from_dicom
+        try:
+            slices_from_dicom({str(path)!r})
+        except DicomError as exc:
+            print("refused:", exc.code)
+        print("-- outside scanedge --", file=sys.stderr, flush=True)
+        import pydicom
+        pydicom.dcmread({str(path)!r}).NumberOfFrames  # pydicom's own warning, shown as before
+        """
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root, timeout=120)
+    assert out.stdout.strip() == "refused: BAD_DICOM", out.stderr
+    during, after = out.stderr.split("-- outside scanedge --")
+    assert "Doe" not in during
+    assert "Invalid value for VR IS: 'Doe^Jane'" in after
