@@ -271,6 +271,6 @@ def test_uncompressed_greyscale_pixels_are_exactly_what_pydicom_decodes(name):
 def test_the_tag_table_matches_pydicoms_dictionary():
     from pydicom.datadict import tag_for_keyword
 
-    from scanedge.imaging.dicom import _TAGS
+    from scanedge.imaging.dicom_dataset import _TAGS
 
     assert {keyword: tag_for_keyword(keyword) for keyword in _TAGS} == _TAGS
