@@ -194,25 +194,35 @@ class _NotWhileReading(logging.Filter):
 
 
 @cache
-def _hush_pydicom() -> None:
-    """Once per process: pydicom's warnings and log records quote element values ("Invalid value for VR
-    IS: 'Doe^Jane'"), so those raised while scanedge reads a DICOM object in this thread are dropped.
-    Elsewhere, and in other threads, they pass as before."""
+def _hush_pydicom_logs() -> None:
+    """Once per process: pydicom's log records quote element values ("Invalid value for VR IS:
+    'Doe^Jane'"); those emitted while scanedge reads a DICOM object in this thread are dropped."""
     hush = _NotWhileReading()
     for name in ("pydicom", "py.warnings"):  # the second: where logging.captureWarnings sends warnings
         logging.getLogger(name).addFilter(hush)
+
+
+def _hush_pydicom_warnings() -> None:
+    """The same for pydicom's warnings, by wrapping ``warnings.showwarning``; checked on every read, as
+    ``warnings.catch_warnings`` (pytest, other libraries) restores the function it found when it exits."""
     shown = warnings.showwarning
+    if getattr(shown, "scanedge_hush", False):
+        return
 
     def showwarning(*args: Any, **kwargs: Any) -> None:
         if not getattr(_reading_here, "depth", 0):
             shown(*args, **kwargs)
 
+    showwarning.scanedge_hush = True  # type: ignore[attr-defined]
     warnings.showwarning = showwarning
 
 
 @contextmanager
 def _quietly() -> Iterator[None]:
-    _hush_pydicom()
+    """While this thread reads a DICOM object, pydicom's warnings and log records (and only those of this
+    thread) are dropped; elsewhere they pass as before."""
+    _hush_pydicom_logs()
+    _hush_pydicom_warnings()
     _reading_here.depth = getattr(_reading_here, "depth", 0) + 1
     try:
         yield
