@@ -13,6 +13,7 @@ need to catch :class:`ScanedgeError` (or one of its families)::
     │   └── DicomError                  DICOM that cannot become a slice
     │       ├── NotDicomError             truncated or non-DICOM bytes
     │       ├── NotAnImageError           a DICOM object that is not an image (SEG, SR, RTSTRUCT, ...)
+    │       ├── FrameCountError           more frames than the caller takes (BAD_DICOM)
     │       ├── MissingPixelDataError     a DICOM object without Pixel Data
     │       ├── CodecUnavailableError     compressed pixels, codec plugin not installed
     │       └── UnsupportedPhotometricError
@@ -75,6 +76,7 @@ __all__ = [
     "EngineStateError",
     "EngineTimeoutError",
     "ExpiredError",
+    "FrameCountError",
     "ImageTooLargeError",
     "InputError",
     "InvalidSliceError",
@@ -153,6 +155,10 @@ class NotDicomError(DicomError):
     """Bytes that are not DICOM, or a DICOM file truncated before its pixels."""
 
     code = "NOT_DICOM"
+
+
+class FrameCountError(DicomError):
+    """More frames than the caller takes (a SEGMENT carries one slice); code BAD_DICOM."""
 
 
 class NotAnImageError(DicomError):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from scanedge.errors import ManifestInvalidError, ManifestMismatchError, ManifestMissingError
+from scanedge.errors import ManifestInvalidError, ManifestMismatchError, ManifestMissingError, ModelFileError
 
 __all__ = [
     "METADATA_KEY",
@@ -40,6 +40,7 @@ __all__ = [
     "embed_manifest",
     "graph_sha256",
     "load_manifest",
+    "load_onnx_model",
     "sidecar_path",
 ]
 
@@ -428,15 +429,31 @@ def graph_sha256(model: Any) -> str:
     return hashlib.sha256(model.graph.SerializeToString(deterministic=True)).hexdigest()
 
 
-def _load_onnx(path: Path) -> Any:
+def load_onnx_model(path: str | os.PathLike[str], *, load_external_data: bool = False) -> Any:
+    """The ``onnx.ModelProto`` in ``path``; :class:`ModelFileError` when the file is not a readable ONNX model.
+
+    Protobuf accepts more than ONNX files: an empty file parses as an empty ModelProto. A model without an
+    IR version, an opset or a graph with outputs is therefore refused as well, so every caller (the
+    pipeline, ``inspect``, ``manifest init``) gets the same typed error for a wrong or damaged file.
+    """
     import onnx
 
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"model file not found: {p}")
     try:
-        return onnx.load(str(path), load_external_data=False)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise ManifestMismatchError(f"{path} is not a readable ONNX model: {exc}") from exc
+        model = onnx.load(str(p), load_external_data=load_external_data)
+    except Exception as exc:  # protobuf's DecodeError, or whatever a damaged file makes the parser raise
+        raise ModelFileError(
+            f"{p.name} is not a readable ONNX model: it cannot be parsed ({type(exc).__name__}); "
+            "is it truncated, or a file of another kind?"
+        ) from exc
+    if model.ir_version < 1 or not model.opset_import or not model.HasField("graph") or not model.graph.output:
+        raise ModelFileError(
+            f"{p.name} is not a readable ONNX model: it has no IR version, opset or graph outputs "
+            f"({p.stat().st_size} bytes)"
+        )
+    return model
 
 
 def load_manifest(
@@ -459,7 +476,7 @@ def load_manifest(
         text, source = Path(manifest_path).read_text(encoding="utf-8"), "explicit"
     elif sidecar_path(path).is_file():
         text, source = sidecar_path(path).read_text(encoding="utf-8"), "sidecar"
-    model = _load_onnx(path) if path.suffix.lower() == ".onnx" else None
+    model = load_onnx_model(path) if path.suffix.lower() == ".onnx" else None
     if text is None:
         source = "embedded"
         if model is not None:

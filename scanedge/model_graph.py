@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scanedge.errors import ModelFileError
-from scanedge.manifest import Manifest, ManifestSource, graph_sha256, load_manifest
+from scanedge.manifest import Manifest, ManifestSource, graph_sha256, load_manifest, load_onnx_model
 
-__all__ = ["Dim", "ModelInspection", "TensorInfo", "graph_io", "inspect_model", "opset_version", "read_onnx"]
+__all__ = ["Dim", "ModelInspection", "TensorInfo", "graph_io", "inspect_model", "opset_version"]
 
 Dim = int | str | None
 
@@ -35,22 +34,6 @@ class TensorInfo:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: name, dtype, and the shape as a list."""
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
-
-def read_onnx(path: str | os.PathLike[str], *, external_data: bool = False) -> Any:
-    """An ``onnx.ModelProto`` from ``path``; ``external_data`` also loads weights kept in side files.
-
-    Raises FileNotFoundError for a missing file and ModelFileError for one that is not ONNX.
-    """
-    import onnx
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"model file not found: {p}")
-    try:
-        return onnx.load(str(p), load_external_data=external_data)
-    except Exception as exc:  # protobuf DecodeError and friends; the message names no patient data
-        raise ModelFileError(f"{p} is not a readable ONNX model ({type(exc).__name__})") from exc
 
 
 def graph_io(model: Any) -> tuple[tuple[TensorInfo, ...], tuple[TensorInfo, ...]]:
@@ -121,7 +104,7 @@ def inspect_model(
 ) -> ModelInspection:
     """Read ``model_path`` and its manifest (``manifest_path``, else sidecar, else embedded) without
     refusing a manifest written for another graph: reporting that is the point of inspecting."""
-    model = read_onnx(model_path)
+    model = load_onnx_model(model_path)
     inputs, outputs = graph_io(model)
     manifest, source = load_manifest(model_path, manifest_path, verify_sha=False)
     return ModelInspection(

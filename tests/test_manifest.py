@@ -1,9 +1,12 @@
 import json
+import random
 
+import cv2
+import numpy as np
 import onnx
 import pytest
 
-from scanedge.errors import ManifestInvalidError, ManifestMismatchError, ManifestMissingError
+from scanedge.errors import ManifestInvalidError, ManifestMismatchError, ManifestMissingError, ModelFileError
 from scanedge.manifest import (
     METADATA_KEY,
     ClassSpec,
@@ -15,6 +18,7 @@ from scanedge.manifest import (
     embed_manifest,
     graph_sha256,
     load_manifest,
+    load_onnx_model,
     sidecar_path,
 )
 from tests.conftest import conv_model, simple_manifest
@@ -136,3 +140,30 @@ def test_size_policy_model_sizes():
     assert SizePolicy(mode="fixed", height=256, width=128).model_size(512, 512) == (256, 128)
     assert SizePolicy(mode="pad", multiple=32).model_size(500, 33) == (512, 64)
     assert SizePolicy(mode="multiple", multiple=32).model_size(500, 10) == (512, 32)
+
+
+def _not_a_model(kind: str, conv_model_path) -> bytes:
+    good = conv_model_path.read_bytes()
+    return {
+        "empty": b"",
+        "random bytes": random.Random(7).randbytes(4096),
+        "truncated": good[: len(good) // 2],
+        "png": cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes(),
+    }[kind]
+
+
+@pytest.mark.parametrize("kind", ["empty", "random bytes", "truncated", "png"])
+def test_a_file_that_is_not_an_onnx_model_is_a_model_file_error(kind, conv_model_path, tmp_path):
+    path = tmp_path / "lesions.onnx"
+    path.write_bytes(_not_a_model(kind, conv_model_path))
+    for load in (load_onnx_model, load_manifest):  # inspect calls the first, the pipeline the second
+        with pytest.raises(ModelFileError, match=r"lesions\.onnx is not a readable ONNX model") as exc:
+            load(path)
+        assert exc.value.code == "BAD_MODEL_FILE"
+
+
+def test_a_readable_model_loads_with_its_graph(conv_model_path):
+    model = load_onnx_model(conv_model_path)
+    assert [o.name for o in model.graph.output] == ["logits"]
+    with pytest.raises(FileNotFoundError):
+        load_onnx_model(conv_model_path.with_name("missing.onnx"))

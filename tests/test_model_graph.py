@@ -3,8 +3,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from scanedge.errors import ModelFileError
-from scanedge.manifest import embed_manifest, sidecar_path
-from scanedge.model_graph import TensorInfo, graph_io, inspect_model, opset_version, read_onnx
+from scanedge.manifest import embed_manifest, load_onnx_model, sidecar_path
+from scanedge.model_graph import TensorInfo, graph_io, inspect_model, opset_version
 from tests.conftest import conv_model, simple_manifest
 
 
@@ -49,7 +49,7 @@ def test_inspecting_reports_source_and_whether_the_manifest_fits_the_graph(tmp_p
 
 def test_files_that_are_not_onnx(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
-        read_onnx(tmp_path / "missing.onnx")
+        load_onnx_model(tmp_path / "missing.onnx")
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\xff\x00 definitely not protobuf " * 10)
     with pytest.raises(ModelFileError, match=r"junk\.onnx is not a readable ONNX model"):
@@ -59,4 +59,4 @@ def test_files_that_are_not_onnx(tmp_path):
 def test_read_onnx_reads_what_onnx_wrote(tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(conv_model(), str(path))
-    assert read_onnx(path).graph.name == "conv1x1"
+    assert load_onnx_model(path).graph.name == "conv1x1"

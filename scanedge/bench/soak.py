@@ -418,6 +418,9 @@ def _judge(
         failures.append(f"{null_replies} replies with id null for {anonymous} unreadable ids")
     if good_failed:
         failures.append(f"{good_failed} good slices failed")
+    internal = sum(w.outcomes.get("INTERNAL", 0) for w in windows)
+    if internal:
+        failures.append(f"{internal} INTERNAL replies: bugs reached by this traffic (the runtime's log says where)")
     if not alive:
         failures.append("the runtime died")
     if exit_code not in (None, 0):

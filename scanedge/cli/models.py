@@ -56,8 +56,8 @@ def _intensity(args: argparse.Namespace) -> IntensityPolicy:
 
 def cmd_manifest_init(args: argparse.Namespace) -> int:
     """Draft a manifest from the graph and the options, check it against the graph, embed it (or a sidecar)."""
+    from scanedge.manifest import load_onnx_model
     from scanedge.manifest_init import ManifestInitOptions, draft_manifest, write_manifest
-    from scanedge.model_graph import read_onnx
 
     options = ManifestInitOptions(
         name=args.name,
@@ -80,7 +80,7 @@ def cmd_manifest_init(args: argparse.Namespace) -> int:
         kind=args.kind,
         activation=args.activation,
     )
-    model = read_onnx(args.model, external_data=True)
+    model = load_onnx_model(args.model, load_external_data=True)
     manifest = draft_manifest(model, options)
     written = write_manifest(model, manifest, args.model, sidecar=args.sidecar, out_path=args.out)
     console = make_console()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from scanedge.errors import ScanedgeError
 
-__all__ = ["TARGETS", "FuzzTarget"]
+__all__ = ["DICOM_SEED_FILES", "TARGETS", "FuzzTarget"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,48 @@ def _header_seeds() -> Iterator[bytes]:
     )
 
 
+def _dicom(data: bytes) -> None:
+    from scanedge.imaging.dicom import slices_from_dicom
+    from scanedge.imaging.slices import SliceLimits
+
+    # small limits: the fuzzer looks for crashes and hangs, not for the cost of legitimately large images
+    limits = SliceLimits(max_pixels=1024 * 1024, max_side=4096, max_decoded_bytes=16 * 1024 * 1024)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about most mutants
+        try:
+            slices_from_dicom(data, limits=limits, max_frames=16)
+        except ScanedgeError:
+            pass
+
+
+#: Small real files from pydicom's test data, one per encoding the reader handles: read when the fuzzer
+#: starts (scanedge ships no copies of them).
+DICOM_SEED_FILES = (
+    "MR_small.dcm",  # explicit VR little endian, 16-bit signed
+    "MR_small_implicit.dcm",
+    "MR_small_bigendian.dcm",
+    "image_dfl.dcm",  # deflated
+    "SC_rgb_jpeg.dcm",  # JPEG baseline, colour
+    "JPGExtended.dcm",  # JPEG extended, 12-bit
+    "MR_small_jpeg_ls_lossless.dcm",
+    "MR_small_jp2klossless.dcm",
+    "MR_small_RLE.dcm",
+    "SC_rgb_rle_2frame.dcm",  # RLE, multi-frame colour
+    "emri_small.dcm",  # enhanced multi-frame with functional groups
+    "CT_small.dcm",
+    "OBXXXX1A_rle.dcm",  # palette colour, RLE
+)
+
+
+def _dicom_seeds() -> Iterator[bytes]:
+    from pydicom.data import get_testdata_file
+
+    for name in DICOM_SEED_FILES:
+        path = get_testdata_file(name, download=False)
+        if path is not None:
+            yield Path(str(path)).read_bytes()
+
+
 TARGETS: dict[str, FuzzTarget] = {
     t.name: t
     for t in (
@@ -64,5 +108,6 @@ TARGETS: dict[str, FuzzTarget] = {
             _header_seeds,
             "a request header frame: bounded JSON decoding, validation, the echo of a refused one, the slice",
         ),
+        FuzzTarget("dicom", _dicom, _dicom_seeds, "a DICOM object: parsing, inflating, decoding into slices"),
     )
 }

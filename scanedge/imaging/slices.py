@@ -46,13 +46,21 @@ MAX_POSITION_MM = 1e7
 class SliceLimits:
     """Guards against images that would exhaust memory or stall the pipeline.
 
+    ``max_pixels`` and ``max_side`` bound one slice. ``max_decoded_bytes`` bounds what one DICOM object
+    may expand to, checked before anything is inflated or decoded: the pixel array of all its frames
+    (rows x columns x frames x samples x bytes per sample) and the inflated dataset of a Deflated transfer
+    syntax. The default, 512 MiB, holds a 1000-slice 512x512 CT volume in one enhanced object; a DICOM
+    file larger than this (plus room for its header) is refused before it is parsed.
+
     Attributes:
         max_pixels: the most pixels (rows x cols) a slice may have; larger ones are ImageTooLargeError.
         max_side: the longest row or column allowed, in pixels.
+        max_decoded_bytes: the most bytes one DICOM object may decode or inflate to.
     """
 
     max_pixels: int = 4096 * 4096
     max_side: int = 16384
+    max_decoded_bytes: int = 512 * 1024 * 1024
 
 
 DEFAULT_LIMITS = SliceLimits()

@@ -292,6 +292,7 @@ class IoLoop:
                 max_inflight_bytes=s.max_inflight_bytes,
                 max_pixels=s.limits.max_pixels,
                 max_side=s.limits.max_side,
+                max_decoded_bytes=s.limits.max_decoded_bytes,
             ),
         )
 

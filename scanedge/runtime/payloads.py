@@ -66,7 +66,7 @@ def _geometry(geo: Geometry | None) -> SliceGeometry:
 def slice_from_request(req: Segment, payload: memoryview | bytes, limits: SliceLimits) -> Slice:
     """The request's slice; raw pixels are viewed in place (no copy) when already native little-endian."""
     if req.encoding == "dicom":
-        frames = slices_from_dicom(payload, limits=limits)
+        frames = slices_from_dicom(payload, limits=limits, max_frames=1)
         if len(frames) != 1:
             raise DicomError(f"a SEGMENT carries one slice; this DICOM object has {len(frames)} frames")
         s = frames[0]

@@ -298,6 +298,7 @@ class Limits(Struct, frozen=True):
     max_inflight_bytes: int = 0
     max_pixels: int = 0
     max_side: int = 0
+    max_decoded_bytes: int = 0  # bytes one DICOM object may decode or inflate to
 
 
 class Pong(_Message, tag="PONG", frozen=True):

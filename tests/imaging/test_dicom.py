@@ -182,8 +182,12 @@ def test_truncated_header_is_refused():
 
 
 def test_dicom_without_pixel_data_says_so():
+    ds = pydicom.dcmread(dicom_file("MR_small.dcm"))
+    del ds.PixelData
+    buf = io.BytesIO()
+    ds.save_as(buf)
     with pytest.raises(MissingPixelDataError, match="no Pixel Data"):
-        slices_from_dicom(dicom_file("rtplan.dcm"))
+        slices_from_dicom(buf.getvalue())
 
 
 def test_unsupported_photometric_interpretation_is_named():
@@ -235,3 +239,38 @@ def test_compressed_pixels_without_codecs_name_the_extra():
     assert all("scanedge[dicom]" in line for line in lines if line.startswith("CODEC"))
     assert "RLE 1" in lines  # pydicom's own RLE decoder needs no plugin
     assert CodecUnavailableError.code == "CODEC_UNAVAILABLE"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "693_UNCR.dcm",  # 14 of 16 bits, signed
+        "MR2_UNCR.dcm",  # 12 of 16 bits, unsigned
+        "RG3_UNCR.dcm",  # 10 of 16 bits, MONOCHROME1
+        "vlut_04.dcm",  # 8 bits
+        "MR_small_implicit.dcm",
+        "emri_small.dcm",  # multi-frame
+        "image_dfl.dcm",  # deflated
+    ],
+)
+def test_uncompressed_greyscale_pixels_are_exactly_what_pydicom_decodes(name):
+    """Native little-endian greyscale skips pydicom's pixel_array set-up; the values must not change."""
+    from pydicom.pixels import pixel_array
+
+    ds = pydicom.dcmread(dicom_file(name))
+    expected = pixel_array(ds)
+    expected = expected[None] if expected.ndim == 2 else expected
+    slices = slices_from_dicom(dicom_file(name))
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        expected = (2**ds.BitsStored - 1) - expected.astype(np.int64)
+    for s, frame in zip(slices, expected, strict=True):
+        assert s.pixels.dtype == np.dtype(ds.pixel_array.dtype).newbyteorder("=")
+        np.testing.assert_array_equal(s.pixels, frame)
+
+
+def test_the_tag_table_matches_pydicoms_dictionary():
+    from pydicom.datadict import tag_for_keyword
+
+    from scanedge.imaging.dicom_dataset import _TAGS
+
+    assert {keyword: tag_for_keyword(keyword) for keyword in _TAGS} == _TAGS

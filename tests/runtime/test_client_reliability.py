@@ -112,16 +112,17 @@ def test_heartbeats_keep_a_long_inference_alive_without_resending(demo_series):
     data = sorted(demo_series.glob("*.dcm"))[12].read_bytes()
     gate = Gate()
     with running_server(pipeline_factory=gated_factory(gate)) as srv:
-        with Client(srv.endpoint, ClientConfig(heartbeat_s=0.05, liveness=3)) as client:
+        # silence would be declared after 1 s; inference is held for 2.5 s, so only the PONGs keep it trusted
+        with Client(srv.endpoint, ClientConfig(heartbeat_s=0.25, liveness=4)) as client:
             future = client.submit(data)
             gate.wait_entered()
             held = time.monotonic()
-            wait_until(lambda: time.monotonic() > held + 0.6, what="12 heartbeat periods")  # the point of it
+            wait_until(lambda: time.monotonic() > held + 2.5, what="10 heartbeat periods")  # the point of it
             gate.open()
             assert future.result(10).mask is not None
             assert client.reconnects == 0 and client.resent == 0
             stats = client.stats()
-    assert stats.counters["received"] >= 8  # the heartbeat PINGs that kept the connection trusted
+    assert stats.counters["received"] >= 6  # the heartbeat PINGs that kept the connection trusted
 
 
 def test_a_reply_received_twice_is_delivered_once():

@@ -81,8 +81,8 @@ def test_a_live_runtime_survives_thousands_of_hostile_messages(demo_series):
                 replies[reply["id"]] += 1
                 if expected.get(reply["id"]) and reply["type"] != "RESULT":
                     failed_good.append(reply)
-            if reply["type"] == "ERROR" and reply["code"] not in codes:
-                bad_codes.append(reply["code"])
+            if reply["type"] == "ERROR" and (reply["code"] not in codes or reply["code"] == "INTERNAL"):
+                bad_codes.append(reply["code"])  # INTERNAL is documented, but it means a bug was reached
             return True
 
         for i in range(MESSAGES):
