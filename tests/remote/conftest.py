@@ -21,11 +21,31 @@ from tests.remote.mlserver import MLSERVER_ENV, MLServer, find_mlserver
 DEMO_NAME = "ms-lesion-demo"
 
 
-def _missing() -> str | None:
+def _missing_grpc() -> str | None:
     try:
         import tritonclient.grpc  # noqa: F401
     except (ImportError, RuntimeError) as exc:
         return f"tritonclient without gRPC support ({type(exc).__name__}): pip install 'tritonclient[grpc]'"
+    return None
+
+
+def _skip_or_fail(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"the remote-engine tests must run in CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def grpc_support() -> None:
+    """tritonclient with gRPC (the ``remote`` extra), for tests that need no server."""
+    reason = _missing_grpc()
+    if reason is not None:
+        _skip_or_fail(reason)
+
+
+def _missing() -> str | None:
+    if (reason := _missing_grpc()) is not None:
+        return reason
     if find_mlserver() is None:
         return (
             "no MLServer: create .venv-mlserver with `python3 -m venv .venv-mlserver && .venv-mlserver/bin/pip "
@@ -38,9 +58,7 @@ def _missing() -> str | None:
 def mlserver_executable() -> Path:
     reason = _missing()
     if reason is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"the remote-engine tests must run in CI: {reason}")
-        pytest.skip(reason)
+        _skip_or_fail(reason)
     executable = find_mlserver()
     assert executable is not None
     return executable

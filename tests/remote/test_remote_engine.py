@@ -84,7 +84,7 @@ def test_a_version_the_server_does_not_have_is_refused_at_start(mlserver: MLServ
         assert pipe.engine.name.endswith(f"/{DEMO_NAME}/1")
 
 
-def test_a_server_that_is_not_there_is_unavailable_after_the_retries_naming_its_address():
+def test_a_server_that_is_not_there_is_unavailable_after_the_retries_naming_its_address(grpc_support):
     port = free_port()  # nothing listens on it
     with pytest.raises(RemoteUnavailableError, match="after 3 attempts") as info:
         Pipeline.open(options=remote(f"grpc://127.0.0.1:{port}", retries=2, retry_backoff_s=0.01))

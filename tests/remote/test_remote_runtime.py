@@ -90,7 +90,7 @@ def test_model_unloaded_on_the_server_then_loaded_again(mlserver: MLServer, slic
     admin.close()
 
 
-def test_a_local_runtime_reports_its_engine_ok(slice_bytes: bytes):
+def test_a_local_runtime_reports_its_engine_ok():
     with running_server() as srv, Client(srv.endpoint) as client:
         status = client.ping().engine_health
         assert list(status) == [DEMO_NAME] and status[DEMO_NAME].status == "ok" and status[DEMO_NAME].target == ""
