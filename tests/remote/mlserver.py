@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -177,12 +178,17 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})  # for sigwait below
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     server = MLServer(executable, args.repo, grpc_port=args.grpc_port, threads=args.threads)
     server.start()
     print(f"MLServer ready: {server.url} serving {', '.join(server.models)} (log: {server._log_path})", flush=True)
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        while not stop.wait(1.0):
+            if server.proc is not None and server.proc.poll() is not None:
+                print(f"MLServer exited:\n{server.log_tail()}", file=sys.stderr)
+                return 1
     finally:
         server.stop()
     return 0

@@ -45,6 +45,7 @@ class OnnxRuntimeModel(MLModel):
         if threads:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as scanedge's runtime does
         self._session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self._inputs = {i.name: i for i in self._session.get_inputs()}
         self.inputs = [_metadata(i) for i in self._session.get_inputs()]
