@@ -74,8 +74,8 @@ _MAX_QUOTE = 240  # characters of a server's message quoted in ours
 def import_tritonclient() -> tuple[Any, Any]:
     """``(tritonclient.grpc, InferenceServerException)``; ConfigError naming the extra when it is missing."""
     try:
-        import tritonclient.grpc as grpcclient
-        from tritonclient.utils import InferenceServerException
+        import tritonclient.grpc as grpcclient  # type: ignore[import-untyped]
+        from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
     except (ImportError, RuntimeError) as exc:  # tritonclient without gRPC raises RuntimeError at import
         raise ConfigError(
             "the remote backend needs tritonclient with gRPC support: pip install 'scanedge[remote]' "
@@ -197,7 +197,7 @@ class RemoteEngine(Engine):
         ]
         creds = None
         if opts.tls:
-            import grpc
+            import grpc  # type: ignore[import-untyped]
 
             creds = grpc.ssl_channel_credentials(
                 root_certificates=_read_pem(opts.tls_ca, "CA certificate") if opts.tls_ca else None,
