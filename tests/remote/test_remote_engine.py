@@ -6,7 +6,11 @@ that names the server for each way the server side can be wrong.
 
 from __future__ import annotations
 
+import concurrent.futures
+import socket
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -91,9 +95,40 @@ def test_a_server_that_is_not_there_is_unavailable_after_the_retries_naming_its_
     assert info.value.code == "REMOTE_UNAVAILABLE" and f"127.0.0.1:{port}" in info.value.message
 
 
-def test_a_server_slower_than_the_timeout_is_unavailable(mlserver: MLServer):
-    with pytest.raises(RemoteUnavailableError, match="did not answer within"):
-        Pipeline.open(options=remote(mlserver.url, timeout_s=1e-4))
+def test_a_port_that_accepts_but_never_speaks_grpc_is_unavailable_promptly(grpc_support):
+    with socket.socket() as wedged:  # the kernel accepts connections; nothing ever answers on them
+        wedged.bind(("127.0.0.1", 0))
+        wedged.listen(8)
+        port = wedged.getsockname()[1]
+        t0 = time.monotonic()
+        with pytest.raises(RemoteUnavailableError, match=f"127.0.0.1:{port}"):
+            Pipeline.open(options=remote(f"grpc://127.0.0.1:{port}", timeout_s=2.0, retry_backoff_s=0.01))
+        assert time.monotonic() - t0 < 10
+
+
+def test_a_server_that_never_answers_the_call_times_out_as_unavailable(grpc_support):
+    import grpc
+
+    release = threading.Event()
+
+    def hang(request: bytes, context) -> bytes:  # the fault: a server wedged inside the call
+        release.wait(30)
+        return b""
+
+    handler = grpc.method_handlers_generic_handler(
+        "inference.GRPCInferenceService", {"ModelMetadata": grpc.unary_unary_rpc_method_handler(hang)}
+    )
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(2), handlers=[handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(RemoteUnavailableError, match=r"did not answer within 0\.3 s") as info:
+            Pipeline.open(options=remote(f"grpc://127.0.0.1:{port}", timeout_s=0.3))
+        assert time.monotonic() - t0 < 5 and info.value.code == "REMOTE_UNAVAILABLE"
+    finally:
+        release.set()
+        server.stop(0)
 
 
 def test_the_servers_own_refusal_of_a_tensor_is_rejected_not_unavailable(mlserver: MLServer):
