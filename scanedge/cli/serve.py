@@ -20,6 +20,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from scanedge.imaging.slices import SliceLimits
     from scanedge.runtime.security import CurveServerKeys
+    from scanedge.runtime.series_store import SeriesStoreConfig
     from scanedge.runtime.server import ModelSpec, Server, ServerConfig
 
     if (args.curve_secret is None) != (args.curve_clients is None):
@@ -42,6 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         job_timeout_s=args.job_timeout,
         shutdown_grace_s=args.shutdown_grace,
         stats_log_interval_s=args.stats_interval,
+        series=SeriesStoreConfig(idle_s=args.series_idle, max_series=args.max_series),
     )
     log = logging.getLogger("scanedge.runtime")
     if args.insecure:
@@ -110,6 +112,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="on SIGTERM/SIGINT, seconds requests in flight may take before the runtime exits anyway (default: 10)",
     )
     p.add_argument("--stats-interval", type=float, default=60.0, help="seconds between stats log lines")
+    p.add_argument(
+        "--series-idle",
+        type=float,
+        default=600.0,
+        help="forget a series' lesion load after this many seconds without a slice (default: 600)",
+    )
+    p.add_argument(
+        "--max-series", type=int, default=64, help="series whose lesion load is kept at once (default: 64; LRU)"
+    )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=cmd_serve)
 

@@ -39,6 +39,7 @@ from scanedge.runtime.pipeline import Pipeline, PipelineConfig, default_model_pa
 from scanedge.runtime.protocol import ModelInfo, ModelInput
 from scanedge.runtime.scheduler import Job, LatestSliceScheduler
 from scanedge.runtime.security import CurveServerKeys
+from scanedge.runtime.series_store import SeriesStore, SeriesStoreConfig
 from scanedge.runtime.stats import RuntimeStats
 from scanedge.runtime.workers import Outcome, WorkerPool, run_job
 
@@ -83,6 +84,7 @@ class ServerConfig:
         stats_log_interval_s: seconds between the stats log lines.
         sweep_interval_s: how often deadlines are swept and workers supervised.
         linger_ms: how long unsent replies are kept when the runtime closes.
+        series: how much per-series lesion-load state is kept (idle time, series and slice caps).
     """
 
     bind: str = "tcp://127.0.0.1:5555"
@@ -101,6 +103,7 @@ class ServerConfig:
     stats_log_interval_s: float = 60.0
     sweep_interval_s: float = 0.05
     linger_ms: int = 2000
+    series: SeriesStoreConfig = field(default_factory=SeriesStoreConfig)
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -183,6 +186,7 @@ class Server:
         self.default_model = next(iter(self._models))
         self.runtime_id = secrets.token_hex(8)
         self.stats = RuntimeStats()
+        self.series_store = SeriesStore(self.config.series)
         self._scheduler = LatestSliceScheduler()
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -304,7 +308,9 @@ class Server:
                 cfg.workers,
                 self._scheduler,
                 self._open_pipelines,
-                lambda job, pipe: run_job(job, pipe, cfg.limits, cfg.overlay, self.runtime_id, failure_log),
+                lambda job, pipe: run_job(
+                    job, pipe, cfg.limits, cfg.overlay, self.runtime_id, failure_log, self.series_store
+                ),
                 emit,
                 job_timeout_s=cfg.job_timeout_s,
             )
@@ -333,6 +339,7 @@ class Server:
                 finished=finished,
                 wake_fd=wake_r,
                 stop_requested=self._stop.is_set,
+                series_store=self.series_store,
             )
         except BaseException as exc:  # report to start(), close everything opened so far
             self._startup_error = exc

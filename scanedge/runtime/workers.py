@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from scanedge.errors import EngineTimeoutError, ScanedgeError, redacted_traceback
-from scanedge.imaging.overlay import OverlayOptions
+from scanedge.imaging.overlay import OverlayOptions, display_image
 from scanedge.imaging.slices import SliceLimits
 from scanedge.runtime.log_budget import LogBudget
 from scanedge.runtime.payloads import overlay_options, result_frames, slice_from_request
 from scanedge.runtime.pipeline import Pipeline
 from scanedge.runtime.protocol import Echo, Error, Finding, Result, Timings, encode, error_reply, result_reply
 from scanedge.runtime.scheduler import Job, LatestSliceScheduler
+from scanedge.runtime.series_store import SeriesStore, lesion_load_to_wire
 
 __all__ = ["Outcome", "Worker", "WorkerPool", "expired_outcome", "internal_outcome", "run_job"]
 
@@ -70,9 +71,11 @@ def run_job(
     overlay: OverlayOptions,
     runtime: str,
     failure_log: LogBudget | None = None,
+    series_store: SeriesStore | None = None,
 ) -> Outcome:
     """Segment one job's slice and build its RESULT; a typed failure becomes its ERROR (logged within
-    ``failure_log``'s budget: failures are the peer's to cause)."""
+    ``failure_log``'s budget: failures are the peer's to cause). With a ``series_store``, a slice of a
+    series also updates that series' lesion load, which the RESULT carries."""
     req = job.request
     start = time.monotonic()
     if job.expired(start):
@@ -84,16 +87,30 @@ def run_job(
         decode_ms = (time.perf_counter() - t0) * 1e3
         want_overlay = "overlay" in req.outputs
         result = pipe.run(slice_, overlay=(overlay_options(req, overlay) or True) if want_overlay else False)
-        arrays = {"mask": result.mask, "overlay": result.overlay, "probabilities": result.probabilities}
+        arrays = {
+            "mask": result.mask,
+            "overlay": result.overlay,
+            "probabilities": result.probabilities,
+            "image": display_image(slice_) if "image" in req.outputs else None,
+        }
         infos, payload, encode_ms = result_frames(req.outputs, arrays, req.overlay_encoding)
         t = result.timings
         ident = slice_.identity
+        series = req.series or ident.series_uid
+        number = req.index if req.index is not None else ident.instance_number
+        load = None
+        t_series = time.perf_counter()
+        if series_store is not None and series:
+            classes = tuple(c.name for c in pipe.manifest.classes)
+            load = series_store.update(series, job.model, classes, result.mask, slice_.geometry, number)
+        series_ms = (time.perf_counter() - t_series) * 1e3
+        position = slice_.geometry.position_along_normal
         header = result_reply(
             Echo(
                 req.id,
-                req.series or ident.series_uid,
+                series,
                 req.instance or ident.sop_instance_uid,
-                req.index if req.index is not None else ident.instance_number,
+                number,
                 req.sent_at,
             ),
             model=pipe.model_label,
@@ -106,12 +123,15 @@ def run_job(
                 postprocess=round(t.postprocess_ms, 4),
                 overlay=round(t.overlay_ms, 4),
                 encode=round(encode_ms, 4),
+                series=round(series_ms, 4),
                 total=round((time.monotonic() - job.received_mono) * 1e3, 4),
             ),
             findings=[Finding(**f.to_dict()) for f in result.findings],  # type: ignore[arg-type]
             frames=infos,
             received_at=job.received_at,
             runtime=runtime,
+            position_mm=None if position is None else round(position, 4),
+            series_load=None if load is None else lesion_load_to_wire(load),
         )
     except ScanedgeError as exc:
         if failure_log is None or failure_log.allow(exc.code):
