@@ -12,6 +12,7 @@ module                 commands
 ``cli.models``         ``inspect``, ``manifest init``
 ``cli.serve``          ``serve``, ``keys generate``, ``keys allow``
 ``cli.replay``         ``replay``
+``cli.view``           ``view``
 ``cli.convert``        ``convert``, ``verify``, ``export-triton``
 ``bench.cli``          ``bench`` (the same as ``edge-bench``)
 =====================  =========================================
@@ -24,7 +25,7 @@ import sys
 from collections.abc import Sequence
 
 from scanedge import __version__
-from scanedge.cli import convert, models, replay, segment, serve
+from scanedge.cli import convert, models, replay, segment, serve, view
 from scanedge.console import run_command
 
 __all__ = ["build_parser", "main"]
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("bench", help="latency profiler (same as edge-bench; see `edge-bench --help`)", add_help=False)
     serve.add_parsers(sub)
     replay.add_parsers(sub)
+    view.add_parsers(sub)
     convert.add_parsers(sub)
     models.add_parsers(sub)
     return ap
