@@ -105,9 +105,13 @@ def cmd_stream(args: argparse.Namespace) -> int:
             dicom=args.dicom,
             run=_run_length(args),
             baseline=args.baseline,
+            keep_warm=args.keep_warm,
+            vs_flat_out=args.vs_flat_out,
         )
     where = "a spawned runtime" if args.spawn else escape(args.endpoint)
     rate = f"{args.rate:g} slices/s per console" if args.rate else "flat out"
+    if args.vs_flat_out:
+        rate += ", alternating with flat-out blocks"
     console.print(f"streaming to {where}: {args.consoles} console(s), {rate}")
     with LazyProgress(console, "stream") as progress:
         report = bench_stream(slices, settings, progress)
@@ -117,6 +121,12 @@ def cmd_stream(args: argparse.Namespace) -> int:
         console.print(
             f"runtime memory (RSS): start {rss['start']:.0f} MB, max {rss['max']:.0f} MB, end {rss['end']:.0f} MB "
             f"(second half of the run: {rss['growth_second_half']:+.1f} MB)"
+        )
+    cpu = report.settings.get("server_cpu")
+    if cpu:
+        console.print(
+            f"runtime CPU: {cpu['seconds']:.2f} s over {cpu['wall_s']:.1f} s "
+            f"({cpu['percent_of_one_core']:.1f}% of one core)"
         )
     return code
 
@@ -250,6 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outputs", default="mask,overlay", help="reply frames: mask,overlay,probabilities")
     p.add_argument("--overlay-encoding", choices=("raw", "jpeg", "png"), default="raw")
     p.add_argument("--deadline-ms", type=float, default=None, help="per-request deadline")
+    p.add_argument(
+        "--vs-flat-out",
+        action="store_true",
+        help="with --rate: alternate paced blocks with flat-out blocks in the same run (flat out is the baseline)",
+    )
+    p.add_argument(
+        "--no-keep-warm", dest="keep_warm", action="store_false", help="spawn the runtime with --no-keep-warm"
+    )
     _add_common(p)
     p.set_defaults(func=cmd_stream)
 

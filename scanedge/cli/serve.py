@@ -19,6 +19,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
 
     from scanedge.imaging.slices import SliceLimits
+    from scanedge.runtime.keep_warm import KeepWarmConfig
     from scanedge.runtime.security import CurveServerKeys
     from scanedge.runtime.series_store import SeriesStoreConfig
     from scanedge.runtime.server import ModelSpec, Server, ServerConfig
@@ -44,6 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         shutdown_grace_s=args.shutdown_grace,
         stats_log_interval_s=args.stats_interval,
         series=SeriesStoreConfig(idle_s=args.series_idle, max_series=args.max_series),
+        keep_warm=KeepWarmConfig(enabled=args.keep_warm),
     )
     log = logging.getLogger("scanedge.runtime")
     if args.insecure:
@@ -93,6 +95,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="inference workers (each with its own engine)")
     add_engine_args(p, threads_help="inference threads per worker")
     p.add_argument("--spinning", action="store_true", help="let ONNX Runtime threads busy-wait (off by default)")
+    p.add_argument(
+        "--no-keep-warm",
+        dest="keep_warm",
+        action="store_false",
+        help="no keep-warm pass before each slice expected at a scanner's pace (on by default)",
+    )
     p.add_argument("--max-message-mb", type=float, default=64.0, help="larger messages are refused (TOO_LARGE)")
     p.add_argument("--max-inflight-mb", type=float, default=256.0, help="payload bytes in flight before BUSY")
     add_limit_args(p, help_text=None)

@@ -94,6 +94,10 @@ class LatestSliceScheduler:
         """Remove and return everything still waiting."""
         return self.remove(lambda j: True)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def depth(self) -> int:
         with self._lock:
             return len(self._waiting)

@@ -34,6 +34,7 @@ from scanedge.imaging.slices import DEFAULT_LIMITS, SliceLimits
 from scanedge.manifest import Manifest, load_manifest
 from scanedge.runtime.endpoints import parse_endpoint
 from scanedge.runtime.io_loop import IoLoop, LoopSettings
+from scanedge.runtime.keep_warm import KeepWarmConfig
 from scanedge.runtime.log_budget import LogBudget
 from scanedge.runtime.pipeline import Pipeline, PipelineConfig, default_model_path
 from scanedge.runtime.protocol import ModelInfo, ModelInput
@@ -85,6 +86,7 @@ class ServerConfig:
         sweep_interval_s: how often deadlines are swept and workers supervised.
         linger_ms: how long unsent replies are kept when the runtime closes.
         series: how much per-series lesion-load state is kept (idle time, series and slice caps).
+        keep_warm: keep-warm passes between slices at a scanner's pace (:mod:`scanedge.runtime.keep_warm`).
     """
 
     bind: str = "tcp://127.0.0.1:5555"
@@ -104,6 +106,7 @@ class ServerConfig:
     sweep_interval_s: float = 0.05
     linger_ms: int = 2000
     series: SeriesStoreConfig = field(default_factory=SeriesStoreConfig)
+    keep_warm: KeepWarmConfig = field(default_factory=KeepWarmConfig)
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -313,6 +316,7 @@ class Server:
                 ),
                 emit,
                 job_timeout_s=cfg.job_timeout_s,
+                keep_warm=cfg.keep_warm,
             )
             loop = IoLoop(
                 router,

@@ -21,6 +21,7 @@ from typing import Any
 from scanedge.errors import EngineTimeoutError, ScanedgeError, redacted_traceback
 from scanedge.imaging.overlay import OverlayOptions, display_image
 from scanedge.imaging.slices import SliceLimits
+from scanedge.runtime.keep_warm import ArrivalPacer, KeepWarmConfig
 from scanedge.runtime.log_budget import LogBudget
 from scanedge.runtime.payloads import overlay_options, result_frames, slice_from_request
 from scanedge.runtime.pipeline import Pipeline
@@ -151,6 +152,7 @@ class Worker:
         process: Callable[[Job, Pipeline], Outcome],
         emit: Callable[[Job, Outcome], None],
         pipelines: Pipelines | None = None,
+        keep_warm: KeepWarmConfig | None = None,
     ) -> None:
         self.index = index
         self.current: Job | None = None
@@ -162,6 +164,7 @@ class Worker:
         self._process = process
         self._emit = emit
         self._pipelines = pipelines
+        self.pacer = ArrivalPacer(keep_warm) if keep_warm is not None and keep_warm.enabled else None
         self.thread = threading.Thread(target=self._run, name=f"scanedge-worker-{index}", daemon=True)
 
     def start(self) -> Worker:
@@ -180,11 +183,20 @@ class Worker:
                 self.failed = exc.message if isinstance(exc, ScanedgeError) else redacted_traceback(exc)
                 log.error("worker %d could not open its models: %s", self.index, self.failed)
                 return
+        last_model: str | None = None
         try:
             while not self.retired:
-                job = self._scheduler.take()
+                plan = self.pacer.plan(time.monotonic()) if self.pacer is not None else None
+                job = self._scheduler.take(None if plan is None else max(0.0, plan[0] - time.monotonic()))
                 if job is None:
-                    return
+                    if self._scheduler.closed:
+                        return
+                    if plan is not None and last_model is not None and time.monotonic() >= plan[0]:
+                        self._keep_warm(pipelines[last_model], plan[1])
+                    continue
+                if self.pacer is not None:
+                    self.pacer.arrived(job.received_mono)
+                last_model = job.model
                 self.started_mono = time.monotonic()
                 self.current = job
                 outcome: Outcome | None = None
@@ -201,6 +213,18 @@ class Worker:
                     pipe.close()
                 except Exception as exc:
                     log.warning("worker %d: closing a pipeline failed: %s", self.index, redacted_traceback(exc))
+
+    def _keep_warm(self, pipe: Pipeline, expected: float) -> None:
+        """One keep-warm pass; a failure stops keeping warm (the next real slice reports any real fault)."""
+        assert self.pacer is not None
+        started = time.monotonic()
+        try:
+            pipe.keep_warm()
+        except Exception as exc:
+            log.warning("worker %d stops keeping warm: %s", self.index, redacted_traceback(exc))
+            self.pacer = None
+            return
+        self.pacer.ran(expected, started, time.monotonic())
 
     def _guarded(self, job: Job, pipelines: Pipelines) -> Outcome:
         try:
@@ -226,8 +250,10 @@ class WorkerPool:
         job_timeout_s: float,
         max_wedged: int = 4,
         retry_s: float = 5.0,
+        keep_warm: KeepWarmConfig | None = None,
     ) -> None:
         self.size = size
+        self.keep_warm = keep_warm
         self.job_timeout_s = job_timeout_s
         self.max_wedged = max_wedged
         self.retry_s = retry_s
@@ -242,7 +268,9 @@ class WorkerPool:
         self._next_retry = 0.0
 
     def _new(self, pipelines: Pipelines | None = None) -> Worker:
-        worker = Worker(self._next_index, self._scheduler, self._open, self._process, self._emit, pipelines)
+        worker = Worker(
+            self._next_index, self._scheduler, self._open, self._process, self._emit, pipelines, self.keep_warm
+        )
         self._next_index += 1
         self.workers.append(worker)
         return worker.start()
@@ -292,6 +320,10 @@ class WorkerPool:
                     self._new()
                     self.restarted += 1
         return owed
+
+    def keep_warm_runs(self) -> int:
+        """Keep-warm passes run by the current workers."""
+        return sum(w.pacer.runs for w in self.workers if w.pacer is not None)
 
     def busy(self) -> int:
         return sum(1 for w in self.workers if w.current is not None)
