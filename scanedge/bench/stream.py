@@ -41,7 +41,7 @@ from scanedge.runtime.protocol import Pong
 __all__ = ["SpawnedRuntime", "StreamSettings", "bench_stream"]
 
 Progress = Callable[[int, int], None]
-SERVER_STAGES = ("queue", "decode", "preprocess", "infer", "postprocess", "overlay", "encode")
+SERVER_STAGES = ("queue", "decode", "preprocess", "infer", "postprocess", "overlay", "encode", "series")
 
 
 @dataclass(frozen=True)
@@ -333,8 +333,9 @@ def _run(slices, settings: StreamSettings, endpoint: str, pong: Pong, progress, 
             f"flat out, same runtime and connection, alternating blocks of {VS_FLAT_BLOCK} with the paced ones",
             "flat out",
         )
-        for stage in ("server", "transport", "infer"):
-            report.baseline["samples"][f"flat out {stage}"] = [round(v, 4) for v in flat.samples[stage]]
+        for stage in ("server", "transport", *SERVER_STAGES):
+            if flat.samples[stage]:
+                report.baseline["samples"][f"flat out {stage}"] = [round(v, 4) for v in flat.samples[stage]]
     if baseline and samples.get("total"):
         report.baseline = baseline_block(
             baseline,

@@ -116,7 +116,7 @@ def test_paced_against_flat_out_in_one_run(tmp_path):
     assert report["settings"]["vs_flat_out"] is True
     flat = report["baseline"]["figures"]["flat out"]
     assert flat["count"] == 100  # two flat-out blocks of 50, one after each paced block
-    assert set(report["baseline"]["samples"]) == {"flat out", "flat out server", "flat out transport", "flat out infer"}
+    assert {"flat out", "flat out server", "flat out transport", "flat out infer"} <= set(report["baseline"]["samples"])
     cpu = report["settings"]["server_cpu"]
     assert cpu["seconds"] > 0 and 0 < cpu["percent_of_one_core"] < 400
     assert report["settings"]["keep_warm"] is True
