@@ -37,6 +37,7 @@ says what it holds. Not thread-safe: one owner, or a lock around it.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -231,17 +232,21 @@ def _touching(a: _ClassSlice, b: _ClassSlice) -> list[tuple[int, int]]:
     return [(code % stride, code // stride) for code in sorted(found)]
 
 
-class _UnionFind:
-    """Disjoint sets of 2-D components: the 3-D lesions."""
+class _Lesions:
+    """One class's 3-D lesions: disjoint sets of 2-D components, with each set's voxels, volume and slices
+    kept at its root, so joining two sets and reading the totals cost nothing per slice already held."""
 
     def __init__(self) -> None:
-        self._parent: dict[Any, Any] = {}
+        self.parent: dict[Any, Any] = {}
+        self.stats: dict[Any, tuple[int, float | None, frozenset[SliceKey]]] = {}  # root -> voxels, mm³, slices
+        self.slices_with_finding = 0
 
-    def add(self, node: Any) -> None:
-        self._parent[node] = node
+    def add(self, node: Any, voxels: int, volume: float | None, key: SliceKey) -> None:
+        self.parent[node] = node
+        self.stats[node] = (voxels, volume, frozenset((key,)))
 
     def find(self, node: Any) -> Any:
-        parent = self._parent
+        parent = self.parent
         root = node
         while parent[root] != root:
             root = parent[root]
@@ -251,8 +256,32 @@ class _UnionFind:
 
     def join(self, a: Any, b: Any) -> None:
         ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self._parent[rb] = ra
+        if ra == rb:
+            return
+        (va, ma, sa), (vb, mb, sb) = self.stats.pop(ra), self.stats.pop(rb)
+        self.parent[rb] = ra
+        self.stats[ra] = (va + vb, None if ma is None or mb is None else ma + mb, sa | sb)
+
+    def summary(self, label: int, name: str, volume_known: bool) -> ClassLesionLoad:
+        if not self.stats:
+            return ClassLesionLoad(label, name, 0, 0, 0.0 if volume_known else None, None, 0, 0, 0)
+        known = all(m is not None for _, m, _ in self.stats.values())
+        if known:  # the largest by volume, ties by voxels, then by place (the same whatever the arrival order)
+            root = max(self.stats, key=lambda r: (self.stats[r][1], self.stats[r][0], min(self.stats[r][2])))
+        else:
+            root = max(self.stats, key=lambda r: (self.stats[r][0], min(self.stats[r][2])))
+        voxels, volume, slices = self.stats[root]
+        return ClassLesionLoad(
+            label=label,
+            name=name,
+            lesions=len(self.stats),
+            voxels=sum(v for v, _, _ in self.stats.values()),
+            volume_mm3=float(sum(m for _, m, _ in self.stats.values())) if known else None,  # type: ignore[misc]
+            largest_mm3=volume if known else None,
+            largest_voxels=voxels,
+            largest_slices=len(slices),
+            slices_with_finding=self.slices_with_finding,
+        )
 
 
 # --- the accumulator ------------------------------------------------------------------------------------
@@ -267,6 +296,11 @@ class SeriesLesionLoad:
         for result in results:                  # any order; repeats replace
             now = load.add(result.mask, geometry, instance_number)
         print(now.load("lesion").lesions, now.load("lesion").volume_mm3)
+
+    A slice arriving at a new place next to the ones held costs only its own labelling and its neighbours'
+    touching test; a replaced slice, a change of the measured spacing, or a slice landing between two
+    adjacent ones rebuilds the 3-D picture from the compact slices held (no pixels are re-read but the
+    neighbours' bits).
     """
 
     def __init__(
@@ -293,9 +327,13 @@ class SeriesLesionLoad:
         self.max_slices = max_slices
         self.dropped_slices = 0
         self._slices: dict[SliceKey, _Slice] = {}
+        self._places: dict[str, list[float | int]] = {"pos": [], "idx": []}  # sorted, for neighbours
         self._touch: dict[tuple[SliceKey, SliceKey], tuple[int, int, dict[int, list[tuple[int, int]]]]] = {}
         self._anonymous = itertools.count()
         self._versions = itertools.count(1)
+        self._lesions: dict[int, _Lesions] = {}
+        self._built_spacing: float | None = None
+        self._dirty = True
         self._cached: LesionLoad | None = None
 
     # --- feeding ------------------------------------------------------------------------------------------
@@ -319,7 +357,8 @@ class SeriesLesionLoad:
         if mask.dtype != np.uint8:
             mask = mask.astype(np.uint8)
         key = key or slice_key(geometry, instance_number) or ("anon", next(self._anonymous))
-        if key not in self._slices and len(self._slices) >= self.max_slices:
+        replaced = key in self._slices
+        if not replaced and len(self._slices) >= self.max_slices:
             self.dropped_slices += 1
             self._cached = None
             return self.load()
@@ -336,13 +375,22 @@ class SeriesLesionLoad:
             if stored is not None:
                 entry.classes[label] = stored
         self._slices[key] = entry
+        if not replaced and key[0] in self._places:
+            bisect.insort(self._places[key[0]], key[1])
         self._cached = None
+        if replaced or self._dirty:
+            self._dirty = True
+        else:
+            self._link(entry)
         return self.load()
 
     def discard(self, key: SliceKey) -> bool:
         """Forget one slice (e.g. a result withdrawn); True when it was held."""
         if self._slices.pop(key, None) is None:
             return False
+        if key[0] in self._places:
+            self._places[key[0]].remove(key[1])
+        self._dirty = True
         self._cached = None
         return True
 
@@ -363,16 +411,17 @@ class SeriesLesionLoad:
 
     @property
     def nbytes(self) -> int:
-        """Approximate bytes held for this series (slices' compact masks and the touch cache)."""
+        """Approximate bytes held for this series (slices' compact masks, the touch cache, the lesion sets)."""
         touch = sum(64 + 16 * sum(len(v) for v in pairs.values()) for _, _, pairs in self._touch.values())
-        return 256 + sum(s.nbytes for s in self._slices.values()) + touch
+        sets = sum(64 * len(c.parent) for c in self._lesions.values())
+        return 256 + sum(s.nbytes for s in self._slices.values()) + touch + sets
 
     def spacing(self) -> tuple[float | None, str]:
         """The slice spacing in use and where it came from (``given``, ``positions`` or ``none``)."""
         if self.spacing_given is not None:
             return self.spacing_given, "given"
-        positions = sorted(float(k[1]) for k in self._slices if k[0] == "pos")
-        gaps = [b - a for a, b in itertools.pairwise(positions) if b - a > 0]
+        positions = self._places["pos"]
+        gaps = [float(b) - float(a) for a, b in itertools.pairwise(positions) if float(b) - float(a) > 0]
         if gaps:
             return min(gaps), "positions"
         return None, "none"
@@ -380,7 +429,18 @@ class SeriesLesionLoad:
     def load(self) -> LesionLoad:
         """The series' load now (cached until the next change)."""
         if self._cached is None:
-            self._cached = self._compute()
+            spacing, source = self.spacing()
+            if self._dirty or spacing != self._built_spacing:
+                self._rebuild(spacing)
+            if spacing is None:
+                source = "thickness" if any(s.thickness for s in self._slices.values()) else "none"
+            known = bool(self._slices) and all(
+                s.pixel_area is not None and (spacing is not None or s.thickness) for s in self._slices.values()
+            )
+            classes = tuple(
+                self._lesions[label].summary(label, self.classes[label], known) for label in range(1, len(self.classes))
+            )
+            self._cached = LesionLoad(len(self._slices), spacing, source, classes, self.dropped_slices)
         return self._cached
 
     def to_dict(self) -> dict[str, Any]:
@@ -389,20 +449,71 @@ class SeriesLesionLoad:
 
     # --- the 3-D picture -----------------------------------------------------------------------------------
 
-    def _neighbours(self, spacing: float | None) -> list[tuple[_Slice, _Slice]]:
-        """Consecutive pairs of slices that are adjacent under the current spacing."""
-        pairs = []
-        by_kind: dict[str, list[_Slice]] = {"pos": [], "idx": []}
-        for key in self.keys:
-            if key[0] in by_kind:
-                by_kind[key[0]].append(self._slices[key])
-        for a, b in itertools.pairwise(by_kind["pos"]):
-            if spacing is not None and float(b.key[1]) - float(a.key[1]) <= ADJACENT_FACTOR * spacing:
-                pairs.append((a, b))
-        for a, b in itertools.pairwise(by_kind["idx"]):
-            if int(b.key[1]) - int(a.key[1]) == 1:
-                pairs.append((a, b))
-        return pairs
+    def _adjacent(self, a: _Slice, b: _Slice, spacing: float | None) -> bool:
+        if a.key[0] != b.key[0]:
+            return False
+        if a.key[0] == "idx":
+            return abs(int(b.key[1]) - int(a.key[1])) == 1
+        if a.key[0] == "pos":
+            return spacing is not None and abs(float(b.key[1]) - float(a.key[1])) <= ADJACENT_FACTOR * spacing
+        return False
+
+    def _around(self, key: SliceKey) -> tuple[_Slice | None, _Slice | None]:
+        """The held slices just before and after ``key`` along the series (same kind of place)."""
+        places = self._places.get(key[0])
+        if places is None:
+            return None, None
+        i = bisect.bisect_left(places, key[1])
+        before = self._slices[(key[0], places[i - 1])] if i > 0 else None
+        after = self._slices[(key[0], places[i + 1])] if i + 1 < len(places) else None
+        return before, after
+
+    def _place(self, s: _Slice, spacing: float | None) -> None:
+        depth = spacing if spacing is not None else s.thickness
+        voxel_mm3 = None if depth is None or s.pixel_area is None else s.pixel_area * depth
+        for label, c in s.classes.items():
+            lesions = self._lesions[label]
+            lesions.slices_with_finding += 1
+            for k, area in enumerate(c.areas.tolist(), start=1):
+                lesions.add((s.key, k), area, None if voxel_mm3 is None else area * voxel_mm3, s.key)
+
+    def _join(self, a: _Slice, b: _Slice) -> None:
+        first, second = (a, b) if a.key[1] <= b.key[1] else (b, a)
+        for label, pairs in self._touching(first, second).items():
+            for ca, cb in pairs:
+                self._lesions[label].join((first.key, ca), (second.key, cb))
+
+    def _link(self, entry: _Slice) -> None:
+        """Add a new slice to the 3-D picture without a rebuild, unless it lands between adjacent slices
+        (their link must go) or changes the spacing (every volume changes)."""
+        spacing, _ = self.spacing()
+        before, after = self._around(entry.key)
+        if spacing != self._built_spacing or (
+            before is not None and after is not None and self._adjacent(before, after, spacing)
+        ):
+            self._dirty = True
+            return
+        self._place(entry, spacing)
+        for other in (before, after):
+            if other is not None and self._adjacent(other, entry, spacing):
+                self._join(other, entry)
+
+    def _rebuild(self, spacing: float | None) -> None:
+        self._lesions = {label: _Lesions() for label in range(1, len(self.classes))}
+        self._built_spacing = spacing
+        live: set[tuple[SliceKey, SliceKey]] = set()
+        previous: dict[str, _Slice] = {}
+        for key in self.keys:  # in series order, so sums do not depend on the order of arrival
+            s = self._slices[key]
+            self._place(s, spacing)
+            p = previous.get(key[0])
+            if p is not None and self._adjacent(p, s, spacing):
+                self._join(p, s)
+                live.add((p.key, s.key))
+            previous[key[0]] = s
+        for stale in [k for k in self._touch if k not in live]:  # pairs no longer neighbours, or gone
+            del self._touch[stale]
+        self._dirty = False
 
     def _touching(self, a: _Slice, b: _Slice) -> dict[int, list[tuple[int, int]]]:
         """Per class, the touching component pairs of two adjacent slices (cached until either changes)."""
@@ -417,73 +528,6 @@ class SeriesLesionLoad:
                     pairs[label] = touching
         self._touch[(a.key, b.key)] = (a.version, b.version, pairs)
         return pairs
-
-    def _compute(self) -> LesionLoad:
-        spacing, source = self.spacing()
-        neighbours = self._neighbours(spacing)
-        live = {(a.key, b.key) for a, b in neighbours}
-        for stale in [k for k in self._touch if k not in live]:  # pairs no longer consecutive, or gone
-            del self._touch[stale]
-        classes = []
-        for label in range(1, len(self.classes)):
-            lesions = _UnionFind()
-            for s in self._slices.values():
-                c = s.classes.get(label)
-                if c is not None:
-                    for k in range(1, len(c.areas) + 1):
-                        lesions.add((s.key, k))
-            for a, b in neighbours:
-                for ca, cb in self._touching(a, b).get(label, ()):
-                    lesions.join((a.key, ca), (b.key, cb))
-            classes.append(self._class_load(label, lesions.find, spacing))
-        if spacing is None:
-            source = "thickness" if any(s.thickness for s in self._slices.values()) else "none"
-        return LesionLoad(len(self._slices), spacing, source, tuple(classes), self.dropped_slices)
-
-    def _class_load(self, label: int, find: Any, spacing: float | None) -> ClassLesionLoad:
-        voxels: dict[Any, int] = {}
-        volume: dict[Any, float | None] = {}
-        slices: dict[Any, set[SliceKey]] = {}
-        with_finding = 0
-        for key in self.keys:  # in series order, so sums do not depend on the order of arrival
-            s = self._slices[key]
-            c = s.classes.get(label)
-            if c is None:
-                continue
-            with_finding += 1
-            depth = spacing if spacing is not None else s.thickness
-            voxel_mm3 = None if depth is None or s.pixel_area is None else s.pixel_area * depth
-            for k, area in enumerate(c.areas.tolist(), start=1):
-                root = find((s.key, k))
-                voxels[root] = voxels.get(root, 0) + area
-                if root not in volume or volume[root] is not None:
-                    volume[root] = None if voxel_mm3 is None else (volume.get(root) or 0.0) + area * voxel_mm3
-                slices.setdefault(root, set()).add(s.key)
-        known = all(v is not None for v in volume.values())
-        if not voxels:
-            return ClassLesionLoad(label, self.classes[label], 0, 0, 0.0 if self._has_volume() else None, None, 0, 0, 0)
-        if known:
-            largest = max(volume, key=lambda r: (volume[r], voxels[r]))
-        else:
-            largest = max(voxels, key=lambda r: voxels[r])
-        return ClassLesionLoad(
-            label=label,
-            name=self.classes[label],
-            lesions=len(voxels),
-            voxels=sum(voxels.values()),
-            volume_mm3=float(sum(volume.values())) if known else None,  # type: ignore[arg-type]
-            largest_mm3=volume[largest] if known else None,
-            largest_voxels=voxels[largest],
-            largest_slices=len(slices[largest]),
-            slices_with_finding=with_finding,
-        )
-
-    def _has_volume(self) -> bool:
-        """Whether an empty class's volume is a known 0 (spacing and pixel areas known) or unknown."""
-        spacing, _ = self.spacing()
-        return bool(self._slices) and all(
-            s.pixel_area is not None and (spacing is not None or s.thickness) for s in self._slices.values()
-        )
 
 
 def accumulate(

@@ -49,7 +49,7 @@ class KeepWarmConfig:
 class ArrivalPacer:
     """Predicts the next slice from the last arrivals and says when a keep-warm run is due (one thread)."""
 
-    def __init__(self, config: KeepWarmConfig, history: int = 8) -> None:
+    def __init__(self, config: KeepWarmConfig, history: int = 4) -> None:
         self.config = config
         self.runs = 0
         self._arrivals: deque[float] = deque(maxlen=history)
@@ -61,7 +61,7 @@ class ArrivalPacer:
         self._arrivals.append(now)
 
     def interval(self) -> float | None:
-        """The pace in seconds (median of the recent gaps), or None when there is no steady pace."""
+        """The pace in seconds (median of the last three gaps: a scanner keeps a steady pace), or None."""
         if len(self._arrivals) < 3:
             return None
         gaps = sorted(b - a for a, b in zip(self._arrivals, list(self._arrivals)[1:]))

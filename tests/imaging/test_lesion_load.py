@@ -205,3 +205,25 @@ def test_empty_series_and_bad_arguments():
         SeriesLesionLoad(("background",))
     with pytest.raises(ValueError):
         load.add(np.zeros((2, 2, 2), np.uint8))
+
+
+def test_a_slice_landing_between_two_adjacent_ones_cuts_their_link():
+    lesion = np.zeros((6, 6), np.uint8)
+    lesion[2:4, 2:4] = 1
+    nothing = np.zeros((6, 6), np.uint8)
+    load = SeriesLesionLoad(CLASSES, spacing_mm=2.0)  # a given spacing: 2.5 mm apart is adjacent
+    load.add(lesion, key=("pos", 0.0))
+    assert load.add(lesion, key=("pos", 2.5)).load("lesion").lesions == 1
+    assert load.add(nothing, key=("pos", 1.25)).load("lesion").lesions == 2  # an empty slice between them now
+
+
+def test_the_cost_of_a_slice_does_not_grow_with_the_series(volume):
+    """Slices arriving in order are linked to their neighbours only: no pass over the whole series."""
+    load = SeriesLesionLoad(CLASSES)
+    calls = []
+    original = load._rebuild
+    load._rebuild = lambda spacing: (calls.append(spacing), original(spacing))  # type: ignore[method-assign]
+    for z in range(len(volume)):
+        load.add(volume[z], geometry(z), z + 1)
+    assert len(calls) <= 2  # the first slice, and the second (the spacing becomes known)
+    assert load.load() == feed(volume, reversed(range(len(volume)))).load()
