@@ -155,3 +155,42 @@ def test_settings_are_checked_and_ports_in_use_refused(viewer):
     with urllib.request.urlopen(viewer.url, timeout=10) as r:
         page = r.read().decode()
     assert 'id="view"' in page and "/static/app.js" in page
+
+
+def test_several_scanners_are_followed_and_a_page_chooses_one(runtime, viewer, demo_dir):
+    page = Page(viewer)
+    try:
+        wait_until(lambda: state(viewer)["pages"] == 1, what="the page registered")
+        series = read_series([demo_dir, demo_dir])  # two scanners
+        page.send({"type": "select", "series": series[1].uid})
+        stop = threading.Event()
+        painter_seen: list[str] = []
+
+        def paint() -> None:
+            while not stop.is_set():
+                with page.lock:
+                    fresh = page.slices[len(painter_seen) :]
+                for meta, _, _ in fresh:
+                    painter_seen.append(meta["series"])
+                    page.send({"type": "painted", "seq": meta["seq"], "latency_ms": 1.0})
+                stop.wait(0.002)
+
+        painter = threading.Thread(target=paint, daemon=True)
+        painter.start()
+        reports = Replay(series, ReplaySettings(endpoint=runtime.endpoint, rate=50.0, outputs=("mask", "image"))).run()
+        wait_until(lambda: len(page.described()) >= sum(r.ok for r in reports), what="every slice described")
+        wait_until(lambda: len(painter_seen) >= 2, what="slices painted")
+        stop.set()
+        painter.join(5)
+    finally:
+        page.close()
+    assert {m["series"] for m in page.described()} == {series[0].uid, series[1].uid}
+    assert set(painter_seen[1:]) == {series[1].uid}  # after the choice, only the chosen scanner is painted
+    assert {s["uid"] for s in state(viewer)["series"]} == {series[0].uid, series[1].uid}
+
+
+def test_the_view_command_refuses_a_port_in_use(viewer, capsys):
+    from scanedge.cli import main as scanedge_main
+
+    code = scanedge_main(["view", "--subscribe", "tcp://127.0.0.1:5556", "--port", str(viewer.port)])
+    assert code == 2 and "another --port" in capsys.readouterr().err
