@@ -124,6 +124,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
             baseline=args.baseline,
             runtimes=args.runtimes,
             versus=versus,
+            keep_warm=args.keep_warm,
+            vs_flat_out=args.vs_flat_out,
         )
     where = f"{args.runtimes} spawned runtime(s)" if args.spawn else escape(args.endpoint)
     if settings.engine.remote is not None:
@@ -131,6 +133,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
     if versus is not None:
         where += ", side by side with a spawned runtime on the local engine"
     rate = f"{args.rate:g} slices/s per console" if args.rate else "flat out"
+    if args.vs_flat_out:
+        rate += ", alternating with flat-out blocks"
     console.print(f"streaming to {where}: {args.consoles} console(s), {rate}")
     with LazyProgress(console, "stream") as progress:
         report = bench_stream(slices, settings, progress)
@@ -140,6 +144,12 @@ def cmd_stream(args: argparse.Namespace) -> int:
         console.print(
             f"runtime memory (RSS): start {rss['start']:.0f} MB, max {rss['max']:.0f} MB, end {rss['end']:.0f} MB "
             f"(second half of the run: {rss['growth_second_half']:+.1f} MB)"
+        )
+    cpu = report.settings.get("server_cpu")
+    if cpu:
+        console.print(
+            f"runtime CPU: {cpu['seconds']:.2f} s over {cpu['wall_s']:.1f} s "
+            f"({cpu['percent_of_one_core']:.1f}% of one core)"
         )
     return code
 
@@ -293,6 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also spawn a runtime on the local ONNX Runtime engine and drive both in alternating blocks (one "
         "console, flat out): the side-by-side cost of --remote",
+    )
+    p.add_argument(
+        "--vs-flat-out",
+        action="store_true",
+        help="with --rate: alternate paced blocks with flat-out blocks in the same run (flat out is the baseline)",
+    )
+    p.add_argument(
+        "--no-keep-warm", dest="keep_warm", action="store_false", help="spawn the runtime with --no-keep-warm"
     )
     _add_common(p)
     p.set_defaults(func=cmd_stream)

@@ -17,6 +17,7 @@ from scanedge.cli.arguments import (
     read_slices,
     slice_limits,
 )
+from scanedge.cli.live import add_live_args
 from scanedge.console import LazyProgress, make_console
 
 if TYPE_CHECKING:
@@ -75,7 +76,12 @@ _TABLE_COLUMNS = ("slice", "lesion px", "area mm²", "lesions", "max p", "pre", 
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The shipped model on the shipped synthetic series: per-slice table, series summary, Dice, montage."""
+    """The shipped model on the shipped synthetic series: per-slice table, series summary, Dice, montage.
+    With ``--live``: the runtime, a replay at a scanner's pace and the web viewer (:mod:`scanedge.cli.live`)."""
+    if args.live:
+        from scanedge.cli.live import cmd_demo_live
+
+        return cmd_demo_live(args)
     from rich.table import Table
 
     from scanedge.demo.series import demo_series_dir, dice_against_truth
@@ -131,6 +137,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("scanedge-demo-out"))
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the comparison with the true labels")
     _add_pipeline_args(p)
+    add_live_args(p)
     p.set_defaults(func=cmd_demo)
 
 

@@ -59,6 +59,7 @@ from scanedge.runtime.protocol import (
     request_echo,
 )
 from scanedge.runtime.scheduler import Job, LatestSliceScheduler
+from scanedge.runtime.series_store import SeriesStore
 from scanedge.runtime.stats import RuntimeStats
 from scanedge.runtime.workers import Outcome, WorkerPool, error_outcome, expired_outcome
 
@@ -114,6 +115,7 @@ class IoLoop:
         wake_fd: int,
         stop_requested: Callable[[], bool],
         engine_health: Callable[[], dict[str, EngineStatus]] | None = None,
+        series_store: SeriesStore | None = None,
     ) -> None:
         self.router = router
         self.pub = pub
@@ -132,6 +134,8 @@ class IoLoop:
         self._wake_fd = wake_fd
         self._stop_requested = stop_requested
         self._engine_health = engine_health
+        self._series_store = series_store
+        self._next_series_sweep = 0.0
         self._stopping = False
         self._seq = itertools.count(1)
         self._fd_identity: dict[int, bytes] = {}  # connection fd -> the console last heard on it
@@ -436,6 +440,9 @@ class IoLoop:
             self._answer(job, expired_outcome(job, now, self.runtime_id))
         for job, outcome in self.pool.supervise(now):
             self._answer(job, outcome)
+        if self._series_store is not None and now >= self._next_series_sweep:
+            self._series_store.evict_idle(now)  # series that ended: nothing announces it on the wire
+            self._next_series_sweep = now + 1.0
 
     def _abandon_inflight(self) -> None:
         for job in self.scheduler.drain():

@@ -176,6 +176,7 @@ class Pipeline:
         self._post = Postprocessor(manifest)
         self._overlay = OverlayRenderer(manifest, self.config.overlay)
         self.model_label = f"{manifest.name}@{manifest.version}"
+        self._last: tuple[Slice, Sequence[Slice]] | None = None  # for keep_warm()
 
     @classmethod
     def open(
@@ -246,6 +247,7 @@ class Pipeline:
         """Segment one slice. ``context``: a 2.5D model's neighbours (see :class:`Preprocessor`)."""
         t0 = time.perf_counter()
         slice_ = self.to_slice(source)
+        self._last = (slice_, context)
         t1 = time.perf_counter()
         tensor, info = self._pre(slice_, context)
         t2 = time.perf_counter()
@@ -274,6 +276,15 @@ class Pipeline:
         return SliceResult(
             slice_.identity, self.model_label, post.mask, post.probabilities, post.findings, image, timings
         )
+
+    def keep_warm(self) -> bool:
+        """Run the last slice through the whole pipeline again, result discarded, so that caches, threads
+        and cores are warm for the next one (see :mod:`scanedge.runtime.keep_warm`). False before any slice."""
+        if self._last is None:
+            return False
+        slice_, context = self._last
+        self.run(slice_, context=context, overlay=True)
+        return True
 
     def run_series(self, slices: Iterable[Slice], *, overlay: bool | OverlayOptions = True) -> Iterator[SliceResult]:
         """Segment slices already in series order, giving a 2.5D model its neighbours."""

@@ -50,6 +50,7 @@ __all__ = [
     "FrameInfo",
     "Geometry",
     "Histogram",
+    "LesionClassLoad",
     "Limits",
     "ModelInfo",
     "ModelInput",
@@ -61,6 +62,7 @@ __all__ = [
     "Rescale",
     "Result",
     "Segment",
+    "SeriesLoad",
     "Stats",
     "StatsReply",
     "Timings",
@@ -84,7 +86,7 @@ MAX_HEADER_BYTES = 64 * 1024
 REQUEST_TYPES = ("SEGMENT", "PING", "STATS")
 REPLY_TYPES = ("RESULT", "ERROR", "PONG", "STATS_REPLY")
 MESSAGE_TYPES = REQUEST_TYPES + REPLY_TYPES
-OUTPUT_NAMES = ("mask", "overlay", "probabilities")
+OUTPUT_NAMES = ("mask", "overlay", "probabilities", "image")
 #: dtypes a raw pixel frame may carry (always little-endian on the wire)
 WIRE_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 #: reply ``status`` of the scheduling outcomes; every other error code has status "error"
@@ -106,7 +108,7 @@ Width = Annotated[float, Meta(gt=0.0, le=1e10)]
 Fraction = Annotated[float, Meta(ge=0.0, le=1.0)]
 Epoch = Annotated[float, Meta(ge=0.0, le=1e11)]
 DeadlineMs = Annotated[float, Meta(gt=0.0, le=86_400_000.0)]
-OutputName = Literal["mask", "overlay", "probabilities"]
+OutputName = Literal["mask", "overlay", "probabilities", "image"]
 Count = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 
 
@@ -198,6 +200,7 @@ class Timings(Struct, frozen=True):
     overlay: float = 0.0
     encode: float = 0.0
     total: float = 0.0
+    series: float = 0.0  # added within version 1: updating the series' lesion load
 
 
 class Finding(Struct, frozen=True):
@@ -223,6 +226,30 @@ class FrameInfo(Struct, frozen=True, omit_defaults=True):
     bytes: int | None = None
 
 
+class LesionClassLoad(Struct, frozen=True):
+    """One foreground class of a series' lesion load (section 4): 3-D lesions over the slices so far."""
+
+    label: int
+    name: str
+    lesions: int
+    voxels: int
+    volume_mm3: float | None
+    largest_mm3: float | None
+    largest_voxels: int
+    largest_slices: int
+    slices_with_finding: int
+
+
+class SeriesLoad(Struct, frozen=True):
+    """A series' lesion load after this slice (section 4), as the runtime holds it."""
+
+    slices: int
+    spacing_mm: float | None
+    spacing_source: str
+    classes: tuple[LesionClassLoad, ...]
+    dropped_slices: int = 0
+
+
 class Result(_Message, tag="RESULT", frozen=True):
     """A RESULT header (section 4); its payload frames follow in the order of ``frames``."""
 
@@ -242,6 +269,8 @@ class Result(_Message, tag="RESULT", frozen=True):
     received_at: float | None = None
     replied_at: float | None = None
     runtime: str = ""
+    position_mm: float | None = None  # added within version 1: the slice's place along its normal
+    series_load: SeriesLoad | None = None  # added within version 1: the series' lesion load so far
 
 
 class Error(_Message, tag="ERROR", frozen=True):
@@ -576,6 +605,8 @@ def result_reply(
     frames: Sequence[FrameInfo],
     received_at: float,
     runtime: str,
+    position_mm: float | None = None,
+    series_load: SeriesLoad | None = None,
 ) -> Result:
     """A RESULT header; the payload frames follow it in the order of ``frames``."""
     return Result(
@@ -593,6 +624,8 @@ def result_reply(
         received_at=received_at,
         replied_at=time.time(),
         runtime=runtime,
+        position_mm=position_mm,
+        series_load=series_load,
     )
 
 

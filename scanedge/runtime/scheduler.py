@@ -105,6 +105,10 @@ class LatestSliceScheduler:
         """Remove and return everything still waiting."""
         return self.remove(lambda j: True)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def depth(self) -> int:
         """How many jobs are waiting for a worker."""
         with self._lock:
