@@ -204,8 +204,11 @@ class Forwarder:
         from pydicom import dcmread
         from pynetdicom import AE
 
+        from scanedge.imaging.dicom_dataset import _quietly as pydicom_quiet  # its records quote values
+
         try:
-            ds = dcmread(path)
+            with pydicom_quiet():
+                ds = dcmread(path)
         except FileNotFoundError:
             return  # removed by hand from the outbox: nothing left to deliver
         except Exception as exc:

@@ -40,6 +40,7 @@ from scanedge.dicomnet.statuses import SUCCESS, status_dataset, status_for
 from scanedge.engines import EngineOptions
 from scanedge.errors import CapacityError, ConfigError, ScanedgeError, SopClassError, redacted_traceback
 from scanedge.imaging.dicom import read_dataset, slices_from_dicom
+from scanedge.imaging.dicom_dataset import _quietly as pydicom_quiet  # its records and warnings quote values
 from scanedge.imaging.overlay import OverlayOptions
 from scanedge.imaging.series import context_window
 from scanedge.imaging.slices import DEFAULT_LIMITS, Slice, SliceLimits
@@ -177,6 +178,7 @@ class DicomListener:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._stopped = False
         self._server: Any = None
         self._ae: Any = None
         self._publisher: ResultPublisher | None = None
@@ -247,6 +249,9 @@ class DicomListener:
         """Stop accepting, let open associations finish (``stop_grace_s``), write the SEGs of every open
         series, try to forward what is due, and release everything."""
         self._stop.set()
+        if self._stopped:
+            return
+        self._stopped = True
         if self._server is not None:
             self._server.shutdown()
             end = time.monotonic() + self.config.stop_grace_s
@@ -357,7 +362,8 @@ class DicomListener:
             self.stats.received += 1
         instance_uid = _uid(getattr(event.request, "AffectedSOPInstanceUID", None)) or "?"
         try:
-            self._store(event, received_at, received_mono)
+            with pydicom_quiet():
+                self._store(event, received_at, received_mono)
         except _Refusal as refusal:
             return self._refuse(event, instance_uid, refusal.status, refusal.code, refusal.message)
         except ScanedgeError as exc:
@@ -524,7 +530,8 @@ class DicomListener:
         settings = SegmentationSettings(kind=self.config.segmentation, device_serial_number=self.config.ae_title)
         for name, manifest in self._manifests.items():
             try:
-                segs = build_segmentations(series, name, manifest, settings)
+                with pydicom_quiet():
+                    segs, skipped = build_segmentations(series, name, manifest, settings)
             except Exception as exc:  # highdicom refuses sources it cannot reference; the message may quote them
                 with self._lock:
                     self.stats.seg_failures += 1
@@ -536,6 +543,10 @@ class DicomListener:
                     redacted_traceback(exc),
                 )
                 continue
+            for reason in skipped:
+                with self._lock:
+                    self.stats.seg_failures += 1
+                log.error("series %s (%s): no %s SEG for %s", series.series_uid, why, name, reason)
             for seg in segs:
                 self._save(seg, series, name, why)
 
@@ -543,7 +554,8 @@ class DicomListener:
         path = self.seg_dir / f"{seg.SOPInstanceUID}.dcm"
         tmp = path.with_name(f".{path.name}.partial")
         try:
-            seg.save_as(tmp, enforce_file_format=True)
+            with pydicom_quiet():
+                seg.save_as(tmp, enforce_file_format=True)
             os.replace(tmp, path)
         except OSError as exc:
             with self._lock:

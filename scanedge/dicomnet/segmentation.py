@@ -100,14 +100,20 @@ def _description(hd: Any, label: int, spec: ClassSpec, algorithm: Any) -> Any:
 
 
 def _groups(series: OpenSeries) -> list[list[HeldInstance]]:
-    """Sources that share one SEG: single-frame instances by size, each multi-frame instance alone."""
-    single: dict[tuple[int, int], list[HeldInstance]] = {}
+    """Sources that share one SEG: single-frame instances in one frame of reference by size, each multi-frame
+    instance alone, and each instance alone when it has no patient coordinates (CR, DX, US without a frame
+    of reference: a SEG can then reference one image only)."""
+    from highdicom.spatial import get_image_coordinate_system
+
+    single: dict[tuple[tuple[int, int], str], list[HeldInstance]] = {}
     groups: list[list[HeldInstance]] = []
     for inst in series.instances.values():
-        if len(inst.frames) == 1 and int(getattr(inst.header, "NumberOfFrames", 1) or 1) == 1:
-            single.setdefault(inst.frames[0].shape, []).append(inst)
-        else:
+        multi = len(inst.frames) > 1 or int(getattr(inst.header, "NumberOfFrames", 1) or 1) > 1
+        if multi or get_image_coordinate_system(inst.header) is None:
             groups.append([inst])
+        else:
+            key = (inst.frames[0].shape, str(getattr(inst.header, "FrameOfReferenceUID", "")))
+            single.setdefault(key, []).append(inst)
 
     def order(inst: HeldInstance) -> tuple[int, str]:
         number = getattr(inst.header, "InstanceNumber", None)
@@ -133,14 +139,23 @@ def _fill_type2(header: Any) -> None:
 
 def build_segmentations(
     series: OpenSeries, model: str, manifest: Manifest, settings: SegmentationSettings
-) -> list[Any]:
-    """The SEGs of ``model``'s results for a completed ``series`` (highdicom Segmentation datasets)."""
+) -> tuple[list[Any], list[str]]:
+    """The SEGs of ``model``'s results for a completed ``series`` (highdicom Segmentation datasets), and why
+    any source instance got none (a multi-frame image without patient coordinates cannot be referenced
+    frame by frame)."""
     import highdicom as hd
+    from highdicom.spatial import get_image_coordinate_system
 
     descriptions = segment_descriptions(manifest)
-    out = []
+    out, skipped = [], []
     for sources in _groups(series):
         headers = [inst.header for inst in sources]
+        if len(sources[0].frames) > 1 and get_image_coordinate_system(headers[0]) is None:
+            skipped.append(
+                f"instance {sources[0].sop_instance_uid}: a multi-frame image without patient coordinates (no frame "
+                "of reference or plane positions) cannot be referenced frame by frame by a SEG"
+            )
+            continue
         for header in headers:
             _fill_type2(header)
         number = getattr(headers[0], "SeriesNumber", None)
@@ -169,4 +184,4 @@ def build_segmentations(
                 content_description=f"{manifest.name} {manifest.version} by scanedge"[:64],
             )
         )
-    return out
+    return out, skipped
