@@ -203,6 +203,7 @@ class DicomListener:
     def start(self) -> DicomListener:
         """Open the models, the output folder, the feed and the forwarder, then accept associations."""
         cfg = self.config
+        _check_installed()
         try:
             self._open_models()
             self._prepare_out()
@@ -579,6 +580,17 @@ class DicomListener:
         )
         if self.forwarder is not None:
             self.forwarder.submit(path)
+
+
+def _check_installed() -> None:
+    """The ``dicomnet`` extra's libraries are there, or a ConfigError that says how to install them."""
+    import importlib.util
+
+    missing = [name for name in ("pynetdicom", "highdicom") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"the DICOM node needs {' and '.join(missing)}; install them with: pip install 'scanedge[dicomnet]'"
+        )
 
 
 def _default_model() -> Path:

@@ -279,3 +279,11 @@ def parse_target(text: str):
     from scanedge.dicomnet import parse_forward_target
 
     return parse_forward_target(text)
+
+
+def test_an_association_that_calls_another_ae_title_is_rejected(listener):
+    node = listener()
+    wrong = subprocess.run(["echoscu", "-aec", "SOMEONE", "127.0.0.1", str(node.port)], capture_output=True, text=True)
+    right = subprocess.run(["echoscu", "-aec", "SCANEDGE", "127.0.0.1", str(node.port)], capture_output=True, text=True)
+    assert wrong.returncode != 0 and "Called AE Title Not Recognized" in wrong.stdout + wrong.stderr
+    assert right.returncode == 0
