@@ -88,6 +88,9 @@ class ListenerConfig:
         network_timeout_s: ACSE, DIMSE and network timeouts of each association.
         retry_max_s: the longest wait between two attempts to forward a SEG.
         stop_grace_s: on stop, how long open associations may still finish.
+        max_object_bytes: the most bytes one DIMSE message may carry; a peer sending more is aborted while
+            it sends (pynetdicom would gather any amount in memory). None: the decoded-size limit plus
+            16 MiB for the header.
     """
 
     ae_title: str = "SCANEDGE"
@@ -111,6 +114,14 @@ class ListenerConfig:
     network_timeout_s: float = 60.0
     retry_max_s: float = 300.0
     stop_grace_s: float = 10.0
+    max_object_bytes: int | None = None
+
+    @property
+    def object_byte_limit(self) -> int:
+        """``max_object_bytes``, or its default."""
+        if self.max_object_bytes is not None:
+            return self.max_object_bytes
+        return self.limits.max_decoded_bytes + 16 * 1024 * 1024
 
     def __post_init__(self) -> None:
         check_ae_title(self.ae_title, "--ae-title")
@@ -139,6 +150,7 @@ class ListenerStats:
         stored: images segmented and held for their series' SEG.
         refused: C-STORE failure statuses sent, by status code.
         results: RESULTs built (one per frame and model), published when there is a feed.
+        oversized: associations aborted for sending a message over ``max_object_bytes``.
         series_completed: series whose SEGs were built.
         segs_written: SEG files written to ``out/seg``.
         seg_failures: SEGs that could not be built or written (logged).
@@ -148,6 +160,7 @@ class ListenerStats:
     stored: int = 0
     refused: Counter[int] = field(default_factory=Counter)
     results: int = 0
+    oversized: int = 0
     series_completed: int = 0
     segs_written: int = 0
     seg_failures: int = 0
@@ -176,6 +189,7 @@ class DicomListener:
         self._pools: dict[str, queue.Queue[Pipeline]] = {}
         self._pipelines: list[Pipeline] = []
         self._ids = itertools.count(1)
+        self._incoming: dict[int, int] = {}  # association -> bytes of the message it is sending now
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._stopped = False
@@ -336,6 +350,7 @@ class DicomListener:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_aborted),
+            (evt.EVT_DATA_RECV, self._on_data),
         ]
         self._ae = ae
         try:
@@ -352,10 +367,40 @@ class DicomListener:
         return SUCCESS
 
     def _on_released(self, event: Any) -> None:
+        self._incoming.pop(id(event.assoc), None)
         self.store.released(id(event.assoc))
 
     def _on_aborted(self, event: Any) -> None:
+        self._incoming.pop(id(event.assoc), None)
         self.store.closed(id(event.assoc))
+
+    def _on_data(self, event: Any) -> None:
+        """Count the bytes of the DIMSE message being received (each raw PDU, before pynetdicom decodes it);
+        abort the association once one message passes ``max_object_bytes``."""
+        data = event.data
+        if data[:1] != b"\x04":  # only P-DATA-TF carries messages
+            return
+        key = id(event.assoc)
+        total = self._incoming.get(key, 0)
+        pos = 6  # PDU type, reserved, PDU length; then presentation data value items
+        while pos + 6 <= len(data):
+            length = int.from_bytes(data[pos : pos + 4], "big")  # context ID + control header + fragment
+            total += max(0, length - 2)
+            if total > self.config.object_byte_limit:
+                self._incoming.pop(key, None)
+                with self._lock:
+                    self.stats.oversized += 1
+                log.warning(
+                    "association from %s aborted: it sent a message of more than %d bytes (max_object_bytes)",
+                    _peer(event),
+                    self.config.object_byte_limit,
+                )
+                event.assoc.abort(block=False)
+                return
+            if data[pos + 5] & 0x02:  # the last fragment of a command set or data set: the next one starts anew
+                total = 0
+            pos += 4 + length
+        self._incoming[key] = total
 
     def _on_store(self, event: Any) -> Any:
         received_at, received_mono = time.time(), time.monotonic()

@@ -287,3 +287,15 @@ def test_an_association_that_calls_another_ae_title_is_rejected(listener):
     right = subprocess.run(["echoscu", "-aec", "SCANEDGE", "127.0.0.1", str(node.port)], capture_output=True, text=True)
     assert wrong.returncode != 0 and "Called AE Title Not Recognized" in wrong.stdout + wrong.stderr
     assert right.returncode == 0
+
+
+def test_a_peer_sending_a_message_over_the_byte_limit_is_aborted_while_it_sends_and_the_node_serves_on(listener):
+    node = listener(max_object_bytes=100_000, series_timeout_s=0.3)
+    big = demo_files()[0]  # 128 KiB of pixels
+    assert big.stat().st_size > 100_000
+    sent = storescu(node.port, big)
+    assert responses(sent) == [] and sent.returncode != 0
+    assert node.stats.oversized == 1 and node.stats.received == 0  # never gathered whole
+    small = get_testdata_file("MR_small.dcm")  # 8 KiB: within the limit
+    assert responses(storescu(node.port, small)) == ["Success"]
+    the_seg(node)
