@@ -299,3 +299,22 @@ def test_a_peer_sending_a_message_over_the_byte_limit_is_aborted_while_it_sends_
     small = get_testdata_file("MR_small.dcm")  # 8 KiB: within the limit
     assert responses(storescu(node.port, small)) == ["Success"]
     the_seg(node)
+
+
+def test_every_model_segments_every_image_and_each_gets_its_own_seg(listener, conv_model_path, caplog):
+    from scanedge.runtime.pipeline import default_model_path
+
+    node = listener(models=[default_model_path(), conv_model_path], series_timeout_s=0.3)
+    assert "finding have no coded concepts" in caplog.text  # the test model's class: described generically
+    files = demo_files()[:3]
+    assert responses(storescu(node.port, *files)) == ["Success"] * 3
+    segs = {hd.seg.segread(p).SegmentSequence[0].SegmentLabel: hd.seg.segread(p) for p in the_seg(node, 2)}
+    assert set(segs) == {"lesion", "finding"}
+    generic = segs["finding"].SegmentSequence[0]
+    assert generic.SegmentedPropertyTypeCodeSequence[0].CodeValue == "85756007"  # SCT Tissue
+    assert generic.SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "test-model"
+    with Pipeline.open(conv_model_path) as conv:
+        uids = [uid_of(f) for f in files]
+        got = segs["finding"].get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[1])
+        expected = np.stack([conv.run(f.read_bytes(), overlay=False).mask == 1 for f in files])
+        assert np.array_equal(got[..., 0], expected)
