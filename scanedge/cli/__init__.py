@@ -14,6 +14,7 @@ module                 commands
 ``cli.replay``         ``replay``
 ``cli.view``           ``view``
 ``cli.convert``        ``convert``, ``verify``, ``export-triton``
+``cli.dicom``          ``dicom-listen``
 ``bench.cli``          ``bench`` (the same as ``edge-bench``)
 =====================  =========================================
 """
@@ -25,7 +26,7 @@ import sys
 from collections.abc import Sequence
 
 from scanedge import __version__
-from scanedge.cli import convert, models, replay, segment, serve, view
+from scanedge.cli import convert, dicom, models, replay, segment, serve, view
 from scanedge.console import run_command
 
 __all__ = ["build_parser", "main"]
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_parsers(sub)
     replay.add_parsers(sub)
     view.add_parsers(sub)
+    dicom.add_parsers(sub)
     convert.add_parsers(sub)
     models.add_parsers(sub)
     return ap
