@@ -85,9 +85,19 @@ def slice_key(geometry: SliceGeometry | None, instance_number: int | None = None
 class ClassLesionLoad:
     """One foreground class over the slices received so far.
 
-    ``lesions`` counts 3-D components; ``volume_mm3``/``largest_mm3`` are None when no volume can be
-    computed (see the module's rules); ``largest_voxels`` and ``largest_slices`` describe the largest
-    lesion (by volume, or by voxels without one).
+    Volumes are None when no volume can be computed (see the module's rules). The largest lesion is the
+    one with the most volume, or with the most voxels when volumes are unknown.
+
+    Attributes:
+        label: the class's label value in the masks (1 or more; 0 is background).
+        name: the class's name, ``classes[label]`` as given to :class:`SeriesLesionLoad`.
+        lesions: 3-D lesions (26-connected components across adjacent slices).
+        voxels: the class's pixels over every slice held.
+        volume_mm3: the class's total volume in mm³; None when it cannot be computed.
+        largest_mm3: the largest lesion's volume in mm³; None when volumes cannot be computed.
+        largest_voxels: the largest lesion's pixels over every slice it spans.
+        largest_slices: how many slices the largest lesion spans.
+        slices_with_finding: slices held with at least one pixel of this class.
     """
 
     label: int
@@ -117,10 +127,16 @@ class ClassLesionLoad:
 
 @dataclass(frozen=True)
 class LesionLoad:
-    """A series' lesion load at one moment: per foreground class, over ``slices`` received slices.
+    """A series' lesion load at one moment, per foreground class.
 
-    ``spacing_mm`` is the slice spacing volumes were computed with (None: unknown, thickness used),
-    ``spacing_source`` says where it came from: ``given``, ``positions``, ``thickness`` or ``none``.
+    Attributes:
+        slices: slices held (each place counted once: a replaced slice is not counted again).
+        spacing_mm: the slice spacing volumes were computed with, in mm; None when unknown (each slice's
+            thickness was used instead, where it has one).
+        spacing_source: where the spacing came from: ``given``, ``positions``, ``thickness`` or ``none``.
+        classes: one :class:`ClassLesionLoad` per foreground class, in label order (label 1 first).
+        dropped_slices: slices at new places refused because the series already held ``max_slices``
+            slices; they are in none of the figures.
     """
 
     slices: int
@@ -148,6 +164,8 @@ class LesionLoad:
         return None if any(v is None for v in volumes) else float(sum(volumes))  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready figures, the spacing and volumes rounded to 0.001 mm (mm³); the totals over classes
+        (:attr:`lesions`, :attr:`volume_mm3`) are left out: they follow from the classes."""
         return {
             "slices": self.slices,
             "spacing_mm": _round(self.spacing_mm),

@@ -81,7 +81,13 @@ class ReplaySettings:
 
 @dataclass(frozen=True, eq=False)
 class ReplaySeries:
-    """One series to replay: its UID as sent, and its slices in acquisition order."""
+    """One series to replay (one scanner's connection).
+
+    Attributes:
+        uid: the Series Instance UID sent with each slice; a repeat of a series has ``.2``, ``.3``...
+            appended (see :func:`rename_repeats`) so the runtime keeps its lesion load apart.
+        slices: the slices in acquisition order, each with the file it was read from.
+    """
 
     uid: str
     slices: tuple[LoadedSlice, ...]
@@ -111,26 +117,42 @@ def rename_repeats(series: Sequence[ReplaySeries]) -> list[ReplaySeries]:
 
 @dataclass(frozen=True, eq=False)
 class SliceEvent:
-    """One reply (or failure) during a replay."""
+    """One reply (or failure) during a replay; exactly one of ``result`` and ``error`` is set."""
 
     series: int  # index into the replay's series
-    uid: str
+    uid: str  # the series' UID as sent (see ReplaySeries.uid)
     position: int  # 0-based place of the slice in its series
     count: int  # slices in the series
     loop: int  # 0 for the first pass
-    slice: Slice
+    slice: Slice  # the slice that was sent, as read from its file
     latency_ms: float  # from the intended send time to the reply
-    result: RemoteResult | None
-    error: ScanedgeError | None
+    result: RemoteResult | None  # the runtime's RESULT; None when the slice failed
+    error: ScanedgeError | None  # why the slice failed (the runtime's error reply, a timeout...); None on success
 
     @property
     def superseded(self) -> bool:
+        """True when the runtime skipped this slice because a newer one of its series arrived while it
+        waited: the scanner's pace outran the runtime, which is not a failure."""
         return isinstance(self.error, SupersededError)
 
 
 @dataclass
 class SeriesReport:
-    """What one series' replay amounted to."""
+    """What one series' replay amounted to; ``sent`` is ``ok + superseded + failed`` once the run ends.
+
+    Attributes:
+        uid: the series' UID as sent.
+        slices: slices in the series (one pass).
+        sent: slices sent, over every pass.
+        ok: slices answered with a RESULT.
+        superseded: slices the runtime skipped for a newer one of the series (see
+            :attr:`SliceEvent.superseded`).
+        failed: slices answered with any other error, or not answered in time.
+        errors: failed slices by error code (e.g. ``TIMEOUT``, ``ENGINE_TIMEOUT``).
+        latencies_ms: each RESULT's latency in ms from its intended send time, in arrival order.
+        load: the runtime's series lesion load, from the last RESULT holding the most slices; None
+            when no RESULT carried one.
+    """
 
     uid: str
     slices: int
@@ -140,12 +162,15 @@ class SeriesReport:
     failed: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
-    load: LesionLoad | None = None  # the runtime's load in the last reply that held the most slices
+    load: LesionLoad | None = None
 
     def latency(self) -> LatencyPercentiles | None:
+        """Percentiles of :attr:`latencies_ms`; None when no slice was answered with a RESULT."""
         return LatencyPercentiles.of(self.latencies_ms) if self.latencies_ms else None
 
     def to_dict(self) -> dict[str, object]:
+        """JSON-ready report, as ``scanedge replay --json`` writes it: the counts, the latency percentiles
+        (``latency_ms``) and the series' lesion load (``series_load``) instead of the raw latencies."""
         latency = self.latency()
         return {
             "series_uid": self.uid,

@@ -107,6 +107,8 @@ class LatestSliceScheduler:
 
     @property
     def closed(self) -> bool:
+        """True once :meth:`close` was called: ``submit`` then raises ``RuntimeError``, and a None from
+        ``take`` means no work is left rather than a timeout."""
         return self._closed
 
     def depth(self) -> int:

@@ -79,6 +79,8 @@ class SeriesStore:
             return load.add(mask, geometry, instance_number)
 
     def get(self, series: str, model: str) -> LesionLoad | None:
+        """The load of ``series`` under ``model`` as held now; None when the store holds no such series
+        (never seen, or forgotten). Reading neither refreshes the series' idle time nor evicts."""
         with self._lock:
             held = self._series.get((series, model))
             return None if held is None else held[1].load()

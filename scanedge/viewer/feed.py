@@ -58,8 +58,8 @@ class FeedLimits:
 class LiveSlice:
     """One published RESULT as the page gets it: ``meta`` (JSON) and the pixel frames as bytes."""
 
-    seq: int
-    series: str
+    seq: int  # the feed's running count of RESULTs when this one came (rises by arrival); pages name paints by it
+    series: str  # the series UID it was published under
     key: str  # the slice's place in its series: position (mm) or index, as text
     meta: dict[str, Any]
     image: bytes | None  # uint8 grey (rows, cols) or RGB (rows, cols, 3)
@@ -67,6 +67,7 @@ class LiveSlice:
 
     @property
     def nbytes(self) -> int:
+        """Pixel bytes it holds (image and mask): what it counts against ``FeedLimits.retain_bytes``."""
         return len(self.image or b"") + len(self.mask or b"")
 
 
@@ -150,6 +151,9 @@ class Watcher:
         self.wake = asyncio.Event()
 
     def offer(self, item: LiveSlice) -> None:
+        """Queue a new slice's description for the page and, when the page follows its series live and the
+        slice has an image, make it the slice to paint next: one still unsent is replaced (and counted
+        in ``dropped``). Wakes the page's sender; never blocks."""
         self.texts.append(item.meta)
         if self.pinned is None and (self.selected is None or self.selected == item.series) and item.image:
             if self.pixels is not None:
@@ -166,6 +170,7 @@ class Watcher:
         return item
 
     def painted(self) -> None:
+        """The page has painted the last slice sent: the next one may go (see :meth:`take_pixels`)."""
         self.awaiting_paint = False
         self.wake.set()
 
@@ -196,6 +201,11 @@ class LiveFeed:
         self.connected = asyncio.Event()
 
     async def start(self) -> None:
+        """Open the SUB socket (every series), connect it and start reading in a task on the running loop.
+
+        Returns at once: ZeroMQ connects in the background and reconnects by itself, so a runtime that is
+        not up yet is followed once it is.
+        """
         self._ctx = zmq.asyncio.Context()
         sock = self._ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
@@ -205,6 +215,7 @@ class LiveFeed:
         self._task = asyncio.create_task(self._read(sock), name="scanedge-viewer-feed")
 
     async def stop(self) -> None:
+        """Cancel the reading task and close the socket and its context; what was received is kept."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -267,6 +278,8 @@ class LiveFeed:
             self._retained_bytes -= old.nbytes
 
     def retained(self, series: str, key: str) -> LiveSlice | None:
+        """The latest slice with pixels received at place ``key`` of ``series`` (for a page browsing back);
+        None when none came with an image or its pixels were dropped under ``FeedLimits``."""
         return self._retained.get((series, key))
 
     def snapshot(self) -> dict[str, Any]:

@@ -46,6 +46,8 @@ class ViewerConfig:
 
     @property
     def is_loopback(self) -> bool:
+        """True when ``host`` is a loopback address or ``localhost``; other host names are not resolved
+        and count as reachable from elsewhere (the viewer then warns)."""
         try:
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
@@ -91,6 +93,7 @@ class Viewer:
 
     @property
     def url(self) -> str:
+        """The page's address with the port actually bound, e.g. ``http://127.0.0.1:8080/``."""
         host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
         return f"http://{host}:{self.port}/"
 
@@ -102,6 +105,9 @@ class Viewer:
             self._socket.close()
 
     def start(self, timeout: float = 30.0) -> Viewer:
+        """Serve in a daemon thread; return once the server has started (the feed's SUB socket is open
+        and the page can be loaded). Raises :class:`~scanedge.errors.RuntimeStateError` when it does not
+        start within ``timeout`` seconds or its thread ends first."""
         self._thread = threading.Thread(target=self.serve, name="scanedge-viewer", daemon=True)
         self._thread.start()
         end = time.monotonic() + timeout
@@ -112,9 +118,12 @@ class Viewer:
         return self
 
     def request_stop(self) -> None:
+        """Ask the server to stop, without waiting; safe from any thread (e.g. a signal handler)."""
         self._server.should_exit = True
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server started by :meth:`start` and wait up to ``timeout`` seconds for its thread
+        (open pages get about 2 s to close); :class:`~scanedge.errors.RuntimeStateError` if it is still up."""
         self.request_stop()
         if self._thread is not None:
             self._thread.join(timeout)
