@@ -41,14 +41,14 @@ from scanedge.engines import EngineOptions
 from scanedge.errors import CapacityError, ConfigError, ScanedgeError, SopClassError, redacted_traceback
 from scanedge.imaging.dicom import read_dataset, slices_from_dicom
 from scanedge.imaging.dicom_dataset import _quietly as pydicom_quiet  # its records and warnings quote values
-from scanedge.imaging.overlay import OverlayOptions
+from scanedge.imaging.overlay import OverlayOptions, display_image
 from scanedge.imaging.series import context_window
 from scanedge.imaging.slices import DEFAULT_LIMITS, Slice, SliceLimits
 from scanedge.manifest import Manifest
 from scanedge.runtime.endpoints import parse_endpoint
-from scanedge.runtime.payloads import result_frames
+from scanedge.runtime.payloads import pipeline_reply, result_frames
 from scanedge.runtime.pipeline import Pipeline, PipelineConfig, SliceResult
-from scanedge.runtime.protocol import Echo, Finding, Timings, encode, publish_topic, result_reply
+from scanedge.runtime.protocol import Echo, encode, publish_topic
 from scanedge.runtime.server import ModelSpec
 
 __all__ = ["DicomListener", "ListenerConfig", "ListenerStats"]
@@ -58,7 +58,7 @@ log = logging.getLogger("scanedge.dicomnet")
 _UID = re.compile(r"[0-9][0-9.]{0,63}")
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float Pixel Data
 #: the frames each published RESULT carries (section 4's names)
-PUBLISHED_OUTPUTS = ("mask", "overlay")
+PUBLISHED_OUTPUTS = ("mask", "overlay", "image")
 
 
 @dataclass(frozen=True)
@@ -510,7 +510,16 @@ class DicomListener:
                         probabilities[i][name] = pack(_quantised(result, pipe.manifest))
                     index = slice_.identity.instance_number if len(slices) == 1 else i + 1
                     self._publish(
-                        pipe, result, series_uid, instance_uid, index, received_at, received_mono, queue_ms, decode_ms
+                        pipe,
+                        result,
+                        slice_,
+                        series_uid,
+                        instance_uid,
+                        index,
+                        received_at,
+                        received_mono,
+                        queue_ms,
+                        decode_ms,
                     )
             finally:
                 pool.put(pipe)
@@ -520,6 +529,7 @@ class DicomListener:
         self,
         pipe: Pipeline,
         result: SliceResult,
+        slice_: Slice,
         series_uid: str,
         instance_uid: str,
         index: int | None,
@@ -533,27 +543,26 @@ class DicomListener:
             self.stats.results += 1
         if self._publisher is None:
             return
-        arrays = {"mask": result.mask, "overlay": result.overlay, "probabilities": result.probabilities}
+        arrays = {
+            "mask": result.mask,
+            "overlay": result.overlay,
+            "probabilities": result.probabilities,
+            "image": display_image(slice_),
+        }
         infos, payload, encode_ms = result_frames(PUBLISHED_OUTPUTS, arrays, "raw")
-        t = result.timings
-        header = result_reply(
+        header = pipeline_reply(
             Echo(next(self._ids), series_uid, instance_uid, index, None),
+            result,
             model=pipe.model_label,
-            engine=pipe.engine.backend,
-            timings=Timings(
-                queue=round(queue_ms, 4),
-                decode=round(decode_ms + t.decode_ms, 4),
-                preprocess=round(t.preprocess_ms, 4),
-                infer=round(t.infer_ms, 4),
-                postprocess=round(t.postprocess_ms, 4),
-                overlay=round(t.overlay_ms, 4),
-                encode=round(encode_ms, 4),
-                total=round((time.monotonic() - received_mono) * 1e3, 4),
-            ),
-            findings=[Finding(**f.to_dict()) for f in result.findings],  # type: ignore[arg-type]
+            backend=pipe.engine.backend,
             frames=infos,
+            queue_ms=queue_ms,
+            decode_ms=decode_ms,
+            encode_ms=encode_ms,
+            received_mono=received_mono,
             received_at=received_at,
             runtime=self.runtime_id,
+            position_mm=slice_.geometry.position_along_normal,
         )
         self._publisher.publish([publish_topic(series_uid), encode(header), *payload])
 

@@ -23,9 +23,9 @@ from scanedge.imaging.overlay import OverlayOptions, display_image
 from scanedge.imaging.slices import SliceLimits
 from scanedge.runtime.keep_warm import ArrivalPacer, KeepWarmConfig
 from scanedge.runtime.log_budget import LogBudget
-from scanedge.runtime.payloads import overlay_options, result_frames, slice_from_request
+from scanedge.runtime.payloads import overlay_options, pipeline_reply, result_frames, slice_from_request
 from scanedge.runtime.pipeline import Pipeline
-from scanedge.runtime.protocol import Echo, Error, Finding, Result, Timings, encode, error_reply, result_reply
+from scanedge.runtime.protocol import Echo, Error, Result, encode, error_reply
 from scanedge.runtime.scheduler import Job, LatestSliceScheduler
 from scanedge.runtime.series_store import SeriesStore, lesion_load_to_wire
 
@@ -103,7 +103,6 @@ def run_job(
             "image": display_image(slice_) if "image" in req.outputs else None,
         }
         infos, payload, encode_ms = result_frames(req.outputs, arrays, req.overlay_encoding)
-        t = result.timings
         ident = slice_.identity
         series = req.series or ident.series_uid
         number = req.index if req.index is not None else ident.instance_number
@@ -114,32 +113,20 @@ def run_job(
             load = series_store.update(series, job.model, classes, result.mask, slice_.geometry, number)
         series_ms = (time.perf_counter() - t_series) * 1e3
         position = slice_.geometry.position_along_normal
-        header = result_reply(
-            Echo(
-                req.id,
-                series,
-                req.instance or ident.sop_instance_uid,
-                number,
-                req.sent_at,
-            ),
+        header = pipeline_reply(
+            Echo(req.id, series, req.instance or ident.sop_instance_uid, number, req.sent_at),
+            result,
             model=pipe.model_label,
-            engine=pipe.engine.backend,
-            timings=Timings(
-                queue=round(queue_ms, 4),
-                decode=round(decode_ms + t.decode_ms, 4),
-                preprocess=round(t.preprocess_ms, 4),
-                infer=round(t.infer_ms, 4),
-                postprocess=round(t.postprocess_ms, 4),
-                overlay=round(t.overlay_ms, 4),
-                encode=round(encode_ms, 4),
-                series=round(series_ms, 4),
-                total=round((time.monotonic() - job.received_mono) * 1e3, 4),
-            ),
-            findings=[Finding(**f.to_dict()) for f in result.findings],  # type: ignore[arg-type]
+            backend=pipe.engine.backend,
             frames=infos,
+            queue_ms=queue_ms,
+            decode_ms=decode_ms,
+            encode_ms=encode_ms,
+            series_ms=series_ms,
+            received_mono=job.received_mono,
             received_at=job.received_at,
             runtime=runtime,
-            position_mm=None if position is None else round(position, 4),
+            position_mm=position,
             series_load=None if load is None else lesion_load_to_wire(load),
         )
     except ScanedgeError as exc:

@@ -128,7 +128,8 @@ def test_every_slice_is_published_live_in_the_protocols_result_format_before_the
         header = decode_reply(head)
         assert isinstance(header, Result) and topic.decode() == header.series == series
         assert header.model == "ms-lesion-demo@1.0.0" and header.runtime == node.runtime_id
-        assert [f.name for f in header.frames] == ["mask", "overlay"]
+        assert [f.name for f in header.frames] == ["mask", "overlay", "image"]  # what the live viewer draws
+        assert header.position_mm is not None
         arrays = arrays_from_frames(header.frames, payload)
         source = by_instance[header.instance]
         expected = pipe.run(source.read_bytes(), overlay=False)
