@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_demo_live_serves_the_page_while_replaying_and_stops_on_ctrl_c(tmp_path):
-    env = {**os.environ, "COLUMNS": "200"}
+    env = {**os.environ, "COLUMNS": "200", "PYTHONFAULTHANDLER": "1"}  # SIGABRT dumps every thread's stack
     proc = subprocess.Popen(
         [sys.executable, "-m", "scanedge", "demo", "--live", "--port", "0", "--rate", "50"],
         cwd=ROOT,
@@ -43,7 +43,12 @@ def test_demo_live_serves_the_page_while_replaying_and_stops_on_ctrl_c(tmp_path)
         with urllib.request.urlopen(url, timeout=10) as r:
             assert "scanedge" in r.read().decode()
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        try:
+            out, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:  # say where it hangs: every thread's stack
+            proc.send_signal(signal.SIGABRT)
+            out, err = proc.communicate(timeout=30)
+            raise AssertionError(f"demo --live did not stop on Ctrl-C:\n{err[-6000:]}") from None
     finally:
         if proc.poll() is None:
             proc.kill()
