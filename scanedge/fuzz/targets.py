@@ -6,6 +6,9 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from scanedge.errors import ScanedgeError
 
@@ -58,17 +61,36 @@ def _header_seeds() -> Iterator[bytes]:
 
 
 def _dicom(data: bytes) -> None:
-    from scanedge.imaging.dicom import slices_from_dicom
+    from scanedge.imaging.dicom import _fast_slices, slices_from_dicom
     from scanedge.imaging.slices import SliceLimits
 
     # small limits: the fuzzer looks for crashes and hangs, not for the cost of legitimately large images
     limits = SliceLimits(max_pixels=1024 * 1024, max_side=4096, max_decoded_bytes=16 * 1024 * 1024)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about most mutants
+        # both readers, differentially: where the fast one answers, pydicom's must answer the same
+        fast = _fast_slices(data, limits, 16, "DICOM bytes")
         try:
-            slices_from_dicom(data, limits=limits, max_frames=16)
+            full = slices_from_dicom(data, limits=limits, max_frames=16, fast=False)
         except ScanedgeError:
-            pass
+            assert fast is None, "the fast DICOM reader accepted an object the pydicom path refuses"
+            return
+        if fast is not None:
+            _same_slices(fast, full)
+
+
+def _same_slices(fast: list[Any], full: list[Any]) -> None:
+    """A finding (AssertionError) unless both readers gave the same pixels, geometry, rescale, window, identity."""
+    assert len(fast) == len(full), "the fast DICOM reader and pydicom disagree on the number of frames"
+    for a, b in zip(fast, full):
+        assert a.pixels.dtype == b.pixels.dtype and np.array_equal(a.pixels, b.pixels), "pixels differ"
+        assert (a.geometry, a.identity) == (b.geometry, b.identity), "geometry or identity differs"
+        assert (a.rescale_slope, a.rescale_intercept, a.window_center, a.window_width) == (
+            b.rescale_slope,
+            b.rescale_intercept,
+            b.window_center,
+            b.window_width,
+        ), "rescale or window differs"
 
 
 #: Small real files from pydicom's test data, one per encoding the reader handles: read when the fuzzer
@@ -87,6 +109,8 @@ DICOM_SEED_FILES = (
     "emri_small.dcm",  # enhanced multi-frame with functional groups
     "CT_small.dcm",
     "OBXXXX1A_rle.dcm",  # palette colour, RLE
+    "MR_small_padded.dcm",  # the fast reader's case, trailing padding after the pixels
+    "6293",  # a small CT of the DICOMDIR tests: sequences of undefined length, the fast reader skips them
 )
 
 
@@ -108,6 +132,11 @@ TARGETS: dict[str, FuzzTarget] = {
             _header_seeds,
             "a request header frame: bounded JSON decoding, validation, the echo of a refused one, the slice",
         ),
-        FuzzTarget("dicom", _dicom, _dicom_seeds, "a DICOM object: parsing, inflating, decoding into slices"),
+        FuzzTarget(
+            "dicom",
+            _dicom,
+            _dicom_seeds,
+            "a DICOM object: parsing, inflating, decoding into slices; the fast reader against pydicom",
+        ),
     )
 }
