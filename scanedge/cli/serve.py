@@ -42,6 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         job_timeout_s=args.job_timeout,
         shutdown_grace_s=args.shutdown_grace,
         stats_log_interval_s=args.stats_interval,
+        shared_memory=args.shm,
     )
     log = logging.getLogger("scanedge.runtime")
     if args.insecure:
@@ -108,6 +109,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=10.0,
         help="on SIGTERM/SIGINT, seconds requests in flight may take before the runtime exits anyway (default: 10)",
+    )
+    p.add_argument(
+        "--shm",
+        choices=("local", "ipc", "off"),
+        default="local",
+        help="which consoles may put pixels and outputs in shared memory (docs/protocol.md section 12): local "
+        "(default: ipc:// and loopback tcp), ipc (ipc:// only, the console's own objects only), off",
     )
     p.add_argument("--stats-interval", type=float, default=60.0, help="seconds between stats log lines")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))

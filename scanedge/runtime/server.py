@@ -39,6 +39,7 @@ from scanedge.runtime.pipeline import Pipeline, PipelineConfig, default_model_pa
 from scanedge.runtime.protocol import ModelInfo, ModelInput
 from scanedge.runtime.scheduler import Job, LatestSliceScheduler
 from scanedge.runtime.security import CurveServerKeys
+from scanedge.runtime.shm import SHM_MODES, RegionTable, ShmMode
 from scanedge.runtime.stats import RuntimeStats
 from scanedge.runtime.workers import Outcome, WorkerPool, run_job
 
@@ -88,6 +89,10 @@ class ServerConfig:
         stats_log_interval_s: seconds between the stats log lines.
         sweep_interval_s: how often deadlines are swept and workers supervised.
         linger_ms: how long unsent replies are kept when the runtime closes.
+        shared_memory: which consoles may register shared-memory regions (docs/protocol.md section 12):
+            ``local`` (default: consoles on ipc:// and on tcp from a loopback address), ``ipc`` (only
+            ipc://, where the kernel reports the console's user, whose objects alone it may name), ``off``.
+        shm_max_regions: shared-memory regions one connection may register.
     """
 
     bind: str = "tcp://127.0.0.1:5555"
@@ -106,10 +111,16 @@ class ServerConfig:
     stats_log_interval_s: float = 60.0
     sweep_interval_s: float = 0.05
     linger_ms: int = 2000
+    shared_memory: ShmMode = "local"
+    shm_max_regions: int = 16
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ConfigError(f"workers must be >= 1, got {self.workers}")
+        if self.shared_memory not in SHM_MODES:
+            raise ConfigError(f"shared_memory must be one of {', '.join(SHM_MODES)}, got {self.shared_memory!r}")
+        if self.shm_max_regions < 1:
+            raise ConfigError(f"shm_max_regions must be >= 1, got {self.shm_max_regions}")
         if self.max_inflight_bytes < 1 or self.max_message_bytes < 1:
             raise ConfigError("byte limits must be positive")
         for name in ("job_timeout_s", "shutdown_grace_s", "stats_log_interval_s", "sweep_interval_s"):
@@ -338,6 +349,7 @@ class Server:
                 finished=finished,
                 wake_fd=wake_r,
                 stop_requested=self._stop.is_set,
+                regions=RegionTable(cfg.shared_memory, cfg.shm_max_regions),
             )
         except BaseException as exc:  # report to start(), close everything opened so far
             self._startup_error = exc

@@ -94,6 +94,8 @@ def run_job(
         result = pipe.run(slice_, overlay=(overlay_options(req, overlay) or True) if want_overlay else False)
         arrays = {"mask": result.mask, "overlay": result.overlay, "probabilities": result.probabilities}
         infos, payload, encode_ms = result_frames(req.outputs, arrays, req.overlay_encoding)
+        if job.shm is not None:  # outputs the console wants in its shared memory (protocol section 12)
+            infos, payload = job.shm.place(infos, payload)
         t = result.timings
         ident = slice_.identity
         header = result_reply(
