@@ -111,6 +111,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
             dicom=args.dicom,
             run=_run_length(args),
             baseline=args.baseline,
+            transports=tuple(t.strip() for t in args.transport.split(",") if t.strip()),
+            payloads=("frames", "shm") if args.shm else tuple(p.strip() for p in args.payload.split(",") if p.strip()),
         )
     where = "a spawned runtime" if args.spawn else escape(args.endpoint)
     rate = f"{args.rate:g} slices/s per console" if args.rate else "flat out"
@@ -257,6 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outputs", default="mask,overlay", help="reply frames: mask,overlay,probabilities")
     p.add_argument("--overlay-encoding", choices=("raw", "jpeg", "png"), default="raw")
     p.add_argument("--deadline-ms", type=float, default=None, help="per-request deadline")
+    p.add_argument(
+        "--transport",
+        default="tcp",
+        help="how --spawn's runtime is reached: tcp, ipc, or tcp,ipc to measure both side by side (default tcp)",
+    )
+    p.add_argument(
+        "--payload",
+        default="frames",
+        help="how pixels and outputs travel: frames, shm (shared memory), or frames,shm side by side",
+    )
+    p.add_argument("--shm", action="store_true", help="the same as --payload frames,shm")
     _add_common(p)
     p.set_defaults(func=cmd_stream)
 

@@ -177,6 +177,7 @@ class BenchReport:
 
     def render(self, console: Any) -> None:
         """A trtexec-like summary on a rich console."""
+        from rich.markup import escape
         from rich.table import Table
 
         title = f"edge-bench {self.mode}"
@@ -192,7 +193,7 @@ class BenchReport:
                 rows[f"baseline {name}"] = summarize(values)
         for name, s in rows.items():
             table.add_row(
-                name,
+                escape(name),
                 *(
                     f"{v:.3f}"
                     for v in (s.min, s.mean, s.median, s.p90, s.p95, s.p99, s.p999, s.max, s.stdev, s.jitter, s.tail)
@@ -215,6 +216,8 @@ class BenchReport:
                 f"overhead over the baseline ({self.baseline.get('what', 'session.run')}): "
                 f"p50 {o['p50']:+.3f} ms, p99 {o['p99']:+.3f} ms, ratio {self.baseline['ratio']:.2f}x"
             )
+        for name, o in (self.baseline or {}).get("variants", {}).items():
+            console.print(f"  added by the runtime over {name}: p50 {o['p50']:+.3f} ms, p99 {o['p99']:+.3f} ms")
         for w in self.warnings:
             console.print(f"[yellow]warning:[/] {w}")
 

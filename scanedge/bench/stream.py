@@ -7,10 +7,16 @@ loop ("flat out"): the next slice goes as soon as the previous answer is back.
 
 ``--spawn`` starts ``scanedge serve`` in a separate process (as in production: no shared interpreter
 lock with the load generator) and samples its resident memory during the run.
+
+Variants: one run can drive the same runtime over several transports (tcp, ipc) and payloads (frames, or
+shared memory: docs/protocol.md section 12), each from its own connection, in alternating blocks with the
+in-process baseline, so that every variant and the baseline see the same machine noise.
 """
 
 from __future__ import annotations
 
+import itertools
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,7 +34,7 @@ from scanedge.bench.inprocess import RunLength, baseline_block, drive
 from scanedge.bench.report import BenchReport
 from scanedge.bench.stats import RunMonitor
 from scanedge.engines import EngineOptions
-from scanedge.errors import BusyError, ExpiredError, ScanedgeError, SupersededError
+from scanedge.errors import BusyError, ConfigError, ExpiredError, ScanedgeError, SupersededError
 from scanedge.imaging.dicom import encode_dicom
 from scanedge.imaging.slices import Slice
 from scanedge.runtime.client import Client, ClientConfig, RemoteResult
@@ -37,10 +43,14 @@ from scanedge.runtime.protocol import Pong
 if TYPE_CHECKING:  # imported lazily where used: only the baseline needs a local pipeline
     from scanedge.runtime.pipeline import Pipeline
 
-__all__ = ["SpawnedRuntime", "StreamSettings", "bench_stream"]
+__all__ = ["PAYLOADS", "TRANSPORTS", "SpawnedRuntime", "StreamSettings", "bench_stream"]
 
 Progress = Callable[[int, int], None]
 SERVER_STAGES = ("queue", "decode", "preprocess", "infer", "postprocess", "overlay", "encode")
+#: how a spawned runtime is reached: tcp on a loopback port, ipc on a socket file
+TRANSPORTS = ("tcp", "ipc")
+#: how pixels and outputs travel: as frames on the socket, or in shared memory
+PAYLOADS = ("frames", "shm")
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,9 @@ class StreamSettings:
         dicom: send DICOM objects instead of raw pixels (adds the runtime's DICOM decoding).
         run: how long to measure.
         baseline: also time the in-process pipeline on the same slices, so the runtime's own cost shows.
+        transports: how a spawned runtime is reached, each measured: ``tcp`` (loopback) and/or ``ipc``
+            (with ``endpoint``, its own scheme is the one transport).
+        payloads: ``frames`` and/or ``shm`` (shared memory), each measured on every transport.
     """
 
     endpoint: str | None = None  # None: spawn a runtime
@@ -72,10 +85,29 @@ class StreamSettings:
     dicom: bool = False
     run: RunLength = field(default_factory=RunLength)
     baseline: bool = False
+    transports: tuple[str, ...] = ("tcp",)
+    payloads: tuple[str, ...] = ("frames",)
 
     def __post_init__(self) -> None:
         if self.consoles < 1 or (self.rate is not None and self.rate <= 0):
             raise ValueError("consoles must be >= 1 and rate > 0")
+        if not self.transports or not set(self.transports) <= set(TRANSPORTS):
+            raise ConfigError(f"transports are {', '.join(TRANSPORTS)}; got {', '.join(self.transports) or 'none'}")
+        if not self.payloads or not set(self.payloads) <= set(PAYLOADS):
+            raise ConfigError(f"payloads are {', '.join(PAYLOADS)}; got {', '.join(self.payloads) or 'none'}")
+        if len(self.variants) > 1 and (self.consoles != 1 or self.rate is not None):
+            raise ConfigError("several transports or payloads are compared with one console, flat out")
+
+    @property
+    def variants(self) -> list[tuple[str, str]]:
+        """Every (transport, payload) measured, in order; the first is reported under the plain figure names."""
+        transports = self.transports if self.endpoint is None else (self.endpoint.split("://", 1)[0],)
+        return list(itertools.product(dict.fromkeys(transports), dict.fromkeys(self.payloads)))
+
+
+def variant_name(transport: str, payload: str) -> str:
+    """``tcp``, ``tcp+shm``, ``ipc``, ``ipc+shm``: how figures of a variant are suffixed (``total[ipc+shm]``)."""
+    return transport if payload == "frames" else f"{transport}+{payload}"
 
 
 def _free_port() -> int:
@@ -85,13 +117,23 @@ def _free_port() -> int:
 
 
 class SpawnedRuntime:
-    """``scanedge serve`` in a child process on a free loopback port, with its memory sampled."""
+    """``scanedge serve`` in a child process on a free loopback port (and an ipc socket when asked), with its
+    memory sampled. ``endpoints`` maps each transport to its endpoint; ``endpoint`` is the first."""
 
     def __init__(
-        self, model: Path | None, engine: EngineOptions = EngineOptions(spinning=False), workers: int = 1
+        self,
+        model: Path | None,
+        engine: EngineOptions = EngineOptions(spinning=False),
+        workers: int = 1,
+        transports: Sequence[str] = ("tcp",),
     ) -> None:
         """Start it; ``engine``'s backend, threads and spinning become ``scanedge serve`` flags."""
-        self.endpoint = f"tcp://127.0.0.1:{_free_port()}"
+        self._ipc_dir = tempfile.mkdtemp(prefix="scanedge-bench-") if "ipc" in transports else None
+        self.endpoints = {
+            t: f"tcp://127.0.0.1:{_free_port()}" if t == "tcp" else f"ipc://{self._ipc_dir}/runtime.ipc"
+            for t in dict.fromkeys(transports)
+        }
+        self.endpoint = next(iter(self.endpoints.values()))
         cmd = [
             sys.executable,
             "-m",
@@ -106,6 +148,8 @@ class SpawnedRuntime:
             "--stats-interval",
             "3600",
         ]
+        for also in list(self.endpoints.values())[1:]:
+            cmd += ["--also-bind", also]
         if model is not None:
             cmd += ["--model", str(model)]
         cmd += ["--backend", engine.backend]
@@ -165,6 +209,8 @@ class SpawnedRuntime:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        if self._ipc_dir is not None:
+            shutil.rmtree(self._ipc_dir, ignore_errors=True)
         return self.proc.returncode
 
     def __enter__(self) -> SpawnedRuntime:
@@ -227,16 +273,19 @@ def bench_stream(slices: Sequence[Slice], settings: StreamSettings, progress: Pr
     """
     spawned = None
     endpoint = settings.endpoint
+    endpoints: dict[str, str] = {}
     if endpoint is None:
-        spawned = SpawnedRuntime(settings.model, settings.engine, settings.workers)
-        endpoint = spawned.endpoint
+        spawned = SpawnedRuntime(settings.model, settings.engine, settings.workers, settings.transports)
+        endpoint, endpoints = spawned.endpoint, spawned.endpoints
+    else:
+        endpoints = {endpoint.split("://", 1)[0]: endpoint}
     try:
         if spawned is not None:
             pong = spawned.wait_ready()
         else:
             with Client(endpoint, ClientConfig(timeout_s=5.0, retries=0)) as probe:
                 pong = probe.ping()
-        report = _run(slices, settings, endpoint, pong, progress, spawned)
+        report = _run(slices, settings, endpoints, pong, progress, spawned)
     finally:
         code = spawned.close() if spawned else None
     if spawned is not None:
@@ -244,18 +293,48 @@ def bench_stream(slices: Sequence[Slice], settings: StreamSettings, progress: Pr
     return report
 
 
+def _variant_clients(settings: StreamSettings, endpoints: dict[str, str]) -> dict[str, Client]:
+    """One connection per variant, each with shared memory acknowledged by the runtime when it uses it."""
+    clients: dict[str, Client] = {}
+    try:
+        for transport, payload in settings.variants:
+            shm = payload == "shm"
+            client = Client(endpoints[transport], ClientConfig(timeout_s=30.0, shared_memory=shm))
+            clients[variant_name(transport, payload)] = client
+            end = time.monotonic() + 10
+            while shm and not client.shared_memory_active:
+                if time.monotonic() > end:
+                    raise ConfigError(f"the runtime at {endpoints[transport]} did not accept shared memory")
+                client.ping()
+    except BaseException:
+        for c in clients.values():
+            c.close()
+        raise
+    return clients
+
+
 def _run(
     slices: Sequence[Slice],
     settings: StreamSettings,
-    endpoint: str,
+    endpoints: dict[str, str],
     pong: Pong,
     progress: Progress | None,
     spawned: SpawnedRuntime | None,
 ) -> BenchReport:
     run = settings.run
     payloads = _payloads(slices, settings.dicom)
-    rec = _Recorder()
-    clients = [Client(endpoint, ClientConfig(timeout_s=30.0)) for _ in range(settings.consoles)]
+    variants = _variant_clients(settings, endpoints)
+    names = list(variants)
+    recs = {name: _Recorder() for name in names}
+    rec = recs[names[0]]
+    clients = [variants[names[0]]]
+    try:
+        for _ in range(settings.consoles - 1):
+            clients.append(Client(next(iter(endpoints.values())), ClientConfig(timeout_s=30.0)))
+    except BaseException:
+        for c in [*clients, *variants.values()]:
+            c.close()
+        raise
     local_pipe = None
     baseline: list[float] = []
     if settings.baseline:
@@ -272,10 +351,14 @@ def _run(
     try:
         for i in range(min(run.warmup, 50)):  # warm up connections and the runtime
             clients[i % len(clients)].segment(payloads[i % len(payloads)], **kw)
+            for name in names[1:]:
+                variants[name].segment(payloads[i % len(payloads)], **kw)
         monitor = RunMonitor()
         start = time.perf_counter()
         total = run.count if run.duration_s is None else None
-        if settings.rate is None and settings.consoles == 1 and local_pipe is not None:
+        if len(names) > 1:
+            sent = _closed_loop_variants(variants, payloads, kw, recs, run, start, local_pipe, baseline, progress)
+        elif settings.rate is None and settings.consoles == 1 and local_pipe is not None:
             sent = _closed_loop_with_baseline(clients[0], payloads, kw, rec, run, start, local_pipe, baseline, progress)
         else:
             if local_pipe is not None:  # fixed rate or several consoles: the baseline goes first
@@ -286,19 +369,23 @@ def _run(
                         ).timings.total_ms
                     )
             sent = _drive_consoles(clients, payloads, kw, rec, settings, start, total, progress)
-        _wait_all(rec, sent, timeout=60)
+        _wait_all(rec, sent if len(names) == 1 else rec.done, timeout=60)
         wall = time.perf_counter() - start
     finally:
-        for c in clients:
+        for c in [*clients, *(variants[name] for name in names[1:])]:
             c.close()
         if local_pipe is not None:
             local_pipe.close()
     samples = {k: v for k, v in rec.samples.items() if v}
+    for name in names[1:]:  # the other variants: end to end, runtime, transport
+        for figure in ("total", "server", "transport"):
+            if recs[name].samples[figure]:
+                samples[f"{figure}[{name}]"] = recs[name].samples[figure]
     model = pong.models[0]
     report = BenchReport(
         mode="stream",
         settings={
-            "endpoint": endpoint if settings.endpoint else "spawned",
+            "endpoint": settings.endpoint or "spawned",
             "rate_per_console": settings.rate,
             "consoles": settings.consoles,
             "outputs": list(settings.outputs),
@@ -311,6 +398,7 @@ def _run(
             "threads": settings.engine.threads,
             "workers": settings.workers,
             "baseline": settings.baseline,
+            "variants": names,  # the first under the plain figure names, the others as total[NAME], ...
         },
         samples=samples,
         engine={"backend": pong.engine, "server": pong.server},
@@ -320,6 +408,11 @@ def _run(
         wall_s=wall,
         timeline=rec.timeline,
     )
+    for name in names[1:]:
+        for outcome, n in recs[name].counts.items():
+            report.counts[outcome] += n
+        for code, n in recs[name].errors.items():
+            rec.errors[code] = rec.errors.get(code, 0) + n
     if rec.errors:
         report.counts.update({f"error.{k}": v for k, v in rec.errors.items()})
     if baseline and samples.get("total"):
@@ -329,6 +422,11 @@ def _run(
             "the in-process pipeline, same slices, outputs and engine settings, same run",
             "in-process",
         )
+        if len(names) > 1:
+            report.baseline["variants"] = {
+                name: baseline_block(baseline, samples["total" if i == 0 else f"total[{name}]"], "")["overhead_ms"]
+                for i, name in enumerate(names)
+            }
     if spawned is not None and spawned.rss_mb:
         rss = spawned.rss_mb
         tail = rss[len(rss) // 2 :]
@@ -386,6 +484,44 @@ def _closed_loop_with_baseline(
 
     sent, _, samples = drive(run, measured, in_process, progress, block=STREAM_BASELINE_BLOCK)
     baseline.extend(samples)
+    return sent
+
+
+def _closed_loop_variants(
+    clients: dict[str, Client],
+    payloads: Sequence[Any],
+    kw: dict[str, Any],
+    recs: dict[str, _Recorder],
+    run: RunLength,
+    start: float,
+    pipe: Pipeline | None,
+    baseline: list[float],
+    progress: Progress | None,
+) -> int:
+    """Every variant flat out from its own connection, in blocks on the same slices, then the in-process
+    pipeline on them: each sees the same noise. ``count`` is per variant; returns requests sent in all."""
+    block = STREAM_BASELINE_BLOCK
+    i = sent = 0
+    while not run.done(i, time.perf_counter() - start):
+        n = block if run.duration_s is not None else min(block, run.count - i)
+        for name, client in clients.items():
+            for k in range(i, i + n):
+                t = time.perf_counter()
+                future = client.submit(payloads[k % len(payloads)], series=f"console-{name}", **kw)
+                future.add_done_callback(recs[name].callback(t, t, start))
+                try:
+                    future.result(60)
+                except ScanedgeError:
+                    pass
+                sent += 1
+        if pipe is not None:
+            for k in range(i, i + n):
+                t = time.perf_counter()
+                pipe.run(payloads[k % len(payloads)], overlay="overlay" in kw["outputs"])
+                baseline.append((time.perf_counter() - t) * 1e3)
+        i += n
+        if progress:
+            progress(i, run.expected(time.perf_counter() - start, i))
     return sent
 
 

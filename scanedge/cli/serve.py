@@ -43,6 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         shutdown_grace_s=args.shutdown_grace,
         stats_log_interval_s=args.stats_interval,
         shared_memory=args.shm,
+        also_bind=tuple(args.also_bind),
     )
     log = logging.getLogger("scanedge.runtime")
     if args.insecure:
@@ -88,6 +89,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the streaming runtime (ZeroMQ; docs/protocol.md)")
     p.add_argument("--model", type=Path, action="append", default=[], help="model to serve (repeatable; default: demo)")
     p.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ROUTER endpoint for consoles")
+    p.add_argument(
+        "--also-bind",
+        action="append",
+        default=[],
+        metavar="ENDPOINT",
+        help="listen for consoles here too, e.g. ipc:///run/scanedge.ipc beside the tcp port (repeatable)",
+    )
     p.add_argument("--publish", default=None, help="PUB endpoint for viewers, e.g. tcp://127.0.0.1:5556")
     p.add_argument("--workers", type=int, default=1, help="inference workers (each with its own engine)")
     add_engine_args(p, threads_help="inference threads per worker")

@@ -93,6 +93,8 @@ class ServerConfig:
             ``local`` (default: consoles on ipc:// and on tcp from a loopback address), ``ipc`` (only
             ipc://, where the kernel reports the console's user, whose objects alone it may name), ``off``.
         shm_max_regions: shared-memory regions one connection may register.
+        also_bind: further endpoints the same ROUTER listens on (e.g. an ``ipc://`` path beside the tcp
+            port, for consoles on this host), under the same rules as ``bind``.
     """
 
     bind: str = "tcp://127.0.0.1:5555"
@@ -113,6 +115,7 @@ class ServerConfig:
     linger_ms: int = 2000
     shared_memory: ShmMode = "local"
     shm_max_regions: int = 16
+    also_bind: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -126,7 +129,9 @@ class ServerConfig:
         for name in ("job_timeout_s", "shutdown_grace_s", "stats_log_interval_s", "sweep_interval_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        for endpoint in filter(None, (self.bind, self.publish)):
+        if isinstance(self.also_bind, str):
+            raise TypeError("ServerConfig.also_bind is a tuple of endpoints, not one string")
+        for endpoint in filter(None, (self.bind, self.publish, *self.also_bind)):
             if not parse_endpoint(endpoint).is_loopback and self.curve is None and not self.insecure:
                 raise ConfigError(
                     f"refusing to expose {endpoint} beyond this machine without encryption: configure CurveZMQ "
@@ -139,7 +144,8 @@ class ServerConfig:
         """How consoles are protected, in words, for the start-up log line."""
         if self.curve is not None:
             return "CurveZMQ"
-        return "loopback" if parse_endpoint(self.bind).is_loopback else "INSECURE, unencrypted"
+        local = all(parse_endpoint(e).is_loopback for e in (self.bind, *self.also_bind))
+        return "loopback" if local else "INSECURE, unencrypted"
 
 
 def _model_info(m: Manifest) -> ModelInfo:
@@ -205,6 +211,7 @@ class Server:
         self._startup_error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._endpoint: str | None = None
+        self._endpoints: tuple[str, ...] = ()
         self._publish_endpoint: str | None = None
         self._pool: WorkerPool | None = None
         self._loop: IoLoop | None = None
@@ -219,6 +226,13 @@ class Server:
         if self._endpoint is None:
             raise RuntimeStateError("the server is not running")
         return self._endpoint
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """Every endpoint the ROUTER listens on: ``bind``'s, then ``also_bind``'s (resolved like :attr:`endpoint`)."""
+        if self._endpoint is None:
+            raise RuntimeStateError("the server is not running")
+        return self._endpoints
 
     @property
     def publish_endpoint(self) -> str | None:
@@ -308,6 +322,7 @@ class Server:
             if cfg.curve is not None:
                 cfg.curve.apply(router)
             self._endpoint = _bind(router, cfg.bind)
+            self._endpoints = (self._endpoint, *(_bind(router, e) for e in cfg.also_bind))
             if cfg.publish:
                 pub = ctx.socket(zmq.PUB)
                 pub.setsockopt(zmq.SNDHWM, cfg.hwm)
@@ -375,7 +390,7 @@ class Server:
         log.info(
             "serving %s on %s (%s, %d worker(s), engine %s, runtime %s)%s",
             ", ".join(f"{m.name}@{m.version}" for _, m in self._models.values()),
-            self._endpoint,
+            ", ".join(self._endpoints),
             cfg.security,
             cfg.workers,
             engine,

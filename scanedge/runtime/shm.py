@@ -190,18 +190,20 @@ class Region:
             )
         return out.toreadonly()
 
-    def write(self, offset: int, data: memoryview) -> None:
-        """Write ``data`` at ``offset``; the object must still be large enough (it never grows by our writes)."""
+    def write(self, offset: int, data: Sequence[memoryview]) -> None:
+        """Write the buffers ``data`` one after the other from ``offset``, in one system call; the object must
+        still be large enough (our writes never grow it)."""
+        nbytes = sum(d.nbytes for d in data)
         try:
-            if os.fstat(self.fd).st_size < offset + data.nbytes:
+            if os.fstat(self.fd).st_size < offset + nbytes:
                 raise BadRegionError(
-                    f"region {self.name} ends before byte {offset + data.nbytes}: it was shrunk after it was registered"
+                    f"region {self.name} ends before byte {offset + nbytes}: it was shrunk after it was registered"
                 )
-            done = os.pwritev(self.fd, [data], offset)
+            done = os.pwritev(self.fd, data, offset)
         except OSError as exc:
             raise SharedMemoryError(f"region {self.name}: writing failed ({exc.strerror})") from None
-        if done != data.nbytes:
-            raise SharedMemoryError(f"region {self.name}: only {done} of {data.nbytes} bytes could be written")
+        if done != nbytes:
+            raise SharedMemoryError(f"region {self.name}: only {done} of {nbytes} bytes could be written")
 
     def info(self) -> RegionInfo:
         """The region as SHM_REGIONS lists it."""
@@ -294,8 +296,8 @@ class ShmJob:
         if writes:
             with self.lock:
                 if not self.closed:  # answered already (a wedged worker finishing late): write nothing
-                    for target, view in writes:
-                        target.region.write(target.offset, view)
+                    for region, offset, views in _runs(writes):
+                        region.write(offset, views)
         return tuple(out_infos), frames
 
     def close(self) -> None:
@@ -306,6 +308,20 @@ class ShmJob:
             self.closed = True
         for region in self._regions:
             region.release()
+
+
+def _runs(writes: list[tuple[_Range, memoryview]]) -> list[tuple[Region, int, list[memoryview]]]:
+    """Writes grouped into runs that continue one another in the same region (the mask and the overlay
+    usually do): one ``pwritev`` per run."""
+    runs: list[tuple[Region, int, list[memoryview]]] = []
+    end = -1
+    for target, view in sorted(writes, key=lambda w: (id(w[0].region), w[0].offset)):
+        if runs and runs[-1][0] is target.region and target.offset == end:
+            runs[-1][2].append(view)
+        else:
+            runs.append((target.region, target.offset, [view]))
+        end = target.offset + view.nbytes
+    return runs
 
 
 class RegionTable:
