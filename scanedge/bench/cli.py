@@ -24,6 +24,16 @@ if TYPE_CHECKING:  # the bench modules are imported lazily, by the command that 
 __all__ = ["build_parser", "main"]
 
 
+def _threads(text: str) -> int | str:
+    """``--threads``: a count or ``auto`` (parsed by the engines' own parser, imported only when given)."""
+    from scanedge.engines.options import parse_threads
+
+    return parse_threads(text)
+
+
+_threads.__name__ = "threads"  # argparse names the type in its message: "invalid threads value: 'x'"
+
+
 def _run_length(args: argparse.Namespace) -> RunLength:
     from scanedge.bench.inprocess import RunLength
 
@@ -205,7 +215,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=None, help="inference threads (default: one per core)")
+    p.add_argument(
+        "--threads",
+        type=_threads,
+        default=None,
+        help="inference threads, or auto: measured at start-up (default: one per core)",
+    )
     p.add_argument(
         "--backend",
         "--engine",
@@ -289,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-rss-slope", type=float, default=60.0, help="fail above this memory growth, MB/hour (default 60)"
     )
-    p.add_argument("--threads", type=int, default=None, help="inference threads of a spawned runtime")
+    p.add_argument("--threads", type=_threads, default=None, help="inference threads of a spawned runtime, or auto")
     p.add_argument(
         "--backend",
         "--engine",

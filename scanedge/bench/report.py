@@ -210,6 +210,10 @@ class BenchReport:
             parts.append(f"engine {backend} {self.engine.get('providers', '')}")
         if parts:
             console.print("; ".join(parts))
+        probe = (self.engine.get("threads_auto") or {}).get("probe_ms") or self.engine.get("threads_probe_ms")
+        if probe:
+            measured = ", ".join(f"{n} thread(s) {ms:.2f} ms" for n, ms in probe.items())
+            console.print(f"--threads auto chose {self.engine.get('threads')} (start-up probe, median: {measured})")
         if self.baseline and "overhead_ms" in self.baseline:
             o = self.baseline["overhead_ms"]
             console.print(

@@ -401,7 +401,12 @@ def _run(
             "variants": names,  # the first under the plain figure names, the others as total[NAME], ...
         },
         samples=samples,
-        engine={"backend": pong.engine, "server": pong.server},
+        engine={
+            "backend": pong.engine,
+            "server": pong.server,
+            "threads": model.threads,  # as the runtime reports it in PONG (what --threads auto chose)
+            **({"threads_probe_ms": model.threads_probe_ms} if model.threads_probe_ms else {}),
+        },
         model={"name": model.name, "version": model.version, "sha256": model.onnx_sha256},
         counts=dict(rec.counts),
         throughput_per_s=rec.counts["ok"] / wall if wall > 0 else None,

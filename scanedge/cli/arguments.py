@@ -53,6 +53,15 @@ def literal(value: object) -> str:
     return escape(str(value))
 
 
+def _threads(text: str) -> int | str:
+    """``--threads``: a count or ``auto`` (parsed by the engines' own parser, imported only when given)."""
+    from scanedge.engines.options import parse_threads
+
+    return parse_threads(text)
+
+
+_threads.__name__ = "threads"  # argparse names the type in its message: "invalid threads value: 'x'"
+
 # --- argument groups -------------------------------------------------------------------------------------
 
 
@@ -76,7 +85,7 @@ def add_engine_args(
         default="auto",
         help="inference backend (default auto: a matching TensorRT plan if there is one, else ONNX Runtime)",
     )
-    g.add_argument("--threads", type=int, default=None, help=threads_help)
+    g.add_argument("--threads", type=_threads, default=None, help=threads_help)
 
 
 def engine_options(args: argparse.Namespace, **changes: Any) -> EngineOptions:

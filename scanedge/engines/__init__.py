@@ -17,8 +17,9 @@ from pathlib import Path
 
 from scanedge.engines.base import Engine, TensorSpec
 from scanedge.engines.onnxruntime import OnnxRuntimeEngine
-from scanedge.engines.options import BACKENDS, Backend, EngineOptions
+from scanedge.engines.options import BACKENDS, Backend, EngineOptions, parse_threads
 from scanedge.engines.ort_session import OrtSessionLoader
+from scanedge.engines.thread_probe import ThreadChoice
 from scanedge.errors import ConfigError, DeviceUnavailableError
 
 __all__ = [
@@ -30,8 +31,10 @@ __all__ = [
     "OnnxRuntimeEngine",
     "OrtSessionLoader",
     "TensorSpec",
+    "ThreadChoice",
     "find_matching_plan",
     "open_engine",
+    "parse_threads",
 ]
 
 PLAN_SUFFIXES = (".engine", ".plan")

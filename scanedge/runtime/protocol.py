@@ -337,6 +337,8 @@ class ModelInfo(Struct, frozen=True):
     onnx_sha256: str | None = None
     output_kind: str = "logits"
     activation: str = "softmax"
+    threads: int | None = None  # intra-op threads per worker; null: the backend's default (or not ORT)
+    threads_probe_ms: dict[str, float] | None = None  # --threads auto: median ms per thread count measured
 
 
 class WorkerHealth(Struct, frozen=True):

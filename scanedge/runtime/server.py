@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import zmq
 
@@ -148,7 +149,9 @@ class ServerConfig:
         return "loopback" if local else "INSECURE, unencrypted"
 
 
-def _model_info(m: Manifest) -> ModelInfo:
+def _model_info(m: Manifest, engine: dict[str, Any] | None = None) -> ModelInfo:
+    engine = engine or {}
+    auto = engine.get("threads_auto")
     return ModelInfo(
         name=m.name,
         version=m.version,
@@ -162,6 +165,8 @@ def _model_info(m: Manifest) -> ModelInfo:
         onnx_sha256=m.onnx_sha256,
         output_kind=m.output.kind,
         activation=m.output.activation,
+        threads=engine.get("threads"),
+        threads_probe_ms=auto["probe_ms"] if auto and auto.get("probe_ms") else None,
     )
 
 
@@ -354,7 +359,9 @@ class Server:
                     else f"serving UNENCRYPTED on {self._endpoint} (--insecure): patient images cross the network "
                     "in clear",
                 ),
-                models={name: _model_info(m) for name, (_, m) in self._models.items()},
+                models={
+                    name: _model_info(m, opened[0][name].engine.describe()) for name, (_, m) in self._models.items()
+                },
                 default_model=self.default_model,
                 engine=engine,
                 runtime_id=self.runtime_id,
