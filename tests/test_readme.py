@@ -30,3 +30,17 @@ def test_streaming_example_runs_against_a_runtime(capsys):
         exec(compile(code.replace("tcp://127.0.0.1:5555", srv.endpoint), "README.md", "exec"), {})
     lines = capsys.readouterr().out.splitlines()
     assert lines and all(len(line.split()) == 4 and line.endswith(" ms") for line in lines)  # computed slices
+
+
+def test_shared_memory_example_runs_against_a_runtime(capsys):
+    from tests.runtime.conftest import running_server
+
+    code = re.search(
+        r"```python\n(import numpy as np\nfrom scanedge.runtime import Client, ClientConfig\n.*?)```", README, re.S
+    )
+    code = code.group(1)
+    assert "ClientConfig(shared_memory=True)" in code
+    with running_server() as srv:
+        exec(compile(code.replace("tcp://127.0.0.1:5555", srv.endpoint), "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 8 and all(line.startswith("(512, 512) (512, 512, 3) ") for line in lines)

@@ -35,8 +35,8 @@ class FuzzTarget:
 def _header(data: bytes) -> None:
     from scanedge.runtime.protocol import Segment, decode_request, encode, request_echo
 
-    try:
-        request = decode_request([data, b"\0" * 16], 1 << 20)
+    try:  # a SEGMENT with pixels_at (shared memory) comes without a pixel frame
+        request = decode_request([data] if b"pixels_at" in data else [data, b"\0" * 16], 1 << 20)
     except ScanedgeError:
         request_echo(data)  # what an ERROR reply would echo must never fail either
         return
@@ -58,6 +58,12 @@ def _header_seeds() -> Iterator[bytes]:
         b'"dtype":"int16","shape":[2,3],"geometry":{"pixel_spacing":[0.5,0.5]},"deadline_ms":100,'
         b'"outputs":["mask"]}'
     )
+    yield (
+        b'{"version":1,"type":"SEGMENT","id":7,"dtype":"int16","shape":[2,3],"outputs":["mask","overlay"],'
+        b'"pixels_at":{"region":"/scanedge-c1-0","offset":0,"nbytes":12},'
+        b'"outputs_at":{"mask":{"region":"/scanedge-c1-0","offset":64,"nbytes":6}}}'
+    )
+    yield b'{"version":1,"type":"SHM_REGISTER","id":"r1","name":"/scanedge-c1-0","size":1048576}'
 
 
 def _dicom(data: bytes) -> None:

@@ -414,7 +414,9 @@ class IoLoop:
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:
                 self.stats.counters["client_gone"] += 1
-                self.regions.drop(identity)
+                dropped = self.regions.drop(identity)
+                if dropped:
+                    self.stats.counters["shm_regions_dropped"] += dropped
                 log.info("console %s disconnected before its reply could be sent", identity.hex()[:12])
             elif exc.errno == zmq.EAGAIN:
                 self.stats.counters["reply_dropped"] += 1

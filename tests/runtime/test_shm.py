@@ -605,3 +605,43 @@ def test_region_table_errors_are_the_typed_families():
         table.register(b"x", peer_of(_Frame()), "/scanedge-x", 1)
     with pytest.raises(ValueError):
         RegionTable("sometimes")  # type: ignore[arg-type]
+
+
+# --- a console in C ------------------------------------------------------------------------------------------
+
+
+def _libzmq() -> Path | None:
+    """The libzmq pyzmq was built with (its wheel carries one), to link the C console against."""
+    root = Path(zmq.__file__).resolve().parent
+    found = sorted(root.parent.glob("pyzmq.libs/libzmq*.so*")) + sorted(root.glob("**/libzmq*.so*"))
+    return found[0] if found else None
+
+
+def test_a_c_console_does_what_the_spec_says(runtime, tmp_path):
+    """tests/runtime/shm_console.c: shm_open + mmap, SHM_REGISTER, a SEGMENT with pixels_at and outputs_at,
+    the mask read from the region; it must equal what the frames path gives."""
+    import shutil
+
+    libzmq = _libzmq()
+    if shutil.which("cc") is None or libzmq is None:
+        pytest.skip("needs a C compiler and libzmq")
+    exe = tmp_path / "shm_console"
+    source = Path(__file__).with_name("shm_console.c")
+    build = subprocess.run(
+        ["cc", "-O1", "-o", str(exe), str(source), str(libzmq), f"-Wl,-rpath,{libzmq.parent}", "-lrt"],
+        capture_output=True,
+        text=True,
+    )
+    assert build.returncode == 0, build.stderr
+    name = f"/scanedge-test-c-{secrets.token_hex(4)}"
+    out = subprocess.run([str(exe), runtime.endpoint, name], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, (out.returncode, out.stdout, out.stderr)
+    header_line, sums = out.stdout.strip().splitlines()
+    header = json.loads(header_line)
+    assert header["type"] == "RESULT" and [f["region"] for f in header["frames"]] == [name, name]
+    ramp = (np.arange(ROWS * COLS) % 700 - 200).astype(np.int16).reshape(ROWS, COLS)
+    with console(runtime.endpoint) as c:
+        _, (mask, overlay) = c.ask({"type": "SEGMENT", "dtype": "int16", "shape": [ROWS, COLS]}, ramp.tobytes())
+    assert sums == f"mask_sum {sum(mask)} overlay_sum {sum(overlay)}"
+    assert sum(mask) > 0
+    assert not os.path.exists("/dev/shm" + name)  # the console unlinked its object
