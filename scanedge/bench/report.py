@@ -222,6 +222,8 @@ class BenchReport:
             )
         for name, o in (self.baseline or {}).get("variants", {}).items():
             console.print(f"  added by the runtime over {name}: p50 {o['p50']:+.3f} ms, p99 {o['p99']:+.3f} ms")
+        for name, added in (self.baseline or {}).get("outside_model_added_p50", {}).items():
+            console.print(f"  added outside the model ({name}): p50 {added:+.3f} ms (inference left out of both sides)")
         for w in self.warnings:
             console.print(f"[yellow]warning:[/] {w}")
 

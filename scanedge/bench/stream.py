@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from scanedge.bench.inprocess import RunLength, baseline_block, drive
 from scanedge.bench.report import BenchReport
-from scanedge.bench.stats import RunMonitor
+from scanedge.bench.stats import RunMonitor, summarize
 from scanedge.engines import EngineOptions
 from scanedge.errors import BusyError, ConfigError, ExpiredError, ScanedgeError, SupersededError
 from scanedge.imaging.dicom import encode_dicom
@@ -225,7 +225,8 @@ class _Recorder:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.samples: dict[str, list[float]] = {k: [] for k in ("total", "server", "transport", *SERVER_STAGES)}
+        figures = ("total", "server", "transport", "outside_model", *SERVER_STAGES)
+        self.samples: dict[str, list[float]] = {k: [] for k in figures}
         self.timeline: list[float] = []
         self.counts = {"ok": 0, "superseded": 0, "expired": 0, "busy": 0, "error": 0}
         self.errors: dict[str, int] = {}
@@ -243,6 +244,8 @@ class _Recorder:
                     self.samples["total"].append((now - intended) * 1e3)
                     self.samples["server"].append(server_ms)
                     self.samples["transport"].append(max(0.0, (now - sent) * 1e3 - server_ms))
+                    # everything but the inference, as the console sees it: robust to the model's own noise
+                    self.samples["outside_model"].append((now - intended) * 1e3 - r.timings_ms.get("infer", 0.0))
                     for stage in SERVER_STAGES:
                         self.samples[stage].append(r.timings_ms.get(stage, 0.0))
                     self.timeline.append(intended - start)
@@ -337,6 +340,7 @@ def _run(
         raise
     local_pipe = None
     baseline: list[float] = []
+    baseline_outside: list[float] = []  # the in-process pipeline's time outside the model
     if settings.baseline:
         from scanedge.runtime.pipeline import Pipeline
 
@@ -357,17 +361,19 @@ def _run(
         start = time.perf_counter()
         total = run.count if run.duration_s is None else None
         if len(names) > 1:
-            sent = _closed_loop_variants(variants, payloads, kw, recs, run, start, local_pipe, baseline, progress)
+            sent = _closed_loop_variants(
+                variants, payloads, kw, recs, run, start, local_pipe, (baseline, baseline_outside), progress
+            )
         elif settings.rate is None and settings.consoles == 1 and local_pipe is not None:
-            sent = _closed_loop_with_baseline(clients[0], payloads, kw, rec, run, start, local_pipe, baseline, progress)
+            sent = _closed_loop_with_baseline(
+                clients[0], payloads, kw, rec, run, start, local_pipe, (baseline, baseline_outside), progress
+            )
         else:
             if local_pipe is not None:  # fixed rate or several consoles: the baseline goes first
                 for i in range(min(len(payloads) * 4, 200)):
-                    baseline.append(
-                        local_pipe.run(
-                            payloads[i % len(payloads)], overlay="overlay" in settings.outputs
-                        ).timings.total_ms
-                    )
+                    t = local_pipe.run(payloads[i % len(payloads)], overlay="overlay" in settings.outputs).timings
+                    baseline.append(t.total_ms)
+                    baseline_outside.append(t.total_ms - t.infer_ms)
             sent = _drive_consoles(clients, payloads, kw, rec, settings, start, total, progress)
         _wait_all(rec, sent if len(names) == 1 else rec.done, timeout=60)
         wall = time.perf_counter() - start
@@ -378,7 +384,7 @@ def _run(
             local_pipe.close()
     samples = {k: v for k, v in rec.samples.items() if v}
     for name in names[1:]:  # the other variants: end to end, runtime, transport
-        for figure in ("total", "server", "transport"):
+        for figure in ("total", "server", "transport", "outside_model"):
             if recs[name].samples[figure]:
                 samples[f"{figure}[{name}]"] = recs[name].samples[figure]
     model = pong.models[0]
@@ -427,6 +433,13 @@ def _run(
             "the in-process pipeline, same slices, outputs and engine settings, same run",
             "in-process",
         )
+        if baseline_outside:  # the same comparison without the model: inference noise left out of both
+            report.baseline["samples"]["in-process outside_model"] = [round(v, 4) for v in baseline_outside]
+            ref = summarize(baseline_outside).median
+            report.baseline["outside_model_added_p50"] = {
+                name: summarize(samples["outside_model" if i == 0 else f"outside_model[{name}]"]).median - ref
+                for i, name in enumerate(names)
+            }
         if len(names) > 1:
             report.baseline["variants"] = {
                 name: baseline_block(baseline, samples["total" if i == 0 else f"total[{name}]"], "")["overhead_ms"]
@@ -470,10 +483,11 @@ def _closed_loop_with_baseline(
     run: RunLength,
     start: float,
     pipe: Pipeline,
-    baseline: list[float],
+    baseline: tuple[list[float], list[float]],
     progress: Progress | None,
 ) -> int:
-    """One console, flat out, alternating long blocks with the in-process pipeline on the same slices."""
+    """One console, flat out, alternating long blocks with the in-process pipeline on the same slices.
+    ``baseline``: where the in-process totals and their time outside the model go."""
 
     def measured(i: int) -> None:
         t = time.perf_counter()
@@ -485,10 +499,11 @@ def _closed_loop_with_baseline(
             pass
 
     def in_process(k: int) -> None:
-        pipe.run(payloads[k % len(payloads)], overlay="overlay" in kw["outputs"])
+        t = pipe.run(payloads[k % len(payloads)], overlay="overlay" in kw["outputs"]).timings
+        baseline[1].append(t.total_ms - t.infer_ms)
 
     sent, _, samples = drive(run, measured, in_process, progress, block=STREAM_BASELINE_BLOCK)
-    baseline.extend(samples)
+    baseline[0].extend(samples)
     return sent
 
 
@@ -500,7 +515,7 @@ def _closed_loop_variants(
     run: RunLength,
     start: float,
     pipe: Pipeline | None,
-    baseline: list[float],
+    baseline: tuple[list[float], list[float]],
     progress: Progress | None,
 ) -> int:
     """Every variant flat out from its own connection, in blocks on the same slices, then the in-process
@@ -522,8 +537,9 @@ def _closed_loop_variants(
         if pipe is not None:
             for k in range(i, i + n):
                 t = time.perf_counter()
-                pipe.run(payloads[k % len(payloads)], overlay="overlay" in kw["outputs"])
-                baseline.append((time.perf_counter() - t) * 1e3)
+                timings = pipe.run(payloads[k % len(payloads)], overlay="overlay" in kw["outputs"]).timings
+                baseline[0].append((time.perf_counter() - t) * 1e3)
+                baseline[1].append(timings.total_ms - timings.infer_ms)
         i += n
         if progress:
             progress(i, run.expected(time.perf_counter() - start, i))
