@@ -249,8 +249,9 @@ class Client:
             raise ConfigError(
                 f"shared memory needs a runtime on this host (ipc:// or tcp to a loopback address), not {endpoint}"
             )
-        try:
-            return ConsoleRegion(self.config.shared_memory_mb * 1024 * 1024)
+        try:  # over ipc:// the runtime knows this process, so it can take (and map) a sealed memfd
+            memfd = parse_endpoint(endpoint).scheme == "ipc" and hasattr(os, "memfd_create")
+            return ConsoleRegion(self.config.shared_memory_mb * 1024 * 1024, memfd=memfd)
         except OSError as exc:
             raise ConfigError(f"cannot create a shared-memory region on this host ({exc.strerror})") from exc
 
@@ -650,9 +651,9 @@ class Client:
             return
         self._shm_register_id = f"{self._prefix}-shm-{next(self._ids)}"
         try:
-            sock.send(
-                encode(shm_register_request(self._shm_register_id, self._region.name, self._region.size)), zmq.NOBLOCK
-            )
+            region = self._region
+            header = shm_register_request(self._shm_register_id, region.name, region.size, region.fd)
+            sock.send(encode(header), zmq.NOBLOCK)
         except zmq.Again:
             pass  # no connection after all: the next one registers again
 

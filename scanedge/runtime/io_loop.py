@@ -270,7 +270,7 @@ class IoLoop:
         return peer_of(self._frame)
 
     def _on_shm_register(self, identity: bytes, request: ShmRegister, payload: list[zmq.Frame]) -> None:
-        self.regions.register(identity, self._peer(), request.name, request.size)
+        self.regions.register(identity, self._peer(), request.name, request.size, request.fd)
         self._on_shm_status(identity, request, payload)
 
     def _on_shm_unregister(self, identity: bytes, request: ShmUnregister, payload: list[zmq.Frame]) -> None:

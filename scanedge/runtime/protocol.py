@@ -217,11 +217,13 @@ class Stats(_Message, tag="STATS", frozen=True):
 
 class ShmRegister(_Message, tag="SHM_REGISTER", frozen=True):
     """An SHM_REGISTER header (section 12): the console's POSIX shared-memory object ``name``, ``size`` bytes,
-    for this connection's SEGMENTs. Answered by SHM_REGIONS."""
+    for this connection's SEGMENTs; or, with ``fd``, the console's memfd of that number, known as ``name``.
+    Answered by SHM_REGIONS."""
 
     id: RequestId
     name: ShmName
     size: Annotated[int, Meta(ge=1, le=2**48)]
+    fd: Annotated[int, Meta(ge=0, le=2**31 - 1)] | None = None  # a memfd of the console's, ipc:// only
 
 
 class ShmUnregister(_Message, tag="SHM_UNREGISTER", frozen=True):
@@ -682,9 +684,10 @@ def stats_request(request_id: RequestId) -> Stats:
     return Stats(version=PROTOCOL_VERSION, id=request_id)
 
 
-def shm_register_request(request_id: RequestId, name: str, size: int) -> ShmRegister:
-    """An SHM_REGISTER header: region ``name`` (the shm_open name, ``/scanedge-...``) of ``size`` bytes."""
-    return ShmRegister(version=PROTOCOL_VERSION, id=request_id, name=name, size=size)
+def shm_register_request(request_id: RequestId, name: str, size: int, fd: int | None = None) -> ShmRegister:
+    """An SHM_REGISTER header: region ``name`` (the shm_open name, ``/scanedge-...``) of ``size`` bytes; with
+    ``fd``, the console's memfd of that number instead, registered under ``name``."""
+    return ShmRegister(version=PROTOCOL_VERSION, id=request_id, name=name, size=size, fd=fd)
 
 
 def shm_unregister_request(request_id: RequestId, name: str | None = None) -> ShmUnregister:

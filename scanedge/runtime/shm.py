@@ -9,11 +9,16 @@ name (``O_RDWR``, or read-only when that is all it may do; never ``O_CREAT``), k
 per region, and closes it when the region is unregistered, when the console's connection closes, or when
 the runtime stops. It never creates, truncates, maps or unlinks a console's object.
 
-Why descriptors, not mappings: a mapping of memory another process can shrink (``ftruncate``) turns every
-access past the new end into SIGBUS, which kills the runtime, and no check before the access closes that
-race. ``pread``/``pwrite`` on the descriptor return a short count instead, which becomes a typed
-``BAD_REGION``. They cost one copy: 13 us for 512 KiB of pixels in, ~60 us per MiB of outputs out on this
-machine class; the outputs are fresh arrays that must be copied somewhere anyway.
+Descriptors, and mappings only of memory that cannot shrink: a mapping of memory another process can
+shrink (``ftruncate``) turns every access past the new end into SIGBUS, which kills the runtime, and no
+check before the access closes that race. So a region is read and written with ``pread``/``pwrite`` on its
+descriptor, which return a short count instead (a typed ``BAD_REGION``). They cost a copy each way: 13 us
+for 512 KiB of pixels and ~60 us per MiB of outputs measured alone, two to four times that inside a busy
+runtime. A console on ipc:// can avoid them by registering a *memfd sealed against shrinking*
+(``F_SEAL_SHRINK``): the kernel then refuses any shrink, so the runtime maps it, reads the pixels where
+they lie and writes the outputs with one memory copy. The runtime opens such a memfd through
+``/proc/PID/fd/FD`` with the PID the kernel reports for the connection, and only if it is a memfd, owned
+by the console's user, and sealed.
 
 Why not :mod:`multiprocessing.shared_memory`: before Python 3.13, attaching to an existing object
 (``SharedMemory(name)``) registers it with the attaching process's resource tracker, which *unlinks* it
@@ -38,7 +43,9 @@ shared memory.
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
+import mmap
 import os
 import re
 import stat
@@ -93,11 +100,13 @@ class Peer:
         transport: ``ipc``, ``tcp``, ``inproc`` (same process), or ``unknown``.
         local: True when the peer is on this host: ipc, inproc, or tcp from a loopback address.
         uid: the peer process's user id (ipc only: the kernel reports it), else None.
+        pid: the peer's process id (ipc only), else None.
     """
 
     transport: str
     local: bool
     uid: int | None = None
+    pid: int | None = None
 
 
 _IPC_CREDENTIALS = re.compile(r"localhost:(\d{1,10}):(\d{1,10}):(\d{1,10})")
@@ -119,7 +128,7 @@ def peer_of(frame: Any) -> Peer:
         return Peer("unknown", False)
     match = _IPC_CREDENTIALS.fullmatch(address) if isinstance(address, str) else None
     if match is not None:
-        return Peer("ipc", True, int(match.group(1)))
+        return Peer("ipc", True, int(match.group(1)), int(match.group(3)))
     try:
         ip = ipaddress.ip_address(str(address).strip("[]"))
     except ValueError:
@@ -148,13 +157,18 @@ class Region:
     holding a job that retains the region (so the descriptor is open for the whole call).
     """
 
-    def __init__(self, name: str, size: int, fd: int, writable: bool) -> None:
+    def __init__(self, name: str, size: int, fd: int, writable: bool, *, sealed: bool = False) -> None:
         self.name = name
         self.size = size
         self.fd = fd
         self.writable = writable
         self.users = 0
         self.dropped = False
+        self._map: mmap.mmap | None = None
+        self.mapped: np.ndarray | None = None  # the bytes, mapped: only when the object cannot shrink
+        if sealed:
+            self._map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0))
+            self.mapped = np.frombuffer(self._map, np.uint8)
 
     def retain(self) -> None:
         """One more in-flight job uses the region."""
@@ -173,12 +187,22 @@ class Region:
             self._close()
 
     def _close(self) -> None:
+        if self._map is not None:
+            self.mapped = None
+            try:
+                self._map.close()
+            except BufferError:
+                pass  # a view of it is still referenced somewhere: unmapped when that is garbage
+            self._map = None
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
 
     def read(self, offset: int, nbytes: int) -> memoryview:
-        """``nbytes`` from ``offset``, copied into this thread's scratch buffer (valid until its next read)."""
+        """``nbytes`` from ``offset``: a read-only view of a mapped region, else a copy into this thread's
+        scratch buffer (valid until its next read)."""
+        if self.mapped is not None:
+            return self.mapped[offset : offset + nbytes].data.toreadonly()
         out = _scratch(nbytes)
         try:
             got = os.preadv(self.fd, [out], offset) if nbytes else 0
@@ -194,6 +218,11 @@ class Region:
         """Write the buffers ``data`` one after the other from ``offset``, in one system call; the object must
         still be large enough (our writes never grow it)."""
         nbytes = sum(d.nbytes for d in data)
+        if self.mapped is not None:  # sealed: it cannot have shrunk
+            for view in data:
+                self.mapped[offset : offset + view.nbytes] = np.frombuffer(view, np.uint8)
+                offset += view.nbytes
+            return
         try:
             if os.fstat(self.fd).st_size < offset + nbytes:
                 raise BadRegionError(
@@ -310,6 +339,28 @@ class ShmJob:
             region.release()
 
 
+def _checked(fd: int, name: str, size: int, peer: Peer, writable: bool) -> Region:
+    """The region of an opened object, once it is a plain shared-memory object the console's user owns, at
+    least ``size`` bytes long; mapped when sealed against shrinking. Closes ``fd`` when it is refused."""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SharedMemoryError(f"{name} is not a shared-memory object")
+        if peer.uid is not None and peer.uid not in (0, st.st_uid):
+            raise SharedMemoryError(f"{name} belongs to another user than the console's")
+        if st.st_size < size:
+            raise SharedMemoryError(f"{name} has {st.st_size} bytes, fewer than the {size} registered")
+        try:
+            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        except OSError:  # objects in /dev/shm cannot be sealed
+            seals = 0
+        writable = writable and not seals & fcntl.F_SEAL_WRITE
+        return Region(name, size, fd, writable, sealed=bool(seals & fcntl.F_SEAL_SHRINK))
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _runs(writes: list[tuple[_Range, memoryview]]) -> list[tuple[Region, int, list[memoryview]]]:
     """Writes grouped into runs that continue one another in the same region (the mask and the overlay
     usually do): one ``pwritev`` per run."""
@@ -362,8 +413,9 @@ class RegionTable:
             f"this runtime accepts shared memory on ipc:// connections only (--shm ipc); this one is {peer.transport}"
         )
 
-    def register(self, identity: bytes, peer: Peer, name: str, size: int) -> None:
-        """Open the console's object ``name`` for this connection (again: replace the earlier registration)."""
+    def register(self, identity: bytes, peer: Peer, name: str, size: int, fd: int | None = None) -> None:
+        """Open the console's object ``name`` for this connection (again: replace the earlier registration);
+        with ``fd``, the console's memfd of that number, registered as ``name``."""
         self._check_peer(peer)
         if NAME_PATTERN.fullmatch(name) is None:
             raise SharedMemoryError(
@@ -375,7 +427,7 @@ class RegionTable:
             raise SharedMemoryError(f"this connection already has {len(regions)} regions, the most it may register")
         if old is None and self._total >= MAX_TOTAL_REGIONS:
             raise SharedMemoryError(f"the runtime has {self._total} regions open, the most it keeps")
-        region = self._open(name, size, peer)
+        region = self._open(name, size, peer) if fd is None else self._open_memfd(name, size, peer, fd)
         if old is not None:
             old.drop()
         else:
@@ -395,18 +447,25 @@ class RegionTable:
             raise SharedMemoryError(f"there is no shared-memory object {name} on this host") from None
         except OSError as exc:
             raise SharedMemoryError(f"shared-memory object {name} cannot be opened ({exc.strerror})") from None
+        return _checked(fd, name, size, peer, writable)
+
+    def _open_memfd(self, name: str, size: int, peer: Peer, number: int) -> Region:
+        if NAME_PATTERN.fullmatch(name) is None:
+            raise SharedMemoryError("region names are of the form /scanedge-NAME")
+        if peer.transport != "ipc" or peer.pid is None:
+            raise SharedMemoryRefusedError(
+                "a console's memfd can be registered over ipc:// only, where the kernel names the console's process"
+            )
+        path = f"/proc/{peer.pid}/fd/{number}"
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise SharedMemoryError(f"{name} is not a shared-memory object")
-            if peer.uid is not None and peer.uid not in (0, st.st_uid):
-                raise SharedMemoryError(f"{name} belongs to another user than the console's")
-            if st.st_size < size:
-                raise SharedMemoryError(f"{name} has {st.st_size} bytes, fewer than the {size} registered")
-        except BaseException:
-            os.close(fd)
-            raise
-        return Region(name, size, fd, writable)
+            if not os.readlink(path).startswith("/memfd:"):
+                raise SharedMemoryError(f"file descriptor {number} of the console is not a memfd")
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:
+            raise SharedMemoryError(
+                f"the console's file descriptor {number} cannot be opened ({exc.strerror})"
+            ) from None
+        return _checked(fd, name, size, peer, True)
 
     def unregister(self, identity: bytes, name: str | None) -> None:
         """Forget region ``name`` of this connection (every region when None); jobs using it finish first."""

@@ -1,11 +1,14 @@
 """Shared-memory payloads, the console's side: one region per client, carved into a block per request.
 
-The console owns its region: it creates the POSIX shared-memory object (``/scanedge-c<pid>-<random>``,
-mode 0600, ``O_EXCL``), maps it, and unlinks it when the client closes. A crash must not leave it behind
-in ``/dev/shm``, so the name is also registered with :mod:`multiprocessing`'s resource tracker, a helper
-process that unlinks what its parent registered and never released when the parent dies (this is the
-tracker's proper use: by the object's creator; see :mod:`scanedge.runtime.shm` for the misuse the
-runtime avoids).
+The console owns its region. Towards a runtime on ipc:// it is a memfd sealed against shrinking and
+growing (``memfd`` below): it has no name anywhere, so nothing can leak from ``/dev/shm``, the memory goes
+when the last process holding it lets go, and the runtime may map it (no copies on its side). Towards a
+runtime on tcp (which cannot tell the console's process) it is a POSIX shared-memory object
+(``/scanedge-c<pid>-<random>``, mode 0600, ``O_EXCL``), unlinked when the client closes; so that a crash
+does not leave it in ``/dev/shm``, its name is also registered with :mod:`multiprocessing`'s resource
+tracker, a helper process that unlinks what its parent registered and never released when the parent
+dies (this is the tracker's proper use: by the object's creator; see :mod:`scanedge.runtime.shm` for the
+misuse the runtime avoids).
 
 Each request takes one block: the pixels, then room for the mask and the raw overlay. A block is lent
 to the runtime until the reply. After an ERROR it is free again at once; after a RESULT, the result's
@@ -17,6 +20,7 @@ no longer see. When the region is full, requests simply go as frames.
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import secrets
@@ -57,23 +61,42 @@ class Block:
 
 
 class ConsoleRegion:
-    """A console's shared-memory region: created here, registered with the runtime, unlinked at :meth:`close`."""
+    """A console's shared-memory region: created here, registered with the runtime, gone at :meth:`close`.
 
-    def __init__(self, size: int, shm_dir: str = SHM_DIR) -> None:
-        """Create and map a new object of ``size`` bytes (OSError when the host has no POSIX shared memory)."""
+    Attributes:
+        name: what requests call it (``/scanedge-c<pid>-<random>``; for a POSIX object also its name).
+        size: its length in bytes.
+        fd: with ``memfd``, the descriptor the runtime opens it by (SHM_REGISTER ``fd``); else None.
+    """
+
+    def __init__(self, size: int, shm_dir: str = SHM_DIR, *, memfd: bool = False) -> None:
+        """Create and map a new region of ``size`` bytes: a sealed memfd, or a POSIX shared-memory object
+        (OSError when the host has neither)."""
         self.size = _aligned(size)
         self.name = f"/scanedge-c{os.getpid()}-{secrets.token_hex(6)}"
         self._path = os.path.join(shm_dir, self.name[1:])
-        fd = os.open(self._path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        self._tracked = False
+        self.fd: int | None = None
+        if memfd:
+            fd = os.memfd_create(self.name[1:], os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+            self._path = ""
+        else:
+            fd = os.open(self._path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o600)
         try:
-            self._tracked = _track(self.name)
+            if not memfd:
+                self._tracked = _track(self.name)
             os.ftruncate(fd, self.size)
+            if memfd:  # the size is final: the runtime may map it without fearing a shrink
+                fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
             self._mm = mmap.mmap(fd, self.size)
         except BaseException:
             os.close(fd)
             self._unlink()
             raise
-        os.close(fd)  # the mapping keeps the object; the runtime opens it by name
+        if memfd:
+            self.fd = fd  # kept open: the runtime opens it through /proc/<this pid>/fd/<fd>
+        else:
+            os.close(fd)  # the mapping keeps the object; the runtime opens it by name
         self._view = memoryview(self._mm)
         self._bytes = np.frombuffer(self._mm, np.uint8)
         self._lock = threading.Lock()
@@ -150,7 +173,7 @@ class ConsoleRegion:
     # --- lifetime -------------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Unlink the object; the mapping goes when the last result array viewing it does."""
+        """Unlink the object (or close the memfd); the mapping goes when the last result array viewing it does."""
         with self._lock:
             if self._closed:
                 return
@@ -161,14 +184,20 @@ class ConsoleRegion:
         try:
             self._mm.close()
         except BufferError:
-            pass  # result arrays still view it: it is unmapped when they are garbage
+            pass  # result arrays still view it: it is unmapped when they are garbage (they hold it, not us)
+        del self._mm
 
     def _unlink(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if not self._path:
+            return  # a memfd has no name
         try:
             os.unlink(self._path)
         except FileNotFoundError:
             pass
-        if getattr(self, "_tracked", False):
+        if self._tracked:
             _untrack(self.name)
 
 

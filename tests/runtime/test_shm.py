@@ -9,6 +9,7 @@ console process killed with SIGKILL mid-request, a worker that finishes after it
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import mmap
 import os
@@ -454,12 +455,14 @@ def _as_nobody(endpoint: str, foreign: str) -> list[str]:
 # --- lifetime: crashed consoles, late workers, stopping --------------------------------------------------
 
 
-def test_a_console_killed_mid_request_leaves_nothing_behind(conv_model_path, tmp_path):
+@pytest.mark.parametrize("transport", ["tcp", "ipc"])
+def test_a_console_killed_mid_request_leaves_nothing_behind(conv_model_path, tmp_path, transport):
     """SIGKILL while the runtime holds the console's request: the runtime finishes it, writes into memory
-    nobody reads, drops the reply, closes its descriptor; the killed console's resource tracker unlinks the
-    name; the runtime serves the next console."""
+    nobody reads, drops the reply, closes its descriptor; over tcp the killed console's resource tracker
+    unlinks the name, over ipc the region is a memfd that never had one; the runtime serves the next console."""
     gate = Gate()
-    with running_server([conv_model_path], pipeline_factory=gated_factory(gate)) as srv:
+    bind = "tcp://127.0.0.1:*" if transport == "tcp" else f"ipc://{tmp_path}/rt.ipc"
+    with running_server([conv_model_path], pipeline_factory=gated_factory(gate), bind=bind) as srv:
         script = textwrap.dedent(
             f"""
             import sys, numpy as np
@@ -479,21 +482,26 @@ def test_a_console_killed_mid_request_leaves_nothing_behind(conv_model_path, tmp
             cwd=Path(__file__).resolve().parents[2],
             text=True,
         )
+
+        def held() -> int:  # descriptors (and, for the mapped memfd, its mapping's) the runtime holds
+            return fds_to(name) if transport == "tcp" else memfd_fds(name)
+
         try:
             name = child.stdout.readline().strip()
             assert name.startswith("/scanedge-c")
             gate.wait_entered()  # the worker holds the request: pixels read, outputs not yet written
-            assert fds_to(name) == 1
+            in_use = held()
+            assert in_use >= 1
             child.send_signal(signal.SIGKILL)
             child.wait(10)
         finally:
             child.kill()
         wait_until(lambda: srv.stats.counters["shm_regions_dropped"] == 1, what="the connection's regions dropped")
-        assert fds_to(name) == 1  # still in use by the running job
+        assert held() == in_use  # still in use by the running job
         gate.open()
         wait_until(lambda: srv.stats.counters["client_gone"] == 1, what="the orphaned reply dropped")
-        wait_until(lambda: fds_to(name) == 0, what="the runtime's descriptor closed")
-        wait_until(lambda: not os.path.exists("/dev/shm" + name), what="the tracker unlinking the name")
+        wait_until(lambda: held() == 0, what="the runtime's descriptor closed")
+        wait_until(lambda: not os.path.exists("/dev/shm" + name), what="no name left in /dev/shm")
         with Client(srv.endpoint, ClientConfig(shared_memory=True)) as again:
             wait_until(lambda: again.shared_memory_active)
             assert again.segment(PIXELS).mask.shape == (ROWS, COLS)
@@ -583,15 +591,100 @@ def test_the_client_refuses_shared_memory_with_a_remote_runtime():
         Client("tcp://192.0.2.1:5555", ClientConfig(shared_memory=True))
 
 
-def test_the_client_unlinks_its_region_when_closed(runtime):
+def test_the_client_leaves_nothing_behind_when_closed(runtime):
     c = Client(runtime.endpoint, ClientConfig(shared_memory=True))
     wait_until(lambda: c.shared_memory_active)
     r = c.segment(PIXELS)
     name = c._region.name
-    assert os.path.exists("/dev/shm" + name)
+    if runtime.endpoint.startswith("ipc://"):  # a memfd: no name anywhere
+        # the client's descriptor and its mapping's, the runtime's descriptor and its mapping's
+        assert not os.path.exists("/dev/shm" + name) and memfd_fds(name) == 4
+    else:
+        assert os.path.exists("/dev/shm" + name)
     c.close()
     assert not os.path.exists("/dev/shm" + name)
     assert r.mask.shape == (ROWS, COLS) and r.overlay.sum() > 0  # result arrays outlive the client
+    del r
+    wait_until(lambda: memfd_fds(name) == 0, what="every descriptor and mapping of the memfd gone")
+
+
+def memfd_fds(name: str) -> int:
+    """Descriptors of this process on the memfd called ``name`` (the client's and the in-process runtime's)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith(f"/memfd:{name[1:]} ")
+    return count
+
+
+# --- memfds sealed against shrinking: mapped by the runtime ---------------------------------------------------
+
+
+@contextlib.contextmanager
+def memfd(size: int = 1 << 20, seals: int = fcntl.F_SEAL_SHRINK) -> Iterator[tuple[int, np.ndarray]]:
+    """A memfd of ``size`` bytes with ``seals``, mapped here; closed after."""
+    fd = os.memfd_create("scanedge-test", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, size)
+    if seals:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    mm = mmap.mmap(fd, size)
+    try:
+        yield fd, np.frombuffer(mm, np.uint8)
+    finally:
+        os.close(fd)
+
+
+def _region(server: Any, name: str) -> Any:
+    return next(r for regions in server._loop.regions._by_connection.values() for n, r in regions.items() if n == name)
+
+
+@pytest.mark.parametrize("sealed", [True, False])
+def test_a_memfd_over_ipc_is_mapped_when_it_cannot_shrink(conv_model_path, tmp_path, sealed):
+    name = "/scanedge-test-memfd"
+    with running_server([conv_model_path], bind=f"ipc://{tmp_path}/rt.ipc") as srv, console(srv.endpoint) as c:
+        with memfd(seals=fcntl.F_SEAL_SHRINK if sealed else 0) as (fd, memory):
+            listed = c.ask({"type": "SHM_REGISTER", "name": name, "size": 1 << 20, "fd": fd})[0]
+            assert listed["regions"] == [{"name": name, "size": 1 << 20}]
+            assert (_region(srv, name).mapped is not None) == sealed  # unsealed: read and written by descriptor
+            memory[: PIXELS.nbytes] = PIXELS.view(np.uint8).ravel()
+            reply, frames = c.ask(segment(name))
+            assert reply["type"] == "RESULT" and frames == []
+            _, (mask, overlay) = c.ask({"type": "SEGMENT", "dtype": "int16", "shape": [ROWS, COLS]}, PIXELS.tobytes())
+            assert memory[MASK_AT : MASK_AT + ROWS * COLS].tobytes() == mask
+            assert memory[OVERLAY_AT : OVERLAY_AT + ROWS * COLS * 3].tobytes() == overlay
+            if sealed:
+                with pytest.raises(PermissionError):
+                    os.ftruncate(fd, 4096)  # the kernel refuses the shrink that would crash a mapping reader
+
+
+def test_memfds_that_are_not_the_consoles_own_are_refused(conv_model_path, tmp_path):
+    with running_server([conv_model_path], bind=f"ipc://{tmp_path}/rt.ipc") as srv, console(srv.endpoint) as c:
+        with open(tmp_path / "plain-file", "wb+") as f:
+            f.truncate(1 << 20)
+            reply = c.ask({"type": "SHM_REGISTER", "name": "/scanedge-x", "size": 4096, "fd": f.fileno()})[0]
+            assert reply["code"] == "SHM_UNAVAILABLE" and "not a memfd" in reply["message"]
+        reply = c.ask({"type": "SHM_REGISTER", "name": "/scanedge-x", "size": 4096, "fd": 999_999})[0]
+        assert reply["code"] == "SHM_UNAVAILABLE" and "cannot be opened" in reply["message"]
+        with memfd(4096) as (fd, _):
+            reply = c.ask({"type": "SHM_REGISTER", "name": "/scanedge-x", "size": 8192, "fd": fd})[0]
+            assert reply["code"] == "SHM_UNAVAILABLE" and "fewer than the 8192" in reply["message"]
+
+
+def test_a_memfd_is_refused_over_tcp(runtime):
+    if runtime.endpoint.startswith("ipc://"):
+        pytest.skip("the tcp case")
+    with console(runtime.endpoint) as c, memfd() as (fd, _):
+        reply = c.ask({"type": "SHM_REGISTER", "name": "/scanedge-x", "size": 4096, "fd": fd})[0]
+        assert reply["code"] == "SHM_REFUSED" and "ipc://" in reply["message"]
+
+
+def test_the_python_client_over_ipc_uses_a_sealed_memfd_the_runtime_maps(conv_model_path, tmp_path):
+    with running_server([conv_model_path], bind=f"ipc://{tmp_path}/rt.ipc") as srv:
+        with Client(srv.endpoint, ClientConfig(shared_memory=True)) as c:
+            wait_until(lambda: c.shared_memory_active)
+            assert c._region.fd is not None and _region(srv, c._region.name).mapped is not None
+            ref = c.segment(PIXELS)
+            assert ref.header.frames[0].region == c._region.name
 
 
 # --- the region table on its own ----------------------------------------------------------------------------
