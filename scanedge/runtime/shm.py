@@ -118,13 +118,15 @@ def peer_of(frame: Any) -> Peer:
     libzmq reports a tcp peer's IP address, and for ipc the peer's credentials as ``localhost:UID:GID:PID``
     (SO_PEERCRED); inproc frames have no socket (and no such property): the peer is this process.
     """
+    if frame is None:
+        return Peer("unknown", False)
     try:
         frame.get(zmq.SRCFD)
-    except Exception:
+    except zmq.ZMQError:
         return Peer("inproc", True)
     try:
         address = frame.get("Peer-Address")
-    except Exception:  # a libzmq without the property: nothing to go by
+    except zmq.ZMQError:  # a libzmq without the property: nothing to go by (refused, not trusted)
         return Peer("unknown", False)
     match = _IPC_CREDENTIALS.fullmatch(address) if isinstance(address, str) else None
     if match is not None:

@@ -395,10 +395,11 @@ class _Frame:
         ({zmq.SRCFD: 7, "Peer-Address": "localhost:x:1:2"}, "unknown", False, None),
         ({zmq.SRCFD: 7}, "unknown", False, None),
         ({}, "inproc", True, None),
+        (None, "unknown", False, None),
     ],
 )
 def test_what_the_runtime_knows_of_a_peer(props, transport, local, uid):
-    peer = peer_of(_Frame(props))
+    peer = peer_of(None if props is None else _Frame(props))
     assert (peer.transport, peer.local, peer.uid) == (transport, local, uid)
 
 
