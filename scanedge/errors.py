@@ -43,7 +43,11 @@ need to catch :class:`ScanedgeError` (or one of its families)::
     │   ├── BadPayloadError             payload bytes contradict dtype x shape
     │   ├── UnsupportedDtypeError
     │   ├── MessageTooLargeError
-    │   └── UnknownModelError           the runtime does not serve that model
+    │   ├── UnknownModelError           the runtime does not serve that model
+    │   └── SharedMemoryError           a shared-memory region that cannot be used (SHM_UNAVAILABLE)
+    │       ├── SharedMemoryRefusedError  shared memory is not accepted on this connection
+    │       ├── UnknownRegionError        a region this connection has not registered
+    │       └── BadRegionError            a range outside its region, overlapping ranges, too small
     ├── RuntimeStateError             the runtime could not start, or did not stop cleanly
     ├── CapacityError                 the DICOM node holds all it may (series, bytes, busy pipelines)
     ├── DicomNetworkError             a DICOM association could not be made or failed (listening, forwarding)
@@ -70,6 +74,7 @@ from __future__ import annotations
 __all__ = [
     "BadFramesError",
     "BadPayloadError",
+    "BadRegionError",
     "BusyError",
     "CapacityError",
     "ClientClosedError",
@@ -111,12 +116,15 @@ __all__ = [
     "RuntimeStateError",
     "RuntimeUnavailableError",
     "ScanedgeError",
+    "SharedMemoryError",
+    "SharedMemoryRefusedError",
     "ShuttingDownError",
     "SopClassError",
     "SupersededError",
     "UnauthorizedError",
     "UnknownMessageTypeError",
     "UnknownModelError",
+    "UnknownRegionError",
     "UnsupportedDtypeError",
     "UnsupportedPhotometricError",
     "UnsupportedVersionError",
@@ -362,6 +370,34 @@ class UnknownModelError(ProtocolError):
     """A request for a model the runtime does not serve."""
 
     code = "UNKNOWN_MODEL"
+
+
+class SharedMemoryError(ProtocolError):
+    """A shared-memory region the runtime cannot use: no such object, no access, smaller than declared, a
+    name outside ``/scanedge-*``, too many regions, or an I/O error on it (docs/protocol.md section 12)."""
+
+    code = "SHM_UNAVAILABLE"
+
+
+class SharedMemoryRefusedError(SharedMemoryError):
+    """Shared memory is not accepted on this connection: the runtime has it off, or the console is not on
+    the same host as far as the runtime can tell (a tcp peer that is not loopback)."""
+
+    code = "SHM_REFUSED"
+
+
+class UnknownRegionError(SharedMemoryError):
+    """A SEGMENT or SHM_UNREGISTER names a region this connection has not registered (or no longer has:
+    regions belong to the connection that registered them, and a new connection starts without any)."""
+
+    code = "UNKNOWN_REGION"
+
+
+class BadRegionError(SharedMemoryError):
+    """A byte range outside its region, ranges that overlap, an output larger than the room given for it,
+    a region that shrank under the runtime, or an output asked into a region the runtime may only read."""
+
+    code = "BAD_REGION"
 
 
 class RuntimeStateError(ScanedgeError):

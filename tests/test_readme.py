@@ -68,3 +68,17 @@ def test_the_dicom_node_commands_run_as_written(tmp_path):
     assert "lesion Lesion 32 source images" in text
     assert "[lesion]" in text and "[ms-lesion-demo]" in text
     assert [p.relative_to(work).parts[:2] for p in work.rglob("*.dcm")] == [("scanedge-dicom-out", "seg")]
+
+
+def test_shared_memory_example_runs_against_a_runtime(capsys):
+    from tests.runtime.conftest import running_server
+
+    code = re.search(
+        r"```python\n(import numpy as np\nfrom scanedge.runtime import Client, ClientConfig\n.*?)```", README, re.S
+    )
+    code = code.group(1)
+    assert "ClientConfig(shared_memory=True)" in code
+    with running_server() as srv:
+        exec(compile(code.replace("tcp://127.0.0.1:5555", srv.endpoint), "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 8 and all(line.startswith("(512, 512) (512, 512, 3) ") for line in lines)

@@ -25,6 +25,16 @@ if TYPE_CHECKING:  # the bench modules are imported lazily, by the command that 
 __all__ = ["build_parser", "main"]
 
 
+def _threads(text: str) -> int | str:
+    """``--threads``: a count or ``auto`` (parsed by the engines' own parser, imported only when given)."""
+    from scanedge.engines.options import parse_threads
+
+    return parse_threads(text)
+
+
+_threads.__name__ = "threads"  # argparse names the type in its message: "invalid threads value: 'x'"
+
+
 def _run_length(args: argparse.Namespace) -> RunLength:
     from scanedge.bench.inprocess import RunLength
 
@@ -126,6 +136,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
             versus=versus,
             keep_warm=args.keep_warm,
             vs_flat_out=args.vs_flat_out,
+            transports=tuple(t.strip() for t in args.transport.split(",") if t.strip()),
+            payloads=("frames", "shm") if args.shm else tuple(p.strip() for p in args.payload.split(",") if p.strip()),
         )
     where = f"{args.runtimes} spawned runtime(s)" if args.spawn else escape(args.endpoint)
     if settings.engine.remote is not None:
@@ -230,7 +242,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=None, help="inference threads (default: one per core)")
+    p.add_argument(
+        "--threads",
+        type=_threads,
+        default=None,
+        help="inference threads, or auto: measured at start-up (default: one per core)",
+    )
     p.add_argument(
         "--backend",
         "--engine",
@@ -312,6 +329,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-keep-warm", dest="keep_warm", action="store_false", help="spawn the runtime with --no-keep-warm"
     )
+    p.add_argument(
+        "--transport",
+        default="tcp",
+        help="how --spawn's runtime is reached: tcp, ipc, or tcp,ipc to measure both side by side (default tcp)",
+    )
+    p.add_argument(
+        "--payload",
+        default="frames",
+        help="how pixels and outputs travel: frames, shm (shared memory), or frames,shm side by side",
+    )
+    p.add_argument("--shm", action="store_true", help="the same as --payload frames,shm")
     _add_common(p)
     p.set_defaults(func=cmd_stream)
 
@@ -331,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-rss-slope", type=float, default=60.0, help="fail above this memory growth, MB/hour (default 60)"
     )
-    p.add_argument("--threads", type=int, default=None, help="inference threads of a spawned runtime")
+    p.add_argument("--threads", type=_threads, default=None, help="inference threads of a spawned runtime, or auto")
     p.add_argument(
         "--backend",
         "--engine",

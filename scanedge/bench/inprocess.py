@@ -21,7 +21,7 @@ from scanedge.bench.report import BenchReport
 from scanedge.bench.stats import RunMonitor, summarize
 from scanedge.engines import EngineOptions, OrtSessionLoader, open_engine
 from scanedge.errors import ConfigError
-from scanedge.imaging.dicom import encode_dicom
+from scanedge.imaging.dicom import encode_dicom, slices_from_dicom
 from scanedge.imaging.overlay import OverlayOptions
 from scanedge.imaging.slices import Slice
 from scanedge.manifest import load_manifest
@@ -233,7 +233,9 @@ def bench_pipeline(
             if session is not None:
                 session.run(None, {name: tensors[i % len(tensors)]})
         samples: dict[str, list[float]] = {k: [] for k in (*STAGES, "outside_model", "total")}
-        if not dicom:
+        if dicom:
+            samples["decode_pydicom"] = []  # the same bytes through pydicom's Dataset, beside the fast reader
+        else:
             del samples["decode"]
 
         def measured(i: int) -> None:
@@ -243,6 +245,10 @@ def bench_pipeline(
                     samples[stage].append(getattr(t, f"{stage}_ms"))
             samples["total"].append(t.total_ms)
             samples["outside_model"].append(t.total_ms - t.infer_ms)
+            if dicom:
+                t0 = time.perf_counter()
+                slices_from_dicom(inputs[i % len(inputs)], limits=pipe.config.limits, fast=False)
+                samples["decode_pydicom"].append((time.perf_counter() - t0) * 1e3)
 
         def raw_run(i: int) -> None:
             session.run(None, {name: tensors[i % len(tensors)]})

@@ -177,6 +177,7 @@ class BenchReport:
 
     def render(self, console: Any) -> None:
         """A trtexec-like summary on a rich console."""
+        from rich.markup import escape
         from rich.table import Table
 
         title = f"edge-bench {self.mode}"
@@ -192,7 +193,7 @@ class BenchReport:
                 rows[f"baseline {name}"] = summarize(values)
         for name, s in rows.items():
             table.add_row(
-                name,
+                escape(name),
                 *(
                     f"{v:.3f}"
                     for v in (s.min, s.mean, s.median, s.p90, s.p95, s.p99, s.p999, s.max, s.stdev, s.jitter, s.tail)
@@ -209,12 +210,20 @@ class BenchReport:
             parts.append(f"engine {backend} {self.engine.get('providers', '')}")
         if parts:
             console.print("; ".join(parts))
+        probe = (self.engine.get("threads_auto") or {}).get("probe_ms") or self.engine.get("threads_probe_ms")
+        if probe:
+            measured = ", ".join(f"{n} thread(s) {ms:.2f} ms" for n, ms in probe.items())
+            console.print(f"--threads auto chose {self.engine.get('threads')} (start-up probe, median: {measured})")
         if self.baseline and "overhead_ms" in self.baseline:
             o = self.baseline["overhead_ms"]
             console.print(
                 f"overhead over the baseline ({self.baseline.get('what', 'session.run')}): "
                 f"p50 {o['p50']:+.3f} ms, p99 {o['p99']:+.3f} ms, ratio {self.baseline['ratio']:.2f}x"
             )
+        for name, o in (self.baseline or {}).get("variants", {}).items():
+            console.print(f"  added by the runtime over {name}: p50 {o['p50']:+.3f} ms, p99 {o['p99']:+.3f} ms")
+        for name, added in (self.baseline or {}).get("outside_model_added_p50", {}).items():
+            console.print(f"  added outside the model ({name}): p50 {added:+.3f} ms (inference left out of both sides)")
         for w in self.warnings:
             console.print(f"[yellow]warning:[/] {w}")
 

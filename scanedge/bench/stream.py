@@ -16,11 +16,17 @@ The spawned runtime's CPU time is sampled too.
 ``vs_flat_out`` measures a paced stream against flat out on the same runtime and connection in one run:
 blocks of :data:`VS_FLAT_BLOCK` slices at ``rate`` alternate with blocks of as many slices flat out, so
 both see the same machine at the same time (the flat-out figures are the report's baseline).
+
+Variants: one run can drive the same runtime over several transports (tcp, ipc) and payloads (frames, or
+shared memory: docs/protocol.md section 12), each from its own connection, in alternating blocks with the
+in-process baseline, so that every variant and the baseline see the same machine noise.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -38,7 +44,7 @@ from scanedge.bench.inprocess import RunLength, baseline_block, drive
 from scanedge.bench.report import BenchReport
 from scanedge.bench.stats import RunMonitor, summarize
 from scanedge.engines import EngineOptions, RemoteOptions
-from scanedge.errors import BusyError, ExpiredError, ScanedgeError, SupersededError
+from scanedge.errors import BusyError, ConfigError, ExpiredError, ScanedgeError, SupersededError
 from scanedge.imaging.dicom import encode_dicom
 from scanedge.imaging.slices import Slice
 from scanedge.runtime.client import Client, ClientConfig, RemoteResult
@@ -47,10 +53,14 @@ from scanedge.runtime.protocol import Pong
 if TYPE_CHECKING:  # imported lazily where used: only the baseline needs a local pipeline
     from scanedge.runtime.pipeline import Pipeline
 
-__all__ = ["SpawnedRuntime", "StreamSettings", "bench_stream"]
+__all__ = ["PAYLOADS", "TRANSPORTS", "SpawnedRuntime", "StreamSettings", "bench_stream"]
 
 Progress = Callable[[int, int], None]
 SERVER_STAGES = ("queue", "decode", "preprocess", "infer", "postprocess", "overlay", "encode", "series")
+#: how a spawned runtime is reached: tcp on a loopback port, ipc on a socket file
+TRANSPORTS = ("tcp", "ipc")
+#: how pixels and outputs travel: as frames on the socket, or in shared memory
+PAYLOADS = ("frames", "shm")
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,9 @@ class StreamSettings:
         dicom: send DICOM objects instead of raw pixels (adds the runtime's DICOM decoding).
         run: how long to measure.
         baseline: also time the in-process pipeline on the same slices, so the runtime's own cost shows.
+        transports: how a spawned runtime is reached, each measured: ``tcp`` (loopback) and/or ``ipc``
+            (with ``endpoint``, its own scheme is the one transport).
+        payloads: ``frames`` and/or ``shm`` (shared memory), each measured on every transport.
     """
 
     endpoint: str | None = None  # None: spawn a runtime
@@ -90,6 +103,8 @@ class StreamSettings:
     keep_warm: bool = True
     #: alternate paced blocks with flat-out blocks on one connection (needs ``rate``, one console)
     vs_flat_out: bool = False
+    transports: tuple[str, ...] = ("tcp",)
+    payloads: tuple[str, ...] = ("frames",)
 
     def __post_init__(self) -> None:
         if self.consoles < 1 or (self.rate is not None and self.rate <= 0):
@@ -102,6 +117,27 @@ class StreamSettings:
             raise ValueError("a side-by-side runtime needs --spawn, one console, no --rate and no --baseline")
         if self.vs_flat_out and (self.rate is None or self.consoles != 1 or self.baseline):
             raise ValueError("--vs-flat-out needs --rate and one console, and replaces --baseline")
+        if not self.transports or not set(self.transports) <= set(TRANSPORTS):
+            raise ConfigError(f"transports are {', '.join(TRANSPORTS)}; got {', '.join(self.transports) or 'none'}")
+        if not self.payloads or not set(self.payloads) <= set(PAYLOADS):
+            raise ConfigError(f"payloads are {', '.join(PAYLOADS)}; got {', '.join(self.payloads) or 'none'}")
+        if len(self.variants) > 1 and (self.consoles != 1 or self.rate is not None):
+            raise ConfigError("several transports or payloads are compared with one console, flat out")
+        if len(self.variants) > 1 and (self.runtimes != 1 or self.versus is not None or self.vs_flat_out):
+            raise ConfigError(
+                "several transports or payloads are compared on one runtime, without --versus-local or --vs-flat-out"
+            )
+
+    @property
+    def variants(self) -> list[tuple[str, str]]:
+        """Every (transport, payload) measured, in order; the first is reported under the plain figure names."""
+        transports = self.transports if self.endpoint is None else (self.endpoint.split("://", 1)[0],)
+        return list(itertools.product(dict.fromkeys(transports), dict.fromkeys(self.payloads)))
+
+
+def variant_name(transport: str, payload: str) -> str:
+    """``tcp``, ``tcp+shm``, ``ipc``, ``ipc+shm``: how figures of a variant are suffixed (``total[ipc+shm]``)."""
+    return transport if payload == "frames" else f"{transport}+{payload}"
 
 
 def _free_port() -> int:
@@ -111,7 +147,8 @@ def _free_port() -> int:
 
 
 class SpawnedRuntime:
-    """``scanedge serve`` in a child process on a free loopback port, with its memory sampled."""
+    """``scanedge serve`` in a child process on a free loopback port (and an ipc socket when asked), with its
+    memory sampled. ``endpoints`` maps each transport to its endpoint; ``endpoint`` is the first."""
 
     def __init__(
         self,
@@ -119,9 +156,15 @@ class SpawnedRuntime:
         engine: EngineOptions = EngineOptions(spinning=False),
         workers: int = 1,
         keep_warm: bool = True,
+        transports: Sequence[str] = ("tcp",),
     ) -> None:
         """Start it; ``engine``'s backend, threads and spinning become ``scanedge serve`` flags."""
-        self.endpoint = f"tcp://127.0.0.1:{_free_port()}"
+        self._ipc_dir = tempfile.mkdtemp(prefix="scanedge-bench-") if "ipc" in transports else None
+        self.endpoints = {
+            t: f"tcp://127.0.0.1:{_free_port()}" if t == "tcp" else f"ipc://{self._ipc_dir}/runtime.ipc"
+            for t in dict.fromkeys(transports)
+        }
+        self.endpoint = next(iter(self.endpoints.values()))
         cmd = [
             sys.executable,
             "-m",
@@ -136,6 +179,8 @@ class SpawnedRuntime:
             "--stats-interval",
             "3600",
         ]
+        for also in list(self.endpoints.values())[1:]:
+            cmd += ["--also-bind", also]
         if model is not None:
             cmd += ["--model", str(model)]
         cmd += ["--backend", engine.backend]
@@ -208,6 +253,8 @@ class SpawnedRuntime:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        if self._ipc_dir is not None:
+            shutil.rmtree(self._ipc_dir, ignore_errors=True)
         return self.proc.returncode
 
     def __enter__(self) -> SpawnedRuntime:
@@ -238,7 +285,8 @@ class _Recorder:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.samples: dict[str, list[float]] = {k: [] for k in ("total", "server", "transport", *SERVER_STAGES)}
+        figures = ("total", "server", "transport", "outside_model", *SERVER_STAGES)
+        self.samples: dict[str, list[float]] = {k: [] for k in figures}
         self.timeline: list[float] = []
         self.counts = {"ok": 0, "superseded": 0, "expired": 0, "busy": 0, "error": 0}
         self.errors: dict[str, int] = {}
@@ -256,6 +304,8 @@ class _Recorder:
                     self.samples["total"].append((now - intended) * 1e3)
                     self.samples["server"].append(server_ms)
                     self.samples["transport"].append(max(0.0, (now - sent) * 1e3 - server_ms))
+                    # everything but the inference, as the console sees it: robust to the model's own noise
+                    self.samples["outside_model"].append((now - intended) * 1e3 - r.timings_ms.get("infer", 0.0))
                     for stage in SERVER_STAGES:
                         self.samples[stage].append(r.timings_ms.get(stage, 0.0))
                     self.timeline.append(intended - start)
@@ -287,14 +337,18 @@ def bench_stream(slices: Sequence[Slice], settings: StreamSettings, progress: Pr
     """
     spawned: list[SpawnedRuntime] = []
     versus = None
-    endpoints = [settings.endpoint] if settings.endpoint is not None else []
+    endpoints: list[dict[str, str]] = []
+    if settings.endpoint is not None:
+        endpoints = [{settings.endpoint.split("://", 1)[0]: settings.endpoint}]
     try:
         if settings.endpoint is None:
             spawned = [
-                SpawnedRuntime(settings.model, settings.engine, settings.workers, settings.keep_warm)
+                SpawnedRuntime(
+                    settings.model, settings.engine, settings.workers, settings.keep_warm, settings.transports
+                )
                 for _ in range(settings.runtimes)
             ]
-            endpoints = [r.endpoint for r in spawned]
+            endpoints = [r.endpoints for r in spawned]
             if settings.versus is not None:
                 versus = SpawnedRuntime(settings.model, settings.versus, settings.workers, settings.keep_warm)
             pongs = [r.wait_ready() for r in spawned]
@@ -314,10 +368,30 @@ def bench_stream(slices: Sequence[Slice], settings: StreamSettings, progress: Pr
     return report
 
 
+def _variant_clients(settings: StreamSettings, endpoints: dict[str, str]) -> dict[str, Client]:
+    """One connection per variant, each with shared memory acknowledged by the runtime when it uses it."""
+    clients: dict[str, Client] = {}
+    try:
+        for transport, payload in settings.variants:
+            shm = payload == "shm"
+            client = Client(endpoints[transport], ClientConfig(timeout_s=30.0, shared_memory=shm))
+            clients[variant_name(transport, payload)] = client
+            end = time.monotonic() + 10
+            while shm and not client.shared_memory_active:
+                if time.monotonic() > end:
+                    raise ConfigError(f"the runtime at {endpoints[transport]} did not accept shared memory")
+                client.ping()
+    except BaseException:
+        for c in clients.values():
+            c.close()
+        raise
+    return clients
+
+
 def _run(
     slices: Sequence[Slice],
     settings: StreamSettings,
-    endpoints: list[str],
+    endpoints: list[dict[str, str]],
     pong: Pong,
     progress: Progress | None,
     spawned: SpawnedRuntime | None,
@@ -325,12 +399,26 @@ def _run(
 ) -> BenchReport:
     run = settings.run
     payloads = _payloads(slices, settings.dicom)
-    rec = _Recorder()
-    clients = [Client(endpoints[k % len(endpoints)], ClientConfig(timeout_s=30.0)) for k in range(settings.consoles)]
-    versus_client = Client(versus.endpoint, ClientConfig(timeout_s=30.0)) if versus is not None else None
+    variants = _variant_clients(settings, endpoints[0])
+    names = list(variants)
+    recs = {name: _Recorder() for name in names}
+    rec = recs[names[0]]
+    clients = [variants[names[0]]]
+    versus_client = None
     versus_rec = _Recorder()
+    try:
+        for k in range(1, settings.consoles):  # console k talks to runtime k % runtimes, on its first transport
+            runtime = endpoints[k % len(endpoints)]
+            clients.append(Client(next(iter(runtime.values())), ClientConfig(timeout_s=30.0)))
+        if versus is not None:
+            versus_client = Client(versus.endpoint, ClientConfig(timeout_s=30.0))
+    except BaseException:
+        for c in [*clients, *variants.values()]:
+            c.close()
+        raise
     local_pipe = None
     baseline: list[float] = []
+    baseline_outside: list[float] = []  # the in-process pipeline's time outside the model
     if settings.baseline:
         from scanedge.runtime.pipeline import Pipeline
 
@@ -347,6 +435,8 @@ def _run(
             clients[i % len(clients)].segment(payloads[i % len(payloads)], **kw)
             if versus_client is not None:
                 versus_client.segment(payloads[i % len(payloads)], **kw)
+            for name in names[1:]:
+                variants[name].segment(payloads[i % len(payloads)], **kw)
         monitor = RunMonitor()
         cpu_start = spawned.cpu_seconds() if spawned is not None else None
         start = time.perf_counter()
@@ -358,28 +448,36 @@ def _run(
             )
         elif settings.vs_flat_out:
             sent = _paced_vs_flat_out(clients[0], payloads, kw, rec, flat, settings, start, progress)
+        elif len(names) > 1:
+            sent = _closed_loop_variants(
+                variants, payloads, kw, recs, run, start, local_pipe, (baseline, baseline_outside), progress
+            )
         elif settings.rate is None and settings.consoles == 1 and local_pipe is not None:
-            sent = _closed_loop_with_baseline(clients[0], payloads, kw, rec, run, start, local_pipe, baseline, progress)
+            sent = _closed_loop_with_baseline(
+                clients[0], payloads, kw, rec, run, start, local_pipe, (baseline, baseline_outside), progress
+            )
         else:
             if local_pipe is not None:  # fixed rate or several consoles: the baseline goes first
                 for i in range(min(len(payloads) * 4, 200)):
-                    baseline.append(
-                        local_pipe.run(
-                            payloads[i % len(payloads)], overlay="overlay" in settings.outputs
-                        ).timings.total_ms
-                    )
+                    t = local_pipe.run(payloads[i % len(payloads)], overlay="overlay" in settings.outputs).timings
+                    baseline.append(t.total_ms)
+                    baseline_outside.append(t.total_ms - t.infer_ms)
             sent = _drive_consoles(clients, payloads, kw, rec, settings, start, total, progress)
-        _wait_all(rec, sent, timeout=60)
+        _wait_all(rec, sent if len(names) == 1 else rec.done, timeout=60)
         wall = time.perf_counter() - start
         cpu_end = spawned.cpu_seconds() if spawned is not None else None
     finally:
-        for c in clients:
+        for c in [*clients, *(variants[name] for name in names[1:])]:
             c.close()
         if versus_client is not None:
             versus_client.close()
         if local_pipe is not None:
             local_pipe.close()
     samples = {k: v for k, v in rec.samples.items() if v}
+    for name in names[1:]:  # the other variants: end to end, runtime, transport
+        for figure in ("total", "server", "transport", "outside_model"):
+            if recs[name].samples[figure]:
+                samples[f"{figure}[{name}]"] = recs[name].samples[figure]
     model = pong.models[0]
     report = BenchReport(
         mode="stream",
@@ -401,6 +499,7 @@ def _run(
             "versus": None if settings.versus is None else settings.versus.backend,
             "keep_warm": settings.keep_warm if spawned is not None else None,
             "vs_flat_out": settings.vs_flat_out,
+            "variants": names,  # the first under the plain figure names, the others as total[NAME], ...
         },
         samples=samples,
         engine={
@@ -411,6 +510,8 @@ def _run(
                 if pong.engine_health
                 else {}
             ),
+            "threads": model.threads,  # as the runtime reports it in PONG (what --threads auto chose)
+            **({"threads_probe_ms": model.threads_probe_ms} if model.threads_probe_ms else {}),
         },
         model={"name": model.name, "version": model.version, "sha256": model.onnx_sha256},
         counts=dict(rec.counts),
@@ -418,6 +519,11 @@ def _run(
         wall_s=wall,
         timeline=rec.timeline,
     )
+    for name in names[1:]:
+        for outcome, n in recs[name].counts.items():
+            report.counts[outcome] += n
+        for code, n in recs[name].errors.items():
+            rec.errors[code] = rec.errors.get(code, 0) + n
     if rec.errors:
         report.counts.update({f"error.{k}": v for k, v in rec.errors.items()})
     if cpu_start is not None and cpu_end is not None and wall > 0:
@@ -443,6 +549,18 @@ def _run(
             "the in-process pipeline, same slices, outputs and engine settings, same run",
             "in-process",
         )
+        if baseline_outside:  # the same comparison without the model: inference noise left out of both
+            report.baseline["samples"]["in-process outside_model"] = [round(v, 4) for v in baseline_outside]
+            ref = summarize(baseline_outside).median
+            report.baseline["outside_model_added_p50"] = {
+                name: summarize(samples["outside_model" if i == 0 else f"outside_model[{name}]"]).median - ref
+                for i, name in enumerate(names)
+            }
+        if len(names) > 1:
+            report.baseline["variants"] = {
+                name: baseline_block(baseline, samples["total" if i == 0 else f"total[{name}]"], "")["overhead_ms"]
+                for i, name in enumerate(names)
+            }
     if versus_rec.samples["total"] and samples.get("total"):
         report.baseline = baseline_block(
             versus_rec.samples["total"],
@@ -492,10 +610,11 @@ def _closed_loop_with_baseline(
     run: RunLength,
     start: float,
     pipe: Pipeline,
-    baseline: list[float],
+    baseline: tuple[list[float], list[float]],
     progress: Progress | None,
 ) -> int:
-    """One console, flat out, alternating long blocks with the in-process pipeline on the same slices."""
+    """One console, flat out, alternating long blocks with the in-process pipeline on the same slices.
+    ``baseline``: where the in-process totals and their time outside the model go."""
 
     def measured(i: int) -> None:
         t = time.perf_counter()
@@ -507,10 +626,50 @@ def _closed_loop_with_baseline(
             pass
 
     def in_process(k: int) -> None:
-        pipe.run(payloads[k % len(payloads)], overlay="overlay" in kw["outputs"])
+        t = pipe.run(payloads[k % len(payloads)], overlay="overlay" in kw["outputs"]).timings
+        baseline[1].append(t.total_ms - t.infer_ms)
 
     sent, _, samples = drive(run, measured, in_process, progress, block=STREAM_BASELINE_BLOCK)
-    baseline.extend(samples)
+    baseline[0].extend(samples)
+    return sent
+
+
+def _closed_loop_variants(
+    clients: dict[str, Client],
+    payloads: Sequence[Any],
+    kw: dict[str, Any],
+    recs: dict[str, _Recorder],
+    run: RunLength,
+    start: float,
+    pipe: Pipeline | None,
+    baseline: tuple[list[float], list[float]],
+    progress: Progress | None,
+) -> int:
+    """Every variant flat out from its own connection, in blocks on the same slices, then the in-process
+    pipeline on them: each sees the same noise. ``count`` is per variant; returns requests sent in all."""
+    block = STREAM_BASELINE_BLOCK
+    i = sent = 0
+    while not run.done(i, time.perf_counter() - start):
+        n = block if run.duration_s is not None else min(block, run.count - i)
+        for name, client in clients.items():
+            for k in range(i, i + n):
+                t = time.perf_counter()
+                future = client.submit(payloads[k % len(payloads)], series=f"console-{name}", **kw)
+                future.add_done_callback(recs[name].callback(t, t, start))
+                try:
+                    future.result(60)
+                except ScanedgeError:
+                    pass
+                sent += 1
+        if pipe is not None:
+            for k in range(i, i + n):
+                t = time.perf_counter()
+                timings = pipe.run(payloads[k % len(payloads)], overlay="overlay" in kw["outputs"]).timings
+                baseline[0].append((time.perf_counter() - t) * 1e3)
+                baseline[1].append(timings.total_ms - timings.infer_ms)
+        i += n
+        if progress:
+            progress(i, run.expected(time.perf_counter() - start, i))
     return sent
 
 

@@ -55,6 +55,15 @@ def literal(value: object) -> str:
     return escape(str(value))
 
 
+def _threads(text: str) -> int | str:
+    """``--threads``: a count or ``auto`` (parsed by the engines' own parser, imported only when given)."""
+    from scanedge.engines.options import parse_threads
+
+    return parse_threads(text)
+
+
+_threads.__name__ = "threads"  # argparse names the type in its message: "invalid threads value: 'x'"
+
 # --- argument groups -------------------------------------------------------------------------------------
 
 
@@ -79,7 +88,7 @@ def add_engine_args(
         help="inference backend (default auto: a matching TensorRT plan if there is one, else ONNX Runtime; "
         "remote: a serving engine, see --remote)",
     )
-    g.add_argument("--threads", type=int, default=None, help=threads_help)
+    g.add_argument("--threads", type=_threads, default=None, help=threads_help)
     add_remote_args(p)
 
 

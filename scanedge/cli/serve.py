@@ -46,6 +46,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stats_log_interval_s=args.stats_interval,
         series=SeriesStoreConfig(idle_s=args.series_idle, max_series=args.max_series),
         keep_warm=KeepWarmConfig(enabled=args.keep_warm),
+        shared_memory=args.shm,
+        also_bind=tuple(args.also_bind),
     )
     log = logging.getLogger("scanedge.runtime")
     if args.insecure:
@@ -91,6 +93,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the streaming runtime (ZeroMQ; docs/protocol.md)")
     p.add_argument("--model", type=Path, action="append", default=[], help="model to serve (repeatable; default: demo)")
     p.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ROUTER endpoint for consoles")
+    p.add_argument(
+        "--also-bind",
+        action="append",
+        default=[],
+        metavar="ENDPOINT",
+        help="listen for consoles here too, e.g. ipc:///run/scanedge.ipc beside the tcp port (repeatable)",
+    )
     p.add_argument("--publish", default=None, help="PUB endpoint for viewers, e.g. tcp://127.0.0.1:5556")
     p.add_argument("--workers", type=int, default=1, help="inference workers (each with its own engine)")
     add_engine_args(p, threads_help="inference threads per worker")
@@ -118,6 +127,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=10.0,
         help="on SIGTERM/SIGINT, seconds requests in flight may take before the runtime exits anyway (default: 10)",
+    )
+    p.add_argument(
+        "--shm",
+        choices=("local", "ipc", "off"),
+        default="local",
+        help="which consoles may put pixels and outputs in shared memory (docs/protocol.md section 12): local "
+        "(default: ipc:// and loopback tcp), ipc (ipc:// only, the console's own objects only), off",
     )
     p.add_argument("--stats-interval", type=float, default=60.0, help="seconds between stats log lines")
     p.add_argument(

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from scanedge.engines.base import Engine, EngineHealth, TensorSpec
 from scanedge.engines.onnxruntime import OnnxRuntimeEngine
-from scanedge.engines.options import BACKENDS, Backend, EngineOptions, RemoteOptions
+from scanedge.engines.options import BACKENDS, Backend, EngineOptions, RemoteOptions, parse_threads
 from scanedge.engines.ort_session import OrtSessionLoader
+from scanedge.engines.thread_probe import ThreadChoice
 from scanedge.errors import ConfigError, DeviceUnavailableError
 
 __all__ = [
@@ -33,8 +34,10 @@ __all__ = [
     "OrtSessionLoader",
     "RemoteOptions",
     "TensorSpec",
+    "ThreadChoice",
     "find_matching_plan",
     "open_engine",
+    "parse_threads",
 ]
 
 PLAN_SUFFIXES = (".engine", ".plan")

@@ -132,11 +132,21 @@ class OnnxRuntimeEngine(Engine):
         info.update(
             onnxruntime=ort.__version__,
             providers=self.providers if self.is_active else list(self.options.provider_names),
-            threads=self.options.threads,
+            threads=self.threads,
             spinning=self.options.spinning,
             optimization=self.options.optimization,
         )
+        if self.loader.thread_choice is not None:
+            info["threads_auto"] = self.loader.thread_choice.to_dict()
         return info
+
+    @property
+    def threads(self) -> int | None:
+        """The intra-op threads the session runs with: the options' count, what ``"auto"`` chose (once
+        active), or None for ONNX Runtime's default."""
+        if self.loader.thread_choice is not None:
+            return self.loader.thread_choice.threads
+        return self.options.threads if isinstance(self.options.threads, int) else None
 
 
 def _spec(node: Any) -> TensorSpec:

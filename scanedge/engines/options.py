@@ -28,6 +28,8 @@ __all__ = [
     "OptimizationLevel",
     "Provider",
     "RemoteOptions",
+    "Threads",
+    "parse_threads",
 ]
 
 #: which inference backend runs the model: ``ort`` (ONNX Runtime, an ``.onnx`` file), ``tensorrt`` (a
@@ -42,6 +44,21 @@ OPTIMIZATION_LEVELS: tuple[str, ...] = get_args(OptimizationLevel)
 
 #: an ONNX Runtime execution provider: its name, or its name and provider options
 Provider = str | tuple[str, Mapping[str, Any]]
+
+#: intra-op threads: a count, ``"auto"`` (measured at start-up: :mod:`scanedge.engines.thread_probe`), or
+#: None (ONNX Runtime's default: one per physical core)
+Threads = int | Literal["auto"] | None
+
+
+def parse_threads(text: str) -> int | Literal["auto"]:
+    """A ``--threads`` value: ``auto`` or a count of at least 1 (ValueError otherwise, which argparse turns
+    into its usual one-line usage error when this is an argument's ``type``)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    count = int(text)
+    if count < 1:
+        raise ValueError(f"threads must be at least 1 (or auto), got {count}")
+    return count
 
 
 def _frozen_provider(provider: object) -> str | tuple[str, Mapping[str, Any]]:
@@ -206,8 +223,10 @@ class EngineOptions:
 
     #: ``auto`` (default), ``ort``, ``tensorrt`` or ``remote``; see :data:`Backend`
     backend: Backend = "auto"
-    #: ONNX Runtime intra-op threads; ``None`` (default) lets ONNX Runtime use one per physical core
-    threads: int | None = None
+    #: ONNX Runtime intra-op threads; ``None`` (default) lets ONNX Runtime use one per physical core;
+    #: ``"auto"`` measures 1, 2, ... threads at start-up and takes the fewest that are not clearly slower
+    #: (:mod:`scanedge.engines.thread_probe`; the choice is in the engine's ``describe()`` and in PONG)
+    threads: Threads = None
     #: ONNX Runtime pool threads busy-wait between (and shortly after) runs instead of sleeping. Default
     #: True (ONNX Runtime's own default): it helps a process that does nothing but inference. In the
     #: streaming runtime, whose I/O and worker threads need the same cores, it hurts: measured on two
@@ -238,15 +257,17 @@ class EngineOptions:
                 raise TypeError(f"EngineOptions.{name} must be a bool, got {getattr(self, name)!r}")
         for name in ("threads", "warmup_runs", "device"):
             value = getattr(self, name)
-            if not (value is None and name == "threads") and (isinstance(value, bool) or not isinstance(value, int)):
-                raise TypeError(f"EngineOptions.{name} must be an int, got {value!r}")
+            if name == "threads" and value in (None, "auto"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"EngineOptions.{name} must be an int{' or auto' * (name == 'threads')}, got {value!r}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
         if self.remote is not None and not isinstance(self.remote, RemoteOptions):
             raise TypeError(f"EngineOptions.remote must be RemoteOptions, got {type(self.remote).__name__}")
         if self.backend == "remote" and self.remote is None:
             raise ConfigError("the remote backend needs the server's address: --remote grpc://HOST:PORT[/MODEL]")
-        if self.threads is not None and self.threads < 1:
+        if isinstance(self.threads, int) and self.threads < 1:
             raise ConfigError(f"threads must be at least 1 (or unset for ONNX Runtime's default), got {self.threads}")
         if self.optimization not in OPTIMIZATION_LEVELS:
             raise ConfigError(

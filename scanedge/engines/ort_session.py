@@ -23,13 +23,16 @@ same session settings, the same error mapping and the same two guarantees:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from scanedge.engines.options import EngineOptions
+from scanedge.engines.thread_probe import ThreadChoice, choose
 from scanedge.errors import EngineError, ModelFileError, ProviderUnavailableError
 
 __all__ = ["TELEMETRY_ENV", "OrtSessionLoader", "import_onnxruntime"]
@@ -103,6 +106,7 @@ class OrtSessionLoader:
         self.model: str | bytes = model if isinstance(model, bytes) else os.fspath(model)
         self.options = options if options is not None else EngineOptions()
         self.optimized_model_path = os.fspath(optimized_model_path) if optimized_model_path is not None else None
+        self.thread_choice: ThreadChoice | None = None  # what threads="auto" chose, once a session was made
 
     @property
     def name(self) -> str:
@@ -112,8 +116,9 @@ class OrtSessionLoader:
     def __repr__(self) -> str:
         return f"OrtSessionLoader({self.name!r}, {self.options!r})"
 
-    def session_options(self) -> Any:
-        """The ``onnxruntime.SessionOptions`` these options stand for."""
+    def session_options(self, threads: int | None = None) -> Any:
+        """The ``onnxruntime.SessionOptions`` these options stand for (with ``threads`` intra-op threads
+        instead of the options' count, when given: how ``"auto"`` is resolved)."""
         ort = import_onnxruntime()
         opts = self.options
         so = ort.SessionOptions()
@@ -125,7 +130,9 @@ class OrtSessionLoader:
         }[opts.optimization]
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.inter_op_num_threads = 1
-        if opts.threads is not None:
+        if threads is not None:
+            so.intra_op_num_threads = threads
+        elif isinstance(opts.threads, int):
             so.intra_op_num_threads = opts.threads
         if self.optimized_model_path is not None:
             so.optimized_model_filepath = self.optimized_model_path
@@ -138,7 +145,27 @@ class OrtSessionLoader:
         return so
 
     def __call__(self) -> Any:
-        """A new session; raises the errors listed in the class docstring."""
+        """A new session; raises the errors listed in the class docstring. With ``threads="auto"`` the thread
+        count is measured the first time for this model and these settings (``thread_choice`` says what)."""
+        if self.options.threads != "auto":
+            return self._session()
+        choice, session = choose(self._probe_key(), self._session)
+        self.thread_choice = choice
+        return session
+
+    def _probe_key(self) -> Any:
+        """What a thread choice depends on: the model (its file's identity, or its bytes) and the other settings."""
+        if isinstance(self.model, bytes):
+            model: Any = hashlib.sha256(self.model).hexdigest()
+        else:
+            try:
+                st = os.stat(self.model)
+                model = (os.path.realpath(self.model), st.st_size, st.st_mtime_ns)
+            except OSError:
+                model = self.model  # the session's own loading reports the problem
+        return model, repr(replace(self.options, threads=None, warmup_runs=0))
+
+    def _session(self, threads: int | None = None) -> Any:
         ort = import_onnxruntime()
         requested = list(self.options.provider_names)
         available = ort.get_available_providers()
@@ -152,7 +179,7 @@ class OrtSessionLoader:
         self._check_readable()
         providers = [p if isinstance(p, str) else (p[0], dict(p[1])) for p in self.options.providers]
         try:
-            session = ort.InferenceSession(self.model, sess_options=self.session_options(), providers=providers)
+            session = ort.InferenceSession(self.model, sess_options=self.session_options(threads), providers=providers)
         except _ort_errors("InvalidProtobuf", "NoSuchFile", "NoModel") as exc:
             raise ModelFileError(
                 f"{self._short_name()} is not a readable ONNX model (not ONNX, or truncated): "

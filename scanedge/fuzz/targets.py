@@ -6,6 +6,9 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from scanedge.errors import ScanedgeError
 
@@ -32,8 +35,8 @@ class FuzzTarget:
 def _header(data: bytes) -> None:
     from scanedge.runtime.protocol import Segment, decode_request, encode, request_echo
 
-    try:
-        request = decode_request([data, b"\0" * 16], 1 << 20)
+    try:  # a SEGMENT with pixels_at (shared memory) comes without a pixel frame
+        request = decode_request([data] if b"pixels_at" in data else [data, b"\0" * 16], 1 << 20)
     except ScanedgeError:
         request_echo(data)  # what an ERROR reply would echo must never fail either
         return
@@ -55,20 +58,45 @@ def _header_seeds() -> Iterator[bytes]:
         b'"dtype":"int16","shape":[2,3],"geometry":{"pixel_spacing":[0.5,0.5]},"deadline_ms":100,'
         b'"outputs":["mask"]}'
     )
+    yield (
+        b'{"version":1,"type":"SEGMENT","id":7,"dtype":"int16","shape":[2,3],"outputs":["mask","overlay"],'
+        b'"pixels_at":{"region":"/scanedge-c1-0","offset":0,"nbytes":12},'
+        b'"outputs_at":{"mask":{"region":"/scanedge-c1-0","offset":64,"nbytes":6}}}'
+    )
+    yield b'{"version":1,"type":"SHM_REGISTER","id":"r1","name":"/scanedge-c1-0","size":1048576}'
 
 
 def _dicom(data: bytes) -> None:
-    from scanedge.imaging.dicom import slices_from_dicom
+    from scanedge.imaging.dicom import _fast_slices, slices_from_dicom
     from scanedge.imaging.slices import SliceLimits
 
     # small limits: the fuzzer looks for crashes and hangs, not for the cost of legitimately large images
     limits = SliceLimits(max_pixels=1024 * 1024, max_side=4096, max_decoded_bytes=16 * 1024 * 1024)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about most mutants
+        # both readers, differentially: where the fast one answers, pydicom's must answer the same
+        fast = _fast_slices(data, limits, 16, "DICOM bytes")
         try:
-            slices_from_dicom(data, limits=limits, max_frames=16)
+            full = slices_from_dicom(data, limits=limits, max_frames=16, fast=False)
         except ScanedgeError:
-            pass
+            assert fast is None, "the fast DICOM reader accepted an object the pydicom path refuses"
+            return
+        if fast is not None:
+            _same_slices(fast, full)
+
+
+def _same_slices(fast: list[Any], full: list[Any]) -> None:
+    """A finding (AssertionError) unless both readers gave the same pixels, geometry, rescale, window, identity."""
+    assert len(fast) == len(full), "the fast DICOM reader and pydicom disagree on the number of frames"
+    for a, b in zip(fast, full):
+        assert a.pixels.dtype == b.pixels.dtype and np.array_equal(a.pixels, b.pixels), "pixels differ"
+        assert (a.geometry, a.identity) == (b.geometry, b.identity), "geometry or identity differs"
+        assert (a.rescale_slope, a.rescale_intercept, a.window_center, a.window_width) == (
+            b.rescale_slope,
+            b.rescale_intercept,
+            b.window_center,
+            b.window_width,
+        ), "rescale or window differs"
 
 
 #: Small real files from pydicom's test data, one per encoding the reader handles: read when the fuzzer
@@ -87,6 +115,8 @@ DICOM_SEED_FILES = (
     "emri_small.dcm",  # enhanced multi-frame with functional groups
     "CT_small.dcm",
     "OBXXXX1A_rle.dcm",  # palette colour, RLE
+    "MR_small_padded.dcm",  # the fast reader's case, trailing padding after the pixels
+    "6293",  # a small CT of the DICOMDIR tests: sequences of undefined length, the fast reader skips them
 )
 
 
@@ -108,6 +138,11 @@ TARGETS: dict[str, FuzzTarget] = {
             _header_seeds,
             "a request header frame: bounded JSON decoding, validation, the echo of a refused one, the slice",
         ),
-        FuzzTarget("dicom", _dicom, _dicom_seeds, "a DICOM object: parsing, inflating, decoding into slices"),
+        FuzzTarget(
+            "dicom",
+            _dicom,
+            _dicom_seeds,
+            "a DICOM object: parsing, inflating, decoding into slices; the fast reader against pydicom",
+        ),
     )
 }

@@ -40,6 +40,7 @@ from scanedge.errors import (
     UnsupportedPhotometricError,
 )
 from scanedge.imaging.dicom_dataset import (
+    _MAX_HEADER_BYTES,
     DicomSource,
     _int_attr,
     _pixel_keyword,
@@ -48,6 +49,7 @@ from scanedge.imaging.dicom_dataset import (
     _where,
     read_dataset,
 )
+from scanedge.imaging.dicom_fast import fast_dataset
 from scanedge.imaging.slices import DEFAULT_LIMITS, Slice, SliceGeometry, SliceIdentity, SliceLimits
 
 __all__ = [
@@ -75,18 +77,55 @@ _INSTALL_CODECS = "pip install 'scanedge[dicom]'"
 
 
 def slices_from_dicom(
-    source: DicomSource, *, limits: SliceLimits = DEFAULT_LIMITS, max_frames: int = 4096
+    source: DicomSource, *, limits: SliceLimits = DEFAULT_LIMITS, max_frames: int = 4096, fast: bool = True
 ) -> list[Slice]:
     """Every frame of a DICOM image object as a :class:`Slice` (one for single-frame objects).
 
     Bad input of any kind raises a :class:`~scanedge.errors.DicomError` (or :class:`ImageTooLargeError`);
-    a file that cannot be opened raises its ``OSError``.
+    a file that cannot be opened raises its ``OSError``. Bytes of the common simple kind (uncompressed
+    little-endian grey, :mod:`scanedge.imaging.dicom_fast`) are read without a pydicom Dataset, with the
+    same result; ``fast=False`` reads everything through pydicom (for comparisons).
     """
+    if fast and isinstance(source, (bytes, bytearray, memoryview)):
+        simple = _fast_slices(source, limits, max_frames, _where(source))
+        if simple is not None:
+            return simple
+    return _pydicom_slices(source, limits, max_frames)
+
+
+def _pydicom_slices(source: DicomSource, limits: SliceLimits, max_frames: int) -> list[Slice]:
+    """:func:`slices_from_dicom` through a pydicom Dataset, for every object the fast reader leaves."""
     where = _where(source)
     with _quietly():
         ds = read_dataset(source, limits=limits)
         with _reading(where, "the image attributes"):
             return _slices(ds, limits, max_frames, where)
+
+
+def _fast_slices(
+    source: bytes | bytearray | memoryview, limits: SliceLimits, max_frames: int, where: str
+) -> list[Slice] | None:
+    """The slices of a simple object (:mod:`scanedge.imaging.dicom_fast`) by the same code as for a pydicom
+    Dataset; None when the object is not that simple, or is wrong in any way (pydicom's reader then says how).
+    """
+    ds = fast_dataset(source, limits.max_decoded_bytes + _MAX_HEADER_BYTES)
+    if ds is None:
+        return None
+    try:
+        photometric = _value(ds, "PhotometricInterpretation", "MONOCHROME2")
+        rows, cols, allocated = _value(ds, "Rows"), _value(ds, "Columns"), _value(ds, "BitsAllocated")
+        frames = _value(ds, "NumberOfFrames", 1)
+        data = _value(ds, "PixelData")
+        if (
+            photometric not in ("MONOCHROME1", "MONOCHROME2")
+            or allocated not in (8, 16)
+            or not (isinstance(rows, int) and isinstance(cols, int) and isinstance(frames, int))
+            or not 0 < rows * cols * frames * allocated // 8 <= len(data)
+        ):
+            return None
+        return _slices(ds, limits, max_frames, where)
+    except Exception:  # the full reader gives this object's typed error in its own words
+        return None
 
 
 @contextmanager
@@ -369,7 +408,7 @@ def _native_grey(ds: Any, layout: _Layout, tsyntax: Any) -> np.ndarray | None:
         return None
     data = _value(ds, "PixelData")
     count = layout.frames * layout.rows * layout.cols
-    if not isinstance(data, (bytes, bytearray)) or len(data) < count * layout.bits_allocated // 8:
+    if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) < count * layout.bits_allocated // 8:
         return None
     signed = _value(ds, "PixelRepresentation", 0) == 1
     dtype = np.dtype(f"<{'i' if signed else 'u'}{layout.bits_allocated // 8}")

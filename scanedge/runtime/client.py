@@ -17,6 +17,12 @@ Reliability, after the ZeroMQ guide's Lazy Pirate pattern, plus restart detectio
   after a restart, or after a resend) is delivered to its caller once;
 - a runtime that refuses this console's CurveZMQ key (or speaks another security mechanism) fails the
   outstanding requests with :class:`UnauthorizedError` instead of letting them time out.
+
+With ``ClientConfig(shared_memory=True)`` and a runtime on the same host, pixels and the mask and raw
+overlay travel through a shared-memory region the client creates (docs/protocol.md section 12,
+:mod:`scanedge.runtime.shm_client`) instead of frames. The region is registered on every new connection;
+until the runtime has acknowledged it, and whenever the runtime refuses it or no longer knows it (after a
+restart), requests go as frames, so nothing fails for want of shared memory.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -59,15 +65,18 @@ from scanedge.runtime.protocol import (
     Error,
     Pong,
     Result,
+    ShmRegions,
     StatsReply,
     decode_reply,
     encode,
     ping_request,
     segment_request,
+    shm_register_request,
     stats_request,
 )
 from scanedge.runtime.security import CurveClientKeys
 from scanedge.runtime.series_store import lesion_load_from_wire
+from scanedge.runtime.shm_client import Block, ConsoleRegion
 
 __all__ = ["AsyncClient", "Client", "ClientConfig", "RemoteResult"]
 
@@ -76,6 +85,8 @@ log = logging.getLogger("scanedge.client")
 _MONITORED = (
     zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
 )
+#: error codes that mean "this request's shared memory is not usable here": it is sent again as frames
+_SHM_CODES = frozenset({"SHM_UNAVAILABLE", "SHM_REFUSED", "UNKNOWN_REGION", "BAD_REGION"})
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,10 @@ class ClientConfig:
         retries: reopenings before the outstanding requests fail with RuntimeUnavailableError.
         curve: this console's CurveZMQ keys (required by a networked runtime).
         hwm: most requests outstanding on this connection; more fail at once with BusyError.
+        shared_memory: send pixels and receive the mask and raw overlay through shared memory (a runtime on
+            this host only: ipc:// or loopback tcp); requests the region cannot take go as frames.
+        shared_memory_mb: size of the client's shared-memory region (a 512x512 int16 slice with mask and
+            overlay takes 1.5 MiB of it while in flight, and while its result's arrays are alive).
     """
 
     timeout_s: float = 10.0
@@ -97,10 +112,14 @@ class ClientConfig:
     retries: int = 3
     curve: CurveClientKeys | None = None
     hwm: int = 1000
+    shared_memory: bool = False
+    shared_memory_mb: int = 64
 
     def __post_init__(self) -> None:
         if not (self.timeout_s > 0 and self.heartbeat_s > 0) or self.liveness < 1 or self.retries < 0 or self.hwm < 1:
             raise ConfigError("timeouts must be > 0, liveness >= 1, retries >= 0, hwm >= 1")
+        if self.shared_memory_mb < 1:
+            raise ConfigError(f"shared_memory_mb must be >= 1, got {self.shared_memory_mb}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -149,8 +168,10 @@ class RemoteResult:
         raise KeyError(name)
 
 
-def _remote_result(header: Result, frames: Sequence[Any], rtt_ms: float) -> RemoteResult:
-    arrays = arrays_from_frames(header.frames, frames)
+def _remote_result(
+    header: Result, frames: Sequence[Any], rtt_ms: float, shared: dict[str, Any] | None = None
+) -> RemoteResult:
+    arrays = {**arrays_from_frames(header.frames, frames), **(shared or {})}
     t = header.timings_ms
     return RemoteResult(
         id=header.id,
@@ -192,6 +213,8 @@ class _Pending:
     sent_mono: float = 0.0
     sent: bool = False
     runtime: str | None = None  # the runtime instance it was last sent to, once known
+    block: Block | None = None  # its part of the shared-memory region, while lent to the runtime
+    as_frames: Callable[[], list[Any]] | None = None  # the same request with frames, should the region fail
 
 
 class Client:
@@ -220,8 +243,30 @@ class Client:
         self._closing = threading.Event()
         self._refused: UnauthorizedError | None = None
         self._unsent: deque[str] = deque()  # ids waiting to be (re)sent, in order; owned by the I/O thread
+        self._region: ConsoleRegion | None = None
+        self._shm_ready = False  # the runtime on the current connection acknowledged the region
+        self._shm_register_id: str | None = None
+        self._shm_refusal: str | None = None
+        if self.config.shared_memory:
+            self._region = self._create_region(endpoint)
         self._thread = threading.Thread(target=self._run, name="scanedge-client", daemon=True)
         self._thread.start()
+
+    def _create_region(self, endpoint: str) -> ConsoleRegion:
+        if not parse_endpoint(endpoint).is_loopback:
+            raise ConfigError(
+                f"shared memory needs a runtime on this host (ipc:// or tcp to a loopback address), not {endpoint}"
+            )
+        try:  # over ipc:// the runtime knows this process, so it can take (and map) a sealed memfd
+            memfd = parse_endpoint(endpoint).scheme == "ipc" and hasattr(os, "memfd_create")
+            return ConsoleRegion(self.config.shared_memory_mb * 1024 * 1024, memfd=memfd)
+        except OSError as exc:
+            raise ConfigError(f"cannot create a shared-memory region on this host ({exc.strerror})") from exc
+
+    @property
+    def shared_memory_active(self) -> bool:
+        """Whether requests go through shared memory now (the runtime acknowledged this client's region)."""
+        return self._shm_ready
 
     # --- public API ----------------------------------------------------------------------------------
 
@@ -282,6 +327,7 @@ class Client:
         else:
             fields["encoding"] = "dicom"
             payload = image
+            pixels = None
         fields.update(series=series, instance=instance, outputs=list(outputs), publish=publish)
         if index is not None:
             fields["index"] = int(index)
@@ -303,8 +349,44 @@ class Client:
                 k: getattr(overlay_options, k) for k in ("alpha", "fill", "contours", "heatmap")
             }
         fields["sent_at"] = time.time()
-        header = segment_request(self._next_id(), **fields)
-        return self._enqueue(str(header.id), [encode(header), payload], timeout)
+        request_id = self._next_id()
+        shared = self._place(request_id, fields, payload, pixels)
+        if shared is not None:
+            return self._enqueue(request_id, shared[0], timeout, shared[1], shared[2])
+        header = segment_request(request_id, **fields)
+        return self._enqueue(request_id, [encode(header), payload], timeout)
+
+    def _place(
+        self, request_id: str, fields: dict[str, Any], payload: Any, pixels: np.ndarray | None
+    ) -> tuple[list[Any], Block, Callable[[], list[Any]]] | None:
+        """The request with its pixels copied into a block of the shared-memory region and the mask and raw
+        overlay asked there (frames, block, the frames-only version); None when it goes as frames."""
+        region = self._region
+        if region is None or not self._shm_ready:
+            return None
+        nbytes = pixels.nbytes if pixels is not None else memoryview(payload).nbytes
+        parts = [("pixels", nbytes)]
+        if pixels is not None:
+            rows, cols = pixels.shape[:2]
+            if "mask" in fields["outputs"]:
+                parts.append(("mask", rows * cols))
+            if "overlay" in fields["outputs"] and fields.get("overlay_encoding", "raw") == "raw":
+                parts.append(("overlay", rows * cols * 3))
+        block = region.allocate(parts)
+        if block is None:
+            return None  # the region is full (results still alive): this one goes as frames
+        region.write(block, "pixels", payload)
+
+        def at(name: str) -> dict[str, Any]:
+            offset, size = block.ranges[name]
+            return {"region": region.name, "offset": offset, "nbytes": size}
+
+        shm_fields: dict[str, Any] = {"pixels_at": at("pixels")}
+        outputs_at = {name: at(name) for name, _ in parts[1:]}
+        if outputs_at:
+            shm_fields["outputs_at"] = outputs_at
+        header = segment_request(request_id, **fields, **shm_fields)
+        return [encode(header)], block, lambda: [encode(segment_request(request_id, **fields)), payload]
 
     def segment(self, image: Any, **kwargs: Any) -> RemoteResult:
         """``submit(...).result()``."""
@@ -327,7 +409,8 @@ class Client:
         return self._enqueue(request_id, [encode(builders[kind](request_id))], timeout)
 
     def close(self) -> None:
-        """Stop the I/O thread; unanswered futures fail with :class:`ClientClosedError`."""
+        """Stop the I/O thread; unanswered futures fail with :class:`ClientClosedError`. The shared-memory
+        region is unlinked (result arrays viewing it stay valid until they are garbage)."""
         if self._closing.is_set():
             return
         self._closing.set()
@@ -336,6 +419,8 @@ class Client:
         with self._wake_lock:
             self._wake.close(0)
         self._ctx.term()
+        if self._region is not None:
+            self._region.close()
 
     def __enter__(self) -> Client:
         return self
@@ -348,19 +433,32 @@ class Client:
     def _next_id(self) -> str:
         return f"{self._prefix}-{next(self._ids)}"
 
-    def _enqueue(self, request_id: str, frames: list[Any], timeout: float | None) -> Future[Any]:
-        if self._closing.is_set():
-            raise ClientClosedError("the client is closed")
-        if self._refused is not None:
-            raise UnauthorizedError(self._refused.message)
-        with self._count_lock:
-            if self._outstanding >= self.config.hwm:
-                raise BusyError(f"{self._outstanding} requests are already outstanding on this connection (hwm)")
-            self._outstanding += 1
+    def _enqueue(
+        self,
+        request_id: str,
+        frames: list[Any],
+        timeout: float | None,
+        block: Block | None = None,
+        as_frames: Callable[[], list[Any]] | None = None,
+    ) -> Future[Any]:
+        try:
+            if self._closing.is_set():
+                raise ClientClosedError("the client is closed")
+            if self._refused is not None:
+                raise UnauthorizedError(self._refused.message)
+            with self._count_lock:
+                if self._outstanding >= self.config.hwm:
+                    raise BusyError(f"{self._outstanding} requests are already outstanding on this connection (hwm)")
+                self._outstanding += 1
+        except ScanedgeError:
+            if block is not None and self._region is not None:
+                self._region.release(block)
+            raise
         future: Future[Any] = Future()
         future.add_done_callback(self._done)
         wait = self.config.timeout_s if timeout is None else timeout
-        self._outbox.put((request_id, _Pending(frames, future, time.monotonic() + wait)))
+        item = _Pending(frames, future, time.monotonic() + wait, block=block, as_frames=as_frames)
+        self._outbox.put((request_id, item))
         self._poke()
         return future
 
@@ -403,15 +501,9 @@ class Client:
                 now = time.monotonic()
                 if self._wake_pull in events:
                     self._drain_wakeups()
-                while True:
-                    try:
-                        request_id, item = self._outbox.get_nowait()
-                    except queue.Empty:
-                        break
-                    if not pending:
-                        last_heard = now  # silence only counts while something is outstanding
-                    pending[request_id] = item
-                    unsent.append(request_id)
+                was_idle = not pending
+                if self._take_new(pending) and was_idle:
+                    last_heard = now  # silence only counts while something is outstanding
                 if monitor in events:
                     self._on_monitor(monitor, sock, pending)
                 if sock in events:
@@ -467,6 +559,19 @@ class Client:
                 item.future.set_exception(ClientClosedError("the client was closed"))
             self._close_socket(sock, monitor)
             self._wake_pull.close(0)
+
+    def _take_new(self, pending: dict[str, _Pending]) -> int:
+        """Move newly submitted requests into ``pending`` and the send queue; how many there were. (A method of
+        its own, so that no local variable of the loop keeps the last request, and its result, alive.)"""
+        taken = 0
+        while True:
+            try:
+                request_id, item = self._outbox.get_nowait()
+            except queue.Empty:
+                return taken
+            pending[request_id] = item
+            self._unsent.append(request_id)
+            taken += 1
 
     def _drain_wakeups(self) -> None:
         while True:
@@ -531,7 +636,10 @@ class Client:
                 return
             kind = event["event"]
             if kind == zmq.EVENT_CONNECTED:
+                self._shm_register(sock)  # a new connection has no regions: register before anything else
                 self._ping(sock, "hello")  # learn which runtime instance is there
+            elif kind == zmq.EVENT_DISCONNECTED:
+                self._shm_ready = False
             elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH or (
                 kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                 and event["value"] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
@@ -544,6 +652,30 @@ class Client:
                 log.error("%s: %s", self.endpoint, reason)
                 self._refused = UnauthorizedError(f"{self.endpoint}: {reason}")
                 self._fail_all(pending, self._refused)
+
+    def _shm_register(self, sock: zmq.Socket) -> None:
+        """Offer the region to the runtime on this connection; requests use it once it is acknowledged."""
+        self._shm_ready = False
+        if self._region is None:
+            return
+        self._shm_register_id = f"{self._prefix}-shm-{next(self._ids)}"
+        try:
+            region = self._region
+            header = shm_register_request(self._shm_register_id, region.name, region.size, region.fd)
+            sock.send(encode(header), zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # no connection after all: the next one registers again
+
+    def _on_shm_reply(self, reply: Any) -> None:
+        region = self._region
+        if region is None:
+            return
+        if isinstance(reply, ShmRegions) and any(r.name == region.name for r in reply.regions):
+            self._shm_ready = True
+            self._shm_refusal = None
+        elif isinstance(reply, Error) and reply.message != self._shm_refusal:
+            self._shm_refusal = reply.message
+            log.warning("%s: shared memory refused (%s: %s); sending frames", self.endpoint, reply.code, reply.message)
 
     def _receive(self, sock: zmq.Socket, pending: dict[str, _Pending]) -> bool:
         heard = False
@@ -560,10 +692,32 @@ class Client:
                 continue
             if reply.runtime and reply.runtime != self.runtime_id:
                 self._on_runtime(reply.runtime, sock, pending)
+            if self._shm_register_id is not None and str(reply.id) == self._shm_register_id:
+                self._on_shm_reply(reply)
+                continue
             item = pending.pop(str(reply.id), None)
             if item is None or item.future.done():
                 continue  # a heartbeat PONG, or a late duplicate after a resend: never delivered twice
+            if isinstance(reply, Error) and reply.code in _SHM_CODES and item.as_frames is not None:
+                self._resend_as_frames(str(reply.id), item, pending, sock, reply)
+                continue
             self._complete(item, reply, frames[1:])
+
+    def _resend_as_frames(
+        self, request_id: str, item: _Pending, pending: dict[str, _Pending], sock: zmq.Socket, reply: Error
+    ) -> None:
+        """The runtime could not use this request's shared memory (it restarted and does not know the region,
+        or refuses it): send the same request with frames, and offer the region again for later ones."""
+        assert item.as_frames is not None
+        if item.block is not None and self._region is not None:
+            self._region.release(item.block)  # answered: the runtime is done with the block
+        item.block = None
+        item.frames, item.as_frames = item.as_frames(), None
+        pending[request_id] = item
+        self._mark_unsent(pending, [item])
+        log.info("request %s: %s from the runtime; sent again as frames", request_id, reply.code)
+        if self._shm_ready:
+            self._shm_register(sock)
 
     def _on_runtime(self, runtime: str, sock: zmq.Socket, pending: dict[str, _Pending]) -> None:
         """A reply from a runtime instance not seen before: resend what the previous one took with it."""
@@ -585,16 +739,23 @@ class Client:
         self._mark_unsent(pending, lost)
 
     def _complete(self, item: _Pending, reply: Any, frames: Sequence[Any]) -> None:
+        block, item.block = item.block, None
         if isinstance(reply, Result):
             rtt = (time.monotonic() - item.sent_mono) * 1e3
             try:
-                item.future.set_result(_remote_result(reply, frames, rtt))
-            except ProtocolError as exc:
-                item.future.set_exception(exc)
+                shared = None
+                if block is not None and self._region is not None:
+                    shared = self._region.arrays(block, reply.frames)  # the block is free when these are garbage
+                    block = None
+                item.future.set_result(_remote_result(reply, frames, rtt, shared))
+            except (ProtocolError, ValueError) as exc:
+                item.future.set_exception(exc if isinstance(exc, ProtocolError) else ProtocolError(str(exc)))
         elif isinstance(reply, Error):
             item.future.set_exception(error_for_code(reply.code, reply.message))
         else:  # PONG, STATS_REPLY
             item.future.set_result(reply)
+        if block is not None and self._region is not None:
+            self._region.release(block)  # answered without a result: the runtime is done with it
 
 
 class AsyncClient:

@@ -51,6 +51,10 @@ from scanedge.runtime.protocol import (
     Request,
     Result,
     Segment,
+    ShmRegions,
+    ShmRegister,
+    ShmStatus,
+    ShmUnregister,
     Stats,
     StatsReply,
     WorkerHealth,
@@ -62,6 +66,7 @@ from scanedge.runtime.protocol import (
 )
 from scanedge.runtime.scheduler import Job, LatestSliceScheduler
 from scanedge.runtime.series_store import SeriesStore
+from scanedge.runtime.shm import RegionTable, peer_of
 from scanedge.runtime.stats import RuntimeStats
 from scanedge.runtime.workers import Outcome, WorkerPool, error_outcome, expired_outcome
 
@@ -118,6 +123,7 @@ class IoLoop:
         stop_requested: Callable[[], bool],
         engine_health: Callable[[], dict[str, EngineStatus]] | None = None,
         series_store: SeriesStore | None = None,
+        regions: RegionTable | None = None,
     ) -> None:
         self.router = router
         self.pub = pub
@@ -145,10 +151,15 @@ class IoLoop:
         self._gone: OrderedDict[bytes, None] = OrderedDict()
         self._monitor = router.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         self._reject_log = LogBudget("rejected request(s)")
+        self.regions = regions if regions is not None else RegionTable("off")  # shared memory (section 12)
+        self._frame: zmq.Frame | None = None  # the header frame of the request being handled (its peer)
         self._handlers: dict[type, Callable[[bytes, Any, list[zmq.Frame]], None]] = {
             Segment: self._on_segment,
             Ping: self._on_ping,
             Stats: self._on_stats,
+            ShmRegister: self._on_shm_register,
+            ShmUnregister: self._on_shm_unregister,
+            ShmStatus: self._on_shm_status,
         }
 
     # --- the loop ---------------------------------------------------------------------------------------
@@ -200,9 +211,11 @@ class IoLoop:
                 log.error("I/O loop error; the runtime carries on: %s", redacted_traceback(exc))
 
     def close(self) -> None:
-        """Stop monitoring connections and close the monitor socket (the caller owns the others)."""
+        """Stop monitoring connections, close the monitor socket (the caller owns the others), forget every
+        shared-memory region (descriptors still in use by a wedged worker's job close with it)."""
         self.router.disable_monitor()
         self._monitor.close(0)
+        self.regions.close()
 
     # --- requests ------------------------------------------------------------------------------------------
 
@@ -228,6 +241,7 @@ class IoLoop:
             pass
         self._gone.pop(identity, None)  # it is talking, so it is here
         body = frames[1:]
+        self._frame = body[0] if body else None
         try:
             request = decode_request([f.buffer for f in body], self.settings.max_message_bytes)
         except ScanedgeError as exc:
@@ -259,7 +273,24 @@ class IoLoop:
         self._send(identity, [encode(header)])
 
     def _on_ping(self, identity: bytes, request: Request, payload: list[zmq.Frame]) -> None:
-        self._send(identity, [encode(self.pong(request.id))])
+        self._send(identity, [encode(self.pong(request.id, shared_memory=self.regions.allows(self._peer())))])
+
+    def _peer(self) -> Any:
+        return peer_of(self._frame)
+
+    def _on_shm_register(self, identity: bytes, request: ShmRegister, payload: list[zmq.Frame]) -> None:
+        self.regions.register(identity, self._peer(), request.name, request.size, request.fd)
+        self._on_shm_status(identity, request, payload)
+
+    def _on_shm_unregister(self, identity: bytes, request: ShmUnregister, payload: list[zmq.Frame]) -> None:
+        self.regions.unregister(identity, request.name)
+        self._on_shm_status(identity, request, payload)
+
+    def _on_shm_status(self, identity: bytes, request: Request, payload: list[zmq.Frame]) -> None:
+        reply = ShmRegions(
+            version=PROTOCOL_VERSION, id=request.id, regions=self.regions.listing(identity), runtime=self.runtime_id
+        )
+        self._send(identity, [encode(reply)])
 
     def _on_stats(self, identity: bytes, request: Request, payload: list[zmq.Frame]) -> None:
         reply = StatsReply(
@@ -274,8 +305,9 @@ class IoLoop:
         )
         self._send(identity, [encode(reply)])
 
-    def pong(self, request_id: Any) -> Pong:
-        """The PONG answering request ``request_id``: models, queue, workers and limits as of now."""
+    def pong(self, request_id: Any, *, shared_memory: bool = False) -> Pong:
+        """The PONG answering request ``request_id``: models, queue, workers and limits as of now;
+        ``shared_memory``: whether the asking connection may register shared-memory regions."""
         s = self.settings
         return Pong(
             version=PROTOCOL_VERSION,
@@ -302,8 +334,10 @@ class IoLoop:
                 max_pixels=s.limits.max_pixels,
                 max_side=s.limits.max_side,
                 max_decoded_bytes=s.limits.max_decoded_bytes,
+                max_shm_regions=self.regions.max_per_connection if self.regions.mode != "off" else 0,
             ),
             engine_health=self._engine_health() if self._engine_health is not None else {},
+            shared_memory=shared_memory,
         )
 
     def _on_segment(self, identity: bytes, req: Segment, payload: list[zmq.Frame]) -> None:
@@ -312,12 +346,19 @@ class IoLoop:
         model = req.model or self.default_model
         if model not in self.models:
             raise UnknownModelError(f"model {model!r} is not served here; models: {sorted(self.models)}")
-        frame = payload[0]
-        nbytes = len(frame)
-        if req.encoding == "raw":
+        frame: Any = payload[0] if payload else None
+        nbytes = len(frame) if frame is not None else 0
+        if req.encoding == "raw" and frame is not None:
             check_raw_payload(req, nbytes, self.settings.limits)
+        shm = self.regions.bind(
+            identity, self._peer(), req, self.settings.limits, self.settings.max_message_bytes
+        )  # section 12: pixels and/or outputs in the console's shared memory
+        if shm is not None and shm.pixels is not None:
+            frame, nbytes = shm.pixels, shm.nbytes
         cap = self.settings.max_inflight_bytes
         if self.inflight_bytes + nbytes > cap:
+            if shm is not None:
+                shm.close()
             raise BusyError(
                 f"{self.inflight_bytes} bytes already in flight; accepting {nbytes} more would pass the cap "
                 f"of {cap}; retry shortly"
@@ -332,6 +373,7 @@ class IoLoop:
             received_mono=now,
             deadline_mono=None if req.deadline_ms is None else now + req.deadline_ms / 1e3,
             seq=next(self._seq),
+            shm=shm,
         )
         self.inflight[job.seq] = job
         self.inflight_bytes += nbytes
@@ -355,6 +397,8 @@ class IoLoop:
             log.debug("a second outcome for request %r was dropped (already answered)", job.request.id)
             return
         self.inflight_bytes -= job.nbytes
+        if job.shm is not None:
+            job.shm.close()  # before the reply: nothing touches the console's memory for this request after it
         header = outcome.header
         if isinstance(header, Result):
             self.stats.record_result(job.model, header.timings_ms.total, header.timings_ms.queue)
@@ -380,6 +424,9 @@ class IoLoop:
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:
                 self.stats.counters["client_gone"] += 1
+                dropped = self.regions.drop(identity)
+                if dropped:
+                    self.stats.counters["shm_regions_dropped"] += dropped
                 log.info("console %s disconnected before its reply could be sent", identity.hex()[:12])
             elif exc.errno == zmq.EAGAIN:
                 self.stats.counters["reply_dropped"] += 1
@@ -436,6 +483,11 @@ class IoLoop:
             if self.inflight.pop(job.seq, None) is not None:
                 self.inflight_bytes -= job.nbytes
                 self.stats.counters["client_gone"] += 1
+                if job.shm is not None:
+                    job.shm.close()
+        dropped = self.regions.drop(identity)  # its regions close once the jobs still running on them are answered
+        if dropped:
+            self.stats.counters["shm_regions_dropped"] += dropped
 
     def _sweep(self, now: float) -> None:
         for job in self.scheduler.expire(now):

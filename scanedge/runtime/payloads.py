@@ -164,7 +164,9 @@ def result_frames(
 
 def arrays_from_frames(infos: Sequence[FrameInfo], frames: Sequence[Any]) -> dict[str, Any]:
     """A RESULT's payload frames as read-only arrays (raw) or bytes (``NAME_encoded``), each checked
-    against its ``frames`` entry; unknown encodings are skipped as the compatibility rules say."""
+    against its ``frames`` entry; unknown encodings are skipped as the compatibility rules say. Entries
+    written into shared memory (``region`` set) have no frame and are skipped here."""
+    infos = [info for info in infos if info.region is None]
     if len(frames) != len(infos):
         raise ProtocolError(f"RESULT lists {len(infos)} frames but carries {len(frames)}")
     out: dict[str, Any] = {}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -285,6 +285,18 @@ class Pipeline:
         slice_, context = self._last
         self.run(slice_, context=context, overlay=True)
         return True
+
+    def own_last(self) -> None:
+        """Give the slice kept for :meth:`keep_warm` pixels of its own. A request's pixels may be a view of
+        memory the console owns (shared memory, docs/protocol.md section 12): keeping that view would keep
+        the console's region mapped in the runtime after its request was answered."""
+        if self._last is None:
+            return
+        slice_, context = self._last
+        self._last = (
+            replace(slice_, pixels=slice_.pixels.copy()),
+            [replace(c, pixels=c.pixels.copy()) for c in context],
+        )
 
     def run_series(self, slices: Iterable[Slice], *, overlay: bool | OverlayOptions = True) -> Iterator[SliceResult]:
         """Segment slices already in series order, giving a 2.5D model its neighbours."""

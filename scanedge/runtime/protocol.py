@@ -9,9 +9,11 @@ I/O loop, the client); pixel frames are handled by :mod:`scanedge.runtime.payloa
 Who uses what:
 
 - consoles build requests with :func:`segment_request`, :func:`ping_request`, :func:`stats_request`,
-  and read replies with :func:`decode_reply`;
+  :func:`shm_register_request` (and its unregister/status siblings), and read replies with
+  :func:`decode_reply`;
 - the runtime reads requests with :func:`decode_request` (and :func:`request_echo` when that fails),
-  and builds :class:`Result`, :class:`Error` (:func:`error_reply`), :class:`Pong`, :class:`StatsReply`;
+  and builds :class:`Result`, :class:`Error` (:func:`error_reply`), :class:`Pong`, :class:`StatsReply`,
+  :class:`ShmRegions`;
 - both encode with :func:`encode`.
 """
 
@@ -54,15 +56,22 @@ __all__ = [
     "Limits",
     "ModelInfo",
     "ModelInput",
+    "OutputsAt",
     "OverlayRequest",
     "Ping",
     "Pong",
+    "RegionInfo",
+    "RegionSlice",
     "Reply",
     "Request",
     "Rescale",
     "Result",
     "Segment",
     "SeriesLoad",
+    "ShmRegions",
+    "ShmRegister",
+    "ShmStatus",
+    "ShmUnregister",
     "Stats",
     "StatsReply",
     "Timings",
@@ -77,14 +86,17 @@ __all__ = [
     "request_echo",
     "result_reply",
     "segment_request",
+    "shm_register_request",
+    "shm_status_request",
+    "shm_unregister_request",
     "stats_request",
 ]
 
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 MAX_HEADER_BYTES = 64 * 1024
-REQUEST_TYPES = ("SEGMENT", "PING", "STATS")
-REPLY_TYPES = ("RESULT", "ERROR", "PONG", "STATS_REPLY")
+REQUEST_TYPES = ("SEGMENT", "PING", "STATS", "SHM_REGISTER", "SHM_UNREGISTER", "SHM_STATUS")
+REPLY_TYPES = ("RESULT", "ERROR", "PONG", "STATS_REPLY", "SHM_REGIONS")
 MESSAGE_TYPES = REQUEST_TYPES + REPLY_TYPES
 OUTPUT_NAMES = ("mask", "overlay", "probabilities", "image")
 #: dtypes a raw pixel frame may carry (always little-endian on the wire)
@@ -110,6 +122,8 @@ Epoch = Annotated[float, Meta(ge=0.0, le=1e11)]
 DeadlineMs = Annotated[float, Meta(gt=0.0, le=86_400_000.0)]
 OutputName = Literal["mask", "overlay", "probabilities", "image"]
 Count = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+ShmName = Annotated[str, Meta(min_length=1, max_length=255)]  # its form is checked where it is opened
+ByteCount = Annotated[int, Meta(ge=0, le=2**48)]
 
 
 class Geometry(Struct, frozen=True, omit_defaults=True):
@@ -144,6 +158,24 @@ class OverlayRequest(Struct, frozen=True, omit_defaults=True, forbid_unknown_fie
     heatmap: bool | None = None
 
 
+class RegionSlice(Struct, frozen=True):
+    """A byte range of a registered shared-memory region (section 12): ``nbytes`` bytes from ``offset`` of the
+    region the console registered as ``region`` (its shm_open name)."""
+
+    region: ShmName
+    nbytes: ByteCount
+    offset: ByteCount = 0
+
+
+class OutputsAt(Struct, frozen=True, omit_defaults=True):
+    """Where a SEGMENT's outputs are to be written instead of sent as frames (section 12); ``nbytes`` of each
+    is the room given, at least the output's size."""
+
+    mask: RegionSlice | None = None
+    overlay: RegionSlice | None = None
+    probabilities: RegionSlice | None = None
+
+
 class _Message(Struct, frozen=True, kw_only=True, tag_field="type"):
     version: Version  # required in every header, so omit_defaults can never drop it
 
@@ -170,6 +202,8 @@ class Segment(_Message, tag="SEGMENT", omit_defaults=True, frozen=True):
     overlay_options: OverlayRequest | None = None
     publish: bool = True
     sent_at: Epoch | None = None
+    pixels_at: RegionSlice | None = None  # section 12: the pixels are in shared memory, no payload frame
+    outputs_at: OutputsAt | None = None  # section 12: outputs written into shared memory instead of frames
 
 
 class Ping(_Message, tag="PING", frozen=True):
@@ -184,7 +218,31 @@ class Stats(_Message, tag="STATS", frozen=True):
     id: RequestId
 
 
-Request = Segment | Ping | Stats
+class ShmRegister(_Message, tag="SHM_REGISTER", frozen=True):
+    """An SHM_REGISTER header (section 12): the console's POSIX shared-memory object ``name``, ``size`` bytes,
+    for this connection's SEGMENTs; or, with ``fd``, the console's memfd of that number, known as ``name``.
+    Answered by SHM_REGIONS."""
+
+    id: RequestId
+    name: ShmName
+    size: Annotated[int, Meta(ge=1, le=2**48)]
+    fd: Annotated[int, Meta(ge=0, le=2**31 - 1)] | None = None  # a memfd of the console's, ipc:// only
+
+
+class ShmUnregister(_Message, tag="SHM_UNREGISTER", frozen=True):
+    """An SHM_UNREGISTER header (section 12): forget region ``name`` (all of this connection's when null)."""
+
+    id: RequestId
+    name: ShmName | None = None
+
+
+class ShmStatus(_Message, tag="SHM_STATUS", frozen=True):
+    """An SHM_STATUS header (section 12): answered by SHM_REGIONS, listing this connection's regions."""
+
+    id: RequestId
+
+
+Request = Segment | Ping | Stats | ShmRegister | ShmUnregister | ShmStatus
 
 # --- replies ----------------------------------------------------------------------------------------------
 
@@ -217,13 +275,16 @@ class Finding(Struct, frozen=True):
 
 
 class FrameInfo(Struct, frozen=True, omit_defaults=True):
-    """One payload frame of a RESULT: raw frames have dtype and shape, encoded ones their byte count."""
+    """One output of a RESULT: raw frames have dtype and shape, encoded ones their byte count. An output
+    written into shared memory (section 12) has ``region`` and ``offset`` (and ``bytes``) and no frame."""
 
     name: str
     encoding: str
     dtype: str | None = None
     shape: list[int] | None = None
     bytes: int | None = None
+    region: str | None = None
+    offset: int | None = None
 
 
 class LesionClassLoad(Struct, frozen=True):
@@ -308,6 +369,8 @@ class ModelInfo(Struct, frozen=True):
     onnx_sha256: str | None = None
     output_kind: str = "logits"
     activation: str = "softmax"
+    threads: int | None = None  # intra-op threads per worker; null: the backend's default (or not ORT)
+    threads_probe_ms: dict[str, float] | None = None  # --threads auto: median ms per thread count measured
 
 
 class WorkerHealth(Struct, frozen=True):
@@ -329,6 +392,7 @@ class Limits(Struct, frozen=True):
     max_pixels: int = 0
     max_side: int = 0
     max_decoded_bytes: int = 0  # bytes one DICOM object may decode or inflate to
+    max_shm_regions: int = 0  # shared-memory regions one connection may register (section 12)
 
 
 class EngineStatus(Struct, frozen=True):
@@ -359,6 +423,7 @@ class Pong(_Message, tag="PONG", frozen=True):
     workers: WorkerHealth = WorkerHealth()
     limits: Limits = Limits()
     engine_health: dict[str, EngineStatus] = {}
+    shared_memory: bool = False  # section 12: whether the connection this PONG answers may register regions
 
 
 class Histogram(Struct, frozen=True):
@@ -383,7 +448,22 @@ class StatsReply(_Message, tag="STATS_REPLY", frozen=True):
     runtime: str = ""
 
 
-Reply = Result | Error | Pong | StatsReply
+class RegionInfo(Struct, frozen=True):
+    """A registered shared-memory region in SHM_REGIONS: its ``name`` and registered ``size`` in bytes."""
+
+    name: str
+    size: int
+
+
+class ShmRegions(_Message, tag="SHM_REGIONS", frozen=True):
+    """An SHM_REGIONS header (section 12): the regions registered on this connection after the request."""
+
+    id: RequestId
+    regions: tuple[RegionInfo, ...] = ()
+    runtime: str = ""
+
+
+Reply = Result | Error | Pong | StatsReply | ShmRegions
 
 
 def _plain(value: Any) -> Any:
@@ -408,7 +488,7 @@ class Echo(Struct, frozen=True):
     sent_at: float | None = None
 
     @classmethod
-    def of(cls, request: Segment | Ping | Stats) -> Echo:
+    def of(cls, request: Request) -> Echo:
         """What a reply to a decoded ``request`` echoes."""
         if isinstance(request, Segment):
             return cls(request.id, request.series, request.instance, request.index, request.sent_at)
@@ -499,7 +579,10 @@ def decode_request(frames: Sequence[bytes | memoryview | Any], max_message_bytes
         )
     payload = len(frames) - 1
     if isinstance(request, Segment):
-        if payload != 1:
+        if request.pixels_at is not None:
+            if payload:
+                raise BadFramesError(f"a SEGMENT with pixels_at carries no payload frame, got {payload}")
+        elif payload != 1:
             raise BadFramesError(f"SEGMENT carries exactly one pixel frame after the header, got {payload}")
         _check_segment(request)
     elif payload:
@@ -646,6 +729,22 @@ def ping_request(request_id: RequestId) -> Ping:
 def stats_request(request_id: RequestId) -> Stats:
     """A STATS header with ``request_id``."""
     return Stats(version=PROTOCOL_VERSION, id=request_id)
+
+
+def shm_register_request(request_id: RequestId, name: str, size: int, fd: int | None = None) -> ShmRegister:
+    """An SHM_REGISTER header: region ``name`` (the shm_open name, ``/scanedge-...``) of ``size`` bytes; with
+    ``fd``, the console's memfd of that number instead, registered under ``name``."""
+    return ShmRegister(version=PROTOCOL_VERSION, id=request_id, name=name, size=size, fd=fd)
+
+
+def shm_unregister_request(request_id: RequestId, name: str | None = None) -> ShmUnregister:
+    """An SHM_UNREGISTER header for region ``name`` (None: every region of the connection)."""
+    return ShmUnregister(version=PROTOCOL_VERSION, id=request_id, name=name)
+
+
+def shm_status_request(request_id: RequestId) -> ShmStatus:
+    """An SHM_STATUS header with ``request_id``."""
+    return ShmStatus(version=PROTOCOL_VERSION, id=request_id)
 
 
 def publish_topic(series: str) -> bytes:

@@ -44,6 +44,7 @@ class Job:
     received_mono: float = field(default_factory=time.monotonic)
     deadline_mono: float | None = None
     seq: int = 0  # the I/O thread's key for this job until it is answered
+    shm: Any = None  # its shared-memory ranges (scanedge.runtime.shm.ShmJob), when the console uses them
 
     def expired(self, now: float | None = None) -> bool:
         """Whether the deadline has passed at monotonic time ``now`` (default: the current time)."""

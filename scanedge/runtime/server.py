@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import zmq
 
@@ -41,6 +42,7 @@ from scanedge.runtime.protocol import EngineStatus, ModelInfo, ModelInput
 from scanedge.runtime.scheduler import Job, LatestSliceScheduler
 from scanedge.runtime.security import CurveServerKeys
 from scanedge.runtime.series_store import SeriesStore, SeriesStoreConfig
+from scanedge.runtime.shm import SHM_MODES, RegionTable, ShmMode
 from scanedge.runtime.stats import RuntimeStats
 from scanedge.runtime.workers import Outcome, WorkerPool, run_job
 
@@ -92,6 +94,12 @@ class ServerConfig:
         linger_ms: how long unsent replies are kept when the runtime closes.
         series: how much per-series lesion-load state is kept (idle time, series and slice caps).
         keep_warm: keep-warm passes between slices at a scanner's pace (:mod:`scanedge.runtime.keep_warm`).
+        shared_memory: which consoles may register shared-memory regions (docs/protocol.md section 12):
+            ``local`` (default: consoles on ipc:// and on tcp from a loopback address), ``ipc`` (only
+            ipc://, where the kernel reports the console's user, whose objects alone it may name), ``off``.
+        shm_max_regions: shared-memory regions one connection may register.
+        also_bind: further endpoints the same ROUTER listens on (e.g. an ``ipc://`` path beside the tcp
+            port, for consoles on this host), under the same rules as ``bind``.
     """
 
     bind: str = "tcp://127.0.0.1:5555"
@@ -112,16 +120,25 @@ class ServerConfig:
     linger_ms: int = 2000
     series: SeriesStoreConfig = field(default_factory=SeriesStoreConfig)
     keep_warm: KeepWarmConfig = field(default_factory=KeepWarmConfig)
+    shared_memory: ShmMode = "local"
+    shm_max_regions: int = 16
+    also_bind: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ConfigError(f"workers must be >= 1, got {self.workers}")
+        if self.shared_memory not in SHM_MODES:
+            raise ConfigError(f"shared_memory must be one of {', '.join(SHM_MODES)}, got {self.shared_memory!r}")
+        if self.shm_max_regions < 1:
+            raise ConfigError(f"shm_max_regions must be >= 1, got {self.shm_max_regions}")
         if self.max_inflight_bytes < 1 or self.max_message_bytes < 1:
             raise ConfigError("byte limits must be positive")
         for name in ("job_timeout_s", "shutdown_grace_s", "stats_log_interval_s", "sweep_interval_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        for endpoint in filter(None, (self.bind, self.publish)):
+        if isinstance(self.also_bind, str):
+            raise TypeError("ServerConfig.also_bind is a tuple of endpoints, not one string")
+        for endpoint in filter(None, (self.bind, self.publish, *self.also_bind)):
             if not parse_endpoint(endpoint).is_loopback and self.curve is None and not self.insecure:
                 raise ConfigError(
                     f"refusing to expose {endpoint} beyond this machine without encryption: configure CurveZMQ "
@@ -134,10 +151,13 @@ class ServerConfig:
         """How consoles are protected, in words, for the start-up log line."""
         if self.curve is not None:
             return "CurveZMQ"
-        return "loopback" if parse_endpoint(self.bind).is_loopback else "INSECURE, unencrypted"
+        local = all(parse_endpoint(e).is_loopback for e in (self.bind, *self.also_bind))
+        return "loopback" if local else "INSECURE, unencrypted"
 
 
-def _model_info(m: Manifest) -> ModelInfo:
+def _model_info(m: Manifest, engine: dict[str, Any] | None = None) -> ModelInfo:
+    engine = engine or {}
+    auto = engine.get("threads_auto")
     return ModelInfo(
         name=m.name,
         version=m.version,
@@ -151,6 +171,8 @@ def _model_info(m: Manifest) -> ModelInfo:
         onnx_sha256=m.onnx_sha256,
         output_kind=m.output.kind,
         activation=m.output.activation,
+        threads=engine.get("threads"),
+        threads_probe_ms=auto["probe_ms"] if auto and auto.get("probe_ms") else None,
     )
 
 
@@ -201,6 +223,7 @@ class Server:
         self._startup_error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._endpoint: str | None = None
+        self._endpoints: tuple[str, ...] = ()
         self._publish_endpoint: str | None = None
         self._pool: WorkerPool | None = None
         self._loop: IoLoop | None = None
@@ -217,6 +240,13 @@ class Server:
         if self._endpoint is None:
             raise RuntimeStateError("the server is not running")
         return self._endpoint
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """Every endpoint the ROUTER listens on: ``bind``'s, then ``also_bind``'s (resolved like :attr:`endpoint`)."""
+        if self._endpoint is None:
+            raise RuntimeStateError("the server is not running")
+        return self._endpoints
 
     @property
     def publish_endpoint(self) -> str | None:
@@ -306,6 +336,7 @@ class Server:
             if cfg.curve is not None:
                 cfg.curve.apply(router)
             self._endpoint = _bind(router, cfg.bind)
+            self._endpoints = (self._endpoint, *(_bind(router, e) for e in cfg.also_bind))
             if cfg.publish:
                 pub = ctx.socket(zmq.PUB)
                 pub.setsockopt(zmq.SNDHWM, cfg.hwm)
@@ -340,7 +371,9 @@ class Server:
                     else f"serving UNENCRYPTED on {self._endpoint} (--insecure): patient images cross the network "
                     "in clear",
                 ),
-                models={name: _model_info(m) for name, (_, m) in self._models.items()},
+                models={
+                    name: _model_info(m, opened[0][name].engine.describe()) for name, (_, m) in self._models.items()
+                },
                 default_model=self.default_model,
                 engine=engine,
                 runtime_id=self.runtime_id,
@@ -352,6 +385,7 @@ class Server:
                 stop_requested=self._stop.is_set,
                 engine_health=self.engine_health,
                 series_store=self.series_store,
+                regions=RegionTable(cfg.shared_memory, cfg.shm_max_regions),
             )
         except BaseException as exc:  # report to start(), close everything opened so far
             self._startup_error = exc
@@ -377,7 +411,7 @@ class Server:
         log.info(
             "serving %s on %s (%s, %d worker(s), engine %s, runtime %s)%s",
             ", ".join(f"{m.name}@{m.version}" for _, m in self._models.values()),
-            self._endpoint,
+            ", ".join(self._endpoints),
             cfg.security,
             cfg.workers,
             engine,

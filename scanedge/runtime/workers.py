@@ -103,6 +103,8 @@ def run_job(
             "image": display_image(slice_) if "image" in req.outputs else None,
         }
         infos, payload, encode_ms = result_frames(req.outputs, arrays, req.overlay_encoding)
+        if job.shm is not None:  # outputs the console wants in its shared memory (protocol section 12)
+            infos, payload = job.shm.place(infos, payload)
         ident = slice_.identity
         series = req.series or ident.series_uid
         number = req.index if req.index is not None else ident.instance_number
@@ -202,6 +204,8 @@ class Worker:
                 finally:  # also when something beyond Exception ends this thread: the job is still answered
                     self.current = None
                     self._emit(job, outcome or internal_outcome(job, f"worker {self.index} died"))
+                if job.shm is not None and job.shm.pixels is not None and job.model in pipelines:
+                    pipelines[job.model].own_last()  # after the reply: off the console's critical path
         except BaseException as exc:  # the thread ends here; the supervisor starts a replacement
             log.error("inference worker %d died: %s", self.index, redacted_traceback(exc))
         finally:

@@ -45,8 +45,18 @@ def test_pipeline_bench_reports_every_stage_and_the_overhead_over_raw_ort(conv_m
     run = RunLength(count=30, warmup=2)
     r = bench_pipeline(slices, conv_model_path, options=one_thread, dicom=True, run=run, baseline=True)
     figures = r.figures()
-    assert set(figures) == {"decode", "preprocess", "infer", "postprocess", "overlay", "outside_model", "total"}
+    assert set(figures) == {
+        "decode",
+        "decode_pydicom",  # the same bytes through pydicom's Dataset, for the fast reader's comparison
+        "preprocess",
+        "infer",
+        "postprocess",
+        "overlay",
+        "outside_model",
+        "total",
+    }
     assert figures["total"].median >= figures["infer"].median
+    assert figures["decode"].median < figures["decode_pydicom"].median  # these slices take the fast path
     assert r.settings["input"] == "dicom" and r.settings["slice_shapes"] == [[512, 512]]
     baseline_p50 = r.baseline["figures"]["session.run"]["median"]  # rounded to 0.01 us in the report
     assert r.baseline["overhead_ms"]["p50"] == pytest.approx(figures["total"].median - baseline_p50, abs=1e-4)

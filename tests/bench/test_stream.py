@@ -121,3 +121,31 @@ def test_paced_against_flat_out_in_one_run(tmp_path):
     cpu = report["settings"]["server_cpu"]
     assert cpu["seconds"] > 0 and 0 < cpu["percent_of_one_core"] < 400
     assert report["settings"]["keep_warm"] is True
+
+
+def test_transports_and_payloads_side_by_side_in_one_run(tmp_path, capsys):
+    js = tmp_path / "v.json"
+    args = ["stream", "--spawn", "--size", "128x128", "--count", "30", "--warmup", "3", "--threads", "1"]
+    code = bench_main([*args, "--transport", "tcp,ipc", "--shm", "--baseline", "--json", str(js)])
+    assert code == 0
+    report = json.loads(js.read_text())
+    assert report["settings"]["variants"] == ["tcp", "tcp+shm", "ipc", "ipc+shm"]
+    assert report["counts"]["ok"] == 120 and report["counts"]["error"] == 0
+    figures = report["figures"]
+    assert figures["total"]["count"] == 30
+    for name in ("tcp+shm", "ipc", "ipc+shm"):
+        for figure in ("total", "server", "transport", "outside_model"):
+            assert figures[f"{figure}[{name}]"]["count"] == 30
+    baseline = report["baseline"]
+    assert set(baseline["variants"]) == set(baseline["outside_model_added_p50"]) == set(report["settings"]["variants"])
+    assert baseline["figures"]["in-process"]["count"] == 30
+    shown = "".join(capsys.readouterr())
+    assert "total[ipc+shm]" in shown and "added by the runtime over ipc+shm" in shown
+
+
+def test_threads_auto_is_stated_in_the_stream_report(tmp_path):
+    js = tmp_path / "a.json"
+    args = ["stream", "--spawn", "--size", "64x64", "--count", "10", "--warmup", "2", "--threads", "auto"]
+    assert bench_main([*args, "--json", str(js)]) == 0
+    engine = json.loads(js.read_text())["engine"]
+    assert isinstance(engine["threads"], int)
