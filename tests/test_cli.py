@@ -51,12 +51,31 @@ def test_inspect_prints_io_and_manifest(conv_model_path, capsys):
     assert info["inputs"] == [{"name": "image", "dtype": "float32", "shape": [1, 1, 256, 256]}]
 
 
-def test_missing_manifest_tells_the_user_what_to_run(tmp_path, capsys):
+def test_missing_manifest_tells_the_user_what_to_run_after_the_graphs_inputs_and_outputs(tmp_path, capsys):
     path = tmp_path / "bare.onnx"
     onnx.save(conv_model(), str(path))
     assert main(["inspect", str(path)]) == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "input  image: float32 [1, 1, 256, 256]" in out and "output logits: float32 [1, 2, 256, 256]" in out
     assert "MANIFEST_MISSING" in err and "scanedge manifest init" in err
+    assert main(["inspect", str(path), "--json"]) == 2
+    info = json.loads(capsys.readouterr().out)
+    assert info["manifest"] is None and info["inputs"][0]["name"] == "image"
+
+
+def test_manifest_init_writes_the_scope_from_flags(tmp_path, capsys):
+    path = tmp_path / "bare.onnx"
+    onnx.save(conv_model(), str(path))
+    scope = ["--modalities", "ct", "--body-parts", "CHEST,LUNG", "--pixel-spacing", "0.3,1.5", "--not-for-clinical-use"]
+    assert main(["manifest", "init", str(path), "--name", "lungs", "--classes", "bg,nodule", *scope]) == 0
+    manifest, _ = load_manifest(path)
+    assert manifest.applies_to.modalities == ("CT",) and manifest.applies_to.body_parts == ("CHEST", "LUNG")
+    assert manifest.applies_to.pixel_spacing_mm == (0.3, 1.5) and manifest.not_for_clinical_use
+    assert main(["inspect", str(path)]) == 0
+    assert "scope: CT images (body part CHEST or LUNG, pixel spacing 0.3-1.5 mm)" in capsys.readouterr().out
+    out = tmp_path / "out"
+    assert main(["segment", dicom_file("MR_small.dcm"), "--model", str(path), "--out", str(out)]) == 2
+    assert "OUT_OF_SCOPE" in capsys.readouterr().err
 
 
 def test_manifest_init_embeds_and_the_model_then_runs(tmp_path):

@@ -48,7 +48,14 @@ from scanedge.imaging.dicom_dataset import (
     _where,
     read_dataset,
 )
-from scanedge.imaging.slices import DEFAULT_LIMITS, Slice, SliceGeometry, SliceIdentity, SliceLimits
+from scanedge.imaging.slices import (
+    DEFAULT_LIMITS,
+    Slice,
+    SliceAcquisition,
+    SliceGeometry,
+    SliceIdentity,
+    SliceLimits,
+)
 
 __all__ = [
     "SUPPORTED_PHOTOMETRIC",
@@ -234,6 +241,7 @@ def _slices(ds: Any, limits: SliceLimits, max_frames: int, where: str) -> list[S
             pixels = apply_color_lut(pixels, ds)
     with _reading(where, "the per-frame attributes (geometry, rescale, window)"):
         groups = _functional_groups(ds)
+        acquisition = _acquisition(ds, photometric)
         slices = []
         for index in range(pixels.shape[0]):
             frame = np.ascontiguousarray(pixels[index])
@@ -257,9 +265,25 @@ def _slices(ds: Any, limits: SliceLimits, max_frames: int, where: str) -> list[S
                     window_center=center,
                     window_width=width,
                     limits=limits,
+                    acquisition=acquisition,
                 )
             )
     return slices
+
+
+def _acquisition(ds: Any, photometric: str) -> SliceAcquisition:
+    """What kind of image the object holds (body part, image type, series name): what scopes test."""
+    image_type = _value(ds, "ImageType")
+    if isinstance(image_type, str):
+        image_type = image_type.split("\\")
+    values = tuple(str(v) for v in list(image_type or ())[:16])
+    return SliceAcquisition(
+        body_part=str(_value(ds, "BodyPartExamined", "") or ""),
+        image_type=values,
+        photometric=photometric,
+        series_number=_int_or_none(_value(ds, "SeriesNumber")),
+        series_description=str(_value(ds, "SeriesDescription", "") or ""),
+    )
 
 
 def _decode(ds: Any, photometric: str, layout: _Layout, where: str) -> np.ndarray:
@@ -518,6 +542,15 @@ def dataset_from_slice(
     ds.SeriesInstanceUID = series_uid or ident.series_uid or generate_uid()
     ds.StudyInstanceUID = study_uid or generate_uid()
     ds.Modality = ident.modality or "OT"
+    acq = slice_.acquisition
+    if acq.body_part:
+        ds.BodyPartExamined = acq.body_part
+    if acq.image_type:
+        ds.ImageType = list(acq.image_type)
+    if acq.series_number is not None:
+        ds.SeriesNumber = acq.series_number
+    if acq.series_description:
+        ds.SeriesDescription = acq.series_description
     if ident.instance_number is not None:
         ds.InstanceNumber = ident.instance_number
     if geo.pixel_spacing is not None:

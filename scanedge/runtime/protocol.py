@@ -107,6 +107,7 @@ Epoch = Annotated[float, Meta(ge=0.0, le=1e11)]
 DeadlineMs = Annotated[float, Meta(gt=0.0, le=86_400_000.0)]
 OutputName = Literal["mask", "overlay", "probabilities"]
 Count = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+CodeString = Annotated[str, Meta(min_length=1, max_length=16, pattern=r"^[A-Za-z0-9_ ]+$")]  # DICOM CS
 
 
 class Geometry(Struct, frozen=True, omit_defaults=True):
@@ -167,6 +168,9 @@ class Segment(_Message, tag="SEGMENT", omit_defaults=True, frozen=True):
     overlay_options: OverlayRequest | None = None
     publish: bool = True
     sent_at: Epoch | None = None
+    modality: CodeString | None = None  # DICOM Modality of raw pixels, checked against the model's scope
+    body_part: CodeString | None = None  # DICOM Body Part Examined, likewise
+    ignore_scope: bool = False  # research use: segment a slice outside the model's scope anyway
 
 
 class Ping(_Message, tag="PING", frozen=True):
@@ -241,6 +245,8 @@ class Result(_Message, tag="RESULT", frozen=True):
     received_at: float | None = None
     replied_at: float | None = None
     runtime: str = ""
+    scope: str = ""  # "in", "unchecked" or "outside" (the last only with ignore_scope); "" from older runtimes
+    scope_detail: str = ""  # for "outside": what the model expects and what the slice is
 
 
 class Error(_Message, tag="ERROR", frozen=True):
@@ -562,6 +568,8 @@ def result_reply(
     frames: Sequence[FrameInfo],
     received_at: float,
     runtime: str,
+    scope: str = "",
+    scope_detail: str = "",
 ) -> Result:
     """A RESULT header; the payload frames follow it in the order of ``frames``."""
     return Result(
@@ -579,6 +587,8 @@ def result_reply(
         received_at=received_at,
         replied_at=time.time(),
         runtime=runtime,
+        scope=scope,
+        scope_detail=scope_detail,
     )
 
 

@@ -91,7 +91,11 @@ def run_job(
         slice_ = slice_from_request(req, job.payload.buffer, limits)
         decode_ms = (time.perf_counter() - t0) * 1e3
         want_overlay = "overlay" in req.outputs
-        result = pipe.run(slice_, overlay=(overlay_options(req, overlay) or True) if want_overlay else False)
+        result = pipe.run(
+            slice_,
+            overlay=(overlay_options(req, overlay) or True) if want_overlay else False,
+            ignore_scope=req.ignore_scope,
+        )
         arrays = {"mask": result.mask, "overlay": result.overlay, "probabilities": result.probabilities}
         infos, payload, encode_ms = result_frames(req.outputs, arrays, req.overlay_encoding)
         t = result.timings
@@ -120,6 +124,8 @@ def run_job(
             frames=infos,
             received_at=job.received_at,
             runtime=runtime,
+            scope=result.scope.status,
+            scope_detail=result.scope.detail,
         )
     except ScanedgeError as exc:
         if failure_log is None or failure_log.allow(exc.code):
