@@ -30,7 +30,11 @@ need to catch :class:`ScanedgeError` (or one of its families)::
     │   ├── NonFiniteOutputError        the model produced NaN or infinite values for this input
     │   ├── EngineTimeoutError          inference ran past the runtime's job timeout (a wedged worker)
     │   ├── DeviceUnavailableError      no GPU / no TensorRT / an engine built for another GPU
-    │   └── CudaError                   a CUDA call failed on a GPU that is present
+    │   ├── CudaError                   a CUDA call failed on a GPU that is present
+    │   └── RemoteEngineError           a serving engine (Open Inference Protocol) failed the request
+    │       ├── RemoteUnavailableError    not reachable, or no answer in time, after the retries
+    │       ├── RemoteModelError          that model or version is not loaded, or not ready, there
+    │       └── RemoteRejectedError       the server refused the request (tensors, size, credentials)
     ├── ConversionError               building or verifying an engine failed
     ├── ProtocolError                 a wire message that breaks docs/protocol.md
     │   ├── UnsupportedVersionError     protocol version not spoken
@@ -94,7 +98,11 @@ __all__ = [
     "OutOfScopeError",
     "ProtocolError",
     "ProviderUnavailableError",
+    "RemoteEngineError",
     "RemoteError",
+    "RemoteModelError",
+    "RemoteRejectedError",
+    "RemoteUnavailableError",
     "RequestError",
     "RequestTimeoutError",
     "RuntimeStateError",
@@ -271,6 +279,32 @@ class CudaError(EngineError):
     """A CUDA call failed on a GPU that is present (out of memory, a failed launch): this call, not the machine."""
 
     code = "CUDA_ERROR"
+
+
+class RemoteEngineError(EngineError):
+    """A serving engine (Triton, KServe, MLServer) that runs the model for this runtime failed; the
+    message names its address and what it said."""
+
+    code = "REMOTE_FAILED"
+
+
+class RemoteUnavailableError(RemoteEngineError):
+    """The serving engine cannot be reached, or did not answer within the timeout, after the retries: the
+    remote counterpart of DEVICE_UNAVAILABLE."""
+
+    code = "REMOTE_UNAVAILABLE"
+
+
+class RemoteModelError(RemoteEngineError):
+    """The serving engine is up but does not have this model (or version) loaded and ready."""
+
+    code = "REMOTE_MODEL_UNAVAILABLE"
+
+
+class RemoteRejectedError(RemoteEngineError):
+    """The serving engine refused the request itself: tensor names, types or shapes, size, or credentials."""
+
+    code = "REMOTE_REJECTED"
 
 
 class ConversionError(ScanedgeError):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 
 from scanedge.console import LazyProgress, make_console, run_command, user_values
+from scanedge.engines.options import BACKENDS
 from scanedge.errors import ConfigError
 
 if TYPE_CHECKING:  # the bench modules are imported lazily, by the command that runs
@@ -32,10 +33,19 @@ def _run_length(args: argparse.Namespace) -> RunLength:
 
 
 def _engine_options(args: argparse.Namespace, **changes: Any) -> EngineOptions:
-    """The engine settings the command line asked for, as the library's one options object."""
-    from scanedge.engines import EngineOptions
+    """The engine settings the command line asked for, as the library's one options object (``--remote``
+    picks the remote backend, as for ``scanedge``)."""
+    from scanedge.engines import EngineOptions, RemoteOptions
 
-    return EngineOptions(**{"backend": args.backend, "threads": args.threads, **changes})
+    backend, remote = args.backend, None
+    if getattr(args, "remote", None) is not None:
+        if backend not in ("auto", "remote"):
+            raise ConfigError(f"--remote sends inference to a server; it does not go with --backend {backend}")
+        backend = "remote"
+        with user_values():
+            remote = RemoteOptions(args.remote, insecure=args.remote_insecure)
+    with user_values():
+        return EngineOptions(**{"backend": backend, "threads": args.threads, "remote": remote, **changes})
 
 
 def _emit(report: BenchReport, args: argparse.Namespace, console: Any) -> int:
@@ -97,6 +107,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         raise ConfigError("give exactly one of --spawn or --endpoint URL")
     console = make_console()
     slices = bench_slices(parse_size(args.size), args.series)
+    versus = _engine_options(args, spinning=False, backend="ort", remote=None) if args.versus_local else None
     with user_values():
         settings = StreamSettings(
             endpoint=args.endpoint,
@@ -111,8 +122,14 @@ def cmd_stream(args: argparse.Namespace) -> int:
             dicom=args.dicom,
             run=_run_length(args),
             baseline=args.baseline,
+            runtimes=args.runtimes,
+            versus=versus,
         )
-    where = "a spawned runtime" if args.spawn else escape(args.endpoint)
+    where = f"{args.runtimes} spawned runtime(s)" if args.spawn else escape(args.endpoint)
+    if settings.engine.remote is not None:
+        where += f" on {escape(settings.engine.remote.url)}"
+    if versus is not None:
+        where += ", side by side with a spawned runtime on the local engine"
     rate = f"{args.rate:g} slices/s per console" if args.rate else "flat out"
     console.print(f"streaming to {where}: {args.consoles} console(s), {rate}")
     with LazyProgress(console, "stream") as progress:
@@ -208,7 +225,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--backend",
         "--engine",
         dest="backend",
-        choices=("auto", "ort", "tensorrt"),
+        choices=BACKENDS,
         default="auto",
         help="inference backend (default auto: a matching TensorRT plan if there is one, else ONNX Runtime)",
     )
@@ -218,6 +235,17 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", action="store_true", help="also time raw ONNX Runtime session.run, interleaved")
     p.add_argument("--json", type=Path, help="write the full report (schema scanedge.bench/1) here")
     p.add_argument("--plot", type=Path, help="write a latency histogram + timeline PNG here")
+    _add_remote(p)
+
+
+def _add_remote(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--remote",
+        metavar="URL",
+        default=None,
+        help="run the model on this Open Inference Protocol server (the remote backend): grpc://HOST:PORT[/MODEL]",
+    )
+    p.add_argument("--remote-insecure", action="store_true", help="allow plain gRPC beyond loopback")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,6 +285,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outputs", default="mask,overlay", help="reply frames: mask,overlay,probabilities")
     p.add_argument("--overlay-encoding", choices=("raw", "jpeg", "png"), default="raw")
     p.add_argument("--deadline-ms", type=float, default=None, help="per-request deadline")
+    p.add_argument(
+        "--runtimes", type=int, default=1, help="spawned runtimes; console k talks to runtime k %% N (default 1)"
+    )
+    p.add_argument(
+        "--versus-local",
+        action="store_true",
+        help="also spawn a runtime on the local ONNX Runtime engine and drive both in alternating blocks (one "
+        "console, flat out): the side-by-side cost of --remote",
+    )
     _add_common(p)
     p.set_defaults(func=cmd_stream)
 
@@ -281,10 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend",
         "--engine",
         dest="backend",
-        choices=("auto", "ort", "tensorrt"),
+        choices=BACKENDS,
         default="auto",
         help="backend of a spawned runtime (default auto)",
     )
+    _add_remote(p)
     p.add_argument("--json", type=Path, help="write the full report (schema scanedge.soak/1) here")
     p.set_defaults(func=cmd_soak)
 

@@ -114,7 +114,7 @@ def bench_engine(
     ``baseline_model`` does that for another model instead (e.g. the fp32 original of an int8 engine).
     """
     path = Path(model)
-    eng = open_engine(path, options)
+    eng = open_engine(path, options, name=_model_info(path).get("name"))
     with eng:
         spec = eng.input_specs[0]
         dims = list(shape) if shape else list(spec.shape)

@@ -6,7 +6,11 @@ in their latency instead of disappearing (coordinated omission). Without a rate 
 loop ("flat out"): the next slice goes as soon as the previous answer is back.
 
 ``--spawn`` starts ``scanedge serve`` in a separate process (as in production: no shared interpreter
-lock with the load generator) and samples its resident memory during the run.
+lock with the load generator) and samples its resident memory during the run; ``runtimes`` > 1 spawns
+several, and console ``k`` talks to runtime ``k % runtimes`` (with a remote engine: one runtime per
+console next to its scanner, all sharing one inference server). ``versus`` spawns one more runtime with
+other engine settings (e.g. the local engine against the remote one) and drives it in alternating blocks
+with the same slices in the same run, so that the difference is the engines', not the machine's mood.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 from scanedge.bench.inprocess import RunLength, baseline_block, drive
 from scanedge.bench.report import BenchReport
-from scanedge.bench.stats import RunMonitor
-from scanedge.engines import EngineOptions
+from scanedge.bench.stats import RunMonitor, summarize
+from scanedge.engines import EngineOptions, RemoteOptions
 from scanedge.errors import BusyError, ExpiredError, ScanedgeError, SupersededError
 from scanedge.imaging.dicom import encode_dicom
 from scanedge.imaging.slices import Slice
@@ -72,10 +76,20 @@ class StreamSettings:
     dicom: bool = False
     run: RunLength = field(default_factory=RunLength)
     baseline: bool = False
+    #: spawned runtimes; console k talks to runtime k % runtimes
+    runtimes: int = 1
+    #: engine settings of one more spawned runtime driven side by side (alternating blocks), or None
+    versus: EngineOptions | None = None
 
     def __post_init__(self) -> None:
         if self.consoles < 1 or (self.rate is not None and self.rate <= 0):
             raise ValueError("consoles must be >= 1 and rate > 0")
+        if self.runtimes < 1 or (self.endpoint is not None and self.runtimes != 1):
+            raise ValueError("runtimes must be >= 1, and more than one only when they are spawned")
+        if self.versus is not None and (
+            self.endpoint is not None or self.consoles != 1 or self.rate is not None or self.baseline
+        ):
+            raise ValueError("a side-by-side runtime needs --spawn, one console, no --rate and no --baseline")
 
 
 def _free_port() -> int:
@@ -113,6 +127,8 @@ class SpawnedRuntime:
             cmd += ["--threads", str(engine.threads)]
         if engine.spinning:
             cmd += ["--spinning"]
+        if engine.remote is not None:
+            cmd += _remote_flags(engine.remote)
         # its log goes to a file: a pipe nobody reads fills up and stalls the runtime mid-run
         self._log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log)
@@ -174,6 +190,22 @@ class SpawnedRuntime:
         self.close()
 
 
+def _remote_flags(remote: RemoteOptions) -> list[str]:
+    """``scanedge serve`` flags that stand for ``remote``."""
+    url = f"{'grpcs' if remote.tls else 'grpc'}://{remote.address}"
+    if remote.model:
+        url += f"/{remote.model}" + (f"/{remote.version}" if remote.version else "")
+    flags = ["--remote", url, "--remote-timeout", str(remote.timeout_s), "--remote-retries", str(remote.retries)]
+    for flag, path in (
+        ("--remote-ca", remote.tls_ca),
+        ("--remote-cert", remote.tls_cert),
+        ("--remote-key", remote.tls_key),
+    ):
+        if path is not None:
+            flags += [flag, str(path)]
+    return flags + (["--remote-insecure"] if remote.insecure else [])
+
+
 class _Recorder:
     """Collects per-request outcomes from the clients' I/O threads."""
 
@@ -220,42 +252,55 @@ def _payloads(slices: Sequence[Slice], dicom: bool) -> list[Any]:
 
 
 def bench_stream(slices: Sequence[Slice], settings: StreamSettings, progress: Progress | None = None) -> BenchReport:
-    """Stream ``slices`` (cycled) to ``settings.endpoint``, or to a runtime spawned for the run, and report
-    end-to-end latency per request with the runtime's own stage timings and the transport between them.
+    """Stream ``slices`` (cycled) to ``settings.endpoint``, or to runtimes spawned for the run, and report
+    end-to-end latency per request with the runtime's own stage timings and the transport between them;
+    with ``settings.versus`` a second runtime on another backend is measured side by side in the same run.
 
     ``progress(done, expected)`` is called as requests complete.
     """
-    spawned = None
-    endpoint = settings.endpoint
-    if endpoint is None:
-        spawned = SpawnedRuntime(settings.model, settings.engine, settings.workers)
-        endpoint = spawned.endpoint
+    spawned: list[SpawnedRuntime] = []
+    versus = None
+    endpoints = [settings.endpoint] if settings.endpoint is not None else []
     try:
-        if spawned is not None:
-            pong = spawned.wait_ready()
+        if settings.endpoint is None:
+            spawned = [
+                SpawnedRuntime(settings.model, settings.engine, settings.workers) for _ in range(settings.runtimes)
+            ]
+            endpoints = [r.endpoint for r in spawned]
+            if settings.versus is not None:
+                versus = SpawnedRuntime(settings.model, settings.versus, settings.workers)
+            pongs = [r.wait_ready() for r in spawned]
+            pong = pongs[0]
+            if versus is not None:
+                versus.wait_ready()
         else:
-            with Client(endpoint, ClientConfig(timeout_s=5.0, retries=0)) as probe:
+            with Client(settings.endpoint, ClientConfig(timeout_s=5.0, retries=0)) as probe:
                 pong = probe.ping()
-        report = _run(slices, settings, endpoint, pong, progress, spawned)
+        report = _run(slices, settings, endpoints, pong, progress, spawned[0] if spawned else None, versus)
     finally:
-        code = spawned.close() if spawned else None
-    if spawned is not None:
-        report.settings["spawned_exit_code"] = code
+        codes = [r.close() for r in spawned]
+        if versus is not None:
+            codes.append(versus.close())
+    if spawned:
+        report.settings["spawned_exit_code"] = next((c for c in codes if c), codes[0])
     return report
 
 
 def _run(
     slices: Sequence[Slice],
     settings: StreamSettings,
-    endpoint: str,
+    endpoints: list[str],
     pong: Pong,
     progress: Progress | None,
     spawned: SpawnedRuntime | None,
+    versus: SpawnedRuntime | None,
 ) -> BenchReport:
     run = settings.run
     payloads = _payloads(slices, settings.dicom)
     rec = _Recorder()
-    clients = [Client(endpoint, ClientConfig(timeout_s=30.0)) for _ in range(settings.consoles)]
+    clients = [Client(endpoints[k % len(endpoints)], ClientConfig(timeout_s=30.0)) for k in range(settings.consoles)]
+    versus_client = Client(versus.endpoint, ClientConfig(timeout_s=30.0)) if versus is not None else None
+    versus_rec = _Recorder()
     local_pipe = None
     baseline: list[float] = []
     if settings.baseline:
@@ -270,12 +315,18 @@ def _run(
         "publish": False,
     }
     try:
-        for i in range(min(run.warmup, 50)):  # warm up connections and the runtime
+        for i in range(min(run.warmup, 50)):  # warm up connections and the runtime(s)
             clients[i % len(clients)].segment(payloads[i % len(payloads)], **kw)
+            if versus_client is not None:
+                versus_client.segment(payloads[i % len(payloads)], **kw)
         monitor = RunMonitor()
         start = time.perf_counter()
         total = run.count if run.duration_s is None else None
-        if settings.rate is None and settings.consoles == 1 and local_pipe is not None:
+        if versus_client is not None:
+            sent = _closed_loop_side_by_side(
+                clients[0], versus_client, payloads, kw, rec, versus_rec, run, start, progress
+            )
+        elif settings.rate is None and settings.consoles == 1 and local_pipe is not None:
             sent = _closed_loop_with_baseline(clients[0], payloads, kw, rec, run, start, local_pipe, baseline, progress)
         else:
             if local_pipe is not None:  # fixed rate or several consoles: the baseline goes first
@@ -291,6 +342,8 @@ def _run(
     finally:
         for c in clients:
             c.close()
+        if versus_client is not None:
+            versus_client.close()
         if local_pipe is not None:
             local_pipe.close()
     samples = {k: v for k, v in rec.samples.items() if v}
@@ -298,7 +351,7 @@ def _run(
     report = BenchReport(
         mode="stream",
         settings={
-            "endpoint": endpoint if settings.endpoint else "spawned",
+            "endpoint": settings.endpoint or "spawned",
             "rate_per_console": settings.rate,
             "consoles": settings.consoles,
             "outputs": list(settings.outputs),
@@ -311,9 +364,19 @@ def _run(
             "threads": settings.engine.threads,
             "workers": settings.workers,
             "baseline": settings.baseline,
+            "runtimes": len(endpoints),
+            "versus": None if settings.versus is None else settings.versus.backend,
         },
         samples=samples,
-        engine={"backend": pong.engine, "server": pong.server},
+        engine={
+            "backend": pong.engine,
+            "server": pong.server,
+            **(
+                {"targets": sorted({h.target for h in pong.engine_health.values() if h.target})}
+                if pong.engine_health
+                else {}
+            ),
+        },
         model={"name": model.name, "version": model.version, "sha256": model.onnx_sha256},
         counts=dict(rec.counts),
         throughput_per_s=rec.counts["ok"] / wall if wall > 0 else None,
@@ -329,6 +392,17 @@ def _run(
             "the in-process pipeline, same slices, outputs and engine settings, same run",
             "in-process",
         )
+    if versus_rec.samples["total"] and samples.get("total"):
+        report.baseline = baseline_block(
+            versus_rec.samples["total"],
+            samples["total"],
+            f"a second spawned runtime on the {settings.versus.backend} engine, same slices and outputs, "  # type: ignore[union-attr]
+            f"alternating blocks of {STREAM_BASELINE_BLOCK}, same run",
+            f"{settings.versus.backend} runtime",  # type: ignore[union-attr]
+        )
+        name = f"{settings.versus.backend} runtime: server infer"  # type: ignore[union-attr]
+        report.baseline["samples"][name] = [round(v, 4) for v in versus_rec.samples["infer"]]
+        report.baseline["figures"][name] = summarize(versus_rec.samples["infer"]).to_dict()
     if spawned is not None and spawned.rss_mb:
         rss = spawned.rss_mb
         tail = rss[len(rss) // 2 :]
@@ -386,6 +460,39 @@ def _closed_loop_with_baseline(
 
     sent, _, samples = drive(run, measured, in_process, progress, block=STREAM_BASELINE_BLOCK)
     baseline.extend(samples)
+    return sent
+
+
+def _closed_loop_side_by_side(
+    client: Client,
+    versus_client: Client,
+    payloads: Sequence[Any],
+    kw: dict[str, Any],
+    rec: _Recorder,
+    versus_rec: _Recorder,
+    run: RunLength,
+    start: float,
+    progress: Progress | None,
+) -> int:
+    """One console, flat out, alternating long blocks between the measured runtime and the versus runtime."""
+
+    def one(c: Client, recorder: _Recorder, i: int) -> None:
+        t = time.perf_counter()
+        future = c.submit(payloads[i % len(payloads)], series="console-0", **kw)
+        future.add_done_callback(recorder.callback(t, t, start))
+        try:
+            future.result(60)
+        except ScanedgeError:
+            pass
+
+    sent, _, _ = drive(
+        run,
+        lambda i: one(client, rec, i),
+        lambda k: one(versus_client, versus_rec, k),
+        progress,
+        block=STREAM_BASELINE_BLOCK,
+    )
+    _wait_all(versus_rec, sent, timeout=60)
     return sent
 
 

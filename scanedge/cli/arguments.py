@@ -30,6 +30,7 @@ __all__ = [
     "add_limit_args",
     "add_model_args",
     "add_overlay_args",
+    "add_remote_args",
     "engine_options",
     "literal",
     "overlay_options",
@@ -38,11 +39,12 @@ __all__ = [
     "parse_size",
     "pipeline_config",
     "read_slices",
+    "remote_options",
     "slice_limits",
     "split_list",
 ]
 
-ENGINE_CHOICES = ("auto", "ort", "tensorrt")
+ENGINE_CHOICES = ("auto", "ort", "tensorrt", "remote")
 DEFAULT_MAX_PIXELS = 4096 * 4096
 
 T = TypeVar("T")
@@ -74,17 +76,65 @@ def add_engine_args(
         dest="backend",
         choices=ENGINE_CHOICES,
         default="auto",
-        help="inference backend (default auto: a matching TensorRT plan if there is one, else ONNX Runtime)",
+        help="inference backend (default auto: a matching TensorRT plan if there is one, else ONNX Runtime; "
+        "remote: a serving engine, see --remote)",
     )
     g.add_argument("--threads", type=int, default=None, help=threads_help)
+    add_remote_args(p)
+
+
+def add_remote_args(p: argparse.ArgumentParser) -> None:
+    """--remote URL and its settings: inference on a serving engine over the Open Inference Protocol."""
+    g = p.add_argument_group("remote engine (Triton, KServe, MLServer over the Open Inference Protocol)")
+    g.add_argument(
+        "--remote",
+        metavar="URL",
+        default=None,
+        help="grpc://HOST:PORT[/MODEL[/VERSION]] (grpcs:// for TLS); implies --backend remote. Without MODEL, "
+        "each model is asked for under its manifest's name, the name export-triton gives it",
+    )
+    g.add_argument("--remote-timeout", type=float, default=10.0, help="seconds per remote call (default 10)")
+    g.add_argument("--remote-retries", type=int, default=2, help="retries while the server is UNAVAILABLE (default 2)")
+    g.add_argument("--remote-ca", type=Path, default=None, help="TLS: CA certificate(s) of the server (PEM)")
+    g.add_argument("--remote-cert", type=Path, default=None, help="TLS: client certificate chain (PEM)")
+    g.add_argument("--remote-key", type=Path, default=None, help="TLS: client private key (PEM)")
+    g.add_argument(
+        "--remote-insecure",
+        action="store_true",
+        help="allow plain gRPC to a server beyond this machine (images cross the network unencrypted)",
+    )
+
+
+def remote_options(args: argparse.Namespace) -> Any:
+    """RemoteOptions from --remote and its settings; None without --remote."""
+    if getattr(args, "remote", None) is None:
+        return None
+    from scanedge.engines import RemoteOptions
+
+    with user_values():
+        return RemoteOptions(
+            args.remote,
+            timeout_s=args.remote_timeout,
+            retries=args.remote_retries,
+            tls_ca=args.remote_ca,
+            tls_cert=args.remote_cert,
+            tls_key=args.remote_key,
+            insecure=args.remote_insecure,
+        )
 
 
 def engine_options(args: argparse.Namespace, **changes: Any) -> EngineOptions:
-    """The engine the command line asked for, as the library's one options object."""
+    """The engine the command line asked for, as the library's one options object (``--remote`` picks the
+    remote backend unless another one was asked for, which is then an error)."""
     from scanedge.engines import EngineOptions
 
+    backend, remote = args.backend, remote_options(args)
+    if remote is not None and backend == "auto":
+        backend = "remote"
+    elif remote is not None and backend != "remote":
+        raise ConfigError(f"--remote sends inference to a server; it does not go with --backend {backend}")
     with user_values():
-        return EngineOptions(**{"backend": args.backend, "threads": args.threads, **changes})
+        return EngineOptions(**{"backend": backend, "threads": args.threads, "remote": remote, **changes})
 
 
 def add_overlay_args(p: argparse.ArgumentParser) -> None:

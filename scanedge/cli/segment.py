@@ -34,7 +34,8 @@ def _open_pipeline(args: argparse.Namespace, console: Any) -> Pipeline:
     with console.status("loading the model and warming up the engine ..."):
         pipe = Pipeline.open(args.model, manifest=args.manifest, options=engine_options(args), config=config)
     man = pipe.manifest
-    providers = pipe.engine.describe().get("providers", "")
+    info = pipe.engine.describe()
+    providers = info.get("providers") or info.get("target", "")
     console.print(
         f"model [bold]{literal(man.name)}[/] {literal(man.version)} on {pipe.engine.backend} {literal(providers)}"
     )

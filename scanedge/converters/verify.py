@@ -132,7 +132,7 @@ def measure_engine_file(
     if [c.name for c in manifest.classes] != [c.name for c in ref_manifest.classes]:
         raise ConfigError("the engine and the reference model have different classes; they cannot be compared")
     with (
-        open_engine(engine_path, options, onnx_sha256=manifest.onnx_sha256) as cand,
+        open_engine(engine_path, options, onnx_sha256=manifest.onnx_sha256, name=manifest.name) as cand,
         open_engine(reference_path, EngineOptions(backend="ort", threads=options.threads)) as ref,
     ):
         return manifest, measure_agreement(cand, ref, ref_manifest, slices)

@@ -1,8 +1,9 @@
-"""Inference backends behind one contract (:class:`Engine`): ONNX Runtime, and TensorRT on NVIDIA GPUs.
+"""Inference backends behind one contract (:class:`Engine`): ONNX Runtime, TensorRT on NVIDIA GPUs, and a
+serving engine elsewhere (Triton, KServe, MLServer) over the Open Inference Protocol.
 
-How a model runs is one frozen :class:`EngineOptions` (backend, threads, providers, ...), passed intact
-from the caller to :func:`open_engine` and on to the engine. "Engine" means the object that runs a
-model; "backend" (``auto``/``ort``/``tensorrt``) means which kind of engine.
+How a model runs is one frozen :class:`EngineOptions` (backend, threads, providers, remote server, ...),
+passed intact from the caller to :func:`open_engine` and on to the engine. "Engine" means the object that
+runs a model; "backend" (``auto``/``ort``/``tensorrt``/``remote``) means which kind of engine.
 
 Importing this package switches ONNX Runtime's telemetry off for the process (see
 :mod:`scanedge.engines.ort_session`); it does so before anything in scanedge imports ONNX Runtime.
@@ -15,9 +16,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from scanedge.engines.base import Engine, TensorSpec
+from scanedge.engines.base import Engine, EngineHealth, TensorSpec
 from scanedge.engines.onnxruntime import OnnxRuntimeEngine
-from scanedge.engines.options import BACKENDS, Backend, EngineOptions
+from scanedge.engines.options import BACKENDS, Backend, EngineOptions, RemoteOptions
 from scanedge.engines.ort_session import OrtSessionLoader
 from scanedge.errors import ConfigError, DeviceUnavailableError
 
@@ -26,9 +27,11 @@ __all__ = [
     "PLAN_SUFFIXES",
     "Backend",
     "Engine",
+    "EngineHealth",
     "EngineOptions",
     "OnnxRuntimeEngine",
     "OrtSessionLoader",
+    "RemoteOptions",
     "TensorSpec",
     "find_matching_plan",
     "open_engine",
@@ -77,9 +80,12 @@ def open_engine(
     *,
     onnx_sha256: str | None = None,
     warmup_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    name: str | None = None,
 ) -> Engine:
     """An inactive engine for ``model`` (call ``activate()`` or use ``with``), chosen by ``options.backend``.
 
+    ``remote`` sends the tensors to the serving engine in ``options.remote``, which runs the model it
+    knows as ``name`` (the manifest's name; the URL may override it); the local file is not loaded.
     ``ort`` runs an ONNX file with ONNX Runtime. ``tensorrt`` runs a plan file (``.engine``/``.plan``), or
     the plan built from the ONNX graph ``onnx_sha256`` for this GPU that lies beside an ONNX file.
     ``auto``: a plan file runs on TensorRT; an ONNX file runs on such a matching plan if there is one,
@@ -88,6 +94,11 @@ def open_engine(
     """
     if not isinstance(options, EngineOptions):
         raise TypeError(f"options must be EngineOptions, got {type(options).__name__}")
+    if options.backend == "remote":
+        from scanedge.engines.remote import RemoteEngine
+
+        assert options.remote is not None  # EngineOptions refuses backend="remote" without it
+        return RemoteEngine(options.remote, model=name, warmup_runs=options.warmup_runs, warmup_shapes=warmup_shapes)
     path = Path(model)
     is_plan = path.suffix.lower() in PLAN_SUFFIXES
     if options.backend == "ort" and is_plan:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from scanedge.errors import EngineError, EngineInputError, EngineStateError, ScanedgeError
 
-__all__ = ["Engine", "TensorSpec"]
+__all__ = ["Engine", "EngineHealth", "HealthStatus", "TensorSpec"]
 
 Dim = int | str | None
 
@@ -46,6 +46,27 @@ class TensorSpec:
         if len(shape) != len(self.shape):
             return False
         return all(not isinstance(d, int) or d < 0 or d == s for d, s in zip(self.shape, shape))
+
+
+#: ``ok``: it can run the model now; ``unavailable``: it cannot (a remote server down, its model not ready);
+#: ``inactive``: not activated, or deactivated
+HealthStatus = Literal["ok", "unavailable", "inactive"]
+
+
+@dataclass(frozen=True)
+class EngineHealth:
+    """Whether an engine can run its model now, as the runtime reports it in PONG.
+
+    A local engine is ``ok`` while active; a remote one follows its server (every call, and a periodic
+    probe while idle). ``code`` and ``message`` say why it is not ok; ``since`` (Unix epoch seconds) is
+    when the status last changed; ``target`` is where the model runs when that is elsewhere.
+    """
+
+    status: HealthStatus  # "ok", "unavailable" or "inactive"
+    code: str | None = None
+    message: str = ""
+    since: float | None = None
+    target: str = ""
 
 
 class Engine(abc.ABC):
@@ -146,6 +167,13 @@ class Engine(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """What a report should say about this engine (backend, device, versions)."""
         return {"backend": self.backend, "name": self.name}
+
+    def health(self) -> EngineHealth:
+        """Whether the engine can run its model now. Safe to call from any thread, and never blocks.
+
+        Local engines are ``ok`` while active; a backend that depends on something outside the process
+        (a remote server) overrides this."""
+        return EngineHealth("ok" if self.is_active else "inactive")
 
     def _require_active(self) -> None:
         if not self.is_active:

@@ -40,6 +40,7 @@ from scanedge.runtime.protocol import (
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
     Echo,
+    EngineStatus,
     Histogram,
     Limits,
     ModelInfo,
@@ -112,6 +113,7 @@ class IoLoop:
         finished: deque[tuple[Job, Outcome]],
         wake_fd: int,
         stop_requested: Callable[[], bool],
+        engine_health: Callable[[], dict[str, EngineStatus]] | None = None,
     ) -> None:
         self.router = router
         self.pub = pub
@@ -129,6 +131,7 @@ class IoLoop:
         self._finished = finished
         self._wake_fd = wake_fd
         self._stop_requested = stop_requested
+        self._engine_health = engine_health
         self._stopping = False
         self._seq = itertools.count(1)
         self._fd_identity: dict[int, bytes] = {}  # connection fd -> the console last heard on it
@@ -294,6 +297,7 @@ class IoLoop:
                 max_side=s.limits.max_side,
                 max_decoded_bytes=s.limits.max_decoded_bytes,
             ),
+            engine_health=self._engine_health() if self._engine_health is not None else {},
         )
 
     def _on_segment(self, identity: bytes, req: Segment, payload: list[zmq.Frame]) -> None:

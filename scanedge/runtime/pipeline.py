@@ -205,7 +205,9 @@ class Pipeline:
             man = manifest
         else:
             man, _ = load_manifest(path, manifest)
-        eng = open_engine(path, options if options is not None else EngineOptions(), onnx_sha256=man.onnx_sha256)
+        eng = open_engine(
+            path, options if options is not None else EngineOptions(), onnx_sha256=man.onnx_sha256, name=man.name
+        )
         return cls(eng, man, config, owns_engine=True)
 
     def _fixed_input_shape(self) -> tuple[int, ...]:

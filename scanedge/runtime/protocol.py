@@ -44,6 +44,7 @@ __all__ = [
     "SUPPORTED_VERSIONS",
     "WIRE_DTYPES",
     "Echo",
+    "EngineStatus",
     "Error",
     "Finding",
     "FrameInfo",
@@ -307,6 +308,18 @@ class Limits(Struct, frozen=True):
     max_decoded_bytes: int = 0  # bytes one DICOM object may decode or inflate to
 
 
+class EngineStatus(Struct, frozen=True):
+    """Whether a served model's inference backend can run it now (PONG ``engine_health``, section 5):
+    ``ok``, ``unavailable`` (e.g. its remote server is down; ``code`` and ``message`` say why) or
+    ``inactive`` (no worker has it open)."""
+
+    status: str = "ok"
+    code: str | None = None
+    message: str = ""
+    since: float | None = None
+    target: str = ""
+
+
 class Pong(_Message, tag="PONG", frozen=True):
     """A PONG header (section 5): what the runtime serves, how loaded it is, and its limits."""
 
@@ -322,6 +335,7 @@ class Pong(_Message, tag="PONG", frozen=True):
     started_at: float | None = None
     workers: WorkerHealth = WorkerHealth()
     limits: Limits = Limits()
+    engine_health: dict[str, EngineStatus] = {}
 
 
 class Histogram(Struct, frozen=True):

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import zmq
 
-from scanedge.engines import EngineOptions
+from scanedge.engines import Engine, EngineOptions
 from scanedge.errors import ConfigError, RuntimeStateError
 from scanedge.imaging.overlay import OverlayOptions
 from scanedge.imaging.slices import DEFAULT_LIMITS, SliceLimits
@@ -36,7 +36,7 @@ from scanedge.runtime.endpoints import parse_endpoint
 from scanedge.runtime.io_loop import IoLoop, LoopSettings
 from scanedge.runtime.log_budget import LogBudget
 from scanedge.runtime.pipeline import Pipeline, PipelineConfig, default_model_path
-from scanedge.runtime.protocol import ModelInfo, ModelInput
+from scanedge.runtime.protocol import EngineStatus, ModelInfo, ModelInput
 from scanedge.runtime.scheduler import Job, LatestSliceScheduler
 from scanedge.runtime.security import CurveServerKeys
 from scanedge.runtime.stats import RuntimeStats
@@ -199,6 +199,8 @@ class Server:
         self._loop: IoLoop | None = None
         self.wedged_workers: list[str] = []
         self._wake: int | None = None
+        self._engines: list[tuple[str, Engine]] = []  # (model, engine) of every worker, for PONG's health
+        self._engines_lock = threading.Lock()
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
@@ -338,6 +340,7 @@ class Server:
                 finished=finished,
                 wake_fd=wake_r,
                 stop_requested=self._stop.is_set,
+                engine_health=self.engine_health,
             )
         except BaseException as exc:  # report to start(), close everything opened so far
             self._startup_error = exc
@@ -409,4 +412,23 @@ class Server:
             for pipe in opened.values():
                 pipe.close()
             raise
+        with self._engines_lock:  # forget the engines of workers that are gone; add this worker's
+            self._engines = [(n, e) for n, e in self._engines if e.is_active]
+            self._engines.extend((name, pipe.engine) for name, pipe in opened.items())
         return opened
+
+    def engine_health(self) -> dict[str, EngineStatus]:
+        """Per served model, the least healthy of the workers' engines (PONG ``engine_health``). Never blocks
+        on an engine: a remote engine's health is what its last call and its background probe found."""
+        with self._engines_lock:
+            engines = list(self._engines)
+        rank = {"ok": 0, "inactive": 1}
+        out: dict[str, EngineStatus] = {}
+        for model in self._models:
+            reports = [e.health() for name, e in engines if name == model and e.is_active]
+            if not reports:
+                out[model] = EngineStatus("inactive", message="no worker has this model open")
+                continue
+            worst = max(reports, key=lambda h: rank.get(h.status, 2))
+            out[model] = EngineStatus(worst.status, worst.code, worst.message, worst.since, worst.target)
+        return out
