@@ -12,8 +12,9 @@ from tests.conftest import conv_model, dicom_file
 def test_demo_writes_overlays_and_reports(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--threads", "1"]) == 0
-    err = capsys.readouterr().err
-    assert "latency per slice" in err and "series summary" in err and "Dice" in err
+    report = capsys.readouterr().out  # the report goes to stdout, progress to stderr
+    assert "latency per slice" in report and 'series 1 "AX FLAIR synthetic demo' in report and "Dice" in report
+    assert "per-slice results" in report and "lesions (2-D)" in report
     report = json.loads((out / "results.json").read_text())
     overlays = sorted(out.glob("*.overlay.png"))
     assert len(overlays) == len(report["slices"]) >= 24
@@ -118,7 +119,7 @@ def test_demo_without_the_check_skips_dice_and_still_tiles_every_slice(tmp_path,
 
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--threads", "1", "--no-check", "--contours"]) == 0
-    assert "Dice" not in capsys.readouterr().err
+    assert "Dice" not in capsys.readouterr().out
     sheet = cv2.imread(str(out / "montage.png"))
     assert sheet.shape == (4 * 256, 8 * 256, 3)  # 32 slices of 256x256, 8 per row
 

@@ -103,6 +103,9 @@ class SeriesSummary:
         slices: how many slices of the series were segmented.
         classes: the load of each foreground class, in the order the findings list them.
         latency_ms: percentiles of the slices' latencies; None when they were not timed.
+        series_number: DICOM Series Number, as people name series ("series 3"); None when unknown.
+        series_description: DICOM Series Description ("AX FLAIR"); "" when unknown.
+        modality: DICOM Modality of the series; "" when unknown.
     """
 
     series_uid: str
@@ -110,6 +113,21 @@ class SeriesSummary:
     slice_spacing_mm: float | None  # median distance between neighbouring slices; None when unknown
     classes: tuple[ClassLoad, ...]
     latency_ms: LatencyPercentiles | None = None
+    series_number: int | None = None
+    series_description: str = ""
+    modality: str = ""
+
+    @property
+    def label(self) -> str:
+        """How people name the series: ``series 3 "AX FLAIR" (MR)``, falling back to the UID."""
+        parts = [f"series {self.series_number}" if self.series_number is not None else "series"]
+        if self.series_description:
+            parts.append(f'"{self.series_description}"')
+        if self.modality:
+            parts.append(f"({self.modality})")
+        if self.series_number is None and not self.series_description:
+            parts.append(self.series_uid or "(no UID)")
+        return " ".join(parts)
 
     def load(self, name: str) -> ClassLoad:
         """The load of the class called ``name``; KeyError when the model has no such class."""
@@ -122,6 +140,9 @@ class SeriesSummary:
         """JSON-ready summary, as ``results.json`` files it under ``series``."""
         out: dict[str, object] = {
             "series_uid": self.series_uid,
+            "series_number": self.series_number,
+            "series_description": self.series_description,
+            "modality": self.modality,
             "slices": self.slices,
             "classes": {c.name: c.to_dict() for c in self.classes},
         }
@@ -174,5 +195,17 @@ def summarize_series(
         step = spacing.get(uid)
         latency = None if latencies_ms is None else LatencyPercentiles.of([latencies_ms[i] for i in indices])
         classes = tuple(t.freeze(name, step) for name, t in totals.items())
-        summaries.append(SeriesSummary(uid, len(indices), step, classes, latency))
+        first = slices[indices[0]]
+        summaries.append(
+            SeriesSummary(
+                uid,
+                len(indices),
+                step,
+                classes,
+                latency,
+                first.acquisition.series_number,
+                first.acquisition.series_description,
+                first.identity.modality,
+            )
+        )
     return tuple(summaries)

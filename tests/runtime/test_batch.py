@@ -45,13 +45,17 @@ def test_files_results_and_summaries_for_real_dicom(tmp_path, conv_model_path):
     assert report.montage_path is None and report.masks == []  # neither was asked for
     written = json.loads(report.results_path.read_text())
     assert written == json.loads(json.dumps(report.to_dict()))
-    assert set(written) == {"scanedge", "model", "series", "slices"} and written["model"] == "test-model@0.0.1"
+    assert (
+        set(written) == {"scanedge", "model", "series", "slices", "skipped"} and written["model"] == "test-model@0.0.1"
+    )
+    assert written["skipped"] == []
     first = written["slices"][0]
     assert set(first) >= {"file", "name", "overlay", "mask", "series_uid", "findings", "timings_ms"}
     mask = np.load(first["mask"])
     assert mask.shape == tuple(first["shape"]) and int(np.count_nonzero(mask)) == first["findings"][0]["pixels"]
     assert len(report.series) == 2 and sum(s.slices for s in report.series) == 11
-    assert all(set(s) == {"series_uid", "slices", "classes", "latency_ms"} for s in written["series"])
+    keys = {"series_uid", "series_number", "series_description", "modality", "slices", "classes", "latency_ms"}
+    assert all(set(s) == keys for s in written["series"])
     frames = [s for s in written["slices"] if "#" in s["name"]]
     assert len(frames) == 10 and all("_f" in s["overlay"] for s in frames)  # frame files never collide
 
