@@ -5,8 +5,8 @@ progress and diagnostics go to stderr.
 
 Exit codes: 0 success, 1 a check that ran and failed (verify, compare, inspect), 2 a typed scanedge error
 or a file the user named that does not exist, 3 a batch that finished but skipped some inputs (each one
-named on stderr and in its results.json), 130 Ctrl-C (143 SIGTERM). Anything else is a bug and keeps its
-traceback.
+named on stderr and in its results.json), 130 Ctrl-C (and SIGTERM for a benchmark, after its partial
+report). Anything else is a bug and keeps its traceback.
 Text that comes from outside (paths, error messages) is printed literally, never read as rich markup:
 ``pip install 'scanedge[dicom]'`` must not lose its ``[dicom]``.
 """

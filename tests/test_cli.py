@@ -185,3 +185,35 @@ def test_paths_are_printed_literally_not_as_markup(tmp_path, capsys):
     assert main(["inspect", str(path)]) == 0
     out = capsys.readouterr().out
     assert out.startswith(str(path)) and "opset 17" in out
+
+
+def _one_line(err: str) -> str:
+    assert err.startswith("error [BAD_CONFIG] ") and err.count("\n") == 1, err
+    return err
+
+
+def test_keys_are_never_overwritten_or_allow_listed_as_secrets(tmp_path, capsys):
+    keys, allowed = tmp_path / "keys", tmp_path / "allowed"
+    assert main(["keys", "generate", str(keys), "--name", "console-1"]) == 0
+    public, secret = keys / "console-1.key", keys / "console-1.key_secret"
+    assert (public.stat().st_mode & 0o777, secret.stat().st_mode & 0o777) == (0o644, 0o600)
+    before = secret.read_bytes()
+    capsys.readouterr()
+    assert main(["keys", "generate", str(keys), "--name", "console-1"]) == 2
+    assert "already exists; pass --force to replace the key pair" in _one_line(capsys.readouterr().err)
+    assert secret.read_bytes() == before
+    assert main(["keys", "allow", str(allowed), str(secret)]) == 2
+    err = _one_line(capsys.readouterr().err)
+    assert "contains a secret key; allow-list the public key file (console-1.key) instead" in err
+    assert not allowed.exists() or not any(allowed.iterdir())
+    assert main(["keys", "allow", str(allowed), str(public)]) == 0
+    assert ((allowed / "console-1.key").stat().st_mode & 0o777) == 0o644
+    assert main(["keys", "generate", str(keys), "--name", "console-1", "--force"]) == 0
+    assert secret.read_bytes() != before
+
+
+def test_a_bind_address_without_scheme_is_one_line_with_the_fix(capsys):
+    assert main(["serve", "--bind", "localhost:5568"]) == 2
+    err = _one_line(capsys.readouterr().err)
+    assert "'localhost:5568' has no scheme; did you mean tcp://localhost:5568?" in err
+    assert "beyond this machine" not in err

@@ -84,7 +84,7 @@ def add_engine_args(
         dest="backend",
         choices=ENGINE_CHOICES,
         default="auto",
-        help="inference backend (default auto: a matching TensorRT plan if there is one, else ONNX Runtime; "
+        help="inference backend (default: auto, a matching TensorRT plan if there is one, else ONNX Runtime; "
         "remote: a serving engine, see --remote)",
     )
     g.add_argument("--threads", type=int, default=None, help=threads_help)
@@ -99,13 +99,16 @@ def add_remote_args(p: argparse.ArgumentParser) -> None:
         metavar="URL",
         default=None,
         help="grpc://HOST:PORT[/MODEL[/VERSION]] (grpcs:// for TLS); implies --backend remote. Without MODEL, "
-        "each model is asked for under its manifest's name, the name export-triton gives it",
+        "each model is asked for under its manifest's name, the name export-triton gives it (default: none, "
+        "inference runs here)",
     )
-    g.add_argument("--remote-timeout", type=float, default=10.0, help="seconds per remote call (default 10)")
-    g.add_argument("--remote-retries", type=int, default=2, help="retries while the server is UNAVAILABLE (default 2)")
-    g.add_argument("--remote-ca", type=Path, default=None, help="TLS: CA certificate(s) of the server (PEM)")
-    g.add_argument("--remote-cert", type=Path, default=None, help="TLS: client certificate chain (PEM)")
-    g.add_argument("--remote-key", type=Path, default=None, help="TLS: client private key (PEM)")
+    g.add_argument("--remote-timeout", type=float, default=10.0, help="seconds per remote call (default: 10)")
+    g.add_argument("--remote-retries", type=int, default=2, help="retries while the server is UNAVAILABLE (default: 2)")
+    g.add_argument(
+        "--remote-ca", type=Path, default=None, help="TLS: CA certificate(s) of the server, PEM (default: system)"
+    )
+    g.add_argument("--remote-cert", type=Path, default=None, help="TLS: client certificate chain, PEM (default: none)")
+    g.add_argument("--remote-key", type=Path, default=None, help="TLS: client private key, PEM (default: none)")
     g.add_argument(
         "--remote-insecure",
         action="store_true",
