@@ -347,9 +347,12 @@ def _run(
     try:
         try:
             for i in range(min(run.warmup, 50)):  # warm up connections and the runtime(s)
-                clients[i % len(clients)].segment(payloads[i % len(payloads)], **kw)
-                if versus_client is not None:
-                    versus_client.segment(payloads[i % len(payloads)], **kw)
+                for warm in (clients[i % len(clients)], versus_client):
+                    if warm is not None:
+                        try:
+                            warm.segment(payloads[i % len(payloads)], **kw)
+                        except (ExpiredError, BusyError):  # a tight --deadline-ms or a busy runtime: warm anyway
+                            pass
             monitor = RunMonitor()
             start = time.perf_counter()
             total = run.count if run.duration_s is None else None

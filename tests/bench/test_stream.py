@@ -161,3 +161,15 @@ def test_a_killed_benchmark_takes_its_runtime_with_it():
     bench.kill()  # SIGKILL: no handler runs in the benchmark
     bench.communicate(timeout=60)
     wait_until(lambda: _gone(child), timeout=120, interval=0.05, what="the orphaned runtime to exit")
+
+
+def test_ok_replies_that_arrive_after_the_deadline_are_counted_apart(tmp_path, capsys):
+    """A 1 ms deadline: the runtime only expires requests that waited that long, so most are computed (the
+    model alone takes several ms here) and every one of those arrives after the deadline."""
+    js = tmp_path / "d.json"
+    argv = ["stream", "--spawn", "--size", "64x64", "--count", "30", "--warmup", "2", "--threads", "1"]
+    assert bench_main([*argv, "--deadline-ms", "1", "--json", str(js)]) == 0
+    counts = json.loads(js.read_text())["counts"]
+    assert counts["ok"] + counts["expired"] == 30 and counts["ok"] > 0
+    assert counts["late_ok"] == counts["ok"]
+    assert f"({counts['late_ok']} of the ok replies arrived after the deadline)" in capsys.readouterr().out
