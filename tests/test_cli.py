@@ -121,7 +121,12 @@ def test_demo_without_the_check_skips_dice_and_still_tiles_every_slice(tmp_path,
     assert main(["demo", "--out", str(out), "--threads", "1", "--no-check", "--contours"]) == 0
     assert "Dice" not in capsys.readouterr().out
     sheet = cv2.imread(str(out / "montage.png"))
-    assert sheet.shape == (4 * 256, 8 * 256, 3)  # 32 slices of 256x256, 8 per row
+    assert sheet.shape[1] == 8 * 256 and sheet.shape[0] > 4 * 256  # 32 slices of 256x256, 8 per row, and strips
+    overlay = cv2.cvtColor(cv2.imread(str(out / "IM0017.dcm.overlay.png")), cv2.COLOR_BGR2RGB)
+    assert overlay.shape == (256, 256, 3)
+    r, g = overlay[..., 0].astype(int), overlay[..., 1].astype(int)
+    pink = (r > 200) & (g > 90) & (g < 160)  # "NOT FOR CLINICAL USE", as the manifest says
+    assert pink[-20:].sum() > 50  # below the head, where the slice is black
 
 
 def bare_model(tmp_path):

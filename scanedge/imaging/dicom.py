@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import re
 import struct
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
@@ -64,6 +65,7 @@ __all__ = [
     "invert_monochrome1",
     "read_dataset",
     "slices_from_dicom",
+    "warm_up_decoding",
 ]
 
 SUPPORTED_PHOTOMETRIC = (
@@ -582,3 +584,46 @@ def encode_dicom(slice_: Slice, **uids: str) -> bytes:
     buf = io.BytesIO()
     dataset_from_slice(slice_, **uids).save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+#: transfer syntaxes whose decoder plugins :func:`warm_up_decoding` loads: JPEG baseline, extended and
+#: lossless, JPEG-LS, JPEG 2000, RLE
+_WARM_SYNTAXES = (
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.81",
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.5",
+)
+_warm_lock = threading.Lock()
+_warmed = False
+
+
+def warm_up_decoding() -> None:
+    """Load what decoding the first DICOM slice would otherwise load: pydicom, its pixel machinery and the
+    installed codec plugins. Once per process; later calls return at once.
+
+    Without it the first slice of a scan pays a quarter to almost a second of imports (measured here:
+    240-900 ms, against about 1 ms for the next one), which is the one slice a console waits for most.
+    A decoder that cannot be loaded is left for the slice that needs it to report.
+    """
+    global _warmed
+    with _warm_lock:
+        if _warmed:
+            return
+        from pydicom.pixels import get_decoder
+
+        for uid in _WARM_SYNTAXES:
+            try:
+                decoder = get_decoder(uid)
+                if decoder.is_available:
+                    decoder.available_plugins  # noqa: B018  # touching it imports the plugins
+            except Exception:  # a missing or broken plugin is reported when a slice needs it
+                continue
+        sample = Slice.from_array(np.arange(64, dtype=np.uint16).reshape(8, 8))
+        slices_from_dicom(encode_dicom(sample))
+        _warmed = True

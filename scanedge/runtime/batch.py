@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from scanedge.errors import ConfigError, EngineInputError, InputError, NonFiniteOutputError
+from scanedge.imaging.annotate import stamp_not_for_clinical_use
 from scanedge.imaging.encode import ImageFormat, encode_image
 from scanedge.imaging.files import LoadedSlice, SkippedFile
-from scanedge.imaging.montage import montage
+from scanedge.imaging.montage import montage, tile_label
 from scanedge.imaging.postprocess import ClassFindings
 from scanedge.imaging.series import context_window
 from scanedge.imaging.series_summary import LatencyPercentiles, SeriesSummary, summarize_series
@@ -199,6 +200,8 @@ def segment_to_folder(
     done: list[SegmentedSlice] = []
     overlays: list[np.ndarray] = []
     refused: list[SkippedFile] = []
+    labels = []
+    research_only = pipe.manifest.not_for_clinical_use
     series = [item.slice for item in loaded]
     k = pipe.manifest.input.context_slices
     for i, item in enumerate(loaded):
@@ -209,9 +212,13 @@ def segment_to_folder(
         else:
             stem = _file_stem(item)
             overlay_path = out / f"{stem}.overlay.{suffix}"
-            _write(overlay_path, result.encode_overlay(output.overlay_format))
+            picture: np.ndarray = result.overlay  # type: ignore[assignment]  # run draws overlays by default
+            if research_only:
+                picture = stamp_not_for_clinical_use(picture)
+            _write(overlay_path, encode_image(picture, output.overlay_format))
             if output.montage:
-                overlays.append(result.overlay)  # type: ignore[arg-type]  # run draws overlays by default
+                overlays.append(result.overlay)  # type: ignore[arg-type]
+                labels.append(tile_label(item.slice))
             mask_path = None
             if output.save_masks:
                 mask_path = out / f"{stem}.mask.npy"
@@ -238,7 +245,18 @@ def segment_to_folder(
     montage_path = None
     if overlays:
         montage_path = out / MONTAGE_NAME
-        _write(montage_path, encode_image(montage(overlays, output.montage_columns), "png"))
+        legend = [(c.name, c.color) for c in pipe.manifest.classes[1:]]
+        sheet = montage(
+            overlays,
+            output.montage_columns,
+            labels=labels,
+            legend=legend,
+            not_for_clinical_use=research_only,
+            notes=[
+                f"{pipe.model_label}: {len(overlays)} slice(s); outline = finding, #n = instance, mm along the normal"
+            ],
+        )
+        _write(montage_path, encode_image(sheet, "png"))
     report = BatchReport(
         pipe.model_label, tuple(done), summaries, out / RESULTS_NAME, montage_path, (*skipped, *refused)
     )

@@ -21,7 +21,7 @@ import numpy as np
 
 from scanedge.engines import Engine, EngineOptions, open_engine
 from scanedge.errors import InvalidSliceError, NonFiniteOutputError
-from scanedge.imaging.dicom import slices_from_dicom
+from scanedge.imaging.dicom import slices_from_dicom, warm_up_decoding
 from scanedge.imaging.encode import ImageFormat, encode_image
 from scanedge.imaging.overlay import OverlayOptions, OverlayRenderer
 from scanedge.imaging.postprocess import ClassFindings, Postprocessor
@@ -180,6 +180,7 @@ class Pipeline:
             if owns_engine:
                 engine.deactivate()
             raise
+        warm_up_decoding()  # the first DICOM slice must not pay for imports (once per process)
         self._pre = Preprocessor(manifest)
         self._post = Postprocessor(manifest)
         self._overlay = OverlayRenderer(manifest, self.config.overlay)
