@@ -85,9 +85,8 @@ def print_table(
         return
     console.print(Text(title))
     for r in rows:
-        name = " ".join(r[:left])
-        rest = ", ".join(f"{col} {value}" for col, value in zip(columns[left:], r[left:]))
-        console.print(Text(f"  {name}: {rest}"))
+        rest = ", ".join(f"{col} {value}".strip() for col, value in zip(columns[left:], r[left:]))
+        console.print(Text(f"  {' '.join(r[:left])}: {rest}" if left else f"  {rest}"))
 
 
 class LazyProgress:

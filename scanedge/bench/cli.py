@@ -204,6 +204,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
 
 def cmd_soak(args: argparse.Namespace) -> int:
+    import json
+
     from scanedge.bench.inputs import parse_size
     from scanedge.bench.soak import SoakSettings, bench_soak
 
@@ -230,8 +232,10 @@ def cmd_soak(args: argparse.Namespace) -> int:
     )
     with _sigterm_interrupts(), LazyProgress(console, "soak", delay_s=0.0) as progress:
         report = bench_soak(settings, progress)
-    report.render(make_console(stderr=False))
-    if args.json:
+    report.render(_report_console(args, console))
+    if _json_to_stdout(args):
+        print(json.dumps(report.to_dict(), indent=1))
+    elif args.json:
         report.write_json(args.json)
         console.print(f"JSON report: {escape(str(args.json))}")
     return 0 if report.passed else 1
@@ -444,7 +448,12 @@ def build_parser(prog: str = "edge-bench") -> argparse.ArgumentParser:
         help="backend of a spawned runtime (default: auto)",
     )
     _add_remote(p)
-    p.add_argument("--json", type=Path, help="write the full report (schema scanedge.soak/1) here (default: none)")
+    p.add_argument(
+        "--json",
+        type=Path,
+        metavar="FILE",
+        help="write the full report (schema scanedge.soak/1) to FILE, or to stdout with '-' (default: none)",
+    )
     p.set_defaults(func=cmd_soak)
 
     p = sub.add_parser("echo", help="the transport floor: raw ZeroMQ echo of slice-sized messages, no scanedge")

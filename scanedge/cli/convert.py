@@ -69,16 +69,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
             "failures": list(verdict.failures),
         }
         print(json.dumps(report, indent=2))
+    out = console if args.json else make_console(stderr=False)  # the verdict is the report: stdout
     dice = ", ".join(f"{literal(k)} {v:.4f}" for k, v in agreement.dice.items())
-    console.print(
+    out.print(
         f"{manifest.precision} engine vs reference on {agreement.slices} slices: Dice {dice}; probabilities "
         f"max |diff| {agreement.max_abs_diff:.4f}, mean {agreement.mean_abs_diff:.5f}; "
         f"{agreement.pixel_agreement:.4%} of mask pixels identical"
     )
     if verdict.passed:
-        console.print(f"[green]PASS[/] (Dice >= {thresholds.min_dice})")
+        out.print(f"[green]PASS[/] (Dice >= {thresholds.min_dice})")
         return 0
-    console.print("[red]FAIL[/] " + literal("; ".join(verdict.failures)))
+    out.print("[red]FAIL[/] " + literal("; ".join(verdict.failures)))
     return 1
 
 
@@ -136,7 +137,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--limit", type=int, default=500, help="compare at most this many slices (default: 500)")
     add_engine_args(p, threads_help="inference threads of both models (default: one per core)")
-    p.add_argument("--json", action="store_true", help="also print the report as JSON on stdout")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout (the summary on stderr)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("export-triton", help="write a Triton model repository entry")
