@@ -17,7 +17,8 @@ need to catch :class:`ScanedgeError` (or one of its families)::
     │       ├── FrameCountError           more frames than the caller takes (BAD_DICOM)
     │       ├── MissingPixelDataError     a DICOM object without Pixel Data
     │       ├── CodecUnavailableError     compressed pixels, codec plugin not installed
-    │       └── UnsupportedPhotometricError
+    │       ├── UnsupportedPhotometricError
+    │       └── SopClassError             a SOP class the DICOM node does not segment, or not the one it was sent as
     ├── ModelError                    the model or its manifest cannot be used
     │   ├── ModelFileError              the file is not a readable ONNX model (or TensorRT plan)
     │   ├── ManifestMissingError        no manifest in the ONNX file and no sidecar
@@ -45,6 +46,8 @@ need to catch :class:`ScanedgeError` (or one of its families)::
     │   ├── MessageTooLargeError
     │   └── UnknownModelError           the runtime does not serve that model
     ├── RuntimeStateError             the runtime could not start, or did not stop cleanly
+    ├── CapacityError                 the DICOM node holds all it may (series, bytes, busy pipelines)
+    ├── DicomNetworkError             a DICOM association could not be made or failed (listening, forwarding)
     └── RequestError                  the runtime answered without a result, or did not answer
         ├── SupersededError             a newer slice of the series replaced this one
         ├── ExpiredError                the deadline passed before inference
@@ -69,6 +72,7 @@ __all__ = [
     "BadFramesError",
     "BadPayloadError",
     "BusyError",
+    "CapacityError",
     "ClientClosedError",
     "CodecUnavailableError",
     "ConfigError",
@@ -76,6 +80,7 @@ __all__ = [
     "CudaError",
     "DeviceUnavailableError",
     "DicomError",
+    "DicomNetworkError",
     "EngineError",
     "EngineInputError",
     "EngineStateError",
@@ -109,6 +114,7 @@ __all__ = [
     "RuntimeUnavailableError",
     "ScanedgeError",
     "ShuttingDownError",
+    "SopClassError",
     "SupersededError",
     "UnauthorizedError",
     "UnknownMessageTypeError",
@@ -201,6 +207,13 @@ class UnsupportedPhotometricError(DicomError):
     """A photometric interpretation scanedge does not read (imaging.dicom.SUPPORTED_PHOTOMETRIC lists those it does)."""
 
     code = "UNSUPPORTED_PHOTOMETRIC"
+
+
+class SopClassError(DicomError):
+    """A DICOM object of a SOP class the DICOM node does not segment, or one whose dataset names another
+    SOP class than the one it was sent as."""
+
+    code = "UNSUPPORTED_SOP_CLASS"
 
 
 class ModelError(ScanedgeError):
@@ -365,6 +378,18 @@ class RuntimeStateError(ScanedgeError):
     """The runtime could not start (the message says why) or did not stop cleanly."""
 
     code = "RUNTIME_STATE"
+
+
+class CapacityError(ScanedgeError):
+    """The DICOM node already holds as many series or bytes as it may, or no pipeline came free in time."""
+
+    code = "OUT_OF_RESOURCES"
+
+
+class DicomNetworkError(ScanedgeError):
+    """A DICOM association could not be made or failed: listening on a port, or forwarding a result."""
+
+    code = "DICOM_NETWORK"
 
 
 class RequestError(ScanedgeError):

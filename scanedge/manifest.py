@@ -33,6 +33,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "AppliesTo",
     "ClassSpec",
+    "CodedConcept",
     "InputSpec",
     "IntensityPolicy",
     "Manifest",
@@ -241,21 +242,69 @@ class OutputSpec:
 
 
 @dataclass(frozen=True)
+class CodedConcept:
+    """A concept from a coding scheme, as DICOM writes it (a Code Sequence item): SNOMED CT ``SCT``, ``DCM``, ...
+
+    DICOM objects scanedge writes (a SEG's segment descriptions) describe classes by code, not by name, so
+    that a PACS or viewer can tell a lesion from an organ whatever the model calls it.
+
+    Attributes:
+        value: the code value (``52988006``), 1-64 characters.
+        scheme: the coding scheme designator (``SCT``), 1-16 characters.
+        meaning: the code's meaning in words (``Lesion``), 1-64 characters.
+    """
+
+    value: str
+    scheme: str
+    meaning: str
+
+    def __post_init__(self) -> None:
+        for what, text, limit in (
+            ("value", self.value, 64),
+            ("scheme", self.scheme, 16),
+            ("meaning", self.meaning, 64),
+        ):
+            if not isinstance(text, str) or not 1 <= len(text) <= limit or not text.isprintable():
+                raise _fail(f"code.{what}", f"{text!r} must be printable text of 1-{limit} characters")
+        if "\\" in self.value + self.scheme + self.meaning:
+            raise _fail("code", "a backslash is the DICOM value separator and cannot be part of a code")
+
+
+_CODED = ("property_category", "property_type", "anatomic_region")
+
+
+@dataclass(frozen=True)
 class ClassSpec:
     """One label value. ``color`` is RGB 0-255; ``threshold`` is the probability a pixel needs to be
     called this class (sigmoid outputs, and the foreground class of a two-class softmax).
 
     Attributes:
         name: the class's name in results and reports (``lesion``); unique within a manifest.
+        property_category: what kind of thing the class is, coded (DICOM CID 7150, e.g. SCT 49755003
+            "Morphologically abnormal structure"); used in DICOM SEG segment descriptions. Optional.
+        property_type: what the class is, coded (DICOM CID 7151, e.g. SCT 52988006 "Lesion"). Optional;
+            given together with ``property_category``.
+        anatomic_region: where it is, coded (DICOM CID 4, e.g. SCT 12738006 "Brain"). Optional.
     """
 
     name: str
     color: tuple[int, int, int] = (255, 0, 0)
     threshold: float = 0.5
+    property_category: CodedConcept | None = None
+    property_type: CodedConcept | None = None
+    anatomic_region: CodedConcept | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
             raise _fail("classes[].name", "must not be empty")
+        for what in _CODED:
+            value = getattr(self, what)
+            if isinstance(value, Mapping):
+                object.__setattr__(self, what, _build(CodedConcept, value, f"classes[{self.name}].{what}"))
+            elif value is not None and not isinstance(value, CodedConcept):
+                raise _fail(f"classes[{self.name}].{what}", "must be an object {value, scheme, meaning}")
+        if (self.property_category is None) != (self.property_type is None):
+            raise _fail(f"classes[{self.name}].property_category/property_type", "give both or neither")
         color = tuple(self.color)
         if len(color) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in color):
             raise _fail(f"classes[{self.name}].color", f"{self.color!r} must be three integers 0-255")
@@ -449,10 +498,12 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         """Every field as plain values (nested dicts and tuples), the shape :meth:`from_dict` reads.
 
-        ``applies_to`` and ``not_for_clinical_use`` are left out while they hold their defaults, so a
-        manifest that uses neither reads the same in a scanedge that predates them.
+        ``applies_to`` and ``not_for_clinical_use`` are left out while they hold their defaults, and a
+        class's coded concepts appear only when set, so a manifest that uses none of them reads exactly as
+        it did before they existed (and older scanedge versions, which refuse unknown keys, still read it).
         """
         out = dataclasses.asdict(self)
+        out["classes"] = [{k: v for k, v in c.items() if v is not None or k not in _CODED} for c in out["classes"]]
         if not self.applies_to.restricts:
             del out["applies_to"]
         if not self.not_for_clinical_use:

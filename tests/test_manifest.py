@@ -10,6 +10,7 @@ from scanedge.errors import ManifestInvalidError, ManifestMismatchError, Manifes
 from scanedge.manifest import (
     METADATA_KEY,
     ClassSpec,
+    CodedConcept,
     InputSpec,
     IntensityPolicy,
     Manifest,
@@ -21,6 +22,7 @@ from scanedge.manifest import (
     load_onnx_model,
     sidecar_path,
 )
+from scanedge.runtime.pipeline import default_model_path
 from tests.conftest import conv_model, simple_manifest
 
 
@@ -167,3 +169,40 @@ def test_a_readable_model_loads_with_its_graph(conv_model_path):
     assert [o.name for o in model.graph.output] == ["logits"]
     with pytest.raises(FileNotFoundError):
         load_onnx_model(conv_model_path.with_name("missing.onnx"))
+
+
+def test_coded_concepts_per_class_round_trip_and_a_manifest_without_them_reads_as_before():
+    plain = simple_manifest()
+    assert all(set(c) == {"name", "color", "threshold"} for c in plain.to_dict()["classes"])  # older readers
+    data = plain.to_dict()
+    data["classes"][1]["property_category"] = {"value": "49755003", "scheme": "SCT", "meaning": "Abnormal"}
+    data["classes"][1]["property_type"] = {"value": "52988006", "scheme": "SCT", "meaning": "Lesion"}
+    coded = Manifest.from_dict(data)
+    assert coded.classes[1].property_type == CodedConcept("52988006", "SCT", "Lesion")
+    assert coded.classes[1].anatomic_region is None and coded.classes[0].property_type is None
+    assert Manifest.from_json(coded.to_json()) == coded
+
+
+@pytest.mark.parametrize(
+    "concepts, message",
+    [
+        ({"property_type": {"value": "52988006", "scheme": "SCT", "meaning": "Lesion"}}, "give both or neither"),
+        ({"anatomic_region": {"value": "", "scheme": "SCT", "meaning": "Brain"}}, "code.value"),
+        ({"anatomic_region": {"value": "1", "scheme": "SCT", "meaning": "a\\b"}}, "backslash"),
+        ({"anatomic_region": {"value": "1", "scheme": "SCT"}}, "missing required key"),
+        ({"anatomic_region": {"value": "1", "scheme": "SCT", "meaning": "x", "version": "1"}}, "unknown key"),
+        ({"anatomic_region": "Brain"}, "must be an object"),
+    ],
+)
+def test_invalid_coded_concepts_are_refused_with_the_class_named(concepts, message):
+    data = simple_manifest().to_dict()
+    data["classes"][1].update(concepts)
+    with pytest.raises(ManifestInvalidError, match=message):
+        Manifest.from_dict(data)
+
+
+def test_the_demo_model_describes_its_lesion_class_in_snomed_ct():
+    manifest, _ = load_manifest(default_model_path())
+    lesion = manifest.classes[1]
+    assert (lesion.property_category.scheme, lesion.property_category.value) == ("SCT", "49755003")
+    assert (lesion.property_type.scheme, lesion.property_type.value) == ("SCT", "52988006")

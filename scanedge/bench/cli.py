@@ -183,6 +183,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
             baseline=args.baseline,
             runtimes=args.runtimes,
             versus=versus,
+            keep_warm=args.keep_warm,
+            vs_flat_out=args.vs_flat_out,
         )
     where = f"{args.runtimes} spawned runtime(s)" if args.spawn else escape(args.endpoint)
     if settings.engine.remote is not None:
@@ -190,6 +192,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
     if versus is not None:
         where += ", side by side with a spawned runtime on the local engine"
     rate = f"{args.rate:g} slices/s per console" if args.rate else "flat out"
+    if args.vs_flat_out:
+        rate += ", alternating with flat-out blocks"
     console.print(f"streaming to {where}: {args.consoles} console(s), {rate}")
     with _sigterm_interrupts(), LazyProgress(console, "stream") as progress:
         report = bench_stream(slices, settings, progress)
@@ -199,6 +203,12 @@ def cmd_stream(args: argparse.Namespace) -> int:
         _report_console(args, console).print(
             f"runtime memory (RSS): start {rss['start']:.0f} MB, max {rss['max']:.0f} MB, end {rss['end']:.0f} MB "
             f"(second half of the run: {rss['growth_second_half']:+.1f} MB)"
+        )
+    cpu = report.settings.get("server_cpu")
+    if cpu:
+        _report_console(args, console).print(
+            f"runtime CPU: {cpu['seconds']:.2f} s over {cpu['wall_s']:.1f} s "
+            f"({cpu['percent_of_one_core']:.1f}% of one core)"
         )
     return 130 if report.settings.get("interrupted") else code
 
@@ -413,6 +423,18 @@ def build_parser(prog: str = "edge-bench") -> argparse.ArgumentParser:
         action="store_true",
         help="also spawn a runtime on the local ONNX Runtime engine and drive both in alternating blocks (one "
         "console, flat out): the side-by-side cost of --remote (default: off)",
+    )
+    p.add_argument(
+        "--vs-flat-out",
+        action="store_true",
+        help="with --rate: alternate paced blocks with flat-out blocks in the same run, flat out being the "
+        "baseline (default: off)",
+    )
+    p.add_argument(
+        "--no-keep-warm",
+        dest="keep_warm",
+        action="store_false",
+        help="spawn the runtime with --no-keep-warm (default: kept warm)",
     )
     _add_common(p, baseline_help="also time the in-process pipeline on the same slices (default: off)")
     p.set_defaults(func=cmd_stream)

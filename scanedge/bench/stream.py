@@ -11,10 +11,16 @@ several, and console ``k`` talks to runtime ``k % runtimes`` (with a remote engi
 console next to its scanner, all sharing one inference server). ``versus`` spawns one more runtime with
 other engine settings (e.g. the local engine against the remote one) and drives it in alternating blocks
 with the same slices in the same run, so that the difference is the engines', not the machine's mood.
+The spawned runtime's CPU time is sampled too.
+
+``vs_flat_out`` measures a paced stream against flat out on the same runtime and connection in one run:
+blocks of :data:`VS_FLAT_BLOCK` slices at ``rate`` alternate with blocks of as many slices flat out, so
+both see the same machine at the same time (the flat-out figures are the report's baseline).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -44,7 +50,7 @@ if TYPE_CHECKING:  # imported lazily where used: only the baseline needs a local
 __all__ = ["SpawnedRuntime", "StreamSettings", "bench_stream", "die_with_parent"]
 
 Progress = Callable[[int, int], None]
-SERVER_STAGES = ("queue", "decode", "preprocess", "infer", "postprocess", "overlay", "encode")
+SERVER_STAGES = ("queue", "decode", "preprocess", "infer", "postprocess", "overlay", "encode", "series")
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,10 @@ class StreamSettings:
     runtimes: int = 1
     #: engine settings of one more spawned runtime driven side by side (alternating blocks), or None
     versus: EngineOptions | None = None
+    #: a spawned runtime keeps its inference path warm between paced slices (``scanedge serve`` default)
+    keep_warm: bool = True
+    #: alternate paced blocks with flat-out blocks on one connection (needs ``rate``, one console)
+    vs_flat_out: bool = False
 
     def __post_init__(self) -> None:
         if self.consoles < 1 or (self.rate is not None and self.rate <= 0):
@@ -90,6 +100,8 @@ class StreamSettings:
             self.endpoint is not None or self.consoles != 1 or self.rate is not None or self.baseline
         ):
             raise ValueError("a side-by-side runtime needs --spawn, one console, no --rate and no --baseline")
+        if self.vs_flat_out and (self.rate is None or self.consoles != 1 or self.baseline):
+            raise ValueError("--vs-flat-out needs --rate and one console, and replaces --baseline")
 
 
 _LINUX = sys.platform.startswith("linux")
@@ -114,7 +126,11 @@ class SpawnedRuntime:
     """``scanedge serve`` in a child process on a free loopback port, with its memory sampled."""
 
     def __init__(
-        self, model: Path | None, engine: EngineOptions = EngineOptions(spinning=False), workers: int = 1
+        self,
+        model: Path | None,
+        engine: EngineOptions = EngineOptions(spinning=False),
+        workers: int = 1,
+        keep_warm: bool = True,
     ) -> None:
         """Start it; ``engine``'s backend, threads and spinning become ``scanedge serve`` flags."""
         self.endpoint = f"tcp://127.0.0.1:{_free_port()}"
@@ -141,6 +157,8 @@ class SpawnedRuntime:
             cmd += ["--spinning"]
         if engine.remote is not None:
             cmd += _remote_flags(engine.remote)
+        if not keep_warm:
+            cmd += ["--no-keep-warm"]
         # its log goes to a file: a pipe nobody reads fills up and stalls the runtime mid-run
         self._log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
@@ -179,6 +197,15 @@ class SpawnedRuntime:
                             self.rss_mb.append(int(line.split()[1]) / 1024)
             except OSError:
                 return
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time the runtime has used so far (None once it is gone)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def log_tail(self, limit: int = 2000) -> str:
         """The last ``limit`` characters the runtime logged."""
@@ -290,11 +317,12 @@ def bench_stream(slices: Sequence[Slice], settings: StreamSettings, progress: Pr
     try:
         if settings.endpoint is None:
             spawned = [
-                SpawnedRuntime(settings.model, settings.engine, settings.workers) for _ in range(settings.runtimes)
+                SpawnedRuntime(settings.model, settings.engine, settings.workers, settings.keep_warm)
+                for _ in range(settings.runtimes)
             ]
             endpoints = [r.endpoint for r in spawned]
             if settings.versus is not None:
-                versus = SpawnedRuntime(settings.model, settings.versus, settings.workers)
+                versus = SpawnedRuntime(settings.model, settings.versus, settings.workers, settings.keep_warm)
             pongs = [r.wait_ready() for r in spawned]
             pong = pongs[0]
             if versus is not None:
@@ -343,7 +371,9 @@ def _run(
     }
     interrupted = False
     monitor = RunMonitor()
+    cpu_start = spawned.cpu_seconds() if spawned is not None else None
     start = time.perf_counter()
+    flat = _Recorder()
     try:
         try:
             for i in range(min(run.warmup, 50)):  # warm up connections and the runtime(s)
@@ -354,12 +384,15 @@ def _run(
                         except (ExpiredError, BusyError):  # a tight --deadline-ms or a busy runtime: warm anyway
                             pass
             monitor = RunMonitor()
+            cpu_start = spawned.cpu_seconds() if spawned is not None else None
             start = time.perf_counter()
             total = run.count if run.duration_s is None else None
             if versus_client is not None:
                 sent = _closed_loop_side_by_side(
                     clients[0], versus_client, payloads, kw, rec, versus_rec, run, start, progress
                 )
+            elif settings.vs_flat_out:
+                sent = _paced_vs_flat_out(clients[0], payloads, kw, rec, flat, settings, start, progress)
             elif settings.rate is None and settings.consoles == 1 and local_pipe is not None:
                 sent = _closed_loop_with_baseline(
                     clients[0], payloads, kw, rec, run, start, local_pipe, baseline, progress
@@ -379,6 +412,7 @@ def _run(
             sent = rec.submitted
             _wait_all(rec, sent, timeout=3)
         wall = time.perf_counter() - start
+        cpu_end = spawned.cpu_seconds() if spawned is not None else None
     finally:
         for c in clients:
             c.close()
@@ -406,6 +440,8 @@ def _run(
             "baseline": settings.baseline,
             "runtimes": len(endpoints),
             "versus": None if settings.versus is None else settings.versus.backend,
+            "keep_warm": settings.keep_warm if spawned is not None else None,
+            "vs_flat_out": settings.vs_flat_out,
         },
         samples=samples,
         engine={
@@ -425,6 +461,22 @@ def _run(
     )
     if rec.errors:
         report.counts.update({f"error.{k}": v for k, v in rec.errors.items()})
+    if cpu_start is not None and cpu_end is not None and wall > 0:
+        report.settings["server_cpu"] = {
+            "seconds": round(cpu_end - cpu_start, 3),
+            "wall_s": round(wall, 3),
+            "percent_of_one_core": round(100 * (cpu_end - cpu_start) / wall, 2),
+        }
+    if settings.vs_flat_out and flat.samples["total"] and samples.get("total"):
+        report.baseline = baseline_block(
+            flat.samples["total"],
+            samples["total"],
+            f"flat out, same runtime and connection, alternating blocks of {VS_FLAT_BLOCK} with the paced ones",
+            "flat out",
+        )
+        for stage in ("server", "transport", *SERVER_STAGES):
+            if flat.samples[stage]:
+                report.baseline["samples"][f"flat out {stage}"] = [round(v, 4) for v in flat.samples[stage]]
     if baseline and samples.get("total"):
         report.baseline = baseline_block(
             baseline,
@@ -542,6 +594,62 @@ def _closed_loop_side_by_side(
     )
     _wait_all(versus_rec, sent, timeout=60)
     return sent
+
+
+#: slices per block when a paced stream is measured against flat out (5 s at 10 slices/s)
+VS_FLAT_BLOCK = 50
+
+
+def _paced_vs_flat_out(
+    client: Client,
+    payloads: Sequence[Any],
+    kw: dict[str, Any],
+    paced: _Recorder,
+    flat: _Recorder,
+    settings: StreamSettings,
+    start: float,
+    progress: Progress | None,
+) -> int:
+    """One console, one series: a block at ``settings.rate``, then a block flat out, and again. Returns
+    the paced slices sent (the flat-out ones are the baseline, each waited for)."""
+    assert settings.rate is not None  # StreamSettings requires a rate with vs_flat_out
+    run, period = settings.run, 1.0 / settings.rate
+    n_paced = n_flat = 0
+
+    def send(recorder: _Recorder, intended: float) -> Future[RemoteResult]:
+        actual = time.perf_counter()
+        future = client.submit(payloads[(n_paced + n_flat) % len(payloads)], series="console-0", **kw)
+        future.add_done_callback(recorder.callback(intended, actual, start))
+        return future
+
+    while not run.done(n_paced, time.perf_counter() - start):
+        t0 = time.perf_counter() + period  # one idle period first: flat out leaves the runtime hot
+        futures = []
+        for j in range(VS_FLAT_BLOCK):
+            if run.done(n_paced, time.perf_counter() - start):
+                break
+            intended = t0 + j * period
+            delay = intended - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            futures.append(send(paced, intended))
+            n_paced += 1
+        for future in futures:
+            try:
+                future.result(60)
+            except ScanedgeError:
+                pass
+        for _ in range(VS_FLAT_BLOCK):
+            future = send(flat, time.perf_counter())
+            n_flat += 1
+            try:
+                future.result(60)
+            except ScanedgeError:
+                pass
+        if progress:
+            progress(n_paced, run.expected(time.perf_counter() - start, n_paced))
+    _wait_all(flat, n_flat, timeout=10)
+    return n_paced
 
 
 def _drive_consoles(

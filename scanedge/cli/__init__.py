@@ -11,7 +11,10 @@ module                 commands
 ``cli.segment``        ``segment``, ``demo``
 ``cli.models``         ``inspect``, ``manifest init``
 ``cli.serve``          ``serve``, ``keys generate``, ``keys allow``
+``cli.replay``         ``replay``
+``cli.view``           ``view``
 ``cli.convert``        ``convert``, ``verify``, ``export-triton``
+``cli.dicom``          ``dicom-listen``
 ``bench.cli``          ``bench`` (the same as ``edge-bench``)
 =====================  =========================================
 """
@@ -23,7 +26,7 @@ import sys
 from collections.abc import Sequence
 
 from scanedge import __version__
-from scanedge.cli import convert, models, segment, serve
+from scanedge.cli import convert, dicom, models, replay, segment, serve, view
 from scanedge.console import run_command
 
 __all__ = ["build_parser", "main"]
@@ -37,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_parsers(sub)
     sub.add_parser("bench", help="latency profiler (same as edge-bench; see `edge-bench --help`)", add_help=False)
     serve.add_parsers(sub)
+    replay.add_parsers(sub)
+    view.add_parsers(sub)
+    dicom.add_parsers(sub)
     convert.add_parsers(sub)
     models.add_parsers(sub)
     return ap

@@ -181,14 +181,14 @@ def add_overlay_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_limit_args(p: argparse.ArgumentParser) -> None:
-    """--max-pixels: the largest slice accepted."""
+def add_limit_args(p: argparse.ArgumentParser, *, help_text: str | None = None) -> None:
+    """--max-pixels: the largest slice accepted (``help_text`` replaces the standard help; it names the default)."""
     g = p.add_argument_group("limits")
     g.add_argument(
         "--max-pixels",
         type=int,
         default=DEFAULT_MAX_PIXELS,
-        help=f"refuse slices with more pixels than this, IMAGE_TOO_LARGE (default: {DEFAULT_MAX_PIXELS})",
+        help=help_text or f"refuse slices with more pixels than this, IMAGE_TOO_LARGE (default: {DEFAULT_MAX_PIXELS})",
     )
 
 

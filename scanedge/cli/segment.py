@@ -22,6 +22,7 @@ from scanedge.cli.arguments import (
     pipeline_config,
     slice_limits,
 )
+from scanedge.cli.live import add_live_args
 from scanedge.console import EXIT_SKIPPED, LazyProgress, make_console, print_table
 from scanedge.errors import ConfigError
 
@@ -44,7 +45,8 @@ def _open_pipeline(args: argparse.Namespace, console: Any) -> Pipeline:
     with console.status("loading the model and warming up the engine ..."):
         pipe = Pipeline.open(args.model, manifest=args.manifest, options=engine_options(args), config=config)
     man = pipe.manifest
-    providers = pipe.engine.describe().get("providers", "")
+    info = pipe.engine.describe()
+    providers = info.get("providers") or info.get("target", "")
     console.print(
         f"model [bold]{literal(man.name)}[/] {literal(man.version)} on {pipe.engine.backend} {literal(providers)}"
     )
@@ -95,12 +97,20 @@ def _segment(args: argparse.Namespace, scan: SliceScan, output: BatchOutput, con
 
 
 def _series_line(s: SeriesSummary) -> str:
-    found = "; ".join(
-        f"{c.name}: on {c.slices_with_finding} slice(s), {c.components} 2-D component(s) summed over slices"
-        + (f", volume ~{c.volume_mm3:g} mm³ (areas x slice spacing)" if c.volume_mm3 is not None else "")
-        for c in s.classes
-    )
-    return f"{s.label}: {s.slices} slice(s); {found}"
+    """``series 3 "AX FLAIR" (MR): 32 slice(s); lesion: 9 lesion(s) in 3-D, 5328 mm³; on 23 slice(s), 47 2-D
+    component(s) summed over slices``: the 3-D figures first, the per-slice ones labelled as such."""
+    parts = []
+    for c in s.classes:
+        three_d = ""
+        if s.lesion_load is not None:
+            load = s.lesion_load.load(c.name)
+            volume = f", {load.volume_mm3:g} mm³" if load.volume_mm3 is not None else ", volume unknown"
+            three_d = f"{load.lesions} lesion(s) in 3-D{volume}; "
+        parts.append(
+            f"{c.name}: {three_d}on {c.slices_with_finding} slice(s), {c.components} 2-D component(s) summed "
+            "over slices"
+        )
+    return f"{s.label}: {s.slices} slice(s); " + "; ".join(parts)
 
 
 def _exit_status(report: BatchReport, console: Any) -> int:
@@ -171,7 +181,12 @@ _TABLE_COLUMNS = (
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The shipped model on the shipped synthetic series: per-slice table, series summary, Dice, montage."""
+    """The shipped model on the shipped synthetic series: per-slice table, series summary, Dice, montage.
+    With ``--live``: the runtime, a replay at a scanner's pace and the web viewer (:mod:`scanedge.cli.live`)."""
+    if args.live:
+        from scanedge.cli.live import cmd_demo_live
+
+        return cmd_demo_live(args)
     from scanedge.demo.series import demo_series_dir, dice_against_truth
     from scanedge.runtime.batch import RESULTS_NAME
 
@@ -251,6 +266,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the comparison with the true labels")
     p.add_argument("--json", action="store_true", help="print results.json on stdout instead of the table")
     _add_pipeline_args(p)
+    add_live_args(p)
     p.set_defaults(func=cmd_demo)
 
 

@@ -19,7 +19,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
 
     from scanedge.imaging.slices import SliceLimits
+    from scanedge.runtime.keep_warm import KeepWarmConfig
     from scanedge.runtime.security import CurveServerKeys
+    from scanedge.runtime.series_store import SeriesStoreConfig
     from scanedge.runtime.server import ModelSpec, Server, ServerConfig
 
     if (args.curve_secret is None) != (args.curve_clients is None):
@@ -42,6 +44,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         job_timeout_s=args.job_timeout,
         shutdown_grace_s=args.shutdown_grace,
         stats_log_interval_s=args.stats_interval,
+        series=SeriesStoreConfig(idle_s=args.series_idle, max_series=args.max_series),
+        keep_warm=KeepWarmConfig(enabled=args.keep_warm),
     )
     log = logging.getLogger("scanedge.runtime")
     if args.insecure:
@@ -100,6 +104,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--spinning", action="store_true", help="let ONNX Runtime threads busy-wait between runs (default: off)"
     )
     p.add_argument(
+        "--no-keep-warm",
+        dest="keep_warm",
+        action="store_false",
+        help="no keep-warm pass before each slice expected at a scanner's pace (default: kept warm)",
+    )
+    p.add_argument(
         "--max-message-mb", type=float, default=64.0, help="larger messages are refused, TOO_LARGE (default: 64)"
     )
     p.add_argument(
@@ -126,6 +136,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="on SIGTERM/SIGINT, seconds requests in flight may take before the runtime exits anyway (default: 10)",
     )
     p.add_argument("--stats-interval", type=float, default=60.0, help="seconds between stats log lines (default: 60)")
+    p.add_argument(
+        "--series-idle",
+        type=float,
+        default=600.0,
+        help="forget a series' lesion load after this many seconds without a slice (default: 600)",
+    )
+    p.add_argument(
+        "--max-series", type=int, default=64, help="series whose lesion load is kept at once (default: 64; LRU)"
+    )
     p.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="log level (default: info)"
     )

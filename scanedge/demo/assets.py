@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scanedge.manifest import AppliesTo, ClassSpec, InputSpec, IntensityPolicy, Manifest, OutputSpec, SizePolicy
+from scanedge.manifest import (
+    AppliesTo,
+    ClassSpec,
+    CodedConcept,
+    InputSpec,
+    IntensityPolicy,
+    Manifest,
+    OutputSpec,
+    SizePolicy,
+)
 
 __all__ = ["DEMO_MODEL_PATH", "DEMO_PATIENT_PATH", "demo_manifest"]
 
@@ -28,7 +37,15 @@ def demo_manifest(version: str = "1.0.0", description: str = "") -> Manifest:
         output=OutputSpec(name="logits", kind="logits", activation="softmax"),
         classes=(
             ClassSpec("background", (0, 0, 0)),
-            ClassSpec("lesion", (255, 40, 40), threshold=0.5),
+            ClassSpec(
+                "lesion",
+                (255, 40, 40),
+                threshold=0.5,
+                # SNOMED CT, as DICOM SEG segment descriptions take them (CID 7150 / 7151 / 4)
+                property_category=CodedConcept("49755003", "SCT", "Morphologically Abnormal Structure"),
+                property_type=CodedConcept("52988006", "SCT", "Lesion"),
+                anatomic_region=CodedConcept("68523003", "SCT", "Cerebral White Matter"),
+            ),
         ),
         # brain MR as it was trained on: grey images; pixels of 0.1-3 mm are resampled to its 1 mm grid
         applies_to=AppliesTo(

@@ -5,18 +5,21 @@ A radiologist reads a series, not a slice: how many slices show a finding, how m
 console saw. The summary is built from the slices (for series and geometry) and the per-slice
 findings the postprocessor produced, so the CLI, the runtime and a DICOM node summarise alike.
 
-Components are counted per slice (2-D, 8-connected), so a lesion spanning five slices counts five
-times. Lesions as 3-D components need the label masks of a whole series in spatial order; they belong
-here as one more per-class figure, computed from the same slices plus their masks.
+Components here are counted per slice (2-D, 8-connected), so a lesion spanning five slices counts five
+times, and reports label them so. Lesions as 3-D components, with their volume, come from
+:mod:`scanedge.imaging.lesion_load` (the one series implementation, shared with the runtime's live series
+state and the DICOM node); a summary carries that :class:`LesionLoad` beside the 2-D figures when the
+caller accumulated one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from scanedge.imaging.lesion_load import LesionLoad
 from scanedge.imaging.postprocess import ClassFindings
 from scanedge.imaging.series import slice_spacing
 from scanedge.imaging.slices import Slice
@@ -106,6 +109,8 @@ class SeriesSummary:
         series_number: DICOM Series Number, as people name series ("series 3"); None when unknown.
         series_description: DICOM Series Description ("AX FLAIR"); "" when unknown.
         modality: DICOM Modality of the series; "" when unknown.
+        lesion_load: the series' 3-D lesions and their volume (:mod:`scanedge.imaging.lesion_load`); None
+            when the caller did not accumulate it.
     """
 
     series_uid: str
@@ -116,6 +121,7 @@ class SeriesSummary:
     series_number: int | None = None
     series_description: str = ""
     modality: str = ""
+    lesion_load: LesionLoad | None = None
 
     @property
     def label(self) -> str:
@@ -148,6 +154,8 @@ class SeriesSummary:
         }
         if self.latency_ms is not None:
             out["latency_ms"] = self.latency_ms.to_dict()
+        if self.lesion_load is not None:
+            out["lesion_load"] = self.lesion_load.to_dict()
         return out
 
 
@@ -173,8 +181,12 @@ def summarize_series(
     slices: Sequence[Slice],
     findings: Sequence[Sequence[ClassFindings]],
     latencies_ms: Sequence[float] | None = None,
+    lesion_loads: Mapping[str, LesionLoad] | None = None,
 ) -> tuple[SeriesSummary, ...]:
     """One summary per series UID, in the order the series first appear in ``slices``.
+
+    ``lesion_loads``, by series UID, are the 3-D loads the caller accumulated (e.g. with a
+    :class:`~scanedge.imaging.lesion_load.SeriesLesionLoad` per series as results came in).
 
     ``findings[i]`` are the per-class findings of ``slices[i]`` (``SliceResult.findings``);
     ``latencies_ms[i]``, when given, is the time ``slices[i]`` took. The slices' order does not matter
@@ -206,6 +218,7 @@ def summarize_series(
                 first.acquisition.series_number,
                 first.acquisition.series_description,
                 first.identity.modality,
+                None if lesion_loads is None else lesion_loads.get(uid),
             )
         )
     return tuple(summaries)

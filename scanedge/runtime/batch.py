@@ -22,10 +22,12 @@ from scanedge.errors import ConfigError, EngineInputError, InputError, NonFinite
 from scanedge.imaging.annotate import stamp_not_for_clinical_use
 from scanedge.imaging.encode import ImageFormat, encode_image
 from scanedge.imaging.files import LoadedSlice, SkippedFile
+from scanedge.imaging.lesion_load import SeriesLesionLoad
 from scanedge.imaging.montage import montage, tile_label
 from scanedge.imaging.postprocess import ClassFindings
 from scanedge.imaging.series import context_window
 from scanedge.imaging.series_summary import LatencyPercentiles, SeriesSummary, summarize_series
+from scanedge.imaging.slices import SliceGeometry
 from scanedge.runtime.pipeline import Pipeline, StageTimings
 
 __all__ = ["BatchOutput", "BatchReport", "SegmentedSlice", "prepare_output_dir", "segment_to_folder"]
@@ -176,6 +178,16 @@ def _write(path: Path, data: bytes | str) -> None:
         raise ConfigError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from exc
 
 
+def _placement(item: LoadedSlice) -> tuple[SliceGeometry, int | None]:
+    """Geometry and number that place a slice in its series' 3-D load. Frames of one multi-frame object
+    without positions share its instance number; they are placed by their order within it instead."""
+    s = item.slice
+    number = s.identity.instance_number
+    if s.geometry.position_along_normal is None and "#" in item.name:
+        number = (number or 0) * 100_000 + s.identity.frame_index
+    return s.geometry, number
+
+
 #: failures that belong to one slice: the batch lists them and carries on (others, such as a device that
 #: vanished, would fail every slice and end the batch)
 SLICE_ERRORS = (InputError, NonFiniteOutputError, EngineInputError)
@@ -201,6 +213,8 @@ def segment_to_folder(
     overlays: list[np.ndarray] = []
     refused: list[SkippedFile] = []
     labels = []
+    loads: dict[str, SeriesLesionLoad] = {}  # 3-D lesion load per series, accumulated slice by slice
+    classes = tuple(c.name for c in pipe.manifest.classes)
     research_only = pipe.manifest.not_for_clinical_use
     series = [item.slice for item in loaded]
     k = pipe.manifest.input.context_slices
@@ -210,6 +224,8 @@ def segment_to_folder(
         except SLICE_ERRORS as exc:
             refused.append(SkippedFile.of(item.name, item.path, exc))
         else:
+            uid = item.slice.identity.series_uid
+            loads.setdefault(uid, SeriesLesionLoad(classes)).add(result.mask, *_placement(item))
             stem = _file_stem(item)
             overlay_path = out / f"{stem}.overlay.{suffix}"
             picture: np.ndarray = result.overlay  # type: ignore[assignment]  # run draws overlays by default
@@ -240,7 +256,10 @@ def segment_to_folder(
         if progress is not None:
             progress(i + 1, len(loaded))
     summaries = summarize_series(
-        [s.source.slice for s in done], [s.findings for s in done], [s.timings.total_ms for s in done]
+        [s.source.slice for s in done],
+        [s.findings for s in done],
+        [s.timings.total_ms for s in done],
+        {uid: load.load() for uid, load in loads.items()},
     )
     montage_path = None
     if overlays:

@@ -49,6 +49,7 @@ from scanedge.errors import (
     UnauthorizedError,
     error_for_code,
 )
+from scanedge.imaging.lesion_load import LesionLoad
 from scanedge.imaging.overlay import OverlayOptions
 from scanedge.imaging.postprocess import ClassFindings
 from scanedge.imaging.slices import Slice, SliceGeometry
@@ -67,6 +68,7 @@ from scanedge.runtime.protocol import (
     stats_request,
 )
 from scanedge.runtime.security import CurveClientKeys
+from scanedge.runtime.series_store import lesion_load_from_wire
 
 __all__ = ["AsyncClient", "Client", "ClientConfig", "RemoteResult"]
 
@@ -136,6 +138,9 @@ class RemoteResult:
     probabilities: np.ndarray | None
     round_trip_ms: float
     header: Result
+    image: np.ndarray | None = None  # the windowed 8-bit slice the overlay is drawn on (output "image")
+    position_mm: float | None = None  # the slice's place along its normal, when its geometry says
+    series_load: LesionLoad | None = None  # the series' 3-D lesion load after this slice
 
     def finding(self, name: str) -> ClassFindings:
         """The findings of the class called ``name`` (KeyError if the model has no such class)."""
@@ -174,6 +179,9 @@ def _remote_result(header: Result, frames: Sequence[Any], rtt_ms: float) -> Remo
         probabilities=arrays.get("probabilities"),
         round_trip_ms=rtt_ms,
         header=header,
+        image=arrays.get("image"),
+        position_mm=header.position_mm,
+        series_load=None if header.series_load is None else lesion_load_from_wire(header.series_load),
     )
 
 
@@ -247,7 +255,8 @@ class Client:
             model: which served model to run (default: the runtime's default).
             geometry, rescale, window: override what a Slice carries (raw pixels only).
             deadline_ms: after this long in the runtime's queue the request is answered EXPIRED.
-            outputs: payload frames wanted back: ``mask``, ``overlay``, ``probabilities``.
+            outputs: payload frames wanted back: ``mask``, ``overlay``, ``probabilities``, ``image`` (the
+                windowed 8-bit slice, for viewers that draw the overlay themselves).
             overlay_encoding: ``raw`` (fastest), ``jpeg`` or ``png``.
             overlay_options: how the overlay is drawn (default: the runtime's).
             publish: also publish the result on the runtime's PUB socket.

@@ -21,6 +21,7 @@ import os
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -34,6 +35,7 @@ from scanedge.errors import (
     UnknownModelError,
     redacted_traceback,
 )
+from scanedge.imaging.slices import SliceLimits
 from scanedge.runtime.log_budget import LogBudget
 from scanedge.runtime.payloads import check_raw_payload
 from scanedge.runtime.protocol import (
@@ -59,6 +61,7 @@ from scanedge.runtime.protocol import (
     request_echo,
 )
 from scanedge.runtime.scheduler import Job, LatestSliceScheduler
+from scanedge.runtime.series_store import SeriesStore
 from scanedge.runtime.stats import RuntimeStats
 from scanedge.runtime.workers import Outcome, WorkerPool, error_outcome, expired_outcome
 
@@ -71,27 +74,27 @@ _GONE_MEMORY = 4096  # identities of vanished consoles remembered (LRU), for cou
 SHUTDOWN_DRAIN_S = 0.25
 
 
+@dataclass(frozen=True, kw_only=True)
 class LoopSettings:
-    """What the loop needs from the server's configuration (plain values, no sockets)."""
+    """What the loop needs from the server's configuration (plain values, no sockets).
 
-    def __init__(
-        self,
-        *,
-        max_message_bytes: int,
-        max_inflight_bytes: int,
-        limits: Any,
-        sweep_interval_s: float,
-        stats_log_interval_s: float,
-        shutdown_grace_s: float,
-        insecure_warning: str | None,
-    ) -> None:
-        self.max_message_bytes = max_message_bytes
-        self.max_inflight_bytes = max_inflight_bytes
-        self.limits = limits
-        self.sweep_interval_s = sweep_interval_s
-        self.stats_log_interval_s = stats_log_interval_s
-        self.shutdown_grace_s = shutdown_grace_s
-        self.insecure_warning = insecure_warning
+    Attributes:
+        max_message_bytes: larger requests are answered TOO_LARGE.
+        max_inflight_bytes: payload bytes accepted and unanswered before SEGMENTs get BUSY.
+        limits: per-slice pixel and decoded-size limits.
+        sweep_interval_s: how often deadlines are swept and workers supervised.
+        stats_log_interval_s: seconds between the stats log lines.
+        shutdown_grace_s: how long requests in flight may take after a stop request.
+        insecure_warning: logged every 10 minutes when serving unencrypted beyond loopback, else None.
+    """
+
+    max_message_bytes: int
+    max_inflight_bytes: int
+    limits: SliceLimits
+    sweep_interval_s: float
+    stats_log_interval_s: float
+    shutdown_grace_s: float
+    insecure_warning: str | None
 
 
 class IoLoop:
@@ -114,6 +117,7 @@ class IoLoop:
         wake_fd: int,
         stop_requested: Callable[[], bool],
         engine_health: Callable[[], dict[str, EngineStatus]] | None = None,
+        series_store: SeriesStore | None = None,
     ) -> None:
         self.router = router
         self.pub = pub
@@ -132,6 +136,8 @@ class IoLoop:
         self._wake_fd = wake_fd
         self._stop_requested = stop_requested
         self._engine_health = engine_health
+        self._series_store = series_store
+        self._next_series_sweep = 0.0
         self._stopping = False
         self._seq = itertools.count(1)
         self._fd_identity: dict[int, bytes] = {}  # connection fd -> the console last heard on it
@@ -436,6 +442,9 @@ class IoLoop:
             self._answer(job, expired_outcome(job, now, self.runtime_id))
         for job, outcome in self.pool.supervise(now):
             self._answer(job, outcome)
+        if self._series_store is not None and now >= self._next_series_sweep:
+            self._series_store.evict_idle(now)  # series that ended: nothing announces it on the wire
+            self._next_series_sweep = now + 1.0
 
     def _abandon_inflight(self) -> None:
         for job in self.scheduler.drain():

@@ -12,7 +12,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,13 +21,28 @@ from scanedge.imaging.dicom import invert_monochrome1, slices_from_dicom
 from scanedge.imaging.encode import encode_image
 from scanedge.imaging.overlay import OverlayOptions
 from scanedge.imaging.slices import Slice, SliceAcquisition, SliceGeometry, SliceIdentity, SliceLimits
-from scanedge.runtime.protocol import WIRE_DTYPES, FrameInfo, Geometry, Segment
+from scanedge.runtime.protocol import (
+    WIRE_DTYPES,
+    Echo,
+    Finding,
+    FrameInfo,
+    Geometry,
+    Result,
+    Segment,
+    SeriesLoad,
+    Timings,
+    result_reply,
+)
+
+if TYPE_CHECKING:
+    from scanedge.runtime.pipeline import SliceResult
 
 __all__ = [
     "arrays_from_frames",
     "check_raw_payload",
     "geometry_from_slice",
     "overlay_options",
+    "pipeline_reply",
     "result_frames",
     "slice_from_request",
     "wire_array",
@@ -201,3 +216,50 @@ def geometry_from_slice(geometry: SliceGeometry) -> dict[str, Any] | None:
         if v is not None
     }
     return fields or None
+
+
+def pipeline_reply(
+    echo: Echo,
+    result: SliceResult,
+    *,
+    model: str,
+    backend: str,
+    frames: Sequence[FrameInfo],
+    queue_ms: float,
+    decode_ms: float,
+    encode_ms: float,
+    received_mono: float,
+    received_at: float,
+    runtime: str,
+    series_ms: float = 0.0,
+    position_mm: float | None = None,
+    series_load: SeriesLoad | None = None,
+) -> Result:
+    """The RESULT header for one pipeline result: its findings, and the stage timings (ms) of the pipeline
+    plus what the caller measured around it (queue, decode, encode, series); ``total`` runs from
+    ``received_mono`` to now. The runtime's workers and the DICOM node both answer with it."""
+    t = result.timings
+    return result_reply(
+        echo,
+        model=model,
+        engine=backend,
+        timings=Timings(
+            queue=round(queue_ms, 4),
+            decode=round(decode_ms + t.decode_ms, 4),
+            preprocess=round(t.preprocess_ms, 4),
+            infer=round(t.infer_ms, 4),
+            postprocess=round(t.postprocess_ms, 4),
+            overlay=round(t.overlay_ms, 4),
+            encode=round(encode_ms, 4),
+            series=round(series_ms, 4),
+            total=round((time.monotonic() - received_mono) * 1e3, 4),
+        ),
+        findings=[Finding(**f.to_dict()) for f in result.findings],  # type: ignore[arg-type]
+        frames=frames,
+        received_at=received_at,
+        runtime=runtime,
+        position_mm=None if position_mm is None else round(position_mm, 4),
+        series_load=series_load,
+        scope=result.scope.status,
+        scope_detail=result.scope.detail,
+    )

@@ -185,6 +185,7 @@ class Pipeline:
         self._post = Postprocessor(manifest)
         self._overlay = OverlayRenderer(manifest, self.config.overlay)
         self.model_label = f"{manifest.name}@{manifest.version}"
+        self._last: tuple[Slice, Sequence[Slice]] | None = None  # for keep_warm()
 
     @classmethod
     def open(
@@ -262,6 +263,7 @@ class Pipeline:
         slice_ = self.to_slice(source)
         ignore = self.config.ignore_scope if ignore_scope is None else ignore_scope
         scope = require_scope(self.manifest.applies_to, slice_, self.model_label, ignore=ignore)
+        self._last = (slice_, context)
         t1 = time.perf_counter()
         tensor, info = self._pre(slice_, context)
         t2 = time.perf_counter()
@@ -290,6 +292,15 @@ class Pipeline:
         return SliceResult(
             slice_.identity, self.model_label, post.mask, post.probabilities, post.findings, image, timings, scope
         )
+
+    def keep_warm(self) -> bool:
+        """Run the last slice through the whole pipeline again, result discarded, so that caches, threads
+        and cores are warm for the next one (see :mod:`scanedge.runtime.keep_warm`). False before any slice."""
+        if self._last is None:
+            return False
+        slice_, context = self._last
+        self.run(slice_, context=context, overlay=True, ignore_scope=True)
+        return True
 
     def run_series(
         self, slices: Iterable[Slice], *, overlay: bool | OverlayOptions = True, ignore_scope: bool | None = None

@@ -50,6 +50,7 @@ __all__ = [
     "FrameInfo",
     "Geometry",
     "Histogram",
+    "LesionClassLoad",
     "Limits",
     "ModelInfo",
     "ModelInput",
@@ -61,6 +62,7 @@ __all__ = [
     "Rescale",
     "Result",
     "Segment",
+    "SeriesLoad",
     "Stats",
     "StatsReply",
     "Timings",
@@ -84,7 +86,7 @@ MAX_HEADER_BYTES = 64 * 1024
 REQUEST_TYPES = ("SEGMENT", "PING", "STATS")
 REPLY_TYPES = ("RESULT", "ERROR", "PONG", "STATS_REPLY")
 MESSAGE_TYPES = REQUEST_TYPES + REPLY_TYPES
-OUTPUT_NAMES = ("mask", "overlay", "probabilities")
+OUTPUT_NAMES = ("mask", "overlay", "probabilities", "image")
 #: dtypes a raw pixel frame may carry (always little-endian on the wire)
 WIRE_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 #: reply ``status`` of the scheduling outcomes; every other error code has status "error"
@@ -106,7 +108,7 @@ Width = Annotated[float, Meta(gt=0.0, le=1e10)]
 Fraction = Annotated[float, Meta(ge=0.0, le=1.0)]
 Epoch = Annotated[float, Meta(ge=0.0, le=1e11)]
 DeadlineMs = Annotated[float, Meta(gt=0.0, le=86_400_000.0)]
-OutputName = Literal["mask", "overlay", "probabilities"]
+OutputName = Literal["mask", "overlay", "probabilities", "image"]
 Count = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 CodeString = Annotated[str, Meta(min_length=1, max_length=16, pattern=r"^[A-Za-z0-9_ ]+$")]  # DICOM CS
 
@@ -202,6 +204,7 @@ class Timings(Struct, frozen=True):
     overlay: float = 0.0
     encode: float = 0.0
     total: float = 0.0
+    series: float = 0.0  # added within version 1: updating the series' lesion load
 
 
 class Finding(Struct, frozen=True):
@@ -227,6 +230,30 @@ class FrameInfo(Struct, frozen=True, omit_defaults=True):
     bytes: int | None = None
 
 
+class LesionClassLoad(Struct, frozen=True):
+    """One foreground class of a series' lesion load (section 4): 3-D lesions over the slices so far."""
+
+    label: int
+    name: str
+    lesions: int
+    voxels: int
+    volume_mm3: float | None
+    largest_mm3: float | None
+    largest_voxels: int
+    largest_slices: int
+    slices_with_finding: int
+
+
+class SeriesLoad(Struct, frozen=True):
+    """A series' lesion load after this slice (section 4), as the runtime holds it."""
+
+    slices: int
+    spacing_mm: float | None
+    spacing_source: str
+    classes: tuple[LesionClassLoad, ...]
+    dropped_slices: int = 0
+
+
 class Result(_Message, tag="RESULT", frozen=True):
     """A RESULT header (section 4); its payload frames follow in the order of ``frames``."""
 
@@ -248,6 +275,8 @@ class Result(_Message, tag="RESULT", frozen=True):
     runtime: str = ""
     scope: str = ""  # "in", "unchecked" or "outside" (the last only with ignore_scope); "" from older runtimes
     scope_detail: str = ""  # for "outside": what the model expects and what the slice is
+    position_mm: float | None = None  # added within version 1: the slice's place along its normal
+    series_load: SeriesLoad | None = None  # added within version 1: the series' lesion load so far
 
 
 class Error(_Message, tag="ERROR", frozen=True):
@@ -584,6 +613,8 @@ def result_reply(
     runtime: str,
     scope: str = "",
     scope_detail: str = "",
+    position_mm: float | None = None,
+    series_load: SeriesLoad | None = None,
 ) -> Result:
     """A RESULT header; the payload frames follow it in the order of ``frames``."""
     return Result(
@@ -603,6 +634,8 @@ def result_reply(
         runtime=runtime,
         scope=scope,
         scope_detail=scope_detail,
+        position_mm=position_mm,
+        series_load=series_load,
     )
 
 

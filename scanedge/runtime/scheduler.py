@@ -105,6 +105,12 @@ class LatestSliceScheduler:
         """Remove and return everything still waiting."""
         return self.remove(lambda j: True)
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called: ``submit`` then raises ``RuntimeError``, and a None from
+        ``take`` means no work is left rather than a timeout."""
+        return self._closed
+
     def depth(self) -> int:
         """How many jobs are waiting for a worker."""
         with self._lock:

@@ -34,11 +34,13 @@ from scanedge.imaging.slices import DEFAULT_LIMITS, SliceLimits
 from scanedge.manifest import Manifest, load_manifest
 from scanedge.runtime.endpoints import parse_endpoint
 from scanedge.runtime.io_loop import IoLoop, LoopSettings
+from scanedge.runtime.keep_warm import KeepWarmConfig
 from scanedge.runtime.log_budget import LogBudget
 from scanedge.runtime.pipeline import Pipeline, PipelineConfig, default_model_path
 from scanedge.runtime.protocol import EngineStatus, ModelInfo, ModelInput
 from scanedge.runtime.scheduler import Job, LatestSliceScheduler
 from scanedge.runtime.security import CurveServerKeys
+from scanedge.runtime.series_store import SeriesStore, SeriesStoreConfig
 from scanedge.runtime.stats import RuntimeStats
 from scanedge.runtime.workers import Outcome, WorkerPool, run_job
 
@@ -88,6 +90,8 @@ class ServerConfig:
         stats_log_interval_s: seconds between the stats log lines.
         sweep_interval_s: how often deadlines are swept and workers supervised.
         linger_ms: how long unsent replies are kept when the runtime closes.
+        series: how much per-series lesion-load state is kept (idle time, series and slice caps).
+        keep_warm: keep-warm passes between slices at a scanner's pace (:mod:`scanedge.runtime.keep_warm`).
     """
 
     bind: str = "tcp://127.0.0.1:5555"
@@ -106,6 +110,8 @@ class ServerConfig:
     stats_log_interval_s: float = 60.0
     sweep_interval_s: float = 0.05
     linger_ms: int = 2000
+    series: SeriesStoreConfig = field(default_factory=SeriesStoreConfig)
+    keep_warm: KeepWarmConfig = field(default_factory=KeepWarmConfig)
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -188,6 +194,7 @@ class Server:
         self.default_model = next(iter(self._models))
         self.runtime_id = secrets.token_hex(8)
         self.stats = RuntimeStats()
+        self.series_store = SeriesStore(self.config.series)
         self._scheduler = LatestSliceScheduler()
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -311,9 +318,12 @@ class Server:
                 cfg.workers,
                 self._scheduler,
                 self._open_pipelines,
-                lambda job, pipe: run_job(job, pipe, cfg.limits, cfg.overlay, self.runtime_id, failure_log),
+                lambda job, pipe: run_job(
+                    job, pipe, cfg.limits, cfg.overlay, self.runtime_id, failure_log, self.series_store
+                ),
                 emit,
                 job_timeout_s=cfg.job_timeout_s,
+                keep_warm=cfg.keep_warm,
             )
             loop = IoLoop(
                 router,
@@ -341,6 +351,7 @@ class Server:
                 wake_fd=wake_r,
                 stop_requested=self._stop.is_set,
                 engine_health=self.engine_health,
+                series_store=self.series_store,
             )
         except BaseException as exc:  # report to start(), close everything opened so far
             self._startup_error = exc

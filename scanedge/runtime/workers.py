@@ -19,13 +19,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from scanedge.errors import EngineTimeoutError, ScanedgeError, redacted_traceback
-from scanedge.imaging.overlay import OverlayOptions
+from scanedge.imaging.overlay import OverlayOptions, display_image
 from scanedge.imaging.slices import SliceLimits
+from scanedge.runtime.keep_warm import ArrivalPacer, KeepWarmConfig
 from scanedge.runtime.log_budget import LogBudget
-from scanedge.runtime.payloads import overlay_options, result_frames, slice_from_request
+from scanedge.runtime.payloads import overlay_options, pipeline_reply, result_frames, slice_from_request
 from scanedge.runtime.pipeline import Pipeline
-from scanedge.runtime.protocol import Echo, Error, Finding, Result, Timings, encode, error_reply, result_reply
+from scanedge.runtime.protocol import Echo, Error, Result, encode, error_reply
 from scanedge.runtime.scheduler import Job, LatestSliceScheduler
+from scanedge.runtime.series_store import SeriesStore, lesion_load_to_wire
 
 __all__ = ["Outcome", "Worker", "WorkerPool", "expired_outcome", "internal_outcome", "run_job"]
 
@@ -78,9 +80,11 @@ def run_job(
     overlay: OverlayOptions,
     runtime: str,
     failure_log: LogBudget | None = None,
+    series_store: SeriesStore | None = None,
 ) -> Outcome:
     """Segment one job's slice and build its RESULT; a typed failure becomes its ERROR (logged within
-    ``failure_log``'s budget: failures are the peer's to cause)."""
+    ``failure_log``'s budget: failures are the peer's to cause). With a ``series_store``, a slice of a
+    series also updates that series' lesion load, which the RESULT carries."""
     req = job.request
     start = time.monotonic()
     if job.expired(start):
@@ -96,36 +100,38 @@ def run_job(
             overlay=(overlay_options(req, overlay) or True) if want_overlay else False,
             ignore_scope=req.ignore_scope,
         )
-        arrays = {"mask": result.mask, "overlay": result.overlay, "probabilities": result.probabilities}
+        arrays = {
+            "mask": result.mask,
+            "overlay": result.overlay,
+            "probabilities": result.probabilities,
+            "image": display_image(slice_) if "image" in req.outputs else None,
+        }
         infos, payload, encode_ms = result_frames(req.outputs, arrays, req.overlay_encoding)
-        t = result.timings
         ident = slice_.identity
-        header = result_reply(
-            Echo(
-                req.id,
-                req.series or ident.series_uid,
-                req.instance or ident.sop_instance_uid,
-                req.index if req.index is not None else ident.instance_number,
-                req.sent_at,
-            ),
+        series = req.series or ident.series_uid
+        number = req.index if req.index is not None else ident.instance_number
+        load = None
+        t_series = time.perf_counter()
+        if series_store is not None and series:
+            classes = tuple(c.name for c in pipe.manifest.classes)
+            load = series_store.update(series, job.model, classes, result.mask, slice_.geometry, number)
+        series_ms = (time.perf_counter() - t_series) * 1e3
+        position = slice_.geometry.position_along_normal
+        header = pipeline_reply(
+            Echo(req.id, series, req.instance or ident.sop_instance_uid, number, req.sent_at),
+            result,
             model=pipe.model_label,
-            engine=pipe.engine.backend,
-            timings=Timings(
-                queue=round(queue_ms, 4),
-                decode=round(decode_ms + t.decode_ms, 4),
-                preprocess=round(t.preprocess_ms, 4),
-                infer=round(t.infer_ms, 4),
-                postprocess=round(t.postprocess_ms, 4),
-                overlay=round(t.overlay_ms, 4),
-                encode=round(encode_ms, 4),
-                total=round((time.monotonic() - job.received_mono) * 1e3, 4),
-            ),
-            findings=[Finding(**f.to_dict()) for f in result.findings],  # type: ignore[arg-type]
+            backend=pipe.engine.backend,
             frames=infos,
+            queue_ms=queue_ms,
+            decode_ms=decode_ms,
+            encode_ms=encode_ms,
+            series_ms=series_ms,
+            received_mono=job.received_mono,
             received_at=job.received_at,
             runtime=runtime,
-            scope=result.scope.status,
-            scope_detail=result.scope.detail,
+            position_mm=position,
+            series_load=None if load is None else lesion_load_to_wire(load),
         )
     except ScanedgeError as exc:
         if failure_log is None or failure_log.allow(exc.code):
@@ -145,6 +151,7 @@ class Worker:
         process: Callable[[Job, Pipeline], Outcome],
         emit: Callable[[Job, Outcome], None],
         pipelines: Pipelines | None = None,
+        keep_warm: KeepWarmConfig | None = None,
     ) -> None:
         self.index = index
         self.current: Job | None = None
@@ -156,6 +163,7 @@ class Worker:
         self._process = process
         self._emit = emit
         self._pipelines = pipelines
+        self.pacer = ArrivalPacer(keep_warm) if keep_warm is not None and keep_warm.enabled else None
         self.thread = threading.Thread(target=self._run, name=f"scanedge-worker-{index}", daemon=True)
 
     def start(self) -> Worker:
@@ -176,11 +184,20 @@ class Worker:
                 self.failed = exc.message if isinstance(exc, ScanedgeError) else redacted_traceback(exc)
                 log.error("worker %d could not open its models: %s", self.index, self.failed)
                 return
+        last_model: str | None = None
         try:
             while not self.retired:
-                job = self._scheduler.take()
+                plan = self.pacer.plan(time.monotonic()) if self.pacer is not None else None
+                job = self._scheduler.take(None if plan is None else max(0.0, plan[0] - time.monotonic()))
                 if job is None:
-                    return
+                    if self._scheduler.closed:
+                        return
+                    if plan is not None and last_model is not None and time.monotonic() >= plan[0]:
+                        self._keep_warm(pipelines[last_model], plan[1])
+                    continue
+                if self.pacer is not None:
+                    self.pacer.arrived(job.received_mono)
+                last_model = job.model
                 self.started_mono = time.monotonic()
                 self.current = job
                 outcome: Outcome | None = None
@@ -197,6 +214,18 @@ class Worker:
                     pipe.close()
                 except Exception as exc:
                     log.warning("worker %d: closing a pipeline failed: %s", self.index, redacted_traceback(exc))
+
+    def _keep_warm(self, pipe: Pipeline, expected: float) -> None:
+        """One keep-warm pass; a failure stops keeping warm (the next real slice reports any real fault)."""
+        assert self.pacer is not None
+        started = time.monotonic()
+        try:
+            pipe.keep_warm()
+        except Exception as exc:
+            log.warning("worker %d stops keeping warm: %s", self.index, redacted_traceback(exc))
+            self.pacer = None
+            return
+        self.pacer.ran(expected, started, time.monotonic())
 
     def _guarded(self, job: Job, pipelines: Pipelines) -> Outcome:
         try:
@@ -222,8 +251,10 @@ class WorkerPool:
         job_timeout_s: float,
         max_wedged: int = 4,
         retry_s: float = 5.0,
+        keep_warm: KeepWarmConfig | None = None,
     ) -> None:
         self.size = size
+        self.keep_warm = keep_warm
         self.job_timeout_s = job_timeout_s
         self.max_wedged = max_wedged
         self.retry_s = retry_s
@@ -238,7 +269,9 @@ class WorkerPool:
         self._next_retry = 0.0
 
     def _new(self, pipelines: Pipelines | None = None) -> Worker:
-        worker = Worker(self._next_index, self._scheduler, self._open, self._process, self._emit, pipelines)
+        worker = Worker(
+            self._next_index, self._scheduler, self._open, self._process, self._emit, pipelines, self.keep_warm
+        )
         self._next_index += 1
         self.workers.append(worker)
         return worker.start()
@@ -288,6 +321,10 @@ class WorkerPool:
                     self._new()
                     self.restarted += 1
         return owed
+
+    def keep_warm_runs(self) -> int:
+        """Keep-warm passes run by the current workers."""
+        return sum(w.pacer.runs for w in self.workers if w.pacer is not None)
 
     def busy(self) -> int:
         """Workers running a job right now."""

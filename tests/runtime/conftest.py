@@ -1,6 +1,7 @@
 """Real runtimes on 127.0.0.1 for the streaming tests, and the faults they inject.
 
-Engines here are the real ONNX Runtime engine; the only thing a test adds is a fault: inference held at
+Engines here are the real ONNX Runtime engine (keep-warm passes off unless a test turns them on); the
+only thing a test adds is a fault: inference held at
 a gate until the test opens it (so "the worker is busy" is a fact, not a hope about timing), a fixed
 delay, or a stage that fails in a chosen way.
 """
@@ -20,6 +21,7 @@ import zmq
 from scanedge.engines import EngineOptions, OnnxRuntimeEngine
 from scanedge.manifest import Manifest
 from scanedge.runtime.client import Client
+from scanedge.runtime.keep_warm import KeepWarmConfig
 from scanedge.runtime.pipeline import Pipeline, PipelineConfig
 from scanedge.runtime.server import ModelSpec, Server, ServerConfig
 
@@ -91,6 +93,9 @@ def local_config(**changes: Any) -> ServerConfig:
         "engine": EngineOptions(threads=1, spinning=False),
         "sweep_interval_s": 0.02,
         "linger_ms": 200,
+        # keep-warm passes are inferences too: off, so a gate counts only the slices a test sends
+        # (tests/runtime/test_keep_warm.py turns them on)
+        "keep_warm": KeepWarmConfig(enabled=False),
     }
     return ServerConfig(**{**base, **changes})
 

@@ -69,7 +69,7 @@ def injected() -> Iterator[Faults]:
         mp.setattr(Postprocessor, "__call__", _wrap(faults, "postprocess", Postprocessor.__call__))
         mp.setattr(OverlayRenderer, "render", _wrap(faults, "overlay", OverlayRenderer.render))
         mp.setattr(payloads, "encode_image", _wrap(faults, "encode", payloads.encode_image))
-        mp.setattr(workers, "result_reply", _wrap(faults, "reply", workers.result_reply))
+        mp.setattr(workers, "pipeline_reply", _wrap(faults, "reply", workers.pipeline_reply))
         try:
             yield faults
         finally:

@@ -21,17 +21,8 @@ from scanedge.runtime.client import Client, ClientConfig
 from scanedge.runtime.protocol import Pong, decode_reply
 from scanedge.runtime.security import CurveClientKeys, CurveServerKeys, generate_keys, key_fingerprint
 from tests.runtime.conftest import Gate, gated_factory, running_server
-from tests.runtime.test_protocol_raw import ROOT, free_port
+from tests.runtime.processes import free_port, spawn_runtime, stop_runtime
 from tests.waiting import wait_until
-
-
-def spawn_runtime(endpoint: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "scanedge", "serve", "--bind", endpoint, "--threads", "1", "--log-level", "error"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
 
 
 def wait_pong(endpoint: str) -> Pong:
@@ -85,9 +76,8 @@ def test_kill_9_and_restart_under_load_every_request_resolves_once(outage_s, dem
             new_runtime = client.ping().runtime
     finally:
         for proc in (first, second):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(30)
+            if proc is not None:
+                stop_runtime(proc)
     ok = [r for r in results if not isinstance(r, Exception)]
     assert len(results) == 40  # every future resolved
     assert len(ok) >= 36, [r for r in results if isinstance(r, Exception)][:3]  # >= 90% ok after resend

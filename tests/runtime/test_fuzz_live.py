@@ -12,16 +12,13 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
-import zmq
 
 from scanedge.fuzz.traffic import HostileTraffic
-from tests.runtime.test_protocol_raw import ROOT, free_port
+from tests.runtime.processes import ROOT, dealer, free_port, runtime_log, spawn_runtime
 
 MESSAGES = 3000
 IN_FLIGHT = 64
@@ -46,18 +43,11 @@ def test_a_live_runtime_survives_thousands_of_hostile_messages(demo_series):
     assert {"BAD_MESSAGE", "INTERNAL", "NOT_DICOM"} <= codes
     dicom = [p.read_bytes() for p in sorted(demo_series.glob("*.dcm"))[:6]]
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scanedge", "serve", "--bind", endpoint, "--threads", "1", "--log-level", "error"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
+    proc = spawn_runtime(endpoint, log_level="error")
+    sock = dealer(endpoint)
     try:
         sock.send(json.dumps({"version": 1, "type": "PING", "id": "hello"}).encode())
-        assert sock.poll(60_000), proc.stderr.read().decode() if proc.poll() is not None else "no PONG"
+        assert sock.poll(60_000), runtime_log(proc) if proc.poll() is not None else "no PONG"
         sock.recv_multipart()
         rss_start = rss_mb(proc.pid)
         traffic = HostileTraffic(seed=20261129, dicom=dicom)
@@ -96,7 +86,7 @@ def test_a_live_runtime_survives_thousands_of_hostile_messages(demo_series):
             outstanding += 1
             while outstanding >= IN_FLIGHT:
                 assert receive(30_000), f"the runtime stopped answering after {i} messages"
-            assert proc.poll() is None, f"the runtime died at message {i}: {proc.stderr.read().decode()[-2000:]}"
+            assert proc.poll() is None, f"the runtime died at message {i}: {runtime_log(proc)[-2000:]}"
         while outstanding:
             assert receive(30_000), f"{outstanding} replies never came"
         rss_end = rss_mb(proc.pid)

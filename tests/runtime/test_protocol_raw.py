@@ -6,69 +6,12 @@ to pass, the protocol document is incomplete.
 
 import json
 import signal
-import socket
 import struct
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import zmq
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_runtime(*extra: str) -> tuple[subprocess.Popen, zmq.Socket, dict]:
-    """`scanedge serve` on a free port, and a DEALER that has seen its PONG (section 5: PING until PONG)."""
-    port = free_port()
-    endpoint = f"tcp://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "scanedge",
-            "serve",
-            "--bind",
-            endpoint,
-            "--threads",
-            "1",
-            "--log-level",
-            "warning",
-            *extra,
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
-    deadline = time.monotonic() + 60
-    while True:
-        sock.send(json.dumps({"version": 1, "type": "PING", "id": "hello"}).encode())
-        if sock.poll(1000):
-            pong = json.loads(sock.recv())
-            return proc, sock, pong
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.monotonic() < deadline, "runtime did not start"
-        sock.close(0)
-        sock = zmq.Context.instance().socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(endpoint)
-
-
-def stop_runtime(proc: subprocess.Popen, sock: zmq.Socket) -> None:
-    sock.close(0)
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+from tests.runtime.processes import start_runtime, stop_runtime
 
 
 @pytest.fixture(scope="module")

@@ -61,6 +61,7 @@ def test_round_trip_equals_the_in_process_pipeline_bit_for_bit(server, demo_seri
                 "postprocess",
                 "overlay",
                 "encode",
+                "series",
                 "total",
             }
             assert remote.timings_ms["encode"] == 0.0  # raw overlay: nothing is encoded (spec section 4)

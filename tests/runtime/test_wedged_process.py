@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -20,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from scanedge.manifest import embed_manifest
 from tests.conftest import simple_manifest
-from tests.runtime.test_protocol_raw import ROOT, free_port
+from tests.runtime.processes import dealer, free_port, runtime_log, spawn_runtime
 from tests.waiting import wait_until
 
 
@@ -85,30 +83,8 @@ def test_sigterm_with_a_worker_stuck_in_inference_exits_within_the_grace_period(
     model = tmp_path / "hang.onnx"
     embed_manifest(hanging_model(), simple_manifest(), model)
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "scanedge",
-            "serve",
-            "--model",
-            str(model),
-            "--bind",
-            endpoint,
-            "--threads",
-            "1",
-            "--shutdown-grace",
-            "1",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
+    proc = spawn_runtime(endpoint, "--model", str(model), "--shutdown-grace", "1")
+    sock = dealer(endpoint)
     try:
         assert ask(sock, {"version": 1, "type": "PING", "id": "p0"})["type"] == "PONG"
         pixels = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8).tobytes()
@@ -141,4 +117,4 @@ def test_sigterm_with_a_worker_stuck_in_inference_exits_within_the_grace_period(
             proc.wait(10)
     assert (reply["id"], reply["code"]) == ("stuck", "SHUTTING_DOWN")
     assert code == 1 and took < 10  # the 1 s grace, then out, saying why
-    assert b"stuck in inference" in proc.stderr.read()
+    assert "stuck in inference" in runtime_log(proc)

@@ -1,0 +1,128 @@
+"""``scanedge dicom-listen``: the DICOM node (a Storage SCP that answers with DICOM SEGs)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from scanedge.cli.arguments import add_engine_args, add_limit_args, engine_options, slice_limits
+
+__all__ = ["add_parsers", "cmd_dicom_listen"]
+
+
+def cmd_dicom_listen(args: argparse.Namespace) -> int:
+    """Listen until SIGINT/SIGTERM; open series get their SEGs written before exiting."""
+    import logging
+    import signal
+
+    from scanedge.dicomnet import DicomListener, ListenerConfig, parse_forward_target
+    from scanedge.dicomnet.series import SeriesLimits
+    from scanedge.errors import ConfigError
+    from scanedge.runtime.server import ModelSpec
+
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("pynetdicom", "highdicom"):  # per-PDU and per-module chatter
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.log_level == "debug" else logging.WARNING)
+    try:
+        series_limits = SeriesLimits(
+            max_series=args.max_series, max_bytes=int(args.max_held_mb * 1024 * 1024), max_frames=args.max_frames
+        )
+    except ValueError as exc:
+        raise ConfigError(f"--max-series, --max-held-mb and --max-frames: {exc}") from None
+    config = ListenerConfig(
+        ae_title=args.ae_title,
+        bind=args.bind,
+        port=args.port,
+        out=args.out,
+        forward=parse_forward_target(args.forward) if args.forward else None,
+        publish=args.publish,
+        insecure=args.insecure,
+        series_timeout_s=args.series_timeout,
+        complete_on_release=args.complete_on_release,
+        segmentation=args.segmentation,
+        workers=args.workers,
+        engine=engine_options(args, spinning=False),
+        limits=slice_limits(args),
+        series_limits=series_limits,
+        max_associations=args.max_associations,
+    )
+    log = logging.getLogger("scanedge.dicomnet")
+    listener = DicomListener([ModelSpec(m) for m in args.model], config)
+
+    def stop(signum: int, frame: object) -> None:
+        log.info("signal %d: finishing open associations, writing the SEGs of open series, then exiting", signum)
+        listener.request_stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    listener.serve()
+    stats = listener.stats
+    refused = ", ".join(f"0x{code:04X} x{n}" for code, n in sorted(stats.refused.items())) or "none"
+    pending = listener.forwarder.pending if listener.forwarder is not None else 0
+    log.info(
+        "stopped: %d received, %d segmented, refused %s; %d SEG(s) written, %d failed; %d waiting to be forwarded",
+        stats.received,
+        stats.stored,
+        refused,
+        stats.segs_written,
+        stats.seg_failures,
+        pending,
+    )
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register ``dicom-listen``."""
+    p = sub.add_parser(
+        "dicom-listen",
+        help="DICOM node: receive images by C-STORE, segment them live, answer with DICOM SEGs (docs/dicom-node.md)",
+    )
+    p.add_argument("--ae-title", default="SCANEDGE", help="this node's AE title (default: SCANEDGE)")
+    p.add_argument("--port", type=int, default=11112, help="TCP port for associations (default: 11112)")
+    p.add_argument(
+        "--bind",
+        default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1, this machine only; DICOM is unencrypted)",
+    )
+    p.add_argument("--model", type=Path, action="append", default=[], help="model to run (repeatable; default: demo)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("scanedge-dicom-out"),
+        help="folder for the SEGs (seg/) and the forwarding outbox (outbox/); nothing is written elsewhere "
+        "(default: ./scanedge-dicom-out)",
+    )
+    p.add_argument("--forward", default=None, metavar="AE@HOST:PORT", help="also send each SEG there by C-STORE")
+    p.add_argument(
+        "--series-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="a series is complete when no instance has arrived for S seconds (default: 10)",
+    )
+    p.add_argument(
+        "--complete-on-release",
+        action="store_true",
+        help="a series is also complete once every association that sent it is released",
+    )
+    p.add_argument(
+        "--segmentation",
+        choices=("binary", "fractional"),
+        default="binary",
+        help="BINARY masks or FRACTIONAL probabilities in the SEG (default: binary)",
+    )
+    p.add_argument("--publish", default=None, help="PUB endpoint for live results, e.g. tcp://127.0.0.1:5556")
+    p.add_argument("--insecure", action="store_true", help="allow a non-loopback --publish endpoint")
+    p.add_argument("--workers", type=int, default=1, help="pipelines per model (images segmented at once; default 1)")
+    add_engine_args(p, threads_help="inference threads per pipeline")
+    add_limit_args(p, help_text="refuse images with more pixels than this (0xA700; default: 4096 x 4096)")
+    g = p.add_argument_group("memory held for open series")
+    g.add_argument("--max-series", type=int, default=32, help="series open at once (default: 32)")
+    g.add_argument("--max-held-mb", type=float, default=512.0, help="MiB held over open series (default: 512)")
+    g.add_argument("--max-frames", type=int, default=4096, help="frames per series (default: 4096)")
+    p.add_argument("--max-associations", type=int, default=8, help="associations at once (default: 8)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="(default: info)")
+    p.set_defaults(func=cmd_dicom_listen)

@@ -1,0 +1,702 @@
+"""The Storage SCP: images in by C-STORE, results out live on the PUB feed, one SEG per series and model.
+
+Each association runs in its own pynetdicom thread and segments what it receives in that thread, with a
+pipeline borrowed from a fixed pool (``workers`` per model; pipelines are not thread-safe). Waiting for
+a free pipeline is the back-pressure a sending device feels: it gets each C-STORE response only once its
+image has been segmented, so the images held in memory are bounded by the number of associations. An
+image that is not taken gets a failure status (:mod:`scanedge.dicomnet.statuses`) and a log line saying
+why, and the association carries on.
+
+Every frame's RESULT is built by the protocol's own builders (:func:`~scanedge.runtime.protocol.result_reply`,
+:func:`~scanedge.runtime.payloads.result_frames`) and published as docs/protocol.md section 9 says; the
+``id`` is a number the listener counts up. A completion thread writes the SEGs of series that are
+complete (:mod:`scanedge.dicomnet.series`) into ``OUT/seg/`` and hands them to the forwarder.
+
+Nothing is written outside ``out``; logs name UIDs, AE titles and codes, never patient attributes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import re
+import secrets
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scanedge.dicomnet.contexts import SEGMENTED_SOP_CLASSES, add_supported_contexts, sop_class_name
+from scanedge.dicomnet.forward import Forwarder, ForwardTarget, check_ae_title
+from scanedge.dicomnet.publisher import ResultPublisher
+from scanedge.dicomnet.segmentation import SegmentationKind, SegmentationSettings, build_segmentations
+from scanedge.dicomnet.series import HeldFrame, HeldInstance, OpenSeries, SeriesLimits, SeriesStore, pack
+from scanedge.dicomnet.statuses import SUCCESS, status_dataset, status_for
+from scanedge.engines import EngineOptions
+from scanedge.errors import CapacityError, ConfigError, ScanedgeError, SopClassError, redacted_traceback
+from scanedge.imaging.dicom import read_dataset, slices_from_dicom
+from scanedge.imaging.dicom_dataset import _quietly as pydicom_quiet  # its records and warnings quote values
+from scanedge.imaging.overlay import OverlayOptions, display_image
+from scanedge.imaging.series import context_window
+from scanedge.imaging.slices import DEFAULT_LIMITS, Slice, SliceLimits
+from scanedge.manifest import Manifest
+from scanedge.runtime.endpoints import parse_endpoint
+from scanedge.runtime.payloads import pipeline_reply, result_frames
+from scanedge.runtime.pipeline import Pipeline, PipelineConfig, SliceResult
+from scanedge.runtime.protocol import Echo, encode, publish_topic
+from scanedge.runtime.server import ModelSpec
+
+__all__ = ["DicomListener", "ListenerConfig", "ListenerStats"]
+
+log = logging.getLogger("scanedge.dicomnet")
+
+_UID = re.compile(r"[0-9][0-9.]{0,63}")
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float Pixel Data
+#: the frames each published RESULT carries (section 4's names)
+PUBLISHED_OUTPUTS = ("mask", "overlay", "image")
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """How the DICOM node listens, segments, completes series and delivers SEGs.
+
+    Attributes:
+        ae_title: this node's AE title; associations must call it (``require_called_ae``).
+        bind: the address to listen on; loopback by default. DICOM associations are not encrypted: bind a
+            scanner-facing address only on a protected network.
+        port: the TCP port (0: any free one, see :attr:`DicomListener.port`).
+        out: the only folder anything is written to: ``seg/`` (SEGs) and ``outbox/`` (waiting to be forwarded).
+        forward: where SEGs are also sent by C-STORE; None: written only.
+        publish: PUB endpoint for the live feed (docs/protocol.md section 9); None: no feed.
+        insecure: allow a non-loopback ``publish`` endpoint (the feed is not encrypted).
+        series_timeout_s: a series with no new instance for this long is complete.
+        complete_on_release: a series is also complete once every association that sent it is released.
+        segmentation: ``binary`` or ``fractional`` SEGs.
+        workers: pipelines per model: how many images are segmented at once.
+        engine: how each pipeline's engine runs.
+        limits: per-image pixel and decoded-size limits (larger images are refused, 0xA700).
+        overlay: how the published overlays are drawn.
+        series_limits: bounds on what is held while series are open (see :mod:`scanedge.dicomnet.series`).
+        max_associations: associations served at once (more are rejected at negotiation).
+        require_called_ae: reject associations whose Called AE title is not ``ae_title``.
+        busy_timeout_s: how long an image waits for a free pipeline before it is refused (0xA700).
+        network_timeout_s: ACSE, DIMSE and network timeouts of each association.
+        retry_max_s: the longest wait between two attempts to forward a SEG.
+        stop_grace_s: on stop, how long open associations may still finish.
+        max_object_bytes: the most bytes one DIMSE message may carry; a peer sending more is aborted while
+            it sends (pynetdicom would gather any amount in memory). None: the decoded-size limit plus
+            16 MiB for the header.
+    """
+
+    ae_title: str = "SCANEDGE"
+    bind: str = "127.0.0.1"
+    port: int = 11112
+    out: Path = Path("scanedge-dicom-out")
+    forward: ForwardTarget | None = None
+    publish: str | None = None
+    insecure: bool = False
+    series_timeout_s: float = 10.0
+    complete_on_release: bool = False
+    segmentation: SegmentationKind = "binary"
+    workers: int = 1
+    engine: EngineOptions = EngineOptions(spinning=False)
+    limits: SliceLimits = DEFAULT_LIMITS
+    overlay: OverlayOptions = field(default_factory=OverlayOptions)
+    series_limits: SeriesLimits = field(default_factory=SeriesLimits)
+    max_associations: int = 8
+    require_called_ae: bool = True
+    busy_timeout_s: float = 60.0
+    network_timeout_s: float = 60.0
+    retry_max_s: float = 300.0
+    stop_grace_s: float = 10.0
+    max_object_bytes: int | None = None
+
+    @property
+    def object_byte_limit(self) -> int:
+        """``max_object_bytes``, or its default."""
+        if self.max_object_bytes is not None:
+            return self.max_object_bytes
+        return self.limits.max_decoded_bytes + 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        check_ae_title(self.ae_title, "--ae-title")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port {self.port} is outside 0-65535")
+        if self.segmentation not in ("binary", "fractional"):
+            raise ConfigError(f"segmentation must be binary or fractional, got {self.segmentation!r}")
+        if self.workers < 1 or self.max_associations < 1:
+            raise ConfigError("workers and max_associations must be >= 1")
+        for name in ("series_timeout_s", "busy_timeout_s", "network_timeout_s", "retry_max_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.publish is not None and not parse_endpoint(self.publish).is_loopback and not self.insecure:
+            raise ConfigError(
+                f"refusing to publish patient images on {self.publish} beyond this machine without encryption; "
+                "publish on loopback, or pass --insecure if the network is otherwise protected"
+            )
+
+
+@dataclass
+class ListenerStats:
+    """What the listener has done since it started (read them; the listener updates them).
+
+    Attributes:
+        received: C-STORE requests received.
+        stored: images segmented and held for their series' SEG.
+        refused: C-STORE failure statuses sent, by status code.
+        results: RESULTs built (one per frame and model), published when there is a feed.
+        oversized: associations aborted for sending a message over ``max_object_bytes``.
+        series_completed: series whose SEGs were built.
+        segs_written: SEG files written to ``out/seg``.
+        seg_failures: SEGs that could not be built or written (logged).
+    """
+
+    received: int = 0
+    stored: int = 0
+    refused: Counter[int] = field(default_factory=Counter)
+    results: int = 0
+    oversized: int = 0
+    series_completed: int = 0
+    segs_written: int = 0
+    seg_failures: int = 0
+
+
+class _Refusal(Exception):
+    """A C-STORE answered with a status of its own (not from a scanedge error code)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class DicomListener:
+    """A DICOM Storage SCP that segments what it receives. ``start()``/``stop()``, or ``serve()`` until
+    :meth:`request_stop`; also a context manager."""
+
+    def __init__(self, models: Sequence[ModelSpec], config: ListenerConfig | None = None) -> None:
+        self.config = config or ListenerConfig()
+        self.models = list(models) or [ModelSpec(_default_model())]
+        self.stats = ListenerStats()
+        self.runtime_id = secrets.token_hex(8)
+        self.store = SeriesStore(self.config.series_limits)
+        self.written: list[Path] = []  # SEG files written, in order
+        self._manifests: dict[str, Manifest] = {}
+        self._pools: dict[str, queue.Queue[Pipeline]] = {}
+        self._pipelines: list[Pipeline] = []
+        self._ids = itertools.count(1)
+        self._incoming: dict[int, int] = {}  # association -> bytes of the message it is sending now
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._stopped = False
+        self._server: Any = None
+        self._ae: Any = None
+        self._publisher: ResultPublisher | None = None
+        self.forwarder: Forwarder | None = None
+        self._completer = threading.Thread(target=self._complete_loop, name="scanedge-series", daemon=True)
+        self.seg_dir = self.config.out / "seg"
+
+    # --- life cycle ----------------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The TCP port the listener accepts associations on."""
+        if self._server is None:
+            raise RuntimeError("the listener is not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def publish_endpoint(self) -> str | None:
+        """The PUB feed's bound endpoint, or None without one."""
+        return None if self._publisher is None else self._publisher.endpoint
+
+    def start(self) -> DicomListener:
+        """Open the models, the output folder, the feed and the forwarder, then accept associations."""
+        cfg = self.config
+        _check_installed()
+        try:
+            self._open_models()
+            self._prepare_out()
+            if cfg.publish is not None:
+                self._publisher = ResultPublisher(cfg.publish).start()
+            if cfg.forward is not None:
+                self.forwarder = Forwarder(
+                    cfg.forward, cfg.out / "outbox", calling_ae=cfg.ae_title, retry_max_s=cfg.retry_max_s
+                ).start()
+            self._start_server()
+        except BaseException:
+            self._close_parts()
+            raise
+        self._completer.start()
+        where = f"{cfg.bind}:{self.port}"
+        log.info(
+            "DICOM node %s listening on %s (%s); models %s; %s SEGs to %s%s%s; series complete after %g s idle%s",
+            cfg.ae_title,
+            where,
+            "loopback only" if _is_loopback(cfg.bind) else "reachable from the network, unencrypted",
+            ", ".join(f"{m.name}@{m.version}" for m in self._manifests.values()),
+            cfg.segmentation,
+            self.seg_dir,
+            f", forwarded to {cfg.forward}" if cfg.forward else "",
+            f", results published on {self.publish_endpoint}" if self._publisher else "",
+            cfg.series_timeout_s,
+            " or when released" if cfg.complete_on_release else "",
+        )
+        return self
+
+    def request_stop(self) -> None:
+        """Ask :meth:`serve` to stop (from a signal handler or another thread)."""
+        self._stop.set()
+
+    def serve(self) -> None:
+        """Start, run until :meth:`request_stop`, then stop."""
+        self.start()
+        try:
+            self._stop.wait()
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop accepting, let open associations finish (``stop_grace_s``), write the SEGs of every open
+        series, try to forward what is due, and release everything."""
+        self._stop.set()
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._server is not None:
+            self._server.shutdown()
+            end = time.monotonic() + self.config.stop_grace_s
+            while self._server.active_associations and time.monotonic() < end:
+                time.sleep(0.02)
+            for assoc in self._server.active_associations:
+                assoc.abort()
+            self._server = None
+        if self._completer.is_alive():
+            self._completer.join()
+        for series in self.store.drain():
+            self._write(series, "the listener is stopping")
+        self._close_parts()
+
+    def __enter__(self) -> DicomListener:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _close_parts(self) -> None:
+        if self._ae is not None:
+            self._ae.shutdown()
+            self._ae = None
+        if self.forwarder is not None:
+            self.forwarder.stop(grace_s=min(5.0, self.config.stop_grace_s))
+        if self._publisher is not None:
+            self._publisher.close()
+        for pipe in self._pipelines:
+            pipe.close()
+        self._pipelines.clear()
+
+    def _open_models(self) -> None:
+        cfg = self.config
+        pconf = PipelineConfig(limits=cfg.limits, overlay=cfg.overlay)
+        for spec in self.models:
+            pipes = []
+            for _ in range(cfg.workers):
+                pipe = Pipeline.open(spec.path, manifest=spec.manifest, options=cfg.engine, config=pconf)
+                self._pipelines.append(pipe)
+                pipes.append(pipe)
+            name = pipes[0].manifest.name
+            if name in self._manifests:
+                raise ConfigError(f"two models are named {name!r}; each model needs its own manifest name")
+            self._manifests[name] = pipes[0].manifest
+            pool: queue.Queue[Pipeline] = queue.Queue()
+            for pipe in pipes:
+                pool.put(pipe)
+            self._pools[name] = pool
+            uncoded = [c.name for c in pipes[0].manifest.classes[1:] if c.property_type is None]
+            if uncoded:
+                log.warning(
+                    "model %s: class(es) %s have no coded concepts in the manifest; their SEG segments are "
+                    "described generically as SCT 85756007 Tissue (see docs/manifest.md)",
+                    name,
+                    ", ".join(uncoded),
+                )
+
+    def _prepare_out(self) -> None:
+        out = self.config.out
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out} is a file, not a folder")
+        try:
+            self.seg_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the output folder {self.seg_dir}: {exc.strerror}") from None
+        if not os.access(self.seg_dir, os.W_OK):
+            raise ConfigError(f"the output folder {self.seg_dir} is not writable")
+
+    def _start_server(self) -> None:
+        from pynetdicom import AE, evt
+
+        cfg = self.config
+        ae = AE(ae_title=cfg.ae_title)
+        ae.maximum_associations = cfg.max_associations
+        ae.require_called_aet = cfg.require_called_ae
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = cfg.network_timeout_s
+        add_supported_contexts(ae)
+        handlers: list[Any] = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_RELEASED, self._on_released),
+            (evt.EVT_ABORTED, self._on_aborted),
+            (evt.EVT_DATA_RECV, self._on_data),
+        ]
+        self._ae = ae
+        try:
+            self._server = ae.start_server((cfg.bind, cfg.port), block=False, evt_handlers=handlers)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen for DICOM on {cfg.bind}:{cfg.port}: {exc.strerror} (is another node running there?)"
+            ) from None
+
+    # --- association events (pynetdicom's threads) ---------------------------------------------------
+
+    def _on_echo(self, event: Any) -> int:
+        log.debug("C-ECHO from %s", _peer(event))
+        return SUCCESS
+
+    def _on_released(self, event: Any) -> None:
+        self._incoming.pop(id(event.assoc), None)
+        self.store.released(id(event.assoc))
+
+    def _on_aborted(self, event: Any) -> None:
+        self._incoming.pop(id(event.assoc), None)
+        self.store.closed(id(event.assoc))
+
+    def _on_data(self, event: Any) -> None:
+        """Count the bytes of the DIMSE message being received (each raw PDU, before pynetdicom decodes it);
+        abort the association once one message passes ``max_object_bytes``."""
+        data = event.data
+        if data[:1] != b"\x04":  # only P-DATA-TF carries messages
+            return
+        key = id(event.assoc)
+        total = self._incoming.get(key, 0)
+        pos = 6  # PDU type, reserved, PDU length; then presentation data value items
+        while pos + 6 <= len(data):
+            length = int.from_bytes(data[pos : pos + 4], "big")  # context ID + control header + fragment
+            total += max(0, length - 2)
+            if total > self.config.object_byte_limit:
+                self._incoming.pop(key, None)
+                with self._lock:
+                    self.stats.oversized += 1
+                log.warning(
+                    "association from %s aborted: it sent a message of more than %d bytes (max_object_bytes)",
+                    _peer(event),
+                    self.config.object_byte_limit,
+                )
+                event.assoc.abort(block=False)
+                return
+            if data[pos + 5] & 0x02:  # the last fragment of a command set or data set: the next one starts anew
+                total = 0
+            pos += 4 + length
+        self._incoming[key] = total
+
+    def _on_store(self, event: Any) -> Any:
+        received_at, received_mono = time.time(), time.monotonic()
+        with self._lock:
+            self.stats.received += 1
+        instance_uid = _uid(getattr(event.request, "AffectedSOPInstanceUID", None)) or "?"
+        try:
+            with pydicom_quiet():
+                self._store(event, received_at, received_mono)
+        except _Refusal as refusal:
+            return self._refuse(event, instance_uid, refusal.status, refusal.code, refusal.message)
+        except ScanedgeError as exc:
+            return self._refuse(event, instance_uid, status_for(exc), exc.code, exc.message)
+        except Exception as exc:  # a bug: answer, log where (never the data), keep serving
+            log.error("internal error storing instance %s: %s", instance_uid, redacted_traceback(exc))
+            return self._refuse(event, instance_uid, 0x0110, "INTERNAL", "internal error in the DICOM node (logged)")
+        with self._lock:
+            self.stats.stored += 1
+        return SUCCESS
+
+    def _refuse(self, event: Any, instance_uid: str, status: int, code: str, message: str) -> Any:
+        with self._lock:
+            self.stats.refused[status] += 1
+        log.warning(
+            "C-STORE of instance %s from %s answered 0x%04X: %s %s", instance_uid, _peer(event), status, code, message
+        )
+        return status_dataset(status, f"{code}: {message}")
+
+    def _store(self, event: Any, received_at: float, received_mono: float) -> None:
+        """Decode, segment, publish and hold one received instance; raises what its status will say."""
+        sop_class = str(event.context.abstract_syntax)
+        if sop_class not in SEGMENTED_SOP_CLASSES:
+            raise SopClassError(
+                f"{sop_class_name(sop_class)} objects are not segmented here; this node segments "
+                f"{', '.join(sorted(set(SEGMENTED_SOP_CLASSES.values())))}"
+            )
+        t0 = time.perf_counter()
+        data = event.encoded_dataset(include_meta=True)
+        ds = read_dataset(data, limits=self.config.limits)
+        uids = self._uids(ds, sop_class)
+        slices = slices_from_dicom(ds, limits=self.config.limits)
+        decode_ms = (time.perf_counter() - t0) * 1e3
+        series_uid, instance_uid = uids
+        association = id(event.assoc)
+        self.store.begin(series_uid, association)
+        try:
+            frames = self._segment(slices, series_uid, instance_uid, received_at, received_mono, decode_ms)
+            header_bytes = len(data) - _drop_pixels(ds)
+            held = HeldInstance(instance_uid, ds, max(0, header_bytes), frames)
+        except BaseException:
+            self.store.finish(series_uid, None)
+            raise
+        self.store.finish(series_uid, held)
+        log.debug(
+            "stored instance %s of series %s from %s (%d frame(s))", instance_uid, series_uid, _peer(event), len(frames)
+        )
+
+    @staticmethod
+    def _uids(ds: Any, sop_class: str) -> tuple[str, str]:
+        """(series, instance) UIDs after checking the dataset is what it was sent as."""
+        claimed = str(ds.get("SOPClassUID", "") or "").strip().rstrip("\0")
+        if claimed != sop_class:
+            raise _Refusal(
+                0xA900,
+                "SOP_CLASS_MISMATCH",
+                f"the dataset's SOP Class UID ({sop_class_name(claimed)}) is not the class it was sent as "
+                f"({sop_class_name(sop_class)})",
+            )
+        series_uid = _uid(ds.get("SeriesInstanceUID"))
+        instance_uid = _uid(ds.get("SOPInstanceUID"))
+        if series_uid is None or instance_uid is None:
+            raise _Refusal(
+                0xA900,
+                "MISSING_UID",
+                "the dataset has no valid Series Instance UID or SOP Instance UID (type 1 attributes)",
+            )
+        return series_uid, instance_uid
+
+    def _segment(
+        self,
+        slices: list[Slice],
+        series_uid: str,
+        instance_uid: str,
+        received_at: float,
+        received_mono: float,
+        decode_ms: float,
+    ) -> tuple[HeldFrame, ...]:
+        """Every frame through every model, each RESULT published as soon as it is ready."""
+        fractional = self.config.segmentation == "fractional"
+        masks: list[dict[str, bytes]] = [{} for _ in slices]
+        probabilities: list[dict[str, bytes]] = [{} for _ in slices]
+        for name, pool in self._pools.items():
+            try:
+                pipe = pool.get(timeout=self.config.busy_timeout_s)
+            except queue.Empty:
+                raise CapacityError(
+                    f"no {name} pipeline came free within {self.config.busy_timeout_s:g} s; the node is busy"
+                ) from None
+            try:
+                queue_ms = (time.monotonic() - received_mono) * 1e3
+                k = pipe.manifest.input.context_slices
+                for i, slice_ in enumerate(slices):
+                    context = context_window(slices, i, k) if k else ()
+                    result = pipe.run(slice_, context=context, overlay=self._publisher is not None)
+                    masks[i][name] = pack(result.mask)
+                    if fractional:
+                        probabilities[i][name] = pack(_quantised(result, pipe.manifest))
+                    index = slice_.identity.instance_number if len(slices) == 1 else i + 1
+                    self._publish(
+                        pipe,
+                        result,
+                        slice_,
+                        series_uid,
+                        instance_uid,
+                        index,
+                        received_at,
+                        received_mono,
+                        queue_ms,
+                        decode_ms,
+                    )
+            finally:
+                pool.put(pipe)
+        return tuple(HeldFrame(slice_.shape[:2], masks[i], probabilities[i]) for i, slice_ in enumerate(slices))
+
+    def _publish(
+        self,
+        pipe: Pipeline,
+        result: SliceResult,
+        slice_: Slice,
+        series_uid: str,
+        instance_uid: str,
+        index: int | None,
+        received_at: float,
+        received_mono: float,
+        queue_ms: float,
+        decode_ms: float,
+    ) -> None:
+        """One frame's RESULT, built by the protocol's builders and published (section 9)."""
+        with self._lock:
+            self.stats.results += 1
+        if self._publisher is None:
+            return
+        arrays = {
+            "mask": result.mask,
+            "overlay": result.overlay,
+            "probabilities": result.probabilities,
+            "image": display_image(slice_),
+        }
+        infos, payload, encode_ms = result_frames(PUBLISHED_OUTPUTS, arrays, "raw")
+        header = pipeline_reply(
+            Echo(next(self._ids), series_uid, instance_uid, index, None),
+            result,
+            model=pipe.model_label,
+            backend=pipe.engine.backend,
+            frames=infos,
+            queue_ms=queue_ms,
+            decode_ms=decode_ms,
+            encode_ms=encode_ms,
+            received_mono=received_mono,
+            received_at=received_at,
+            runtime=self.runtime_id,
+            position_mm=slice_.geometry.position_along_normal,
+        )
+        self._publisher.publish([publish_topic(series_uid), encode(header), *payload])
+
+    # --- completing series (the completion thread, and stop()) ---------------------------------------
+
+    def _complete_loop(self) -> None:
+        cfg = self.config
+        interval = max(0.02, min(0.25, cfg.series_timeout_s / 4))
+        while not self._stop.wait(interval):
+            try:
+                for series in self.store.complete(cfg.series_timeout_s, on_release=cfg.complete_on_release):
+                    self._write(series, "completed early to make room" if series.early else "complete")
+            except Exception as exc:  # a bug: keep completing the others
+                log.error("internal error completing series: %s", redacted_traceback(exc))
+
+    def _write(self, series: OpenSeries, why: str) -> None:
+        """Build, write and forward the SEGs of a completed series; failures are logged and counted."""
+        with self._lock:
+            self.stats.series_completed += 1
+        settings = SegmentationSettings(kind=self.config.segmentation, device_serial_number=self.config.ae_title)
+        for name, manifest in self._manifests.items():
+            try:
+                with pydicom_quiet():
+                    segs, skipped = build_segmentations(series, name, manifest, settings)
+            except Exception as exc:  # highdicom refuses sources it cannot reference; the message may quote them
+                with self._lock:
+                    self.stats.seg_failures += 1
+                log.error(
+                    "series %s (%s): the %s SEG could not be built: %s",
+                    series.series_uid,
+                    why,
+                    name,
+                    redacted_traceback(exc),
+                )
+                continue
+            for reason in skipped:
+                with self._lock:
+                    self.stats.seg_failures += 1
+                log.error("series %s (%s): no %s SEG for %s", series.series_uid, why, name, reason)
+            for seg in segs:
+                self._save(seg, series, name, why)
+
+    def _save(self, seg: Any, series: OpenSeries, model: str, why: str) -> None:
+        path = self.seg_dir / f"{seg.SOPInstanceUID}.dcm"
+        tmp = path.with_name(f".{path.name}.partial")
+        try:
+            with pydicom_quiet():
+                seg.save_as(tmp, enforce_file_format=True)
+            os.replace(tmp, path)
+        except OSError as exc:
+            with self._lock:
+                self.stats.seg_failures += 1
+            log.error(
+                "series %s: the %s SEG could not be written to %s: %s", series.series_uid, model, path, exc.strerror
+            )
+            tmp.unlink(missing_ok=True)
+            return
+        with self._lock:
+            self.stats.segs_written += 1
+            self.written.append(path)
+        log.info(
+            "series %s %s: %d instance(s), %d frame(s); %s SEG written to %s",
+            series.series_uid,
+            why,
+            len(series.instances),
+            series.frames,
+            model,
+            path,
+        )
+        if self.forwarder is not None:
+            self.forwarder.submit(path)
+
+
+def _check_installed() -> None:
+    """The ``dicomnet`` extra's libraries are there, or a ConfigError that says how to install them."""
+    import importlib.util
+
+    missing = [name for name in ("pynetdicom", "highdicom") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"the DICOM node needs {' and '.join(missing)}; install them with: pip install 'scanedge[dicomnet]'"
+        )
+
+
+def _default_model() -> Path:
+    from scanedge.runtime.pipeline import default_model_path
+
+    return default_model_path()
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _uid(value: Any) -> str | None:
+    """A UID from outside when it has the form of one (digits and dots, at most 64), else None: only such
+    strings reach logs, file names and the feed's topics."""
+    text = str(value or "").strip().rstrip("\0")
+    return text if _UID.fullmatch(text) else None
+
+
+def _peer(event: Any) -> str:
+    """The calling AE title and address, for logs."""
+    try:
+        req = event.assoc.requestor
+        title = "".join(c for c in str(req.ae_title) if c.isprintable())[:16]
+        return f"{title}@{req.address}"
+    except Exception:
+        return "?"
+
+
+def _drop_pixels(ds: Any) -> int:
+    """Remove the pixel data from ``ds`` (the SEG needs only the header); returns its length in bytes."""
+    dropped = 0
+    for tag in _PIXEL_TAGS:
+        if tag in ds:
+            value = ds[tag].value
+            dropped += len(value) if isinstance(value, (bytes, bytearray)) else 0
+            del ds[tag]
+    return dropped
+
+
+def _quantised(result: SliceResult, manifest: Manifest) -> Any:
+    """The foreground classes' probabilities on the slice's grid, as uint8 (x 255), for FRACTIONAL SEGs."""
+    import numpy as np
+
+    planes = result.probabilities_on_slice()
+    if manifest.output.activation == "softmax":
+        planes = planes[1:]
+    return np.rint(np.clip(planes, 0.0, 1.0) * 255).astype(np.uint8)

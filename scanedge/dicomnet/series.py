@@ -1,0 +1,265 @@
+"""What the listener holds per series until its SEG is written: bounded, and released as soon as written.
+
+Per received instance it keeps the DICOM header *without* its pixel data (highdicom needs the source
+attributes: UIDs, patient and study modules, geometry, functional groups) and, per model and frame, the
+label mask (or the quantised class probabilities for FRACTIONAL segmentations) compressed with zlib
+(masks are mostly background and shrink to a few hundred bytes). The pixels themselves are dropped as
+soon as the pipeline has run.
+
+Bounds (:class:`SeriesLimits`): at most ``max_series`` series open at once and at most ``max_bytes``
+held over all of them, counted as the header bytes plus the compressed masks. A new series past the
+series cap, or an instance past the byte cap, first completes the series idle the longest (its SEG is
+written early and the log says so); an instance that cannot fit even then is refused with
+:class:`CapacityError` (C-STORE 0xA700). At most ``max_frames`` frames per series.
+
+Completion: a series is complete when no instance has arrived for the series timeout, or, when the
+listener is told to, when every association that sent instances of it has been released; instances
+being processed count as activity, so a series is never completed under an instance still in flight.
+An instance arriving after its series was completed opens the series anew (and yields a second SEG).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from scanedge.errors import CapacityError
+
+__all__ = ["HeldFrame", "HeldInstance", "OpenSeries", "SeriesLimits", "SeriesStore", "pack", "unpack"]
+
+_log = logging.getLogger("scanedge.dicomnet")
+
+
+def pack(array: np.ndarray) -> bytes:
+    """A uint8 array compressed (zlib level 1: a 512x512 mask in a fraction of a millisecond)."""
+    return zlib.compress(np.ascontiguousarray(array, np.uint8).tobytes(), 1)
+
+
+def unpack(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    """The uint8 array :func:`pack` compressed, with its shape."""
+    return np.frombuffer(zlib.decompress(data), np.uint8).reshape(shape)
+
+
+@dataclass(frozen=True)
+class SeriesLimits:
+    """How much the listener holds while series are open.
+
+    Attributes:
+        max_series: series open at once.
+        max_bytes: header bytes plus compressed masks held over all open series.
+        max_frames: frames (slices) per series.
+    """
+
+    max_series: int = 32
+    max_bytes: int = 512 * 1024 * 1024
+    max_frames: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.max_series < 1 or self.max_bytes < 1 or self.max_frames < 1:
+            raise ValueError("series limits must be >= 1")
+
+
+@dataclass(frozen=True, eq=False)
+class HeldFrame:
+    """One frame's results: per model name, the packed label mask and (FRACTIONAL) packed probabilities.
+
+    Attributes:
+        shape: (rows, columns) of the frame.
+        masks: model name -> :func:`pack`-ed label mask.
+        probabilities: model name -> :func:`pack`-ed (classes-1, rows, cols) probabilities x 255, or empty.
+    """
+
+    shape: tuple[int, int]
+    masks: dict[str, bytes]
+    probabilities: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held for this frame."""
+        return sum(map(len, self.masks.values())) + sum(map(len, self.probabilities.values()))
+
+
+@dataclass(frozen=True, eq=False)
+class HeldInstance:
+    """One received instance: its header without pixels, and its frames' results in frame order.
+
+    Attributes:
+        sop_instance_uid: the instance's SOP Instance UID.
+        header: the pydicom Dataset without Pixel Data.
+        header_bytes: about how many bytes the header holds (its encoded size).
+        frames: one :class:`HeldFrame` per frame.
+    """
+
+    sop_instance_uid: str
+    header: Any
+    header_bytes: int
+    frames: tuple[HeldFrame, ...]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held for this instance."""
+        return self.header_bytes + sum(f.nbytes for f in self.frames)
+
+
+@dataclass(eq=False)
+class OpenSeries:
+    """A series being received.
+
+    Attributes:
+        series_uid: its Series Instance UID.
+        instances: received instances by SOP Instance UID, in arrival order (a re-sent one replaces).
+        last_activity: monotonic time of the last instance received or started.
+        pending: instances being processed now.
+        associations: ids of the associations that sent instances of it and are still open.
+        ended: every association that sent it has been released (explicit end).
+        early: completed before it was idle, to make room (series or byte cap).
+    """
+
+    series_uid: str
+    instances: OrderedDict[str, HeldInstance] = field(default_factory=OrderedDict)
+    last_activity: float = 0.0
+    pending: int = 0
+    associations: set[int] = field(default_factory=set)
+    ended: bool = False
+    early: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held for this series."""
+        return sum(i.nbytes for i in self.instances.values())
+
+    @property
+    def frames(self) -> int:
+        """Frames held for this series."""
+        return sum(len(i.frames) for i in self.instances.values())
+
+
+class SeriesStore:
+    """The open series, shared by the association threads and the completion thread (one lock)."""
+
+    def __init__(self, limits: SeriesLimits, *, clock: Any = time.monotonic) -> None:
+        self.limits = limits
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._open: OrderedDict[str, OpenSeries] = OrderedDict()
+        self._bytes = 0
+        self._evicted: list[OpenSeries] = []
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes held over all open series."""
+        return self._bytes
+
+    def open_series(self) -> list[str]:
+        """UIDs of the series open now."""
+        with self._lock:
+            return list(self._open)
+
+    def begin(self, series_uid: str, association: int) -> None:
+        """An instance of ``series_uid`` starts processing: the series stays open until :meth:`finish`."""
+        with self._lock:
+            series = self._open.get(series_uid)
+            if series is None:
+                if len(self._open) >= self.limits.max_series:
+                    self._evict_one("the cap of open series")
+                series = self._open[series_uid] = OpenSeries(series_uid)
+            series.pending += 1
+            series.last_activity = self._clock()
+            series.associations.add(association)
+            series.ended = False
+
+    def finish(self, series_uid: str, instance: HeldInstance | None) -> None:
+        """The instance started by :meth:`begin` is done: hold it (None: it failed and is not held).
+
+        Raises :class:`CapacityError` when the instance alone would not fit even with every other series
+        completed, or when its series has all the frames it may have."""
+        with self._lock:
+            series = self._open[series_uid]
+            series.pending -= 1
+            series.last_activity = self._clock()
+            if instance is None:
+                self._forget_if_empty(series)
+                return
+            old = series.instances.get(instance.sop_instance_uid)
+            old_bytes = old.nbytes if old is not None else 0
+            frames = series.frames - (len(old.frames) if old is not None else 0) + len(instance.frames)
+            if frames > self.limits.max_frames:
+                self._forget_if_empty(series)
+                raise CapacityError(
+                    f"series {series_uid} already holds {series.frames} frames; at most {self.limits.max_frames} "
+                    "are taken per series"
+                )
+            need = instance.nbytes - old_bytes
+            while self._bytes + need > self.limits.max_bytes and self._evict_one("the cap of bytes held", series):
+                pass
+            if self._bytes + need > self.limits.max_bytes:
+                self._forget_if_empty(series)
+                raise CapacityError(
+                    f"holding this instance would exceed the {self.limits.max_bytes} bytes the listener may hold"
+                )
+            series.instances[instance.sop_instance_uid] = instance
+            series.instances.move_to_end(instance.sop_instance_uid)
+            self._bytes += need
+
+    def released(self, association: int) -> None:
+        """An association was released: series it sent, and no other open association is sending, end."""
+        with self._lock:
+            for series in self._open.values():
+                if association in series.associations:
+                    series.associations.discard(association)
+                    if not series.associations:
+                        series.ended = True
+
+    def closed(self, association: int) -> None:
+        """An association ended without release (aborted): it no longer counts as sending anything."""
+        with self._lock:
+            for series in self._open.values():
+                series.associations.discard(association)
+
+    def complete(self, idle_s: float, *, on_release: bool) -> list[OpenSeries]:
+        """Take out the series that are complete now (and those evicted to make room), oldest first."""
+        now = self._clock()
+        with self._lock:
+            done, self._evicted = self._evicted, []
+            for uid, series in list(self._open.items()):
+                if series.pending:
+                    continue
+                if now - series.last_activity >= idle_s or (on_release and series.ended):
+                    done.append(self._take(uid))
+            return done
+
+    def drain(self) -> list[OpenSeries]:
+        """Take out every series holding instances (at shutdown)."""
+        with self._lock:
+            done, self._evicted = self._evicted, []
+            done += [self._take(uid) for uid in list(self._open)]
+            return [s for s in done if s.instances]
+
+    # --- under the lock ------------------------------------------------------------------------------
+
+    def _take(self, uid: str) -> OpenSeries:
+        series = self._open.pop(uid)
+        self._bytes -= series.nbytes
+        return series
+
+    def _forget_if_empty(self, series: OpenSeries) -> None:
+        if not series.instances and not series.pending:
+            self._open.pop(series.series_uid, None)
+
+    def _evict_one(self, why: str, keep: OpenSeries | None = None) -> bool:
+        """Complete early the idle-longest series holding instances (not ``keep``, none in flight)."""
+        candidates = [s for s in self._open.values() if s is not keep and s.instances and not s.pending]
+        if not candidates:
+            return False
+        victim = min(candidates, key=lambda s: s.last_activity)
+        victim.early = True
+        self._evicted.append(self._take(victim.series_uid))
+        _log.warning("series %s completed early to stay within %s", victim.series_uid, why)
+        return True

@@ -1,0 +1,164 @@
+"""The runtime's series state: per series and model, the lesion load accumulated as its slices are served.
+
+Workers update it after each slice (so every RESULT, and what is published, carries the series' load
+so far); a lock makes that safe with several workers. The series' end is not announced on the wire, so
+a series that has had no slice for ``idle_s`` seconds is forgotten, and at most ``max_series`` series
+are held (least recently updated first out). Memory is therefore bounded by
+``max_series x max_slices x classes x rows x cols / 8`` bytes in the worst case (every slice's findings
+covering the whole image), and in practice by a few hundred bytes per slice with findings: see
+:mod:`scanedge.imaging.lesion_load`. A series forgotten and then continued starts again from its next slice.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from scanedge.errors import ConfigError
+from scanedge.imaging.lesion_load import DEFAULT_MAX_SLICES, ClassLesionLoad, LesionLoad, SeriesLesionLoad
+from scanedge.imaging.slices import SliceGeometry
+from scanedge.runtime.protocol import LesionClassLoad, SeriesLoad
+
+__all__ = ["SeriesStore", "SeriesStoreConfig", "lesion_load_from_wire", "lesion_load_to_wire"]
+
+
+@dataclass(frozen=True)
+class SeriesStoreConfig:
+    """How much series state the runtime keeps.
+
+    Attributes:
+        idle_s: a series with no slice for this long is forgotten (its last RESULT had its final load).
+        max_series: most series (per model) held at once; the least recently updated goes first.
+        max_slices: most slices held per series (slices at new places past it are counted as dropped).
+    """
+
+    idle_s: float = 600.0
+    max_series: int = 64
+    max_slices: int = DEFAULT_MAX_SLICES
+
+    def __post_init__(self) -> None:
+        if not self.idle_s > 0 or self.max_series < 1 or self.max_slices < 1:
+            raise ConfigError("series idle time must be > 0 s, and the series and slice caps at least 1")
+
+
+class SeriesStore:
+    """Thread-safe map (series, model) -> :class:`SeriesLesionLoad`, bounded by idle time and an LRU cap."""
+
+    def __init__(self, config: SeriesStoreConfig | None = None) -> None:
+        self.config = config or SeriesStoreConfig()
+        self.evicted = 0
+        self._lock = threading.Lock()
+        self._series: OrderedDict[tuple[str, str], tuple[float, SeriesLesionLoad]] = OrderedDict()
+
+    def update(
+        self,
+        series: str,
+        model: str,
+        classes: Sequence[str],
+        mask: np.ndarray,
+        geometry: SliceGeometry | None,
+        instance_number: int | None,
+        now: float | None = None,
+    ) -> LesionLoad:
+        """Add one served slice to its series and return the series' load with it."""
+        now = time.monotonic() if now is None else now
+        key = (series, model)
+        with self._lock:
+            self._evict_idle(now)
+            held = self._series.pop(key, None)
+            load = held[1] if held is not None else SeriesLesionLoad(classes, max_slices=self.config.max_slices)
+            self._series[key] = (now, load)  # most recently updated last
+            while len(self._series) > self.config.max_series:
+                self._series.popitem(last=False)
+                self.evicted += 1
+            return load.add(mask, geometry, instance_number)
+
+    def get(self, series: str, model: str) -> LesionLoad | None:
+        """The load of ``series`` under ``model`` as held now; None when the store holds no such series
+        (never seen, or forgotten). Reading neither refreshes the series' idle time nor evicts."""
+        with self._lock:
+            held = self._series.get((series, model))
+            return None if held is None else held[1].load()
+
+    def evict_idle(self, now: float | None = None) -> int:
+        """Forget series idle past ``idle_s``; returns how many went."""
+        with self._lock:
+            return self._evict_idle(time.monotonic() if now is None else now)
+
+    def _evict_idle(self, now: float) -> int:
+        gone = 0
+        while self._series:
+            key, (last, _) = next(iter(self._series.items()))
+            if now - last < self.config.idle_s:
+                break
+            del self._series[key]
+            gone += 1
+        self.evicted += gone
+        return gone
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._series)
+
+    @property
+    def nbytes(self) -> int:
+        """Approximate bytes held by every series."""
+        with self._lock:
+            return sum(load.nbytes for _, load in self._series.values())
+
+
+def lesion_load_to_wire(load: LesionLoad) -> SeriesLoad:
+    """A lesion load as RESULT ``series_load`` (volumes rounded to 0.001 mm³)."""
+    return SeriesLoad(
+        slices=load.slices,
+        spacing_mm=_round(load.spacing_mm),
+        spacing_source=load.spacing_source,
+        dropped_slices=load.dropped_slices,
+        classes=tuple(
+            LesionClassLoad(
+                label=c.label,
+                name=c.name,
+                lesions=c.lesions,
+                voxels=c.voxels,
+                volume_mm3=_round(c.volume_mm3),
+                largest_mm3=_round(c.largest_mm3),
+                largest_voxels=c.largest_voxels,
+                largest_slices=c.largest_slices,
+                slices_with_finding=c.slices_with_finding,
+            )
+            for c in load.classes
+        ),
+    )
+
+
+def lesion_load_from_wire(wire: SeriesLoad) -> LesionLoad:
+    """RESULT ``series_load`` as the imaging floor's :class:`LesionLoad`."""
+    return LesionLoad(
+        slices=wire.slices,
+        spacing_mm=wire.spacing_mm,
+        spacing_source=wire.spacing_source,
+        dropped_slices=wire.dropped_slices,
+        classes=tuple(
+            ClassLesionLoad(
+                label=c.label,
+                name=c.name,
+                lesions=c.lesions,
+                voxels=c.voxels,
+                volume_mm3=c.volume_mm3,
+                largest_mm3=c.largest_mm3,
+                largest_voxels=c.largest_voxels,
+                largest_slices=c.largest_slices,
+                slices_with_finding=c.slices_with_finding,
+            )
+            for c in wire.classes
+        ),
+    )
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 3)

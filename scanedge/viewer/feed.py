@@ -1,0 +1,303 @@
+"""Following the runtime's PUB feed: what each series (scanner) has shown so far, and who is watching.
+
+The viewer is a SUB client (docs/protocol.md section 9). Each published RESULT becomes a
+:class:`LiveSlice`: a small JSON-ready description (which slice, findings, the series' lesion load,
+runtime timings) plus its pixel frames as bytes (``image`` when the console asked for it, else the RGB
+``overlay``, and the ``mask``). :class:`LiveFeed` keeps, per series, one entry per slice place for the
+strip and the latest pixels of a bounded number of slices, and fans every slice out to the watching
+pages' :class:`Watcher` s.
+
+Nothing here can slow the runtime: the SUB socket drops at its high-water mark on the runtime's side
+(PUB never blocks), and a watcher never queues pixels: it holds the *newest* slice waiting for its page
+and sends it only when the page has painted the previous one (drop to newest). Only the small JSON
+descriptions are queued per page, and that queue is bounded too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from scanedge.errors import ProtocolError
+from scanedge.runtime.protocol import Result, decode_reply
+
+__all__ = ["FeedLimits", "LiveFeed", "LiveSlice", "Watcher", "pack_slice"]
+
+log = logging.getLogger("scanedge.viewer")
+
+
+@dataclass(frozen=True)
+class FeedLimits:
+    """What the viewer keeps: series followed, pixels retained, descriptions queued per page.
+
+    Attributes:
+        max_series: series (scanners) remembered; the least recently updated is forgotten first.
+        max_slices: slice places remembered per series (for the strip).
+        retain_bytes: pixel bytes kept for browsing back through slices, over every series (LRU).
+        page_queue: slice descriptions waiting for one page before the oldest are dropped.
+        sub_hwm: messages the SUB socket buffers before the runtime's PUB drops for this viewer.
+    """
+
+    max_series: int = 16
+    max_slices: int = 4096
+    retain_bytes: int = 128 * 1024 * 1024
+    page_queue: int = 512
+    sub_hwm: int = 64
+
+
+@dataclass(eq=False)
+class LiveSlice:
+    """One published RESULT as the page gets it: ``meta`` (JSON) and the pixel frames as bytes."""
+
+    seq: int  # the feed's running count of RESULTs when this one came (rises by arrival); pages name paints by it
+    series: str  # the series UID it was published under
+    key: str  # the slice's place in its series: position (mm) or index, as text
+    meta: dict[str, Any]
+    image: bytes | None  # uint8 grey (rows, cols) or RGB (rows, cols, 3)
+    mask: bytes | None  # uint8 labels (rows, cols)
+
+    @property
+    def nbytes(self) -> int:
+        """Pixel bytes it holds (image and mask): what it counts against ``FeedLimits.retain_bytes``."""
+        return len(self.image or b"") + len(self.mask or b"")
+
+
+def pack_slice(item: LiveSlice) -> bytes:
+    """The binary WebSocket message for a slice: u32 little-endian JSON length, JSON, image, mask."""
+    import json
+
+    head = json.dumps(item.meta, separators=(",", ":")).encode()
+    return len(head).to_bytes(4, "little") + head + (item.image or b"") + (item.mask or b"")
+
+
+def _live_slice(seq: int, header: Result, frames: Sequence[Any], received: float) -> LiveSlice | None:
+    by_name: dict[str, tuple[Any, Any]] = {}
+    if len(frames) != len(header.frames):
+        raise ProtocolError(f"RESULT lists {len(header.frames)} frames but carries {len(frames)}")
+    for info, frame in zip(header.frames, frames):
+        by_name[info.name] = (info, frame)
+    mask_info, mask = by_name.get("mask", (None, None))
+    base = by_name.get("image") or by_name.get("overlay")
+    if mask_info is None or mask_info.encoding != "raw" or mask_info.dtype != "uint8" or not mask_info.shape:
+        return None  # nothing to draw from: the console asked for no mask
+    rows, cols = mask_info.shape[:2]
+    if len(mask) != rows * cols:
+        raise ProtocolError("mask frame does not match its shape")
+    image = channels = None
+    if base is not None:
+        info, frame = base
+        ok = info.encoding == "raw" and info.dtype == "uint8" and info.shape and tuple(info.shape[:2]) == (rows, cols)
+        if ok:
+            channels = 1 if len(info.shape) == 2 else int(info.shape[2])
+            if channels in (1, 3) and len(frame) == rows * cols * channels:
+                image = bytes(frame)
+            else:
+                channels = None
+    load = header.series_load
+    key = f"{header.position_mm:.3f}" if header.position_mm is not None else f"#{header.index}"
+    meta = {
+        "type": "slice",
+        "seq": seq,
+        "series": header.series,
+        "key": key,
+        "index": header.index,
+        "position_mm": header.position_mm,
+        "rows": rows,
+        "cols": cols,
+        "channels": channels,
+        "model": header.model,
+        "findings": [
+            {"label": f.label, "name": f.name, "pixels": f.pixels, "components": f.components} for f in header.findings
+        ],
+        "lesion_pixels": sum(f.pixels for f in header.findings),
+        "timings_ms": {"total": header.timings_ms.total, "infer": header.timings_ms.infer},
+        "replied_at": header.replied_at,
+        "received_at": received,
+        "series_load": None
+        if load is None
+        else {
+            "slices": load.slices,
+            "spacing_mm": load.spacing_mm,
+            "lesions": sum(c.lesions for c in load.classes),
+            "volume_mm3": None
+            if any(c.volume_mm3 is None for c in load.classes)
+            else round(sum(c.volume_mm3 or 0.0 for c in load.classes), 3),
+            "largest_mm3": max((c.largest_mm3 or 0.0 for c in load.classes), default=0.0),
+            "classes": [{"name": c.name, "lesions": c.lesions, "volume_mm3": c.volume_mm3} for c in load.classes],
+        },
+    }
+    return LiveSlice(seq, header.series, key, meta, image, bytes(mask))
+
+
+class Watcher:
+    """One page: the descriptions it has not been sent yet, and the newest slice of its series to paint."""
+
+    def __init__(self, limits: FeedLimits) -> None:
+        self.selected: str | None = None  # None: follow whichever series published last
+        self.pinned: tuple[str, str] | None = None  # (series, key) the page asked to look at
+        self.texts: deque[dict[str, Any]] = deque(maxlen=limits.page_queue)
+        self.pixels: LiveSlice | None = None  # newest slice to paint, replaced by newer ones (drop to newest)
+        self.awaiting_paint = False
+        self.dropped = 0
+        self.wake = asyncio.Event()
+
+    def offer(self, item: LiveSlice) -> None:
+        """Queue a new slice's description for the page and, when the page follows its series live and the
+        slice has an image, make it the slice to paint next: one still unsent is replaced (and counted
+        in ``dropped``). Wakes the page's sender; never blocks."""
+        self.texts.append(item.meta)
+        if self.pinned is None and (self.selected is None or self.selected == item.series) and item.image:
+            if self.pixels is not None:
+                self.dropped += 1
+            self.pixels = item
+        self.wake.set()
+
+    def take_pixels(self) -> LiveSlice | None:
+        """The slice to send now, if the page has painted the last one."""
+        if self.awaiting_paint or self.pixels is None:
+            return None
+        item, self.pixels = self.pixels, None
+        self.awaiting_paint = True
+        return item
+
+    def painted(self) -> None:
+        """The page has painted the last slice sent: the next one may go (see :meth:`take_pixels`)."""
+        self.awaiting_paint = False
+        self.wake.set()
+
+
+@dataclass
+class _Series:
+    uid: str
+    slices: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)  # key -> meta, by arrival
+    latest: dict[str, Any] | None = None
+
+
+class LiveFeed:
+    """The SUB socket's reader and the viewer's memory of what was published."""
+
+    def __init__(self, endpoint: str, limits: FeedLimits | None = None) -> None:
+        self.endpoint = endpoint
+        self.limits = limits or FeedLimits()
+        self.series: OrderedDict[str, _Series] = OrderedDict()
+        self.watchers: set[Watcher] = set()
+        self.received = 0
+        self.malformed = 0
+        self.paint_ms: deque[float] = deque(maxlen=2000)  # publish-to-paint as the pages measured it
+        self._retained: OrderedDict[tuple[str, str], LiveSlice] = OrderedDict()
+        self._retained_bytes = 0
+        self._seq = 0
+        self._task: asyncio.Task | None = None
+        self._ctx: zmq.asyncio.Context | None = None
+        self.connected = asyncio.Event()
+
+    async def start(self) -> None:
+        """Open the SUB socket (every series), connect it and start reading in a task on the running loop.
+
+        Returns at once: ZeroMQ connects in the background and reconnects by itself, so a runtime that is
+        not up yet is followed once it is.
+        """
+        self._ctx = zmq.asyncio.Context()
+        sock = self._ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, self.limits.sub_hwm)
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.connect(self.endpoint)
+        self._task = asyncio.create_task(self._read(sock), name="scanedge-viewer-feed")
+
+    async def stop(self) -> None:
+        """Cancel the reading task and close the socket and its context; what was received is kept."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._ctx is not None:
+            self._ctx.term()
+
+    async def _read(self, sock: zmq.asyncio.Socket) -> None:
+        try:
+            while True:
+                frames = await sock.recv_multipart(copy=False)
+                self.handle([f.buffer for f in frames])
+        finally:
+            sock.close(0)
+
+    def handle(self, frames: Sequence[Any]) -> LiveSlice | None:
+        """One published message: topic, RESULT header, payload frames. Malformed ones are counted."""
+        self.received += 1
+        try:
+            if len(frames) < 2:
+                raise ProtocolError("a publication has a topic and a header")
+            header = decode_reply(frames[1])
+            if not isinstance(header, Result):
+                raise ProtocolError("only RESULTs are published")
+            self._seq += 1
+            item = _live_slice(self._seq, header, frames[2:], time.time())
+        except ProtocolError as exc:
+            self.malformed += 1
+            if self.malformed <= 10:
+                log.warning("ignoring a malformed publication: %s", exc.message)
+            return None
+        if item is not None:
+            self._remember(item)
+            for w in self.watchers:
+                w.offer(item)
+        return item
+
+    def _remember(self, item: LiveSlice) -> None:
+        s = self.series.pop(item.series, None) or _Series(item.series)
+        self.series[item.series] = s  # most recently updated last
+        while len(self.series) > self.limits.max_series:
+            gone, _ = self.series.popitem(last=False)
+            for key in [k for k in self._retained if k[0] == gone]:
+                self._forget((gone, key[1]))
+        s.slices.pop(item.key, None)
+        s.slices[item.key] = item.meta
+        while len(s.slices) > self.limits.max_slices:
+            s.slices.popitem(last=False)
+        s.latest = item.meta
+        if item.image is not None:
+            self._forget((item.series, item.key))
+            self._retained[(item.series, item.key)] = item
+            self._retained_bytes += item.nbytes
+            while self._retained_bytes > self.limits.retain_bytes and self._retained:
+                self._forget(next(iter(self._retained)))
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        old = self._retained.pop(key, None)
+        if old is not None:
+            self._retained_bytes -= old.nbytes
+
+    def retained(self, series: str, key: str) -> LiveSlice | None:
+        """The latest slice with pixels received at place ``key`` of ``series`` (for a page browsing back);
+        None when none came with an image or its pixels were dropped under ``FeedLimits``."""
+        return self._retained.get((series, key))
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every series as a page needs it on (re)connecting: its slices' descriptions and latest state."""
+        return {
+            "type": "hello",
+            "series": [
+                {"uid": s.uid, "slices": list(s.slices.values()), "latest": s.latest} for s in self.series.values()
+            ],
+        }
+
+    def latency(self) -> dict[str, Any]:
+        """Publish-to-paint milliseconds as the pages measured them: count, p50, p90, max."""
+        samples = sorted(self.paint_ms)
+        if not samples:
+            return {"count": 0, "p50": None, "p90": None, "max": None}
+
+        def pct(q: float) -> float:
+            return round(samples[min(len(samples) - 1, int(q * len(samples)))], 2)
+
+        return {"count": len(samples), "p50": pct(0.5), "p90": pct(0.9), "max": round(samples[-1], 2)}

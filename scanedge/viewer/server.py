@@ -1,0 +1,137 @@
+"""Running the live viewer: uvicorn serving :func:`~scanedge.viewer.app.create_app` on a socket bound here.
+
+The socket is bound before uvicorn starts, so the real port is known at once (``port=0`` picks a free
+one) and a port in use fails with a clear :class:`ConfigError` instead of a log line. Loopback by default:
+the page shows patient images, unencrypted.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+from scanedge.errors import ConfigError, RuntimeStateError
+from scanedge.runtime.endpoints import parse_endpoint
+from scanedge.viewer.feed import FeedLimits, LiveFeed
+
+__all__ = ["Viewer", "ViewerConfig"]
+
+log = logging.getLogger("scanedge.viewer")
+
+
+@dataclass(frozen=True)
+class ViewerConfig:
+    """Where the viewer listens and what it follows.
+
+    Attributes:
+        subscribe: the runtime's PUB endpoint, e.g. ``tcp://127.0.0.1:5556``.
+        host: address the page is served on (loopback by default; anything else is logged as a warning).
+        port: TCP port (0: any free one).
+        limits: what the viewer keeps in memory (:class:`FeedLimits`).
+    """
+
+    subscribe: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    limits: FeedLimits = field(default_factory=FeedLimits)
+
+    def __post_init__(self) -> None:
+        parse_endpoint(self.subscribe)
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be within 0-65535, got {self.port}")
+
+    @property
+    def is_loopback(self) -> bool:
+        """True when ``host`` is a loopback address or ``localhost``; other host names are not resolved
+        and count as reachable from elsewhere (the viewer then warns)."""
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return self.host == "localhost"
+
+
+class Viewer:
+    """The viewer's web server. ``start()`` serves in a background thread; ``serve()`` in the caller's
+    (with Ctrl-C handling when that is the main thread)."""
+
+    def __init__(self, config: ViewerConfig) -> None:
+        import uvicorn
+
+        from scanedge.viewer.app import create_app
+
+        self.config = config
+        self.feed = LiveFeed(config.subscribe, config.limits)
+        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+        self._socket = socket.socket(family, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self._socket.bind((config.host, config.port))
+        except OSError as exc:
+            self._socket.close()
+            raise ConfigError(
+                f"cannot serve the viewer on {config.host}:{config.port}: {exc.strerror} (try another --port)"
+            ) from exc
+        self._socket.listen(64)
+        self.port = int(self._socket.getsockname()[1])
+        if not config.is_loopback:
+            log.warning("the viewer is served on %s: anyone who can reach it sees the images", config.host)
+        self._server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(self.feed),
+                log_level="warning",
+                lifespan="on",
+                ws_max_size=64 * 1024,
+                ws_per_message_deflate=False,  # pixels barely compress, and deflating them costs milliseconds
+                timeout_graceful_shutdown=2,
+            )
+        )
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """The page's address with the port actually bound, e.g. ``http://127.0.0.1:8080/``."""
+        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        return f"http://{host}:{self.port}/"
+
+    def serve(self) -> None:
+        """Serve until stopped (Ctrl-C or :meth:`request_stop`)."""
+        try:
+            self._server.run(sockets=[self._socket])
+        finally:
+            self._socket.close()
+
+    def start(self, timeout: float = 30.0) -> Viewer:
+        """Serve in a daemon thread; return once the server has started (the feed's SUB socket is open
+        and the page can be loaded). Raises :class:`~scanedge.errors.RuntimeStateError` when it does not
+        start within ``timeout`` seconds or its thread ends first."""
+        self._thread = threading.Thread(target=self.serve, name="scanedge-viewer", daemon=True)
+        self._thread.start()
+        end = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > end:
+                raise RuntimeStateError("the viewer did not start")
+            time.sleep(0.01)
+        return self
+
+    def request_stop(self) -> None:
+        """Ask the server to stop, without waiting; safe from any thread (e.g. a signal handler)."""
+        self._server.should_exit = True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server started by :meth:`start` and wait up to ``timeout`` seconds for its thread
+        (open pages get about 2 s to close); :class:`~scanedge.errors.RuntimeStateError` if it is still up."""
+        self.request_stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise RuntimeStateError("the viewer did not stop in time")
+
+    def __enter__(self) -> Viewer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,370 @@
+// scanedge live viewer: follows the runtime's results over a WebSocket and draws the newest slice of the
+// selected series with its findings drawn from the label mask (outline as vector paths, fill as
+// nearest-neighbour pixels), so both stay crisp at any zoom. No framework, no build step.
+
+const PALETTE = [null, [255, 40, 40], [40, 200, 90], [40, 130, 255], [255, 200, 0], [200, 70, 255], [0, 220, 220]];
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  series: new Map(), // uid -> {uid, tag, slices: Map(key -> meta), latest}
+  selected: null, // uid painted; null until the first slice arrives (then the first series)
+  pinned: null, // key of an earlier slice being looked at, or null: live
+  current: null, // {meta, base, fill, outline}
+  paintMs: [],
+  zoom: 1,
+  pan: [0, 0],
+  socket: null,
+};
+
+// --- connection ------------------------------------------------------------------------------------
+
+function connect() {
+  const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
+  const ws = new WebSocket(url);
+  ws.binaryType = "arraybuffer";
+  state.socket = ws;
+  ws.onopen = () => setStatus("live", "live");
+  ws.onclose = () => {
+    setStatus("closed", "disconnected, retrying");
+    setTimeout(connect, 1000);
+  };
+  ws.onmessage = (event) => {
+    if (typeof event.data === "string") onText(JSON.parse(event.data));
+    else onSlice(event.data);
+  };
+}
+
+function send(message) {
+  if (state.socket && state.socket.readyState === WebSocket.OPEN) state.socket.send(JSON.stringify(message));
+}
+
+function setStatus(kind, text) {
+  const el = $("connection");
+  el.dataset.state = kind;
+  el.textContent = text;
+}
+
+// --- what the runtime published --------------------------------------------------------------------
+
+function onText(message) {
+  if (message.type === "hello") {
+    for (const s of message.series) {
+      for (const meta of s.slices) remember(meta);
+    }
+    if (state.selected) send({ type: "select", series: state.selected });
+  } else if (message.type === "slices") {
+    for (const meta of message.items) remember(meta);
+  }
+  renderSeries();
+  renderLoad();
+  renderStrip();
+}
+
+function remember(meta) {
+  let s = state.series.get(meta.series);
+  if (!s) {
+    s = { uid: meta.series, tag: `Scanner ${state.series.size + 1}`, slices: new Map(), latest: null };
+    state.series.set(meta.series, s);
+  }
+  s.slices.set(meta.key, meta);
+  s.latest = meta;
+  if (state.selected === null) {
+    state.selected = meta.series; // the first scanner seen stays on screen until another is chosen
+    send({ type: "select", series: meta.series });
+  }
+}
+
+const now = () => performance.timeOrigin + performance.now();
+window.scanedgeTimings = []; // per painted slice: epoch ms at each step, for measuring publish-to-paint
+
+function onSlice(buffer) {
+  const arrived = now();
+  const view = new DataView(buffer);
+  const headLength = view.getUint32(0, true);
+  const meta = JSON.parse(new TextDecoder().decode(new Uint8Array(buffer, 4, headLength)));
+  const pixels = meta.rows * meta.cols;
+  const imageBytes = pixels * (meta.channels || 0);
+  const image = new Uint8Array(buffer, 4 + headLength, imageBytes);
+  const mask = new Uint8Array(buffer, 4 + headLength + imageBytes, pixels);
+  remember(meta);
+  state.current = { meta, base: baseCanvas(meta, image), fill: fillCanvas(meta, mask), outline: outlinePath(meta, mask) };
+  draw();
+  renderSeries();
+  renderLoad();
+  renderStrip();
+  renderSlice(meta);
+  const drawn = now();
+  // the frame holding this drawing is painted after this frame's callbacks: time it just after that
+  requestAnimationFrame(() =>
+    setTimeout(() => {
+      const painted = now();
+      const latency = meta.pinned || !meta.replied_at ? null : painted - meta.replied_at * 1000;
+      window.scanedgeTimings.push({ seq: meta.seq, replied: meta.replied_at * 1000, viewer: meta.received_at * 1000, arrived, drawn, painted });
+      if (window.scanedgeTimings.length > 500) window.scanedgeTimings.shift();
+      if (latency !== null) {
+        state.paintMs.push(latency);
+        if (state.paintMs.length > 500) state.paintMs.shift();
+        $("paint-ms").textContent = `${latency.toFixed(1)} ms`;
+        const sorted = [...state.paintMs].sort((a, b) => a - b);
+        const pct = (q) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+        const p50 = $("paint-p50");
+        p50.textContent = `${pct(0.5).toFixed(1)} / ${pct(0.9).toFixed(1)} ms (n=${sorted.length})`;
+        p50.dataset.p50 = pct(0.5).toFixed(2);
+      }
+      document.body.dataset.painted = String(meta.seq);
+      document.body.dataset.paintedLesionPixels = String(meta.lesion_pixels);
+      document.body.dataset.paintedIndex = String(meta.index ?? "");
+      send({ type: "painted", seq: meta.seq, latency_ms: latency });
+    }, 0),
+  );
+}
+
+// --- turning frames into drawable things -------------------------------------------------------------
+
+function baseCanvas(meta, image) {
+  const canvas = document.createElement("canvas");
+  canvas.width = meta.cols;
+  canvas.height = meta.rows;
+  const ctx = canvas.getContext("2d");
+  const rgba = ctx.createImageData(meta.cols, meta.rows);
+  const out = rgba.data;
+  const n = meta.rows * meta.cols;
+  if (meta.channels === 1) {
+    for (let i = 0, j = 0; i < n; i++, j += 4) {
+      const v = image[i];
+      out[j] = v;
+      out[j + 1] = v;
+      out[j + 2] = v;
+      out[j + 3] = 255;
+    }
+  } else if (meta.channels === 3) {
+    for (let i = 0, j = 0, k = 0; i < n; i++, j += 4, k += 3) {
+      out[j] = image[k];
+      out[j + 1] = image[k + 1];
+      out[j + 2] = image[k + 2];
+      out[j + 3] = 255;
+    }
+  }
+  ctx.putImageData(rgba, 0, 0);
+  return canvas;
+}
+
+function fillCanvas(meta, mask) {
+  const canvas = document.createElement("canvas");
+  canvas.width = meta.cols;
+  canvas.height = meta.rows;
+  const ctx = canvas.getContext("2d");
+  const rgba = ctx.createImageData(meta.cols, meta.rows);
+  const out = rgba.data;
+  for (let i = 0, j = 0; i < mask.length; i++, j += 4) {
+    const colour = PALETTE[mask[i]] || (mask[i] ? PALETTE[1] : null);
+    if (colour) {
+      out[j] = colour[0];
+      out[j + 1] = colour[1];
+      out[j + 2] = colour[2];
+      out[j + 3] = 255;
+    }
+  }
+  ctx.putImageData(rgba, 0, 0);
+  return canvas;
+}
+
+// Edges between a labelled pixel and a differently labelled neighbour, per label, as one path each:
+// drawn in image coordinates and stroked at a fixed screen width, they stay sharp at any zoom.
+function outlinePath(meta, mask) {
+  const rows = meta.rows;
+  const cols = meta.cols;
+  const paths = new Map();
+  const at = (r, c) => (r < 0 || c < 0 || r >= rows || c >= cols ? 0 : mask[r * cols + c]);
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c++) {
+      const v = mask[r * cols + c];
+      if (!v) continue;
+      let path = paths.get(v);
+      if (!path) {
+        path = new Path2D();
+        paths.set(v, path);
+      }
+      if (at(r - 1, c) !== v) { path.moveTo(c, r); path.lineTo(c + 1, r); }
+      if (at(r + 1, c) !== v) { path.moveTo(c, r + 1); path.lineTo(c + 1, r + 1); }
+      if (at(r, c - 1) !== v) { path.moveTo(c, r); path.lineTo(c, r + 1); }
+      if (at(r, c + 1) !== v) { path.moveTo(c + 1, r); path.lineTo(c + 1, r + 1); }
+    }
+  }
+  return paths;
+}
+
+// --- drawing -------------------------------------------------------------------------------------------
+
+function draw() {
+  const canvas = $("view");
+  const dpr = window.devicePixelRatio || 1;
+  const width = Math.max(1, Math.round(canvas.clientWidth * dpr));
+  const height = Math.max(1, Math.round(canvas.clientHeight * dpr));
+  if (canvas.width !== width || canvas.height !== height) {
+    canvas.width = width;
+    canvas.height = height;
+  }
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(1, 0, 0, 1, 0, 0);
+  ctx.fillStyle = "#000";
+  ctx.fillRect(0, 0, width, height);
+  const cur = state.current;
+  if (!cur) return;
+  const { rows, cols } = cur.meta;
+  const scale = Math.min(width / cols, height / rows) * state.zoom;
+  const x0 = (width - cols * scale) / 2 + state.pan[0] * dpr;
+  const y0 = (height - rows * scale) / 2 + state.pan[1] * dpr;
+  ctx.setTransform(scale, 0, 0, scale, x0, y0);
+  ctx.imageSmoothingEnabled = true;
+  ctx.drawImage(cur.base, 0, 0);
+  if ($("show-fill").checked) {
+    ctx.imageSmoothingEnabled = false; // label pixels stay square, not blurred, when zoomed
+    ctx.globalAlpha = Number($("opacity").value);
+    ctx.drawImage(cur.fill, 0, 0);
+    ctx.globalAlpha = 1;
+  }
+  if ($("show-outline").checked) {
+    ctx.lineWidth = (1.5 * dpr) / scale;
+    for (const [label, path] of cur.outline) {
+      const colour = PALETTE[label] || PALETTE[1];
+      ctx.strokeStyle = `rgb(${colour[0]}, ${colour[1]}, ${colour[2]})`;
+      ctx.stroke(path);
+    }
+  }
+}
+
+// --- the panels ---------------------------------------------------------------------------------------
+
+function renderSeries() {
+  const list = $("series-list");
+  if (!state.series.size) return;
+  list.replaceChildren(
+    ...[...state.series.values()].map((s) => {
+      const li = document.createElement("li");
+      li.dataset.uid = s.uid;
+      li.className = s.uid === state.selected ? "selected" : "";
+      const load = s.latest && s.latest.series_load;
+      const tag = document.createElement("span");
+      tag.className = "tag";
+      tag.textContent = s.tag;
+      const uid = document.createElement("span");
+      uid.className = "uid";
+      uid.textContent = s.uid;
+      uid.title = s.uid;
+      const count = document.createElement("span");
+      count.className = "count";
+      count.textContent = load ? `${load.lesions} les.` : "";
+      li.append(tag, uid, count);
+      li.onclick = () => select(s.uid);
+      return li;
+    }),
+  );
+}
+
+function select(uid) {
+  state.selected = uid;
+  state.pinned = null;
+  $("pinned").hidden = true;
+  send({ type: "select", series: uid });
+  renderSeries();
+  renderLoad();
+  renderStrip();
+}
+
+function renderLoad() {
+  const s = state.series.get(state.selected);
+  const load = s && s.latest && s.latest.series_load;
+  $("lesion-count").textContent = load ? String(load.lesions) : "-";
+  const volume = $("lesion-volume");
+  volume.textContent = load && load.volume_mm3 !== null ? load.volume_mm3.toFixed(1) : "-";
+  volume.dataset.volume = load && load.volume_mm3 !== null ? String(load.volume_mm3) : "";
+  $("lesion-largest").textContent = load && load.volume_mm3 !== null ? load.largest_mm3.toFixed(1) : "-";
+  $("slice-count").textContent = load ? String(load.slices) : s ? String(s.slices.size) : "-";
+  if (s && s.latest) $("model-name").textContent = `model ${s.latest.model}`;
+}
+
+function renderSlice(meta) {
+  const where = meta.position_mm !== null ? `z ${meta.position_mm.toFixed(1)} mm` : `#${meta.index}`;
+  $("slice-label").textContent = `${where}${meta.index !== null ? ` (image ${meta.index})` : ""}`;
+  $("slice-findings").textContent = meta.findings.map((f) => `${f.name} ${f.pixels} px / ${f.components}`).join(", ") || "-";
+  $("runtime-ms").textContent = `${meta.timings_ms.total.toFixed(1)} ms (model ${meta.timings_ms.infer.toFixed(1)})`;
+}
+
+function order(a, b) {
+  const pa = a.position_mm ?? a.index ?? 0;
+  const pb = b.position_mm ?? b.index ?? 0;
+  return pa - pb;
+}
+
+function renderStrip() {
+  const strip = $("strip");
+  const s = state.series.get(state.selected);
+  if (!s) return;
+  const metas = [...s.slices.values()].sort(order);
+  const most = Math.max(1, ...metas.map((m) => m.lesion_pixels));
+  const currentKey = state.current && state.current.meta.series === s.uid ? state.current.meta.key : null;
+  strip.replaceChildren(
+    ...metas.map((m) => {
+      const cell = document.createElement("div");
+      cell.className = m.key === currentKey ? "cell current" : "cell";
+      cell.dataset.key = m.key;
+      cell.title = `${m.position_mm !== null ? `z ${m.position_mm.toFixed(1)} mm` : `#${m.index}`}: ${m.lesion_pixels} lesion px`;
+      if (m.lesion_pixels > 0) {
+        const mark = document.createElement("div");
+        mark.className = "mark";
+        mark.style.height = `${20 + 80 * Math.sqrt(m.lesion_pixels / most)}%`;
+        cell.append(mark);
+      }
+      cell.onclick = () => {
+        state.pinned = m.key;
+        $("pinned").hidden = false;
+        send({ type: "pin", series: s.uid, key: m.key });
+      };
+      return cell;
+    }),
+  );
+}
+
+// --- controls -----------------------------------------------------------------------------------------
+
+function controls() {
+  for (const id of ["show-outline", "show-fill", "opacity"]) $(id).addEventListener("input", draw);
+  $("zoom").addEventListener("input", () => {
+    state.zoom = Number($("zoom").value);
+    draw();
+  });
+  $("follow").onclick = () => {
+    state.pinned = null;
+    $("pinned").hidden = true;
+    send({ type: "pin", series: null, key: null });
+  };
+  const canvas = $("view");
+  canvas.addEventListener("wheel", (event) => {
+    event.preventDefault();
+    state.zoom = Math.min(8, Math.max(1, state.zoom * (event.deltaY < 0 ? 1.15 : 1 / 1.15)));
+    $("zoom").value = String(state.zoom);
+    draw();
+  });
+  let drag = null;
+  canvas.addEventListener("pointerdown", (event) => {
+    drag = [event.clientX - state.pan[0], event.clientY - state.pan[1]];
+    canvas.setPointerCapture(event.pointerId);
+  });
+  canvas.addEventListener("pointermove", (event) => {
+    if (!drag) return;
+    state.pan = [event.clientX - drag[0], event.clientY - drag[1]];
+    draw();
+  });
+  canvas.addEventListener("pointerup", () => (drag = null));
+  canvas.addEventListener("dblclick", () => {
+    state.zoom = 1;
+    state.pan = [0, 0];
+    $("zoom").value = "1";
+    draw();
+  });
+  window.addEventListener("resize", draw);
+}
+
+controls();
+connect();
