@@ -1,9 +1,12 @@
 """Terminal plumbing shared by the ``scanedge`` and ``edge-bench`` commands: consoles, progress, exit codes.
 
-Messages for people go to stderr; machine-readable output goes to stdout.
+Reports (tables, summaries, JSON) go to stdout, so ``edge-bench engine M > report.txt`` keeps the report;
+progress and diagnostics go to stderr.
 
 Exit codes: 0 success, 1 a check that ran and failed (verify, compare, inspect), 2 a typed scanedge error
-or a file the user named that does not exist, 130 Ctrl-C. Anything else is a bug and keeps its traceback.
+or a file the user named that does not exist, 3 a batch that finished but skipped some inputs (each one
+named on stderr and in its results.json), 130 Ctrl-C (and SIGTERM for a benchmark, after its partial
+report). Anything else is a bug and keeps its traceback.
 Text that comes from outside (paths, error messages) is printed literally, never read as rich markup:
 ``pip install 'scanedge[dicom]'`` must not lose its ``[dicom]``.
 """
@@ -13,16 +16,27 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from scanedge.errors import ConfigError, ScanedgeError
 
-__all__ = ["PIPED_WIDTH", "LazyProgress", "make_console", "print_error", "run_command", "user_values"]
+__all__ = [
+    "EXIT_SKIPPED",
+    "PIPED_WIDTH",
+    "LazyProgress",
+    "make_console",
+    "print_error",
+    "print_table",
+    "run_command",
+    "user_values",
+]
 
 #: console width when output goes to a file or a pipe
 PIPED_WIDTH = 200
+#: exit status of a batch that finished but skipped some inputs
+EXIT_SKIPPED = 3
 
 
 def make_console(stderr: bool = True) -> Any:
@@ -40,6 +54,39 @@ def make_console(stderr: bool = True) -> Any:
     # would otherwise squeeze them to 80 columns with "12.4…" cells).
     width = None if stream.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH
     return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+
+
+def print_table(
+    console: Any,
+    title: str,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    *,
+    left: int = 1,
+) -> None:
+    """A table whose cells are never cut: a rich table when it fits the console, else one line per row.
+
+    Rich squeezes a table wider than the console by cutting cells to ``12.4…``; a number cut that way is
+    worse than no number. When the table does not fit, each row is printed as ``name: column value, ...``
+    lines instead, which the terminal may wrap but never shortens. The first ``left`` columns are
+    left-aligned (names), the rest right-aligned (numbers). All text is printed literally.
+    """
+    from rich.table import Table
+    from rich.text import Text
+
+    rows = [list(r) for r in rows]
+    table = Table(title=Text(title), title_justify="left")
+    for i, col in enumerate(columns):
+        table.add_column(Text(col), justify="left" if i < left else "right", overflow="fold", no_wrap=True)
+    for r in rows:
+        table.add_row(*(Text(c) for c in r))
+    if console.measure(table, options=console.options.update(max_width=10**6)).maximum <= console.width:
+        console.print(table)
+        return
+    console.print(Text(title))
+    for r in rows:
+        rest = ", ".join(f"{col} {value}".strip() for col, value in zip(columns[left:], r[left:]))
+        console.print(Text(f"  {' '.join(r[:left])}: {rest}" if left else f"  {rest}"))
 
 
 class LazyProgress:

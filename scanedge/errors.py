@@ -10,6 +10,7 @@ need to catch :class:`ScanedgeError` (or one of its families)::
     ├── InputError                    the caller's data cannot be used
     │   ├── InvalidSliceError           zero-size, wrong rank, wrong dtype, NaN/Inf pixels
     │   ├── ImageTooLargeError          more pixels (or decoded bytes) than the configured limit
+    │   ├── OutOfScopeError             an image the model was not made for (its manifest's ``applies_to``)
     │   └── DicomError                  DICOM that cannot become a slice
     │       ├── NotDicomError             truncated or non-DICOM bytes
     │       ├── NotAnImageError           a DICOM object that is not an image (SEG, SR, RTSTRUCT, ...)
@@ -104,6 +105,7 @@ __all__ = [
     "NonFiniteOutputError",
     "NotAnImageError",
     "NotDicomError",
+    "OutOfScopeError",
     "ProtocolError",
     "ProviderUnavailableError",
     "RemoteEngineError",
@@ -165,6 +167,14 @@ class ImageTooLargeError(InputError):
     """More pixels, a longer side or more decoded bytes than the configured limits allow."""
 
     code = "IMAGE_TOO_LARGE"
+
+
+class OutOfScopeError(InputError):
+    """An image outside the model's declared scope (manifest ``applies_to``): another modality, body part,
+    photometric interpretation, spacing, ... Its findings would mean nothing, so it is not segmented unless
+    the caller overrides the scope for research use."""
+
+    code = "OUT_OF_SCOPE"
 
 
 class DicomError(InputError):

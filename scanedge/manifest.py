@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +28,10 @@ from typing import Any, Literal
 from scanedge.errors import ManifestInvalidError, ManifestMismatchError, ManifestMissingError, ModelFileError
 
 __all__ = [
+    "CODE_STRING",
     "METADATA_KEY",
     "SCHEMA_VERSION",
+    "AppliesTo",
     "ClassSpec",
     "CodedConcept",
     "InputSpec",
@@ -311,6 +314,104 @@ class ClassSpec:
             raise _fail(f"classes[{self.name}].threshold", "must be between 0 and 1 (exclusive)")
 
 
+#: What a DICOM Code String may hold (PS3.5 6.2): Modality, Body Part Examined, Image Type values, ...
+CODE_STRING = re.compile(r"[A-Z0-9_ ]{1,16}")
+
+
+def _code_strings(what: str, values: Any) -> tuple[str, ...]:
+    if isinstance(values, str) or not isinstance(values, (tuple, list)):
+        raise _fail(what, f"{values!r} must be a list of DICOM code strings")
+    out = []
+    for v in values:
+        text = v.strip().upper() if isinstance(v, str) else v
+        if not isinstance(text, str) or not CODE_STRING.fullmatch(text):
+            raise _fail(what, f"{v!r} is not a DICOM code string (1-16 of A-Z, 0-9, space, underscore)")
+        out.append(text)
+    if len(out) > 64:
+        raise _fail(what, "at most 64 values")
+    return tuple(out)
+
+
+def _range(what: str, value: Any) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise _fail(what, f"{value!r} must be [min, max] in millimetres")
+    _finite(what, value[0])
+    _finite(what, value[1])
+    low, high = float(value[0]), float(value[1])
+    if not 0 <= low <= high <= 1e4:
+        raise _fail(what, f"{list(value)} needs 0 <= min <= max <= 10000")
+    return low, high
+
+
+@dataclass(frozen=True)
+class AppliesTo:
+    """Which images the model was made for; a slice outside is refused with OUT_OF_SCOPE.
+
+    A brain-FLAIR model run on a spine CT still produces red marks, and nobody at the console can tell
+    they mean nothing. These rules, in the spirit of MONAI Deploy's series-selection rules, say what the
+    model may see. Every rule is optional and the empty section accepts every image (the default, so
+    manifests written before it keep their meaning). A rule is tested only against attributes the slice
+    carries: a raw pixel frame without a modality, or a DICOM object without Body Part Examined, passes
+    that rule untested (results say ``scope: unchecked`` when nothing could be tested). Code strings are
+    compared case-insensitively.
+
+    Attributes:
+        modalities: DICOM Modality values accepted (``MR``, ``CT``, ...); empty: any.
+        body_parts: Body Part Examined values accepted (``BRAIN``, ``HEAD``, ...); empty: any.
+        image_type: values Image Type must all contain (e.g. ``ORIGINAL``, ``PRIMARY``); empty: any.
+        series_description: a regular expression Series Description must match (searched, ignoring case);
+            empty: any.
+        photometric: photometric interpretations accepted, as stored (``MONOCHROME2``, ``RGB``,
+            ``YBR_FULL_422``, ...); empty: any.
+        pixel_spacing_mm: [min, max] in-plane pixel spacing (both directions); None: any.
+        slice_thickness_mm: [min, max] Slice Thickness; None: any.
+    """
+
+    modalities: tuple[str, ...] = ()
+    body_parts: tuple[str, ...] = ()
+    image_type: tuple[str, ...] = ()
+    series_description: str = ""
+    photometric: tuple[str, ...] = ()
+    pixel_spacing_mm: tuple[float, float] | None = None
+    slice_thickness_mm: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("modalities", "body_parts", "image_type", "photometric"):
+            object.__setattr__(self, name, _code_strings(f"applies_to.{name}", getattr(self, name)))
+        if not isinstance(self.series_description, str) or len(self.series_description) > 256:
+            raise _fail("applies_to.series_description", "must be a regular expression of at most 256 characters")
+        try:
+            re.compile(self.series_description)
+        except re.error as exc:
+            raise _fail("applies_to.series_description", f"is not a regular expression: {exc}") from None
+        for name in ("pixel_spacing_mm", "slice_thickness_mm"):
+            object.__setattr__(self, name, _range(f"applies_to.{name}", getattr(self, name)))
+
+    @property
+    def restricts(self) -> bool:
+        """Whether any rule is set (an empty section accepts every image)."""
+        return self != AppliesTo()
+
+    def describe(self) -> str:
+        """The scope in words, e.g. ``MR images (body part BRAIN or HEAD, photometric MONOCHROME2)``."""
+        parts = []
+        if self.body_parts:
+            parts.append("body part " + " or ".join(self.body_parts))
+        if self.image_type:
+            parts.append("image type " + "\\".join(self.image_type))
+        if self.series_description:
+            parts.append(f"series description matching {self.series_description!r}")
+        if self.photometric:
+            parts.append("photometric " + " or ".join(self.photometric))
+        for what, r in (("pixel spacing", self.pixel_spacing_mm), ("slice thickness", self.slice_thickness_mm)):
+            if r is not None:
+                parts.append(f"{what} {r[0]:g}-{r[1]:g} mm")
+        images = (" or ".join(self.modalities) + " images") if self.modalities else "images"
+        return images + (f" ({', '.join(parts)})" if parts else "")
+
+
 @dataclass(frozen=True)
 class Manifest:
     """A validated, immutable description of one segmentation model. ``classes[0]`` is background.
@@ -329,6 +430,9 @@ class Manifest:
         intended_use: what it may and may not be used for, for people.
         onnx_sha256: :func:`graph_sha256` of the model it describes; checked on load when set.
         schema_version: the manifest format's version (this scanedge reads 1).
+        applies_to: the images the model was made for; others are refused (OUT_OF_SCOPE).
+        not_for_clinical_use: burn "not for clinical use" into the montages and overlay files scanedge
+            writes (demonstration and research models).
     """
 
     name: str
@@ -343,6 +447,8 @@ class Manifest:
     onnx_sha256: str | None = None
     precision: Literal["fp32", "fp16", "int8"] = "fp32"  # of the graph; set by `scanedge convert`
     schema_version: int = SCHEMA_VERSION
+    applies_to: AppliesTo = field(default_factory=AppliesTo)
+    not_for_clinical_use: bool = False
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -370,6 +476,8 @@ class Manifest:
                 "intensity.mean/std",
                 f"has {len(norm)} values but the input has {self.input.channels_per_plane} channel(s) per slice",
             )
+        if not isinstance(self.not_for_clinical_use, bool):
+            raise _fail("not_for_clinical_use", f"{self.not_for_clinical_use!r} must be true or false")
         if self.onnx_sha256 is not None and (
             len(self.onnx_sha256) != 64 or any(c not in "0123456789abcdef" for c in self.onnx_sha256)
         ):
@@ -390,11 +498,17 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         """Every field as plain values (nested dicts and tuples), the shape :meth:`from_dict` reads.
 
-        A class's coded concepts appear only when set, so a manifest without them reads exactly as it did
-        before they existed (and older scanedge versions, which refuse unknown keys, still read it)."""
-        data = dataclasses.asdict(self)
-        data["classes"] = [{k: v for k, v in c.items() if v is not None or k not in _CODED} for c in data["classes"]]
-        return data
+        ``applies_to`` and ``not_for_clinical_use`` are left out while they hold their defaults, and a
+        class's coded concepts appear only when set, so a manifest that uses none of them reads exactly as
+        it did before they existed (and older scanedge versions, which refuse unknown keys, still read it).
+        """
+        out = dataclasses.asdict(self)
+        out["classes"] = [{k: v for k, v in c.items() if v is not None or k not in _CODED} for c in out["classes"]]
+        if not self.applies_to.restricts:
+            del out["applies_to"]
+        if not self.not_for_clinical_use:
+            del out["not_for_clinical_use"]
+        return out
 
     def to_json(self, *, indent: int | None = 2) -> str:
         """:meth:`to_dict` as JSON text (``indent=None``: one line)."""
@@ -423,6 +537,7 @@ class Manifest:
                 "size": _build(SizePolicy, data.pop("size", {}), "size"),
                 "intensity": _build(IntensityPolicy, data.pop("intensity", {}), "intensity"),
                 "output": _build(OutputSpec, data.pop("output", {}), "output"),
+                "applies_to": _build(AppliesTo, data.pop("applies_to", {}), "applies_to"),
             }
             raw_classes = data.pop("classes", None)
             if not isinstance(raw_classes, list):

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from scanedge.errors import ConfigError, ManifestMismatchError, ModelError
 from scanedge.manifest import (
     Activation,
+    AppliesTo,
     ClassSpec,
     ColorOrder,
     InputSpec,
@@ -62,6 +63,8 @@ class ManifestInitOptions:
       (``pad`` or ``multiple`` of ``multiple``) for dynamic height/width.
     - ``name``, ``version``, ``description``, ``intended_use``: the manifest's fields of the same names.
     - ``intensity``, ``kind``, ``activation``, ``interpolation``: as in the manifest (docs/manifest.md).
+    - ``applies_to``: the images the model was made for (others are refused); ``not_for_clinical_use``:
+      mark what scanedge writes for this model as not for clinical use.
 
     Raises ConfigError when ``colors`` or ``thresholds`` do not give one value per class.
     """
@@ -85,6 +88,8 @@ class ManifestInitOptions:
     intensity: IntensityPolicy = field(default_factory=IntensityPolicy)
     kind: OutputKind = "logits"
     activation: Activation = "softmax"
+    applies_to: AppliesTo = field(default_factory=AppliesTo)
+    not_for_clinical_use: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes))
@@ -162,6 +167,8 @@ def draft_manifest(model: Any, options: ManifestInitOptions) -> Manifest:
         intensity=options.intensity,
         output=OutputSpec(name=out.name, kind=options.kind, activation=options.activation),
         classes=options.class_specs(),
+        applies_to=options.applies_to,
+        not_for_clinical_use=options.not_for_clinical_use,
     )
     check_model_io(manifest, [(t.name, t.shape) for t in inputs], [(t.name, t.shape) for t in outputs])
     return manifest

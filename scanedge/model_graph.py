@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scanedge.errors import ManifestMissingError
 from scanedge.manifest import Manifest, ManifestSource, graph_sha256, load_manifest, load_onnx_model
 
 __all__ = ["Dim", "ModelInspection", "TensorInfo", "graph_io", "inspect_model", "opset_version"]
@@ -69,8 +70,10 @@ class ModelInspection:
         graph_sha256: :func:`~scanedge.manifest.graph_sha256` of its graph.
         inputs: graph inputs (weights excluded), in graph order.
         outputs: graph outputs, in graph order.
-        manifest: the manifest found for it (not checked against the graph).
-        manifest_source: where that manifest came from: ``explicit``, ``sidecar`` or ``embedded``.
+        manifest: the manifest found for it (not checked against the graph); None when it has none.
+        manifest_source: where that manifest came from: ``explicit``, ``sidecar`` or ``embedded``; None
+            without one.
+        manifest_missing: without a manifest, the ManifestMissingError that says how to write one.
     """
 
     path: Path
@@ -78,13 +81,14 @@ class ModelInspection:
     graph_sha256: str
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
-    manifest: Manifest
-    manifest_source: ManifestSource
+    manifest: Manifest | None
+    manifest_source: ManifestSource | None
+    manifest_missing: ManifestMissingError | None = None
 
     @property
     def manifest_matches_graph(self) -> bool:
-        """False when the manifest names another graph's sha256 (written for a different model)."""
-        return self.manifest.onnx_sha256 in (None, self.graph_sha256)
+        """False when the manifest names another graph's sha256 (written for a different model), or there is none."""
+        return self.manifest is not None and self.manifest.onnx_sha256 in (None, self.graph_sha256)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, as ``scanedge inspect --json`` prints it."""
@@ -95,7 +99,7 @@ class ModelInspection:
             "manifest_matches_graph": self.manifest_matches_graph,
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
-            "manifest": self.manifest.to_dict(),
+            "manifest": None if self.manifest is None else self.manifest.to_dict(),
         }
 
 
@@ -103,10 +107,16 @@ def inspect_model(
     model_path: str | os.PathLike[str], manifest_path: str | os.PathLike[str] | None = None
 ) -> ModelInspection:
     """Read ``model_path`` and its manifest (``manifest_path``, else sidecar, else embedded) without
-    refusing a manifest written for another graph: reporting that is the point of inspecting."""
+    refusing a manifest written for another graph: reporting that is the point of inspecting. A model
+    without a manifest is inspected too: its inputs and outputs are what a manifest is written from."""
     model = load_onnx_model(model_path)
     inputs, outputs = graph_io(model)
-    manifest, source = load_manifest(model_path, manifest_path, verify_sha=False)
+    try:
+        manifest, source = load_manifest(model_path, manifest_path, verify_sha=False)
+    except ManifestMissingError as exc:
+        return ModelInspection(
+            Path(model_path), opset_version(model), graph_sha256(model), inputs, outputs, None, None, exc
+        )
     return ModelInspection(
         Path(model_path), opset_version(model), graph_sha256(model), inputs, outputs, manifest, source
     )

@@ -12,8 +12,9 @@ from tests.conftest import conv_model, dicom_file
 def test_demo_writes_overlays_and_reports(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--threads", "1"]) == 0
-    err = capsys.readouterr().err
-    assert "latency per slice" in err and "series summary" in err and "Dice" in err
+    report = capsys.readouterr().out  # the report goes to stdout, progress to stderr
+    assert "latency per slice" in report and 'series 1 "AX FLAIR synthetic demo' in report and "Dice" in report
+    assert "per-slice results" in report and "lesions (2-D)" in report
     report = json.loads((out / "results.json").read_text())
     overlays = sorted(out.glob("*.overlay.png"))
     assert len(overlays) == len(report["slices"]) >= 24
@@ -51,12 +52,31 @@ def test_inspect_prints_io_and_manifest(conv_model_path, capsys):
     assert info["inputs"] == [{"name": "image", "dtype": "float32", "shape": [1, 1, 256, 256]}]
 
 
-def test_missing_manifest_tells_the_user_what_to_run(tmp_path, capsys):
+def test_missing_manifest_tells_the_user_what_to_run_after_the_graphs_inputs_and_outputs(tmp_path, capsys):
     path = tmp_path / "bare.onnx"
     onnx.save(conv_model(), str(path))
     assert main(["inspect", str(path)]) == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "input  image: float32 [1, 1, 256, 256]" in out and "output logits: float32 [1, 2, 256, 256]" in out
     assert "MANIFEST_MISSING" in err and "scanedge manifest init" in err
+    assert main(["inspect", str(path), "--json"]) == 2
+    info = json.loads(capsys.readouterr().out)
+    assert info["manifest"] is None and info["inputs"][0]["name"] == "image"
+
+
+def test_manifest_init_writes_the_scope_from_flags(tmp_path, capsys):
+    path = tmp_path / "bare.onnx"
+    onnx.save(conv_model(), str(path))
+    scope = ["--modalities", "ct", "--body-parts", "CHEST,LUNG", "--pixel-spacing", "0.3,1.5", "--not-for-clinical-use"]
+    assert main(["manifest", "init", str(path), "--name", "lungs", "--classes", "bg,nodule", *scope]) == 0
+    manifest, _ = load_manifest(path)
+    assert manifest.applies_to.modalities == ("CT",) and manifest.applies_to.body_parts == ("CHEST", "LUNG")
+    assert manifest.applies_to.pixel_spacing_mm == (0.3, 1.5) and manifest.not_for_clinical_use
+    assert main(["inspect", str(path)]) == 0
+    assert "scope: CT images (body part CHEST or LUNG, pixel spacing 0.3-1.5 mm)" in capsys.readouterr().out
+    out = tmp_path / "out"
+    assert main(["segment", dicom_file("MR_small.dcm"), "--model", str(path), "--out", str(out)]) == 2
+    assert "OUT_OF_SCOPE" in capsys.readouterr().err
 
 
 def test_manifest_init_embeds_and_the_model_then_runs(tmp_path):
@@ -99,9 +119,14 @@ def test_demo_without_the_check_skips_dice_and_still_tiles_every_slice(tmp_path,
 
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--threads", "1", "--no-check", "--contours"]) == 0
-    assert "Dice" not in capsys.readouterr().err
+    assert "Dice" not in capsys.readouterr().out
     sheet = cv2.imread(str(out / "montage.png"))
-    assert sheet.shape == (4 * 256, 8 * 256, 3)  # 32 slices of 256x256, 8 per row
+    assert sheet.shape[1] == 8 * 256 and sheet.shape[0] > 4 * 256  # 32 slices of 256x256, 8 per row, and strips
+    overlay = cv2.cvtColor(cv2.imread(str(out / "IM0017.dcm.overlay.png")), cv2.COLOR_BGR2RGB)
+    assert overlay.shape == (256, 256, 3)
+    r, g = overlay[..., 0].astype(int), overlay[..., 1].astype(int)
+    pink = (r > 200) & (g > 90) & (g < 160)  # "NOT FOR CLINICAL USE", as the manifest says
+    assert pink[-20:].sum() > 50  # below the head, where the slice is black
 
 
 def bare_model(tmp_path):
@@ -165,3 +190,35 @@ def test_paths_are_printed_literally_not_as_markup(tmp_path, capsys):
     assert main(["inspect", str(path)]) == 0
     out = capsys.readouterr().out
     assert out.startswith(str(path)) and "opset 17" in out
+
+
+def _one_line(err: str) -> str:
+    assert err.startswith("error [BAD_CONFIG] ") and err.count("\n") == 1, err
+    return err
+
+
+def test_keys_are_never_overwritten_or_allow_listed_as_secrets(tmp_path, capsys):
+    keys, allowed = tmp_path / "keys", tmp_path / "allowed"
+    assert main(["keys", "generate", str(keys), "--name", "console-1"]) == 0
+    public, secret = keys / "console-1.key", keys / "console-1.key_secret"
+    assert (public.stat().st_mode & 0o777, secret.stat().st_mode & 0o777) == (0o644, 0o600)
+    before = secret.read_bytes()
+    capsys.readouterr()
+    assert main(["keys", "generate", str(keys), "--name", "console-1"]) == 2
+    assert "already exists; pass --force to replace the key pair" in _one_line(capsys.readouterr().err)
+    assert secret.read_bytes() == before
+    assert main(["keys", "allow", str(allowed), str(secret)]) == 2
+    err = _one_line(capsys.readouterr().err)
+    assert "contains a secret key; allow-list the public key file (console-1.key) instead" in err
+    assert not allowed.exists() or not any(allowed.iterdir())
+    assert main(["keys", "allow", str(allowed), str(public)]) == 0
+    assert ((allowed / "console-1.key").stat().st_mode & 0o777) == 0o644
+    assert main(["keys", "generate", str(keys), "--name", "console-1", "--force"]) == 0
+    assert secret.read_bytes() != before
+
+
+def test_a_bind_address_without_scheme_is_one_line_with_the_fix(capsys):
+    assert main(["serve", "--bind", "localhost:5568"]) == 2
+    err = _one_line(capsys.readouterr().err)
+    assert "'localhost:5568' has no scheme; did you mean tcp://localhost:5568?" in err
+    assert "beyond this machine" not in err

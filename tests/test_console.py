@@ -42,3 +42,19 @@ def test_user_values_turns_validation_errors_into_config_errors():
     assert isinstance(info.value.__cause__, ValueError) and info.value.code == "BAD_CONFIG"
     with pytest.raises(KeyError), user_values():
         raise KeyError("not a value problem")
+
+
+def test_tables_fit_or_become_one_line_per_row_never_cut_numbers():
+    from rich.console import Console
+
+    from scanedge.console import print_table
+
+    rows = [["total", "12.345", "13.456"], ["p[99]", "1.234", "2.345"]]  # text from outside: printed literally
+    wide, narrow = Console(width=120, record=True), Console(width=12, record=True, soft_wrap=True)
+    print_table(wide, "t [b]", ("figure", "p50", "p99"), rows)
+    print_table(narrow, "t [b]", ("figure", "p50", "p99"), rows)
+    print_table(narrow, "windows", ("t s", "sent"), [["0", "123456"]], left=0)
+    wide_text, narrow_text = wide.export_text(), narrow.export_text()
+    assert "│ total  │ 12.345 │ 13.456 │" in wide_text and "t [b]" in wide_text and "p[99]" in wide_text
+    assert "  total: p50 12.345, p99 13.456" in narrow_text and "  p[99]: p50 1.234" in narrow_text
+    assert "  t s 0, sent 123456" in narrow_text and "…" not in narrow_text

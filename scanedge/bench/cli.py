@@ -1,13 +1,18 @@
 """``edge-bench`` (also ``scanedge bench``): latency of the engine, the pipeline and the live stream.
 
-Arguments become the bench modules' own config objects here; nothing below sees argparse.
+Arguments become the bench modules' own config objects here; nothing below sees argparse. Reports go to
+stdout (``edge-bench engine M > report.txt`` keeps the table), progress and notes to stderr; ``--json -``
+puts the JSON report on stdout instead. An option that means nothing for what was asked (an engine for
+``echo``, a model for a runtime already running) is refused rather than silently ignored.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,15 +63,80 @@ def _engine_options(args: argparse.Namespace, **changes: Any) -> EngineOptions:
         return EngineOptions(**{"backend": backend, "threads": args.threads, "remote": remote, **changes})
 
 
+def _json_to_stdout(args: argparse.Namespace) -> bool:
+    return args.json is not None and str(args.json) == "-"
+
+
+def _report_console(args: argparse.Namespace, console: Any) -> Any:
+    """Where the human-readable report goes: stdout, unless ``--json -`` claims stdout for the JSON."""
+    return console if _json_to_stdout(args) else make_console(stderr=False)
+
+
 def _emit(report: BenchReport, args: argparse.Namespace, console: Any) -> int:
-    report.render(console)
-    if args.json:
+    """The report on stdout (or its JSON with ``--json -``, the table then on stderr), notes on stderr."""
+    import json
+
+    to_stdout = _json_to_stdout(args)
+    report.render(_report_console(args, console))
+    if to_stdout:
+        print(json.dumps(report.to_dict(), indent=1))
+    elif args.json:
         report.write_json(args.json)
         console.print(f"JSON report: {escape(str(args.json))}")
-    if args.plot:
+    if getattr(args, "plot", None):
         report.plot(args.plot)
         console.print(f"plot: {escape(str(args.plot))}")
     return 0
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does: spawned runtimes are stopped on the way out and a
+    partial report is printed, instead of the process vanishing and leaving its children behind."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+#: options that only shape a runtime spawned for the run, with the values that mean "not given"
+_SPAWN_ONLY = {
+    "model": None,
+    "workers": 1,
+    "threads": None,
+    "backend": "auto",
+    "remote": None,
+    "runtimes": 1,
+    "transport": "tcp",
+}
+
+
+def _check_target(args: argparse.Namespace) -> None:
+    """Exactly one of --spawn and --endpoint; with --endpoint, none of the options for a spawned runtime."""
+    if (args.endpoint is None) == (not args.spawn):
+        raise ConfigError("give exactly one of --spawn or --endpoint URL")
+    if args.endpoint is not None:
+        given = [
+            "--" + name.replace("_", "-") for name, unset in _SPAWN_ONLY.items() if getattr(args, name, unset) != unset
+        ]
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)} shape(s) a runtime spawned for the run (--spawn); the runtime at "
+                f"{args.endpoint} runs with its own settings"
+            )
+
+
+def _slices(args: argparse.Namespace) -> Any:
+    from scanedge.bench.inputs import DEFAULT_SIZE, bench_slices, parse_size
+
+    if args.series is not None and args.size is not None:
+        raise ConfigError("--size resizes the demo-patient inputs; the slices of --series keep their own size")
+    return bench_slices(parse_size(args.size or DEFAULT_SIZE), args.series)
 
 
 def cmd_engine(args: argparse.Namespace) -> int:
@@ -91,10 +161,9 @@ def cmd_engine(args: argparse.Namespace) -> int:
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
     from scanedge.bench.inprocess import bench_pipeline
-    from scanedge.bench.inputs import bench_slices, parse_size
 
     console = make_console()
-    slices = bench_slices(parse_size(args.size), args.series)
+    slices = _slices(args)
     with LazyProgress(console, "pipeline") as progress:
         report = bench_pipeline(
             slices,
@@ -110,13 +179,11 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
-    from scanedge.bench.inputs import bench_slices, parse_size
     from scanedge.bench.stream import StreamSettings, bench_stream
 
-    if (args.endpoint is None) == (not args.spawn):
-        raise ConfigError("give exactly one of --spawn or --endpoint URL")
+    _check_target(args)
     console = make_console()
-    slices = bench_slices(parse_size(args.size), args.series)
+    slices = _slices(args)
     versus = _engine_options(args, spinning=False, backend="ort", remote=None) if args.versus_local else None
     with user_values():
         settings = StreamSettings(
@@ -148,30 +215,31 @@ def cmd_stream(args: argparse.Namespace) -> int:
     if args.vs_flat_out:
         rate += ", alternating with flat-out blocks"
     console.print(f"streaming to {where}: {args.consoles} console(s), {rate}")
-    with LazyProgress(console, "stream") as progress:
+    with _sigterm_interrupts(), LazyProgress(console, "stream") as progress:
         report = bench_stream(slices, settings, progress)
     code = _emit(report, args, console)
     rss = report.settings.get("server_rss_mb")
     if rss:
-        console.print(
+        _report_console(args, console).print(
             f"runtime memory (RSS): start {rss['start']:.0f} MB, max {rss['max']:.0f} MB, end {rss['end']:.0f} MB "
             f"(second half of the run: {rss['growth_second_half']:+.1f} MB)"
         )
     cpu = report.settings.get("server_cpu")
     if cpu:
-        console.print(
+        _report_console(args, console).print(
             f"runtime CPU: {cpu['seconds']:.2f} s over {cpu['wall_s']:.1f} s "
             f"({cpu['percent_of_one_core']:.1f}% of one core)"
         )
-    return code
+    return 130 if report.settings.get("interrupted") else code
 
 
 def cmd_soak(args: argparse.Namespace) -> int:
+    import json
+
     from scanedge.bench.inputs import parse_size
     from scanedge.bench.soak import SoakSettings, bench_soak
 
-    if (args.endpoint is None) == (not args.spawn):
-        raise ConfigError("give exactly one of --spawn or --endpoint URL")
+    _check_target(args)
     console = make_console()
     with user_values():
         settings = SoakSettings(
@@ -192,10 +260,12 @@ def cmd_soak(args: argparse.Namespace) -> int:
         f"soaking {where} for {args.duration:g} s: {args.consoles} console(s) at {args.overload:g}x capacity, "
         f"{args.malformed:.0%} malformed messages"
     )
-    with LazyProgress(console, "soak", delay_s=0.0) as progress:
+    with _sigterm_interrupts(), LazyProgress(console, "soak", delay_s=0.0) as progress:
         report = bench_soak(settings, progress)
-    report.render(make_console(stderr=False))
-    if args.json:
+    report.render(_report_console(args, console))
+    if _json_to_stdout(args):
+        print(json.dumps(report.to_dict(), indent=1))
+    elif args.json:
         report.write_json(args.json)
         console.print(f"JSON report: {escape(str(args.json))}")
     return 0 if report.passed else 1
@@ -215,33 +285,71 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from rich.table import Table
+    """B against A figure by figure; exit 1 past --max-ratio, 2 when the runs are not comparable."""
+    import json
+
+    from rich.text import Text
 
     from scanedge.bench.compare import compare_reports
-    from scanedge.bench.report import BenchReport
+    from scanedge.bench.report import BenchReport, speed_ratio
+    from scanedge.console import print_table
 
     console = make_console()
     with user_values():  # a file that is not a report
         a, b = BenchReport.read_json(args.a), BenchReport.read_json(args.b)
     figures = [f.strip() for f in args.figures.split(",")] if args.figures else None
     result = compare_reports(a, b, max_ratio=args.max_ratio, figures=figures)
-    table = Table(title=escape(f"B/A: {args.b} vs {args.a}"), title_justify="left")
-    for col in ("figure", "stat", "A ms", "B ms", "B/A"):
-        table.add_column(col, justify="right" if col not in ("figure", "stat") else "left")
-    for r in result.rows:
-        mark = "[red]" if r.exceeded else ""
-        table.add_row(r.figure, r.stat, f"{r.a:.3f}", f"{r.b:.3f}", f"{mark}{r.ratio:.3f}")
-    console.print(table)
-    if result.throughput_ratio is not None:
-        console.print(f"throughput B/A: {result.throughput_ratio:.3f}")
+    if result.mismatches and not args.allow_mismatch:
+        raise ConfigError(
+            "the runs were measured under different conditions, so their ratios would measure that, not the "
+            f"change: {'; '.join(result.mismatches)}. Rerun them alike, or pass --allow-mismatch"
+        )
+    out = make_console(stderr=False)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        rows = [
+            [r.figure, r.stat, f"{r.a:.3f}", f"{r.b:.3f}", f"{r.ratio:.3f}", speed_ratio(r.ratio)]
+            + (["REGRESSION"] if r.exceeded else [""])
+            for r in result.rows
+        ]
+        columns = ("figure", "stat", "A ms", "B ms", "B/A", "B vs A", "")
+        print_table(out, f"B: {args.b} against A: {args.a}", columns, rows, left=2)
+        if result.throughput_ratio is not None:
+            out.print(
+                Text(f"throughput B/A: {result.throughput_ratio:.3f} (B {speed_ratio(1 / result.throughput_ratio)})")
+            )
+    for m in result.mismatches:
+        line = Text("warning: not alike: ", style="bold red")
+        line.append(m)
+        console.print(line)
     if result.failed:
         bad = ", ".join(f"{r.figure} {r.stat} {r.ratio:.2f}x" for r in result.rows if r.exceeded)
-        console.print(f"[red]regression:[/] {bad} exceed --max-ratio {args.max_ratio}")
+        console.print(Text(f"regression: {bad} exceed --max-ratio {args.max_ratio}", style="red"))
         return 1
     return 0
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def _add_run_args(p: argparse.ArgumentParser, *, json_help: str = "the full report (schema scanedge.bench/1)") -> None:
+    from scanedge.bench.inprocess import RunLength
+
+    run = RunLength()
+    p.add_argument("--count", type=int, default=run.count, help=f"measured iterations (default: {run.count})")
+    p.add_argument(
+        "--duration", type=float, default=None, help="measure for this many seconds instead of --count (default: off)"
+    )
+    p.add_argument(
+        "--warmup", type=int, default=run.warmup, help=f"unmeasured iterations first (default: {run.warmup})"
+    )
+    p.add_argument(
+        "--json", type=Path, metavar="FILE", help=f"write {json_help} to FILE, or to stdout with '-' (default: none)"
+    )
+    p.add_argument(
+        "--plot", type=Path, help="write a latency histogram + timeline PNG here, needs matplotlib (default: none)"
+    )
+
+
+def _add_engine_args(p: argparse.ArgumentParser, *, baseline_help: str) -> None:
     p.add_argument(
         "--threads",
         type=_threads,
@@ -254,15 +362,19 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         dest="backend",
         choices=BACKENDS,
         default="auto",
-        help="inference backend (default auto: a matching TensorRT plan if there is one, else ONNX Runtime)",
+        help="inference backend (default: auto, a matching TensorRT plan if there is one, else ONNX Runtime)",
     )
-    p.add_argument("--count", type=int, default=500, help="measured iterations (default 500)")
-    p.add_argument("--duration", type=float, default=None, help="measure for this many seconds instead of --count")
-    p.add_argument("--warmup", type=int, default=20, help="unmeasured iterations first (default 20)")
-    p.add_argument("--baseline", action="store_true", help="also time raw ONNX Runtime session.run, interleaved")
-    p.add_argument("--json", type=Path, help="write the full report (schema scanedge.bench/1) here")
-    p.add_argument("--plot", type=Path, help="write a latency histogram + timeline PNG here")
+    p.add_argument("--baseline", action="store_true", help=baseline_help)
     _add_remote(p)
+
+
+def _add_common(
+    p: argparse.ArgumentParser,
+    *,
+    baseline_help: str = "also time raw ONNX Runtime session.run, interleaved (default: off)",
+) -> None:
+    _add_engine_args(p, baseline_help=baseline_help)
+    _add_run_args(p)
 
 
 def _add_remote(p: argparse.ArgumentParser) -> None:
@@ -270,128 +382,183 @@ def _add_remote(p: argparse.ArgumentParser) -> None:
         "--remote",
         metavar="URL",
         default=None,
-        help="run the model on this Open Inference Protocol server (the remote backend): grpc://HOST:PORT[/MODEL]",
+        help="run the model on this Open Inference Protocol server (the remote backend): grpc://HOST:PORT[/MODEL] "
+        "(default: none)",
     )
-    p.add_argument("--remote-insecure", action="store_true", help="allow plain gRPC beyond loopback")
+    p.add_argument("--remote-insecure", action="store_true", help="allow plain gRPC beyond loopback (default: off)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``edge-bench`` argument parser: one subcommand per mode, each bound to its handler (``func``)."""
-    ap = argparse.ArgumentParser(
-        prog="edge-bench", description="Latency profiler for scanedge engines, pipeline and stream."
-    )
+def build_parser(prog: str = "edge-bench") -> argparse.ArgumentParser:
+    """The ``edge-bench`` argument parser: one subcommand per mode, each bound to its handler (``func``);
+    ``prog`` is the name it is called by (``scanedge bench`` runs the same parser)."""
+    from scanedge import __version__
+
+    ap = argparse.ArgumentParser(prog=prog, description="Latency profiler for scanedge engines, pipeline and stream.")
+    ap.add_argument("--version", action="version", version=f"{prog} (scanedge {__version__})")
     sub = ap.add_subparsers(dest="mode", required=True, metavar="MODE")
 
     p = sub.add_parser("engine", help="the inference engine alone")
     p.add_argument("model", type=Path, help="ONNX model (or engine file)")
     p.add_argument("--shape", help="input shape, e.g. 1x1x256x256 (default: the model's static shape)")
-    p.add_argument("--batch", type=int, help="batch size (first dimension)")
-    p.add_argument("--baseline-model", type=Path, help="time this ONNX model as the baseline (e.g. the fp32 original)")
+    p.add_argument("--batch", type=int, help="batch size, the first dimension (default: the model's)")
+    p.add_argument(
+        "--baseline-model",
+        type=Path,
+        help="time this ONNX model as the baseline, e.g. the fp32 original of an int8 engine (default: none)",
+    )
     _add_common(p)
     p.set_defaults(func=cmd_engine)
 
     p = sub.add_parser("pipeline", help="the in-process pipeline, per stage")
-    p.add_argument("--model", type=Path, default=None, help="default: the shipped demo model")
-    p.add_argument("--size", default="512x512", help="slice size for the demo-patient inputs (default 512x512)")
-    p.add_argument("--series", type=Path, help="use the slices of this DICOM folder instead")
-    p.add_argument("--dicom", action="store_true", help="feed DICOM bytes (adds the decode stage)")
-    p.add_argument("--no-overlay", action="store_true", help="skip overlay rendering")
+    p.add_argument("--model", type=Path, default=None, help="ONNX model (default: the shipped demo model)")
+    _add_inputs(p)
+    p.add_argument("--dicom", action="store_true", help="feed DICOM bytes, adding the decode stage (default: raw)")
+    p.add_argument("--no-overlay", action="store_true", help="skip overlay rendering (default: drawn)")
     _add_common(p)
     p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("stream", help="end to end against a runtime over ZeroMQ")
     p.add_argument("--spawn", action="store_true", help="start `scanedge serve` in a child process for the run")
-    p.add_argument("--endpoint", help="a running runtime, e.g. tcp://127.0.0.1:5555")
-    p.add_argument("--model", type=Path, default=None, help="model for --spawn (default: the demo model)")
-    p.add_argument("--workers", type=int, default=1, help="workers of a spawned runtime")
-    p.add_argument("--size", default="512x512", help="slice size of the demo-patient inputs (default 512x512)")
-    p.add_argument("--series", type=Path, help="send the slices of this DICOM folder instead")
-    p.add_argument("--dicom", action="store_true", help="send DICOM bytes instead of raw pixel frames")
-    p.add_argument("--rate", type=float, default=None, help="slices per second per console (default: flat out)")
-    p.add_argument("--consoles", type=int, default=1, help="concurrent consoles, each with its own series")
-    p.add_argument("--outputs", default="mask,overlay", help="reply frames: mask,overlay,probabilities")
-    p.add_argument("--overlay-encoding", choices=("raw", "jpeg", "png"), default="raw")
-    p.add_argument("--deadline-ms", type=float, default=None, help="per-request deadline")
     p.add_argument(
-        "--runtimes", type=int, default=1, help="spawned runtimes; console k talks to runtime k %% N (default 1)"
+        "--endpoint", help="a running runtime, e.g. tcp://127.0.0.1:5555, instead of --spawn (default: none)"
+    )
+    p.add_argument("--model", type=Path, default=None, help="model for --spawn (default: the demo model)")
+    p.add_argument("--workers", type=int, default=1, help="workers of a spawned runtime (default: 1)")
+    _add_inputs(p)
+    p.add_argument("--dicom", action="store_true", help="send DICOM bytes instead of raw pixel frames (default: raw)")
+    p.add_argument("--rate", type=float, default=None, help="slices per second per console (default: flat out)")
+    p.add_argument("--consoles", type=int, default=1, help="concurrent consoles, each with its own series (default: 1)")
+    p.add_argument(
+        "--outputs", default="mask,overlay", help="reply frames: mask,overlay,probabilities (default: mask,overlay)"
+    )
+    p.add_argument(
+        "--overlay-encoding", choices=("raw", "jpeg", "png"), default="raw", help="overlay frames (default: raw)"
+    )
+    p.add_argument(
+        "--deadline-ms",
+        type=float,
+        default=None,
+        help="per-request deadline; ok replies arriving after it are counted separately (default: none)",
+    )
+    p.add_argument(
+        "--runtimes", type=int, default=1, help="spawned runtimes; console k talks to runtime k %% N (default: 1)"
     )
     p.add_argument(
         "--versus-local",
         action="store_true",
         help="also spawn a runtime on the local ONNX Runtime engine and drive both in alternating blocks (one "
-        "console, flat out): the side-by-side cost of --remote",
+        "console, flat out): the side-by-side cost of --remote (default: off)",
     )
     p.add_argument(
         "--vs-flat-out",
         action="store_true",
-        help="with --rate: alternate paced blocks with flat-out blocks in the same run (flat out is the baseline)",
+        help="with --rate: alternate paced blocks with flat-out blocks in the same run, flat out being the "
+        "baseline (default: off)",
     )
     p.add_argument(
-        "--no-keep-warm", dest="keep_warm", action="store_false", help="spawn the runtime with --no-keep-warm"
+        "--no-keep-warm",
+        dest="keep_warm",
+        action="store_false",
+        help="spawn the runtime with --no-keep-warm (default: kept warm)",
     )
     p.add_argument(
         "--transport",
         default="tcp",
-        help="how --spawn's runtime is reached: tcp, ipc, or tcp,ipc to measure both side by side (default tcp)",
+        help="how --spawn's runtime is reached: tcp, ipc, or tcp,ipc to measure both side by side (default: tcp)",
     )
     p.add_argument(
         "--payload",
         default="frames",
-        help="how pixels and outputs travel: frames, shm (shared memory), or frames,shm side by side",
+        help="how pixels and outputs travel: frames, shm (shared memory), or frames,shm side by side (default: frames)",
     )
-    p.add_argument("--shm", action="store_true", help="the same as --payload frames,shm")
-    _add_common(p)
+    p.add_argument("--shm", action="store_true", help="the same as --payload frames,shm (default: off)")
+    _add_common(p, baseline_help="also time the in-process pipeline on the same slices (default: off)")
     p.set_defaults(func=cmd_stream)
 
     p = sub.add_parser(
         "soak", help="overload plus malformed messages for a long time: every reply accounted for, nothing leaks"
     )
     p.add_argument("--spawn", action="store_true", help="start `scanedge serve` in a child process for the run")
-    p.add_argument("--endpoint", help="a running runtime, e.g. tcp://127.0.0.1:5555 (no process metrics)")
-    p.add_argument("--model", type=Path, default=None, help="model for --spawn (default: the demo model)")
-    p.add_argument("--workers", type=int, default=1, help="workers of a spawned runtime (default 1)")
-    p.add_argument("--duration", type=float, default=120.0, help="seconds of load (default 120)")
-    p.add_argument("--consoles", type=int, default=3, help="concurrent consoles, each its own series (default 3)")
-    p.add_argument("--overload", type=float, default=2.0, help="offered load / measured capacity (default 2)")
-    p.add_argument("--malformed", type=float, default=0.05, help="fraction of malformed messages (default 0.05)")
-    p.add_argument("--size", default="256x256", help="slice size of the good requests (default 256x256)")
-    p.add_argument("--window", type=float, default=10.0, help="seconds per report row (default 10)")
     p.add_argument(
-        "--max-rss-slope", type=float, default=60.0, help="fail above this memory growth, MB/hour (default 60)"
+        "--endpoint",
+        help="a running runtime, e.g. tcp://127.0.0.1:5555, instead of --spawn; no process metrics (default: none)",
     )
-    p.add_argument("--threads", type=_threads, default=None, help="inference threads of a spawned runtime, or auto")
+    p.add_argument("--model", type=Path, default=None, help="model for --spawn (default: the demo model)")
+    p.add_argument("--workers", type=int, default=1, help="workers of a spawned runtime (default: 1)")
+    p.add_argument("--duration", type=float, default=120.0, help="seconds of load (default: 120)")
+    p.add_argument("--consoles", type=int, default=3, help="concurrent consoles, each its own series (default: 3)")
+    p.add_argument("--overload", type=float, default=2.0, help="offered load / measured capacity (default: 2)")
+    p.add_argument("--malformed", type=float, default=0.05, help="fraction of malformed messages (default: 0.05)")
+    p.add_argument("--size", default="256x256", help="slice size of the good requests (default: 256x256)")
+    p.add_argument("--window", type=float, default=10.0, help="seconds per report row (default: 10)")
+    p.add_argument(
+        "--max-rss-slope", type=float, default=60.0, help="fail above this memory growth, MB/hour (default: 60)"
+    )
+    p.add_argument(
+        "--threads",
+        type=_threads,
+        default=None,
+        help="inference threads of a spawned runtime, or auto (default: one per core)",
+    )
     p.add_argument(
         "--backend",
         "--engine",
         dest="backend",
         choices=BACKENDS,
         default="auto",
-        help="backend of a spawned runtime (default auto)",
+        help="backend of a spawned runtime (default: auto)",
     )
     _add_remote(p)
-    p.add_argument("--json", type=Path, help="write the full report (schema scanedge.soak/1) here")
+    p.add_argument(
+        "--json",
+        type=Path,
+        metavar="FILE",
+        help="write the full report (schema scanedge.soak/1) to FILE, or to stdout with '-' (default: none)",
+    )
     p.set_defaults(func=cmd_soak)
 
     p = sub.add_parser("echo", help="the transport floor: raw ZeroMQ echo of slice-sized messages, no scanedge")
-    p.add_argument("--size", default="512x512", help="slice size: requests carry int16 pixels of this size")
-    p.add_argument("--reply", choices=("mask+overlay", "mask"), default="mask+overlay", help="reply size")
-    p.add_argument("--pause-ms", type=float, default=0.0, help="peer pauses this long before replying")
-    _add_common(p)
+    p.add_argument(
+        "--size", default="512x512", help="slice size: requests carry int16 pixels of this size (default: 512x512)"
+    )
+    p.add_argument(
+        "--reply", choices=("mask+overlay", "mask"), default="mask+overlay", help="reply size (default: mask+overlay)"
+    )
+    p.add_argument("--pause-ms", type=float, default=0.0, help="the peer pauses this long before replying (default: 0)")
+    _add_run_args(p)  # no engine, no model: nothing but ZeroMQ is measured
     p.set_defaults(func=cmd_echo)
 
     p = sub.add_parser("compare", help="ratios between two JSON reports; exit 1 past --max-ratio")
     p.add_argument("a", type=Path, help="reference report")
     p.add_argument("b", type=Path, help="candidate report")
-    p.add_argument("--max-ratio", type=float, default=None, help="fail when any B/A ratio exceeds this")
+    p.add_argument("--max-ratio", type=float, default=None, help="fail when any B/A ratio exceeds this (default: off)")
     p.add_argument("--figures", help="comma-separated figures to compare (default: all shared)")
+    p.add_argument(
+        "--allow-mismatch",
+        action="store_true",
+        help="compare runs measured under different conditions (threads, engine, sizes, machine, ...), "
+        "flagging each difference (default: refused)",
+    )
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON on stdout")
     p.set_defaults(func=cmd_compare)
     return ap
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _add_inputs(p: argparse.ArgumentParser) -> None:
+    from scanedge.bench.inputs import DEFAULT_SIZE
+
+    p.add_argument(
+        "--size", default=None, help=f"slice size of the demo-patient inputs, ROWSxCOLS (default: {DEFAULT_SIZE})"
+    )
+    p.add_argument(
+        "--series", type=Path, help="use the slices of this DICOM folder instead (default: the demo patient)"
+    )
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = "edge-bench") -> int:
     """Run ``edge-bench`` with ``argv`` (default: the process arguments); returns the exit status
-    (2 for a typed scanedge error, after one line on stderr)."""
-    args = build_parser().parse_args(argv)
+    (2 for a typed scanedge error, after one line on stderr). ``prog`` names the command in help and errors."""
+    args = build_parser(prog).parse_args(argv)
     return run_command(args.func, args)
 
 

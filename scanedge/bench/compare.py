@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from scanedge.bench.report import BenchReport
 from scanedge.errors import ConfigError
 
-__all__ = ["Comparison", "ComparisonRow", "compare_reports"]
+__all__ = ["Comparison", "ComparisonRow", "compare_reports", "report_mismatches"]
 
 COMPARED_STATS = ("median", "p99")
 
@@ -44,15 +44,61 @@ class Comparison:
 
     Attributes:
         rows: one row per compared figure and statistic, in the order of the figures.
+        mismatches: how the two runs differ besides the change under test (threads, engine, sizes, input,
+            machine, ...): ratios between such runs measure the difference, not the change.
     """
 
     rows: tuple[ComparisonRow, ...]
     throughput_ratio: float | None  # b / a: below 1 means B is slower
+    mismatches: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready: rows (figure, stat, a_ms, b_ms, ratio, exceeded), throughput ratio, mismatches, verdict."""
+        return {
+            "rows": [
+                {"figure": r.figure, "stat": r.stat, "a_ms": r.a, "b_ms": r.b, "ratio": r.ratio, "exceeded": r.exceeded}
+                for r in self.rows
+            ],
+            "throughput_ratio": self.throughput_ratio,
+            "mismatches": list(self.mismatches),
+            "failed": self.failed,
+        }
 
     @property
     def failed(self) -> bool:
         """Whether any row exceeded its limit: the regression gate's verdict."""
         return any(r.exceeded for r in self.rows)
+
+
+def _setting(report: BenchReport, *keys: str) -> object:
+    for key in keys:
+        if report.settings.get(key) is not None:
+            return report.settings[key]
+    return None
+
+
+def report_mismatches(a: BenchReport, b: BenchReport) -> list[str]:
+    """What differs between the two runs' conditions: mode, threads, engine, input sizes and kind, outputs,
+    overlay, model and machine. Each difference is one line ``threads: 1 vs 2``."""
+    checks: list[tuple[str, object, object]] = [
+        ("mode", a.mode, b.mode),
+        (
+            "threads",
+            _setting(a, "threads") or a.engine.get("threads"),
+            _setting(b, "threads") or b.engine.get("threads"),
+        ),
+        ("engine", a.engine.get("backend", a.engine.get("kind")), b.engine.get("backend", b.engine.get("kind"))),
+        ("providers", a.engine.get("providers"), b.engine.get("providers")),
+        ("input shape", _setting(a, "shape", "slice_shapes"), _setting(b, "shape", "slice_shapes")),
+        ("input kind", _setting(a, "input"), _setting(b, "input")),
+        ("outputs", _setting(a, "outputs"), _setting(b, "outputs")),
+        ("overlay", _setting(a, "overlay", "overlay_encoding"), _setting(b, "overlay", "overlay_encoding")),
+        ("consoles", _setting(a, "consoles"), _setting(b, "consoles")),
+        ("rate per console", _setting(a, "rate_per_console"), _setting(b, "rate_per_console")),
+        ("workers", _setting(a, "workers"), _setting(b, "workers")),
+        ("machine", a.machine.get("cpu_model"), b.machine.get("cpu_model")),
+    ]
+    return [f"{what}: {va} vs {vb}" for what, va, vb in checks if va != vb]
 
 
 def compare_reports(
@@ -84,4 +130,4 @@ def compare_reports(
     thr = None
     if a.throughput_per_s and b.throughput_per_s:
         thr = b.throughput_per_s / a.throughput_per_s
-    return Comparison(tuple(rows), thr)
+    return Comparison(tuple(rows), thr, tuple(report_mismatches(a, b)))

@@ -15,7 +15,10 @@ from scanedge.errors import ConfigError
 from scanedge.imaging.files import load_slices
 from scanedge.imaging.slices import Slice, SliceGeometry, SliceIdentity
 
-__all__ = ["bench_slices", "parse_size"]
+__all__ = ["DEFAULT_SIZE", "bench_slices", "parse_size"]
+
+#: slice size of the demo-patient inputs unless one is asked for: a typical MR/CT matrix
+DEFAULT_SIZE = "512x512"
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from scanedge.bench.stats import LatencyStats, summarize
 
-__all__ = ["SCHEMA", "BenchReport", "machine_info", "versions"]
+__all__ = ["SCHEMA", "BenchReport", "describe_overhead", "machine_info", "speed_ratio", "versions"]
 
 SCHEMA = "scanedge.bench/1"
 
@@ -76,6 +76,28 @@ def versions() -> dict[str, str]:
         "pyzmq": zmq.__version__,
         "zeromq": zmq.zmq_version(),
     }
+
+
+def speed_ratio(ratio: float) -> str:
+    """A time ratio B/A in words: ``1.85x faster`` below 1, ``1.20x slower`` above, ``same`` within 0.5%."""
+    if ratio <= 0 or ratio != ratio:
+        return "n/a"
+    if abs(ratio - 1.0) < 0.005:
+        return "same"
+    return f"{1 / ratio:.2f}x faster" if ratio < 1 else f"{ratio:.2f}x slower"
+
+
+def describe_overhead(baseline: dict[str, Any]) -> str:
+    """One line for a report's ``baseline`` block: what the measured path adds to (or saves over) it."""
+
+    def delta(ms: float) -> str:
+        return f"+{ms:.3f} ms" if ms >= 0 else f"{-ms:.3f} ms less"
+
+    o = baseline["overhead_ms"]
+    return (
+        f"versus the baseline ({baseline.get('what', 'session.run')}): p50 {delta(o['p50'])}, "
+        f"p99 {delta(o['p99'])}; median {speed_ratio(baseline['ratio'])}"
+    )
 
 
 @dataclass
@@ -176,56 +198,62 @@ class BenchReport:
     # --- presentation -------------------------------------------------------------------------------
 
     def render(self, console: Any) -> None:
-        """A trtexec-like summary on a rich console."""
-        from rich.markup import escape
-        from rich.table import Table
+        """A trtexec-like summary on a rich console: the table whole (never cut numbers), then one line each
+        for throughput and counts, the baseline, and the warnings.
+
+        p99.9 is shown only from 1000 samples on (below that it is the maximum in disguise).
+        """
+        from rich.text import Text
+
+        from scanedge.console import print_table
 
         title = f"edge-bench {self.mode}"
         if self.model:
             title += f" - {self.model.get('name', '')} {self.model.get('version', '')}".rstrip()
-        table = Table(title=title, title_justify="left")
-        table.add_column("figure (ms)")
-        for col in ("min", "mean", "p50", "p90", "p95", "p99", "p99.9", "max", "stdev", "jitter", "tail"):
-            table.add_column(col, justify="right")
         rows = dict(self.figures())
         if self.baseline:
             for name, values in self.baseline.get("samples", {}).items():
                 rows[f"baseline {name}"] = summarize(values)
+        columns = ("figure (ms)", "min", "mean", "p50", "p90", "p95", "p99", "p99.9", "max", "stdev", "jitter", "tail")
+        table = []
         for name, s in rows.items():
-            table.add_row(
-                escape(name),
-                *(
-                    f"{v:.3f}"
-                    for v in (s.min, s.mean, s.median, s.p90, s.p95, s.p99, s.p999, s.max, s.stdev, s.jitter, s.tail)
-                ),
-            )
-        console.print(table)
+            values = (s.min, s.mean, s.median, s.p90, s.p95, s.p99, s.p999, s.max, s.stdev, s.jitter, s.tail)
+            cells = [f"{v:.3f}" for v in values]
+            if s.count < 1000:
+                cells[6] = "-"
+            table.append([name, *cells])
+        print_table(console, title, columns, table)
         parts = []
         if self.throughput_per_s is not None:
             parts.append(f"throughput {self.throughput_per_s:.1f} slices/s")
         if self.counts:
-            parts.append(", ".join(f"{k} {v}" for k, v in self.counts.items()))
+            counts = ", ".join(f"{k} {v}" for k, v in self.counts.items() if k != "late_ok")
+            if self.counts.get("late_ok"):
+                counts += f" ({self.counts['late_ok']} of the ok replies arrived after the deadline)"
+            parts.append(counts)
         if self.engine:
             backend = self.engine.get("backend", self.engine.get("kind"))  # older reports say "kind"
-            parts.append(f"engine {backend} {self.engine.get('providers', '')}")
+            parts.append(f"engine {backend} {self.engine.get('providers', '')}".rstrip())
         if parts:
-            console.print("; ".join(parts))
+            console.print(Text("; ".join(parts)))
+        if self.baseline and "overhead_ms" in self.baseline:
+            console.print(Text(describe_overhead(self.baseline)))
         probe = (self.engine.get("threads_auto") or {}).get("probe_ms") or self.engine.get("threads_probe_ms")
         if probe:
             measured = ", ".join(f"{n} thread(s) {ms:.2f} ms" for n, ms in probe.items())
-            console.print(f"--threads auto chose {self.engine.get('threads')} (start-up probe, median: {measured})")
-        if self.baseline and "overhead_ms" in self.baseline:
-            o = self.baseline["overhead_ms"]
             console.print(
-                f"overhead over the baseline ({self.baseline.get('what', 'session.run')}): "
-                f"p50 {o['p50']:+.3f} ms, p99 {o['p99']:+.3f} ms, ratio {self.baseline['ratio']:.2f}x"
+                Text(f"--threads auto chose {self.engine.get('threads')} (start-up probe, median: {measured})")
             )
         for name, o in (self.baseline or {}).get("variants", {}).items():
-            console.print(f"  added by the runtime over {name}: p50 {o['p50']:+.3f} ms, p99 {o['p99']:+.3f} ms")
+            console.print(Text(f"  added by the runtime over {name}: p50 {o['p50']:+.3f} ms, p99 {o['p99']:+.3f} ms"))
         for name, added in (self.baseline or {}).get("outside_model_added_p50", {}).items():
-            console.print(f"  added outside the model ({name}): p50 {added:+.3f} ms (inference left out of both sides)")
+            console.print(
+                Text(f"  added outside the model ({name}): p50 {added:+.3f} ms (inference left out of both sides)")
+            )
         for w in self.warnings:
-            console.print(f"[yellow]warning:[/] {w}")
+            line = Text("warning: ", style="yellow")
+            line.append(w)
+            console.print(line)
 
     def plot(self, path: str | os.PathLike[str], figure: str = "total") -> None:
         """Latency histogram and latency over time for one figure (needs matplotlib)."""

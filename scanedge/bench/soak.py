@@ -168,10 +168,9 @@ class SoakReport:
 
     def render(self, console: Any) -> None:
         """The per-window table, the totals and the verdict on a rich console."""
-        from rich.table import Table
+        from scanedge.console import print_table
 
-        table = Table(title="soak, per window", title_justify="left")
-        for col in (
+        columns = (
             "t s",
             "sent",
             "replies",
@@ -183,24 +182,26 @@ class SoakReport:
             "RSS MB",
             "fds",
             "threads",
-        ):
-            table.add_column(col, justify="right", overflow="fold")
+        )
+        rows = []
         for w in self.windows:
             errors = sum(n for k, n in w.outcomes.items() if k not in ("ok", "SUPERSEDED", "control"))
-            table.add_row(
-                f"{w.start_s:.0f}",
-                str(w.sent),
-                str(w.replies),
-                str(w.outcomes.get("ok", 0)),
-                str(w.outcomes.get("SUPERSEDED", 0)),
-                str(errors),
-                _fmt(w.p50_ms),
-                _fmt(w.p99_ms),
-                _fmt(w.rss_mb, 0),
-                _fmt(w.fds, 0),
-                _fmt(w.threads, 0),
+            rows.append(
+                [
+                    f"{w.start_s:.0f}",
+                    str(w.sent),
+                    str(w.replies),
+                    str(w.outcomes.get("ok", 0)),
+                    str(w.outcomes.get("SUPERSEDED", 0)),
+                    str(errors),
+                    _fmt(w.p50_ms),
+                    _fmt(w.p99_ms),
+                    _fmt(w.rss_mb, 0),
+                    _fmt(w.fds, 0),
+                    _fmt(w.threads, 0),
+                ]
             )
-        console.print(table)
+        print_table(console, "soak, per window", columns, rows, left=0)
         slope = "n/a" if self.rss_slope_mb_h is None else f"{self.rss_slope_mb_h:+.1f} MB/h"
         console.print(
             f"capacity {self.capacity_per_s:.1f} slices/s, offered {self.offered_per_s:.1f}/s; "

@@ -53,7 +53,7 @@ from scanedge.runtime.protocol import Pong
 if TYPE_CHECKING:  # imported lazily where used: only the baseline needs a local pipeline
     from scanedge.runtime.pipeline import Pipeline
 
-__all__ = ["PAYLOADS", "TRANSPORTS", "SpawnedRuntime", "StreamSettings", "bench_stream"]
+__all__ = ["PAYLOADS", "TRANSPORTS", "SpawnedRuntime", "StreamSettings", "bench_stream", "die_with_parent"]
 
 Progress = Callable[[int, int], None]
 SERVER_STAGES = ("queue", "decode", "preprocess", "infer", "postprocess", "overlay", "encode", "series")
@@ -140,6 +140,18 @@ def variant_name(transport: str, payload: str) -> str:
     return transport if payload == "frames" else f"{transport}+{payload}"
 
 
+_LINUX = sys.platform.startswith("linux")
+
+
+def die_with_parent() -> None:
+    """In a child process (``preexec_fn``): ask Linux to send it SIGTERM when its parent dies, so a benchmark
+    killed outright (SIGKILL, a crash) never leaves an orphan runtime holding a port and a CPU."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -194,7 +206,9 @@ class SpawnedRuntime:
             cmd += ["--no-keep-warm"]
         # its log goes to a file: a pipe nobody reads fills up and stalls the runtime mid-run
         self._log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log)
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=self._log, preexec_fn=die_with_parent if _LINUX else None
+        )
         self.rss_mb: list[float] = []
         self._stop = threading.Event()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
@@ -281,9 +295,14 @@ def _remote_flags(remote: RemoteOptions) -> list[str]:
 
 
 class _Recorder:
-    """Collects per-request outcomes from the clients' I/O threads."""
+    """Collects per-request outcomes from the clients' I/O threads.
 
-    def __init__(self) -> None:
+    An ``ok`` reply that reached the console after its deadline (``late_after_ms``) is counted ``late_ok``
+    too: the runtime only expires requests that waited past the deadline *before* inference, so a result
+    can be computed in time and still arrive too late to show.
+    """
+
+    def __init__(self, late_after_ms: float | None = None) -> None:
         self.lock = threading.Lock()
         figures = ("total", "server", "transport", "outside_model", *SERVER_STAGES)
         self.samples: dict[str, list[float]] = {k: [] for k in figures}
@@ -291,8 +310,13 @@ class _Recorder:
         self.counts = {"ok": 0, "superseded": 0, "expired": 0, "busy": 0, "error": 0}
         self.errors: dict[str, int] = {}
         self.done = 0
+        self.submitted = 0
+        self.late_after_ms = late_after_ms
 
     def callback(self, intended: float, sent: float, start: float) -> Callable[[Future[RemoteResult]], None]:
+        with self.lock:
+            self.submitted += 1
+
         def record(future: Future[RemoteResult]) -> None:
             now = time.perf_counter()
             with self.lock:
@@ -310,6 +334,8 @@ class _Recorder:
                         self.samples[stage].append(r.timings_ms.get(stage, 0.0))
                     self.timeline.append(intended - start)
                     self.counts["ok"] += 1
+                    if self.late_after_ms is not None and (now - sent) * 1e3 > self.late_after_ms:
+                        self.counts["late_ok"] = self.counts.get("late_ok", 0) + 1
                 elif isinstance(exc, SupersededError):
                     self.counts["superseded"] += 1
                 elif isinstance(exc, ExpiredError):
@@ -401,11 +427,11 @@ def _run(
     payloads = _payloads(slices, settings.dicom)
     variants = _variant_clients(settings, endpoints[0])
     names = list(variants)
-    recs = {name: _Recorder() for name in names}
+    recs = {name: _Recorder(settings.deadline_ms) for name in names}
     rec = recs[names[0]]
     clients = [variants[names[0]]]
     versus_client = None
-    versus_rec = _Recorder()
+    versus_rec = _Recorder(settings.deadline_ms)
     try:
         for k in range(1, settings.consoles):  # console k talks to runtime k % runtimes, on its first transport
             runtime = endpoints[k % len(endpoints)]
@@ -420,50 +446,62 @@ def _run(
     baseline: list[float] = []
     baseline_outside: list[float] = []  # the in-process pipeline's time outside the model
     if settings.baseline:
-        from scanedge.runtime.pipeline import Pipeline
+        from scanedge.runtime.pipeline import Pipeline, PipelineConfig
 
         # the runtime's engine settings (spinning off), so the difference is the runtime itself
-        local_pipe = Pipeline.open(settings.model, options=settings.engine)
+        local_pipe = Pipeline.open(settings.model, options=settings.engine, config=PipelineConfig(ignore_scope=True))
     kw = {
+        "ignore_scope": True,  # speed, not validity: resized demo slices may fall outside the model's scope
         "outputs": settings.outputs,
         "overlay_encoding": settings.overlay_encoding,
         "deadline_ms": settings.deadline_ms,
         "publish": False,
     }
+    interrupted = False
+    monitor = RunMonitor()
+    cpu_start = spawned.cpu_seconds() if spawned is not None else None
+    start = time.perf_counter()
+    flat = _Recorder()
     try:
-        for i in range(min(run.warmup, 50)):  # warm up connections and the runtime(s)
-            clients[i % len(clients)].segment(payloads[i % len(payloads)], **kw)
+        try:
+            for i in range(min(run.warmup, 50)):  # warm up connections and the runtime(s)
+                for warm in (clients[i % len(clients)], versus_client, *(variants[n] for n in names[1:])):
+                    if warm is not None:
+                        try:
+                            warm.segment(payloads[i % len(payloads)], **kw)
+                        except (ExpiredError, BusyError):  # a tight --deadline-ms or a busy runtime: warm anyway
+                            pass
+            monitor = RunMonitor()
+            cpu_start = spawned.cpu_seconds() if spawned is not None else None
+            start = time.perf_counter()
+            total = run.count if run.duration_s is None else None
             if versus_client is not None:
-                versus_client.segment(payloads[i % len(payloads)], **kw)
-            for name in names[1:]:
-                variants[name].segment(payloads[i % len(payloads)], **kw)
-        monitor = RunMonitor()
-        cpu_start = spawned.cpu_seconds() if spawned is not None else None
-        start = time.perf_counter()
-        total = run.count if run.duration_s is None else None
-        flat = _Recorder()
-        if versus_client is not None:
-            sent = _closed_loop_side_by_side(
-                clients[0], versus_client, payloads, kw, rec, versus_rec, run, start, progress
-            )
-        elif settings.vs_flat_out:
-            sent = _paced_vs_flat_out(clients[0], payloads, kw, rec, flat, settings, start, progress)
-        elif len(names) > 1:
-            sent = _closed_loop_variants(
-                variants, payloads, kw, recs, run, start, local_pipe, (baseline, baseline_outside), progress
-            )
-        elif settings.rate is None and settings.consoles == 1 and local_pipe is not None:
-            sent = _closed_loop_with_baseline(
-                clients[0], payloads, kw, rec, run, start, local_pipe, (baseline, baseline_outside), progress
-            )
-        else:
-            if local_pipe is not None:  # fixed rate or several consoles: the baseline goes first
-                for i in range(min(len(payloads) * 4, 200)):
-                    t = local_pipe.run(payloads[i % len(payloads)], overlay="overlay" in settings.outputs).timings
-                    baseline.append(t.total_ms)
-                    baseline_outside.append(t.total_ms - t.infer_ms)
-            sent = _drive_consoles(clients, payloads, kw, rec, settings, start, total, progress)
-        _wait_all(rec, sent if len(names) == 1 else rec.done, timeout=60)
+                sent = _closed_loop_side_by_side(
+                    clients[0], versus_client, payloads, kw, rec, versus_rec, run, start, progress
+                )
+            elif settings.vs_flat_out:
+                sent = _paced_vs_flat_out(clients[0], payloads, kw, rec, flat, settings, start, progress)
+            elif len(names) > 1:
+                sent = _closed_loop_variants(
+                    variants, payloads, kw, recs, run, start, local_pipe, (baseline, baseline_outside), progress
+                )
+            elif settings.rate is None and settings.consoles == 1 and local_pipe is not None:
+                sent = _closed_loop_with_baseline(
+                    clients[0], payloads, kw, rec, run, start, local_pipe, (baseline, baseline_outside), progress
+                )
+            else:
+                if local_pipe is not None:  # fixed rate or several consoles: the baseline goes first
+                    for i in range(min(len(payloads) * 4, 200)):
+                        t = local_pipe.run(payloads[i % len(payloads)], overlay="overlay" in settings.outputs).timings
+                        baseline.append(t.total_ms)
+                        baseline_outside.append(t.total_ms - t.infer_ms)
+                sent = _drive_consoles(clients, payloads, kw, rec, settings, start, total, progress)
+            _wait_all(rec, sent if len(names) == 1 else rec.done, timeout=60)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: report what was measured, briefly waiting for replies
+            interrupted = True
+            sent = sum(r.submitted for r in recs.values())
+            for r in recs.values():
+                _wait_all(r, r.submitted, timeout=3)
         wall = time.perf_counter() - start
         cpu_end = spawned.cpu_seconds() if spawned is not None else None
     finally:
@@ -521,7 +559,7 @@ def _run(
     )
     for name in names[1:]:
         for outcome, n in recs[name].counts.items():
-            report.counts[outcome] += n
+            report.counts[outcome] = report.counts.get(outcome, 0) + n
         for code, n in recs[name].errors.items():
             rec.errors[code] = rec.errors.get(code, 0) + n
     if rec.errors:
@@ -585,6 +623,14 @@ def _run(
         report.warnings.extend(monitor.warnings("total", samples["total"], check_load=spawned is None))
     if rec.counts["error"]:
         report.warnings.append(f"{rec.counts['error']} request(s) failed: {rec.errors}")
+    if rec.counts.get("late_ok"):
+        report.warnings.append(
+            f"{rec.counts['late_ok']} of {rec.counts['ok']} ok replies arrived after the {settings.deadline_ms:g} ms "
+            "deadline (computed in time, shown too late)"
+        )
+    if interrupted:
+        report.settings["interrupted"] = True
+        report.warnings.append(f"interrupted after {sent} request(s): a partial report")
     return report
 
 
@@ -775,11 +821,12 @@ def _drive_consoles(
     run = settings.run
     per_console = None if total is None else -(-total // len(clients))
     sent = [0] * len(clients)
+    stop = threading.Event()
 
     def console(k: int) -> None:
         client = clients[k]
         n = 0
-        while True:
+        while not stop.is_set():
             elapsed = time.perf_counter() - start
             if (per_console is not None and n >= per_console) or (
                 run.duration_s is not None and elapsed >= run.duration_s
@@ -807,9 +854,15 @@ def _drive_consoles(
     for t in threads:
         t.start()
     expected = total or 0
-    while any(t.is_alive() for t in threads):
-        time.sleep(0.05)
-        if progress:
-            done = sum(sent)
-            progress(done, expected if total else run.expected(time.perf_counter() - start, done))
+    try:
+        while any(t.is_alive() for t in threads):
+            time.sleep(0.05)
+            if progress:
+                done = sum(sent)
+                progress(done, expected if total else run.expected(time.perf_counter() - start, done))
+    except KeyboardInterrupt:  # stop the consoles before the caller reports what they measured
+        stop.set()
+        for t in threads:
+            t.join(2.0)
+        raise
     return sum(sent)

@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["bench"]:  # `scanedge bench ...` is edge-bench
         from scanedge.bench.cli import main as bench_main
 
-        return bench_main(argv[1:])
+        return bench_main(argv[1:], prog="scanedge bench")
     args = build_parser().parse_args(argv)
     return run_command(args.func, args)
 

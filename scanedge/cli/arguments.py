@@ -68,10 +68,18 @@ _threads.__name__ = "threads"  # argparse names the type in its message: "invali
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """--model and --manifest: one model, default the shipped demo model."""
+    """--model, --manifest and --ignore-scope: one model, default the shipped demo model."""
     g = p.add_argument_group("model")
     g.add_argument("--model", type=Path, default=None, help="ONNX model (default: the shipped demo model)")
-    g.add_argument("--manifest", type=Path, default=None, help="manifest JSON overriding the embedded one")
+    g.add_argument(
+        "--manifest", type=Path, default=None, help="manifest JSON overriding the model's own (default: none)"
+    )
+    g.add_argument(
+        "--ignore-scope",
+        action="store_true",
+        help="research use only: also segment images outside the model's declared scope (another modality, "
+        "body part, ...); each result is marked scope 'outside' (default: such images are skipped)",
+    )
 
 
 def add_engine_args(
@@ -85,7 +93,7 @@ def add_engine_args(
         dest="backend",
         choices=ENGINE_CHOICES,
         default="auto",
-        help="inference backend (default auto: a matching TensorRT plan if there is one, else ONNX Runtime; "
+        help="inference backend (default: auto, a matching TensorRT plan if there is one, else ONNX Runtime; "
         "remote: a serving engine, see --remote)",
     )
     g.add_argument("--threads", type=_threads, default=None, help=threads_help)
@@ -100,13 +108,16 @@ def add_remote_args(p: argparse.ArgumentParser) -> None:
         metavar="URL",
         default=None,
         help="grpc://HOST:PORT[/MODEL[/VERSION]] (grpcs:// for TLS); implies --backend remote. Without MODEL, "
-        "each model is asked for under its manifest's name, the name export-triton gives it",
+        "each model is asked for under its manifest's name, the name export-triton gives it (default: none, "
+        "inference runs here)",
     )
-    g.add_argument("--remote-timeout", type=float, default=10.0, help="seconds per remote call (default 10)")
-    g.add_argument("--remote-retries", type=int, default=2, help="retries while the server is UNAVAILABLE (default 2)")
-    g.add_argument("--remote-ca", type=Path, default=None, help="TLS: CA certificate(s) of the server (PEM)")
-    g.add_argument("--remote-cert", type=Path, default=None, help="TLS: client certificate chain (PEM)")
-    g.add_argument("--remote-key", type=Path, default=None, help="TLS: client private key (PEM)")
+    g.add_argument("--remote-timeout", type=float, default=10.0, help="seconds per remote call (default: 10)")
+    g.add_argument("--remote-retries", type=int, default=2, help="retries while the server is UNAVAILABLE (default: 2)")
+    g.add_argument(
+        "--remote-ca", type=Path, default=None, help="TLS: CA certificate(s) of the server, PEM (default: system)"
+    )
+    g.add_argument("--remote-cert", type=Path, default=None, help="TLS: client certificate chain, PEM (default: none)")
+    g.add_argument("--remote-key", type=Path, default=None, help="TLS: client private key, PEM (default: none)")
     g.add_argument(
         "--remote-insecure",
         action="store_true",
@@ -147,18 +158,47 @@ def engine_options(args: argparse.Namespace, **changes: Any) -> EngineOptions:
 
 
 def add_overlay_args(p: argparse.ArgumentParser) -> None:
-    """--format, --alpha, --contours, --heatmap: how overlays are drawn and written."""
+    """--format, --alpha, --no-fill, --no-contours, --heatmap: how overlays are drawn and written."""
+    from scanedge.imaging.overlay import OverlayOptions
+
+    defaults = OverlayOptions()
     g = p.add_argument_group("overlays")
-    g.add_argument("--format", choices=("png", "jpeg"), default="png", help="overlay file format")
-    g.add_argument("--alpha", type=float, default=0.5, help="opacity of class colours (0-1)")
-    g.add_argument("--contours", action="store_true", help="outline each finding")
-    g.add_argument("--heatmap", action="store_true", help="tint by lesion probability")
+    g.add_argument(
+        "--format",
+        choices=("png", "jpeg"),
+        default="png",
+        help="overlay file format; JPEG gets thicker outlines, which survive its compression (default: png)",
+    )
+    g.add_argument(
+        "--alpha",
+        type=float,
+        default=defaults.alpha,
+        help=f"opacity of the class colour fill, 0-1 (default: {defaults.alpha})",
+    )
+    g.add_argument("--no-fill", dest="fill", action="store_false", help="outline findings only, no colour fill")
+    g.add_argument("--no-contours", dest="contours", action="store_false", help="fill findings only, no outline")
+    g.add_argument(
+        "--contours",
+        dest="contours",
+        action="store_true",
+        help=argparse.SUPPRESS,  # the earlier opt-in flag; outlines are now drawn by default
+    )
+    g.add_argument(
+        "--heatmap",
+        action="store_true",
+        help="show the class probability as a colour map with a legend, outlines at the threshold (default: off)",
+    )
 
 
-def add_limit_args(p: argparse.ArgumentParser, *, help_text: str | None = "refuse slices larger than this") -> None:
-    """--max-pixels: the largest slice accepted."""
+def add_limit_args(p: argparse.ArgumentParser, *, help_text: str | None = None) -> None:
+    """--max-pixels: the largest slice accepted (``help_text`` replaces the standard help; it names the default)."""
     g = p.add_argument_group("limits")
-    g.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help=help_text)
+    g.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=help_text or f"refuse slices with more pixels than this, IMAGE_TOO_LARGE (default: {DEFAULT_MAX_PIXELS})",
+    )
 
 
 # --- config objects from arguments -----------------------------------------------------------------------
@@ -172,18 +212,24 @@ def slice_limits(args: argparse.Namespace) -> SliceLimits:
 
 
 def overlay_options(args: argparse.Namespace) -> OverlayOptions:
-    """OverlayOptions from --alpha, --contours and --heatmap."""
+    """OverlayOptions from --alpha, --no-fill, --no-contours, --heatmap and --format (JPEG: thicker outlines)."""
     from scanedge.imaging.overlay import OverlayOptions
 
     with user_values():
-        return OverlayOptions(alpha=args.alpha, contours=args.contours, heatmap=args.heatmap)
+        return OverlayOptions(
+            alpha=args.alpha,
+            fill=args.fill,
+            contours=args.contours,
+            heatmap=args.heatmap,
+            contour_thickness=2 if args.format == "jpeg" else 1,
+        )
 
 
 def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
-    """PipelineConfig from the limit and overlay arguments."""
+    """PipelineConfig from the limit, overlay and scope arguments."""
     from scanedge.runtime.pipeline import PipelineConfig
 
-    return PipelineConfig(limits=slice_limits(args), overlay=overlay_options(args))
+    return PipelineConfig(limits=slice_limits(args), overlay=overlay_options(args), ignore_scope=args.ignore_scope)
 
 
 def read_slices(paths: Iterable[str | os.PathLike[str]], limits: SliceLimits | None = None) -> list[LoadedSlice]:

@@ -69,16 +69,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
             "failures": list(verdict.failures),
         }
         print(json.dumps(report, indent=2))
+    out = console if args.json else make_console(stderr=False)  # the verdict is the report: stdout
     dice = ", ".join(f"{literal(k)} {v:.4f}" for k, v in agreement.dice.items())
-    console.print(
+    out.print(
         f"{manifest.precision} engine vs reference on {agreement.slices} slices: Dice {dice}; probabilities "
         f"max |diff| {agreement.max_abs_diff:.4f}, mean {agreement.mean_abs_diff:.5f}; "
         f"{agreement.pixel_agreement:.4%} of mask pixels identical"
     )
     if verdict.passed:
-        console.print(f"[green]PASS[/] (Dice >= {thresholds.min_dice})")
+        out.print(f"[green]PASS[/] (Dice >= {thresholds.min_dice})")
         return 0
-    console.print("[red]FAIL[/] " + literal("; ".join(verdict.failures)))
+    out.print("[red]FAIL[/] " + literal("; ".join(verdict.failures)))
     return 1
 
 
@@ -86,42 +87,63 @@ def cmd_export_triton(args: argparse.Namespace) -> int:
     """Write a Triton model repository entry for a model or engine."""
     from scanedge.converters.triton import export_triton
 
-    entry = export_triton(args.model, args.repo, manifest_path=args.manifest, instances=args.instances)
+    entry = export_triton(
+        args.model, args.repo, manifest_path=args.manifest, instances=args.instances, force=args.force
+    )
     make_console().print(f"Triton model repository entry written to {literal(entry)} (config.pbtxt, 1/model.*)")
     return 0
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register ``convert``, ``verify`` and ``export-triton``."""
+    from scanedge.converters.calibration import MIN_CALIBRATION_SLICES
+
     p = sub.add_parser("convert", help="build an optimized engine (ORT or TensorRT; fp32, fp16, int8)")
     p.add_argument("model", type=Path, help="ONNX model with a manifest")
-    p.add_argument("--target", choices=("ort", "tensorrt"), default="ort")
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
-    p.add_argument("--calibration", type=Path, help="folder of slices for int8 calibration")
-    p.add_argument("--calibration-limit", type=int, default=200, help="use at most this many slices")
+    p.add_argument("--target", choices=("ort", "tensorrt"), default="ort", help="engine to build (default: ort)")
     p.add_argument(
-        "--shapes", help="TensorRT optimization profile MIN:OPT:MAX, e.g. 1x1x256x256:1x1x256x256:1x1x512x512"
+        "--precision",
+        choices=("fp32", "fp16", "int8"),
+        default="fp32",
+        help="numeric precision: int8 for CPU consoles, fp16 for GPUs (default: fp32)",
     )
-    p.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file (default: in --out)")
-    p.add_argument("--manifest", type=Path, default=None)
-    p.add_argument("--out", type=Path, default=Path("engines"))
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        help=f"folder of slices for int8 calibration, at least {MIN_CALIBRATION_SLICES} inside the model's scope "
+        "(default: none; required for int8)",
+    )
+    p.add_argument(
+        "--calibration-limit", type=int, default=200, help="use at most this many calibration slices (default: 200)"
+    )
+    p.add_argument(
+        "--shapes",
+        help="TensorRT optimization profile MIN:OPT:MAX, e.g. 1x1x256x256:1x1x256x256:1x1x512x512 "
+        "(default: the model's static shape)",
+    )
+    p.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file (default: one in --out)")
+    p.add_argument("--manifest", type=Path, default=None, help="manifest JSON to use (default: the model's own)")
+    p.add_argument("--out", type=Path, default=Path("engines"), help="output folder (default: engines)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("verify", help="compare an engine's segmentations with the reference ONNX model")
     p.add_argument("engine_file", type=Path, metavar="ENGINE", help="converted ONNX model or TensorRT plan")
-    p.add_argument("--reference", type=Path, required=True, help="the original ONNX model")
-    p.add_argument("--data", type=Path, required=True, help="folder of slices to compare on")
-    p.add_argument("--manifest", type=Path, default=None)
-    p.add_argument("--min-dice", type=float, default=None, help="default: 0.99 for fp16, 0.97 for int8, 0.999 fp32")
-    p.add_argument("--max-abs-diff", type=float, default=None, help="also fail above this probability difference")
-    p.add_argument("--limit", type=int, default=500, help="compare at most this many slices")
-    add_engine_args(p, threads_help=None)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--reference", type=Path, required=True, help="the original ONNX model (required)")
+    p.add_argument("--data", type=Path, required=True, help="folder of slices to compare on (required)")
+    p.add_argument("--manifest", type=Path, default=None, help="manifest JSON to use (default: the engine's own)")
+    p.add_argument("--min-dice", type=float, default=None, help="default: 0.99 for fp16, 0.97 for int8, 0.999 for fp32")
+    p.add_argument(
+        "--max-abs-diff", type=float, default=None, help="also fail above this probability difference (default: off)"
+    )
+    p.add_argument("--limit", type=int, default=500, help="compare at most this many slices (default: 500)")
+    add_engine_args(p, threads_help="inference threads of both models (default: one per core)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout (the summary on stderr)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("export-triton", help="write a Triton model repository entry")
     p.add_argument("model", type=Path, help="ONNX model or TensorRT plan (with its manifest)")
-    p.add_argument("--repo", type=Path, required=True)
-    p.add_argument("--manifest", type=Path, default=None)
-    p.add_argument("--instances", type=int, default=1)
+    p.add_argument("--repo", type=Path, required=True, help="the Triton model repository folder (required)")
+    p.add_argument("--manifest", type=Path, default=None, help="manifest JSON to use (default: the model's own)")
+    p.add_argument("--instances", type=int, default=1, help="model instances Triton runs (default: 1)")
+    p.add_argument("--force", action="store_true", help="replace an existing version of the model (default: refuse)")
     p.set_defaults(func=cmd_export_triton)

@@ -8,32 +8,41 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from scanedge.cli.arguments import literal, parse_color, parse_numbers, parse_size, split_list
-from scanedge.console import make_console
+from scanedge.console import make_console, print_error
 
 if TYPE_CHECKING:
-    from scanedge.manifest import IntensityPolicy
+    from scanedge.manifest import AppliesTo, IntensityPolicy
 
 __all__ = ["add_parsers", "cmd_inspect", "cmd_manifest_init"]
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    """Print a model's inputs, outputs and manifest; exit 1 when the manifest was written for another graph."""
+    """Print a model's inputs, outputs and manifest on stdout.
+
+    Exit 1 when the manifest was written for another graph; 2 (after the inputs and outputs, which are what
+    a manifest is written from) when the model has none.
+    """
     from scanedge.model_graph import inspect_model
 
     info = inspect_model(args.model, args.manifest)
     status = 0 if info.manifest_matches_graph else 1
     if args.json:
         print(json.dumps(info.to_dict(), indent=2))
-        return status
-    console = make_console(stderr=False)
-    opset = "?" if info.opset is None else info.opset
-    console.print(f"[bold]{literal(args.model)}[/]  opset {opset}, graph sha256 {info.graph_sha256}")
-    for kind, tensors in (("input", info.inputs), ("output", info.outputs)):
-        for t in tensors:
-            console.print(f"  {kind:6} {literal(t.name)}: {t.dtype} {literal(list(t.shape))}")
-    mismatch = "" if info.manifest_matches_graph else " [red]written for another graph (sha256 differs)[/]"
-    console.print(f"manifest ({info.manifest_source}):{mismatch}")
-    console.print_json(info.manifest.to_json())
+    else:
+        console = make_console(stderr=False)
+        opset = "?" if info.opset is None else info.opset
+        console.print(f"[bold]{literal(args.model)}[/]  opset {opset}, graph sha256 {info.graph_sha256}")
+        for kind, tensors in (("input", info.inputs), ("output", info.outputs)):
+            for t in tensors:
+                console.print(f"  {kind:6} {literal(t.name)}: {t.dtype} {literal(list(t.shape))}")
+        if info.manifest is not None:
+            mismatch = "" if info.manifest_matches_graph else " [red]written for another graph (sha256 differs)[/]"
+            console.print(f"scope: {literal(info.manifest.applies_to.describe())}")
+            console.print(f"manifest ({info.manifest_source}):{mismatch}")
+            console.print_json(info.manifest.to_json())
+    if info.manifest_missing is not None:
+        print_error(info.manifest_missing.message, info.manifest_missing.code)
+        return 2
     return status
 
 
@@ -51,6 +60,22 @@ def _intensity(args: argparse.Namespace) -> IntensityPolicy:
         scale=args.scale,
         mean=parse_numbers(args.mean, "--mean"),
         std=parse_numbers(args.std, "--std"),
+    )
+
+
+def _applies_to(args: argparse.Namespace) -> AppliesTo:
+    from scanedge.manifest import AppliesTo
+
+    spacing = parse_numbers(args.pixel_spacing, "--pixel-spacing", 2)
+    thickness = parse_numbers(args.slice_thickness, "--slice-thickness", 2)
+    return AppliesTo(
+        modalities=split_list(args.modalities),
+        body_parts=split_list(args.body_parts),
+        image_type=split_list(args.image_type),
+        series_description=args.series_description or "",
+        photometric=split_list(args.photometric),
+        pixel_spacing_mm=(spacing[0], spacing[1]) if spacing else None,
+        slice_thickness_mm=(thickness[0], thickness[1]) if thickness else None,
     )
 
 
@@ -79,6 +104,8 @@ def cmd_manifest_init(args: argparse.Namespace) -> int:
         intensity=_intensity(args),
         kind=args.kind,
         activation=args.activation,
+        applies_to=_applies_to(args),
+        not_for_clinical_use=args.not_for_clinical_use,
     )
     model = load_onnx_model(args.model, load_external_data=True)
     manifest = draft_manifest(model, options)
@@ -94,40 +121,77 @@ def cmd_manifest_init(args: argparse.Namespace) -> int:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register ``inspect`` and ``manifest init``."""
     p = sub.add_parser("inspect", help="print a model's inputs, outputs and manifest")
-    p.add_argument("model", type=Path)
-    p.add_argument("--manifest", type=Path, default=None)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("model", type=Path, help="ONNX model")
+    p.add_argument(
+        "--manifest", type=Path, default=None, help="manifest JSON to show instead of the model's own (default: none)"
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("manifest", help="write manifests for bring-your-own models")
     msub = p.add_subparsers(dest="manifest_command", required=True, metavar="ACTION")
     m = msub.add_parser("init", help="describe an ONNX model and embed the manifest (or write a sidecar)")
-    m.add_argument("model", type=Path)
-    m.add_argument("--name", required=True)
-    m.add_argument("--classes", required=True, help="comma-separated class names, background first")
-    m.add_argument("--version", default="1.0.0")
-    m.add_argument("--description", default="")
-    m.add_argument("--intended-use", default="")
-    m.add_argument("--colors", help="RRGGBB per class, comma-separated")
-    m.add_argument("--thresholds", help="probability threshold per class, comma-separated")
-    m.add_argument("--input-name")
-    m.add_argument("--output-name")
-    m.add_argument("--layout", choices=("NCHW", "NHWC"))
-    m.add_argument("--color", choices=("gray", "rgb", "bgr"), default="gray")
-    m.add_argument("--context", type=int, default=0, help="neighbouring slices on each side (2.5D)")
-    m.add_argument("--size", help="HxW the model takes (default: from a static input shape)")
-    m.add_argument("--size-mode", choices=("multiple", "pad"), default="pad", help="for dynamic height/width")
-    m.add_argument("--multiple", type=int, default=32)
-    m.add_argument("--interpolation", choices=("linear", "area", "nearest", "cubic"), default="area")
-    m.add_argument("--intensity", choices=("none", "window", "percentile", "zscore", "scale"), default="zscore")
-    m.add_argument("--no-rescale", action="store_true", help="do not apply DICOM rescale slope/intercept")
-    m.add_argument("--window", help="CENTER,WIDTH for --intensity window")
-    m.add_argument("--percentiles", help="LOW,HIGH for --intensity percentile")
-    m.add_argument("--scale", type=float, default=1.0)
-    m.add_argument("--mean", help="per-channel means for --intensity scale")
-    m.add_argument("--std", help="per-channel standard deviations for --intensity scale")
-    m.add_argument("--kind", choices=("logits", "probabilities"), default="logits")
-    m.add_argument("--activation", choices=("softmax", "sigmoid"), default="softmax")
-    m.add_argument("--sidecar", action="store_true", help="write MODEL.onnx.manifest.json instead of embedding")
-    m.add_argument("--out", type=Path, help="write the model with its manifest here (default: in place)")
+    m.add_argument("model", type=Path, help="ONNX model to describe")
+    g = m.add_argument_group("identity")
+    g.add_argument("--name", required=True, help="model name shown in results and reports (required)")
+    g.add_argument("--classes", required=True, help="comma-separated class names, background first (required)")
+    g.add_argument("--version", default="1.0.0", help="model version (default: 1.0.0)")
+    g.add_argument("--description", default="", help="what the model does (default: empty)")
+    g.add_argument("--intended-use", default="", help="what it may be used for, printed on load (default: empty)")
+    g.add_argument(
+        "--not-for-clinical-use",
+        action="store_true",
+        help="burn 'not for clinical use' into the montages and overlay files written for it (default: off)",
+    )
+    g.add_argument("--colors", help="RRGGBB per class, comma-separated (default: a palette readable on grey)")
+    g.add_argument("--thresholds", help="probability threshold per class, comma-separated (default: 0.5 each)")
+    g = m.add_argument_group("tensors")
+    g.add_argument("--input-name", help="input tensor (default: the graph's first input)")
+    g.add_argument("--output-name", help="output tensor (default: the graph's first output)")
+    g.add_argument("--layout", choices=("NCHW", "NHWC"), help="input layout (default: guessed from its shape)")
+    g.add_argument("--color", choices=("gray", "rgb", "bgr"), default="gray", help="input planes (default: gray)")
+    g.add_argument("--context", type=int, default=0, help="neighbouring slices on each side, 2.5D (default: 0)")
+    g.add_argument("--size", help="HxW the model takes (default: from a static input shape)")
+    g.add_argument(
+        "--size-mode", choices=("multiple", "pad"), default="pad", help="for dynamic height/width (default: pad)"
+    )
+    g.add_argument("--multiple", type=int, default=32, help="stride for --size-mode (default: 32)")
+    g.add_argument(
+        "--interpolation",
+        choices=("linear", "area", "nearest", "cubic"),
+        default="area",
+        help="how slices are resized (default: area)",
+    )
+    g.add_argument(
+        "--kind", choices=("logits", "probabilities"), default="logits", help="what the output holds (default: logits)"
+    )
+    g.add_argument(
+        "--activation", choices=("softmax", "sigmoid"), default="softmax", help="output activation (default: softmax)"
+    )
+    g = m.add_argument_group("intensity")
+    g.add_argument(
+        "--intensity",
+        choices=("none", "window", "percentile", "zscore", "scale"),
+        default="zscore",
+        help="normalisation of pixel values (default: zscore)",
+    )
+    g.add_argument(
+        "--no-rescale", action="store_true", help="do not apply DICOM rescale slope/intercept (default: off)"
+    )
+    g.add_argument("--window", help="CENTER,WIDTH for --intensity window (default: the slice's own window)")
+    g.add_argument("--percentiles", help="LOW,HIGH for --intensity percentile (default: 0.5,99.5)")
+    g.add_argument("--scale", type=float, default=1.0, help="factor for --intensity scale (default: 1)")
+    g.add_argument("--mean", help="per-channel means for --intensity scale (default: none)")
+    g.add_argument("--std", help="per-channel standard deviations for --intensity scale (default: none)")
+    g = m.add_argument_group("scope: the images the model is made for (others are refused; default: any image)")
+    g.add_argument("--modalities", help="accepted DICOM modalities, e.g. MR or CT,PT (default: any)")
+    g.add_argument("--body-parts", help="accepted Body Part Examined values, e.g. BRAIN,HEAD (default: any)")
+    g.add_argument("--image-type", help="values Image Type must contain, e.g. ORIGINAL,PRIMARY (default: any)")
+    g.add_argument("--series-description", help="regular expression the series description must match (default: any)")
+    g.add_argument("--photometric", help="accepted photometric interpretations, e.g. MONOCHROME2 (default: any)")
+    g.add_argument("--pixel-spacing", help="MIN,MAX in-plane pixel spacing in mm (default: any)")
+    g.add_argument("--slice-thickness", help="MIN,MAX slice thickness in mm (default: any)")
+    g = m.add_argument_group("output")
+    g.add_argument("--sidecar", action="store_true", help="write MODEL.onnx.manifest.json instead of embedding")
+    g.add_argument("--out", type=Path, help="write the model with its manifest here (default: in place)")
     m.set_defaults(func=cmd_manifest_init)

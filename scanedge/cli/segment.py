@@ -1,8 +1,14 @@
-"""``scanedge segment`` and ``scanedge demo``: segment slices from files into overlays and results.json."""
+"""``scanedge segment`` and ``scanedge demo``: segment slices from files into overlays and results.json.
+
+Reports (the per-slice table, series summaries, where the files went) go to stdout; progress and each
+skipped file go to stderr. A batch never stops at a bad file: it is named with its typed code, the rest
+are segmented, and the exit status is 3 when anything was skipped (2 when nothing could be segmented).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,18 +20,22 @@ from scanedge.cli.arguments import (
     engine_options,
     literal,
     pipeline_config,
-    read_slices,
     slice_limits,
 )
 from scanedge.cli.live import add_live_args
-from scanedge.console import LazyProgress, make_console
+from scanedge.console import EXIT_SKIPPED, LazyProgress, make_console, print_table
+from scanedge.errors import ConfigError
 
 if TYPE_CHECKING:
-    from scanedge.imaging.files import LoadedSlice
+    from scanedge.imaging.files import SliceScan
+    from scanedge.imaging.series_summary import SeriesSummary
     from scanedge.runtime.batch import BatchOutput, BatchReport
     from scanedge.runtime.pipeline import Pipeline
 
 __all__ = ["add_parsers", "cmd_demo", "cmd_segment"]
+
+DEFAULT_SEGMENT_OUT = Path("scanedge-out")
+DEFAULT_DEMO_OUT = Path("scanedge-demo-out")
 
 
 def _open_pipeline(args: argparse.Namespace, console: Any) -> Pipeline:
@@ -42,37 +52,132 @@ def _open_pipeline(args: argparse.Namespace, console: Any) -> Pipeline:
     )
     if man.intended_use:
         console.print(f"[yellow]{literal(man.intended_use)}[/]")
+    if man.applies_to.restricts:
+        console.print(f"made for: {literal(man.applies_to.describe())}")
+    if args.ignore_scope:
+        console.print("[yellow]--ignore-scope: images outside the model's scope are segmented too (research use)[/]")
     return pipe
 
 
-def _segment(args: argparse.Namespace, loaded: list[LoadedSlice], output: BatchOutput, console: Any) -> BatchReport:
+def _read(args: argparse.Namespace, paths: list[Path], console: Any) -> SliceScan:
+    from scanedge.imaging.files import scan_slices
+
+    with console.status("reading slices ..."):
+        scan = scan_slices(paths, limits=slice_limits(args))
+    _print_skipped(scan.skipped, console)
+    files = len({i.path for i in scan.loaded})
+    console.print(
+        f"{len(scan.loaded)} slice(s) from {files} file(s)"
+        + (f"; {len(scan.skipped)} file(s) skipped" if scan.skipped else "")
+    )
+    if scan.ignored:
+        console.print(f"{len(scan.ignored)} other file(s) ignored (neither DICOM, .npy nor an image)")
+    if not scan.loaded:
+        what = f"none of the {len(scan.skipped)} file(s) could be read as slices" if scan.skipped else "no slices found"
+        raise ConfigError(f"{what} under {', '.join(map(str, paths))}")
+    return scan
+
+
+def _print_skipped(skipped: Any, console: Any) -> None:
+    from rich.text import Text
+
+    for s in skipped:
+        line = Text("skipped ", style="yellow")
+        line.append(f"{s.name} [{s.code}] {s.reason}")
+        console.print(line)
+
+
+def _segment(args: argparse.Namespace, scan: SliceScan, output: BatchOutput, console: Any) -> BatchReport:
     from scanedge.runtime.batch import segment_to_folder
 
     with _open_pipeline(args, console) as pipe, LazyProgress(console, "segmenting", delay_s=1.0) as progress:
-        return segment_to_folder(pipe, loaded, output, progress)
+        report = segment_to_folder(pipe, scan.loaded, output, progress, scan.skipped)
+    _print_skipped(report.skipped[len(scan.skipped) :], console)  # refused by the model: out of scope, ...
+    return report
+
+
+def _series_line(s: SeriesSummary) -> str:
+    """``series 3 "AX FLAIR" (MR): 32 slice(s); lesion: 9 lesion(s) in 3-D, 5328 mm³; on 23 slice(s), 47 2-D
+    component(s) summed over slices``: the 3-D figures first, the per-slice ones labelled as such."""
+    parts = []
+    for c in s.classes:
+        three_d = ""
+        if s.lesion_load is not None:
+            load = s.lesion_load.load(c.name)
+            volume = f", {load.volume_mm3:g} mm³" if load.volume_mm3 is not None else ", volume unknown"
+            three_d = f"{load.lesions} lesion(s) in 3-D{volume}; "
+        parts.append(
+            f"{c.name}: {three_d}on {c.slices_with_finding} slice(s), {c.components} 2-D component(s) summed "
+            "over slices"
+        )
+    return f"{s.label}: {s.slices} slice(s); " + "; ".join(parts)
+
+
+def _exit_status(report: BatchReport, console: Any) -> int:
+    from scanedge.console import print_error
+
+    if not report.skipped:
+        return 0
+    if not report.slices:
+        print_error(f"nothing was segmented: all {len(report.skipped)} input(s) were skipped (listed above)")
+        return 2
+    console.print(
+        f"[yellow]{len(report.skipped)} input(s) skipped[/] (listed above and in results.json); "
+        f"exit status {EXIT_SKIPPED}"
+    )
+    return EXIT_SKIPPED
+
+
+def _output(
+    args: argparse.Namespace, *, montage: bool = False, keep_masks: bool = False, overwrite: bool = False
+) -> BatchOutput:
+    from scanedge.runtime.batch import BatchOutput, prepare_output_dir
+
+    output = BatchOutput(
+        args.out,
+        overlay_format=args.format,
+        save_masks=getattr(args, "save_masks", False),
+        montage=montage,
+        keep_masks=keep_masks,
+        overwrite=overwrite or args.force,
+    )
+    prepare_output_dir(output)  # a wrong --out is refused before anything is read or loaded
+    return output
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    """Segment files and folders; overlays (and masks) per slice, results.json with per-series summaries."""
-    from scanedge.runtime.batch import BatchOutput
+    """Segment files and folders; overlays (and masks) per slice, results.json with per-series summaries.
 
+    Exit 0 when every input was segmented, 3 when some were skipped, 2 when none could be.
+    """
     console = make_console()
-    output = BatchOutput(args.out, overlay_format=args.format, save_masks=args.save_masks)
-    with console.status("reading slices ..."):
-        loaded = read_slices(args.paths, slice_limits(args))
-    console.print(f"{len(loaded)} slice(s) from {len({i.path for i in loaded})} file(s)")
-    report = _segment(args, loaded, output, console)
-    for s in report.series:
-        found = ", ".join(
-            f"{literal(c.name)}: {c.slices_with_finding} slice(s), {c.components} component(s)" for c in s.classes
-        )
-        console.print(f"series {literal(s.series_uid or '(none)')}: {s.slices} slices; {found}")
-    console.print("latency per slice: " + report.latency().describe())
-    console.print(f"overlays and results.json written to [bold]{literal(args.out)}[/]")
-    return 0
+    output = _output(args, montage=args.montage)
+    scan = _read(args, list(args.paths), console)
+    report = _segment(args, scan, output, console)
+    out = make_console(stderr=False)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        for s in report.series:
+            out.print(literal(_series_line(s)))
+        if report.slices:
+            out.print("latency per slice: " + report.latency().describe())
+        out.print(f"overlays and results.json written to [bold]{literal(args.out)}[/]")
+    return _exit_status(report, console)
 
 
-_TABLE_COLUMNS = ("slice", "lesion px", "area mm²", "lesions", "max p", "pre", "infer", "post", "overlay", "total")
+_TABLE_COLUMNS = (
+    "slice",
+    "lesion px",
+    "area mm²",
+    "lesions (2-D)",
+    "max p",
+    "pre",
+    "infer",
+    "post",
+    "overlay",
+    "total",
+)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -82,60 +187,84 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from scanedge.cli.live import cmd_demo_live
 
         return cmd_demo_live(args)
-    from rich.table import Table
-
     from scanedge.demo.series import demo_series_dir, dice_against_truth
-    from scanedge.runtime.batch import BatchOutput
+    from scanedge.runtime.batch import RESULTS_NAME
 
     console = make_console()
-    output = BatchOutput(args.out, overlay_format=args.format, montage=True, keep_masks=args.check)
+    replacing = args.out == DEFAULT_DEMO_OUT and (args.out / RESULTS_NAME).is_file()
+    output = _output(args, montage=True, keep_masks=args.check, overwrite=replacing)
+    if replacing and not args.force:
+        console.print(f"replacing the previous demo output in {literal(args.out)}")
     with console.status("preparing the demo series (DICOM, written on first use) ..."):
         series_dir = demo_series_dir()
-        loaded = read_slices([series_dir], slice_limits(args))
-    console.print(f"demo series: {len(loaded)} synthetic FLAIR-like slices in {literal(series_dir)}")
-    report = _segment(args, loaded, output, console)
-    table = Table(title="per-slice results (ms)", show_lines=False)
-    for col in _TABLE_COLUMNS:
-        table.add_column(col, justify="right")
+    scan = _read(args, [series_dir], console)
+    console.print(f"demo series: {len(scan.loaded)} synthetic FLAIR-like slices in {literal(series_dir)}")
+    report = _segment(args, scan, output, console)
+    out = make_console(stderr=False)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return _exit_status(report, console)
+    rows = []
     for s in report.slices:
         f, t = s.findings[0], s.timings
-        table.add_row(
-            str(s.source.slice.identity.instance_number),
-            str(f.pixels),
-            f"{f.area_mm2:.0f}" if f.area_mm2 is not None else "-",
-            str(f.components),
-            f"{f.max_probability:.2f}",
-            *(f"{v:.2f}" for v in (t.preprocess_ms, t.infer_ms, t.postprocess_ms, t.overlay_ms, t.total_ms)),
+        rows.append(
+            [
+                str(s.source.slice.identity.instance_number),
+                str(f.pixels),
+                f"{f.area_mm2:.0f}" if f.area_mm2 is not None else "-",
+                str(f.components),
+                f"{f.max_probability:.2f}",
+                *(f"{v:.2f}" for v in (t.preprocess_ms, t.infer_ms, t.postprocess_ms, t.overlay_ms, t.total_ms)),
+            ]
         )
-    console.print(table)
-    summary = report.series[0]
-    lesion = summary.load("lesion")
-    console.print(
-        f"series summary: lesions on {lesion.slices_with_finding}/{summary.slices} slices, "
-        f"{lesion.components} lesion component(s) in all, lesion volume ~{lesion.volume_mm3} mm³"
-    )
-    console.print("latency per slice (in-process, all stages): " + report.latency().describe())
-    console.print("model only: " + report.latency("infer_ms").describe())
-    if args.check:
+    print_table(out, "per-slice results (times in ms)", _TABLE_COLUMNS, rows)
+    for summary in report.series:
+        out.print(literal(_series_line(summary)))
+    if report.slices:
+        out.print(
+            "latency per slice (in-process, decoded slices, preprocess to overlay): " + report.latency().describe()
+        )
+        out.print("model only: " + report.latency("infer_ms").describe())
+    if args.check and len(report.masks) == len(scan.loaded):
         dice = dice_against_truth(report.masks)
-        console.print(f"agreement with the generator's true lesion labels: Dice {dice:.3f}")
+        out.print(f"agreement with the generator's true lesion labels: Dice {dice:.3f}")
     montage = report.montage_path.name if report.montage_path else "-"
-    console.print(f"overlays: [bold]{literal(args.out)}[/] (one per slice, montage: {literal(montage)}; results.json)")
-    return 0
+    out.print(f"overlays: [bold]{literal(args.out)}[/] (one per slice, montage: {literal(montage)}; results.json)")
+    return _exit_status(report, console)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register ``segment`` and ``demo``."""
-    p = sub.add_parser("segment", help="segment DICOM / .npy / image files and write overlays + results.json")
-    p.add_argument("paths", nargs="+", type=Path, help="files or folders")
-    p.add_argument("--out", type=Path, default=Path("scanedge-out"))
-    p.add_argument("--save-masks", action="store_true", help="also write each label mask as .npy")
+    p = sub.add_parser(
+        "segment",
+        help="segment DICOM / .npy / image files and write overlays + results.json",
+        description="Segment every slice under the files and folders given. A file that cannot be used "
+        "(not DICOM, not an image, outside the model's scope, ...) is named with its error code and skipped; "
+        f"the others are segmented. Exit status: 0 all segmented, {EXIT_SKIPPED} some skipped, 2 none could be.",
+    )
+    p.add_argument("paths", nargs="+", type=Path, help="files or folders (searched recursively)")
+    p.add_argument(
+        "--out", type=Path, default=DEFAULT_SEGMENT_OUT, help=f"result folder (default: {DEFAULT_SEGMENT_OUT})"
+    )
+    p.add_argument(
+        "--force", action="store_true", help="replace the results of an earlier run in --out (default: refuse)"
+    )
+    p.add_argument("--save-masks", action="store_true", help="also write each label mask as .npy (default: off)")
+    p.add_argument("--montage", action="store_true", help="also write montage.png, every overlay tiled (default: off)")
+    p.add_argument("--json", action="store_true", help="print results.json on stdout instead of the summary")
     _add_pipeline_args(p)
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("demo", help="segment the built-in demo series with the shipped demo model")
-    p.add_argument("--out", type=Path, default=Path("scanedge-demo-out"))
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_DEMO_OUT,
+        help=f"result folder; the previous demo output there is replaced (default: {DEFAULT_DEMO_OUT})",
+    )
+    p.add_argument("--force", action="store_true", help="replace earlier results in another --out folder")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the comparison with the true labels")
+    p.add_argument("--json", action="store_true", help="print results.json on stdout instead of the table")
     _add_pipeline_args(p)
     add_live_args(p)
     p.set_defaults(func=cmd_demo)

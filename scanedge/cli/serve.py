@@ -91,31 +91,48 @@ def cmd_keys_allow(args: argparse.Namespace) -> int:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register ``serve`` and ``keys generate|allow``."""
     p = sub.add_parser("serve", help="run the streaming runtime (ZeroMQ; docs/protocol.md)")
-    p.add_argument("--model", type=Path, action="append", default=[], help="model to serve (repeatable; default: demo)")
-    p.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ROUTER endpoint for consoles")
+    p.add_argument(
+        "--model", type=Path, action="append", default=[], help="model to serve (repeatable; default: the demo model)"
+    )
+    p.add_argument(
+        "--bind", default="tcp://127.0.0.1:5555", help="ROUTER endpoint for consoles (default: tcp://127.0.0.1:5555)"
+    )
     p.add_argument(
         "--also-bind",
         action="append",
         default=[],
         metavar="ENDPOINT",
-        help="listen for consoles here too, e.g. ipc:///run/scanedge.ipc beside the tcp port (repeatable)",
+        help="listen for consoles here too, e.g. ipc:///run/scanedge.ipc beside the tcp port "
+        "(repeatable; default: none)",
     )
-    p.add_argument("--publish", default=None, help="PUB endpoint for viewers, e.g. tcp://127.0.0.1:5556")
-    p.add_argument("--workers", type=int, default=1, help="inference workers (each with its own engine)")
-    add_engine_args(p, threads_help="inference threads per worker")
-    p.add_argument("--spinning", action="store_true", help="let ONNX Runtime threads busy-wait (off by default)")
+    p.add_argument(
+        "--publish", default=None, help="PUB endpoint for viewers, e.g. tcp://127.0.0.1:5556 (default: none)"
+    )
+    p.add_argument("--workers", type=int, default=1, help="inference workers, each with its own engine (default: 1)")
+    add_engine_args(p, threads_help="inference threads per worker (default: one per core)")
+    p.add_argument(
+        "--spinning", action="store_true", help="let ONNX Runtime threads busy-wait between runs (default: off)"
+    )
     p.add_argument(
         "--no-keep-warm",
         dest="keep_warm",
         action="store_false",
-        help="no keep-warm pass before each slice expected at a scanner's pace (on by default)",
+        help="no keep-warm pass before each slice expected at a scanner's pace (default: kept warm)",
     )
-    p.add_argument("--max-message-mb", type=float, default=64.0, help="larger messages are refused (TOO_LARGE)")
-    p.add_argument("--max-inflight-mb", type=float, default=256.0, help="payload bytes in flight before BUSY")
-    add_limit_args(p, help_text=None)
-    p.add_argument("--curve-secret", type=Path, help="the runtime's CurveZMQ secret key file (NAME.key_secret)")
-    p.add_argument("--curve-clients", type=Path, help="directory of allowed client public keys (*.key)")
-    p.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without encryption")
+    p.add_argument(
+        "--max-message-mb", type=float, default=64.0, help="larger messages are refused, TOO_LARGE (default: 64)"
+    )
+    p.add_argument(
+        "--max-inflight-mb", type=float, default=256.0, help="payload MiB in flight before BUSY (default: 256)"
+    )
+    add_limit_args(p)
+    p.add_argument(
+        "--curve-secret", type=Path, help="the runtime's CurveZMQ secret key file, NAME.key_secret (default: none)"
+    )
+    p.add_argument("--curve-clients", type=Path, help="directory of allowed client public keys, *.key (default: none)")
+    p.add_argument(
+        "--insecure", action="store_true", help="allow a non-loopback bind without encryption (default: refused)"
+    )
     p.add_argument(
         "--job-timeout",
         type=float,
@@ -135,7 +152,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="which consoles may put pixels and outputs in shared memory (docs/protocol.md section 12): local "
         "(default: ipc:// and loopback tcp), ipc (ipc:// only, the console's own objects only), off",
     )
-    p.add_argument("--stats-interval", type=float, default=60.0, help="seconds between stats log lines")
+    p.add_argument("--stats-interval", type=float, default=60.0, help="seconds between stats log lines (default: 60)")
     p.add_argument(
         "--series-idle",
         type=float,
@@ -145,17 +162,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-series", type=int, default=64, help="series whose lesion load is kept at once (default: 64; LRU)"
     )
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument(
+        "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="log level (default: info)"
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("keys", help="CurveZMQ keys for networked runtimes")
     ksub = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     k = ksub.add_parser("generate", help="write NAME.key (public) and NAME.key_secret into DIR")
-    k.add_argument("dir", type=Path)
-    k.add_argument("--name", required=True, help="e.g. server, or the console's name")
-    k.add_argument("--force", action="store_true", help="replace an existing key pair of that name")
+    k.add_argument("dir", type=Path, help="folder for the key pair (created if missing)")
+    k.add_argument("--name", required=True, help="e.g. server, or the console's name (required)")
+    k.add_argument("--force", action="store_true", help="replace an existing key pair of that name (default: refuse)")
     k.set_defaults(func=cmd_keys_generate)
     k = ksub.add_parser("allow", help="add a client's public key to the runtime's allow-list directory")
-    k.add_argument("clients_dir", type=Path)
-    k.add_argument("public_key", type=Path)
+    k.add_argument("clients_dir", type=Path, help="the allow-list folder (created if missing)")
+    k.add_argument("public_key", type=Path, help="the console's public key file, NAME.key (never the .key_secret)")
     k.set_defaults(func=cmd_keys_allow)

@@ -100,6 +100,13 @@ def ort_optimize(model: Any, out_path: Path, level: Literal["basic", "extended"]
     return optimized
 
 
+def _ort_has_gpu() -> bool:
+    from scanedge.engines.ort_session import import_onnxruntime
+
+    providers = import_onnxruntime().get_available_providers()
+    return any(p in providers for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider"))
+
+
 def convert(
     model_path: str | os.PathLike[str],
     options: ConvertOptions,
@@ -141,6 +148,11 @@ def convert(
             "simplify (ORT basic offline optimization)", lambda: ort_optimize(model, Path(tmp) / "basic.onnx", "basic")
         )
         if options.precision == "fp16":
+            if options.target == "ort" and not _ort_has_gpu():
+                say(
+                    "warning: fp16 on ONNX Runtime's CPU provider is usually slower than fp32 (the CPU casts "
+                    "around most operators); fp16 pays off on GPUs (--target tensorrt), int8 on CPUs"
+                )
             model = step("fp16 conversion (float32 I/O kept)", lambda: to_fp16(model))
         elif options.precision == "int8":
             calibration = options.calibration
@@ -149,6 +161,8 @@ def convert(
                 f"calibration data from {calibration}",
                 lambda: CalibrationSlices(manifest, calibration, options.calibration_limit),
             )
+            for note in reader.notes:
+                say(f"warning: {note}")
             say(f"calibrating on {reader.count} slice(s) through the runtime's own preprocessing")
             model = step(
                 "int8 quantization (QDQ)", lambda: to_int8(model, reader, Path(tmp) / "int8.onnx", options.target)

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from scanedge.engines import PLAN_SUFFIXES
-from scanedge.errors import ConversionError
+from scanedge.errors import ConfigError, ConversionError
 from scanedge.manifest import Manifest, load_manifest
 
 __all__ = ["export_triton", "triton_config"]
@@ -64,8 +64,13 @@ def export_triton(
     *,
     manifest_path: str | os.PathLike[str] | None = None,
     instances: int = 1,
+    force: bool = False,
 ) -> Path:
-    """Write the repository entry; returns its folder."""
+    """Write the repository entry; returns its folder.
+
+    An entry that already holds version 1 of the model is refused (ConfigError) unless ``force``: a Triton
+    server polling the repository would swap the deployed model for this one without anyone deciding to.
+    """
     path = Path(model)
     manifest, _ = load_manifest(path, manifest_path)
     is_plan = path.suffix.lower() in PLAN_SUFFIXES
@@ -73,7 +78,15 @@ def export_triton(
         raise ConversionError(f"{path.name} is neither an ONNX model nor a TensorRT plan")
     entry = Path(repo) / manifest.name
     version = entry / "1"
+    existing = sorted(p.name for p in version.glob("model.*")) if version.is_dir() else []
+    if existing and not force:
+        raise ConfigError(
+            f"{version} already holds {existing[0]} of model {manifest.name!r}; replacing a deployed model must be "
+            "deliberate: pass --force (export_triton(force=True)), or export into another repository"
+        )
     version.mkdir(parents=True, exist_ok=True)
+    for name in existing:  # a plan replacing an ONNX model (or the reverse) must not leave both behind
+        (version / name).unlink()
     shutil.copyfile(path, version / ("model.plan" if is_plan else "model.onnx"))
     platform = "tensorrt_plan" if is_plan else "onnxruntime_onnx"
     (entry / "config.pbtxt").write_text(triton_config(manifest, platform, instances, gpu=is_plan))

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scanedge.manifest import ClassSpec, CodedConcept, InputSpec, IntensityPolicy, Manifest, OutputSpec, SizePolicy
+from scanedge.manifest import (
+    AppliesTo,
+    ClassSpec,
+    CodedConcept,
+    InputSpec,
+    IntensityPolicy,
+    Manifest,
+    OutputSpec,
+    SizePolicy,
+)
 
 __all__ = ["DEMO_MODEL_PATH", "DEMO_PATIENT_PATH", "demo_manifest"]
 
@@ -38,4 +47,12 @@ def demo_manifest(version: str = "1.0.0", description: str = "") -> Manifest:
                 anatomic_region=CodedConcept("68523003", "SCT", "Cerebral White Matter"),
             ),
         ),
+        # brain MR as it was trained on: grey images; pixels of 0.1-3 mm are resampled to its 1 mm grid
+        applies_to=AppliesTo(
+            modalities=("MR",),
+            body_parts=("BRAIN", "HEAD"),
+            photometric=("MONOCHROME1", "MONOCHROME2"),
+            pixel_spacing_mm=(0.1, 3.0),
+        ),
+        not_for_clinical_use=True,
     )

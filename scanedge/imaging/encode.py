@@ -11,6 +11,7 @@ import numpy as np
 __all__ = ["ImageFormat", "encode_image"]
 
 ImageFormat = Literal["png", "jpeg"]
+_SAMPLING_444 = getattr(cv2, "IMWRITE_JPEG_SAMPLING_FACTOR_444", 0x111111)
 
 
 def encode_image(image: np.ndarray, fmt: ImageFormat = "png", *, quality: int = 90) -> bytes:
@@ -23,7 +24,9 @@ def encode_image(image: np.ndarray, fmt: ImageFormat = "png", *, quality: int = 
     if fmt == "png":
         ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     else:
-        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+        # 4:4:4: the default 4:2:0 chroma subsampling smears a 1-pixel coloured outline into its neighbours
+        params = [cv2.IMWRITE_JPEG_QUALITY, int(quality), cv2.IMWRITE_JPEG_SAMPLING_FACTOR, _SAMPLING_444]
+        ok, buf = cv2.imencode(".jpg", bgr, params)
     if not ok:
         raise ValueError(f"OpenCV could not encode a {image.shape} image as {fmt}")
     return buf.tobytes()

@@ -5,18 +5,21 @@ A radiologist reads a series, not a slice: how many slices show a finding, how m
 console saw. The summary is built from the slices (for series and geometry) and the per-slice
 findings the postprocessor produced, so the CLI, the runtime and a DICOM node summarise alike.
 
-Components are counted per slice (2-D, 8-connected), so a lesion spanning five slices counts five
-times. Lesions as 3-D components need the label masks of a whole series in spatial order; they belong
-here as one more per-class figure, computed from the same slices plus their masks.
+Components here are counted per slice (2-D, 8-connected), so a lesion spanning five slices counts five
+times, and reports label them so. Lesions as 3-D components, with their volume, come from
+:mod:`scanedge.imaging.lesion_load` (the one series implementation, shared with the runtime's live series
+state and the DICOM node); a summary carries that :class:`LesionLoad` beside the 2-D figures when the
+caller accumulated one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from scanedge.imaging.lesion_load import LesionLoad
 from scanedge.imaging.postprocess import ClassFindings
 from scanedge.imaging.series import slice_spacing
 from scanedge.imaging.slices import Slice
@@ -103,6 +106,11 @@ class SeriesSummary:
         slices: how many slices of the series were segmented.
         classes: the load of each foreground class, in the order the findings list them.
         latency_ms: percentiles of the slices' latencies; None when they were not timed.
+        series_number: DICOM Series Number, as people name series ("series 3"); None when unknown.
+        series_description: DICOM Series Description ("AX FLAIR"); "" when unknown.
+        modality: DICOM Modality of the series; "" when unknown.
+        lesion_load: the series' 3-D lesions and their volume (:mod:`scanedge.imaging.lesion_load`); None
+            when the caller did not accumulate it.
     """
 
     series_uid: str
@@ -110,6 +118,22 @@ class SeriesSummary:
     slice_spacing_mm: float | None  # median distance between neighbouring slices; None when unknown
     classes: tuple[ClassLoad, ...]
     latency_ms: LatencyPercentiles | None = None
+    series_number: int | None = None
+    series_description: str = ""
+    modality: str = ""
+    lesion_load: LesionLoad | None = None
+
+    @property
+    def label(self) -> str:
+        """How people name the series: ``series 3 "AX FLAIR" (MR)``, falling back to the UID."""
+        parts = [f"series {self.series_number}" if self.series_number is not None else "series"]
+        if self.series_description:
+            parts.append(f'"{self.series_description}"')
+        if self.modality:
+            parts.append(f"({self.modality})")
+        if self.series_number is None and not self.series_description:
+            parts.append(self.series_uid or "(no UID)")
+        return " ".join(parts)
 
     def load(self, name: str) -> ClassLoad:
         """The load of the class called ``name``; KeyError when the model has no such class."""
@@ -122,11 +146,16 @@ class SeriesSummary:
         """JSON-ready summary, as ``results.json`` files it under ``series``."""
         out: dict[str, object] = {
             "series_uid": self.series_uid,
+            "series_number": self.series_number,
+            "series_description": self.series_description,
+            "modality": self.modality,
             "slices": self.slices,
             "classes": {c.name: c.to_dict() for c in self.classes},
         }
         if self.latency_ms is not None:
             out["latency_ms"] = self.latency_ms.to_dict()
+        if self.lesion_load is not None:
+            out["lesion_load"] = self.lesion_load.to_dict()
         return out
 
 
@@ -152,8 +181,12 @@ def summarize_series(
     slices: Sequence[Slice],
     findings: Sequence[Sequence[ClassFindings]],
     latencies_ms: Sequence[float] | None = None,
+    lesion_loads: Mapping[str, LesionLoad] | None = None,
 ) -> tuple[SeriesSummary, ...]:
     """One summary per series UID, in the order the series first appear in ``slices``.
+
+    ``lesion_loads``, by series UID, are the 3-D loads the caller accumulated (e.g. with a
+    :class:`~scanedge.imaging.lesion_load.SeriesLesionLoad` per series as results came in).
 
     ``findings[i]`` are the per-class findings of ``slices[i]`` (``SliceResult.findings``);
     ``latencies_ms[i]``, when given, is the time ``slices[i]`` took. The slices' order does not matter
@@ -174,5 +207,18 @@ def summarize_series(
         step = spacing.get(uid)
         latency = None if latencies_ms is None else LatencyPercentiles.of([latencies_ms[i] for i in indices])
         classes = tuple(t.freeze(name, step) for name, t in totals.items())
-        summaries.append(SeriesSummary(uid, len(indices), step, classes, latency))
+        first = slices[indices[0]]
+        summaries.append(
+            SeriesSummary(
+                uid,
+                len(indices),
+                step,
+                classes,
+                latency,
+                first.acquisition.series_number,
+                first.acquisition.series_description,
+                first.identity.modality,
+                None if lesion_loads is None else lesion_loads.get(uid),
+            )
+        )
     return tuple(summaries)

@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_LIMITS",
     "SUPPORTED_DTYPES",
     "Slice",
+    "SliceAcquisition",
     "SliceGeometry",
     "SliceIdentity",
     "SliceLimits",
@@ -139,6 +140,51 @@ class SliceIdentity:
     modality: str = ""
 
 
+#: Longest text kept from a DICOM Long String (LO, e.g. Series Description): the VR's own maximum.
+MAX_DESCRIPTION = 64
+MAX_IMAGE_TYPE_VALUES = 16
+
+
+@dataclass(frozen=True)
+class SliceAcquisition:
+    """What kind of image this is: the attributes a model's scope (manifest ``applies_to``) is checked
+    against, and what names the series for people. Never whose image it is.
+
+    Text is bounded on construction (code strings to 16 characters, at most 16 Image Type values, the
+    description to 64 characters without control characters), whatever a file or a peer sends.
+
+    Attributes:
+        body_part: DICOM Body Part Examined (``BRAIN``, ``CHEST``, ...); "" when unknown.
+        image_type: DICOM Image Type values (``ORIGINAL``, ``PRIMARY``, ``AXIAL``, ...).
+        photometric: the photometric interpretation as stored, before decoding made it grey or RGB
+            (``MONOCHROME1``, ``YBR_FULL_422``, ...); "" when unknown.
+        series_number: DICOM Series Number; None when unknown.
+        series_description: DICOM Series Description, for reports (free text: never put into logs or
+            error messages).
+    """
+
+    body_part: str = ""
+    image_type: tuple[str, ...] = ()
+    photometric: str = ""
+    series_number: int | None = None
+    series_description: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "body_part", _code(self.body_part))
+        object.__setattr__(self, "photometric", _code(self.photometric))
+        values = tuple(_code(v) for v in tuple(self.image_type)[:MAX_IMAGE_TYPE_VALUES])
+        object.__setattr__(self, "image_type", values)
+        text = "".join(c for c in str(self.series_description)[: MAX_DESCRIPTION * 2] if c.isprintable())
+        object.__setattr__(self, "series_description", text.strip()[:MAX_DESCRIPTION])
+        if self.series_number is not None and not -(2**31) <= self.series_number < 2**31:
+            object.__setattr__(self, "series_number", None)
+
+
+def _code(value: object) -> str:
+    """A code string, upper case and trimmed to DICOM's 16 characters."""
+    return str(value).strip().upper()[:16]
+
+
 @dataclass(frozen=True, eq=False)
 class Slice:
     """An image slice: ``pixels`` is (rows, cols) for grey or (rows, cols, 3) RGB.
@@ -152,6 +198,7 @@ class Slice:
         rescale_intercept: DICOM Rescale Intercept.
         window_center: the display window's centre, in modality values; None: no window (min-max is shown).
         window_width: the display window's width, > 0; None together with ``window_center``.
+        acquisition: what kind of image it is (body part, image type, photometric, series name).
     """
 
     pixels: np.ndarray
@@ -161,6 +208,7 @@ class Slice:
     rescale_intercept: float = 0.0
     window_center: float | None = None
     window_width: float | None = None
+    acquisition: SliceAcquisition = field(default_factory=SliceAcquisition)
 
     @property
     def is_color(self) -> bool:
@@ -189,6 +237,7 @@ class Slice:
         window_center: float | None = None,
         window_width: float | None = None,
         limits: SliceLimits = DEFAULT_LIMITS,
+        acquisition: SliceAcquisition | None = None,
     ) -> Slice:
         """Validate an array and wrap it. The array is not copied; do not modify it while in use."""
         check_pixels(pixels, limits)
@@ -209,6 +258,7 @@ class Slice:
             rescale_intercept=float(rescale_intercept),
             window_center=None if window_center is None else float(window_center),
             window_width=None if window_width is None else float(window_width),
+            acquisition=acquisition or SliceAcquisition(),
         )
 
 

@@ -59,6 +59,7 @@ from scanedge.imaging.lesion_load import LesionLoad
 from scanedge.imaging.overlay import OverlayOptions
 from scanedge.imaging.postprocess import ClassFindings
 from scanedge.imaging.slices import Slice, SliceGeometry
+from scanedge.manifest import CODE_STRING
 from scanedge.runtime.endpoints import parse_endpoint
 from scanedge.runtime.payloads import arrays_from_frames, geometry_from_slice, wire_array
 from scanedge.runtime.protocol import (
@@ -287,6 +288,7 @@ class Client:
         overlay_options: OverlayOptions | None = None,
         publish: bool = True,
         timeout: float | None = None,
+        ignore_scope: bool = False,
     ) -> Future[RemoteResult]:
         """Send one slice; the future holds its :class:`RemoteResult`.
 
@@ -304,6 +306,9 @@ class Client:
             overlay_options: how the overlay is drawn (default: the runtime's).
             publish: also publish the result on the runtime's PUB socket.
             timeout: seconds before the future fails with RequestTimeoutError (default: the config's).
+            ignore_scope: segment the slice even when it is outside the model's scope (research use only;
+                the result's ``header.scope`` then says ``outside``). A Slice's modality, body part and
+                photometric interpretation are sent along so that raw pixels are checked like DICOM.
 
         The future raises the runtime's error as the same scanedge exception class as in-process code
         (e.g. :class:`NotDicomError`), :class:`SupersededError` / :class:`ExpiredError` /
@@ -319,6 +324,12 @@ class Client:
             series = series or s.identity.series_uid
             instance = instance or s.identity.sop_instance_uid
             index = index if index is not None else s.identity.instance_number
+            scope_fields = {
+                "modality": s.identity.modality.strip().upper(),
+                "body_part": s.acquisition.body_part,
+                "photometric": "RGB" if s.is_color else "MONOCHROME2",  # decoding made it one of these
+            }
+            fields.update({k: v for k, v in scope_fields.items() if CODE_STRING.fullmatch(v)})
             image = s.pixels
         if isinstance(image, np.ndarray):
             pixels = wire_array(image)
@@ -348,6 +359,8 @@ class Client:
             fields["overlay_options"] = {
                 k: getattr(overlay_options, k) for k in ("alpha", "fill", "contours", "heatmap")
             }
+        if ignore_scope:
+            fields["ignore_scope"] = True
         fields["sent_at"] = time.time()
         request_id = self._next_id()
         shared = self._place(request_id, fields, payload, pixels)

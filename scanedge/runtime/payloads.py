@@ -8,6 +8,7 @@ checked against the header before a single byte is interpreted.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from scanedge.errors import BadPayloadError, DicomError, ImageTooLargeError, Inv
 from scanedge.imaging.dicom import invert_monochrome1, slices_from_dicom
 from scanedge.imaging.encode import encode_image
 from scanedge.imaging.overlay import OverlayOptions
-from scanedge.imaging.slices import Slice, SliceGeometry, SliceIdentity, SliceLimits
+from scanedge.imaging.slices import Slice, SliceAcquisition, SliceGeometry, SliceIdentity, SliceLimits
 from scanedge.runtime.protocol import (
     WIRE_DTYPES,
     Echo,
@@ -85,7 +86,9 @@ def slice_from_request(req: Segment, payload: memoryview | bytes, limits: SliceL
         if len(frames) != 1:
             raise DicomError(f"a SEGMENT carries one slice; this DICOM object has {len(frames)} frames")
         s = frames[0]
-        ident = s.identity
+        ident, acq = s.identity, s.acquisition
+        if req.body_part and not acq.body_part:
+            acq = dataclasses.replace(acq, body_part=req.body_part)
         return Slice(
             pixels=s.pixels,
             geometry=s.geometry,
@@ -93,12 +96,13 @@ def slice_from_request(req: Segment, payload: memoryview | bytes, limits: SliceL
                 series_uid=req.series or ident.series_uid,
                 sop_instance_uid=req.instance or ident.sop_instance_uid,
                 instance_number=req.index if req.index is not None else ident.instance_number,
-                modality=ident.modality,
+                modality=ident.modality or req.modality or "",
             ),
             rescale_slope=s.rescale_slope,
             rescale_intercept=s.rescale_intercept,
             window_center=s.window_center,
             window_width=s.window_width,
+            acquisition=acq,
         )
     check_raw_payload(req, len(payload), limits)
     assert req.dtype is not None and req.shape is not None
@@ -116,12 +120,15 @@ def slice_from_request(req: Segment, payload: memoryview | bytes, limits: SliceL
     return Slice.from_array(
         pixels,
         geometry=_geometry(req.geometry),
-        identity=SliceIdentity(series_uid=req.series, sop_instance_uid=req.instance, instance_number=req.index),
+        identity=SliceIdentity(
+            series_uid=req.series, sop_instance_uid=req.instance, instance_number=req.index, modality=req.modality or ""
+        ),
         rescale_slope=slope,
         rescale_intercept=intercept,
         window_center=center,
         window_width=width,
         limits=limits,
+        acquisition=SliceAcquisition(body_part=req.body_part or "", photometric=req.photometric or ""),
     )
 
 
@@ -255,4 +262,6 @@ def pipeline_reply(
         runtime=runtime,
         position_mm=None if position_mm is None else round(position_mm, 4),
         series_load=series_load,
+        scope=result.scope.status,
+        scope_detail=result.scope.detail,
     )

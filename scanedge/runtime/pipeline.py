@@ -21,11 +21,12 @@ import numpy as np
 
 from scanedge.engines import Engine, EngineOptions, open_engine
 from scanedge.errors import InvalidSliceError, NonFiniteOutputError
-from scanedge.imaging.dicom import slices_from_dicom
+from scanedge.imaging.dicom import slices_from_dicom, warm_up_decoding
 from scanedge.imaging.encode import ImageFormat, encode_image
 from scanedge.imaging.overlay import OverlayOptions, OverlayRenderer
 from scanedge.imaging.postprocess import ClassFindings, Postprocessor
 from scanedge.imaging.preprocess import Preprocessor
+from scanedge.imaging.scope import UNCHECKED, ScopeVerdict, require_scope
 from scanedge.imaging.series import context_window
 from scanedge.imaging.slices import DEFAULT_LIMITS, Slice, SliceIdentity, SliceLimits, all_finite
 from scanedge.manifest import Manifest, check_model_io, load_manifest
@@ -47,10 +48,13 @@ class PipelineConfig:
     Attributes:
         limits: the largest slice accepted (bigger ones are ImageTooLargeError before any work).
         overlay: how overlays are drawn unless a call says otherwise.
+        ignore_scope: segment slices outside the model's ``applies_to`` anyway (research use only;
+            each result says ``scope: outside``); by default they are refused with OutOfScopeError.
     """
 
     limits: SliceLimits = DEFAULT_LIMITS
     overlay: OverlayOptions = field(default_factory=OverlayOptions)
+    ignore_scope: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,8 @@ class SliceResult:
         model: ``name@version`` of the model that ran.
         findings: per foreground class, in label order.
         timings: how long each stage took.
+        scope: whether the slice was inside the model's declared scope (``outside`` only when the scope
+            was overridden).
     """
 
     identity: SliceIdentity
@@ -96,6 +102,7 @@ class SliceResult:
     findings: tuple[ClassFindings, ...]
     overlay: np.ndarray | None  # (rows, cols, 3) uint8 RGB, or None when not requested
     timings: StageTimings
+    scope: ScopeVerdict = UNCHECKED
 
     def finding(self, name: str) -> ClassFindings:
         """The findings of the class called ``name``; KeyError when the model has no such class."""
@@ -135,6 +142,7 @@ class SliceResult:
             "shape": list(self.mask.shape),
             "findings": [f.to_dict() for f in self.findings],
             "timings_ms": self.timings.to_dict(),
+            "scope": self.scope.to_dict(),
         }
 
 
@@ -172,6 +180,7 @@ class Pipeline:
             if owns_engine:
                 engine.deactivate()
             raise
+        warm_up_decoding()  # the first DICOM slice must not pay for imports (once per process)
         self._pre = Preprocessor(manifest)
         self._post = Postprocessor(manifest)
         self._overlay = OverlayRenderer(manifest, self.config.overlay)
@@ -243,10 +252,17 @@ class Pipeline:
         *,
         context: Sequence[Slice] = (),
         overlay: bool | OverlayOptions = True,
+        ignore_scope: bool | None = None,
     ) -> SliceResult:
-        """Segment one slice. ``context``: a 2.5D model's neighbours (see :class:`Preprocessor`)."""
+        """Segment one slice. ``context``: a 2.5D model's neighbours (see :class:`Preprocessor`).
+
+        A slice outside the manifest's ``applies_to`` raises OutOfScopeError unless ``ignore_scope``
+        (default: the config's), in which case the result's ``scope`` says ``outside``.
+        """
         t0 = time.perf_counter()
         slice_ = self.to_slice(source)
+        ignore = self.config.ignore_scope if ignore_scope is None else ignore_scope
+        scope = require_scope(self.manifest.applies_to, slice_, self.model_label, ignore=ignore)
         self._last = (slice_, context)
         t1 = time.perf_counter()
         tensor, info = self._pre(slice_, context)
@@ -274,7 +290,7 @@ class Pipeline:
             total_ms=(t5 - t0) * 1e3,
         )
         return SliceResult(
-            slice_.identity, self.model_label, post.mask, post.probabilities, post.findings, image, timings
+            slice_.identity, self.model_label, post.mask, post.probabilities, post.findings, image, timings, scope
         )
 
     def keep_warm(self) -> bool:
@@ -283,7 +299,7 @@ class Pipeline:
         if self._last is None:
             return False
         slice_, context = self._last
-        self.run(slice_, context=context, overlay=True)
+        self.run(slice_, context=context, overlay=True, ignore_scope=True)
         return True
 
     def own_last(self) -> None:
@@ -298,9 +314,11 @@ class Pipeline:
             [replace(c, pixels=c.pixels.copy()) for c in context],
         )
 
-    def run_series(self, slices: Iterable[Slice], *, overlay: bool | OverlayOptions = True) -> Iterator[SliceResult]:
+    def run_series(
+        self, slices: Iterable[Slice], *, overlay: bool | OverlayOptions = True, ignore_scope: bool | None = None
+    ) -> Iterator[SliceResult]:
         """Segment slices already in series order, giving a 2.5D model its neighbours."""
         series = list(slices)
         k = self.manifest.input.context_slices
         for i, s in enumerate(series):
-            yield self.run(s, context=context_window(series, i, k), overlay=overlay)
+            yield self.run(s, context=context_window(series, i, k), overlay=overlay, ignore_scope=ignore_scope)

@@ -124,6 +124,7 @@ OutputName = Literal["mask", "overlay", "probabilities", "image"]
 Count = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 ShmName = Annotated[str, Meta(min_length=1, max_length=255)]  # its form is checked where it is opened
 ByteCount = Annotated[int, Meta(ge=0, le=2**48)]
+CodeString = Annotated[str, Meta(min_length=1, max_length=16, pattern=r"^[A-Za-z0-9_ ]+$")]  # DICOM CS
 
 
 class Geometry(Struct, frozen=True, omit_defaults=True):
@@ -204,6 +205,9 @@ class Segment(_Message, tag="SEGMENT", omit_defaults=True, frozen=True):
     sent_at: Epoch | None = None
     pixels_at: RegionSlice | None = None  # section 12: the pixels are in shared memory, no payload frame
     outputs_at: OutputsAt | None = None  # section 12: outputs written into shared memory instead of frames
+    modality: CodeString | None = None  # DICOM Modality of raw pixels, checked against the model's scope
+    body_part: CodeString | None = None  # DICOM Body Part Examined, likewise
+    ignore_scope: bool = False  # research use: segment a slice outside the model's scope anyway
 
 
 class Ping(_Message, tag="PING", frozen=True):
@@ -330,6 +334,8 @@ class Result(_Message, tag="RESULT", frozen=True):
     received_at: float | None = None
     replied_at: float | None = None
     runtime: str = ""
+    scope: str = ""  # "in", "unchecked" or "outside" (the last only with ignore_scope); "" from older runtimes
+    scope_detail: str = ""  # for "outside": what the model expects and what the slice is
     position_mm: float | None = None  # added within version 1: the slice's place along its normal
     series_load: SeriesLoad | None = None  # added within version 1: the series' lesion load so far
 
@@ -688,6 +694,8 @@ def result_reply(
     frames: Sequence[FrameInfo],
     received_at: float,
     runtime: str,
+    scope: str = "",
+    scope_detail: str = "",
     position_mm: float | None = None,
     series_load: SeriesLoad | None = None,
 ) -> Result:
@@ -707,6 +715,8 @@ def result_reply(
         received_at=received_at,
         replied_at=time.time(),
         runtime=runtime,
+        scope=scope,
+        scope_detail=scope_detail,
         position_mm=position_mm,
         series_load=series_load,
     )

@@ -95,7 +95,11 @@ def run_job(
         slice_ = slice_from_request(req, job.payload.buffer, limits)
         decode_ms = (time.perf_counter() - t0) * 1e3
         want_overlay = "overlay" in req.outputs
-        result = pipe.run(slice_, overlay=(overlay_options(req, overlay) or True) if want_overlay else False)
+        result = pipe.run(
+            slice_,
+            overlay=(overlay_options(req, overlay) or True) if want_overlay else False,
+            ignore_scope=req.ignore_scope,
+        )
         arrays = {
             "mask": result.mask,
             "overlay": result.overlay,

@@ -107,3 +107,62 @@ def test_drift_and_throttling_warnings():
     assert drift_warning("total", drifting[:50]) is None  # too few to tell
     assert "throttling" in throttling_warning(3000.0, 2000.0)
     assert throttling_warning(3000.0, 2950.0) is None and throttling_warning(None, 2000.0) is None
+
+
+def test_the_default_sample_count_does_not_warn_about_itself():
+    from scanedge.bench.inprocess import RunLength
+
+    default = summarize(np.ones(RunLength().count) + np.linspace(0, 0.01, RunLength().count))
+    assert stability_warnings("total", default) == []
+
+
+def test_a_speed_up_reads_as_a_speed_up(tmp_path, capsys):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    report(np.full(200, 4.0), np.full(200, 2.0)).write_json(a)
+    report(np.full(200, 2.0), np.full(200, 2.0)).write_json(b)
+    assert bench_main(["compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "2.00x faster" in out and "same" in out and "overhead" not in out
+
+
+def test_runs_under_different_conditions_are_refused_or_flagged(tmp_path, capsys):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    ra, rb = report(np.full(200, 2.0), np.full(200, 1.0)), report(np.full(200, 2.0), np.full(200, 1.0))
+    ra.settings.update(threads=1, slice_shapes=[[512, 512]])
+    rb.settings.update(threads=2, slice_shapes=[[256, 256]])
+    ra.engine, rb.engine = {"backend": "ort"}, {"backend": "tensorrt"}
+    ra.write_json(a)
+    rb.write_json(b)
+    assert bench_main(["compare", str(a), str(b)]) == 2
+    err = capsys.readouterr().err
+    for difference in ("threads: 1 vs 2", "engine: ort vs tensorrt", "input shape: [[512, 512]] vs [[256, 256]]"):
+        assert difference in err, err
+    assert bench_main(["compare", str(a), str(b), "--allow-mismatch", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: not alike: threads: 1 vs 2" in captured.err
+    assert "threads: 1 vs 2" in json.loads(captured.out)["mismatches"]
+
+
+def test_a_baseline_that_is_slower_reads_as_savings(capsys):
+    from rich.console import Console
+
+    r = report(np.full(200, 2.0), np.full(200, 1.0))
+    r.baseline = {"what": "fp32 original", "samples": {"session.run": [4.0] * 200},
+                  "overhead_ms": {"p50": -2.0, "p99": -2.1}, "ratio": 0.5}  # fmt: skip
+    console = Console(width=200, highlight=False, soft_wrap=True)
+    r.render(console)
+    out = capsys.readouterr().out
+    assert "p50 2.000 ms less, p99 2.100 ms less; median 2.00x faster" in out and "+-" not in out
+
+
+def test_narrow_terminals_and_pipes_get_every_number_whole(capsys):
+    from rich.console import Console
+
+    r = report(np.linspace(12.3456, 13.0, 200), np.linspace(1.0, 2.0, 200))
+    r.warnings.append("install scanedge[gpu] for TensorRT")  # rich markup must not swallow [gpu]
+    for width in (200, 60):
+        r.render(Console(width=width, highlight=False, soft_wrap=True))
+        out = capsys.readouterr().out
+        assert "…" not in out and "12.346" in out and "13.000" in out, out
+        assert "scanedge[gpu]" in out
+    assert "total: min 12.346, mean" in out  # too narrow for the table: one line per figure

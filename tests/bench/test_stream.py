@@ -1,4 +1,11 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 from scanedge.bench.cli import main as bench_main
 
@@ -36,7 +43,7 @@ def test_stream_spawn_produces_a_sane_report_and_plot(tmp_path, capsys):
     rss = report["settings"]["server_rss_mb"]
     assert 20 < rss["start"] <= rss["max"] < 2000
     assert png.read_bytes()[:4] == b"\x89PNG"
-    assert "runtime memory" in capsys.readouterr().err
+    assert "runtime memory" in capsys.readouterr().out  # part of the report
 
 
 def test_fixed_rate_with_several_consoles(tmp_path):
@@ -87,6 +94,86 @@ def test_echo_floor_runs_without_scanedge_on_the_peer(tmp_path):
     assert report["mode"] == "echo" and report["figures"]["round_trip"]["count"] == 50
     assert report["settings"]["reply_bytes"] == 64 * 64 * 4
     assert 0 < report["figures"]["round_trip"]["median"] < 50  # the 1 ms pause is subtracted
+
+
+def _spawned_child(bench: "subprocess.Popen[str]") -> int:
+    children = Path(f"/proc/{bench.pid}/task/{bench.pid}/children").read_text().split()
+    return int(children[0]) if children else 0
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state == "Z"  # exited; only its parent (or init) has yet to reap it
+
+
+def _start_bench_and_wait_for_results() -> "tuple[subprocess.Popen[str], int]":
+    """``edge-bench stream --spawn`` in its own process, once its runtime has answered some requests."""
+    from scanedge.errors import ScanedgeError
+    from scanedge.runtime.client import Client, ClientConfig
+    from tests.waiting import wait_until
+
+    root = Path(__file__).resolve().parents[2]
+    argv = ["stream", "--spawn", "--size", "64x64", "--count", "1000000", "--warmup", "2", "--threads", "1"]
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "scanedge.bench.cli", *argv],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    child = wait_until(lambda: _spawned_child(bench), timeout=60, what="the spawned runtime")
+
+    def bind_argument() -> str | None:  # once the child has exec'd `scanedge serve`
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        return cmdline[cmdline.index(b"--bind") + 1].decode() if b"--bind" in cmdline else None
+
+    endpoint = wait_until(bind_argument, timeout=30, what="the runtime's command line")
+
+    def answered_some() -> bool:
+        try:
+            with Client(endpoint, ClientConfig(timeout_s=2.0, retries=0)) as client:
+                return client.stats().counters.get("ok", 0) >= 5
+        except ScanedgeError:  # still loading its model
+            return False
+
+    wait_until(answered_some, timeout=240, interval=0.2, what="results from the spawned runtime")
+    return bench, child
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_stream_prints_its_partial_report_and_stops_its_runtime(stop):
+    bench, child = _start_bench_and_wait_for_results()
+    bench.send_signal(stop)  # to the benchmark only, as `kill` does; its runtime must not be left behind
+    out, err = bench.communicate(timeout=120)
+    assert bench.returncode == 130, err
+    assert "edge-bench stream" in out and "│ total" in out and "interrupted after" in out, out
+    assert "Traceback" not in err and "Exception in thread" not in err, err
+    assert _gone(child)
+
+
+def test_a_killed_benchmark_takes_its_runtime_with_it():
+    from tests.waiting import wait_until
+
+    bench, child = _start_bench_and_wait_for_results()
+    bench.kill()  # SIGKILL: no handler runs in the benchmark
+    bench.communicate(timeout=60)
+    wait_until(lambda: _gone(child), timeout=120, interval=0.05, what="the orphaned runtime to exit")
+
+
+def test_ok_replies_that_arrive_after_the_deadline_are_counted_apart(tmp_path, capsys):
+    """A 1 ms deadline: the runtime only expires requests that waited that long, so most are computed (the
+    model alone takes several ms here) and every one of those arrives after the deadline."""
+    js = tmp_path / "d.json"
+    argv = ["stream", "--spawn", "--size", "64x64", "--count", "30", "--warmup", "2", "--threads", "1"]
+    assert bench_main([*argv, "--deadline-ms", "1", "--json", str(js)]) == 0
+    counts = json.loads(js.read_text())["counts"]
+    assert counts["ok"] + counts["expired"] == 30 and counts["ok"] > 0
+    assert counts["late_ok"] == counts["ok"]
+    assert f"({counts['late_ok']} of the ok replies arrived after the deadline)" in capsys.readouterr().out
 
 
 def test_paced_against_flat_out_in_one_run(tmp_path):

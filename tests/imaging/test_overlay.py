@@ -46,28 +46,68 @@ def test_overlay_blends_class_colour_only_where_the_mask_is():
 def test_each_class_gets_its_own_colour():
     m = simple_manifest(classes=(ClassSpec("bg", (0, 0, 0)), ClassSpec("a", (0, 255, 0)), ClassSpec("b", (0, 0, 255))))
     mask = np.array([[0, 1, 2]], np.uint8)
-    img = OverlayRenderer(m, OverlayOptions(alpha=1.0)).render(Slice.from_array(np.zeros((1, 3), np.uint8)), mask)
+    options = OverlayOptions(alpha=1.0, contours=False)
+    img = OverlayRenderer(m, options).render(Slice.from_array(np.zeros((1, 3), np.uint8)), mask)
     np.testing.assert_array_equal(img[0], [[0, 0, 0], [0, 255, 0], [0, 0, 255]])
 
 
 def test_contours_outline_findings_without_fill():
     mask = np.zeros((32, 32), np.uint8)
     mask[8:24, 8:24] = 1
-    img = OverlayRenderer(simple_manifest(), OverlayOptions(fill=False, contours=True)).render(
+    img = OverlayRenderer(simple_manifest(), OverlayOptions(fill=False, halo=False)).render(
         Slice.from_array(np.zeros((32, 32), np.uint8)), mask
     )
     assert tuple(img[8, 15]) == (255, 0, 0)  # on the outline
     assert tuple(img[15, 15]) == (0, 0, 0)  # inside, unfilled
 
 
-def test_heatmap_tints_only_probable_pixels():
-    probs = np.zeros((2, 16, 16), np.float32)
-    probs[1, :8] = 0.9
+def test_heatmap_tints_only_probable_pixels_and_carries_its_colour_bar():
+    probs = np.zeros((2, 32, 32), np.float32)
+    probs[1, :16] = 0.9
     probs[0] = 1 - probs[1]
-    img = OverlayRenderer(simple_manifest(), OverlayOptions(fill=False, heatmap=True)).render(
-        Slice.from_array(np.zeros((32, 32), np.uint8)), np.zeros((32, 32), np.uint8), probs
+    img = OverlayRenderer(simple_manifest(), OverlayOptions(heatmap=True)).render(
+        Slice.from_array(np.zeros((128, 128), np.uint8)), np.zeros((128, 128), np.uint8), probs
     )
-    assert img[:14].any() and not img[18:].any()
+    image_part = img[:, :80]  # left of the colour bar and its labels
+    assert image_part[:56].all(axis=-1).all() and not image_part[72:].any()
+    bar = img[40:87, 122:124]  # viridis from yellow (p=1) at the top to violet at the bottom
+    assert bar[0, 0, 0] > 200 and bar[0, 0, 2] < 80 and bar[-1, 0, 2] > bar[-1, 0, 1]
+
+
+def test_default_rendering_outlines_findings_lightly_filled_with_a_halo_outside_only():
+    px = np.full((32, 32), 100, np.uint8)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:24, 8:24] = 1
+    img = OverlayRenderer(simple_manifest()).render(Slice.from_array(px), mask)
+    assert tuple(img[8, 15]) == (255, 0, 0)  # the outline, on the finding's edge, in the class colour
+    assert tuple(img[7, 15]) == (0, 0, 0) and tuple(img[6, 15]) == (0, 0, 0)  # the halo, outside
+    assert tuple(img[5, 15]) == (100, 100, 100)  # the image, beyond the halo
+    inside = img[12, 15].astype(int)  # light fill: the image still shows through (alpha 0.25)
+    assert tuple(inside) == (139, 75, 75)
+
+
+def test_outlines_read_on_colour_images_that_share_the_class_colour():
+    """A red finding on red Doppler flow: the black halo is what makes its edge visible."""
+    red = np.zeros((32, 32, 3), np.uint8)
+    red[..., 0] = 230
+    mask = np.zeros((32, 32), np.uint8)
+    mask[10:20, 10:20] = 1
+    img = OverlayRenderer(simple_manifest()).render(Slice.from_array(red), mask)
+    ring = np.r_[img[8, 10:20], img[21, 10:20], img[10:20, 8], img[10:20, 21]]
+    assert (ring == 0).all()
+
+
+def test_heatmap_and_mask_renderings_differ_where_the_finding_is():
+    probs = np.zeros((2, 32, 32), np.float32)
+    probs[1, 8:24, 8:24] = np.linspace(0.5, 1.0, 16)[None, :]
+    probs[0] = 1 - probs[1]
+    mask = (probs[1] >= 0.5).astype(np.uint8)
+    r = OverlayRenderer(simple_manifest())
+    s = Slice.from_array(np.full((32, 32), 100, np.uint8))
+    plain, heat = r.render(s, mask, probs), r.render(s, mask, probs, OverlayOptions(heatmap=True))
+    inside_plain, inside_heat = plain[12:20, 12:20].reshape(-1, 3), heat[12:20, 12:20].reshape(-1, 3)
+    assert len({tuple(p) for p in inside_plain}) == 1  # one fill colour
+    assert len({tuple(p) for p in inside_heat}) > 4  # a gradient of probabilities
 
 
 def test_colour_slices_are_drawn_on_directly():
@@ -92,3 +132,17 @@ def test_encoding_round_trips(fmt):
 def test_invalid_overlay_options_are_refused():
     with pytest.raises(ValueError, match="alpha"):
         OverlayOptions(alpha=1.5)
+
+
+def test_jpeg_files_keep_outlines_legible():
+    """Outlines two pixels wide, encoded without chroma subsampling, come back red and dark-edged."""
+    import cv2
+
+    px = np.full((64, 64), 120, np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[20:40, 20:40] = 1
+    img = OverlayRenderer(simple_manifest(), OverlayOptions(contour_thickness=2)).render(Slice.from_array(px), mask)
+    back = cv2.cvtColor(cv2.imdecode(np.frombuffer(encode_image(img, "jpeg"), np.uint8), 1), cv2.COLOR_BGR2RGB)
+    edge = back[20, 24:36].astype(int)  # the outline along the finding's top edge
+    assert (edge[:, 0] > 200).all() and (edge[:, 1:] < 80).all(), edge
+    assert (back[17, 24:36] < 60).all()  # its halo, outside

@@ -77,6 +77,9 @@ def test_several_classes_and_latency_as_results_json_files_them():
     (s,) = summarize_series(slices, findings, [3.0, 1.0, 2.0, 10.0])
     assert s.to_dict() == {
         "series_uid": "s",
+        "series_number": None,
+        "series_description": "",
+        "modality": "",
         "slices": 4,
         "classes": {
             "lesion": {"slices_with_finding": 2, "pixels": 8, "area_mm2": 2.0, "components": 2, "volume_mm3": 2.0},
@@ -113,3 +116,18 @@ def test_the_demo_series_summary_adds_up_the_pipelines_findings(demo_series):
     assert s.slice_spacing_mm == pytest.approx(4.0, abs=0.5)  # the demo patient's axial spacing
     assert lesion.volume_mm3 == pytest.approx(lesion.area_mm2 * s.slice_spacing_mm, abs=0.05)
     assert s.latency_ms.count == 32 and 0 < s.latency_ms.p50 <= s.latency_ms.max
+
+
+def test_a_series_is_named_as_people_name_it():
+    from scanedge.imaging.slices import Slice, SliceAcquisition, SliceIdentity
+
+    named = Slice.from_array(
+        np.zeros((4, 4), np.uint8),
+        identity=SliceIdentity("1.2.3", modality="MR"),
+        acquisition=SliceAcquisition(series_number=3, series_description="AX FLAIR"),
+    )
+    (s,) = summarize_series([named], [[found(0, 0, 0.0)]])
+    assert s.label == 'series 3 "AX FLAIR" (MR)'
+    assert (s.to_dict()["series_number"], s.to_dict()["series_description"]) == (3, "AX FLAIR")
+    (bare,) = summarize_series([axial("1.2.840.99", 0.0)], [[found(0, 0, 0.0)]])
+    assert bare.label == "series 1.2.840.99"  # nothing else to go by

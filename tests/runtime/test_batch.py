@@ -45,13 +45,17 @@ def test_files_results_and_summaries_for_real_dicom(tmp_path, conv_model_path):
     assert report.montage_path is None and report.masks == []  # neither was asked for
     written = json.loads(report.results_path.read_text())
     assert written == json.loads(json.dumps(report.to_dict()))
-    assert set(written) == {"scanedge", "model", "series", "slices"} and written["model"] == "test-model@0.0.1"
+    assert (
+        set(written) == {"scanedge", "model", "series", "slices", "skipped"} and written["model"] == "test-model@0.0.1"
+    )
+    assert written["skipped"] == []
     first = written["slices"][0]
     assert set(first) >= {"file", "name", "overlay", "mask", "series_uid", "findings", "timings_ms"}
     mask = np.load(first["mask"])
     assert mask.shape == tuple(first["shape"]) and int(np.count_nonzero(mask)) == first["findings"][0]["pixels"]
     assert len(report.series) == 2 and sum(s.slices for s in report.series) == 11
-    assert all(set(s) == {"series_uid", "slices", "classes", "latency_ms"} for s in written["series"])
+    keys = {"series_uid", "series_number", "series_description", "modality", "slices", "classes", "latency_ms"}
+    assert all(set(s) == keys for s in written["series"])
     frames = [s for s in written["slices"] if "#" in s["name"]]
     assert len(frames) == 10 and all("_f" in s["overlay"] for s in frames)  # frame files never collide
 
@@ -76,10 +80,14 @@ def test_the_montage_tiles_the_overlays_that_were_written(tmp_path, demo_series)
     loaded = load_slices([demo_series])[:10]
     with Pipeline.open(options=EngineOptions(threads=1)) as pipe:
         report = segment_to_folder(pipe, loaded, BatchOutput(tmp_path, montage=True, montage_columns=4))
-    sheet = cv2.imread(str(report.montage_path), cv2.IMREAD_COLOR)
-    assert report.montage_path.name == "montage.png" and sheet.shape == (3 * 256, 4 * 256, 3)
-    for i, s in enumerate(report.slices):  # PNG is lossless: each tile is the overlay file, pixel for pixel
+    sheet = cv2.cvtColor(cv2.imread(str(report.montage_path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    banner = int((sheet[:, 1] == (150, 20, 20)).all(axis=-1).sum())  # the demo model is not for clinical use
+    assert report.montage_path.name == "montage.png" and banner > 0
+    tiles = sheet[banner : banner + 3 * 256]
+    assert tiles.shape == (3 * 256, 4 * 256, 3) and sheet.shape[0] > banner + 3 * 256  # and a legend below
+    for i, s in enumerate(report.slices):  # PNG is lossless: each tile is the overlay file, labels aside
         r, c = divmod(i, 4)
-        tile = sheet[r * 256 : (r + 1) * 256, c * 256 : (c + 1) * 256]
-        np.testing.assert_array_equal(tile, cv2.imread(str(s.overlay_path), cv2.IMREAD_COLOR))
-    assert not sheet[2 * 256 :, 2 * 256 :].any()  # two empty cells
+        tile = tiles[r * 256 : (r + 1) * 256, c * 256 : (c + 1) * 256]
+        written = cv2.cvtColor(cv2.imread(str(s.overlay_path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(tile[45:230, 20:236], written[45:230, 20:236])
+    assert not tiles[2 * 256 :, 2 * 256 :].any()  # two empty cells

@@ -124,3 +124,27 @@ def test_model_without_manifest_is_refused_with_instructions(tmp_path):
     onnx.save(conv_model(), str(path))
     with pytest.raises(ManifestMissingError, match="manifest init"):
         Pipeline.open(path)
+
+
+def test_opening_a_pipeline_loads_dicom_decoding_so_the_first_slice_does_not_pay_for_it():
+    """In a fresh interpreter: after Pipeline.open, pydicom's pixel machinery and the installed codec
+    plugins are loaded (the first slice used to pay 240-900 ms of imports here)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = (
+        "import sys\n"
+        "from scanedge.runtime.pipeline import Pipeline\n"
+        "assert 'pydicom.pixels' not in sys.modules\n"
+        "Pipeline.open().close()\n"
+        "loaded = [m for m in ('pydicom.pixels', 'pydicom.pixels.decoders.pylibjpeg', 'openjpeg', 'libjpeg')\n"
+        "          if m in sys.modules]\n"
+        "print(','.join(loaded))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=root, env={"PYTHONPATH": str(root)}
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "pydicom.pixels,pydicom.pixels.decoders.pylibjpeg,openjpeg,libjpeg"
