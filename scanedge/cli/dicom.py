@@ -48,9 +48,12 @@ def cmd_dicom_listen(args: argparse.Namespace) -> int:
         limits=slice_limits(args),
         series_limits=series_limits,
         max_associations=args.max_associations,
+        ignore_scope=args.ignore_scope,
     )
     log = logging.getLogger("scanedge.dicomnet")
     listener = DicomListener([ModelSpec(m) for m in args.model], config)
+    if config.ignore_scope:
+        log.warning("--ignore-scope: images outside a model's scope are segmented too (research use only)")
 
     def stop(signum: int, frame: object) -> None:
         log.info("signal %d: finishing open associations, writing the SEGs of open series, then exiting", signum)
@@ -95,7 +98,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="folder for the SEGs (seg/) and the forwarding outbox (outbox/); nothing is written elsewhere "
         "(default: ./scanedge-dicom-out)",
     )
-    p.add_argument("--forward", default=None, metavar="AE@HOST:PORT", help="also send each SEG there by C-STORE")
+    p.add_argument(
+        "--forward", default=None, metavar="AE@HOST:PORT", help="also send each SEG there by C-STORE (default: none)"
+    )
     p.add_argument(
         "--series-timeout",
         type=float,
@@ -106,7 +111,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--complete-on-release",
         action="store_true",
-        help="a series is also complete once every association that sent it is released",
+        help="a series is also complete once every association that sent it is released (default: off)",
     )
     p.add_argument(
         "--segmentation",
@@ -114,10 +119,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default="binary",
         help="BINARY masks or FRACTIONAL probabilities in the SEG (default: binary)",
     )
-    p.add_argument("--publish", default=None, help="PUB endpoint for live results, e.g. tcp://127.0.0.1:5556")
-    p.add_argument("--insecure", action="store_true", help="allow a non-loopback --publish endpoint")
-    p.add_argument("--workers", type=int, default=1, help="pipelines per model (images segmented at once; default 1)")
-    add_engine_args(p, threads_help="inference threads per pipeline")
+    p.add_argument(
+        "--publish", default=None, help="PUB endpoint for live results, e.g. tcp://127.0.0.1:5556 (default: none)"
+    )
+    p.add_argument("--insecure", action="store_true", help="allow a non-loopback --publish endpoint (default: off)")
+    p.add_argument(
+        "--ignore-scope",
+        action="store_true",
+        help="segment images outside the model's scope too (research use only; each result says so; default: off)",
+    )
+    p.add_argument("--workers", type=int, default=1, help="pipelines per model: images segmented at once (default: 1)")
+    add_engine_args(p, threads_help="inference threads per pipeline (default: one per core)")
     add_limit_args(p, help_text="refuse images with more pixels than this (0xA700; default: 4096 x 4096)")
     g = p.add_argument_group("memory held for open series")
     g.add_argument("--max-series", type=int, default=32, help="series open at once (default: 32)")

@@ -128,18 +128,28 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register ``replay``."""
     p = sub.add_parser("replay", help="stream series from disk to a runtime at a scanner's pace, as a console would")
     p.add_argument("paths", nargs="+", type=Path, metavar="SERIES_DIR", help="folders (or files) of slices")
-    p.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="the runtime (default tcp://127.0.0.1:5555)")
-    p.add_argument("--rate", type=float, default=10.0, help="slices per second per series (default 10)")
-    p.add_argument("--loop", action="store_true", help="start each series again when it ends, until Ctrl-C")
-    p.add_argument("--jitter", type=float, default=0.0, metavar="MS", help="move each send by up to +-MS ms")
-    p.add_argument("--seed", type=int, default=0, help="seed of the jitter (default 0)")
+    p.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="the runtime (default: tcp://127.0.0.1:5555)")
+    p.add_argument("--rate", type=float, default=10.0, help="slices per second per series (default: 10)")
+    p.add_argument(
+        "--loop", action="store_true", help="start each series again when it ends, until Ctrl-C (default: off)"
+    )
+    p.add_argument(
+        "--jitter", type=float, default=0.0, metavar="MS", help="move each send by up to +-MS ms (default: 0)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the jitter (default: 0)")
     p.add_argument(
         "--outputs",
         default="mask,image",
-        help="reply frames (default mask,image: what a viewer on the PUB feed draws from)",
+        help="reply frames (default: mask,image; what a viewer on the PUB feed draws from)",
     )
-    p.add_argument("--dicom", action="store_true", help="send the DICOM files' bytes instead of raw pixels")
-    p.add_argument("--deadline-ms", type=float, default=None, help="per-slice deadline in the runtime's queue")
-    p.add_argument("--quiet", action="store_true", help="only the series summary, no line per slice")
-    p.add_argument("--json", type=Path, help="also write the summary as JSON here")
+    p.add_argument(
+        "--dicom", action="store_true", help="send the DICOM files' bytes instead of raw pixels (default: raw pixels)"
+    )
+    p.add_argument(
+        "--deadline-ms", type=float, default=None, help="per-slice deadline in the runtime's queue (default: none)"
+    )
+    p.add_argument(
+        "--quiet", action="store_true", help="only the series summary, no line per slice (default: a line per slice)"
+    )
+    p.add_argument("--json", type=Path, help="also write the summary as JSON here (default: none)")
     p.set_defaults(func=cmd_replay)

@@ -84,6 +84,7 @@ class ListenerConfig:
         series_limits: bounds on what is held while series are open (see :mod:`scanedge.dicomnet.series`).
         max_associations: associations served at once (more are rejected at negotiation).
         require_called_ae: reject associations whose Called AE title is not ``ae_title``.
+        ignore_scope: segment images outside a model's ``applies_to`` too (research use; results say so).
         busy_timeout_s: how long an image waits for a free pipeline before it is refused (0xA700).
         network_timeout_s: ACSE, DIMSE and network timeouts of each association.
         retry_max_s: the longest wait between two attempts to forward a SEG.
@@ -110,6 +111,7 @@ class ListenerConfig:
     series_limits: SeriesLimits = field(default_factory=SeriesLimits)
     max_associations: int = 8
     require_called_ae: bool = True
+    ignore_scope: bool = False
     busy_timeout_s: float = 60.0
     network_timeout_s: float = 60.0
     retry_max_s: float = 300.0
@@ -301,7 +303,7 @@ class DicomListener:
 
     def _open_models(self) -> None:
         cfg = self.config
-        pconf = PipelineConfig(limits=cfg.limits, overlay=cfg.overlay)
+        pconf = PipelineConfig(limits=cfg.limits, overlay=cfg.overlay, ignore_scope=cfg.ignore_scope)
         for spec in self.models:
             pipes = []
             for _ in range(cfg.workers):

@@ -315,15 +315,15 @@ def _slices(ds: Any, limits: SliceLimits, max_frames: int, where: str) -> list[S
 def _acquisition(ds: Any, photometric: str) -> SliceAcquisition:
     """What kind of image the object holds (body part, image type, series name): what scopes test."""
     image_type = _value(ds, "ImageType")
-    if isinstance(image_type, str):
-        image_type = image_type.split("\\")
+    if isinstance(image_type, str):  # one value, or none ("" is no image type, not one empty value)
+        image_type = image_type.split("\\") if image_type else []
     values = tuple(str(v) for v in list(image_type or ())[:16])
     return SliceAcquisition(
-        body_part=str(_value(ds, "BodyPartExamined", "") or ""),
+        body_part=_text_value(_value(ds, "BodyPartExamined")),
         image_type=values,
         photometric=photometric,
         series_number=_int_or_none(_value(ds, "SeriesNumber")),
-        series_description=str(_value(ds, "SeriesDescription", "") or ""),
+        series_description=_text_value(_value(ds, "SeriesDescription")),
     )
 
 
@@ -469,6 +469,18 @@ def _first(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return v if np.isfinite(v) else None
+
+
+def _text_value(value: Any) -> str:
+    """A single-valued text element as written: "" when absent or empty, values that should not be several
+    joined back with the backslash they were written with (never a Python list's repr)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value)
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -68,7 +68,16 @@ _KEPT_VR = {
     _TAGS["WindowWidth"]: b"DS",
     _TAGS["RescaleIntercept"]: b"DS",
     _TAGS["RescaleSlope"]: b"DS",
+    # what a model's scope is checked against (imaging.scope): read when present, absent when empty
+    _TAGS["ImageType"]: b"CS",
+    _TAGS["BodyPartExamined"]: b"CS",
+    _TAGS["SeriesNumber"]: b"IS",
+    _TAGS["SeriesDescription"]: b"LO",
 }
+#: Kept elements whose empty value means the same as no element (the slice reader defaults them).
+_EMPTY_IS_ABSENT = frozenset(
+    {_TAGS["ImageType"], _TAGS["BodyPartExamined"], _TAGS["SeriesNumber"], _TAGS["SeriesDescription"]}
+)
 _PIXEL_DATA = _TAGS["PixelData"]
 #: Elements whose presence means this is not the simple case: per-frame functional groups, float pixels.
 _NOT_SIMPLE = frozenset({_TAGS["SharedFunctionalGroupsSequence"], _TAGS["PerFrameFunctionalGroupsSequence"]}) | {
@@ -80,6 +89,12 @@ _NOT_SIMPLE = frozenset({_TAGS["SharedFunctionalGroupsSequence"], _TAGS["PerFram
 #: printable ASCII without a backslash or leading space; trailing NULs and spaces are padding
 _UID = re.compile(rb"[!-\[\]-~](?:[ -\[\]-~]*[!-\[\]-~])?[\0 ]*")
 _CODE = re.compile(rb"[A-Z0-9_]{1,16} ?")
+#: descriptive code strings (Image Type, Body Part Examined): spaces inside, empty values between
+#: backslashes, no space at the start of a value
+_TERM = rb"[A-Z0-9_][A-Z0-9_ ]*"
+_TERMS = re.compile(_TERM + rb"(?:\\(?:" + _TERM + rb")?)*")
+#: one long string: printable ASCII without a backslash, no leading space; trailing spaces are padding
+_LONG = re.compile(rb"[!-\[\]-~](?:[ -\[\]-~]{0,62}[!-\[\]-~])? *")
 _NUMBER = rb" *[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)? *"
 _DECIMALS = re.compile(_NUMBER + rb"(?:\\" + _NUMBER + rb")*")
 _INTEGER = re.compile(rb" *[+-]?[0-9]{1,10} *")
@@ -254,7 +269,8 @@ class _Walk:
                 elif tag in _KEPT_VR:
                     if tag in kept:
                         raise _Unsupported
-                    kept[tag] = _Element(self.value(tag, vr, start, length))
+                    if length or tag not in _EMPTY_IS_ABSENT:
+                        kept[tag] = _Element(self.value(tag, vr, start, length))
             pos = stop  # a defined-length sequence is skipped whole: pydicom reads it only when asked
         return pos, False
 
@@ -292,8 +308,15 @@ class _Walk:
             return _U16.unpack_from(self.buf, start)[0]
         if want == b"UI":
             return _text(self.buf, start, length, _UID).rstrip("\0 ")
+        if tag == _TAGS["ImageType"]:
+            terms = _text(self.buf, start, length, _TERMS).rstrip(" ").split("\\")
+            return terms[0] if len(terms) == 1 else terms
+        if tag == _TAGS["BodyPartExamined"]:
+            return _text(self.buf, start, length, _TERMS).rstrip(" ")
         if want == b"CS":
             return _text(self.buf, start, length, _CODE).rstrip(" ")
+        if want == b"LO":
+            return _text(self.buf, start, length, _LONG).rstrip(" ")
         if want == b"IS":
             return int(_text(self.buf, start, length, _INTEGER))
         values = [float(v) for v in _text(self.buf, start, length, _DECIMALS).strip().split("\\")]

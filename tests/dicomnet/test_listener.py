@@ -172,17 +172,17 @@ def test_a_non_image_and_a_corrupt_file_get_failure_statuses_and_the_listener_ke
 def test_two_concurrent_associations_each_get_their_series_segmented(listener):
     node = listener(series_timeout_s=0.5, workers=1)
     demo = demo_files()
-    other = [get_testdata_file("CT_small.dcm")]
+    other = [get_testdata_file("MR_small.dcm")]  # another MR series: within the demo model's scope
     results: dict[str, subprocess.CompletedProcess] = {}
     threads = [
         threading.Thread(target=lambda k=k, f=f: results.__setitem__(k, storescu(node.port, *f)))
-        for k, f in (("demo", demo), ("ct", other))
+        for k, f in (("demo", demo), ("other", other))
     ]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert responses(results["demo"]) == ["Success"] * len(demo) and responses(results["ct"]) == ["Success"]
+    assert responses(results["demo"]) == ["Success"] * len(demo) and responses(results["other"]) == ["Success"]
     paths = the_seg(node, 2)
     series = {hd.seg.segread(p).ReferencedSeriesSequence[0].SeriesInstanceUID for p in paths}
     assert series == {str(pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID) for f in (demo[0], other[0])}
@@ -198,7 +198,7 @@ def test_two_concurrent_associations_each_get_their_series_segmented(listener):
     ],
 )
 def test_compressed_and_deflated_transfer_syntaxes_are_negotiated_and_segmented(listener, pipe, name, propose, syntax):
-    node = listener(series_timeout_s=0.3)
+    node = listener(series_timeout_s=0.3, ignore_scope=True)  # the JPEG Lossless file is ultrasound: not brain MR
     path = get_testdata_file(name)
     sent = storescu(node.port, path, args=(propose,))
     assert responses(sent) == ["Success"]
@@ -207,7 +207,7 @@ def test_compressed_and_deflated_transfer_syntaxes_are_negotiated_and_segmented(
     seg = hd.seg.segread(seg_path)
     uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
     mask = seg.get_pixels_by_source_instance(source_sop_instance_uids=[uid], segment_numbers=[1])[0, ..., 0]
-    assert np.array_equal(mask, pipe.run(Path(path).read_bytes(), overlay=False).mask == 1)
+    assert np.array_equal(mask, pipe.run(Path(path).read_bytes(), overlay=False, ignore_scope=True).mask == 1)
 
 
 def enhanced_mr(tmp_path: Path) -> Path:
@@ -319,3 +319,23 @@ def test_every_model_segments_every_image_and_each_gets_its_own_seg(listener, co
         got = segs["finding"].get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[1])
         expected = np.stack([conv.run(f.read_bytes(), overlay=False).mask == 1 for f in files])
         assert np.array_equal(got[..., 0], expected)
+
+
+def test_an_image_outside_the_models_scope_is_refused_by_name_and_the_node_keeps_serving(listener, caplog):
+    """The demo model declares brain MR: a CT is answered 0x0122 with OUT_OF_SCOPE in its Error Comment,
+    no SEG is written for it, and an MR sent after it is segmented."""
+    node = listener(series_timeout_s=0.3)
+    sent = storescu(node.port, get_testdata_file("CT_small.dcm"), get_testdata_file("MR_small.dcm"))
+    assert responses(sent) == ["Refused: SOPClassNotSupported", "Success"]
+    assert node.stats.refused == {0x0122: 1}
+    assert "OUT_OF_SCOPE" in caplog.text and "CT" in caplog.text
+    (seg_path,) = the_seg(node)
+    mr = pydicom.dcmread(get_testdata_file("MR_small.dcm"), stop_before_pixels=True)
+    assert hd.seg.segread(seg_path).ReferencedSeriesSequence[0].SeriesInstanceUID == mr.SeriesInstanceUID
+
+
+def test_ignore_scope_segments_what_the_scope_would_refuse(listener):
+    node = listener(series_timeout_s=0.3, ignore_scope=True)
+    sent = storescu(node.port, get_testdata_file("CT_small.dcm"))
+    assert responses(sent) == ["Success"]
+    assert len(the_seg(node)) == 1

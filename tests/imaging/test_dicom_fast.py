@@ -54,6 +54,7 @@ def outcome(read, data: bytes):
             s.rescale_intercept,
             s.window_center,
             s.window_width,
+            s.acquisition,
         )
         for s in slices
     ]
@@ -100,7 +101,9 @@ NUMBERS = [b"1e999", b"-1e999", b"nan", b"inf", b" 1.5 ", b"+1", b"-0", b"1.", b
            b" 12", b"+12", b"1.0", b"99999999999", b"0", b"1\\", b"\\1", b"1.5\\2.5\\3.5", b"1e-400", b"  ", b"0x10",
            b"1_0", b"2e308"]  # fmt: skip
 TEXTS = [b"1.2.3", b"1.2.3\0", b" 1.2.3", b"a b", b"bench", b"1\\2", b"\0\0", b"  ", b"x\0y", b"MONOCHROME1",
-         b"monochrome2", b" MONOCHROME2", b"MONOCHROME2\0", b"MR\\CT", b"\xe9"]  # fmt: skip
+         b"monochrome2", b" MONOCHROME2", b"MONOCHROME2\0", b"MR\\CT", b"\xe9", b"ORIGINAL\\PRIMARY\\AXIAL",
+         b"ORIGINAL\\\\AXIAL", b"AX FLAIR", b"AX FLAIR  ", b" AX", b"12", b" 7 ", b"", b"BRAIN", b"x" * 70,
+         b"DERIVED \\PRIMARY\\AXIAL ", b"A\\\\B", b"A\\ B", b"A\\", b"WHOLE BODY", b"lower"]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -118,8 +121,10 @@ def test_numbers_in_every_form_read_the_same_both_ways(keyword):
 
 
 @pytest.mark.parametrize(
-    "keyword", ["SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Modality", "PhotometricInterpretation"]
-)
+    "keyword",
+    ["SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Modality", "PhotometricInterpretation", "ImageType",
+     "BodyPartExamined", "SeriesDescription", "SeriesNumber"],
+)  # fmt: skip
 def test_texts_in_every_form_read_the_same_both_ways(keyword):
     for raw in TEXTS:
         data = _ct_with(keyword, raw)

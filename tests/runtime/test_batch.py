@@ -55,7 +55,14 @@ def test_files_results_and_summaries_for_real_dicom(tmp_path, conv_model_path):
     assert mask.shape == tuple(first["shape"]) and int(np.count_nonzero(mask)) == first["findings"][0]["pixels"]
     assert len(report.series) == 2 and sum(s.slices for s in report.series) == 11
     keys = {"series_uid", "series_number", "series_description", "modality", "slices", "classes", "latency_ms"}
-    assert all(set(s) == keys for s in written["series"])
+    assert all(set(s) == keys | {"lesion_load"} for s in written["series"])
+    for s in written["series"]:  # the 3-D load beside the 2-D per-slice figures, over the same slices
+        load = s["lesion_load"]
+        assert load["slices"] == s["slices"]
+        for c in load["classes"]:
+            assert c["slices_with_finding"] == s["classes"][c["name"]]["slices_with_finding"]
+            assert c["voxels"] == s["classes"][c["name"]]["pixels"]
+            assert (c["lesions"] == 0) == (c["voxels"] == 0)
     frames = [s for s in written["slices"] if "#" in s["name"]]
     assert len(frames) == 10 and all("_f" in s["overlay"] for s in frames)  # frame files never collide
 
