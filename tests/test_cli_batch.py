@@ -108,3 +108,23 @@ def test_an_earlier_result_folder_is_kept_unless_forced(tmp_path, capsys):
 def test_a_missing_input_is_named(tmp_path, capsys):
     assert main(["segment", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mm3, shown", [(5328.4, "5328"), (12.46, "12.5"), (0.46875, "0.47"), (0.0, "0")])
+def test_series_volumes_print_as_people_read_them(mm3, shown):
+    from scanedge.cli.segment import _volume
+
+    assert _volume(mm3) == shown
+
+
+def test_the_series_line_gives_the_3d_volume_rounded(tmp_path, capsys):
+    folder = tmp_path / "one"
+    folder.mkdir()
+    shutil.copy(dicom_file("MR_small.dcm"), folder / "MR_small.dcm")  # 0.3125 mm pixels: a fraction of a mm³
+    assert main(["segment", str(folder), "--out", str(tmp_path / "out"), "--threads", "1"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("series"))
+    import re
+
+    volume = re.search(r"lesion\(s\) in 3-D, ([0-9.]+) mm³", line)
+    assert volume is not None, line
+    assert len(volume.group(1).replace("0.", "", 1).lstrip("0")) <= 4, line  # no 0.46875

@@ -96,6 +96,13 @@ def _segment(args: argparse.Namespace, scan: SliceScan, output: BatchOutput, con
     return report
 
 
+def _volume(mm3: float) -> str:
+    """A volume as people read it: 5328, 12.5, 0.47 (never 0.46875 or 5.328e+03)."""
+    if mm3 >= 100:
+        return f"{mm3:.0f}"
+    return f"{mm3:.1f}" if mm3 >= 1 else f"{mm3:.2g}"
+
+
 def _series_line(s: SeriesSummary) -> str:
     """``series 3 "AX FLAIR" (MR): 32 slice(s); lesion: 9 lesion(s) in 3-D, 5328 mm³; on 23 slice(s), 47 2-D
     component(s) summed over slices``: the 3-D figures first, the per-slice ones labelled as such."""
@@ -104,7 +111,7 @@ def _series_line(s: SeriesSummary) -> str:
         three_d = ""
         if s.lesion_load is not None:
             load = s.lesion_load.load(c.name)
-            volume = f", {load.volume_mm3:g} mm³" if load.volume_mm3 is not None else ", volume unknown"
+            volume = f", {_volume(load.volume_mm3)} mm³" if load.volume_mm3 is not None else ", volume unknown"
             three_d = f"{load.lesions} lesion(s) in 3-D{volume}; "
         parts.append(
             f"{c.name}: {three_d}on {c.slices_with_finding} slice(s), {c.components} 2-D component(s) summed "
