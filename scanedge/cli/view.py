@@ -31,7 +31,7 @@ def cmd_view(args: argparse.Namespace) -> int:
     from scanedge.viewer import Viewer, ViewerConfig
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    viewer = Viewer(ViewerConfig(subscribe=args.subscribe, host=args.host, port=args.port))
+    viewer = Viewer(ViewerConfig(subscribe=args.subscribe, host=args.host, port=args.port, insecure=args.insecure))
     make_console().print(
         f"live viewer: [bold]{literal(viewer.url)}[/] (following {literal(args.subscribe)}; Ctrl-C stops)"
     )
@@ -42,9 +42,15 @@ def cmd_view(args: argparse.Namespace) -> int:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register ``view``."""
     p = sub.add_parser("view", help="a live web page following a runtime's published results")
-    p.add_argument("--subscribe", required=True, metavar="PUB_URL", help="the runtime's --publish endpoint")
+    p.add_argument("--subscribe", required=True, metavar="PUB_URL", help="the runtime's --publish endpoint (required)")
     p.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080; 0: any free one)")
     p.add_argument(
-        "--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1; others expose the images)"
+        "--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1; others need --insecure)"
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a --host other machines can reach: the page is plain HTTP without a login and shows the "
+        "images (default: off)",
     )
     p.set_defaults(func=cmd_view)

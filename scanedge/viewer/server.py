@@ -29,20 +29,29 @@ class ViewerConfig:
 
     Attributes:
         subscribe: the runtime's PUB endpoint, e.g. ``tcp://127.0.0.1:5556``.
-        host: address the page is served on (loopback by default; anything else is logged as a warning).
+        host: address the page is served on: loopback by default; any other needs ``insecure``.
         port: TCP port (0: any free one).
         limits: what the viewer keeps in memory (:class:`FeedLimits`).
+        insecure: serve beyond this machine although the page (plain HTTP and WebSocket, no login) shows the
+            images to anyone who can reach it; for a network that is protected otherwise.
     """
 
     subscribe: str
     host: str = "127.0.0.1"
     port: int = 8080
     limits: FeedLimits = field(default_factory=FeedLimits)
+    insecure: bool = False
 
     def __post_init__(self) -> None:
         parse_endpoint(self.subscribe)
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be within 0-65535, got {self.port}")
+        if not self.is_loopback and not self.insecure:
+            raise ConfigError(
+                f"refusing to serve the viewer on {self.host}: the page is plain HTTP without a login, so anyone "
+                "who can reach it would see the images; keep it on 127.0.0.1 and reach it through an SSH tunnel "
+                "or a TLS proxy with authentication, or pass --insecure if the network is otherwise protected"
+            )
 
     @property
     def is_loopback(self) -> bool:
@@ -77,8 +86,8 @@ class Viewer:
             ) from exc
         self._socket.listen(64)
         self.port = int(self._socket.getsockname()[1])
-        if not config.is_loopback:
-            log.warning("the viewer is served on %s: anyone who can reach it sees the images", config.host)
+        if not config.is_loopback:  # allowed by config.insecure
+            log.warning("the viewer is served on %s (--insecure): anyone who can reach it sees the images", config.host)
         self._server = uvicorn.Server(
             uvicorn.Config(
                 create_app(self.feed),

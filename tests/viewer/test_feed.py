@@ -145,6 +145,23 @@ def test_malformed_publications_are_counted_and_ignored():
     assert feed.series["s"].slices and feed.malformed == 4
 
 
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.7", "viewer.example"])
+def test_a_host_beyond_this_machine_needs_insecure(host):
+    with pytest.raises(ConfigError, match="--insecure"):
+        ViewerConfig(subscribe="tcp://127.0.0.1:5556", host=host)
+    assert ViewerConfig(subscribe="tcp://127.0.0.1:5556", host=host, insecure=True).host == host
+    for local in ("127.0.0.1", "::1", "localhost"):
+        assert ViewerConfig(subscribe="tcp://127.0.0.1:5556", host=local).is_loopback
+
+
+def test_the_view_command_refuses_an_open_host_before_serving(capsys):
+    from scanedge.cli import main
+
+    assert main(["view", "--subscribe", "tcp://127.0.0.1:5556", "--host", "0.0.0.0", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to serve the viewer on 0.0.0.0" in err and "--insecure" in err
+
+
 def test_settings_are_checked_and_ports_in_use_refused(viewer):
     with pytest.raises(ConfigError):
         ViewerConfig(subscribe="tcp://127.0.0.1:5556", port=70000)
