@@ -49,6 +49,7 @@ def cmd_dicom_listen(args: argparse.Namespace) -> int:
         series_limits=series_limits,
         max_associations=args.max_associations,
         ignore_scope=args.ignore_scope,
+        allowed_calling_aes=tuple(args.allow_calling_ae),
     )
     log = logging.getLogger("scanedge.dicomnet")
     listener = DicomListener([ModelSpec(m) for m in args.model], config)
@@ -123,6 +124,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--publish", default=None, help="PUB endpoint for live results, e.g. tcp://127.0.0.1:5556 (default: none)"
     )
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback --publish endpoint (default: off)")
+    p.add_argument(
+        "--allow-calling-ae",
+        action="append",
+        default=[],
+        metavar="TITLE",
+        help="accept associations only from this Calling AE title, e.g. the scanner's (repeatable; default: any)",
+    )
     p.add_argument(
         "--ignore-scope",
         action="store_true",

@@ -84,6 +84,8 @@ class ListenerConfig:
         series_limits: bounds on what is held while series are open (see :mod:`scanedge.dicomnet.series`).
         max_associations: associations served at once (more are rejected at negotiation).
         require_called_ae: reject associations whose Called AE title is not ``ae_title``.
+        allowed_calling_aes: accept associations only from these Calling AE titles (the scanners' own);
+            empty: from any. An allow-list of peers, for a node bound to a scanner-facing address.
         ignore_scope: segment images outside a model's ``applies_to`` too (research use; results say so).
         busy_timeout_s: how long an image waits for a free pipeline before it is refused (0xA700).
         network_timeout_s: ACSE, DIMSE and network timeouts of each association.
@@ -111,6 +113,7 @@ class ListenerConfig:
     series_limits: SeriesLimits = field(default_factory=SeriesLimits)
     max_associations: int = 8
     require_called_ae: bool = True
+    allowed_calling_aes: tuple[str, ...] = ()
     ignore_scope: bool = False
     busy_timeout_s: float = 60.0
     network_timeout_s: float = 60.0
@@ -127,6 +130,8 @@ class ListenerConfig:
 
     def __post_init__(self) -> None:
         check_ae_title(self.ae_title, "--ae-title")
+        for title in self.allowed_calling_aes:
+            check_ae_title(title, "--allow-calling-ae")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} is outside 0-65535")
         if self.segmentation not in ("binary", "fractional"):
@@ -239,7 +244,8 @@ class DicomListener:
             "DICOM node %s listening on %s (%s); models %s; %s SEGs to %s%s%s; series complete after %g s idle%s",
             cfg.ae_title,
             where,
-            "loopback only" if _is_loopback(cfg.bind) else "reachable from the network, unencrypted",
+            ("loopback only" if _is_loopback(cfg.bind) else "reachable from the network, unencrypted")
+            + (f"; calling AE titles {', '.join(cfg.allowed_calling_aes)} only" if cfg.allowed_calling_aes else ""),
             ", ".join(f"{m.name}@{m.version}" for m in self._manifests.values()),
             cfg.segmentation,
             self.seg_dir,
@@ -345,6 +351,7 @@ class DicomListener:
         ae = AE(ae_title=cfg.ae_title)
         ae.maximum_associations = cfg.max_associations
         ae.require_called_aet = cfg.require_called_ae
+        ae.require_calling_aet = list(cfg.allowed_calling_aes)  # empty: any peer (pynetdicom's default)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = cfg.network_timeout_s
         add_supported_contexts(ae)
         handlers: list[Any] = [

@@ -339,3 +339,24 @@ def test_ignore_scope_segments_what_the_scope_would_refuse(listener):
     sent = storescu(node.port, get_testdata_file("CT_small.dcm"))
     assert responses(sent) == ["Success"]
     assert len(the_seg(node)) == 1
+
+
+def test_only_allowed_calling_ae_titles_may_associate(listener):
+    """A node on a scanner-facing address can name its scanners: any other Calling AE is rejected at
+    association, before a byte of an image is taken."""
+    node = listener(series_timeout_s=0.3, allowed_calling_aes=("SCANNER1", "SCANNER2"))
+    image = get_testdata_file("MR_small.dcm")
+    other = storescu(node.port, image, args=("-aet", "INTRUDER"))
+    assert other.returncode != 0 and "Association Rejected" in other.stdout + other.stderr
+    assert node.stats.received == 0
+    allowed = storescu(node.port, image, args=("-aet", "SCANNER2"))
+    assert responses(allowed) == ["Success"]
+
+
+def test_a_bad_allowed_calling_ae_title_is_a_config_error():
+    from scanedge.dicomnet.listener import ListenerConfig
+    from scanedge.errors import ConfigError
+
+    for bad in ("", "   ", "A" * 17, "BAD\\AE"):
+        with pytest.raises(ConfigError, match="--allow-calling-ae"):
+            ListenerConfig(allowed_calling_aes=(bad,))
