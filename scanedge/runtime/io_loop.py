@@ -351,7 +351,7 @@ class IoLoop:
         if req.encoding == "raw" and frame is not None:
             check_raw_payload(req, nbytes, self.settings.limits)
         shm = self.regions.bind(
-            identity, self._peer(), req, self.settings.limits, self.settings.max_message_bytes
+            identity, self._peer, req, self.settings.limits, self.settings.max_message_bytes
         )  # section 12: pixels and/or outputs in the console's shared memory
         if shm is not None and shm.pixels is not None:
             frame, nbytes = shm.pixels, shm.nbytes

@@ -302,11 +302,13 @@ class Pipeline:
         self.run(slice_, context=context, overlay=True, ignore_scope=True)
         return True
 
-    def own_last(self) -> None:
-        """Give the slice kept for :meth:`keep_warm` pixels of its own. A request's pixels may be a view of
-        memory the console owns (shared memory, docs/protocol.md section 12): keeping that view would keep
-        the console's region mapped in the runtime after its request was answered."""
-        if self._last is None:
+    def own_last(self, keep: bool = True) -> None:
+        """Give the slice kept for :meth:`keep_warm` pixels of its own (``keep``), or forget it. A request's
+        pixels may be a view of memory the console owns (shared memory, docs/protocol.md section 12):
+        keeping that view would keep the console's region mapped in the runtime after its request was
+        answered."""
+        if self._last is None or not keep:
+            self._last = None
             return
         slice_, context = self._last
         self._last = (

@@ -50,7 +50,7 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -452,8 +452,6 @@ class RegionTable:
         return _checked(fd, name, size, peer, writable)
 
     def _open_memfd(self, name: str, size: int, peer: Peer, number: int) -> Region:
-        if NAME_PATTERN.fullmatch(name) is None:
-            raise SharedMemoryError("region names are of the form /scanedge-NAME")
         if peer.transport != "ipc" or peer.pid is None:
             raise SharedMemoryRefusedError(
                 "a console's memfd can be registered over ipc:// only, where the kernel names the console's process"
@@ -503,15 +501,18 @@ class RegionTable:
         """Regions registered across all connections."""
         return self._total
 
-    def bind(self, identity: bytes, peer: Peer, req: Segment, limits: SliceLimits, max_bytes: int) -> ShmJob | None:
+    def bind(
+        self, identity: bytes, peer: Callable[[], Peer], req: Segment, limits: SliceLimits, max_bytes: int
+    ) -> ShmJob | None:
         """The shared-memory ranges of a SEGMENT, checked against its connection's regions (None without any).
+        ``peer`` says who sent it; asked only when the SEGMENT names shared memory (most carry frames).
 
         Raises the typed error a bad range deserves: UNKNOWN_REGION, BAD_REGION, SHM_REFUSED, TOO_LARGE
         (pixels over ``max_bytes``), BAD_PAYLOAD (pixels that contradict dtype x shape).
         """
         if req.pixels_at is None and req.outputs_at is None:
             return None
-        self._check_peer(peer)
+        self._check_peer(peer())
         regions = self._by_connection.get(identity, {})
 
         def region_of(where: RegionSlice, what: str) -> Region:

@@ -100,12 +100,12 @@ def run_job(
             overlay=(overlay_options(req, overlay) or True) if want_overlay else False,
             ignore_scope=req.ignore_scope,
         )
-        arrays = {
-            "mask": result.mask,
-            "overlay": result.overlay,
-            "probabilities": result.probabilities,
-            "image": display_image(slice_) if "image" in req.outputs else None,
-        }
+        image = display_image(slice_) if "image" in req.outputs else None
+        if image is slice_.pixels and job.shm is not None and job.shm.pixels is not None:
+            # 8-bit pixels are shown as they are: these are the console's shared memory (or this thread's
+            # scratch copy of it), which the reply, sent without copying, must not go on reading
+            image = image.copy()
+        arrays = {"mask": result.mask, "overlay": result.overlay, "probabilities": result.probabilities, "image": image}
         infos, payload, encode_ms = result_frames(req.outputs, arrays, req.overlay_encoding)
         if job.shm is not None:  # outputs the console wants in its shared memory (protocol section 12)
             infos, payload = job.shm.place(infos, payload)
@@ -209,7 +209,8 @@ class Worker:
                     self.current = None
                     self._emit(job, outcome or internal_outcome(job, f"worker {self.index} died"))
                 if job.shm is not None and job.shm.pixels is not None and job.model in pipelines:
-                    pipelines[job.model].own_last()  # after the reply: off the console's critical path
+                    # after the reply, off the console's critical path: a copy only when keep-warm will use it
+                    pipelines[job.model].own_last(keep=self.pacer is not None)
         except BaseException as exc:  # the thread ends here; the supervisor starts a replacement
             log.error("inference worker %d died: %s", self.index, redacted_traceback(exc))
         finally:
