@@ -392,7 +392,7 @@ class AppliesTo:
     @property
     def restricts(self) -> bool:
         """Whether any rule is set (an empty section accepts every image)."""
-        return self != AppliesTo()
+        return self != _UNRESTRICTED
 
     def describe(self) -> str:
         """The scope in words, e.g. ``MR images (body part BRAIN or HEAD, photometric MONOCHROME2)``."""
@@ -410,6 +410,10 @@ class AppliesTo:
                 parts.append(f"{what} {r[0]:g}-{r[1]:g} mm")
         images = (" or ".join(self.modalities) + " images") if self.modalities else "images"
         return images + (f" ({', '.join(parts)})" if parts else "")
+
+
+#: a scope that accepts every image (compared against, not built, on each slice)
+_UNRESTRICTED = AppliesTo()
 
 
 @dataclass(frozen=True)

@@ -554,7 +554,8 @@ def invert_monochrome1(
         signed = pixels.dtype.kind == "i"
         smin, smax = (-(2 ** (bits_stored - 1)), 2 ** (bits_stored - 1) - 1) if signed else (0, 2**bits_stored - 1)
         total = float(smin + smax)
-        inverted = (total - pixels.astype(np.int64)).astype(pixels.dtype.newbyteorder("="))
+        # in the pixels' own (native) type, wrapping like a cast would: no int64 and float64 temporaries
+        inverted = np.subtract(smin + smax, pixels, dtype=pixels.dtype.newbyteorder("="))
     if center is not None:
         center = slope * total + 2 * intercept - center
     return inverted, center

@@ -1,15 +1,15 @@
-"""The common DICOM case read without pydicom: uncompressed little-endian, one grey frame, a plain header.
+"""The common DICOM case read without pydicom: uncompressed little-endian grey frames, a plain header.
 
 A console that sends DICOM usually sends exactly this: a Part-10 object in Explicit (or Implicit) VR Little
-Endian with one 8- or 16-bit MONOCHROME frame. Building a pydicom Dataset for it costs about a millisecond
+Endian with 8- or 16-bit MONOCHROME frames (usually one). Building a pydicom Dataset for it costs about a millisecond
 at 512x512, most of it for elements nobody reads. This reader walks the data elements once, keeps the
-~25 that :mod:`scanedge.imaging.dicom` reads (the same tags), views the Pixel Data in place, and hands
+~30 that :mod:`scanedge.imaging.dicom` reads (the same tags), views the Pixel Data in place, and hands
 the result to the same code that turns a pydicom Dataset into a slice, so every check on the values
 (limits, SOP class, bit layout) is the same code on the same values.
 
 It never decides that an object is bad: anything it does not recognise with certainty (another transfer
 syntax, a value in a form pydicom might read differently, an element out of bounds, sequences nested
-deeper than :data:`_MAX_DEPTH`, functional groups, several frames, a repeated element) answers ``None``
+deeper than :data:`_MAX_DEPTH`, functional groups, float pixels, a repeated element) answers ``None``
 and the object goes through pydicom, whose reader gives the typed error. Every read is bounds-checked
 against the buffer, and the walk is bounded in elements and depth.
 """

@@ -239,15 +239,15 @@ def _touching(a: _ClassSlice, b: _ClassSlice) -> list[tuple[int, int]]:
     gx0, gy0 = max(x0 - 1, ax), max(y0 - 1, ay)
     gx1, gy1 = min(x1 + 1, ax + aw), min(y1 + 1, ay + ah)
     grown[gy0 - y0 + 1 : gy1 - y0 + 1, gx0 - x0 + 1 : gx1 - x0 + 1] = la[gy0 - ay : gy1 - ay, gx0 - ax : gx1 - ax]
-    on_b = lb[y0 - by : y1 - by, x0 - bx : x1 - bx].astype(np.int64)
-    found: set[int] = set()
-    stride = int(la.max()) + 1
+    on_b = lb[y0 - by : y1 - by, x0 - bx : x1 - bx]
+    inside_b = on_b > 0
+    stride = len(a.areas) + 1  # a's labels are 1..len(a.areas)
+    codes = on_b[inside_b].astype(np.int64) * stride  # pair (a, b) is code b * stride + a
+    pairs = np.zeros((len(b.areas) + 1) * stride, bool)  # a table of every pair: no sorting per shift
     for dy, dx in itertools.product((0, 1, 2), repeat=2):
-        shifted = grown[dy : dy + h, dx : dx + w]
-        both = (shifted > 0) & (on_b > 0)
-        if both.any():
-            found.update(np.unique(on_b[both] * stride + shifted[both]).tolist())
-    return [(code % stride, code // stride) for code in sorted(found)]
+        pairs[codes + grown[dy : dy + h, dx : dx + w][inside_b]] = True
+    found = np.flatnonzero(pairs)
+    return [(int(code % stride), int(code // stride)) for code in found if code % stride]
 
 
 class _Lesions:
