@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 
+from scanedge.cli.arguments import threads_argument
 from scanedge.console import LazyProgress, make_console, run_command, user_values
 from scanedge.engines.options import BACKENDS
 from scanedge.errors import ConfigError
@@ -28,16 +29,6 @@ if TYPE_CHECKING:  # the bench modules are imported lazily, by the command that 
     from scanedge.engines import EngineOptions
 
 __all__ = ["build_parser", "main"]
-
-
-def _threads(text: str) -> int | str:
-    """``--threads``: a count or ``auto`` (parsed by the engines' own parser, imported only when given)."""
-    from scanedge.engines.options import parse_threads
-
-    return parse_threads(text)
-
-
-_threads.__name__ = "threads"  # argparse names the type in its message: "invalid threads value: 'x'"
 
 
 def _run_length(args: argparse.Namespace) -> RunLength:
@@ -352,7 +343,7 @@ def _add_run_args(p: argparse.ArgumentParser, *, json_help: str = "the full repo
 def _add_engine_args(p: argparse.ArgumentParser, *, baseline_help: str) -> None:
     p.add_argument(
         "--threads",
-        type=_threads,
+        type=threads_argument,
         default=None,
         help="inference threads, or auto: measured at start-up (default: one per core)",
     )
@@ -496,7 +487,7 @@ def build_parser(prog: str = "edge-bench") -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--threads",
-        type=_threads,
+        type=threads_argument,
         default=None,
         help="inference threads of a spawned runtime, or auto (default: one per core)",
     )

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from rich.markup import escape
 
 from scanedge.console import user_values
+from scanedge.engines.options import BACKENDS
 from scanedge.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -42,9 +43,10 @@ __all__ = [
     "remote_options",
     "slice_limits",
     "split_list",
+    "threads_argument",
 ]
 
-ENGINE_CHOICES = ("auto", "ort", "tensorrt", "remote")
+ENGINE_CHOICES = BACKENDS
 DEFAULT_MAX_PIXELS = 4096 * 4096
 
 T = TypeVar("T")
@@ -55,14 +57,14 @@ def literal(value: object) -> str:
     return escape(str(value))
 
 
-def _threads(text: str) -> int | str:
+def threads_argument(text: str) -> int | str:
     """``--threads``: a count or ``auto`` (parsed by the engines' own parser, imported only when given)."""
     from scanedge.engines.options import parse_threads
 
     return parse_threads(text)
 
 
-_threads.__name__ = "threads"  # argparse names the type in its message: "invalid threads value: 'x'"
+threads_argument.__name__ = "threads"  # argparse names the type in its message: "invalid threads value: 'x'"
 
 # --- argument groups -------------------------------------------------------------------------------------
 
@@ -96,7 +98,7 @@ def add_engine_args(
         help="inference backend (default: auto, a matching TensorRT plan if there is one, else ONNX Runtime; "
         "remote: a serving engine, see --remote)",
     )
-    g.add_argument("--threads", type=_threads, default=None, help=threads_help)
+    g.add_argument("--threads", type=threads_argument, default=None, help=threads_help)
     add_remote_args(p)
 
 

@@ -45,7 +45,7 @@ from scanedge.imaging.overlay import OverlayOptions, display_image
 from scanedge.imaging.series import context_window
 from scanedge.imaging.slices import DEFAULT_LIMITS, Slice, SliceLimits
 from scanedge.manifest import Manifest
-from scanedge.runtime.endpoints import parse_endpoint
+from scanedge.runtime.endpoints import is_loopback_host, parse_endpoint
 from scanedge.runtime.payloads import pipeline_reply, result_frames
 from scanedge.runtime.pipeline import Pipeline, PipelineConfig, SliceResult
 from scanedge.runtime.protocol import Echo, encode, publish_topic
@@ -244,7 +244,7 @@ class DicomListener:
             "DICOM node %s listening on %s (%s); models %s; %s SEGs to %s%s%s; series complete after %g s idle%s",
             cfg.ae_title,
             where,
-            ("loopback only" if _is_loopback(cfg.bind) else "reachable from the network, unencrypted")
+            ("loopback only" if is_loopback_host(cfg.bind) else "reachable from the network, unencrypted")
             + (f"; calling AE titles {', '.join(cfg.allowed_calling_aes)} only" if cfg.allowed_calling_aes else ""),
             ", ".join(f"{m.name}@{m.version}" for m in self._manifests.values()),
             cfg.segmentation,
@@ -660,17 +660,6 @@ def _default_model() -> Path:
     from scanedge.runtime.pipeline import default_model_path
 
     return default_model_path()
-
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _uid(value: Any) -> str | None:

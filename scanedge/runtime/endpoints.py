@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from scanedge.errors import ConfigError
 
-__all__ = ["Endpoint", "is_loopback_endpoint", "parse_endpoint"]
+__all__ = ["Endpoint", "is_loopback_endpoint", "is_loopback_host", "parse_endpoint"]
 
 _FORMS = "tcp://HOST:PORT (HOST an IP address, [IPv6], a host name or *; PORT a number or *), ipc://PATH, inproc://NAME"
 _HOST = re.compile(r"^(\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?)$")
@@ -42,13 +42,7 @@ class Endpoint:
         """True when no other machine can reach it: ipc, inproc, tcp on 127.0.0.0/8, ::1 or localhost."""
         if self.scheme in ("ipc", "inproc"):
             return True
-        host = self.host.strip("[]")
-        if host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False  # "*", host names: reachable from outside
+        return is_loopback_host(self.host.strip("[]"))
 
     def __str__(self) -> str:
         return f"{self.scheme}://{self.address}"
@@ -88,6 +82,17 @@ def parse_endpoint(text: str) -> Endpoint:
 def _looks_like_host_port(text: str) -> bool:
     host, sep, port = text.rpartition(":")
     return bool(sep) and bool(_HOST.match(host)) and bool(_PORT.match(port))
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for a loopback address or ``localhost``; "*", other host names and addresses are reachable from
+    outside (names are not resolved)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def is_loopback_endpoint(endpoint: str) -> bool:

@@ -7,7 +7,6 @@ the page shows patient images, unencrypted.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 import threading
@@ -15,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from scanedge.errors import ConfigError, RuntimeStateError
-from scanedge.runtime.endpoints import parse_endpoint
+from scanedge.runtime.endpoints import is_loopback_host, parse_endpoint
 from scanedge.viewer.feed import FeedLimits, LiveFeed
 
 __all__ = ["Viewer", "ViewerConfig"]
@@ -57,10 +56,7 @@ class ViewerConfig:
     def is_loopback(self) -> bool:
         """True when ``host`` is a loopback address or ``localhost``; other host names are not resolved
         and count as reachable from elsewhere (the viewer then warns)."""
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return self.host == "localhost"
+        return is_loopback_host(self.host)
 
 
 class Viewer:
