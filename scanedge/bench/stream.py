@@ -492,9 +492,8 @@ def _run(
             else:
                 if local_pipe is not None:  # fixed rate or several consoles: the baseline goes first
                     for i in range(min(len(payloads) * 4, 200)):
-                        t = local_pipe.run(payloads[i % len(payloads)], overlay="overlay" in settings.outputs).timings
+                        t = _in_process_step(local_pipe, payloads[i % len(payloads)], kw, baseline_outside)
                         baseline.append(t.total_ms)
-                        baseline_outside.append(t.total_ms - t.infer_ms)
                 sent = _drive_consoles(clients, payloads, kw, rec, settings, start, total, progress)
             _wait_all(rec, sent if len(names) == 1 else rec.done, timeout=60)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: report what was measured, briefly waiting for replies
@@ -643,6 +642,29 @@ def _wait_all(rec: _Recorder, sent: int, timeout: float) -> None:
         time.sleep(0.005)
 
 
+def _settled(future: Future[RemoteResult]) -> None:
+    """Wait for a reply; its outcome, error or not, is the recorder's to count."""
+    try:
+        future.result(60)
+    except ScanedgeError:
+        pass
+
+
+def _one_flat_out(client: Client, payload: Any, series: str, kw: dict[str, Any], rec: _Recorder, start: float) -> None:
+    """Send one slice closed loop (intended = sent = now), recorded by ``rec``, and wait for its reply."""
+    t = time.perf_counter()
+    future = client.submit(payload, series=series, **kw)
+    future.add_done_callback(rec.callback(t, t, start))
+    _settled(future)
+
+
+def _in_process_step(pipe: Pipeline, payload: Any, kw: dict[str, Any], outside_model: list[float]) -> Any:
+    """One in-process baseline run; its time outside the model goes to ``outside_model``; returns its timings."""
+    t = pipe.run(payload, overlay="overlay" in kw["outputs"]).timings
+    outside_model.append(t.total_ms - t.infer_ms)
+    return t
+
+
 #: stream and in-process baseline alternate in blocks this long: switching every few slices leaves the
 #: in-process engine's threads and caches in the way of the client's I/O and inflates the stream figures
 STREAM_BASELINE_BLOCK = 250
@@ -662,20 +684,13 @@ def _closed_loop_with_baseline(
     """One console, flat out, alternating long blocks with the in-process pipeline on the same slices.
     ``baseline``: where the in-process totals and their time outside the model go."""
 
-    def measured(i: int) -> None:
-        t = time.perf_counter()
-        future = client.submit(payloads[i % len(payloads)], series="console-0", **kw)
-        future.add_done_callback(rec.callback(t, t, start))
-        try:
-            future.result(60)
-        except ScanedgeError:
-            pass
-
-    def in_process(k: int) -> None:
-        t = pipe.run(payloads[k % len(payloads)], overlay="overlay" in kw["outputs"]).timings
-        baseline[1].append(t.total_ms - t.infer_ms)
-
-    sent, _, samples = drive(run, measured, in_process, progress, block=STREAM_BASELINE_BLOCK)
+    sent, _, samples = drive(
+        run,
+        lambda i: _one_flat_out(client, payloads[i % len(payloads)], "console-0", kw, rec, start),
+        lambda k: _in_process_step(pipe, payloads[k % len(payloads)], kw, baseline[1]),
+        progress,
+        block=STREAM_BASELINE_BLOCK,
+    )
     baseline[0].extend(samples)
     return sent
 
@@ -699,20 +714,13 @@ def _closed_loop_variants(
         n = block if run.duration_s is not None else min(block, run.count - i)
         for name, client in clients.items():
             for k in range(i, i + n):
-                t = time.perf_counter()
-                future = client.submit(payloads[k % len(payloads)], series=f"console-{name}", **kw)
-                future.add_done_callback(recs[name].callback(t, t, start))
-                try:
-                    future.result(60)
-                except ScanedgeError:
-                    pass
+                _one_flat_out(client, payloads[k % len(payloads)], f"console-{name}", kw, recs[name], start)
                 sent += 1
         if pipe is not None:
             for k in range(i, i + n):
                 t = time.perf_counter()
-                timings = pipe.run(payloads[k % len(payloads)], overlay="overlay" in kw["outputs"]).timings
+                _in_process_step(pipe, payloads[k % len(payloads)], kw, baseline[1])
                 baseline[0].append((time.perf_counter() - t) * 1e3)
-                baseline[1].append(timings.total_ms - timings.infer_ms)
         i += n
         if progress:
             progress(i, run.expected(time.perf_counter() - start, i))
@@ -732,19 +740,10 @@ def _closed_loop_side_by_side(
 ) -> int:
     """One console, flat out, alternating long blocks between the measured runtime and the versus runtime."""
 
-    def one(c: Client, recorder: _Recorder, i: int) -> None:
-        t = time.perf_counter()
-        future = c.submit(payloads[i % len(payloads)], series="console-0", **kw)
-        future.add_done_callback(recorder.callback(t, t, start))
-        try:
-            future.result(60)
-        except ScanedgeError:
-            pass
-
     sent, _, _ = drive(
         run,
-        lambda i: one(client, rec, i),
-        lambda k: one(versus_client, versus_rec, k),
+        lambda i: _one_flat_out(client, payloads[i % len(payloads)], "console-0", kw, rec, start),
+        lambda k: _one_flat_out(versus_client, payloads[k % len(payloads)], "console-0", kw, versus_rec, start),
         progress,
         block=STREAM_BASELINE_BLOCK,
     )
@@ -791,17 +790,11 @@ def _paced_vs_flat_out(
             futures.append(send(paced, intended))
             n_paced += 1
         for future in futures:
-            try:
-                future.result(60)
-            except ScanedgeError:
-                pass
+            _settled(future)
         for _ in range(VS_FLAT_BLOCK):
             future = send(flat, time.perf_counter())
             n_flat += 1
-            try:
-                future.result(60)
-            except ScanedgeError:
-                pass
+            _settled(future)
         if progress:
             progress(n_paced, run.expected(time.perf_counter() - start, n_paced))
     _wait_all(flat, n_flat, timeout=10)
@@ -845,10 +838,7 @@ def _drive_consoles(
             n += 1
             sent[k] = n
             if settings.rate is None:
-                try:
-                    future.result(60)
-                except ScanedgeError:
-                    pass
+                _settled(future)
 
     threads = [threading.Thread(target=console, args=(k,), daemon=True) for k in range(len(clients))]
     for t in threads:
