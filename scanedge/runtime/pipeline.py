@@ -116,10 +116,12 @@ class SliceResult:
         """True when any foreground class has at least one pixel."""
         return any(f.pixels for f in self.findings)
 
-    def probabilities_on_slice(self) -> np.ndarray:
-        """Probabilities resized (bilinear) to the slice's grid: (classes, rows, cols). Costs a resize each."""
+    def probabilities_on_slice(self, first_class: int = 0) -> np.ndarray:
+        """Probabilities resized (bilinear) to the slice's grid: (classes, rows, cols), from ``first_class``
+        on (1 leaves a softmax's background out). Costs a resize per class returned."""
         rows, cols = self.mask.shape
-        return np.stack([cv2.resize(p, (cols, rows), interpolation=cv2.INTER_LINEAR) for p in self.probabilities])
+        planes = self.probabilities[first_class:]
+        return np.stack([cv2.resize(p, (cols, rows), interpolation=cv2.INTER_LINEAR) for p in planes])
 
     def encode_overlay(self, fmt: ImageFormat = "png", *, quality: int = 90) -> bytes:
         """The overlay as PNG or JPEG bytes (``quality`` 0-100 for JPEG); ValueError when none was drawn.
