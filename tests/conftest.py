@@ -13,6 +13,14 @@ from onnx import TensorProto, helper, numpy_helper
 from scanedge.manifest import ClassSpec, InputSpec, IntensityPolicy, Manifest, OutputSpec, SizePolicy, embed_manifest
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--full",
+        action="store_true",
+        help="also run the tests marked slow (fuzzing, soaks, crash and flood tests): the tier CI runs",
+    )
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """The demo series is written into a per-run cache, never the user's home."""
@@ -102,7 +110,14 @@ def _gpu_unavailable_reason() -> str | None:
     return None
 
 
-def pytest_collection_modifyitems(config, items):
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The quick tier (no ``--full``, no ``-m``) leaves the slow tests out, deselected and counted so; GPU
+    tests skip with the reason where there is no GPU with TensorRT."""
+    if not config.getoption("--full") and not config.getoption("-m"):
+        slow = [item for item in items if item.get_closest_marker("slow")]
+        if slow:
+            config.hook.pytest_deselected(items=slow)
+            items[:] = [item for item in items if not item.get_closest_marker("slow")]
     gpu_items = [item for item in items if "gpu" in item.keywords]
     if not gpu_items:
         return

@@ -19,6 +19,7 @@ def test_every_target_accepts_its_own_seeds():
             target.run(seed)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TARGETS))
 def test_the_runner_fuzzes_a_target_for_the_time_given(tmp_path, name):
     pytest.importorskip("atheris")

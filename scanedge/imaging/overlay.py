@@ -14,7 +14,9 @@ encoding to PNG/JPEG happens only on request (:mod:`scanedge.imaging.encode`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -26,6 +28,9 @@ from scanedge.manifest import Manifest
 __all__ = ["HEATMAP_LUT", "OverlayOptions", "OverlayRenderer", "display_image"]
 
 # dtypes OpenCV arithmetic takes directly; others are converted to float32 first
+#: OpenCV's per-element maximum, which takes a scalar for either operand; its type stubs list arrays only in
+#: some versions and scalars too in others, so it is typed loosely here once (no version-dependent ignore)
+_cv_max: Callable[..., Any] = cv2.max
 _CV_DTYPES = {np.dtype(t) for t in ("uint8", "int8", "uint16", "int16", "int32", "float32", "float64")}
 
 
@@ -87,8 +92,7 @@ def display_image(slice_: Slice) -> np.ndarray:
             # saturating addWeighted, and |a*x + b| == a*x + b once x is at or above the window floor
             floor = (lo - slice_.rescale_intercept) / slope
             floor = float(np.ceil(floor)) if px.dtype.kind in "iu" else floor
-            # OpenCV takes a scalar for either operand; its stubs list arrays only
-            return cv2.convertScaleAbs(cv2.max(px, floor), alpha=alpha, beta=beta)  # type: ignore[call-overload]
+            return cv2.convertScaleAbs(_cv_max(px, floor), alpha=alpha, beta=beta)
         return cv2.addWeighted(px, alpha, px, 0.0, beta, dtype=cv2.CV_8U)
     lo_v, hi_v = _min_max(px)
     gain = 255.0 / max(hi_v - lo_v, 1e-6)

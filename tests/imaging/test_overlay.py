@@ -65,11 +65,20 @@ def test_heatmap_tints_only_probable_pixels_and_carries_its_colour_bar():
     probs = np.zeros((2, 32, 32), np.float32)
     probs[1, :16] = 0.9
     probs[0] = 1 - probs[1]
-    img = OverlayRenderer(simple_manifest(), OverlayOptions(heatmap=True)).render(
-        Slice.from_array(np.zeros((128, 128), np.uint8)), np.zeros((128, 128), np.uint8), probs
-    )
-    image_part = img[:, :80]  # left of the colour bar and its labels
-    assert image_part[:56].all(axis=-1).all() and not image_part[72:].any()
+    renderer = OverlayRenderer(simple_manifest(), OverlayOptions(heatmap=True))
+    black = Slice.from_array(np.zeros((128, 128), np.uint8))
+    img = renderer.render(black, np.zeros((128, 128), np.uint8), probs)
+    # where the colour bar and its labels are drawn comes from the font renderer: find it, never assume it
+    # (drawn onto a black and a white image with nothing probable, as annotate.draw_patch does)
+    nothing = np.stack([np.ones((32, 32), np.float32), np.zeros((32, 32), np.float32)])
+    white = Slice.from_array(np.full((128, 128, 3), 255, np.uint8))
+    on_black = renderer.render(black, np.zeros((128, 128), np.uint8), nothing)
+    on_white = renderer.render(white, np.zeros((128, 128), np.uint8), nothing)
+    annotation = ((on_black != 0) | (on_white != 255)).any(axis=-1)
+    assert annotation[:, :96].sum() < annotation.sum()  # the bar stands at the right edge
+    image = ~annotation
+    assert img[:56][image[:56]].all()  # every probable pixel is tinted (no channel left black)...
+    assert not img[72:][image[72:]].any()  # ...and nothing below them is
     bar = img[40:87, 122:124]  # viridis from yellow (p=1) at the top to violet at the bottom
     assert bar[0, 0, 0] > 200 and bar[0, 0, 2] < 80 and bar[-1, 0, 2] > bar[-1, 0, 1]
 
