@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scanedge.bench.inprocess import RunLength, baseline_block, drive
+from scanedge.bench.interrupt import StoppableRun, polled_interrupts
 from scanedge.bench.report import BenchReport
 from scanedge.bench.stats import RunMonitor, summarize
 from scanedge.engines import EngineOptions, RemoteOptions
@@ -457,16 +458,16 @@ def _run(
         "deadline_ms": settings.deadline_ms,
         "publish": False,
     }
-    interrupted = False
     monitor = RunMonitor()
     cpu_start = spawned.cpu_seconds() if spawned is not None else None
     start = time.perf_counter()
     flat = _Recorder()
     try:
-        try:
+        with polled_interrupts() as stop:  # Ctrl-C / SIGTERM end the loops; see scanedge.bench.interrupt
+            run = StoppableRun.of(settings.run, stop)
             for i in range(min(run.warmup, 50)):  # warm up connections and the runtime(s)
                 for warm in (clients[i % len(clients)], versus_client, *(variants[n] for n in names[1:])):
-                    if warm is not None:
+                    if warm is not None and not run.stopped():
                         try:
                             warm.segment(payloads[i % len(payloads)], **kw)
                         except (ExpiredError, BusyError):  # a tight --deadline-ms or a busy runtime: warm anyway
@@ -480,7 +481,7 @@ def _run(
                     clients[0], versus_client, payloads, kw, rec, versus_rec, run, start, progress
                 )
             elif settings.vs_flat_out:
-                sent = _paced_vs_flat_out(clients[0], payloads, kw, rec, flat, settings, start, progress)
+                sent = _paced_vs_flat_out(clients[0], payloads, kw, rec, flat, settings, run, start, progress)
             elif len(names) > 1:
                 sent = _closed_loop_variants(
                     variants, payloads, kw, recs, run, start, local_pipe, (baseline, baseline_outside), progress
@@ -492,15 +493,18 @@ def _run(
             else:
                 if local_pipe is not None:  # fixed rate or several consoles: the baseline goes first
                     for i in range(min(len(payloads) * 4, 200)):
+                        if run.stopped():
+                            break
                         t = _in_process_step(local_pipe, payloads[i % len(payloads)], kw, baseline_outside)
                         baseline.append(t.total_ms)
-                sent = _drive_consoles(clients, payloads, kw, rec, settings, start, total, progress)
-            _wait_all(rec, sent if len(names) == 1 else rec.done, timeout=60)
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: report what was measured, briefly waiting for replies
-            interrupted = True
-            sent = sum(r.submitted for r in recs.values())
-            for r in recs.values():
-                _wait_all(r, r.submitted, timeout=3)
+                sent = _drive_consoles(clients, payloads, kw, rec, settings, run, start, total, progress)
+            interrupted = run.stopped()
+            if interrupted:  # report what was measured, briefly waiting for the replies still due
+                sent = sum(r.submitted for r in recs.values())
+                for r in recs.values():
+                    _wait_all(r, r.submitted, timeout=3)
+            else:
+                _wait_all(rec, sent if len(names) == 1 else rec.done, timeout=60)
         wall = time.perf_counter() - start
         cpu_end = spawned.cpu_seconds() if spawned is not None else None
     finally:
@@ -762,13 +766,14 @@ def _paced_vs_flat_out(
     paced: _Recorder,
     flat: _Recorder,
     settings: StreamSettings,
+    run: StoppableRun,
     start: float,
     progress: Progress | None,
 ) -> int:
     """One console, one series: a block at ``settings.rate``, then a block flat out, and again. Returns
     the paced slices sent (the flat-out ones are the baseline, each waited for)."""
     assert settings.rate is not None  # StreamSettings requires a rate with vs_flat_out
-    run, period = settings.run, 1.0 / settings.rate
+    period = 1.0 / settings.rate
     n_paced = n_flat = 0
 
     def send(recorder: _Recorder, intended: float) -> Future[RemoteResult]:
@@ -792,6 +797,8 @@ def _paced_vs_flat_out(
         for future in futures:
             _settled(future)
         for _ in range(VS_FLAT_BLOCK):
+            if run.stopped():
+                break
             future = send(flat, time.perf_counter())
             n_flat += 1
             _settled(future)
@@ -807,19 +814,18 @@ def _drive_consoles(
     kw: dict[str, Any],
     rec: _Recorder,
     settings: StreamSettings,
+    run: StoppableRun,
     start: float,
     total: int | None,
     progress: Progress | None,
 ) -> int:
-    run = settings.run
     per_console = None if total is None else -(-total // len(clients))
     sent = [0] * len(clients)
-    stop = threading.Event()
 
     def console(k: int) -> None:
         client = clients[k]
         n = 0
-        while not stop.is_set():
+        while not run.stopped():
             elapsed = time.perf_counter() - start
             if (per_console is not None and n >= per_console) or (
                 run.duration_s is not None and elapsed >= run.duration_s
@@ -844,15 +850,9 @@ def _drive_consoles(
     for t in threads:
         t.start()
     expected = total or 0
-    try:
-        while any(t.is_alive() for t in threads):
-            time.sleep(0.05)
-            if progress:
-                done = sum(sent)
-                progress(done, expected if total else run.expected(time.perf_counter() - start, done))
-    except KeyboardInterrupt:  # stop the consoles before the caller reports what they measured
-        stop.set()
-        for t in threads:
-            t.join(2.0)
-        raise
+    while any(t.is_alive() for t in threads):  # a stopped run ends every console at its next request
+        time.sleep(0.05)
+        if progress:
+            done = sum(sent)
+            progress(done, expected if total else run.expected(time.perf_counter() - start, done))
     return sum(sent)
