@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
-from scanedge.bench.cli import build_parser as bench_parser
 from scanedge.cli import build_parser
+from scanedge.cli.bench import build_parser as bench_parser
 
 
 def _commands(parser: argparse.ArgumentParser, name: str) -> list[tuple[str, argparse.ArgumentParser]]:

@@ -9,13 +9,14 @@ Progress and tables go to stderr, machine-readable output to stdout; exit codes 
 module                 commands
 =====================  =========================================
 ``cli.segment``        ``segment``, ``demo``
+``cli.live``           ``demo --live`` (runtime, replay and viewer in one process)
 ``cli.models``         ``inspect``, ``manifest init``
 ``cli.serve``          ``serve``, ``keys generate``, ``keys allow``
 ``cli.replay``         ``replay``
 ``cli.view``           ``view``
 ``cli.convert``        ``convert``, ``verify``, ``export-triton``
 ``cli.dicom``          ``dicom-listen``
-``bench.cli``          ``bench`` (the same as ``edge-bench``)
+``cli.bench``          ``bench``, and the ``edge-bench`` command itself
 =====================  =========================================
 """
 
@@ -52,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``scanedge`` with ``argv`` (default: the process arguments); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # `scanedge bench ...` is edge-bench
-        from scanedge.bench.cli import main as bench_main
+        from scanedge.cli.bench import main as bench_main
 
         return bench_main(argv[1:], prog="scanedge bench")
     args = build_parser().parse_args(argv)

@@ -14,11 +14,10 @@ from scanedge.manifest import (
     OutputSpec,
     SizePolicy,
 )
+from scanedge.models import DEMO_MODEL_PATH
 
 __all__ = ["DEMO_MODEL_PATH", "DEMO_PATIENT_PATH", "demo_manifest"]
 
-_PACKAGE = Path(__file__).resolve().parent.parent
-DEMO_MODEL_PATH = _PACKAGE / "models" / "ms_lesion_demo.onnx"
 DEMO_PATIENT_PATH = Path(__file__).resolve().parent / "data" / "demo_patient.npz"
 
 

@@ -36,7 +36,7 @@ __all__ = ["Pipeline", "PipelineConfig", "SliceResult", "StageTimings", "default
 
 def default_model_path() -> Path:
     """The shipped demo model (MS-like lesions on FLAIR-like slices; not for clinical use)."""
-    from scanedge.demo.assets import DEMO_MODEL_PATH
+    from scanedge.models import DEMO_MODEL_PATH
 
     return DEMO_MODEL_PATH
 

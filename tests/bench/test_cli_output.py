@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from scanedge.bench.cli import main as bench_main
 from scanedge.cli import main as scanedge_main
+from scanedge.cli.bench import main as bench_main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,7 +22,7 @@ def run(*argv: str, **env: str) -> subprocess.CompletedProcess[str]:
     if "COLUMNS" not in env:
         environment.pop("COLUMNS", None)  # a pipe: no terminal width to fit
     return subprocess.run(
-        [sys.executable, "-m", "scanedge.bench.cli", *argv],
+        [sys.executable, "-m", "scanedge.cli.bench", *argv],
         capture_output=True,
         text=True,
         cwd=ROOT,

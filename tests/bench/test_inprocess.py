@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from scanedge.bench.cli import main as bench_main
 from scanedge.bench.inprocess import RunLength, bench_engine, bench_pipeline
+from scanedge.cli.bench import main as bench_main
 from scanedge.engines import EngineOptions
 from scanedge.errors import ConfigError
 from scanedge.imaging.slices import Slice, SliceGeometry

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from scanedge.bench.cli import main as bench_main
 from scanedge.bench.soak import SoakSettings, bench_soak, process_sample
+from scanedge.cli.bench import main as bench_main
 
 
 @pytest.mark.slow

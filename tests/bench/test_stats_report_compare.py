@@ -3,10 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from scanedge.bench.cli import main as bench_main
 from scanedge.bench.compare import compare_reports
 from scanedge.bench.report import SCHEMA, BenchReport
 from scanedge.bench.stats import stability_warnings, summarize
+from scanedge.cli.bench import main as bench_main
 
 
 def test_percentiles_agree_with_numpy_on_known_samples():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from scanedge.bench.cli import main as bench_main
+from scanedge.cli.bench import main as bench_main
 
 
 def test_stream_spawn_produces_a_sane_report_and_plot(tmp_path, capsys):
@@ -118,7 +118,7 @@ def _start_bench_and_wait_for_results() -> "tuple[subprocess.Popen[str], int]":
     root = Path(__file__).resolve().parents[2]
     argv = ["stream", "--spawn", "--size", "64x64", "--count", "1000000", "--warmup", "2", "--threads", "1"]
     bench = subprocess.Popen(
-        [sys.executable, "-m", "scanedge.bench.cli", *argv],
+        [sys.executable, "-m", "scanedge.cli.bench", *argv],
         cwd=root,
         env={**os.environ, "PYTHONPATH": str(root)},
         stdout=subprocess.PIPE,

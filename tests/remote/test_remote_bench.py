@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from scanedge.bench.cli import main as bench_main
+from scanedge.cli.bench import main as bench_main
 from tests.remote.mlserver import MLServer
 
 COMMON = ["stream", "--spawn", "--size", "256x256", "--warmup", "2", "--threads", "1", "--outputs", "mask"]

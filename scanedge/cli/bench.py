@@ -1,6 +1,8 @@
 """``edge-bench`` (also ``scanedge bench``): latency of the engine, the pipeline and the live stream.
 
-Arguments become the bench modules' own config objects here; nothing below sees argparse. Reports go to
+Arguments become the bench modules' own config objects here; nothing below sees argparse. The engine
+options (``--backend``, ``--threads``, ``--remote`` and its TLS, timeout and retry settings) are the
+``scanedge`` commands' own argument group, so a flag means the same in both commands. Reports go to
 stdout (``edge-bench engine M > report.txt`` keeps the table), progress and notes to stderr; ``--json -``
 puts the JSON report on stdout instead. An option that means nothing for what was asked (an engine for
 ``echo``, a model for a runtime already running) is refused rather than silently ignored.
@@ -18,15 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 
-from scanedge.cli.arguments import threads_argument
+from scanedge.cli.arguments import add_engine_args, engine_options
 from scanedge.console import LazyProgress, make_console, run_command, user_values
-from scanedge.engines.options import BACKENDS
 from scanedge.errors import ConfigError
 
 if TYPE_CHECKING:  # the bench modules are imported lazily, by the command that runs
     from scanedge.bench.inprocess import RunLength
     from scanedge.bench.report import BenchReport
-    from scanedge.engines import EngineOptions
 
 __all__ = ["build_parser", "main"]
 
@@ -36,22 +36,6 @@ def _run_length(args: argparse.Namespace) -> RunLength:
 
     with user_values():
         return RunLength(count=args.count, duration_s=args.duration, warmup=args.warmup)
-
-
-def _engine_options(args: argparse.Namespace, **changes: Any) -> EngineOptions:
-    """The engine settings the command line asked for, as the library's one options object (``--remote``
-    picks the remote backend, as for ``scanedge``)."""
-    from scanedge.engines import EngineOptions, RemoteOptions
-
-    backend, remote = args.backend, None
-    if getattr(args, "remote", None) is not None:
-        if backend not in ("auto", "remote"):
-            raise ConfigError(f"--remote sends inference to a server; it does not go with --backend {backend}")
-        backend = "remote"
-        with user_values():
-            remote = RemoteOptions(args.remote, insecure=args.remote_insecure)
-    with user_values():
-        return EngineOptions(**{"backend": backend, "threads": args.threads, "remote": remote, **changes})
 
 
 def _json_to_stdout(args: argparse.Namespace) -> bool:
@@ -139,7 +123,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
     with LazyProgress(console, "engine") as progress:
         report = bench_engine(
             args.model,
-            options=_engine_options(args),
+            options=engine_options(args),
             shape=shape,
             batch=args.batch,
             run=_run_length(args),
@@ -159,7 +143,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         report = bench_pipeline(
             slices,
             args.model,
-            options=_engine_options(args),
+            options=engine_options(args),
             overlay=not args.no_overlay,
             dicom=args.dicom,
             run=_run_length(args),
@@ -175,12 +159,12 @@ def cmd_stream(args: argparse.Namespace) -> int:
     _check_target(args)
     console = make_console()
     slices = _slices(args)
-    versus = _engine_options(args, spinning=False, backend="ort", remote=None) if args.versus_local else None
+    versus = engine_options(args, spinning=False, backend="ort", remote=None) if args.versus_local else None
     with user_values():
         settings = StreamSettings(
             endpoint=args.endpoint,
             model=args.model,
-            engine=_engine_options(args, spinning=False),
+            engine=engine_options(args, spinning=False),
             workers=args.workers,
             rate=args.rate,
             consoles=args.consoles,
@@ -236,7 +220,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
         settings = SoakSettings(
             endpoint=args.endpoint,
             model=args.model,
-            engine=_engine_options(args, spinning=False),
+            engine=engine_options(args, spinning=False),
             workers=args.workers,
             duration_s=args.duration,
             consoles=args.consoles,
@@ -340,43 +324,14 @@ def _add_run_args(p: argparse.ArgumentParser, *, json_help: str = "the full repo
     )
 
 
-def _add_engine_args(p: argparse.ArgumentParser, *, baseline_help: str) -> None:
-    p.add_argument(
-        "--threads",
-        type=threads_argument,
-        default=None,
-        help="inference threads, or auto: measured at start-up (default: one per core)",
-    )
-    p.add_argument(
-        "--backend",
-        "--engine",
-        dest="backend",
-        choices=BACKENDS,
-        default="auto",
-        help="inference backend (default: auto, a matching TensorRT plan if there is one, else ONNX Runtime)",
-    )
-    p.add_argument("--baseline", action="store_true", help=baseline_help)
-    _add_remote(p)
-
-
 def _add_common(
     p: argparse.ArgumentParser,
     *,
     baseline_help: str = "also time raw ONNX Runtime session.run, interleaved (default: off)",
 ) -> None:
-    _add_engine_args(p, baseline_help=baseline_help)
+    add_engine_args(p, threads_help="inference threads, or auto: measured at start-up (default: one per core)")
+    p.add_argument("--baseline", action="store_true", help=baseline_help)
     _add_run_args(p)
-
-
-def _add_remote(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--remote",
-        metavar="URL",
-        default=None,
-        help="run the model on this Open Inference Protocol server (the remote backend): grpc://HOST:PORT[/MODEL] "
-        "(default: none)",
-    )
-    p.add_argument("--remote-insecure", action="store_true", help="allow plain gRPC beyond loopback (default: off)")
 
 
 def build_parser(prog: str = "edge-bench") -> argparse.ArgumentParser:
@@ -485,21 +440,7 @@ def build_parser(prog: str = "edge-bench") -> argparse.ArgumentParser:
     p.add_argument(
         "--max-rss-slope", type=float, default=60.0, help="fail above this memory growth, MB/hour (default: 60)"
     )
-    p.add_argument(
-        "--threads",
-        type=threads_argument,
-        default=None,
-        help="inference threads of a spawned runtime, or auto (default: one per core)",
-    )
-    p.add_argument(
-        "--backend",
-        "--engine",
-        dest="backend",
-        choices=BACKENDS,
-        default="auto",
-        help="backend of a spawned runtime (default: auto)",
-    )
-    _add_remote(p)
+    add_engine_args(p, threads_help="inference threads of a spawned runtime, or auto (default: one per core)")
     p.add_argument(
         "--json",
         type=Path,
