@@ -3,6 +3,10 @@
 A console that sends a flood of malformed messages must not be able to fill the disk with log lines:
 each kind of event gets a budget of lines per window, and what is over the budget is counted and summed
 up in one line per window. Every event is still counted in STATS.
+
+The long-running commands go further with :func:`configure_logging`: every call site that logs, other
+libraries' included (pydicom, pynetdicom, uvicorn, warnings), gets such a budget at the handler
+(:class:`CallSiteBudget`), and every line is plain text (:class:`OneLineFormatter`).
 """
 
 from __future__ import annotations
@@ -106,6 +110,7 @@ class CallSiteBudget(logging.Filter):
         return budget
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """True to write ``record`` (made one line if another library's), False when over its budget."""
         if getattr(record, SUMMARY, False):
             return True
         if not self._budget(record).allow(record.levelname):
@@ -124,13 +129,16 @@ class OneLineFormatter(logging.Formatter):
     Tracebacks keep their lines, each made plain the same way."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
+        """The message made one plain line, in the handler's format."""
         record.message = printable(record.message)
         return super().formatMessage(record)
 
     def formatException(self, ei: Any) -> str:
+        """The traceback, each line made plain."""
         return "\n".join(printable(line) for line in super().formatException(ei).splitlines())
 
     def formatStack(self, stack_info: str) -> str:
+        """The stack, each line made plain."""
         return "\n".join(printable(line) for line in super().formatStack(stack_info).splitlines())
 
 
@@ -153,5 +161,6 @@ def configure_logging(level: str, *, lines: int = 20, window_s: float = 10.0) ->
     root.setLevel(getattr(logging, level.upper()))
     for name in _CHATTY:
         logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
+    logging.captureWarnings(False)  # on a second call, take over from whatever shows warnings now
     logging.captureWarnings(True)
     return handler
