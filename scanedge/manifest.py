@@ -41,6 +41,7 @@ __all__ = [
     "OutputSpec",
     "SizePolicy",
     "check_model_io",
+    "check_model_output",
     "embed_manifest",
     "graph_sha256",
     "load_manifest",
@@ -739,4 +740,38 @@ def check_model_io(
         raise ManifestMismatchError(
             f"output {out.name!r} has {oshape[1]} channels but {manifest.num_classes} classes with "
             f"{out.activation} need {manifest.output_channels}"
+        )
+    # the scores are read pixel for pixel at the input's grid: a fixed output size must be the input's
+    expected = (1, manifest.output_channels, fixed(shape[h_axis]), fixed(shape[w_axis]))
+    for axis, (want, got) in enumerate(zip(expected, oshape)):
+        if want is not None and fixed(got) not in (None, want):
+            raise ManifestMismatchError(
+                f"output {out.name!r} is declared {list(oshape)}, but scanedge reads it as "
+                f"{_shape_text(expected)} (batch 1, {manifest.output_channels} channels, the input's height and "
+                f"width); dimension {axis} differs"
+            )
+
+
+def _shape_text(shape: Sequence[int | None]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def check_model_output(manifest: Manifest, output: Any, input_shape: Sequence[int], where: str) -> None:
+    """Refuse scores that do not fit the manifest, before anything is read from them.
+
+    ``output`` is the array an engine returned for an input of ``input_shape``; it must be floating point
+    and shaped (batch, the manifest's output channels, the input's height, the input's width). An engine
+    whose metadata declares dynamic output dims (a remote server's model above all) is held to the
+    manifest here, on every reply: a wrong shape is a ManifestMismatchError naming expected and got,
+    never an index error in postprocessing nor a mask read from the wrong channels.
+    """
+    spec = manifest.input
+    h_axis, w_axis = (2, 3) if spec.layout == "NCHW" else (1, 2)
+    expected = (input_shape[0], manifest.output_channels, input_shape[h_axis], input_shape[w_axis])
+    shape, dtype = tuple(getattr(output, "shape", ())), getattr(output, "dtype", None)
+    if shape != expected or getattr(dtype, "kind", "") != "f":
+        raise ManifestMismatchError(
+            f"{where}: output {manifest.output.name!r} came back as {dtype} {list(shape)}, but the manifest needs "
+            f"floating-point scores shaped {list(expected)} ({manifest.num_classes} classes with "
+            f"{manifest.output.activation} at the input's {expected[2]}x{expected[3]}); no result is made from it"
         )

@@ -16,6 +16,7 @@ from scanedge.manifest import (
     Manifest,
     SizePolicy,
     check_model_io,
+    check_model_output,
     embed_manifest,
     graph_sha256,
     load_manifest,
@@ -206,3 +207,36 @@ def test_the_demo_model_describes_its_lesion_class_in_snomed_ct():
     lesion = manifest.classes[1]
     assert (lesion.property_category.scheme, lesion.property_category.value) == ("SCT", "49755003")
     assert (lesion.property_type.scheme, lesion.property_type.value) == ("SCT", "52988006")
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype"),
+    [
+        ((1, 1, 256, 256), np.float32),  # a channel short: postprocessing indexed past it
+        ((1, 5, 256, 256), np.float32),  # extra channels: the mask was read from the first two
+        ((1, 2, 1, 1), np.float32),  # another grid: the mask was one pixel stretched
+        ((2, 2, 256, 256), np.float32),  # another batch
+        ((1, 2, 256, 256), np.int64),  # labels, not scores
+    ],
+)
+def test_scores_that_do_not_fit_the_manifest_are_refused_naming_expected_and_got(shape, dtype):
+    with pytest.raises(ManifestMismatchError) as info:
+        check_model_output(simple_manifest(), np.zeros(shape, dtype), (1, 1, 256, 256), "model m on e")
+    message = info.value.message
+    assert message.startswith("model m on e: ") and str(list(shape)) in message and "[1, 2, 256, 256]" in message
+
+
+def test_scores_are_checked_at_the_input_grid_whatever_its_layout():
+    nhwc = simple_manifest(input=InputSpec(name="image", channels=3, layout="NHWC", color="rgb"))
+    check_model_output(nhwc, np.zeros((1, 2, 96, 64), np.float16), (1, 96, 64, 3), "m")
+    with pytest.raises(ManifestMismatchError, match=r"\[1, 2, 96, 64\]"):
+        check_model_output(nhwc, np.zeros((1, 2, 64, 96), np.float32), (1, 96, 64, 3), "m")
+
+
+def test_fixed_output_dims_must_be_the_inputs_grid():
+    man = simple_manifest()
+    check_model_io(man, [("image", [1, 1, 256, 256])], [("logits", [1, 2, "h", None])])
+    with pytest.raises(ManifestMismatchError, match=r"declared \[1, 2, 128, 128\].*\[1, 2, 256, 256\]"):
+        check_model_io(man, [("image", [1, 1, 256, 256])], [("logits", [1, 2, 128, 128])])
+    with pytest.raises(ManifestMismatchError, match="dimension 0"):
+        check_model_io(man, [("image", ["n", 1, 256, 256])], [("logits", [4, 2, 256, 256])])

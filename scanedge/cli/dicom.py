@@ -18,14 +18,10 @@ def cmd_dicom_listen(args: argparse.Namespace) -> int:
     from scanedge.dicomnet import DicomListener, ListenerConfig, parse_forward_target
     from scanedge.dicomnet.series import SeriesLimits
     from scanedge.errors import ConfigError
+    from scanedge.runtime.log_budget import configure_logging
     from scanedge.runtime.server import ModelSpec
 
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("pynetdicom", "highdicom"):  # per-PDU and per-module chatter
-        logging.getLogger(noisy).setLevel(logging.DEBUG if args.log_level == "debug" else logging.WARNING)
+    configure_logging(args.log_level)  # pynetdicom and highdicom quiet below WARNING; every call site budgeted
     try:
         series_limits = SeriesLimits(
             max_series=args.max_series, max_bytes=int(args.max_held_mb * 1024 * 1024), max_frames=args.max_frames

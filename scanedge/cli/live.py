@@ -25,15 +25,14 @@ __all__ = ["add_live_args", "cmd_demo_live"]
 
 def cmd_demo_live(args: argparse.Namespace) -> int:
     """Serve, replay and show the demo series until Ctrl-C (or ``--passes``)."""
-    import logging
-
     from scanedge.demo.series import demo_series_dir
+    from scanedge.runtime.log_budget import configure_logging
     from scanedge.runtime.replay import Replay, ReplaySettings, read_series
     from scanedge.runtime.server import ModelSpec, Server, ServerConfig
     from scanedge.viewer import Viewer, ViewerConfig
 
     require_viewer_extra()
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("warning")
     err = make_console()
     out = make_console(stderr=False)
     stop = install_stop_handler()

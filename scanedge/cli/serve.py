@@ -20,16 +20,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from scanedge.imaging.slices import SliceLimits
     from scanedge.runtime.keep_warm import KeepWarmConfig
+    from scanedge.runtime.log_budget import configure_logging
     from scanedge.runtime.security import CurveServerKeys
     from scanedge.runtime.series_store import SeriesStoreConfig
     from scanedge.runtime.server import ModelSpec, Server, ServerConfig
 
     if (args.curve_secret is None) != (args.curve_clients is None):
         raise ConfigError("--curve-secret and --curve-clients go together")
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_level)
     curve = CurveServerKeys(args.curve_secret, args.curve_clients) if args.curve_secret else None
     config = ServerConfig(
         bind=args.bind,

@@ -25,12 +25,11 @@ def require_viewer_extra() -> None:
 
 def cmd_view(args: argparse.Namespace) -> int:
     """Serve the page until Ctrl-C."""
-    import logging
-
     require_viewer_extra()
+    from scanedge.runtime.log_budget import configure_logging
     from scanedge.viewer import Viewer, ViewerConfig
 
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("warning")
     viewer = Viewer(ViewerConfig(subscribe=args.subscribe, host=args.host, port=args.port, insecure=args.insecure))
     make_console().print(
         f"live viewer: [bold]{literal(viewer.url)}[/] (following {literal(args.subscribe)}; Ctrl-C stops)"

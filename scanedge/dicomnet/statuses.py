@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from scanedge.errors import ScanedgeError
+from scanedge.safe_text import printable
 
 __all__ = ["STATUS_FOR_CODE", "SUCCESS", "status_dataset", "status_for"]
 
@@ -46,5 +47,5 @@ def status_dataset(status: int, comment: str = "") -> Any:
     ds = Dataset()
     ds.Status = status
     if comment:
-        ds.ErrorComment = "".join(c if c.isprintable() and c != "\\" else " " for c in comment)[:64]
+        ds.ErrorComment = printable(comment).replace("\\", " ")[:64]  # LO: no backslash, 64 characters
     return ds

@@ -38,6 +38,7 @@ from scanedge.errors import (
     RemoteRejectedError,
     RemoteUnavailableError,
 )
+from scanedge.safe_text import printable
 
 __all__ = ["RemoteEngine", "import_tritonclient"]
 
@@ -85,9 +86,9 @@ def import_tritonclient() -> tuple[Any, Any]:
 
 
 def _quote(text: object) -> str:
+    """The first line of what the server said, as plain text (no escape sequences, no control characters)."""
     lines = str(text or "").strip().splitlines()
-    first = lines[0] if lines else ""
-    return first if len(first) <= _MAX_QUOTE else first[: _MAX_QUOTE - 3] + "..."
+    return printable(lines[0] if lines else "", _MAX_QUOTE).strip()
 
 
 def _status_name(exc: Any) -> str:

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from scanedge.engines import Engine, EngineOptions, open_engine
-from scanedge.errors import InvalidSliceError, NonFiniteOutputError
+from scanedge.errors import InvalidSliceError, ManifestMismatchError, NonFiniteOutputError
 from scanedge.imaging.dicom import slices_from_dicom, warm_up_decoding
 from scanedge.imaging.encode import ImageFormat, encode_image
 from scanedge.imaging.overlay import OverlayOptions, OverlayRenderer
@@ -29,7 +29,7 @@ from scanedge.imaging.preprocess import Preprocessor
 from scanedge.imaging.scope import UNCHECKED, ScopeVerdict, require_scope
 from scanedge.imaging.series import context_window
 from scanedge.imaging.slices import DEFAULT_LIMITS, Slice, SliceIdentity, SliceLimits, all_finite
-from scanedge.manifest import Manifest, check_model_io, load_manifest
+from scanedge.manifest import Manifest, check_model_io, check_model_output, load_manifest
 
 __all__ = ["Pipeline", "PipelineConfig", "SliceResult", "StageTimings", "default_model_path"]
 
@@ -174,6 +174,12 @@ class Pipeline:
                 [(s.name, s.shape) for s in engine.input_specs],
                 [(s.name, s.shape) for s in engine.output_specs],
             )
+            scores = next(s for s in engine.output_specs if s.name == manifest.output.name)
+            if scores.dtype.kind != "f":
+                raise ManifestMismatchError(
+                    f"output {scores.name!r} of {engine.name} is {scores.dtype}; the manifest's "
+                    f"{manifest.output.kind} are floating point"
+                )
             spec = next(s for s in engine.input_specs if s.name == manifest.input.name)
             if not was_active and spec.is_dynamic() and manifest.size.mode == "fixed":
                 engine.warmup_shapes.setdefault(spec.name, self._fixed_input_shape())
@@ -187,6 +193,7 @@ class Pipeline:
         self._post = Postprocessor(manifest)
         self._overlay = OverlayRenderer(manifest, self.config.overlay)
         self.model_label = f"{manifest.name}@{manifest.version}"
+        self._where = f"model {self.model_label} on {engine.name}"  # names the engine when its scores are wrong
         self._last: tuple[Slice, Sequence[Slice]] | None = None  # for keep_warm()
 
     @classmethod
@@ -270,6 +277,7 @@ class Pipeline:
         tensor, info = self._pre(slice_, context)
         t2 = time.perf_counter()
         out = self.engine.infer({self.manifest.input.name: tensor})[self.manifest.output.name]
+        check_model_output(self.manifest, out, tensor.shape, self._where)
         if not all_finite(out):
             raise NonFiniteOutputError(
                 f"model {self.model_label} produced NaN or infinite values for this slice; no result can be "

@@ -36,6 +36,7 @@ from scanedge.errors import (
     UnsupportedDtypeError,
     UnsupportedVersionError,
 )
+from scanedge.safe_text import printable
 
 __all__ = [
     "MAX_HEADER_BYTES",
@@ -673,7 +674,7 @@ def error_reply(
         id=echo.id,
         status=STATUS_FOR_CODE.get(code, "error"),
         code=code,
-        message=text,
+        message=printable(text),  # it may quote a peer's or a server's words: one plain line
         series=echo.series,
         instance=echo.instance,
         index=echo.index,

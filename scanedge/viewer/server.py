@@ -88,6 +88,7 @@ class Viewer:
             uvicorn.Config(
                 create_app(self.feed),
                 log_level="warning",
+                log_config=None,  # uvicorn's records go to the process's handlers (the CLI's budget), not its own
                 lifespan="on",
                 ws_max_size=64 * 1024,
                 ws_per_message_deflate=False,  # pixels barely compress, and deflating them costs milliseconds
