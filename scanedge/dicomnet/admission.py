@@ -535,7 +535,11 @@ class _BoundedSocket(socket.socket):
             return b""
         deadline = self._pdu_deadline
         self.settimeout(self.pdu_timeout_s if deadline is None else max(0.001, deadline - time.monotonic()))
-        data = super().recv(bufsize, flags)
+        try:
+            data = super().recv(bufsize, flags)
+        except TimeoutError:  # end-of-stream for pynetdicom, which would log a traceback for the timeout
+            self.refusing = True
+            return b""
         if not flags & socket.MSG_PEEK:
             length = self._follow(data)
             if length is not None:

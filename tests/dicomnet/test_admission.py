@@ -324,3 +324,36 @@ def test_the_command_line_node_under_a_flood_of_400_connections(tmp_path: Path):
     report = flood_node(tmp_path, connections=400, addresses=100)
     assert report["echo_rc"] == 0 and report["store"] == ["Success"], report
     assert report["threads_peak"] <= report["threads_idle"] + 3 * 8, report
+
+
+def test_a_pdu_that_never_finishes_arriving_closes_its_association_after_the_network_timeout(listener):
+    node = listener(network_timeout_s=0.5)
+    sock = _associated(node.port)
+    sock.sendall(b"\x04\x00\x00\x00\x03\xe8" + b"\0" * 10)  # 1000 bytes announced, 10 sent
+    assert closed_by_node(sock)
+    wait_until(lambda: node.admission.associated == 0, what="the slot freed")
+    assert echoscu_ok(node.port)
+
+
+def test_what_the_gate_closes_is_summed_up_in_one_line_not_one_per_connection(caplog):
+    """Six connections from one address with room for one: five closed at once, one timed out; the log
+    has one summary line (on the gate's clock, every 10 s) and no line per connection."""
+    from scanedge.dicomnet.admission import Gate
+
+    now = [0.0]
+    listening = socket.create_server(("127.0.0.1", 0))
+    gate = Gate(AdmissionPolicy(max_per_address=1), listening, lambda s, a: None, clock=lambda: now[0])
+    runner = threading.Thread(target=gate.run, daemon=True)
+    runner.start()
+    port = listening.getsockname()[1]
+    conns = [connect(port) for _ in range(6)]
+    wait_until(lambda: gate.stats.accepted == 6, what="six accepted")
+    assert gate.stats.over_address_cap == 5 and not caplog.records
+    now[0] = 11.0  # past the associate timeout (5 s) and the summary interval
+    wait_until(lambda: caplog.records, what="the summary line")
+    gate.stop()
+    (record,) = caplog.records
+    assert "5 over the per-address cap" in record.getMessage() and "1 timed out" in record.getMessage()
+    for sock in conns:
+        sock.close()
+    listening.close()
