@@ -25,6 +25,9 @@ association, pynetdicom's association and its DUL reactor) plus the gate's and t
 Within an association, every PDU is refused past :data:`MAX_PDU_BYTES` before pynetdicom gathers it (its
 socket is wrapped), and :class:`MessageMeter` counts the fragments of each DIMSE message so that no
 sequence of PDVs can reset the per-message byte cap (see its docstring).
+
+The gate reads plain DICOM upper-layer PDUs; with DICOM TLS (not configured by the node) it would have to
+complete the handshake first, on its own thread-free loop.
 """
 
 from __future__ import annotations
