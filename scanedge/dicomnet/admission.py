@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import select
 import selectors
 import socket
 import threading
@@ -346,6 +347,11 @@ class Gate:
             self.released(pending.address)
 
     def _stall(self, sock: socket.socket) -> None:
+        """A request that has partly arrived: polled from now on, until it is whole, its peer hangs up (the
+        bytes already sent stay readable, so only the hang-up tells), or it times out."""
+        if _hung_up(sock):
+            self._drop(sock, "closed by the peer")
+            return
         if sock not in self._stalled:
             self._stalled.add(sock)
             self._selector.unregister(sock)  # level-triggered: it would be "readable" on every select
@@ -658,6 +664,16 @@ def start_gated_server(
     thread = threading.Thread(target=server.serve_forever, name="scanedge-dicom-gate", daemon=True)
     thread.start()
     return server, server.gate
+
+
+def _hung_up(sock: socket.socket) -> bool:
+    """Whether the peer has closed its side (Linux's POLLRDHUP; elsewhere the timeout closes it)."""
+    rdhup = getattr(select, "POLLRDHUP", 0)
+    if not rdhup or not hasattr(select, "poll"):
+        return False
+    poller = select.poll()
+    poller.register(sock, rdhup | select.POLLHUP)
+    return bool(poller.poll(0))
 
 
 def _ae_title(raw: bytes) -> str:

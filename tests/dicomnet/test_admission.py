@@ -234,6 +234,11 @@ def test_hundreds_of_hostile_connections_keep_the_thread_count_bounded_and_the_n
     assert gate.pending <= node.config.max_pending
     for sock in conns:
         sock.close()
+    hosts = {f"127.0.2.{i}" for i in range(1, 101)}
+    wait_until(
+        lambda: gate.pending == 0 and gate.associated == 0 and not any(gate.connections_from(h) for h in hosts),
+        what="every connection forgotten once closed (no slot or address share leaks)",
+    )
 
 
 # --- what one association may send ----------------------------------------------------------------------------
