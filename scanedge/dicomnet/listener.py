@@ -132,7 +132,7 @@ class ListenerConfig:
     associate_timeout_s: float = 5.0
 
     @property
-    def admission(self) -> AdmissionPolicy:
+    def admission_policy(self) -> AdmissionPolicy:
         """Who may hold a connection, and which association requests are taken."""
         return AdmissionPolicy(
             max_associations=self.max_associations,
@@ -169,7 +169,7 @@ class ListenerConfig:
                 f"refusing to publish patient images on {self.publish} beyond this machine without encryption; "
                 "publish on loopback, or pass --insecure if the network is otherwise protected"
             )
-        _ = self.admission  # a ConfigError for connection limits that cannot work
+        _ = self.admission_policy  # a ConfigError for connection limits that cannot work
 
 
 @dataclass
@@ -399,7 +399,7 @@ class DicomListener:
         self._ae = ae
         try:
             self._server, self._gate = start_gated_server(
-                ae, (cfg.bind, cfg.port), handlers, cfg.admission, pdu_timeout_s=cfg.network_timeout_s
+                ae, (cfg.bind, cfg.port), handlers, cfg.admission_policy, pdu_timeout_s=cfg.network_timeout_s
             )
         except OSError as exc:
             raise ConfigError(

@@ -120,7 +120,7 @@ def test_admission_limits_that_cannot_work_are_config_errors():
     for changes in ({"max_pending": 0}, {"max_per_address": 0}, {"associate_timeout_s": 0}):
         with pytest.raises(ConfigError, match=next(iter(changes))):
             ListenerConfig(**changes)
-    assert ListenerConfig(max_pending=3).admission == AdmissionPolicy(max_pending=3)
+    assert ListenerConfig(max_pending=3).admission_policy == AdmissionPolicy(max_pending=3)
 
 
 # --- the gate, against the real node ------------------------------------------------------------------------
