@@ -44,6 +44,9 @@ def cmd_dicom_listen(args: argparse.Namespace) -> int:
         limits=slice_limits(args),
         series_limits=series_limits,
         max_associations=args.max_associations,
+        max_pending=args.max_pending,
+        max_per_address=args.max_per_address,
+        associate_timeout_s=args.associate_timeout,
         ignore_scope=args.ignore_scope,
         allowed_calling_aes=tuple(args.allow_calling_ae),
     )
@@ -140,5 +143,23 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--max-held-mb", type=float, default=512.0, help="MiB held over open series (default: 512)")
     g.add_argument("--max-frames", type=int, default=4096, help="frames per series (default: 4096)")
     p.add_argument("--max-associations", type=int, default=8, help="associations at once (default: 8)")
+    g = p.add_argument_group("connections that have not associated (docs/dicom-node.md, Admission)")
+    g.add_argument(
+        "--max-pending",
+        type=int,
+        default=16,
+        help="connections kept while their association request has not arrived; a new one past this closes "
+        "the oldest of the busiest address (default: 16)",
+    )
+    g.add_argument(
+        "--max-per-address", type=int, default=4, help="connections from one IP address, associated or not (default: 4)"
+    )
+    g.add_argument(
+        "--associate-timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="close a connection whose association request is not complete S seconds after it connected (default: 5)",
+    )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="(default: info)")
     p.set_defaults(func=cmd_dicom_listen)

@@ -17,6 +17,7 @@ module                 owns
 ``series``             the bounded per-series store of what a SEG needs (headers and masks)
 ``segmentation``       a completed series -> a highdicom Segmentation
 ``forward``            delivering written objects by C-STORE, retried from an on-disk outbox
+``admission``          which connections are kept and for how long, association slots, message byte caps
 ``publisher``          the PUB socket, owned by one thread
 ``listener``           the Storage SCP that ties them together
 =====================  ====================================================================

@@ -25,12 +25,14 @@ import re
 import secrets
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scanedge.dicomnet.admission import AdmissionPolicy, Gate, MessageMeter, start_gated_server, stop_reading
 from scanedge.dicomnet.contexts import SEGMENTED_SOP_CLASSES, add_supported_contexts, sop_class_name
 from scanedge.dicomnet.forward import Forwarder, ForwardTarget, check_ae_title
 from scanedge.dicomnet.publisher import ResultPublisher
@@ -94,6 +96,11 @@ class ListenerConfig:
         max_object_bytes: the most bytes one DIMSE message may carry; a peer sending more is aborted while
             it sends (pynetdicom would gather any amount in memory). None: the decoded-size limit plus
             16 MiB for the header.
+        max_pending: connections kept while their association request has not arrived (the oldest of the
+            busiest address is closed for a new one; :mod:`scanedge.dicomnet.admission`).
+        max_per_address: connections, associated or not, from one IP address.
+        associate_timeout_s: a connection without a complete association request this long after it was
+            accepted is closed (and the ACSE timeout).
     """
 
     ae_title: str = "SCANEDGE"
@@ -120,6 +127,22 @@ class ListenerConfig:
     retry_max_s: float = 300.0
     stop_grace_s: float = 10.0
     max_object_bytes: int | None = None
+    max_pending: int = 16
+    max_per_address: int = 4
+    associate_timeout_s: float = 5.0
+
+    @property
+    def admission_policy(self) -> AdmissionPolicy:
+        """Who may hold a connection, and which association requests are taken."""
+        return AdmissionPolicy(
+            max_associations=self.max_associations,
+            max_pending=self.max_pending,
+            max_per_address=self.max_per_address,
+            associate_timeout_s=self.associate_timeout_s,
+            ae_title=self.ae_title,
+            require_called_ae=self.require_called_ae,
+            allowed_calling_aes=self.allowed_calling_aes,
+        )
 
     @property
     def object_byte_limit(self) -> int:
@@ -146,6 +169,7 @@ class ListenerConfig:
                 f"refusing to publish patient images on {self.publish} beyond this machine without encryption; "
                 "publish on loopback, or pass --insecure if the network is otherwise protected"
             )
+        _ = self.admission_policy  # a ConfigError for connection limits that cannot work
 
 
 @dataclass
@@ -157,7 +181,8 @@ class ListenerStats:
         stored: images segmented and held for their series' SEG.
         refused: C-STORE failure statuses sent, by status code.
         results: RESULTs built (one per frame and model), published when there is a feed.
-        oversized: associations aborted for sending a message over ``max_object_bytes``.
+        oversized: associations aborted for sending a message over ``max_object_bytes`` (or PDVs that break
+            the message framing, which could otherwise hide one).
         series_completed: series whose SEGs were built.
         segs_written: SEG files written to ``out/seg``.
         seg_failures: SEGs that could not be built or written (logged).
@@ -196,7 +221,9 @@ class DicomListener:
         self._pools: dict[str, queue.Queue[Pipeline]] = {}
         self._pipelines: list[Pipeline] = []
         self._ids = itertools.count(1)
-        self._incoming: dict[int, int] = {}  # association -> bytes of the message it is sending now
+        self._incoming: dict[int, MessageMeter] = {}  # association -> the message it is sending now
+        self._gate: Gate | None = None
+        self._aborting: weakref.WeakSet[Any] = weakref.WeakSet()  # associations aborted for what they sent
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._stopped = False
@@ -215,6 +242,13 @@ class DicomListener:
         if self._server is None:
             raise RuntimeError("the listener is not started")
         return int(self._server.server_address[1])
+
+    @property
+    def admission(self) -> Gate:
+        """The connection gate (its ``stats``, ``pending`` and ``associated`` counts)."""
+        if self._gate is None:
+            raise RuntimeError("the listener is not started")
+        return self._gate
 
     @property
     def publish_endpoint(self) -> str | None:
@@ -352,7 +386,8 @@ class DicomListener:
         ae.maximum_associations = cfg.max_associations
         ae.require_called_aet = cfg.require_called_ae
         ae.require_calling_aet = list(cfg.allowed_calling_aes)  # empty: any peer (pynetdicom's default)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = cfg.network_timeout_s
+        ae.dimse_timeout = ae.network_timeout = cfg.network_timeout_s
+        ae.acse_timeout = min(cfg.associate_timeout_s, cfg.network_timeout_s)
         add_supported_contexts(ae)
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self._on_store),
@@ -363,11 +398,21 @@ class DicomListener:
         ]
         self._ae = ae
         try:
-            self._server = ae.start_server((cfg.bind, cfg.port), block=False, evt_handlers=handlers)
+            self._server, self._gate = start_gated_server(
+                ae, (cfg.bind, cfg.port), handlers, cfg.admission_policy, pdu_timeout_s=cfg.network_timeout_s
+            )
         except OSError as exc:
             raise ConfigError(
                 f"cannot listen for DICOM on {cfg.bind}:{cfg.port}: {exc.strerror} (is another node running there?)"
             ) from None
+        log.info(
+            "admission: %d association(s) at once, %d connection(s) waiting for their association request "
+            "(closed after %g s), %d per address",
+            cfg.max_associations,
+            cfg.max_pending,
+            cfg.associate_timeout_s,
+            cfg.max_per_address,
+        )
 
     # --- association events (pynetdicom's threads) ---------------------------------------------------
 
@@ -384,32 +429,24 @@ class DicomListener:
         self.store.closed(id(event.assoc))
 
     def _on_data(self, event: Any) -> None:
-        """Count the bytes of the DIMSE message being received (each raw PDU, before pynetdicom decodes it);
-        abort the association once one message passes ``max_object_bytes``."""
-        data = event.data
-        if data[:1] != b"\x04":  # only P-DATA-TF carries messages
+        """Count the bytes of the DIMSE message being received (each raw PDU, before pynetdicom decodes it;
+        :class:`~scanedge.dicomnet.admission.MessageMeter`); abort the association once one message passes
+        ``max_object_bytes`` or its PDVs break the protocol."""
+        if event.assoc in self._aborting:  # PDUs already on their way when it was aborted
             return
         key = id(event.assoc)
-        total = self._incoming.get(key, 0)
-        pos = 6  # PDU type, reserved, PDU length; then presentation data value items
-        while pos + 6 <= len(data):
-            length = int.from_bytes(data[pos : pos + 4], "big")  # context ID + control header + fragment
-            total += max(0, length - 2)
-            if total > self.config.object_byte_limit:
-                self._incoming.pop(key, None)
-                with self._lock:
-                    self.stats.oversized += 1
-                log.warning(
-                    "association from %s aborted: it sent a message of more than %d bytes (max_object_bytes)",
-                    _peer(event),
-                    self.config.object_byte_limit,
-                )
-                event.assoc.abort(block=False)
-                return
-            if data[pos + 5] & 0x02:  # the last fragment of a command set or data set: the next one starts anew
-                total = 0
-            pos += 4 + length
-        self._incoming[key] = total
+        meter = self._incoming.get(key)
+        if meter is None:
+            meter = self._incoming[key] = MessageMeter(self.config.object_byte_limit)
+        why = meter.feed(event.data)
+        if why is None:
+            return
+        self._aborting.add(event.assoc)
+        with self._lock:
+            self.stats.oversized += 1
+        log.warning("association from %s aborted: it sent %s", _peer(event), why)
+        event.assoc.abort(block=False)
+        stop_reading(event.assoc)
 
     def _on_store(self, event: Any) -> Any:
         received_at, received_mono = time.time(), time.monotonic()

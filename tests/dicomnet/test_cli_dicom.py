@@ -23,6 +23,8 @@ def test_every_option_has_help_with_its_default():
         (["--ae-title", "A" * 17], "AE title"),
         (["--publish", "tcp://0.0.0.0:5556"], "without encryption"),
         (["--max-series", "0"], "--max-series"),
+        (["--max-pending", "0"], "max_pending"),
+        (["--associate-timeout", "0"], "associate_timeout_s"),
     ],
 )
 def test_settings_that_cannot_work_are_one_line_errors(args, message, tmp_path, capsys):
