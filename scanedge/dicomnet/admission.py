@@ -224,15 +224,15 @@ class Gate:
                     elif key.fileobj is self._wake_r:
                         self._drain_wake()
                     else:
-                        self._examine(key.fileobj)  # type: ignore[arg-type]
+                        self._examine_safely(key.fileobj)  # type: ignore[arg-type]
                 now = self._clock()
                 if self._stalled and now >= next_poll:
                     next_poll = now + _STALLED_POLL_S
                     for sock in list(self._stalled):
-                        self._examine(sock)
+                        self._examine_safely(sock)
                 self._expire(now)
                 self._maybe_summarise(now)
-        except Exception as exc:  # a bug: say so; the node stops accepting rather than serving unbounded
+        except Exception as exc:  # a bug outside any one connection: the node stops accepting, and says so
             log.error("internal error in the DICOM node's gate, no new connections: %s", redacted_traceback(exc))
         finally:
             for sock in list(self._pending):
@@ -241,6 +241,17 @@ class Gate:
             self._wake_r.close()
             self._wake_w.close()
             self._done.set()
+
+    def _examine_safely(self, sock: socket.socket) -> None:
+        """:meth:`_examine`, where a bug met on one connection closes that connection, never the gate."""
+        try:
+            self._examine(sock)
+        except Exception as exc:
+            log.error("internal error examining a DICOM connection, closed: %s", redacted_traceback(exc))
+            try:
+                self._drop(sock, None)
+            except Exception:  # already half-forgotten: make sure the descriptor goes
+                _close(sock)
 
     def _accept_some(self) -> None:
         for _ in range(_ACCEPT_BATCH):

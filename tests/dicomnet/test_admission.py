@@ -147,6 +147,25 @@ def test_a_first_pdu_that_is_not_an_association_request_is_closed_at_once(listen
     assert node.admission.stats.malformed == 2
 
 
+def test_a_bug_met_on_one_connection_closes_that_connection_and_the_gate_serves_the_next(listener, monkeypatch):
+    node = listener(associate_timeout_s=60)
+    gate = node.admission
+    real_decide, calls = type(gate)._decide, []
+
+    def decide_failing_once(self, pending, request):  # the injected fault: a bug on the first request only
+        calls.append(pending.address)
+        if len(calls) == 1:
+            raise RuntimeError("injected")
+        return real_decide(self, pending, request)
+
+    monkeypatch.setattr(type(gate), "_decide", decide_failing_once)
+    first = connect(node.port, "127.0.0.2")
+    first.sendall(associate_rq())
+    assert closed_by_node(first)
+    assert pynetdicom_echo(node.port, "127.0.0.3").is_released and len(calls) == 2
+    assert gate.pending == 0
+
+
 @needs_dcmtk
 def test_an_idle_flood_cannot_lock_out_the_allow_listed_scanner(listener):
     """40 idle connections from 20 addresses (on main: 8 of them locked the scanner out for a minute with
