@@ -811,7 +811,8 @@ class DicomListener:
         try:
             with pydicom_quiet():
                 write_durably(path, lambda tmp: seg.save_as(tmp, enforce_file_format=True))
-            if self.forwarder is not None:
+            # already in the outbox: an earlier run wrote this same SEG (same UID) and queued it at start
+            if self.forwarder is not None and not (self.forwarder.outbox / path.name).exists():
                 self.forwarder.submit(path)
                 fsync_dir(self.forwarder.outbox)
         except OSError as exc:

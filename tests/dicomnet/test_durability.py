@@ -101,7 +101,7 @@ def spooled(out: Path) -> list[Path]:
 
 
 def test_an_instance_of_another_patient_or_study_is_refused_and_the_rest_of_the_series_gets_its_seg(listener, caplog):
-    node = listener(series_timeout_s=0.3)
+    node = listener(series_timeout_s=60, complete_on_release=True)  # one association, one completion
     series = new_series(demo(6))
     series[2].PatientID = "OTHER-PATIENT-4711"
     series[4].StudyInstanceUID = generate_uid()
@@ -109,19 +109,19 @@ def test_an_instance_of_another_patient_or_study_is_refused_and_the_rest_of_the_
     assert [status for status, _ in answers] == [0, 0, 0xC000, 0, 0xC000, 0]
     assert answers[2][1].startswith("SERIES_CONFLICT") and "Patient ID" in answers[2][1]
     assert answers[4][1].startswith("SERIES_CONFLICT") and "Study Instance UID" in answers[4][1]
-    wait_until(lambda: node.written, timeout=60, what="the SEG")
+    wait_until(lambda: not spooled(node.config.out), timeout=60, what="the SEG, then the spool to empty")
     (refs,) = referenced(node.seg_dir).values()
     assert refs == {str(series[i].SOPInstanceUID) for i in (0, 1, 3, 5)}  # one patient, one study
     (seg,) = (pydicom.dcmread(p, stop_before_pixels=True) for p in node.written)
     assert seg.PatientID == series[0].PatientID and seg.StudyInstanceUID == series[0].StudyInstanceUID
     assert "OTHER-PATIENT-4711" not in caplog.text and "SCANEDGE-DEMO" not in caplog.text
-    assert not spooled(node.config.out)  # refused ones never spooled; the others removed once the SEG was durable
+    assert node.stats.stored == 4  # refused ones were never spooled; the others left once the SEG was durable
 
 
 def test_instances_that_differ_in_geometry_get_seg_groups_of_their_own_and_none_is_lost(listener):
     """Another frame of reference, another orientation, and a copy of one slice under another UID (a second
     image at a position already taken): on main each made the whole series' SEG fail with ValueError."""
-    node = listener(series_timeout_s=0.3)
+    node = listener(series_timeout_s=60, complete_on_release=True)
     series = new_series(demo(8))
     series[1].FrameOfReferenceUID = generate_uid()
     series[3].ImageOrientationPatient = [0.0, 1.0, 0.0, 0.0, 0.0, -1.0]
@@ -241,9 +241,11 @@ def test_on_a_full_disk_images_are_refused_a700_and_the_seg_is_retried_once_spac
         assert [scu.store(ds)[0] for ds in series] == [0] * 8  # spooled durably: the disk had room
         filler = fill(small_disk)
         scu.release()  # the series is complete: its SEG cannot be written now
-        wait_until(lambda: node.stats.seg_failures >= 1, timeout=60, what="the failed SEG write")
+        wait_until(
+            lambda: "No space left on device" in node.status()["last_error"], timeout=60, what="the failed SEG write"
+        )
         status = node.status()
-        assert status["series_pending"] == 1 and "No space left on device" in status["last_error"]
+        assert status["series_pending"] == 1 and node.stats.seg_failures >= 1
         assert status["spool"]["files"] == 8 and len(spooled(config.out)) == 8 and not node.written
 
         (late,) = new_series(demo(1))
@@ -370,3 +372,30 @@ def test_dcmtk_storescu_gets_success_only_for_spooled_images(listener):
     assert responses(storescu(node.port, *files)) == ["Success"] * 4
     names = {p.name.split("-", 1)[1] for p in spooled(node.config.out)}
     assert names == {f"{pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID}.dcm" for f in files}
+
+
+@needs_dcmtk
+def test_a_recovered_series_seg_is_forwarded_to_a_dcmtk_storescp(listener, tmp_path):
+    """A node killed after answering Success but before its SEG was written or forwarded: the next start
+    writes the SEG and delivers it to the PACS."""
+    from scanedge.dicomnet import parse_forward_target
+
+    out, received = tmp_path / "out", tmp_path / "pacs"
+    (out / "spool").mkdir(parents=True)
+    received.mkdir()
+    series = new_series(demo(3))
+    for i, ds in enumerate(series):
+        ds.save_as(out / "spool" / f"{i:020d}-{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+    port = free_port()
+    pacs = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(received), str(port)])
+    try:
+        node = listener(series_timeout_s=0.3, forward=parse_forward_target(f"PACS@127.0.0.1:{port}"))
+        (arrived,) = wait_until(lambda: list(received.iterdir()), timeout=60, what="the SEG at the storescp")
+        wait_until(lambda: not list((out / "outbox").iterdir()), timeout=60, what="the outbox to empty")
+        got = pydicom.dcmread(arrived, stop_before_pixels=True)
+        refs = {i.ReferencedSOPInstanceUID for i in got.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+        assert refs == {str(ds.SOPInstanceUID) for ds in series} and not spooled(out)
+        assert node.forwarder is not None and node.forwarder.delivered == 1
+    finally:
+        pacs.terminate()
+        pacs.wait(timeout=10)
