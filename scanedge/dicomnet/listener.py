@@ -574,8 +574,8 @@ class DicomListener:
             if spooled is None:
                 self.spool.remove([path])
             raise
-        if replaced is not None and replaced.spooled is not None and replaced.spooled != path:
-            self.spool.remove([replaced.spooled])  # the re-sent copy replaces it, as in the SEG
+        if replaced is not None and replaced.spooled is not None:  # the earlier of two copies: as in the SEG
+            self.spool.remove([replaced.spooled])
 
     @staticmethod
     def _uids(ds: Any, sop_class: str) -> tuple[str, str]:

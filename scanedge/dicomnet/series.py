@@ -210,6 +210,8 @@ class SeriesStore:
                 self._forget_if_empty(series)
                 return None
             old = series.instances.get(instance.sop_instance_uid)
+            if old is not None and old.spooled and instance.spooled and old.spooled.name > instance.spooled.name:
+                return instance  # an older spooled copy (recovered at start) never replaces a newer one held
             old_bytes = old.nbytes if old is not None else 0
             frames = series.frames - (len(old.frames) if old is not None else 0) + len(instance.frames)
             if frames > self.limits.max_frames:

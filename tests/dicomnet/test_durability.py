@@ -399,3 +399,18 @@ def test_a_recovered_series_seg_is_forwarded_to_a_dcmtk_storescp(listener, tmp_p
     finally:
         pacs.terminate()
         pacs.wait(timeout=10)
+
+
+def test_an_older_spooled_copy_never_replaces_a_newer_one_held():
+    """Recovery at start can meet an instance its sender already sent again: the later arrival wins."""
+    from scanedge.dicomnet.series import HeldInstance, SeriesLimits, SeriesStore
+
+    store = SeriesStore(SeriesLimits())
+    newer = HeldInstance("1.2.3", None, 10, (), spooled=Path("00000000000000000002-1.2.3.dcm"))
+    older = HeldInstance("1.2.3", None, 10, (), spooled=Path("00000000000000000001-1.2.3.dcm"))
+    store.begin("1.2", 1)
+    assert store.finish("1.2", newer) is None
+    store.begin("1.2", 0)
+    assert store.finish("1.2", older) is older  # not held: its spooled file is the one to remove
+    (series,) = store.drain()
+    assert series.instances["1.2.3"] is newer and store.held_bytes == 0
