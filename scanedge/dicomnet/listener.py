@@ -256,6 +256,7 @@ class DicomListener:
         self._pending: list[_Pending] = []
         self._status_path = self.config.out / STATUS_FILE
         self._status_at = 0.0
+        self._status_lock = threading.Lock()  # one writer of the status file at a time (start, completer, stop)
 
     # --- life cycle ----------------------------------------------------------------------------------
 
@@ -881,15 +882,16 @@ class DicomListener:
     def _write_status(self, state: str) -> None:
         """Rewrite ``OUT/status.json`` atomically (readers never see half of it); a full disk keeps the last
         one, whose ``updated`` time then says it is stale (the log says why)."""
-        self._status_at = time.monotonic()
-        text = json.dumps(self.status(state), indent=2) + "\n"
-        tmp = self._status_path.with_name(f".{STATUS_FILE}.partial")
-        try:
-            tmp.write_text(text)
-            os.replace(tmp, self._status_path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            log.debug("status file %s not updated: %s", self._status_path, exc.strerror)
+        with self._status_lock:
+            self._status_at = time.monotonic()
+            text = json.dumps(self.status(state), indent=2) + "\n"
+            tmp = self._status_path.with_name(f".{STATUS_FILE}.partial")
+            try:
+                tmp.write_text(text)
+                os.replace(tmp, self._status_path)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                log.debug("status file %s not updated: %s", self._status_path, exc.strerror)
 
 
 def read_status(out: Path) -> dict[str, Any]:
