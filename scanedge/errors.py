@@ -18,7 +18,9 @@ need to catch :class:`ScanedgeError` (or one of its families)::
     │       ├── MissingPixelDataError     a DICOM object without Pixel Data
     │       ├── CodecUnavailableError     compressed pixels, codec plugin not installed
     │       ├── UnsupportedPhotometricError
-    │       └── SopClassError             a SOP class the DICOM node does not segment, or not the one it was sent as
+    │       ├── SopClassError             a SOP class the DICOM node does not segment, or not the one it was sent as
+    │       ├── SeriesConflictError       an instance whose patient or study contradicts the rest of its series
+    │       └── NoFrameGeometryError      a multi-frame image without per-frame patient coordinates (no SEG can cite it)
     ├── ModelError                    the model or its manifest cannot be used
     │   ├── ModelFileError              the file is not a readable ONNX model (or TensorRT plan)
     │   ├── ManifestMissingError        no manifest in the ONNX file and no sidecar
@@ -51,6 +53,7 @@ need to catch :class:`ScanedgeError` (or one of its families)::
     │       └── BadRegionError            a range outside its region, overlapping ranges, too small
     ├── RuntimeStateError             the runtime could not start, or did not stop cleanly
     ├── CapacityError                 the DICOM node holds all it may (series, bytes, busy pipelines)
+    │   └── SpoolError                  a received image could not be made durable (disk full, I/O error)
     ├── DicomNetworkError             a DICOM association could not be made or failed (listening, forwarding)
     └── RequestError                  the runtime answered without a result, or did not answer
         ├── SupersededError             a newer slice of the series replaced this one
@@ -102,6 +105,7 @@ __all__ = [
     "MissingPixelDataError",
     "ModelError",
     "ModelFileError",
+    "NoFrameGeometryError",
     "NonFiniteOutputError",
     "NotAnImageError",
     "NotDicomError",
@@ -118,10 +122,12 @@ __all__ = [
     "RuntimeStateError",
     "RuntimeUnavailableError",
     "ScanedgeError",
+    "SeriesConflictError",
     "SharedMemoryError",
     "SharedMemoryRefusedError",
     "ShuttingDownError",
     "SopClassError",
+    "SpoolError",
     "SupersededError",
     "UnauthorizedError",
     "UnknownMessageTypeError",
@@ -222,6 +228,20 @@ class SopClassError(DicomError):
     SOP class than the one it was sent as."""
 
     code = "UNSUPPORTED_SOP_CLASS"
+
+
+class SeriesConflictError(DicomError):
+    """An instance whose Patient ID or Study Instance UID differs from the instances of its series the DICOM
+    node already holds: one SEG must never reference two patients or two studies."""
+
+    code = "SERIES_CONFLICT"
+
+
+class NoFrameGeometryError(DicomError):
+    """A multi-frame image without per-frame patient coordinates (plane position and orientation): a SEG can
+    reference such an image only as one frame, so the DICOM node does not take it."""
+
+    code = "NO_FRAME_GEOMETRY"
 
 
 class ModelError(ScanedgeError):
@@ -420,6 +440,13 @@ class CapacityError(ScanedgeError):
     """The DICOM node already holds as many series or bytes as it may, or no pipeline came free in time."""
 
     code = "OUT_OF_RESOURCES"
+
+
+class SpoolError(CapacityError):
+    """A received image could not be written durably to the DICOM node's spool (disk full, I/O error), so it
+    is not taken: the sender keeps it and may send it again."""
+
+    code = "SPOOL_FAILED"
 
 
 class DicomNetworkError(ScanedgeError):

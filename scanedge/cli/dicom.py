@@ -11,9 +11,13 @@ __all__ = ["add_parsers", "cmd_dicom_listen"]
 
 
 def cmd_dicom_listen(args: argparse.Namespace) -> int:
-    """Listen until SIGINT/SIGTERM; open series get their SEGs written before exiting."""
+    """Listen until SIGINT/SIGTERM; open series get their SEGs written before exiting. With ``--status``:
+    print the status a node writing to ``--out`` last wrote, and exit."""
     import logging
     import signal
+
+    if args.status:
+        return _print_status(args.out)
 
     from scanedge.dicomnet import DicomListener, ListenerConfig, parse_forward_target
     from scanedge.dicomnet.series import SeriesLimits
@@ -66,14 +70,35 @@ def cmd_dicom_listen(args: argparse.Namespace) -> int:
     refused = ", ".join(f"0x{code:04X} x{n}" for code, n in sorted(stats.refused.items())) or "none"
     pending = listener.forwarder.pending if listener.forwarder is not None else 0
     log.info(
-        "stopped: %d received, %d segmented, refused %s; %d SEG(s) written, %d failed; %d waiting to be forwarded",
+        "stopped: %d received, %d segmented, refused %s; %d SEG(s) written, %d failed; %d waiting to be forwarded; "
+        "%d series (%d image(s)) left in the spool for the next start",
         stats.received,
         stats.stored,
         refused,
         stats.segs_written,
         stats.seg_failures,
         pending,
+        stats.series_pending,
+        listener.spool.files,
     )
+    return 0
+
+
+def _print_status(out: Path) -> int:
+    """The node's ``OUT/status.json``, pretty-printed, with a one-line summary first."""
+    import json
+
+    from scanedge.dicomnet.listener import read_status
+
+    status = read_status(out)
+    spool = status.get("spool") or {}
+    print(
+        f"{status.get('state', '?')} (updated {status.get('updated', '?')}): "
+        f"{status.get('series_open', '?')} series open, {status.get('series_pending', '?')} waiting for a SEG retry, "
+        f"{spool.get('files', '?')} image(s) / {spool.get('bytes', '?')} bytes spooled, "
+        f"last error: {status.get('last_error') or 'none'}"
+    )
+    print(json.dumps(status, indent=2))
     return 0
 
 
@@ -95,8 +120,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--out",
         type=Path,
         default=Path("scanedge-dicom-out"),
-        help="folder for the SEGs (seg/) and the forwarding outbox (outbox/); nothing is written elsewhere "
-        "(default: ./scanedge-dicom-out)",
+        help="folder for the spool of received images (spool/), the SEGs (seg/), the forwarding outbox "
+        "(outbox/) and status.json; nothing is written elsewhere (default: ./scanedge-dicom-out)",
+    )
+    p.add_argument(
+        "--status",
+        action="store_true",
+        help="print the status.json a node writing to --out last wrote (series waiting, retries, last error, "
+        "spool size) and exit (default: off)",
     )
     p.add_argument(
         "--forward", default=None, metavar="AE@HOST:PORT", help="also send each SEG there by C-STORE (default: none)"

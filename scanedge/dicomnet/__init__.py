@@ -15,6 +15,7 @@ module                 owns
 ``contexts``           which SOP classes and transfer syntaxes are negotiated, and which are segmented
 ``statuses``           C-STORE status codes for each typed failure
 ``series``             the bounded per-series store of what a SEG needs (headers and masks)
+``spool``              received images fsync'd before Success, kept until their SEGs are durable
 ``segmentation``       a completed series -> a highdicom Segmentation
 ``forward``            delivering written objects by C-STORE, retried from an on-disk outbox
 ``admission``          which connections are kept and for how long, association slots, message byte caps

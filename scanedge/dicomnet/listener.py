@@ -7,6 +7,12 @@ image has been segmented, so the images held in memory are bounded by the number
 image that is not taken gets a failure status (:mod:`scanedge.dicomnet.statuses`) and a log line saying
 why, and the association carries on.
 
+Durability: an image is answered Success only once it is fsync'd into ``OUT/spool/``
+(:mod:`scanedge.dicomnet.spool`); a spool that cannot be written answers 0xA700. Spooled images leave
+the spool only when their series' SEGs are durably written; on start the node segments what an earlier
+run left there again and completes those series, and a SEG that cannot be built or written is retried
+with backoff, counted in :class:`ListenerStats` and reported in ``OUT/status.json``.
+
 Every frame's RESULT is built by the protocol's own builders (:func:`~scanedge.runtime.protocol.result_reply`,
 :func:`~scanedge.runtime.payloads.result_frames`) and published as docs/protocol.md section 9 says; the
 ``id`` is a number the listener counts up. A completion thread writes the SEGs of series that are
@@ -18,6 +24,7 @@ Nothing is written outside ``out``; logs name UIDs, AE titles and codes, never p
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import queue
@@ -38,9 +45,17 @@ from scanedge.dicomnet.forward import Forwarder, ForwardTarget, check_ae_title
 from scanedge.dicomnet.publisher import ResultPublisher
 from scanedge.dicomnet.segmentation import SegmentationKind, SegmentationSettings, build_segmentations
 from scanedge.dicomnet.series import HeldFrame, HeldInstance, OpenSeries, SeriesLimits, SeriesStore, pack
+from scanedge.dicomnet.spool import Spool, fsync_dir, write_durably
 from scanedge.dicomnet.statuses import SUCCESS, status_dataset, status_for
 from scanedge.engines import EngineOptions
-from scanedge.errors import CapacityError, ConfigError, ScanedgeError, SopClassError, redacted_traceback
+from scanedge.errors import (
+    CapacityError,
+    ConfigError,
+    NoFrameGeometryError,
+    ScanedgeError,
+    SopClassError,
+    redacted_traceback,
+)
 from scanedge.imaging.dicom import read_dataset, slices_from_dicom
 from scanedge.imaging.dicom_dataset import _quietly as pydicom_quiet  # its records and warnings quote values
 from scanedge.imaging.overlay import OverlayOptions, display_image
@@ -53,7 +68,7 @@ from scanedge.runtime.pipeline import Pipeline, PipelineConfig, SliceResult
 from scanedge.runtime.protocol import Echo, encode, publish_topic
 from scanedge.runtime.server import ModelSpec
 
-__all__ = ["DicomListener", "ListenerConfig", "ListenerStats"]
+__all__ = ["STATUS_FILE", "DicomListener", "ListenerConfig", "ListenerStats", "read_status"]
 
 log = logging.getLogger("scanedge.dicomnet")
 
@@ -61,6 +76,9 @@ _UID = re.compile(r"[0-9][0-9.]{0,63}")
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float Pixel Data
 #: the frames each published RESULT carries (section 4's names)
 PUBLISHED_OUTPUTS = ("mask", "overlay", "image")
+#: the node's state for the operator, rewritten atomically under ``out`` (``scanedge dicom-listen --status``)
+STATUS_FILE = "status.json"
+_RECOVERY = 0  # the "association" that spooled instances recovered at start are held under
 
 
 @dataclass(frozen=True)
@@ -72,7 +90,8 @@ class ListenerConfig:
         bind: the address to listen on; loopback by default. DICOM associations are not encrypted: bind a
             scanner-facing address only on a protected network.
         port: the TCP port (0: any free one, see :attr:`DicomListener.port`).
-        out: the only folder anything is written to: ``seg/`` (SEGs) and ``outbox/`` (waiting to be forwarded).
+        out: the only folder anything is written to: ``spool/`` (received images until their SEG is durable),
+            ``seg/`` (SEGs), ``outbox/`` (waiting to be forwarded) and ``status.json``.
         forward: where SEGs are also sent by C-STORE; None: written only.
         publish: PUB endpoint for the live feed (docs/protocol.md section 9); None: no feed.
         insecure: allow a non-loopback ``publish`` endpoint (the feed is not encrypted).
@@ -91,7 +110,8 @@ class ListenerConfig:
         ignore_scope: segment images outside a model's ``applies_to`` too (research use; results say so).
         busy_timeout_s: how long an image waits for a free pipeline before it is refused (0xA700).
         network_timeout_s: ACSE, DIMSE and network timeouts of each association.
-        retry_max_s: the longest wait between two attempts to forward a SEG.
+        retry_max_s: the longest wait between two attempts to forward a SEG, or to build and write one.
+        retry_initial_s: the first wait before building and writing a failed SEG again (doubling).
         stop_grace_s: on stop, how long open associations may still finish.
         max_object_bytes: the most bytes one DIMSE message may carry; a peer sending more is aborted while
             it sends (pynetdicom would gather any amount in memory). None: the decoded-size limit plus
@@ -125,6 +145,7 @@ class ListenerConfig:
     busy_timeout_s: float = 60.0
     network_timeout_s: float = 60.0
     retry_max_s: float = 300.0
+    retry_initial_s: float = 1.0
     stop_grace_s: float = 10.0
     max_object_bytes: int | None = None
     max_pending: int = 16
@@ -161,7 +182,7 @@ class ListenerConfig:
             raise ConfigError(f"segmentation must be binary or fractional, got {self.segmentation!r}")
         if self.workers < 1 or self.max_associations < 1:
             raise ConfigError("workers and max_associations must be >= 1")
-        for name in ("series_timeout_s", "busy_timeout_s", "network_timeout_s", "retry_max_s"):
+        for name in ("series_timeout_s", "busy_timeout_s", "network_timeout_s", "retry_max_s", "retry_initial_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.publish is not None and not parse_endpoint(self.publish).is_loopback and not self.insecure:
@@ -178,14 +199,20 @@ class ListenerStats:
 
     Attributes:
         received: C-STORE requests received.
-        stored: images segmented and held for their series' SEG.
+        stored: images segmented, spooled durably and held for their series' SEG (answered Success).
+        spool_failures: images refused because the spool could not be written (0xA700).
+        recovered: spooled images an earlier run left, segmented again at start.
+        unrecoverable: spooled files that could not be read back at start (left in the spool, logged).
         refused: C-STORE failure statuses sent, by status code.
         results: RESULTs built (one per frame and model), published when there is a feed.
         oversized: associations aborted for sending a message over ``max_object_bytes`` (or PDVs that break
             the message framing, which could otherwise hide one).
         series_completed: series whose SEGs were built.
         segs_written: SEG files written to ``out/seg``.
-        seg_failures: SEGs that could not be built or written (logged).
+        seg_failures: SEGs that could not be built or written (logged; the series is retried).
+        seg_retries: attempts to build and write a series' SEGs again after a failure.
+        series_pending: completed series whose SEGs are not all durable yet (waiting for a retry).
+        last_error: the latest SEG or spool failure, for the status file ("" when none).
     """
 
     received: int = 0
@@ -196,6 +223,24 @@ class ListenerStats:
     series_completed: int = 0
     segs_written: int = 0
     seg_failures: int = 0
+    spool_failures: int = 0
+    recovered: int = 0
+    unrecoverable: int = 0
+    seg_retries: int = 0
+    series_pending: int = 0
+    last_error: str = ""
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A completed series whose SEGs are being written: retried with backoff until all are durable."""
+
+    series: OpenSeries
+    why: str
+    attempts: int = 0
+    due: float = 0.0
+    done: set[str] = field(default_factory=set)  # SEG SOP Instance UIDs already durable (and handed on)
+    last_error: str = ""
 
 
 class _Refusal(Exception):
@@ -233,6 +278,12 @@ class DicomListener:
         self.forwarder: Forwarder | None = None
         self._completer = threading.Thread(target=self._complete_loop, name="scanedge-series", daemon=True)
         self.seg_dir = self.config.out / "seg"
+        self.spool = Spool(self.config.out / "spool")
+        self._spooled_at_start: list[Path] = []
+        self._pending: list[_Pending] = []
+        self._status_path = self.config.out / STATUS_FILE
+        self._status_at = 0.0
+        self._status_lock = threading.Lock()  # one writer of the status file at a time (start, completer, stop)
 
     # --- life cycle ----------------------------------------------------------------------------------
 
@@ -273,6 +324,7 @@ class DicomListener:
             self._close_parts()
             raise
         self._completer.start()
+        self._write_status("running")
         where = f"{cfg.bind}:{self.port}"
         log.info(
             "DICOM node %s listening on %s (%s); models %s; %s SEGs to %s%s%s; series complete after %g s idle%s",
@@ -320,7 +372,16 @@ class DicomListener:
         if self._completer.is_alive():
             self._completer.join()
         for series in self.store.drain():
-            self._write(series, "the listener is stopping")
+            self._pending.append(_Pending(series, "the listener is stopping"))
+        for item in list(self._pending):  # one more try each; what fails stays spooled for the next start
+            self._attempt(item, time.monotonic())
+        if self._pending:
+            log.warning(
+                "%d series still without durable SEGs stay in %s; they are completed when the node starts again",
+                len(self._pending),
+                self.spool.folder,
+            )
+        self._write_status("stopped")
         self._close_parts()
 
     def __enter__(self) -> DicomListener:
@@ -377,6 +438,17 @@ class DicomListener:
             raise ConfigError(f"cannot create the output folder {self.seg_dir}: {exc.strerror}") from None
         if not os.access(self.seg_dir, os.W_OK):
             raise ConfigError(f"the output folder {self.seg_dir} is not writable")
+        try:
+            self._spooled_at_start = self.spool.open()
+        except OSError as exc:
+            raise ConfigError(f"cannot open the spool folder {self.spool.folder}: {exc.strerror}") from None
+        if self._spooled_at_start:
+            log.warning(
+                "%d image(s) an earlier run answered Success for are still in %s: segmenting them again to "
+                "complete their series",
+                len(self._spooled_at_start),
+                self.spool.folder,
+            )
 
     def _start_server(self) -> None:
         from pynetdicom import AE, evt
@@ -488,21 +560,60 @@ class DicomListener:
         ds = read_dataset(data, limits=self.config.limits)
         uids = self._uids(ds, sop_class)
         slices = slices_from_dicom(ds, limits=self.config.limits)
+        _check_referenceable(ds, len(slices))
         decode_ms = (time.perf_counter() - t0) * 1e3
         series_uid, instance_uid = uids
-        association = id(event.assoc)
-        self.store.begin(series_uid, association)
+        self._hold(ds, data, slices, series_uid, instance_uid, id(event.assoc), received_at, received_mono, decode_ms)
+        log.debug(
+            "stored instance %s of series %s from %s (%d frame(s))", instance_uid, series_uid, _peer(event), len(slices)
+        )
+
+    def _hold(
+        self,
+        ds: Any,
+        data: bytes,
+        slices: list[Slice],
+        series_uid: str,
+        instance_uid: str,
+        association: int,
+        received_at: float,
+        received_mono: float,
+        decode_ms: float,
+        *,
+        spooled: Path | None = None,
+    ) -> None:
+        """Segment (publishing live), spool durably (unless ``spooled`` already is), then hold for the SEG.
+
+        Raises what the C-STORE status will say; a spooled copy of an instance that is not held is removed."""
+        self.store.begin(series_uid, association, _identity(ds))
+        path = spooled
         try:
-            frames = self._segment(slices, series_uid, instance_uid, received_at, received_mono, decode_ms)
+            frames = self._segment(
+                slices, series_uid, instance_uid, received_at, received_mono, decode_ms, publish=spooled is None
+            )
+            if path is None:
+                try:
+                    path = self.spool.write(instance_uid, data)
+                except ScanedgeError as exc:
+                    with self._lock:
+                        self.stats.spool_failures += 1
+                        self.stats.last_error = f"{exc.code}: {exc.message}"
+                    raise
             header_bytes = len(data) - _drop_pixels(ds)
-            held = HeldInstance(instance_uid, ds, max(0, header_bytes), frames)
+            held = HeldInstance(instance_uid, ds, max(0, header_bytes), frames, spooled=path)
         except BaseException:
             self.store.finish(series_uid, None)
+            if path is not None and spooled is None:
+                self.spool.remove([path])
             raise
-        self.store.finish(series_uid, held)
-        log.debug(
-            "stored instance %s of series %s from %s (%d frame(s))", instance_uid, series_uid, _peer(event), len(frames)
-        )
+        try:
+            replaced = self.store.finish(series_uid, held)
+        except BaseException:
+            if spooled is None:
+                self.spool.remove([path])
+            raise
+        if replaced is not None and replaced.spooled is not None:  # the earlier of two copies: as in the SEG
+            self.spool.remove([replaced.spooled])
 
     @staticmethod
     def _uids(ds: Any, sop_class: str) -> tuple[str, str]:
@@ -533,8 +644,10 @@ class DicomListener:
         received_at: float,
         received_mono: float,
         decode_ms: float,
+        *,
+        publish: bool = True,
     ) -> tuple[HeldFrame, ...]:
-        """Every frame through every model, each RESULT published as soon as it is ready."""
+        """Every frame through every model, each RESULT published as soon as it is ready (``publish``)."""
         fractional = self.config.segmentation == "fractional"
         masks: list[dict[str, bytes]] = [{} for _ in slices]
         probabilities: list[dict[str, bytes]] = [{} for _ in slices]
@@ -550,10 +663,13 @@ class DicomListener:
                 k = pipe.manifest.input.context_slices
                 for i, slice_ in enumerate(slices):
                     context = context_window(slices, i, k) if k else ()
-                    result = pipe.run(slice_, context=context, overlay=self._publisher is not None)
+                    live = publish and self._publisher is not None
+                    result = pipe.run(slice_, context=context, overlay=live)
                     masks[i][name] = pack(result.mask)
                     if fractional:
                         probabilities[i][name] = pack(_quantised(result, pipe.manifest))
+                    if not publish:
+                        continue
                     index = slice_.identity.instance_number if len(slices) == 1 else i + 1
                     self._publish(
                         pipe,
@@ -616,19 +732,93 @@ class DicomListener:
 
     def _complete_loop(self) -> None:
         cfg = self.config
+        self._recover()
         interval = max(0.02, min(0.25, cfg.series_timeout_s / 4))
         while not self._stop.wait(interval):
             try:
                 for series in self.store.complete(cfg.series_timeout_s, on_release=cfg.complete_on_release):
-                    self._write(series, "completed early to make room" if series.early else "complete")
+                    self._pending.append(
+                        _Pending(series, "completed early to make room" if series.early else "complete")
+                    )
+                now = time.monotonic()
+                for item in [p for p in self._pending if p.due <= now]:
+                    if self._stop.is_set():
+                        break
+                    self._attempt(item, now)
+                if time.monotonic() - self._status_at >= 1.0:
+                    self._write_status("running")
             except Exception as exc:  # a bug: keep completing the others
                 log.error("internal error completing series: %s", redacted_traceback(exc))
 
-    def _write(self, series: OpenSeries, why: str) -> None:
-        """Build, write and forward the SEGs of a completed series; failures are logged and counted."""
+    def _recover(self) -> None:
+        """Segment again what an earlier run spooled and answered Success for, and hold it in its series
+        (completed by the series timeout, as if it had just arrived; its sender may still be sending)."""
+        files, self._spooled_at_start = self._spooled_at_start, []
+        for path in files:
+            if self._stop.is_set():
+                return  # left in the spool for the next start
+            try:
+                with pydicom_quiet():
+                    data = path.read_bytes()
+                    ds = read_dataset(data, limits=self.config.limits)
+                    series_uid, instance_uid = self._uids(ds, str(ds.get("SOPClassUID", "")))
+                    slices = slices_from_dicom(ds, limits=self.config.limits)
+                    t = time.time()
+                    self._hold(
+                        ds, data, slices, series_uid, instance_uid, _RECOVERY, t, time.monotonic(), 0.0, spooled=path
+                    )
+            except Exception as exc:  # left where it is, counted, and named in the status: never removed unread
+                with self._lock:
+                    self.stats.unrecoverable += 1
+                    self.stats.last_error = f"spooled file {path.name} could not be recovered"
+                why = exc.message if isinstance(exc, (ScanedgeError, _Refusal)) else redacted_traceback(exc)
+                log.error("spooled file %s could not be segmented again; it stays in the spool: %s", path.name, why)
+                continue
+            with self._lock:
+                self.stats.recovered += 1
+        if files:
+            self.store.closed(_RECOVERY)
+            log.info("%d spooled image(s) segmented again; their series complete as usual", len(files))
+
+    def _attempt(self, item: _Pending, now: float) -> None:
+        """Build and write the SEGs of a completed series; once all are durable, drop its spooled images,
+        else retry later with backoff (1 s doubling to ``retry_max_s``)."""
+        if item.attempts == 0:
+            with self._lock:
+                self.stats.series_completed += 1
+        else:
+            with self._lock:
+                self.stats.seg_retries += 1
+        if item not in self._pending:
+            self._pending.append(item)
+        problems = self._write(item)
+        if not problems:
+            self._pending.remove(item)
+            self.spool.remove([i.spooled for i in item.series.instances.values() if i.spooled is not None])
+        else:
+            item.attempts += 1
+            delay = min(self.config.retry_max_s, self.config.retry_initial_s * 2 ** min(item.attempts - 1, 30))
+            item.due, item.last_error = now + delay, problems[0]
+            with self._lock:
+                self.stats.last_error = f"series {item.series.series_uid}: {problems[0]}"
+            log.error(
+                "series %s: %d SEG problem(s) (attempt %d), its %d image(s) stay spooled; retrying in %.0f s: %s",
+                item.series.series_uid,
+                len(problems),
+                item.attempts,
+                len(item.series.instances),
+                delay,
+                "; ".join(problems),
+            )
         with self._lock:
-            self.stats.series_completed += 1
+            self.stats.series_pending = len(self._pending)
+        self._write_status("running" if not self._stopped else "stopping")
+
+    def _write(self, item: _Pending) -> list[str]:
+        """Build, write and forward the SEGs of a completed series not yet durable; returns what failed."""
+        series, why = item.series, item.why
         settings = SegmentationSettings(kind=self.config.segmentation, device_serial_number=self.config.ae_title)
+        problems: list[str] = []
         for name, manifest in self._manifests.items():
             try:
                 with pydicom_quiet():
@@ -636,36 +826,37 @@ class DicomListener:
             except Exception as exc:  # highdicom refuses sources it cannot reference; the message may quote them
                 with self._lock:
                     self.stats.seg_failures += 1
-                log.error(
-                    "series %s (%s): the %s SEG could not be built: %s",
-                    series.series_uid,
-                    why,
-                    name,
-                    redacted_traceback(exc),
-                )
+                problems.append(f"the {name} SEG could not be built ({redacted_traceback(exc)})")
                 continue
             for reason in skipped:
                 with self._lock:
                     self.stats.seg_failures += 1
-                log.error("series %s (%s): no %s SEG for %s", series.series_uid, why, name, reason)
+                problems.append(f"no {name} SEG for {reason}")
             for seg in segs:
-                self._save(seg, series, name, why)
+                uid = str(seg.SOPInstanceUID)
+                if uid in item.done:
+                    continue
+                failure = self._save(seg, series, name, why)
+                if failure:
+                    problems.append(failure)
+                else:
+                    item.done.add(uid)
+        return problems
 
-    def _save(self, seg: Any, series: OpenSeries, model: str, why: str) -> None:
+    def _save(self, seg: Any, series: OpenSeries, model: str, why: str) -> str:
+        """Write one SEG durably and hand it to the forwarder; "" when done, else what failed."""
         path = self.seg_dir / f"{seg.SOPInstanceUID}.dcm"
-        tmp = path.with_name(f".{path.name}.partial")
         try:
             with pydicom_quiet():
-                seg.save_as(tmp, enforce_file_format=True)
-            os.replace(tmp, path)
+                write_durably(path, lambda tmp: seg.save_as(tmp, enforce_file_format=True))
+            # already in the outbox: an earlier run wrote this same SEG (same UID) and queued it at start
+            if self.forwarder is not None and not (self.forwarder.outbox / path.name).exists():
+                self.forwarder.submit(path)
+                fsync_dir(self.forwarder.outbox)
         except OSError as exc:
             with self._lock:
                 self.stats.seg_failures += 1
-            log.error(
-                "series %s: the %s SEG could not be written to %s: %s", series.series_uid, model, path, exc.strerror
-            )
-            tmp.unlink(missing_ok=True)
-            return
+            return f"the {model} SEG could not be written to {path}: {exc.strerror or type(exc).__name__}"
         with self._lock:
             self.stats.segs_written += 1
             self.written.append(path)
@@ -678,8 +869,80 @@ class DicomListener:
             model,
             path,
         )
-        if self.forwarder is not None:
-            self.forwarder.submit(path)
+        return ""
+
+    # --- the status file -----------------------------------------------------------------------------
+
+    def status(self, state: str = "running") -> dict[str, Any]:
+        """What ``OUT/status.json`` says: counters, series waiting for durable SEGs, the spool's size."""
+        now = time.monotonic()
+        with self._lock:
+            stats = self.stats
+            pending = [
+                {
+                    "series_uid": p.series.series_uid,
+                    "instances": len(p.series.instances),
+                    "attempts": p.attempts,
+                    "next_attempt_in_s": round(max(0.0, p.due - now), 1),
+                    "last_error": p.last_error,
+                }
+                for p in list(self._pending)
+            ]
+            counters = {
+                "received": stats.received,
+                "stored": stats.stored,
+                "refused": {f"0x{code:04X}": n for code, n in sorted(stats.refused.items())},
+                "spool_failures": stats.spool_failures,
+                "recovered": stats.recovered,
+                "unrecoverable": stats.unrecoverable,
+                "series_completed": stats.series_completed,
+                "segs_written": stats.segs_written,
+                "seg_failures": stats.seg_failures,
+                "seg_retries": stats.seg_retries,
+            }
+            last_error = stats.last_error
+        return {
+            "state": state,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "pid": os.getpid(),
+            "ae_title": self.config.ae_title,
+            "port": self.port if self._server is not None else None,
+            "series_open": len(self.store.open_series()),
+            "series_pending": len(pending),
+            "pending": pending,
+            "spool": {"folder": str(self.spool.folder), "files": self.spool.files, "bytes": self.spool.bytes},
+            "forward_pending": self.forwarder.pending if self.forwarder is not None else 0,
+            "last_error": last_error,
+            **counters,
+        }
+
+    def _write_status(self, state: str) -> None:
+        """Rewrite ``OUT/status.json`` atomically (readers never see half of it); a full disk keeps the last
+        one, whose ``updated`` time then says it is stale (the log says why)."""
+        with self._status_lock:
+            self._status_at = time.monotonic()
+            text = json.dumps(self.status(state), indent=2) + "\n"
+            tmp = self._status_path.with_name(f".{STATUS_FILE}.partial")
+            try:
+                tmp.write_text(text)
+                os.replace(tmp, self._status_path)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                log.debug("status file %s not updated: %s", self._status_path, exc.strerror)
+
+
+def read_status(out: Path) -> dict[str, Any]:
+    """The status a node writing to ``out`` last wrote; ConfigError when there is none."""
+    path = out / STATUS_FILE
+    try:
+        status = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no {STATUS_FILE} in {out}: no DICOM node has run with --out {out}") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path} cannot be read ({type(exc).__name__})") from None
+    if not isinstance(status, dict):
+        raise ConfigError(f"{path} is not a status object")
+    return status
 
 
 def _check_installed() -> None:
@@ -714,6 +977,24 @@ def _peer(event: Any) -> str:
         return f"{title}@{req.address}"
     except Exception:
         return "?"
+
+
+def _identity(ds: Any) -> tuple[str, str]:
+    """(Patient ID, Study Instance UID): what every instance of one series must share (compared, never logged)."""
+    return (str(ds.get("PatientID", "") or "").strip(), str(ds.get("StudyInstanceUID", "") or "").strip())
+
+
+def _check_referenceable(ds: Any, frames: int) -> None:
+    """A multi-frame image needs patient coordinates per frame (plane position and orientation functional
+    groups) for a SEG to reference its frames; highdicom takes one frame only from an image without them."""
+    if frames <= 1:
+        return
+    from highdicom.spatial import get_image_coordinate_system
+
+    if get_image_coordinate_system(ds) is None:
+        raise NoFrameGeometryError(
+            f"a {frames}-frame image without plane position/orientation per frame: no SEG can reference its frames"
+        )
 
 
 def _drop_pixels(ds: Any) -> int:

@@ -1,9 +1,18 @@
 """A completed series and one model's results -> DICOM Segmentation objects, built with highdicom.
 
 One SEG per model and per group of source images that can share one: the single-frame instances of a
-series with the same rows and columns together, and each multi-frame instance (Enhanced MR/CT,
-multi-frame US) on its own, as a SEG's frames reference either many single-frame images or the frames
-of one image. Each SEG references every source instance it covers (and so the source series, study and
+series with the same rows and columns, frame of reference and orientation together, each at a position
+of its own (an instance at a position the group already has, as in multi-echo or diffusion series, or a
+copy of one slice under another UID, starts another group), and each multi-frame instance (Enhanced
+MR/CT, multi-frame US) on its own, as a SEG's frames reference either many single-frame images or the
+frames of one image. A group highdicom refuses is built again one instance per SEG, so one odd instance
+never costs the others their SEG.
+
+The SEG's SOP Instance UID is derived from the model and the source instances it references (and its
+Series Instance UID from the source series and the model), so building it again after a crash or a
+retry writes the same object under the same name, not a second one.
+
+Each SEG references every source instance it covers (and so the source series, study and
 frame of reference), describes every foreground class of the model as a segment with its coded property
 category and type from the manifest, and names the algorithm: the model's name and version, and the
 scanedge version that ran it.
@@ -14,6 +23,7 @@ pixel (``PROBABILITY``, 8 bits), from the model's probabilities resized to the s
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -24,7 +34,14 @@ from scanedge import __version__
 from scanedge.dicomnet.series import HeldInstance, OpenSeries, unpack
 from scanedge.manifest import ClassSpec, CodedConcept, Manifest
 
-__all__ = ["GENERIC_CATEGORY", "GENERIC_TYPE", "SegmentationKind", "SegmentationSettings", "build_segmentations"]
+__all__ = [
+    "GENERIC_CATEGORY",
+    "GENERIC_TYPE",
+    "SegmentationKind",
+    "SegmentationSettings",
+    "build_segmentations",
+    "derived_uid",
+]
 
 SegmentationKind = Literal["binary", "fractional"]
 
@@ -99,27 +116,55 @@ def _description(hd: Any, label: int, spec: ClassSpec, algorithm: Any) -> Any:
     )
 
 
+def _rounded(values: Any, places: int) -> tuple[float, ...]:
+    try:
+        return tuple(round(float(v), places) + 0.0 for v in values)
+    except (TypeError, ValueError):
+        return ()
+
+
 def _groups(series: OpenSeries) -> list[list[HeldInstance]]:
-    """Sources that share one SEG: single-frame instances in one frame of reference by size, each multi-frame
-    instance alone, and each instance alone when it has no patient coordinates (CR, DX, US without a frame
-    of reference: a SEG can then reference one image only)."""
+    """Sources that share one SEG: single-frame instances by size, frame of reference and orientation, each
+    position once per group; each multi-frame instance alone, and each instance alone when it has no patient
+    coordinates (CR, DX, US without a frame of reference: a SEG can then reference one image only)."""
     from highdicom.spatial import get_image_coordinate_system
 
-    single: dict[tuple[tuple[int, int], str], list[HeldInstance]] = {}
+    single: dict[tuple[Any, ...], list[tuple[set[tuple[float, ...]], list[HeldInstance]]]] = {}
     groups: list[list[HeldInstance]] = []
     for inst in series.instances.values():
         multi = len(inst.frames) > 1 or int(getattr(inst.header, "NumberOfFrames", 1) or 1) > 1
         if multi or get_image_coordinate_system(inst.header) is None:
             groups.append([inst])
+            continue
+        key = (
+            inst.frames[0].shape,
+            str(getattr(inst.header, "FrameOfReferenceUID", "")),
+            _rounded(getattr(inst.header, "ImageOrientationPatient", ()), 4),
+        )
+        position = _rounded(getattr(inst.header, "ImagePositionPatient", ()), 3)
+        subgroups = single.setdefault(key, [])
+        for taken, members in subgroups:
+            if position not in taken:
+                taken.add(position)
+                members.append(inst)
+                break
         else:
-            key = (inst.frames[0].shape, str(getattr(inst.header, "FrameOfReferenceUID", "")))
-            single.setdefault(key, []).append(inst)
+            subgroups.append(({position}, [inst]))
 
     def order(inst: HeldInstance) -> tuple[int, str]:
         number = getattr(inst.header, "InstanceNumber", None)
-        return (int(number) if number is not None and str(number).strip() else 0, inst.sop_instance_uid)
+        try:
+            return (int(number) if number is not None and str(number).strip() else 0, inst.sop_instance_uid)
+        except (TypeError, ValueError):
+            return (0, inst.sop_instance_uid)
 
-    return [sorted(g, key=order) for g in single.values()] + groups
+    return [sorted(members, key=order) for subs in single.values() for _, members in subs] + groups
+
+
+def derived_uid(*parts: str) -> str:
+    """A UID (2.25 form, from a hash) that is the same whenever ``parts`` are."""
+    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()[:16]
+    return f"2.25.{int.from_bytes(digest, 'big')}"
 
 
 def _pixels(sources: Sequence[HeldInstance], model: str, manifest: Manifest, kind: SegmentationKind) -> np.ndarray:
@@ -141,47 +186,74 @@ def build_segmentations(
     series: OpenSeries, model: str, manifest: Manifest, settings: SegmentationSettings
 ) -> tuple[list[Any], list[str]]:
     """The SEGs of ``model``'s results for a completed ``series`` (highdicom Segmentation datasets), and why
-    any source instance got none (a multi-frame image without patient coordinates cannot be referenced
-    frame by frame)."""
-    import highdicom as hd
+    any source instance got none (a multi-frame image without patient coordinates cannot be referenced frame
+    by frame; a source highdicom refuses even alone: its exception type, never its message, which may quote
+    values). A group highdicom refuses is built again one instance per SEG."""
     from highdicom.spatial import get_image_coordinate_system
 
     descriptions = segment_descriptions(manifest)
-    out, skipped = [], []
+    out: list[Any] = []
+    problems: list[str] = []
     for sources in _groups(series):
-        headers = [inst.header for inst in sources]
-        if len(sources[0].frames) > 1 and get_image_coordinate_system(headers[0]) is None:
-            skipped.append(
+        if len(sources[0].frames) > 1 and get_image_coordinate_system(sources[0].header) is None:
+            problems.append(
                 f"instance {sources[0].sop_instance_uid}: a multi-frame image without patient coordinates (no frame "
                 "of reference or plane positions) cannot be referenced frame by frame by a SEG"
             )
             continue
-        for header in headers:
-            _fill_type2(header)
-        number = getattr(headers[0], "SeriesNumber", None)
+        try:
+            out.append(_build(series, sources, model, manifest, settings, descriptions))
+            continue
+        except Exception as exc:
+            if len(sources) == 1:
+                problems.append(f"instance {sources[0].sop_instance_uid}: refused by highdicom ({type(exc).__name__})")
+                continue
+        for inst in sources:  # one odd instance must not cost the others their SEG
+            try:
+                out.append(_build(series, [inst], model, manifest, settings, descriptions))
+            except Exception as exc:
+                problems.append(f"instance {inst.sop_instance_uid}: refused by highdicom ({type(exc).__name__})")
+    return out, problems
+
+
+def _build(
+    series: OpenSeries,
+    sources: Sequence[HeldInstance],
+    model: str,
+    manifest: Manifest,
+    settings: SegmentationSettings,
+    descriptions: list[Any],
+) -> Any:
+    import highdicom as hd
+
+    headers = [inst.header for inst in sources]
+    for header in headers:
+        _fill_type2(header)
+    number = getattr(headers[0], "SeriesNumber", None)
+    try:
         base = int(number) if number is not None and str(number).strip() else 0
-        series_number = min(max(1, base + settings.series_number_offset), 2**31 - 1)
-        fractional = settings.kind == "fractional"
-        out.append(
-            hd.seg.Segmentation(
-                source_images=headers,
-                pixel_array=_pixels(sources, model, manifest, settings.kind),
-                segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL
-                if fractional
-                else hd.seg.SegmentationTypeValues.BINARY,
-                fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY if fractional else None,
-                segment_descriptions=descriptions,
-                series_instance_uid=hd.UID(),
-                series_number=series_number,
-                sop_instance_uid=hd.UID(),
-                instance_number=1,
-                manufacturer=settings.manufacturer[:64],
-                manufacturer_model_name=manifest.name[:64],
-                software_versions=f"scanedge {__version__}; {manifest.name} {manifest.version}"[:64],
-                device_serial_number=settings.device_serial_number[:64],
-                series_description=f"SEG {manifest.name} {manifest.version}"[:64],
-                content_label="SCANEDGE",
-                content_description=f"{manifest.name} {manifest.version} by scanedge"[:64],
-            )
-        )
-    return out, skipped
+    except (TypeError, ValueError):
+        base = 0
+    series_number = min(max(1, base + settings.series_number_offset), 2**31 - 1)
+    fractional = settings.kind == "fractional"
+    algorithm = (model, manifest.name, manifest.version, settings.kind)
+    return hd.seg.Segmentation(
+        source_images=headers,
+        pixel_array=_pixels(sources, model, manifest, settings.kind),
+        segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL
+        if fractional
+        else hd.seg.SegmentationTypeValues.BINARY,
+        fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY if fractional else None,
+        segment_descriptions=descriptions,
+        series_instance_uid=derived_uid("seg-series", series.series_uid, *algorithm),
+        series_number=series_number,
+        sop_instance_uid=derived_uid("seg", *algorithm, *sorted(inst.sop_instance_uid for inst in sources)),
+        instance_number=1,
+        manufacturer=settings.manufacturer[:64],
+        manufacturer_model_name=manifest.name[:64],
+        software_versions=f"scanedge {__version__}; {manifest.name} {manifest.version}"[:64],
+        device_serial_number=settings.device_serial_number[:64],
+        series_description=f"SEG {manifest.name} {manifest.version}"[:64],
+        content_label="SCANEDGE",
+        content_description=f"{manifest.name} {manifest.version} by scanedge"[:64],
+    )

@@ -16,6 +16,12 @@ Completion: a series is complete when no instance has arrived for the series tim
 listener is told to, when every association that sent instances of it has been released; instances
 being processed count as activity, so a series is never completed under an instance still in flight.
 An instance arriving after its series was completed opens the series anew (and yields a second SEG).
+
+One series, one patient and one study: an instance whose Patient ID or Study Instance UID differs from
+those of its series' first instance is refused (:class:`SeriesConflictError`, C-STORE 0xC000), so no SEG
+ever references two patients. Instances that differ in geometry (frame of reference, orientation, or a
+position another instance already has) are legitimate (localizers, multi-echo, diffusion) and are split
+into SEG groups of their own by :mod:`scanedge.dicomnet.segmentation`.
 """
 
 from __future__ import annotations
@@ -26,11 +32,12 @@ import time
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from scanedge.errors import CapacityError
+from scanedge.errors import CapacityError, SeriesConflictError
 
 __all__ = ["HeldFrame", "HeldInstance", "OpenSeries", "SeriesLimits", "SeriesStore", "pack", "unpack"]
 
@@ -95,12 +102,14 @@ class HeldInstance:
         header: the pydicom Dataset without Pixel Data.
         header_bytes: about how many bytes the header holds (its encoded size).
         frames: one :class:`HeldFrame` per frame.
+        spooled: the durable copy in the spool (removed once the series' SEGs are durable), or None.
     """
 
     sop_instance_uid: str
     header: Any
     header_bytes: int
     frames: tuple[HeldFrame, ...]
+    spooled: Path | None = None
 
     @property
     def nbytes(self) -> int:
@@ -120,6 +129,7 @@ class OpenSeries:
         associations: ids of the associations that sent instances of it and are still open.
         ended: every association that sent it has been released (explicit end).
         early: completed before it was idle, to make room (series or byte cap).
+        identity: (Patient ID, Study Instance UID) every instance of it must share; set by the first one.
     """
 
     series_uid: str
@@ -129,6 +139,7 @@ class OpenSeries:
     associations: set[int] = field(default_factory=set)
     ended: bool = False
     early: bool = False
+    identity: tuple[str, str] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -162,21 +173,32 @@ class SeriesStore:
         with self._lock:
             return list(self._open)
 
-    def begin(self, series_uid: str, association: int) -> None:
-        """An instance of ``series_uid`` starts processing: the series stays open until :meth:`finish`."""
+    def begin(self, series_uid: str, association: int, identity: tuple[str, str] | None = None) -> None:
+        """An instance of ``series_uid`` starts processing: the series stays open until :meth:`finish`.
+
+        ``identity`` is the instance's (Patient ID, Study Instance UID): SeriesConflictError, before anything
+        is held, when it differs from the series' (the message names which, never the values)."""
         with self._lock:
             series = self._open.get(series_uid)
+            if series is not None and identity is not None and series.identity is not None:
+                what = [n for n, a, b in zip(("Patient ID", "Study Instance UID"), identity, series.identity) if a != b]
+                if what:
+                    raise SeriesConflictError(
+                        f"its {' and '.join(what)} differ(s) from the rest of series {series_uid}; "
+                        "one SEG never references two patients or studies"
+                    )
             if series is None:
                 if len(self._open) >= self.limits.max_series:
                     self._evict_one("the cap of open series")
-                series = self._open[series_uid] = OpenSeries(series_uid)
+                series = self._open[series_uid] = OpenSeries(series_uid, identity=identity)
             series.pending += 1
             series.last_activity = self._clock()
             series.associations.add(association)
             series.ended = False
 
-    def finish(self, series_uid: str, instance: HeldInstance | None) -> None:
-        """The instance started by :meth:`begin` is done: hold it (None: it failed and is not held).
+    def finish(self, series_uid: str, instance: HeldInstance | None) -> HeldInstance | None:
+        """The instance started by :meth:`begin` is done: hold it (None: it failed and is not held). Returns
+        the earlier copy it replaces (same SOP Instance UID), if any.
 
         Raises :class:`CapacityError` when the instance alone would not fit even with every other series
         completed, or when its series has all the frames it may have."""
@@ -186,8 +208,10 @@ class SeriesStore:
             series.last_activity = self._clock()
             if instance is None:
                 self._forget_if_empty(series)
-                return
+                return None
             old = series.instances.get(instance.sop_instance_uid)
+            if old is not None and old.spooled and instance.spooled and old.spooled.name > instance.spooled.name:
+                return instance  # an older spooled copy (recovered at start) never replaces a newer one held
             old_bytes = old.nbytes if old is not None else 0
             frames = series.frames - (len(old.frames) if old is not None else 0) + len(instance.frames)
             if frames > self.limits.max_frames:
@@ -207,6 +231,7 @@ class SeriesStore:
             series.instances[instance.sop_instance_uid] = instance
             series.instances.move_to_end(instance.sop_instance_uid)
             self._bytes += need
+            return old
 
     def released(self, association: int) -> None:
         """An association was released: series it sent, and no other open association is sending, end."""

@@ -24,6 +24,7 @@ STATUS_FOR_CODE = {
     # Refused: out of resources (too large to take, or the node is full or busy)
     "IMAGE_TOO_LARGE": 0xA700,
     "OUT_OF_RESOURCES": 0xA700,
+    "SPOOL_FAILED": 0xA700,  # the image could not be made durable (disk full, I/O error): never Success
     # Error: cannot understand (the object or its pixels cannot be read)
     "NOT_DICOM": 0xC000,
     "BAD_DICOM": 0xC000,
@@ -31,6 +32,8 @@ STATUS_FOR_CODE = {
     "CODEC_UNAVAILABLE": 0xC000,
     "UNSUPPORTED_PHOTOMETRIC": 0xC000,
     "INVALID_SLICE": 0xC000,
+    "SERIES_CONFLICT": 0xC000,  # another patient or study than the rest of its series
+    "NO_FRAME_GEOMETRY": 0xC000,  # a multi-frame image no SEG can reference frame by frame
 }
 PROCESSING_FAILURE = 0x0110
 

@@ -222,7 +222,9 @@ def test_an_instance_past_the_frame_cap_is_refused_out_of_resources(listener):
 def test_stop_writes_nothing_outside_out(listener, tmp_path):
     node = listener()
     node.stop()
-    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["out", "out/seg"]
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    assert written == ["out", "out/seg", "out/spool", "out/status.json"]
+    assert (tmp_path / "out/spool").is_dir() and not list((tmp_path / "out/spool").iterdir())
 
 
 def test_a_dataset_that_is_not_the_class_it_was_sent_as_or_lacks_its_uids_is_refused_a900():
