@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from scanedge.dicomnet.spool import private_folder
 from scanedge.errors import ConfigError, DicomNetworkError, redacted_traceback
 
 __all__ = ["ForwardTarget", "Forwarder", "parse_forward_target"]
@@ -100,7 +101,7 @@ class Forwarder:
 
     def start(self) -> Forwarder:
         """Queue what an earlier run left in the outbox, and start sending."""
-        self.outbox.mkdir(parents=True, exist_ok=True)
+        private_folder(self.outbox)
         left = sorted(p for p in self.outbox.glob("*.dcm") if p.is_file())
         if left:
             log.warning("%d object(s) left in %s by an earlier run are sent first", len(left), self.outbox)
@@ -111,7 +112,7 @@ class Forwarder:
 
     def submit(self, path: Path) -> Path:
         """Put a written file into the outbox (a hard link where possible) and queue it; returns its outbox path."""
-        self.outbox.mkdir(parents=True, exist_ok=True)
+        private_folder(self.outbox)
         queued = self.outbox / path.name
         try:
             os.link(path, queued)

@@ -45,7 +45,7 @@ from scanedge.dicomnet.forward import Forwarder, ForwardTarget, check_ae_title
 from scanedge.dicomnet.publisher import ResultPublisher
 from scanedge.dicomnet.segmentation import SegmentationKind, SegmentationSettings, build_segmentations
 from scanedge.dicomnet.series import HeldFrame, HeldInstance, OpenSeries, SeriesLimits, SeriesStore, pack
-from scanedge.dicomnet.spool import Spool, fsync_dir, write_durably
+from scanedge.dicomnet.spool import Spool, fsync_dir, private_folder, write_durably
 from scanedge.dicomnet.statuses import SUCCESS, status_dataset, status_for
 from scanedge.engines import EngineOptions
 from scanedge.errors import (
@@ -433,7 +433,7 @@ class DicomListener:
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out {out} is a file, not a folder")
         try:
-            self.seg_dir.mkdir(parents=True, exist_ok=True)
+            private_folder(self.seg_dir)
         except OSError as exc:
             raise ConfigError(f"cannot create the output folder {self.seg_dir}: {exc.strerror}") from None
         if not os.access(self.seg_dir, os.W_OK):
@@ -925,6 +925,7 @@ class DicomListener:
             tmp = self._status_path.with_name(f".{STATUS_FILE}.partial")
             try:
                 tmp.write_text(text)
+                os.chmod(tmp, 0o600)  # series UIDs and error texts: this user's, as the rest of --out
                 os.replace(tmp, self._status_path)
             except OSError as exc:
                 tmp.unlink(missing_ok=True)

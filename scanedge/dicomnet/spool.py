@@ -24,7 +24,7 @@ from pathlib import Path
 
 from scanedge.errors import SpoolError
 
-__all__ = ["Spool", "fsync_dir", "write_durably"]
+__all__ = ["Spool", "fsync_dir", "private_folder", "write_durably"]
 
 log = logging.getLogger("scanedge.dicomnet")
 
@@ -38,6 +38,19 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def private_folder(folder: Path) -> Path:
+    """``folder`` (and any missing parent) created readable by this user alone (0700), or made so when it is
+    already this node's: the images and SEGs under ``--out`` carry patient data, and another local user must
+    not list or read them. A folder that already exists and belongs to someone else keeps its mode."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    for path in reversed(missing):
+        path.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(path, 0o700)  # mkdir's mode passes through the umask; this does not
+    if folder not in missing and folder.stat().st_uid == os.geteuid():
+        os.chmod(folder, 0o700)
+    return folder
+
+
 def write_durably(path: Path, write: Callable[[Path], object]) -> None:
     """``write(tmp)`` a temporary file beside ``path``, fsync it, rename it to ``path``, fsync the folder.
 
@@ -46,6 +59,7 @@ def write_durably(path: Path, write: Callable[[Path], object]) -> None:
     tmp = path.with_name(f".{path.name}.partial")
     try:
         write(tmp)
+        os.chmod(tmp, 0o600)  # patient data: this user's alone, also should the folder be opened up later
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -70,7 +84,7 @@ class Spool:
     def open(self) -> list[Path]:
         """Create the folder (durably), drop what a crash left half-written, and return the spooled files
         in the order they arrived."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        private_folder(self.folder)
         fsync_dir(self.folder.parent)
         for partial in self.folder.glob(".*.partial"):
             partial.unlink(missing_ok=True)

@@ -414,3 +414,39 @@ def test_an_older_spooled_copy_never_replaces_a_newer_one_held():
     assert store.finish("1.2", older) is older  # not held: its spooled file is the one to remove
     (series,) = store.drain()
     assert series.instances["1.2.3"] is newer and store.held_bytes == 0
+
+
+# --- other users ---------------------------------------------------------------------------------------------
+
+
+def test_another_local_user_can_neither_list_nor_read_the_spool_the_segs_or_the_status(listener):
+    """The spool holds the scanner's images and the SEGs copy the patient module: under --out, only the
+    node's own user may look (folders 0700, files 0600), tried as uid 65534 with setpriv."""
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to act as another user")
+    node = listener(series_timeout_s=60)
+    out = node.config.out
+    assert [s for s, _ in send(node.port, new_series(demo(2)))] == [0, 0]
+    os.chmod(out.parent, 0o755)  # pytest's tmp_path is private already: open it, so the node's own modes decide
+    os.chmod(out.parent.parent, 0o755)
+    node.stop()  # the SEG is written, the spool emptied; send two more and keep the node running
+    node = listener(series_timeout_s=60)
+    assert [s for s, _ in send(node.port, new_series(demo(2)))] == [0, 0]
+    spooled_file = spooled(out)[0]
+    (seg,) = list(node.seg_dir.glob("*.dcm"))[:1]
+
+    def as_nobody(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", *argv],
+            capture_output=True,
+            timeout=30,
+        )
+
+    for folder in (out / "spool", node.seg_dir):
+        assert oct(folder.stat().st_mode & 0o777) == "0o700"
+        assert as_nobody("ls", str(folder)).returncode != 0
+    for path in (spooled_file, seg, out / "status.json"):
+        assert oct(path.stat().st_mode & 0o777) == "0o600", path
+        assert as_nobody("cat", str(path)).returncode != 0
