@@ -1,6 +1,7 @@
 """The README's promises: its embedding example runs, and its set-up commands are the ones CI runs."""
 
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -77,8 +78,10 @@ def test_shared_memory_example_runs_against_a_runtime(capsys):
         r"```python\n(import numpy as np\nfrom scanedge.runtime import Client, ClientConfig\n.*?)```", README, re.S
     )
     code = code.group(1)
-    assert "ClientConfig(shared_memory=True)" in code
-    with running_server() as srv:
-        exec(compile(code.replace("tcp://127.0.0.1:5555", srv.endpoint), "README.md", "exec"), {})
+    assert "ClientConfig(shared_memory=True)" in code and 'Client("ipc:///run/scanedge/rt.ipc"' in code
+    with tempfile.TemporaryDirectory() as where, running_server(bind=f"ipc://{where}/rt.ipc") as srv:
+        names: dict = {}
+        exec(compile(code.replace("ipc:///run/scanedge/rt.ipc", srv.endpoint), "README.md", "exec"), names)
+    assert names["result"].header.frames[0].region is not None  # the outputs did come through shared memory
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 8 and all(line.startswith("(512, 512) (512, 512, 3) ") for line in lines)

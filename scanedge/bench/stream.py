@@ -122,6 +122,8 @@ class StreamSettings:
             raise ConfigError(f"transports are {', '.join(TRANSPORTS)}; got {', '.join(self.transports) or 'none'}")
         if not self.payloads or not set(self.payloads) <= set(PAYLOADS):
             raise ConfigError(f"payloads are {', '.join(PAYLOADS)}; got {', '.join(self.payloads) or 'none'}")
+        if not self.variants:
+            raise ConfigError("shared memory is measured over ipc:// only (--transport ipc): tcp consoles send frames")
         if len(self.variants) > 1 and (self.consoles != 1 or self.rate is not None):
             raise ConfigError("several transports or payloads are compared with one console, flat out")
         if len(self.variants) > 1 and (self.runtimes != 1 or self.versus is not None or self.vs_flat_out):
@@ -133,7 +135,9 @@ class StreamSettings:
     def variants(self) -> list[tuple[str, str]]:
         """Every (transport, payload) measured, in order; the first is reported under the plain figure names."""
         transports = self.transports if self.endpoint is None else (self.endpoint.split("://", 1)[0],)
-        return list(itertools.product(dict.fromkeys(transports), dict.fromkeys(self.payloads)))
+        pairs = itertools.product(dict.fromkeys(transports), dict.fromkeys(self.payloads))
+        # shared memory only over ipc://, where the runtime knows the console's user (docs/protocol.md 12)
+        return [(t, p) for t, p in pairs if p != "shm" or t == "ipc"]
 
 
 def variant_name(transport: str, payload: str) -> str:

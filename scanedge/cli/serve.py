@@ -145,10 +145,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--shm",
-        choices=("local", "ipc", "off"),
-        default="local",
-        help="which consoles may put pixels and outputs in shared memory (docs/protocol.md section 12): local "
-        "(default: ipc:// and loopback tcp), ipc (ipc:// only, the console's own objects only), off",
+        choices=("ipc", "local", "off"),
+        default="ipc",
+        help="which consoles may put pixels and outputs in shared memory (docs/protocol.md section 12): ipc "
+        "(default: consoles on ipc://, whose user the kernel reports, and only that user's objects; local is "
+        "its earlier name), or off. tcp consoles send frames: the runtime cannot tell which user they are",
     )
     p.add_argument("--stats-interval", type=float, default=60.0, help="seconds between stats log lines (default: 60)")
     p.add_argument(

@@ -102,7 +102,8 @@ class ClientConfig:
         curve: this console's CurveZMQ keys (required by a networked runtime).
         hwm: most requests outstanding on this connection; more fail at once with BusyError.
         shared_memory: send pixels and receive the mask and raw overlay through shared memory (a runtime on
-            this host only: ipc:// or loopback tcp); requests the region cannot take go as frames.
+            this host over ipc:// only: a tcp runtime refuses it and the client sends frames); requests the
+            region cannot take go as frames.
         shared_memory_mb: size of the client's shared-memory region (a 512x512 int16 slice with mask and
             overlay takes 1.5 MiB of it while in flight, and while its result's arrays are alive).
     """

@@ -95,8 +95,9 @@ class ServerConfig:
         series: how much per-series lesion-load state is kept (idle time, series and slice caps).
         keep_warm: keep-warm passes between slices at a scanner's pace (:mod:`scanedge.runtime.keep_warm`).
         shared_memory: which consoles may register shared-memory regions (docs/protocol.md section 12):
-            ``local`` (default: consoles on ipc:// and on tcp from a loopback address), ``ipc`` (only
-            ipc://, where the kernel reports the console's user, whose objects alone it may name), ``off``.
+            ``ipc`` (default: consoles on ipc://, where the kernel reports the console's user, whose
+            objects alone it may name; ``local`` is its earlier name) or ``off``. Never tcp: a loopback
+            console could be any user of the host.
         shm_max_regions: shared-memory regions one connection may register.
         also_bind: further endpoints the same ROUTER listens on (e.g. an ``ipc://`` path beside the tcp
             port, for consoles on this host), under the same rules as ``bind``.
@@ -120,7 +121,7 @@ class ServerConfig:
     linger_ms: int = 2000
     series: SeriesStoreConfig = field(default_factory=SeriesStoreConfig)
     keep_warm: KeepWarmConfig = field(default_factory=KeepWarmConfig)
-    shared_memory: ShmMode = "local"
+    shared_memory: ShmMode = "ipc"
     shm_max_regions: int = 16
     also_bind: tuple[str, ...] = ()
 

@@ -35,10 +35,13 @@ once the console has unlinked the name and unmapped it (or died). A name the own
 keeps working: the runtime's descriptor keeps the object alive.
 
 Who may use it. Regions are refused on connections that are not local (:class:`Peer`): a tcp peer whose
-address is not loopback. On ipc connections the kernel tells the peer's uid, and the object must belong to
-it (or the peer is root), so a console cannot have the runtime read or write another user's object. Names
-must start with ``/scanedge-``, so a loopback console can never point the runtime at other software's
-shared memory.
+address is not loopback. An object is opened only for a console whose user the kernel reports: on ipc
+connections (SO_PEERCRED) the object must belong to that user (or the console runs as root), and inproc
+consoles are this process itself. A tcp console, even on loopback, could be any user of the host: the
+runtime, which may run as root, would otherwise open on its behalf an object that user cannot open (read
+another user's images through the ``image`` output, write into it through ``outputs_at``). So a tcp
+console is refused (``SHM_REFUSED``) and sends frames; the Python client falls back by itself. Names must
+start with ``/scanedge-``, so a console can never point the runtime at other software's shared memory.
 """
 
 from __future__ import annotations
@@ -85,7 +88,8 @@ __all__ = [
 SHM_DIR = "/dev/shm"
 #: the names a console may register: ``/scanedge-`` and 1-200 of ``A-Z a-z 0-9 . _ -``
 NAME_PATTERN = re.compile(r"/scanedge-[A-Za-z0-9._-]{1,200}")
-#: who may register regions: nobody, consoles on ipc:// (whose uid the kernel reports), or any local console
+#: who may register regions: nobody, or consoles on ipc:// (whose uid the kernel reports). ``local`` is the
+#: earlier name of ``ipc``, kept so that existing command lines work (it once let tcp loopback consoles in too)
 ShmMode = Literal["off", "ipc", "local"]
 SHM_MODES: tuple[str, ...] = ("off", "ipc", "local")
 #: regions open at once across all connections (each holds a file descriptor)
@@ -169,7 +173,13 @@ class Region:
         self._map: mmap.mmap | None = None
         self.mapped: np.ndarray | None = None  # the bytes, mapped: only when the object cannot shrink
         if sealed:
-            self._map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0))
+            try:
+                prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+                self._map = mmap.mmap(fd, size, mmap.MAP_SHARED, prot)
+            except (OSError, ValueError) as exc:  # e.g. a hugetlb memfd whose size is no whole number of pages
+                raise SharedMemoryError(
+                    f"{name} cannot be mapped ({getattr(exc, 'strerror', None) or exc}); register a plain memfd"
+                ) from None
             self.mapped = np.frombuffer(self._map, np.uint8)
 
     def retain(self) -> None:
@@ -341,6 +351,10 @@ class ShmJob:
             region.release()
 
 
+#: Linux's F_SEAL_FUTURE_WRITE (5.1+; not in every Python's fcntl): no new writable mapping, no write()
+_F_SEAL_FUTURE_WRITE = getattr(fcntl, "F_SEAL_FUTURE_WRITE", 0x0010)
+
+
 def _checked(fd: int, name: str, size: int, peer: Peer, writable: bool) -> Region:
     """The region of an opened object, once it is a plain shared-memory object the console's user owns, at
     least ``size`` bytes long; mapped when sealed against shrinking. Closes ``fd`` when it is refused."""
@@ -348,7 +362,13 @@ def _checked(fd: int, name: str, size: int, peer: Peer, writable: bool) -> Regio
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise SharedMemoryError(f"{name} is not a shared-memory object")
-        if peer.uid is not None and peer.uid not in (0, st.st_uid):
+        uid = os.geteuid() if peer.transport == "inproc" else peer.uid
+        if uid is None:  # see the module's docstring: nobody can tell whose the object is for such a console
+            raise SharedMemoryRefusedError(
+                f"{name}: shared memory is opened only for consoles whose user the kernel reports (ipc://); "
+                f"over {peer.transport} send the pixels as frames, or connect over ipc://"
+            )
+        if uid not in (0, st.st_uid):
             raise SharedMemoryError(f"{name} belongs to another user than the console's")
         if st.st_size < size:
             raise SharedMemoryError(f"{name} has {st.st_size} bytes, fewer than the {size} registered")
@@ -356,7 +376,8 @@ def _checked(fd: int, name: str, size: int, peer: Peer, writable: bool) -> Regio
             seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
         except OSError:  # objects in /dev/shm cannot be sealed
             seals = 0
-        writable = writable and not seals & fcntl.F_SEAL_WRITE
+        # sealed against writing (now, or for every new mapping and write): a region the runtime only reads
+        writable = writable and not seals & (fcntl.F_SEAL_WRITE | _F_SEAL_FUTURE_WRITE)
         return Region(name, size, fd, writable, sealed=bool(seals & fcntl.F_SEAL_SHRINK))
     except BaseException:
         os.close(fd)
@@ -386,7 +407,7 @@ class RegionTable:
         shm_dir: where POSIX shared-memory objects live (tests may point it elsewhere).
     """
 
-    def __init__(self, mode: ShmMode = "local", max_per_connection: int = 16, shm_dir: str = SHM_DIR) -> None:
+    def __init__(self, mode: ShmMode = "ipc", max_per_connection: int = 16, shm_dir: str = SHM_DIR) -> None:
         if mode not in SHM_MODES:
             raise ValueError(f"shared-memory mode must be one of {SHM_MODES}, got {mode!r}")
         self.mode = mode
@@ -396,10 +417,11 @@ class RegionTable:
         self._total = 0
 
     def allows(self, peer: Peer) -> bool:
-        """Whether a connection to ``peer`` may use shared memory under this runtime's mode."""
+        """Whether a connection to ``peer`` may use shared memory under this runtime's mode: a local console
+        whose user the kernel reports (ipc, inproc), never tcp (see the module's docstring)."""
         if self.mode == "off" or not peer.local:
             return False
-        return self.mode == "local" or peer.transport in ("ipc", "inproc")
+        return peer.transport in ("ipc", "inproc")
 
     def _check_peer(self, peer: Peer) -> None:
         if self.allows(peer):
@@ -412,7 +434,8 @@ class RegionTable:
                 "(send the pixels as frames)"
             )
         raise SharedMemoryRefusedError(
-            f"this runtime accepts shared memory on ipc:// connections only (--shm ipc); this one is {peer.transport}"
+            f"shared memory is for consoles on ipc:// connections, whose user the kernel reports; this one is "
+            f"{peer.transport}, where any user of this host could be the console (send the pixels as frames)"
         )
 
     def register(self, identity: bytes, peer: Peer, name: str, size: int, fd: int | None = None) -> None:

@@ -129,10 +129,10 @@ def fds_to(name: str) -> int:
     return count
 
 
-@pytest.fixture(params=["tcp", "ipc"])
-def runtime(request: pytest.FixtureRequest, tmp_path: Path, conv_model_path: Path):
-    bind = "tcp://127.0.0.1:*" if request.param == "tcp" else f"ipc://{tmp_path}/runtime.ipc"
-    with running_server([conv_model_path], bind=bind) as srv:
+@pytest.fixture
+def runtime(tmp_path: Path, conv_model_path: Path):
+    """A runtime on ipc://, the one transport on which consoles may use shared memory."""
+    with running_server([conv_model_path], bind=f"ipc://{tmp_path}/runtime.ipc") as srv:
         yield srv
 
 
@@ -295,8 +295,11 @@ def test_a_shared_memory_segment_with_a_pixel_frame_is_bad_frames(runtime):
         assert c.ask(segment(name), PIXELS.tobytes())[0]["code"] == "BAD_FRAMES"
 
 
-def test_a_connection_may_register_a_limited_number_of_regions(conv_model_path):
-    with running_server([conv_model_path], shm_max_regions=2) as srv, console(srv.endpoint) as c:
+def test_a_connection_may_register_a_limited_number_of_regions(conv_model_path, tmp_path):
+    with (
+        running_server([conv_model_path], shm_max_regions=2, bind=f"ipc://{tmp_path}/rt.ipc") as srv,
+        console(srv.endpoint) as c,
+    ):
         with shm_object() as (a, _), shm_object() as (b, _), shm_object() as (d, _):
             c.register(a, 4096)
             c.register(b, 4096)
@@ -456,13 +459,12 @@ def _as_nobody(endpoint: str, foreign: str) -> list[str]:
 # --- lifetime: crashed consoles, late workers, stopping --------------------------------------------------
 
 
-@pytest.mark.parametrize("transport", ["tcp", "ipc"])
-def test_a_console_killed_mid_request_leaves_nothing_behind(conv_model_path, tmp_path, transport):
+def test_a_console_killed_mid_request_leaves_nothing_behind(conv_model_path, tmp_path):
     """SIGKILL while the runtime holds the console's request: the runtime finishes it, writes into memory
-    nobody reads, drops the reply, closes its descriptor; over tcp the killed console's resource tracker
-    unlinks the name, over ipc the region is a memfd that never had one; the runtime serves the next console."""
+    nobody reads, drops the reply, closes its descriptor (the region is a memfd that never had a name); the
+    runtime serves the next console."""
     gate = Gate()
-    bind = "tcp://127.0.0.1:*" if transport == "tcp" else f"ipc://{tmp_path}/rt.ipc"
+    bind = f"ipc://{tmp_path}/rt.ipc"
     with running_server([conv_model_path], pipeline_factory=gated_factory(gate), bind=bind) as srv:
         script = textwrap.dedent(
             f"""
@@ -484,8 +486,8 @@ def test_a_console_killed_mid_request_leaves_nothing_behind(conv_model_path, tmp
             text=True,
         )
 
-        def held() -> int:  # descriptors (and, for the mapped memfd, its mapping's) the runtime holds
-            return fds_to(name) if transport == "tcp" else memfd_fds(name)
+        def held() -> int:  # descriptors (and the mapped memfd's mapping) the runtime holds
+            return memfd_fds(name)
 
         try:
             name = child.stdout.readline().strip()
@@ -508,11 +510,12 @@ def test_a_console_killed_mid_request_leaves_nothing_behind(conv_model_path, tmp
             assert again.segment(PIXELS).mask.shape == (ROWS, COLS)
 
 
-def test_nothing_is_written_after_the_request_was_answered(conv_model_path):
+def test_nothing_is_written_after_the_request_was_answered(conv_model_path, tmp_path):
     """A worker stuck past the job timeout: its request is answered ENGINE_TIMEOUT and the console may reuse
     the memory at once; when the worker finally finishes, it must not write into it."""
     gate = Gate()
-    with running_server([conv_model_path], pipeline_factory=gated_factory(gate), job_timeout_s=0.3) as srv:
+    bind = f"ipc://{tmp_path}/rt.ipc"
+    with running_server([conv_model_path], pipeline_factory=gated_factory(gate), job_timeout_s=0.3, bind=bind) as srv:
         with shm_object() as (name, memory), console(srv.endpoint) as c:
             c.register(name, 1 << 20)
             memory[: PIXELS.nbytes] = PIXELS.view(np.uint8).ravel()
@@ -524,9 +527,9 @@ def test_nothing_is_written_after_the_request_was_answered(conv_model_path):
             assert (memory[MASK_AT:] == 0xAB).all()
 
 
-def test_stopping_the_runtime_closes_every_region(conv_model_path):
+def test_stopping_the_runtime_closes_every_region(conv_model_path, tmp_path):
     with shm_object() as (name, _):
-        with running_server([conv_model_path]) as srv, console(srv.endpoint) as c:
+        with running_server([conv_model_path], bind=f"ipc://{tmp_path}/rt.ipc") as srv, console(srv.endpoint) as c:
             c.register(name, 4096)
             assert fds_to(name) == 2
         assert fds_to(name) == 1
@@ -671,10 +674,8 @@ def test_memfds_that_are_not_the_consoles_own_are_refused(conv_model_path, tmp_p
             assert reply["code"] == "SHM_UNAVAILABLE" and "fewer than the 8192" in reply["message"]
 
 
-def test_a_memfd_is_refused_over_tcp(runtime):
-    if runtime.endpoint.startswith("ipc://"):
-        pytest.skip("the tcp case")
-    with console(runtime.endpoint) as c, memfd() as (fd, _):
+def test_a_memfd_is_refused_over_tcp(conv_model_path):
+    with running_server([conv_model_path]) as srv, console(srv.endpoint) as c, memfd() as (fd, _):
         reply = c.ask({"type": "SHM_REGISTER", "name": "/scanedge-x", "size": 4096, "fd": fd})[0]
         assert reply["code"] == "SHM_REFUSED" and "ipc://" in reply["message"]
 
@@ -739,3 +740,101 @@ def test_a_c_console_does_what_the_spec_says(runtime, tmp_path):
     assert sums == f"mask_sum {sum(mask)} overlay_sum {sum(overlay)}"
     assert sum(mask) > 0
     assert not os.path.exists("/dev/shm" + name)  # the console unlinked its object
+
+
+def _nobody_asks(endpoint: str, headers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A console process running as user ``nobody`` (uid 65534) sends ``headers`` one by one; their replies."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the console: only zmq and os calls, everything it needs loaded before it drops root
+        replies: list[Any] = []
+        try:
+            ctx = zmq.Context()
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            sock.connect(endpoint)
+            for i, header in enumerate(headers):
+                sock.send(json.dumps({"version": 1, "id": i, **header}).encode())
+                replies.append(json.loads(sock.recv_multipart()[0]) if sock.poll(20_000) else "no reply")
+            sock.close(0)
+            ctx.term()
+        except BaseException as exc:
+            replies.append(repr(exc))
+        finally:
+            os.write(write, json.dumps(replies).encode())
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        out = f.read()
+    os.waitpid(pid, 0)
+    return json.loads(out)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a console as another user")
+@pytest.mark.parametrize("mode", ["local", "ipc"])
+def test_another_user_on_loopback_tcp_can_neither_read_nor_write_a_root_object(conv_model_path, mode):
+    """Found in testing: with the default mode, a process of uid 65534 registered a root-owned 0600 object
+    over tcp loopback, read it through the ``image`` output and wrote 196 608 bytes into it. A tcp peer has no
+    kernel-reported user, so no object is opened for it, whatever the mode is called."""
+    with running_server([conv_model_path], shared_memory=mode) as srv, shm_object() as (secret, memory):
+        os.chmod("/dev/shm" + secret, 0o600)
+        memory[:] = np.arange(memory.nbytes, dtype=np.uint64).astype(np.uint8)  # the owner's "pixels"
+        before = bytes(memory)
+        attack = segment(secret, outputs=["mask", "overlay", "image"])
+        replies = _nobody_asks(
+            srv.endpoint, [{"type": "PING"}, {"type": "SHM_REGISTER", "name": secret, "size": 4096}, attack]
+        )
+        assert replies[0]["shared_memory"] is False
+        assert [r["code"] for r in replies[1:]] == ["SHM_REFUSED", "SHM_REFUSED"], replies
+        assert "ipc://" in replies[1]["message"]
+        assert bytes(memory) == before and srv._loop.regions.open_regions == 0
+
+
+def test_a_memfd_sealed_against_future_writes_is_a_region_the_runtime_only_reads(conv_model_path, tmp_path):
+    """F_SEAL_FUTURE_WRITE forbids new writable mappings: the runtime reads pixels from it and refuses to
+    place outputs there (a typed BAD_REGION), never an INTERNAL from a failed mapping."""
+    future_write = getattr(fcntl, "F_SEAL_FUTURE_WRITE", 0x0010)
+    with running_server([conv_model_path], bind=f"ipc://{tmp_path}/rt.ipc") as srv, console(srv.endpoint) as c:
+        with memfd() as (fd, _):
+            try:
+                fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | future_write)
+            except OSError:
+                pytest.skip("this kernel cannot seal a memfd against future writes")
+            name = "/scanedge-sealed"
+            listed = c.ask({"type": "SHM_REGISTER", "name": name, "size": 1 << 20, "fd": fd})[0]
+            assert listed["type"] == "SHM_REGIONS", listed
+            refused, _ = c.ask(segment(name))
+            assert refused["code"] == "BAD_REGION", refused
+            ok, frames = c.ask(segment(name, mask=False, overlay=False, outputs=["mask"], outputs_at={}))
+            assert ok["type"] == "RESULT" and len(frames) == 1, ok
+
+
+def test_a_hugetlb_memfd_is_a_typed_refusal_never_an_internal_error(conv_model_path, tmp_path):
+    """A hugetlb memfd cannot be mapped (no huge pages reserved here, or a size no whole number of them) nor
+    read with pread: registering the sealed one, or segmenting from the unsealed one, is SHM_UNAVAILABLE."""
+    try:
+        fds = [os.memfd_create("scanedge-huge", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING | os.MFD_HUGETLB) for _ in "ab"]
+    except OSError:
+        pytest.skip("this kernel makes no hugetlb memfds")
+    with running_server([conv_model_path], bind=f"ipc://{tmp_path}/rt.ipc") as srv, console(srv.endpoint) as c:
+        try:
+            for fd in fds:
+                os.ftruncate(fd, 2 << 20)
+            fcntl.fcntl(fds[0], fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+            sealed = c.ask({"type": "SHM_REGISTER", "name": "/scanedge-huge-a", "size": 1 << 20, "fd": fds[0]})[0]
+            if sealed["type"] == "SHM_REGIONS":
+                pytest.skip("huge pages are reserved here: the hugetlb memfd maps like any other")
+            assert sealed["code"] == "SHM_UNAVAILABLE" and "cannot be mapped" in sealed["message"], sealed
+            plain = c.ask({"type": "SHM_REGISTER", "name": "/scanedge-huge-b", "size": 1 << 20, "fd": fds[1]})[0]
+            if plain["type"] == "SHM_REGIONS":
+                answer, _ = c.ask(segment("/scanedge-huge-b"))
+                assert answer.get("code") in ("SHM_UNAVAILABLE", "BAD_REGION"), answer
+            else:
+                assert plain["code"] == "SHM_UNAVAILABLE", plain
+            assert c.ask({"type": "PING"})[0]["type"] == "PONG"  # and the runtime serves on
+        finally:
+            for fd in fds:
+                os.close(fd)
