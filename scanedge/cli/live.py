@@ -55,7 +55,7 @@ def cmd_demo_live(args: argparse.Namespace) -> int:
         try:
             with user_values():
                 settings = ReplaySettings(endpoint=server.endpoint, rate=args.rate, loop=True, max_loops=args.passes)
-            err.print(f"live viewer: open [bold]{literal(viewer.url)}[/] in a browser")
+            err.print(f"live viewer: open [bold]{literal(viewer.page_url)}[/] in a browser")
             err.print(
                 f"replaying the demo series ({len(series[0].slices)} slices) at {args.rate:g} slices/s, "
                 + ("until Ctrl-C" if args.passes is None else f"{args.passes} pass(es)")

@@ -30,9 +30,19 @@ def cmd_view(args: argparse.Namespace) -> int:
     from scanedge.viewer import Viewer, ViewerConfig
 
     configure_logging("warning")
-    viewer = Viewer(ViewerConfig(subscribe=args.subscribe, host=args.host, port=args.port, insecure=args.insecure))
-    make_console().print(
-        f"live viewer: [bold]{literal(viewer.url)}[/] (following {literal(args.subscribe)}; Ctrl-C stops)"
+    extra = {"token": args.token} if args.token else {}
+    config = ViewerConfig(
+        subscribe=args.subscribe,
+        host=args.host,
+        port=args.port,
+        insecure=args.insecure,
+        allow_hosts=tuple(args.allow_host),
+        allow_origins=tuple(args.allow_origin),
+        **extra,
+    )
+    viewer = Viewer(config)
+    make_console().print(  # the one place the token is shown: the page needs it once
+        f"live viewer: open [bold]{literal(viewer.page_url)}[/] (following {literal(args.subscribe)}; Ctrl-C stops)"
     )
     viewer.serve()
     return 0
@@ -51,5 +61,26 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="allow a --host other machines can reach: the page is plain HTTP without a login and shows the "
         "images (default: off)",
+    )
+    p.add_argument(
+        "--token",
+        default=None,
+        help="the session's secret in the page URL (default: a random one, printed at start; at least 16 characters)",
+    )
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="also answer this Host header, as a reverse proxy sends it (repeatable; default: only the viewer's "
+        "own addresses)",
+    )
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="also accept pages from this origin, e.g. https://viewer.example (repeatable; default: only the "
+        "viewer's own)",
     )
     p.set_defaults(func=cmd_view)

@@ -10,13 +10,19 @@ JSON length, the JSON description, the image bytes, the mask bytes). The page an
 each binary message, with the publish-to-paint time it measured; until then the server holds only the
 newest slice for it, so a slow page skips slices instead of slowing anything down. The page may send
 ``select`` (which series to paint; null: the newest of any) and ``pin`` (paint one earlier slice; null:
-follow live).
+follow live). Every two seconds, and whenever the runtime connects, goes away or is replaced, the
+server sends ``feed`` (the feed's status); a page that hears nothing for longer knows its socket is stale.
+Anything else from the page (binary, oversized or unreadable messages) closes its socket cleanly with
+1003/1009.
+
+Who may load any of this (Host, Origin, token) is :mod:`scanedge.viewer.guard`'s business.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -35,7 +41,8 @@ __all__ = ["STATIC_DIR", "create_app"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 _NO_CACHE = {"Cache-Control": "no-store"}
-_MAX_PAGE_MESSAGE = 4096  # what a page sends is tiny; anything longer is ignored
+_MAX_PAGE_MESSAGE = 4096  # what a page sends is tiny; anything longer closes its socket
+_STATUS_EVERY_S = 2.0  # the feed's status goes to every page at least this often
 
 
 def create_app(feed: LiveFeed) -> Starlette:
@@ -61,6 +68,7 @@ def create_app(feed: LiveFeed) -> Starlette:
                 "pages": len(feed.watchers),
                 "dropped_for_pages": sum(w.dropped for w in feed.watchers),
                 "publish_to_paint_ms": feed.latency(),
+                "feed": feed.status(),
                 "series": [{"uid": s.uid, "slices": len(s.slices), "latest": s.latest} for s in feed.series.values()],
             },
             headers=_NO_CACHE,
@@ -71,14 +79,15 @@ def create_app(feed: LiveFeed) -> Starlette:
         watcher = Watcher(feed.limits)
         feed.watchers.add(watcher)
         try:
-            await websocket.send_json(feed.snapshot())
+            await websocket.send_json({**feed.snapshot(), "feed": feed.status()})
+            watcher.status_changed = False
             latest = next(reversed(feed.series.values()), None) if feed.series else None
             if latest is not None and latest.latest is not None:
                 item = feed.retained(latest.uid, latest.latest["key"])
                 if item is not None:
                     watcher.pixels = item
                     watcher.wake.set()
-            sender = asyncio.create_task(_send(websocket, watcher))
+            sender = asyncio.create_task(_send(websocket, watcher, feed))
             receiver = asyncio.create_task(_receive(websocket, watcher, feed))
             done, pending = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
             for task in pending:
@@ -89,6 +98,9 @@ def create_app(feed: LiveFeed) -> Starlette:
             for task in done:
                 with contextlib.suppress(WebSocketDisconnect, RuntimeError):
                     task.result()
+            with contextlib.suppress(RuntimeError):  # closes it when the page broke the rules; no-op when gone
+                if receiver in done and not receiver.cancelled() and receiver.exception() is None:
+                    await websocket.close(*receiver.result())
         finally:
             feed.watchers.discard(watcher)
 
@@ -103,10 +115,16 @@ def create_app(feed: LiveFeed) -> Starlette:
     )
 
 
-async def _send(websocket: WebSocket, watcher: Watcher) -> None:
+async def _send(websocket: WebSocket, watcher: Watcher, feed: LiveFeed) -> None:
     while True:
-        await watcher.wake.wait()
+        try:
+            await asyncio.wait_for(watcher.wake.wait(), _STATUS_EVERY_S)
+        except asyncio.TimeoutError:
+            watcher.status_changed = True
         watcher.wake.clear()
+        if watcher.status_changed:
+            watcher.status_changed = False
+            await websocket.send_json(feed.status())
         if watcher.texts:
             batch = list(watcher.texts)
             watcher.texts.clear()
@@ -116,19 +134,23 @@ async def _send(websocket: WebSocket, watcher: Watcher) -> None:
             await websocket.send_bytes(pack_slice(item))
 
 
-async def _receive(websocket: WebSocket, watcher: Watcher, feed: LiveFeed) -> None:
+async def _receive(websocket: WebSocket, watcher: Watcher, feed: LiveFeed) -> tuple[int, str]:
+    """Serve the page's messages until it breaks the rules: then the close code and reason to answer."""
     while True:
-        text = await websocket.receive_text()
+        received = await websocket.receive()
+        if received["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(received.get("code", 1000))
+        text = received.get("text")
+        if text is None:
+            return 1003, "the viewer accepts only JSON text messages"
         if len(text) > _MAX_PAGE_MESSAGE:
-            continue
+            return 1009, "message too long"
         try:
-            import json
-
             message: Any = json.loads(text)
         except ValueError:
-            continue
+            return 1003, "not JSON"
         if not isinstance(message, dict):
-            continue
+            return 1003, "not a JSON object"
         kind = message.get("type")
         if kind == "painted":
             ms = message.get("latency_ms")

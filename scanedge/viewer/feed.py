@@ -11,6 +11,11 @@ Nothing here can slow the runtime: the SUB socket drops at its high-water mark o
 (PUB never blocks), and a watcher never queues pixels: it holds the *newest* slice waiting for its page
 and sends it only when the page has painted the previous one (drop to newest). Only the small JSON
 descriptions are queued per page, and that queue is bounded too.
+
+A runtime that restarts is followed without restarting the viewer: ZeroMQ reconnects the SUB socket by
+itself, a monitor on it tells whether a runtime is connected at all (pages show "stale" while none is),
+and a RESULT carrying another ``runtime`` id than the last one makes every page follow the new runtime's
+newest series again instead of waiting on a series the old runtime was publishing.
 """
 
 from __future__ import annotations
@@ -148,7 +153,18 @@ class Watcher:
         self.pixels: LiveSlice | None = None  # newest slice to paint, replaced by newer ones (drop to newest)
         self.awaiting_paint = False
         self.dropped = 0
+        self.status_changed = True  # the page is told the feed's status (connected, runtime) with the next wake
         self.wake = asyncio.Event()
+
+    def feed_changed(self, new_runtime: bool) -> None:
+        """The runtime connected, went away or was replaced. A new runtime also drops what this page was
+        looking at, so its next slice is painted whatever series it belongs to."""
+        if new_runtime:
+            self.selected = None
+            self.pinned = None
+            self.awaiting_paint = False  # a paint of the old runtime's slice may never be reported
+        self.status_changed = True
+        self.wake.set()
 
     def offer(self, item: LiveSlice) -> None:
         """Queue a new slice's description for the page and, when the page follows its series live and the
@@ -197,8 +213,21 @@ class LiveFeed:
         self._retained_bytes = 0
         self._seq = 0
         self._task: asyncio.Task | None = None
+        self._monitor: asyncio.Task | None = None
         self._ctx: zmq.asyncio.Context | None = None
-        self.connected = asyncio.Event()
+        self.peers = 0  # runtimes the SUB socket is connected to now (from its monitor)
+        self.runtime = ""  # the ``runtime`` id of the last RESULT (a new one: the runtime restarted)
+        self.runtimes_seen = 0
+        self.last_slice_at: float | None = None  # time.time() of the last publication
+
+    def status(self) -> dict[str, Any]:
+        """What a page shows in its badge: whether a runtime is connected, and which one published last."""
+        ago = None if self.last_slice_at is None else round(max(0.0, time.time() - self.last_slice_at), 1)
+        return {"type": "feed", "connected": self.peers > 0, "runtime": self.runtime, "last_slice_s_ago": ago}
+
+    def _changed(self, new_runtime: bool = False) -> None:
+        for w in self.watchers:
+            w.feed_changed(new_runtime)
 
     async def start(self) -> None:
         """Open the SUB socket (every series), connect it and start reading in a task on the running loop.
@@ -211,15 +240,18 @@ class LiveFeed:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, self.limits.sub_hwm)
         sock.setsockopt(zmq.SUBSCRIBE, b"")
+        monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         sock.connect(self.endpoint)
         self._task = asyncio.create_task(self._read(sock), name="scanedge-viewer-feed")
+        self._monitor = asyncio.create_task(self._watch(monitor), name="scanedge-viewer-feed-monitor")
 
     async def stop(self) -> None:
         """Cancel the reading task and close the socket and its context; what was received is kept."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._monitor, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._ctx is not None:
             self._ctx.term()
 
@@ -230,6 +262,25 @@ class LiveFeed:
                 self.handle([f.buffer for f in frames])
         finally:
             sock.close(0)
+
+    async def _watch(self, monitor: zmq.asyncio.Socket) -> None:
+        from zmq.utils.monitor import parse_monitor_message
+
+        try:
+            while True:
+                try:
+                    event = parse_monitor_message(await monitor.recv_multipart())
+                except (ValueError, KeyError, IndexError):
+                    continue
+                if event["event"] == zmq.EVENT_CONNECTED:
+                    self.peers += 1
+                elif event["event"] == zmq.EVENT_DISCONNECTED:
+                    self.peers = max(0, self.peers - 1)
+                    if self.peers == 0:
+                        log.warning("the runtime at %s went away; waiting for it to come back", self.endpoint)
+                self._changed()
+        finally:
+            monitor.close(0)
 
     def handle(self, frames: Sequence[Any]) -> LiveSlice | None:
         """One published message: topic, RESULT header, payload frames. Malformed ones are counted."""
@@ -247,6 +298,13 @@ class LiveFeed:
             if self.malformed <= 10:
                 log.warning("ignoring a malformed publication: %s", exc.message)
             return None
+        self.last_slice_at = time.time()
+        if header.runtime and header.runtime != self.runtime:
+            if self.runtime:
+                log.warning("a new runtime (%s) publishes on %s; pages follow it", header.runtime, self.endpoint)
+            self.runtime = header.runtime
+            self.runtimes_seen += 1
+            self._changed(new_runtime=self.runtimes_seen > 1)
         if item is not None:
             self._remember(item)
             for w in self.watchers:

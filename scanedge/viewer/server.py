@@ -2,16 +2,20 @@
 
 The socket is bound before uvicorn starts, so the real port is known at once (``port=0`` picks a free
 one) and a port in use fails with a clear :class:`ConfigError` instead of a log line. Loopback by default:
-the page shows patient images, unencrypted.
+the page shows patient images, unencrypted. Every request must name the viewer's own address, come from its
+own origin and carry the session token (:mod:`scanedge.viewer.guard`); the token is in :attr:`Viewer.page_url`
+and is never logged.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from scanedge.errors import ConfigError, RuntimeStateError
 from scanedge.runtime.endpoints import is_loopback_host, parse_endpoint
@@ -31,8 +35,14 @@ class ViewerConfig:
         host: address the page is served on: loopback by default; any other needs ``insecure``.
         port: TCP port (0: any free one).
         limits: what the viewer keeps in memory (:class:`FeedLimits`).
-        insecure: serve beyond this machine although the page (plain HTTP and WebSocket, no login) shows the
-            images to anyone who can reach it; for a network that is protected otherwise.
+        insecure: serve beyond this machine although the page (plain HTTP and WebSocket) shows the images to
+            anyone who can reach it and has the token; for a network that is protected otherwise.
+        token: the session's secret (at least 16 characters, no spaces, ``;`` or ``&``); random by default.
+        allow_hosts: ``Host`` values answered besides the viewer's own addresses, as a reverse proxy sends
+            them (``viewer.example`` or ``viewer.example:8443``).
+        allow_origins: page origins (``https://viewer.example``) allowed besides the viewer's own.
+        header_timeout: seconds a connection has to send a whole request head before it is closed.
+        max_connections: open connections (pages' WebSockets included) beyond which new ones get 503.
     """
 
     subscribe: str
@@ -40,11 +50,29 @@ class ViewerConfig:
     port: int = 8080
     limits: FeedLimits = field(default_factory=FeedLimits)
     insecure: bool = False
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    allow_hosts: tuple[str, ...] = ()
+    allow_origins: tuple[str, ...] = ()
+    header_timeout: float = 10.0
+    max_connections: int = 64
 
     def __post_init__(self) -> None:
         parse_endpoint(self.subscribe)
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be within 0-65535, got {self.port}")
+        if len(self.token) < 16 or not self.token.isprintable() or any(c in self.token for c in " ;&,=%+#"):
+            raise ConfigError("the token must have at least 16 characters and no spaces or ; & , = % + #")
+        for origin in self.allow_origins:
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/") or parts.query:
+                raise ConfigError(f"an allowed origin is scheme://host[:port], got {origin!r}")
+        for host in self.allow_hosts:
+            if not host or "/" in host or " " in host:
+                raise ConfigError(f"an allowed host is host[:port] as the Host header carries it, got {host!r}")
+        if not 0 < self.header_timeout <= 3600:
+            raise ConfigError(f"header_timeout must be within (0, 3600] s, got {self.header_timeout}")
+        if not 1 <= self.max_connections <= 100_000:
+            raise ConfigError(f"max_connections must be within 1-100000, got {self.max_connections}")
         if not self.is_loopback and not self.insecure:
             raise ConfigError(
                 f"refusing to serve the viewer on {self.host}: the page is plain HTTP without a login, so anyone "
@@ -67,6 +95,7 @@ class Viewer:
         import uvicorn
 
         from scanedge.viewer.app import create_app
+        from scanedge.viewer.guard import AccessGuard, guarded_http_protocol, own_hosts
 
         self.config = config
         self.feed = LiveFeed(config.subscribe, config.limits)
@@ -84,11 +113,20 @@ class Viewer:
         self.port = int(self._socket.getsockname()[1])
         if not config.is_loopback:  # allowed by config.insecure
             log.warning("the viewer is served on %s (--insecure): anyone who can reach it sees the images", config.host)
+        self.guard = AccessGuard(
+            create_app(self.feed),
+            hosts=own_hosts(config.host, self.port, config.allow_hosts),
+            extra_origins=config.allow_origins,
+            token=config.token,
+            cookie=f"scanedge_viewer_{self.port}",  # cookies ignore ports: one name per viewer
+        )
         self._server = uvicorn.Server(
             uvicorn.Config(
-                create_app(self.feed),
+                self.guard,
+                http=guarded_http_protocol(config.header_timeout, config.max_connections),
+                log_config=None,  # a library leaves logging to its application; records go to the root logger
                 log_level="warning",
-                log_config=None,  # uvicorn's records go to the process's handlers (the CLI's budget), not its own
+                access_log=False,  # request lines carry the token
                 lifespan="on",
                 ws_max_size=64 * 1024,
                 ws_per_message_deflate=False,  # pixels barely compress, and deflating them costs milliseconds
@@ -102,6 +140,16 @@ class Viewer:
         """The page's address with the port actually bound, e.g. ``http://127.0.0.1:8080/``."""
         host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
         return f"http://{host}:{self.port}/"
+
+    @property
+    def token(self) -> str:
+        """The session's secret token."""
+        return self.config.token
+
+    @property
+    def page_url(self) -> str:
+        """The address to open: :attr:`url` with the token, e.g. ``http://127.0.0.1:8080/?token=...``."""
+        return f"{self.url}?token={self.config.token}"
 
     def serve(self) -> None:
         """Serve until stopped (Ctrl-C or :meth:`request_stop`)."""

@@ -8,8 +8,11 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
+
+import pytest
 
 from tests.waiting import wait_until
 
@@ -29,19 +32,22 @@ def test_demo_live_serves_the_page_while_replaying_and_stops_on_ctrl_c(tmp_path)
     try:
         url = None
         for line in proc.stderr:
-            found = re.search(r"open (http://127\.0\.0\.1:\d+/)", line)
+            found = re.search(r"open (http://127\.0\.0\.1:\d+/)\?token=([\w-]+)", line)
             if found:
-                url = found.group(1)
+                url, token = found.groups()
                 break
         assert url, "no viewer URL printed"
 
         def state() -> dict:
-            with urllib.request.urlopen(url + "api/state", timeout=10) as r:
+            with urllib.request.urlopen(f"{url}api/state?token={token}", timeout=10) as r:
                 return json.load(r)
 
         wait_until(lambda: state()["received"] >= 10, timeout=60, what="the replay reaching the viewer")
-        with urllib.request.urlopen(url, timeout=10) as r:
+        with urllib.request.urlopen(f"{url}?token={token}", timeout=10) as r:
             assert "scanedge" in r.read().decode()
+        with pytest.raises(urllib.error.HTTPError) as refused:  # the token is what opens it
+            urllib.request.urlopen(url + "api/state", timeout=10)
+        assert refused.value.code == 401
         proc.send_signal(signal.SIGINT)
         try:
             out, err = proc.communicate(timeout=120)

@@ -18,11 +18,11 @@ from tests.waiting import wait_until
 
 
 def ws_url(viewer: Viewer) -> str:
-    return viewer.url.replace("http://", "ws://") + "ws"
+    return viewer.url.replace("http://", "ws://") + "ws?token=" + viewer.token
 
 
 def state(viewer: Viewer) -> dict:
-    with urllib.request.urlopen(viewer.url + "api/state", timeout=10) as r:
+    with urllib.request.urlopen(viewer.url + "api/state?token=" + viewer.token, timeout=10) as r:
         return json.load(r)
 
 
@@ -169,7 +169,7 @@ def test_settings_are_checked_and_ports_in_use_refused(viewer):
         ViewerConfig(subscribe="not an endpoint")
     with pytest.raises(ConfigError, match="another --port"):
         Viewer(ViewerConfig(subscribe="tcp://127.0.0.1:5556", port=viewer.port))
-    with urllib.request.urlopen(viewer.url, timeout=10) as r:
+    with urllib.request.urlopen(viewer.page_url, timeout=10) as r:
         page = r.read().decode()
     assert 'id="view"' in page and "/static/app.js" in page
 

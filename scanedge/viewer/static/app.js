@@ -14,24 +14,56 @@ const state = {
   zoom: 1,
   pan: [0, 0],
   socket: null,
+  heard: 0, // when the socket last carried anything
+  runtime: null, // id of the runtime whose results are shown
 };
 
 // --- connection ------------------------------------------------------------------------------------
+
+const STALE_AFTER_MS = 6000; // the server sends its feed status every 2 s: silence this long means a dead socket
 
 function connect() {
   const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
   const ws = new WebSocket(url);
   ws.binaryType = "arraybuffer";
   state.socket = ws;
-  ws.onopen = () => setStatus("live", "live");
+  state.heard = now();
+  ws.onopen = () => setStatus("connecting", "waiting for the runtime");
   ws.onclose = () => {
+    if (state.socket !== ws) return;
     setStatus("closed", "disconnected, retrying");
     setTimeout(connect, 1000);
   };
   ws.onmessage = (event) => {
+    if (state.socket !== ws) return;
+    state.heard = now();
     if (typeof event.data === "string") onText(JSON.parse(event.data));
     else onSlice(event.data);
   };
+}
+
+// A socket that stays open but carries nothing (a frozen proxy, a suspended laptop) is dropped and reopened.
+setInterval(() => {
+  const ws = state.socket;
+  if (!ws || ws.readyState !== WebSocket.OPEN || now() - state.heard < STALE_AFTER_MS) return;
+  setStatus("stale", "no news from the viewer, reconnecting");
+  state.socket = null;
+  ws.close();
+  connect();
+}, 1000);
+
+// The runtime connected, went away, or is another one than before (restarted): the badge says which, and a
+// new runtime is followed from its first slice, whatever series it publishes.
+function onFeed(feed) {
+  if (feed.runtime && state.runtime && feed.runtime !== state.runtime) {
+    state.selected = null;
+    state.pinned = null;
+    $("pinned").hidden = true;
+  }
+  if (feed.runtime) state.runtime = feed.runtime;
+  document.body.dataset.runtime = state.runtime || "";
+  if (feed.connected) setStatus("live", "live");
+  else setStatus("stale", "stale: runtime gone, waiting for it");
 }
 
 function send(message) {
@@ -47,7 +79,12 @@ function setStatus(kind, text) {
 // --- what the runtime published --------------------------------------------------------------------
 
 function onText(message) {
+  if (message.type === "feed") {
+    onFeed(message);
+    return;
+  }
   if (message.type === "hello") {
+    onFeed(message.feed);
     for (const s of message.series) {
       for (const meta of s.slices) remember(meta);
     }
