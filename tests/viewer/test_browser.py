@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import threading
 import urllib.request
 from pathlib import Path
@@ -18,45 +17,15 @@ import numpy as np
 import pytest
 
 from scanedge.runtime.replay import Replay, ReplaySettings, read_series
+from tests.viewer.conftest import CHROMIUM
 from tests.waiting import wait_until
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 OVERLAY_RGB = (255, 40, 40)  # the demo model's lesion colour, the page's first label colour
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium; .ci/run installs it)"
 )
-
-
-@pytest.fixture
-def browser_page():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the 'test' extra)")
-    with sync_api.sync_playwright() as p, tempfile.TemporaryDirectory(prefix="scanedge-chromium-") as profile:
-        context = p.chromium.launch_persistent_context(
-            profile,
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 800},
-        )
-        try:
-            page = context.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            yield page, errors
-        finally:
-            context.close()
 
 
 def overlay_pixels(png: bytes) -> int:

@@ -151,6 +151,7 @@ function onSlice(buffer) {
       document.body.dataset.painted = String(meta.seq);
       document.body.dataset.paintedLesionPixels = String(meta.lesion_pixels);
       document.body.dataset.paintedIndex = String(meta.index ?? "");
+      document.body.dataset.paintedSeries = meta.series;
       send({ type: "painted", seq: meta.seq, latency_ms: latency });
     }, 0),
   );
