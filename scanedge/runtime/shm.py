@@ -370,6 +370,10 @@ def _checked(fd: int, name: str, size: int, peer: Peer, writable: bool) -> Regio
             )
         if uid not in (0, st.st_uid):
             raise SharedMemoryError(f"{name} belongs to another user than the console's")
+        if uid != 0:  # the runtime, often root, could open it regardless: the owner's own bits bound it
+            if not st.st_mode & stat.S_IRUSR:
+                raise SharedMemoryError(f"{name} may not be read by its owner (mode {st.st_mode & 0o777:o})")
+            writable = writable and bool(st.st_mode & stat.S_IWUSR)
         if st.st_size < size:
             raise SharedMemoryError(f"{name} has {st.st_size} bytes, fewer than the {size} registered")
         try:
@@ -378,6 +382,14 @@ def _checked(fd: int, name: str, size: int, peer: Peer, writable: bool) -> Regio
             seals = 0
         # sealed against writing (now, or for every new mapping and write): a region the runtime only reads
         writable = writable and not seals & (fcntl.F_SEAL_WRITE | _F_SEAL_FUTURE_WRITE)
+        if writable and not seals & fcntl.F_SEAL_SHRINK:  # written with pwrite: probe that it can be
+            try:
+                os.pwrite(fd, b"", 0)  # writes nothing; fails where write() is not supported (hugetlbfs)
+            except OSError as exc:
+                raise SharedMemoryError(
+                    f"{name} cannot be written byte-wise ({exc.strerror}; a MFD_HUGETLB memfd?): register a "
+                    "memfd without MFD_HUGETLB or a /dev/shm object"
+                ) from None
         return Region(name, size, fd, writable, sealed=bool(seals & fcntl.F_SEAL_SHRINK))
     except BaseException:
         os.close(fd)
