@@ -420,40 +420,10 @@ def test_over_ipc_a_console_may_name_only_its_own_users_objects(conv_model_path)
 
 def _as_nobody(endpoint: str, foreign: str) -> list[str]:
     """A console process running as user ``nobody`` registers ``foreign``, then an object of its own."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the console: only zmq and os calls, everything it needs loaded before it drops root
-        answers: list[str] = []
-        try:
-            ctx = zmq.Context()
-            sock = ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            os.setgid(65534)
-            os.setuid(65534)
-            sock.connect(endpoint)  # the kernel records the peer's credentials now: nobody's
-            own = f"/scanedge-test-own-{os.getpid()}"
-            fd = os.open("/dev/shm" + own, os.O_CREAT | os.O_RDWR, 0o600)
-            os.ftruncate(fd, 4096)
-            for i, name in enumerate((foreign, own)):
-                header = {"version": 1, "type": "SHM_REGISTER", "id": i, "name": name, "size": 4096}
-                sock.send(json.dumps(header).encode())
-                if sock.poll(20_000):
-                    answers.append(json.loads(sock.recv())["message" if i == 0 else "type"])
-            os.unlink("/dev/shm" + own)
-            sock.close(0)
-            ctx.term()
-        except BaseException as exc:
-            answers.append(repr(exc))
-        finally:
-            os.write(write, json.dumps(answers).encode())
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as f:
-        out = f.read()
-    os.waitpid(pid, 0)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(f"/dev/shm/scanedge-test-own-{pid}")
-    return json.loads(out)
+    own = f"/scanedge-test-own-{secrets.token_hex(6)}"
+    register = [{"type": "SHM_REGISTER", "name": name, "size": 4096} for name in (foreign, own)]
+    first, second = _nobody_asks(endpoint, register, own_object=own)
+    return [first["message"], second["type"]]
 
 
 # --- lifetime: crashed consoles, late workers, stopping --------------------------------------------------
@@ -742,8 +712,9 @@ def test_a_c_console_does_what_the_spec_says(runtime, tmp_path):
     assert not os.path.exists("/dev/shm" + name)  # the console unlinked its object
 
 
-def _nobody_asks(endpoint: str, headers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A console process running as user ``nobody`` (uid 65534) sends ``headers`` one by one; their replies."""
+def _nobody_asks(endpoint: str, headers: list[dict[str, Any]], own_object: str | None = None) -> list[dict[str, Any]]:
+    """A console process running as user ``nobody`` (uid 65534) sends ``headers`` one by one; their replies.
+    With ``own_object``, it first creates that shared-memory object of its own (4 KiB, 0600), removed after."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the console: only zmq and os calls, everything it needs loaded before it drops root
@@ -755,7 +726,10 @@ def _nobody_asks(endpoint: str, headers: list[dict[str, Any]]) -> list[dict[str,
             os.setgroups([])
             os.setgid(65534)
             os.setuid(65534)
-            sock.connect(endpoint)
+            sock.connect(endpoint)  # the kernel records the peer's credentials now: nobody's
+            if own_object is not None:
+                fd = os.open("/dev/shm" + own_object, os.O_CREAT | os.O_RDWR, 0o600)
+                os.ftruncate(fd, 4096)
             for i, header in enumerate(headers):
                 sock.send(json.dumps({"version": 1, "id": i, **header}).encode())
                 replies.append(json.loads(sock.recv_multipart()[0]) if sock.poll(20_000) else "no reply")
@@ -770,6 +744,9 @@ def _nobody_asks(endpoint: str, headers: list[dict[str, Any]]) -> list[dict[str,
     with os.fdopen(read) as f:
         out = f.read()
     os.waitpid(pid, 0)
+    if own_object is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink("/dev/shm" + own_object)
     return json.loads(out)
 
 
