@@ -217,7 +217,6 @@ class LiveFeed:
         self._ctx: zmq.asyncio.Context | None = None
         self.peers = 0  # runtimes the SUB socket is connected to now (from its monitor)
         self.runtime = ""  # the ``runtime`` id of the last RESULT (a new one: the runtime restarted)
-        self.runtimes_seen = 0
         self.last_slice_at: float | None = None  # time.time() of the last publication
 
     def status(self) -> dict[str, Any]:
@@ -300,11 +299,11 @@ class LiveFeed:
             return None
         self.last_slice_at = time.time()
         if header.runtime and header.runtime != self.runtime:
-            if self.runtime:
+            replaced = bool(self.runtime)  # the first runtime seen replaces none
+            if replaced:
                 log.warning("a new runtime (%s) publishes on %s; pages follow it", header.runtime, self.endpoint)
             self.runtime = header.runtime
-            self.runtimes_seen += 1
-            self._changed(new_runtime=self.runtimes_seen > 1)
+            self._changed(new_runtime=replaced)
         if item is not None:
             self._remember(item)
             for w in self.watchers:
