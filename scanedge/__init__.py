@@ -8,8 +8,7 @@ with scanedge.Pipeline.open() as pipe:          # the shipped demo model
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from scanedge import _moved
 from scanedge.engines import EngineOptions
 from scanedge.errors import ScanedgeError
 from scanedge.imaging.dicom import slices_from_dicom
@@ -17,6 +16,7 @@ from scanedge.imaging.overlay import OverlayOptions
 from scanedge.imaging.slices import Slice, SliceGeometry, SliceIdentity, SliceLimits
 from scanedge.manifest import Manifest, load_manifest
 from scanedge.runtime.pipeline import Pipeline, PipelineConfig, SliceResult
+from scanedge.version import __version__
 
 __all__ = [
     "EngineOptions",
@@ -34,3 +34,5 @@ __all__ = [
     "load_manifest",
     "slices_from_dicom",
 ]
+
+_moved.install()  # old import paths of moved modules (see scanedge/_moved.py)

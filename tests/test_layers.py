@@ -9,9 +9,11 @@ ROOT = Path(__file__).resolve().parents[1] / "scanedge"
 
 #: scanedge's packages and top modules, bottom up; a module may import its own floor and those below it
 FLOORS = {
+    "_moved": 0,
     "errors": 0,
     "models": 0,
     "safe_text": 0,
+    "version": 0,
     "manifest": 1,
     "imaging": 2,
     "engines": 2,

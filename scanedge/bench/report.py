@@ -65,11 +65,11 @@ def versions() -> dict[str, str]:
     import cv2
     import zmq
 
-    import scanedge
     from scanedge.engines.ort_session import import_onnxruntime
+    from scanedge.version import __version__
 
     return {
-        "scanedge": scanedge.__version__,
+        "scanedge": __version__,
         "onnxruntime": import_onnxruntime().__version__,
         "numpy": np.__version__,
         "opencv": cv2.__version__,

@@ -26,9 +26,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from scanedge import __version__
 from scanedge.cli import convert, dicom, models, replay, segment, serve, view
 from scanedge.console import run_command
+from scanedge.version import __version__
 
 __all__ = ["build_parser", "main"]
 

@@ -337,7 +337,7 @@ def _add_common(
 def build_parser(prog: str = "edge-bench") -> argparse.ArgumentParser:
     """The ``edge-bench`` argument parser: one subcommand per mode, each bound to its handler (``func``);
     ``prog`` is the name it is called by (``scanedge bench`` runs the same parser)."""
-    from scanedge import __version__
+    from scanedge.version import __version__
 
     ap = argparse.ArgumentParser(prog=prog, description="Latency profiler for scanedge engines, pipeline and stream.")
     ap.add_argument("--version", action="version", version=f"{prog} (scanedge {__version__})")

@@ -30,9 +30,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from scanedge import __version__
 from scanedge.dicomnet.series import HeldInstance, OpenSeries, unpack
 from scanedge.manifest import ClassSpec, CodedConcept, Manifest
+from scanedge.version import __version__
 
 __all__ = [
     "GENERIC_CATEGORY",

@@ -120,7 +120,7 @@ class BatchReport:
 
     def to_dict(self) -> dict[str, Any]:
         """The content of ``results.json``."""
-        from scanedge import __version__
+        from scanedge.version import __version__
 
         return {
             "scanedge": __version__,

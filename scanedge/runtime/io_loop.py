@@ -27,7 +27,6 @@ from typing import Any
 import zmq
 import zmq.utils.monitor
 
-from scanedge import __version__
 from scanedge.errors import (
     BusyError,
     ScanedgeError,
@@ -69,6 +68,7 @@ from scanedge.runtime.series_store import SeriesStore
 from scanedge.runtime.shm import RegionTable, peer_of
 from scanedge.runtime.stats import RuntimeStats
 from scanedge.runtime.workers import Outcome, WorkerPool, error_outcome, expired_outcome
+from scanedge.version import __version__
 
 __all__ = ["IoLoop", "LoopSettings"]
 
