@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
+import msgspec
 import numpy as np
 
 from scanedge.imaging.slices import SliceGeometry
@@ -81,9 +82,10 @@ def slice_key(geometry: SliceGeometry | None, instance_number: int | None = None
     return None
 
 
-@dataclass(frozen=True)
-class ClassLesionLoad:
+class ClassLesionLoad(msgspec.Struct, frozen=True):
     """One foreground class over the slices received so far.
+
+    A msgspec Struct, because the same object is what RESULT carries on the wire (protocol.md section 4).
 
     Volumes are None when no volume can be computed (see the module's rules). The largest lesion is the
     one with the most volume, or with the most voxels when volumes are unknown.
@@ -125,9 +127,8 @@ class ClassLesionLoad:
         }
 
 
-@dataclass(frozen=True)
-class LesionLoad:
-    """A series' lesion load at one moment, per foreground class.
+class LesionLoad(msgspec.Struct, frozen=True):
+    """A series' lesion load at one moment, per foreground class; RESULT's ``series_load`` on the wire.
 
     Attributes:
         slices: slices held (each place counted once: a replaced slice is not counted again).
@@ -162,6 +163,17 @@ class LesionLoad:
         """Total volume of every foreground class together; None when any class has no volume."""
         volumes = [c.volume_mm3 for c in self.classes]
         return None if any(v is None for v in volumes) else float(sum(volumes))  # type: ignore[arg-type]
+
+    def rounded(self) -> LesionLoad:
+        """This load with the spacing and volumes rounded to 0.001 mm (mm³), as it goes on the wire."""
+        return msgspec.structs.replace(
+            self,
+            spacing_mm=_round(self.spacing_mm),
+            classes=tuple(
+                msgspec.structs.replace(c, volume_mm3=_round(c.volume_mm3), largest_mm3=_round(c.largest_mm3))
+                for c in self.classes
+            ),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready figures, the spacing and volumes rounded to 0.001 mm (mm³); the totals over classes

@@ -76,7 +76,6 @@ from scanedge.runtime.protocol import (
     stats_request,
 )
 from scanedge.runtime.security import CurveClientKeys
-from scanedge.runtime.series_store import lesion_load_from_wire
 from scanedge.runtime.shm_client import Block, ConsoleRegion
 
 __all__ = ["AsyncClient", "Client", "ClientConfig", "RemoteResult"]
@@ -203,7 +202,7 @@ def _remote_result(
         header=header,
         image=arrays.get("image"),
         position_mm=header.position_mm,
-        series_load=None if header.series_load is None else lesion_load_from_wire(header.series_load),
+        series_load=header.series_load,
     )
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from scanedge.errors import BadPayloadError, DicomError, ImageTooLargeError, InvalidSliceError, ProtocolError
 from scanedge.imaging.dicom import invert_monochrome1, slices_from_dicom
 from scanedge.imaging.encode import encode_image
+from scanedge.imaging.lesion_load import LesionLoad
 from scanedge.imaging.overlay import OverlayOptions
 from scanedge.imaging.slices import Slice, SliceAcquisition, SliceGeometry, SliceIdentity, SliceLimits
 from scanedge.runtime.protocol import (
@@ -29,7 +30,6 @@ from scanedge.runtime.protocol import (
     Geometry,
     Result,
     Segment,
-    SeriesLoad,
     Timings,
     result_reply,
 )
@@ -235,7 +235,7 @@ def pipeline_reply(
     runtime: str,
     series_ms: float = 0.0,
     position_mm: float | None = None,
-    series_load: SeriesLoad | None = None,
+    series_load: LesionLoad | None = None,
 ) -> Result:
     """The RESULT header for one pipeline result: its findings, and the stage timings (ms) of the pipeline
     plus what the caller measured around it (queue, decode, encode, series); ``total`` runs from

@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal, cast
 import msgspec
 from msgspec import Meta, Struct
 
+from scanedge._moved import forward_names
 from scanedge.errors import (
     BadFramesError,
     BadPayloadError,
@@ -36,6 +37,7 @@ from scanedge.errors import (
     UnsupportedDtypeError,
     UnsupportedVersionError,
 )
+from scanedge.imaging.lesion_load import LesionLoad
 from scanedge.safe_text import printable
 
 __all__ = [
@@ -53,7 +55,6 @@ __all__ = [
     "FrameInfo",
     "Geometry",
     "Histogram",
-    "LesionClassLoad",
     "Limits",
     "ModelInfo",
     "ModelInput",
@@ -68,7 +69,6 @@ __all__ = [
     "Rescale",
     "Result",
     "Segment",
-    "SeriesLoad",
     "ShmRegions",
     "ShmRegister",
     "ShmStatus",
@@ -292,30 +292,6 @@ class FrameInfo(Struct, frozen=True, omit_defaults=True):
     offset: int | None = None
 
 
-class LesionClassLoad(Struct, frozen=True):
-    """One foreground class of a series' lesion load (section 4): 3-D lesions over the slices so far."""
-
-    label: int
-    name: str
-    lesions: int
-    voxels: int
-    volume_mm3: float | None
-    largest_mm3: float | None
-    largest_voxels: int
-    largest_slices: int
-    slices_with_finding: int
-
-
-class SeriesLoad(Struct, frozen=True):
-    """A series' lesion load after this slice (section 4), as the runtime holds it."""
-
-    slices: int
-    spacing_mm: float | None
-    spacing_source: str
-    classes: tuple[LesionClassLoad, ...]
-    dropped_slices: int = 0
-
-
 class Result(_Message, tag="RESULT", frozen=True):
     """A RESULT header (section 4); its payload frames follow in the order of ``frames``."""
 
@@ -338,7 +314,7 @@ class Result(_Message, tag="RESULT", frozen=True):
     scope: str = ""  # "in", "unchecked" or "outside" (the last only with ignore_scope); "" from older runtimes
     scope_detail: str = ""  # for "outside": what the model expects and what the slice is
     position_mm: float | None = None  # added within version 1: the slice's place along its normal
-    series_load: SeriesLoad | None = None  # added within version 1: the series' lesion load so far
+    series_load: LesionLoad | None = None  # added within version 1: the series' lesion load so far
 
 
 class Error(_Message, tag="ERROR", frozen=True):
@@ -698,7 +674,7 @@ def result_reply(
     scope: str = "",
     scope_detail: str = "",
     position_mm: float | None = None,
-    series_load: SeriesLoad | None = None,
+    series_load: LesionLoad | None = None,
 ) -> Result:
     """A RESULT header; the payload frames follow it in the order of ``frames``."""
     return Result(
@@ -761,3 +737,13 @@ def shm_status_request(request_id: RequestId) -> ShmStatus:
 def publish_topic(series: str) -> bytes:
     """The PUB topic frame (section 9): the series as UTF-8. Never fails, whatever the string holds."""
     return series.encode("utf-8", "replace")
+
+
+#: names this module had before the wire carried the imaging floor's own lesion-load objects
+__getattr__ = forward_names(
+    __name__,
+    {
+        "LesionClassLoad": ("scanedge.imaging.lesion_load", "ClassLesionLoad"),
+        "SeriesLoad": ("scanedge.imaging.lesion_load", "LesionLoad"),
+    },
+)

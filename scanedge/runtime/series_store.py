@@ -20,11 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from scanedge.errors import ConfigError
-from scanedge.imaging.lesion_load import DEFAULT_MAX_SLICES, ClassLesionLoad, LesionLoad, SeriesLesionLoad
+from scanedge.imaging.lesion_load import DEFAULT_MAX_SLICES, LesionLoad, SeriesLesionLoad
 from scanedge.imaging.slices import SliceGeometry
-from scanedge.runtime.protocol import LesionClassLoad, SeriesLoad
 
-__all__ = ["SeriesStore", "SeriesStoreConfig", "lesion_load_from_wire", "lesion_load_to_wire"]
+__all__ = ["SeriesStore", "SeriesStoreConfig"]
 
 
 @dataclass(frozen=True)
@@ -110,55 +109,3 @@ class SeriesStore:
         """Approximate bytes held by every series."""
         with self._lock:
             return sum(load.nbytes for _, load in self._series.values())
-
-
-def lesion_load_to_wire(load: LesionLoad) -> SeriesLoad:
-    """A lesion load as RESULT ``series_load`` (volumes rounded to 0.001 mm³)."""
-    return SeriesLoad(
-        slices=load.slices,
-        spacing_mm=_round(load.spacing_mm),
-        spacing_source=load.spacing_source,
-        dropped_slices=load.dropped_slices,
-        classes=tuple(
-            LesionClassLoad(
-                label=c.label,
-                name=c.name,
-                lesions=c.lesions,
-                voxels=c.voxels,
-                volume_mm3=_round(c.volume_mm3),
-                largest_mm3=_round(c.largest_mm3),
-                largest_voxels=c.largest_voxels,
-                largest_slices=c.largest_slices,
-                slices_with_finding=c.slices_with_finding,
-            )
-            for c in load.classes
-        ),
-    )
-
-
-def lesion_load_from_wire(wire: SeriesLoad) -> LesionLoad:
-    """RESULT ``series_load`` as the imaging floor's :class:`LesionLoad`."""
-    return LesionLoad(
-        slices=wire.slices,
-        spacing_mm=wire.spacing_mm,
-        spacing_source=wire.spacing_source,
-        dropped_slices=wire.dropped_slices,
-        classes=tuple(
-            ClassLesionLoad(
-                label=c.label,
-                name=c.name,
-                lesions=c.lesions,
-                voxels=c.voxels,
-                volume_mm3=c.volume_mm3,
-                largest_mm3=c.largest_mm3,
-                largest_voxels=c.largest_voxels,
-                largest_slices=c.largest_slices,
-                slices_with_finding=c.slices_with_finding,
-            )
-            for c in wire.classes
-        ),
-    )
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(float(value), 3)

@@ -27,7 +27,7 @@ from scanedge.runtime.payloads import overlay_options, pipeline_reply, result_fr
 from scanedge.runtime.pipeline import Pipeline
 from scanedge.runtime.protocol import Echo, Error, Result, encode, error_reply
 from scanedge.runtime.scheduler import Job, LatestSliceScheduler
-from scanedge.runtime.series_store import SeriesStore, lesion_load_to_wire
+from scanedge.runtime.series_store import SeriesStore
 
 __all__ = ["Outcome", "Worker", "WorkerPool", "expired_outcome", "internal_outcome", "run_job"]
 
@@ -133,7 +133,7 @@ def run_job(
             received_at=job.received_at,
             runtime=runtime,
             position_mm=position,
-            series_load=None if load is None else lesion_load_to_wire(load),
+            series_load=None if load is None else load.rounded(),
         )
     except ScanedgeError as exc:
         if failure_log is None or failure_log.allow(exc.code):

@@ -7,6 +7,7 @@ import json
 import math
 
 import hypothesis.strategies as st
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -262,3 +263,19 @@ def test_the_segment_validator_and_slice_builder_never_fail_untyped(dtype, shape
         slice_from_request(request, bytes(nbytes), SliceLimits(max_pixels=1600, max_side=40))
     except ScanedgeError:
         pass
+
+
+def test_the_lesion_load_on_the_wire_is_the_imaging_floors_own_object():
+    """One name per idea: RESULT's ``series_load`` decodes into :class:`LesionLoad`; the old wire names
+    still resolve, with a warning that names the new home."""
+    from scanedge.imaging.lesion_load import ClassLesionLoad, LesionLoad
+    from scanedge.runtime import protocol
+
+    load = LesionLoad(3, 1.23456, "positions", (ClassLesionLoad(1, "lesion", 2, 40, 12.34567, 10.0001, 30, 2, 2),))
+    wire = protocol.encode(protocol.Result(version=protocol.PROTOCOL_VERSION, id=1, series_load=load.rounded()))
+    back = msgspec.json.decode(wire, type=protocol.Result).series_load
+    assert isinstance(back, LesionLoad) and back.spacing_mm == 1.235 and back.classes[0].volume_mm3 == 12.346
+    with pytest.warns(DeprecationWarning, match="scanedge.imaging.lesion_load.LesionLoad"):
+        assert protocol.SeriesLoad is LesionLoad
+    with pytest.warns(DeprecationWarning, match="ClassLesionLoad"):
+        assert protocol.LesionClassLoad is ClassLesionLoad
