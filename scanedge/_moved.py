@@ -21,7 +21,10 @@ from typing import Any
 __all__ = ["MOVED_MODULES", "forward_names", "install"]
 
 #: earlier module path -> where that module lives now
-MOVED_MODULES: dict[str, str] = {}
+MOVED_MODULES: dict[str, str] = {
+    "scanedge.imaging.dicom_dataset": "scanedge.imaging.dicom.dataset",
+    "scanedge.imaging.dicom_fast": "scanedge.imaging.dicom.fast",
+}
 
 
 def _warn(old: str, new: str) -> None:
