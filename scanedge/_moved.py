@@ -21,7 +21,10 @@ from typing import Any
 __all__ = ["MOVED_MODULES", "forward_names", "install"]
 
 #: earlier module path -> where that module lives now
-MOVED_MODULES: dict[str, str] = {}
+MOVED_MODULES: dict[str, str] = {
+    "scanedge.imaging.dicom_dataset": "scanedge.imaging.dicom.dataset",
+    "scanedge.imaging.dicom_fast": "scanedge.imaging.dicom.fast",
+}
 
 
 def _warn(old: str, new: str) -> None:
@@ -31,13 +34,17 @@ def _warn(old: str, new: str) -> None:
 class _MovedLoader(importlib.abc.Loader):
     def __init__(self, new: str) -> None:
         self.new = new
+        self.spec: importlib.machinery.ModuleSpec | None = None
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
         _warn(spec.name, self.new)
-        return importlib.import_module(self.new)
+        module = importlib.import_module(self.new)
+        self.spec = module.__spec__  # importlib sets the old path's spec on it next: exec_module puts it back
+        return module
 
     def exec_module(self, module: ModuleType) -> None:
-        """The module was executed at its new home already."""
+        """The module was executed at its new home already; it keeps that home's spec (``reload`` uses it)."""
+        module.__spec__ = self.spec
 
 
 class _MovedFinder(importlib.abc.MetaPathFinder):

@@ -205,7 +205,7 @@ class Forwarder:
         from pydicom import dcmread
         from pynetdicom import AE
 
-        from scanedge.imaging.dicom_dataset import _quietly as pydicom_quiet  # its records quote values
+        from scanedge.imaging.dicom.quiet import pydicom_quiet  # its records quote values
 
         try:
             with pydicom_quiet():

@@ -57,7 +57,7 @@ from scanedge.errors import (
     redacted_traceback,
 )
 from scanedge.imaging.dicom import read_dataset, slices_from_dicom
-from scanedge.imaging.dicom_dataset import _quietly as pydicom_quiet  # its records and warnings quote values
+from scanedge.imaging.dicom.quiet import pydicom_quiet  # its records and warnings quote values
 from scanedge.imaging.overlay import OverlayOptions, display_image
 from scanedge.imaging.series import context_window
 from scanedge.imaging.slices import DEFAULT_LIMITS, Slice, SliceLimits

@@ -67,7 +67,8 @@ def _header_seeds() -> Iterator[bytes]:
 
 
 def _dicom(data: bytes) -> None:
-    from scanedge.imaging.dicom import _fast_slices, slices_from_dicom
+    from scanedge.imaging.dicom import slices_from_dicom
+    from scanedge.imaging.dicom.decode import fast_slices
     from scanedge.imaging.slices import SliceLimits
 
     # small limits: the fuzzer looks for crashes and hangs, not for the cost of legitimately large images
@@ -75,7 +76,7 @@ def _dicom(data: bytes) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about most mutants
         # both readers, differentially: where the fast one answers, pydicom's must answer the same
-        fast = _fast_slices(data, limits, 16, "DICOM bytes")
+        fast = fast_slices(data, limits, 16, "DICOM bytes")
         try:
             full = slices_from_dicom(data, limits=limits, max_frames=16, fast=False)
         except ScanedgeError:

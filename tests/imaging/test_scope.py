@@ -14,7 +14,7 @@ from scanedge.imaging.slices import Slice, SliceAcquisition, SliceGeometry, Slic
 from scanedge.manifest import AppliesTo, Manifest
 from scanedge.runtime.pipeline import Pipeline
 from tests.conftest import dicom_file, simple_manifest
-from tests.imaging.test_dicom_hostile import saved
+from tests.imaging.dicom.test_hostile import saved
 
 DEMO_SCOPE = demo_manifest().applies_to
 

@@ -1,5 +1,5 @@
 """Hostile DICOM sent to a real runtime: a typed ERROR reply (never INTERNAL), no element value in the reply
-or the log, and the runtime goes on serving. The reader's own cases are in tests/imaging/test_dicom_hostile.py."""
+or the log, and the runtime goes on serving. The reader's own cases are in tests/imaging/dicom/test_hostile.py."""
 
 import json
 import logging
@@ -11,7 +11,7 @@ import zmq
 
 from scanedge.runtime.server import Server
 from tests.conftest import dicom_file
-from tests.imaging.test_dicom_hostile import deflated, name_in_number_of_frames, rle_with_a_stray_segment_offset
+from tests.imaging.dicom.test_hostile import deflated, name_in_number_of_frames, rle_with_a_stray_segment_offset
 from tests.runtime.conftest import local_config
 
 

@@ -23,7 +23,7 @@ from scanedge.dicomnet.statuses import status_dataset
 from scanedge.runtime.log_budget import CallSiteBudget, OneLineFormatter, configure_logging
 from scanedge.runtime.protocol import Echo, error_reply
 from scanedge.safe_text import printable
-from tests.imaging.test_dicom_hostile import corrupt_jpeg
+from tests.imaging.dicom.test_hostile import corrupt_jpeg
 from tests.runtime.processes import ROOT, free_port, runtime_log, start_runtime, stop_runtime
 from tests.waiting import wait_until
 

@@ -7,35 +7,31 @@ plain Explicit VR Little Endian without a Deflated transfer syntax is handed to 
 hot path), anything else is read through a guard that stops pydicom's own inflation and bounds its
 reads. Whatever pydicom raises on malformed bytes becomes a :class:`NotDicomError` or
 :class:`DicomError` naming the file, never the exception's text; pydicom's own warnings and log records,
-which quote element values, are dropped while scanedge reads an object (in that thread only).
+which quote element values, are dropped while scanedge reads an object (:mod:`.quiet`).
+
+What reading bytes into a Dataset needs goes here; what is done with a Dataset's values, in :mod:`.decode`.
 """
 
 from __future__ import annotations
 
 import io
-import logging
 import os
 import struct
-import threading
-import warnings
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
-from functools import cache
 from typing import Any
 
 from scanedge.errors import DicomError, ImageTooLargeError, NotDicomError, ScanedgeError
+from scanedge.imaging.dicom.quiet import pydicom_quiet
+from scanedge.imaging.dicom.tags import PIXEL_TAGS, int_attr, pixel_keyword, vr_lengths
 from scanedge.imaging.slices import DEFAULT_LIMITS, SliceLimits
 
-__all__ = ["DicomSource", "read_dataset"]
+__all__ = ["MAX_HEADER_BYTES", "DicomSource", "read_dataset", "source_name"]
 
 DicomSource = bytes | bytearray | memoryview | str | os.PathLike[str] | Any  # Any: a pydicom Dataset
 
-_PIXEL_TAGS = {"PixelData": 0x7FE00010, "FloatPixelData": 0x7FE00008, "DoubleFloatPixelData": 0x7FE00009}
-
 #: Room for everything in a DICOM object except its pixels. Generous: an enhanced multi-frame header
 #: with thousands of per-frame functional groups stays well under it.
-_MAX_HEADER_BYTES = 16 * 1024 * 1024
+MAX_HEADER_BYTES = 16 * 1024 * 1024
 #: Elements after the Pixel Data (padding, signatures) in a Deflated dataset.
 _MAX_TRAILER_BYTES = 64 * 1024
 #: Reads pydicom may make while parsing one guarded or inflated object (one to three per data element):
@@ -179,58 +175,14 @@ class _HeaderGuard:
         if tag <= self.last and not (self.calls == 1 and tag == self.last):
             raise DicomError(f"{self.where}: the inflated dataset's data elements are out of order or repeated")
         self.last, self.calls = tag, self.calls + 1
-        if tag in _PIXEL_TAGS.values():
+        if tag in PIXEL_TAGS.values():
             self.pixel_length = length
             return True
         return False
 
 
-_reading_here = threading.local()  # depth > 0 while this thread is inside read_dataset / slices_from_dicom
-
-
-class _NotWhileReading(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not getattr(_reading_here, "depth", 0)
-
-
-@cache
-def _hush_pydicom_logs() -> None:
-    """Once per process: pydicom's log records quote element values ("Invalid value for VR IS:
-    'Doe^Jane'"); those emitted while scanedge reads a DICOM object in this thread are dropped."""
-    hush = _NotWhileReading()
-    for name in ("pydicom", "py.warnings"):  # the second: where logging.captureWarnings sends warnings
-        logging.getLogger(name).addFilter(hush)
-
-
-def _hush_pydicom_warnings() -> None:
-    """The same for pydicom's warnings, by wrapping ``warnings.showwarning``; checked on every read, as
-    ``warnings.catch_warnings`` (pytest, other libraries) restores the function it found when it exits."""
-    shown = warnings.showwarning
-    if getattr(shown, "scanedge_hush", False):
-        return
-
-    def showwarning(*args: Any, **kwargs: Any) -> None:
-        if not getattr(_reading_here, "depth", 0):
-            shown(*args, **kwargs)
-
-    showwarning.scanedge_hush = True  # type: ignore[attr-defined]
-    warnings.showwarning = showwarning
-
-
-@contextmanager
-def _quietly() -> Iterator[None]:
-    """While this thread reads a DICOM object, pydicom's warnings and log records (and only those of this
-    thread) are dropped; elsewhere they pass as before."""
-    _hush_pydicom_logs()
-    _hush_pydicom_warnings()
-    _reading_here.depth = getattr(_reading_here, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _reading_here.depth -= 1
-
-
-def _where(source: DicomSource) -> str:
+def source_name(source: DicomSource) -> str:
+    """What an error calls the source: the file's name, never its directory (or what kind of thing it is)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         return "DICOM bytes"
     if isinstance(source, (str, os.PathLike)):
@@ -247,8 +199,8 @@ def read_dataset(source: DicomSource, *, limits: SliceLimits = DEFAULT_LIMITS) -
 
     if isinstance(source, Dataset):
         return source
-    with _quietly():
-        return _read(source, _where(source), limits)
+    with pydicom_quiet():
+        return _read(source, source_name(source), limits)
 
 
 def _read(source: DicomSource, where: str, limits: SliceLimits) -> Any:
@@ -280,18 +232,14 @@ def _read(source: DicomSource, where: str, limits: SliceLimits) -> Any:
 
     with reader(not plain) as fp:
         ds = _parse(fp, where, limits)
-    if plain and _pixel_keyword(ds) is None:
+    if plain and pixel_keyword(ds) is None:
         with reader(True) as fp:  # read again, guarded, to tell a truncated image from an object without one
             ds = _parse(fp, where, limits)
     return ds
 
 
-def _pixel_keyword(ds: Any) -> str | None:
-    return next((keyword for keyword, tag in _PIXEL_TAGS.items() if tag in ds), None)
-
-
 def _check_size(size: int, where: str, limits: SliceLimits) -> None:
-    if size > limits.max_decoded_bytes + _MAX_HEADER_BYTES:
+    if size > limits.max_decoded_bytes + MAX_HEADER_BYTES:
         raise ImageTooLargeError(
             f"{where}: {size} bytes is more than a DICOM object within the limits can hold "
             f"(SliceLimits.max_decoded_bytes is {limits.max_decoded_bytes})"
@@ -302,14 +250,6 @@ def _check_size(size: int, where: str, limits: SliceLimits) -> None:
 _META_SCAN_BYTES = 16 * 1024
 
 
-@cache
-def _vr_lengths() -> tuple[frozenset[bytes], frozenset[bytes]]:
-    """The explicit VRs pydicom knows, and those among them with a 4-byte length."""
-    from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, STANDARD_VR
-
-    return frozenset(v.encode() for v in STANDARD_VR), frozenset(v.encode() for v in EXPLICIT_VR_LENGTH_32)
-
-
 def _plain_file_meta(head: bytes) -> bool:
     """True when the file meta is plain Explicit VR Little Endian and names no Deflated transfer syntax.
 
@@ -317,7 +257,7 @@ def _plain_file_meta(head: bytes) -> bool:
     the object unguarded (the hot path). Anything unusual (an unknown VR, a meta longer than ``head``, a
     Deflated UID anywhere in the Transfer Syntax UID) answers False, and the object is read guarded.
     """
-    known, long_length = _vr_lengths()
+    known, long_length = vr_lengths()
     pos, end = (132 if head[128:132] == b"DICM" else 0), len(head)
     while pos + 8 <= end:
         group, element = _TAG.unpack_from(head, pos)
@@ -379,7 +319,7 @@ def _parse(fp: Any, where: str, limits: SliceLimits) -> Any:
             f"{where} is truncated or corrupt and cannot be parsed ({type(exc).__name__} while reading its "
             "data elements)"
         ) from exc
-    if short and _pixel_keyword(ds) is None:
+    if short and pixel_keyword(ds) is None:
         # pydicom drops an element it cannot read to the end (a pixel stream cut short) with a warning
         raise DicomError(f"{where} is truncated: it ends inside a data element, so its pixels cannot be read")
     return ds
@@ -397,7 +337,7 @@ def _read_deflated(fp: Any, offset: int, where: str, limits: SliceLimits) -> tup
     fp.seek(0)
     head = pydicom.dcmread(io.BytesIO(fp.read(offset)), force=True)  # preamble and file meta, nothing inflated
     fp.seek(offset)
-    inflater: Any = _Inflater(fp, _MAX_HEADER_BYTES, where)  # a file for pydicom's purposes
+    inflater: Any = _Inflater(fp, MAX_HEADER_BYTES, where)  # a file for pydicom's purposes
     guard = _HeaderGuard(where)
     ds = read_elements(inflater, is_implicit_VR=False, is_little_endian=True, stop_when=guard)
     if guard.pixel_length is not None:
@@ -429,64 +369,8 @@ def _native_pixel_bytes(ds: Any, where: str) -> int:
     """How many bytes uncompressed pixels take by the image attributes (checked in full later)."""
     size = 1
     for keyword in ("Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated"):
-        value = _int_attr(ds, keyword, where, default=1 if keyword in ("NumberOfFrames", "SamplesPerPixel") else None)
+        value = int_attr(ds, keyword, where, default=1 if keyword in ("NumberOfFrames", "SamplesPerPixel") else None)
         if value < 1:
             raise DicomError(f"{where}: the image attribute {keyword} is {value}")
         size *= value
     return (size + 7) // 8
-
-
-#: Tags of the attributes read on the hot path: looking a tag up costs half of looking up its keyword.
-_TAGS = {
-    "MediaStorageSOPClassUID": 0x00020002,
-    "TransferSyntaxUID": 0x00020010,
-    "ImageType": 0x00080008,
-    "SOPClassUID": 0x00080016,
-    "SOPInstanceUID": 0x00080018,
-    "Modality": 0x00080060,
-    "SeriesDescription": 0x0008103E,
-    "BodyPartExamined": 0x00180015,
-    "SliceThickness": 0x00180050,
-    "ImagerPixelSpacing": 0x00181164,
-    "SeriesInstanceUID": 0x0020000E,
-    "SeriesNumber": 0x00200011,
-    "InstanceNumber": 0x00200013,
-    "ImagePositionPatient": 0x00200032,
-    "ImageOrientationPatient": 0x00200037,
-    "SliceLocation": 0x00201041,
-    "SamplesPerPixel": 0x00280002,
-    "PhotometricInterpretation": 0x00280004,
-    "NumberOfFrames": 0x00280008,
-    "Rows": 0x00280010,
-    "Columns": 0x00280011,
-    "PixelSpacing": 0x00280030,
-    "BitsAllocated": 0x00280100,
-    "BitsStored": 0x00280101,
-    "HighBit": 0x00280102,
-    "PixelRepresentation": 0x00280103,
-    "WindowCenter": 0x00281050,
-    "WindowWidth": 0x00281051,
-    "RescaleIntercept": 0x00281052,
-    "RescaleSlope": 0x00281053,
-    "SharedFunctionalGroupsSequence": 0x52009229,
-    "PerFrameFunctionalGroupsSequence": 0x52009230,
-    "PixelData": 0x7FE00010,
-}
-
-
-def _value(item: Any, keyword: str, default: Any = None) -> Any:
-    """``item.get(keyword, default)``, by tag."""
-    elem = item.get(_TAGS[keyword])
-    return default if elem is None else elem.value
-
-
-def _int_attr(ds: Any, keyword: str, where: str, default: int | None = None) -> int:
-    value = _value(ds, keyword)
-    if value is None or (isinstance(value, (str, bytes)) and not value.strip()):
-        if default is None:
-            raise DicomError(f"{where}: the image attribute {keyword} is missing")
-        return default
-    try:
-        return int(value)
-    except (TypeError, ValueError, OverflowError):
-        raise DicomError(f"{where}: the image attribute {keyword} is not an integer") from None

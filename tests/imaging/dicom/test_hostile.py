@@ -386,7 +386,7 @@ def test_pydicoms_warnings_and_log_records_about_the_object_are_not_shown(tmp_pa
         pydicom.dcmread({str(path)!r}).NumberOfFrames  # pydicom's own warning, shown as before
         """
     )
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root, timeout=120)
     assert out.stdout.strip() == "refused: BAD_DICOM", out.stderr
     during, after = out.stderr.split("-- outside scanedge --")

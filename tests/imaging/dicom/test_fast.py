@@ -21,12 +21,12 @@ from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 
 from scanedge.errors import ScanedgeError
-from scanedge.imaging import dicom
 from scanedge.imaging.dicom import encode_dicom, slices_from_dicom
-from scanedge.imaging.dicom_fast import fast_dataset
+from scanedge.imaging.dicom.decode import fast_slices
+from scanedge.imaging.dicom.fast import fast_dataset
 from scanedge.imaging.slices import DEFAULT_LIMITS, Slice, SliceGeometry, SliceIdentity
 from tests.conftest import dicom_file
-from tests.imaging.test_dicom_mutations import mutate, seed
+from tests.imaging.dicom.test_mutations import mutate, seed
 
 
 def _all_test_files() -> list[Path]:
@@ -61,7 +61,7 @@ def outcome(read, data: bytes):
 
 
 def fast(data: bytes):
-    return dicom._fast_slices(data, DEFAULT_LIMITS, 4096, "DICOM bytes")
+    return fast_slices(data, DEFAULT_LIMITS, 4096, "DICOM bytes")
 
 
 def via_pydicom(data: bytes):

@@ -3,7 +3,7 @@
 A console that sends DICOM usually sends exactly this: a Part-10 object in Explicit (or Implicit) VR Little
 Endian with 8- or 16-bit MONOCHROME frames (usually one). Building a pydicom Dataset for it costs about a millisecond
 at 512x512, most of it for elements nobody reads. This reader walks the data elements once, keeps the
-~30 that :mod:`scanedge.imaging.dicom` reads (the same tags), views the Pixel Data in place, and hands
+~30 that :mod:`.decode` reads (the same :data:`~.tags.TAGS`), views the Pixel Data in place, and hands
 the result to the same code that turns a pydicom Dataset into a slice, so every check on the values
 (limits, SOP class, bit layout) is the same code on the same values.
 
@@ -21,7 +21,7 @@ import struct
 from functools import cache
 from typing import Any, NamedTuple
 
-from scanedge.imaging.dicom_dataset import _TAGS, _vr_lengths
+from scanedge.imaging.dicom.tags import TAGS, vr_lengths
 
 __all__ = ["FastDataset", "fast_dataset"]
 
@@ -44,43 +44,43 @@ _U16 = struct.Struct("<H")
 #: The value representation of every element kept, as the standard's dictionary gives it (an explicit VR
 #: object that says otherwise goes to pydicom).
 _KEPT_VR = {
-    _TAGS["SOPClassUID"]: b"UI",
-    _TAGS["SOPInstanceUID"]: b"UI",
-    _TAGS["Modality"]: b"CS",
-    _TAGS["SliceThickness"]: b"DS",
-    _TAGS["ImagerPixelSpacing"]: b"DS",
-    _TAGS["SeriesInstanceUID"]: b"UI",
-    _TAGS["InstanceNumber"]: b"IS",
-    _TAGS["ImagePositionPatient"]: b"DS",
-    _TAGS["ImageOrientationPatient"]: b"DS",
-    _TAGS["SliceLocation"]: b"DS",
-    _TAGS["SamplesPerPixel"]: b"US",
-    _TAGS["PhotometricInterpretation"]: b"CS",
-    _TAGS["NumberOfFrames"]: b"IS",
-    _TAGS["Rows"]: b"US",
-    _TAGS["Columns"]: b"US",
-    _TAGS["PixelSpacing"]: b"DS",
-    _TAGS["BitsAllocated"]: b"US",
-    _TAGS["BitsStored"]: b"US",
-    _TAGS["HighBit"]: b"US",
-    _TAGS["PixelRepresentation"]: b"US",
-    _TAGS["WindowCenter"]: b"DS",
-    _TAGS["WindowWidth"]: b"DS",
-    _TAGS["RescaleIntercept"]: b"DS",
-    _TAGS["RescaleSlope"]: b"DS",
+    TAGS["SOPClassUID"]: b"UI",
+    TAGS["SOPInstanceUID"]: b"UI",
+    TAGS["Modality"]: b"CS",
+    TAGS["SliceThickness"]: b"DS",
+    TAGS["ImagerPixelSpacing"]: b"DS",
+    TAGS["SeriesInstanceUID"]: b"UI",
+    TAGS["InstanceNumber"]: b"IS",
+    TAGS["ImagePositionPatient"]: b"DS",
+    TAGS["ImageOrientationPatient"]: b"DS",
+    TAGS["SliceLocation"]: b"DS",
+    TAGS["SamplesPerPixel"]: b"US",
+    TAGS["PhotometricInterpretation"]: b"CS",
+    TAGS["NumberOfFrames"]: b"IS",
+    TAGS["Rows"]: b"US",
+    TAGS["Columns"]: b"US",
+    TAGS["PixelSpacing"]: b"DS",
+    TAGS["BitsAllocated"]: b"US",
+    TAGS["BitsStored"]: b"US",
+    TAGS["HighBit"]: b"US",
+    TAGS["PixelRepresentation"]: b"US",
+    TAGS["WindowCenter"]: b"DS",
+    TAGS["WindowWidth"]: b"DS",
+    TAGS["RescaleIntercept"]: b"DS",
+    TAGS["RescaleSlope"]: b"DS",
     # what a model's scope is checked against (imaging.scope): read when present, absent when empty
-    _TAGS["ImageType"]: b"CS",
-    _TAGS["BodyPartExamined"]: b"CS",
-    _TAGS["SeriesNumber"]: b"IS",
-    _TAGS["SeriesDescription"]: b"LO",
+    TAGS["ImageType"]: b"CS",
+    TAGS["BodyPartExamined"]: b"CS",
+    TAGS["SeriesNumber"]: b"IS",
+    TAGS["SeriesDescription"]: b"LO",
 }
 #: Kept elements whose empty value means the same as no element (the slice reader defaults them).
 _EMPTY_IS_ABSENT = frozenset(
-    {_TAGS["ImageType"], _TAGS["BodyPartExamined"], _TAGS["SeriesNumber"], _TAGS["SeriesDescription"]}
+    {TAGS["ImageType"], TAGS["BodyPartExamined"], TAGS["SeriesNumber"], TAGS["SeriesDescription"]}
 )
-_PIXEL_DATA = _TAGS["PixelData"]
+_PIXEL_DATA = TAGS["PixelData"]
 #: Elements whose presence means this is not the simple case: per-frame functional groups, float pixels.
-_NOT_SIMPLE = frozenset({_TAGS["SharedFunctionalGroupsSequence"], _TAGS["PerFrameFunctionalGroupsSequence"]}) | {
+_NOT_SIMPLE = frozenset({TAGS["SharedFunctionalGroupsSequence"], TAGS["PerFrameFunctionalGroupsSequence"]}) | {
     0x7FE00008,  # Float Pixel Data
     0x7FE00009,  # Double Float Pixel Data
 }
@@ -122,7 +122,7 @@ class _Meta:
 
 
 class FastDataset(_Meta):
-    """The elements :mod:`scanedge.imaging.dicom` reads, shaped as pydicom has them (``get(tag).value``).
+    """The elements :mod:`.decode` reads, shaped as pydicom has them (``get(tag).value``).
 
     Values are what pydicom gives for the same bytes: UIDs and code strings as ``str``, decimal and integer
     strings as ``float``/``int`` (a list of them when multi-valued), US as ``int``, and the Pixel Data as a
@@ -161,10 +161,10 @@ def fast_dataset(data: bytes | bytearray | memoryview, max_bytes: int) -> FastDa
 def _read(view: memoryview) -> FastDataset:
     buf = view.obj if isinstance(view.obj, bytes) and len(view.obj) == view.nbytes else view
     meta, pos = _file_meta(buf, len(view))
-    syntax = meta.get(_TAGS["TransferSyntaxUID"])
+    syntax = meta.get(TAGS["TransferSyntaxUID"])
     if syntax is None or syntax.value not in (_EXPLICIT_LE, _IMPLICIT_LE):
         raise _Unsupported
-    meta = _Meta({**meta._elements, _TAGS["TransferSyntaxUID"]: _Element(_uid(syntax.value))})
+    meta = _Meta({**meta._elements, TAGS["TransferSyntaxUID"]: _Element(_uid(syntax.value))})
     elements: dict[int, _Element] = {}
     walk = _Walk(buf, len(view), explicit=syntax.value == _EXPLICIT_LE)
     end, _ = walk.elements(pos, len(view), 0, elements)
@@ -177,7 +177,7 @@ def _read(view: memoryview) -> FastDataset:
 
 def _file_meta(buf: Any, size: int) -> tuple[_Meta, int]:
     """Group 0002, always Explicit VR Little Endian; returns it and where the dataset starts."""
-    known, long_length = _vr_lengths()
+    known, long_length = vr_lengths()
     elements: dict[int, _Element] = {}
     pos = 132
     while pos + 8 <= size:
@@ -216,7 +216,7 @@ class _Walk:
         self.size = size
         self.explicit = explicit
         self.visited = 0
-        self.known, self.long_length = _vr_lengths()
+        self.known, self.long_length = vr_lengths()
 
     def header(self, pos: int) -> tuple[int, bytes | None, int, int]:
         """(tag, VR or None, value length, value position) of the element at ``pos``."""
@@ -308,10 +308,10 @@ class _Walk:
             return _U16.unpack_from(self.buf, start)[0]
         if want == b"UI":
             return _text(self.buf, start, length, _UID).rstrip("\0 ")
-        if tag == _TAGS["ImageType"]:
+        if tag == TAGS["ImageType"]:
             terms = _text(self.buf, start, length, _TERMS).rstrip(" ").split("\\")
             return terms[0] if len(terms) == 1 else terms
-        if tag == _TAGS["BodyPartExamined"]:
+        if tag == TAGS["BodyPartExamined"]:
             return _text(self.buf, start, length, _TERMS).rstrip(" ")
         if want == b"CS":
             return _text(self.buf, start, length, _CODE).rstrip(" ")

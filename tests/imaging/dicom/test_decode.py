@@ -231,7 +231,7 @@ def test_compressed_pixels_without_codecs_name_the_extra():
         print("RLE", len(slices_from_dicom(get_testdata_file("MR_small_RLE.dcm"))))
         """
     )
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
@@ -271,6 +271,6 @@ def test_uncompressed_greyscale_pixels_are_exactly_what_pydicom_decodes(name):
 def test_the_tag_table_matches_pydicoms_dictionary():
     from pydicom.datadict import tag_for_keyword
 
-    from scanedge.imaging.dicom_dataset import _TAGS
+    from scanedge.imaging.dicom.tags import TAGS
 
-    assert {keyword: tag_for_keyword(keyword) for keyword in _TAGS} == _TAGS
+    assert {keyword: tag_for_keyword(keyword) for keyword in TAGS} == TAGS

@@ -1,4 +1,4 @@
-"""DICOM -> slices, with pydicom.
+"""A DICOM dataset -> slices: checking the image attributes, decoding the pixels, reading per-frame attributes.
 
 Decoding normalises what every later stage would otherwise have to know about: MONOCHROME1 is inverted
 to MONOCHROME2 (window centre mirrored with it), YBR and palette colour become RGB, multi-frame objects
@@ -6,20 +6,19 @@ split into one slice per frame with per-frame geometry and rescale from the func
 present. Compressed transfer syntaxes decode through pydicom's plugins; the ``dicom`` extra installs
 them (pylibjpeg with libjpeg, openjpeg and RLE), and without them the error says so.
 
-Nothing in the object is trusted before it is bounded (reading it into a dataset is
-:mod:`scanedge.imaging.dicom_dataset`'s part): the image attributes are checked against
-:class:`SliceLimits` before a pixel is decoded, a codestream that claims more pixels than the image is
-refused before a decoder allocates them, and objects that are not images (SEG, SR, RT plans, ...) are
-refused by SOP class before their pixels are touched. Whatever pydicom, numpy or a codec raises on
-malformed data becomes a :class:`DicomError` naming the file and what was being read, never the
-exception's own text: pydicom's messages can quote element values, and those can be patient names.
+Nothing in the object is trusted before it is bounded (reading it into a dataset is :mod:`.dataset`'s
+part): the image attributes are checked against :class:`SliceLimits` before a pixel is decoded, a
+codestream that claims more pixels than the image is refused before a decoder allocates them, and objects
+that are not images (SEG, SR, RT plans, ...) are refused by SOP class before their pixels are touched.
+Whatever pydicom, numpy or a codec raises on malformed data becomes a :class:`DicomError` naming the file
+and what was being read, never the exception's own text: pydicom's messages can quote element values, and
+those can be patient names.
 
 Patient identifiers are never copied out of the dataset.
 """
 
 from __future__ import annotations
 
-import io
 import re
 import struct
 import threading
@@ -40,35 +39,14 @@ from scanedge.errors import (
     ScanedgeError,
     UnsupportedPhotometricError,
 )
-from scanedge.imaging.dicom_dataset import (
-    _MAX_HEADER_BYTES,
-    DicomSource,
-    _int_attr,
-    _pixel_keyword,
-    _quietly,
-    _value,
-    _where,
-    read_dataset,
-)
-from scanedge.imaging.dicom_fast import fast_dataset
-from scanedge.imaging.slices import (
-    DEFAULT_LIMITS,
-    Slice,
-    SliceAcquisition,
-    SliceGeometry,
-    SliceIdentity,
-    SliceLimits,
-)
+from scanedge.imaging.dicom.dataset import MAX_HEADER_BYTES, DicomSource, read_dataset, source_name
+from scanedge.imaging.dicom.encode import encode_dicom
+from scanedge.imaging.dicom.fast import fast_dataset
+from scanedge.imaging.dicom.quiet import pydicom_quiet
+from scanedge.imaging.dicom.tags import attr, int_attr, pixel_keyword
+from scanedge.imaging.slices import DEFAULT_LIMITS, Slice, SliceAcquisition, SliceGeometry, SliceIdentity, SliceLimits
 
-__all__ = [
-    "SUPPORTED_PHOTOMETRIC",
-    "dataset_from_slice",
-    "encode_dicom",
-    "invert_monochrome1",
-    "read_dataset",
-    "slices_from_dicom",
-    "warm_up_decoding",
-]
+__all__ = ["SUPPORTED_PHOTOMETRIC", "fast_slices", "invert_monochrome1", "slices_from_dicom", "warm_up_decoding"]
 
 SUPPORTED_PHOTOMETRIC = (
     "MONOCHROME1",
@@ -82,8 +60,6 @@ SUPPORTED_PHOTOMETRIC = (
 )
 _INSTALL_CODECS = "pip install 'scanedge[dicom]'"
 
-# --- slices --------------------------------------------------------------------------------------------
-
 
 def slices_from_dicom(
     source: DicomSource, *, limits: SliceLimits = DEFAULT_LIMITS, max_frames: int = 4096, fast: bool = True
@@ -92,11 +68,11 @@ def slices_from_dicom(
 
     Bad input of any kind raises a :class:`~scanedge.errors.DicomError` (or :class:`ImageTooLargeError`);
     a file that cannot be opened raises its ``OSError``. Bytes of the common simple kind (uncompressed
-    little-endian grey, :mod:`scanedge.imaging.dicom_fast`) are read without a pydicom Dataset, with the
+    little-endian grey, :mod:`.fast`) are read without a pydicom Dataset, with the
     same result; ``fast=False`` reads everything through pydicom (for comparisons).
     """
     if fast and isinstance(source, (bytes, bytearray, memoryview)):
-        simple = _fast_slices(source, limits, max_frames, _where(source))
+        simple = fast_slices(source, limits, max_frames, source_name(source))
         if simple is not None:
             return simple
     return _pydicom_slices(source, limits, max_frames)
@@ -104,27 +80,27 @@ def slices_from_dicom(
 
 def _pydicom_slices(source: DicomSource, limits: SliceLimits, max_frames: int) -> list[Slice]:
     """:func:`slices_from_dicom` through a pydicom Dataset, for every object the fast reader leaves."""
-    where = _where(source)
-    with _quietly():
+    where = source_name(source)
+    with pydicom_quiet():
         ds = read_dataset(source, limits=limits)
         with _reading(where, "the image attributes"):
             return _slices(ds, limits, max_frames, where)
 
 
-def _fast_slices(
+def fast_slices(
     source: bytes | bytearray | memoryview, limits: SliceLimits, max_frames: int, where: str
 ) -> list[Slice] | None:
-    """The slices of a simple object (:mod:`scanedge.imaging.dicom_fast`) by the same code as for a pydicom
+    """The slices of a simple object (:mod:`.fast`) by the same code as for a pydicom
     Dataset; None when the object is not that simple, or is wrong in any way (pydicom's reader then says how).
     """
-    ds = fast_dataset(source, limits.max_decoded_bytes + _MAX_HEADER_BYTES)
+    ds = fast_dataset(source, limits.max_decoded_bytes + MAX_HEADER_BYTES)
     if ds is None:
         return None
     try:
-        photometric = _value(ds, "PhotometricInterpretation", "MONOCHROME2")
-        rows, cols, allocated = _value(ds, "Rows"), _value(ds, "Columns"), _value(ds, "BitsAllocated")
-        frames = _value(ds, "NumberOfFrames", 1)
-        data = _value(ds, "PixelData")
+        photometric = attr(ds, "PhotometricInterpretation", "MONOCHROME2")
+        rows, cols, allocated = attr(ds, "Rows"), attr(ds, "Columns"), attr(ds, "BitsAllocated")
+        frames = attr(ds, "NumberOfFrames", 1)
+        data = attr(ds, "PixelData")
         if (
             photometric not in ("MONOCHROME1", "MONOCHROME2")
             or allocated not in (8, 16)
@@ -188,7 +164,7 @@ _IMAGES_AMONG_THEM = frozenset({"1.2.840.10008.5.1.4.1.1.481.1"})  # RT Image: a
 
 def _refuse_non_images(ds: Any, where: str) -> None:
     meta = getattr(ds, "file_meta", None)
-    for value in (_value(ds, "SOPClassUID"), None if meta is None else _value(meta, "MediaStorageSOPClassUID")):
+    for value in (attr(ds, "SOPClassUID"), None if meta is None else attr(meta, "MediaStorageSOPClassUID")):
         sop = str(value or "").strip().rstrip("\0")
         if sop in _IMAGES_AMONG_THEM or not (sop in _NOT_IMAGES or sop.startswith(_NOT_IMAGE_ROOTS)):
             continue
@@ -210,14 +186,14 @@ class _Layout(NamedTuple):
 
 def _layout(ds: Any, keyword: str, photometric: str, limits: SliceLimits, max_frames: int, where: str) -> _Layout:
     """Check the attributes that say how large the decoded pixels are, before any pixel is decoded."""
-    rows, cols = _int_attr(ds, "Rows", where), _int_attr(ds, "Columns", where)
-    frames = _int_attr(ds, "NumberOfFrames", where, default=1)
-    samples = _int_attr(ds, "SamplesPerPixel", where, default=1)
+    rows, cols = int_attr(ds, "Rows", where), int_attr(ds, "Columns", where)
+    frames = int_attr(ds, "NumberOfFrames", where, default=1)
+    samples = int_attr(ds, "SamplesPerPixel", where, default=1)
     float_bits = {"FloatPixelData": 32, "DoubleFloatPixelData": 64}.get(keyword)
-    allocated = _int_attr(ds, "BitsAllocated", where, default=float_bits)
-    stored = _int_attr(ds, "BitsStored", where, default=allocated if float_bits else None)
-    high_bit = _int_attr(ds, "HighBit", where, default=stored - 1 if 1 <= stored <= allocated else 0)
-    representation = _int_attr(ds, "PixelRepresentation", where, default=0)
+    allocated = int_attr(ds, "BitsAllocated", where, default=float_bits)
+    stored = int_attr(ds, "BitsStored", where, default=allocated if float_bits else None)
+    high_bit = int_attr(ds, "HighBit", where, default=stored - 1 if 1 <= stored <= allocated else 0)
+    representation = int_attr(ds, "PixelRepresentation", where, default=0)
     if rows < 1 or cols < 1:
         raise DicomError(f"{where}: the image has {rows}x{cols} pixels")
     if rows * cols > limits.max_pixels or max(rows, cols) > limits.max_side:
@@ -255,16 +231,16 @@ _DEFINED_TERM = re.compile(r"[A-Z0-9_ ]{1,16}")
 
 def _slices(ds: Any, limits: SliceLimits, max_frames: int, where: str) -> list[Slice]:
     _refuse_non_images(ds, where)
-    keyword = _pixel_keyword(ds)
+    keyword = pixel_keyword(ds)
     if keyword is None:
         from pydicom.uid import UID_dictionary
 
-        sop = str(_value(ds, "SOPClassUID", ""))
+        sop = str(attr(ds, "SOPClassUID", ""))
         what = f" ({UID_dictionary[sop][0]})" if sop in UID_dictionary else ""  # a known name, never the value
         raise MissingPixelDataError(
             f"{where}: the DICOM object{what} has no Pixel Data, so there is no image to segment"
         )
-    photometric = str(_value(ds, "PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    photometric = str(attr(ds, "PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if photometric not in SUPPORTED_PHOTOMETRIC:
         named = repr(photometric) if _DEFINED_TERM.fullmatch(photometric) else "(not a defined term)"
         raise UnsupportedPhotometricError(
@@ -295,11 +271,11 @@ def _slices(ds: Any, limits: SliceLimits, max_frames: int, where: str) -> list[S
                     frame,
                     geometry=_geometry(ds, groups, index),
                     identity=SliceIdentity(
-                        series_uid=str(_value(ds, "SeriesInstanceUID", "")),
-                        sop_instance_uid=str(_value(ds, "SOPInstanceUID", "")),
-                        instance_number=_int_or_none(_value(ds, "InstanceNumber")),
+                        series_uid=str(attr(ds, "SeriesInstanceUID", "")),
+                        sop_instance_uid=str(attr(ds, "SOPInstanceUID", "")),
+                        instance_number=_int_or_none(attr(ds, "InstanceNumber")),
                         frame_index=index,
-                        modality=str(_value(ds, "Modality", "")),
+                        modality=str(attr(ds, "Modality", "")),
                     ),
                     rescale_slope=slope,
                     rescale_intercept=intercept,
@@ -314,16 +290,16 @@ def _slices(ds: Any, limits: SliceLimits, max_frames: int, where: str) -> list[S
 
 def _acquisition(ds: Any, photometric: str) -> SliceAcquisition:
     """What kind of image the object holds (body part, image type, series name): what scopes test."""
-    image_type = _value(ds, "ImageType")
+    image_type = attr(ds, "ImageType")
     if isinstance(image_type, str):  # one value, or none ("" is no image type, not one empty value)
         image_type = image_type.split("\\") if image_type else []
     values = tuple(str(v) for v in list(image_type or ())[:16])
     return SliceAcquisition(
-        body_part=_text_value(_value(ds, "BodyPartExamined")),
+        body_part=_text_value(attr(ds, "BodyPartExamined")),
         image_type=values,
         photometric=photometric,
-        series_number=_int_or_none(_value(ds, "SeriesNumber")),
-        series_description=_text_value(_value(ds, "SeriesDescription")),
+        series_number=_int_or_none(attr(ds, "SeriesNumber")),
+        series_description=_text_value(attr(ds, "SeriesDescription")),
     )
 
 
@@ -331,7 +307,7 @@ def _decode(ds: Any, photometric: str, layout: _Layout, where: str) -> np.ndarra
     from pydicom.pixels import get_decoder, pixel_array
 
     meta = getattr(ds, "file_meta", None)
-    tsyntax: Any = None if meta is None else _value(meta, "TransferSyntaxUID")
+    tsyntax: Any = None if meta is None else attr(meta, "TransferSyntaxUID")
     if tsyntax is not None and not tsyntax.is_transfer_syntax:
         raise DicomError(f"{where}: the file meta names a transfer syntax UID that is not a known transfer syntax")
     compressed = tsyntax is not None and tsyntax.is_compressed
@@ -381,7 +357,7 @@ def _check_codestreams(ds: Any, layout: _Layout, tsyntax: Any, where: str) -> No
     offsets = None
     if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
         offsets = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
-    frames = generate_frames(_value(ds, "PixelData"), number_of_frames=layout.frames, extended_offsets=offsets)
+    frames = generate_frames(attr(ds, "PixelData"), number_of_frames=layout.frames, extended_offsets=offsets)
     for index, frame in enumerate(frames):
         size = _codestream_size(frame)
         if size is not None and (size[0] > layout.rows or size[1] > layout.cols):
@@ -432,11 +408,11 @@ def _native_grey(ds: Any, layout: _Layout, tsyntax: Any) -> np.ndarray | None:
     """
     if tsyntax not in _LITTLE_ENDIAN_NATIVE or layout.bits_allocated not in (8, 16):
         return None
-    data = _value(ds, "PixelData")
+    data = attr(ds, "PixelData")
     count = layout.frames * layout.rows * layout.cols
     if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) < count * layout.bits_allocated // 8:
         return None
-    signed = _value(ds, "PixelRepresentation", 0) == 1
+    signed = attr(ds, "PixelRepresentation", 0) == 1
     dtype = np.dtype(f"<{'i' if signed else 'u'}{layout.bits_allocated // 8}")
     pixels = np.frombuffer(data, dtype, count).reshape(layout.frames, layout.rows, layout.cols)
     unused = layout.bits_allocated - layout.bits_stored
@@ -448,7 +424,7 @@ def _native_grey(ds: Any, layout: _Layout, tsyntax: Any) -> np.ndarray | None:
 
 def _functional_groups(ds: Any) -> tuple[Any, Any]:
     """The per-frame and shared functional group sequences, or None: looked up once per object."""
-    return _value(ds, "PerFrameFunctionalGroupsSequence"), _value(ds, "SharedFunctionalGroupsSequence")
+    return attr(ds, "PerFrameFunctionalGroupsSequence"), attr(ds, "SharedFunctionalGroupsSequence")
 
 
 def _functional(groups: tuple[Any, Any], index: int, sequence: str) -> Any | None:
@@ -506,14 +482,14 @@ def _positive(values: tuple[float, ...] | None) -> tuple[float, ...] | None:
 
 def _rescale(ds: Any, groups: tuple[Any, Any], index: int) -> tuple[float, float]:
     item = _functional(groups, index, "PixelValueTransformationSequence") or ds
-    slope = _first(_value(item, "RescaleSlope"))
-    intercept = _first(_value(item, "RescaleIntercept"))
+    slope = _first(attr(item, "RescaleSlope"))
+    intercept = _first(attr(item, "RescaleIntercept"))
     return (slope if slope not in (None, 0.0) else 1.0), (intercept if intercept is not None else 0.0)
 
 
 def _window(ds: Any, groups: tuple[Any, Any], index: int) -> tuple[float | None, float | None]:
     item = _functional(groups, index, "FrameVOILUTSequence") or ds
-    center, width = _first(_value(item, "WindowCenter")), _first(_value(item, "WindowWidth"))
+    center, width = _first(attr(item, "WindowCenter")), _first(attr(item, "WindowWidth"))
     if center is None or width is None or width <= 0:
         return None, None
     return center, width
@@ -523,14 +499,14 @@ def _geometry(ds: Any, groups: tuple[Any, Any], index: int) -> SliceGeometry:
     measures = _functional(groups, index, "PixelMeasuresSequence") or ds
     position = _functional(groups, index, "PlanePositionSequence") or ds
     orientation = _functional(groups, index, "PlaneOrientationSequence") or ds
-    spacing = _positive(_floats(_value(measures, "PixelSpacing"), 2))
-    spacing = spacing or _positive(_floats(_value(ds, "ImagerPixelSpacing"), 2))
+    spacing = _positive(_floats(attr(measures, "PixelSpacing"), 2))
+    spacing = spacing or _positive(_floats(attr(ds, "ImagerPixelSpacing"), 2))
     return SliceGeometry(
         pixel_spacing=spacing,  # type: ignore[arg-type]
-        slice_thickness=_first(_value(measures, "SliceThickness")),
-        image_position=_floats(_value(position, "ImagePositionPatient"), 3),  # type: ignore[arg-type]
-        image_orientation=_floats(_value(orientation, "ImageOrientationPatient"), 6),  # type: ignore[arg-type]
-        slice_location=_first(_value(ds, "SliceLocation")),
+        slice_thickness=_first(attr(measures, "SliceThickness")),
+        image_position=_floats(attr(position, "ImagePositionPatient"), 3),  # type: ignore[arg-type]
+        image_orientation=_floats(attr(orientation, "ImageOrientationPatient"), 6),  # type: ignore[arg-type]
+        slice_location=_first(attr(ds, "SliceLocation")),
     )
 
 
@@ -559,83 +535,6 @@ def invert_monochrome1(
     if center is not None:
         center = slope * total + 2 * intercept - center
     return inverted, center
-
-
-_SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
-_DICOM_DTYPES = {"uint8": (8, 0), "int8": (8, 1), "uint16": (16, 0), "int16": (16, 1)}
-
-
-def dataset_from_slice(
-    slice_: Slice,
-    *,
-    sop_class_uid: str = _SECONDARY_CAPTURE,
-    sop_instance_uid: str | None = None,
-    series_uid: str | None = None,
-    study_uid: str | None = None,
-) -> Any:
-    """A pydicom FileDataset holding the slice: pixels, geometry, rescale, window and identity.
-
-    No patient module is filled in; callers that need one (the demo series) add it. Integer pixels of
-    8 or 16 bits only; grey or RGB.
-    """
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
-
-    px = slice_.pixels
-    if px.dtype.name not in _DICOM_DTYPES or (slice_.is_color and px.dtype != np.uint8):
-        raise ValueError(f"DICOM encoding takes 8/16-bit integer grey or 8-bit RGB pixels, not {px.dtype}")
-    bits, signed = _DICOM_DTYPES[px.dtype.name]
-    ident, geo = slice_.identity, slice_.geometry
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid or ident.sop_instance_uid or generate_uid())
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class_uid, meta.MediaStorageSOPInstanceUID
-    ds.SeriesInstanceUID = series_uid or ident.series_uid or generate_uid()
-    ds.StudyInstanceUID = study_uid or generate_uid()
-    ds.Modality = ident.modality or "OT"
-    acq = slice_.acquisition
-    if acq.body_part:
-        ds.BodyPartExamined = acq.body_part
-    if acq.image_type:
-        ds.ImageType = list(acq.image_type)
-    if acq.series_number is not None:
-        ds.SeriesNumber = acq.series_number
-    if acq.series_description:
-        ds.SeriesDescription = acq.series_description
-    if ident.instance_number is not None:
-        ds.InstanceNumber = ident.instance_number
-    if geo.pixel_spacing is not None:
-        ds.PixelSpacing = list(geo.pixel_spacing)
-    if geo.slice_thickness is not None:
-        ds.SliceThickness = geo.slice_thickness
-    if geo.image_position is not None:
-        ds.ImagePositionPatient = list(geo.image_position)
-    if geo.image_orientation is not None:
-        ds.ImageOrientationPatient = list(geo.image_orientation)
-    if geo.slice_location is not None:
-        ds.SliceLocation = geo.slice_location
-    ds.Rows, ds.Columns = slice_.shape
-    ds.SamplesPerPixel = 3 if slice_.is_color else 1
-    ds.PhotometricInterpretation = "RGB" if slice_.is_color else "MONOCHROME2"
-    if slice_.is_color:
-        ds.PlanarConfiguration = 0
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, signed
-    if slice_.has_rescale or not slice_.is_color:
-        ds.RescaleSlope, ds.RescaleIntercept = slice_.rescale_slope, slice_.rescale_intercept
-    if slice_.window_center is not None:
-        ds.WindowCenter, ds.WindowWidth = slice_.window_center, slice_.window_width
-    ds.PixelData = np.ascontiguousarray(px, px.dtype.newbyteorder("<")).tobytes()
-    return ds
-
-
-def encode_dicom(slice_: Slice, **uids: str) -> bytes:
-    """The slice as Part-10 DICOM bytes (explicit VR little endian). See :func:`dataset_from_slice`."""
-    buf = io.BytesIO()
-    dataset_from_slice(slice_, **uids).save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
 
 
 #: transfer syntaxes whose decoder plugins :func:`warm_up_decoding` loads: JPEG baseline, extended and
