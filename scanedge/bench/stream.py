@@ -20,6 +20,12 @@ both see the same machine at the same time (the flat-out figures are the report'
 Variants: one run can drive the same runtime over several transports (tcp, ipc) and payloads (frames, or
 shared memory: docs/protocol.md section 12), each from its own connection, in alternating blocks with the
 in-process baseline, so that every variant and the baseline see the same machine noise.
+
+One run, in order: the runtimes are spawned or probed (:func:`bench_stream`), the connections opened
+(``_Consoles``, and ``_InProcessBaseline`` for ``baseline``), the consoles driven by the measuring loop the
+settings call for (``_measure``: warm-up, ``_drive``, ``_drain``; Ctrl-C only sets a polled flag,
+:mod:`scanedge.bench.interrupt`), and the report assembled from the recorders (``_report``). A new way of
+driving consoles is one more loop chosen in ``_drive``; a new figure or comparison goes in ``_report``'s parts.
 """
 
 from __future__ import annotations
@@ -389,7 +395,8 @@ def bench_stream(slices: Sequence[Slice], settings: StreamSettings, progress: Pr
         else:
             with Client(settings.endpoint, ClientConfig(timeout_s=5.0, retries=0)) as probe:
                 pong = probe.ping()
-        report = _run(slices, settings, endpoints, pong, progress, spawned[0] if spawned else None, versus)
+        target = _Target(endpoints, pong, spawned[0] if spawned else None, versus)
+        report = _run(slices, settings, target, progress)
     finally:
         codes = [r.close() for r in spawned]
         if versus is not None:
@@ -419,6 +426,23 @@ def _variant_clients(settings: StreamSettings, endpoints: dict[str, str]) -> dic
     return clients
 
 
+@dataclass(frozen=True)
+class _Target:
+    """The runtime(s) a run measures, as found before it began.
+
+    Attributes:
+        endpoints: per runtime, its endpoint by transport (console ``k`` talks to runtime ``k % len``).
+        pong: the first runtime's answer to PING (engine, models).
+        spawned: the first runtime when it was spawned for the run (its CPU and memory are sampled).
+        versus: the side-by-side runtime, or None.
+    """
+
+    endpoints: list[dict[str, str]]
+    pong: Pong
+    spawned: SpawnedRuntime | None = None
+    versus: SpawnedRuntime | None = None
+
+
 @dataclass(eq=False)
 class _Consoles:
     """Every connection of one run and the recorder of what came back on it.
@@ -441,11 +465,10 @@ class _Consoles:
     flat: _Recorder = field(default_factory=_Recorder)
 
     @classmethod
-    def open(
-        cls, settings: StreamSettings, endpoints: list[dict[str, str]], versus: SpawnedRuntime | None
-    ) -> _Consoles:
+    def open(cls, settings: StreamSettings, target: _Target) -> _Consoles:
         """Connect every variant, every further console and the side-by-side runtime (all closed again if
         one of them fails)."""
+        endpoints, versus = target.endpoints, target.versus
         variants = _variant_clients(settings, endpoints[0])
         recs = {name: _Recorder(settings.deadline_ms) for name in variants}
         clients = [next(iter(variants.values()))]
@@ -540,26 +563,18 @@ def _request_options(settings: StreamSettings) -> dict[str, Any]:
     }
 
 
-def _run(
-    slices: Sequence[Slice],
-    settings: StreamSettings,
-    endpoints: list[dict[str, str]],
-    pong: Pong,
-    progress: Progress | None,
-    spawned: SpawnedRuntime | None,
-    versus: SpawnedRuntime | None,
-) -> BenchReport:
+def _run(slices: Sequence[Slice], settings: StreamSettings, target: _Target, progress: Progress | None) -> BenchReport:
     """Connect the consoles, measure, close them, and report."""
     payloads = _payloads(slices, settings.dicom)
-    consoles = _Consoles.open(settings, endpoints, versus)
+    consoles = _Consoles.open(settings, target)
     baseline = _InProcessBaseline()
     try:
         baseline = _InProcessBaseline.open(settings)
-        measured = _measure(consoles, baseline, payloads, settings, spawned, progress)
+        measured = _measure(consoles, baseline, payloads, settings, target.spawned, progress)
     finally:
         consoles.close()
         baseline.close()
-    return _report(slices, settings, endpoints, pong, spawned, consoles, baseline, measured)
+    return _report(slices, settings, target, consoles, baseline, measured)
 
 
 def _measure(
@@ -649,21 +664,30 @@ def _drain(consoles: _Consoles, sent: int, interrupted: bool) -> int:
 def _report(
     slices: Sequence[Slice],
     settings: StreamSettings,
-    endpoints: list[dict[str, str]],
-    pong: Pong,
-    spawned: SpawnedRuntime | None,
+    target: _Target,
     consoles: _Consoles,
     baseline: _InProcessBaseline,
     measured: _Measured,
 ) -> BenchReport:
     """The report of a measured run: figures, what was run, the baselines, the runtime's use and warnings."""
+    rec, wall, model = consoles.rec, measured.wall_s, target.pong.models[0]
     samples = _stream_samples(consoles)
-    report = _base_report(slices, settings, endpoints, pong, spawned, consoles, samples, measured)
+    report = BenchReport(
+        mode="stream",
+        settings=_run_settings(slices, settings, target, consoles.names, measured.sent),
+        samples=samples,
+        engine=_engine_section(target.pong),
+        model={"name": model.name, "version": model.version, "sha256": model.onnx_sha256},
+        counts=dict(rec.counts),
+        throughput_per_s=rec.counts["ok"] / wall if wall > 0 else None,
+        wall_s=wall,
+        timeline=rec.timeline,
+    )
     _merge_variant_counts(report, consoles)
     _add_server_cpu(report, measured)
     _add_baselines(report, settings, samples, consoles, baseline)
-    _add_server_rss(report, spawned)
-    _add_warnings(report, settings, samples, spawned, consoles.rec, measured)
+    _add_server_rss(report, target.spawned)
+    _add_warnings(report, settings, samples, target.spawned, rec, measured)
     return report
 
 
@@ -678,59 +702,46 @@ def _stream_samples(consoles: _Consoles) -> dict[str, list[float]]:
     return samples
 
 
-def _base_report(
-    slices: Sequence[Slice],
-    settings: StreamSettings,
-    endpoints: list[dict[str, str]],
-    pong: Pong,
-    spawned: SpawnedRuntime | None,
-    consoles: _Consoles,
-    samples: dict[str, list[float]],
-    measured: _Measured,
-) -> BenchReport:
-    """The report's settings, figures, engine and model as PONG names them, console 0's counts and rate."""
-    rec, wall = consoles.rec, measured.wall_s
+def _run_settings(
+    slices: Sequence[Slice], settings: StreamSettings, target: _Target, variants: list[str], sent: int
+) -> dict[str, Any]:
+    """What was run, as the report's ``settings``."""
+    return {
+        "endpoint": settings.endpoint or "spawned",
+        "rate_per_console": settings.rate,
+        "consoles": settings.consoles,
+        "outputs": list(settings.outputs),
+        "overlay_encoding": settings.overlay_encoding,
+        "input": "dicom" if settings.dicom else "raw",
+        "slice_shapes": [list(s) for s in sorted({s.shape for s in slices})],
+        "deadline_ms": settings.deadline_ms,
+        "sent": sent,
+        "warmup": settings.run.warmup,
+        "threads": settings.engine.threads,
+        "workers": settings.workers,
+        "baseline": settings.baseline,
+        "runtimes": len(target.endpoints),
+        "versus": None if settings.versus is None else settings.versus.backend,
+        "keep_warm": settings.keep_warm if target.spawned is not None else None,
+        "vs_flat_out": settings.vs_flat_out,
+        "variants": variants,  # the first under the plain figure names, the others as total[NAME], ...
+    }
+
+
+def _engine_section(pong: Pong) -> dict[str, Any]:
+    """The engine as the runtime reports it in PONG."""
     model = pong.models[0]
-    return BenchReport(
-        mode="stream",
-        settings={
-            "endpoint": settings.endpoint or "spawned",
-            "rate_per_console": settings.rate,
-            "consoles": settings.consoles,
-            "outputs": list(settings.outputs),
-            "overlay_encoding": settings.overlay_encoding,
-            "input": "dicom" if settings.dicom else "raw",
-            "slice_shapes": [list(s) for s in sorted({s.shape for s in slices})],
-            "deadline_ms": settings.deadline_ms,
-            "sent": measured.sent,
-            "warmup": settings.run.warmup,
-            "threads": settings.engine.threads,
-            "workers": settings.workers,
-            "baseline": settings.baseline,
-            "runtimes": len(endpoints),
-            "versus": None if settings.versus is None else settings.versus.backend,
-            "keep_warm": settings.keep_warm if spawned is not None else None,
-            "vs_flat_out": settings.vs_flat_out,
-            "variants": consoles.names,  # the first under the plain figure names, the others as total[NAME], ...
-        },
-        samples=samples,
-        engine={
-            "backend": pong.engine,
-            "server": pong.server,
-            **(
-                {"targets": sorted({h.target for h in pong.engine_health.values() if h.target})}
-                if pong.engine_health
-                else {}
-            ),
-            "threads": model.threads,  # as the runtime reports it in PONG (what --threads auto chose)
-            **({"threads_probe_ms": model.threads_probe_ms} if model.threads_probe_ms else {}),
-        },
-        model={"name": model.name, "version": model.version, "sha256": model.onnx_sha256},
-        counts=dict(rec.counts),
-        throughput_per_s=rec.counts["ok"] / wall if wall > 0 else None,
-        wall_s=wall,
-        timeline=rec.timeline,
-    )
+    return {
+        "backend": pong.engine,
+        "server": pong.server,
+        **(
+            {"targets": sorted({h.target for h in pong.engine_health.values() if h.target})}
+            if pong.engine_health
+            else {}
+        ),
+        "threads": model.threads,  # as the runtime reports it in PONG (what --threads auto chose)
+        **({"threads_probe_ms": model.threads_probe_ms} if model.threads_probe_ms else {}),
+    }
 
 
 def _merge_variant_counts(report: BenchReport, consoles: _Consoles) -> None:
