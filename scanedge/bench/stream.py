@@ -20,6 +20,12 @@ both see the same machine at the same time (the flat-out figures are the report'
 Variants: one run can drive the same runtime over several transports (tcp, ipc) and payloads (frames, or
 shared memory: docs/protocol.md section 12), each from its own connection, in alternating blocks with the
 in-process baseline, so that every variant and the baseline see the same machine noise.
+
+One run, in order: the runtimes are spawned or probed (:func:`bench_stream`), the connections opened
+(``_Consoles``, and ``_InProcessBaseline`` for ``baseline``), the consoles driven by the measuring loop the
+settings call for (``_measure``: warm-up, ``_drive``, ``_drain``; Ctrl-C only sets a polled flag,
+:mod:`scanedge.bench.interrupt`), and the report assembled from the recorders (``_report``). A new way of
+driving consoles is one more loop chosen in ``_drive``; a new figure or comparison goes in ``_report``'s parts.
 """
 
 from __future__ import annotations
@@ -389,7 +395,8 @@ def bench_stream(slices: Sequence[Slice], settings: StreamSettings, progress: Pr
         else:
             with Client(settings.endpoint, ClientConfig(timeout_s=5.0, retries=0)) as probe:
                 pong = probe.ping()
-        report = _run(slices, settings, endpoints, pong, progress, spawned[0] if spawned else None, versus)
+        target = _Target(endpoints, pong, spawned[0] if spawned else None, versus)
+        report = _run(slices, settings, target, progress)
     finally:
         codes = [r.close() for r in spawned]
         if versus is not None:
@@ -419,164 +426,358 @@ def _variant_clients(settings: StreamSettings, endpoints: dict[str, str]) -> dic
     return clients
 
 
-def _run(
-    slices: Sequence[Slice],
-    settings: StreamSettings,
-    endpoints: list[dict[str, str]],
-    pong: Pong,
-    progress: Progress | None,
-    spawned: SpawnedRuntime | None,
-    versus: SpawnedRuntime | None,
-) -> BenchReport:
-    run = settings.run
-    payloads = _payloads(slices, settings.dicom)
-    variants = _variant_clients(settings, endpoints[0])
-    names = list(variants)
-    recs = {name: _Recorder(settings.deadline_ms) for name in names}
-    rec = recs[names[0]]
-    clients = [variants[names[0]]]
-    versus_client = None
-    versus_rec = _Recorder(settings.deadline_ms)
-    try:
-        for k in range(1, settings.consoles):  # console k talks to runtime k % runtimes, on its first transport
-            runtime = endpoints[k % len(endpoints)]
-            clients.append(Client(next(iter(runtime.values())), ClientConfig(timeout_s=30.0)))
-        if versus is not None:
-            versus_client = Client(versus.endpoint, ClientConfig(timeout_s=30.0))
-    except BaseException:
-        for c in [*clients, *variants.values()]:
+@dataclass(frozen=True)
+class _Target:
+    """The runtime(s) a run measures, as found before it began.
+
+    Attributes:
+        endpoints: per runtime, its endpoint by transport (console ``k`` talks to runtime ``k % len``).
+        pong: the first runtime's answer to PING (engine, models).
+        spawned: the first runtime when it was spawned for the run (its CPU and memory are sampled).
+        versus: the side-by-side runtime, or None.
+    """
+
+    endpoints: list[dict[str, str]]
+    pong: Pong
+    spawned: SpawnedRuntime | None = None
+    versus: SpawnedRuntime | None = None
+
+
+@dataclass(eq=False)
+class _Consoles:
+    """Every connection of one run and the recorder of what came back on it.
+
+    Attributes:
+        variants: one connection per measured (transport, payload), by :func:`variant_name`; the first is
+            also console 0.
+        recs: per variant, its recorder (the first variant's records console 0 and every other console).
+        clients: console ``k``'s connection (``k % runtimes``'s runtime, on its first transport).
+        versus_client: the connection to the side-by-side runtime, or None.
+        versus_rec: what the side-by-side runtime answered.
+        flat: what the flat-out blocks of ``vs_flat_out`` measured.
+    """
+
+    variants: dict[str, Client]
+    recs: dict[str, _Recorder]
+    clients: list[Client]
+    versus_client: Client | None
+    versus_rec: _Recorder
+    flat: _Recorder = field(default_factory=_Recorder)
+
+    @classmethod
+    def open(cls, settings: StreamSettings, target: _Target) -> _Consoles:
+        """Connect every variant, every further console and the side-by-side runtime (all closed again if
+        one of them fails)."""
+        endpoints, versus = target.endpoints, target.versus
+        variants = _variant_clients(settings, endpoints[0])
+        recs = {name: _Recorder(settings.deadline_ms) for name in variants}
+        clients = [next(iter(variants.values()))]
+        versus_client = None
+        try:
+            for k in range(1, settings.consoles):  # console k talks to runtime k % runtimes, on its first transport
+                runtime = endpoints[k % len(endpoints)]
+                clients.append(Client(next(iter(runtime.values())), ClientConfig(timeout_s=30.0)))
+            if versus is not None:
+                versus_client = Client(versus.endpoint, ClientConfig(timeout_s=30.0))
+        except BaseException:
+            for c in [*clients, *variants.values()]:
+                c.close()
+            raise
+        return cls(variants, recs, clients, versus_client, _Recorder(settings.deadline_ms))
+
+    @property
+    def names(self) -> list[str]:
+        """The variants' names, in order; the first is reported under the plain figure names."""
+        return list(self.variants)
+
+    @property
+    def rec(self) -> _Recorder:
+        """The first variant's recorder: console 0's and every other console's."""
+        return self.recs[self.names[0]]
+
+    def others(self) -> list[Client]:
+        """The connections of the variants after the first."""
+        return [self.variants[name] for name in self.names[1:]]
+
+    def close(self) -> None:
+        for c in [*self.clients, *self.others()]:
             c.close()
-        raise
-    local_pipe = None
-    baseline: list[float] = []
-    baseline_outside: list[float] = []  # the in-process pipeline's time outside the model
-    if settings.baseline:
+        if self.versus_client is not None:
+            self.versus_client.close()
+
+
+@dataclass(eq=False)
+class _InProcessBaseline:
+    """The in-process pipeline timed on the same slices in the same run (``--baseline``), and its figures.
+
+    Attributes:
+        pipe: the pipeline, or None without a baseline.
+        totals: its total milliseconds per slice.
+        outside_model: its milliseconds outside the model per slice.
+    """
+
+    pipe: Pipeline | None = None
+    totals: list[float] = field(default_factory=list)
+    outside_model: list[float] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, settings: StreamSettings) -> _InProcessBaseline:
+        """With ``settings.baseline``, the pipeline on the runtime's engine settings (spinning off), so that
+        the difference is the runtime itself; without, none."""
+        if not settings.baseline:
+            return cls()
         from scanedge.runtime.pipeline import Pipeline, PipelineConfig
 
-        # the runtime's engine settings (spinning off), so the difference is the runtime itself
-        local_pipe = Pipeline.open(settings.model, options=settings.engine, config=PipelineConfig(ignore_scope=True))
-    kw = {
+        return cls(Pipeline.open(settings.model, options=settings.engine, config=PipelineConfig(ignore_scope=True)))
+
+    @property
+    def figures(self) -> tuple[list[float], list[float]]:
+        """Where the measuring loops put what they time: (totals, outside the model)."""
+        return self.totals, self.outside_model
+
+    def close(self) -> None:
+        if self.pipe is not None:
+            self.pipe.close()
+
+
+@dataclass(frozen=True)
+class _Measured:
+    """What the measuring loops leave behind besides the recorders' samples."""
+
+    sent: int
+    wall_s: float
+    interrupted: bool
+    monitor: RunMonitor
+    cpu_start: float | None  # the spawned runtime's CPU seconds when measuring began; None without one
+    cpu_end: float | None
+
+
+def _request_options(settings: StreamSettings) -> dict[str, Any]:
+    """What every request of the run asks for, as :meth:`Client.submit` arguments."""
+    return {
         "ignore_scope": True,  # speed, not validity: resized demo slices may fall outside the model's scope
         "outputs": settings.outputs,
         "overlay_encoding": settings.overlay_encoding,
         "deadline_ms": settings.deadline_ms,
         "publish": False,
     }
-    monitor = RunMonitor()
-    cpu_start = spawned.cpu_seconds() if spawned is not None else None
-    start = time.perf_counter()
-    flat = _Recorder()
+
+
+def _run(slices: Sequence[Slice], settings: StreamSettings, target: _Target, progress: Progress | None) -> BenchReport:
+    """Connect the consoles, measure, close them, and report."""
+    payloads = _payloads(slices, settings.dicom)
+    consoles = _Consoles.open(settings, target)
+    baseline = _InProcessBaseline()
     try:
-        with polled_interrupts() as stop:  # Ctrl-C / SIGTERM end the loops; see scanedge.bench.interrupt
-            run = StoppableRun.of(settings.run, stop)
-            for i in range(min(run.warmup, 50)):  # warm up connections and the runtime(s)
-                for warm in (clients[i % len(clients)], versus_client, *(variants[n] for n in names[1:])):
-                    if warm is not None and not run.stopped():
-                        try:
-                            warm.segment(payloads[i % len(payloads)], **kw)
-                        except (ExpiredError, BusyError):  # a tight --deadline-ms or a busy runtime: warm anyway
-                            pass
-            monitor = RunMonitor()
-            cpu_start = spawned.cpu_seconds() if spawned is not None else None
-            start = time.perf_counter()
-            total = run.count if run.duration_s is None else None
-            if versus_client is not None:
-                sent = _closed_loop_side_by_side(
-                    clients[0], versus_client, payloads, kw, rec, versus_rec, run, start, progress
-                )
-            elif settings.vs_flat_out:
-                sent = _paced_vs_flat_out(clients[0], payloads, kw, rec, flat, settings, run, start, progress)
-            elif len(names) > 1:
-                sent = _closed_loop_variants(
-                    variants, payloads, kw, recs, run, start, local_pipe, (baseline, baseline_outside), progress
-                )
-            elif settings.rate is None and settings.consoles == 1 and local_pipe is not None:
-                sent = _closed_loop_with_baseline(
-                    clients[0], payloads, kw, rec, run, start, local_pipe, (baseline, baseline_outside), progress
-                )
-            else:
-                if local_pipe is not None:  # fixed rate or several consoles: the baseline goes first
-                    for i in range(min(len(payloads) * 4, 200)):
-                        if run.stopped():
-                            break
-                        t = _in_process_step(local_pipe, payloads[i % len(payloads)], kw, baseline_outside)
-                        baseline.append(t.total_ms)
-                sent = _drive_consoles(clients, payloads, kw, rec, settings, run, start, total, progress)
-            interrupted = run.stopped()
-            if interrupted:  # report what was measured, briefly waiting for the replies still due
-                sent = sum(r.submitted for r in recs.values())
-                for r in recs.values():
-                    _wait_all(r, r.submitted, timeout=3)
-            else:
-                _wait_all(rec, sent if len(names) == 1 else rec.done, timeout=60)
-        wall = time.perf_counter() - start
-        cpu_end = spawned.cpu_seconds() if spawned is not None else None
+        baseline = _InProcessBaseline.open(settings)
+        measured = _measure(consoles, baseline, payloads, settings, target.spawned, progress)
     finally:
-        for c in [*clients, *(variants[name] for name in names[1:])]:
-            c.close()
-        if versus_client is not None:
-            versus_client.close()
-        if local_pipe is not None:
-            local_pipe.close()
-    samples = {k: v for k, v in rec.samples.items() if v}
-    for name in names[1:]:  # the other variants: end to end, runtime, transport
-        for figure in ("total", "server", "transport", "outside_model"):
-            if recs[name].samples[figure]:
-                samples[f"{figure}[{name}]"] = recs[name].samples[figure]
-    model = pong.models[0]
+        consoles.close()
+        baseline.close()
+    return _report(slices, settings, target, consoles, baseline, measured)
+
+
+def _measure(
+    consoles: _Consoles,
+    baseline: _InProcessBaseline,
+    payloads: Sequence[Any],
+    settings: StreamSettings,
+    spawned: SpawnedRuntime | None,
+    progress: Progress | None,
+) -> _Measured:
+    """Warm up, drive the consoles the way ``settings`` asks, and wait for the replies still due. Ctrl-C and
+    SIGTERM only set the flag the loops poll (:mod:`scanedge.bench.interrupt`): the run then ends early."""
+    kw = _request_options(settings)
+    with polled_interrupts() as stop:  # Ctrl-C / SIGTERM end the loops; see scanedge.bench.interrupt
+        run = StoppableRun.of(settings.run, stop)
+        _warm_up(consoles, payloads, kw, run)
+        monitor = RunMonitor()
+        cpu_start = spawned.cpu_seconds() if spawned is not None else None
+        start = time.perf_counter()
+        sent = _drive(consoles, baseline, payloads, kw, settings, run, start, progress)
+        interrupted = run.stopped()
+        sent = _drain(consoles, sent, interrupted)
+    wall = time.perf_counter() - start
+    cpu_end = spawned.cpu_seconds() if spawned is not None else None
+    return _Measured(sent, wall, interrupted, monitor, cpu_start, cpu_end)
+
+
+def _warm_up(consoles: _Consoles, payloads: Sequence[Any], kw: dict[str, Any], run: StoppableRun) -> None:
+    """Warm up connections and the runtime(s): up to 50 of ``run.warmup`` rounds over every connection."""
+    clients = consoles.clients
+    for i in range(min(run.warmup, 50)):
+        for warm in (clients[i % len(clients)], consoles.versus_client, *consoles.others()):
+            if warm is not None and not run.stopped():
+                try:
+                    warm.segment(payloads[i % len(payloads)], **kw)
+                except (ExpiredError, BusyError):  # a tight --deadline-ms or a busy runtime: warm anyway
+                    pass
+
+
+def _drive(
+    consoles: _Consoles,
+    baseline: _InProcessBaseline,
+    payloads: Sequence[Any],
+    kw: dict[str, Any],
+    settings: StreamSettings,
+    run: StoppableRun,
+    start: float,
+    progress: Progress | None,
+) -> int:
+    """The measuring loop ``settings`` calls for; returns the requests it sent."""
+    client, rec, pipe = consoles.clients[0], consoles.rec, baseline.pipe
+    if consoles.versus_client is not None:
+        return _closed_loop_side_by_side(
+            client, consoles.versus_client, payloads, kw, rec, consoles.versus_rec, run, start, progress
+        )
+    if settings.vs_flat_out:
+        return _paced_vs_flat_out(client, payloads, kw, rec, consoles.flat, settings, run, start, progress)
+    if len(consoles.variants) > 1:
+        return _closed_loop_variants(
+            consoles.variants, payloads, kw, consoles.recs, run, start, pipe, baseline.figures, progress
+        )
+    if settings.rate is None and settings.consoles == 1 and pipe is not None:
+        return _closed_loop_with_baseline(client, payloads, kw, rec, run, start, pipe, baseline.figures, progress)
+    if pipe is not None:  # fixed rate or several consoles: the baseline goes first
+        for i in range(min(len(payloads) * 4, 200)):
+            if run.stopped():
+                break
+            t = _in_process_step(pipe, payloads[i % len(payloads)], kw, baseline.outside_model)
+            baseline.totals.append(t.total_ms)
+    total = run.count if run.duration_s is None else None
+    return _drive_consoles(consoles.clients, payloads, kw, rec, settings, run, start, total, progress)
+
+
+def _drain(consoles: _Consoles, sent: int, interrupted: bool) -> int:
+    """Wait for the replies still due; returns the requests sent. Interrupted: what was submitted, each
+    recorder waited for only briefly, so that what was measured is reported."""
+    if interrupted:
+        sent = sum(r.submitted for r in consoles.recs.values())
+        for r in consoles.recs.values():
+            _wait_all(r, r.submitted, timeout=3)
+    else:
+        rec = consoles.rec
+        _wait_all(rec, sent if len(consoles.variants) == 1 else rec.done, timeout=60)
+    return sent
+
+
+def _report(
+    slices: Sequence[Slice],
+    settings: StreamSettings,
+    target: _Target,
+    consoles: _Consoles,
+    baseline: _InProcessBaseline,
+    measured: _Measured,
+) -> BenchReport:
+    """The report of a measured run: figures, what was run, the baselines, the runtime's use and warnings."""
+    rec, wall, model = consoles.rec, measured.wall_s, target.pong.models[0]
+    samples = _stream_samples(consoles)
     report = BenchReport(
         mode="stream",
-        settings={
-            "endpoint": settings.endpoint or "spawned",
-            "rate_per_console": settings.rate,
-            "consoles": settings.consoles,
-            "outputs": list(settings.outputs),
-            "overlay_encoding": settings.overlay_encoding,
-            "input": "dicom" if settings.dicom else "raw",
-            "slice_shapes": [list(s) for s in sorted({s.shape for s in slices})],
-            "deadline_ms": settings.deadline_ms,
-            "sent": sent,
-            "warmup": run.warmup,
-            "threads": settings.engine.threads,
-            "workers": settings.workers,
-            "baseline": settings.baseline,
-            "runtimes": len(endpoints),
-            "versus": None if settings.versus is None else settings.versus.backend,
-            "keep_warm": settings.keep_warm if spawned is not None else None,
-            "vs_flat_out": settings.vs_flat_out,
-            "variants": names,  # the first under the plain figure names, the others as total[NAME], ...
-        },
+        settings=_run_settings(slices, settings, target, consoles.names, measured.sent),
         samples=samples,
-        engine={
-            "backend": pong.engine,
-            "server": pong.server,
-            **(
-                {"targets": sorted({h.target for h in pong.engine_health.values() if h.target})}
-                if pong.engine_health
-                else {}
-            ),
-            "threads": model.threads,  # as the runtime reports it in PONG (what --threads auto chose)
-            **({"threads_probe_ms": model.threads_probe_ms} if model.threads_probe_ms else {}),
-        },
+        engine=_engine_section(target.pong),
         model={"name": model.name, "version": model.version, "sha256": model.onnx_sha256},
         counts=dict(rec.counts),
         throughput_per_s=rec.counts["ok"] / wall if wall > 0 else None,
         wall_s=wall,
         timeline=rec.timeline,
     )
-    for name in names[1:]:
-        for outcome, n in recs[name].counts.items():
+    _merge_variant_counts(report, consoles)
+    _add_server_cpu(report, measured)
+    _add_baselines(report, settings, samples, consoles, baseline)
+    _add_server_rss(report, target.spawned)
+    _add_warnings(report, settings, samples, target.spawned, rec, measured)
+    return report
+
+
+def _stream_samples(consoles: _Consoles) -> dict[str, list[float]]:
+    """The first variant's figures under their plain names, the others' end to end, runtime and transport
+    figures as ``total[NAME]``, ..."""
+    samples = {k: v for k, v in consoles.rec.samples.items() if v}
+    for name in consoles.names[1:]:
+        for figure in ("total", "server", "transport", "outside_model"):
+            if consoles.recs[name].samples[figure]:
+                samples[f"{figure}[{name}]"] = consoles.recs[name].samples[figure]
+    return samples
+
+
+def _run_settings(
+    slices: Sequence[Slice], settings: StreamSettings, target: _Target, variants: list[str], sent: int
+) -> dict[str, Any]:
+    """What was run, as the report's ``settings``."""
+    return {
+        "endpoint": settings.endpoint or "spawned",
+        "rate_per_console": settings.rate,
+        "consoles": settings.consoles,
+        "outputs": list(settings.outputs),
+        "overlay_encoding": settings.overlay_encoding,
+        "input": "dicom" if settings.dicom else "raw",
+        "slice_shapes": [list(s) for s in sorted({s.shape for s in slices})],
+        "deadline_ms": settings.deadline_ms,
+        "sent": sent,
+        "warmup": settings.run.warmup,
+        "threads": settings.engine.threads,
+        "workers": settings.workers,
+        "baseline": settings.baseline,
+        "runtimes": len(target.endpoints),
+        "versus": None if settings.versus is None else settings.versus.backend,
+        "keep_warm": settings.keep_warm if target.spawned is not None else None,
+        "vs_flat_out": settings.vs_flat_out,
+        "variants": variants,  # the first under the plain figure names, the others as total[NAME], ...
+    }
+
+
+def _engine_section(pong: Pong) -> dict[str, Any]:
+    """The engine as the runtime reports it in PONG."""
+    model = pong.models[0]
+    return {
+        "backend": pong.engine,
+        "server": pong.server,
+        **(
+            {"targets": sorted({h.target for h in pong.engine_health.values() if h.target})}
+            if pong.engine_health
+            else {}
+        ),
+        "threads": model.threads,  # as the runtime reports it in PONG (what --threads auto chose)
+        **({"threads_probe_ms": model.threads_probe_ms} if model.threads_probe_ms else {}),
+    }
+
+
+def _merge_variant_counts(report: BenchReport, consoles: _Consoles) -> None:
+    """Add the other variants' outcomes to the report's counts (and their errors to the first recorder's),
+    then every error code as ``error.CODE``."""
+    rec = consoles.rec
+    for name in consoles.names[1:]:
+        for outcome, n in consoles.recs[name].counts.items():
             report.counts[outcome] = report.counts.get(outcome, 0) + n
-        for code, n in recs[name].errors.items():
+        for code, n in consoles.recs[name].errors.items():
             rec.errors[code] = rec.errors.get(code, 0) + n
     if rec.errors:
         report.counts.update({f"error.{k}": v for k, v in rec.errors.items()})
+
+
+def _add_server_cpu(report: BenchReport, measured: _Measured) -> None:
+    """The spawned runtime's CPU time over the run, as a share of one core."""
+    cpu_start, cpu_end, wall = measured.cpu_start, measured.cpu_end, measured.wall_s
     if cpu_start is not None and cpu_end is not None and wall > 0:
         report.settings["server_cpu"] = {
             "seconds": round(cpu_end - cpu_start, 3),
             "wall_s": round(wall, 3),
             "percent_of_one_core": round(100 * (cpu_end - cpu_start) / wall, 2),
         }
+
+
+def _add_baselines(
+    report: BenchReport,
+    settings: StreamSettings,
+    samples: dict[str, list[float]],
+    consoles: _Consoles,
+    baseline: _InProcessBaseline,
+) -> None:
+    """What the stream is compared with: flat out (``vs_flat_out``), the in-process pipeline
+    (``baseline``) or the side-by-side runtime (``versus``); settings allow one of them."""
+    flat, versus_rec, names = consoles.flat, consoles.versus_rec, consoles.names
     if settings.vs_flat_out and flat.samples["total"] and samples.get("total"):
         report.baseline = baseline_block(
             flat.samples["total"],
@@ -587,36 +788,44 @@ def _run(
         for stage in ("server", "transport", *SERVER_STAGES):
             if flat.samples[stage]:
                 report.baseline["samples"][f"flat out {stage}"] = [round(v, 4) for v in flat.samples[stage]]
-    if baseline and samples.get("total"):
+    if baseline.totals and samples.get("total"):
         report.baseline = baseline_block(
-            baseline,
+            baseline.totals,
             samples["total"],
             "the in-process pipeline, same slices, outputs and engine settings, same run",
             "in-process",
         )
-        if baseline_outside:  # the same comparison without the model: inference noise left out of both
-            report.baseline["samples"]["in-process outside_model"] = [round(v, 4) for v in baseline_outside]
-            ref = summarize(baseline_outside).median
+        if baseline.outside_model:  # the same comparison without the model: inference noise left out of both
+            outside = baseline.outside_model
+            report.baseline["samples"]["in-process outside_model"] = [round(v, 4) for v in outside]
+            ref = summarize(outside).median
             report.baseline["outside_model_added_p50"] = {
                 name: summarize(samples["outside_model" if i == 0 else f"outside_model[{name}]"]).median - ref
                 for i, name in enumerate(names)
             }
         if len(names) > 1:
             report.baseline["variants"] = {
-                name: baseline_block(baseline, samples["total" if i == 0 else f"total[{name}]"], "")["overhead_ms"]
+                name: baseline_block(baseline.totals, samples["total" if i == 0 else f"total[{name}]"], "")[
+                    "overhead_ms"
+                ]
                 for i, name in enumerate(names)
             }
     if versus_rec.samples["total"] and samples.get("total"):
+        backend = settings.versus.backend  # type: ignore[union-attr]
         report.baseline = baseline_block(
             versus_rec.samples["total"],
             samples["total"],
-            f"a second spawned runtime on the {settings.versus.backend} engine, same slices and outputs, "  # type: ignore[union-attr]
+            f"a second spawned runtime on the {backend} engine, same slices and outputs, "
             f"alternating blocks of {STREAM_BASELINE_BLOCK}, same run",
-            f"{settings.versus.backend} runtime",  # type: ignore[union-attr]
+            f"{backend} runtime",
         )
-        name = f"{settings.versus.backend} runtime: server infer"  # type: ignore[union-attr]
+        name = f"{backend} runtime: server infer"
         report.baseline["samples"][name] = [round(v, 4) for v in versus_rec.samples["infer"]]
         report.baseline["figures"][name] = summarize(versus_rec.samples["infer"]).to_dict()
+
+
+def _add_server_rss(report: BenchReport, spawned: SpawnedRuntime | None) -> None:
+    """The spawned runtime's resident memory: at the start, at most, at the end, growth in the second half."""
     if spawned is not None and spawned.rss_mb:
         rss = spawned.rss_mb
         tail = rss[len(rss) // 2 :]
@@ -626,8 +835,19 @@ def _run(
             "end": rss[-1],
             "growth_second_half": tail[-1] - tail[0] if tail else 0.0,
         }
+
+
+def _add_warnings(
+    report: BenchReport,
+    settings: StreamSettings,
+    samples: dict[str, list[float]],
+    spawned: SpawnedRuntime | None,
+    rec: _Recorder,
+    measured: _Measured,
+) -> None:
+    """Noisy or drifting figures, failed requests, replies too late to show, and an interrupted run."""
     if "total" in samples:  # a spawned runtime's CPU use is expected load, not interference
-        report.warnings.extend(monitor.warnings("total", samples["total"], check_load=spawned is None))
+        report.warnings.extend(measured.monitor.warnings("total", samples["total"], check_load=spawned is None))
     if rec.counts["error"]:
         report.warnings.append(f"{rec.counts['error']} request(s) failed: {rec.errors}")
     if rec.counts.get("late_ok"):
@@ -635,10 +855,9 @@ def _run(
             f"{rec.counts['late_ok']} of {rec.counts['ok']} ok replies arrived after the {settings.deadline_ms:g} ms "
             "deadline (computed in time, shown too late)"
         )
-    if interrupted:
+    if measured.interrupted:
         report.settings["interrupted"] = True
-        report.warnings.append(f"interrupted after {sent} request(s): a partial report")
-    return report
+        report.warnings.append(f"interrupted after {measured.sent} request(s): a partial report")
 
 
 def _wait_all(rec: _Recorder, sent: int, timeout: float) -> None:

@@ -185,6 +185,48 @@ def _bind(socket: zmq.Socket, endpoint: str) -> str:
     return socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
+class _WakePipe:
+    """How workers hand outcomes to the I/O thread: a deque, and a non-blocking pipe whose read end the I/O
+    loop polls (a byte written wakes it; :meth:`Server.request_stop` writes one too)."""
+
+    def __init__(self) -> None:
+        self.finished: deque[tuple[Job, Outcome]] = deque()
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(self.write_fd, False)
+
+    def emit(self, job: Job, outcome: Outcome) -> None:
+        """Called by workers; never raises."""
+        self.finished.append((job, outcome))
+        try:
+            os.write(self.write_fd, b"\0")
+        except OSError:
+            pass  # pipe full: a wake-up is already pending (or the runtime is gone)
+
+    def close(self) -> None:
+        os.close(self.read_fd)
+        os.close(self.write_fd)
+
+
+@dataclass(eq=False)
+class _Serving:
+    """What one :meth:`Server.serve` opens, recorded as it is opened, so that a failed start-up closes
+    exactly what it had opened and a finished run closes all of it."""
+
+    ctx: zmq.Context
+    wake: _WakePipe
+    pipelines: list[dict[str, Pipeline]] = field(default_factory=list)  # per worker, per model
+    auth: Any = None  # the CurveZMQ authenticator, when configured
+    router: zmq.Socket | None = None
+    pub: zmq.Socket | None = None
+    pool: WorkerPool | None = None
+    loop: IoLoop | None = None
+
+    def backend(self, model: str) -> str:
+        """The backend of ``model``'s engine (as the first worker opened it)."""
+        return self.pipelines[0][model].engine.backend
+
+
 class Server:
     """Serve one or more models. ``start()`` runs in a background thread; ``serve()`` in the caller's."""
 
@@ -305,143 +347,154 @@ class Server:
 
     def serve(self) -> None:
         """Run the runtime in this thread until :meth:`request_stop` (or a signal handler calling it)."""
-        cfg = self.config
-        ctx = zmq.Context()
-        opened: list[dict[str, Pipeline]] = []
-        auth = router = pub = loop = None
-        finished: deque[tuple[Job, Outcome]] = deque()
-        wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_r, False)
-        os.set_blocking(wake_w, False)
-        self._wake = wake_w
-
-        def emit(job: Job, outcome: Outcome) -> None:  # called by workers; never raises
-            finished.append((job, outcome))
-            try:
-                os.write(wake_w, b"\0")
-            except OSError:
-                pass  # pipe full: a wake-up is already pending (or the runtime is gone)
-
+        serving = _Serving(zmq.Context(), _WakePipe())
+        self._wake = serving.wake.write_fd
         try:
-            for _ in range(cfg.workers):
-                opened.append(self._open_pipelines())
-            engine = opened[0][self.default_model].engine.backend
-            if cfg.curve is not None:
-                auth = cfg.curve.start_authenticator(ctx)
-            router = ctx.socket(zmq.ROUTER)
-            router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            router.setsockopt(zmq.RCVHWM, cfg.hwm)
-            router.setsockopt(zmq.SNDHWM, cfg.hwm)
-            router.setsockopt(zmq.MAXMSGSIZE, 2 * cfg.max_message_bytes)
-            router.setsockopt(zmq.LINGER, cfg.linger_ms)
-            if cfg.curve is not None:
-                cfg.curve.apply(router)
-            self._endpoint = _bind(router, cfg.bind)
-            self._endpoints = (self._endpoint, *(_bind(router, e) for e in cfg.also_bind))
-            if cfg.publish:
-                pub = ctx.socket(zmq.PUB)
-                pub.setsockopt(zmq.SNDHWM, cfg.hwm)
-                pub.setsockopt(zmq.LINGER, 0)
-                if cfg.curve is not None:
-                    cfg.curve.apply(pub)
-                self._publish_endpoint = _bind(pub, cfg.publish)
-            failure_log = LogBudget("failed slice(s)")
-            pool = WorkerPool(
-                cfg.workers,
-                self._scheduler,
-                self._open_pipelines,
-                lambda job, pipe: run_job(
-                    job, pipe, cfg.limits, cfg.overlay, self.runtime_id, failure_log, self.series_store
-                ),
-                emit,
-                job_timeout_s=cfg.job_timeout_s,
-                keep_warm=cfg.keep_warm,
-            )
-            loop = IoLoop(
-                router,
-                pub,
-                LoopSettings(
-                    max_message_bytes=cfg.max_message_bytes,
-                    max_inflight_bytes=cfg.max_inflight_bytes,
-                    limits=cfg.limits,
-                    sweep_interval_s=cfg.sweep_interval_s,
-                    stats_log_interval_s=cfg.stats_log_interval_s,
-                    shutdown_grace_s=cfg.shutdown_grace_s,
-                    insecure_warning=None
-                    if cfg.security != "INSECURE, unencrypted"
-                    else f"serving UNENCRYPTED on {self._endpoint} (--insecure): patient images cross the network "
-                    "in clear",
-                ),
-                models={
-                    name: _model_info(m, opened[0][name].engine.describe()) for name, (_, m) in self._models.items()
-                },
-                default_model=self.default_model,
-                engine=engine,
-                runtime_id=self.runtime_id,
-                scheduler=self._scheduler,
-                pool=pool,
-                stats=self.stats,
-                finished=finished,
-                wake_fd=wake_r,
-                stop_requested=self._stop.is_set,
-                engine_health=self.engine_health,
-                series_store=self.series_store,
-                regions=RegionTable(cfg.shared_memory, cfg.shm_max_regions),
-            )
+            self._start_up(serving)
         except BaseException as exc:  # report to start(), close everything opened so far
-            self._startup_error = exc
-            self._endpoint = self._publish_endpoint = None
-            for pipes in opened:
-                for pipe in pipes.values():
-                    pipe.close()
-            for sock in (router, pub):
-                if sock is not None:
-                    sock.close(0)
-            if auth is not None:
-                auth.stop()
-            ctx.term()
-            self._wake = None
-            os.close(wake_r)
-            os.close(wake_w)
-            self._ready.set()
+            self._abandon_start(serving, exc)
             if threading.current_thread() is not self._thread:
                 raise
             return
-        self._pool, self._loop = pool, loop
-        pool.start(opened)
+        assert serving.pool is not None and serving.loop is not None
+        self._pool, self._loop = serving.pool, serving.loop
+        serving.pool.start(serving.pipelines)
+        self._log_serving(serving)
+        self._ready.set()
+        try:
+            serving.loop.run()
+        finally:
+            self._shut_down(serving)
+
+    def _start_up(self, serving: _Serving) -> None:
+        """Open every worker's pipelines, the sockets, the worker pool and the I/O loop, in that order, each
+        recorded in ``serving`` as soon as it is open."""
+        cfg = self.config
+        for _ in range(cfg.workers):
+            serving.pipelines.append(self._open_pipelines())
+        self._open_sockets(serving)
+        failure_log = LogBudget("failed slice(s)")
+        serving.pool = WorkerPool(
+            cfg.workers,
+            self._scheduler,
+            self._open_pipelines,
+            lambda job, pipe: run_job(
+                job, pipe, cfg.limits, cfg.overlay, self.runtime_id, failure_log, self.series_store
+            ),
+            serving.wake.emit,
+            job_timeout_s=cfg.job_timeout_s,
+            keep_warm=cfg.keep_warm,
+        )
+        serving.loop = self._io_loop(serving, serving.pool)
+
+    def _open_sockets(self, serving: _Serving) -> None:
+        """The CurveZMQ authenticator (when configured), the ROUTER on every endpoint, and the PUB."""
+        cfg = self.config
+        if cfg.curve is not None:
+            serving.auth = cfg.curve.start_authenticator(serving.ctx)
+        router = serving.router = serving.ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        router.setsockopt(zmq.RCVHWM, cfg.hwm)
+        router.setsockopt(zmq.SNDHWM, cfg.hwm)
+        router.setsockopt(zmq.MAXMSGSIZE, 2 * cfg.max_message_bytes)
+        router.setsockopt(zmq.LINGER, cfg.linger_ms)
+        if cfg.curve is not None:
+            cfg.curve.apply(router)
+        self._endpoint = _bind(router, cfg.bind)
+        self._endpoints = (self._endpoint, *(_bind(router, e) for e in cfg.also_bind))
+        if cfg.publish:
+            pub = serving.pub = serving.ctx.socket(zmq.PUB)
+            pub.setsockopt(zmq.SNDHWM, cfg.hwm)
+            pub.setsockopt(zmq.LINGER, 0)
+            if cfg.curve is not None:
+                cfg.curve.apply(pub)
+            self._publish_endpoint = _bind(pub, cfg.publish)
+
+    def _io_loop(self, serving: _Serving, pool: WorkerPool) -> IoLoop:
+        """The I/O loop over the bound sockets, answering PONG from the first worker's engines."""
+        cfg = self.config
+        assert serving.router is not None
+        first = serving.pipelines[0]
+        return IoLoop(
+            serving.router,
+            serving.pub,
+            LoopSettings(
+                max_message_bytes=cfg.max_message_bytes,
+                max_inflight_bytes=cfg.max_inflight_bytes,
+                limits=cfg.limits,
+                sweep_interval_s=cfg.sweep_interval_s,
+                stats_log_interval_s=cfg.stats_log_interval_s,
+                shutdown_grace_s=cfg.shutdown_grace_s,
+                insecure_warning=None
+                if cfg.security != "INSECURE, unencrypted"
+                else f"serving UNENCRYPTED on {self._endpoint} (--insecure): patient images cross the network in clear",
+            ),
+            models={name: _model_info(m, first[name].engine.describe()) for name, (_, m) in self._models.items()},
+            default_model=self.default_model,
+            engine=serving.backend(self.default_model),
+            runtime_id=self.runtime_id,
+            scheduler=self._scheduler,
+            pool=pool,
+            stats=self.stats,
+            finished=serving.wake.finished,
+            wake_fd=serving.wake.read_fd,
+            stop_requested=self._stop.is_set,
+            engine_health=self.engine_health,
+            series_store=self.series_store,
+            regions=RegionTable(cfg.shared_memory, cfg.shm_max_regions),
+        )
+
+    def _abandon_start(self, serving: _Serving, exc: BaseException) -> None:
+        """Start-up failed: keep the error for start(), close whatever was opened, and say ready (to fail)."""
+        self._startup_error = exc
+        self._endpoint = self._publish_endpoint = None
+        for pipes in serving.pipelines:
+            for pipe in pipes.values():
+                pipe.close()
+        for sock in (serving.router, serving.pub):
+            if sock is not None:
+                sock.close(0)
+        if serving.auth is not None:
+            serving.auth.stop()
+        serving.ctx.term()
+        self._wake = None
+        serving.wake.close()
+        self._ready.set()
+
+    def _log_serving(self, serving: _Serving) -> None:
+        cfg = self.config
         log.info(
             "serving %s on %s (%s, %d worker(s), engine %s, runtime %s)%s",
             ", ".join(f"{m.name}@{m.version}" for _, m in self._models.values()),
             ", ".join(self._endpoints),
             cfg.security,
             cfg.workers,
-            engine,
+            serving.backend(self.default_model),
             self.runtime_id,
-            f", publishing on {self._publish_endpoint}" if pub is not None else "",
+            f", publishing on {self._publish_endpoint}" if serving.pub is not None else "",
         )
-        self._ready.set()
-        try:
-            loop.run()
-        finally:
-            self._scheduler.close()
-            stuck = pool.join(max(1.0, cfg.shutdown_grace_s))
-            self.wedged_workers = [w.thread.name for w in stuck]
-            if stuck:
-                log.error(
-                    "%d worker(s) still stuck in inference at exit: %s", len(stuck), ", ".join(self.wedged_workers)
-                )
-            log.info("stopped; %s", self.stats.summary_line())
-            loop.close()
-            router.close(cfg.linger_ms)
-            if pub is not None:
-                pub.close(0)
-            if auth is not None:
-                auth.stop()
-            ctx.term()
-            if not stuck:  # a stuck worker may still write to the pipe: never let its fd be reused
-                self._wake = None
-                os.close(wake_r)
-                os.close(wake_w)
+
+    def _shut_down(self, serving: _Serving) -> None:
+        """After the loop: stop the workers (within the grace period), then close the sockets and the context.
+        A worker still stuck in inference is named in :attr:`wedged_workers` and keeps the wake-up pipe open."""
+        cfg = self.config
+        assert serving.pool is not None and serving.loop is not None and serving.router is not None
+        self._scheduler.close()
+        stuck = serving.pool.join(max(1.0, cfg.shutdown_grace_s))
+        self.wedged_workers = [w.thread.name for w in stuck]
+        if stuck:
+            log.error("%d worker(s) still stuck in inference at exit: %s", len(stuck), ", ".join(self.wedged_workers))
+        log.info("stopped; %s", self.stats.summary_line())
+        serving.loop.close()
+        serving.router.close(cfg.linger_ms)
+        if serving.pub is not None:
+            serving.pub.close(0)
+        if serving.auth is not None:
+            serving.auth.stop()
+        serving.ctx.term()
+        if not stuck:  # a stuck worker may still write to the pipe: never let its fd be reused
+            self._wake = None
+            serving.wake.close()
 
     # --- models ------------------------------------------------------------------------------------------
 

@@ -530,7 +530,7 @@ def test_the_client_uses_shared_memory_with_one_option(runtime):
 def test_the_client_sends_frames_where_shared_memory_is_refused(conv_model_path):
     with running_server([conv_model_path], shared_memory="off") as srv:
         with Client(srv.endpoint, ClientConfig(shared_memory=True)) as c:
-            wait_until(lambda: c._shm_refusal is not None, what="the refusal")
+            wait_until(lambda: c._io.shm_refusal is not None, what="the refusal")
             r = c.segment(PIXELS)
             assert not c.shared_memory_active and all(f.region is None for f in r.header.frames)
 

@@ -240,7 +240,7 @@ def test_the_client_falls_back_to_frames_over_tcp_and_uses_shared_memory_over_ip
     with Client(serve["tcp"], ClientConfig(shared_memory=True)) as over_tcp:
         r = over_tcp.segment(pixels)
         assert all(f.region is None for f in r.header.frames) and not over_tcp.shared_memory_active
-        assert over_tcp._shm_refusal is not None and "ipc://" in over_tcp._shm_refusal
+        assert over_tcp._io.shm_refusal is not None and "ipc://" in over_tcp._io.shm_refusal
     with Client(serve["ipc"], ClientConfig(shared_memory=True)) as over_ipc:
         wait_until(lambda: over_ipc.shared_memory_active, what="the region acknowledged over ipc")
         shared = over_ipc.segment(pixels)
