@@ -5,7 +5,8 @@ wrongly. So the result never stops at a transform: it says how well the volumes 
 (:attr:`RegistrationResult.quality`), and a ``poor`` or ``failed`` registration makes the change step
 withhold its labels (:func:`scanedge.imaging.lesion_change.compare`).
 
-Method: SimpleITK, Mattes mutual information (32 bins, 20 % random sampling, fixed seed: the same inputs
+Method: SimpleITK, Mattes mutual information (32 bins, 20 % random sampling of the current volume's voxels
+but at most ``max_samples`` = 100 000 (this bounds the time of large volumes), fixed seed: the same inputs
 give the same answer), regular-step gradient descent over a 3-D Euler (rigid) or affine transform,
 initialised by aligning the volumes' intensity centres of mass, three resolution levels (shrink 4, 2, 1;
 smoothing 2, 1, 0 voxels). Bounded: at most ``max_iterations`` per level, and a wall-time budget checked
@@ -78,6 +79,7 @@ class RegistrationConfig:
     time_budget_s: float = 5.0
     histogram_bins: int = 32
     sampling_fraction: float = 0.2
+    max_samples: int = 100_000
     head_fraction: float = 0.1
     min_head_dice: float = 0.85
     max_metric: float = -0.2
@@ -86,6 +88,8 @@ class RegistrationConfig:
     def __post_init__(self) -> None:
         if self.transform not in ("rigid", "affine"):
             raise ConfigError("transform must be 'rigid' or 'affine'")
+        if not 1_000 <= self.max_samples <= 100_000_000:
+            raise ConfigError("max_samples must be 1000..100000000")
         if not 1 <= self.max_iterations <= 10_000 or not 0 < self.time_budget_s <= 3600:
             raise ConfigError("max_iterations must be 1..10000 and time_budget_s in (0, 3600]")
         if not 0 < self.sampling_fraction <= 1 or not 0 < self.head_fraction < 1 or not 0 < self.min_head_dice <= 1:
@@ -224,7 +228,7 @@ def register(
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=cfg.histogram_bins)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(cfg.sampling_fraction, cfg.seed)
+    method.SetMetricSamplingPercentage(min(cfg.sampling_fraction, cfg.max_samples / current.size), cfg.seed)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(
         learningRate=2.0, minStep=1e-4, numberOfIterations=cfg.max_iterations, relaxationFactor=0.6
