@@ -15,12 +15,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import requests
+from pydicom import uid
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
 from scanedge.errors import ConfigError
 
 __all__ = [
+    "GET_STORAGE_CLASSES",
+    "STUDY_ROOT_FIND",
+    "STUDY_ROOT_GET",
     "CurrentStudy",
     "DicomwebSource",
     "DimseSource",
@@ -187,7 +191,9 @@ def _search(
     fetch: Callable[[str, str], list[Dataset]],
 ) -> PriorResult:
     """The search both protocols share; any failure becomes "no prior" with its reason."""
-    base = {"source": source, "rules": rules.describe()}
+    import requests  # dicomweb-client's HTTP library; its errors are told apart for DICOMweb sources
+
+    described = rules.describe()
     try:
         _check_current(current)
         studies = _earlier_studies(current, list_studies(), limits)
@@ -215,7 +221,8 @@ def _search(
                         study_date=_text(st, "StudyDate"),
                         series_description=_text(se, "SeriesDescription"),
                         instances=tuple(instances),
-                        **base,
+                        source=source,
+                        rules=described,
                     )
         raise _NoPrior(
             f"{len(studies)} earlier stud{'y' if len(studies) == 1 else 'ies'}, no series matching the rules"
@@ -232,24 +239,25 @@ def _search(
     except Exception as exc:
         reason = f"query failed ({type(exc).__name__})"
     log.info("no prior for study %s from %s: %s", current.study_uid, source, reason)
-    return PriorResult(found=False, reason=reason, **base)
+    return PriorResult(found=False, source=source, rules=described, reason=reason)
 
 
 # --- DIMSE ---
 
 
-def _storage_classes() -> list[str]:
-    from pynetdicom import sop_class as sc
-
-    return [
-        sc.MRImageStorage,
-        sc.EnhancedMRImageStorage,
-        sc.CTImageStorage,
-        sc.EnhancedCTImageStorage,
-        sc.PositronEmissionTomographyImageStorage,
-        sc.SecondaryCaptureImageStorage,
-        sc.MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
-    ]
+#: Study Root Query/Retrieve Information Model - FIND and - GET (PS3.4 C.6.2)
+STUDY_ROOT_FIND = UID("1.2.840.10008.5.1.4.1.2.2.1")
+STUDY_ROOT_GET = UID("1.2.840.10008.5.1.4.1.2.2.3")
+#: the image storage classes a C-GET accepts (one presentation context each, SCP role)
+GET_STORAGE_CLASSES = (
+    uid.MRImageStorage,
+    uid.EnhancedMRImageStorage,
+    uid.CTImageStorage,
+    uid.EnhancedCTImageStorage,
+    uid.PositronEmissionTomographyImageStorage,
+    uid.SecondaryCaptureImageStorage,
+    uid.MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+)
 
 
 def find_prior_dimse(
@@ -257,26 +265,21 @@ def find_prior_dimse(
 ) -> PriorResult:
     """Study Root C-FIND (study, then series level) and C-GET of the matching series; never raises."""
     from pynetdicom import AE, build_role, evt
-    from pynetdicom.sop_class import (
-        StudyRootQueryRetrieveInformationModelFind,
-        StudyRootQueryRetrieveInformationModelGet,
-    )
 
     rules = rules or PriorRules()
     limits = limits or PriorLimits()
-    storage = _storage_classes()
 
     def associate(handlers: list[Any] | None = None) -> Any:
         ae = AE(ae_title=pacs.calling_aet)
         for t in ("acse_timeout", "dimse_timeout", "network_timeout", "connection_timeout"):
             setattr(ae, t, limits.timeout_s)
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-        roles = []
+        ae.add_requested_context(STUDY_ROOT_FIND)
+        roles: list[Any] = []
         if handlers is not None:
-            ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-            for uid in storage:
-                ae.add_requested_context(uid)
-                roles.append(build_role(uid, scp_role=True))
+            ae.add_requested_context(STUDY_ROOT_GET)
+            for sop in GET_STORAGE_CLASSES:
+                ae.add_requested_context(sop)
+                roles.append(build_role(sop, scp_role=True))
         assoc = ae.associate(
             pacs.host, pacs.port, ae_title=pacs.called_aet, ext_neg=roles or None, evt_handlers=handlers or []
         )
@@ -288,7 +291,7 @@ def find_prior_dimse(
         assoc = associate()
         out: list[Dataset] = []
         try:
-            for status, ident in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+            for status, ident in assoc.send_c_find(query, STUDY_ROOT_FIND):
                 if status is None or "Status" not in status:
                     raise _NoPrior("C-FIND got no answer in time (association aborted)")
                 code = int(status.Status)
@@ -344,7 +347,7 @@ def find_prior_dimse(
         q.SeriesInstanceUID = series_uid
         assoc = associate([(evt.EVT_C_STORE, on_store)])
         try:
-            for status, _ in assoc.send_c_get(q, StudyRootQueryRetrieveInformationModelGet):
+            for status, _ in assoc.send_c_get(q, STUDY_ROOT_GET):
                 if status is None or "Status" not in status:
                     raise _NoPrior("C-GET got no answer in time (association aborted)")
         finally:
@@ -361,18 +364,6 @@ def find_prior_dimse(
 # --- DICOMweb ---
 
 
-class _TimeoutSession(requests.Session):
-    """A requests session whose every request has a bounded timeout (dicomweb-client sets none)."""
-
-    def __init__(self, timeout_s: float) -> None:
-        super().__init__()
-        self._timeout_s = timeout_s
-
-    def request(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        kwargs.setdefault("timeout", self._timeout_s)
-        return super().request(*args, **kwargs)
-
-
 def find_prior_dicomweb(
     current: CurrentStudy, pacs: DicomwebSource, rules: PriorRules | None = None, limits: PriorLimits | None = None
 ) -> PriorResult:
@@ -381,7 +372,10 @@ def find_prior_dicomweb(
 
     rules = rules or PriorRules()
     limits = limits or PriorLimits()
-    client = DICOMwebClient(url=pacs.url, session=_TimeoutSession(limits.timeout_s))
+    # each request bounded by the timeout, and tried once: dicomweb-client would otherwise retry every failure
+    # (a timeout included) up to five times with exponential back-off, two minutes for a silent PACS
+    client = DICOMwebClient(url=pacs.url, timeout=limits.timeout_s)
+    client.set_http_retry_params(retry=False)
 
     def list_studies() -> list[Dataset]:
         found = client.search_for_studies(

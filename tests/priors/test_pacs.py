@@ -42,7 +42,10 @@ def _current(pacs: PacsContent, patient: str = PATIENT, body_part: str = "BRAIN"
 
 
 @both
-def test_finds_latest_earlier_matching_series(find: Finder, pacs: PacsContent) -> None:
+def test_finds_latest_earlier_matching_series(
+    find: Finder, pacs: PacsContent, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG", logger="scanedge")
     # the 2025 study is later but holds only a spine series: body part equal skips it; the regex picks FLAIR over T1
     rules = PriorRules(description_regex="flair")
     res = find(_current(pacs), pacs, rules, PriorLimits())
@@ -53,6 +56,7 @@ def test_finds_latest_earlier_matching_series(find: Finder, pacs: PacsContent) -
     assert all(str(ds.PatientID) == PATIENT for ds in res.instances)
     assert res.rules == "modality equal, body part equal, series description matches /flair/i"
     assert str(pacs.orthanc.dicom_port) in res.source or pacs.orthanc.dicomweb_url in res.source
+    assert pacs.old_flair in caplog.text and PATIENT not in caplog.text
 
 
 @both
