@@ -37,10 +37,10 @@ _MAX_ENTRY_BYTES = 512 * 1024 * 1024
 class PriorStoreConfig:
     """Where the store lives and how long entries are kept (``None`` = no limit of that kind)."""
 
-    root: Path
-    secret_file: Path | None = None
-    max_age_days: float | None = 365.0
-    max_entries: int | None = 10000
+    root: Path  # the store's folder (made 0700); no default: the store is opt-in
+    secret_file: Path | None = None  # the site secret; default root/site.secret (made 0600 on first use)
+    max_age_days: float | None = 365.0  # entries written longer ago are deleted
+    max_entries: int | None = 10000  # past this many entries (all patients), the oldest are deleted
 
     def __post_init__(self) -> None:
         if self.max_age_days is not None and not self.max_age_days > 0:
@@ -50,6 +50,7 @@ class PriorStoreConfig:
 
     @property
     def secret_path(self) -> Path:
+        """The site secret's file: ``secret_file`` or ``root/site.secret``."""
         return self.secret_file if self.secret_file is not None else self.root / "site.secret"
 
 
@@ -57,14 +58,14 @@ class PriorStoreConfig:
 class PriorRecord:
     """A segmented series: labels (z, y, x), voxel geometry, and the lesion tracking id of each label value."""
 
-    study_uid: str
-    series_uid: str
-    study_date: str
-    labels: np.ndarray
-    spacing: tuple[float, float, float]
-    origin: tuple[float, float, float]
-    direction: tuple[float, ...]
-    lesion_ids: tuple[int, ...] = ()
+    study_uid: str  # Study Instance UID of the segmented series
+    series_uid: str  # Series Instance UID (one entry per series)
+    study_date: str  # Study Date, YYYYMMDD
+    labels: np.ndarray  # label volume (z, y, x), integer values
+    spacing: tuple[float, float, float]  # voxel size in mm (z, y, x)
+    origin: tuple[float, float, float]  # patient position of the first voxel, mm
+    direction: tuple[float, ...]  # 3x3 direction cosines, row-major
+    lesion_ids: tuple[int, ...] = ()  # tracking id of each lesion label value 1..n
 
 
 def _fsync_dir(path: Path) -> None:

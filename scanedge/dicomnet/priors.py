@@ -45,9 +45,10 @@ _MAX_REGEX = 256
 class PriorRules:
     """Which earlier series counts as a prior of the current one; :meth:`describe` is quoted in every result."""
 
-    same_modality: bool = True
+    same_modality: bool = True  # the prior series has the current Modality
+    # the prior series has the current Body Part Examined (case-insensitive; none given = no match)
     same_body_part: bool = True
-    description_regex: str | None = None
+    description_regex: str | None = None  # Series Description must contain a match (re.search, case-insensitive)
 
     def __post_init__(self) -> None:
         if self.description_regex is not None:
@@ -59,6 +60,7 @@ class PriorRules:
                 raise ConfigError(f"prior description_regex does not compile: {exc}") from exc
 
     def describe(self) -> str:
+        """The rules in words, as every result quotes them."""
         parts = []
         if self.same_modality:
             parts.append("modality equal")
@@ -69,6 +71,7 @@ class PriorRules:
         return ", ".join(parts) or "any series"
 
     def matches(self, current: CurrentStudy, series: Dataset) -> bool:
+        """Whether one series (a C-FIND or QIDO answer) of an earlier study passes these rules."""
         if self.same_modality and _text(series, "Modality").upper() != current.modality.strip().upper():
             return False
         if self.same_body_part:
@@ -85,10 +88,11 @@ class PriorRules:
 class PriorLimits:
     """Bounds on what a query may bring back and on how long each network step may wait."""
 
-    timeout_s: float = 10.0
-    max_studies: int = 50
-    max_series_per_study: int = 100
-    max_instances: int = 1000
+    timeout_s: float = 10.0  # per network step: connect, association, each DIMSE message, each HTTP request
+    max_studies: int = 50  # studies read from one study-level query
+    max_series_per_study: int = 100  # series read per study
+    max_instances: int = 1000  # instances of the prior series; more makes it 'no prior'
+    # largest instance accepted (DIMSE: the encoded data set; DICOMweb: its pixel data)
     max_instance_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
@@ -103,24 +107,25 @@ class PriorLimits:
 class CurrentStudy:
     """The attributes of the series being segmented that the prior search needs."""
 
-    patient_id: str
-    study_uid: str
-    study_date: str
-    modality: str
-    body_part: str = ""
-    series_description: str = ""
+    patient_id: str  # Patient ID (0010,0020); wildcards refused, never logged
+    study_uid: str  # Study Instance UID of the current study (never its own prior)
+    study_date: str  # Study Date, YYYYMMDD; priors are dated strictly before it
+    modality: str  # Modality of the current series
+    body_part: str = ""  # Body Part Examined of the current series
+    series_description: str = ""  # Series Description of the current series (for the caller's rules; not matched)
 
 
 @dataclass(frozen=True)
 class DimseSource:
     """A PACS spoken to with DIMSE (Study Root C-FIND, then C-GET)."""
 
-    host: str
-    port: int
-    called_aet: str
-    calling_aet: str = "SCANEDGE"
+    host: str  # PACS address
+    port: int  # PACS DICOM port
+    called_aet: str  # the PACS's AE title
+    calling_aet: str = "SCANEDGE"  # our AE title, as the PACS knows it
 
     def describe(self) -> str:
+        """Protocol and address, as results and log lines name the source."""
         return f"DIMSE {self.called_aet}@{self.host}:{self.port}"
 
 
@@ -128,9 +133,10 @@ class DimseSource:
 class DicomwebSource:
     """A PACS spoken to with DICOMweb (QIDO-RS, then WADO-RS); ``url`` is the service root."""
 
-    url: str
+    url: str  # DICOMweb service root, e.g. http://pacs:8042/dicom-web
 
     def describe(self) -> str:
+        """Protocol and address, as results and log lines name the source."""
         return f"DICOMweb {self.url}"
 
 
@@ -138,14 +144,15 @@ class DicomwebSource:
 class PriorResult:
     """A prior (``found``) or why there is none; ``source`` and ``rules`` always say where and how it was looked for."""
 
-    found: bool
-    source: str
-    rules: str
-    reason: str = ""
-    study_uid: str = ""
-    series_uid: str = ""
-    study_date: str = ""
-    series_description: str = ""
+    found: bool  # whether a prior was found and fetched
+    source: str  # where it was looked for (protocol, AE/host or URL)
+    rules: str  # the rules applied, in words
+    reason: str = ""  # why there is no prior (empty when found)
+    study_uid: str = ""  # the prior's Study Instance UID
+    series_uid: str = ""  # the matching series' Series Instance UID
+    study_date: str = ""  # the prior's Study Date (YYYYMMDD)
+    series_description: str = ""  # the matching series' description
+    # the series' instances as received (bounded by PriorLimits)
     instances: tuple[Dataset, ...] = field(default=(), repr=False)
 
 
