@@ -146,3 +146,9 @@ def test_bad_rules_and_limits_are_config_errors() -> None:
         PriorLimits(max_instances=0)
     with pytest.raises(ConfigError):
         PriorLimits(timeout_s=0)
+
+
+def test_erroring_dicomweb_is_no_prior(pacs: PacsContent) -> None:
+    """A DICOMweb root that does not exist on the server (Orthanc answers 404): no prior, the status as reason."""
+    res = find_prior_dicomweb(_current(pacs), DicomwebSource(f"{pacs.orthanc.url}/no-such-root"))
+    assert not res.found and res.reason == "PACS answered HTTP 404"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from scanedge.dicomnet.prior_store import PriorRecord, PriorStore, PriorStoreConfig
-from scanedge.errors import ConfigError
+from scanedge.errors import ConfigError, SpoolError
 
 PID = "STORE-PAT-93812"
 
@@ -108,3 +108,12 @@ def test_bad_config() -> None:
         PriorStoreConfig(Path("/tmp/x"), max_entries=0)
     with pytest.raises(ConfigError):
         PriorStoreConfig(Path("/tmp/x"), max_age_days=0)
+
+
+def test_failed_write_is_a_typed_error(tmp_path: Path) -> None:
+    """The patient's folder cannot be made (a file holds its name): SpoolError, nothing half-written."""
+    store = PriorStore.open(PriorStoreConfig(tmp_path / "p"))
+    (tmp_path / "p" / store.patient_key(PID)).write_bytes(b"")
+    with pytest.raises(SpoolError, match=r"1\.2\.9\.1"):
+        store.put(PID, _record("1.2.9.1", "20240101"))
+    assert store.records(PID) == []
