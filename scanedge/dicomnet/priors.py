@@ -353,16 +353,20 @@ def find_prior_dimse(
         q.StudyInstanceUID = study_uid
         q.SeriesInstanceUID = series_uid
         assoc = associate([(evt.EVT_C_STORE, on_store)])
+        final = 0x0000
         try:
             for status, _ in assoc.send_c_get(q, STUDY_ROOT_GET):
                 if status is None or "Status" not in status:
                     raise _NoPrior("C-GET got no answer in time (association aborted)")
+                final = int(status.Status)
         finally:
             assoc.release()
         if "size" in refused:
             raise _NoPrior(f"an instance of series {series_uid} is larger than {limits.max_instance_bytes} bytes")
         if "count" in refused:
             raise _NoPrior(f"series {series_uid} has more than {limits.max_instances} instances")
+        if final != 0x0000:  # a part of the series missing: never compare against an incomplete prior
+            raise _NoPrior(f"C-GET of series {series_uid} ended with status 0x{final:04X}")
         return received
 
     return _search(pacs.describe(), rules, current, limits, list_studies, list_series, fetch)
