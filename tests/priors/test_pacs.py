@@ -89,6 +89,12 @@ def test_instance_count_bound(find: Finder, pacs: PacsContent) -> None:
     assert not res.found and "more than 2 instances" in res.reason
 
 
+@both
+def test_instance_size_bound(find: Finder, pacs: PacsContent) -> None:
+    res = find(_current(pacs), pacs, PriorRules(description_regex="flair"), PriorLimits(max_instance_bytes=100))
+    assert not res.found and "larger than 100 bytes" in res.reason
+
+
 def test_unreachable_pacs_is_no_prior(pacs: PacsContent) -> None:
     port = free_port()
     cur = _current(pacs)
