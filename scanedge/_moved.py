@@ -22,6 +22,25 @@ __all__ = ["MOVED_MODULES", "forward_names", "install"]
 
 #: earlier module path -> where that module lives now
 MOVED_MODULES: dict[str, str] = {
+    "scanedge.runtime.batch": "scanedge.runtime.core.batch",
+    "scanedge.runtime.client": "scanedge.runtime.console.client",
+    "scanedge.runtime.client_io": "scanedge.runtime.console.client_io",
+    "scanedge.runtime.endpoints": "scanedge.runtime.wire.endpoints",
+    "scanedge.runtime.io_loop": "scanedge.runtime.serving.io_loop",
+    "scanedge.runtime.keep_warm": "scanedge.runtime.serving.keep_warm",
+    "scanedge.runtime.log_budget": "scanedge.log_budget",
+    "scanedge.runtime.payloads": "scanedge.runtime.wire.payloads",
+    "scanedge.runtime.pipeline": "scanedge.runtime.core.pipeline",
+    "scanedge.runtime.protocol": "scanedge.runtime.wire.protocol",
+    "scanedge.runtime.replay": "scanedge.runtime.console.replay",
+    "scanedge.runtime.scheduler": "scanedge.runtime.serving.scheduler",
+    "scanedge.runtime.security": "scanedge.runtime.wire.security",
+    "scanedge.runtime.series_store": "scanedge.runtime.serving.series_store",
+    "scanedge.runtime.server": "scanedge.runtime.serving.server",
+    "scanedge.runtime.shm": "scanedge.runtime.serving.shm",
+    "scanedge.runtime.shm_client": "scanedge.runtime.console.shm_client",
+    "scanedge.runtime.stats": "scanedge.runtime.serving.stats",
+    "scanedge.runtime.workers": "scanedge.runtime.serving.workers",
     "scanedge.imaging.dicom_dataset": "scanedge.imaging.dicom.dataset",
     "scanedge.imaging.dicom_fast": "scanedge.imaging.dicom.fast",
 }

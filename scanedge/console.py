@@ -146,7 +146,7 @@ def print_error(message: str, code: str | None = None) -> None:
 def user_values() -> Iterator[None]:
     """Turn ``ValueError`` into ConfigError inside the block, for code that validates what the user typed.
 
-    Library config objects (``OverlayOptions``, ``ServerConfig``, ...) refuse bad values with ValueError,
+    Library config objects (``OverlayConfig``, ``ServerConfig``, ...) refuse bad values with ValueError,
     which is right for Python callers; on the command line the same value is the user's to fix. Keep the
     block to building such objects from arguments: a ValueError anywhere else is a bug and must keep its
     traceback.

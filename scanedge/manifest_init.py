@@ -1,7 +1,7 @@
 """Writing a manifest for a bring-your-own ONNX model: what the graph says, plus what only its authors know.
 
 The graph gives tensor names, the layout (guessed from where a 1- or 3-channel axis sits) and, when the
-input is static, the size; :class:`ManifestInitOptions` gives the rest (classes, intensity policy,
+input is static, the size; :class:`ManifestInitConfig` gives the rest (classes, intensity policy,
 output kind). The draft is checked against the graph before anything is written, so a description
 that contradicts the model is refused here rather than when the model is first served.
 """
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from scanedge._moved import forward_names
 from scanedge.errors import ConfigError, ManifestMismatchError, ModelError
 from scanedge.manifest import (
     Activation,
@@ -35,7 +36,7 @@ from scanedge.manifest import (
 )
 from scanedge.model_graph import Dim, TensorInfo, graph_io
 
-__all__ = ["DEFAULT_PALETTE", "ManifestInitOptions", "draft_manifest", "guess_layout", "write_manifest"]
+__all__ = ["DEFAULT_PALETTE", "ManifestInitConfig", "draft_manifest", "guess_layout", "write_manifest"]
 
 #: Class colours (RGB) when none are given: black background, then colours that stay apart on grey images.
 DEFAULT_PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -50,7 +51,7 @@ DEFAULT_PALETTE: tuple[tuple[int, int, int], ...] = (
 
 
 @dataclass(frozen=True)
-class ManifestInitOptions:
+class ManifestInitConfig:
     """What the graph does not say about a model. Empty or None fields are taken from the graph or defaults.
 
     - ``classes``: class names, background first; ``colors`` (RGB) and ``thresholds``: one per class
@@ -116,7 +117,7 @@ def guess_layout(shape: Sequence[Dim]) -> Layout:
     return "NCHW"
 
 
-def _size_policy(shape: Sequence[Dim], layout: Layout, options: ManifestInitOptions) -> SizePolicy:
+def _size_policy(shape: Sequence[Dim], layout: Layout, options: ManifestInitConfig) -> SizePolicy:
     h_axis, w_axis = (2, 3) if layout == "NCHW" else (1, 2)
     if options.size is not None:
         height, width = options.size
@@ -138,7 +139,7 @@ def _pick(tensors: Sequence[TensorInfo], name: str | None, what: str) -> TensorI
     raise ManifestMismatchError(f"the graph has no {what} named {name!r}; its {what}s are {[t.name for t in tensors]}")
 
 
-def draft_manifest(model: Any, options: ManifestInitOptions) -> Manifest:
+def draft_manifest(model: Any, options: ManifestInitConfig) -> Manifest:
     """A manifest for ``model`` (an ``onnx.ModelProto``) from its graph and ``options``, checked against
     the graph's inputs and outputs (ManifestMismatchError when they contradict each other).
 
@@ -194,3 +195,12 @@ def write_manifest(
     target = Path(out_path if out_path is not None else model_path)
     embed_manifest(model, manifest, target)
     return target
+
+
+#: earlier names of configuration classes (every frozen configuration is now called ...Config)
+__getattr__ = forward_names(
+    __name__,
+    {
+        "ManifestInitOptions": ("scanedge.manifest_init", "ManifestInitConfig"),
+    },
+)

@@ -23,7 +23,7 @@ from scanedge.manifest import (
     load_onnx_model,
     sidecar_path,
 )
-from scanedge.runtime.pipeline import default_model_path
+from scanedge.runtime.core.pipeline import default_model_path
 from tests.conftest import conv_model, simple_manifest
 
 

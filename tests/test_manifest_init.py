@@ -5,8 +5,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from scanedge.errors import ConfigError, ManifestMismatchError, ModelError
 from scanedge.manifest import IntensityPolicy, graph_sha256, load_manifest, sidecar_path
-from scanedge.manifest_init import DEFAULT_PALETTE, ManifestInitOptions, draft_manifest, guess_layout, write_manifest
-from scanedge.runtime.pipeline import Pipeline
+from scanedge.manifest_init import DEFAULT_PALETTE, ManifestInitConfig, draft_manifest, guess_layout, write_manifest
+from scanedge.runtime.core.pipeline import Pipeline
 from tests.conftest import conv_model
 
 
@@ -48,7 +48,7 @@ def test_layout_is_guessed_from_where_the_channels_sit(shape, layout):
 
 
 def test_a_static_nchw_graph_gives_a_fixed_size_and_the_palette():
-    m = draft_manifest(conv_model(), ManifestInitOptions(name="x", classes=("bg", "a")))
+    m = draft_manifest(conv_model(), ManifestInitConfig(name="x", classes=("bg", "a")))
     assert (m.input.name, m.input.layout, m.input.channels) == ("image", "NCHW", 1)
     assert (m.size.mode, m.size.height, m.size.width) == ("fixed", 256, 256)
     assert m.output.name == "logits" and [c.color for c in m.classes] == list(DEFAULT_PALETTE[:2])
@@ -56,7 +56,7 @@ def test_a_static_nchw_graph_gives_a_fixed_size_and_the_palette():
 
 
 def test_an_nhwc_colour_graph_is_described_from_its_shape():
-    options = ManifestInitOptions(name="rgb", classes=("bg", "polyp"), color="rgb", thresholds=(0.5, 0.7))
+    options = ManifestInitConfig(name="rgb", classes=("bg", "polyp"), color="rgb", thresholds=(0.5, 0.7))
     m = draft_manifest(nhwc_model(), options)
     assert (m.input.name, m.input.layout, m.input.channels, m.input.color) == ("input_1", "NHWC", 3, "rgb")
     assert (m.size.height, m.size.width) == (128, 128) and m.classes[1].threshold == 0.7
@@ -64,14 +64,14 @@ def test_an_nhwc_colour_graph_is_described_from_its_shape():
 
 def test_dynamic_height_and_width_use_the_size_mode_unless_a_size_is_given():
     dynamic = conv_model(height="h", width="w")
-    m = draft_manifest(dynamic, ManifestInitOptions(name="d", classes=("bg", "a"), size_mode="multiple", multiple=16))
+    m = draft_manifest(dynamic, ManifestInitConfig(name="d", classes=("bg", "a"), size_mode="multiple", multiple=16))
     assert (m.size.mode, m.size.multiple, m.size.height) == ("multiple", 16, None)
-    m = draft_manifest(dynamic, ManifestInitOptions(name="d", classes=("bg", "a"), size=(192, 160)))
+    m = draft_manifest(dynamic, ManifestInitConfig(name="d", classes=("bg", "a"), size=(192, 160)))
     assert (m.size.mode, m.size.height, m.size.width) == ("fixed", 192, 160)
 
 
 def test_a_2_5d_description_needs_a_graph_with_that_many_channels():
-    options = ManifestInitOptions(name="ctx", classes=("bg", "a"), context_slices=1)
+    options = ManifestInitConfig(name="ctx", classes=("bg", "a"), context_slices=1)
     assert draft_manifest(conv_model(in_channels=3), options).input.channels == 3
     with pytest.raises(ManifestMismatchError, match="channels"):
         draft_manifest(conv_model(in_channels=1), options)
@@ -79,22 +79,22 @@ def test_a_2_5d_description_needs_a_graph_with_that_many_channels():
 
 def test_descriptions_that_contradict_the_graph_are_refused():
     with pytest.raises(ManifestMismatchError, match="output"):
-        draft_manifest(conv_model(), ManifestInitOptions(name="x", classes=("bg", "a", "b")))
+        draft_manifest(conv_model(), ManifestInitConfig(name="x", classes=("bg", "a", "b")))
     with pytest.raises(ManifestMismatchError, match=r"no input named 'pixels'.*'image'"):
-        draft_manifest(conv_model(), ManifestInitOptions(name="x", classes=("bg", "a"), input_name="pixels"))
+        draft_manifest(conv_model(), ManifestInitConfig(name="x", classes=("bg", "a"), input_name="pixels"))
     with pytest.raises(ManifestMismatchError, match="no output named"):
-        draft_manifest(conv_model(), ManifestInitOptions(name="x", classes=("bg", "a"), output_name="probs"))
+        draft_manifest(conv_model(), ManifestInitConfig(name="x", classes=("bg", "a"), output_name="probs"))
     empty = conv_model()
     del empty.graph.output[:]
     with pytest.raises(ModelError, match="no inputs or no outputs"):
-        draft_manifest(empty, ManifestInitOptions(name="x", classes=("bg", "a")))
+        draft_manifest(empty, ManifestInitConfig(name="x", classes=("bg", "a")))
 
 
 def test_one_colour_and_threshold_per_class_or_none():
     with pytest.raises(ConfigError, match="one value per class"):
-        ManifestInitOptions(name="x", classes=("bg", "a"), colors=((0, 0, 0),))
+        ManifestInitConfig(name="x", classes=("bg", "a"), colors=((0, 0, 0),))
     with pytest.raises(ConfigError, match="one value per class"):
-        ManifestInitOptions(name="x", classes=("bg", "a"), thresholds=(0.5, 0.5, 0.5))
+        ManifestInitConfig(name="x", classes=("bg", "a"), thresholds=(0.5, 0.5, 0.5))
 
 
 def test_written_manifests_are_stamped_and_the_model_runs(tmp_path):
@@ -103,7 +103,7 @@ def test_written_manifests_are_stamped_and_the_model_runs(tmp_path):
     onnx.save(model, str(path))
     before = path.read_bytes()
     window = IntensityPolicy(mode="window", window_center=40, window_width=400)
-    options = ManifestInitOptions(name="ct", classes=("bg", "nodule"), intensity=window)
+    options = ManifestInitConfig(name="ct", classes=("bg", "nodule"), intensity=window)
     manifest = draft_manifest(model, options)
     assert write_manifest(model, manifest, path, sidecar=True) == sidecar_path(path)
     assert path.read_bytes() == before

@@ -19,13 +19,13 @@ import numpy as np
 
 from scanedge.bench.report import BenchReport
 from scanedge.bench.stats import RunMonitor, summarize
-from scanedge.engines import EngineOptions, OrtSessionLoader, open_engine
+from scanedge.engines import EngineConfig, OrtSessionLoader, open_engine
 from scanedge.errors import ConfigError
 from scanedge.imaging.dicom import encode_dicom, slices_from_dicom
-from scanedge.imaging.overlay import OverlayOptions
+from scanedge.imaging.overlay import OverlayConfig
 from scanedge.imaging.slices import Slice
 from scanedge.manifest import load_manifest
-from scanedge.runtime.pipeline import Pipeline, PipelineConfig, default_model_path
+from scanedge.runtime.core.pipeline import Pipeline, PipelineConfig, default_model_path
 
 __all__ = ["DEFAULT_RUN", "RunLength", "baseline_block", "bench_engine", "bench_pipeline", "drive"]
 
@@ -64,7 +64,7 @@ class RunLength:
 DEFAULT_RUN = RunLength()
 
 
-def _plain_session(model: Path, options: EngineOptions) -> Any:
+def _plain_session(model: Path, options: EngineConfig) -> Any:
     """A bare ONNX Runtime session for the baseline, made exactly as the measured engine's session is."""
     return OrtSessionLoader(model, options)()
 
@@ -100,7 +100,7 @@ def baseline_block(
 def bench_engine(
     model: str | os.PathLike[str],
     *,
-    options: EngineOptions = EngineOptions(),
+    options: EngineConfig = EngineConfig(),
     shape: Sequence[int] | None = None,
     batch: int | None = None,
     run: RunLength = DEFAULT_RUN,
@@ -208,8 +208,8 @@ def bench_pipeline(
     slices: Sequence[Slice],
     model: str | os.PathLike[str] | None = None,
     *,
-    options: EngineOptions = EngineOptions(),
-    overlay: OverlayOptions | bool = True,
+    options: EngineConfig = EngineConfig(),
+    overlay: OverlayConfig | bool = True,
     dicom: bool = False,
     run: RunLength = DEFAULT_RUN,
     baseline: bool = False,
@@ -265,7 +265,7 @@ def bench_pipeline(
             settings={
                 "slice_shapes": [list(s) for s in shapes],
                 "input": "dicom" if dicom else "numpy",
-                "overlay": asdict(overlay) if isinstance(overlay, OverlayOptions) else bool(overlay),
+                "overlay": asdict(overlay) if isinstance(overlay, OverlayConfig) else bool(overlay),
                 "threads": options.threads,
                 "count": i,
                 "warmup": run.warmup,

@@ -13,15 +13,15 @@ import time
 
 from scanedge.bench.inputs import bench_slices, parse_size
 from scanedge.errors import ConfigError
-from scanedge.imaging.overlay import OverlayOptions, OverlayRenderer
-from scanedge.runtime.pipeline import Pipeline
+from scanedge.imaging.overlay import OverlayConfig, OverlayRenderer
+from scanedge.runtime.core.pipeline import Pipeline
 
 __all__ = ["STYLES", "main", "measure"]
 
 #: the styles compared: today's default, and the fill-only drawing of the first release
 STYLES = {
-    "outline + halo + fill (default)": OverlayOptions(),
-    "fill only (before)": OverlayOptions(contours=False, halo=False),
+    "outline + halo + fill (default)": OverlayConfig(),
+    "fill only (before)": OverlayConfig(contours=False, halo=False),
 }
 
 

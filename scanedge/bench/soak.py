@@ -23,14 +23,15 @@ from typing import Any
 import numpy as np
 import zmq
 
+from scanedge._moved import forward_names
 from scanedge.bench.report import machine_info, versions
 from scanedge.bench.stream import SpawnedRuntime
-from scanedge.engines import EngineOptions
+from scanedge.engines import EngineConfig
 from scanedge.errors import ConfigError
 from scanedge.fuzz.traffic import HostileTraffic
-from scanedge.runtime.client import Client, ClientConfig
+from scanedge.runtime.console.client import Client, ClientConfig
 
-__all__ = ["SoakReport", "SoakSettings", "SoakWindow", "bench_soak", "process_sample"]
+__all__ = ["SoakConfig", "SoakReport", "SoakWindow", "bench_soak", "process_sample"]
 
 Progress = Callable[[int, int], None]
 #: resident-memory changes below this (allocator pools, caches warming up) are not growth
@@ -38,7 +39,7 @@ RSS_NOISE_MB = 16.0
 
 
 @dataclass(frozen=True)
-class SoakSettings:
+class SoakConfig:
     """What to run: a spawned runtime (``endpoint`` None) or a running one, and how hard to push it.
 
     Attributes:
@@ -59,7 +60,7 @@ class SoakSettings:
 
     endpoint: str | None = None
     model: Path | None = None
-    engine: EngineOptions = EngineOptions(spinning=False)
+    engine: EngineConfig = EngineConfig(spinning=False)
     workers: int = 1
     duration_s: float = 120.0
     consoles: int = 3
@@ -109,7 +110,7 @@ class SoakReport:
     """The soak's verdict and the evidence for it; it passed when ``failures`` is empty.
 
     Attributes:
-        settings: the :class:`SoakSettings` the run used, as plain values.
+        settings: the :class:`SoakConfig` the run used, as plain values.
         capacity_per_s: slices per second the runtime computed flat out before the soak.
         offered_per_s: the rate all consoles together sent at (capacity times overload).
         messages: messages sent, good and malformed.
@@ -235,7 +236,7 @@ def process_sample(pid: int) -> tuple[float, int, int] | None:
 class _Console(threading.Thread):
     """One console: its own DEALER, its own series, paced sends, every reply accounted for."""
 
-    def __init__(self, index: int, endpoint: str, settings: SoakSettings, rate: float, dicom: Sequence[bytes]) -> None:
+    def __init__(self, index: int, endpoint: str, settings: SoakConfig, rate: float, dicom: Sequence[bytes]) -> None:
         super().__init__(name=f"soak-console-{index}", daemon=True)
         self.endpoint = endpoint
         self.settings = settings
@@ -337,7 +338,7 @@ def _capacity(endpoint: str, size: tuple[int, int], seconds: float = 3.0) -> flo
         return n / (time.monotonic() - start)
 
 
-def bench_soak(settings: SoakSettings, progress: Progress | None = None, dicom: Sequence[bytes] = ()) -> SoakReport:
+def bench_soak(settings: SoakConfig, progress: Progress | None = None, dicom: Sequence[bytes] = ()) -> SoakReport:
     """Run the soak and judge it; ``dicom``: real DICOM objects to mutate (default: the demo series)."""
     if not dicom:
         from scanedge.demo.series import demo_series_dir
@@ -386,7 +387,7 @@ def bench_soak(settings: SoakSettings, progress: Progress | None = None, dicom: 
 
 
 def _judge(
-    settings: SoakSettings,
+    settings: SoakConfig,
     capacity: float,
     offered: float,
     consoles: list[_Console],
@@ -461,7 +462,7 @@ def _judge(
 
 
 def _windows(
-    settings: SoakSettings, consoles: list[_Console], samples: list[tuple[float, float, int, int]]
+    settings: SoakConfig, consoles: list[_Console], samples: list[tuple[float, float, int, int]]
 ) -> list[SoakWindow]:
     n = max(1, int(np.ceil(settings.duration_s / settings.window_s)))
     windows = [SoakWindow(start_s=i * settings.window_s) for i in range(n)]
@@ -486,3 +487,12 @@ def _windows(
         w = windows[index(t)]
         w.rss_mb, w.fds, w.threads = rss, fds, threads
     return windows
+
+
+#: earlier names of configuration classes (every frozen configuration is now called ...Config)
+__getattr__ = forward_names(
+    __name__,
+    {
+        "SoakSettings": ("scanedge.bench.soak", "SoakConfig"),
+    },
+)

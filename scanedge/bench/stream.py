@@ -46,21 +46,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from scanedge._moved import forward_names
 from scanedge.bench.inprocess import RunLength, baseline_block, drive
 from scanedge.bench.interrupt import StoppableRun, polled_interrupts
 from scanedge.bench.report import BenchReport
 from scanedge.bench.stats import RunMonitor, summarize
-from scanedge.engines import EngineOptions, RemoteOptions
+from scanedge.engines import EngineConfig, RemoteConfig
 from scanedge.errors import BusyError, ConfigError, ExpiredError, ScanedgeError, SupersededError
 from scanedge.imaging.dicom import encode_dicom
 from scanedge.imaging.slices import Slice
-from scanedge.runtime.client import Client, ClientConfig, RemoteResult
-from scanedge.runtime.protocol import Pong
+from scanedge.runtime.console.client import Client, ClientConfig, RemoteResult
+from scanedge.runtime.wire.protocol import Pong
 
 if TYPE_CHECKING:  # imported lazily where used: only the baseline needs a local pipeline
-    from scanedge.runtime.pipeline import Pipeline
+    from scanedge.runtime.core.pipeline import Pipeline
 
-__all__ = ["PAYLOADS", "TRANSPORTS", "SpawnedRuntime", "StreamSettings", "bench_stream", "die_with_parent"]
+__all__ = ["PAYLOADS", "TRANSPORTS", "SpawnedRuntime", "StreamConfig", "bench_stream", "die_with_parent"]
 
 Progress = Callable[[int, int], None]
 SERVER_STAGES = ("queue", "decode", "preprocess", "infer", "postprocess", "overlay", "encode", "series")
@@ -71,7 +72,7 @@ PAYLOADS = ("frames", "shm")
 
 
 @dataclass(frozen=True)
-class StreamSettings:
+class StreamConfig:
     """What ``edge-bench stream`` drives, and how.
 
     Attributes:
@@ -92,7 +93,7 @@ class StreamSettings:
     endpoint: str | None = None  # None: spawn a runtime
     model: Path | None = None
     #: engine settings of a spawned runtime and of the in-process baseline (spinning off, as the server)
-    engine: EngineOptions = EngineOptions(spinning=False)
+    engine: EngineConfig = EngineConfig(spinning=False)
     workers: int = 1
     rate: float | None = None  # slices per second per console; None: closed loop
     consoles: int = 1
@@ -105,7 +106,7 @@ class StreamSettings:
     #: spawned runtimes; console k talks to runtime k % runtimes
     runtimes: int = 1
     #: engine settings of one more spawned runtime driven side by side (alternating blocks), or None
-    versus: EngineOptions | None = None
+    versus: EngineConfig | None = None
     #: a spawned runtime keeps its inference path warm between paced slices (``scanedge serve`` default)
     keep_warm: bool = True
     #: alternate paced blocks with flat-out blocks on one connection (needs ``rate``, one console)
@@ -176,7 +177,7 @@ class SpawnedRuntime:
     def __init__(
         self,
         model: Path | None,
-        engine: EngineOptions = EngineOptions(spinning=False),
+        engine: EngineConfig = EngineConfig(spinning=False),
         workers: int = 1,
         keep_warm: bool = True,
         transports: Sequence[str] = ("tcp",),
@@ -289,7 +290,7 @@ class SpawnedRuntime:
         self.close()
 
 
-def _remote_flags(remote: RemoteOptions) -> list[str]:
+def _remote_flags(remote: RemoteConfig) -> list[str]:
     """``scanedge serve`` flags that stand for ``remote``."""
     url = f"{'grpcs' if remote.tls else 'grpc'}://{remote.address}"
     if remote.model:
@@ -365,7 +366,7 @@ def _payloads(slices: Sequence[Slice], dicom: bool) -> list[Any]:
     return [encode_dicom(s) for s in slices] if dicom else list(slices)
 
 
-def bench_stream(slices: Sequence[Slice], settings: StreamSettings, progress: Progress | None = None) -> BenchReport:
+def bench_stream(slices: Sequence[Slice], settings: StreamConfig, progress: Progress | None = None) -> BenchReport:
     """Stream ``slices`` (cycled) to ``settings.endpoint``, or to runtimes spawned for the run, and report
     end-to-end latency per request with the runtime's own stage timings and the transport between them;
     with ``settings.versus`` a second runtime on another backend is measured side by side in the same run.
@@ -406,7 +407,7 @@ def bench_stream(slices: Sequence[Slice], settings: StreamSettings, progress: Pr
     return report
 
 
-def _variant_clients(settings: StreamSettings, endpoints: dict[str, str]) -> dict[str, Client]:
+def _variant_clients(settings: StreamConfig, endpoints: dict[str, str]) -> dict[str, Client]:
     """One connection per variant, each with shared memory acknowledged by the runtime when it uses it."""
     clients: dict[str, Client] = {}
     try:
@@ -465,7 +466,7 @@ class _Consoles:
     flat: _Recorder = field(default_factory=_Recorder)
 
     @classmethod
-    def open(cls, settings: StreamSettings, target: _Target) -> _Consoles:
+    def open(cls, settings: StreamConfig, target: _Target) -> _Consoles:
         """Connect every variant, every further console and the side-by-side runtime (all closed again if
         one of them fails)."""
         endpoints, versus = target.endpoints, target.versus
@@ -521,12 +522,12 @@ class _InProcessBaseline:
     outside_model: list[float] = field(default_factory=list)
 
     @classmethod
-    def open(cls, settings: StreamSettings) -> _InProcessBaseline:
+    def open(cls, settings: StreamConfig) -> _InProcessBaseline:
         """With ``settings.baseline``, the pipeline on the runtime's engine settings (spinning off), so that
         the difference is the runtime itself; without, none."""
         if not settings.baseline:
             return cls()
-        from scanedge.runtime.pipeline import Pipeline, PipelineConfig
+        from scanedge.runtime.core.pipeline import Pipeline, PipelineConfig
 
         return cls(Pipeline.open(settings.model, options=settings.engine, config=PipelineConfig(ignore_scope=True)))
 
@@ -552,7 +553,7 @@ class _Measured:
     cpu_end: float | None
 
 
-def _request_options(settings: StreamSettings) -> dict[str, Any]:
+def _request_options(settings: StreamConfig) -> dict[str, Any]:
     """What every request of the run asks for, as :meth:`Client.submit` arguments."""
     return {
         "ignore_scope": True,  # speed, not validity: resized demo slices may fall outside the model's scope
@@ -563,7 +564,7 @@ def _request_options(settings: StreamSettings) -> dict[str, Any]:
     }
 
 
-def _run(slices: Sequence[Slice], settings: StreamSettings, target: _Target, progress: Progress | None) -> BenchReport:
+def _run(slices: Sequence[Slice], settings: StreamConfig, target: _Target, progress: Progress | None) -> BenchReport:
     """Connect the consoles, measure, close them, and report."""
     payloads = _payloads(slices, settings.dicom)
     consoles = _Consoles.open(settings, target)
@@ -581,7 +582,7 @@ def _measure(
     consoles: _Consoles,
     baseline: _InProcessBaseline,
     payloads: Sequence[Any],
-    settings: StreamSettings,
+    settings: StreamConfig,
     spawned: SpawnedRuntime | None,
     progress: Progress | None,
 ) -> _Measured:
@@ -619,7 +620,7 @@ def _drive(
     baseline: _InProcessBaseline,
     payloads: Sequence[Any],
     kw: dict[str, Any],
-    settings: StreamSettings,
+    settings: StreamConfig,
     run: StoppableRun,
     start: float,
     progress: Progress | None,
@@ -663,7 +664,7 @@ def _drain(consoles: _Consoles, sent: int, interrupted: bool) -> int:
 
 def _report(
     slices: Sequence[Slice],
-    settings: StreamSettings,
+    settings: StreamConfig,
     target: _Target,
     consoles: _Consoles,
     baseline: _InProcessBaseline,
@@ -703,7 +704,7 @@ def _stream_samples(consoles: _Consoles) -> dict[str, list[float]]:
 
 
 def _run_settings(
-    slices: Sequence[Slice], settings: StreamSettings, target: _Target, variants: list[str], sent: int
+    slices: Sequence[Slice], settings: StreamConfig, target: _Target, variants: list[str], sent: int
 ) -> dict[str, Any]:
     """What was run, as the report's ``settings``."""
     return {
@@ -770,7 +771,7 @@ def _add_server_cpu(report: BenchReport, measured: _Measured) -> None:
 
 def _add_baselines(
     report: BenchReport,
-    settings: StreamSettings,
+    settings: StreamConfig,
     samples: dict[str, list[float]],
     consoles: _Consoles,
     baseline: _InProcessBaseline,
@@ -839,7 +840,7 @@ def _add_server_rss(report: BenchReport, spawned: SpawnedRuntime | None) -> None
 
 def _add_warnings(
     report: BenchReport,
-    settings: StreamSettings,
+    settings: StreamConfig,
     samples: dict[str, list[float]],
     spawned: SpawnedRuntime | None,
     rec: _Recorder,
@@ -988,14 +989,14 @@ def _paced_vs_flat_out(
     kw: dict[str, Any],
     paced: _Recorder,
     flat: _Recorder,
-    settings: StreamSettings,
+    settings: StreamConfig,
     run: StoppableRun,
     start: float,
     progress: Progress | None,
 ) -> int:
     """One console, one series: a block at ``settings.rate``, then a block flat out, and again. Returns
     the paced slices sent (the flat-out ones are the baseline, each waited for)."""
-    assert settings.rate is not None  # StreamSettings requires a rate with vs_flat_out
+    assert settings.rate is not None  # StreamConfig requires a rate with vs_flat_out
     period = 1.0 / settings.rate
     n_paced = n_flat = 0
 
@@ -1036,7 +1037,7 @@ def _drive_consoles(
     payloads: Sequence[Any],
     kw: dict[str, Any],
     rec: _Recorder,
-    settings: StreamSettings,
+    settings: StreamConfig,
     run: StoppableRun,
     start: float,
     total: int | None,
@@ -1079,3 +1080,12 @@ def _drive_consoles(
             done = sum(sent)
             progress(done, expected if total else run.expected(time.perf_counter() - start, done))
     return sum(sent)
+
+
+#: earlier names of configuration classes (every frozen configuration is now called ...Config)
+__getattr__ = forward_names(
+    __name__,
+    {
+        "StreamSettings": ("scanedge.bench.stream", "StreamConfig"),
+    },
+)

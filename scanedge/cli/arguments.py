@@ -19,11 +19,11 @@ from scanedge.engines.options import BACKENDS
 from scanedge.errors import ConfigError
 
 if TYPE_CHECKING:
-    from scanedge.engines import EngineOptions
+    from scanedge.engines import EngineConfig
     from scanedge.imaging.files import LoadedSlice
-    from scanedge.imaging.overlay import OverlayOptions
+    from scanedge.imaging.overlay import OverlayConfig
     from scanedge.imaging.slices import SliceLimits
-    from scanedge.runtime.pipeline import PipelineConfig
+    from scanedge.runtime.core.pipeline import PipelineConfig
 
 __all__ = [
     "ENGINE_CHOICES",
@@ -128,13 +128,13 @@ def add_remote_args(p: argparse.ArgumentParser) -> None:
 
 
 def remote_options(args: argparse.Namespace) -> Any:
-    """RemoteOptions from --remote and its settings; None without --remote."""
+    """RemoteConfig from --remote and its settings; None without --remote."""
     if getattr(args, "remote", None) is None:
         return None
-    from scanedge.engines import RemoteOptions
+    from scanedge.engines import RemoteConfig
 
     with user_values():
-        return RemoteOptions(
+        return RemoteConfig(
             args.remote,
             timeout_s=args.remote_timeout,
             retries=args.remote_retries,
@@ -145,10 +145,10 @@ def remote_options(args: argparse.Namespace) -> Any:
         )
 
 
-def engine_options(args: argparse.Namespace, **changes: Any) -> EngineOptions:
+def engine_options(args: argparse.Namespace, **changes: Any) -> EngineConfig:
     """The engine the command line asked for, as the library's one options object (``--remote`` picks the
     remote backend unless another one was asked for, which is then an error)."""
-    from scanedge.engines import EngineOptions
+    from scanedge.engines import EngineConfig
 
     backend, remote = args.backend, remote_options(args)
     if remote is not None and backend == "auto":
@@ -156,14 +156,14 @@ def engine_options(args: argparse.Namespace, **changes: Any) -> EngineOptions:
     elif remote is not None and backend != "remote":
         raise ConfigError(f"--remote sends inference to a server; it does not go with --backend {backend}")
     with user_values():
-        return EngineOptions(**{"backend": backend, "threads": args.threads, "remote": remote, **changes})
+        return EngineConfig(**{"backend": backend, "threads": args.threads, "remote": remote, **changes})
 
 
 def add_overlay_args(p: argparse.ArgumentParser) -> None:
     """--format, --alpha, --no-fill, --no-contours, --heatmap: how overlays are drawn and written."""
-    from scanedge.imaging.overlay import OverlayOptions
+    from scanedge.imaging.overlay import OverlayConfig
 
-    defaults = OverlayOptions()
+    defaults = OverlayConfig()
     g = p.add_argument_group("overlays")
     g.add_argument(
         "--format",
@@ -213,12 +213,12 @@ def slice_limits(args: argparse.Namespace) -> SliceLimits:
     return SliceLimits(max_pixels=args.max_pixels)
 
 
-def overlay_options(args: argparse.Namespace) -> OverlayOptions:
-    """OverlayOptions from --alpha, --no-fill, --no-contours, --heatmap and --format (JPEG: thicker outlines)."""
-    from scanedge.imaging.overlay import OverlayOptions
+def overlay_options(args: argparse.Namespace) -> OverlayConfig:
+    """OverlayConfig from --alpha, --no-fill, --no-contours, --heatmap and --format (JPEG: thicker outlines)."""
+    from scanedge.imaging.overlay import OverlayConfig
 
     with user_values():
-        return OverlayOptions(
+        return OverlayConfig(
             alpha=args.alpha,
             fill=args.fill,
             contours=args.contours,
@@ -229,7 +229,7 @@ def overlay_options(args: argparse.Namespace) -> OverlayOptions:
 
 def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     """PipelineConfig from the limit, overlay and scope arguments."""
-    from scanedge.runtime.pipeline import PipelineConfig
+    from scanedge.runtime.core.pipeline import PipelineConfig
 
     return PipelineConfig(limits=slice_limits(args), overlay=overlay_options(args), ignore_scope=args.ignore_scope)
 

@@ -154,14 +154,14 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
-    from scanedge.bench.stream import StreamSettings, bench_stream
+    from scanedge.bench.stream import StreamConfig, bench_stream
 
     _check_target(args)
     console = make_console()
     slices = _slices(args)
     versus = engine_options(args, spinning=False, backend="ort", remote=None) if args.versus_local else None
     with user_values():
-        settings = StreamSettings(
+        settings = StreamConfig(
             endpoint=args.endpoint,
             model=args.model,
             engine=engine_options(args, spinning=False),
@@ -212,12 +212,12 @@ def cmd_soak(args: argparse.Namespace) -> int:
     import json
 
     from scanedge.bench.inputs import parse_size
-    from scanedge.bench.soak import SoakSettings, bench_soak
+    from scanedge.bench.soak import SoakConfig, bench_soak
 
     _check_target(args)
     console = make_console()
     with user_values():
-        settings = SoakSettings(
+        settings = SoakConfig(
             endpoint=args.endpoint,
             model=args.model,
             engine=engine_options(args, spinning=False),

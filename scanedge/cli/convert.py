@@ -15,11 +15,11 @@ __all__ = ["add_parsers", "cmd_convert", "cmd_export_triton", "cmd_verify"]
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """Convert a model with a manifest into an optimized engine, reporting each step."""
-    from scanedge.converters.convert import ConvertOptions, convert
+    from scanedge.converters.convert import ConvertConfig, convert
 
     console = make_console()
     with user_values():
-        options = ConvertOptions(
+        options = ConvertConfig(
             target=args.target,
             precision=args.precision,
             calibration=args.calibration,

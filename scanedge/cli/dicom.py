@@ -22,8 +22,8 @@ def cmd_dicom_listen(args: argparse.Namespace) -> int:
     from scanedge.dicomnet import DicomListener, ListenerConfig, parse_forward_target
     from scanedge.dicomnet.series import SeriesLimits
     from scanedge.errors import ConfigError
-    from scanedge.runtime.log_budget import configure_logging
-    from scanedge.runtime.server import ModelSpec
+    from scanedge.log_budget import configure_logging
+    from scanedge.runtime.core.model_spec import ModelSpec
 
     configure_logging(args.log_level)  # pynetdicom and highdicom quiet below WARNING; every call site budgeted
     try:

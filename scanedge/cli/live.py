@@ -1,8 +1,8 @@
 """``scanedge demo --live``: the runtime, a replay of the demo series at a scanner's pace, and the viewer.
 
-Three library pieces on loopback, in one process: a :class:`~scanedge.runtime.server.Server` publishing
+Three library pieces on loopback, in one process: a :class:`~scanedge.runtime.serving.server.Server` publishing
 its results, a :class:`~scanedge.viewer.Viewer` following that feed, and a
-:class:`~scanedge.runtime.replay.Replay` playing the demo series again and again, as a scanner would,
+:class:`~scanedge.runtime.console.replay.Replay` playing the demo series again and again, as a scanner would,
 until Ctrl-C. Ctrl-C (or SIGTERM) stops the replay first (every slice sent is answered), then the viewer,
 then the runtime.
 """
@@ -18,7 +18,7 @@ from scanedge.cli.view import require_viewer_extra
 from scanedge.console import make_console, user_values
 
 if TYPE_CHECKING:
-    from scanedge.runtime.replay import SliceEvent
+    from scanedge.runtime.console.replay import SliceEvent
 
 __all__ = ["add_live_args", "cmd_demo_live"]
 
@@ -26,9 +26,10 @@ __all__ = ["add_live_args", "cmd_demo_live"]
 def cmd_demo_live(args: argparse.Namespace) -> int:
     """Serve, replay and show the demo series until Ctrl-C (or ``--passes``)."""
     from scanedge.demo.series import demo_series_dir
-    from scanedge.runtime.log_budget import configure_logging
-    from scanedge.runtime.replay import Replay, ReplaySettings, read_series
-    from scanedge.runtime.server import ModelSpec, Server, ServerConfig
+    from scanedge.log_budget import configure_logging
+    from scanedge.runtime.console.replay import Replay, ReplayConfig, read_series
+    from scanedge.runtime.core.model_spec import ModelSpec
+    from scanedge.runtime.serving.server import Server, ServerConfig
     from scanedge.viewer import Viewer, ViewerConfig
 
     require_viewer_extra()
@@ -54,7 +55,7 @@ def cmd_demo_live(args: argparse.Namespace) -> int:
         viewer = Viewer(ViewerConfig(subscribe=server.publish_endpoint or "", port=args.port)).start()
         try:
             with user_values():
-                settings = ReplaySettings(endpoint=server.endpoint, rate=args.rate, loop=True, max_loops=args.passes)
+                settings = ReplayConfig(endpoint=server.endpoint, rate=args.rate, loop=True, max_loops=args.passes)
             err.print(f"live viewer: open [bold]{literal(viewer.page_url)}[/] in a browser")
             err.print(
                 f"replaying the demo series ({len(series[0].slices)} slices) at {args.rate:g} slices/s, "

@@ -82,9 +82,9 @@ def _applies_to(args: argparse.Namespace) -> AppliesTo:
 def cmd_manifest_init(args: argparse.Namespace) -> int:
     """Draft a manifest from the graph and the options, check it against the graph, embed it (or a sidecar)."""
     from scanedge.manifest import load_onnx_model
-    from scanedge.manifest_init import ManifestInitOptions, draft_manifest, write_manifest
+    from scanedge.manifest_init import ManifestInitConfig, draft_manifest, write_manifest
 
-    options = ManifestInitOptions(
+    options = ManifestInitConfig(
         name=args.name,
         classes=split_list(args.classes),
         version=args.version,

@@ -14,7 +14,7 @@ from scanedge.console import make_console, user_values
 
 if TYPE_CHECKING:
     from scanedge.imaging.lesion_load import LesionLoad
-    from scanedge.runtime.replay import SeriesReport, SliceEvent
+    from scanedge.runtime.console.replay import SeriesReport, SliceEvent
 
 __all__ = ["add_parsers", "cmd_replay", "describe_load", "slice_line", "summary_lines"]
 
@@ -70,12 +70,12 @@ def summary_lines(report: SeriesReport, tag: str) -> list[str]:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Replay until every series is sent (or Ctrl-C with --loop); exit 1 when any slice failed."""
-    from scanedge.runtime.replay import Replay, ReplaySettings, read_series
+    from scanedge.runtime.console.replay import Replay, ReplayConfig, read_series
 
     err = make_console()
     out = make_console(stderr=False)
     with user_values():
-        settings = ReplaySettings(
+        settings = ReplayConfig(
             endpoint=args.endpoint,
             rate=args.rate,
             loop=args.loop,

@@ -29,8 +29,8 @@ from scanedge.errors import ConfigError
 if TYPE_CHECKING:
     from scanedge.imaging.files import SliceScan
     from scanedge.imaging.series_summary import SeriesSummary
-    from scanedge.runtime.batch import BatchOutput, BatchReport
-    from scanedge.runtime.pipeline import Pipeline
+    from scanedge.runtime.core.batch import BatchOutput, BatchReport
+    from scanedge.runtime.core.pipeline import Pipeline
 
 __all__ = ["add_parsers", "cmd_demo", "cmd_segment"]
 
@@ -39,7 +39,7 @@ DEFAULT_DEMO_OUT = Path("scanedge-demo-out")
 
 
 def _open_pipeline(args: argparse.Namespace, console: Any) -> Pipeline:
-    from scanedge.runtime.pipeline import Pipeline
+    from scanedge.runtime.core.pipeline import Pipeline
 
     config = pipeline_config(args)
     with console.status("loading the model and warming up the engine ..."):
@@ -88,7 +88,7 @@ def _print_skipped(skipped: Any, console: Any) -> None:
 
 
 def _segment(args: argparse.Namespace, scan: SliceScan, output: BatchOutput, console: Any) -> BatchReport:
-    from scanedge.runtime.batch import segment_to_folder
+    from scanedge.runtime.core.batch import segment_to_folder
 
     with _open_pipeline(args, console) as pipe, LazyProgress(console, "segmenting", delay_s=1.0) as progress:
         report = segment_to_folder(pipe, scan.loaded, output, progress, scan.skipped)
@@ -138,7 +138,7 @@ def _exit_status(report: BatchReport, console: Any) -> int:
 def _output(
     args: argparse.Namespace, *, montage: bool = False, keep_masks: bool = False, overwrite: bool = False
 ) -> BatchOutput:
-    from scanedge.runtime.batch import BatchOutput, prepare_output_dir
+    from scanedge.runtime.core.batch import BatchOutput, prepare_output_dir
 
     output = BatchOutput(
         args.out,
@@ -195,7 +195,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         return cmd_demo_live(args)
     from scanedge.demo.series import demo_series_dir, dice_against_truth
-    from scanedge.runtime.batch import RESULTS_NAME
+    from scanedge.runtime.core.batch import RESULTS_NAME
 
     console = make_console()
     replacing = args.out == DEFAULT_DEMO_OUT and (args.out / RESULTS_NAME).is_file()

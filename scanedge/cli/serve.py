@@ -19,11 +19,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
 
     from scanedge.imaging.slices import SliceLimits
-    from scanedge.runtime.keep_warm import KeepWarmConfig
-    from scanedge.runtime.log_budget import configure_logging
-    from scanedge.runtime.security import CurveServerKeys
-    from scanedge.runtime.series_store import SeriesStoreConfig
-    from scanedge.runtime.server import ModelSpec, Server, ServerConfig
+    from scanedge.log_budget import configure_logging
+    from scanedge.runtime.core.model_spec import ModelSpec
+    from scanedge.runtime.serving.keep_warm import KeepWarmConfig
+    from scanedge.runtime.serving.series_store import SeriesStoreConfig
+    from scanedge.runtime.serving.server import Server, ServerConfig
+    from scanedge.runtime.wire.security import CurveServerKeys
 
     if (args.curve_secret is None) != (args.curve_clients is None):
         raise ConfigError("--curve-secret and --curve-clients go together")
@@ -70,7 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_keys_generate(args: argparse.Namespace) -> int:
     """Write a CurveZMQ key pair NAME.key / NAME.key_secret into DIR."""
-    from scanedge.runtime.security import generate_keys
+    from scanedge.runtime.wire.security import generate_keys
 
     public, secret = generate_keys(args.dir, args.name, force=args.force)
     make_console().print(f"public key: {literal(public)}\nsecret key: {literal(secret)} (keep it private)")
@@ -79,7 +80,7 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 
 def cmd_keys_allow(args: argparse.Namespace) -> int:
     """Copy a client's public key into the runtime's allow-list directory."""
-    from scanedge.runtime.security import allow_client
+    from scanedge.runtime.wire.security import allow_client
 
     target = allow_client(args.clients_dir, args.public_key)
     make_console().print(f"allowed: {literal(target)}")

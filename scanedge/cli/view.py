@@ -26,7 +26,7 @@ def require_viewer_extra() -> None:
 def cmd_view(args: argparse.Namespace) -> int:
     """Serve the page until Ctrl-C."""
     require_viewer_extra()
-    from scanedge.runtime.log_budget import configure_logging
+    from scanedge.log_budget import configure_logging
     from scanedge.viewer import Viewer, ViewerConfig
 
     configure_logging("warning")

@@ -15,20 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from scanedge._moved import forward_names
 from scanedge.converters.calibration import CalibrationSlices
 from scanedge.converters.checks import CheckReport, check_onnx
 from scanedge.converters.precision import PRECISIONS, to_fp16, to_int8
-from scanedge.engines import EngineOptions, OrtSessionLoader
+from scanedge.engines import EngineConfig, OrtSessionLoader
 from scanedge.errors import ConversionError, EngineError
 from scanedge.manifest import Manifest, embed_manifest, load_manifest
 
-__all__ = ["ConversionResult", "ConvertOptions", "convert", "ort_optimize"]
+__all__ = ["ConversionResult", "ConvertConfig", "convert", "ort_optimize"]
 
 Target = Literal["ort", "tensorrt"]
 
 
 @dataclass(frozen=True)
-class ConvertOptions:
+class ConvertConfig:
     """What :func:`convert` makes; ValueError on construction for an unknown target or precision, or int8
     without calibration data.
 
@@ -89,7 +90,7 @@ def ort_optimize(model: Any, out_path: Path, level: Literal["basic", "extended"]
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in.onnx"
         onnx.save(model, str(src))
-        loader = OrtSessionLoader(src, EngineOptions(optimization=level), optimized_model_path=out_path)
+        loader = OrtSessionLoader(src, EngineConfig(optimization=level), optimized_model_path=out_path)
         try:
             loader()  # the session is thrown away: writing the optimized graph is the point
         except EngineError as exc:
@@ -109,7 +110,7 @@ def _ort_has_gpu() -> bool:
 
 def convert(
     model_path: str | os.PathLike[str],
-    options: ConvertOptions,
+    options: ConvertConfig,
     *,
     manifest_path: str | os.PathLike[str] | None = None,
     say: Callable[[str], None] = lambda _: None,
@@ -156,7 +157,7 @@ def convert(
             model = step("fp16 conversion (float32 I/O kept)", lambda: to_fp16(model))
         elif options.precision == "int8":
             calibration = options.calibration
-            assert calibration is not None  # ConvertOptions refuses int8 without it
+            assert calibration is not None  # ConvertConfig refuses int8 without it
             reader = step(
                 f"calibration data from {calibration}",
                 lambda: CalibrationSlices(manifest, calibration, options.calibration_limit),
@@ -190,3 +191,12 @@ def convert(
             ),
         )
     return ConversionResult(output, onnx_out, stamped, report, tuple(steps))
+
+
+#: earlier names of configuration classes (every frozen configuration is now called ...Config)
+__getattr__ = forward_names(
+    __name__,
+    {
+        "ConvertOptions": ("scanedge.converters.convert", "ConvertConfig"),
+    },
+)

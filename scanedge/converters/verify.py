@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from scanedge.engines import Engine, EngineOptions, open_engine
+from scanedge.engines import Engine, EngineConfig, open_engine
 from scanedge.errors import ConfigError
 from scanedge.imaging.metrics import Overlap, overlap
 from scanedge.imaging.postprocess import Postprocessor
@@ -118,7 +118,7 @@ def measure_engine_file(
     slices: Sequence[Slice],
     *,
     manifest_path: str | os.PathLike[str] | None = None,
-    options: EngineOptions = EngineOptions(),
+    options: EngineConfig = EngineConfig(),
 ) -> tuple[Manifest, Agreement]:
     """Open a converted engine file and its reference ONNX model and measure their agreement on ``slices``.
 
@@ -133,7 +133,7 @@ def measure_engine_file(
         raise ConfigError("the engine and the reference model have different classes; they cannot be compared")
     with (
         open_engine(engine_path, options, onnx_sha256=manifest.onnx_sha256, name=manifest.name) as cand,
-        open_engine(reference_path, EngineOptions(backend="ort", threads=options.threads)) as ref,
+        open_engine(reference_path, EngineConfig(backend="ort", threads=options.threads)) as ref,
     ):
         return manifest, measure_agreement(cand, ref, ref_manifest, slices)
 

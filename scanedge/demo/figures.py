@@ -17,7 +17,7 @@ import numpy as np
 from scanedge.imaging.annotate import put_label
 from scanedge.imaging.files import load_slices
 from scanedge.imaging.montage import montage, tile_label
-from scanedge.imaging.overlay import OverlayOptions
+from scanedge.imaging.overlay import OverlayConfig
 
 __all__ = ["main", "write_figures"]
 
@@ -28,7 +28,7 @@ OVERLAY_SLICES = (13, 17, 20)
 def write_figures(out_dir: Path) -> list[Path]:
     """Write ``demo-overlay.png`` and ``demo-montage.png`` into ``out_dir``; returns their paths."""
     from scanedge.demo.series import demo_series_dir
-    from scanedge.runtime.pipeline import Pipeline
+    from scanedge.runtime.core.pipeline import Pipeline
 
     out_dir.mkdir(parents=True, exist_ok=True)
     loaded = load_slices([demo_series_dir()])
@@ -40,7 +40,7 @@ def write_figures(out_dir: Path) -> list[Path]:
             panel = result.overlay.copy()  # type: ignore[union-attr]  # drawn by default
             put_label(panel, f"#{number}  {result.finding('lesion').components} lesion(s)", (4, 4), 0.45)
             panels.append(panel)
-        heat = pipe.run(by_number[OVERLAY_SLICES[1]], overlay=OverlayOptions(heatmap=True)).overlay.copy()  # type: ignore[union-attr]
+        heat = pipe.run(by_number[OVERLAY_SLICES[1]], overlay=OverlayConfig(heatmap=True)).overlay.copy()  # type: ignore[union-attr]
         put_label(heat, f"#{OVERLAY_SLICES[1]}  --heatmap", (4, 4), 0.45)
         gap = np.full((panels[0].shape[0], 6, 3), 255, np.uint8)
         strip = np.hstack([panels[0], gap, panels[1], gap, panels[2], gap, heat])

@@ -237,7 +237,7 @@ def lesion_metrics(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 def evaluate(model_path: Path) -> dict[str, float]:
     """:func:`lesion_metrics` of the exported model, run through the scanedge pipeline, pooled over the
     held-out subjects, plus the numbers of slices and subjects."""
-    from scanedge.runtime.pipeline import Pipeline
+    from scanedge.runtime.core.pipeline import Pipeline
 
     zs = tuple(range(30, 150, 3))
     truths, preds = [], []

@@ -13,8 +13,8 @@ the spool only when their series' SEGs are durably written; on start the node se
 run left there again and completes those series, and a SEG that cannot be built or written is retried
 with backoff, counted in :class:`ListenerStats` and reported in ``OUT/status.json``.
 
-Every frame's RESULT is built by the protocol's own builders (:func:`~scanedge.runtime.protocol.result_reply`,
-:func:`~scanedge.runtime.payloads.result_frames`) and published as docs/protocol.md section 9 says; the
+Every frame's RESULT is built by the protocol's own builders (:func:`~scanedge.runtime.wire.protocol.result_reply`,
+:func:`~scanedge.runtime.wire.payloads.result_frames`) and published as docs/protocol.md section 9 says; the
 ``id`` is a number the listener counts up. A completion thread writes the SEGs of series that are
 complete (:mod:`scanedge.dicomnet.series`) into ``OUT/seg/`` and hands them to the forwarder.
 
@@ -43,11 +43,11 @@ from scanedge.dicomnet.admission import AdmissionPolicy, Gate, MessageMeter, sta
 from scanedge.dicomnet.contexts import SEGMENTED_SOP_CLASSES, add_supported_contexts, sop_class_name
 from scanedge.dicomnet.forward import Forwarder, ForwardTarget, check_ae_title
 from scanedge.dicomnet.publisher import ResultPublisher
-from scanedge.dicomnet.segmentation import SegmentationKind, SegmentationSettings, build_segmentations
+from scanedge.dicomnet.segmentation import SegmentationConfig, SegmentationKind, build_segmentations
 from scanedge.dicomnet.series import HeldFrame, HeldInstance, OpenSeries, SeriesLimits, SeriesStore, pack
 from scanedge.dicomnet.spool import Spool, fsync_dir, private_folder, write_durably
 from scanedge.dicomnet.statuses import SUCCESS, status_dataset, status_for
-from scanedge.engines import EngineOptions
+from scanedge.engines import EngineConfig
 from scanedge.errors import (
     CapacityError,
     ConfigError,
@@ -58,15 +58,15 @@ from scanedge.errors import (
 )
 from scanedge.imaging.dicom import read_dataset, slices_from_dicom
 from scanedge.imaging.dicom.quiet import pydicom_quiet  # its records and warnings quote values
-from scanedge.imaging.overlay import OverlayOptions, display_image
+from scanedge.imaging.overlay import OverlayConfig, display_image
 from scanedge.imaging.series import context_window
 from scanedge.imaging.slices import DEFAULT_LIMITS, Slice, SliceLimits
 from scanedge.manifest import Manifest
-from scanedge.runtime.endpoints import is_loopback_host, parse_endpoint
-from scanedge.runtime.payloads import pipeline_reply, result_frames
-from scanedge.runtime.pipeline import Pipeline, PipelineConfig, SliceResult
-from scanedge.runtime.protocol import Echo, encode, publish_topic
-from scanedge.runtime.server import ModelSpec
+from scanedge.runtime.core.model_spec import ModelSpec
+from scanedge.runtime.core.pipeline import Pipeline, PipelineConfig, SliceResult
+from scanedge.runtime.wire.endpoints import is_loopback_host, parse_endpoint
+from scanedge.runtime.wire.payloads import pipeline_reply, result_frames
+from scanedge.runtime.wire.protocol import Echo, encode, publish_topic
 
 __all__ = ["STATUS_FILE", "DicomListener", "ListenerConfig", "ListenerStats", "read_status"]
 
@@ -134,9 +134,9 @@ class ListenerConfig:
     complete_on_release: bool = False
     segmentation: SegmentationKind = "binary"
     workers: int = 1
-    engine: EngineOptions = EngineOptions(spinning=False)
+    engine: EngineConfig = EngineConfig(spinning=False)
     limits: SliceLimits = DEFAULT_LIMITS
-    overlay: OverlayOptions = field(default_factory=OverlayOptions)
+    overlay: OverlayConfig = field(default_factory=OverlayConfig)
     series_limits: SeriesLimits = field(default_factory=SeriesLimits)
     max_associations: int = 8
     require_called_ae: bool = True
@@ -817,7 +817,7 @@ class DicomListener:
     def _write(self, item: _Pending) -> list[str]:
         """Build, write and forward the SEGs of a completed series not yet durable; returns what failed."""
         series, why = item.series, item.why
-        settings = SegmentationSettings(kind=self.config.segmentation, device_serial_number=self.config.ae_title)
+        settings = SegmentationConfig(kind=self.config.segmentation, device_serial_number=self.config.ae_title)
         problems: list[str] = []
         for name, manifest in self._manifests.items():
             try:
@@ -958,7 +958,7 @@ def _check_installed() -> None:
 
 
 def _default_model() -> Path:
-    from scanedge.runtime.pipeline import default_model_path
+    from scanedge.runtime.core.pipeline import default_model_path
 
     return default_model_path()
 

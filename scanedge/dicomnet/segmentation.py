@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from scanedge._moved import forward_names
 from scanedge.dicomnet.series import HeldInstance, OpenSeries, unpack
 from scanedge.manifest import ClassSpec, CodedConcept, Manifest
 from scanedge.version import __version__
@@ -37,8 +38,8 @@ from scanedge.version import __version__
 __all__ = [
     "GENERIC_CATEGORY",
     "GENERIC_TYPE",
+    "SegmentationConfig",
     "SegmentationKind",
-    "SegmentationSettings",
     "build_segmentations",
     "derived_uid",
 ]
@@ -65,7 +66,7 @@ _TYPE2_COPIED = (
 
 
 @dataclass(frozen=True)
-class SegmentationSettings:
+class SegmentationConfig:
     """How SEGs are written.
 
     Attributes:
@@ -183,7 +184,7 @@ def _fill_type2(header: Any) -> None:
 
 
 def build_segmentations(
-    series: OpenSeries, model: str, manifest: Manifest, settings: SegmentationSettings
+    series: OpenSeries, model: str, manifest: Manifest, settings: SegmentationConfig
 ) -> tuple[list[Any], list[str]]:
     """The SEGs of ``model``'s results for a completed ``series`` (highdicom Segmentation datasets), and why
     any source instance got none (a multi-frame image without patient coordinates cannot be referenced frame
@@ -221,7 +222,7 @@ def _build(
     sources: Sequence[HeldInstance],
     model: str,
     manifest: Manifest,
-    settings: SegmentationSettings,
+    settings: SegmentationConfig,
     descriptions: list[Any],
 ) -> Any:
     import highdicom as hd
@@ -257,3 +258,12 @@ def _build(
         content_label="SCANEDGE",
         content_description=f"{manifest.name} {manifest.version} by scanedge"[:64],
     )
+
+
+#: earlier names of configuration classes (every frozen configuration is now called ...Config)
+__getattr__ = forward_names(
+    __name__,
+    {
+        "SegmentationSettings": ("scanedge.dicomnet.segmentation", "SegmentationConfig"),
+    },
+)

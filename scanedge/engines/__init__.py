@@ -1,7 +1,7 @@
 """Inference backends behind one contract (:class:`Engine`): ONNX Runtime, TensorRT on NVIDIA GPUs, and a
 serving engine elsewhere (Triton, KServe, MLServer) over the Open Inference Protocol.
 
-How a model runs is one frozen :class:`EngineOptions` (backend, threads, providers, remote server, ...),
+How a model runs is one frozen :class:`EngineConfig` (backend, threads, providers, remote server, ...),
 passed intact from the caller to :func:`open_engine` and on to the engine. "Engine" means the object that
 runs a model; "backend" (``auto``/``ort``/``tensorrt``/``remote``) means which kind of engine.
 
@@ -16,9 +16,10 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from scanedge._moved import forward_names
 from scanedge.engines.base import Engine, EngineHealth, TensorSpec
 from scanedge.engines.onnxruntime import OnnxRuntimeEngine
-from scanedge.engines.options import BACKENDS, Backend, EngineOptions, RemoteOptions, parse_threads
+from scanedge.engines.options import BACKENDS, Backend, EngineConfig, RemoteConfig, parse_threads
 from scanedge.engines.ort_session import OrtSessionLoader
 from scanedge.engines.thread_probe import ThreadChoice
 from scanedge.errors import ConfigError, DeviceUnavailableError
@@ -28,11 +29,11 @@ __all__ = [
     "PLAN_SUFFIXES",
     "Backend",
     "Engine",
+    "EngineConfig",
     "EngineHealth",
-    "EngineOptions",
     "OnnxRuntimeEngine",
     "OrtSessionLoader",
-    "RemoteOptions",
+    "RemoteConfig",
     "TensorSpec",
     "ThreadChoice",
     "find_matching_plan",
@@ -79,7 +80,7 @@ def find_matching_plan(onnx_path: str | os.PathLike[str], onnx_sha256: str | Non
 
 def open_engine(
     model: str | os.PathLike[str],
-    options: EngineOptions = EngineOptions(),
+    options: EngineConfig = EngineConfig(),
     *,
     onnx_sha256: str | None = None,
     warmup_shapes: Mapping[str, tuple[int, ...]] | None = None,
@@ -95,12 +96,12 @@ def open_engine(
     else on ONNX Runtime. Asking ONNX Runtime to run a plan is a :class:`ConfigError`; no matching plan
     for ``tensorrt`` is a :class:`DeviceUnavailableError`.
     """
-    if not isinstance(options, EngineOptions):
-        raise TypeError(f"options must be EngineOptions, got {type(options).__name__}")
+    if not isinstance(options, EngineConfig):
+        raise TypeError(f"options must be EngineConfig, got {type(options).__name__}")
     if options.backend == "remote":
         from scanedge.engines.remote import RemoteEngine
 
-        assert options.remote is not None  # EngineOptions refuses backend="remote" without it
+        assert options.remote is not None  # EngineConfig refuses backend="remote" without it
         return RemoteEngine(options.remote, model=name, warmup_runs=options.warmup_runs, warmup_shapes=warmup_shapes)
     path = Path(model)
     is_plan = path.suffix.lower() in PLAN_SUFFIXES
@@ -124,3 +125,13 @@ def open_engine(
 
         return TensorRTEngine(path, options, warmup_shapes=warmup_shapes)
     return OnnxRuntimeEngine(OrtSessionLoader(path, options), warmup_shapes=warmup_shapes)
+
+
+#: earlier names of configuration classes (every frozen configuration is now called ...Config)
+__getattr__ = forward_names(
+    __name__,
+    {
+        "EngineOptions": ("scanedge.engines.options", "EngineConfig"),
+        "RemoteOptions": ("scanedge.engines.options", "RemoteConfig"),
+    },
+)

@@ -72,7 +72,7 @@ class EngineHealth:
 class Engine(abc.ABC):
     """Base class of inference backends. Use as a context manager or call activate()/deactivate()."""
 
-    #: the backend's name, as ``EngineOptions.backend`` and the command line spell it ("ort", "tensorrt")
+    #: the backend's name, as ``EngineConfig.backend`` and the command line spell it ("ort", "tensorrt")
     backend: ClassVar[str] = ""
 
     def __init__(

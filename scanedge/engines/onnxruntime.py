@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from scanedge.engines.base import Engine, TensorSpec
-from scanedge.engines.options import EngineOptions
+from scanedge.engines.options import EngineConfig
 from scanedge.engines.ort_session import OrtSessionLoader, import_onnxruntime
 from scanedge.errors import EngineError
 
@@ -49,7 +49,7 @@ class OnnxRuntimeEngine(Engine):
     def __init__(
         self,
         model: OrtSessionLoader | str | os.PathLike[str] | bytes,
-        options: EngineOptions | None = None,
+        options: EngineConfig | None = None,
         *,
         warmup_shapes: Mapping[str, tuple[int, ...]] | None = None,
     ) -> None:

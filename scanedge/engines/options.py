@@ -1,6 +1,6 @@
 """How to run a model: one frozen object for every backend, handed intact from the caller to the engine.
 
-The command line, the pipeline, the server and the bench all build one :class:`EngineOptions` and pass
+The command line, the pipeline, the server and the bench all build one :class:`EngineConfig` and pass
 it down unchanged, so a setting cannot get lost or renamed on the way; only the engine reads it.
 Settings a backend does not use (ONNX Runtime's threads for a TensorRT plan, the CUDA device for ONNX
 Runtime) are ignored by that backend, never rejected, so one object works for ``backend="auto"``.
@@ -17,6 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, get_args
 
+from scanedge._moved import forward_names
 from scanedge.errors import ConfigError
 
 __all__ = [
@@ -24,17 +25,17 @@ __all__ = [
     "OPTIMIZATION_LEVELS",
     "REMOTE_SCHEMES",
     "Backend",
-    "EngineOptions",
+    "EngineConfig",
     "OptimizationLevel",
     "Provider",
-    "RemoteOptions",
+    "RemoteConfig",
     "Threads",
     "parse_threads",
 ]
 
 #: which inference backend runs the model: ``ort`` (ONNX Runtime, an ``.onnx`` file), ``tensorrt`` (a
 #: TensorRT plan), ``auto`` (a plan built from the same graph for this GPU when there is one, else ORT), or
-#: ``remote`` (a serving engine speaking the Open Inference Protocol; see :class:`RemoteOptions`)
+#: ``remote`` (a serving engine speaking the Open Inference Protocol; see :class:`RemoteConfig`)
 Backend = Literal["auto", "ort", "tensorrt", "remote"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
 
@@ -88,7 +89,7 @@ def _is_loopback(host: str) -> bool:
 
 
 @dataclass(frozen=True)
-class RemoteOptions:
+class RemoteConfig:
     """Where and how the ``remote`` backend reaches a serving engine (NVIDIA Triton, KServe, Seldon MLServer)
     over the Open Inference Protocol (KServe V2) on gRPC, tensors sent as raw bytes.
 
@@ -133,17 +134,17 @@ class RemoteOptions:
 
     def __post_init__(self) -> None:
         if not isinstance(self.url, str):
-            raise TypeError(f"RemoteOptions.url must be a str, got {self.url!r}")
+            raise TypeError(f"RemoteConfig.url must be a str, got {self.url!r}")
         for name in ("timeout_s", "retry_backoff_s", "health_interval_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"RemoteOptions.{name} must be a number, got {value!r}")
+                raise TypeError(f"RemoteConfig.{name} must be a number, got {value!r}")
         for name in ("retries", "max_message_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"RemoteOptions.{name} must be an int, got {value!r}")
+                raise TypeError(f"RemoteConfig.{name} must be an int, got {value!r}")
         if not isinstance(self.insecure, bool):
-            raise TypeError(f"RemoteOptions.insecure must be a bool, got {self.insecure!r}")
+            raise TypeError(f"RemoteConfig.insecure must be a bool, got {self.insecure!r}")
         for name in ("tls_ca", "tls_cert", "tls_key"):
             value = getattr(self, name)
             if value is not None:
@@ -152,7 +153,7 @@ class RemoteOptions:
         for name, from_url in (("model", model), ("version", version)):
             given = getattr(self, name)
             if given is not None and not isinstance(given, str):
-                raise TypeError(f"RemoteOptions.{name} must be a str, got {given!r}")
+                raise TypeError(f"RemoteConfig.{name} must be a str, got {given!r}")
             if given is not None and from_url is not None and given != from_url:
                 raise ConfigError(f"the remote {name} is {from_url!r} in the URL but {given!r} was also given")
             value = given if given is not None else from_url
@@ -214,7 +215,7 @@ class RemoteOptions:
 
 
 @dataclass(frozen=True)
-class EngineOptions:
+class EngineConfig:
     """Every setting that decides how a model runs. Frozen; compare and copy with ``dataclasses.replace``.
 
     Out-of-range values a user can set (a thread count of 0, an unknown backend) raise
@@ -249,22 +250,22 @@ class EngineOptions:
     #: removes the per-layer launch overhead that dominates small models
     cuda_graphs: bool = True
     #: the serving engine the ``remote`` backend sends tensors to (required for it; ignored by the others)
-    remote: RemoteOptions | None = None
+    remote: RemoteConfig | None = None
 
     def __post_init__(self) -> None:
         for name in ("spinning", "cuda_graphs"):
             if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"EngineOptions.{name} must be a bool, got {getattr(self, name)!r}")
+                raise TypeError(f"EngineConfig.{name} must be a bool, got {getattr(self, name)!r}")
         for name in ("threads", "warmup_runs", "device"):
             value = getattr(self, name)
             if name == "threads" and value in (None, "auto"):
                 continue
             if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"EngineOptions.{name} must be an int{' or auto' * (name == 'threads')}, got {value!r}")
+                raise TypeError(f"EngineConfig.{name} must be an int{' or auto' * (name == 'threads')}, got {value!r}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
-        if self.remote is not None and not isinstance(self.remote, RemoteOptions):
-            raise TypeError(f"EngineOptions.remote must be RemoteOptions, got {type(self.remote).__name__}")
+        if self.remote is not None and not isinstance(self.remote, RemoteConfig):
+            raise TypeError(f"EngineConfig.remote must be RemoteConfig, got {type(self.remote).__name__}")
         if self.backend == "remote" and self.remote is None:
             raise ConfigError("the remote backend needs the server's address: --remote grpc://HOST:PORT[/MODEL]")
         if isinstance(self.threads, int) and self.threads < 1:
@@ -279,13 +280,13 @@ class EngineOptions:
         if self.device < 0:
             raise ConfigError(f"the CUDA device index must be 0 or more, got {self.device}")
         if isinstance(self.providers, str) or not isinstance(self.providers, Iterable):
-            raise TypeError(f"EngineOptions.providers must be a tuple of providers, got {self.providers!r}")
+            raise TypeError(f"EngineConfig.providers must be a tuple of providers, got {self.providers!r}")
         providers = tuple(_frozen_provider(p) for p in self.providers)
         if not providers:
             raise ConfigError("at least one ONNX Runtime execution provider is needed, e.g. CPUExecutionProvider")
         object.__setattr__(self, "providers", providers)
         if not isinstance(self.session_config, Mapping):
-            raise TypeError(f"EngineOptions.session_config must be a mapping, got {type(self.session_config).__name__}")
+            raise TypeError(f"EngineConfig.session_config must be a mapping, got {type(self.session_config).__name__}")
         for key, value in self.session_config.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise TypeError(f"session config entries are str -> str, got {key!r}: {value!r}")
@@ -295,3 +296,13 @@ class EngineOptions:
     def provider_names(self) -> tuple[str, ...]:
         """The execution providers' names, in priority order."""
         return tuple(p if isinstance(p, str) else p[0] for p in self.providers)
+
+
+#: earlier names of configuration classes (every frozen configuration is now called ...Config)
+__getattr__ = forward_names(
+    __name__,
+    {
+        "EngineOptions": ("scanedge.engines.options", "EngineConfig"),
+        "RemoteOptions": ("scanedge.engines.options", "RemoteConfig"),
+    },
+)

@@ -1,7 +1,7 @@
 """The one place that creates ONNX Runtime sessions, in the manner of Polygraphy's session loaders.
 
 An :class:`OrtSessionLoader` is a small callable that turns a model (path or bytes) and
-:class:`~scanedge.engines.options.EngineOptions` into an ``onnxruntime.InferenceSession``. The engine,
+:class:`~scanedge.engines.options.EngineConfig` into an ``onnxruntime.InferenceSession``. The engine,
 the bench's baseline session and the converter's offline optimizer all use it, so they all get the
 same session settings, the same error mapping and the same two guarantees:
 
@@ -31,7 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from scanedge.engines.options import EngineOptions
+from scanedge.engines.options import EngineConfig
 from scanedge.engines.thread_probe import ThreadChoice, choose
 from scanedge.errors import EngineError, ModelFileError, ProviderUnavailableError
 
@@ -95,16 +95,16 @@ class OrtSessionLoader:
     def __init__(
         self,
         model: str | os.PathLike[str] | bytes,
-        options: EngineOptions | None = None,
+        options: EngineConfig | None = None,
         *,
         optimized_model_path: str | os.PathLike[str] | None = None,
     ) -> None:
         if not isinstance(model, (str, os.PathLike, bytes)):
             raise TypeError(f"model must be a path or bytes, got {type(model).__name__}")
-        if options is not None and not isinstance(options, EngineOptions):
-            raise TypeError(f"options must be EngineOptions, got {type(options).__name__}")
+        if options is not None and not isinstance(options, EngineConfig):
+            raise TypeError(f"options must be EngineConfig, got {type(options).__name__}")
         self.model: str | bytes = model if isinstance(model, bytes) else os.fspath(model)
-        self.options = options if options is not None else EngineOptions()
+        self.options = options if options is not None else EngineConfig()
         self.optimized_model_path = os.fspath(optimized_model_path) if optimized_model_path is not None else None
         self.thread_choice: ThreadChoice | None = None  # what threads="auto" chose, once a session was made
 

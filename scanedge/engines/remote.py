@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from scanedge.engines.base import Engine, EngineHealth, HealthStatus, TensorSpec
-from scanedge.engines.options import RemoteOptions
+from scanedge.engines.options import RemoteConfig
 from scanedge.errors import (
     ConfigError,
     RemoteEngineError,
@@ -119,14 +119,14 @@ class RemoteEngine(Engine):
 
     def __init__(
         self,
-        options: RemoteOptions,
+        options: RemoteConfig,
         *,
         model: str | None = None,
         warmup_runs: int = 2,
         warmup_shapes: Mapping[str, tuple[int, ...]] | None = None,
     ) -> None:
-        if not isinstance(options, RemoteOptions):
-            raise TypeError(f"options must be RemoteOptions, got {type(options).__name__}")
+        if not isinstance(options, RemoteConfig):
+            raise TypeError(f"options must be RemoteConfig, got {type(options).__name__}")
         name = options.model or model
         if not name:
             raise ConfigError(f"which model should {options.url} run? Give it in the URL: grpc://HOST:PORT/MODEL")

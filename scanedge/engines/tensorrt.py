@@ -28,7 +28,7 @@ import numpy as np
 
 from scanedge.engines.base import Engine, TensorSpec
 from scanedge.engines.cuda import GpuInfo, check, cudart, gpu_info, tensorrt_module
-from scanedge.engines.options import EngineOptions
+from scanedge.engines.options import EngineConfig
 from scanedge.errors import DeviceUnavailableError, EngineError, EngineInputError, ModelFileError
 
 __all__ = ["EngineKey", "TensorRTEngine", "check_engine_key", "key_path", "read_engine_key"]
@@ -149,11 +149,11 @@ class TensorRTEngine(Engine):
     def __init__(
         self,
         plan: str | os.PathLike[str],
-        options: EngineOptions | None = None,
+        options: EngineConfig | None = None,
         *,
         warmup_shapes: Mapping[str, tuple[int, ...]] | None = None,
     ) -> None:
-        self.options = options if options is not None else EngineOptions()
+        self.options = options if options is not None else EngineConfig()
         super().__init__(os.fspath(plan), warmup_runs=self.options.warmup_runs, warmup_shapes=warmup_shapes)
         self.plan = Path(plan)
         self.device = self.options.device

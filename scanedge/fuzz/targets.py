@@ -33,7 +33,7 @@ class FuzzTarget:
 
 
 def _header(data: bytes) -> None:
-    from scanedge.runtime.protocol import Segment, decode_request, encode, request_echo
+    from scanedge.runtime.wire.protocol import Segment, decode_request, encode, request_echo
 
     try:  # a SEGMENT with pixels_at (shared memory) comes without a pixel frame
         request = decode_request([data] if b"pixels_at" in data else [data, b"\0" * 16], 1 << 20)
@@ -43,7 +43,7 @@ def _header(data: bytes) -> None:
     encode(request)  # what was accepted can be written back
     if isinstance(request, Segment):
         from scanedge.imaging.slices import SliceLimits
-        from scanedge.runtime.payloads import slice_from_request
+        from scanedge.runtime.wire.payloads import slice_from_request
 
         try:
             slice_from_request(request, b"\0" * 16, SliceLimits(max_pixels=4096, max_side=4096))

@@ -21,11 +21,12 @@ from typing import Any
 import cv2
 import numpy as np
 
+from scanedge._moved import forward_names
 from scanedge.imaging.annotate import Patch, color_bar_patch
 from scanedge.imaging.slices import Slice
 from scanedge.manifest import Manifest
 
-__all__ = ["HEATMAP_LUT", "OverlayOptions", "OverlayRenderer", "display_image"]
+__all__ = ["HEATMAP_LUT", "OverlayConfig", "OverlayRenderer", "display_image"]
 
 # dtypes OpenCV arithmetic takes directly; others are converted to float32 first
 #: OpenCV's per-element maximum, which takes a scalar for either operand; its type stubs list arrays only in
@@ -35,7 +36,7 @@ _CV_DTYPES = {np.dtype(t) for t in ("uint8", "int8", "uint16", "int16", "int32",
 
 
 @dataclass(frozen=True)
-class OverlayOptions:
+class OverlayConfig:
     """How findings are drawn. ``alpha`` is the opacity of the class colour filling a finding.
 
     Every fraction must lie in [0, 1] (ValueError otherwise).
@@ -63,9 +64,9 @@ class OverlayOptions:
         for name in ("alpha", "heatmap_alpha", "heatmap_floor"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
-                raise ValueError(f"OverlayOptions.{name} must be within [0, 1], got {v}")
+                raise ValueError(f"OverlayConfig.{name} must be within [0, 1], got {v}")
         if self.contour_thickness < 1:
-            raise ValueError("OverlayOptions.contour_thickness must be >= 1")
+            raise ValueError("OverlayConfig.contour_thickness must be >= 1")
 
 
 #: the heat map's colour map, RGB, index = probability x 255: viridis is perceptually uniform, readable by
@@ -109,8 +110,8 @@ def _min_max(px: np.ndarray) -> tuple[float, float]:
 class OverlayRenderer:
     """Draws one model's classes; colour tables are built once."""
 
-    def __init__(self, manifest: Manifest, options: OverlayOptions | None = None) -> None:
-        self.options = options or OverlayOptions()
+    def __init__(self, manifest: Manifest, options: OverlayConfig | None = None) -> None:
+        self.options = options or OverlayConfig()
         self._classes = manifest.classes
         self._fg_offset = 0 if manifest.output.activation == "softmax" else 1
         self._caption = "p(" + "/".join(c.name for c in manifest.classes[1:])[:24] + ")"
@@ -125,7 +126,7 @@ class OverlayRenderer:
         slice_: Slice,
         mask: np.ndarray,
         probabilities: np.ndarray | None = None,
-        options: OverlayOptions | None = None,
+        options: OverlayConfig | None = None,
     ) -> np.ndarray:
         """RGB uint8 overlay of ``mask`` (slice grid) on ``slice_``; ``probabilities`` feed the heat map."""
         opts = options or self.options
@@ -154,7 +155,7 @@ class OverlayRenderer:
         return base
 
     def _outline(
-        self, base: np.ndarray, mask: np.ndarray, box: tuple[int, int, int, int], opts: OverlayOptions, halo: bool
+        self, base: np.ndarray, mask: np.ndarray, box: tuple[int, int, int, int], opts: OverlayConfig, halo: bool
     ) -> None:
         x, y, w, h = box
         labels = mask[y : y + h, x : x + w]
@@ -178,7 +179,7 @@ class OverlayRenderer:
         for contours, color in drawn:
             cv2.drawContours(base, contours, -1, color, opts.contour_thickness, cv2.LINE_8)
 
-    def _heatmap(self, base: np.ndarray, probabilities: np.ndarray, opts: OverlayOptions) -> None:
+    def _heatmap(self, base: np.ndarray, probabilities: np.ndarray, opts: OverlayConfig) -> None:
         fg = probabilities[1 - self._fg_offset :]
         p = fg[0] if fg.shape[0] == 1 else fg.max(axis=0)
         p8 = cv2.addWeighted(p, 255.0, p, 0.0, 0.0, dtype=cv2.CV_8U)
@@ -190,3 +191,12 @@ class OverlayRenderer:
         # OpenCV takes a scalar for either operand; its stubs list arrays only
         floor = cv2.compare(p8, int(opts.heatmap_floor * 255), cv2.CMP_GE)  # type: ignore[call-overload]
         cv2.copyTo(tinted, floor, base)
+
+
+#: earlier names of configuration classes (every frozen configuration is now called ...Config)
+__getattr__ = forward_names(
+    __name__,
+    {
+        "OverlayOptions": ("scanedge.imaging.overlay", "OverlayConfig"),
+    },
+)

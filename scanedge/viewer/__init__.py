@@ -1,7 +1,7 @@
 """The live viewer: a web page that follows the runtime's PUB feed while a scan runs.
 
 ``scanedge view --subscribe tcp://127.0.0.1:5556`` serves it on http://127.0.0.1:8080/. It is a SUB
-client of the runtime and knows only the wire protocol (:mod:`scanedge.runtime.protocol`); the web
+client of the runtime and knows only the wire protocol (:mod:`scanedge.runtime.wire.protocol`); the web
 stack (Starlette, uvicorn, websockets) comes with the ``viewer`` extra.
 """
 

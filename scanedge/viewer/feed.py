@@ -33,7 +33,7 @@ import zmq
 import zmq.asyncio
 
 from scanedge.errors import ProtocolError
-from scanedge.runtime.protocol import Result, decode_reply
+from scanedge.runtime.wire.protocol import Result, decode_reply
 
 __all__ = ["FeedLimits", "LiveFeed", "LiveSlice", "Watcher", "pack_slice"]
 

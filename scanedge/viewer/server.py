@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from scanedge.errors import ConfigError, RuntimeStateError
-from scanedge.runtime.endpoints import is_loopback_host, parse_endpoint
+from scanedge.runtime.wire.endpoints import is_loopback_host, parse_endpoint
 from scanedge.viewer.feed import FeedLimits, LiveFeed
 
 __all__ = ["Viewer", "ViewerConfig"]

@@ -5,13 +5,13 @@ import pytest
 
 from scanedge.bench.inprocess import RunLength, bench_engine, bench_pipeline
 from scanedge.cli.bench import main as bench_main
-from scanedge.engines import EngineOptions
+from scanedge.engines import EngineConfig
 from scanedge.errors import ConfigError
 from scanedge.imaging.slices import Slice, SliceGeometry
 
 
 def test_engine_bench_with_baseline(conv_model_path):
-    one_thread = EngineOptions(threads=1)
+    one_thread = EngineConfig(threads=1)
     r = bench_engine(conv_model_path, options=one_thread, run=RunLength(count=40, warmup=3), baseline=True)
     fig = r.figures()["infer"]
     assert fig.count == 40 and 0 < fig.min <= fig.median <= fig.max
@@ -41,7 +41,7 @@ def test_pipeline_bench_reports_every_stage_and_the_overhead_over_raw_ort(conv_m
         )
         for _ in range(3)
     ]
-    one_thread = EngineOptions(threads=1)
+    one_thread = EngineConfig(threads=1)
     run = RunLength(count=30, warmup=2)
     r = bench_pipeline(slices, conv_model_path, options=one_thread, dicom=True, run=run, baseline=True)
     figures = r.figures()

@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from scanedge.bench.soak import SoakSettings, bench_soak, process_sample
+from scanedge.bench.soak import SoakConfig, bench_soak, process_sample
 from scanedge.cli.bench import main as bench_main
 
 
 @pytest.mark.slow
 def test_two_minutes_of_overload_and_bad_input_every_message_answered_nothing_leaks():
-    report = bench_soak(SoakSettings(duration_s=120.0, consoles=3, overload=2.0, malformed=0.05, window_s=20.0))
+    report = bench_soak(SoakConfig(duration_s=120.0, consoles=3, overload=2.0, malformed=0.05, window_s=20.0))
     assert report.passed, report.failures
     assert report.replies == report.messages and report.duplicates == report.missing == 0
     assert report.anonymous > 0 and report.null_id_replies <= report.anonymous

@@ -112,7 +112,7 @@ def _gone(pid: int) -> bool:
 def _start_bench_and_wait_for_results() -> "tuple[subprocess.Popen[str], int]":
     """``edge-bench stream --spawn`` in its own process, once its runtime has answered some requests."""
     from scanedge.errors import ScanedgeError
-    from scanedge.runtime.client import Client, ClientConfig
+    from scanedge.runtime.console.client import Client, ClientConfig
     from tests.waiting import wait_until
 
     root = Path(__file__).resolve().parents[2]

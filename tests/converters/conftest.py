@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from scanedge.converters.convert import ConvertOptions, convert
+from scanedge.converters.convert import ConvertConfig, convert
 from scanedge.demo.assets import DEMO_MODEL_PATH
 
 
@@ -22,7 +22,7 @@ def converted(calibration_dir, tmp_path_factory) -> dict[str, Path]:
     return {
         p: convert(
             DEMO_MODEL_PATH,
-            ConvertOptions(precision=p, calibration=calibration_dir if p == "int8" else None, out_dir=out),
+            ConvertConfig(precision=p, calibration=calibration_dir if p == "int8" else None, out_dir=out),
         ).output
         for p in ("fp32", "fp16", "int8")
     }

@@ -9,7 +9,7 @@ from onnx import numpy_helper
 from scanedge.cli import main
 from scanedge.converters.calibration import CalibrationSlices, calibration_tensors
 from scanedge.converters.checks import check_onnx
-from scanedge.converters.convert import ConvertOptions
+from scanedge.converters.convert import ConvertConfig
 from scanedge.converters.verify import DEFAULT_MIN_DICE, Thresholds, judge, measure_agreement
 from scanedge.demo.assets import DEMO_MODEL_PATH
 from scanedge.engines import OnnxRuntimeEngine
@@ -18,7 +18,7 @@ from scanedge.imaging.dicom import slices_from_dicom
 from scanedge.imaging.files import load_slices
 from scanedge.imaging.preprocess import Preprocessor
 from scanedge.manifest import embed_manifest, graph_sha256, load_manifest
-from scanedge.runtime.pipeline import Pipeline
+from scanedge.runtime.core.pipeline import Pipeline
 from tests.conftest import conv_model, dicom_file, simple_manifest
 
 
@@ -97,7 +97,7 @@ def test_calibration_sees_exactly_what_inference_sees(calibration_dir):
 
 def test_int8_without_calibration_is_refused():
     with pytest.raises(ValueError, match="--calibration"):
-        ConvertOptions(precision="int8")
+        ConvertConfig(precision="int8")
 
 
 def test_checks_refuse_old_opsets_and_contradicting_manifests(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 
 from scanedge.cli import main
 from scanedge.converters.calibration import MIN_CALIBRATION_SLICES, CalibrationSlices
-from scanedge.converters.convert import ConvertOptions, convert
+from scanedge.converters.convert import ConvertConfig, convert
 from scanedge.demo.assets import DEMO_MODEL_PATH, demo_manifest
 from scanedge.errors import ConversionError
 from scanedge.imaging.dicom import slices_from_dicom
@@ -36,11 +36,11 @@ def test_calibration_with_nothing_in_scope_is_refused():
 
 def test_fp16_for_onnx_runtime_on_a_cpu_is_warned_about(conv_model_path, tmp_path):
     said: list[str] = []
-    convert(conv_model_path, ConvertOptions(precision="fp16", out_dir=tmp_path), say=said.append)
+    convert(conv_model_path, ConvertConfig(precision="fp16", out_dir=tmp_path), say=said.append)
     warnings = [line for line in said if line.startswith("warning:")]
     assert warnings and "fp16 on ONNX Runtime's CPU provider is usually slower than fp32" in warnings[0]
     said.clear()
-    convert(conv_model_path, ConvertOptions(precision="fp32", out_dir=tmp_path), say=said.append)
+    convert(conv_model_path, ConvertConfig(precision="fp32", out_dir=tmp_path), say=said.append)
     assert not [line for line in said if line.startswith("warning:")]
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from scanedge.cli import main
-from scanedge.converters.convert import ConvertOptions, convert
+from scanedge.converters.convert import ConvertConfig, convert
 from scanedge.demo.assets import DEMO_MODEL_PATH
-from scanedge.engines import EngineOptions, OnnxRuntimeEngine, open_engine
+from scanedge.engines import EngineConfig, OnnxRuntimeEngine, open_engine
 from scanedge.engines.cuda import GpuInfo, gpu_info
 from scanedge.engines.tensorrt import EngineKey, TensorRTEngine, check_engine_key, key_path, read_engine_key
 from scanedge.errors import DeviceUnavailableError
@@ -79,7 +79,7 @@ def test_no_gpu_is_a_clear_error_not_a_crash(tmp_path):
         engine.activate()
     assert not engine.is_active
     with pytest.raises(DeviceUnavailableError, match="no TensorRT plan"):
-        open_engine(DEMO_MODEL_PATH, EngineOptions(backend="tensorrt"))
+        open_engine(DEMO_MODEL_PATH, EngineConfig(backend="tensorrt"))
 
 
 @pytest.mark.skipif(not no_gpu(), reason="this machine has a GPU")
@@ -91,7 +91,7 @@ def test_auto_falls_back_to_onnx_runtime_when_a_plan_cannot_run_here(tmp_path):
     plan.parent.mkdir()
     plan.write_bytes(b"\0")
     key_path(plan).write_text(EngineKey.for_device(H100, "11.4.0", "fp32", manifest.onnx_sha256).to_json())
-    engine = open_engine(model, EngineOptions(backend="auto"), onnx_sha256=manifest.onnx_sha256)
+    engine = open_engine(model, EngineConfig(backend="auto"), onnx_sha256=manifest.onnx_sha256)
     assert isinstance(engine, OnnxRuntimeEngine)
 
 
@@ -114,7 +114,7 @@ def test_tensorrt_plan_matches_onnx_runtime(tmp_path, demo_series, precision):
     from scanedge.converters.verify import DEFAULT_MIN_DICE, Thresholds, judge, measure_agreement
     from scanedge.imaging.files import load_slices
 
-    result = convert(DEMO_MODEL_PATH, ConvertOptions(target="tensorrt", precision=precision, out_dir=tmp_path))
+    result = convert(DEMO_MODEL_PATH, ConvertConfig(target="tensorrt", precision=precision, out_dir=tmp_path))
     plan = result.output
     assert plan.suffix == ".engine" and key_path(plan).is_file() and sidecar_path(plan).is_file()
     assert read_engine_key(plan).precision == precision

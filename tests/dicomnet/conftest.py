@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from scanedge.dicomnet import DicomListener, ListenerConfig
-from scanedge.runtime.server import ModelSpec
+from scanedge.runtime.core.model_spec import ModelSpec
 
 DCMTK = ("echoscu", "storescu", "storescp", "dcmdump")
 needs_dcmtk = pytest.mark.skipif(

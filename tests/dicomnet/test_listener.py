@@ -18,9 +18,9 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from scanedge.demo.series import demo_series_dir
-from scanedge.runtime.payloads import arrays_from_frames
-from scanedge.runtime.pipeline import Pipeline
-from scanedge.runtime.protocol import Result, decode_reply
+from scanedge.runtime.core.pipeline import Pipeline
+from scanedge.runtime.wire.payloads import arrays_from_frames
+from scanedge.runtime.wire.protocol import Result, decode_reply
 from tests.dicomnet.conftest import free_port, needs_dcmtk, responses, storescu
 from tests.waiting import wait_until
 
@@ -303,7 +303,7 @@ def test_a_peer_sending_a_message_over_the_byte_limit_is_aborted_while_it_sends_
 
 
 def test_every_model_segments_every_image_and_each_gets_its_own_seg(listener, conv_model_path, caplog):
-    from scanedge.runtime.pipeline import default_model_path
+    from scanedge.runtime.core.pipeline import default_model_path
 
     node = listener(models=[default_model_path(), conv_model_path], series_timeout_s=0.3)
     assert "finding have no coded concepts" in caplog.text  # the test model's class: described generically

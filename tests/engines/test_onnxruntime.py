@@ -3,7 +3,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from scanedge.engines import EngineOptions, OnnxRuntimeEngine, OrtSessionLoader, open_engine
+from scanedge.engines import EngineConfig, OnnxRuntimeEngine, OrtSessionLoader, open_engine
 from scanedge.errors import EngineInputError, EngineStateError, ModelFileError, ProviderUnavailableError
 from tests.conftest import conv_model
 
@@ -31,7 +31,7 @@ def test_infer_matches_a_plain_session_and_declares_specs(conv_model_path):
 
 def test_same_shape_calls_reuse_one_output_buffer_and_stay_correct(dynamic_model):
     rng = np.random.default_rng(1)
-    with OnnxRuntimeEngine(dynamic_model, EngineOptions(warmup_runs=0)) as engine:
+    with OnnxRuntimeEngine(dynamic_model, EngineConfig(warmup_runs=0)) as engine:
         seen = []
         # alternate shapes: each shape keeps its own bound buffers, results never leak between shapes
         for shape in [(64, 64), (64, 64), (32, 48), (64, 64), (32, 48), (32, 48)]:
@@ -44,7 +44,7 @@ def test_same_shape_calls_reuse_one_output_buffer_and_stay_correct(dynamic_model
 
 
 def test_warm_up_runs_on_activate_for_static_inputs(conv_model_path):
-    engine = OnnxRuntimeEngine(conv_model_path, EngineOptions(warmup_runs=1))
+    engine = OnnxRuntimeEngine(conv_model_path, EngineConfig(warmup_runs=1))
     engine.activate()
     assert engine._bound  # the warm-up ran and bound this shape's buffers
     engine.deactivate()
@@ -52,7 +52,7 @@ def test_warm_up_runs_on_activate_for_static_inputs(conv_model_path):
 
 def test_missing_provider_is_refused_not_silently_replaced(conv_model_path):
     assert "CUDAExecutionProvider" not in ort.get_available_providers()
-    options = EngineOptions(providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
+    options = EngineConfig(providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
     engine = OnnxRuntimeEngine(conv_model_path, options)
     with pytest.raises(ProviderUnavailableError, match="CUDAExecutionProvider"):
         engine.activate()
@@ -91,16 +91,16 @@ def test_a_file_that_is_not_onnx_fails_to_activate_with_a_model_file_error(tmp_p
 
 
 def test_thread_count_and_describe(conv_model_path):
-    with open_engine(conv_model_path, EngineOptions(backend="ort", threads=1)) as engine:
+    with open_engine(conv_model_path, EngineConfig(backend="ort", threads=1)) as engine:
         info = engine.describe()
         assert info["backend"] == "ort" and info["threads"] == 1 and info["providers"] == ["CPUExecutionProvider"]
         assert engine.backend == "ort"
 
 
 def test_the_engine_runs_the_session_its_loader_makes(conv_model_path):
-    loader = OrtSessionLoader(conv_model_path, EngineOptions(threads=1, warmup_runs=0))
+    loader = OrtSessionLoader(conv_model_path, EngineConfig(threads=1, warmup_runs=0))
     with OnnxRuntimeEngine(loader) as engine:
         assert engine.loader is loader and engine.options is loader.options
         assert engine.session.get_session_options().intra_op_num_threads == 1
     with pytest.raises(TypeError, match="OrtSessionLoader"):
-        OnnxRuntimeEngine(loader, EngineOptions())
+        OnnxRuntimeEngine(loader, EngineConfig())

@@ -4,14 +4,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from scanedge.engines import EngineOptions, OrtSessionLoader
+from scanedge.engines import EngineConfig, OrtSessionLoader
 from scanedge.errors import EngineError, ModelFileError, ProviderUnavailableError
-from scanedge.runtime.pipeline import Pipeline
+from scanedge.runtime.core.pipeline import Pipeline
 from tests.conftest import simple_manifest
 
 
 def test_the_session_gets_the_options_settings(conv_model_path):
-    options = EngineOptions(
+    options = EngineConfig(
         threads=1, spinning=False, optimization="basic", session_config={"session.use_env_allocators": "1"}
     )
     session = OrtSessionLoader(conv_model_path, options)()
@@ -25,7 +25,7 @@ def test_the_session_gets_the_options_settings(conv_model_path):
 
 def test_loading_from_bytes_and_writing_the_optimized_graph(conv_model_path, tmp_path):
     out = tmp_path / "optimized.onnx"
-    options = EngineOptions(optimization="extended")
+    options = EngineConfig(optimization="extended")
     loader = OrtSessionLoader(conv_model_path.read_bytes(), options, optimized_model_path=out)
     assert loader.name == "<bytes>"
     assert loader().get_inputs()[0].name == "image"
@@ -76,7 +76,7 @@ def test_a_readable_graph_that_onnx_runtime_refuses_is_an_engine_error_not_a_fil
 
 
 def test_a_provider_missing_from_this_build_is_refused_before_loading(conv_model_path):
-    options = EngineOptions(providers=(("CUDAExecutionProvider", {"device_id": "0"}), "CPUExecutionProvider"))
+    options = EngineConfig(providers=(("CUDAExecutionProvider", {"device_id": "0"}), "CPUExecutionProvider"))
     with pytest.raises(ProviderUnavailableError, match="CUDAExecutionProvider"):
         OrtSessionLoader(conv_model_path, options)()
 
@@ -86,7 +86,7 @@ def test_a_truncated_model_opened_with_its_manifest_is_a_model_file_error_not_a_
     truncated = tmp_path / "cut.onnx"
     truncated.write_bytes(data[: len(data) - 100])
     with pytest.raises(ModelFileError, match=r"cut\.onnx"):
-        Pipeline.open(truncated, manifest=simple_manifest(), options=EngineOptions(backend="ort"))
+        Pipeline.open(truncated, manifest=simple_manifest(), options=EngineConfig(backend="ort"))
 
 
 def test_programmer_errors_stay_outside_the_tree(conv_model_path):

@@ -1,4 +1,4 @@
-"""RemoteOptions and the command line's --remote: what a user may type, and the clear refusal of what cannot
+"""RemoteConfig and the command line's --remote: what a user may type, and the clear refusal of what cannot
 work (no server needed; the engine against a live server is tested in tests/remote)."""
 
 from __future__ import annotations
@@ -10,22 +10,22 @@ import pytest
 
 from scanedge.cli import build_parser
 from scanedge.cli.arguments import engine_options
-from scanedge.engines import EngineOptions, RemoteOptions, open_engine
+from scanedge.engines import EngineConfig, RemoteConfig, open_engine
 from scanedge.engines.remote import RemoteEngine
 from scanedge.errors import ConfigError
 
 
 def test_the_url_gives_address_model_and_version():
-    opts = RemoteOptions("grpc://127.0.0.1:8001/lesions/3")
+    opts = RemoteConfig("grpc://127.0.0.1:8001/lesions/3")
     assert (opts.host, opts.port, opts.model, opts.version, opts.tls) == ("127.0.0.1", 8001, "lesions", "3", False)
     assert opts.address == "127.0.0.1:8001" and opts.target() == "grpc://127.0.0.1:8001/lesions/3"
-    bare = RemoteOptions("grpc://localhost:8001")
+    bare = RemoteConfig("grpc://localhost:8001")
     assert (bare.model, bare.version) == (None, None) and bare.target(
         "from-manifest"
     ) == "grpc://localhost:8001/from-manifest"
-    ipv6 = RemoteOptions("grpc://[::1]:8001/m")
+    ipv6 = RemoteConfig("grpc://[::1]:8001/m")
     assert ipv6.address == "[::1]:8001"
-    assert RemoteOptions("grpc://127.0.0.1:8001", model="m", version="2").target() == "grpc://127.0.0.1:8001/m/2"
+    assert RemoteConfig("grpc://127.0.0.1:8001", model="m", version="2").target() == "grpc://127.0.0.1:8001/m/2"
 
 
 @pytest.mark.parametrize(
@@ -46,22 +46,22 @@ def test_the_url_gives_address_model_and_version():
 )
 def test_urls_that_cannot_work_are_config_errors(url, why):
     with pytest.raises(ConfigError, match=why):
-        RemoteOptions(url)
+        RemoteConfig(url)
 
 
 def test_plain_grpc_beyond_loopback_is_refused_unless_insecure_and_tls_is_not():
     with pytest.raises(ConfigError, match="unencrypted"):
-        RemoteOptions("grpc://10.1.2.3:8001/m")
-    assert RemoteOptions("grpc://10.1.2.3:8001/m", insecure=True).tls is False
-    secure = RemoteOptions("grpcs://inference.example:8001/m", tls_ca=Path("ca.pem"))
+        RemoteConfig("grpc://10.1.2.3:8001/m")
+    assert RemoteConfig("grpc://10.1.2.3:8001/m", insecure=True).tls is False
+    secure = RemoteConfig("grpcs://inference.example:8001/m", tls_ca=Path("ca.pem"))
     assert secure.tls and secure.target() == "grpcs://inference.example:8001/m"
 
 
 def test_tls_files_need_tls_and_a_client_certificate_needs_its_key():
     with pytest.raises(ConfigError, match="plain gRPC"):
-        RemoteOptions("grpc://127.0.0.1:8001/m", tls_ca=Path("ca.pem"))
+        RemoteConfig("grpc://127.0.0.1:8001/m", tls_ca=Path("ca.pem"))
     with pytest.raises(ConfigError, match="go together"):
-        RemoteOptions("grpcs://127.0.0.1:8001/m", tls_cert=Path("client.pem"))
+        RemoteConfig("grpcs://127.0.0.1:8001/m", tls_cert=Path("client.pem"))
 
 
 def test_limits_and_types():
@@ -73,27 +73,27 @@ def test_limits_and_types():
         {"health_interval_s": 0},
     ):
         with pytest.raises(ConfigError):
-            RemoteOptions("grpc://127.0.0.1:8001/m", **bad)
+            RemoteConfig("grpc://127.0.0.1:8001/m", **bad)
     for bad in ({"timeout_s": "1"}, {"retries": 1.5}, {"insecure": 1}):
         with pytest.raises(TypeError):
-            RemoteOptions("grpc://127.0.0.1:8001/m", **bad)
+            RemoteConfig("grpc://127.0.0.1:8001/m", **bad)
     with pytest.raises(ConfigError, match="in the URL"):
-        RemoteOptions("grpc://127.0.0.1:8001/m", model="other")
+        RemoteConfig("grpc://127.0.0.1:8001/m", model="other")
 
 
 def test_engine_options_carry_the_remote_and_stay_frozen_and_hashable():
-    remote = RemoteOptions("grpc://127.0.0.1:8001/m")
-    options = EngineOptions(backend="remote", remote=remote)
+    remote = RemoteConfig("grpc://127.0.0.1:8001/m")
+    options = EngineConfig(backend="remote", remote=remote)
     assert hash(options) == hash(dataclasses.replace(options)) and options.remote is remote
     with pytest.raises(ConfigError, match="--remote"):
-        EngineOptions(backend="remote")
+        EngineConfig(backend="remote")
     with pytest.raises(TypeError):
-        EngineOptions(backend="remote", remote="grpc://127.0.0.1:8001/m")  # type: ignore[arg-type]
-    assert EngineOptions(backend="ort", remote=remote).backend == "ort"  # other backends ignore it
+        EngineConfig(backend="remote", remote="grpc://127.0.0.1:8001/m")  # type: ignore[arg-type]
+    assert EngineConfig(backend="ort", remote=remote).backend == "ort"  # other backends ignore it
 
 
 def test_open_engine_routes_remote_without_reading_the_model_file():
-    options = EngineOptions(backend="remote", remote=RemoteOptions("grpc://127.0.0.1:8001"))
+    options = EngineConfig(backend="remote", remote=RemoteConfig("grpc://127.0.0.1:8001"))
     engine = open_engine("no/such/file.onnx", options, name="lesions")
     assert isinstance(engine, RemoteEngine) and not engine.is_active
     assert engine.name == "grpc://127.0.0.1:8001/lesions" and engine.health().status == "inactive"

@@ -25,16 +25,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 SERVE_AND_SEGMENT = """
 import numpy as np
-from scanedge.engines import EngineOptions, OrtSessionLoader
-from scanedge.runtime.pipeline import Pipeline, default_model_path
-from scanedge.runtime.server import Server, ServerConfig
+from scanedge.engines import EngineConfig, OrtSessionLoader
+from scanedge.runtime.core.pipeline import Pipeline, default_model_path
+from scanedge.runtime.serving.server import Server, ServerConfig
 
 config = ServerConfig(bind="tcp://127.0.0.1:*")
 server = Server(config=config).start()  # what `scanedge serve` runs: models loaded, sockets bound
 server.stop()
 with Pipeline.open(options=config.engine) as pipe:  # a worker's pipeline, segmenting a slice
     pipe.run(np.zeros((128, 128), np.int16))
-OrtSessionLoader(default_model_path(), EngineOptions(optimization="basic"))()
+OrtSessionLoader(default_model_path(), EngineConfig(optimization="basic"))()
 import onnxruntime  # whoever imports it later in the process gets the same opt-out
 print("done")
 """

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scanedge.engines import EngineOptions, OrtSessionLoader, open_engine, parse_threads
+from scanedge.engines import EngineConfig, OrtSessionLoader, open_engine, parse_threads
 from scanedge.engines.thread_probe import THREADS_TOLERANCE, candidates, pick, usable_cores
 from scanedge.manifest import embed_manifest
 from tests.conftest import conv_model, simple_manifest
@@ -35,13 +35,13 @@ def test_parse_threads():
     for bad in ("0", "-1", "many"):
         with pytest.raises(ValueError):
             parse_threads(bad)
-    assert EngineOptions(threads="auto").threads == "auto"
+    assert EngineConfig(threads="auto").threads == "auto"
     with pytest.raises(TypeError):
-        EngineOptions(threads="some")  # type: ignore[arg-type]
+        EngineConfig(threads="some")  # type: ignore[arg-type]
 
 
 def test_the_probe_picks_a_measured_count_runs_with_it_and_is_remembered(conv_model_path):
-    loader = OrtSessionLoader(conv_model_path, EngineOptions(threads="auto", warmup_runs=0))
+    loader = OrtSessionLoader(conv_model_path, EngineConfig(threads="auto", warmup_runs=0))
     session = loader()
     choice = loader.thread_choice
     assert choice is not None and choice.threads in candidates(usable_cores())
@@ -50,23 +50,23 @@ def test_the_probe_picks_a_measured_count_runs_with_it_and_is_remembered(conv_mo
         assert choice.threads == pick(choice.probe_ms)
     x = np.zeros((1, 1, 256, 256), np.float32)
     assert session.run(None, {"image": x})[0].shape == (1, 2, 256, 256)
-    again = OrtSessionLoader(conv_model_path, EngineOptions(threads="auto", warmup_runs=5))
+    again = OrtSessionLoader(conv_model_path, EngineConfig(threads="auto", warmup_runs=5))
     again()
     assert again.thread_choice is choice  # the same model and settings: measured once per process
 
 
 def test_the_engine_reports_the_choice(conv_model_path):
-    with open_engine(conv_model_path, EngineOptions(backend="ort", threads="auto")) as engine:
+    with open_engine(conv_model_path, EngineConfig(backend="ort", threads="auto")) as engine:
         info = engine.describe()
     assert isinstance(info["threads"], int) and info["threads_auto"]["threads"] == info["threads"]
-    with open_engine(conv_model_path, EngineOptions(backend="ort", threads=1)) as engine:
+    with open_engine(conv_model_path, EngineConfig(backend="ort", threads=1)) as engine:
         assert engine.describe()["threads"] == 1 and "threads_auto" not in engine.describe()
 
 
 def test_a_model_without_a_fixed_input_shape_gets_one_thread_per_core(tmp_path: Path):
     path = tmp_path / "dynamic.onnx"
     embed_manifest(conv_model(height="h", width="w"), simple_manifest(), path)
-    loader = OrtSessionLoader(path, EngineOptions(threads="auto"))
+    loader = OrtSessionLoader(path, EngineConfig(threads="auto"))
     loader()
     assert loader.thread_choice is not None
     if usable_cores() > 1:
@@ -74,10 +74,10 @@ def test_a_model_without_a_fixed_input_shape_gets_one_thread_per_core(tmp_path: 
 
 
 def test_pong_states_the_threads_chosen(conv_model_path):
-    from scanedge.runtime.client import Client
+    from scanedge.runtime.console.client import Client
     from tests.runtime.conftest import running_server
 
-    with running_server([conv_model_path], engine=EngineOptions(threads="auto", spinning=False)) as srv:
+    with running_server([conv_model_path], engine=EngineConfig(threads="auto", spinning=False)) as srv:
         with Client(srv.endpoint) as client:
             model = client.ping().models[0]
     assert isinstance(model.threads, int)

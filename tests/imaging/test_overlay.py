@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from scanedge.imaging.encode import encode_image
-from scanedge.imaging.overlay import OverlayOptions, OverlayRenderer, display_image
+from scanedge.imaging.overlay import OverlayConfig, OverlayRenderer, display_image
 from scanedge.imaging.slices import Slice
 from scanedge.manifest import ClassSpec
 from tests.conftest import simple_manifest
@@ -36,7 +36,7 @@ def test_overlay_blends_class_colour_only_where_the_mask_is():
     px = np.full((32, 32), 100, np.uint8)
     mask = np.zeros((32, 32), np.uint8)
     mask[8:16, 8:16] = 1
-    r = OverlayRenderer(simple_manifest(), OverlayOptions(alpha=0.5))
+    r = OverlayRenderer(simple_manifest(), OverlayConfig(alpha=0.5))
     img = r.render(Slice.from_array(px), mask)
     assert img.shape == (32, 32, 3) and img.dtype == np.uint8
     np.testing.assert_array_equal(img[0, 0], [100, 100, 100])
@@ -46,7 +46,7 @@ def test_overlay_blends_class_colour_only_where_the_mask_is():
 def test_each_class_gets_its_own_colour():
     m = simple_manifest(classes=(ClassSpec("bg", (0, 0, 0)), ClassSpec("a", (0, 255, 0)), ClassSpec("b", (0, 0, 255))))
     mask = np.array([[0, 1, 2]], np.uint8)
-    options = OverlayOptions(alpha=1.0, contours=False)
+    options = OverlayConfig(alpha=1.0, contours=False)
     img = OverlayRenderer(m, options).render(Slice.from_array(np.zeros((1, 3), np.uint8)), mask)
     np.testing.assert_array_equal(img[0], [[0, 0, 0], [0, 255, 0], [0, 0, 255]])
 
@@ -54,7 +54,7 @@ def test_each_class_gets_its_own_colour():
 def test_contours_outline_findings_without_fill():
     mask = np.zeros((32, 32), np.uint8)
     mask[8:24, 8:24] = 1
-    img = OverlayRenderer(simple_manifest(), OverlayOptions(fill=False, halo=False)).render(
+    img = OverlayRenderer(simple_manifest(), OverlayConfig(fill=False, halo=False)).render(
         Slice.from_array(np.zeros((32, 32), np.uint8)), mask
     )
     assert tuple(img[8, 15]) == (255, 0, 0)  # on the outline
@@ -65,7 +65,7 @@ def test_heatmap_tints_only_probable_pixels_and_carries_its_colour_bar():
     probs = np.zeros((2, 32, 32), np.float32)
     probs[1, :16] = 0.9
     probs[0] = 1 - probs[1]
-    renderer = OverlayRenderer(simple_manifest(), OverlayOptions(heatmap=True))
+    renderer = OverlayRenderer(simple_manifest(), OverlayConfig(heatmap=True))
     black = Slice.from_array(np.zeros((128, 128), np.uint8))
     img = renderer.render(black, np.zeros((128, 128), np.uint8), probs)
     # where the colour bar and its labels are drawn comes from the font renderer: find it, never assume it
@@ -113,7 +113,7 @@ def test_heatmap_and_mask_renderings_differ_where_the_finding_is():
     mask = (probs[1] >= 0.5).astype(np.uint8)
     r = OverlayRenderer(simple_manifest())
     s = Slice.from_array(np.full((32, 32), 100, np.uint8))
-    plain, heat = r.render(s, mask, probs), r.render(s, mask, probs, OverlayOptions(heatmap=True))
+    plain, heat = r.render(s, mask, probs), r.render(s, mask, probs, OverlayConfig(heatmap=True))
     inside_plain, inside_heat = plain[12:20, 12:20].reshape(-1, 3), heat[12:20, 12:20].reshape(-1, 3)
     assert len({tuple(p) for p in inside_plain}) == 1  # one fill colour
     assert len({tuple(p) for p in inside_heat}) > 4  # a gradient of probabilities
@@ -140,7 +140,7 @@ def test_encoding_round_trips(fmt):
 
 def test_invalid_overlay_options_are_refused():
     with pytest.raises(ValueError, match="alpha"):
-        OverlayOptions(alpha=1.5)
+        OverlayConfig(alpha=1.5)
 
 
 def test_jpeg_files_keep_outlines_legible():
@@ -150,7 +150,7 @@ def test_jpeg_files_keep_outlines_legible():
     px = np.full((64, 64), 120, np.uint8)
     mask = np.zeros((64, 64), np.uint8)
     mask[20:40, 20:40] = 1
-    img = OverlayRenderer(simple_manifest(), OverlayOptions(contour_thickness=2)).render(Slice.from_array(px), mask)
+    img = OverlayRenderer(simple_manifest(), OverlayConfig(contour_thickness=2)).render(Slice.from_array(px), mask)
     back = cv2.cvtColor(cv2.imdecode(np.frombuffer(encode_image(img, "jpeg"), np.uint8), 1), cv2.COLOR_BGR2RGB)
     edge = back[20, 24:36].astype(int)  # the outline along the finding's top edge
     assert (edge[:, 0] > 200).all() and (edge[:, 1:] < 80).all(), edge

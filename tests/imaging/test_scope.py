@@ -12,7 +12,7 @@ from scanedge.imaging.dicom import slices_from_dicom
 from scanedge.imaging.scope import check_scope, require_scope
 from scanedge.imaging.slices import Slice, SliceAcquisition, SliceGeometry, SliceIdentity
 from scanedge.manifest import AppliesTo, Manifest
-from scanedge.runtime.pipeline import Pipeline
+from scanedge.runtime.core.pipeline import Pipeline
 from tests.conftest import dicom_file, simple_manifest
 from tests.imaging.dicom.test_hostile import saved
 

@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
 
-from scanedge.engines import EngineOptions
+from scanedge.engines import EngineConfig
 from scanedge.imaging.files import load_slices
 from scanedge.imaging.postprocess import ClassFindings
 from scanedge.imaging.series import slice_spacing
 from scanedge.imaging.series_summary import LatencyPercentiles, summarize_series
 from scanedge.imaging.slices import Slice, SliceGeometry, SliceIdentity
-from scanedge.runtime.pipeline import Pipeline
+from scanedge.runtime.core.pipeline import Pipeline
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
@@ -106,7 +106,7 @@ def test_latency_percentiles():
 
 def test_the_demo_series_summary_adds_up_the_pipelines_findings(demo_series):
     slices = [item.slice for item in load_slices([demo_series])]
-    with Pipeline.open(options=EngineOptions(threads=1)) as pipe:
+    with Pipeline.open(options=EngineConfig(threads=1)) as pipe:
         results = list(pipe.run_series(slices, overlay=False))
     (s,) = summarize_series(slices, [r.findings for r in results], [r.timings.total_ms for r in results])
     lesion = s.load("lesion")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scanedge.engines import EngineOptions, OnnxRuntimeEngine, RemoteOptions, open_engine
+from scanedge.engines import EngineConfig, OnnxRuntimeEngine, RemoteConfig, open_engine
 from scanedge.engines.remote import RemoteEngine
 from scanedge.errors import (
     ConfigError,
@@ -27,21 +27,21 @@ from scanedge.errors import (
     RemoteUnavailableError,
 )
 from scanedge.manifest import OutputSpec, load_manifest
-from scanedge.runtime.pipeline import Pipeline
+from scanedge.runtime.core.pipeline import Pipeline
 from tests.conftest import simple_manifest
 from tests.remote.conftest import DEMO_NAME
 from tests.remote.mlserver import MLServer, free_port
 
 
-def remote(url: str, **changes) -> EngineOptions:
-    return EngineOptions(backend="remote", remote=RemoteOptions(url, **changes), warmup_runs=0)
+def remote(url: str, **changes) -> EngineConfig:
+    return EngineConfig(backend="remote", remote=RemoteConfig(url, **changes), warmup_runs=0)
 
 
 def test_the_remote_engine_segments_exactly_as_the_local_engine(mlserver: MLServer, demo_series: Path):
     files = sorted(demo_series.glob("*.dcm"))[8:20]  # slices with and without lesions
     with (
         Pipeline.open(options=remote(mlserver.url)) as far,
-        Pipeline.open(options=EngineOptions(backend="ort", threads=1)) as near,
+        Pipeline.open(options=EngineConfig(backend="ort", threads=1)) as near,
     ):
         assert far.engine.backend == "remote" and far.engine.name == f"{mlserver.url}/{DEMO_NAME}"
         lesions = 0
@@ -57,7 +57,7 @@ def test_the_remote_engine_segments_exactly_as_the_local_engine(mlserver: MLServ
 def test_tensor_specs_come_from_the_servers_metadata(mlserver: MLServer):
     with (
         open_engine("unused.onnx", remote(mlserver.url), name=DEMO_NAME) as far,
-        OnnxRuntimeEngine(load_manifest_path(), EngineOptions(threads=1)) as near,
+        OnnxRuntimeEngine(load_manifest_path(), EngineConfig(threads=1)) as near,
     ):
         assert far.input_specs == near.input_specs and far.output_specs == near.output_specs
         info = far.describe()

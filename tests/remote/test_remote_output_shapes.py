@@ -19,11 +19,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from scanedge.demo.assets import DEMO_MODEL_PATH
-from scanedge.engines import EngineOptions, RemoteOptions, open_engine
+from scanedge.engines import EngineConfig, RemoteConfig, open_engine
 from scanedge.errors import ManifestMismatchError, RemoteEngineError, ScanedgeError
 from scanedge.manifest import load_manifest
-from scanedge.runtime.client import Client, ClientConfig
-from scanedge.runtime.pipeline import Pipeline
+from scanedge.runtime.console.client import Client, ClientConfig
+from scanedge.runtime.core.pipeline import Pipeline
 from tests.remote.conftest import exported_repo
 from tests.remote.mlserver import MLServer
 from tests.runtime.conftest import running_server
@@ -98,8 +98,8 @@ def shapes_server(mlserver_executable: Path, tmp_path_factory: pytest.TempPathFa
         server.stop()
 
 
-def remote(url: str) -> EngineOptions:
-    return EngineOptions(backend="remote", remote=RemoteOptions(url, retries=0), warmup_runs=0)
+def remote(url: str) -> EngineConfig:
+    return EngineConfig(backend="remote", remote=RemoteConfig(url, retries=0), warmup_runs=0)
 
 
 @pytest.fixture(scope="module")

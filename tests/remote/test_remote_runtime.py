@@ -8,19 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scanedge.engines import EngineOptions, RemoteOptions
+from scanedge.engines import EngineConfig, RemoteConfig
 from scanedge.errors import RemoteModelError, RemoteUnavailableError
-from scanedge.runtime.client import Client, ClientConfig
-from scanedge.runtime.pipeline import Pipeline
+from scanedge.runtime.console.client import Client, ClientConfig
+from scanedge.runtime.core.pipeline import Pipeline
 from tests.remote.conftest import DEMO_NAME
 from tests.remote.mlserver import MLServer
 from tests.runtime.conftest import running_server
 from tests.waiting import wait_until
 
 
-def remote_engine(url: str) -> EngineOptions:
-    remote = RemoteOptions(url, retries=1, retry_backoff_s=0.01, timeout_s=10.0, health_interval_s=0.1)
-    return EngineOptions(backend="remote", remote=remote, spinning=False, warmup_runs=1)
+def remote_engine(url: str) -> EngineConfig:
+    remote = RemoteConfig(url, retries=1, retry_backoff_s=0.01, timeout_s=10.0, health_interval_s=0.1)
+    return EngineConfig(backend="remote", remote=remote, spinning=False, warmup_runs=1)
 
 
 def health(client: Client):
@@ -34,7 +34,7 @@ def slice_bytes(demo_series: Path) -> bytes:
 
 @pytest.fixture
 def local_mask(slice_bytes: bytes) -> np.ndarray:
-    with Pipeline.open(options=EngineOptions(backend="ort", threads=1)) as pipe:
+    with Pipeline.open(options=EngineConfig(backend="ort", threads=1)) as pipe:
         return pipe.run(slice_bytes).mask
 
 

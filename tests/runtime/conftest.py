@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 import zmq
 
-from scanedge.engines import EngineOptions, OnnxRuntimeEngine
+from scanedge.engines import EngineConfig, OnnxRuntimeEngine
 from scanedge.manifest import Manifest
-from scanedge.runtime.client import Client
-from scanedge.runtime.keep_warm import KeepWarmConfig
-from scanedge.runtime.pipeline import Pipeline, PipelineConfig
-from scanedge.runtime.server import ModelSpec, Server, ServerConfig
+from scanedge.runtime.console.client import Client
+from scanedge.runtime.core.model_spec import ModelSpec
+from scanedge.runtime.core.pipeline import Pipeline, PipelineConfig
+from scanedge.runtime.serving.keep_warm import KeepWarmConfig
+from scanedge.runtime.serving.server import Server, ServerConfig
 
 
 class SlowEngine(OnnxRuntimeEngine):
@@ -70,7 +71,7 @@ class GatedEngine(OnnxRuntimeEngine):
 
 def _factory(engine_class: type[OnnxRuntimeEngine], **attributes: Any):
     def make(spec: ModelSpec, manifest: Manifest, config: PipelineConfig) -> Pipeline:
-        engine = engine_class(spec.path, EngineOptions(threads=1, warmup_runs=0))
+        engine = engine_class(spec.path, EngineConfig(threads=1, warmup_runs=0))
         pipe = Pipeline(engine, manifest, config, owns_engine=True)
         for name, value in attributes.items():
             setattr(engine, name, value)  # armed only after activation: warm-up is not held up
@@ -90,7 +91,7 @@ def gated_factory(gate: Gate):
 def local_config(**changes: Any) -> ServerConfig:
     base = {
         "bind": "tcp://127.0.0.1:*",
-        "engine": EngineOptions(threads=1, spinning=False),
+        "engine": EngineConfig(threads=1, spinning=False),
         "sweep_interval_s": 0.02,
         "linger_ms": 200,
         # keep-warm passes are inferences too: off, so a gate counts only the slices a test sends

@@ -19,7 +19,8 @@ from scanedge.errors import InvalidSliceError
 from scanedge.imaging.overlay import OverlayRenderer
 from scanedge.imaging.postprocess import Postprocessor
 from scanedge.imaging.preprocess import Preprocessor
-from scanedge.runtime import payloads, workers
+from scanedge.runtime.serving import workers
+from scanedge.runtime.wire import payloads
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "overlay", "encode", "reply")
 KINDS = ("typed", "bug", "death", "hang")

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("starlette", reason="the live viewer needs the 'viewer' extra")
 
-from scanedge.runtime.server import Server
+from scanedge.runtime.serving.server import Server
 from scanedge.viewer import Viewer, ViewerConfig
 from tests.runtime.conftest import running_server
 

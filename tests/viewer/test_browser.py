@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from scanedge.runtime.replay import Replay, ReplaySettings, read_series
+from scanedge.runtime.console.replay import Replay, ReplayConfig, read_series
 from tests.viewer.conftest import CHROMIUM
 from tests.waiting import wait_until
 
@@ -55,7 +55,7 @@ def viewer_state(viewer) -> dict:
 def replay_in_background(runtime, demo_dir, stop_after: int | None = None):
     """The demo series at 10 slices/s from another thread; with ``stop_after``, the scan stops once that
     many slices are answered."""
-    replay = Replay(read_series([demo_dir]), ReplaySettings(endpoint=runtime.endpoint, rate=10.0))
+    replay = Replay(read_series([demo_dir]), ReplayConfig(endpoint=runtime.endpoint, rate=10.0))
     stop = threading.Event()
     reports: list = []
 
@@ -139,7 +139,7 @@ def test_overlay_toggles_change_what_is_drawn(runtime, viewer, demo_dir, browser
     page.wait_for_selector("#connection[data-state=live]", timeout=60_000)
     series = read_series([demo_dir])
     lesion_slice = next(i for i in series[0].slices if i.slice.identity.instance_number == 20)
-    from scanedge.runtime.client import Client
+    from scanedge.runtime.console.client import Client
 
     with Client(runtime.endpoint) as client:
         client.segment(lesion_slice.slice, series="toggles", outputs=("mask", "image"))

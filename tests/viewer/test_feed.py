@@ -11,8 +11,8 @@ import pytest
 from websockets.sync.client import connect
 
 from scanedge.errors import ConfigError
-from scanedge.runtime.protocol import FrameInfo, Result, Timings, encode
-from scanedge.runtime.replay import Replay, ReplaySettings, read_series
+from scanedge.runtime.console.replay import Replay, ReplayConfig, read_series
+from scanedge.runtime.wire.protocol import FrameInfo, Result, Timings, encode
 from scanedge.viewer import LiveFeed, Viewer, ViewerConfig
 from tests.waiting import wait_until
 
@@ -66,7 +66,7 @@ class Page:
 
 def replay(runtime, demo_dir, rate: float = 50.0):
     series = read_series([demo_dir])
-    return Replay(series, ReplaySettings(endpoint=runtime.endpoint, rate=rate))
+    return Replay(series, ReplayConfig(endpoint=runtime.endpoint, rate=rate))
 
 
 def test_a_page_gets_every_slice_described_and_the_newest_pixels(runtime, viewer, demo_dir):
@@ -194,7 +194,7 @@ def test_several_scanners_are_followed_and_a_page_chooses_one(runtime, viewer, d
 
         painter = threading.Thread(target=paint, daemon=True)
         painter.start()
-        reports = Replay(series, ReplaySettings(endpoint=runtime.endpoint, rate=50.0, outputs=("mask", "image"))).run()
+        reports = Replay(series, ReplayConfig(endpoint=runtime.endpoint, rate=50.0, outputs=("mask", "image"))).run()
         wait_until(lambda: len(page.described()) >= sum(r.ok for r in reports), what="every slice described")
         wait_until(lambda: len(painter_seen) >= 2, what="slices painted")
         stop.set()

@@ -1,0 +1,329 @@
+"""Replaying series at a scanner's pace: a console without the scanner.
+
+A console sends each slice as it is reconstructed, in acquisition order, at the scanner's pace, one
+connection per scanner. :class:`Replay` does the same with series read from disk: each series is
+ordered as acquired (position along the slice normal, then instance number, whatever the files are
+called), streamed at ``rate`` slices per second over the protocol, several series interleaved on their
+own connections as several scanners would, optionally again and again (``loop``; a slice sent again
+replaces its earlier result in the runtime's series load). Every reply becomes a :class:`SliceEvent`
+handed to the caller on the caller's thread; the run ends with one :class:`SeriesReport` per series.
+
+Latency is measured from each slice's *intended* send time, so a stall that delays later sends shows
+in their latency instead of vanishing (coordinated omission).
+"""
+
+from __future__ import annotations
+
+import heapq
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from scanedge._moved import forward_names
+from scanedge.errors import ConfigError, ScanedgeError, SupersededError
+from scanedge.imaging.files import LoadedSlice
+from scanedge.imaging.lesion_load import LesionLoad
+from scanedge.imaging.series_summary import LatencyPercentiles
+from scanedge.imaging.slices import Slice
+from scanedge.runtime.console.client import Client, ClientConfig, RemoteResult
+
+__all__ = [
+    "Replay",
+    "ReplayConfig",
+    "ReplaySeries",
+    "SeriesReport",
+    "SliceEvent",
+    "group_series",
+    "read_series",
+    "rename_repeats",
+]
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """How a replay sends.
+
+    Attributes:
+        endpoint: the runtime's ROUTER, e.g. ``tcp://127.0.0.1:5555``.
+        rate: slices per second per series (a scanner reconstructs about 10).
+        loop: start each series again when it ends, until stopped (or ``max_loops``).
+        jitter_ms: each send moves by a uniform random amount within +-jitter (seeded by ``seed``).
+        outputs: reply frames asked for; ``image`` lets a viewer on the PUB feed draw the overlay itself.
+        dicom: send each file's DICOM bytes instead of raw pixels with their geometry.
+        deadline_ms: per-slice deadline in the runtime's queue (None: none).
+        timeout_s: how long one reply may take before it counts as failed.
+        max_loops: with ``loop``, stop after this many passes (None: until stopped).
+    """
+
+    endpoint: str
+    rate: float = 10.0
+    loop: bool = False
+    jitter_ms: float = 0.0
+    seed: int = 0
+    outputs: tuple[str, ...] = ("mask", "image")
+    dicom: bool = False
+    deadline_ms: float | None = None
+    timeout_s: float = 30.0
+    max_loops: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.rate <= 10_000:
+            raise ConfigError(f"rate must be within (0, 10000] slices/s, got {self.rate:g}")
+        if not 0 <= self.jitter_ms <= 60_000:
+            raise ConfigError(f"jitter must be within [0, 60000] ms, got {self.jitter_ms:g}")
+        if self.max_loops is not None and self.max_loops < 1:
+            raise ConfigError("max_loops must be at least 1")
+
+
+@dataclass(frozen=True, eq=False)
+class ReplaySeries:
+    """One series to replay (one scanner's connection).
+
+    Attributes:
+        uid: the Series Instance UID sent with each slice; a repeat of a series has ``.2``, ``.3``...
+            appended (see :func:`rename_repeats`) so the runtime keeps its lesion load apart.
+        slices: the slices in acquisition order, each with the file it was read from.
+    """
+
+    uid: str
+    slices: tuple[LoadedSlice, ...]
+
+
+def group_series(loaded: Sequence[LoadedSlice]) -> list[ReplaySeries]:
+    """Slices (as :func:`~scanedge.imaging.files.load_slices` orders them) grouped into series.
+
+    A series UID met again in a later group (the same folder given twice, say, to play two scanners)
+    is sent as ``UID.2``, ``UID.3``... so the runtime keeps them apart.
+    """
+    groups: dict[str, list[LoadedSlice]] = {}
+    for item in loaded:
+        groups.setdefault(item.slice.identity.series_uid, []).append(item)
+    return [ReplaySeries(uid, tuple(items)) for uid, items in groups.items()]
+
+
+def rename_repeats(series: Sequence[ReplaySeries]) -> list[ReplaySeries]:
+    """Series given more than once get ``.2``, ``.3``... appended to their UID (one scanner each)."""
+    seen: dict[str, int] = {}
+    out = []
+    for s in series:
+        seen[s.uid] = seen.get(s.uid, 0) + 1
+        out.append(s if seen[s.uid] == 1 else ReplaySeries(f"{s.uid}.{seen[s.uid]}", s.slices))
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class SliceEvent:
+    """One reply (or failure) during a replay; exactly one of ``result`` and ``error`` is set."""
+
+    series: int  # index into the replay's series
+    uid: str  # the series' UID as sent (see ReplaySeries.uid)
+    position: int  # 0-based place of the slice in its series
+    count: int  # slices in the series
+    loop: int  # 0 for the first pass
+    slice: Slice  # the slice that was sent, as read from its file
+    latency_ms: float  # from the intended send time to the reply
+    result: RemoteResult | None  # the runtime's RESULT; None when the slice failed
+    error: ScanedgeError | None  # why the slice failed (the runtime's error reply, a timeout...); None on success
+
+    @property
+    def superseded(self) -> bool:
+        """True when the runtime skipped this slice because a newer one of its series arrived while it
+        waited: the scanner's pace outran the runtime, which is not a failure."""
+        return isinstance(self.error, SupersededError)
+
+
+@dataclass
+class SeriesReport:
+    """What one series' replay amounted to; ``sent`` is ``ok + superseded + failed`` once the run ends.
+
+    Attributes:
+        uid: the series' UID as sent.
+        slices: slices in the series (one pass).
+        sent: slices sent, over every pass.
+        ok: slices answered with a RESULT.
+        superseded: slices the runtime skipped for a newer one of the series (see
+            :attr:`SliceEvent.superseded`).
+        failed: slices answered with any other error, or not answered in time.
+        errors: failed slices by error code (e.g. ``TIMEOUT``, ``ENGINE_TIMEOUT``).
+        latencies_ms: each RESULT's latency in ms from its intended send time, in arrival order.
+        load: the runtime's series lesion load, from the last RESULT holding the most slices; None
+            when no RESULT carried one.
+    """
+
+    uid: str
+    slices: int
+    sent: int = 0
+    ok: int = 0
+    superseded: int = 0
+    failed: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)
+    load: LesionLoad | None = None
+
+    def latency(self) -> LatencyPercentiles | None:
+        """Percentiles of :attr:`latencies_ms`; None when no slice was answered with a RESULT."""
+        return LatencyPercentiles.of(self.latencies_ms) if self.latencies_ms else None
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready report, as ``scanedge replay --json`` writes it: the counts, the latency percentiles
+        (``latency_ms``) and the series' lesion load (``series_load``) instead of the raw latencies."""
+        latency = self.latency()
+        return {
+            "series_uid": self.uid,
+            "slices": self.slices,
+            "sent": self.sent,
+            "ok": self.ok,
+            "superseded": self.superseded,
+            "failed": self.failed,
+            "errors": dict(self.errors),
+            "latency_ms": None if latency is None else latency.to_dict(),
+            "series_load": None if self.load is None else self.load.to_dict(),
+        }
+
+
+@dataclass(order=True)
+class _Send:
+    due: float
+    series: int
+    n: int  # sends so far in this series (over loops)
+
+
+class Replay:
+    """Stream series to a runtime at a scanner's pace (see the module's description)."""
+
+    def __init__(self, series: Sequence[ReplaySeries], settings: ReplayConfig) -> None:
+        if not series or any(not s.slices for s in series):
+            raise ConfigError("nothing to replay: give at least one folder or file with slices")
+        self.series = list(series)
+        self.settings = settings
+        self._rng = random.Random(settings.seed)
+
+    def run(
+        self, on_slice: Callable[[SliceEvent], None] | None = None, stop: threading.Event | None = None
+    ) -> list[SeriesReport]:
+        """Send every series (until ``stop`` is set, with ``loop``), calling ``on_slice`` on this thread
+        for each reply as it arrives; return one :class:`SeriesReport` per series."""
+        cfg = self.settings
+        stop = stop or threading.Event()
+        reports = [SeriesReport(s.uid, len(s.slices)) for s in self.series]
+        done: queue.SimpleQueue[tuple[_Send, float, Future[RemoteResult]]] = queue.SimpleQueue()
+        clients = [Client(cfg.endpoint, ClientConfig(timeout_s=cfg.timeout_s)) for _ in self.series]
+        period = 1.0 / cfg.rate
+        start = time.perf_counter() + 0.05
+
+        def planned(k: int, n: int) -> _Send:
+            # scanners start staggered within one period, as independent machines would; jitter moves
+            # each send on its own, never the schedule after it
+            shift = self._rng.uniform(-cfg.jitter_ms, cfg.jitter_ms) / 1e3 if cfg.jitter_ms else 0.0
+            return _Send(start + k * period / len(self.series) + n * period + shift, k, n)
+
+        plan = [planned(k, 0) for k in range(len(self.series))]
+        heapq.heapify(plan)
+        outstanding = 0
+        try:
+            while plan or outstanding:
+                if stop.is_set():
+                    plan.clear()
+                wait = max(0.0, plan[0].due - time.perf_counter()) if plan else 0.25
+                try:
+                    send, intended, future = done.get(timeout=wait)
+                except queue.Empty:
+                    pass
+                else:
+                    outstanding -= 1
+                    event = self._event(send, intended, future)
+                    self._record(reports[send.series], event)
+                    if on_slice is not None:
+                        on_slice(event)
+                    continue
+                if not plan or plan[0].due > time.perf_counter():
+                    continue
+                send = heapq.heappop(plan)
+                self._submit(clients[send.series], send, done)
+                outstanding += 1
+                reports[send.series].sent += 1
+                nxt = send.n + 1
+                passes, rest = divmod(nxt, len(self.series[send.series].slices))
+                if rest or (cfg.loop and (cfg.max_loops is None or passes < cfg.max_loops)):
+                    heapq.heappush(plan, planned(send.series, nxt))
+        finally:
+            for c in clients:
+                c.close()
+        return reports
+
+    def _submit(self, client: Client, send: _Send, done: queue.SimpleQueue) -> None:
+        cfg = self.settings
+        series = self.series[send.series]
+        item = series.slices[send.n % len(series.slices)]
+        image: object = item.path.read_bytes() if cfg.dicom else item.slice
+        future = client.submit(
+            image,  # type: ignore[arg-type]
+            series=series.uid,
+            instance=item.slice.identity.sop_instance_uid,
+            index=item.slice.identity.instance_number,
+            outputs=cfg.outputs,
+            deadline_ms=cfg.deadline_ms,
+        )
+        future.add_done_callback(lambda f: done.put((send, send.due, f)))
+
+    def _event(self, send: _Send, intended: float, future: Future[RemoteResult]) -> SliceEvent:
+        series = self.series[send.series]
+        now = time.perf_counter()
+        error = future.exception()
+        if error is not None and not isinstance(error, ScanedgeError):
+            raise error
+        count = len(series.slices)
+        return SliceEvent(
+            series=send.series,
+            uid=series.uid,
+            position=send.n % count,
+            count=count,
+            loop=send.n // count,
+            slice=series.slices[send.n % count].slice,
+            latency_ms=(now - intended) * 1e3,
+            result=None if error is not None else future.result(),
+            error=error,
+        )
+
+    @staticmethod
+    def _record(report: SeriesReport, event: SliceEvent) -> None:
+        if event.result is not None:
+            report.ok += 1
+            report.latencies_ms.append(event.latency_ms)
+            load = event.result.series_load
+            if load is not None and (report.load is None or load.slices >= report.load.slices):
+                report.load = load
+        elif event.superseded:
+            report.superseded += 1
+        else:
+            report.failed += 1
+            code = getattr(event.error, "code", type(event.error).__name__)
+            report.errors[code] = report.errors.get(code, 0) + 1
+
+
+def read_series(paths: Sequence[str | Path], *, dicom: bool = False) -> list[ReplaySeries]:
+    """The series under ``paths``, each in acquisition order; each argument is read on its own, so a
+    folder given twice plays two scanners."""
+    from scanedge.imaging.files import load_slices
+
+    series: list[ReplaySeries] = []
+    for p in paths:
+        loaded = load_slices([p])
+        if dicom and any(item.slice.identity.frame_index or item.path.suffix.lower() == ".npy" for item in loaded):
+            raise ConfigError(f"{p}: --dicom sends single-frame DICOM files as they are; this holds other slices")
+        series.extend(group_series(loaded))
+    return rename_repeats(series)
+
+
+#: earlier names of configuration classes (every frozen configuration is now called ...Config)
+__getattr__ = forward_names(
+    __name__,
+    {
+        "ReplaySettings": ("scanedge.runtime.console.replay", "ReplayConfig"),
+    },
+)
