@@ -20,7 +20,17 @@ __all__ = ["FollowupPair", "make_pair", "rigid_matrix"]
 
 @dataclass(frozen=True)
 class FollowupPair:
-    """A synthetic prior/current pair. ``truth`` maps each current-grid lesion centre to its true class."""
+    """A synthetic prior/current pair, on one shared grid.
+
+    Attributes:
+        prior: the prior study's volume (float32, ``[slice, row, column]``), with noise.
+        prior_mask: the prior's lesion mask (uint8, 1 = lesion).
+        current: the current study's volume (float32): the head moved by ``matrix``, lesions changed, noise.
+        current_mask: the current's true lesion mask (uint8, 1 = lesion), on the current grid.
+        geometry: the grid of both volumes (same spacing and origin).
+        matrix: the true 4x4 transform mapping current-study points (mm) to prior-study points.
+        truth: each planted lesion's true class and its centre in prior-study mm (x, y, z).
+    """
 
     prior: np.ndarray
     prior_mask: np.ndarray

@@ -69,6 +69,7 @@ def evaluate_pair(seed: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Evaluate ``argv[0]`` pairs (default 20; ``sys.argv`` when None), print the figures; returns 0."""
     args = sys.argv[1:] if argv is None else argv
     pairs = int(args[0]) if args else 20
     total: defaultdict[str, float] = defaultdict(float)

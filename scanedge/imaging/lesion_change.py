@@ -66,7 +66,16 @@ def new_tracking_uid() -> str:
 
 @dataclass(frozen=True)
 class ChangeConfig:
-    """Thresholds of :func:`compare`; defaults and their sources in the module docstring."""
+    """Thresholds of :func:`compare`; defaults and their sources in the module docstring.
+
+    Attributes:
+        min_volume_mm3: smallest current lesion (mm³) counted as new, given a tracking id, or counted in the
+            current load.
+        enlarge_fraction: relative volume increase (of the prior volume) from which a lesion is enlarging.
+        shrink_fraction: relative volume decrease (of the prior volume) from which a lesion is shrinking.
+        min_change_mm3: smallest absolute volume change (mm³) for enlarging or shrinking; less reads stable.
+        min_overlap_voxels: shared voxels needed for a prior and a current lesion to correspond.
+    """
 
     min_volume_mm3: float = 14.0
     enlarge_fraction: float = 0.2
@@ -83,7 +92,18 @@ class ChangeConfig:
 
 @dataclass(frozen=True)
 class LesionChange:
-    """One lesion's change. ``label`` is its value in the report's tracking volume (0 for disappeared)."""
+    """One lesion's change.
+
+    Attributes:
+        tracking_uid: the lesion's DICOM Tracking UID (inherited from the prior, or fresh for new lesions
+            and split-off parts); a disappeared lesion keeps its prior UID.
+        change: its class: new, enlarging, stable, shrinking, disappeared, merged or split.
+        label: its value in the report's tracking volume (0 for disappeared).
+        prior_volume_mm3: volume in the prior study in mm³ (summed over the prior lesions it corresponds
+            to; 0 for new).
+        current_volume_mm3: volume in the current study in mm³ (0 for disappeared).
+        prior_uids: tracking UIDs of the corresponding prior lesions (empty for new).
+    """
 
     tracking_uid: str
     change: ChangeClass
@@ -95,7 +115,19 @@ class LesionChange:
 
 @dataclass(frozen=True)
 class ChangeReport:
-    """The comparison. With ``withheld`` set, ``lesions`` is empty and only the current load is given."""
+    """The comparison. With ``withheld`` set, ``lesions`` is empty and only the current load is given.
+
+    Attributes:
+        lesions: the change of every current lesion of at least ``min_volume_mm3`` or with a prior
+            correspondent, then of every disappeared prior lesion.
+        tracking: the current study's tracking volume (int32, current grid): n > 0 marks voxels of the lesion
+            with UID ``uids[n]``, 0 elsewhere (also for lesions too small to be tracked).
+        uids: tracking label -> tracking UID, for the next comparison.
+        prior_load_mm3: total volume of the prior's tracked lesions in mm³.
+        current_load_mm3: total volume in mm³ of the current lesions of at least ``min_volume_mm3``.
+        withheld: the reason change labels were withheld (e.g. a registration that is not good); None when
+            they were given.
+    """
 
     lesions: tuple[LesionChange, ...]
     tracking: np.ndarray
@@ -106,13 +138,16 @@ class ChangeReport:
 
     @property
     def load_change_mm3(self) -> float:
+        """Current minus prior lesion load, in mm³."""
         return self.current_load_mm3 - self.prior_load_mm3
 
     @property
     def load_change_percent(self) -> float | None:
+        """Load change as a percentage of the prior load; None when the prior load is 0."""
         return None if self.prior_load_mm3 == 0 else 100.0 * self.load_change_mm3 / self.prior_load_mm3
 
     def count(self, change: ChangeClass) -> int:
+        """How many lesions of the report have class ``change``."""
         return sum(1 for lesion in self.lesions if lesion.change == change)
 
 

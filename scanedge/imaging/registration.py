@@ -72,7 +72,21 @@ class VolumeGeometry:
 
 @dataclass(frozen=True)
 class RegistrationConfig:
-    """Bounds and thresholds of :func:`register` (see the module docstring for why these values)."""
+    """Bounds and thresholds of :func:`register` (see the module docstring for why these values).
+
+    Attributes:
+        transform: ``"rigid"`` (3-D Euler: rotation and translation) or ``"affine"``.
+        max_iterations: optimiser iterations per resolution level (1..10000).
+        time_budget_s: wall-time budget in seconds for the whole registration, checked after every
+            iteration; once spent the optimiser is stopped (``stopped_by_budget`` in the result).
+        histogram_bins: histogram bins of the Mattes mutual information metric.
+        sampling_fraction: fraction (0, 1] of the current volume's voxels randomly sampled by the metric.
+        max_samples: cap on the number of sampled voxels (bounds the time of large volumes).
+        head_fraction: head-mask threshold as a fraction of the volume's 99th intensity percentile.
+        min_head_dice: smallest head-mask Dice (current vs resampled prior) for a ``good`` result.
+        max_metric: largest final Mattes MI (negative, lower is better) for a ``good`` result.
+        seed: seed of the metric's random sampling (same inputs, same answer).
+    """
 
     transform: Literal["rigid", "affine"] = "rigid"
     max_iterations: int = 60
@@ -98,7 +112,21 @@ class RegistrationConfig:
 
 @dataclass(frozen=True)
 class RegistrationResult:
-    """What :func:`register` found. ``matrix`` maps current-study points (mm) to prior-study points."""
+    """What :func:`register` found.
+
+    Attributes:
+        matrix: 4x4 homogeneous transform (rows) mapping current-study points (mm) to prior-study points;
+            the identity when the optimiser failed.
+        metric: final Mattes mutual information (negative, lower is better); NaN when the optimiser failed.
+        iterations: optimiser iterations run, over all resolution levels.
+        seconds: wall time of the registration, including the quality check.
+        stopped_by_budget: whether the optimiser was stopped because ``time_budget_s`` was spent.
+        head_dice: Dice of the head masks of the current volume and the resampled prior (0 when the
+            optimiser failed).
+        quality: ``"good"`` (usable), ``"poor"`` (head Dice or metric outside the thresholds) or
+            ``"failed"`` (optimiser error or non-finite metric).
+        reason: human-readable explanation of ``quality`` (figures, or the failure), noting a spent budget.
+    """
 
     matrix: tuple[tuple[float, ...], ...]
     metric: float
@@ -115,6 +143,7 @@ class RegistrationResult:
         return self.quality == "good"
 
     def as_array(self) -> np.ndarray:
+        """``matrix`` as a 4x4 float numpy array."""
         return np.asarray(self.matrix, dtype=float)
 
 
