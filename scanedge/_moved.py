@@ -21,7 +21,9 @@ from typing import Any
 __all__ = ["MOVED_MODULES", "forward_names", "install"]
 
 #: earlier module path -> where that module lives now
-MOVED_MODULES: dict[str, str] = {}
+MOVED_MODULES: dict[str, str] = {
+    "scanedge.dicomnet.segmentation": "scanedge.dicomnet.outputs.seg",
+}
 
 
 def _warn(old: str, new: str) -> None:
