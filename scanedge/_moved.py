@@ -43,6 +43,7 @@ MOVED_MODULES: dict[str, str] = {
     "scanedge.runtime.workers": "scanedge.runtime.serving.workers",
     "scanedge.imaging.dicom_dataset": "scanedge.imaging.dicom.dataset",
     "scanedge.imaging.dicom_fast": "scanedge.imaging.dicom.fast",
+    "scanedge.dicomnet.segmentation": "scanedge.dicomnet.outputs.seg",
 }
 
 

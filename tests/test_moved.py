@@ -83,7 +83,7 @@ def test_a_moved_name_is_served_from_its_new_module_with_a_warning():
         ("scanedge.runtime.console.replay", "ReplaySettings", "ReplayConfig"),
         ("scanedge.bench.stream", "StreamSettings", "StreamConfig"),
         ("scanedge.bench.soak", "SoakSettings", "SoakConfig"),
-        ("scanedge.dicomnet.segmentation", "SegmentationSettings", "SegmentationConfig"),
+        ("scanedge.dicomnet.outputs.seg", "SegmentationSettings", "SegmentationConfig"),
     ],
 )
 def test_every_configuration_is_called_config_and_its_earlier_name_still_works(module, old, new):

@@ -70,13 +70,15 @@ def cmd_dicom_listen(args: argparse.Namespace) -> int:
     refused = ", ".join(f"0x{code:04X} x{n}" for code, n in sorted(stats.refused.items())) or "none"
     pending = listener.forwarder.pending if listener.forwarder is not None else 0
     log.info(
-        "stopped: %d received, %d segmented, refused %s; %d SEG(s) written, %d failed; %d waiting to be forwarded; "
+        "stopped: %d received, %d segmented, refused %s; %s; %d waiting to be forwarded; "
         "%d series (%d image(s)) left in the spool for the next start",
         stats.received,
         stats.stored,
         refused,
-        stats.segs_written,
-        stats.seg_failures,
+        "; ".join(
+            f"{stats.outputs[o.name].written} {o.label}(s) written, {stats.outputs[o.name].failures} failed"
+            for o in listener.outputs
+        ),
         pending,
         stats.series_pending,
         listener.spool.files,
@@ -88,7 +90,7 @@ def _print_status(out: Path) -> int:
     """The node's ``OUT/status.json``, pretty-printed, with a one-line summary first."""
     import json
 
-    from scanedge.dicomnet.listener import read_status
+    from scanedge.dicomnet.stats import read_status
 
     status = read_status(out)
     spool = status.get("spool") or {}

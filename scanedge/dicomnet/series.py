@@ -1,4 +1,8 @@
-"""What the listener holds per series until its SEG is written: bounded, and released as soon as written.
+"""What the node holds per open series until its outputs are written: bounded, and released once written.
+
+:class:`OpenSeriesBuffer` holds the received instances of every open series until the series completes;
+the outputs (:mod:`scanedge.dicomnet.outputs`) are built from what it hands out then. What a new output
+needs kept per frame goes into :class:`HeldFrame` (the SEG's precedent: packed masks, packed probabilities).
 
 Per received instance it keeps the DICOM header *without* its pixel data (highdicom needs the source
 attributes: UIDs, patient and study modules, geometry, functional groups) and, per model and frame, the
@@ -21,7 +25,10 @@ One series, one patient and one study: an instance whose Patient ID or Study Ins
 those of its series' first instance is refused (:class:`SeriesConflictError`, C-STORE 0xC000), so no SEG
 ever references two patients. Instances that differ in geometry (frame of reference, orientation, or a
 position another instance already has) are legitimate (localizers, multi-echo, diffusion) and are split
-into SEG groups of their own by :mod:`scanedge.dicomnet.segmentation`.
+into SEG groups of their own by :mod:`scanedge.dicomnet.outputs.seg`.
+
+(``OpenSeriesBuffer`` was called ``SeriesStore``, a name it shared with the runtime's lesion-load store; the
+old name still works, with a DeprecationWarning.)
 """
 
 from __future__ import annotations
@@ -37,9 +44,10 @@ from typing import Any
 
 import numpy as np
 
+from scanedge._moved import forward_names
 from scanedge.errors import CapacityError, SeriesConflictError
 
-__all__ = ["HeldFrame", "HeldInstance", "OpenSeries", "SeriesLimits", "SeriesStore", "pack", "unpack"]
+__all__ = ["HeldFrame", "HeldInstance", "OpenSeries", "OpenSeriesBuffer", "SeriesLimits", "pack", "unpack"]
 
 _log = logging.getLogger("scanedge.dicomnet")
 
@@ -152,8 +160,9 @@ class OpenSeries:
         return sum(len(i.frames) for i in self.instances.values())
 
 
-class SeriesStore:
-    """The open series, shared by the association threads and the completion thread (one lock)."""
+class OpenSeriesBuffer:
+    """The received instances of every open series, held until the series completes; shared by the
+    association threads and the completion thread (one lock)."""
 
     def __init__(self, limits: SeriesLimits, *, clock: Any = time.monotonic) -> None:
         self.limits = limits
@@ -288,3 +297,6 @@ class SeriesStore:
         self._evicted.append(self._take(victim.series_uid))
         _log.warning("series %s completed early to stay within %s", victim.series_uid, why)
         return True
+
+
+__getattr__ = forward_names(__name__, {"SeriesStore": (__name__, "OpenSeriesBuffer")})

@@ -12,7 +12,7 @@ from pydicom.data import get_testdata_file
 
 from scanedge.demo.series import demo_series_dir
 from scanedge.dicomnet import Forwarder, ForwardTarget, ListenerConfig, parse_forward_target
-from scanedge.dicomnet.series import HeldFrame, HeldInstance, SeriesLimits, SeriesStore, pack, unpack
+from scanedge.dicomnet.series import HeldFrame, HeldInstance, OpenSeriesBuffer, SeriesLimits, pack, unpack
 from scanedge.dicomnet.statuses import status_dataset, status_for
 from scanedge.errors import (
     CapacityError,
@@ -42,7 +42,7 @@ def instance(uid: str, nbytes: int = 100, frames: int = 1) -> HeldInstance:
 
 def test_a_series_completes_after_its_idle_time_or_on_release_never_with_an_instance_in_flight():
     clock = Clock()
-    store = SeriesStore(SeriesLimits(), clock=clock)
+    store = OpenSeriesBuffer(SeriesLimits(), clock=clock)
     store.begin("1.1", association=7)
     store.finish("1.1", instance("1.1.1"))
     store.begin("1.1", association=7)  # a second instance still in flight
@@ -57,7 +57,7 @@ def test_a_series_completes_after_its_idle_time_or_on_release_never_with_an_inst
 
 
 def test_release_ends_a_series_only_when_no_other_association_still_sends_it():
-    store = SeriesStore(SeriesLimits(), clock=Clock())
+    store = OpenSeriesBuffer(SeriesLimits(), clock=Clock())
     for assoc in (1, 2):
         store.begin("1.1", association=assoc)
         store.finish("1.1", instance(f"1.1.{assoc}"))
@@ -72,7 +72,7 @@ def test_release_ends_a_series_only_when_no_other_association_still_sends_it():
 
 
 def test_a_resent_instance_replaces_its_earlier_copy():
-    store = SeriesStore(SeriesLimits(), clock=Clock())
+    store = OpenSeriesBuffer(SeriesLimits(), clock=Clock())
     for size in (100, 40):
         store.begin("1.1", association=1)
         store.finish("1.1", instance("1.1.1", size))
@@ -83,7 +83,7 @@ def test_a_resent_instance_replaces_its_earlier_copy():
 
 def test_the_byte_cap_completes_the_longest_idle_series_early_then_refuses_what_cannot_fit(caplog):
     clock = Clock()
-    store = SeriesStore(SeriesLimits(max_bytes=250), clock=clock)
+    store = OpenSeriesBuffer(SeriesLimits(max_bytes=250), clock=clock)
     for series in ("1.1", "1.2"):
         store.begin(series, association=1)
         store.finish(series, instance(series + ".1"))
@@ -101,7 +101,7 @@ def test_the_byte_cap_completes_the_longest_idle_series_early_then_refuses_what_
 
 def test_the_series_cap_and_the_frame_cap():
     clock = Clock()
-    store = SeriesStore(SeriesLimits(max_series=2, max_frames=3), clock=clock)
+    store = OpenSeriesBuffer(SeriesLimits(max_series=2, max_frames=3), clock=clock)
     for series in ("1.1", "1.2", "1.3"):
         store.begin(series, association=1)
         store.finish(series, instance(series + ".1"))
@@ -230,15 +230,15 @@ def test_stop_writes_nothing_outside_out(listener, tmp_path):
 def test_a_dataset_that_is_not_the_class_it_was_sent_as_or_lacks_its_uids_is_refused_a900():
     from pydicom.dataset import Dataset
 
-    from scanedge.dicomnet.listener import DicomListener, _Refusal
+    from scanedge.dicomnet.handlers import Refusal, check_uids
 
     ds = Dataset()
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
     ds.SeriesInstanceUID, ds.SOPInstanceUID = "1.2.3", "1.2.3.4"
-    with pytest.raises(_Refusal) as refused:
-        DicomListener._uids(ds, "1.2.840.10008.5.1.4.1.1.4")
+    with pytest.raises(Refusal) as refused:
+        check_uids(ds, "1.2.840.10008.5.1.4.1.1.4")
     assert refused.value.status == 0xA900 and "CT Image Storage" in refused.value.message
-    assert DicomListener._uids(ds, "1.2.840.10008.5.1.4.1.1.2") == ("1.2.3", "1.2.3.4")
+    assert check_uids(ds, "1.2.840.10008.5.1.4.1.1.2") == ("1.2.3", "1.2.3.4")
     ds.SeriesInstanceUID = "Smith^John"  # not a UID: never reaches a log, a file name or a topic
-    with pytest.raises(_Refusal, match="no valid Series Instance UID"):
-        DicomListener._uids(ds, "1.2.840.10008.5.1.4.1.1.2")
+    with pytest.raises(Refusal, match="no valid Series Instance UID"):
+        check_uids(ds, "1.2.840.10008.5.1.4.1.1.2")

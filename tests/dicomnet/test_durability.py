@@ -110,7 +110,7 @@ def test_an_instance_of_another_patient_or_study_is_refused_and_the_rest_of_the_
     assert answers[2][1].startswith("SERIES_CONFLICT") and "Patient ID" in answers[2][1]
     assert answers[4][1].startswith("SERIES_CONFLICT") and "Study Instance UID" in answers[4][1]
     wait_until(lambda: not spooled(node.config.out), timeout=60, what="the SEG, then the spool to empty")
-    (refs,) = referenced(node.seg_dir).values()
+    (refs,) = referenced(node.folders["seg"]).values()
     assert refs == {str(series[i].SOPInstanceUID) for i in (0, 1, 3, 5)}  # one patient, one study
     (seg,) = (pydicom.dcmread(p, stop_before_pixels=True) for p in node.written)
     assert seg.PatientID == series[0].PatientID and seg.StudyInstanceUID == series[0].StudyInstanceUID
@@ -131,9 +131,9 @@ def test_instances_that_differ_in_geometry_get_seg_groups_of_their_own_and_none_
     assert [status for status, _ in send(node.port, series)] == [0] * 9
     wait_until(lambda: len(node.written) >= 4, timeout=60, what="the SEGs")
     wait_until(lambda: not spooled(node.config.out), timeout=30, what="the spool to empty")
-    refs = referenced(node.seg_dir)
+    refs = referenced(node.folders["seg"])
     assert set().union(*refs.values()) == {str(ds.SOPInstanceUID) for ds in series}  # every instance, once
-    assert sum(map(len, refs.values())) == len(series) and node.stats.seg_failures == 0
+    assert sum(map(len, refs.values())) == len(series) and node.stats.outputs["seg"].failures == 0
     for path in node.written:  # each SEG: one frame of reference, distinct positions
         seg = hd.seg.segread(path)
         sources = [ds for ds in series if str(ds.SOPInstanceUID) in refs[path.name]]
@@ -166,7 +166,7 @@ def test_what_an_earlier_run_spooled_is_segmented_again_at_start_and_gets_its_se
     (out / "spool" / ".00000000000000000099-1.2.3.dcm.partial").write_bytes(b"half")
     node = listener(series_timeout_s=0.3)
     wait_until(lambda: node.written, timeout=60, what="the SEG of the recovered series")
-    (refs,) = referenced(node.seg_dir).values()
+    (refs,) = referenced(node.folders["seg"]).values()
     assert refs == {str(ds.SOPInstanceUID) for ds in series}
     assert node.stats.recovered == 5 and node.stats.unrecoverable == 0
     wait_until(lambda: not list((out / "spool").iterdir()), timeout=30, what="the spool to empty")
@@ -245,7 +245,7 @@ def test_on_a_full_disk_images_are_refused_a700_and_the_seg_is_retried_once_spac
             lambda: "No space left on device" in node.status()["last_error"], timeout=60, what="the failed SEG write"
         )
         status = node.status()
-        assert status["series_pending"] == 1 and node.stats.seg_failures >= 1
+        assert status["series_pending"] == 1 and node.stats.outputs["seg"].failures >= 1
         assert status["spool"]["files"] == 8 and len(spooled(config.out)) == 8 and not node.written
 
         (late,) = new_series(demo(1))
@@ -255,8 +255,8 @@ def test_on_a_full_disk_images_are_refused_a700_and_the_seg_is_retried_once_spac
 
         filler.unlink()
         wait_until(lambda: node.written, timeout=60, what="the SEG written by a retry")
-        assert node.stats.seg_retries >= 1
-        (refs,) = referenced(node.seg_dir).values()
+        assert node.stats.outputs["seg"].retries >= 1
+        (refs,) = referenced(node.folders["seg"]).values()
         assert refs == {str(ds.SOPInstanceUID) for ds in series}
         wait_until(lambda: not spooled(config.out), timeout=30, what="the spool to empty")
         wait_until(
@@ -403,9 +403,9 @@ def test_a_recovered_series_seg_is_forwarded_to_a_dcmtk_storescp(listener, tmp_p
 
 def test_an_older_spooled_copy_never_replaces_a_newer_one_held():
     """Recovery at start can meet an instance its sender already sent again: the later arrival wins."""
-    from scanedge.dicomnet.series import HeldInstance, SeriesLimits, SeriesStore
+    from scanedge.dicomnet.series import HeldInstance, OpenSeriesBuffer, SeriesLimits
 
-    store = SeriesStore(SeriesLimits())
+    store = OpenSeriesBuffer(SeriesLimits())
     newer = HeldInstance("1.2.3", None, 10, (), spooled=Path("00000000000000000002-1.2.3.dcm"))
     older = HeldInstance("1.2.3", None, 10, (), spooled=Path("00000000000000000001-1.2.3.dcm"))
     store.begin("1.2", 1)
@@ -435,7 +435,7 @@ def test_another_local_user_can_neither_list_nor_read_the_spool_the_segs_or_the_
     node = listener(series_timeout_s=60)
     assert [s for s, _ in send(node.port, new_series(demo(2)))] == [0, 0]
     spooled_file = spooled(out)[0]
-    (seg,) = list(node.seg_dir.glob("*.dcm"))[:1]
+    (seg,) = list(node.folders["seg"].glob("*.dcm"))[:1]
 
     def as_nobody(*argv: str) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -444,7 +444,7 @@ def test_another_local_user_can_neither_list_nor_read_the_spool_the_segs_or_the_
             timeout=30,
         )
 
-    for folder in (out / "spool", node.seg_dir):
+    for folder in (out / "spool", node.folders["seg"]):
         assert oct(folder.stat().st_mode & 0o777) == "0o700"
         assert as_nobody("ls", str(folder)).returncode != 0
     for path in (spooled_file, seg, out / "status.json"):

@@ -354,7 +354,7 @@ def test_only_allowed_calling_ae_titles_may_associate(listener):
 
 
 def test_a_bad_allowed_calling_ae_title_is_a_config_error():
-    from scanedge.dicomnet.listener import ListenerConfig
+    from scanedge.dicomnet.config import ListenerConfig
     from scanedge.errors import ConfigError
 
     for bad in ("", "   ", "A" * 17, "BAD\\AE"):

@@ -1,4 +1,8 @@
-"""A completed series and one model's results -> DICOM Segmentation objects, built with highdicom.
+"""The SEG output: a completed series and one model's results -> DICOM Segmentation objects (highdicom).
+
+:class:`SegOutput` is the node's first :class:`~scanedge.dicomnet.outputs.base.DicomOutput` and the
+precedent for the next (a structured report would be ``outputs/sr.py``, built the same way); the rest of
+this module is the builder it calls, usable on its own.
 
 One SEG per model and per group of source images that can share one: the single-frame instances of a
 series with the same rows and columns, frame of reference and orientation together, each at a position
@@ -24,25 +28,34 @@ pixel (``PROBABILITY``, 8 bits), from the model's probabilities resized to the s
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from scanedge._moved import forward_names
+from scanedge.dicomnet.outputs.base import DicomOutput
 from scanedge.dicomnet.series import HeldInstance, OpenSeries, unpack
 from scanedge.manifest import ClassSpec, CodedConcept, Manifest
 from scanedge.version import __version__
 
+if TYPE_CHECKING:
+    from scanedge.dicomnet.config import ListenerConfig
+
 __all__ = [
     "GENERIC_CATEGORY",
     "GENERIC_TYPE",
+    "SegOutput",
     "SegmentationConfig",
     "SegmentationKind",
     "build_segmentations",
     "derived_uid",
+    "segment_descriptions",
 ]
+
+log = logging.getLogger("scanedge.dicomnet")
 
 SegmentationKind = Literal["binary", "fractional"]
 
@@ -260,10 +273,49 @@ def _build(
     )
 
 
+class SegOutput(DicomOutput):
+    """One DICOM SEG per model and group of source images (:func:`build_segmentations`), in ``OUT/seg/``."""
+
+    name = "seg"
+    label = "SEG"
+
+    def __init__(self, settings: SegmentationConfig) -> None:
+        self.settings = settings
+
+    @classmethod
+    def from_config(cls, config: ListenerConfig) -> SegOutput:
+        """``--segmentation`` decides the kind; the node's AE title is the SEGs' Device Serial Number."""
+        return cls(SegmentationConfig(kind=config.segmentation, device_serial_number=config.ae_title))
+
+    @property
+    def needs_probabilities(self) -> bool:
+        """FRACTIONAL SEGs are the class probabilities."""
+        return self.settings.kind == "fractional"
+
+    def describe(self) -> str:
+        """``binary SEGs`` or ``fractional SEGs``."""
+        return f"{self.settings.kind} SEGs"
+
+    def check_model(self, model: str, manifest: Manifest) -> None:
+        """Classes without coded concepts get a generic description in the SEG: say so once, at start."""
+        uncoded = [c.name for c in manifest.classes[1:] if c.property_type is None]
+        if uncoded:
+            log.warning(
+                "model %s: class(es) %s have no coded concepts in the manifest; their SEG segments are "
+                "described generically as SCT 85756007 Tissue (see docs/manifest.md)",
+                model,
+                ", ".join(uncoded),
+            )
+
+    def build(self, series: OpenSeries, model: str, manifest: Manifest) -> tuple[list[Any], list[str]]:
+        """The SEGs of ``model`` for ``series`` and the instances that got none (:func:`build_segmentations`)."""
+        return build_segmentations(series, model, manifest, self.settings)
+
+
 #: earlier names of configuration classes (every frozen configuration is now called ...Config)
 __getattr__ = forward_names(
     __name__,
     {
-        "SegmentationSettings": ("scanedge.dicomnet.segmentation", "SegmentationConfig"),
+        "SegmentationSettings": ("scanedge.dicomnet.outputs.seg", "SegmentationConfig"),
     },
 )

@@ -1,0 +1,242 @@
+"""One received image taken in: segmented by every model (each RESULT published live), spooled, held.
+
+The same path serves a C-STORE (:mod:`scanedge.dicomnet.handlers`) and an image an earlier run spooled,
+segmented again at start (:meth:`scanedge.dicomnet.listener.DicomListener` recovery): pipelines are
+borrowed from the node's pools, the frames' results kept packed for the outputs
+(:class:`~scanedge.dicomnet.series.HeldFrame`), the image fsync'd into the spool before it counts as
+held. What a new output needs kept per frame is computed in :meth:`Intake.segment`.
+
+Every frame's RESULT is built by the protocol's own builders (:func:`~scanedge.runtime.wire.protocol.result_reply`,
+:func:`~scanedge.runtime.wire.payloads.result_frames`) and published as docs/protocol.md section 9 says; the
+``id`` is a number the node counts up.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from scanedge.dicomnet.publisher import ResultPublisher
+from scanedge.dicomnet.series import HeldFrame, HeldInstance, OpenSeriesBuffer, pack
+from scanedge.dicomnet.spool import Spool
+from scanedge.dicomnet.stats import ListenerStats
+from scanedge.errors import CapacityError, ScanedgeError
+from scanedge.imaging.overlay import display_image
+from scanedge.imaging.series import context_window
+from scanedge.imaging.slices import Slice
+from scanedge.manifest import Manifest
+from scanedge.runtime.core.pipeline import Pipeline, SliceResult
+from scanedge.runtime.wire.payloads import pipeline_reply, result_frames
+from scanedge.runtime.wire.protocol import Echo, encode, publish_topic
+
+__all__ = ["PUBLISHED_OUTPUTS", "Intake", "drop_pixels", "identity", "quantised"]
+
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float Pixel Data
+#: the frames each published RESULT carries (section 4's names)
+PUBLISHED_OUTPUTS = ("mask", "overlay", "image")
+
+
+class Intake:
+    """Segments, publishes, spools and holds received images (any association thread, and recovery).
+
+    Args:
+        pools: per model name, its pipelines (one image per pipeline at a time).
+        store: where held instances wait for their series to complete.
+        spool: where each image is fsync'd before it is held.
+        publisher: the live feed, or None.
+        stats: the node's counters, updated under ``lock``.
+        runtime_id: the ``runtime`` every RESULT names.
+        busy_timeout_s: how long an image waits for a free pipeline (then CapacityError).
+        probabilities: keep each frame's quantised class probabilities (an output needs them).
+    """
+
+    def __init__(
+        self,
+        pools: Mapping[str, queue.Queue[Pipeline]],
+        store: OpenSeriesBuffer,
+        spool: Spool,
+        publisher: ResultPublisher | None,
+        stats: ListenerStats,
+        lock: threading.Lock,
+        *,
+        runtime_id: str,
+        busy_timeout_s: float,
+        probabilities: bool,
+    ) -> None:
+        self.pools = pools
+        self.store = store
+        self.spool = spool
+        self.publisher = publisher
+        self.stats = stats
+        self.lock = lock
+        self.runtime_id = runtime_id
+        self.busy_timeout_s = busy_timeout_s
+        self.probabilities = probabilities
+        self._ids = itertools.count(1)
+
+    def hold(
+        self,
+        ds: Any,
+        data: bytes,
+        slices: list[Slice],
+        series_uid: str,
+        instance_uid: str,
+        association: int,
+        received_at: float,
+        received_mono: float,
+        decode_ms: float,
+        *,
+        spooled: Path | None = None,
+    ) -> None:
+        """Segment (publishing live), spool durably (unless ``spooled`` already is), then hold for the outputs.
+
+        Raises what the C-STORE status will say; a spooled copy of an instance that is not held is removed."""
+        self.store.begin(series_uid, association, identity(ds))
+        path = spooled
+        try:
+            frames = self.segment(
+                slices, series_uid, instance_uid, received_at, received_mono, decode_ms, publish=spooled is None
+            )
+            if path is None:
+                try:
+                    path = self.spool.write(instance_uid, data)
+                except ScanedgeError as exc:
+                    with self.lock:
+                        self.stats.spool_failures += 1
+                        self.stats.last_error = f"{exc.code}: {exc.message}"
+                    raise
+            header_bytes = len(data) - drop_pixels(ds)
+            held = HeldInstance(instance_uid, ds, max(0, header_bytes), frames, spooled=path)
+        except BaseException:
+            self.store.finish(series_uid, None)
+            if path is not None and spooled is None:
+                self.spool.remove([path])
+            raise
+        try:
+            replaced = self.store.finish(series_uid, held)
+        except BaseException:
+            if spooled is None:
+                self.spool.remove([path])
+            raise
+        if replaced is not None and replaced.spooled is not None:  # the earlier of two copies: as in the SEG
+            self.spool.remove([replaced.spooled])
+
+    def segment(
+        self,
+        slices: list[Slice],
+        series_uid: str,
+        instance_uid: str,
+        received_at: float,
+        received_mono: float,
+        decode_ms: float,
+        *,
+        publish: bool = True,
+    ) -> tuple[HeldFrame, ...]:
+        """Every frame through every model, each RESULT published as soon as it is ready (``publish``)."""
+        masks: list[dict[str, bytes]] = [{} for _ in slices]
+        probabilities: list[dict[str, bytes]] = [{} for _ in slices]
+        for name, pool in self.pools.items():
+            try:
+                pipe = pool.get(timeout=self.busy_timeout_s)
+            except queue.Empty:
+                raise CapacityError(
+                    f"no {name} pipeline came free within {self.busy_timeout_s:g} s; the node is busy"
+                ) from None
+            try:
+                queue_ms = (time.monotonic() - received_mono) * 1e3
+                k = pipe.manifest.input.context_slices
+                for i, slice_ in enumerate(slices):
+                    context = context_window(slices, i, k) if k else ()
+                    live = publish and self.publisher is not None
+                    result = pipe.run(slice_, context=context, overlay=live)
+                    masks[i][name] = pack(result.mask)
+                    if self.probabilities:
+                        probabilities[i][name] = pack(quantised(result, pipe.manifest))
+                    if not publish:
+                        continue
+                    index = slice_.identity.instance_number if len(slices) == 1 else i + 1
+                    self._publish(
+                        pipe,
+                        result,
+                        slice_,
+                        series_uid,
+                        instance_uid,
+                        index,
+                        received_at,
+                        received_mono,
+                        queue_ms,
+                        decode_ms,
+                    )
+            finally:
+                pool.put(pipe)
+        return tuple(HeldFrame(slice_.shape[:2], masks[i], probabilities[i]) for i, slice_ in enumerate(slices))
+
+    def _publish(
+        self,
+        pipe: Pipeline,
+        result: SliceResult,
+        slice_: Slice,
+        series_uid: str,
+        instance_uid: str,
+        index: int | None,
+        received_at: float,
+        received_mono: float,
+        queue_ms: float,
+        decode_ms: float,
+    ) -> None:
+        """One frame's RESULT, built by the protocol's builders and published (section 9)."""
+        with self.lock:
+            self.stats.results += 1
+        if self.publisher is None:
+            return
+        arrays = {
+            "mask": result.mask,
+            "overlay": result.overlay,
+            "probabilities": result.probabilities,
+            "image": display_image(slice_),
+        }
+        infos, payload, encode_ms = result_frames(PUBLISHED_OUTPUTS, arrays, "raw")
+        header = pipeline_reply(
+            Echo(next(self._ids), series_uid, instance_uid, index, None),
+            result,
+            model=pipe.model_label,
+            backend=pipe.engine.backend,
+            frames=infos,
+            queue_ms=queue_ms,
+            decode_ms=decode_ms,
+            encode_ms=encode_ms,
+            received_mono=received_mono,
+            received_at=received_at,
+            runtime=self.runtime_id,
+            position_mm=slice_.geometry.position_along_normal,
+        )
+        self.publisher.publish([publish_topic(series_uid), encode(header), *payload])
+
+
+def identity(ds: Any) -> tuple[str, str]:
+    """(Patient ID, Study Instance UID): what every instance of one series must share (compared, never logged)."""
+    return (str(ds.get("PatientID", "") or "").strip(), str(ds.get("StudyInstanceUID", "") or "").strip())
+
+
+def drop_pixels(ds: Any) -> int:
+    """Remove the pixel data from ``ds`` (the outputs need only the header); returns its length in bytes."""
+    dropped = 0
+    for tag in _PIXEL_TAGS:
+        if tag in ds:
+            value = ds[tag].value
+            dropped += len(value) if isinstance(value, (bytes, bytearray)) else 0
+            del ds[tag]
+    return dropped
+
+
+def quantised(result: SliceResult, manifest: Manifest) -> Any:
+    """The foreground classes' probabilities on the slice's grid, as uint8 (x 255), for FRACTIONAL SEGs."""
+    import numpy as np
+
+    planes = result.probabilities_on_slice(1 if manifest.output.activation == "softmax" else 0)
+    return np.rint(np.clip(planes, 0.0, 1.0) * 255).astype(np.uint8)
