@@ -40,14 +40,26 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from scanedge._moved import forward_names
 from scanedge.errors import CapacityError, SeriesConflictError
 
-__all__ = ["HeldFrame", "HeldInstance", "OpenSeries", "OpenSeriesBuffer", "SeriesLimits", "pack", "unpack"]
+if TYPE_CHECKING:  # the follow-up needs scipy and SimpleITK (the followup extra); the node runs without them
+    from scanedge.imaging.followup import SeriesComparison
+
+__all__ = [
+    "ComparedSeries",
+    "HeldFrame",
+    "HeldInstance",
+    "OpenSeries",
+    "OpenSeriesBuffer",
+    "SeriesLimits",
+    "pack",
+    "unpack",
+]
 
 _log = logging.getLogger("scanedge.dicomnet")
 
@@ -125,6 +137,19 @@ class HeldInstance:
         return self.header_bytes + sum(f.nbytes for f in self.frames)
 
 
+@dataclass(frozen=True)
+class ComparedSeries:
+    """A completed series compared with its prior, for the outputs (the SR) to report.
+
+    Attributes:
+        comparison: the comparison; its report's tracking volume is in the z order of ``frames``.
+        frames: (SOP Instance UID, frame number from 1) of the current series' image behind each z plane.
+    """
+
+    comparison: SeriesComparison
+    frames: tuple[tuple[str, int], ...]
+
+
 @dataclass(eq=False)
 class OpenSeries:
     """A series being received.
@@ -138,6 +163,8 @@ class OpenSeries:
         ended: every association that sent it has been released (explicit end).
         early: completed before it was idle, to make room (series or byte cap).
         identity: (Patient ID, Study Instance UID) every instance of it must share; set by the first one.
+        comparisons: per model name, the series compared with its prior at completion (set by the node's
+            follow-up before the outputs are built; empty when follow-up is off).
     """
 
     series_uid: str
@@ -148,6 +175,7 @@ class OpenSeries:
     ended: bool = False
     early: bool = False
     identity: tuple[str, str] | None = None
+    comparisons: dict[str, ComparedSeries] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:

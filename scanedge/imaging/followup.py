@@ -35,6 +35,7 @@ from scanedge.imaging.slices import Slice
 __all__ = [
     "CHANGE_CLASSES",
     "CHANGE_CODES",
+    "CHANGE_COLOURS",
     "ChangeCounts",
     "ComparisonStatus",
     "PriorVolume",
@@ -48,6 +49,16 @@ __all__ = [
 #: pixel value of each change class in a ``change`` frame (0: no tracked lesion; disappeared lesions have no
 #: current pixels)
 CHANGE_CODES: dict[ChangeClass, int] = {"new": 1, "enlarging": 2, "stable": 3, "shrinking": 4, "merged": 5, "split": 6}
+#: display colour (RGB) of each change class, the same in overlays, the viewer's legend and reports
+CHANGE_COLOURS: dict[ChangeClass, tuple[int, int, int]] = {
+    "new": (255, 59, 48),  # red
+    "enlarging": (255, 149, 0),  # orange
+    "stable": (52, 199, 89),  # green
+    "shrinking": (10, 132, 255),  # blue
+    "disappeared": (142, 142, 147),  # grey (prior outline only: no current pixels)
+    "merged": (175, 82, 222),  # purple
+    "split": (255, 45, 146),  # pink
+}
 #: every change class, in the order reports list them
 CHANGE_CLASSES: tuple[ChangeClass, ...] = ("new", "enlarging", "stable", "shrinking", "disappeared", "merged", "split")
 
