@@ -243,6 +243,16 @@ def test_the_page_draws_change_classes_with_the_legend_the_prior_and_the_trend(
     ]
     assert trend.get_attribute("data-prior") == str(expected.prior_load_mm3)
     assert f"{expected.load_change_percent:+.1f} %" in (page.text_content("#load-change") or "")
+    # the strip marks each compared slice with its most notable change
+    marked = page.evaluate("[...document.querySelectorAll('#strip .cell')].map((c) => c.dataset.change || '')")
+    notable = ("new", "enlarging", "merged", "split", "shrinking", "stable")
+
+    def most_notable(z: int) -> str:
+        counts = as_of(growing, z).summary(z).slice_counts
+        return next((n for n in notable if counts is not None and getattr(counts, n) > 0), "")
+
+    assert marked == ["" if z < 4 else most_notable(z) for z in range(slices)]
+    assert marked[13] == "new" and marked[10] == "enlarging"
     # a slice through a new lesion: its pixels in the class's colour, the slice's counts in the legend
     page.fill("#opacity", "1")
     page.dispatch_event("#opacity", "input")

@@ -507,6 +507,14 @@ function order(a, b) {
   return pa - pb;
 }
 
+const NOTABLE = ["new", "enlarging", "merged", "split", "shrinking", "stable"]; // the order a strip mark picks
+
+function sliceChange(meta) {
+  const counts = meta.change && meta.change.status === "compared" ? meta.change.slice_counts : null;
+  const name = counts && NOTABLE.find((n) => counts[n] > 0);
+  return name ? state.changeClasses.find((c) => c.name === name) || null : null;
+}
+
 function renderStrip() {
   const strip = $("strip");
   const s = state.series.get(state.selected);
@@ -524,6 +532,13 @@ function renderStrip() {
         const mark = document.createElement("div");
         mark.className = "mark";
         mark.style.height = `${20 + 80 * Math.sqrt(m.lesion_pixels / most)}%`;
+        const change = sliceChange(m);
+        if (change) {
+          // compared with the prior: the mark takes the colour of the slice's most notable change
+          cell.dataset.change = change.name;
+          cell.title += `, ${change.name}`;
+          mark.style.background = `rgb(${change.colour[0]}, ${change.colour[1]}, ${change.colour[2]})`;
+        }
         cell.append(mark);
       }
       cell.onclick = () => {
