@@ -314,7 +314,6 @@ def _write_pictures(
     research_only: bool,
     note: str,
 ) -> list[Path]:
-    from scanedge.imaging.annotate import legend_strip, stamp_not_for_clinical_use
     from scanedge.imaging.change_overlay import change_legend, render_change
     from scanedge.imaging.followup import CHANGE_CODES, change_image
     from scanedge.imaging.montage import montage, tile_label
@@ -334,9 +333,7 @@ def _write_pictures(
         tiles.append(picture)
         labels.append(tile_label(item.slice))
         changed.append(int(np.count_nonzero((codes > 0) & (codes != CHANGE_CODES["stable"]))))
-        single = np.vstack([picture, legend_strip(picture.shape[1], legend)])
-        if research_only:
-            single = stamp_not_for_clinical_use(single)
+        single = _with_legend(picture, codes, mask, research_only)
         path = out_dir / f"{item.name.replace('#', '_f').replace('/', '_')}.change.png"
         _write(path, encode_image(single, "png"))
         pictures.append(path)
@@ -351,6 +348,28 @@ def _write_pictures(
         _write(path, encode_image(sheet, "png"))
         pictures.append(path)
     return pictures
+
+
+def _with_legend(picture: np.ndarray, codes: np.ndarray, mask: np.ndarray, research_only: bool) -> np.ndarray:
+    """One slice's change picture for a file: at least 512 pixels wide (nearest neighbour, so the legend has
+    room), stamped when the model is for research only, with a legend of the classes on this slice."""
+    import cv2
+
+    from scanedge.imaging.annotate import legend_strip, stamp_not_for_clinical_use
+    from scanedge.imaging.change_overlay import UNCLASSIFIED_COLOUR
+    from scanedge.imaging.followup import CHANGE_CODES, CHANGE_COLOURS
+
+    factor = max(1, -(-512 // picture.shape[1]))
+    if factor > 1:
+        picture = cv2.resize(picture, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
+    if research_only:
+        picture = stamp_not_for_clinical_use(picture)
+    present = {int(v) for v in np.unique(codes)}
+    entries = [(name, CHANGE_COLOURS[name]) for name, code in CHANGE_CODES.items() if code in present]
+    if ((np.asarray(mask) > 0) & (codes == 0)).any():
+        entries.append(("no class", UNCLASSIFIED_COLOUR))
+    notes = [] if entries else ["no tracked lesion on this slice"]
+    return np.vstack([picture, legend_strip(picture.shape[1], entries, notes)])
 
 
 def compare_with_prior(

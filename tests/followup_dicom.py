@@ -1,0 +1,51 @@
+"""Write a synthetic follow-up pair (``scanedge.demo.followup.make_pair``) as two real DICOM series of one patient."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydicom.uid import generate_uid
+
+from scanedge.imaging.dicom import dataset_from_slice
+from scanedge.imaging.registration import VolumeGeometry
+from scanedge.imaging.slices import Slice, SliceGeometry, SliceIdentity
+
+__all__ = ["write_series"]
+
+_MR = "1.2.840.10008.5.1.4.1.1.4"
+
+
+def write_series(
+    folder: Path, volume: np.ndarray, geometry: VolumeGeometry, *, patient_id: str, date: str, modality: str = "MR"
+) -> list[Path]:
+    """One DICOM file per z plane of ``volume`` (axial, identity direction, ``geometry``'s spacing and origin)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study_uid, series_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
+    sx, sy, sz = geometry.spacing
+    ox, oy, oz = geometry.origin
+    stored = np.clip(np.rint(volume), 0, 32767).astype(np.int16)
+    paths = []
+    for z, plane in enumerate(stored):
+        slice_ = Slice.from_array(
+            np.ascontiguousarray(plane),
+            geometry=SliceGeometry(
+                pixel_spacing=(sy, sx),
+                slice_thickness=sz,
+                image_position=(ox, oy, oz + z * sz),
+                image_orientation=(1, 0, 0, 0, 1, 0),
+            ),
+            identity=SliceIdentity(series_uid=series_uid, instance_number=z + 1, modality=modality),
+            window_center=500,
+            window_width=1000,
+        )
+        ds = dataset_from_slice(slice_, sop_class_uid=_MR, study_uid=study_uid)
+        ds.FrameOfReferenceUID = frame_uid
+        ds.PatientName, ds.PatientID = "TEST^FOLLOWUP", patient_id
+        ds.StudyDate = ds.SeriesDate = date
+        ds.Modality = modality
+        ds.BodyPartExamined = "BRAIN"
+        path = folder / f"IM{z + 1:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
