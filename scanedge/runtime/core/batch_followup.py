@@ -365,7 +365,9 @@ def _with_legend(picture: np.ndarray, codes: np.ndarray, mask: np.ndarray, resea
     if research_only:
         picture = stamp_not_for_clinical_use(picture)
     present = {int(v) for v in np.unique(codes)}
-    entries = [(name, CHANGE_COLOURS[name]) for name, code in CHANGE_CODES.items() if code in present]
+    entries: list[tuple[str, tuple[int, int, int]]] = [
+        (name, CHANGE_COLOURS[name]) for name, code in CHANGE_CODES.items() if code in present
+    ]
     if ((np.asarray(mask) > 0) & (codes == 0)).any():
         entries.append(("no class", UNCLASSIFIED_COLOUR))
     notes = [] if entries else ["no tracked lesion on this slice"]
