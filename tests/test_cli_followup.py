@@ -19,7 +19,7 @@ from scanedge.cli import main
 from scanedge.demo.followup import make_pair
 from scanedge.manifest import IntensityPolicy, SizePolicy, embed_manifest
 from tests.conftest import conv_model, simple_manifest
-from tests.followup_dicom import write_series
+from tests.followup_dicom import write_lesion_seg, write_series
 
 pytest.importorskip("SimpleITK")
 
@@ -146,3 +146,20 @@ def test_without_simpleitk_the_error_names_the_extra_literally(pair_folders, tmp
     assert _run(["segment", str(current), "--prior", str(prior), "--model", str(model), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "needs SimpleITK: pip install 'scanedge[followup]'" in err  # the brackets survive the console
+
+
+def test_a_lesion_seg_beside_the_prior_keeps_its_tracking_uids(pair_folders, tmp_path, capsys):
+    current, prior, model, pair = pair_folders
+    with_seg = tmp_path / "prior"
+    with_seg.mkdir()
+    for path in prior.iterdir():
+        (with_seg / path.name).write_bytes(path.read_bytes())
+    uids = write_lesion_seg(with_seg / "lesions.dcm", prior, pair.prior_mask)
+    out = tmp_path / "out"
+    assert _run(["segment", str(current), "--prior", str(with_seg), "--model", str(model), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "tracking ids: prior lesion SEG" in captured.out and "lesions.dcm" not in captured.err  # used, not skipped
+    followup = json.loads((out / "results.json").read_text())["followup"]
+    kept = {lesion["tracking_uid"] for lesion in followup["lesions"] if lesion["change"] != "new"}
+    assert kept == set(uids.values())  # stable, enlarging, shrinking and disappeared keep the SEG's ids
+    assert sorted(lesion["change"] for lesion in followup["lesions"]) == sorted(kind for kind, _ in pair.truth)

@@ -120,11 +120,7 @@ def _read_prior(args: argparse.Namespace, console: Any) -> SliceScan | None:
         )
     with console.status("reading the prior series ..."):
         scan = scan_slices([folder], limits=slice_limits(args))
-    for s in scan.skipped:
-        console.print(literal(f"prior: skipped {s.name} [{s.code}] {s.reason}"), style="yellow")
-    console.print(
-        f"prior: {len(scan.loaded)} slice(s)" + (f"; {len(scan.skipped)} file(s) skipped" if scan.skipped else "")
-    )
+    console.print(f"prior: {len(scan.loaded)} slice(s) from {len({i.path for i in scan.loaded})} file(s)")
     return scan
 
 
@@ -152,7 +148,8 @@ def _compare(
             progress=lambda message: console.print(literal(message)),
             slice_progress=progress,
         )
-    _print_skipped(outcome.prior_skipped[len(prior.skipped) :], console)
+    for s in outcome.prior_skipped:  # a lesion SEG used for the tracking ids is not among them
+        console.print(literal(f"prior: skipped {s.name} [{s.code}] {s.reason}"), style="yellow")
     for warning in outcome.warnings:
         console.print(literal(f"warning: {warning}"), style="yellow")
     return outcome

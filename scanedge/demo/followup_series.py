@@ -184,6 +184,7 @@ class FollowupScore:
         disappeared_ok: whether the lesion removed since the prior is reported disappeared.
         tre_mm: mean distance (mm) over the head between where the registration and the truth map a point.
         registration_s: the registration's time.
+        wrong: each planted lesion reported with another class, in words.
     """
 
     new_found: int

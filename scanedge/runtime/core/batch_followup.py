@@ -280,15 +280,48 @@ class FollowupOutcome:
 _CLASSES = ("new", "enlarging", "stable", "shrinking", "disappeared", "merged", "split")
 
 
+def _lesion_seg(
+    loaded: Sequence[LoadedSlice], skipped: Sequence[SkippedFile], facts: SeriesFacts, warnings: list[str]
+) -> tuple[Path, Any] | None:
+    """The newest usable scanedge lesion SEG of the prior among the files read as no image (a SEG is not an
+    image), on the prior's slices in volume order; a SEG that does not fit is a warning, not an error."""
+    from scanedge.imaging.followup import volume_from_slices
+    from scanedge.imaging.lesion_seg import is_lesion_seg, read_lesion_seg
+
+    candidates = [s.path for s in skipped if s.code == "NOT_AN_IMAGE" and is_lesion_seg(s.path, facts.series_uid)]
+    if not candidates:
+        return None
+    try:
+        _, _, order = volume_from_slices([item.slice for item in loaded])
+    except InputError:
+        return None  # the prior cannot be stacked at all: said when the comparison stacks it
+    ordered = [loaded[i].slice for i in order]
+    for path in sorted(candidates, key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            seg = read_lesion_seg(path, ordered)
+        except InputError as exc:
+            warnings.append(f"the lesion SEG {path.name} cannot be used ({exc.message}); lesions get new ids")
+            continue
+        # back to the order of ``loaded``, as the masks of a segmented prior are
+        tracking = np.zeros_like(seg.tracking)
+        tracking[np.asarray(order)] = seg.tracking
+        return path, type(seg)(seg.sop_instance_uid, tracking, seg.uids)
+    return None
+
+
 def _prior_volume(
-    kept: Sequence[LoadedSlice], masks: Sequence[np.ndarray], facts: SeriesFacts, source: str
+    kept: Sequence[LoadedSlice], masks: Sequence[np.ndarray], facts: SeriesFacts, source: str, seg: Any = None
 ) -> tuple[Any, str]:
     from scanedge.imaging.followup import PriorVolume
     from scanedge.imaging.lesion_change import initial_tracking
 
-    volume, geometry, mask, _order = _stack([item.slice for item in kept], masks, "prior")
-    tracking, uids = initial_tracking(mask, geometry.spacing)
-    how = "new ids (no scanedge lesion SEG beside the prior)"
+    volume, geometry, mask, order = _stack([item.slice for item in kept], masks, "prior")
+    if seg is not None:
+        tracking, uids = seg.tracking[np.asarray(order)], dict(seg.uids)
+        how = f"prior lesion SEG {seg.sop_instance_uid}"
+    else:
+        tracking, uids = initial_tracking(mask, geometry.spacing)
+        how = "new ids (no scanedge lesion SEG beside the prior)"
     prior = PriorVolume(
         study_uid=facts.study_uid,
         series_uid=facts.series_uid,
@@ -403,7 +436,6 @@ def compare_with_prior(
     require_followup_extra()
     say = progress or (lambda _message: None)
     current_facts = series_facts([item for item, _ in current], "current")
-    prior_facts = series_facts(prior_loaded, "prior")
     volume, geometry, mask, order = _stack([item.slice for item, _ in current], [m for _, m in current], "current")
     kept: list[LoadedSlice] = []
     refused: list[SkippedFile] = []
@@ -418,10 +450,17 @@ def compare_with_prior(
     else:
         prior_facts = series_facts(prior_loaded, "prior")
         warnings = check_prior(current_facts, prior_facts, any_patient=any_patient)
-        say(f"segmenting the prior series ({len(prior_loaded)} slice(s)) ...")
-        kept, masks, refused = segment_slices(pipe, prior_loaded, slice_progress)
+        seg = _lesion_seg(prior_loaded, prior_skipped, prior_facts, warnings)
+        if seg is not None:  # the prior's lesions and Tracking UIDs as the earlier follow-up left them
+            seg_path, lesions = seg
+            prior_skipped = [s for s in prior_skipped if s.path != seg_path]
+            kept = list(prior_loaded)
+            masks = [lesions.tracking[z] > 0 for z in range(len(kept))]
+        else:
+            say(f"segmenting the prior series ({len(prior_loaded)} slice(s)) ...")
+            kept, masks, refused = segment_slices(pipe, prior_loaded, slice_progress)
         if kept:
-            prior, how = _prior_volume(kept, masks, prior_facts, source)
+            prior, how = _prior_volume(kept, masks, prior_facts, source, seg[1] if seg else None)
             say("registering the prior onto the current series ...")
             comparison = compare_series(volume, geometry, mask, prior, registration=registration)
         else:
