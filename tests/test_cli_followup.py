@@ -163,3 +163,28 @@ def test_a_lesion_seg_beside_the_prior_keeps_its_tracking_uids(pair_folders, tmp
     kept = {lesion["tracking_uid"] for lesion in followup["lesions"] if lesion["change"] != "new"}
     assert kept == set(uids.values())  # stable, enlarging, shrinking and disappeared keep the SEG's ids
     assert sorted(lesion["change"] for lesion in followup["lesions"]) == sorted(kind for kind, _ in pair.truth)
+
+
+def test_a_lesion_seg_that_does_not_fit_is_a_warning_and_lesions_get_new_ids(pair_folders, tmp_path, capsys):
+    import pydicom
+
+    current, prior, model, pair = pair_folders
+    with_seg = tmp_path / "prior"
+    with_seg.mkdir()
+    for path in prior.iterdir():
+        (with_seg / path.name).write_bytes(path.read_bytes())
+    seg_path = with_seg / "lesions.dcm"
+    uids = write_lesion_seg(seg_path, prior, pair.prior_mask)
+    ds = pydicom.dcmread(seg_path)
+    del ds.SegmentSequence[0].TrackingUID  # a lesion without its id: the SEG cannot carry the ids on
+    ds.save_as(seg_path)
+    out = tmp_path / "out"
+    assert _run(["segment", str(current), "--prior", str(with_seg), "--model", str(model), "--out", str(out)]) == 3
+    captured = capsys.readouterr()
+    assert "warning: the lesion SEG lesions.dcm cannot be used (lesions.dcm: segment 1 has no Tracking UID)" in (
+        captured.out
+    )
+    assert "prior: skipped lesions.dcm [NOT_AN_IMAGE]" in captured.err  # not used, so listed as every such file
+    followup = json.loads((out / "results.json").read_text())["followup"]
+    assert followup["status"] == "compared" and followup["prior"]["tracking"].startswith("new ids")
+    assert not {lesion["tracking_uid"] for lesion in followup["lesions"]} & set(uids.values())
