@@ -48,7 +48,8 @@ def pair_folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, 
 
 
 def _run(argv: list[str]) -> int:
-    return main([*argv, "--threads", "1"])
+    # a registration that runs to convergence: the classes must not depend on how busy the machine is
+    return main([*argv, "--threads", "1", "--registration-budget", "120"])
 
 
 def test_segment_with_a_prior_reports_each_planted_change(pair_folders, tmp_path, capsys):
@@ -188,3 +189,32 @@ def test_a_lesion_seg_that_does_not_fit_is_a_warning_and_lesions_get_new_ids(pai
     followup = json.loads((out / "results.json").read_text())["followup"]
     assert followup["status"] == "compared" and followup["prior"]["tracking"].startswith("new ids")
     assert not {lesion["tracking_uid"] for lesion in followup["lesions"]} & set(uids.values())
+
+
+def test_a_prior_that_does_not_register_withholds_the_change_with_the_reason(pair_folders, tmp_path, capsys):
+    current, _, model, pair = pair_folders
+    noise = tmp_path / "noise"  # same patient and modality, but nothing of the head to align
+    rng = np.random.default_rng(0)
+    write_series(noise, rng.uniform(0, 900, SHAPE).astype(np.float32), pair.geometry, patient_id="P-1",
+                 date="20250301")  # fmt: skip
+    out = tmp_path / "out"
+    assert _run(["segment", str(current), "--prior", str(noise), "--model", str(model), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    followup = json.loads((out / "results.json").read_text())["followup"]
+    assert followup["status"] == "withheld" and followup["reason"].startswith("registration ")
+    assert followup["counts"] is None and followup["lesions"] == []
+    assert f"change withheld: {followup['reason']}" in captured.out
+    assert "current lesion load" in captured.out and "(no change given)" in captured.out
+
+
+def test_a_prior_folder_of_unreadable_files_gives_no_prior_with_the_reason(pair_folders, tmp_path, capsys):
+    current, _, model, _ = pair_folders
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "a.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x08\x00")
+    out = tmp_path / "out"
+    assert _run(["segment", str(current), "--prior", str(garbage), "--model", str(model), "--out", str(out)]) == 3
+    captured = capsys.readouterr()
+    assert "prior: skipped a.dcm [" in captured.err
+    assert "follow-up: no prior (none of the prior's 1 file(s) could be read)" in captured.out
+    assert json.loads((out / "results.json").read_text())["followup"]["status"] == "no_prior"

@@ -132,6 +132,8 @@ def _compare(
     from scanedge.runtime.core.batch_followup import compare_with_prior
 
     budget = getattr(args, "registration_budget", None)
+    if budget is not None and not 0 < budget <= 3600:
+        raise ConfigError(f"--registration-budget must be in (0, 3600] seconds, got {budget}")
     current = [(s.source, s.mask) for s in report.slices if s.mask is not None]
     with LazyProgress(console, "segmenting the prior", delay_s=1.0) as progress:
         outcome = compare_with_prior(
@@ -395,6 +397,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="folder of the prior series' DICOM files: segmented with the same model, registered, and each lesion "
         "reported new / enlarging / stable / shrinking / disappeared (default: no comparison)",
+    )
+    g.add_argument(
+        "--registration-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="wall-time budget of the registration (default: 5, as the DICOM node; raise it on a slow or busy "
+        "machine so the optimiser converges)",
     )
     g.add_argument(
         "--prior-any-patient",
