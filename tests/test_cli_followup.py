@@ -90,6 +90,7 @@ def test_a_prior_of_another_patient_is_refused_unless_allowed(pair_folders, tmp_
     err = capsys.readouterr().err
     assert "error [PRIOR_MISMATCH] the prior is of another patient (Patient ID differs)" in err
     assert "--prior-any-patient" in err and "P-2" not in err and "P-1" not in err
+    assert not (tmp_path / "a" / "results.json").exists()  # refused before anything was segmented
     assert _run([*argv, "--out", str(tmp_path / "b"), "--prior-any-patient"]) == 0
     captured = capsys.readouterr()
     assert "warning: the prior is of another patient (--prior-any-patient)" in captured.out + captured.err

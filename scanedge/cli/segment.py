@@ -236,6 +236,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
     output = _output(args, montage=args.montage, keep_masks=args.prior is not None)
     prior = _read_prior(args, console)
     scan = _read(args, list(args.paths), console)
+    if prior is not None and prior.loaded:  # a prior that must not be compared is refused before any work
+        from scanedge.runtime.core.batch_followup import check_prior, series_facts
+
+        current_facts, prior_facts = series_facts(scan.loaded, "current"), series_facts(prior.loaded, "prior")
+        check_prior(current_facts, prior_facts, any_patient=args.prior_any_patient)
     report, outcome = _segment(args, scan, output, console, prior)
     if outcome is not None:
         from scanedge.runtime.core.batch_followup import add_to_results

@@ -17,7 +17,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,11 @@ from scanedge.imaging.encode import encode_image
 from scanedge.imaging.files import LoadedSlice, SkippedFile
 from scanedge.imaging.series import context_window
 from scanedge.imaging.slices import Slice
+
+if TYPE_CHECKING:  # imported where used: scipy and SimpleITK only when a follow-up runs
+    from scanedge.imaging.followup import SeriesComparison
+    from scanedge.imaging.registration import RegistrationConfig
+    from scanedge.runtime.core.pipeline import Pipeline
 
 __all__ = [
     "CHANGE_MONTAGE_NAME",
@@ -152,7 +157,7 @@ def check_prior(current: SeriesFacts, prior: SeriesFacts, *, any_patient: bool =
 
 
 def segment_slices(
-    pipe: Any, loaded: Sequence[LoadedSlice], progress: Callable[[int, int], None] | None = None
+    pipe: Pipeline, loaded: Sequence[LoadedSlice], progress: Callable[[int, int], None] | None = None
 ) -> tuple[list[LoadedSlice], list[np.ndarray], list[SkippedFile]]:
     """Segment ``loaded`` (one series, in order) with ``pipe``, writing nothing: (slices segmented, their label
     masks, slices refused with the reason)."""
@@ -208,7 +213,7 @@ class FollowupOutcome:
         pictures: the change pictures written (one per current slice, then the montage).
     """
 
-    comparison: Any
+    comparison: SeriesComparison
     prior: SeriesFacts
     prior_slices: int
     warnings: tuple[str, ...]
@@ -339,7 +344,7 @@ def _prior_volume(
 def _write_pictures(
     out_dir: Path,
     current: Sequence[tuple[LoadedSlice, np.ndarray]],
-    comparison: Any,
+    comparison: SeriesComparison,
     order: Sequence[int],
     *,
     montage_too: bool,
@@ -353,7 +358,7 @@ def _write_pictures(
     from scanedge.runtime.core.batch import _write
 
     report = comparison.report
-    counts = {lesion.change: report.count(lesion.change) for lesion in report.lesions}
+    counts: dict[str, int] = {lesion.change: report.count(lesion.change) for lesion in report.lesions}
     legend = change_legend(counts if comparison.status == "compared" else {})
     pictures: list[Path] = []
     tiles: list[np.ndarray] = []
@@ -408,7 +413,7 @@ def _with_legend(picture: np.ndarray, codes: np.ndarray, mask: np.ndarray, resea
 
 
 def compare_with_prior(
-    pipe: Any,
+    pipe: Pipeline,
     current: Sequence[tuple[LoadedSlice, np.ndarray]],
     prior_loaded: Sequence[LoadedSlice],
     prior_skipped: Sequence[SkippedFile] = (),
@@ -418,7 +423,7 @@ def compare_with_prior(
     montage: bool = True,
     montage_limit: int | None = None,
     source: str = "prior folder",
-    registration: Any = None,
+    registration: RegistrationConfig | None = None,
     progress: Callable[[str], None] | None = None,
     slice_progress: Callable[[int, int], None] | None = None,
 ) -> FollowupOutcome:
