@@ -37,6 +37,9 @@ def test_wrong_sized_codes_are_refused():
 
 
 def test_the_legend_lists_the_classes_present_with_their_counts():
-    assert change_legend({"new": 2, "stable": 0}) == [("new 2", CHANGE_COLOURS["new"]), ("no class", UNCLASSIFIED_COLOUR)]
+    assert change_legend({"new": 2, "stable": 0}) == [
+        ("new 2", CHANGE_COLOURS["new"]),
+        ("no class", UNCLASSIFIED_COLOUR),
+    ]
     names = [name for name, _ in change_legend(unclassified=False)]
     assert "disappeared" not in names and names[0] == "new"  # disappeared lesions have no current pixels
