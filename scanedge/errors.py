@@ -11,6 +11,7 @@ need to catch :class:`ScanedgeError` (or one of its families)::
     │   ├── InvalidSliceError           zero-size, wrong rank, wrong dtype, NaN/Inf pixels
     │   ├── ImageTooLargeError          more pixels (or decoded bytes) than the configured limit
     │   ├── OutOfScopeError             an image the model was not made for (its manifest's ``applies_to``)
+    │   ├── PriorMismatchError          a prior series of another patient or modality than the current one
     │   └── DicomError                  DICOM that cannot become a slice
     │       ├── NotDicomError             truncated or non-DICOM bytes
     │       ├── NotAnImageError           a DICOM object that is not an image (SEG, SR, RTSTRUCT, ...)
@@ -110,6 +111,7 @@ __all__ = [
     "NotAnImageError",
     "NotDicomError",
     "OutOfScopeError",
+    "PriorMismatchError",
     "ProtocolError",
     "ProviderUnavailableError",
     "RemoteEngineError",
@@ -242,6 +244,13 @@ class NoFrameGeometryError(DicomError):
     reference such an image only as one frame, so the DICOM node does not take it."""
 
     code = "NO_FRAME_GEOMETRY"
+
+
+class PriorMismatchError(InputError):
+    """A prior series given for comparison that is not of the current series' patient (Patient ID) or
+    modality: a follow-up of two patients would report lesions that never changed."""
+
+    code = "PRIOR_MISMATCH"
 
 
 class ModelError(ScanedgeError):

@@ -30,12 +30,15 @@ if TYPE_CHECKING:
     from scanedge.imaging.files import SliceScan
     from scanedge.imaging.series_summary import SeriesSummary
     from scanedge.runtime.core.batch import BatchOutput, BatchReport
+    from scanedge.runtime.core.batch_followup import FollowupOutcome
     from scanedge.runtime.core.pipeline import Pipeline
 
 __all__ = ["add_parsers", "cmd_demo", "cmd_segment"]
 
 DEFAULT_SEGMENT_OUT = Path("scanedge-out")
 DEFAULT_DEMO_OUT = Path("scanedge-demo-out")
+#: registration time budget of ``demo --prior`` (seconds): generous, so its figures are reproducible
+DEMO_REGISTRATION_BUDGET_S = 60.0
 
 
 def _open_pipeline(args: argparse.Namespace, console: Any) -> Pipeline:
@@ -87,13 +90,78 @@ def _print_skipped(skipped: Any, console: Any) -> None:
         console.print(line)
 
 
-def _segment(args: argparse.Namespace, scan: SliceScan, output: BatchOutput, console: Any) -> BatchReport:
+def _segment(
+    args: argparse.Namespace, scan: SliceScan, output: BatchOutput, console: Any, prior: SliceScan | None = None
+) -> tuple[BatchReport, FollowupOutcome | None]:
+    """Segment ``scan`` into ``output``; with ``prior``, compare the series with it using the same pipeline."""
     from scanedge.runtime.core.batch import segment_to_folder
 
-    with _open_pipeline(args, console) as pipe, LazyProgress(console, "segmenting", delay_s=1.0) as progress:
-        report = segment_to_folder(pipe, scan.loaded, output, progress, scan.skipped)
-    _print_skipped(report.skipped[len(scan.skipped) :], console)  # refused by the model: out of scope, ...
-    return report
+    with _open_pipeline(args, console) as pipe:
+        with LazyProgress(console, "segmenting", delay_s=1.0) as progress:
+            report = segment_to_folder(pipe, scan.loaded, output, progress, scan.skipped)
+        _print_skipped(report.skipped[len(scan.skipped) :], console)  # refused by the model: out of scope, ...
+        outcome = _compare(args, pipe, report, prior, console) if prior is not None else None
+    return report, outcome
+
+
+def _read_prior(args: argparse.Namespace, console: Any) -> SliceScan | None:
+    """The prior folder's slices (``--prior``), checked before the model is loaded; None without --prior."""
+    from scanedge.imaging.files import scan_slices
+    from scanedge.runtime.core.batch_followup import require_followup_extra
+
+    folder = getattr(args, "prior", None)
+    if folder is None:
+        return None
+    require_followup_extra()  # before anything is read or segmented
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise ConfigError(
+            f"the prior folder {folder} {what}; --prior names the folder of the prior series' DICOM files"
+        )
+    with console.status("reading the prior series ..."):
+        scan = scan_slices([folder], limits=slice_limits(args))
+    console.print(f"prior: {len(scan.loaded)} slice(s) from {len({i.path for i in scan.loaded})} file(s)")
+    return scan
+
+
+def _compare(
+    args: argparse.Namespace, pipe: Pipeline, report: BatchReport, prior: SliceScan, console: Any
+) -> FollowupOutcome:
+    """The segmented series against the prior: the library does it all; this prints progress to stderr."""
+    from scanedge.imaging.registration import RegistrationConfig
+    from scanedge.runtime.core.batch_followup import compare_with_prior
+
+    budget = getattr(args, "registration_budget", None)
+    if budget is not None and not 0 < budget <= 3600:
+        raise ConfigError(f"--registration-budget must be in (0, 3600] seconds, got {budget}")
+    current = [(s.source, s.mask) for s in report.slices if s.mask is not None]
+    with LazyProgress(console, "segmenting the prior", delay_s=1.0) as progress:
+        outcome = compare_with_prior(
+            pipe,
+            current,
+            prior.loaded,
+            prior.skipped,
+            any_patient=getattr(args, "prior_any_patient", False),
+            out_dir=args.out,
+            montage=True,
+            montage_limit=getattr(args, "montage_limit", None),
+            source=f"folder {Path(args.prior).name}",
+            registration=RegistrationConfig(time_budget_s=budget) if budget else None,
+            progress=lambda message: console.print(literal(message)),
+            slice_progress=progress,
+        )
+    for s in outcome.prior_skipped:  # a lesion SEG used for the tracking ids is not among them
+        console.print(literal(f"prior: skipped {s.name} [{s.code}] {s.reason}"), style="yellow")
+    for warning in outcome.warnings:
+        console.print(literal(f"warning: {warning}"), style="yellow")
+    return outcome
+
+
+def _print_followup(outcome: FollowupOutcome, out: Any) -> None:
+    from scanedge.runtime.core.batch_followup import followup_lines
+
+    for line in followup_lines(outcome):
+        out.print(literal(line))
 
 
 def _volume(mm3: float) -> str:
@@ -120,9 +188,16 @@ def _series_line(s: SeriesSummary) -> str:
     return f"{s.label}: {s.slices} slice(s); " + "; ".join(parts)
 
 
-def _exit_status(report: BatchReport, console: Any) -> int:
+def _exit_status(report: BatchReport, console: Any, outcome: FollowupOutcome | None = None) -> int:
     from scanedge.console import print_error
 
+    prior_skipped = len(outcome.prior_skipped) if outcome is not None else 0
+    if prior_skipped and report.slices:
+        console.print(
+            f"[yellow]{len(report.skipped)} input(s) and {prior_skipped} prior file(s) skipped[/] (listed above "
+            f"and in results.json); exit status {EXIT_SKIPPED}"
+        )
+        return EXIT_SKIPPED
     if not report.skipped:
         return 0
     if not report.slices:
@@ -158,19 +233,32 @@ def cmd_segment(args: argparse.Namespace) -> int:
     Exit 0 when every input was segmented, 3 when some were skipped, 2 when none could be.
     """
     console = make_console()
-    output = _output(args, montage=args.montage)
+    output = _output(args, montage=args.montage, keep_masks=args.prior is not None)
+    prior = _read_prior(args, console)
     scan = _read(args, list(args.paths), console)
-    report = _segment(args, scan, output, console)
+    if prior is not None and prior.loaded:  # a prior that must not be compared is refused before any work
+        from scanedge.runtime.core.batch_followup import check_prior, series_facts
+
+        current_facts, prior_facts = series_facts(scan.loaded, "current"), series_facts(prior.loaded, "prior")
+        check_prior(current_facts, prior_facts, any_patient=args.prior_any_patient)
+    report, outcome = _segment(args, scan, output, console, prior)
+    if outcome is not None:
+        from scanedge.runtime.core.batch_followup import add_to_results
+
+        add_to_results(report.results_path, outcome)
     out = make_console(stderr=False)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(report.results_path.read_text(), end="")
     else:
         for s in report.series:
             out.print(literal(_series_line(s)))
         if report.slices:
             out.print("latency per slice: " + report.latency().describe())
-        out.print(f"overlays and results.json written to [bold]{literal(args.out)}[/]")
-    return _exit_status(report, console)
+        if outcome is not None:
+            _print_followup(outcome, out)
+        changes = " and change pictures (*.change.png, change-montage.png)" if outcome is not None else ""
+        out.print(f"overlays{changes} and results.json written to [bold]{literal(args.out)}[/]")
+    return _exit_status(report, console, outcome)
 
 
 _TABLE_COLUMNS = (
@@ -191,9 +279,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The shipped model on the shipped synthetic series: per-slice table, series summary, Dice, montage.
     With ``--live``: the runtime, a replay at a scanner's pace and the web viewer (:mod:`scanedge.cli.live`)."""
     if args.live:
+        if args.prior:
+            raise ConfigError("--prior and --live cannot be combined; run `scanedge demo --prior` on its own")
         from scanedge.cli.live import cmd_demo_live
 
         return cmd_demo_live(args)
+    if args.prior:
+        return _demo_followup(args)
     from scanedge.demo.series import demo_series_dir, dice_against_truth
     from scanedge.runtime.core.batch import RESULTS_NAME
 
@@ -206,7 +298,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         series_dir = demo_series_dir()
     scan = _read(args, [series_dir], console)
     console.print(f"demo series: {len(scan.loaded)} synthetic FLAIR-like slices in {literal(series_dir)}")
-    report = _segment(args, scan, output, console)
+    report, _ = _segment(args, scan, output, console)
     out = make_console(stderr=False)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -240,6 +332,49 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _exit_status(report, console)
 
 
+def _demo_followup(args: argparse.Namespace) -> int:
+    """``demo --prior``: a prior of the demo patient with a known motion and known lesion changes, compared as
+    ``segment --prior`` compares, then scored against the truth."""
+    from scanedge.demo.followup_series import make_demo_followup, score_followup, write_demo_followup
+    from scanedge.runtime.core.batch import RESULTS_NAME
+    from scanedge.runtime.core.batch_followup import add_to_results, require_followup_extra
+
+    require_followup_extra()
+    console = make_console()
+    replacing = args.out == DEFAULT_DEMO_OUT and (args.out / RESULTS_NAME).is_file()
+    output = _output(args, montage=False, keep_masks=True, overwrite=replacing)
+    with console.status("making the prior study of the demo patient (known motion and lesion changes) ..."):
+        followup = make_demo_followup()
+        current_dir, prior_dir = write_demo_followup(args.out / "series", followup)
+    console.print(f"demo follow-up: current {literal(current_dir)}, prior {literal(prior_dir)} (DICOM)")
+    args.prior = prior_dir
+    args.montage_limit = 8
+    # the optimiser runs to convergence rather than to the node's 5 s budget, so the figures do not depend on
+    # how busy the machine is
+    args.registration_budget = DEMO_REGISTRATION_BUDGET_S
+    prior = _read_prior(args, console)
+    scan = _read(args, [current_dir], console)
+    report, outcome = _segment(args, scan, output, console, prior)
+    if outcome is None:  # _segment compares whenever a prior was read
+        raise ConfigError("the demo's prior could not be read")
+    score = score_followup(followup, outcome.comparison)
+    add_to_results(report.results_path, outcome, {"truth": score.to_dict()})
+    out = make_console(stderr=False)
+    if args.json:
+        print(report.results_path.read_text(), end="")
+        return _exit_status(report, console, outcome)
+    for summary in report.series:
+        out.print(literal(_series_line(summary)))
+    _print_followup(outcome, out)
+    for line in score.lines():
+        out.print(literal(line))
+    montage = next((p.name for p in outcome.pictures if p.name.startswith("change-")), "-")
+    out.print(
+        f"change pictures: [bold]{literal(args.out)}[/] (one per slice, montage: {literal(montage)}; results.json)"
+    )
+    return _exit_status(report, console, outcome)
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register ``segment`` and ``demo``."""
     p = sub.add_parser(
@@ -259,6 +394,28 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-masks", action="store_true", help="also write each label mask as .npy (default: off)")
     p.add_argument("--montage", action="store_true", help="also write montage.png, every overlay tiled (default: off)")
     p.add_argument("--json", action="store_true", help="print results.json on stdout instead of the summary")
+    g = p.add_argument_group("follow-up (needs scanedge[followup])")
+    g.add_argument(
+        "--prior",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder of the prior series' DICOM files: segmented with the same model, registered, and each lesion "
+        "reported new / enlarging / stable / shrinking / disappeared (default: no comparison)",
+    )
+    g.add_argument(
+        "--registration-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="wall-time budget of the registration (default: 5, as the DICOM node; raise it on a slow or busy "
+        "machine so the optimiser converges)",
+    )
+    g.add_argument(
+        "--prior-any-patient",
+        action="store_true",
+        help="compare even when the prior's Patient ID differs (phantoms, research; default: refuse)",
+    )
     _add_pipeline_args(p)
     p.set_defaults(func=cmd_segment)
 
@@ -272,6 +429,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace earlier results in another --out folder")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the comparison with the true labels")
     p.add_argument("--json", action="store_true", help="print results.json on stdout instead of the table")
+    p.add_argument(
+        "--prior",
+        action="store_true",
+        help="follow-up demo: a prior study of the demo patient with known motion and lesion changes, compared as "
+        "`segment --prior` does and scored against the truth (needs scanedge[followup])",
+    )
     _add_pipeline_args(p)
     add_live_args(p)
     p.set_defaults(func=cmd_demo)

@@ -75,12 +75,26 @@ def _uid(digest: str, *parts: object) -> str:
     return _UID_ROOT + str(int(h[:24], 16))[: 64 - len(_UID_ROOT)]
 
 
-def write_demo_series(out_dir: str | os.PathLike[str], patient: DemoPatient | None = None) -> list[Path]:
-    """Write the demo patient as one DICOM file per slice (``IM0001.dcm`` ...); returns the paths."""
+def write_demo_series(
+    out_dir: str | os.PathLike[str],
+    patient: DemoPatient | None = None,
+    *,
+    pixels: np.ndarray | None = None,
+    study: str = "study",
+    date: str = "20260101",
+) -> list[Path]:
+    """Write the demo patient as one DICOM file per slice (``IM0001.dcm`` ...); returns the paths.
+
+    ``pixels`` (the patient's shape), ``study`` (seeds the UIDs) and ``date`` (YYYYMMDD) make another study of
+    the same patient: the follow-up demo's prior (:mod:`scanedge.demo.followup_series`)."""
     patient = patient or load_demo_patient()
+    volume = patient.pixels if pixels is None else pixels
+    if volume.shape != patient.pixels.shape:
+        raise ValueError(f"pixels {volume.shape} must have the demo patient's shape {patient.pixels.shape}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    study_uid, series_uid, frame_uid = (_uid(patient.digest, k) for k in ("study", "series", "frame"))
+    key = "" if study == "study" else f"{study}/"  # the shipped study keeps its UIDs
+    study_uid, series_uid, frame_uid = (_uid(patient.digest, key + k) for k in ("study", "series", "frame"))
     # window: black to just above the brightest lesions, so lesions stand out of white matter and cortex
     lo, hi = 0.0, 1.1 * float(np.percentile(patient.pixels, 99.99))
     rows, cols = patient.pixels.shape[1:]
@@ -88,9 +102,9 @@ def write_demo_series(out_dir: str | os.PathLike[str], patient: DemoPatient | No
     middle = float(patient.z_mm.max()) / 2
     step = float(np.diff(patient.z_mm).mean()) if len(patient.z_mm) > 1 else 1.0
     paths = []
-    for i, (pixels, z) in enumerate(zip(patient.pixels, patient.z_mm)):
+    for i, (plane, z) in enumerate(zip(volume, patient.z_mm)):
         slice_ = Slice.from_array(
-            np.ascontiguousarray(pixels, np.int16),
+            np.ascontiguousarray(plane, np.int16),
             geometry=SliceGeometry(
                 pixel_spacing=(sr, sc),
                 slice_thickness=1.0,
@@ -106,14 +120,14 @@ def write_demo_series(out_dir: str | os.PathLike[str], patient: DemoPatient | No
         ds = dataset_from_slice(
             slice_,
             sop_class_uid=_MR_IMAGE_STORAGE,
-            sop_instance_uid=_uid(patient.digest, "instance", i),
+            sop_instance_uid=_uid(patient.digest, key + "instance", i),
             study_uid=study_uid,
         )
         ds.FrameOfReferenceUID = frame_uid
         ds.PatientName = "DEMO^SYNTHETIC"
         ds.PatientID = "SCANEDGE-DEMO"
         ds.PatientSex = "O"
-        ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20260101"
+        ds.StudyDate = ds.SeriesDate = ds.ContentDate = date
         ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
         ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "", ""
         ds.Manufacturer = "scanedge synthetic demo"

@@ -136,7 +136,9 @@ def _file_stem(item: LoadedSlice) -> str:
 
 
 #: what a run writes into its folder, and so what ``overwrite`` removes
-_OUTPUT_PATTERNS = ("*.overlay.png", "*.overlay.jpg", "*.mask.npy", MONTAGE_NAME, RESULTS_NAME)
+_OUTPUT_PATTERNS: tuple[str, ...] = ("*.overlay.png", "*.overlay.jpg", "*.mask.npy", MONTAGE_NAME, RESULTS_NAME)
+#: what a follow-up (``--prior``) adds: change pictures per slice and their montage
+_OUTPUT_PATTERNS += ("*.change.png", "change-montage.png")
 
 
 def prepare_output_dir(output: BatchOutput) -> Path:
