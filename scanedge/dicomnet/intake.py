@@ -238,5 +238,7 @@ def quantised(result: SliceResult, manifest: Manifest) -> Any:
     """The foreground classes' probabilities on the slice's grid, as uint8 (x 255), for FRACTIONAL SEGs."""
     import numpy as np
 
-    planes = result.probabilities_on_slice(1 if manifest.output.activation == "softmax" else 0)
+    planes = result.probabilities_on_slice(
+        1 if manifest.output is not None and manifest.output.activation == "softmax" else 0
+    )
     return np.rint(np.clip(planes, 0.0, 1.0) * 255).astype(np.uint8)
