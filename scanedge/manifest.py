@@ -424,6 +424,10 @@ _UNRESTRICTED = AppliesTo()
 
 #: most heads one manifest may declare (a graph with more outputs names the ones scanedge reads)
 MAX_HEADS = 16
+#: most classes over all score heads, and the longest name of one: every RESULT carries each of them twice
+#: (the slice's and the series' score), and a RESULT header is at most 64 KiB
+MAX_SCORE_CLASSES = 128
+MAX_SCORE_NAME = 64
 
 
 @dataclass(frozen=True)
@@ -524,8 +528,13 @@ class HeadSpec:
             raise _fail(f"{where}.classes", "a mask head needs 2 to 255 classes (background first)")
         if self.role == "score":
             low = 2 if self.activation == "softmax" else 1
-            if not low <= len(classes) <= 1000:
-                raise _fail(f"{where}.classes", f"a {self.activation} score head needs {low} to 1000 classes")
+            if not low <= len(classes) <= MAX_SCORE_CLASSES:
+                raise _fail(
+                    f"{where}.classes", f"a {self.activation} score head needs {low} to {MAX_SCORE_CLASSES} classes"
+                )
+            long = [n for n in names if len(n) > MAX_SCORE_NAME or not n.isprintable()]
+            if long:
+                raise _fail(f"{where}.classes", f"names must be printable, at most {MAX_SCORE_NAME} characters: {long}")
         if self.role == "saliency":
             if classes:
                 raise _fail(f"{where}.classes", "a saliency head has no classes of its own (see of)")
@@ -571,6 +580,8 @@ def _check_heads(manifest: Manifest) -> None:
     if len(set(names)) != len(names):
         raise _fail("heads", f"every head reads its own graph output; names given: {names}")
     scores = {h.name for h in heads if h.role == "score"}
+    if sum(len(h.classes) for h in heads if h.role == "score") > MAX_SCORE_CLASSES:
+        raise _fail("heads", f"at most {MAX_SCORE_CLASSES} classes over all score heads (each RESULT carries them all)")
     explained: set[str] = set()
     for h in heads:
         if h.role == "saliency":

@@ -227,7 +227,8 @@ def segment_to_folder(
             refused.append(SkippedFile.of(item.name, item.path, exc))
         else:
             uid = item.slice.identity.series_uid
-            loads.setdefault(uid, SeriesLesionLoad(classes)).add(result.mask, *_placement(item))
+            if pipe.manifest.output is not None:  # a classifier has no mask, hence no lesion load
+                loads.setdefault(uid, SeriesLesionLoad(classes)).add(result.mask, *_placement(item))
             if result.scores:
                 series_scores.setdefault(uid, SeriesScores(pipe.manifest.heads)).add(result.scores, *_placement(item))
             stem = _file_stem(item)

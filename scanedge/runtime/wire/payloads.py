@@ -19,6 +19,7 @@ import numpy as np
 from scanedge.errors import BadPayloadError, DicomError, ImageTooLargeError, InvalidSliceError, ProtocolError
 from scanedge.imaging.dicom import invert_monochrome1, slices_from_dicom
 from scanedge.imaging.encode import encode_image
+from scanedge.imaging.heads import SeriesScore
 from scanedge.imaging.lesion_load import LesionLoad
 from scanedge.imaging.overlay import OverlayConfig
 from scanedge.imaging.slices import Slice, SliceAcquisition, SliceGeometry, SliceIdentity, SliceLimits
@@ -236,6 +237,7 @@ def pipeline_reply(
     series_ms: float = 0.0,
     position_mm: float | None = None,
     series_load: LesionLoad | None = None,
+    series_scores: Sequence[SeriesScore] = (),
 ) -> Result:
     """The RESULT header for one pipeline result: its findings, and the stage timings (ms) of the pipeline
     plus what the caller measured around it (queue, decode, encode, series); ``total`` runs from
@@ -262,6 +264,8 @@ def pipeline_reply(
         runtime=runtime,
         position_mm=None if position_mm is None else round(position_mm, 4),
         series_load=series_load,
+        scores=result.scores,
+        series_scores=series_scores,
         scope=result.scope.status,
         scope_detail=result.scope.detail,
     )

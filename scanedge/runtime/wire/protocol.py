@@ -38,6 +38,7 @@ from scanedge.errors import (
     UnsupportedDtypeError,
     UnsupportedVersionError,
 )
+from scanedge.imaging.heads import HeadScore, SeriesScore
 from scanedge.imaging.lesion_load import LesionLoad
 from scanedge.safe_text import printable
 
@@ -324,6 +325,8 @@ class Result(_Message, tag="RESULT", frozen=True):
     scope_detail: str = ""  # for "outside": what the model expects and what the slice is
     position_mm: float | None = None  # added within version 1: the slice's place along its normal
     series_load: LesionLoad | None = None  # added within version 1: the series' lesion load so far
+    scores: tuple[HeadScore, ...] = ()  # added within version 1: per score head, this slice's classes
+    series_scores: tuple[SeriesScore, ...] = ()  # added within version 1: per score head, the series so far
 
 
 class Error(_Message, tag="ERROR", frozen=True):
@@ -684,6 +687,8 @@ def result_reply(
     scope_detail: str = "",
     position_mm: float | None = None,
     series_load: LesionLoad | None = None,
+    scores: Sequence[HeadScore] = (),
+    series_scores: Sequence[SeriesScore] = (),
 ) -> Result:
     """A RESULT header; the payload frames follow it in the order of ``frames``."""
     return Result(
@@ -705,6 +710,8 @@ def result_reply(
         scope_detail=scope_detail,
         position_mm=position_mm,
         series_load=series_load,
+        scores=tuple(scores),
+        series_scores=tuple(series_scores),
     )
 
 
