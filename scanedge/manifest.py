@@ -424,9 +424,9 @@ _UNRESTRICTED = AppliesTo()
 
 #: most heads one manifest may declare (a graph with more outputs names the ones scanedge reads)
 MAX_HEADS = 16
-#: most classes over all score heads, and the longest name of one: every RESULT carries each of them twice
-#: (the slice's and the series' score), and a RESULT header is at most 64 KiB
-MAX_SCORE_CLASSES = 128
+#: most classes over all score heads (an ImageNet-size head fits), and the longest name of one (a RESULT
+#: carries the most probable of them: :data:`scanedge.imaging.heads.WIRE_SCORE_CLASSES`)
+MAX_SCORE_CLASSES = 1000
 MAX_SCORE_NAME = 64
 
 
@@ -581,7 +581,7 @@ def _check_heads(manifest: Manifest) -> None:
         raise _fail("heads", f"every head reads its own graph output; names given: {names}")
     scores = {h.name for h in heads if h.role == "score"}
     if sum(len(h.classes) for h in heads if h.role == "score") > MAX_SCORE_CLASSES:
-        raise _fail("heads", f"at most {MAX_SCORE_CLASSES} classes over all score heads (each RESULT carries them all)")
+        raise _fail("heads", f"at most {MAX_SCORE_CLASSES} classes over all score heads")
     explained: set[str] = set()
     for h in heads:
         if h.role == "saliency":

@@ -32,6 +32,7 @@ from scanedge.imaging.slices import SliceGeometry
 from scanedge.manifest import HeadSpec, Manifest
 
 __all__ = [
+    "WIRE_SCORE_CLASSES",
     "ClassScore",
     "DecodedHeads",
     "HeadDecoder",
@@ -42,8 +43,13 @@ __all__ = [
     "SeriesScore",
     "SeriesScores",
     "aggregate",
+    "for_wire",
     "score_probabilities",
 ]
+
+#: most classes one RESULT carries over all its score heads, for the slice and again for the series (a RESULT
+#: header is at most 64 KiB); a head with more carries its most probable classes and counts the rest
+WIRE_SCORE_CLASSES = 96
 
 
 class ClassScore(msgspec.Struct, frozen=True):
@@ -70,12 +76,14 @@ class HeadScore(msgspec.Struct, frozen=True):
         classes: one :class:`ClassScore` per class, in the head's order.
         top: the most probable class's name.
         operating_point: the name of the operating point the thresholds belong to; "" when not stated.
+        omitted: on the wire, how many of the head's classes were left out (the least probable ones).
     """
 
     head: str
     classes: tuple[ClassScore, ...]
     top: str
     operating_point: str = ""
+    omitted: int = 0  # classes left out of a RESULT (the least probable; see WIRE_SCORE_CLASSES)
 
     def score(self, name: str) -> ClassScore:
         """The class called ``name``; KeyError when the head has none."""
@@ -129,6 +137,7 @@ class SeriesScore(msgspec.Struct, frozen=True):
         slices: slices held (a slice re-sent to the same place counts once).
         classes: one :class:`SeriesClassScore` per class, in the head's order.
         dropped_slices: slices at new places refused once ``max_slices`` were held.
+        omitted: on the wire, how many of the head's classes were left out (the lowest scores).
     """
 
     head: str
@@ -136,6 +145,7 @@ class SeriesScore(msgspec.Struct, frozen=True):
     slices: int
     classes: tuple[SeriesClassScore, ...]
     dropped_slices: int = 0
+    omitted: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, scores rounded to 1e-6."""
@@ -278,6 +288,41 @@ class HeadDecoder:
         crop = plane[: max(1, round(sh * vh / mh)), : max(1, round(sw * vw / mw))].astype(np.float32)
         rows, cols = info.slice_shape
         return cv2.resize(crop, (cols, rows), interpolation=cv2.INTER_LINEAR)
+
+
+def for_wire(
+    scores: Sequence[HeadScore], series: Sequence[SeriesScore], limit: int = WIRE_SCORE_CLASSES
+) -> tuple[tuple[HeadScore, ...], tuple[SeriesScore, ...]]:
+    """What a RESULT carries of ``scores`` and ``series``: every class while the heads have at most ``limit``
+    classes together; otherwise each head keeps an equal share of ``limit``, its most probable classes (the
+    highest series scores for ``series``) in the head's order, and counts the rest in ``omitted``."""
+    if sum(len(s.classes) for s in scores) <= limit and sum(len(s.classes) for s in series) <= limit:
+        return tuple(scores), tuple(series)
+    share = max(1, limit // max(1, len(scores), len(series)))
+
+    def keep(values: Sequence[float]) -> list[int]:
+        return sorted(sorted(range(len(values)), key=lambda i: -values[i])[:share])
+
+    slim = []
+    for s in scores:
+        kept = keep([c.probability for c in s.classes])
+        slim.append(
+            HeadScore(s.head, tuple(s.classes[i] for i in kept), s.top, s.operating_point, len(s.classes) - len(kept))
+        )
+    slim_series = []
+    for t in series:
+        kept = keep([c.score for c in t.classes])
+        slim_series.append(
+            SeriesScore(
+                t.head,
+                t.aggregation,
+                t.slices,
+                tuple(t.classes[i] for i in kept),
+                t.dropped_slices,
+                len(t.classes) - len(kept),
+            )
+        )
+    return tuple(slim), tuple(slim_series)
 
 
 def aggregate(values: Sequence[float], how: str) -> float:

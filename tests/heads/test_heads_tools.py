@@ -164,15 +164,26 @@ def test_node_scores_output_writes_the_series_scores(head_models, tmp_path: Path
 
 def test_the_largest_score_heads_fit_one_result_header():
     from scanedge.errors import ManifestInvalidError
-    from scanedge.imaging.heads import ClassScore, HeadScore, SeriesScores
+    from scanedge.imaging.heads import WIRE_SCORE_CLASSES, ClassScore, HeadScore, SeriesScores, for_wire
     from scanedge.manifest import MAX_SCORE_CLASSES, ClassSpec, HeadSpec
     from scanedge.runtime.wire.protocol import MAX_HEADER_BYTES
 
-    names = [f"{i:03d}" + "x" * 61 for i in range(MAX_SCORE_CLASSES)]
+    names = [f"{i:04d}" + "x" * 60 for i in range(MAX_SCORE_CLASSES)]
     head = HeadSpec("h", "score", activation="sigmoid", classes=tuple(ClassSpec(n) for n in names))
-    score = HeadScore("h", tuple(ClassScore(n, 0.123456789, 0.5, False) for n in names), names[0])
+    probabilities = np.random.default_rng(0).random(MAX_SCORE_CLASSES)
+    score = HeadScore(
+        "h", tuple(ClassScore(n, float(p), 0.5, bool(p >= 0.5)) for n, p in zip(names, probabilities)), "x"
+    )
     series = SeriesScores([head]).add([score])
-    size = len(encode(Result(version=1, id="x" * 64, scores=(score,), series_scores=series)))
+    scores, series_scores = for_wire([score], series)
+    size = len(encode(Result(version=1, id="x" * 64, scores=scores, series_scores=series_scores)))
     assert size < MAX_HEADER_BYTES * 0.75  # room left for findings, timings and the rest
-    with pytest.raises(ManifestInvalidError, match="1 to 128 classes"):
-        HeadSpec("h", "score", activation="sigmoid", classes=tuple(ClassSpec(f"c{i}") for i in range(129)))
+    (kept,) = scores
+    assert len(kept.classes) == WIRE_SCORE_CLASSES and kept.omitted == MAX_SCORE_CLASSES - WIRE_SCORE_CLASSES
+    least_kept = min(c.probability for c in kept.classes)
+    assert sum(p > least_kept for p in probabilities) == WIRE_SCORE_CLASSES - 1  # the most probable ones
+    assert [c.name for c in kept.classes] == sorted(c.name for c in kept.classes)  # in the head's order
+    small = HeadScore("h", score.classes[:3], "x")
+    assert for_wire([small], ()) == ((small,), ())  # a small head travels whole
+    with pytest.raises(ManifestInvalidError, match="1 to 1000 classes"):
+        HeadSpec("h", "score", activation="sigmoid", classes=tuple(ClassSpec(f"c{i}") for i in range(1001)))

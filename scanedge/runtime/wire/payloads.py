@@ -19,7 +19,7 @@ import numpy as np
 from scanedge.errors import BadPayloadError, DicomError, ImageTooLargeError, InvalidSliceError, ProtocolError
 from scanedge.imaging.dicom import invert_monochrome1, slices_from_dicom
 from scanedge.imaging.encode import encode_image
-from scanedge.imaging.heads import SeriesScore
+from scanedge.imaging.heads import SeriesScore, for_wire
 from scanedge.imaging.lesion_load import LesionLoad
 from scanedge.imaging.overlay import OverlayConfig
 from scanedge.imaging.slices import Slice, SliceAcquisition, SliceGeometry, SliceIdentity, SliceLimits
@@ -243,6 +243,7 @@ def pipeline_reply(
     plus what the caller measured around it (queue, decode, encode, series); ``total`` runs from
     ``received_mono`` to now. The runtime's workers and the DICOM node both answer with it."""
     t = result.timings
+    wire_scores, wire_series = for_wire(result.scores, series_scores)  # bounded: a header is at most 64 KiB
     return result_reply(
         echo,
         model=model,
@@ -264,8 +265,8 @@ def pipeline_reply(
         runtime=runtime,
         position_mm=None if position_mm is None else round(position_mm, 4),
         series_load=series_load,
-        scores=result.scores,
-        series_scores=series_scores,
+        scores=wire_scores,
+        series_scores=wire_series,
         scope=result.scope.status,
         scope_detail=result.scope.detail,
     )
