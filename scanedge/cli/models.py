@@ -146,8 +146,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--classes",
         default="",
-        help="the mask's class names, background first, comma-separated (required for a segmentation model; "
-        "without it the model is a classifier and its [N, C] outputs become score heads)",
+        help="the mask's class names, background first, comma-separated (needed for a segmentation model; "
+        "default: none, a classifier whose [N, C] outputs become score heads)",
     )
     g.add_argument("--version", default="1.0.0", help="model version (default: 1.0.0)")
     g.add_argument("--description", default="", help="what the model does (default: empty)")

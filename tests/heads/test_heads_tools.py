@@ -187,3 +187,14 @@ def test_the_largest_score_heads_fit_one_result_header():
     assert for_wire([small], ()) == ((small,), ())  # a small head travels whole
     with pytest.raises(ManifestInvalidError, match="1 to 1000 classes"):
         HeadSpec("h", "score", activation="sigmoid", classes=tuple(ClassSpec(f"c{i}") for i in range(1001)))
+
+
+@pytest.mark.parametrize("name", ["classifier", "two_masks"])
+def test_edge_bench_times_a_multi_head_model(head_models, name):
+    from tests.bench.test_cli_output import run
+
+    model = str(head_models[f"{name}+manifest"])
+    done = run("pipeline", "--model", model, "--count", "20", "--warmup", "2", "--json", "-")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["figures"]["postprocess"]["count"] == 20 and report["figures"]["infer"]["count"] == 20
