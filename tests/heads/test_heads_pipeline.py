@@ -143,3 +143,32 @@ def test_a_slice_with_non_finite_scores_is_refused(head_models, tmp_path):
         bad = np.full((SIZE, SIZE), np.float32(3e38))
         with pytest.raises(NonFiniteOutputError):
             pipe.run(Slice.from_array(bad))
+
+
+def test_classifier_overlay_shows_scores_and_only_the_models_own_saliency(head_models):
+    import cv2
+
+    from scanedge.imaging.annotate import font_scale, text_size
+    from scanedge.imaging.score_overlay import SALIENCY_FLOOR, score_lines
+
+    pixels = cv2.resize(sample_slices(1)[0], (256, 256), interpolation=cv2.INTER_LINEAR)
+    with Pipeline.open(head_models["classifier+manifest"]) as pipe:
+        with_map = pipe.run(pixels)
+        no_map_manifest = pipe.manifest.replace(heads=pipe.manifest.heads[:1])  # the same model, no saliency head
+    with Pipeline.open(head_models["classifier"], manifest=no_map_manifest) as pipe:
+        without = pipe.run(pixels)
+    assert without.saliency == ()
+    lines = score_lines(without.scores)
+    assert len(lines) == 3
+    text_rows = 2 + sum(text_size(t, font_scale(256))[1] for t in lines)
+    grey = without.overlay
+    colour = (grey[..., 0] != grey[..., 1]) | (grey[..., 1] != grey[..., 2])
+    # without a saliency head: the slice in grey, the scores written (in the class colours) in the top-left
+    assert colour[:text_rows].any() and not colour[text_rows:].any()
+    # with one: the model's map tints the image where it is above the floor, and nowhere else
+    below = np.zeros_like(colour)
+    below[text_rows:] = True
+    tinted = np.any(with_map.overlay != grey, axis=2)
+    values = with_map.saliency[0].normalized()
+    assert tinted[(values >= SALIENCY_FLOOR + 0.01) & below].mean() > 0.95
+    assert not tinted[(values < SALIENCY_FLOOR - 0.01) & below].any()  # 0.01: the map is drawn at 8 bits
