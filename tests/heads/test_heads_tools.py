@@ -198,3 +198,18 @@ def test_edge_bench_times_a_multi_head_model(head_models, name):
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["figures"]["postprocess"]["count"] == 20 and report["figures"]["infer"]["count"] == 20
+
+
+def test_the_saliency_frame_is_the_models_own_map(head_models):
+    pixels = sample_slices(1)[0]
+    with running_server([head_models["classifier+manifest"]]) as server, Client(server.endpoint) as client:
+        remote = client.segment(pixels, outputs=("mask", "saliency"))
+    from scanedge.runtime.core.pipeline import Pipeline
+
+    with Pipeline.open(head_models["classifier+manifest"]) as pipe:
+        local = pipe.run(pixels, overlay=False)
+    assert remote.saliency is not None and remote.saliency.dtype == np.float32
+    np.testing.assert_allclose(remote.saliency, local.saliency[0].normalized(), atol=1e-6)
+    with running_server([head_models["mask_score+manifest"]]) as server, Client(server.endpoint) as client:
+        plain = client.segment(pixels, outputs=("mask", "saliency"))
+    assert plain.saliency is None and [f.name for f in plain.header.frames] == ["mask"]  # none made up

@@ -107,6 +107,8 @@ def run_job(
             # scratch copy of it), which the reply, sent without copying, must not go on reading
             image = image.copy()
         arrays = {"mask": result.mask, "overlay": result.overlay, "probabilities": result.probabilities, "image": image}
+        # the model's own saliency map (its first saliency head), 0-1 over the slice; no frame without one
+        arrays["saliency"] = result.saliency[0].normalized() if result.saliency else None
         infos, payload, encode_ms = result_frames(req.outputs, arrays, req.overlay_encoding)
         if job.shm is not None:  # outputs the console wants in its shared memory (protocol section 12)
             infos, payload = job.shm.place(infos, payload)

@@ -103,7 +103,7 @@ MAX_HEADER_BYTES = 64 * 1024
 REQUEST_TYPES = ("SEGMENT", "PING", "STATS", "SHM_REGISTER", "SHM_UNREGISTER", "SHM_STATUS")
 REPLY_TYPES = ("RESULT", "ERROR", "PONG", "STATS_REPLY", "SHM_REGIONS")
 MESSAGE_TYPES = REQUEST_TYPES + REPLY_TYPES
-OUTPUT_NAMES = ("mask", "overlay", "probabilities", "image")
+OUTPUT_NAMES = ("mask", "overlay", "probabilities", "image", "saliency")
 #: dtypes a raw pixel frame may carry (always little-endian on the wire)
 WIRE_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 #: reply ``status`` of the scheduling outcomes; every other error code has status "error"
@@ -125,7 +125,7 @@ Width = Annotated[float, Meta(gt=0.0, le=1e10)]
 Fraction = Annotated[float, Meta(ge=0.0, le=1.0)]
 Epoch = Annotated[float, Meta(ge=0.0, le=1e11)]
 DeadlineMs = Annotated[float, Meta(gt=0.0, le=86_400_000.0)]
-OutputName = Literal["mask", "overlay", "probabilities", "image"]
+OutputName = Literal["mask", "overlay", "probabilities", "image", "saliency"]
 Count = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 ShmName = Annotated[str, Meta(min_length=1, max_length=255)]  # its form is checked where it is opened
 ByteCount = Annotated[int, Meta(ge=0, le=2**48)]
