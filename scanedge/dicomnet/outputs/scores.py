@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from scanedge.dicomnet.outputs.base import DicomOutput
+from scanedge.dicomnet.outputs.base import DicomOutput, OutputStats
 from scanedge.dicomnet.series import OpenSeries
 from scanedge.imaging.heads import SeriesScores
 from scanedge.manifest import Manifest
@@ -111,6 +111,14 @@ class ScoresOutput(DicomOutput):
         """A model without score heads gets no file: say so once."""
         if not manifest.score_heads:
             log.warning("model %s has no score heads in its manifest: the scores output writes nothing for it", model)
+
+    def counters(self, stats: OutputStats) -> dict[str, int]:
+        """``score_reports_written``, ``score_report_failures``, ``score_report_retries`` in ``status.json``."""
+        return {
+            "score_reports_written": stats.written,
+            "score_report_failures": stats.failures,
+            "score_report_retries": stats.retries,
+        }
 
     def build(self, series: OpenSeries, model: str, manifest: Manifest) -> tuple[list[Any], list[str]]:
         """One :class:`ScoreReport` when the model scored the series; none otherwise."""
