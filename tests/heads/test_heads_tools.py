@@ -213,3 +213,19 @@ def test_the_saliency_frame_is_the_models_own_map(head_models):
     with running_server([head_models["mask_score+manifest"]]) as server, Client(server.endpoint) as client:
         plain = client.segment(pixels, outputs=("mask", "saliency"))
     assert plain.saliency is None and [f.name for f in plain.header.frames] == ["mask"]  # none made up
+
+
+def test_verify_reports_every_head(head_models, tmp_path: Path, capsys):
+    from scanedge.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i, pixels in enumerate(sample_slices(4)):
+        np.save(data / f"s{i}.npy", pixels)
+    source = head_models["mask_score+manifest"]
+    engine = convert(source, ConvertConfig(precision="fp16", out_dir=tmp_path / "fp16")).output
+    assert main(["verify", str(engine), "--reference", str(source), "--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "score head abnormal_logit: max |diff|" in out and "decisions agree on 100.00%" in out and "PASS" in out
+    assert main(["verify", str(engine), "--reference", str(source), "--data", str(data), "--max-abs-diff", "0"]) == 1
+    assert "abnormal_logit: max |probability difference|" in capsys.readouterr().out
