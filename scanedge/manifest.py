@@ -596,7 +596,8 @@ def _check_heads(manifest: Manifest) -> None:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A validated, immutable description of one segmentation model. ``classes[0]`` is background.
+    """A validated, immutable description of one model (a segmentation, a classifier, or both, see
+    ``heads``). ``classes[0]`` is background.
 
     Invalid values raise ManifestInvalidError on construction.
 
