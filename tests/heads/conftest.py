@@ -13,12 +13,15 @@ import pytest
 from scanedge.manifest import ClassSpec, HeadSpec, InputSpec, IntensityPolicy, Manifest, OutputSpec, SizePolicy
 from scanedge.manifest import embed_manifest as _embed
 
-torch = pytest.importorskip("torch", reason="the multi-head test models are built with torch (pip install torch)")
-
 SIZE = 32
 
 
-def _export(module: torch.nn.Module, path: Path, outputs: list[str]) -> Path:
+def _torch():
+    return pytest.importorskip("torch", reason="the multi-head test models are built with torch (pip install torch)")
+
+
+def _export(module, path: Path, outputs: list[str]) -> Path:
+    torch = _torch()
     module.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
@@ -34,46 +37,55 @@ def _export(module: torch.nn.Module, path: Path, outputs: list[str]) -> Path:
     return path
 
 
-class Classifier(torch.nn.Module):
-    """Three classes: CAM-style saliency [1, 3, 8, 8] and logits [1, 3] as the saliency's spatial mean."""
+def _modules() -> dict[str, tuple[object, list[str]]]:
+    """The three test networks (torch is imported here, so tests that need no model run without it)."""
+    torch = _torch()
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = torch.nn.Conv2d(1, 6, 3, padding=1)
-        self.cam = torch.nn.Conv2d(6, 3, 1)
-        self.pool = torch.nn.AvgPool2d(4)
+    class Classifier(torch.nn.Module):
+        """Three classes: CAM-style saliency [1, 3, 8, 8] and logits [1, 3] as the saliency's spatial mean."""
 
-    def forward(self, x):
-        cam = self.cam(self.pool(torch.relu(self.features(x))))
-        return cam.mean(dim=(2, 3)) * 3.0, cam
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = torch.nn.Conv2d(1, 6, 3, padding=1)
+            self.cam = torch.nn.Conv2d(6, 3, 1)
+            self.pool = torch.nn.AvgPool2d(4)
 
+        def forward(self, x):
+            cam = self.cam(self.pool(torch.relu(self.features(x))))
+            return cam.mean(dim=(2, 3)) * 3.0, cam
 
-class MaskAndScore(torch.nn.Module):
-    """A two-class softmax mask [1, 2, 32, 32] and a sigmoid score [1, 1] from the same features."""
+    class MaskAndScore(torch.nn.Module):
+        """A two-class softmax mask [1, 2, 32, 32] and a sigmoid score [1, 1] from the same features."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = torch.nn.Conv2d(1, 4, 3, padding=1)
-        self.mask = torch.nn.Conv2d(4, 2, 1)
-        self.score = torch.nn.Linear(4, 1)
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = torch.nn.Conv2d(1, 4, 3, padding=1)
+            self.mask = torch.nn.Conv2d(4, 2, 1)
+            self.score = torch.nn.Linear(4, 1)
 
-    def forward(self, x):
-        f = torch.relu(self.features(x))
-        return self.mask(f), self.score(f.mean(dim=(2, 3))) * 4.0
+        def forward(self, x):
+            f = torch.relu(self.features(x))
+            return self.mask(f), self.score(f.mean(dim=(2, 3))) * 4.0
 
+    class TwoMasks(torch.nn.Module):
+        """A two-class softmax mask and a sigmoid mask with two foreground classes (no background channel)."""
 
-class TwoMasks(torch.nn.Module):
-    """A two-class softmax mask and a sigmoid mask with two foreground classes (no background channel)."""
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = torch.nn.Conv2d(1, 4, 3, padding=1)
+            self.lesion = torch.nn.Conv2d(4, 2, 1)
+            self.organs = torch.nn.Conv2d(4, 2, 1)
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = torch.nn.Conv2d(1, 4, 3, padding=1)
-        self.lesion = torch.nn.Conv2d(4, 2, 1)
-        self.organs = torch.nn.Conv2d(4, 2, 1)
+        def forward(self, x):
+            f = torch.relu(self.features(x))
+            return self.lesion(f), self.organs(f) * 3.0
 
-    def forward(self, x):
-        f = torch.relu(self.features(x))
-        return self.lesion(f), self.organs(f) * 3.0
+    torch.manual_seed(7)
+    return {
+        "classifier": (Classifier(), ["class_logits", "cam"]),
+        "mask_score": (MaskAndScore(), ["logits", "abnormal_logit"]),
+        "two_masks": (TwoMasks(), ["logits", "organs"]),
+    }
 
 
 def _base(
@@ -136,13 +148,8 @@ def two_mask_manifest() -> Manifest:
 @pytest.fixture(scope="session")
 def head_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The three models, exported (no manifest) and with their manifest embedded (``NAME+manifest``)."""
-    torch.manual_seed(7)
     folder = tmp_path_factory.mktemp("head-models")
-    raw = {
-        "classifier": _export(Classifier(), folder / "classifier.onnx", ["class_logits", "cam"]),
-        "mask_score": _export(MaskAndScore(), folder / "mask_score.onnx", ["logits", "abnormal_logit"]),
-        "two_masks": _export(TwoMasks(), folder / "two_masks.onnx", ["logits", "organs"]),
-    }
+    raw = {name: _export(module, folder / f"{name}.onnx", outputs) for name, (module, outputs) in _modules().items()}
     manifests = {
         "classifier": classifier_manifest(),
         "mask_score": mask_score_manifest(),
