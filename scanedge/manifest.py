@@ -34,12 +34,15 @@ __all__ = [
     "AppliesTo",
     "ClassSpec",
     "CodedConcept",
+    "HeadSpec",
     "InputSpec",
     "IntensityPolicy",
     "Manifest",
     "ManifestSource",
+    "OperatingPoint",
     "OutputSpec",
     "SizePolicy",
+    "check_head_output",
     "check_model_io",
     "check_model_output",
     "embed_manifest",
@@ -59,6 +62,8 @@ Interpolation = Literal["linear", "area", "nearest", "cubic"]
 IntensityMode = Literal["none", "window", "percentile", "zscore", "scale"]
 OutputKind = Literal["logits", "probabilities"]
 Activation = Literal["softmax", "sigmoid"]
+HeadRole = Literal["mask", "score", "saliency"]
+Aggregation = Literal["max", "mean", "noisy_or"]
 
 
 def _fail(what: str, problem: str) -> ManifestInvalidError:
@@ -417,9 +422,182 @@ class AppliesTo:
 _UNRESTRICTED = AppliesTo()
 
 
+#: most heads one manifest may declare (a graph with more outputs names the ones scanedge reads)
+MAX_HEADS = 16
+#: most classes over all score heads (an ImageNet-size head fits), and the longest name of one (a RESULT
+#: carries the most probable of them: :data:`scanedge.imaging.heads.WIRE_SCORE_CLASSES`)
+MAX_SCORE_CLASSES = 1000
+MAX_SCORE_NAME = 64
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """The operating point a score head's thresholds were chosen at, as its makers validated it.
+
+    scanedge decides with the classes' ``threshold`` values; this says what those thresholds mean, so that
+    reports and the console can show it next to the decision.
+
+    Attributes:
+        name: the operating point's name (``high-sensitivity``).
+        sensitivity: the sensitivity measured at it (0-1); None when not stated.
+        specificity: the specificity measured at it (0-1); None when not stated.
+        description: where the figures come from (data set, reader study), for people.
+    """
+
+    name: str
+    sensitivity: float | None = None
+    specificity: float | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not 1 <= len(self.name) <= 64 or not self.name.isprintable():
+            raise _fail("operating_point.name", "must be printable text of 1-64 characters")
+        for what in ("sensitivity", "specificity"):
+            value = getattr(self, what)
+            if value is not None:
+                _finite(f"operating_point.{what}", value)
+                if not 0 <= value <= 1:
+                    raise _fail(f"operating_point.{what}", f"{value!r} must be between 0 and 1")
+        if not isinstance(self.description, str) or len(self.description) > 1024:
+            raise _fail("operating_point.description", "must be text of at most 1024 characters")
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """One further output of the graph and its role.
+
+    - ``mask``: per-pixel scores, NCHW, read exactly as ``output`` is (``kind``, ``activation`` and its own
+      ``classes``, background first).
+    - ``score``: image-level classification, shaped [N, C]: one value per class in ``classes`` (softmax:
+      mutually exclusive classes that sum to 1; sigmoid: independent classes). A class is decided present
+      on a slice when its probability reaches the class's ``threshold``; over a series the per-slice
+      probabilities are combined by ``aggregation`` and the same threshold decides.
+    - ``saliency``: a per-pixel map (NCHW, 1 channel or one per class of the score head it explains) that
+      shows where a score head looked; drawn as a heat map. Scanedge never makes one up: without a
+      saliency head there is none.
+
+    Attributes:
+        name: the output tensor's name in the ONNX graph.
+        role: ``mask``, ``score`` or ``saliency``, as above.
+        kind: ``logits`` or ``probabilities`` (mask and score heads).
+        activation: ``softmax`` or ``sigmoid`` (mask and score heads).
+        classes: the head's classes (mask: background first, 2 or more; score: 1 or more, 2 or more for
+            softmax); empty for a saliency head.
+        aggregation: how a score head's slice probabilities make the series' score: ``max``, ``mean`` or
+            ``noisy_or`` (1 - the product of 1 - p: the chance that at least one slice is positive, if
+            slices were independent).
+        operating_point: what a score head's thresholds mean (:class:`OperatingPoint`); optional.
+        of: for a saliency head, the name of the score head it explains.
+    """
+
+    name: str
+    role: HeadRole
+    kind: OutputKind = "logits"
+    activation: Activation = "softmax"
+    classes: tuple[ClassSpec, ...] = ()
+    aggregation: Aggregation = "max"
+    operating_point: OperatingPoint | None = None
+    of: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise _fail("heads[].name", "must not be empty")
+        where = f"heads[{self.name}]"
+        _choice(f"{where}.role", self.role, ("mask", "score", "saliency"))
+        _choice(f"{where}.kind", self.kind, ("logits", "probabilities"))
+        _choice(f"{where}.activation", self.activation, ("softmax", "sigmoid"))
+        _choice(f"{where}.aggregation", self.aggregation, ("max", "mean", "noisy_or"))
+        if isinstance(self.classes, (str, bytes)) or not isinstance(self.classes, (tuple, list)):
+            raise _fail(f"{where}.classes", "must be a list of {name, color, threshold} objects")
+        classes = tuple(_build(ClassSpec, c, f"{where}.classes[{i}]") for i, c in enumerate(self.classes))
+        object.__setattr__(self, "classes", classes)
+        if isinstance(self.operating_point, Mapping):
+            object.__setattr__(
+                self, "operating_point", _build(OperatingPoint, self.operating_point, f"{where}.operating_point")
+            )
+        elif self.operating_point is not None and not isinstance(self.operating_point, OperatingPoint):
+            raise _fail(f"{where}.operating_point", "must be an object {name, sensitivity, specificity}")
+        names = [c.name for c in classes]
+        if len(set(names)) != len(names):
+            raise _fail(f"{where}.classes", f"names must be unique, got {names}")
+        if self.role != "score" and (self.aggregation != "max" or self.operating_point is not None):
+            raise _fail(where, "aggregation and operating_point belong to score heads")
+        if self.role != "saliency" and self.of:
+            raise _fail(f"{where}.of", "only a saliency head explains another head")
+        if self.role == "mask" and not 2 <= len(classes) <= 255:
+            raise _fail(f"{where}.classes", "a mask head needs 2 to 255 classes (background first)")
+        if self.role == "score":
+            low = 2 if self.activation == "softmax" else 1
+            if not low <= len(classes) <= MAX_SCORE_CLASSES:
+                raise _fail(
+                    f"{where}.classes", f"a {self.activation} score head needs {low} to {MAX_SCORE_CLASSES} classes"
+                )
+            long = [n for n in names if len(n) > MAX_SCORE_NAME or not n.isprintable()]
+            if long:
+                raise _fail(f"{where}.classes", f"names must be printable, at most {MAX_SCORE_NAME} characters: {long}")
+        if self.role == "saliency":
+            if classes:
+                raise _fail(f"{where}.classes", "a saliency head has no classes of its own (see of)")
+            if not self.of:
+                raise _fail(f"{where}.of", "name the score head this saliency map explains")
+
+    @property
+    def channels(self) -> int:
+        """Values per image of a mask or score head: one per class, but no background channel for a
+        sigmoid mask."""
+        if self.role == "mask" and self.activation == "sigmoid":
+            return len(self.classes) - 1
+        return len(self.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The head as plain values, fields at their defaults left out (the shape :class:`Manifest` reads)."""
+        out: dict[str, Any] = {"name": self.name, "role": self.role}
+        if self.role != "saliency":
+            out["kind"], out["activation"] = self.kind, self.activation
+            out["classes"] = [
+                {k: v for k, v in dataclasses.asdict(c).items() if v is not None or k not in _CODED}
+                for c in self.classes
+            ]
+        if self.role == "score":
+            out["aggregation"] = self.aggregation
+            if self.operating_point is not None:
+                out["operating_point"] = dataclasses.asdict(self.operating_point)
+        if self.role == "saliency":
+            out["of"] = self.of
+        return out
+
+
+def _check_heads(manifest: Manifest) -> None:
+    """Head names are unique graph outputs; a saliency head explains a score head of this manifest."""
+    heads = manifest.heads
+    if isinstance(heads, (str, bytes)) or not isinstance(heads, (tuple, list)):
+        raise _fail("heads", "must be a list of head objects")
+    heads = tuple(_build(HeadSpec, h, f"heads[{i}]") for i, h in enumerate(heads))
+    object.__setattr__(manifest, "heads", heads)
+    if len(heads) > MAX_HEADS:
+        raise _fail("heads", f"at most {MAX_HEADS}")
+    names = [h.name for h in heads] + ([manifest.output.name] if manifest.output is not None else [])
+    if len(set(names)) != len(names):
+        raise _fail("heads", f"every head reads its own graph output; names given: {names}")
+    scores = {h.name for h in heads if h.role == "score"}
+    if sum(len(h.classes) for h in heads if h.role == "score") > MAX_SCORE_CLASSES:
+        raise _fail("heads", f"at most {MAX_SCORE_CLASSES} classes over all score heads")
+    explained: set[str] = set()
+    for h in heads:
+        if h.role == "saliency":
+            if h.of not in scores:
+                raise _fail(f"heads[{h.name}].of", f"{h.of!r} is not a score head of this manifest ({sorted(scores)})")
+            if h.of in explained:
+                raise _fail(f"heads[{h.name}].of", f"{h.of!r} already has a saliency head")
+            explained.add(h.of)
+    if manifest.output is None and not any(h.role in ("mask", "score") for h in heads):
+        raise _fail("output", "a model without a mask output (output: null) needs a score or mask head in heads")
+
+
 @dataclass(frozen=True)
 class Manifest:
-    """A validated, immutable description of one segmentation model. ``classes[0]`` is background.
+    """A validated, immutable description of one model (a segmentation, a classifier, or both, see
+    ``heads``). ``classes[0]`` is background.
 
     Invalid values raise ManifestInvalidError on construction.
 
@@ -430,7 +608,8 @@ class Manifest:
         input: the image input tensor.
         size: how slices become the input's height and width.
         intensity: how pixel values become the input's numbers.
-        output: the score output tensor.
+        output: the per-pixel score output tensor (the mask head); None for a model without one (a
+            classifier: then ``classes`` is empty and ``heads`` has a score head).
         description: what the model does, for people.
         intended_use: what it may and may not be used for, for people.
         onnx_sha256: :func:`graph_sha256` of the model it describes; checked on load when set.
@@ -438,6 +617,8 @@ class Manifest:
         applies_to: the images the model was made for; others are refused (OUT_OF_SCOPE).
         not_for_clinical_use: burn "not for clinical use" into the montages and overlay files scanedge
             writes (demonstration and research models).
+        heads: the graph's further outputs and their roles (:class:`HeadSpec`): image-level scores,
+            saliency maps, more masks. Empty (the default): ``output`` is the model's only head.
     """
 
     name: str
@@ -446,7 +627,7 @@ class Manifest:
     input: InputSpec = field(default_factory=InputSpec)
     size: SizePolicy = field(default_factory=SizePolicy)
     intensity: IntensityPolicy = field(default_factory=IntensityPolicy)
-    output: OutputSpec = field(default_factory=OutputSpec)
+    output: OutputSpec | None = field(default_factory=OutputSpec)
     description: str = ""
     intended_use: str = ""
     onnx_sha256: str | None = None
@@ -454,6 +635,7 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
     applies_to: AppliesTo = field(default_factory=AppliesTo)
     not_for_clinical_use: bool = False
+    heads: tuple[HeadSpec, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -468,7 +650,11 @@ class Manifest:
                 "upgrade scanedge or rewrite the manifest with `scanedge manifest init`",
             )
         object.__setattr__(self, "classes", tuple(self.classes))
-        if len(self.classes) < 2:
+        _check_heads(self)
+        if self.output is None:
+            if self.classes:
+                raise _fail("classes", "are the mask's classes; a model without a mask output (output: null) has none")
+        elif len(self.classes) < 2:
             raise _fail("classes", "need at least two (background and one finding)")
         names = [c.name for c in self.classes]
         if len(set(names)) != len(names):
@@ -495,8 +681,38 @@ class Manifest:
 
     @property
     def output_channels(self) -> int:
-        """Channels the output tensor must have for this manifest."""
+        """Channels the output tensor must have for this manifest (0 without a mask output)."""
+        if self.output is None:
+            return 0
         return self.num_classes if self.output.activation == "softmax" else self.num_classes - 1
+
+    @property
+    def mask_output(self) -> OutputSpec:
+        """``output``, for code that draws or measures the mask; ManifestMismatchError for a model without one."""
+        if self.output is None:
+            raise ManifestMismatchError(
+                f"model {self.name} has no mask output (output: null): it gives scores, not a segmentation"
+            )
+        return self.output
+
+    @property
+    def score_heads(self) -> tuple[HeadSpec, ...]:
+        """The image-level classification heads, in manifest order."""
+        return tuple(h for h in self.heads if h.role == "score")
+
+    @property
+    def mask_heads(self) -> tuple[HeadSpec, ...]:
+        """The further per-pixel heads (``output``, when there is one, is not among them)."""
+        return tuple(h for h in self.heads if h.role == "mask")
+
+    def saliency_for(self, score_head: str) -> HeadSpec | None:
+        """The saliency head that explains ``score_head``; None when the manifest declares none."""
+        return next((h for h in self.heads if h.role == "saliency" and h.of == score_head), None)
+
+    def mask_manifest(self, head: HeadSpec) -> Manifest:
+        """This manifest as if ``head`` (a mask head) were its only output: what the mask postprocessing of
+        that head reads."""
+        return self.replace(output=OutputSpec(head.name, head.kind, head.activation), classes=head.classes, heads=())
 
     # --- serialisation -------------------------------------------------------------------------
 
@@ -509,6 +725,10 @@ class Manifest:
         """
         out = dataclasses.asdict(self)
         out["classes"] = [{k: v for k, v in c.items() if v is not None or k not in _CODED} for c in out["classes"]]
+        if self.heads:
+            out["heads"] = [h.to_dict() for h in self.heads]
+        else:
+            del out["heads"]
         if not self.applies_to.restricts:
             del out["applies_to"]
         if not self.not_for_clinical_use:
@@ -541,14 +761,21 @@ class Manifest:
                 "input": _build(InputSpec, data.pop("input", {}), "input"),
                 "size": _build(SizePolicy, data.pop("size", {}), "size"),
                 "intensity": _build(IntensityPolicy, data.pop("intensity", {}), "intensity"),
-                "output": _build(OutputSpec, data.pop("output", {}), "output"),
+                "output": None
+                if data.get("output", {}) is None
+                else _build(OutputSpec, data.pop("output", {}), "output"),
                 "applies_to": _build(AppliesTo, data.pop("applies_to", {}), "applies_to"),
             }
             raw_classes = data.pop("classes", None)
             if not isinstance(raw_classes, list):
                 raise _fail("classes", "must be a list of {name, color, threshold} objects")
             classes = tuple(_build(ClassSpec, c, f"classes[{i}]") for i, c in enumerate(raw_classes))
-            return _build(cls, {**data, **sections, "classes": classes}, "manifest")
+            raw_heads = data.pop("heads", [])
+            if not isinstance(raw_heads, list) or len(raw_heads) > MAX_HEADS:
+                raise _fail("heads", f"must be a list of at most {MAX_HEADS} head objects")
+            heads = tuple(_build(HeadSpec, h, f"heads[{i}]") for i, h in enumerate(raw_heads))
+            data.pop("output", None)
+            return _build(cls, {**data, **sections, "classes": classes, "heads": heads}, "manifest")
         except ManifestInvalidError:
             raise
         except (TypeError, ValueError) as exc:  # wrong JSON types deep inside a field
@@ -575,7 +802,7 @@ def _build(kind: type, data: Any, where: str) -> Any:
         raise _fail(where, f"unknown key(s) {unknown}; known keys are {sorted(known)}")
     values = dict(data)
     for f in dataclasses.fields(kind):
-        if f.name in values and isinstance(values[f.name], list) and f.name != "classes":
+        if f.name in values and isinstance(values[f.name], list) and f.name not in ("classes", "heads"):
             values[f.name] = tuple(values[f.name])
     missing = [
         f.name
@@ -717,7 +944,7 @@ def check_model_io(
     if fixed(shape[c_axis]) not in (None, spec.channels):
         raise ManifestMismatchError(
             f"input {spec.name!r} has {shape[c_axis]} channels ({spec.layout} shape {list(shape)}) but the "
-            f"manifest declares {spec.channels}"
+            f"manifest declares {spec.channels}{_channel_hint(shape[c_axis])}"
         )
     h, w = fixed(shape[h_axis]), fixed(shape[w_axis])
     if size.mode == "fixed":
@@ -730,26 +957,83 @@ def check_model_io(
             f"manifest size.mode={size.mode!r} feeds varying sizes, but input {spec.name!r} has a fixed "
             f"height/width ({list(shape)}); use size.mode='fixed'"
         )
-    out = manifest.output
-    if out.name not in outs:
-        raise ManifestMismatchError(f"manifest output.name is {out.name!r} but the model's outputs are {sorted(outs)}")
-    oshape = tuple(outs[out.name])
-    if len(oshape) != 4:
-        raise ManifestMismatchError(f"output {out.name!r} has rank {len(oshape)}; scanedge needs NCHW scores")
-    if fixed(oshape[1]) not in (None, manifest.output_channels):
-        raise ManifestMismatchError(
-            f"output {out.name!r} has {oshape[1]} channels but {manifest.num_classes} classes with "
-            f"{out.activation} need {manifest.output_channels}"
-        )
-    # the scores are read pixel for pixel at the input's grid: a fixed output size must be the input's
-    expected = (1, manifest.output_channels, fixed(shape[h_axis]), fixed(shape[w_axis]))
-    for axis, (want, got) in enumerate(zip(expected, oshape)):
-        if want is not None and fixed(got) not in (None, want):
+    if manifest.output is not None:
+        out = manifest.output
+        if out.name not in outs:
             raise ManifestMismatchError(
-                f"output {out.name!r} is declared {list(oshape)}, but scanedge reads it as "
-                f"{_shape_text(expected)} (batch 1, {manifest.output_channels} channels, the input's height and "
+                f"manifest output.name is {out.name!r} but the model's outputs are {sorted(outs)}"
+            )
+        _check_mask_shape(
+            out.name,
+            outs[out.name],
+            manifest.output_channels,
+            f"{manifest.num_classes} classes with {out.activation}",
+            (fixed(shape[h_axis]), fixed(shape[w_axis])),
+        )
+    for head in manifest.heads:
+        if head.name not in outs:
+            raise ManifestMismatchError(
+                f"manifest head {head.name!r} ({head.role}) is not an output of the model; its outputs are "
+                f"{sorted(outs)}"
+            )
+        hshape = tuple(outs[head.name])
+        if head.role == "mask":
+            _check_mask_shape(
+                head.name,
+                hshape,
+                head.channels,
+                f"{len(head.classes)} classes with {head.activation}",
+                (fixed(shape[h_axis]), fixed(shape[w_axis])),
+            )
+        elif head.role == "score":
+            if len(hshape) != 2 or fixed(hshape[0]) not in (None, 1) or fixed(hshape[1]) not in (None, head.channels):
+                raise ManifestMismatchError(
+                    f"score head {head.name!r} is declared {list(hshape)}, but scanedge reads it as "
+                    f"[1, {head.channels}] (one value per class of the head)"
+                )
+        else:
+            n = len(next(h for h in manifest.heads if h.name == head.of).classes)
+            if len(hshape) != 4 or fixed(hshape[0]) not in (None, 1) or fixed(hshape[1]) not in (None, 1, n):
+                raise ManifestMismatchError(
+                    f"saliency head {head.name!r} is declared {list(hshape)}, but scanedge reads it as "
+                    f"[1, 1 or {n}, height, width] (one map, or one per class of {head.of!r})"
+                )
+
+
+def _check_mask_shape(
+    name: str, oshape: Sequence[Any], channels: int, why: str, input_hw: tuple[int | None, int | None]
+) -> None:
+    """A per-pixel head: NCHW, batch 1, ``channels`` channels, at the input's height and width when fixed."""
+    oshape = tuple(oshape)
+    if len(oshape) != 4:
+        raise ManifestMismatchError(f"output {name!r} has rank {len(oshape)}; scanedge needs NCHW scores")
+    got_c = oshape[1] if isinstance(oshape[1], int) and oshape[1] > 0 else None
+    if got_c not in (None, channels):
+        raise ManifestMismatchError(f"output {name!r} has {oshape[1]} channels but {why} need {channels}")
+    # the scores are read pixel for pixel at the input's grid: a fixed output size must be the input's
+    expected = (1, channels, *input_hw)
+    for axis, (want, got) in enumerate(zip(expected, oshape)):
+        if want is not None and (got if isinstance(got, int) and got > 0 else None) not in (None, want):
+            raise ManifestMismatchError(
+                f"output {name!r} is declared {list(oshape)}, but scanedge reads it as "
+                f"{_shape_text(expected)} (batch 1, {channels} channels, the input's height and "
                 f"width); dimension {axis} differs"
             )
+
+
+def _channel_hint(channels: Any) -> str:
+    """What makes a manifest's channel count match the graph's: colour planes, context slices, or both."""
+    if not isinstance(channels, int) or channels < 2:
+        return ""
+    ways = []
+    if channels % 3 == 0 and (channels // 3) % 2 == 1:
+        k = (channels // 3 - 1) // 2
+        ways.append("--color rgb (or bgr) for a colour model" + (f" with --context-slices {k}" if k else ""))
+    if channels % 2 == 1:
+        ways.append(f"--context-slices {(channels - 1) // 2} for a 2.5D grey model")
+    if not ways:
+        return ""
+    return "; describe it with " + ", or ".join(ways) + " (manifest input.color / input.context_slices)"
 
 
 def _shape_text(shape: Sequence[int | None]) -> str:
@@ -765,6 +1049,8 @@ def check_model_output(manifest: Manifest, output: Any, input_shape: Sequence[in
     manifest here, on every reply: a wrong shape is a ManifestMismatchError naming expected and got,
     never an index error in postprocessing nor a mask read from the wrong channels.
     """
+    if manifest.output is None:
+        raise ManifestMismatchError(f"{where}: the manifest declares no mask output to check")
     spec = manifest.input
     h_axis, w_axis = (2, 3) if spec.layout == "NCHW" else (1, 2)
     expected = (input_shape[0], manifest.output_channels, input_shape[h_axis], input_shape[w_axis])
@@ -774,4 +1060,26 @@ def check_model_output(manifest: Manifest, output: Any, input_shape: Sequence[in
             f"{where}: output {manifest.output.name!r} came back as {dtype} {list(shape)}, but the manifest needs "
             f"floating-point scores shaped {list(expected)} ({manifest.num_classes} classes with "
             f"{manifest.output.activation} at the input's {expected[2]}x{expected[3]}); no result is made from it"
+        )
+
+
+def check_head_output(manifest: Manifest, head: HeadSpec, output: Any, input_shape: Sequence[int], where: str) -> None:
+    """:func:`check_model_output` for one of ``manifest.heads``: floating point, batch ``input_shape[0]``,
+    shaped as the head's role needs (a saliency map may have any height and width: it is resized)."""
+    shape, dtype = tuple(getattr(output, "shape", ())), getattr(output, "dtype", None)
+    batch = input_shape[0]
+    if head.role == "mask":
+        h_axis, w_axis = (2, 3) if manifest.input.layout == "NCHW" else (1, 2)
+        ok = shape == (batch, head.channels, input_shape[h_axis], input_shape[w_axis])
+        want = f"[{batch}, {head.channels}, {input_shape[h_axis]}, {input_shape[w_axis]}]"
+    elif head.role == "score":
+        ok, want = shape == (batch, head.channels), f"[{batch}, {head.channels}]"
+    else:
+        of = next(h for h in manifest.heads if h.name == head.of)
+        ok = len(shape) == 4 and shape[0] == batch and shape[1] in (1, len(of.classes)) and min(shape[2:]) > 0
+        want = f"[{batch}, 1 or {len(of.classes)}, height, width]"
+    if not ok or getattr(dtype, "kind", "") != "f":
+        raise ManifestMismatchError(
+            f"{where}: {head.role} head {head.name!r} came back as {dtype} {list(shape)}, but the manifest needs "
+            f"floating-point values shaped {want}; no result is made from it"
         )

@@ -18,9 +18,11 @@ from scanedge._moved import forward_names
 from scanedge.errors import ConfigError, ManifestMismatchError, ModelError
 from scanedge.manifest import (
     Activation,
+    Aggregation,
     AppliesTo,
     ClassSpec,
     ColorOrder,
+    HeadSpec,
     InputSpec,
     IntensityPolicy,
     Interpolation,
@@ -36,7 +38,15 @@ from scanedge.manifest import (
 )
 from scanedge.model_graph import Dim, TensorInfo, graph_io
 
-__all__ = ["DEFAULT_PALETTE", "ManifestInitConfig", "draft_manifest", "guess_layout", "write_manifest"]
+__all__ = [
+    "DEFAULT_PALETTE",
+    "ManifestInitConfig",
+    "draft_manifest",
+    "draft_manifest_with_notes",
+    "guess_layout",
+    "guess_score_activation",
+    "write_manifest",
+]
 
 #: Class colours (RGB) when none are given: black background, then colours that stay apart on grey images.
 DEFAULT_PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -54,8 +64,14 @@ DEFAULT_PALETTE: tuple[tuple[int, int, int], ...] = (
 class ManifestInitConfig:
     """What the graph does not say about a model. Empty or None fields are taken from the graph or defaults.
 
-    - ``classes``: class names, background first; ``colors`` (RGB) and ``thresholds``: one per class
-      or none (then :data:`DEFAULT_PALETTE` and 0.5).
+    - ``classes``: the mask's class names, background first; ``colors`` (RGB) and ``thresholds``: one per
+      class or none (then :data:`DEFAULT_PALETTE` and 0.5). Empty: the model has no mask output (a
+      classifier), and its 2-D outputs ([N, C]) become score heads.
+    - ``score_classes``/``score_thresholds``: names (and thresholds, default 0.5) of the first score head's
+      classes; ``score_activation``/``score_kind``: how its values read (default: guessed, see
+      :func:`guess_score_activation`); ``score_output``: which output it is (default: every 2-D output is a
+      score head); ``aggregation``: how its slices combine over a series; ``saliency_output``: a 4-D output
+      that is the first score head's saliency map.
     - ``input_name``/``output_name``: which tensors to use (default: the first input/output).
     - ``layout``: NCHW or NHWC (default: guessed from the input shape, see :func:`guess_layout`).
     - ``color``/``context_slices``: grey or RGB/BGR planes, and neighbours on each side for 2.5D models;
@@ -71,7 +87,7 @@ class ManifestInitConfig:
     """
 
     name: str
-    classes: tuple[str, ...]
+    classes: tuple[str, ...] = ()
     version: str = "1.0.0"
     description: str = ""
     intended_use: str = ""
@@ -91,9 +107,23 @@ class ManifestInitConfig:
     activation: Activation = "softmax"
     applies_to: AppliesTo = field(default_factory=AppliesTo)
     not_for_clinical_use: bool = False
+    score_classes: tuple[str, ...] = ()
+    score_thresholds: tuple[float, ...] = ()
+    score_activation: Activation | None = None
+    score_kind: OutputKind | None = None
+    score_output: str | None = None
+    aggregation: Aggregation = "max"
+    saliency_output: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes))
+        object.__setattr__(self, "score_classes", tuple(self.score_classes))
+        object.__setattr__(self, "score_thresholds", tuple(self.score_thresholds))
+        if self.score_thresholds and len(self.score_thresholds) != len(self.score_classes):
+            raise ConfigError(
+                f"score thresholds need one value per score class: {len(self.score_classes)} class(es), "
+                f"{len(self.score_thresholds)} threshold(s)"
+            )
         object.__setattr__(self, "colors", tuple(tuple(c) for c in self.colors))
         object.__setattr__(self, "thresholds", tuple(self.thresholds))
         n = len(self.classes)
@@ -145,13 +175,111 @@ def draft_manifest(model: Any, options: ManifestInitConfig) -> Manifest:
 
     The graph hash is not stamped yet: :func:`write_manifest` does that when it writes.
     """
+    return draft_manifest_with_notes(model, options)[0]
+
+
+_PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"}
+
+
+def guess_score_activation(model: Any, output: TensorInfo) -> tuple[OutputKind, Activation, str]:
+    """(kind, activation, why) for a 2-D score output: read from the graph when the output comes from a
+    Softmax or Sigmoid node (through reshapes), else a guess: sigmoid for one class (a softmax over one
+    value is constant), softmax for several (say sigmoid if the classes are independent labels)."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    node = producers.get(output.name)
+    while node is not None and node.op_type in _PASS_THROUGH and node.input:
+        node = producers.get(node.input[0])
+    op = node.op_type if node is not None else ""
+    if op == "Softmax":
+        return "probabilities", "softmax", "read from the graph: the output comes from a Softmax node"
+    if op == "Sigmoid":
+        return "probabilities", "sigmoid", "read from the graph: the output comes from a Sigmoid node"
+    if op == "LogSoftmax":
+        return (
+            "logits",
+            "softmax",
+            "read from the graph: log-probabilities from a LogSoftmax node (softmax restores them)",
+        )
+    channels = output.shape[1] if len(output.shape) == 2 else None
+    if channels == 1:
+        return "logits", "sigmoid", "one value per image: logits through a sigmoid (a softmax of one value is constant)"
+    return (
+        "logits",
+        "softmax",
+        "GUESSED: logits of mutually exclusive classes (softmax); if the classes are independent labels, "
+        "pass --score-activation sigmoid",
+    )
+
+
+def _score_head(model: Any, out: TensorInfo, options: ManifestInitConfig, first: bool, notes: list[str]) -> HeadSpec:
+    """A score head for a 2-D output, its activation read or guessed, its class names given or made up."""
+    kind, activation, why = guess_score_activation(model, out)
+    if first and options.score_activation is not None:
+        activation, why = options.score_activation, "as given"
+    if first and options.score_kind is not None:
+        kind = options.score_kind
+    channels = out.shape[1] if isinstance(out.shape[1], int) and out.shape[1] > 0 else None
+    names = options.score_classes if first and options.score_classes else ()
+    if not names:
+        if channels is None:
+            raise ManifestMismatchError(
+                f"output {out.name!r} {list(out.shape)} has a dynamic class count; "
+                "name its classes with --score-classes"
+            )
+        names = tuple(f"class{i}" for i in range(channels))
+        notes.append(f"  could not infer the class names of {out.name!r}: called them class0..class{channels - 1}")
+    thresholds = options.score_thresholds if first and options.score_thresholds else (0.5,) * len(names)
+    palette = DEFAULT_PALETTE[1:]
+    classes = tuple(ClassSpec(n, palette[i % len(palette)], t) for i, (n, t) in enumerate(zip(names, thresholds)))
+    notes.append(f"{out.name} {list(out.shape)}: score head, {kind} with {activation} ({why})")
+    return HeadSpec(
+        out.name, "score", kind=kind, activation=activation, classes=classes, aggregation=options.aggregation
+    )
+
+
+def draft_manifest_with_notes(model: Any, options: ManifestInitConfig) -> tuple[Manifest, list[str]]:
+    """:func:`draft_manifest`, plus one note per graph output: the role it was given (mask, score head,
+    saliency) and why, or why it is not read, and what could not be inferred."""
     inputs, outputs = graph_io(model)
     if not inputs or not outputs:
         raise ModelError("the ONNX graph declares no inputs or no outputs")
     inp = _pick(inputs, options.input_name, "input")
-    out = _pick(outputs, options.output_name, "output")
     layout = options.layout or guess_layout(inp.shape)
     per_plane = 1 if options.color == "gray" else 3
+    notes: list[str] = []
+    mask: TensorInfo | None = None
+    if options.output_name is not None or options.classes:
+        four_d = [t for t in outputs if len(t.shape) == 4]
+        default = four_d[0].name if four_d and options.output_name is None else options.output_name
+        mask = _pick(outputs, default, "output")
+        notes.append(f"{mask.name} {list(mask.shape)}: the mask (output), {options.kind} with {options.activation}")
+    heads: list[HeadSpec] = []
+    if options.score_output is not None:
+        score_outputs = [_pick(outputs, options.score_output, "output")]
+    elif options.score_classes or not options.classes:
+        score_outputs = [t for t in outputs if len(t.shape) == 2 and (mask is None or t.name != mask.name)]
+    else:
+        score_outputs = []
+    for i, out in enumerate(score_outputs):
+        heads.append(_score_head(model, out, options, i == 0, notes))
+    if options.saliency_output is not None:
+        if not heads:
+            raise ManifestMismatchError("a saliency map explains a score head, and this description has none")
+        sal = _pick(outputs, options.saliency_output, "output")
+        heads.append(HeadSpec(sal.name, "saliency", of=heads[0].name))
+        notes.append(f"{sal.name} {list(sal.shape)}: saliency map of {heads[0].name} (as given)")
+    if mask is None and not heads:
+        raise ManifestMismatchError(
+            "nothing to read: name the mask's classes (--classes background,...) for a segmentation model; a "
+            f"classifier needs a 2-D [N, C] output, and this graph's outputs are "
+            f"{[(t.name, list(t.shape)) for t in outputs]}"
+        )
+    used = {mask.name} if mask is not None else set()
+    used |= {h.name for h in heads}
+    for t in outputs:
+        if t.name not in used:
+            role = "a further mask or a saliency map" if len(t.shape) == 4 else f"a rank-{len(t.shape)} tensor"
+            notes.append(f"{t.name} {list(t.shape)}: not read (looks like {role}; its role could not be inferred)")
     manifest = Manifest(
         name=options.name,
         version=options.version,
@@ -166,13 +294,14 @@ def draft_manifest(model: Any, options: ManifestInitConfig) -> Manifest:
         ),
         size=_size_policy(inp.shape, layout, options),
         intensity=options.intensity,
-        output=OutputSpec(name=out.name, kind=options.kind, activation=options.activation),
-        classes=options.class_specs(),
+        output=None if mask is None else OutputSpec(name=mask.name, kind=options.kind, activation=options.activation),
+        classes=options.class_specs() if mask is not None else (),
         applies_to=options.applies_to,
         not_for_clinical_use=options.not_for_clinical_use,
+        heads=tuple(heads),
     )
     check_model_io(manifest, [(t.name, t.shape) for t in inputs], [(t.name, t.shape) for t in outputs])
-    return manifest
+    return manifest, notes
 
 
 def write_manifest(

@@ -71,11 +71,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     out = console if args.json else make_console(stderr=False)  # the verdict is the report: stdout
     dice = ", ".join(f"{literal(k)} {v:.4f}" for k, v in agreement.dice.items())
-    out.print(
-        f"{manifest.precision} engine vs reference on {agreement.slices} slices: Dice {dice}; probabilities "
-        f"max |diff| {agreement.max_abs_diff:.4f}, mean {agreement.mean_abs_diff:.5f}; "
-        f"{agreement.pixel_agreement:.4%} of mask pixels identical"
-    )
+    if manifest.output is not None:
+        out.print(
+            f"{manifest.precision} engine vs reference on {agreement.slices} slices: Dice {dice}; probabilities "
+            f"max |diff| {agreement.max_abs_diff:.4f}, mean {agreement.mean_abs_diff:.5f}; "
+            f"{agreement.pixel_agreement:.4%} of mask pixels identical"
+        )
+    else:
+        out.print(f"{manifest.precision} engine vs reference on {agreement.slices} slices")
+    for name, head in agreement.heads.items():
+        line = f"  {head.role} head {literal(name)}: max |diff| {head.max_abs_diff:.4f}"
+        if head.decision_agreement is not None:
+            line += f", decisions agree on {head.decision_agreement:.2%} of slice x class"
+        if head.dice:
+            line += ", Dice " + ", ".join(f"{literal(k)} {v:.4f}" for k, v in head.dice.items())
+        out.print(line)
     if verdict.passed:
         out.print(f"[green]PASS[/] (Dice >= {thresholds.min_dice})")
         return 0

@@ -82,7 +82,7 @@ def _applies_to(args: argparse.Namespace) -> AppliesTo:
 def cmd_manifest_init(args: argparse.Namespace) -> int:
     """Draft a manifest from the graph and the options, check it against the graph, embed it (or a sidecar)."""
     from scanedge.manifest import load_onnx_model
-    from scanedge.manifest_init import ManifestInitConfig, draft_manifest, write_manifest
+    from scanedge.manifest_init import ManifestInitConfig, draft_manifest_with_notes, write_manifest
 
     options = ManifestInitConfig(
         name=args.name,
@@ -106,11 +106,20 @@ def cmd_manifest_init(args: argparse.Namespace) -> int:
         activation=args.activation,
         applies_to=_applies_to(args),
         not_for_clinical_use=args.not_for_clinical_use,
+        score_classes=split_list(args.score_classes),
+        score_thresholds=parse_numbers(args.score_thresholds, "--score-thresholds"),
+        score_activation=args.score_activation,
+        score_kind=args.score_kind,
+        score_output=args.score_output,
+        aggregation=args.aggregation,
+        saliency_output=args.saliency_output,
     )
     model = load_onnx_model(args.model, load_external_data=True)
-    manifest = draft_manifest(model, options)
+    manifest, notes = draft_manifest_with_notes(model, options)
     written = write_manifest(model, manifest, args.model, sidecar=args.sidecar, out_path=args.out)
     console = make_console()
+    for note in notes:  # each graph output: the role given to it and why, or why it is not read
+        console.print(literal(note))
     if args.sidecar:
         console.print(f"wrote {literal(written)}")
     else:
@@ -134,7 +143,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     m.add_argument("model", type=Path, help="ONNX model to describe")
     g = m.add_argument_group("identity")
     g.add_argument("--name", required=True, help="model name shown in results and reports (required)")
-    g.add_argument("--classes", required=True, help="comma-separated class names, background first (required)")
+    g.add_argument(
+        "--classes",
+        default="",
+        help="the mask's class names, background first, comma-separated (needed for a segmentation model; "
+        "default: none, a classifier whose [N, C] outputs become score heads)",
+    )
     g.add_argument("--version", default="1.0.0", help="model version (default: 1.0.0)")
     g.add_argument("--description", default="", help="what the model does (default: empty)")
     g.add_argument("--intended-use", default="", help="what it may be used for, printed on load (default: empty)")
@@ -168,6 +182,25 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--activation", choices=("softmax", "sigmoid"), default="softmax", help="output activation (default: softmax)"
     )
+    g = m.add_argument_group("classification (score heads: [N, C] outputs)")
+    g.add_argument("--score-classes", default="", help="the score head's class names (default: class0, class1, ...)")
+    g.add_argument("--score-thresholds", help="probability per score class to decide it present (default: 0.5 each)")
+    g.add_argument(
+        "--score-activation",
+        choices=("softmax", "sigmoid"),
+        help="softmax (exclusive classes) or sigmoid (independent labels) (default: read from the graph or guessed)",
+    )
+    g.add_argument(
+        "--score-kind", choices=("logits", "probabilities"), help="what the score output holds (default: as guessed)"
+    )
+    g.add_argument("--score-output", help="the score output (default: every 2-D output is a score head)")
+    g.add_argument(
+        "--aggregation",
+        choices=("max", "mean", "noisy_or"),
+        default="max",
+        help="how slice scores combine over a series (default: max)",
+    )
+    g.add_argument("--saliency-output", help="a 4-D output that is the score head's saliency map (default: none)")
     g = m.add_argument_group("intensity")
     g.add_argument(
         "--intensity",

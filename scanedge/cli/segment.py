@@ -28,6 +28,7 @@ from scanedge.errors import ConfigError
 
 if TYPE_CHECKING:
     from scanedge.imaging.files import SliceScan
+    from scanedge.imaging.heads import SeriesScore
     from scanedge.imaging.series_summary import SeriesSummary
     from scanedge.runtime.core.batch import BatchOutput, BatchReport
     from scanedge.runtime.core.batch_followup import FollowupOutcome
@@ -185,7 +186,17 @@ def _series_line(s: SeriesSummary) -> str:
             f"{c.name}: {three_d}on {c.slices_with_finding} slice(s), {c.components} 2-D component(s) summed "
             "over slices"
         )
+    parts += [_score_text(score) for score in s.scores]
     return f"{s.label}: {s.slices} slice(s); " + "; ".join(parts)
+
+
+def _score_text(score: SeriesScore) -> str:
+    """``score cls (max over 12 slice(s)): bleed 0.91 POSITIVE (on 3 slice(s)), normal 0.40``."""
+    classes = ", ".join(
+        f"{c.name} {c.score:.2f}" + (f" POSITIVE (on {c.slices_positive} slice(s))" if c.decision else "")
+        for c in score.classes
+    )
+    return f"score {score.head} ({score.aggregation} over {score.slices} slice(s)): {classes}"
 
 
 def _exit_status(report: BatchReport, console: Any, outcome: FollowupOutcome | None = None) -> int:

@@ -31,13 +31,23 @@ def _dims(manifest: Manifest, channels: int) -> list[int]:
 
 def triton_config(manifest: Manifest, platform: str, instances: int = 1, gpu: bool = False) -> str:
     """config.pbtxt text (batch dimension explicit: max_batch_size 0, as the models take batch 1)."""
-    inp, out = manifest.input, manifest.output
+    inp = manifest.input
     in_dims = _dims(manifest, inp.channels)
-    out_dims = (
-        [1, manifest.output_channels, *in_dims[2:]]
-        if inp.layout == "NCHW"
-        else [1, manifest.output_channels, in_dims[1], in_dims[2]]
-    )
+    outputs = []
+    if manifest.output is not None:
+        dims = (
+            [1, manifest.output_channels, *in_dims[2:]]
+            if inp.layout == "NCHW"
+            else [1, manifest.output_channels, in_dims[1], in_dims[2]]
+        )
+        outputs.append((manifest.output.name, dims))
+    for head in manifest.heads:  # every head the manifest reads must come back from the server
+        if head.role == "score":
+            outputs.append((head.name, [1, head.channels]))
+        elif head.role == "mask":
+            outputs.append((head.name, [1, head.channels, *(in_dims[2:] if inp.layout == "NCHW" else in_dims[1:3])]))
+        else:
+            outputs.append((head.name, [1, -1, -1, -1]))
     manifest_json = json.dumps(manifest.to_json(indent=None))
     return "\n".join(
         [
@@ -48,7 +58,10 @@ def triton_config(manifest: Manifest, platform: str, instances: int = 1, gpu: bo
             f'  {{ name: "{inp.name}" data_type: TYPE_FP32 dims: [ {", ".join(map(str, in_dims))} ] }}',
             "]",
             "output [",
-            f'  {{ name: "{out.name}" data_type: TYPE_FP32 dims: [ {", ".join(map(str, out_dims))} ] }}',
+            ",\n".join(
+                f'  {{ name: "{name}" data_type: TYPE_FP32 dims: [ {", ".join(map(str, dims))} ] }}'
+                for name, dims in outputs
+            ),
             "]",
             f"instance_group [ {{ kind: {'KIND_GPU' if gpu else 'KIND_CPU'} count: {instances} }} ]",
             "version_policy: { specific: { versions: [ 1 ] } }",

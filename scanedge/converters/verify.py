@@ -15,16 +15,19 @@ import numpy as np
 
 from scanedge.engines import Engine, EngineConfig, open_engine
 from scanedge.errors import ConfigError
+from scanedge.imaging.heads import HeadDecoder, HeadScore, MaskHead
 from scanedge.imaging.metrics import Overlap, overlap
 from scanedge.imaging.postprocess import Postprocessor
 from scanedge.imaging.preprocess import Preprocessor
 from scanedge.imaging.series import context_window
 from scanedge.imaging.slices import Slice
-from scanedge.manifest import Manifest, load_manifest
+from scanedge.manifest import HeadSpec, Manifest, load_manifest
 
 __all__ = [
+    "DEFAULT_MIN_DECISION_AGREEMENT",
     "DEFAULT_MIN_DICE",
     "Agreement",
+    "HeadAgreement",
     "Thresholds",
     "Verdict",
     "judge",
@@ -33,6 +36,26 @@ __all__ = [
 ]
 
 DEFAULT_MIN_DICE = {"fp32": 0.999, "fp16": 0.99, "int8": 0.97}
+#: the fraction of a score head's (slice, class) decisions a candidate must take as the reference does
+DEFAULT_MIN_DECISION_AGREEMENT = {"fp32": 1.0, "fp16": 0.99, "int8": 0.95}
+
+
+@dataclass(frozen=True)
+class HeadAgreement:
+    """How a candidate's further head (a manifest ``heads`` entry) differs from the reference's.
+
+    Attributes:
+        role: ``score`` or ``mask``.
+        max_abs_diff: the largest difference between two probabilities of the head.
+        decision_agreement: score heads: the fraction of (slice, class) decisions that are the same; None
+            for mask heads.
+        dice: mask heads: Dice per foreground class, pooled over slices; empty for score heads.
+    """
+
+    role: str
+    max_abs_diff: float
+    decision_agreement: float | None = None
+    dice: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -44,6 +67,7 @@ class Agreement:
         mean_abs_diff: mean absolute difference over every probability of every slice.
         reference_pixels: per foreground class, the reference's foreground pixels over all slices (a Dice
             over a handful of pixels means little).
+        heads: per further head of the manifest (saliency maps are not compared), by name.
     """
 
     slices: int
@@ -52,6 +76,7 @@ class Agreement:
     mean_abs_diff: float
     pixel_agreement: float  # fraction of mask pixels with the same label
     reference_pixels: dict[str, int] = field(default_factory=dict)
+    heads: dict[str, HeadAgreement] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """Every field by name, for JSON reports."""
@@ -60,18 +85,24 @@ class Agreement:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """What a candidate must reach: ``min_dice`` per class, and at most ``max_abs_diff`` (when given)
-    between any two probabilities."""
+    """What a candidate must reach: ``min_dice`` per class (of every mask head), at most ``max_abs_diff``
+    (when given) between any two probabilities (of every head), and ``min_decision_agreement`` of a score
+    head's decisions."""
 
     min_dice: float
     max_abs_diff: float | None = None
+    min_decision_agreement: float = 1.0
 
     @classmethod
     def for_precision(
         cls, precision: str, min_dice: float | None = None, max_abs_diff: float | None = None
     ) -> Thresholds:
         """``min_dice`` if given, else the default for the candidate's ``precision`` (fp32, fp16, int8)."""
-        return cls(min_dice if min_dice is not None else DEFAULT_MIN_DICE[precision], max_abs_diff)
+        return cls(
+            min_dice if min_dice is not None else DEFAULT_MIN_DICE[precision],
+            max_abs_diff,
+            DEFAULT_MIN_DECISION_AGREEMENT[precision],
+        )
 
 
 @dataclass(frozen=True)
@@ -88,28 +119,76 @@ class Verdict:
 
 
 def measure_agreement(candidate: Engine, reference: Engine, manifest: Manifest, slices: Sequence[Slice]) -> Agreement:
-    """Run both active engines on identical preprocessed tensors and compare masks and probabilities."""
-    pre, post = Preprocessor(manifest), Postprocessor(manifest)
-    name_in, name_out = manifest.input.name, manifest.output.name
+    """Run both active engines on identical preprocessed tensors and compare masks and probabilities, and
+    every further head (:class:`HeadAgreement`)."""
+    pre = Preprocessor(manifest)
+    post = Postprocessor(manifest) if manifest.output is not None else None
+    heads = HeadDecoder(manifest)
+    name_in = manifest.input.name
     classes = [c.name for c in manifest.classes[1:]]
     pooled = dict.fromkeys(classes, Overlap())  # a = reference, b = candidate
     max_diff, sum_diff, n_probs, same, total = 0.0, 0.0, 0, 0, 0
+    per_head = {h.name: _HeadTally(h) for h in manifest.heads if h.role != "saliency"}
     k = manifest.input.context_slices
     for i, s in enumerate(slices):
         tensor, info = pre(s, context_window(slices, i, k))
-        ref = post(reference.infer({name_in: tensor})[name_out].copy(), info, s.geometry)
-        cand = post(candidate.infer({name_in: tensor})[name_out].copy(), info, s.geometry)
-        diff = np.abs(ref.probabilities - cand.probabilities)
-        max_diff = max(max_diff, float(diff.max()))
-        sum_diff += float(diff.sum(dtype=np.float64))
-        n_probs += diff.size
-        same += int(np.count_nonzero(ref.mask == cand.mask))
-        total += ref.mask.size
-        for label, name in enumerate(classes, start=1):
-            pooled[name] += overlap(ref.mask == label, cand.mask == label)
+        ref_out = {n: v.copy() for n, v in reference.infer({name_in: tensor}).items()}
+        cand_out = {n: v.copy() for n, v in candidate.infer({name_in: tensor}).items()}
+        if post is not None:
+            name_out = manifest.mask_output.name
+            ref = post(ref_out[name_out], info, s.geometry)
+            cand = post(cand_out[name_out], info, s.geometry)
+            diff = np.abs(ref.probabilities - cand.probabilities)
+            max_diff = max(max_diff, float(diff.max()))
+            sum_diff += float(diff.sum(dtype=np.float64))
+            n_probs += diff.size
+            same += int(np.count_nonzero(ref.mask == cand.mask))
+            total += ref.mask.size
+            for label, name in enumerate(classes, start=1):
+                pooled[name] += overlap(ref.mask == label, cand.mask == label)
+        if per_head:
+            ref_heads, cand_heads = heads(ref_out, info, s.geometry), heads(cand_out, info, s.geometry)
+            for a, b in zip(ref_heads.scores, cand_heads.scores):
+                per_head[a.head].add_scores(a, b)
+            for m, n in zip(ref_heads.masks, cand_heads.masks):
+                per_head[m.head].add_masks(m, n)
     dice = {n: o.dice for n, o in pooled.items()}
     ref_px = {n: o.a_pixels for n, o in pooled.items()}
-    return Agreement(len(slices), dice, max_diff, sum_diff / max(1, n_probs), same / max(1, total), ref_px)
+    return Agreement(
+        len(slices),
+        dice,
+        max_diff,
+        sum_diff / max(1, n_probs),
+        same / max(1, total),
+        ref_px,
+        {name: t.freeze() for name, t in per_head.items()},
+    )
+
+
+class _HeadTally:
+    """One head's differences accumulated over slices."""
+
+    def __init__(self, head: HeadSpec) -> None:
+        self.head = head
+        self.max_diff = 0.0
+        self.decisions = self.same_decisions = 0
+        self.pooled = {c.name: Overlap() for c in head.classes[1:]} if head.role == "mask" else {}
+
+    def add_scores(self, ref: HeadScore, cand: HeadScore) -> None:
+        for a, b in zip(ref.classes, cand.classes):
+            self.max_diff = max(self.max_diff, abs(a.probability - b.probability))
+            self.decisions += 1
+            self.same_decisions += a.decision == b.decision
+
+    def add_masks(self, ref: MaskHead, cand: MaskHead) -> None:
+        self.max_diff = max(self.max_diff, float(np.abs(ref.probabilities - cand.probabilities).max()))
+        for label, name in enumerate(self.pooled, start=1):
+            self.pooled[name] += overlap(ref.mask == label, cand.mask == label)
+
+    def freeze(self) -> HeadAgreement:
+        agreement = self.same_decisions / self.decisions if self.decisions else None
+        dice = {n: o.dice for n, o in self.pooled.items()}
+        return HeadAgreement(self.head.role, self.max_diff, agreement, dice)
 
 
 def measure_engine_file(
@@ -131,6 +210,8 @@ def measure_engine_file(
     ref_manifest, _ = load_manifest(reference_path)
     if [c.name for c in manifest.classes] != [c.name for c in ref_manifest.classes]:
         raise ConfigError("the engine and the reference model have different classes; they cannot be compared")
+    if manifest.heads != ref_manifest.heads:
+        raise ConfigError("the engine and the reference model declare different heads; they cannot be compared")
     with (
         open_engine(engine_path, options, onnx_sha256=manifest.onnx_sha256, name=manifest.name) as cand,
         open_engine(reference_path, EngineConfig(backend="ort", threads=options.threads)) as ref,
@@ -145,6 +226,18 @@ def judge(agreement: Agreement, thresholds: Thresholds) -> Verdict:
     ]
     if thresholds.max_abs_diff is not None and agreement.max_abs_diff > thresholds.max_abs_diff:
         failures.append(f"max |probability difference| {agreement.max_abs_diff:.4f} > {thresholds.max_abs_diff}")
+    for name, head in agreement.heads.items():
+        failures += [
+            f"{name}: {cls} Dice {d:.4f} < {thresholds.min_dice}"
+            for cls, d in head.dice.items()
+            if d < thresholds.min_dice
+        ]
+        if head.decision_agreement is not None and head.decision_agreement < thresholds.min_decision_agreement:
+            failures.append(
+                f"{name}: decisions agree on {head.decision_agreement:.4f} < {thresholds.min_decision_agreement}"
+            )
+        if thresholds.max_abs_diff is not None and head.max_abs_diff > thresholds.max_abs_diff:
+            failures.append(f"{name}: max |probability difference| {head.max_abs_diff:.4f} > {thresholds.max_abs_diff}")
     if agreement.slices == 0:
         failures.append("no slices were compared")
     return Verdict(not failures, tuple(failures))

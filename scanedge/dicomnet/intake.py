@@ -26,6 +26,7 @@ from scanedge.dicomnet.series import HeldFrame, HeldInstance, OpenSeriesBuffer, 
 from scanedge.dicomnet.spool import Spool
 from scanedge.dicomnet.stats import ListenerStats
 from scanedge.errors import CapacityError, ScanedgeError
+from scanedge.imaging.heads import HeadScore
 from scanedge.imaging.overlay import display_image
 from scanedge.imaging.series import context_window
 from scanedge.imaging.slices import Slice
@@ -140,6 +141,7 @@ class Intake:
         """Every frame through every model, each RESULT published as soon as it is ready (``publish``)."""
         masks: list[dict[str, bytes]] = [{} for _ in slices]
         probabilities: list[dict[str, bytes]] = [{} for _ in slices]
+        scores: list[dict[str, tuple[HeadScore, ...]]] = [{} for _ in slices]
         for name, pool in self.pools.items():
             try:
                 pipe = pool.get(timeout=self.busy_timeout_s)
@@ -157,6 +159,8 @@ class Intake:
                     masks[i][name] = pack(result.mask)
                     if self.probabilities:
                         probabilities[i][name] = pack(quantised(result, pipe.manifest))
+                    if result.scores:
+                        scores[i][name] = result.scores
                     if not publish:
                         continue
                     index = slice_.identity.instance_number if len(slices) == 1 else i + 1
@@ -174,7 +178,9 @@ class Intake:
                     )
             finally:
                 pool.put(pipe)
-        return tuple(HeldFrame(slice_.shape[:2], masks[i], probabilities[i]) for i, slice_ in enumerate(slices))
+        return tuple(
+            HeldFrame(slice_.shape[:2], masks[i], probabilities[i], scores[i]) for i, slice_ in enumerate(slices)
+        )
 
     def _publish(
         self,
@@ -238,5 +244,7 @@ def quantised(result: SliceResult, manifest: Manifest) -> Any:
     """The foreground classes' probabilities on the slice's grid, as uint8 (x 255), for FRACTIONAL SEGs."""
     import numpy as np
 
-    planes = result.probabilities_on_slice(1 if manifest.output.activation == "softmax" else 0)
+    planes = result.probabilities_on_slice(
+        1 if manifest.output is not None and manifest.output.activation == "softmax" else 0
+    )
     return np.rint(np.clip(planes, 0.0, 1.0) * 255).astype(np.uint8)

@@ -46,6 +46,7 @@ import numpy as np
 
 from scanedge._moved import forward_names
 from scanedge.errors import CapacityError, SeriesConflictError
+from scanedge.imaging.heads import HeadScore
 
 if TYPE_CHECKING:  # the follow-up needs scipy and SimpleITK (the followup extra); the node runs without them
     from scanedge.imaging.followup import SeriesComparison
@@ -101,11 +102,13 @@ class HeldFrame:
         shape: (rows, columns) of the frame.
         masks: model name -> :func:`pack`-ed label mask.
         probabilities: model name -> :func:`pack`-ed (classes-1, rows, cols) probabilities x 255, or empty.
+        scores: model name -> the frame's score heads (models with score heads only; for the ``scores`` output).
     """
 
     shape: tuple[int, int]
     masks: dict[str, bytes]
     probabilities: dict[str, bytes] = field(default_factory=dict)
+    scores: dict[str, tuple[HeadScore, ...]] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:

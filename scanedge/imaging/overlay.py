@@ -113,7 +113,7 @@ class OverlayRenderer:
     def __init__(self, manifest: Manifest, options: OverlayConfig | None = None) -> None:
         self.options = options or OverlayConfig()
         self._classes = manifest.classes
-        self._fg_offset = 0 if manifest.output.activation == "softmax" else 1
+        self._fg_offset = 0 if manifest.mask_output.activation == "softmax" else 1
         self._caption = "p(" + "/".join(c.name for c in manifest.classes[1:])[:24] + ")"
         lut = np.zeros((256, 1, 3), np.uint8)
         for label, cls in enumerate(manifest.classes):

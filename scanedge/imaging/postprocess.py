@@ -69,7 +69,7 @@ class Postprocessor:
         self.manifest = manifest
         self._classes = manifest.classes
         self._thresholds = np.asarray([c.threshold for c in manifest.classes], np.float32)
-        out = manifest.output
+        out = manifest.mask_output
         self._softmax = out.activation == "softmax"
         self._logits = out.kind == "logits"
         self._binary_softmax = self._softmax and manifest.num_classes == 2

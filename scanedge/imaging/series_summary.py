@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from scanedge.imaging.heads import SeriesScore
 from scanedge.imaging.lesion_load import LesionLoad
 from scanedge.imaging.postprocess import ClassFindings
 from scanedge.imaging.series import slice_spacing
@@ -111,6 +112,8 @@ class SeriesSummary:
         modality: DICOM Modality of the series; "" when unknown.
         lesion_load: the series' 3-D lesions and their volume (:mod:`scanedge.imaging.lesion_load`); None
             when the caller did not accumulate it.
+        scores: the model's score heads over the series (:class:`~scanedge.imaging.heads.SeriesScore`);
+            empty for a model without score heads.
     """
 
     series_uid: str
@@ -122,6 +125,7 @@ class SeriesSummary:
     series_description: str = ""
     modality: str = ""
     lesion_load: LesionLoad | None = None
+    scores: tuple[SeriesScore, ...] = ()
 
     @property
     def label(self) -> str:
@@ -156,6 +160,8 @@ class SeriesSummary:
             out["latency_ms"] = self.latency_ms.to_dict()
         if self.lesion_load is not None:
             out["lesion_load"] = self.lesion_load.to_dict()
+        if self.scores:
+            out["scores"] = [s.to_dict() for s in self.scores]
         return out
 
 

@@ -11,6 +11,7 @@ module      owns
 ==========  ======================================================================
 ``base``    the contract of an output (:class:`DicomOutput`) and its counters
 ``seg``     DICOM Segmentations built with highdicom (the ``seg`` output)
+``scores``  a classification model's series scores as JSON (the ``scores`` output)
 ``writer``  building, writing, forwarding and retrying every output of a completed series
 ==========  ======================================================================
 """
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from scanedge.dicomnet.outputs.base import DicomOutput, OutputStats
+from scanedge.dicomnet.outputs.scores import ScoresOutput
 from scanedge.dicomnet.outputs.seg import SegOutput
 from scanedge.errors import ConfigError
 
@@ -32,6 +34,7 @@ __all__ = ["OUTPUTS", "DicomOutput", "OutputStats", "check_output_names", "make_
 #: every output the node can make, by the name ``ListenerConfig.outputs`` uses
 OUTPUTS: dict[str, type[DicomOutput]] = {
     SegOutput.name: SegOutput,
+    ScoresOutput.name: ScoresOutput,  # a classification model's series scores as JSON (until the SR)
 }
 
 

@@ -298,6 +298,9 @@ class SegOutput(DicomOutput):
 
     def check_model(self, model: str, manifest: Manifest) -> None:
         """Classes without coded concepts get a generic description in the SEG: say so once, at start."""
+        if manifest.output is None:
+            log.warning("model %s has no mask output (a classifier): it gets no SEG; see the scores output", model)
+            return
         uncoded = [c.name for c in manifest.classes[1:] if c.property_type is None]
         if uncoded:
             log.warning(
@@ -308,7 +311,10 @@ class SegOutput(DicomOutput):
             )
 
     def build(self, series: OpenSeries, model: str, manifest: Manifest) -> tuple[list[Any], list[str]]:
-        """The SEGs of ``model`` for ``series`` and the instances that got none (:func:`build_segmentations`)."""
+        """The SEGs of ``model`` for ``series`` and the instances that got none (:func:`build_segmentations`);
+        none for a model without a mask output."""
+        if manifest.output is None:
+            return [], []
         return build_segmentations(series, model, manifest, self.settings)
 
 

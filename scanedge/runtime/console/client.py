@@ -128,6 +128,7 @@ class RemoteResult:
     image: np.ndarray | None = None  # the windowed 8-bit slice the overlay is drawn on (output "image")
     position_mm: float | None = None  # the slice's place along its normal, when its geometry says
     series_load: LesionLoad | None = None  # the series' 3-D lesion load after this slice
+    saliency: np.ndarray | None = None  # the model's saliency map, 0-1 on the slice's grid (output "saliency")
     change: SeriesChange | None = None
     change_image: np.ndarray | None = None
 
@@ -173,6 +174,7 @@ def _remote_result(
         image=arrays.get("image"),
         position_mm=header.position_mm,
         series_load=header.series_load,
+        saliency=arrays.get("saliency"),
         change=header.change,
         change_image=arrays.get("change"),
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from scanedge.errors import ConfigError, EngineInputError, InputError, NonFinite
 from scanedge.imaging.annotate import stamp_not_for_clinical_use
 from scanedge.imaging.encode import ImageFormat, encode_image
 from scanedge.imaging.files import LoadedSlice, SkippedFile
+from scanedge.imaging.heads import SeriesScores
 from scanedge.imaging.lesion_load import SeriesLesionLoad
 from scanedge.imaging.montage import montage, tile_label
 from scanedge.imaging.postprocess import ClassFindings
@@ -216,6 +217,7 @@ def segment_to_folder(
     refused: list[SkippedFile] = []
     labels = []
     loads: dict[str, SeriesLesionLoad] = {}  # 3-D lesion load per series, accumulated slice by slice
+    series_scores: dict[str, SeriesScores] = {}  # score heads per series, aggregated slice by slice
     classes = tuple(c.name for c in pipe.manifest.classes)
     research_only = pipe.manifest.not_for_clinical_use
     series = [item.slice for item in loaded]
@@ -227,7 +229,10 @@ def segment_to_folder(
             refused.append(SkippedFile.of(item.name, item.path, exc))
         else:
             uid = item.slice.identity.series_uid
-            loads.setdefault(uid, SeriesLesionLoad(classes)).add(result.mask, *_placement(item))
+            if pipe.manifest.output is not None:  # a classifier has no mask, hence no lesion load
+                loads.setdefault(uid, SeriesLesionLoad(classes)).add(result.mask, *_placement(item))
+            if result.scores:
+                series_scores.setdefault(uid, SeriesScores(pipe.manifest.heads)).add(result.scores, *_placement(item))
             stem = _file_stem(item)
             overlay_path = out / f"{stem}.overlay.{suffix}"
             picture: np.ndarray = result.overlay  # type: ignore[assignment]  # run draws overlays by default
@@ -263,6 +268,11 @@ def segment_to_folder(
         [s.timings.total_ms for s in done],
         {uid: load.load() for uid, load in loads.items()},
     )
+    if series_scores:
+        summaries = tuple(
+            replace(s, scores=series_scores[s.series_uid].scores()) if s.series_uid in series_scores else s
+            for s in summaries
+        )
     montage_path = None
     if overlays:
         montage_path = out / MONTAGE_NAME

@@ -23,13 +23,15 @@ from scanedge.engines import Engine, EngineConfig, open_engine
 from scanedge.errors import InvalidSliceError, ManifestMismatchError, NonFiniteOutputError
 from scanedge.imaging.dicom import slices_from_dicom, warm_up_decoding
 from scanedge.imaging.encode import ImageFormat, encode_image
-from scanedge.imaging.overlay import OverlayConfig, OverlayRenderer
-from scanedge.imaging.postprocess import ClassFindings, Postprocessor
+from scanedge.imaging.heads import DecodedHeads, HeadDecoder, HeadScore, MaskHead, SaliencyMap
+from scanedge.imaging.overlay import OverlayConfig, OverlayRenderer, display_image
+from scanedge.imaging.postprocess import ClassFindings, Postprocessed, Postprocessor
 from scanedge.imaging.preprocess import Preprocessor
 from scanedge.imaging.scope import UNCHECKED, ScopeVerdict, require_scope
+from scanedge.imaging.score_overlay import draw_saliency, draw_scores
 from scanedge.imaging.series import context_window
 from scanedge.imaging.slices import DEFAULT_LIMITS, Slice, SliceIdentity, SliceLimits, all_finite
-from scanedge.manifest import Manifest, check_model_io, check_model_output, load_manifest
+from scanedge.manifest import Manifest, check_head_output, check_model_io, check_model_output, load_manifest
 
 __all__ = ["Pipeline", "PipelineConfig", "SliceResult", "StageTimings", "default_model_path"]
 
@@ -93,6 +95,9 @@ class SliceResult:
         timings: how long each stage took.
         scope: whether the slice was inside the model's declared scope (``outside`` only when the scope
             was overridden).
+        heads: the manifest's further heads, decoded (scores, saliency maps, more masks); empty for a
+            model whose only head is ``output``. A model without a mask output (a classifier) has an
+            all-background ``mask``, no ``probabilities`` planes and no ``findings``.
     """
 
     identity: SliceIdentity
@@ -103,6 +108,22 @@ class SliceResult:
     overlay: np.ndarray | None  # (rows, cols, 3) uint8 RGB, or None when not requested
     timings: StageTimings
     scope: ScopeVerdict = UNCHECKED
+    heads: DecodedHeads = field(default_factory=DecodedHeads)
+
+    @property
+    def scores(self) -> tuple[HeadScore, ...]:
+        """Per score head: each class's probability and decision on this slice."""
+        return self.heads.scores
+
+    @property
+    def saliency(self) -> tuple[SaliencyMap, ...]:
+        """Per saliency head: its map on the slice's grid."""
+        return self.heads.saliency
+
+    @property
+    def mask_heads(self) -> tuple[MaskHead, ...]:
+        """Per further mask head: its label mask and findings."""
+        return self.heads.masks
 
     def finding(self, name: str) -> ClassFindings:
         """The findings of the class called ``name``; KeyError when the model has no such class."""
@@ -145,7 +166,17 @@ class SliceResult:
             "findings": [f.to_dict() for f in self.findings],
             "timings_ms": self.timings.to_dict(),
             "scope": self.scope.to_dict(),
+            **self._heads_dict(),
         }
+
+    def _heads_dict(self) -> dict[str, Any]:
+        """``scores`` and ``mask_heads`` entries, present only when the model has such heads."""
+        out: dict[str, Any] = {}
+        if self.heads.scores:
+            out["scores"] = [s.to_dict() for s in self.heads.scores]
+        if self.heads.masks:
+            out["mask_heads"] = [m.to_dict() for m in self.heads.masks]
+        return out
 
 
 SliceInput = Slice | np.ndarray | bytes | bytearray | memoryview
@@ -174,12 +205,13 @@ class Pipeline:
                 [(s.name, s.shape) for s in engine.input_specs],
                 [(s.name, s.shape) for s in engine.output_specs],
             )
-            scores = next(s for s in engine.output_specs if s.name == manifest.output.name)
-            if scores.dtype.kind != "f":
-                raise ManifestMismatchError(
-                    f"output {scores.name!r} of {engine.name} is {scores.dtype}; the manifest's "
-                    f"{manifest.output.kind} are floating point"
-                )
+            read = ([manifest.output.name] if manifest.output is not None else []) + [h.name for h in manifest.heads]
+            for scores in (s for s in engine.output_specs if s.name in read):
+                if scores.dtype.kind != "f":
+                    raise ManifestMismatchError(
+                        f"output {scores.name!r} of {engine.name} is {scores.dtype}; the manifest reads it as "
+                        "floating point"
+                    )
             spec = next(s for s in engine.input_specs if s.name == manifest.input.name)
             if not was_active and spec.is_dynamic() and manifest.size.mode == "fixed":
                 engine.warmup_shapes.setdefault(spec.name, self._fixed_input_shape())
@@ -190,8 +222,9 @@ class Pipeline:
             raise
         warm_up_decoding()  # the first DICOM slice must not pay for imports (once per process)
         self._pre = Preprocessor(manifest)
-        self._post = Postprocessor(manifest)
-        self._overlay = OverlayRenderer(manifest, self.config.overlay)
+        self._post = Postprocessor(manifest) if manifest.output is not None else None
+        self._overlay = OverlayRenderer(manifest, self.config.overlay) if manifest.output is not None else None
+        self._heads = HeadDecoder(manifest)
         self.model_label = f"{manifest.name}@{manifest.version}"
         self._where = f"model {self.model_label} on {engine.name}"  # names the engine when its scores are wrong
         self._last: tuple[Slice, Sequence[Slice]] | None = None  # for keep_warm()
@@ -276,20 +309,18 @@ class Pipeline:
         t1 = time.perf_counter()
         tensor, info = self._pre(slice_, context)
         t2 = time.perf_counter()
-        out = self.engine.infer({self.manifest.input.name: tensor})[self.manifest.output.name]
-        check_model_output(self.manifest, out, tensor.shape, self._where)
-        if not all_finite(out):
-            raise NonFiniteOutputError(
-                f"model {self.model_label} produced NaN or infinite values for this slice; no result can be "
-                "trusted (is the input far outside what the model was trained on?)"
-            )
+        outputs = self.engine.infer({self.manifest.input.name: tensor})
+        self._check_outputs(outputs, tensor.shape)
         t3 = time.perf_counter()
-        post = self._post(out, info, slice_.geometry)
+        if self._post is not None:
+            post = self._post(outputs[self.manifest.output.name], info, slice_.geometry)  # type: ignore[union-attr]
+        else:
+            post = Postprocessed(np.zeros((0, *info.valid_shape), np.float32), np.zeros(info.slice_shape, np.uint8), ())
+        heads = self._heads(outputs, info, slice_.geometry) if not self._heads.empty else DecodedHeads()
         t4 = time.perf_counter()
         image = None
         if overlay is not False:
-            opts = overlay if isinstance(overlay, OverlayConfig) else None
-            image = self._overlay.render(slice_, post.mask, post.probabilities, opts)
+            image = self._render(slice_, post, heads, overlay)
         t5 = time.perf_counter()
         timings = StageTimings(
             decode_ms=(t1 - t0) * 1e3,
@@ -300,8 +331,49 @@ class Pipeline:
             total_ms=(t5 - t0) * 1e3,
         )
         return SliceResult(
-            slice_.identity, self.model_label, post.mask, post.probabilities, post.findings, image, timings, scope
+            slice_.identity,
+            self.model_label,
+            post.mask,
+            post.probabilities,
+            post.findings,
+            image,
+            timings,
+            scope,
+            heads,
         )
+
+    def _check_outputs(self, outputs: dict[str, np.ndarray], input_shape: tuple[int, ...]) -> None:
+        """Every output the manifest reads: the right shape and dtype, and finite."""
+        read: list[np.ndarray] = []
+        if self.manifest.output is not None:
+            out = outputs[self.manifest.output.name]
+            check_model_output(self.manifest, out, input_shape, self._where)
+            read.append(out)
+        for head in self.manifest.heads:
+            out = outputs[head.name]
+            check_head_output(self.manifest, head, out, input_shape, self._where)
+            read.append(out)
+        if not all(all_finite(o) for o in read):
+            raise NonFiniteOutputError(
+                f"model {self.model_label} produced NaN or infinite values for this slice; no result can be "
+                "trusted (is the input far outside what the model was trained on?)"
+            )
+
+    def _render(
+        self, slice_: Slice, post: Postprocessed, heads: DecodedHeads, overlay: bool | OverlayConfig
+    ) -> np.ndarray:
+        """The mask overlay (when the model has a mask output), then the saliency heat map and the scores."""
+        opts = overlay if isinstance(overlay, OverlayConfig) else None
+        if self._overlay is not None:
+            image = self._overlay.render(slice_, post.mask, post.probabilities, opts)
+        else:
+            shown = display_image(slice_)
+            image = cv2.cvtColor(shown, cv2.COLOR_GRAY2RGB) if shown.ndim == 2 else shown.copy()
+        for saliency in heads.saliency:
+            draw_saliency(image, saliency)
+        if heads.scores:
+            draw_scores(image, heads.scores, self.manifest)
+        return image
 
     def keep_warm(self) -> bool:
         """Run the last slice through the whole pipeline again, result discarded, so that caches, threads

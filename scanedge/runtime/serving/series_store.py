@@ -20,8 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from scanedge.errors import ConfigError
+from scanedge.imaging.heads import HeadScore, SeriesScore, SeriesScores
 from scanedge.imaging.lesion_load import DEFAULT_MAX_SLICES, LesionLoad, SeriesLesionLoad
 from scanedge.imaging.slices import SliceGeometry
+from scanedge.manifest import HeadSpec
 
 __all__ = ["SeriesStore", "SeriesStoreConfig"]
 
@@ -46,13 +48,16 @@ class SeriesStoreConfig:
 
 
 class SeriesStore:
-    """Thread-safe map (series, model) -> :class:`SeriesLesionLoad`, bounded by idle time and an LRU cap."""
+    """Thread-safe map (series, model) -> :class:`SeriesLesionLoad` (and, for models with score heads,
+    :class:`~scanedge.imaging.heads.SeriesScores`), bounded by idle time and an LRU cap."""
 
     def __init__(self, config: SeriesStoreConfig | None = None) -> None:
         self.config = config or SeriesStoreConfig()
         self.evicted = 0
         self._lock = threading.Lock()
-        self._series: OrderedDict[tuple[str, str], tuple[float, SeriesLesionLoad]] = OrderedDict()
+        # a model without a mask output (a classifier) holds scores only: no lesion load
+        self._series: OrderedDict[tuple[str, str], tuple[float, SeriesLesionLoad | None]] = OrderedDict()
+        self._scores: dict[tuple[str, str], SeriesScores] = {}  # held and forgotten with the series' entry
 
     def update(
         self,
@@ -69,20 +74,57 @@ class SeriesStore:
         key = (series, model)
         with self._lock:
             self._evict_idle(now)
-            held = self._series.pop(key, None)
-            load = held[1] if held is not None else SeriesLesionLoad(classes, max_slices=self.config.max_slices)
-            self._series[key] = (now, load)  # most recently updated last
-            while len(self._series) > self.config.max_series:
-                self._series.popitem(last=False)
-                self.evicted += 1
+            held = self._series.get(key)
+            load = held[1] if held is not None else None
+            if load is None:
+                load = SeriesLesionLoad(classes, max_slices=self.config.max_slices)
+            self._touch(key, load, now)
             return load.add(mask, geometry, instance_number)
+
+    def _touch(self, key: tuple[str, str], load: SeriesLesionLoad | None, now: float) -> None:
+        """Mark ``key`` updated now (most recently updated last), then apply the LRU cap."""
+        self._series.pop(key, None)
+        self._series[key] = (now, load)
+        while len(self._series) > self.config.max_series:
+            gone, _ = self._series.popitem(last=False)
+            self._scores.pop(gone, None)
+            self.evicted += 1
+
+    def update_scores(
+        self,
+        series: str,
+        model: str,
+        heads: Sequence[HeadSpec],
+        scores: Sequence[HeadScore],
+        geometry: SliceGeometry | None,
+        instance_number: int | None,
+        now: float | None = None,
+    ) -> tuple[SeriesScore, ...]:
+        """Add one served slice's scores to its series and return the series' scores with it (a model with
+        a mask output calls :meth:`update` as well: both keep the series alive)."""
+        key = (series, model)
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._evict_idle(now)
+            held_load = self._series.get(key)
+            self._touch(key, None if held_load is None else held_load[1], now)
+            held = self._scores.get(key)
+            if held is None:
+                held = self._scores[key] = SeriesScores(heads, max_slices=self.config.max_slices)
+            return held.add(scores, geometry, instance_number)
+
+    def get_scores(self, series: str, model: str) -> tuple[SeriesScore, ...]:
+        """The score heads of ``series`` under ``model`` as held now; empty when none are held."""
+        with self._lock:
+            held = self._scores.get((series, model))
+            return () if held is None else held.scores()
 
     def get(self, series: str, model: str) -> LesionLoad | None:
         """The load of ``series`` under ``model`` as held now; None when the store holds no such series
         (never seen, or forgotten). Reading neither refreshes the series' idle time nor evicts."""
         with self._lock:
             held = self._series.get((series, model))
-            return None if held is None else held[1].load()
+            return None if held is None or held[1] is None else held[1].load()
 
     def evict_idle(self, now: float | None = None) -> int:
         """Forget series idle past ``idle_s``; returns how many went."""
@@ -96,6 +138,7 @@ class SeriesStore:
             if now - last < self.config.idle_s:
                 break
             del self._series[key]
+            self._scores.pop(key, None)
             gone += 1
         self.evicted += gone
         return gone
@@ -108,4 +151,6 @@ class SeriesStore:
     def nbytes(self) -> int:
         """Approximate bytes held by every series."""
         with self._lock:
-            return sum(load.nbytes for _, load in self._series.values())
+            return sum(load.nbytes for _, load in self._series.values() if load is not None) + sum(
+                s.nbytes for s in self._scores.values()
+            )

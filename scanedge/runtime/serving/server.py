@@ -157,8 +157,8 @@ def _model_info(m: Manifest, engine: dict[str, Any] | None = None) -> ModelInfo:
         ),
         precision=m.precision,
         onnx_sha256=m.onnx_sha256,
-        output_kind=m.output.kind,
-        activation=m.output.activation,
+        output_kind=m.output.kind if m.output is not None else "none",  # "none": a classifier, no mask output
+        activation=m.output.activation if m.output is not None else "",
         threads=engine.get("threads"),
         threads_probe_ms=auto["probe_ms"] if auto and auto.get("probe_ms") else None,
     )

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from scanedge.errors import EngineTimeoutError, ScanedgeError, redacted_traceback
+from scanedge.imaging.heads import SeriesScore
 from scanedge.imaging.overlay import OverlayConfig, display_image
 from scanedge.imaging.slices import SliceLimits
 from scanedge.log_budget import LogBudget
@@ -106,6 +107,8 @@ def run_job(
             # scratch copy of it), which the reply, sent without copying, must not go on reading
             image = image.copy()
         arrays = {"mask": result.mask, "overlay": result.overlay, "probabilities": result.probabilities, "image": image}
+        # the model's own saliency map (its first saliency head), 0-1 over the slice; no frame without one
+        arrays["saliency"] = result.saliency[0].normalized() if result.saliency else None
         infos, payload, encode_ms = result_frames(req.outputs, arrays, req.overlay_encoding)
         if job.shm is not None:  # outputs the console wants in its shared memory (protocol section 12)
             infos, payload = job.shm.place(infos, payload)
@@ -113,10 +116,15 @@ def run_job(
         series = req.series or ident.series_uid
         number = req.index if req.index is not None else ident.instance_number
         load = None
+        series_scores: tuple[SeriesScore, ...] = ()
         t_series = time.perf_counter()
-        if series_store is not None and series:
+        if series_store is not None and series and pipe.manifest.output is not None:
             classes = tuple(c.name for c in pipe.manifest.classes)
             load = series_store.update(series, job.model, classes, result.mask, slice_.geometry, number)
+        if series_store is not None and series and result.scores:
+            series_scores = series_store.update_scores(
+                series, job.model, pipe.manifest.heads, result.scores, slice_.geometry, number
+            )
         series_ms = (time.perf_counter() - t_series) * 1e3
         position = slice_.geometry.position_along_normal
         header = pipeline_reply(
@@ -134,6 +142,7 @@ def run_job(
             runtime=runtime,
             position_mm=position,
             series_load=None if load is None else load.rounded(),
+            series_scores=series_scores,
         )
     except ScanedgeError as exc:
         if failure_log is None or failure_log.allow(exc.code):

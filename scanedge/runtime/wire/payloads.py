@@ -20,6 +20,7 @@ from scanedge.errors import BadPayloadError, DicomError, ImageTooLargeError, Inv
 from scanedge.imaging.dicom import invert_monochrome1, slices_from_dicom
 from scanedge.imaging.encode import encode_image
 from scanedge.imaging.followup import SeriesChange
+from scanedge.imaging.heads import SeriesScore, for_wire
 from scanedge.imaging.lesion_load import LesionLoad
 from scanedge.imaging.overlay import OverlayConfig
 from scanedge.imaging.slices import Slice, SliceAcquisition, SliceGeometry, SliceIdentity, SliceLimits
@@ -241,12 +242,14 @@ def pipeline_reply(
     series_ms: float = 0.0,
     position_mm: float | None = None,
     series_load: LesionLoad | None = None,
+    series_scores: Sequence[SeriesScore] = (),
     change: SeriesChange | None = None,
 ) -> Result:
     """The RESULT header for one pipeline result: its findings, and the stage timings (ms) of the pipeline
     plus what the caller measured around it (queue, decode, encode, series); ``total`` runs from
     ``received_mono`` to now. The runtime's workers and the DICOM node both answer with it."""
     t = result.timings
+    wire_scores, wire_series = for_wire(result.scores, series_scores)  # bounded: a header is at most 64 KiB
     return result_reply(
         echo,
         model=model,
@@ -268,6 +271,8 @@ def pipeline_reply(
         runtime=runtime,
         position_mm=None if position_mm is None else round(position_mm, 4),
         series_load=series_load,
+        scores=wire_scores,
+        series_scores=wire_series,
         change=change,
         scope=result.scope.status,
         scope_detail=result.scope.detail,
