@@ -10,7 +10,8 @@ reference slice, the partner of every other role:
 - the nearest slice along the reference slice's normal, within ``tolerance_mm`` (slices without
   patient position pair by Slice Location, and without that by Instance Number);
 - resampled onto the reference grid when the grids differ (in-plane size, spacing, offset, in-plane
-  rotation; bilinear, zero outside the partner's field of view). Planes that are not parallel are refused.
+  rotation; bilinear, zero outside the partner's field of view), keeping its own place along the normal.
+  Planes that are not parallel are refused.
 
 :meth:`PairingBuffer.wait` blocks on a condition until every partner is there, at most ``wait_s``, then
 raises :class:`~scanedge.errors.MissingInputError` naming the role, the series held for it and the
@@ -29,7 +30,7 @@ import cv2
 import numpy as np
 
 from scanedge.errors import MissingInputError
-from scanedge.imaging.slices import Slice
+from scanedge.imaging.slices import Slice, SliceGeometry
 from scanedge.manifest_inputs import InputsSpec, PairingPolicy
 
 __all__ = ["HeldSlice", "PairingBuffer", "pair_position", "resample_onto", "slices_by_role"]
@@ -93,8 +94,9 @@ def resample_onto(partner: Slice, reference: Slice) -> Slice:
 
     With full geometry on both (position, orientation, spacing) every reference pixel centre is mapped into
     the partner's plane, so different matrix sizes, spacings, offsets and in-plane rotations all resample
-    exactly. Without it, a partner of another size is scaled to the reference's size (the same field of
-    view assumed). A partner already on the reference grid is returned as it is (no copy).
+    exactly; the result has the reference's grid at the partner's own place along the normal. Without it,
+    a partner of another size is scaled to the reference's size (the same field of view assumed). A partner
+    already on the reference grid is returned as it is (no copy).
     """
     g, h = reference.geometry, partner.geometry
     rows, cols = reference.shape
@@ -132,7 +134,19 @@ def resample_onto(partner: Slice, reference: Slice) -> Slice:
         borderMode=cv2.BORDER_CONSTANT,
         borderValue=0,
     )
-    return replace(partner, pixels=np.ascontiguousarray(pixels), geometry=g)
+    return replace(partner, pixels=np.ascontiguousarray(pixels), geometry=_grid_at(g, h))
+
+
+def _grid_at(g: SliceGeometry, h: SliceGeometry) -> SliceGeometry:
+    """The reference grid ``g``, moved along its normal to where the partner ``h`` lies (its own position)."""
+    r, c = np.asarray(g.image_orientation[:3]), np.asarray(g.image_orientation[3:])  # type: ignore[index]
+    n = np.cross(r, c)
+    n = n / max(float(np.linalg.norm(n)), 1e-12)
+    origin = np.asarray(g.image_position, np.float64)
+    shift = float(np.dot(n, np.asarray(h.image_position, np.float64) - origin))
+    moved = origin + shift * n
+    at = (float(moved[0]), float(moved[1]), float(moved[2]))
+    return replace(g, image_position=at, slice_thickness=h.slice_thickness)
 
 
 class PairingBuffer:
@@ -224,7 +238,7 @@ class PairingBuffer:
                     break
                 self._cond.wait(remaining)
             if found is None:
-                raise self._missing(reference, limit)
+                raise self._missing_locked(reference, limit)
         return {role: resample_onto(s, reference) for role, s in found.items()}
 
     def _candidates(self, reference: Slice, role: str) -> list[Slice]:
@@ -273,7 +287,13 @@ class PairingBuffer:
             )
         return best
 
-    def _missing(self, reference: Slice, waited: float) -> MissingInputError:
+    def missing(self, reference: Slice, waited: float) -> MissingInputError:
+        """The MISSING_INPUT error for ``reference`` after ``waited`` s: which role lacks a slice where, and
+        which of its series are held (raised, not returned, when the role can never be paired)."""
+        with self._cond:
+            return self._missing_locked(reference, waited)
+
+    def _missing_locked(self, reference: Slice, waited: float) -> MissingInputError:
         lacking = []
         for role in self.inputs.names[1:]:
             candidates = self._candidates(reference, role)

@@ -68,7 +68,10 @@ class LatestSliceScheduler:
     def submit(self, job: Job) -> Job | None:
         """Queue ``job``; return the waiting job of the same series it supersedes, if any."""
         series = job.request.series
-        key: Any = ("series", series) if series else ("anonymous", next(self._anonymous))
+        # a slice that names its input role (a multi-input model's) is never superseded: a partner dropped
+        # from the queue would leave its reference slice without input (docs/protocol.md section 3.2)
+        latest = series and job.request.role is None
+        key: Any = ("series", series) if latest else ("anonymous", next(self._anonymous))
         with self._lock:
             if self._closed:
                 raise RuntimeError("scheduler is closed")

@@ -63,6 +63,8 @@ __all__ = [
     "ModelInput",
     "OutputsAt",
     "OverlayRequest",
+    "PairedInputs",
+    "Partner",
     "Ping",
     "Pong",
     "RegionInfo",
@@ -129,6 +131,7 @@ Count = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 ShmName = Annotated[str, Meta(min_length=1, max_length=255)]  # its form is checked where it is opened
 ByteCount = Annotated[int, Meta(ge=0, le=2**48)]
 CodeString = Annotated[str, Meta(min_length=1, max_length=16, pattern=r"^[A-Za-z0-9_ ]+$")]  # DICOM CS
+RoleName = Annotated[str, Meta(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_]*$")]  # manifest inputs
 
 
 #: where Linux keeps POSIX shared-memory objects: shm_open("/NAME") is open("/dev/shm/NAME")
@@ -218,6 +221,9 @@ class Segment(_Message, tag="SEGMENT", omit_defaults=True, frozen=True):
     modality: CodeString | None = None  # DICOM Modality of raw pixels, checked against the model's scope
     body_part: CodeString | None = None  # DICOM Body Part Examined, likewise
     ignore_scope: bool = False  # research use: segment a slice outside the model's scope anyway
+    role: RoleName | None = None  # section 3.2: which input of a multi-input model this slice is
+    study: Key = ""  # section 3.2: Study Instance UID of raw pixels (pairs series of one study)
+    frame_of_reference: Key = ""  # section 3.2: Frame of Reference UID of raw pixels
 
 
 class Ping(_Message, tag="PING", frozen=True):
@@ -301,6 +307,26 @@ class FrameInfo(Struct, frozen=True, omit_defaults=True):
     offset: int | None = None
 
 
+class Partner(Struct, frozen=True, omit_defaults=True):
+    """One partner slice a multi-input RESULT was computed with (section 3.2)."""
+
+    role: str
+    series: str = ""
+    instance: str = ""
+    position_mm: float | None = None
+
+
+class PairedInputs(Struct, frozen=True, omit_defaults=True):
+    """What a RESULT of a multi-input model says about its inputs (section 3.2).
+
+    ``held``: the slice was a partner role's, kept for pairing; such a RESULT has no findings or frames.
+    """
+
+    role: str
+    held: bool = False
+    partners: tuple[Partner, ...] = ()
+
+
 class Result(_Message, tag="RESULT", frozen=True):
     """A RESULT header (section 4); its payload frames follow in the order of ``frames``."""
 
@@ -324,6 +350,7 @@ class Result(_Message, tag="RESULT", frozen=True):
     scope_detail: str = ""  # for "outside": what the model expects and what the slice is
     position_mm: float | None = None  # added within version 1: the slice's place along its normal
     series_load: LesionLoad | None = None  # added within version 1: the series' lesion load so far
+    inputs: PairedInputs | None = None  # added within version 1: the roles of a multi-input model (section 3.2)
 
 
 class Error(_Message, tag="ERROR", frozen=True):
@@ -684,6 +711,7 @@ def result_reply(
     scope_detail: str = "",
     position_mm: float | None = None,
     series_load: LesionLoad | None = None,
+    inputs: PairedInputs | None = None,
 ) -> Result:
     """A RESULT header; the payload frames follow it in the order of ``frames``."""
     return Result(
@@ -705,6 +733,7 @@ def result_reply(
         scope_detail=scope_detail,
         position_mm=position_mm,
         series_load=series_load,
+        inputs=inputs,
     )
 
 

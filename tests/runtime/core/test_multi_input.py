@@ -228,7 +228,8 @@ def test_a_partner_on_another_grid_is_resampled_onto_the_reference_grid():
     buffer = PairingBuffer(two_channel_manifest().inputs)
     buffer.add("t1", partner)
     got = buffer.wait(reference, timeout=5.0)["t1"]
-    assert got.shape == (100, 90) and got.geometry == reference.geometry
+    assert got.shape == (100, 90) and got.geometry.pixel_spacing == reference.geometry.pixel_spacing
+    assert got.geometry.image_position == (0.0, 10.0, 20.3)  # the reference grid, at the partner's own place
     r, c = np.mgrid[0:100, 0:90]
     x, y = 0.0 + c * 1.0, 10.0 + r * 1.0
     inside = (x <= -10.0 + 47 * 2.5) & (y <= 5.0 + 63 * 2.0)  # within the partner's last pixel centres
