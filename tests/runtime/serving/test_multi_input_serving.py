@@ -126,3 +126,47 @@ def test_dicom_slices_say_their_role_by_their_sequence_attributes(model_path):
     assert held.header.inputs is not None and held.header.inputs.held and held.header.inputs.role == "t1"
     assert result.header.inputs is not None and result.header.inputs.partners[0].series == T1
     np.testing.assert_array_equal(result.mask, expected(model_path, flair[5], t1[5]))
+
+
+# --- replay of a two-series study -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def patient_model(tmp_path_factory: pytest.TempPathFactory):
+    """The same model with a patient wait (replay's two connections race on a loaded machine)."""
+    path = tmp_path_factory.mktemp("multi-replay") / "flair_t1.onnx"
+    embed_manifest(conv_model(2, WEIGHTS), simple_manifest(inputs=two_role_inputs(pairing={"wait_s": 30.0})), path)
+    return path
+
+
+def write_study(folder, flair, t1, *, together: bool):
+    """The two series as DICOM files: in one folder, or one folder per series."""
+    dirs = [folder, folder] if together else [folder / "flair", folder / "t1"]
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+    for d, series in zip(dirs, (flair, t1)):
+        for s in series:
+            (d / f"{s.identity.sop_instance_uid}.dcm").write_bytes(encode_dicom(s))
+    return dirs
+
+
+@pytest.mark.parametrize("together", [False, True])
+def test_replay_plays_a_two_series_study_interleaved(patient_model, tmp_path, together):
+    from scanedge.cli import main as scanedge_main
+
+    flair, t1 = study()
+    dirs = write_study(tmp_path / "study", flair, t1, together=together)
+    report = tmp_path / "report.json"
+    with running_server([patient_model], workers=1) as srv:
+        # two folders: roles named in order; one folder: the runtime recognises them from the DICOM files
+        how = ["--roles", "flair,t1"] if not together else ["--dicom"]
+        paths = [str(d) for d in dict.fromkeys(dirs)]
+        args = ["replay", *paths, "--endpoint", srv.endpoint, "--rate", "40", "--quiet", "--json", str(report), *how]
+        assert scanedge_main(args) == 0
+    import json
+
+    series = {s["series_uid"]: s for s in json.loads(report.read_text())["series"]}
+    assert set(series) == {FLAIR, T1}
+    for s in series.values():
+        assert s["sent"] == SLICES and s["ok"] == SLICES and s["failed"] == 0 and s["superseded"] == 0
+    assert series[FLAIR]["series_load"]["slices"] == SLICES  # one result per FLAIR slice
