@@ -76,6 +76,7 @@ DEFERRED = Outcome(Error(version=1, id=None, code="DEFERRED"), b"")
 
 
 def error_outcome(job: Job, error: ScanedgeError | str, message: str = "", runtime: str = "") -> Outcome:
+    """The ERROR reply to ``job`` for a typed error, or for a bare code (``"SUPERSEDED"``) with ``message``."""
     return _outcome(error_reply(job.echo, error, message, received_at=job.received_at, runtime=runtime))
 
 
