@@ -375,6 +375,7 @@ class IoLoop:
             deadline_mono=None if req.deadline_ms is None else now + req.deadline_ms / 1e3,
             seq=next(self._seq),
             shm=shm,
+            latest=not self.models[model].roles,
         )
         self.inflight[job.seq] = job
         self.inflight_bytes += nbytes

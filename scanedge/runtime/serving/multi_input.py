@@ -121,8 +121,10 @@ class MultiInputServing:
             with self._cond:
                 found = buffer.partners(slice_)
                 if found is None:
-                    wait = manifest.inputs.pairing.wait_s if manifest.inputs is not None else 0.0
-                    self._parked.append(_Parked(job, slice_, time.monotonic() + wait, decode_ms))
+                    until = time.monotonic() + inputs.pairing.wait_s
+                    if job.deadline_mono is not None:  # past its deadline the slice is useless, paired or not
+                        until = min(until, job.deadline_mono)
+                    self._parked.append(_Parked(job, slice_, until, decode_ms))
                     self._start_timer()
                     self._cond.notify_all()
                     return DEFERRED
@@ -297,6 +299,10 @@ class MultiInputServing:
                     answers.append((p, error))
             for p, error in answers:
                 try:
+                    now = time.monotonic()
+                    if p.job.deadline_mono is not None and now >= p.job.deadline_mono:
+                        self._emit(p.job, expired_outcome(p.job, now, self._runtime))
+                        continue
                     self._emit(p.job, self._failed(p.job, error))
                 except Exception:
                     log.exception("answering a request whose partner did not come failed")

@@ -162,6 +162,7 @@ def _model_info(m: Manifest, engine: dict[str, Any] | None = None) -> ModelInfo:
         activation=m.output.activation,
         threads=engine.get("threads"),
         threads_probe_ms=auto["probe_ms"] if auto and auto.get("probe_ms") else None,
+        roles=m.roles,
     )
 
 

@@ -390,6 +390,7 @@ class ModelInfo(Struct, frozen=True):
     activation: str = "softmax"
     threads: int | None = None  # intra-op threads per worker; null: the backend's default (or not ORT)
     threads_probe_ms: dict[str, float] | None = None  # --threads auto: median ms per thread count measured
+    roles: tuple[str, ...] = ()  # section 3.2: the input roles of a multi-input model, reference first
 
 
 class WorkerHealth(Struct, frozen=True):

@@ -9,7 +9,7 @@ from concurrent.futures import Future
 import numpy as np
 import pytest
 
-from scanedge.errors import MissingInputError
+from scanedge.errors import ExpiredError, MissingInputError
 from scanedge.imaging.dicom import encode_dicom
 from scanedge.imaging.slices import Slice, SliceAcquisition, SliceGeometry, SliceIdentity
 from scanedge.manifest import embed_manifest
@@ -170,3 +170,11 @@ def test_replay_plays_a_two_series_study_interleaved(patient_model, tmp_path, to
     for s in series.values():
         assert s["sent"] == SLICES and s["ok"] == SLICES and s["failed"] == 0 and s["superseded"] == 0
     assert series[FLAIR]["series_load"]["slices"] == SLICES  # one result per FLAIR slice
+
+
+def test_a_reference_slice_waiting_past_its_deadline_is_expired_and_pong_lists_the_roles(patient_model):
+    flair, _ = study()
+    with running_server([patient_model], workers=1) as srv, Client(srv.endpoint) as client:
+        assert client.ping().models[0].roles == ("flair", "t1")
+        with pytest.raises(ExpiredError):  # the model would wait 30 s for the T1; the slice is useless after 0.2 s
+            client.segment(flair[0], role="flair", outputs=("mask",), deadline_ms=200, timeout=20)
