@@ -280,3 +280,37 @@ def test_two_sequences_feed_one_model_each_with_its_own_normalisation(tmp_path, 
             pipe.run_inputs({"flair": flair})
         with pytest.raises(MissingInputError, match="flair, t1"):
             pipe.run(flair)
+
+
+def test_a_two_channel_network_exported_from_torch_gets_both_sequences_normalised_each_its_own_way(tmp_path):
+    torch = pytest.importorskip("torch")  # the train extra (pip install torch==2.13.0); CI's test extra has none
+    import warnings
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 2, 1)).eval()
+    path = tmp_path / "torch_two.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter announces its successor
+        torch.onnx.export(
+            net,
+            (torch.zeros(1, 2, 256, 256),),
+            str(path),
+            input_names=["image"],
+            output_names=["logits"],
+            dynamo=False,
+            opset_version=17,
+        )
+    embed_manifest(onnx.load(str(path)), two_channel_manifest(), path)
+    rng = np.random.default_rng(8)
+    flair = rng.normal(300, 80, (256, 256)).astype(np.int16)
+    t1 = rng.integers(0, 1200, (256, 256)).astype(np.int16)
+    # the input computed directly: FLAIR z-scored, T1 windowed to [0, 1] (centre 500, width 1000)
+    f = flair.astype(np.float64)
+    stacked = np.stack([(f - f.mean()) / f.std(), np.clip(t1 / 1000.0, 0, 1)])[None].astype(np.float32)
+    with torch.no_grad():
+        reference = torch.softmax(net(torch.from_numpy(stacked)), dim=1)[0].numpy()
+    with Pipeline.open(path) as pipe:
+        result = pipe.run_inputs({"flair": flair, "t1": t1}, overlay=False)
+        np.testing.assert_allclose(result.probabilities, reference, atol=1e-4)
+        other = pipe.run_inputs({"flair": flair, "t1": np.zeros_like(t1)}, overlay=False)
+        assert np.abs(other.probabilities - result.probabilities).max() > 1e-3  # the T1 channel counts
