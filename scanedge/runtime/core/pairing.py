@@ -300,8 +300,10 @@ class PairingBuffer:
             if self._nearest(reference, role, candidates) is None:
                 held = f"series {_series(candidates)} held" if candidates else "no series of it arrived"
                 lacking.append(f"role {role!r} ({held})")
-        at = _key(reference)
-        where = f"position {at:.2f} mm" if at is not None else f"instance {reference.identity.instance_number}"
+        at, number = _key(reference), reference.identity.instance_number
+        where = f"instance {number}" if number is not None else "its place"
+        if at is not None:
+            where = f"position {at:.2f} mm"
         return MissingInputError(
             f"{' and '.join(lacking)} has no slice at {where} (within {self.policy.tolerance_mm:g} mm) for "
             f"reference slice {_where(reference)} of study {reference.identity.study_uid or '(none)'} after "
@@ -316,7 +318,8 @@ def _series(slices: list[Slice]) -> str:
 
 def _where(s: Slice) -> str:
     ident = s.identity
-    return f"{ident.sop_instance_uid or ident.instance_number} of series {ident.series_uid or '(unnamed)'}"
+    which = ident.sop_instance_uid or (str(ident.instance_number) if ident.instance_number is not None else "(unnamed)")
+    return f"{which} of series {ident.series_uid or '(unnamed)'}"
 
 
 def slices_by_role(reference: Slice, partners: Mapping[str, Slice], inputs: InputsSpec) -> dict[str, Slice]:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from scanedge.errors import InvalidSliceError, MissingInputError, ScanedgeError
+from scanedge.errors import MissingInputError, ProtocolError, ScanedgeError
 from scanedge.imaging.overlay import OverlayConfig, display_image
 from scanedge.imaging.slices import Slice, SliceLimits
 from scanedge.log_budget import LogBudget
@@ -138,7 +138,7 @@ class MultiInputServing:
         named = job.request.role
         if named is not None:
             if named not in inputs.names:
-                raise InvalidSliceError(
+                raise ProtocolError(
                     f"model {manifest.name} has no input role {named!r}; its roles are {', '.join(inputs.names)}"
                 )
             return named

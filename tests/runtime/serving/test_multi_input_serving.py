@@ -9,15 +9,16 @@ from concurrent.futures import Future
 import numpy as np
 import pytest
 
-from scanedge.errors import ExpiredError, MissingInputError
+from scanedge.errors import ExpiredError, MissingInputError, ProtocolError
 from scanedge.imaging.dicom import encode_dicom
 from scanedge.imaging.slices import Slice, SliceAcquisition, SliceGeometry, SliceIdentity
 from scanedge.manifest import embed_manifest
 from scanedge.runtime.console.client import Client, RemoteResult
 from scanedge.runtime.core.pairing import resample_onto
-from scanedge.runtime.core.pipeline import Pipeline
+from scanedge.runtime.core.pipeline import Pipeline, default_model_path
+from scanedge.runtime.wire.protocol import decode_reply
 from tests.conftest import conv_model, simple_manifest
-from tests.runtime.conftest import running_server
+from tests.runtime.conftest import running_server, subscriber
 from tests.runtime.core.test_multi_input import WEIGHTS, two_role_inputs
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -178,3 +179,37 @@ def test_a_reference_slice_waiting_past_its_deadline_is_expired_and_pong_lists_t
         assert client.ping().models[0].roles == ("flair", "t1")
         with pytest.raises(ExpiredError):  # the model would wait 30 s for the T1; the slice is useless after 0.2 s
             client.segment(flair[0], role="flair", outputs=("mask",), deadline_ms=200, timeout=20)
+
+
+def test_results_are_published_for_the_reference_series_only_and_roles_are_checked(model_path):
+    flair, t1 = study(t1_grid="same")
+    with (
+        running_server([default_model_path(), model_path], workers=1, publish="tcp://127.0.0.1:*") as srv,
+        subscriber(srv, b"") as sub,
+        Client(srv.endpoint) as client,
+    ):
+        with pytest.raises(ProtocolError, match="no input role 't2'"):
+            client.segment(t1[1], role="t2", model="test-model", outputs=("mask",))
+        held = client.segment(t1[1], role="t1", model="test-model", outputs=("mask",))
+        result = client.segment(flair[1], role="flair", model="test-model", outputs=("mask",))
+        assert held.header.inputs is not None and held.header.inputs.held
+        topics = []
+        while True:  # the PUB keeps order: everything published before the FLAIR result arrives first
+            assert sub.poll(20_000), "the FLAIR result was never published"
+            frames = sub.recv_multipart()
+            topics.append(decode_reply(frames[1]).series)
+            if topics[-1] == FLAIR:
+                break
+    assert topics == [FLAIR] and result.mask is not None  # the held T1 slice had nothing to show
+
+
+def test_a_one_input_model_ignores_role_study_and_frame_of_reference(demo_model_slice):
+    with running_server() as srv, Client(srv.endpoint) as client:
+        r = client.segment(demo_model_slice, role="t1", outputs=("mask",))
+    assert r.header.inputs is None and r.mask is not None
+
+
+@pytest.fixture
+def demo_model_slice() -> Slice:
+    flair, _ = study()
+    return flair[0]
