@@ -20,11 +20,12 @@ position it lacks. No networking here: the runtime, the DICOM node and tests fee
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -52,6 +53,47 @@ class HeldSlice:
     role: str
     slice: Slice
     nbytes: int
+    place: _Place = field(default=None)  # type: ignore[assignment]  # computed on construction
+
+    def __post_init__(self) -> None:
+        if self.place is None:
+            object.__setattr__(self, "place", _place_of(self.slice))
+
+
+@dataclass(frozen=True)
+class _Place:
+    """Where a slice lies, as plain floats: its unit normal, its position, its Slice Location (each or None).
+    Kept with every held slice, so looking for a partner among many costs a few multiplications each."""
+
+    normal: tuple[float, float, float] | None
+    position: tuple[float, float, float] | None
+    location: float | None
+
+
+def _place_of(s: Slice) -> _Place:
+    g = s.geometry
+    normal = None
+    o = g.image_orientation
+    if o is not None:
+        n = (o[1] * o[5] - o[2] * o[4], o[2] * o[3] - o[0] * o[5], o[0] * o[4] - o[1] * o[3])
+        norm = math.sqrt(n[0] * n[0] + n[1] * n[1] + n[2] * n[2])
+        if norm >= 1e-6:
+            normal = (n[0] / norm, n[1] / norm, n[2] / norm)
+    return _Place(normal, g.image_position, g.slice_location)
+
+
+def _dot(a: tuple[float, float, float], b: tuple[float, float, float]) -> float:
+    return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+
+
+def _along(ref: _Place, other: _Place) -> float | None:
+    if ref.normal is not None and other.normal is not None and ref.position is not None and other.position is not None:
+        if abs(_dot(ref.normal, other.normal)) < PARALLEL_COS:
+            return None
+        return _dot(ref.normal, other.position)
+    if ref.position is None and other.position is None and other.location is not None:
+        return float(other.location)
+    return None
 
 
 class _Study:
@@ -62,27 +104,10 @@ class _Study:
         self.nbytes = 0
 
 
-def _normal(s: Slice) -> np.ndarray | None:
-    o = s.geometry.image_orientation
-    if o is None:
-        return None
-    n = np.cross(np.asarray(o[:3], np.float64), np.asarray(o[3:], np.float64))
-    norm = float(np.linalg.norm(n))
-    return None if norm < 1e-6 else n / norm
-
-
 def pair_position(reference: Slice, other: Slice) -> float | None:
     """Where ``other`` lies along ``reference``'s normal, in mm (comparable to the reference's own
     :func:`pair_position`); None when the two cannot be placed on one axis (no geometry, planes not parallel)."""
-    g, h = reference.geometry, other.geometry
-    n, m = _normal(reference), _normal(other)
-    if n is not None and m is not None and g.image_position is not None and h.image_position is not None:
-        if abs(float(np.dot(n, m))) < PARALLEL_COS:
-            return None
-        return float(np.dot(n, np.asarray(h.image_position, np.float64)))
-    if g.image_position is None and h.image_position is None and h.slice_location is not None:
-        return float(h.slice_location)
-    return None
+    return _along(_place_of(reference), _place_of(other))
 
 
 def _key(reference: Slice) -> float | None:
@@ -241,11 +266,11 @@ class PairingBuffer:
                 raise self._missing_locked(reference, limit)
         return {role: resample_onto(s, reference) for role, s in found.items()}
 
-    def _candidates(self, reference: Slice, role: str) -> list[Slice]:
+    def _candidates(self, reference: Slice, role: str) -> list[HeldSlice]:
         study = self._studies.get(reference.identity.study_uid)
         if study is None:
             return []
-        return [h.slice for h in study.held.values() if h.role == role]
+        return [h for h in study.held.values() if h.role == role]
 
     def _match(self, reference: Slice) -> dict[str, Slice] | None:
         out: dict[str, Slice] = {}
@@ -256,30 +281,31 @@ class PairingBuffer:
             out[role] = best
         return out
 
-    def _nearest(self, reference: Slice, role: str, candidates: list[Slice]) -> Slice | None:
+    def _nearest(self, reference: Slice, role: str, candidates: list[HeldSlice]) -> Slice | None:
         frame = reference.identity.frame_of_reference_uid
-        usable = [c for c in candidates if not (frame and c.identity.frame_of_reference_uid != frame)]
+        usable = [c for c in candidates if not (frame and c.slice.identity.frame_of_reference_uid != frame)]
         if candidates and not usable:
             raise MissingInputError(
                 f"role {role!r}: the held series {_series(candidates)} are in another frame of reference than "
                 f"reference slice {_where(reference)} (frame of reference {frame}); they cannot be paired"
             )
-        at = _key(reference)
+        place = _place_of(reference)
+        at = _along(place, place)
         if at is None:  # no geometry: pair by instance number
             number = reference.identity.instance_number
-            same = [c for c in usable if number is not None and c.identity.instance_number == number]
+            same = [c.slice for c in usable if number is not None and c.slice.identity.instance_number == number]
             return same[-1] if same else None
         best: Slice | None = None
         best_d = float("inf")
         oblique = 0
         for c in usable:
-            pos = pair_position(reference, c)
+            pos = _along(place, c.place)
             if pos is None:
                 oblique += 1
                 continue
             d = abs(pos - at)
             if d <= self.policy.tolerance_mm and d <= best_d:
-                best, best_d = c, d
+                best, best_d = c.slice, d
         if best is None and usable and oblique == len(usable):
             raise MissingInputError(
                 f"role {role!r}: the held series {_series(usable)} have no position comparable with reference "
@@ -311,8 +337,8 @@ class PairingBuffer:
         )
 
 
-def _series(slices: list[Slice]) -> str:
-    uids = sorted({s.identity.series_uid or "(unnamed)" for s in slices})
+def _series(held: list[HeldSlice]) -> str:
+    uids = sorted({h.slice.identity.series_uid or "(unnamed)" for h in held})
     return ", ".join(uids[:3]) + (f" and {len(uids) - 3} more" if len(uids) > 3 else "")
 
 
