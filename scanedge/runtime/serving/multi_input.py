@@ -276,36 +276,43 @@ class MultiInputServing:
             self._timer.start()
 
     def _expire_loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._closed:
-                    now = time.monotonic()
-                    due = [p for p in self._parked if p.deadline <= now]
-                    if due:
-                        break
-                    earliest = min((p.deadline for p in self._parked), default=None)
-                    self._cond.wait(None if earliest is None else earliest - now)
-                if self._closed:
-                    return
-                for p in due:
-                    self._parked.remove(p)
-                answers = []
-                for p in due:
-                    buffer = self.buffers[p.job.model]
-                    try:  # a partner that came would have completed it under this lock: it is missing
-                        error = buffer.missing(p.slice, buffer.policy.wait_s)
-                    except MissingInputError as exc:
-                        error = exc
-                    answers.append((p, error))
-            for p, error in answers:
-                try:
-                    now = time.monotonic()
-                    if p.job.deadline_mono is not None and now >= p.job.deadline_mono:
-                        self._emit(p.job, expired_outcome(p.job, now, self._runtime))
-                        continue
-                    self._emit(p.job, self._failed(p.job, error))
-                except Exception:
-                    log.exception("answering a request whose partner did not come failed")
+        while not self._closed:
+            try:
+                self._expire_due()
+            except Exception:  # a bug answering one request: log it, keep answering the others
+                log.exception("the pairing timer failed once; it carries on")
+
+    def _expire_due(self) -> None:
+        """Wait until the earliest parked deadline (or close), then answer every parked job that is due."""
+        with self._cond:
+            while not self._closed:
+                now = time.monotonic()
+                due = [p for p in self._parked if p.deadline <= now]
+                if due:
+                    break
+                earliest = min((p.deadline for p in self._parked), default=None)
+                self._cond.wait(None if earliest is None else earliest - now)
+            if self._closed:
+                return
+            for p in due:
+                self._parked.remove(p)
+            answers = []
+            for p in due:
+                buffer = self.buffers[p.job.model]
+                try:  # a partner that came would have completed it under this lock: it is missing
+                    error = buffer.missing(p.slice, buffer.policy.wait_s)
+                except MissingInputError as exc:
+                    error = exc
+                answers.append((p, error))
+        for p, error in answers:
+            try:
+                now = time.monotonic()
+                if p.job.deadline_mono is not None and now >= p.job.deadline_mono:
+                    self._emit(p.job, expired_outcome(p.job, now, self._runtime))
+                    continue
+                self._emit(p.job, self._failed(p.job, error))
+            except Exception:
+                log.exception("answering a request whose partner did not come failed")
 
 
 def _number(job: Job, slice_: Slice) -> int | None:
