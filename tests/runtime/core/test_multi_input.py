@@ -314,3 +314,21 @@ def test_a_two_channel_network_exported_from_torch_gets_both_sequences_normalise
         np.testing.assert_allclose(result.probabilities, reference, atol=1e-4)
         other = pipe.run_inputs({"flair": flair, "t1": np.zeros_like(t1)}, overlay=False)
         assert np.abs(other.probabilities - result.probabilities).max() > 1e-3  # the T1 channel counts
+
+
+def test_int8_calibration_of_a_multi_input_model_is_refused_and_fp16_converts(tmp_path):
+    from scanedge.converters.calibration import CalibrationSlices
+    from scanedge.converters.convert import ConvertConfig, convert
+    from scanedge.errors import ConversionError
+
+    manifest = two_channel_manifest()
+    with pytest.raises(ConversionError, match=r"several at once \(flair, t1\).*fp16"):
+        CalibrationSlices(manifest, [Slice.from_array(np.zeros((8, 8), np.int16))] * 30)
+    path = tmp_path / "two.onnx"
+    embed_manifest(conv_model(2, WEIGHTS), manifest, path)
+    made = convert(path, ConvertConfig(precision="fp16", out_dir=tmp_path / "out"))
+    flair = np.random.default_rng(2).normal(300, 80, (256, 256)).astype(np.int16)
+    t1 = np.full((256, 256), 400, np.int16)
+    with Pipeline.open(made.output) as pipe:
+        assert pipe.manifest.inputs == manifest.inputs and pipe.manifest.precision == "fp16"
+        assert pipe.run_inputs({"flair": flair, "t1": t1}, overlay=False).mask.shape == (256, 256)
