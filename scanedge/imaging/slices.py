@@ -188,11 +188,13 @@ class SliceAcquisition:
         object.__setattr__(self, "image_type", values)
         text = "".join(c for c in str(self.series_description)[: MAX_DESCRIPTION * 2] if c.isprintable())
         object.__setattr__(self, "series_description", text.strip()[:MAX_DESCRIPTION])
-        sequences = tuple(_code(v) for v in tuple(self.scanning_sequence)[:MAX_IMAGE_TYPE_VALUES])
-        object.__setattr__(self, "scanning_sequence", sequences)
+        if self.scanning_sequence or type(self.scanning_sequence) is not tuple:  # raw frames have none: no work
+            sequences = tuple(_code(v) for v in tuple(self.scanning_sequence)[:MAX_IMAGE_TYPE_VALUES])
+            object.__setattr__(self, "scanning_sequence", sequences)
         for name in ("sequence_name", "contrast_agent"):
-            raw = "".join(c for c in str(getattr(self, name))[: MAX_DESCRIPTION * 2] if c.isprintable())
-            object.__setattr__(self, name, raw.strip()[:MAX_DESCRIPTION])
+            if getattr(self, name) or not isinstance(getattr(self, name), str):
+                raw = "".join(c for c in str(getattr(self, name))[: MAX_DESCRIPTION * 2] if c.isprintable())
+                object.__setattr__(self, name, raw.strip()[:MAX_DESCRIPTION])
         if self.series_number is not None and not -(2**31) <= self.series_number < 2**31:
             object.__setattr__(self, "series_number", None)
 
