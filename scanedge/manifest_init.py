@@ -21,7 +21,9 @@ from scanedge.manifest import (
     AppliesTo,
     ClassSpec,
     ColorOrder,
+    InputRole,
     InputSpec,
+    InputsSpec,
     IntensityPolicy,
     Interpolation,
     Layout,
@@ -66,6 +68,9 @@ class ManifestInitConfig:
     - ``intensity``, ``kind``, ``activation``, ``interpolation``: as in the manifest (docs/manifest.md).
     - ``applies_to``: the images the model was made for (others are refused); ``not_for_clinical_use``:
       mark what scanedge writes for this model as not for clinical use.
+    - ``roles``: a model that takes several series of one study: (role, graph input) per role, reference
+      first; with no graph input names the roles are channels of the one input, in this order (manifest
+      ``inputs``; recognition rules and per-role intensity are then edited in the JSON).
 
     Raises ConfigError when ``colors`` or ``thresholds`` do not give one value per class.
     """
@@ -91,9 +96,11 @@ class ManifestInitConfig:
     activation: Activation = "softmax"
     applies_to: AppliesTo = field(default_factory=AppliesTo)
     not_for_clinical_use: bool = False
+    roles: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes))
+        object.__setattr__(self, "roles", tuple((str(r), str(i)) for r, i in self.roles))
         object.__setattr__(self, "colors", tuple(tuple(c) for c in self.colors))
         object.__setattr__(self, "thresholds", tuple(self.thresholds))
         n = len(self.classes)
@@ -148,7 +155,10 @@ def draft_manifest(model: Any, options: ManifestInitConfig) -> Manifest:
     inputs, outputs = graph_io(model)
     if not inputs or not outputs:
         raise ModelError("the ONNX graph declares no inputs or no outputs")
-    inp = _pick(inputs, options.input_name, "input")
+    named = [i for _, i in options.roles if i]
+    if named and len(named) != len(options.roles):
+        raise ConfigError("give a graph input for every role, or for none (then the roles are channels)")
+    inp = _pick(inputs, named[0] if named else options.input_name, "input")
     out = _pick(outputs, options.output_name, "output")
     layout = options.layout or guess_layout(inp.shape)
     per_plane = 1 if options.color == "gray" else 3
@@ -170,9 +180,17 @@ def draft_manifest(model: Any, options: ManifestInitConfig) -> Manifest:
         classes=options.class_specs(),
         applies_to=options.applies_to,
         not_for_clinical_use=options.not_for_clinical_use,
+        inputs=_inputs_section(options.roles),
     )
     check_model_io(manifest, [(t.name, t.shape) for t in inputs], [(t.name, t.shape) for t in outputs])
     return manifest
+
+
+def _inputs_section(roles: Sequence[tuple[str, str]]) -> InputsSpec | None:
+    if not roles:
+        return None
+    named = any(i for _, i in roles)
+    return InputsSpec(roles=tuple(InputRole(r, input=i) for r, i in roles), assembly="named" if named else "channels")
 
 
 def write_manifest(

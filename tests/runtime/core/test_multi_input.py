@@ -332,3 +332,39 @@ def test_int8_calibration_of_a_multi_input_model_is_refused_and_fp16_converts(tm
     with Pipeline.open(made.output) as pipe:
         assert pipe.manifest.inputs == manifest.inputs and pipe.manifest.precision == "fp16"
         assert pipe.run_inputs({"flair": flair, "t1": t1}, overlay=False).mask.shape == (256, 256)
+
+
+def test_manifest_init_describes_a_multi_input_model_from_its_graph(tmp_path, capsys):
+    from scanedge.cli import main as scanedge_main
+    from scanedge.errors import ConfigError
+    from scanedge.manifest_init import ManifestInitConfig, draft_manifest
+
+    channels = conv_model(2, WEIGHTS)
+    drafted = draft_manifest(
+        channels, ManifestInitConfig(name="ms", classes=("bg", "lesion"), roles=(("flair", ""), ("t1", "")))
+    )
+    assert drafted.roles == ("flair", "t1") and drafted.inputs.assembly == "channels" and drafted.image_channels == 2
+    with pytest.raises(ManifestMismatchError, match=r"declares 3 \(1 for each of 3 roles\)"):  # the graph has 2
+        draft_manifest(
+            channels, ManifestInitConfig(name="ms", classes=("bg", "l"), roles=(("a", ""), ("b", ""), ("c", "")))
+        )
+    named = draft_manifest(
+        named_inputs_model(),
+        ManifestInitConfig(name="ms", classes=("bg", "l"), roles=(("flair", "flair"), ("t1", "t1"))),
+    )
+    assert named.inputs.assembly == "named" and named.graph_inputs() == ("flair", "t1")
+    with pytest.raises(ConfigError, match="for every role"):
+        draft_manifest(
+            named_inputs_model(),
+            ManifestInitConfig(name="m", classes=("b", "l"), roles=(("flair", "flair"), ("t1", ""))),
+        )
+    path = tmp_path / "bare.onnx"
+    onnx.save(channels, str(path))
+    assert (
+        scanedge_main(["manifest", "init", str(path), "--name", "ms", "--classes", "bg,lesion", "--roles", "flair,t1"])
+        == 0
+    )
+    with Pipeline.open(path) as pipe:
+        assert pipe.manifest.roles == ("flair", "t1")
+        flair = np.random.default_rng(1).normal(300, 80, (256, 256)).astype(np.int16)
+        assert pipe.run_inputs({"flair": flair, "t1": flair}, overlay=False).mask.shape == (256, 256)
