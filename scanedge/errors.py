@@ -12,6 +12,7 @@ need to catch :class:`ScanedgeError` (or one of its families)::
     │   ├── ImageTooLargeError          more pixels (or decoded bytes) than the configured limit
     │   ├── OutOfScopeError             an image the model was not made for (its manifest's ``applies_to``)
     │   ├── PriorMismatchError          a prior series of another patient or modality than the current one
+    │   ├── MissingInputError           a multi-input model's partner slice or series did not come in time
     │   └── DicomError                  DICOM that cannot become a slice
     │       ├── NotDicomError             truncated or non-DICOM bytes
     │       ├── NotAnImageError           a DICOM object that is not an image (SEG, SR, RTSTRUCT, ...)
@@ -103,6 +104,7 @@ __all__ = [
     "ManifestMismatchError",
     "ManifestMissingError",
     "MessageTooLargeError",
+    "MissingInputError",
     "MissingPixelDataError",
     "ModelError",
     "ModelFileError",
@@ -183,6 +185,14 @@ class OutOfScopeError(InputError):
     the caller overrides the scope for research use."""
 
     code = "OUT_OF_SCOPE"
+
+
+class MissingInputError(InputError):
+    """A model with several inputs (manifest ``inputs``) lacks one of them for a slice: the partner series
+    or the slice at that position did not arrive within the bounded wait, or could not be paired (another
+    study or frame of reference). The message names the role, the series and the position."""
+
+    code = "MISSING_INPUT"
 
 
 class DicomError(InputError):

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from scanedge.errors import ManifestInvalidError, ManifestMismatchError, ManifestMissingError, ModelFileError
+from scanedge.manifest_inputs import InputRole, InputsSpec, PairingPolicy
 
 __all__ = [
     "CODE_STRING",
@@ -35,12 +36,15 @@ __all__ = [
     "ClassSpec",
     "CodedConcept",
     "HeadSpec",
+    "InputRole",
     "InputSpec",
+    "InputsSpec",
     "IntensityPolicy",
     "Manifest",
     "ManifestSource",
     "OperatingPoint",
     "OutputSpec",
+    "PairingPolicy",
     "SizePolicy",
     "check_head_output",
     "check_model_io",
@@ -619,6 +623,8 @@ class Manifest:
             writes (demonstration and research models).
         heads: the graph's further outputs and their roles (:class:`HeadSpec`): image-level scores,
             saliency maps, more masks. Empty (the default): ``output`` is the model's only head.
+        inputs: several sequences as input (roles, assembly, pairing; :mod:`scanedge.manifest_inputs`);
+            None: one input, one series, as before the section existed.
     """
 
     name: str
@@ -636,6 +642,7 @@ class Manifest:
     applies_to: AppliesTo = field(default_factory=AppliesTo)
     not_for_clinical_use: bool = False
     heads: tuple[HeadSpec, ...] = ()
+    inputs: InputsSpec | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -667,6 +674,10 @@ class Manifest:
                 "intensity.mean/std",
                 f"has {len(norm)} values but the input has {self.input.channels_per_plane} channel(s) per slice",
             )
+        if isinstance(self.inputs, Mapping):
+            object.__setattr__(self, "inputs", _build(InputsSpec, self.inputs, "inputs"))
+        if self.inputs is not None and not isinstance(self.inputs, InputsSpec):
+            raise _fail("inputs", "must be an object {roles, assembly, pairing}")
         if not isinstance(self.not_for_clinical_use, bool):
             raise _fail("not_for_clinical_use", f"{self.not_for_clinical_use!r} must be true or false")
         if self.onnx_sha256 is not None and (
@@ -678,6 +689,32 @@ class Manifest:
     def num_classes(self) -> int:
         """Classes including background."""
         return len(self.classes)
+
+    @property
+    def image_channels(self) -> int:
+        """Channels of the image tensor: ``input.channels``, times the roles when they are stacked as channels."""
+        inputs = self.inputs
+        if inputs is not None and inputs.assembly == "channels":
+            return self.input.channels * len(inputs.roles)
+        return self.input.channels
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The input roles, reference first; empty for a one-input model."""
+        return () if self.inputs is None else self.inputs.names
+
+    def graph_inputs(self) -> tuple[str, ...]:
+        """The image inputs the graph is fed: the manifest's ``input.name``, or one per role (``named``)."""
+        if self.inputs is not None and self.inputs.assembly == "named":
+            return tuple(r.input for r in self.inputs.roles)
+        return (self.input.name,)
+
+    def intensity_for(self, role: str) -> IntensityPolicy:
+        """The normalisation of ``role``'s slices: its own, or the manifest's."""
+        if self.inputs is None:
+            return self.intensity
+        own = self.inputs.role(role).intensity
+        return own if own is not None else self.intensity
 
     @property
     def output_channels(self) -> int:
@@ -733,6 +770,10 @@ class Manifest:
             del out["applies_to"]
         if not self.not_for_clinical_use:
             del out["not_for_clinical_use"]
+        if self.inputs is None:
+            del out["inputs"]
+        else:
+            out["inputs"] = self.inputs.to_dict()
         return out
 
     def to_json(self, *, indent: int | None = 2) -> str:
@@ -766,6 +807,9 @@ class Manifest:
                 else _build(OutputSpec, data.pop("output", {}), "output"),
                 "applies_to": _build(AppliesTo, data.pop("applies_to", {}), "applies_to"),
             }
+            raw_inputs = data.pop("inputs", None)
+            if raw_inputs is not None:
+                sections["inputs"] = _build(InputsSpec, raw_inputs, "inputs")
             raw_classes = data.pop("classes", None)
             if not isinstance(raw_classes, list):
                 raise _fail("classes", "must be a list of {name, color, threshold} objects")
@@ -928,12 +972,20 @@ def check_model_io(
     """
     ins, outs = dict(inputs), dict(outputs)
     spec, size = manifest.input, manifest.size
-    if spec.name not in ins:
-        raise ManifestMismatchError(
-            f"manifest input.name is {spec.name!r} but the model's inputs are {sorted(ins)}; "
-            "fix input.name in the manifest"
-        )
-    shape = tuple(ins[spec.name])
+    names = manifest.graph_inputs()
+    for name in names:
+        if name not in ins:
+            what = "input.name" if name == spec.name and len(names) == 1 else "inputs.roles[].input"
+            raise ManifestMismatchError(
+                f"manifest {what} is {name!r} but the model's inputs are {sorted(ins)}; fix {what} in the manifest"
+            )
+    shape = tuple(ins[names[0]])
+    for name in names[1:]:
+        if tuple(ins[name]) != shape:
+            raise ManifestMismatchError(
+                f"input {name!r} is shaped {list(ins[name])} but {names[0]!r} is {list(shape)}; the roles' "
+                "inputs must have one shape"
+            )
     if len(shape) != 4:
         raise ManifestMismatchError(f"input {spec.name!r} has rank {len(shape)}; scanedge needs a 4-D image input")
     c_axis, h_axis, w_axis = (1, 2, 3) if spec.layout == "NCHW" else (3, 1, 2)
@@ -941,10 +993,11 @@ def check_model_io(
     def fixed(d: Any) -> int | None:
         return d if isinstance(d, int) and d > 0 else None
 
-    if fixed(shape[c_axis]) not in (None, spec.channels):
+    if fixed(shape[c_axis]) not in (None, manifest.image_channels):
         raise ManifestMismatchError(
-            f"input {spec.name!r} has {shape[c_axis]} channels ({spec.layout} shape {list(shape)}) but the "
-            f"manifest declares {spec.channels}{_channel_hint(shape[c_axis])}"
+            f"input {names[0]!r} has {shape[c_axis]} channels ({spec.layout} shape {list(shape)}) but the "
+            f"manifest declares {manifest.image_channels}{_per_role(manifest)}"
+            + ("" if manifest.roles else _channel_hint(shape[c_axis]))
         )
     h, w = fixed(shape[h_axis]), fixed(shape[w_axis])
     if size.mode == "fixed":
@@ -1034,6 +1087,12 @@ def _channel_hint(channels: Any) -> str:
     if not ways:
         return ""
     return "; describe it with " + ", or ".join(ways) + " (manifest input.color / input.context_slices)"
+
+
+def _per_role(manifest: Manifest) -> str:
+    if manifest.image_channels == manifest.input.channels:
+        return ""
+    return f" ({manifest.input.channels} for each of {len(manifest.roles)} roles)"
 
 
 def _shape_text(shape: Sequence[int | None]) -> str:

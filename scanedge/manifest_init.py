@@ -23,7 +23,9 @@ from scanedge.manifest import (
     ClassSpec,
     ColorOrder,
     HeadSpec,
+    InputRole,
     InputSpec,
+    InputsSpec,
     IntensityPolicy,
     Interpolation,
     Layout,
@@ -82,6 +84,9 @@ class ManifestInitConfig:
     - ``intensity``, ``kind``, ``activation``, ``interpolation``: as in the manifest (docs/manifest.md).
     - ``applies_to``: the images the model was made for (others are refused); ``not_for_clinical_use``:
       mark what scanedge writes for this model as not for clinical use.
+    - ``roles``: a model that takes several series of one study: (role, graph input) per role, reference
+      first; with no graph input names the roles are channels of the one input, in this order (manifest
+      ``inputs``; recognition rules and per-role intensity are then edited in the JSON).
 
     Raises ConfigError when ``colors`` or ``thresholds`` do not give one value per class.
     """
@@ -114,6 +119,7 @@ class ManifestInitConfig:
     score_output: str | None = None
     aggregation: Aggregation = "max"
     saliency_output: str | None = None
+    roles: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes))
@@ -124,6 +130,7 @@ class ManifestInitConfig:
                 f"score thresholds need one value per score class: {len(self.score_classes)} class(es), "
                 f"{len(self.score_thresholds)} threshold(s)"
             )
+        object.__setattr__(self, "roles", tuple((str(r), str(i)) for r, i in self.roles))
         object.__setattr__(self, "colors", tuple(tuple(c) for c in self.colors))
         object.__setattr__(self, "thresholds", tuple(self.thresholds))
         n = len(self.classes)
@@ -243,7 +250,10 @@ def draft_manifest_with_notes(model: Any, options: ManifestInitConfig) -> tuple[
     inputs, outputs = graph_io(model)
     if not inputs or not outputs:
         raise ModelError("the ONNX graph declares no inputs or no outputs")
-    inp = _pick(inputs, options.input_name, "input")
+    named = [i for _, i in options.roles if i]
+    if named and len(named) != len(options.roles):
+        raise ConfigError("give a graph input for every role, or for none (then the roles are channels)")
+    inp = _pick(inputs, named[0] if named else options.input_name, "input")
     layout = options.layout or guess_layout(inp.shape)
     per_plane = 1 if options.color == "gray" else 3
     notes: list[str] = []
@@ -299,9 +309,17 @@ def draft_manifest_with_notes(model: Any, options: ManifestInitConfig) -> tuple[
         applies_to=options.applies_to,
         not_for_clinical_use=options.not_for_clinical_use,
         heads=tuple(heads),
+        inputs=_inputs_section(options.roles),
     )
     check_model_io(manifest, [(t.name, t.shape) for t in inputs], [(t.name, t.shape) for t in outputs])
     return manifest, notes
+
+
+def _inputs_section(roles: Sequence[tuple[str, str]]) -> InputsSpec | None:
+    if not roles:
+        return None
+    named = any(i for _, i in roles)
+    return InputsSpec(roles=tuple(InputRole(r, input=i) for r, i in roles), assembly="named" if named else "channels")
 
 
 def write_manifest(

@@ -46,6 +46,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return status
 
 
+def _roles(text: str | None) -> tuple[tuple[str, str], ...]:
+    """``flair,t1`` (channels) or ``flair=in_flair,t1=in_t1`` (one graph input per role)."""
+    return tuple((item.partition("=")[0].strip(), item.partition("=")[2].strip()) for item in split_list(text))
+
+
 def _intensity(args: argparse.Namespace) -> IntensityPolicy:
     from scanedge.manifest import IntensityPolicy
 
@@ -113,6 +118,7 @@ def cmd_manifest_init(args: argparse.Namespace) -> int:
         score_output=args.score_output,
         aggregation=args.aggregation,
         saliency_output=args.saliency_output,
+        roles=_roles(args.roles),
     )
     model = load_onnx_model(args.model, load_external_data=True)
     manifest, notes = draft_manifest_with_notes(model, options)
@@ -166,6 +172,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--color", choices=("gray", "rgb", "bgr"), default="gray", help="input planes (default: gray)")
     g.add_argument("--context", type=int, default=0, help="neighbouring slices on each side, 2.5D (default: 0)")
     g.add_argument("--size", help="HxW the model takes (default: from a static input shape)")
+    g.add_argument(
+        "--roles",
+        help="several series of one study as input, reference first: ROLE,ROLE (channels of the input, in order) "
+        "or ROLE=INPUT,ROLE=INPUT (one graph input each), e.g. flair,t1 (default: one series)",
+    )
     g.add_argument(
         "--size-mode", choices=("multiple", "pad"), default="pad", help="for dynamic height/width (default: pad)"
     )

@@ -84,6 +84,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             outputs=tuple(o.strip() for o in args.outputs.split(",") if o.strip()),
             dicom=args.dicom,
             deadline_ms=args.deadline_ms,
+            roles=tuple(r.strip() for r in (args.roles or "").split(",") if r.strip()),
         )
     with err.status("reading and ordering the series ..."):
         series = read_series(args.paths, dicom=args.dicom)
@@ -147,6 +148,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--deadline-ms", type=float, default=None, help="per-slice deadline in the runtime's queue (default: none)"
+    )
+    p.add_argument(
+        "--roles",
+        default=None,
+        metavar="ROLE,ROLE",
+        help="the input role of each series in order (S1, S2, ...), for a model that takes several series of one "
+        "study, e.g. flair,t1 (default: none sent; with --dicom the runtime recognises them)",
     )
     p.add_argument(
         "--quiet", action="store_true", help="only the series summary, no line per slice (default: a line per slice)"

@@ -52,6 +52,11 @@ class CalibrationSlices:
     """
 
     def __init__(self, manifest: Manifest, source: str | os.PathLike[str] | Iterable[Slice], limit: int = 200) -> None:
+        if manifest.inputs is not None:
+            raise ConversionError(
+                f"int8 calibration feeds slices of one series; model {manifest.name} takes several at once "
+                f"({', '.join(manifest.roles)}): convert it to fp16, or keep it fp32"
+            )
         where = f" in {source}" if isinstance(source, (str, os.PathLike)) else ""
         if isinstance(source, (str, os.PathLike)):
             slices = [item.slice for item in load_slices([source])]

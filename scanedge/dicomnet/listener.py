@@ -257,6 +257,7 @@ class DicomListener:
                 self._pipelines.append(pipe)
                 pipes.append(pipe)
             name = pipes[0].manifest.name
+            _refuse_multi_input(pipes[0].manifest)
             if name in self._manifests:
                 raise ConfigError(f"two models are named {name!r}; each model needs its own manifest name")
             self._manifests[name] = pipes[0].manifest
@@ -406,6 +407,17 @@ class DicomListener:
             except OSError as exc:
                 tmp.unlink(missing_ok=True)
                 log.debug("status file %s not updated: %s", self._status_path, exc.strerror)
+
+
+def _refuse_multi_input(manifest: Manifest) -> None:
+    """The node segments each image as it is stored and writes one SEG per series from those masks; a model
+    that takes several series of one study at once (manifest ``inputs``) would need its reference series
+    held until the partner series arrives. Refused at start, clearly, rather than failing every C-STORE."""
+    if manifest.inputs is not None:
+        raise ConfigError(
+            f"model {manifest.name} takes several series of one study ({', '.join(manifest.roles)}); the DICOM node "
+            "serves one-input models only. Serve it with `scanedge serve` (docs/protocol.md section 3.2)"
+        )
 
 
 def _check_installed() -> None:

@@ -131,6 +131,9 @@ class SliceIdentity:
         instance_number: DICOM Instance Number; orders slices when no geometry is known.
         frame_index: the frame's index (0-based) within a multi-frame object; 0 otherwise.
         modality: DICOM Modality (``MR``, ``CT``, ...).
+        study_uid: Study Instance UID ("" when unknown); slices of several series are paired only within one.
+        frame_of_reference_uid: Frame of Reference UID ("" when unknown); positions of two series compare only
+            within one frame of reference.
     """
 
     series_uid: str = ""
@@ -138,6 +141,8 @@ class SliceIdentity:
     instance_number: int | None = None
     frame_index: int = 0
     modality: str = ""
+    study_uid: str = ""
+    frame_of_reference_uid: str = ""
 
 
 #: Longest text kept from a DICOM Long String (LO, e.g. Series Description): the VR's own maximum.
@@ -161,6 +166,10 @@ class SliceAcquisition:
         series_number: DICOM Series Number; None when unknown.
         series_description: DICOM Series Description, for reports (free text: never put into logs or
             error messages).
+        scanning_sequence: DICOM Scanning Sequence values (``SE``, ``IR``, ``GR``, ...): recognises a model
+            input's role (manifest ``inputs``).
+        sequence_name: DICOM Sequence Name (the vendor's name of the pulse sequence), bounded like the description.
+        contrast_agent: DICOM Contrast/Bolus Agent ("" when none was given), bounded like the description.
     """
 
     body_part: str = ""
@@ -168,6 +177,9 @@ class SliceAcquisition:
     photometric: str = ""
     series_number: int | None = None
     series_description: str = ""
+    scanning_sequence: tuple[str, ...] = ()
+    sequence_name: str = ""
+    contrast_agent: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "body_part", _code(self.body_part))
@@ -176,6 +188,13 @@ class SliceAcquisition:
         object.__setattr__(self, "image_type", values)
         text = "".join(c for c in str(self.series_description)[: MAX_DESCRIPTION * 2] if c.isprintable())
         object.__setattr__(self, "series_description", text.strip()[:MAX_DESCRIPTION])
+        if self.scanning_sequence or type(self.scanning_sequence) is not tuple:  # raw frames have none: no work
+            sequences = tuple(_code(v) for v in tuple(self.scanning_sequence)[:MAX_IMAGE_TYPE_VALUES])
+            object.__setattr__(self, "scanning_sequence", sequences)
+        for name in ("sequence_name", "contrast_agent"):
+            if getattr(self, name) or not isinstance(getattr(self, name), str):
+                raw = "".join(c for c in str(getattr(self, name))[: MAX_DESCRIPTION * 2] if c.isprintable())
+                object.__setattr__(self, name, raw.strip()[:MAX_DESCRIPTION])
         if self.series_number is not None and not -(2**31) <= self.series_number < 2**31:
             object.__setattr__(self, "series_number", None)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pydicom
 import pytest
@@ -131,7 +133,10 @@ def test_dicom_decoding_fills_the_acquisition_record_without_patient_data():
     ds.SeriesNumber = 7
     (s,) = slices_from_dicom(saved(ds))
     expected = SliceAcquisition("BRAIN", ("DERIVED", "SECONDARY", "OTHER"), "MONOCHROME2", 7, "AX FLAIR[31m")
-    assert s.acquisition == expected
+    value = ds.ScanningSequence
+    sequence = ((value,) if isinstance(value, str) else tuple(value), str(ds.get("SequenceName", "")), "")
+    assert (s.acquisition.scanning_sequence, s.acquisition.sequence_name, s.acquisition.contrast_agent) == sequence
+    assert dataclasses.replace(s.acquisition, scanning_sequence=(), sequence_name="") == expected
     assert "PatientName" not in repr(s) and str(ds.PatientName) not in repr(s)
 
 

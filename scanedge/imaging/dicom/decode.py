@@ -276,6 +276,8 @@ def _slices(ds: Any, limits: SliceLimits, max_frames: int, where: str) -> list[S
                         instance_number=_int_or_none(attr(ds, "InstanceNumber")),
                         frame_index=index,
                         modality=str(attr(ds, "Modality", "")),
+                        study_uid=str(attr(ds, "StudyInstanceUID", "")),
+                        frame_of_reference_uid=str(attr(ds, "FrameOfReferenceUID", "")),
                     ),
                     rescale_slope=slope,
                     rescale_intercept=intercept,
@@ -300,7 +302,19 @@ def _acquisition(ds: Any, photometric: str) -> SliceAcquisition:
         photometric=photometric,
         series_number=_int_or_none(attr(ds, "SeriesNumber")),
         series_description=_text_value(attr(ds, "SeriesDescription")),
+        scanning_sequence=_multi_text(attr(ds, "ScanningSequence")),
+        sequence_name=_text_value(attr(ds, "SequenceName")),
+        contrast_agent=_text_value(attr(ds, "ContrastBolusAgent")),
     )
+
+
+def _multi_text(value: Any) -> tuple[str, ...]:
+    """A multi-valued code string as its values (one value, several, or none)."""
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        return tuple(value.split("\\"))
+    return tuple(str(v) for v in list(value)[:16])
 
 
 def _decode(ds: Any, photometric: str, layout: _Layout, where: str) -> np.ndarray:

@@ -49,7 +49,9 @@ def dataset_from_slice(
     ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID, ds.SOPInstanceUID = sop_class_uid, meta.MediaStorageSOPInstanceUID
     ds.SeriesInstanceUID = series_uid or ident.series_uid or generate_uid()
-    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.StudyInstanceUID = study_uid or ident.study_uid or generate_uid()
+    if ident.frame_of_reference_uid:
+        ds.FrameOfReferenceUID = ident.frame_of_reference_uid
     ds.Modality = ident.modality or "OT"
     acq = slice_.acquisition
     if acq.body_part:
@@ -60,6 +62,12 @@ def dataset_from_slice(
         ds.SeriesNumber = acq.series_number
     if acq.series_description:
         ds.SeriesDescription = acq.series_description
+    if acq.scanning_sequence:
+        ds.ScanningSequence = list(acq.scanning_sequence)
+    if acq.sequence_name:
+        ds.SequenceName = acq.sequence_name[:16]
+    if acq.contrast_agent:
+        ds.ContrastBolusAgent = acq.contrast_agent
     if ident.instance_number is not None:
         ds.InstanceNumber = ident.instance_number
     if geo.pixel_spacing is not None:

@@ -73,10 +73,24 @@ _KEPT_VR = {
     TAGS["BodyPartExamined"]: b"CS",
     TAGS["SeriesNumber"]: b"IS",
     TAGS["SeriesDescription"]: b"LO",
+    # what pairs and recognises the series of a multi-input model (runtime.core.pairing, manifest inputs)
+    TAGS["StudyInstanceUID"]: b"UI",
+    TAGS["FrameOfReferenceUID"]: b"UI",
+    TAGS["ScanningSequence"]: b"CS",
+    TAGS["SequenceName"]: b"SH",
+    TAGS["ContrastBolusAgent"]: b"LO",
 }
 #: Kept elements whose empty value means the same as no element (the slice reader defaults them).
 _EMPTY_IS_ABSENT = frozenset(
-    {TAGS["ImageType"], TAGS["BodyPartExamined"], TAGS["SeriesNumber"], TAGS["SeriesDescription"]}
+    {
+        TAGS["ImageType"],
+        TAGS["BodyPartExamined"],
+        TAGS["SeriesNumber"],
+        TAGS["SeriesDescription"],
+        TAGS["ScanningSequence"],
+        TAGS["SequenceName"],
+        TAGS["ContrastBolusAgent"],
+    }
 )
 _PIXEL_DATA = TAGS["PixelData"]
 #: Elements whose presence means this is not the simple case: per-frame functional groups, float pixels.
@@ -308,14 +322,14 @@ class _Walk:
             return _U16.unpack_from(self.buf, start)[0]
         if want == b"UI":
             return _text(self.buf, start, length, _UID).rstrip("\0 ")
-        if tag == TAGS["ImageType"]:
+        if tag == TAGS["ImageType"] or tag == TAGS["ScanningSequence"]:
             terms = _text(self.buf, start, length, _TERMS).rstrip(" ").split("\\")
             return terms[0] if len(terms) == 1 else terms
         if tag == TAGS["BodyPartExamined"]:
             return _text(self.buf, start, length, _TERMS).rstrip(" ")
         if want == b"CS":
             return _text(self.buf, start, length, _CODE).rstrip(" ")
-        if want == b"LO":
+        if want == b"LO" or want == b"SH":
             return _text(self.buf, start, length, _LONG).rstrip(" ")
         if want == b"IS":
             return int(_text(self.buf, start, length, _INTEGER))

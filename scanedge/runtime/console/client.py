@@ -180,6 +180,13 @@ def _remote_result(
     )
 
 
+def _pairing_fields(s: Slice) -> dict[str, str]:
+    """What pairs a slice with the other series of its study (sent only when the slice knows it)."""
+    ident = s.identity
+    pairs = (("study", ident.study_uid), ("frame_of_reference", ident.frame_of_reference_uid))
+    return {k: v for k, v in pairs if v}
+
+
 class Client:
     """A connection to one runtime. Thread-safe; close() when done (or use ``with``)."""
 
@@ -246,6 +253,7 @@ class Client:
         publish: bool = True,
         timeout: float | None = None,
         ignore_scope: bool = False,
+        role: str | None = None,
     ) -> Future[RemoteResult]:
         """Send one slice; the future holds its :class:`RemoteResult`.
 
@@ -267,6 +275,8 @@ class Client:
             ignore_scope: segment the slice even when it is outside the model's scope (research use only;
                 the result's ``header.scope`` then says ``outside``). A Slice's modality, body part and
                 photometric interpretation are sent along so that raw pixels are checked like DICOM.
+            role: which input of a multi-input model this slice is (``flair``, ``t1``; docs/protocol.md
+                section 3.2). A Slice's Study and Frame of Reference UIDs are sent along for pairing.
 
         The future raises the runtime's error as the same scanedge exception class as in-process code
         (e.g. :class:`NotDicomError`), :class:`SupersededError` / :class:`ExpiredError` /
@@ -288,6 +298,7 @@ class Client:
                 "photometric": "RGB" if s.is_color else "MONOCHROME2",  # decoding made it one of these
             }
             fields.update({k: v for k, v in scope_fields.items() if CODE_STRING.fullmatch(v)})
+            fields.update(_pairing_fields(s))
             image = s.pixels
         if isinstance(image, np.ndarray):
             pixels = wire_array(image)
@@ -319,6 +330,8 @@ class Client:
             }
         if ignore_scope:
             fields["ignore_scope"] = True
+        if role is not None:
+            fields["role"] = role
         fields["sent_at"] = time.time()
         request_id = self._next_id()
         shared = self._place(request_id, fields, payload, pixels)

@@ -30,6 +30,7 @@ from scanedge.imaging.files import LoadedSlice
 from scanedge.imaging.lesion_load import LesionLoad
 from scanedge.imaging.series_summary import LatencyPercentiles
 from scanedge.imaging.slices import Slice
+from scanedge.manifest_inputs import ROLE_PATTERN
 from scanedge.runtime.console.client import Client, ClientConfig, RemoteResult
 
 __all__ = [
@@ -58,6 +59,9 @@ class ReplayConfig:
         deadline_ms: per-slice deadline in the runtime's queue (None: none).
         timeout_s: how long one reply may take before it counts as failed.
         max_loops: with ``loop``, stop after this many passes (None: until stopped).
+        roles: the input role of each series, in order (``("flair", "t1")``), for a model that takes several
+            series of one study (docs/protocol.md section 3.2); empty: no role is sent (with ``dicom`` the
+            runtime recognises roles from each file's sequence attributes).
     """
 
     endpoint: str
@@ -70,6 +74,7 @@ class ReplayConfig:
     deadline_ms: float | None = None
     timeout_s: float = 30.0
     max_loops: int | None = None
+    roles: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 < self.rate <= 10_000:
@@ -78,6 +83,9 @@ class ReplayConfig:
             raise ConfigError(f"jitter must be within [0, 60000] ms, got {self.jitter_ms:g}")
         if self.max_loops is not None and self.max_loops < 1:
             raise ConfigError("max_loops must be at least 1")
+        for role in self.roles:
+            if not ROLE_PATTERN.fullmatch(role):
+                raise ConfigError(f"role {role!r} must be 1-32 of a-z, 0-9, _ starting with a letter")
 
 
 @dataclass(frozen=True, eq=False)
@@ -199,6 +207,10 @@ class Replay:
     def __init__(self, series: Sequence[ReplaySeries], settings: ReplayConfig) -> None:
         if not series or any(not s.slices for s in series):
             raise ConfigError("nothing to replay: give at least one folder or file with slices")
+        if settings.roles and len(settings.roles) != len(series):
+            raise ConfigError(
+                f"{len(settings.roles)} role(s) given for {len(series)} series; give one role per series, in order"
+            )
         self.series = list(series)
         self.settings = settings
         self._rng = random.Random(settings.seed)
@@ -268,6 +280,7 @@ class Replay:
             index=item.slice.identity.instance_number,
             outputs=cfg.outputs,
             deadline_ms=cfg.deadline_ms,
+            role=cfg.roles[send.series] if cfg.roles else None,
         )
         future.add_done_callback(lambda f: done.put((send, send.due, f)))
 

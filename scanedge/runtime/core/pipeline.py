@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from scanedge.engines import Engine, EngineConfig, open_engine
-from scanedge.errors import InvalidSliceError, ManifestMismatchError, NonFiniteOutputError
+from scanedge.errors import InvalidSliceError, ManifestMismatchError, MissingInputError, NonFiniteOutputError
 from scanedge.imaging.dicom import slices_from_dicom, warm_up_decoding
 from scanedge.imaging.encode import ImageFormat, encode_image
 from scanedge.imaging.heads import DecodedHeads, HeadDecoder, HeadScore, MaskHead, SaliencyMap
@@ -182,6 +182,16 @@ class SliceResult:
 SliceInput = Slice | np.ndarray | bytes | bytearray | memoryview
 
 
+def _role_preprocessors(manifest: Manifest) -> dict[str, Preprocessor] | None:
+    """One preprocessor per role of a multi-input model, each with that role's normalisation."""
+    if manifest.inputs is None:
+        return None
+    return {
+        role: Preprocessor(manifest.replace(inputs=None, intensity=manifest.intensity_for(role)))
+        for role in manifest.roles
+    }
+
+
 class Pipeline:
     """One model, ready to segment slices. Build with :meth:`open` or from an engine + manifest."""
 
@@ -212,9 +222,10 @@ class Pipeline:
                         f"output {scores.name!r} of {engine.name} is {scores.dtype}; the manifest reads it as "
                         "floating point"
                     )
-            spec = next(s for s in engine.input_specs if s.name == manifest.input.name)
-            if not was_active and spec.is_dynamic() and manifest.size.mode == "fixed":
-                engine.warmup_shapes.setdefault(spec.name, self._fixed_input_shape())
+            specs = [s for s in engine.input_specs if s.name in manifest.graph_inputs()]
+            if not was_active and any(s.is_dynamic() for s in specs) and manifest.size.mode == "fixed":
+                for spec in specs:
+                    engine.warmup_shapes.setdefault(spec.name, self._fixed_input_shape())
                 engine.warmup(engine.warmup_runs)
         except BaseException:
             if owns_engine:
@@ -225,6 +236,8 @@ class Pipeline:
         self._post = Postprocessor(manifest) if manifest.output is not None else None
         self._overlay = OverlayRenderer(manifest, self.config.overlay) if manifest.output is not None else None
         self._heads = HeadDecoder(manifest)
+        self._roles = _role_preprocessors(manifest)
+        self._stacked: dict[tuple[int, ...], np.ndarray] = {}
         self.model_label = f"{manifest.name}@{manifest.version}"
         self._where = f"model {self.model_label} on {engine.name}"  # names the engine when its scores are wrong
         self._last: tuple[Slice, Sequence[Slice]] | None = None  # for keep_warm()
@@ -257,7 +270,8 @@ class Pipeline:
     def _fixed_input_shape(self) -> tuple[int, ...]:
         spec, size = self.manifest.input, self.manifest.size
         h, w = int(size.height), int(size.width)  # type: ignore[arg-type]
-        return (1, spec.channels, h, w) if spec.layout == "NCHW" else (1, h, w, spec.channels)
+        c = self.manifest.image_channels if len(self.manifest.graph_inputs()) == 1 else spec.channels
+        return (1, c, h, w) if spec.layout == "NCHW" else (1, h, w, c)
 
     def close(self) -> None:
         """Release the engine if this pipeline opened it (an engine passed in stays the caller's)."""
@@ -301,6 +315,11 @@ class Pipeline:
         A slice outside the manifest's ``applies_to`` raises OutOfScopeError unless ``ignore_scope``
         (default: the config's), in which case the result's ``scope`` says ``outside``.
         """
+        if self._roles is not None:
+            raise MissingInputError(
+                f"model {self.model_label} takes the roles {', '.join(self._roles)} together; one slice alone "
+                "cannot be segmented (run_inputs() takes a slice per role)"
+            )
         t0 = time.perf_counter()
         slice_ = self.to_slice(source)
         ignore = self.config.ignore_scope if ignore_scope is None else ignore_scope
@@ -312,11 +331,7 @@ class Pipeline:
         outputs = self.engine.infer({self.manifest.input.name: tensor})
         self._check_outputs(outputs, tensor.shape)
         t3 = time.perf_counter()
-        if self._post is not None:
-            post = self._post(outputs[self.manifest.output.name], info, slice_.geometry)  # type: ignore[union-attr]
-        else:
-            post = Postprocessed(np.zeros((0, *info.valid_shape), np.float32), np.zeros(info.slice_shape, np.uint8), ())
-        heads = self._heads(outputs, info, slice_.geometry) if not self._heads.empty else DecodedHeads()
+        post, heads = self._decode(outputs, info, slice_.geometry)
         t4 = time.perf_counter()
         image = None
         if overlay is not False:
@@ -341,6 +356,15 @@ class Pipeline:
             scope,
             heads,
         )
+
+    def _decode(self, outputs: dict[str, np.ndarray], info: Any, geometry: Any) -> tuple[Postprocessed, DecodedHeads]:
+        """The mask output post-processed (an empty mask for a model without one) and every head decoded."""
+        if self._post is not None:
+            post = self._post(outputs[self.manifest.output.name], info, geometry)  # type: ignore[union-attr]
+        else:
+            post = Postprocessed(np.zeros((0, *info.valid_shape), np.float32), np.zeros(info.slice_shape, np.uint8), ())
+        heads = self._heads(outputs, info, geometry) if not self._heads.empty else DecodedHeads()
+        return post, heads
 
     def _check_outputs(self, outputs: dict[str, np.ndarray], input_shape: tuple[int, ...]) -> None:
         """Every output the manifest reads: the right shape and dtype, and finite."""
@@ -374,6 +398,98 @@ class Pipeline:
         if heads.scores:
             draw_scores(image, heads.scores, self.manifest)
         return image
+
+    def run_inputs(
+        self,
+        sources: Mapping[str, SliceInput],
+        *,
+        contexts: Mapping[str, Sequence[Slice]] | None = None,
+        overlay: bool | OverlayConfig = True,
+        ignore_scope: bool | None = None,
+    ) -> SliceResult:
+        """Segment one reference slice of a multi-input model (manifest ``inputs``) with its partners.
+
+        ``sources`` holds one slice per role, every one already on the reference slice's grid (the
+        :class:`~scanedge.runtime.core.pairing.PairingBuffer` resamples partners onto it); each role is
+        normalised with its own intensity policy, then the roles become channels of one tensor (in role
+        order) or separate graph inputs, as the manifest says. The result is on the reference slice.
+        MissingInputError when a role is missing; InvalidSliceError when a role's grid differs.
+        """
+        roles = self._roles
+        if roles is None:
+            raise InvalidSliceError(f"model {self.model_label} has one input; segment its slices with run()")
+        missing = [r for r in roles if r not in sources]
+        if missing:
+            raise MissingInputError(f"model {self.model_label} needs role(s) {', '.join(missing)} for this slice")
+        unknown = sorted(set(sources) - set(roles))
+        if unknown:
+            raise InvalidSliceError(f"model {self.model_label} has no role(s) {unknown}; its roles are {list(roles)}")
+        t0 = time.perf_counter()
+        slices = {r: self.to_slice(sources[r]) for r in roles}
+        reference = slices[next(iter(roles))]
+        for r, s in slices.items():
+            if s.shape != reference.shape:
+                raise InvalidSliceError(
+                    f"role {r!r} is {s.shape[0]}x{s.shape[1]}, the reference slice {reference.shape[0]}x"
+                    f"{reference.shape[1]}; resample it onto the reference grid first (pairing does)"
+                )
+        ignore = self.config.ignore_scope if ignore_scope is None else ignore_scope
+        scope = require_scope(self.manifest.applies_to, reference, self.model_label, ignore=ignore)
+        t1 = time.perf_counter()
+        tensors, info = self._assemble(slices, contexts or {})
+        t2 = time.perf_counter()
+        outputs = self.engine.infer(tensors)
+        self._check_outputs(outputs, next(iter(tensors.values())).shape)
+        t3 = time.perf_counter()
+        post, heads = self._decode(outputs, info, reference.geometry)
+        t4 = time.perf_counter()
+        image = None
+        if overlay is not False:
+            image = self._render(reference, post, heads, overlay)
+        t5 = time.perf_counter()
+        timings = StageTimings(
+            decode_ms=(t1 - t0) * 1e3,
+            preprocess_ms=(t2 - t1) * 1e3,
+            infer_ms=(t3 - t2) * 1e3,
+            postprocess_ms=(t4 - t3) * 1e3,
+            overlay_ms=(t5 - t4) * 1e3,
+            total_ms=(t5 - t0) * 1e3,
+        )
+        return SliceResult(
+            reference.identity,
+            self.model_label,
+            post.mask,
+            post.probabilities,
+            post.findings,
+            image,
+            timings,
+            scope,
+            heads,
+        )
+
+    def _assemble(
+        self, slices: Mapping[str, Slice], contexts: Mapping[str, Sequence[Slice]]
+    ) -> tuple[dict[str, np.ndarray], Any]:
+        """The graph's feeds: each role preprocessed with its own normalisation, stacked or named."""
+        assert self._roles is not None
+        names = self.manifest.graph_inputs()
+        parts = []
+        info = None
+        for role, pre in self._roles.items():
+            tensor, role_info = pre(slices[role], contexts.get(role, ()))
+            info = info or role_info
+            parts.append(tensor)
+        assert info is not None
+        if len(names) > 1:  # named: one input per role (each preprocessor owns its buffer)
+            return dict(zip(names, parts)), info
+        axis = 1 if self.manifest.input.layout == "NCHW" else 3
+        shape = list(parts[0].shape)
+        shape[axis] = sum(p.shape[axis] for p in parts)
+        stacked = self._stacked.get(tuple(shape))
+        if stacked is None:
+            stacked = self._stacked[tuple(shape)] = np.empty(shape, np.float32)
+        np.concatenate(parts, axis=axis, out=stacked)
+        return {names[0]: stacked}, info
 
     def keep_warm(self) -> bool:
         """Run the last slice through the whole pipeline again, result discarded, so that caches, threads

@@ -375,6 +375,7 @@ class IoLoop:
             deadline_mono=None if req.deadline_ms is None else now + req.deadline_ms / 1e3,
             seq=next(self._seq),
             shm=shm,
+            latest=not self.models[model].roles,
         )
         self.inflight[job.seq] = job
         self.inflight_bytes += nbytes
@@ -410,7 +411,7 @@ class IoLoop:
             self.stats.counters["client_gone"] += 1
         else:
             self._send(job.identity, [outcome.encoded, *outcome.payload])
-        if self.pub is not None and isinstance(header, Result) and job.request.publish:
+        if self.pub is not None and isinstance(header, Result) and job.request.publish and not _held(header):
             try:
                 self.pub.send_multipart(
                     [publish_topic(header.series), outcome.encoded, *outcome.payload], zmq.NOBLOCK, copy=False
@@ -509,6 +510,11 @@ class IoLoop:
                 "slice finished"
             )
             self._answer(job, error_outcome(job, err, runtime=self.runtime_id))
+
+
+def _held(header: Result) -> bool:
+    """A partner slice kept for pairing (docs/protocol.md 3.2): answered, but nothing to show, so not published."""
+    return header.inputs is not None and header.inputs.held
 
 
 #: earlier names of configuration classes (every frozen configuration is now called ...Config)

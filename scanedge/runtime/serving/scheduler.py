@@ -45,6 +45,9 @@ class Job:
     deadline_mono: float | None = None
     seq: int = 0  # the I/O thread's key for this job until it is answered
     shm: Any = None  # its shared-memory ranges (scanedge.runtime.serving.shm.ShmJob), when the console uses them
+    # latest slice wins in its series; False for a multi-input model's slices: a partner dropped from the
+    # queue would leave its reference slice without input (docs/protocol.md section 3.2)
+    latest: bool = True
 
     def expired(self, now: float | None = None) -> bool:
         """Whether the deadline has passed at monotonic time ``now`` (default: the current time)."""
@@ -68,7 +71,7 @@ class LatestSliceScheduler:
     def submit(self, job: Job) -> Job | None:
         """Queue ``job``; return the waiting job of the same series it supersedes, if any."""
         series = job.request.series
-        key: Any = ("series", series) if series else ("anonymous", next(self._anonymous))
+        key: Any = ("series", series) if series and job.latest else ("anonymous", next(self._anonymous))
         with self._lock:
             if self._closed:
                 raise RuntimeError("scheduler is closed")

@@ -38,6 +38,7 @@ from scanedge.runtime.core.model_spec import ModelSpec
 from scanedge.runtime.core.pipeline import Pipeline, PipelineConfig, default_model_path
 from scanedge.runtime.serving.io_loop import IoLoop, LoopConfig
 from scanedge.runtime.serving.keep_warm import KeepWarmConfig
+from scanedge.runtime.serving.multi_input import MultiInputServing
 from scanedge.runtime.serving.scheduler import Job, LatestSliceScheduler
 from scanedge.runtime.serving.series_store import SeriesStore, SeriesStoreConfig
 from scanedge.runtime.serving.shm import SHM_MODES, RegionTable, ShmMode
@@ -161,6 +162,7 @@ def _model_info(m: Manifest, engine: dict[str, Any] | None = None) -> ModelInfo:
         activation=m.output.activation if m.output is not None else "",
         threads=engine.get("threads"),
         threads_probe_ms=auto["probe_ms"] if auto and auto.get("probe_ms") else None,
+        roles=m.roles,
     )
 
 
@@ -208,6 +210,7 @@ class _Serving:
     pub: zmq.Socket | None = None
     pool: WorkerPool | None = None
     loop: IoLoop | None = None
+    multi: MultiInputServing | None = None  # pairing for models with several inputs
 
     def backend(self, model: str) -> str:
         """The backend of ``model``'s engine (as the first worker opened it)."""
@@ -361,18 +364,37 @@ class Server:
             serving.pipelines.append(self._open_pipelines())
         self._open_sockets(serving)
         failure_log = LogBudget("failed slice(s)")
+        serving.multi = multi = self._multi_input(serving, failure_log)
         serving.pool = WorkerPool(
             cfg.workers,
             self._scheduler,
             self._open_pipelines,
-            lambda job, pipe: run_job(
-                job, pipe, cfg.limits, cfg.overlay, self.runtime_id, failure_log, self.series_store
+            lambda job, pipe: (
+                multi.process(job, pipe)
+                if multi is not None and multi.serves(job.model)
+                else run_job(job, pipe, cfg.limits, cfg.overlay, self.runtime_id, failure_log, self.series_store)
             ),
             serving.wake.emit,
             job_timeout_s=cfg.job_timeout_s,
             keep_warm=cfg.keep_warm,
         )
         serving.loop = self._io_loop(serving, serving.pool)
+
+    def _multi_input(self, serving: _Serving, failure_log: LogBudget) -> MultiInputServing | None:
+        """The pairing state of the models with several inputs; None when every model has one."""
+        manifests = {name: m for name, (_, m) in self._models.items() if m.inputs is not None}
+        if not manifests:
+            return None
+        cfg = self.config
+        return MultiInputServing(
+            manifests,
+            serving.wake.emit,
+            limits=cfg.limits,
+            overlay=cfg.overlay,
+            runtime=self.runtime_id,
+            failure_log=failure_log,
+            series_store=self.series_store,
+        )
 
     def _open_sockets(self, serving: _Serving) -> None:
         """The CurveZMQ authenticator (when configured), the ROUTER on every endpoint, and the PUB."""
@@ -468,6 +490,8 @@ class Server:
         assert serving.pool is not None and serving.loop is not None and serving.router is not None
         self._scheduler.close()
         stuck = serving.pool.join(max(1.0, cfg.shutdown_grace_s))
+        if serving.multi is not None:
+            serving.multi.close()
         self.wedged_workers = [w.thread.name for w in stuck]
         if stuck:
             log.error("%d worker(s) still stuck in inference at exit: %s", len(stuck), ", ".join(self.wedged_workers))

@@ -30,7 +30,17 @@ from scanedge.runtime.serving.series_store import SeriesStore
 from scanedge.runtime.wire.payloads import overlay_options, pipeline_reply, result_frames, slice_from_request
 from scanedge.runtime.wire.protocol import Echo, Error, Result, encode, error_reply
 
-__all__ = ["Outcome", "Worker", "WorkerPool", "expired_outcome", "internal_outcome", "run_job"]
+__all__ = [
+    "DEFERRED",
+    "Outcome",
+    "Worker",
+    "WorkerPool",
+    "error_outcome",
+    "expired_outcome",
+    "internal_outcome",
+    "outcome_of",
+    "run_job",
+]
 
 log = logging.getLogger("scanedge.runtime")
 
@@ -56,7 +66,18 @@ def _outcome(header: Result | Error, payload: tuple[Any, ...] = ()) -> Outcome:
     return Outcome(header, encode(header), payload)
 
 
+def outcome_of(header: Result | Error, payload: tuple[Any, ...] = ()) -> Outcome:
+    """The outcome carrying ``header`` (encoded once, here) and its payload frames."""
+    return _outcome(header, payload)
+
+
+#: what a job's processing returns when the job is answered later by someone else (a multi-input model's
+#: reference slice parked until its partner arrives: runtime.serving.multi_input); the worker emits nothing
+DEFERRED = Outcome(Error(version=1, id=None, code="DEFERRED"), b"")
+
+
 def error_outcome(job: Job, error: ScanedgeError | str, message: str = "", runtime: str = "") -> Outcome:
+    """The ERROR reply to ``job`` for a typed error, or for a bare code (``"SUPERSEDED"``) with ``message``."""
     return _outcome(error_reply(job.echo, error, message, received_at=job.received_at, runtime=runtime))
 
 
@@ -216,7 +237,8 @@ class Worker:
                     outcome = self._guarded(job, pipelines)
                 finally:  # also when something beyond Exception ends this thread: the job is still answered
                     self.current = None
-                    self._emit(job, outcome or internal_outcome(job, f"worker {self.index} died"))
+                    if outcome is not DEFERRED:
+                        self._emit(job, outcome or internal_outcome(job, f"worker {self.index} died"))
                 if job.shm is not None and job.shm.pixels is not None and job.model in pipelines:
                     # after the reply, off the console's critical path: a copy only when keep-warm will use it
                     pipelines[job.model].own_last(keep=self.pacer is not None)

@@ -30,6 +30,7 @@ from scanedge.runtime.wire.protocol import (
     Finding,
     FrameInfo,
     Geometry,
+    PairedInputs,
     Result,
     Segment,
     Timings,
@@ -99,6 +100,8 @@ def slice_from_request(req: Segment, payload: memoryview | bytes, limits: SliceL
                 sop_instance_uid=req.instance or ident.sop_instance_uid,
                 instance_number=req.index if req.index is not None else ident.instance_number,
                 modality=ident.modality or req.modality or "",
+                study_uid=ident.study_uid or req.study,
+                frame_of_reference_uid=ident.frame_of_reference_uid or req.frame_of_reference,
             ),
             rescale_slope=s.rescale_slope,
             rescale_intercept=s.rescale_intercept,
@@ -123,7 +126,12 @@ def slice_from_request(req: Segment, payload: memoryview | bytes, limits: SliceL
         pixels,
         geometry=_geometry(req.geometry),
         identity=SliceIdentity(
-            series_uid=req.series, sop_instance_uid=req.instance, instance_number=req.index, modality=req.modality or ""
+            series_uid=req.series,
+            sop_instance_uid=req.instance,
+            instance_number=req.index,
+            modality=req.modality or "",
+            study_uid=req.study,
+            frame_of_reference_uid=req.frame_of_reference,
         ),
         rescale_slope=slope,
         rescale_intercept=intercept,
@@ -244,6 +252,7 @@ def pipeline_reply(
     series_load: LesionLoad | None = None,
     series_scores: Sequence[SeriesScore] = (),
     change: SeriesChange | None = None,
+    inputs: PairedInputs | None = None,
 ) -> Result:
     """The RESULT header for one pipeline result: its findings, and the stage timings (ms) of the pipeline
     plus what the caller measured around it (queue, decode, encode, series); ``total`` runs from
@@ -274,6 +283,7 @@ def pipeline_reply(
         scores=wire_scores,
         series_scores=wire_series,
         change=change,
+        inputs=inputs,
         scope=result.scope.status,
         scope_detail=result.scope.detail,
     )

@@ -65,6 +65,8 @@ __all__ = [
     "ModelInput",
     "OutputsAt",
     "OverlayRequest",
+    "PairedInputs",
+    "Partner",
     "Ping",
     "Pong",
     "RegionInfo",
@@ -131,6 +133,7 @@ Count = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 ShmName = Annotated[str, Meta(min_length=1, max_length=255)]  # its form is checked where it is opened
 ByteCount = Annotated[int, Meta(ge=0, le=2**48)]
 CodeString = Annotated[str, Meta(min_length=1, max_length=16, pattern=r"^[A-Za-z0-9_ ]+$")]  # DICOM CS
+RoleName = Annotated[str, Meta(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_]*$")]  # manifest inputs
 
 
 #: where Linux keeps POSIX shared-memory objects: shm_open("/NAME") is open("/dev/shm/NAME")
@@ -220,6 +223,9 @@ class Segment(_Message, tag="SEGMENT", omit_defaults=True, frozen=True):
     modality: CodeString | None = None  # DICOM Modality of raw pixels, checked against the model's scope
     body_part: CodeString | None = None  # DICOM Body Part Examined, likewise
     ignore_scope: bool = False  # research use: segment a slice outside the model's scope anyway
+    role: RoleName | None = None  # section 3.2: which input of a multi-input model this slice is
+    study: Key = ""  # section 3.2: Study Instance UID of raw pixels (pairs series of one study)
+    frame_of_reference: Key = ""  # section 3.2: Frame of Reference UID of raw pixels
 
 
 class Ping(_Message, tag="PING", frozen=True):
@@ -303,6 +309,26 @@ class FrameInfo(Struct, frozen=True, omit_defaults=True):
     offset: int | None = None
 
 
+class Partner(Struct, frozen=True, omit_defaults=True):
+    """One partner slice a multi-input RESULT was computed with (section 3.2)."""
+
+    role: str
+    series: str = ""
+    instance: str = ""
+    position_mm: float | None = None
+
+
+class PairedInputs(Struct, frozen=True, omit_defaults=True):
+    """What a RESULT of a multi-input model says about its inputs (section 3.2).
+
+    ``held``: the slice was a partner role's, kept for pairing; such a RESULT has no findings or frames.
+    """
+
+    role: str
+    held: bool = False
+    partners: tuple[Partner, ...] = ()
+
+
 class Result(_Message, tag="RESULT", frozen=True):
     """A RESULT header (section 4); its payload frames follow in the order of ``frames``."""
 
@@ -329,6 +355,7 @@ class Result(_Message, tag="RESULT", frozen=True):
     scores: tuple[HeadScore, ...] = ()  # added within version 1: per score head, this slice's classes
     series_scores: tuple[SeriesScore, ...] = ()  # added within version 1: per score head, the series so far
     change: SeriesChange | None = None  # added within version 1: the series against its prior so far
+    inputs: PairedInputs | None = None  # added within version 1: the roles of a multi-input model (section 3.2)
 
 
 class Error(_Message, tag="ERROR", frozen=True):
@@ -368,6 +395,7 @@ class ModelInfo(Struct, frozen=True):
     activation: str = "softmax"
     threads: int | None = None  # intra-op threads per worker; null: the backend's default (or not ORT)
     threads_probe_ms: dict[str, float] | None = None  # --threads auto: median ms per thread count measured
+    roles: tuple[str, ...] = ()  # section 3.2: the input roles of a multi-input model, reference first
 
 
 class WorkerHealth(Struct, frozen=True):
@@ -692,6 +720,7 @@ def result_reply(
     scores: Sequence[HeadScore] = (),
     series_scores: Sequence[SeriesScore] = (),
     change: SeriesChange | None = None,
+    inputs: PairedInputs | None = None,
 ) -> Result:
     """A RESULT header; the payload frames follow it in the order of ``frames``."""
     return Result(
@@ -716,6 +745,7 @@ def result_reply(
         scores=tuple(scores),
         series_scores=tuple(series_scores),
         change=change,
+        inputs=inputs,
     )
 
 

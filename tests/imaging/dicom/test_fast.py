@@ -169,8 +169,14 @@ def test_a_console_slice_takes_the_fast_path_with_its_geometry_and_identity():
     np.testing.assert_array_equal(s.pixels, pixels)
     assert s.geometry == original.geometry
     assert s.identity == SliceIdentity(
-        series_uid="1.2.3", sop_instance_uid="1.2.3.4", instance_number=7, frame_index=0, modality="MR"
+        series_uid="1.2.3",
+        sop_instance_uid="1.2.3.4",
+        instance_number=7,
+        frame_index=0,
+        modality="MR",
+        study_uid=s.identity.study_uid,  # a new one, the encoder's
     )
+    assert s.identity.study_uid
     assert (s.rescale_slope, s.rescale_intercept, s.window_center, s.window_width) == (2.0, -1024.0, 40.0, 400.0)
 
 
