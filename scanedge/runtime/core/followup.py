@@ -98,11 +98,14 @@ class LiveOutcome:
             could not be stacked; ``change`` says why).
         slices: the (SOP Instance UID, frame index from 0) of the slice behind each z plane of the comparison.
         change: its summary, as a RESULT would carry it.
+        volume: the intensities compared (z, y, x, float32, the comparison's z order), to keep as the prior of
+            a later study; None without a comparison.
     """
 
     comparison: SeriesComparison | None
     slices: tuple[tuple[str, int], ...]
     change: SeriesChange
+    volume: np.ndarray | None = None
 
 
 def slice_key(slice_: Slice) -> Hashable:
@@ -261,7 +264,8 @@ class LiveComparison:
             with self._lock:
                 self._done = done
         ids = tuple((held[k].slice_.identity.sop_instance_uid, held[k].slice_.identity.frame_index) for k in done.keys)
-        return LiveOutcome(done.comparison, ids, done.comparison.summary())
+        volume = np.stack([np.asarray(held[k].slice_.pixels, dtype=np.float32) for k in done.keys])
+        return LiveOutcome(done.comparison, ids, done.comparison.summary(), volume)
 
     # --- under the lock --------------------------------------------------------------------------------
 

@@ -154,7 +154,7 @@ def result_frames(
     payload: list[Any] = []
     encode_ms = 0.0
     for name in dict.fromkeys(outputs):
-        arr = arrays[name]
+        arr = arrays.get(name)  # an output not made for this slice (e.g. "change" before its comparison)
         if arr is None:
             continue
         if name == "overlay" and overlay_encoding != "raw":

@@ -38,6 +38,7 @@ from scanedge.errors import (
     UnsupportedDtypeError,
     UnsupportedVersionError,
 )
+from scanedge.imaging.followup import SeriesChange
 from scanedge.imaging.lesion_load import LesionLoad
 from scanedge.safe_text import printable
 
@@ -102,7 +103,7 @@ MAX_HEADER_BYTES = 64 * 1024
 REQUEST_TYPES = ("SEGMENT", "PING", "STATS", "SHM_REGISTER", "SHM_UNREGISTER", "SHM_STATUS")
 REPLY_TYPES = ("RESULT", "ERROR", "PONG", "STATS_REPLY", "SHM_REGIONS")
 MESSAGE_TYPES = REQUEST_TYPES + REPLY_TYPES
-OUTPUT_NAMES = ("mask", "overlay", "probabilities", "image")
+OUTPUT_NAMES = ("mask", "overlay", "probabilities", "image", "change")
 #: dtypes a raw pixel frame may carry (always little-endian on the wire)
 WIRE_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 #: reply ``status`` of the scheduling outcomes; every other error code has status "error"
@@ -124,7 +125,7 @@ Width = Annotated[float, Meta(gt=0.0, le=1e10)]
 Fraction = Annotated[float, Meta(ge=0.0, le=1.0)]
 Epoch = Annotated[float, Meta(ge=0.0, le=1e11)]
 DeadlineMs = Annotated[float, Meta(gt=0.0, le=86_400_000.0)]
-OutputName = Literal["mask", "overlay", "probabilities", "image"]
+OutputName = Literal["mask", "overlay", "probabilities", "image", "change"]
 Count = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 ShmName = Annotated[str, Meta(min_length=1, max_length=255)]  # its form is checked where it is opened
 ByteCount = Annotated[int, Meta(ge=0, le=2**48)]
@@ -324,6 +325,7 @@ class Result(_Message, tag="RESULT", frozen=True):
     scope_detail: str = ""  # for "outside": what the model expects and what the slice is
     position_mm: float | None = None  # added within version 1: the slice's place along its normal
     series_load: LesionLoad | None = None  # added within version 1: the series' lesion load so far
+    change: SeriesChange | None = None  # added within version 1: the series' change against its prior
 
 
 class Error(_Message, tag="ERROR", frozen=True):
