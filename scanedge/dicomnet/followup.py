@@ -54,7 +54,14 @@ if TYPE_CHECKING:  # scipy and SimpleITK (the followup extra) are imported only 
     from scanedge.runtime.core.followup import LiveComparison
     from scanedge.runtime.core.pipeline import Pipeline
 
-__all__ = ["FollowupConfig", "NodeFollowup", "lesion_mask", "prior_from_record"]
+__all__ = [
+    "LESION_SEG_DESCRIPTION",
+    "FollowupConfig",
+    "NodeFollowup",
+    "lesion_mask",
+    "prior_from_record",
+    "read_lesion_seg",
+]
 
 _log = logging.getLogger("scanedge.dicomnet")
 
@@ -372,7 +379,8 @@ class NodeFollowup:
             return None
 
     def _prior_volume(self, result: PriorResult) -> PriorVolume:
-        """The prior's images stacked, and its lesions: segmented with the node's model, fresh Tracking UIDs."""
+        """The prior's images stacked, and its lesions: from a scanedge lesion SEG of the prior study (its
+        Tracking UIDs carry over), else segmented with the node's model (fresh Tracking UIDs)."""
         from scanedge.imaging.dicom import slices_from_dicom
         from scanedge.imaging.dicom.quiet import pydicom_quiet
         from scanedge.imaging.followup import PriorVolume, volume_from_slices
@@ -385,9 +393,14 @@ class NodeFollowup:
         volume, geometry, order = volume_from_slices(slices)
         if volume.size > self.config.max_voxels:
             raise ConfigError(f"the prior has more than {self.config.max_voxels} voxels")
-        masks = self._segment([slices[i] for i in order])
-        tracking, uids = initial_tracking(np.stack(masks), geometry.spacing)
-        source = f"PACS {result.source}, lesions segmented by {self.model}"
+        ordered = [slices[i] for i in order]
+        found = self._lesions_from_seg(result, ordered)
+        if found is not None:
+            tracking, uids, seg_series = found
+            source = f"PACS {result.source}, lesions from SEG series {seg_series}"
+        else:
+            tracking, uids = initial_tracking(np.stack(self._segment(ordered)), geometry.spacing)
+            source = f"PACS {result.source}, lesions segmented by {self.model}"
         return PriorVolume(
             result.study_uid,
             result.series_uid,
@@ -399,6 +412,34 @@ class NodeFollowup:
             source=source,
             rules=result.rules,
         )
+
+    def _lesions_from_seg(
+        self, result: PriorResult, slices: list[Slice]
+    ) -> tuple[np.ndarray, dict[int, str], str] | None:
+        """The prior's tracking volume and Tracking UIDs from a scanedge lesion SEG of the prior study that
+        references the prior series (docs/dicom-node.md, Follow-up); None when there is none or it cannot be
+        read (the reason is logged)."""
+        try:
+            for seg_series, ds in self._seg_candidates(result):
+                found = read_lesion_seg(ds, result.series_uid, slices)
+                if found is not None:
+                    return (*found, seg_series)
+        except Exception as exc:
+            _log.info(
+                "prior study %s: no usable lesion SEG (%s); its images are segmented instead",
+                result.study_uid,
+                type(exc).__name__,
+            )
+        return None
+
+    def _seg_candidates(self, result: PriorResult) -> list[tuple[str, Any]]:
+        """(Series Instance UID, dataset) of every scanedge lesion SEG in the prior study (bounded)."""
+        cfg = self.config
+        if cfg.pacs is not None:
+            return _segs_dimse(cfg.pacs, result.study_uid, cfg.limits)
+        if cfg.dicomweb is not None:
+            return _segs_dicomweb(cfg.dicomweb, result.study_uid, cfg.limits)
+        return []
 
     def _segment(self, slices: list[Slice]) -> list[np.ndarray]:
         """The lesion masks of ``slices`` (in order), with one of the node's pipelines of the compared model."""
@@ -416,6 +457,130 @@ class NodeFollowup:
             ]
         finally:
             pool.put(pipe)
+
+
+#: a lesion SEG's Series Description starts with this (THE LESION SEG CONTRACT, docs/dicom-node.md)
+LESION_SEG_DESCRIPTION = "scanedge lesions"
+_MAX_SEGS = 4  # lesion SEG series read per prior study
+
+
+def read_lesion_seg(ds: Any, series_uid: str, slices: Sequence[Slice]) -> tuple[np.ndarray, dict[int, str]] | None:
+    """A scanedge lesion SEG (one segment per tracked lesion, each with its Tracking UID) as the tracking volume
+    on the grid of ``slices`` (the prior series, in z order) and its UIDs; None when ``ds`` is not a scanedge
+    lesion SEG of ``series_uid``."""
+    import highdicom as hd
+
+    if _text(ds, "Manufacturer") != "scanedge" or not _text(ds, "SeriesDescription").startswith(LESION_SEG_DESCRIPTION):
+        return None
+    referenced = {str(item.get("SeriesInstanceUID", "")) for item in ds.get("ReferencedSeriesSequence", [])}
+    if series_uid not in referenced:
+        return None
+    seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
+    uids: dict[int, str] = {}
+    for number in seg.segment_numbers:
+        uid = seg.get_segment_description(number).tracking_uid
+        if not uid:
+            return None  # a lesion SEG tracks every segment
+        uids[int(number)] = str(uid)
+    sources = [s.identity.sop_instance_uid for s in slices]
+    labels = seg.get_pixels_by_source_instance(
+        sources, combine_segments=True, relabel=False, assert_missing_frames_are_empty=False
+    )
+    tracking = np.asarray(labels, dtype=np.int32).reshape(len(slices), *slices[0].shape)
+    return tracking, uids
+
+
+def _segs_dimse(pacs: DimseSource, study_uid: str, limits: PriorLimits) -> list[tuple[str, Any]]:
+    """C-FIND the SEG series of the study, C-GET those described as scanedge lesions (bounded)."""
+    from pydicom.dataset import Dataset
+    from pydicom.uid import SegmentationStorage
+    from pynetdicom import AE, build_role, evt
+
+    from scanedge.dicomnet.priors import STUDY_ROOT_FIND, STUDY_ROOT_GET
+
+    def associate(handlers: list[Any] | None = None) -> Any:
+        ae = AE(ae_title=pacs.calling_aet)
+        for t in ("acse_timeout", "dimse_timeout", "network_timeout", "connection_timeout"):
+            setattr(ae, t, limits.timeout_s)
+        ae.add_requested_context(STUDY_ROOT_FIND)
+        ae.add_requested_context(STUDY_ROOT_GET)
+        ae.add_requested_context(SegmentationStorage)
+        roles: list[Any] = [build_role(SegmentationStorage, scp_role=True)]
+        assoc = ae.associate(pacs.host, pacs.port, ae_title=pacs.called_aet, ext_neg=roles, evt_handlers=handlers or [])
+        if not assoc.is_established:
+            raise ConnectionError("no association")
+        return assoc
+
+    query = Dataset()
+    query.QueryRetrieveLevel = "SERIES"
+    query.StudyInstanceUID = study_uid
+    query.SeriesInstanceUID = ""
+    query.Modality = "SEG"
+    query.SeriesDescription = ""
+    found: list[str] = []
+    assoc = associate()
+    try:
+        for status, ident in assoc.send_c_find(query, STUDY_ROOT_FIND):
+            if status is None or int(status.get("Status", 0xC000)) not in (0x0000, 0xFF00, 0xFF01):
+                break
+            if ident is not None and _text(ident, "SeriesDescription").startswith(LESION_SEG_DESCRIPTION):
+                found.append(_text(ident, "SeriesInstanceUID"))
+                if len(found) >= _MAX_SEGS:
+                    break
+    finally:
+        assoc.release()
+    out: list[tuple[str, Any]] = []
+    for seg_series in found:
+        received: list[Any] = []
+
+        def on_store(event: Any, into: list[Any] = received) -> int:
+            if len(into) >= 1 or len(event.request.DataSet.getvalue()) > limits.max_instance_bytes:
+                return 0xA700
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+            into.append(ds)
+            return 0x0000
+
+        get = Dataset()
+        get.QueryRetrieveLevel = "SERIES"
+        get.StudyInstanceUID = study_uid
+        get.SeriesInstanceUID = seg_series
+        assoc = associate([(evt.EVT_C_STORE, on_store)])
+        try:
+            for _status, _ in assoc.send_c_get(get, STUDY_ROOT_GET):
+                pass
+        finally:
+            assoc.release()
+        out += [(seg_series, ds) for ds in received]
+    return out
+
+
+def _segs_dicomweb(pacs: DicomwebSource, study_uid: str, limits: PriorLimits) -> list[tuple[str, Any]]:
+    """QIDO-RS the SEG series of the study, WADO-RS those described as scanedge lesions (bounded)."""
+    from dicomweb_client.api import DICOMwebClient
+    from pydicom.dataset import Dataset
+
+    client = DICOMwebClient(url=pacs.url, timeout=limits.timeout_s)
+    client.set_http_retry_params(retry=False)
+    listed = client.search_for_series(
+        study_instance_uid=study_uid,
+        search_filters={"Modality": "SEG"},
+        fields=["SeriesDescription"],
+        limit=limits.max_series_per_study,
+    )
+    out: list[tuple[str, Any]] = []
+    for item in listed[: limits.max_series_per_study]:
+        series = Dataset.from_json(item)
+        if not _text(series, "SeriesDescription").startswith(LESION_SEG_DESCRIPTION):
+            continue
+        seg_series = _text(series, "SeriesInstanceUID")
+        instances = client.search_for_instances(study_instance_uid=study_uid, series_instance_uid=seg_series, limit=2)
+        for inst in instances[:1]:
+            sop = _text(Dataset.from_json(inst), "SOPInstanceUID")
+            out.append((seg_series, client.retrieve_instance(study_uid, seg_series, sop)))
+        if len(out) >= _MAX_SEGS:
+            break
+    return out
 
 
 def _text(ds: Any, keyword: str) -> str:

@@ -8,17 +8,21 @@ Every test waits on conditions (the feed's messages, the comparison, the SEG fil
 from __future__ import annotations
 
 import copy
+import io
 import logging
 import subprocess
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
 import zmq
+from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from scanedge.demo.series import demo_series_dir
@@ -29,6 +33,8 @@ from scanedge.dicomnet.priors import DimseSource, PriorLimits
 from scanedge.dicomnet.series import OpenSeries
 from scanedge.imaging.dicom import slices_from_dicom
 from scanedge.imaging.followup import CHANGE_CODES
+from scanedge.imaging.lesion_change import initial_tracking
+from scanedge.runtime.core.pipeline import Pipeline
 from scanedge.runtime.wire.payloads import arrays_from_frames
 from scanedge.runtime.wire.protocol import Result, decode_reply
 from tests.dicomnet.conftest import free_port, needs_dcmtk, responses, storescu
@@ -39,21 +45,24 @@ from tests.waiting import wait_until
 pytestmark = needs_dcmtk
 
 PATIENT = "FU-PAT-2719"
+SEG_PATIENT = "FU-PAT-3301"  # whose prior study also holds a scanedge lesion SEG
 CLIENT_AET = "SCANEDGEFU"
 
 
-def study(date: str, *, count: int = 32) -> list[pydicom.Dataset]:
-    """The demo series as one study of PATIENT on ``date`` (new Study, Series and SOP Instance UIDs)."""
+def study(date: str, *, count: int = 32, patient: str = PATIENT) -> list[pydicom.Dataset]:
+    """The demo series as one study of ``patient`` on ``date`` (new Study, Series and SOP Instance UIDs)."""
     study_uid, series_uid = generate_uid(), generate_uid()
     out: list[pydicom.Dataset] = []
     for path in sorted(demo_series_dir().glob("*.dcm"))[:count]:
         ds = copy.deepcopy(pydicom.dcmread(path))
-        ds.PatientID = PATIENT
+        ds.PatientID = patient
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         ds.StudyDate = date
         ds.BodyPartExamined = "BRAIN"
+        for keyword in ("PatientBirthDate", "PatientSex", "AccessionNumber", "ReferringPhysicianName"):
+            setattr(ds, keyword, ds.get(keyword, ""))  # the patient and study modules a SEG copies
         out.append(ds)
     return out
 
@@ -95,11 +104,63 @@ def results(sub: zmq.Socket, count: int) -> list[tuple[Result, dict[str, Any]]]:
     return out
 
 
+def lesion_seg(images: Sequence[pydicom.Dataset]) -> tuple[pydicom.Dataset, set[str]]:
+    """A scanedge lesion SEG of ``images`` as the contract says (one segment per tracked lesion, each with its
+    Tracking UID), from the demo model's masks; and its Tracking UIDs."""
+    with Pipeline.open() as pipe:
+        masks = np.stack([pipe.run(slices_from_dicom(ds)[0], overlay=False).mask for ds in images])
+    spacing = (float(images[0].PixelSpacing[1]), float(images[0].PixelSpacing[0]), float(images[0].SliceThickness))
+    tracking, uids = initial_tracking(masks > 0, spacing)
+    assert uids, "the demo model finds lesions in the demo series"
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="scanedge", version="1", family=codes.cid7162.ArtificialIntelligence
+    )
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=n,
+            segment_label=f"lesion {n}",
+            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=codes.SCT.Lesion,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_uid=uid,
+            tracking_id=f"lesion {n}",
+        )
+        for n, uid in sorted(uids.items())
+    ]
+    seg = hd.seg.Segmentation(
+        source_images=list(images),
+        pixel_array=tracking.astype(np.uint16),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(),
+        series_number=900,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="scanedge",
+        manufacturer_model_name="scanedge",
+        software_versions="test",
+        device_serial_number="0",
+        series_description="scanedge lesions ms-lesion-demo",
+    )
+    return seg, set(uids.values())
+
+
+@dataclass(frozen=True)
+class Pacs:
+    orthanc: Orthanc
+    seg_uids: set[str]  # the Tracking UIDs of SEG_PATIENT's prior lesion SEG
+
+
 @pytest.fixture(scope="module")
-def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
-    """A real Orthanc holding PATIENT's 2024 study, sent to it by C-STORE (dcmtk's storescu)."""
+def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
+    """A real Orthanc holding PATIENT's 2024 study, and SEG_PATIENT's 2024 study with its lesion SEG, sent to it
+    by C-STORE (dcmtk's storescu)."""
     with orthanc_server(CLIENT_AET, 104) as orthanc:
-        prior = files(study("20240301"), tmp_path_factory.mktemp("prior"))
+        seg_images = study("20240301", count=12, patient=SEG_PATIENT)
+        seg, seg_uids = lesion_seg(seg_images)
+        folder = tmp_path_factory.mktemp("prior")
+        prior = [*files(study("20240301"), folder), *files(seg_images, folder)]
         sent = subprocess.run(
             [
                 "storescu",
@@ -116,7 +177,10 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
             timeout=120,
         )
         assert sent.returncode == 0, sent.stderr
-        yield orthanc
+        buffer = io.BytesIO()
+        seg.save_as(buffer)
+        orthanc.upload(buffer.getvalue())  # over REST: dcmtk's storescu proposes no SEG storage context
+        yield Pacs(orthanc, seg_uids)
 
 
 def dimse(port: int, aet: str) -> FollowupConfig:
@@ -126,10 +190,12 @@ def dimse(port: int, aet: str) -> FollowupConfig:
 
 
 def test_a_follow_up_series_is_compared_live_with_its_prior_from_the_pacs(
-    listener: Callable[..., DicomListener], pacs: Orthanc, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    listener: Callable[..., DicomListener], pacs: Pacs, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="scanedge")
-    node = listener(publish="tcp://127.0.0.1:*", series_timeout_s=120, followup=dimse(pacs.dicom_port, pacs.aet))
+    node = listener(
+        publish="tcp://127.0.0.1:*", series_timeout_s=120, followup=dimse(pacs.orthanc.dicom_port, pacs.orthanc.aet)
+    )
     done = recorded(node)
     current = study("20260105")
     series = str(current[0].SeriesInstanceUID)
@@ -161,6 +227,7 @@ def test_a_follow_up_series_is_compared_live_with_its_prior_from_the_pacs(
     change = header.change
     assert change is not None and change.status == "compared"
     assert change.prior_date == "20240301" and "DIMSE" in change.source and change.counts is not None
+    assert "segmented by" in change.source  # no lesion SEG in this prior study
     assert change.counts.new == 0 and change.counts.stable >= 1  # the same images: every lesion is stable
     assert [f.name for f in header.frames] == ["mask", "overlay", "image", "change"]
     plane = arrays["change"]
@@ -173,6 +240,24 @@ def test_a_follow_up_series_is_compared_live_with_its_prior_from_the_pacs(
     assert {sop for sop, _ in compared.frames} == {str(ds.SOPInstanceUID) for ds in current}
     assert any(p.parent.name == "seg" for p in node.written)
     assert PATIENT not in caplog.text
+
+
+def test_a_lesion_seg_in_the_prior_study_gives_the_prior_lesions_and_their_tracking_uids(
+    listener: Callable[..., DicomListener], pacs: Pacs, tmp_path: Path
+) -> None:
+    config = replace(dimse(pacs.orthanc.dicom_port, pacs.orthanc.aet), min_slices=0)
+    node = listener(complete_on_release=True, followup=config)
+    done = recorded(node)
+    current = study("20260105", count=12, patient=SEG_PATIENT)
+    assert responses(storescu(node.port, *files(current, tmp_path / "current"))) == ["Success"] * 12
+    wait_until(lambda: len(done) == 1, timeout=240, what="the series to complete")
+    comparison = next(iter(done[0].comparisons.values())).comparison
+    assert comparison.status == "compared", comparison.reason
+    assert comparison.prior is not None and "lesions from SEG series" in comparison.prior.source
+    assert set(comparison.prior.uids.values()) == pacs.seg_uids
+    # the lesions found again keep the Tracking UIDs the prior's SEG gave them, through the PACS
+    kept = {lesion.tracking_uid for lesion in comparison.report.lesions if lesion.change == "stable"}
+    assert kept and kept <= pacs.seg_uids
 
 
 def test_an_unreachable_pacs_leaves_the_series_segmented_with_no_prior_and_the_reason(
