@@ -26,8 +26,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Hashable
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -42,9 +47,21 @@ from scanedge.imaging.followup import (
 )
 from scanedge.imaging.lesion_change import ChangeConfig
 from scanedge.imaging.registration import RegistrationConfig
-from scanedge.imaging.slices import Slice
+from scanedge.imaging.slices import Slice, SliceLimits
 
-__all__ = ["LiveAnswer", "LiveComparison", "LiveConfig", "LiveOutcome", "slice_key"]
+if TYPE_CHECKING:
+    from scanedge.runtime.core.pipeline import Pipeline
+
+__all__ = [
+    "LiveAnswer",
+    "LiveComparison",
+    "LiveConfig",
+    "LiveOutcome",
+    "PriorProvider",
+    "SeriesFollowups",
+    "folder_prior",
+    "slice_key",
+]
 
 _log = logging.getLogger("scanedge.followup")
 
@@ -106,6 +123,11 @@ class LiveOutcome:
     slices: tuple[tuple[str, int], ...]
     change: SeriesChange
     volume: np.ndarray | None = None
+
+
+#: finds the prior of a series from its Series Instance UID and first slice: the prior, or why there is none
+#: (a reason without patient identifiers); it may take its time (it runs in a lookup thread) and may raise
+PriorProvider = Callable[[str, Slice], "PriorVolume | str"]
 
 
 def slice_key(slice_: Slice) -> Hashable:
@@ -368,3 +390,116 @@ def _longest_run(held: dict[Hashable, _Held]) -> list[Hashable]:
                 best = ordered[start : i + 1]
             start = i + 1
     return best
+
+
+class SeriesFollowups:
+    """The live comparisons of every series a runtime serves, by (series, model); the prior of each comes from an
+    injected :data:`PriorProvider` (the runtime knows no PACS: its command line gives the provider).
+
+    Bounded: at most ``lookups`` provider calls at once, ``max_series`` series followed (the least recently
+    used forgotten first), a series without a slice for ``idle_s`` forgotten, and the comparisons' own bounds
+    (:class:`LiveConfig`, one shared gate of ``registrations``). Thread-safe; never raises for the provider.
+    """
+
+    def __init__(
+        self,
+        provider: PriorProvider,
+        config: LiveConfig | None = None,
+        *,
+        lookups: int = 2,
+        registrations: int = 1,
+        max_series: int = 16,
+        idle_s: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if lookups < 1 or registrations < 1 or max_series < 1 or not idle_s > 0:
+            raise ConfigError("follow-up lookups, registrations and max_series must be >= 1, idle_s > 0")
+        self.provider = provider
+        self.config = config or LiveConfig()
+        self.max_series = max_series
+        self.idle_s = idle_s
+        self._clock = clock
+        self._gate = threading.Semaphore(registrations)
+        self._lookups = ThreadPoolExecutor(lookups, thread_name_prefix="scanedge-prior")
+        self._lock = threading.Lock()
+        self._series: OrderedDict[tuple[str, str], tuple[float, LiveComparison]] = OrderedDict()
+
+    def add(self, series: str, model: str, slice_: Slice, mask: np.ndarray) -> LiveAnswer:
+        """Hold one slice's lesion mask (non-zero: lesion) and answer where its series' comparison stands."""
+        now = self._clock()
+        key = (series, model)
+        with self._lock:
+            for old in [k for k, (seen, _) in self._series.items() if now - seen > self.idle_s]:
+                del self._series[old]
+            held = self._series.get(key)
+            engine = held[1] if held is not None else LiveComparison(series, self.config, self._gate)
+            self._series[key] = (now, engine)
+            self._series.move_to_end(key)
+            while len(self._series) > self.max_series:
+                self._series.popitem(last=False)
+        if held is None:
+            try:
+                self._lookups.submit(self._lookup, engine, series, slice_)
+            except RuntimeError:  # closed
+                engine.no_prior("the runtime is stopping")
+        engine.add(slice_, mask)
+        return engine.answer(slice_)
+
+    def close(self) -> None:
+        """Stop taking lookups (those running finish on their own)."""
+        self._lookups.shutdown(wait=False, cancel_futures=True)
+
+    def _lookup(self, engine: LiveComparison, series: str, slice_: Slice) -> None:
+        try:
+            found = self.provider(series, slice_)
+        except Exception as exc:
+            _log.warning("series %s: the prior provider failed (%s)", series, type(exc).__name__)
+            engine.no_prior(f"the prior provider failed ({type(exc).__name__})")
+            return
+        if isinstance(found, PriorVolume):
+            engine.set_prior(found)
+        else:
+            engine.no_prior(str(found) or "no prior study found")
+
+
+def folder_prior(
+    folder: Path, pipeline: Pipeline, *, max_voxels: int = 48 * 1024 * 1024, limits: SliceLimits | None = None
+) -> PriorVolume:
+    """The prior in a folder of DICOM images of one series (``scanedge serve --prior DIR``): stacked, its lesions
+    segmented with ``pipeline`` (every foreground class) and given fresh Tracking UIDs."""
+    import pydicom
+
+    from scanedge.errors import InputError
+    from scanedge.imaging.files import load_slices
+    from scanedge.imaging.followup import volume_from_slices
+    from scanedge.imaging.lesion_change import initial_tracking
+    from scanedge.imaging.series import context_window
+
+    loaded = load_slices([folder], **({"limits": limits} if limits is not None else {}))
+    if not loaded:
+        raise InputError(f"no DICOM image in {folder}")
+    if len({item.slice.identity.series_uid for item in loaded}) != 1:
+        raise InputError(f"{folder} holds images of more than one series; a prior is one series")
+    slices = [item.slice for item in loaded]
+    if len(slices) * slices[0].shape[0] * slices[0].shape[1] > max_voxels:
+        raise InputError(f"the prior in {folder} has more than {max_voxels} voxels")
+    volume, geometry, order = volume_from_slices(slices)
+    ordered = [slices[i] for i in order]
+    k = pipeline.manifest.input.context_slices
+    masks = [
+        pipeline.run(s, context=context_window(ordered, i, k) if k else (), overlay=False).mask > 0
+        for i, s in enumerate(ordered)
+    ]
+    tracking, uids = initial_tracking(np.stack(masks), geometry.spacing)
+    header = pydicom.dcmread(loaded[0].path, stop_before_pixels=True)
+    return PriorVolume(
+        study_uid=str(header.get("StudyInstanceUID", "")),
+        series_uid=str(header.get("SeriesInstanceUID", "")),
+        study_date=str(header.get("StudyDate", "")),
+        volume=volume,
+        geometry=geometry,
+        tracking=tracking,
+        uids=uids,
+        source=f"folder {folder.name}, lesions segmented by {pipeline.manifest.name}",
+        rules="given on the command line",
+    )

@@ -16,7 +16,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from scanedge.errors import EngineTimeoutError, ScanedgeError, redacted_traceback
 from scanedge.imaging.overlay import OverlayConfig, display_image
@@ -28,6 +30,9 @@ from scanedge.runtime.serving.scheduler import Job, LatestSliceScheduler
 from scanedge.runtime.serving.series_store import SeriesStore
 from scanedge.runtime.wire.payloads import overlay_options, pipeline_reply, result_frames, slice_from_request
 from scanedge.runtime.wire.protocol import Echo, Error, Result, encode, error_reply
+
+if TYPE_CHECKING:
+    from scanedge.runtime.core.followup import SeriesFollowups
 
 __all__ = ["Outcome", "Worker", "WorkerPool", "expired_outcome", "internal_outcome", "run_job"]
 
@@ -81,10 +86,12 @@ def run_job(
     runtime: str,
     failure_log: LogBudget | None = None,
     series_store: SeriesStore | None = None,
+    followups: SeriesFollowups | None = None,
 ) -> Outcome:
     """Segment one job's slice and build its RESULT; a typed failure becomes its ERROR (logged within
     ``failure_log``'s budget: failures are the peer's to cause). With a ``series_store``, a slice of a
-    series also updates that series' lesion load, which the RESULT carries."""
+    series also updates that series' lesion load, which the RESULT carries; with ``followups``, its
+    comparison with the series' prior (``change``, and the ``change`` frame when asked for)."""
     req = job.request
     start = time.monotonic()
     if job.expired(start):
@@ -106,11 +113,15 @@ def run_job(
             # scratch copy of it), which the reply, sent without copying, must not go on reading
             image = image.copy()
         arrays = {"mask": result.mask, "overlay": result.overlay, "probabilities": result.probabilities, "image": image}
+        ident = slice_.identity
+        series = req.series or ident.series_uid
+        change = None
+        if followups is not None and series:
+            answer = followups.add(series, job.model, slice_, result.mask)
+            change, arrays["change"] = answer.change, answer.plane
         infos, payload, encode_ms = result_frames(req.outputs, arrays, req.overlay_encoding)
         if job.shm is not None:  # outputs the console wants in its shared memory (protocol section 12)
             infos, payload = job.shm.place(infos, payload)
-        ident = slice_.identity
-        series = req.series or ident.series_uid
         number = req.index if req.index is not None else ident.instance_number
         load = None
         t_series = time.perf_counter()
@@ -135,6 +146,8 @@ def run_job(
             position_mm=position,
             series_load=None if load is None else load.rounded(),
         )
+        if change is not None:
+            header = msgspec.structs.replace(header, change=change)
     except ScanedgeError as exc:
         if failure_log is None or failure_log.allow(exc.code):
             log.warning("request %r (series %s) failed: %s %s", req.id, req.series or "-", exc.code, exc.message)
