@@ -25,11 +25,13 @@ import zmq
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
+from scanedge.cli import build_parser, main
+from scanedge.cli.dicom import followup_config
 from scanedge.demo.series import demo_series_dir
 from scanedge.dicomnet import DicomListener
 from scanedge.dicomnet.followup import FollowupConfig
 from scanedge.dicomnet.prior_store import PriorStoreConfig
-from scanedge.dicomnet.priors import DimseSource, PriorLimits
+from scanedge.dicomnet.priors import DicomwebSource, DimseSource, PriorLimits
 from scanedge.dicomnet.series import OpenSeries
 from scanedge.imaging.dicom import slices_from_dicom
 from scanedge.imaging.followup import CHANGE_CODES
@@ -243,10 +245,14 @@ def test_a_follow_up_series_is_compared_live_with_its_prior_from_the_pacs(
     assert PATIENT not in caplog.text
 
 
+@pytest.mark.parametrize("protocol", ["dimse", "dicomweb"])
 def test_a_lesion_seg_in_the_prior_study_gives_the_prior_lesions_and_their_tracking_uids(
-    listener: Callable[..., DicomListener], pacs: Pacs, tmp_path: Path
+    listener: Callable[..., DicomListener], pacs: Pacs, tmp_path: Path, protocol: str
 ) -> None:
-    config = replace(dimse(pacs.orthanc.dicom_port, pacs.orthanc.aet), min_slices=0)
+    if protocol == "dimse":
+        config = replace(dimse(pacs.orthanc.dicom_port, pacs.orthanc.aet), min_slices=0)
+    else:
+        config = FollowupConfig(dicomweb=DicomwebSource(pacs.orthanc.dicomweb_url), min_slices=0)
     node = listener(complete_on_release=True, followup=config)
     done = recorded(node)
     current = study("20260105", count=12, patient=SEG_PATIENT)
@@ -255,6 +261,7 @@ def test_a_lesion_seg_in_the_prior_study_gives_the_prior_lesions_and_their_track
     comparison = next(iter(done[0].comparisons.values())).comparison
     assert comparison.status == "compared", comparison.reason
     assert comparison.prior is not None and "lesions from SEG series" in comparison.prior.source
+    assert ("DIMSE" if protocol == "dimse" else "DICOMweb") in comparison.prior.source
     assert set(comparison.prior.uids.values()) == pacs.seg_uids
     # the lesions found again keep the Tracking UIDs the prior's SEG gave them, through the PACS
     kept = {lesion.tracking_uid for lesion in comparison.report.lesions if lesion.change == "stable"}
@@ -319,3 +326,30 @@ def test_the_prior_store_serves_the_next_study_and_holds_no_patient_id(
     for folder in [root, *[p for p in root.iterdir() if p.is_dir()]]:
         assert folder.stat().st_mode & 0o777 == 0o700
     assert PATIENT not in caplog.text
+
+
+def test_dicom_listen_prior_flags_make_the_followup_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    args = parser.parse_args(
+        [
+            "dicom-listen",
+            "--prior-pacs",
+            "PACS@10.0.0.5:104",
+            "--prior-store",
+            str(tmp_path / "p"),
+            "--prior-description",
+            "flair",
+            "--followup-min-slices",
+            "0",
+            "--registration-budget",
+            "2",
+        ]
+    )
+    config = followup_config(args)
+    assert config is not None and config.pacs == DimseSource("10.0.0.5", 104, "PACS", calling_aet="SCANEDGE")
+    assert config.rules.description_regex == "flair" and config.store is not None and config.min_slices == 0
+    assert config.registration.time_budget_s == 2
+    assert followup_config(parser.parse_args(["dicom-listen"])) is None  # off by default
+    assert main(["dicom-listen", "--out", str(tmp_path / "out"), "--prior-pacs", "PACS@nowhere"]) == 2
+    err = capsys.readouterr().err
+    assert "--prior-pacs takes AE@HOST:PORT" in err and "Traceback" not in err

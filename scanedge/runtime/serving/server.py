@@ -261,7 +261,10 @@ class Server:
             from scanedge.runtime.core.followup import SeriesFollowups
 
             self.followups = SeriesFollowups(
-                prior_provider, followup, max_series=self.config.series.max_series, idle_s=self.config.series.idle_s
+                prior_provider,
+                followup,
+                max_series=min(16, self.config.series.max_series),  # each may hold up to LiveConfig.max_voxels
+                idle_s=self.config.series.idle_s,
             )
         self._scheduler = LatestSliceScheduler()
         self._stop = threading.Event()
