@@ -311,7 +311,7 @@ class NodeFollowup:
             study_uid=tracked.current.study_uid,
             series_uid=series_uid,
             study_date=tracked.current.study_date,
-            labels=np.asarray(report.tracking, dtype=np.int32),
+            labels=np.asarray(report.tracking, dtype=np.uint16 if len(uids) < 65535 else np.int32),
             spacing=(geometry.spacing[2], geometry.spacing[1], geometry.spacing[0]),
             origin=geometry.origin,
             direction=geometry.direction,

@@ -265,11 +265,12 @@ class LiveComparison:
         the prior lookup and a comparison in flight, then compares unless the last comparison already covered
         every slice. No slice is taken after it; never raises."""
         wait = self.config.complete_wait_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + wait  # one wait for both: the lookup, then a comparison in flight
         if not self._prior_known.wait(wait):
             self.no_prior(f"the prior lookup did not finish within {wait:g} s")
         with self._lock:
             self._closed = True
-            self._idle.wait_for(lambda: not self._running, timeout=wait)
+            self._idle.wait_for(lambda: not self._running, timeout=max(0.0, deadline - time.monotonic()))
             if self._over is not None:
                 return LiveOutcome(None, (), self._status() or SeriesChange(status="withheld", reason=self._over))
             done = self._done if self._done is not None and self._done.version == self._version else None
