@@ -184,8 +184,13 @@ class NodeFollowup:
         limits: SliceLimits = DEFAULT_LIMITS,
         max_series: int = 64,
     ) -> None:
-        from scanedge.runtime.core.followup import LiveConfig  # needs scipy: only when follow-up is on
+        import importlib.util
 
+        from scanedge.runtime.core.followup import LiveConfig
+
+        missing = [m for m in ("scipy", "SimpleITK") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ConfigError(f"follow-up needs {' and '.join(missing)}: pip install 'scanedge[followup]'")
         self.config = config
         name = config.model or next(iter(manifests))
         if name not in manifests:
