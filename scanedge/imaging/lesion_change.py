@@ -157,7 +157,8 @@ def _voxel_mm3(spacing: tuple[float, float, float]) -> float:
 
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    from scipy import ndimage  # the followup extra; imported here so SeriesChange (on the wire) needs no scipy
+    # imported here: the wire protocol carries this package's change summary, and consoles need no scipy
+    from scipy import ndimage
 
     labels, count = ndimage.label(np.asarray(mask) > 0, structure=_STRUCTURE)
     if count > MAX_LESIONS:

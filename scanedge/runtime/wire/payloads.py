@@ -149,12 +149,16 @@ def result_frames(
     overlay_encoding: str,
 ) -> tuple[tuple[FrameInfo, ...], list[Any], float]:
     """The RESULT's ``frames`` entries, its payload frames in the same order, and the ms spent encoding
-    (exactly 0 unless a JPEG/PNG overlay was asked for)."""
+    (exactly 0 unless a JPEG/PNG overlay was asked for).
+
+    An output asked for but missing from ``arrays`` or None there gets no frame: a ``change`` frame exists
+    only once the series has been compared with a prior (docs/protocol.md section 4), so a console asking
+    for it earlier, or of a runtime that compares nothing, gets the other outputs alone."""
     infos: list[FrameInfo] = []
     payload: list[Any] = []
     encode_ms = 0.0
     for name in dict.fromkeys(outputs):
-        arr = arrays.get(name)  # an output not made for this slice (e.g. "change" before its comparison)
+        arr = arrays.get(name)
         if arr is None:
             continue
         if name == "overlay" and overlay_encoding != "raw":

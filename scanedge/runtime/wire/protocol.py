@@ -325,7 +325,7 @@ class Result(_Message, tag="RESULT", frozen=True):
     scope_detail: str = ""  # for "outside": what the model expects and what the slice is
     position_mm: float | None = None  # added within version 1: the slice's place along its normal
     series_load: LesionLoad | None = None  # added within version 1: the series' lesion load so far
-    change: SeriesChange | None = None  # added within version 1: the series' change against its prior
+    change: SeriesChange | None = None  # added within version 1: the series against its prior so far
 
 
 class Error(_Message, tag="ERROR", frozen=True):
