@@ -4,10 +4,48 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from scanedge.cli.arguments import add_engine_args, add_limit_args, engine_options, slice_limits
 
-__all__ = ["add_parsers", "cmd_dicom_listen"]
+if TYPE_CHECKING:
+    from scanedge.dicomnet.followup import FollowupConfig
+
+__all__ = ["add_parsers", "cmd_dicom_listen", "followup_config"]
+
+
+def followup_config(args: argparse.Namespace) -> FollowupConfig | None:
+    """The node's :class:`~scanedge.dicomnet.followup.FollowupConfig` from the ``--prior-*`` flags; None when no
+    prior source is given (follow-up off)."""
+    from scanedge.dicomnet.followup import FollowupConfig
+    from scanedge.dicomnet.forward import parse_forward_target
+    from scanedge.dicomnet.prior_store import PriorStoreConfig
+    from scanedge.dicomnet.priors import DicomwebSource, DimseSource, PriorLimits, PriorRules
+    from scanedge.errors import ConfigError
+    from scanedge.imaging.registration import RegistrationConfig
+
+    if not (args.prior_pacs or args.prior_dicomweb or args.prior_store):
+        return None
+    pacs = None
+    if args.prior_pacs:
+        try:
+            target = parse_forward_target(args.prior_pacs)
+        except ConfigError:
+            raise ConfigError(
+                f"--prior-pacs takes AE@HOST:PORT (e.g. PACS@10.0.0.5:104), got {args.prior_pacs!r}"
+            ) from None
+        pacs = DimseSource(target.host, target.port, target.ae_title, calling_aet=args.ae_title)
+    return FollowupConfig(
+        pacs=pacs,
+        dicomweb=DicomwebSource(args.prior_dicomweb) if args.prior_dicomweb else None,
+        store=PriorStoreConfig(args.prior_store) if args.prior_store else None,
+        rules=PriorRules(same_body_part=not args.prior_any_body_part, description_regex=args.prior_description),
+        limits=PriorLimits(timeout_s=args.prior_timeout),
+        registration=RegistrationConfig(time_budget_s=args.registration_budget),
+        min_slices=args.followup_min_slices,
+        wait_s=args.followup_wait,
+        lesion_class=args.followup_class,
+    )
 
 
 def cmd_dicom_listen(args: argparse.Namespace) -> int:
@@ -53,6 +91,7 @@ def cmd_dicom_listen(args: argparse.Namespace) -> int:
         associate_timeout_s=args.associate_timeout,
         ignore_scope=args.ignore_scope,
         allowed_calling_aes=tuple(args.allow_calling_ae),
+        followup=followup_config(args),
     )
     log = logging.getLogger("scanedge.dicomnet")
     listener = DicomListener([ModelSpec(m) for m in args.model], config)
@@ -193,6 +232,42 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default=5.0,
         metavar="S",
         help="close a connection whose association request is not complete S seconds after it connected (default: 5)",
+    )
+    g = p.add_argument_group("follow-up against the patient's prior study (docs/dicom-node.md, Follow-up)")
+    g.add_argument(
+        "--prior-pacs", metavar="AE@HOST:PORT", help="look priors up in this PACS over DIMSE (default: no PACS)"
+    )
+    g.add_argument("--prior-dicomweb", metavar="URL", help="look priors up over DICOMweb at URL (default: no DICOMweb)")
+    g.add_argument(
+        "--prior-store",
+        type=Path,
+        metavar="DIR",
+        help="keep every completed series in DIR and look priors up there first (default: no store)",
+    )
+    g.add_argument(
+        "--prior-description", metavar="REGEX", help="a prior's Series Description must match REGEX (default: any)"
+    )
+    g.add_argument(
+        "--prior-any-body-part", action="store_true", help="a prior need not have the same body part (default: off)"
+    )
+    g.add_argument("--prior-timeout", type=float, default=10.0, metavar="S", help="per PACS network step (default: 10)")
+    g.add_argument("--registration-budget", type=float, default=5.0, metavar="S", help="per registration (default: 5)")
+    g.add_argument(
+        "--followup-min-slices",
+        type=int,
+        default=8,
+        metavar="N",
+        help="contiguous slices before the first live comparison; 0: only at completion (default: 8)",
+    )
+    g.add_argument(
+        "--followup-wait",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="at completion, how long the outputs wait for the prior lookup and comparison (default: 120)",
+    )
+    g.add_argument(
+        "--followup-class", metavar="NAME", help="the model class compared (default: every foreground class)"
     )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="(default: info)")
     p.set_defaults(func=cmd_dicom_listen)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from scanedge.cli.arguments import add_engine_args, add_limit_args, engine_options, literal
 from scanedge.console import make_console
@@ -51,7 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log = logging.getLogger("scanedge.runtime")
     if args.insecure:
         log.warning("--insecure: traffic is NOT encrypted and any client may connect; use CurveZMQ on real networks")
-    server = Server([ModelSpec(m) for m in args.model], config)
+    server = Server([ModelSpec(m) for m in args.model], config, prior_provider=prior_provider(args))
 
     def stop(signum: int, frame: object) -> None:
         log.info("signal %d: finishing requests in flight (at most %g s), then exiting", signum, args.shutdown_grace)
@@ -85,6 +87,33 @@ def cmd_keys_allow(args: argparse.Namespace) -> int:
     target = allow_client(args.clients_dir, args.public_key)
     make_console().print(f"allowed: {literal(target)}")
     return 0
+
+
+def prior_provider(args: argparse.Namespace) -> Callable[[str, Any], Any] | None:
+    """``--prior DIR`` as the runtime's prior provider: the folder's series, loaded and segmented once (on the
+    first series that asks), then the prior of every series; None without ``--prior``."""
+    if args.prior is None:
+        return None
+    import threading
+
+    from scanedge.runtime.core.followup import folder_prior
+    from scanedge.runtime.core.pipeline import Pipeline
+
+    folder = Path(args.prior)
+    if not folder.is_dir():
+        raise ConfigError(f"--prior {folder} is not a folder")
+    model = args.model[0] if args.model else None
+    lock = threading.Lock()
+    cached: list[Any] = []
+
+    def provide(series: str, first: Any) -> Any:
+        with lock:
+            if not cached:
+                with Pipeline.open(model) as pipe:
+                    cached.append(folder_prior(folder, pipe))
+            return cached[0]
+
+    return provide
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -164,6 +193,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="log level (default: info)"
+    )
+    p.add_argument(
+        "--prior",
+        type=Path,
+        metavar="DIR",
+        help="compare every series live with the prior series in DIR (DICOM images; its lesions segmented by "
+        "the first model); each RESULT then carries change (default: no follow-up)",
     )
     p.set_defaults(func=cmd_serve)
 

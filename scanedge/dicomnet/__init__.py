@@ -38,6 +38,7 @@ module                 owns
 ``publisher``          the PUB socket, owned by one thread
 ``stats``              the node's counters and its ``status.json``
 ``listener``           the node's life cycle: pools, folders, server, completion thread, recovery
+``followup``           each series' prior (prior store, then PACS) and its live comparison with it
 =====================  ====================================================================
 """
 

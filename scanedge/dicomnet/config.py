@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scanedge.dicomnet.admission import AdmissionPolicy
+from scanedge.dicomnet.followup import FollowupConfig
 from scanedge.dicomnet.forward import ForwardTarget, check_ae_title
 from scanedge.dicomnet.outputs import check_output_names
 from scanedge.dicomnet.outputs.seg import SegmentationKind
@@ -66,6 +67,8 @@ class ListenerConfig:
         max_per_address: connections, associated or not, from one IP address.
         associate_timeout_s: a connection without a complete association request this long after it was
             accepted is closed (and the ACSE timeout).
+        followup: compare each series with the patient's prior study (where to look, the rules, the bounds;
+            :mod:`scanedge.dicomnet.followup`); None: off.
     """
 
     ae_title: str = "SCANEDGE"
@@ -97,6 +100,7 @@ class ListenerConfig:
     max_pending: int = 16
     max_per_address: int = 4
     associate_timeout_s: float = 5.0
+    followup: FollowupConfig | None = None
 
     @property
     def admission_policy(self) -> AdmissionPolicy:

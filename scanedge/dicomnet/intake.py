@@ -19,7 +19,9 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from scanedge.dicomnet.publisher import ResultPublisher
 from scanedge.dicomnet.series import HeldFrame, HeldInstance, OpenSeriesBuffer, pack
@@ -35,11 +37,15 @@ from scanedge.runtime.core.pipeline import Pipeline, SliceResult
 from scanedge.runtime.wire.payloads import pipeline_reply, result_frames
 from scanedge.runtime.wire.protocol import Echo, encode, publish_topic
 
+if TYPE_CHECKING:
+    from scanedge.dicomnet.followup import NodeFollowup
+
 __all__ = ["PUBLISHED_OUTPUTS", "Intake", "drop_pixels", "identity", "quantised"]
 
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float Pixel Data
-#: the frames each published RESULT carries (section 4's names)
-PUBLISHED_OUTPUTS = ("mask", "overlay", "image")
+#: the frames each published RESULT carries (section 4's names); ``change`` once the slice has been compared
+#: with the prior (follow-up on)
+PUBLISHED_OUTPUTS = ("mask", "overlay", "image", "change")
 
 
 class Intake:
@@ -54,6 +60,8 @@ class Intake:
         runtime_id: the ``runtime`` every RESULT names.
         busy_timeout_s: how long an image waits for a free pipeline (then CapacityError).
         probabilities: keep each frame's quantised class probabilities (an output needs them).
+        followup: the node's follow-up (each frame's mask compared with the prior; RESULTs carry ``change``),
+            or None.
     """
 
     def __init__(
@@ -68,6 +76,7 @@ class Intake:
         runtime_id: str,
         busy_timeout_s: float,
         probabilities: bool,
+        followup: NodeFollowup | None = None,
     ) -> None:
         self.pools = pools
         self.store = store
@@ -78,6 +87,7 @@ class Intake:
         self.runtime_id = runtime_id
         self.busy_timeout_s = busy_timeout_s
         self.probabilities = probabilities
+        self.followup = followup
         self._ids = itertools.count(1)
 
     def hold(
@@ -98,6 +108,8 @@ class Intake:
 
         Raises what the C-STORE status will say; a spooled copy of an instance that is not held is removed."""
         self.store.begin(series_uid, association, identity(ds))
+        if self.followup is not None:
+            self.followup.begin(series_uid, ds)  # the prior lookup starts with the series' first instance
         path = spooled
         try:
             frames = self.segment(
@@ -157,6 +169,8 @@ class Intake:
                     live = publish and self.publisher is not None
                     result = pipe.run(slice_, context=context, overlay=live)
                     masks[i][name] = pack(result.mask)
+                    if self.followup is not None:
+                        self.followup.add(series_uid, name, slice_, result.mask)
                     if self.probabilities:
                         probabilities[i][name] = pack(quantised(result, pipe.manifest))
                     if result.scores:
@@ -165,6 +179,7 @@ class Intake:
                         continue
                     index = slice_.identity.instance_number if len(slices) == 1 else i + 1
                     self._publish(
+                        name,
                         pipe,
                         result,
                         slice_,
@@ -184,6 +199,7 @@ class Intake:
 
     def _publish(
         self,
+        name: str,
         pipe: Pipeline,
         result: SliceResult,
         slice_: Slice,
@@ -200,11 +216,13 @@ class Intake:
             self.stats.results += 1
         if self.publisher is None:
             return
+        change, plane = (None, None) if self.followup is None else self.followup.answer(series_uid, name, slice_)
         arrays = {
             "mask": result.mask,
             "overlay": result.overlay,
             "probabilities": result.probabilities,
             "image": display_image(slice_),
+            "change": plane,
         }
         infos, payload, encode_ms = result_frames(PUBLISHED_OUTPUTS, arrays, "raw")
         header = pipeline_reply(
@@ -221,6 +239,8 @@ class Intake:
             runtime=self.runtime_id,
             position_mm=slice_.geometry.position_along_normal,
         )
+        if change is not None:
+            header = msgspec.structs.replace(header, change=change)
         self.publisher.publish([publish_topic(series_uid), encode(header), *payload])
 
 

@@ -39,13 +39,14 @@ from scanedge.dicomnet import config as node_config
 from scanedge.dicomnet import stats as node_stats
 from scanedge.dicomnet.admission import Gate, start_gated_server
 from scanedge.dicomnet.contexts import add_supported_contexts
+from scanedge.dicomnet.followup import NodeFollowup
 from scanedge.dicomnet.forward import Forwarder
 from scanedge.dicomnet.handlers import AssociationHandlers, Refusal, check_uids
 from scanedge.dicomnet.intake import Intake
 from scanedge.dicomnet.outputs import OutputStats, make_outputs
 from scanedge.dicomnet.outputs.writer import OutputWriter
 from scanedge.dicomnet.publisher import ResultPublisher
-from scanedge.dicomnet.series import OpenSeriesBuffer
+from scanedge.dicomnet.series import OpenSeries, OpenSeriesBuffer
 from scanedge.dicomnet.spool import Spool, private_folder
 from scanedge.errors import ConfigError, ScanedgeError, redacted_traceback
 from scanedge.imaging.dicom import read_dataset, slices_from_dicom
@@ -100,6 +101,7 @@ class DicomListener:
         self._ae: Any = None
         self._publisher: ResultPublisher | None = None
         self._intake: Intake | None = None
+        self.followup: NodeFollowup | None = None
         self.forwarder: Forwarder | None = None
         self._completer = threading.Thread(target=self._complete_loop, name="scanedge-series", daemon=True)
         self._spooled_at_start: list[Path] = []
@@ -153,6 +155,15 @@ class DicomListener:
                     cfg.forward, cfg.out / "outbox", calling_ae=cfg.ae_title, retry_max_s=cfg.retry_max_s
                 ).start()
                 self._writer.forwarder = self.forwarder
+            if cfg.followup is not None:
+                self.followup = NodeFollowup(
+                    cfg.followup,
+                    self._manifests,
+                    self._pools,
+                    busy_timeout_s=cfg.busy_timeout_s,
+                    limits=cfg.limits,
+                    max_series=cfg.series_limits.max_series * 2,
+                )
             self._intake = Intake(
                 self._pools,
                 self.store,
@@ -163,6 +174,7 @@ class DicomListener:
                 runtime_id=self.runtime_id,
                 busy_timeout_s=cfg.busy_timeout_s,
                 probabilities=any(o.needs_probabilities for o in self.outputs),
+                followup=self.followup,
             )
             self._start_server(self._intake)
         except BaseException:
@@ -180,7 +192,8 @@ class DicomListener:
             ", ".join(f"{m.name}@{m.version}" for m in self._manifests.values()),
             ", ".join(f"{o.describe()} to {self._writer.folders[o.name]}" for o in self.outputs),
             f", forwarded to {cfg.forward}" if cfg.forward else "",
-            f", results published on {self.publish_endpoint}" if self._publisher else "",
+            (f", results published on {self.publish_endpoint}" if self._publisher else "")
+            + (f"; follow-up against priors from {cfg.followup.describe()}" if cfg.followup else ""),
             cfg.series_timeout_s,
             " or when released" if cfg.complete_on_release else "",
         )
@@ -216,7 +229,7 @@ class DicomListener:
         if self._completer.is_alive():
             self._completer.join()
         for series in self.store.drain():
-            self._writer.add(series, "the listener is stopping")
+            self._completed(series, "the listener is stopping")
         for item in list(self._writer.pending):  # one more try each; what fails stays spooled for the next start
             self._writer.attempt(item, time.monotonic())
         if self._writer.pending:
@@ -236,6 +249,8 @@ class DicomListener:
         self.stop()
 
     def _close_parts(self) -> None:
+        if self.followup is not None:
+            self.followup.close()
         if self._ae is not None:
             self._ae.shutdown()
             self._ae = None
@@ -330,12 +345,18 @@ class DicomListener:
         while not self._stop.wait(interval):
             try:
                 for series in self.store.complete(cfg.series_timeout_s, on_release=cfg.complete_on_release):
-                    self._writer.add(series, "completed early to make room" if series.early else "complete")
+                    self._completed(series, "completed early to make room" if series.early else "complete")
                 self._writer.attempt_due(self._stop)
                 if time.monotonic() - self._status_at >= 1.0:
                     self._write_status("running")
             except Exception as exc:  # a bug: keep completing the others
                 log.error("internal error completing series: %s", redacted_traceback(exc))
+
+    def _completed(self, series: OpenSeries, why: str) -> None:
+        """A completed series: compared with its prior (follow-up on), then its outputs are due."""
+        if self.followup is not None:
+            self.followup.complete(series)
+        self._writer.add(series, why)
 
     def _recover(self) -> None:
         """Segment again what an earlier run spooled and answered Success for, and hold it in its series

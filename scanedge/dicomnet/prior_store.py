@@ -1,7 +1,8 @@
 """A local store of what this node already segmented, to serve as the prior of a patient's next study.
 
 Opt-in: nothing is stored unless a caller opens a :class:`PriorStore` on a folder it configured. Each entry holds a
-series' label volume, its geometry and its lesion tracking ids (never the images), under a key that is the
+series' label volume, its geometry and its lesion tracking ids and, for the DICOM node's follow-up, its voxel
+intensities (to register the next study onto; no DICOM header, so no patient attribute), under a key that is the
 HMAC-SHA256 of the Patient ID with a per-site secret, so the store holds no patient identifier in clear. The secret
 lives in a file created 0600 on first use; entries are 0600 files in 0700 folders, written durably (temp file,
 fsync, rename, fsync of the folder); the retention limits (age, count) are enforced on open and on every write.
@@ -66,6 +67,10 @@ class PriorRecord:
     origin: tuple[float, float, float]  # patient position of the first voxel, mm
     direction: tuple[float, ...]  # 3x3 direction cosines, row-major
     lesion_ids: tuple[int, ...] = ()  # tracking id of each lesion label value 1..n
+    # the series' intensities (z, y, x; float16 or int16 keep it small), for registering a later study onto it;
+    # None in entries that hold labels only (they cannot serve as a follow-up prior)
+    intensities: np.ndarray | None = None
+    tracking_uids: tuple[str, ...] = ()  # DICOM Tracking UID of each lesion label value 1..n
 
 
 def _fsync_dir(path: Path) -> None:
@@ -177,14 +182,19 @@ class PriorStore:
             "spacing": list(record.spacing),
             "origin": list(record.origin),
             "direction": list(record.direction),
+            "tracking_uids": list(record.tracking_uids),
         }
+        arrays = {
+            "labels": np.ascontiguousarray(record.labels),
+            "lesion_ids": np.asarray(record.lesion_ids, dtype=np.int64),
+            "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+        }
+        if record.intensities is not None:
+            if record.intensities.shape != record.labels.shape:
+                raise ConfigError("a prior record's intensities and labels must be the same grid")
+            arrays["intensities"] = np.ascontiguousarray(record.intensities)
         buf = io.BytesIO()
-        np.savez(
-            buf,
-            labels=np.ascontiguousarray(record.labels),
-            lesion_ids=np.asarray(record.lesion_ids, dtype=np.int64),
-            meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-        )
+        np.savez(buf, **arrays)  # type: ignore[arg-type]
         name = hashlib.sha256(record.series_uid.encode()).hexdigest()[:32] + _SUFFIX
         try:
             folder.mkdir(mode=0o700, exist_ok=True)
@@ -214,6 +224,8 @@ class PriorStore:
                             origin=tuple(float(v) for v in meta["origin"]),  # type: ignore[arg-type]
                             direction=tuple(float(v) for v in meta["direction"]),
                             lesion_ids=tuple(int(v) for v in z["lesion_ids"]),
+                            intensities=z["intensities"] if "intensities" in z.files else None,
+                            tracking_uids=tuple(str(v) for v in meta.get("tracking_uids", [])),
                         )
                     )
             except (OSError, ValueError, KeyError, TypeError) as exc:

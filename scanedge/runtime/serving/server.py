@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -47,6 +47,9 @@ from scanedge.runtime.serving.workers import Outcome, WorkerPool, run_job
 from scanedge.runtime.wire.endpoints import parse_endpoint
 from scanedge.runtime.wire.protocol import EngineStatus, ModelInfo, ModelInput
 from scanedge.runtime.wire.security import CurveServerKeys
+
+if TYPE_CHECKING:  # the follow-up needs scipy and SimpleITK: imported only when a prior provider is given
+    from scanedge.runtime.core.followup import LiveConfig, PriorProvider, SeriesFollowups
 
 __all__ = ["Server", "ServerConfig"]
 
@@ -226,6 +229,8 @@ class Server:
         config: ServerConfig | None = None,
         *,
         pipeline_factory: PipelineFactory | None = None,
+        prior_provider: PriorProvider | None = None,
+        followup: LiveConfig | None = None,
     ) -> None:
         """Read every model's manifest (a bad model fails here, before anything listens).
 
@@ -234,6 +239,10 @@ class Server:
             config: sockets, limits and workers (:class:`ServerConfig`).
             pipeline_factory: builds a worker's pipeline for a model (default: open it from its file);
                 embedders use it to supply their own engines, tests to inject faults.
+            prior_provider: finds the prior of a series (given by the command line or the embedder): with it,
+                every slice of a series is compared live with its prior and each RESULT carries ``change``
+                (and the ``change`` frame when asked for); None: no follow-up.
+            followup: when and how series are compared (:class:`~scanedge.runtime.core.followup.LiveConfig`).
         """
         self.config = config or ServerConfig()
         self._pipeline_factory = pipeline_factory or self._open_from_file
@@ -250,6 +259,16 @@ class Server:
         self.runtime_id = secrets.token_hex(8)
         self.stats = RuntimeStats()
         self.series_store = SeriesStore(self.config.series)
+        self.followups: SeriesFollowups | None = None
+        if prior_provider is not None:
+            from scanedge.runtime.core.followup import SeriesFollowups
+
+            self.followups = SeriesFollowups(
+                prior_provider,
+                followup,
+                max_series=min(16, self.config.series.max_series),  # each may hold up to LiveConfig.max_voxels
+                idle_s=self.config.series.idle_s,
+            )
         self._scheduler = LatestSliceScheduler()
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -318,6 +337,8 @@ class Server:
         the grace period plus 10 s) or a worker is still wedged in inference (named in the message).
         """
         self.request_stop()
+        if self.followups is not None:
+            self.followups.close()
         wait = self.config.shutdown_grace_s + 10.0 if timeout is None else timeout
         if self._thread is not None:
             self._thread.join(wait)
@@ -372,7 +393,9 @@ class Server:
             lambda job, pipe: (
                 multi.process(job, pipe)
                 if multi is not None and multi.serves(job.model)
-                else run_job(job, pipe, cfg.limits, cfg.overlay, self.runtime_id, failure_log, self.series_store)
+                else run_job(
+                    job, pipe, cfg.limits, cfg.overlay, self.runtime_id, failure_log, self.series_store, self.followups
+                )
             ),
             serving.wake.emit,
             job_timeout_s=cfg.job_timeout_s,

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scanedge.errors import EngineTimeoutError, ScanedgeError, redacted_traceback
 from scanedge.imaging.heads import SeriesScore
@@ -41,6 +41,9 @@ __all__ = [
     "outcome_of",
     "run_job",
 ]
+if TYPE_CHECKING:
+    from scanedge.runtime.core.followup import SeriesFollowups
+
 
 log = logging.getLogger("scanedge.runtime")
 
@@ -103,10 +106,12 @@ def run_job(
     runtime: str,
     failure_log: LogBudget | None = None,
     series_store: SeriesStore | None = None,
+    followups: SeriesFollowups | None = None,
 ) -> Outcome:
     """Segment one job's slice and build its RESULT; a typed failure becomes its ERROR (logged within
     ``failure_log``'s budget: failures are the peer's to cause). With a ``series_store``, a slice of a
-    series also updates that series' lesion load, which the RESULT carries."""
+    series also updates that series' lesion load, which the RESULT carries; with ``followups``, its
+    comparison with the series' prior (``change``, and the ``change`` frame when asked for)."""
     req = job.request
     start = time.monotonic()
     if job.expired(start):
@@ -130,11 +135,15 @@ def run_job(
         arrays = {"mask": result.mask, "overlay": result.overlay, "probabilities": result.probabilities, "image": image}
         # the model's own saliency map (its first saliency head), 0-1 over the slice; no frame without one
         arrays["saliency"] = result.saliency[0].normalized() if result.saliency else None
+        ident = slice_.identity
+        series = req.series or ident.series_uid
+        change = None
+        if followups is not None and series and pipe.manifest.output is not None:
+            answer = followups.add(series, job.model, slice_, result.mask)
+            change, arrays["change"] = answer.change, answer.plane
         infos, payload, encode_ms = result_frames(req.outputs, arrays, req.overlay_encoding)
         if job.shm is not None:  # outputs the console wants in its shared memory (protocol section 12)
             infos, payload = job.shm.place(infos, payload)
-        ident = slice_.identity
-        series = req.series or ident.series_uid
         number = req.index if req.index is not None else ident.instance_number
         load = None
         series_scores: tuple[SeriesScore, ...] = ()
@@ -164,6 +173,7 @@ def run_job(
             position_mm=position,
             series_load=None if load is None else load.rounded(),
             series_scores=series_scores,
+            change=change,
         )
     except ScanedgeError as exc:
         if failure_log is None or failure_log.allow(exc.code):
