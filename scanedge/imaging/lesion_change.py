@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import ndimage
 
 from scanedge.errors import ConfigError, InputError
 
@@ -158,6 +157,9 @@ def _voxel_mm3(spacing: tuple[float, float, float]) -> float:
 
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    # imported here: the wire protocol carries this package's change summary, and consoles need no scipy
+    from scipy import ndimage
+
     labels, count = ndimage.label(np.asarray(mask) > 0, structure=_STRUCTURE)
     if count > MAX_LESIONS:
         raise InputError(f"{count} lesion components exceed the limit of {MAX_LESIONS}")

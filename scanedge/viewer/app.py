@@ -6,7 +6,8 @@ publish-to-paint latency the pages measured, as JSON).
 
 On ``/ws`` the server sends text messages (JSON: ``hello`` with every series on connecting, then
 ``slices``: batches of slice descriptions) and binary messages (one slice to paint: a u32 little-endian
-JSON length, the JSON description, the image bytes, the mask bytes). The page answers ``painted`` after
+JSON length, the JSON description, the image bytes, the mask bytes, and the change codes when the description
+says ``change_frame``). The page answers ``painted`` after
 each binary message, with the publish-to-paint time it measured; until then the server holds only the
 newest slice for it, so a slow page skips slices instead of slowing anything down. The page may send
 ``select`` (which series to paint; null: the newest of any) and ``pin`` (paint one earlier slice; null:
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import math
 from collections.abc import AsyncIterator
@@ -186,4 +188,4 @@ def _offer_latest(watcher: Watcher, feed: LiveFeed, series: str | None) -> None:
 
 def _as_pinned(item: LiveSlice) -> LiveSlice:
     """A retained slice sent again on request: marked so the page does not time it as live."""
-    return LiveSlice(item.seq, item.series, item.key, {**item.meta, "pinned": True}, item.image, item.mask)
+    return dataclasses.replace(item, meta={**item.meta, "pinned": True})

@@ -2,9 +2,10 @@
 
 The viewer is a SUB client (docs/protocol.md section 9). Each published RESULT becomes a
 :class:`LiveSlice`: a small JSON-ready description (which slice, findings, the series' lesion load,
-runtime timings) plus its pixel frames as bytes (``image`` when the console asked for it, else the RGB
-``overlay``, and the ``mask``). :class:`LiveFeed` keeps, per series, one entry per slice place for the
-strip and the latest pixels of a bounded number of slices, and fans every slice out to the watching
+runtime timings, and the series against its prior when the RESULT carries ``change``) plus its pixel frames
+as bytes (``image`` when the console asked for it, else the RGB ``overlay``, the ``mask``, and the
+``change`` codes once the series has been compared). :class:`LiveFeed` keeps, per series, one entry per
+slice place for the strip and the latest pixels of a bounded number of slices, and fans every slice out to the watching
 pages' :class:`Watcher` s.
 
 Nothing here can slow the runtime: the SUB socket drops at its high-water mark on the runtime's side
@@ -33,11 +34,20 @@ import zmq
 import zmq.asyncio
 
 from scanedge.errors import ProtocolError
+from scanedge.imaging.followup import CHANGE_CLASSES, CHANGE_CODES, CHANGE_COLOURS, ChangeCounts, SeriesChange
 from scanedge.runtime.wire.protocol import Result, decode_reply
+from scanedge.safe_text import printable
 
-__all__ = ["FeedLimits", "LiveFeed", "LiveSlice", "Watcher", "pack_slice"]
+__all__ = ["CHANGE_LEGEND", "FeedLimits", "LiveFeed", "LiveSlice", "Watcher", "pack_slice"]
 
 log = logging.getLogger("scanedge.viewer")
+
+#: the change classes as the page draws them: name, ``change`` frame code (None: no current pixels) and RGB
+#: colour, from :mod:`scanedge.imaging.followup` so the page, overlays and reports agree
+CHANGE_LEGEND: tuple[dict[str, Any], ...] = tuple(
+    {"name": name, "code": CHANGE_CODES.get(name), "colour": list(CHANGE_COLOURS[name])} for name in CHANGE_CLASSES
+)
+_TEXT_LIMIT = 300  # characters of a wire string (a reason, a source) the page shows
 
 
 @dataclass(frozen=True)
@@ -69,19 +79,55 @@ class LiveSlice:
     meta: dict[str, Any]
     image: bytes | None  # uint8 grey (rows, cols) or RGB (rows, cols, 3)
     mask: bytes | None  # uint8 labels (rows, cols)
+    change: bytes | None = None  # uint8 change codes (rows, cols), when the RESULT had a ``change`` frame
 
     @property
     def nbytes(self) -> int:
-        """Pixel bytes it holds (image and mask): what it counts against ``FeedLimits.retain_bytes``."""
-        return len(self.image or b"") + len(self.mask or b"")
+        """Pixel bytes it holds (image, mask, change): what it counts against ``FeedLimits.retain_bytes``."""
+        return len(self.image or b"") + len(self.mask or b"") + len(self.change or b"")
 
 
 def pack_slice(item: LiveSlice) -> bytes:
-    """The binary WebSocket message for a slice: u32 little-endian JSON length, JSON, image, mask."""
+    """The binary WebSocket message for a slice: u32 little-endian JSON length, JSON, image, mask, and the
+    change codes when ``meta["change_frame"]`` is true."""
     import json
 
     head = json.dumps(item.meta, separators=(",", ":")).encode()
-    return len(head).to_bytes(4, "little") + head + (item.image or b"") + (item.mask or b"")
+    return len(head).to_bytes(4, "little") + head + (item.image or b"") + (item.mask or b"") + (item.change or b"")
+
+
+def _counts(counts: ChangeCounts | None) -> dict[str, int] | None:
+    return None if counts is None else {name: getattr(counts, name) for name in CHANGE_CLASSES}
+
+
+def _change_meta(change: SeriesChange | None) -> dict[str, Any] | None:
+    """What the page shows of a RESULT's ``change``: its wire strings as single bounded lines (the page inserts
+    them as text), every class counted (0 included)."""
+    if change is None:
+        return None
+    return {
+        "status": change.status,
+        "reason": printable(change.reason, _TEXT_LIMIT),
+        "prior_date": printable(change.prior_date, 16),
+        "prior_study": printable(change.prior_study, 64),
+        "source": printable(change.source, _TEXT_LIMIT),
+        "registration": printable(change.registration, _TEXT_LIMIT),
+        "counts": _counts(change.counts),
+        "slice_counts": _counts(change.slice_counts),
+        "prior_load_mm3": change.prior_load_mm3,
+        "current_load_mm3": change.current_load_mm3,
+        "load_change_percent": change.load_change_percent,
+    }
+
+
+def _plane(entry: tuple[Any, Any] | None, rows: int, cols: int) -> bytes | None:
+    """A raw uint8 (rows, cols) frame's bytes, or None when ``entry`` is absent or not that."""
+    if entry is None:
+        return None
+    info, frame = entry
+    if info.encoding != "raw" or info.dtype != "uint8" or list(info.shape or ()) != [rows, cols]:
+        return None
+    return bytes(frame) if len(frame) == rows * cols else None
 
 
 def _live_slice(seq: int, header: Result, frames: Sequence[Any], received: float) -> LiveSlice | None:
@@ -107,6 +153,7 @@ def _live_slice(seq: int, header: Result, frames: Sequence[Any], received: float
                 image = bytes(frame)
             else:
                 channels = None
+    change = _plane(by_name.get("change"), rows, cols)
     load = header.series_load
     key = f"{header.position_mm:.3f}" if header.position_mm is not None else f"#{header.index}"
     meta = {
@@ -139,8 +186,10 @@ def _live_slice(seq: int, header: Result, frames: Sequence[Any], received: float
             "largest_mm3": max((c.largest_mm3 or 0.0 for c in load.classes), default=0.0),
             "classes": [{"name": c.name, "lesions": c.lesions, "volume_mm3": c.volume_mm3} for c in load.classes],
         },
+        "change": _change_meta(header.change),
+        "change_frame": change is not None,
     }
-    return LiveSlice(seq, header.series, key, meta, image, bytes(mask))
+    return LiveSlice(seq, header.series, key, meta, image, bytes(mask), change)
 
 
 class Watcher:
@@ -343,6 +392,7 @@ class LiveFeed:
         """Every series as a page needs it on (re)connecting: its slices' descriptions and latest state."""
         return {
             "type": "hello",
+            "change_classes": list(CHANGE_LEGEND),
             "series": [
                 {"uid": s.uid, "slices": list(s.slices.values()), "latest": s.latest} for s in self.series.values()
             ],

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from scanedge.errors import BusyError, ClientClosedError, ConfigError, ScanedgeError, UnauthorizedError
+from scanedge.imaging.followup import SeriesChange
 from scanedge.imaging.lesion_load import LesionLoad
 from scanedge.imaging.overlay import OverlayConfig
 from scanedge.imaging.postprocess import ClassFindings
@@ -102,6 +103,10 @@ class RemoteResult:
         mask: (rows, cols) uint8 labels on the slice's grid, when requested.
         overlay: (rows, cols, 3) uint8 RGB, when requested raw.
         probabilities: (classes, h, w) float32 on the model's grid, when requested.
+        change: the series against its prior so far (status, counts, loads), from a runtime or DICOM node
+            that compares series with their priors; None otherwise.
+        change_image: (rows, cols) uint8 change codes of this slice (``scanedge.imaging.followup.CHANGE_CODES``;
+            0: no tracked lesion), when ``change`` was requested and the series has been compared.
         round_trip_ms: send to reply as this client measured it.
         header: the RESULT header as received.
     """
@@ -124,6 +129,8 @@ class RemoteResult:
     position_mm: float | None = None  # the slice's place along its normal, when its geometry says
     series_load: LesionLoad | None = None  # the series' 3-D lesion load after this slice
     saliency: np.ndarray | None = None  # the model's saliency map, 0-1 on the slice's grid (output "saliency")
+    change: SeriesChange | None = None
+    change_image: np.ndarray | None = None
 
     def finding(self, name: str) -> ClassFindings:
         """The findings of the class called ``name`` (KeyError if the model has no such class)."""
@@ -168,6 +175,8 @@ def _remote_result(
         position_mm=header.position_mm,
         series_load=header.series_load,
         saliency=arrays.get("saliency"),
+        change=header.change,
+        change_image=arrays.get("change"),
     )
 
 
@@ -249,7 +258,8 @@ class Client:
             geometry, rescale, window: override what a Slice carries (raw pixels only).
             deadline_ms: after this long in the runtime's queue the request is answered EXPIRED.
             outputs: payload frames wanted back: ``mask``, ``overlay``, ``probabilities``, ``image`` (the
-                windowed 8-bit slice, for viewers that draw the overlay themselves).
+                windowed 8-bit slice, for viewers that draw the overlay themselves), ``change`` (the slice's
+                change codes, once its series has been compared with a prior; absent before).
             overlay_encoding: ``raw`` (fastest), ``jpeg`` or ``png``.
             overlay_options: how the overlay is drawn (default: the runtime's).
             publish: also publish the result on the runtime's PUB socket.

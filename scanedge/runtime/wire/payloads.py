@@ -19,6 +19,7 @@ import numpy as np
 from scanedge.errors import BadPayloadError, DicomError, ImageTooLargeError, InvalidSliceError, ProtocolError
 from scanedge.imaging.dicom import invert_monochrome1, slices_from_dicom
 from scanedge.imaging.encode import encode_image
+from scanedge.imaging.followup import SeriesChange
 from scanedge.imaging.heads import SeriesScore, for_wire
 from scanedge.imaging.lesion_load import LesionLoad
 from scanedge.imaging.overlay import OverlayConfig
@@ -150,12 +151,16 @@ def result_frames(
     overlay_encoding: str,
 ) -> tuple[tuple[FrameInfo, ...], list[Any], float]:
     """The RESULT's ``frames`` entries, its payload frames in the same order, and the ms spent encoding
-    (exactly 0 unless a JPEG/PNG overlay was asked for)."""
+    (exactly 0 unless a JPEG/PNG overlay was asked for).
+
+    An output asked for but missing from ``arrays`` or None there gets no frame: a ``change`` frame exists
+    only once the series has been compared with a prior (docs/protocol.md section 4), so a console asking
+    for it earlier, or of a runtime that compares nothing, gets the other outputs alone."""
     infos: list[FrameInfo] = []
     payload: list[Any] = []
     encode_ms = 0.0
     for name in dict.fromkeys(outputs):
-        arr = arrays[name]
+        arr = arrays.get(name)
         if arr is None:
             continue
         if name == "overlay" and overlay_encoding != "raw":
@@ -238,6 +243,7 @@ def pipeline_reply(
     position_mm: float | None = None,
     series_load: LesionLoad | None = None,
     series_scores: Sequence[SeriesScore] = (),
+    change: SeriesChange | None = None,
 ) -> Result:
     """The RESULT header for one pipeline result: its findings, and the stage timings (ms) of the pipeline
     plus what the caller measured around it (queue, decode, encode, series); ``total`` runs from
@@ -267,6 +273,7 @@ def pipeline_reply(
         series_load=series_load,
         scores=wire_scores,
         series_scores=wire_series,
+        change=change,
         scope=result.scope.status,
         scope_detail=result.scope.detail,
     )

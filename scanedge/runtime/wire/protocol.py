@@ -38,6 +38,7 @@ from scanedge.errors import (
     UnsupportedDtypeError,
     UnsupportedVersionError,
 )
+from scanedge.imaging.followup import SeriesChange
 from scanedge.imaging.heads import HeadScore, SeriesScore
 from scanedge.imaging.lesion_load import LesionLoad
 from scanedge.safe_text import printable
@@ -103,7 +104,7 @@ MAX_HEADER_BYTES = 64 * 1024
 REQUEST_TYPES = ("SEGMENT", "PING", "STATS", "SHM_REGISTER", "SHM_UNREGISTER", "SHM_STATUS")
 REPLY_TYPES = ("RESULT", "ERROR", "PONG", "STATS_REPLY", "SHM_REGIONS")
 MESSAGE_TYPES = REQUEST_TYPES + REPLY_TYPES
-OUTPUT_NAMES = ("mask", "overlay", "probabilities", "image", "saliency")
+OUTPUT_NAMES = ("mask", "overlay", "probabilities", "image", "saliency", "change")
 #: dtypes a raw pixel frame may carry (always little-endian on the wire)
 WIRE_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 #: reply ``status`` of the scheduling outcomes; every other error code has status "error"
@@ -125,7 +126,7 @@ Width = Annotated[float, Meta(gt=0.0, le=1e10)]
 Fraction = Annotated[float, Meta(ge=0.0, le=1.0)]
 Epoch = Annotated[float, Meta(ge=0.0, le=1e11)]
 DeadlineMs = Annotated[float, Meta(gt=0.0, le=86_400_000.0)]
-OutputName = Literal["mask", "overlay", "probabilities", "image", "saliency"]
+OutputName = Literal["mask", "overlay", "probabilities", "image", "saliency", "change"]
 Count = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 ShmName = Annotated[str, Meta(min_length=1, max_length=255)]  # its form is checked where it is opened
 ByteCount = Annotated[int, Meta(ge=0, le=2**48)]
@@ -327,6 +328,7 @@ class Result(_Message, tag="RESULT", frozen=True):
     series_load: LesionLoad | None = None  # added within version 1: the series' lesion load so far
     scores: tuple[HeadScore, ...] = ()  # added within version 1: per score head, this slice's classes
     series_scores: tuple[SeriesScore, ...] = ()  # added within version 1: per score head, the series so far
+    change: SeriesChange | None = None  # added within version 1: the series against its prior so far
 
 
 class Error(_Message, tag="ERROR", frozen=True):
@@ -689,6 +691,7 @@ def result_reply(
     series_load: LesionLoad | None = None,
     scores: Sequence[HeadScore] = (),
     series_scores: Sequence[SeriesScore] = (),
+    change: SeriesChange | None = None,
 ) -> Result:
     """A RESULT header; the payload frames follow it in the order of ``frames``."""
     return Result(
@@ -712,6 +715,7 @@ def result_reply(
         series_load=series_load,
         scores=tuple(scores),
         series_scores=tuple(series_scores),
+        change=change,
     )
 
 

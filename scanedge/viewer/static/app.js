@@ -1,11 +1,19 @@
 // scanedge live viewer: follows the runtime's results over a WebSocket and draws the newest slice of the
 // selected series with its findings drawn from the label mask (outline as vector paths, fill as
-// nearest-neighbour pixels), so both stay crisp at any zoom. No framework, no build step.
+// nearest-neighbour pixels), so both stay crisp at any zoom. When a series has been compared with its prior
+// study, its lesions are drawn in the colours of their change class instead (new, enlarging, ...), with a
+// legend, the prior's date and source, and the lesion load's trend. No framework, no build step. Every text
+// that came over the wire is inserted as text (textContent, fillText), never as markup.
 
 const PALETTE = [null, [255, 40, 40], [40, 200, 90], [40, 130, 255], [255, 200, 0], [200, 70, 255], [0, 220, 220]];
 const $ = (id) => document.getElementById(id);
 
+const CHANGE_KEY = 100; // overlay keys above this are change codes (key - CHANGE_KEY), below it mask labels
+const MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+
 const state = {
+  changeClasses: [], // [{name, code, colour}] from the viewer's hello: the shared change colours
+
   series: new Map(), // uid -> {uid, tag, slices: Map(key -> meta), latest}
   selected: null, // uid painted; null until the first slice arrives (then the first series)
   pinned: null, // key of an earlier slice being looked at, or null: live
@@ -84,6 +92,7 @@ function onText(message) {
     return;
   }
   if (message.type === "hello") {
+    if (Array.isArray(message.change_classes)) state.changeClasses = message.change_classes;
     onFeed(message.feed);
     for (const s of message.series) {
       for (const meta of s.slices) remember(meta);
@@ -94,6 +103,7 @@ function onText(message) {
   }
   renderSeries();
   renderLoad();
+  renderChange();
   renderStrip();
 }
 
@@ -104,7 +114,7 @@ function remember(meta) {
     state.series.set(meta.series, s);
   }
   s.slices.set(meta.key, meta);
-  s.latest = meta;
+  if (!meta.pinned || !s.latest) s.latest = meta; // an earlier slice looked at again is not the series' newest
   if (state.selected === null) {
     state.selected = meta.series; // the first scanner seen stays on screen until another is chosen
     send({ type: "select", series: meta.series });
@@ -123,11 +133,17 @@ function onSlice(buffer) {
   const imageBytes = pixels * (meta.channels || 0);
   const image = new Uint8Array(buffer, 4 + headLength, imageBytes);
   const mask = new Uint8Array(buffer, 4 + headLength + imageBytes, pixels);
+  const codes = meta.change_frame ? new Uint8Array(buffer, 4 + headLength + imageBytes + pixels, pixels) : null;
   remember(meta);
-  state.current = { meta, base: baseCanvas(meta, image), fill: fillCanvas(meta, mask), outline: outlinePath(meta, mask) };
+  state.current = { meta, base: baseCanvas(meta, image), fill: fillCanvas(meta, mask, labelColour), outline: outlinePath(meta, mask) };
+  if (codes) {
+    const keys = overlayKeys(mask, codes);
+    Object.assign(state.current, { changeFill: fillCanvas(meta, keys, keyColour), changeOutline: outlinePath(meta, keys) });
+  }
   draw();
   renderSeries();
   renderLoad();
+  renderChange();
   renderStrip();
   renderSlice(meta);
   const drawn = now();
@@ -187,15 +203,42 @@ function baseCanvas(meta, image) {
   return canvas;
 }
 
-function fillCanvas(meta, mask) {
+// What each pixel is drawn as: its mask label, or, where the change frame gives a known class, that class
+// (CHANGE_KEY + code). Lesion pixels without a class (too small to classify) keep their label's colour.
+function overlayKeys(mask, codes) {
+  const keys = new Uint8Array(mask.length);
+  for (let i = 0; i < mask.length; i++) {
+    const code = codes[i];
+    keys[i] = code && changeColour(code) ? CHANGE_KEY + code : mask[i];
+  }
+  return keys;
+}
+
+function changeColour(code) {
+  const known = state.changeClasses.find((c) => c.code === code);
+  return known ? known.colour : null;
+}
+
+function labelColour(label) {
+  return PALETTE[label] || (label ? PALETTE[1] : null);
+}
+
+function keyColour(key) {
+  return key > CHANGE_KEY ? changeColour(key - CHANGE_KEY) || PALETTE[1] : labelColour(key);
+}
+
+function fillCanvas(meta, keys, colourOf) {
   const canvas = document.createElement("canvas");
   canvas.width = meta.cols;
   canvas.height = meta.rows;
   const ctx = canvas.getContext("2d");
   const rgba = ctx.createImageData(meta.cols, meta.rows);
   const out = rgba.data;
-  for (let i = 0, j = 0; i < mask.length; i++, j += 4) {
-    const colour = PALETTE[mask[i]] || (mask[i] ? PALETTE[1] : null);
+  const colours = new Map();
+  for (let i = 0, j = 0; i < keys.length; i++, j += 4) {
+    if (!keys[i]) continue;
+    let colour = colours.get(keys[i]);
+    if (colour === undefined) colours.set(keys[i], (colour = colourOf(keys[i])));
     if (colour) {
       out[j] = colour[0];
       out[j + 1] = colour[1];
@@ -207,8 +250,8 @@ function fillCanvas(meta, mask) {
   return canvas;
 }
 
-// Edges between a labelled pixel and a differently labelled neighbour, per label, as one path each:
-// drawn in image coordinates and stroked at a fixed screen width, they stay sharp at any zoom.
+// Edges between a labelled pixel and a differently labelled neighbour, per label (or change class), as one
+// path each: drawn in image coordinates and stroked at a fixed screen width, they stay sharp at any zoom.
 function outlinePath(meta, mask) {
   const rows = meta.rows;
   const cols = meta.cols;
@@ -254,18 +297,22 @@ function draw() {
   const x0 = (width - cols * scale) / 2 + state.pan[0] * dpr;
   const y0 = (height - rows * scale) / 2 + state.pan[1] * dpr;
   ctx.setTransform(scale, 0, 0, scale, x0, y0);
+  window.scanedgeView = { scale, x0, y0 }; // where image pixel (c, r) lands on the canvas: x0 + c * scale, ...
   ctx.imageSmoothingEnabled = true;
   ctx.drawImage(cur.base, 0, 0);
+  const byChange = Boolean(cur.changeFill) && $("show-change").checked;
+  document.body.dataset.overlay = byChange ? "change" : "labels";
   if ($("show-fill").checked) {
     ctx.imageSmoothingEnabled = false; // label pixels stay square, not blurred, when zoomed
     ctx.globalAlpha = Number($("opacity").value);
-    ctx.drawImage(cur.fill, 0, 0);
+    ctx.drawImage(byChange ? cur.changeFill : cur.fill, 0, 0);
     ctx.globalAlpha = 1;
   }
   if ($("show-outline").checked) {
     ctx.lineWidth = (1.5 * dpr) / scale;
-    for (const [label, path] of cur.outline) {
-      const colour = PALETTE[label] || PALETTE[1];
+    const colourOf = byChange ? keyColour : labelColour;
+    for (const [key, path] of byChange ? cur.changeOutline : cur.outline) {
+      const colour = colourOf(key);
       ctx.strokeStyle = `rgb(${colour[0]}, ${colour[1]}, ${colour[2]})`;
       ctx.stroke(path);
     }
@@ -307,6 +354,7 @@ function select(uid) {
   send({ type: "select", series: uid });
   renderSeries();
   renderLoad();
+  renderChange();
   renderStrip();
 }
 
@@ -322,6 +370,130 @@ function renderLoad() {
   if (s && s.latest) $("model-name").textContent = `model ${s.latest.model}`;
 }
 
+// --- the series against its prior -----------------------------------------------------------------------
+
+function readableDate(yyyymmdd) {
+  const m = /^(\d{4})(\d{2})(\d{2})$/.exec(yyyymmdd || "");
+  if (!m || Number(m[2]) < 1 || Number(m[2]) > 12) return yyyymmdd || "an unknown date";
+  return `${Number(m[3])} ${MONTHS[Number(m[2]) - 1]} ${m[1]}`;
+}
+
+function statusText(change) {
+  const prior = change.prior_date ? ` of ${readableDate(change.prior_date)}` : "";
+  switch (change.status) {
+    case "searching":
+      return "searching for a prior study…";
+    case "registering":
+      return `aligning the prior study${prior}…`;
+    case "compared":
+      return `compared with ${readableDate(change.prior_date)}`;
+    case "withheld":
+      return `change withheld: ${change.reason || "registration not good enough"}`;
+    case "no_prior":
+      return `no prior: ${change.reason || "none found"}`;
+    default:
+      return String(change.status);
+  }
+}
+
+function renderChange() {
+  const s = state.series.get(state.selected);
+  const change = s && s.latest && s.latest.change;
+  const panel = $("change");
+  panel.hidden = !change;
+  if (!change) return;
+  const status = $("change-status");
+  status.dataset.status = change.status;
+  status.textContent = statusText(change);
+  // where the prior came from; a withheld comparison also says which prior it was
+  const prior = $("change-prior");
+  const which = change.status === "withheld" && change.prior_date ? `prior of ${readableDate(change.prior_date)} ` : "";
+  prior.hidden = !change.source;
+  prior.textContent = change.source ? `${which}from ${change.source}` : "";
+  const cur = state.current && state.current.meta.series === s.uid ? state.current.meta.change : null;
+  const slice = cur && cur.slice_counts;
+  const legend = $("change-legend");
+  legend.hidden = !change.counts;
+  legend.replaceChildren(
+    ...state.changeClasses.map((c) => {
+      const row = document.createElement("tr");
+      row.dataset.class = c.name;
+      const swatch = document.createElement("td");
+      const dot = document.createElement("span");
+      dot.className = "swatch";
+      dot.style.background = `rgb(${c.colour[0]}, ${c.colour[1]}, ${c.colour[2]})`;
+      swatch.append(dot);
+      const name = document.createElement("td");
+      name.textContent = c.name;
+      const series = document.createElement("td");
+      series.className = "series";
+      series.textContent = change.counts ? String(change.counts[c.name] ?? 0) : "-";
+      const here = document.createElement("td");
+      here.className = "slice";
+      here.textContent = slice && c.code !== null ? String(slice[c.name] ?? 0) : "-";
+      row.append(swatch, name, series, here);
+      return row;
+    }),
+  );
+  $("change-legend-head").hidden = !change.counts;
+  renderTrend(s, change);
+}
+
+// The series' current lesion load as its slices arrived, against the prior's load (dashed).
+function renderTrend(s, change) {
+  const points = [...s.slices.values()]
+    .filter((m) => m.change && m.change.current_load_mm3 !== null && m.change.current_load_mm3 !== undefined)
+    .sort((a, b) => a.seq - b.seq)
+    .map((m) => m.change.current_load_mm3);
+  const priorLoad = change.prior_load_mm3 ?? null;
+  const canvas = $("trend");
+  canvas.dataset.points = String(points.length);
+  canvas.dataset.series = JSON.stringify(points);
+  canvas.dataset.last = points.length ? String(points[points.length - 1]) : "";
+  canvas.dataset.prior = priorLoad === null ? "" : String(priorLoad);
+  const dpr = window.devicePixelRatio || 1;
+  const width = Math.max(1, Math.round(canvas.clientWidth * dpr));
+  const height = Math.max(1, Math.round(canvas.clientHeight * dpr));
+  canvas.width = width;
+  canvas.height = height;
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, width, height);
+  const top = Math.max(1, ...points, priorLoad ?? 0) * 1.1;
+  const pad = 4 * dpr;
+  const head = 14 * dpr; // room for the scale's label above the plot
+  const y = (v) => height - pad - (v / top) * (height - pad - head);
+  const x = (i) => pad + (points.length > 1 ? (i / (points.length - 1)) * (width - 2 * pad) : 0);
+  ctx.font = `${10 * dpr}px system-ui, sans-serif`;
+  ctx.fillStyle = "#8a94a3";
+  ctx.fillText(`${top.toFixed(0)} mm³`, pad, pad + 9 * dpr);
+  if (priorLoad !== null) {
+    ctx.strokeStyle = "#8a94a3";
+    ctx.setLineDash([4 * dpr, 3 * dpr]);
+    ctx.lineWidth = dpr;
+    ctx.beginPath();
+    ctx.moveTo(pad, y(priorLoad));
+    ctx.lineTo(width - pad, y(priorLoad));
+    ctx.stroke();
+    ctx.setLineDash([]);
+    ctx.fillText("prior", width - pad - 26 * dpr, y(priorLoad) - 3 * dpr);
+  }
+  if (points.length) {
+    ctx.strokeStyle = "#ff3b30";
+    ctx.lineWidth = 1.5 * dpr;
+    ctx.beginPath();
+    points.forEach((v, i) => (i ? ctx.lineTo(x(i), y(v)) : ctx.moveTo(x(i), y(v))));
+    ctx.stroke();
+  }
+  const current = change.current_load_mm3;
+  const percent = change.load_change_percent;
+  let text = current === null || current === undefined ? "-" : `${current.toFixed(1)} mm³ now`;
+  if (priorLoad !== null) text += ` · prior ${priorLoad.toFixed(1)} mm³`;
+  if (percent !== null && percent !== undefined) text += ` · ${percent >= 0 ? "+" : ""}${percent.toFixed(1)} %`;
+  const load = $("load-change");
+  load.textContent = text;
+  load.dataset.percent = percent === null || percent === undefined ? "" : String(percent);
+}
+
 function renderSlice(meta) {
   const where = meta.position_mm !== null ? `z ${meta.position_mm.toFixed(1)} mm` : `#${meta.index}`;
   $("slice-label").textContent = `${where}${meta.index !== null ? ` (image ${meta.index})` : ""}`;
@@ -333,6 +505,14 @@ function order(a, b) {
   const pa = a.position_mm ?? a.index ?? 0;
   const pb = b.position_mm ?? b.index ?? 0;
   return pa - pb;
+}
+
+const NOTABLE = ["new", "enlarging", "merged", "split", "shrinking", "stable"]; // the order a strip mark picks
+
+function sliceChange(meta) {
+  const counts = meta.change && meta.change.status === "compared" ? meta.change.slice_counts : null;
+  const name = counts && NOTABLE.find((n) => counts[n] > 0);
+  return name ? state.changeClasses.find((c) => c.name === name) || null : null;
 }
 
 function renderStrip() {
@@ -352,6 +532,13 @@ function renderStrip() {
         const mark = document.createElement("div");
         mark.className = "mark";
         mark.style.height = `${20 + 80 * Math.sqrt(m.lesion_pixels / most)}%`;
+        const change = sliceChange(m);
+        if (change) {
+          // compared with the prior: the mark takes the colour of the slice's most notable change
+          cell.dataset.change = change.name;
+          cell.title += `, ${change.name}`;
+          mark.style.background = `rgb(${change.colour[0]}, ${change.colour[1]}, ${change.colour[2]})`;
+        }
         cell.append(mark);
       }
       cell.onclick = () => {
@@ -367,7 +554,7 @@ function renderStrip() {
 // --- controls -----------------------------------------------------------------------------------------
 
 function controls() {
-  for (const id of ["show-outline", "show-fill", "opacity"]) $(id).addEventListener("input", draw);
+  for (const id of ["show-outline", "show-fill", "show-change", "opacity"]) $(id).addEventListener("input", draw);
   $("zoom").addEventListener("input", () => {
     state.zoom = Number($("zoom").value);
     draw();
@@ -401,7 +588,10 @@ function controls() {
     $("zoom").value = "1";
     draw();
   });
-  window.addEventListener("resize", draw);
+  window.addEventListener("resize", () => {
+    draw();
+    renderChange();
+  });
 }
 
 controls();
