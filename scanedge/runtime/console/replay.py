@@ -58,6 +58,9 @@ class ReplayConfig:
         deadline_ms: per-slice deadline in the runtime's queue (None: none).
         timeout_s: how long one reply may take before it counts as failed.
         max_loops: with ``loop``, stop after this many passes (None: until stopped).
+        also_models: further served models each slice is sent to as well (a classifier beside the
+            segmentation model): their RESULTs are published on the runtime's feed for viewers; the replay's
+            events and reports are the default model's.
     """
 
     endpoint: str
@@ -70,6 +73,7 @@ class ReplayConfig:
     deadline_ms: float | None = None
     timeout_s: float = 30.0
     max_loops: int | None = None
+    also_models: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 < self.rate <= 10_000:
@@ -193,6 +197,12 @@ class _Send:
     n: int  # sends so far in this series (over loops)
 
 
+def _consume(future: Future[RemoteResult]) -> None:
+    """Collect a further model's answer so a failed one is not reported as never retrieved."""
+    if not future.cancelled():
+        future.exception()
+
+
 class Replay:
     """Stream series to a runtime at a scanner's pace (see the module's description)."""
 
@@ -270,6 +280,16 @@ class Replay:
             deadline_ms=cfg.deadline_ms,
         )
         future.add_done_callback(lambda f: done.put((send, send.due, f)))
+        for model in cfg.also_models:  # answered and published by the runtime; nothing here waits for them
+            client.submit(
+                image,  # type: ignore[arg-type]
+                series=series.uid,
+                instance=item.slice.identity.sop_instance_uid,
+                index=item.slice.identity.instance_number,
+                outputs=(),
+                deadline_ms=cfg.deadline_ms,
+                model=model,
+            ).add_done_callback(_consume)
 
     def _event(self, send: _Send, intended: float, future: Future[RemoteResult]) -> SliceEvent:
         series = self.series[send.series]
