@@ -8,6 +8,10 @@ as bytes (``image`` when the console asked for it, else the RGB ``overlay``, the
 slice place for the strip and the latest pixels of a bounded number of slices, and fans every slice out to the watching
 pages' :class:`Watcher` s.
 
+A RESULT's ``scores`` and ``series_scores`` (a model's image-level heads) travel in its description. A RESULT
+without a mask that carries scores (a classifier served beside the segmentation model) becomes a description
+without pixels, kept per series and model beside the slices, so it never takes the place of the slice drawn.
+
 Nothing here can slow the runtime: the SUB socket drops at its high-water mark on the runtime's side
 (PUB never blocks), and a watcher never queues pixels: it holds the *newest* slice waiting for its page
 and sends it only when the page has painted the previous one (drop to newest). Only the small JSON

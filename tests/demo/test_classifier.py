@@ -98,7 +98,7 @@ def test_a_tiny_training_run_exports_a_classifier_scanedge_serves_exactly(tmp_pa
     argv = ["--samples", "24", "--steps", "3", "--batch", "4", "--crop", "128", "--workers", "1"]
     argv += ["--out", str(out), "--checkpoint", str(tmp_path / "tiny.pt"), "--validation-subjects", "1"]
     assert train_classifier.main([*argv, "--no-evaluate"]) == 0
-    manifest, source = load_manifest(out)  # embedded, and it validates
+    manifest, _ = load_manifest(out)  # embedded, and it validates
     assert manifest.name == "ms-lesion-classifier-demo" and manifest.heads[0].name == "lesion_present"
     threshold = manifest.heads[0].classes[0].threshold
     assert 0 <= threshold <= 1

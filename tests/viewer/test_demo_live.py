@@ -45,7 +45,9 @@ def test_demo_live_serves_the_page_while_replaying_and_stops_on_ctrl_c(tmp_path)
         wait_until(lambda: state()["received"] >= 10, timeout=60, what="the replay reaching the viewer")
         # both shipped models: the segmentation draws the series, the classifier's scores arrive beside it
         wait_until(
-            lambda: any(m.startswith("ms-lesion-classifier-demo@") for s in state()["series"] for m in s["score_models"]),
+            lambda: any(
+                m.startswith("ms-lesion-classifier-demo@") for s in state()["series"] for m in s["score_models"]
+            ),
             timeout=60,
             what="the demo classifier's scores reaching the viewer",
         )

@@ -103,6 +103,17 @@ def test_demo_live_shows_the_classifiers_slice_and_series_scores_beside_the_segm
         assert all(e.error.code == "SUPERSEDED" for e in replies if e.error is not None)
         assert any(e.result is not None for e in replies)
         page.click(f"#series-list li[data-uid='{only.uid}']")
+        page.wait_for_function(
+            """(model) => [...document.querySelectorAll('#score-models .score-model')].some(
+                (b) => b.dataset.model === model && Number(b.querySelector('canvas').dataset.points) > 0)""",
+            arg=classifier,
+            timeout=60_000,
+        )
+        page.wait_for_timeout(300)  # only for the picture: let the trend's canvas paint
+        png = page.screenshot()  # the replay as it went: the series score rising over the slices
+        (tmp_path / "viewer-scores.png").write_bytes(png)
+        if os.environ.get("SCANEDGE_UPDATE_SCREENSHOTS"):
+            shutil.copy(tmp_path / "viewer-scores.png", ROOT / "docs" / "images" / "viewer-scores.png")
         # the runtime's own answers for the same slices, asked one by one (none superseded); each is published
         # too and replaces the slice's earlier score on the page (the runtime's series state replaces it too)
         with Client(two_models.endpoint) as client:
@@ -146,10 +157,6 @@ def test_demo_live_shows_the_classifiers_slice_and_series_scores_beside_the_segm
         threshold = answers[0].scores[0].classes[0].threshold
         assert slice_row["decision"] == str(slice_row["value"] >= threshold).lower()
         assert ("present" if slice_row["value"] >= threshold else "absent") in slice_row["text"]
-        png = page.screenshot()
-        (tmp_path / "viewer-scores.png").write_bytes(png)
-        if os.environ.get("SCANEDGE_UPDATE_SCREENSHOTS"):
-            shutil.copy(tmp_path / "viewer-scores.png", ROOT / "docs" / "images" / "viewer-scores.png")
     assert not errors, errors
 
 

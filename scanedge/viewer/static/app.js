@@ -629,8 +629,7 @@ function paintTrend(canvas, seriesPoints, slicePoints, threshold) {
   const pad = 4 * dpr;
   const n = seriesPoints.length;
   const x = (i) => pad + (n > 1 ? (i / (n - 1)) * (width - 2 * pad) : 0);
-  const y = (v) => height - pad - v * (height - 2 * pad);
-  ctx.font = `${10 * dpr}px system-ui, sans-serif`;
+  const y = (v) => height - pad - v * (height - 2 * pad); // probability 0 at the bottom, 1 at the top
   if (threshold !== null && threshold !== undefined) {
     ctx.strokeStyle = "#8a94a3";
     ctx.setLineDash([4 * dpr, 3 * dpr]);
@@ -659,8 +658,6 @@ function paintTrend(canvas, seriesPoints, slicePoints, threshold) {
     started = true;
   });
   ctx.stroke();
-  ctx.fillStyle = "#8a94a3";
-  ctx.fillText("1", pad, pad + 8 * dpr);
 }
 
 function renderSlice(meta) {
