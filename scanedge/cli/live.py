@@ -27,6 +27,8 @@ def cmd_demo_live(args: argparse.Namespace) -> int:
     """Serve, replay and show the demo series until Ctrl-C (or ``--passes``)."""
     from scanedge.demo.series import demo_series_dir
     from scanedge.log_budget import configure_logging
+    from scanedge.manifest import load_manifest
+    from scanedge.models import DEMO_CLASSIFIER_PATH, DEMO_MODEL_PATH
     from scanedge.runtime.console.replay import Replay, ReplayConfig, read_series
     from scanedge.runtime.core.model_spec import ModelSpec
     from scanedge.runtime.serving.server import Server, ServerConfig
@@ -41,6 +43,10 @@ def cmd_demo_live(args: argparse.Namespace) -> int:
         series = read_series([demo_series_dir()])
         config = pipeline_config(args)
         models = [ModelSpec(args.model, args.manifest)] if args.model else []
+        also: tuple[str, ...] = ()
+        if not args.model and args.classifier and DEMO_CLASSIFIER_PATH.is_file():  # the classifier serves beside it
+            models = [ModelSpec(DEMO_MODEL_PATH), ModelSpec(DEMO_CLASSIFIER_PATH)]
+            also = (load_manifest(DEMO_CLASSIFIER_PATH)[0].name,)
         server = Server(
             models,
             ServerConfig(
@@ -55,8 +61,12 @@ def cmd_demo_live(args: argparse.Namespace) -> int:
         viewer = Viewer(ViewerConfig(subscribe=server.publish_endpoint or "", port=args.port)).start()
         try:
             with user_values():
-                settings = ReplayConfig(endpoint=server.endpoint, rate=args.rate, loop=True, max_loops=args.passes)
+                settings = ReplayConfig(
+                    endpoint=server.endpoint, rate=args.rate, loop=True, max_loops=args.passes, also_models=also
+                )
             err.print(f"live viewer: open [bold]{literal(viewer.page_url)}[/] in a browser")
+            if also:
+                err.print(f"each slice also goes to {literal(', '.join(also))}: its scores show in the viewer")
             err.print(
                 f"replaying the demo series ({len(series[0].slices)} slices) at {args.rate:g} slices/s, "
                 + ("until Ctrl-C" if args.passes is None else f"{args.passes} pass(es)")

@@ -310,9 +310,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     scan = _read(args, [series_dir], console)
     console.print(f"demo series: {len(scan.loaded)} synthetic FLAIR-like slices in {literal(series_dir)}")
     report, _ = _segment(args, scan, output, console)
+    classified = _demo_classifier(args, scan, report, console)
     out = make_console(stderr=False)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(json.dumps(_with_classifier(report.to_dict(), classified), indent=2))
         return _exit_status(report, console)
     rows = []
     for s in report.slices:
@@ -338,6 +339,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.check and len(report.masks) == len(scan.loaded):
         dice = dice_against_truth(report.masks)
         out.print(f"agreement with the generator's true lesion labels: Dice {dice:.3f}")
+    if classified is not None:
+        _print_classifier(out, classified, check=args.check and len(classified.slices) == len(scan.loaded))
     montage = report.montage_path.name if report.montage_path else "-"
     out.print(f"overlays: [bold]{literal(args.out)}[/] (one per slice, montage: {literal(montage)}; results.json)")
     return _exit_status(report, console)
@@ -384,6 +387,75 @@ def _demo_followup(args: argparse.Namespace) -> int:
         f"change pictures: [bold]{literal(args.out)}[/] (one per slice, montage: {literal(montage)}; results.json)"
     )
     return _exit_status(report, console, outcome)
+
+
+def _demo_classifier(args: argparse.Namespace, scan: SliceScan, report: BatchReport, console: Any) -> Any:
+    """The demo's second model on the same slices (only beside the shipped demo model, not with --model):
+    its scores are added to results.json under ``classifier``; None when it does not run."""
+    from scanedge.demo.classify import classify_slices
+    from scanedge.models import DEMO_CLASSIFIER_PATH
+
+    if not args.classifier or args.model is not None or not DEMO_CLASSIFIER_PATH.is_file() or not report.slices:
+        return None
+    segmented = {s.source.name for s in report.slices}
+    with console.status("classifying the slices with the demo classifier ..."):
+        classified = classify_slices(
+            [i for i in scan.loaded if i.name in segmented], DEMO_CLASSIFIER_PATH, engine_options(args)
+        )
+    data = json.loads(report.results_path.read_text())
+    tmp = report.results_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(_with_classifier(data, classified), indent=2) + "\n")
+    tmp.replace(report.results_path)
+    return classified
+
+
+def _with_classifier(results: dict[str, Any], classified: Any) -> dict[str, Any]:
+    return results if classified is None else {**results, "classifier": classified.to_dict()}
+
+
+def _print_classifier(out: Any, classified: Any, *, check: bool) -> None:
+    """``classifier ms-lesion-classifier-demo@1.0.0 (lesion present on the slice):`` the per-slice
+    probabilities in slice order, the series' score, and with ``check`` its agreement with the true labels."""
+    import numpy as np
+
+    from scanedge.console import print_table
+
+    rows = []
+    for s in classified.slices:
+        for head in s.scores:
+            for c in head.classes:
+                decision = "present" if c.decision else "absent"
+                rows.append(
+                    [
+                        str(s.instance_number if s.instance_number is not None else "-"),
+                        literal(c.name),
+                        f"{c.probability:.3f}",
+                        f"{c.threshold:.3f}",
+                        decision,
+                        f"{s.infer_ms:.2f}",
+                    ]
+                )
+    print_table(
+        out,
+        f"classifier {literal(classified.model)}: a lesion on the slice? (times in ms)",
+        ("slice", "class", "p", "threshold", "decision", "infer"),
+        rows,
+    )
+    for scores in classified.series.values():
+        for score in scores:
+            out.print(literal(_score_text(score)))
+    if check:
+        from scanedge.demo.classify import truth_figures
+        from scanedge.demo.series import load_demo_patient
+
+        head = classified.slices[0].scores[0]
+        decisions = np.array([s.scores[0].score(head.classes[0].name).decision for s in classified.slices])
+        fig = truth_figures(decisions, load_demo_patient().labels)
+        out.print(
+            f"classifier against the true labels: sensitivity {fig['sensitivity']:.3f} "
+            f"({fig['positive_slices']} slices with lesions), specificity {fig['specificity']:.3f} "
+            f"({fig['negative_slices']} without)"
+        )
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -445,6 +517,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="follow-up demo: a prior study of the demo patient with known motion and lesion changes, compared as "
         "`segment --prior` does and scored against the truth (needs scanedge[followup])",
+    )
+    p.add_argument(
+        "--no-classifier",
+        dest="classifier",
+        action="store_false",
+        help="do not run the demo classifier beside the demo model (it runs only without --model)",
     )
     _add_pipeline_args(p)
     add_live_args(p)

@@ -71,7 +71,10 @@ def create_app(feed: LiveFeed) -> Starlette:
                 "dropped_for_pages": sum(w.dropped for w in feed.watchers),
                 "publish_to_paint_ms": feed.latency(),
                 "feed": feed.status(),
-                "series": [{"uid": s.uid, "slices": len(s.slices), "latest": s.latest} for s in feed.series.values()],
+                "series": [
+                    {"uid": s.uid, "slices": len(s.slices), "latest": s.latest, "score_models": sorted(s.scores)}
+                    for s in feed.series.values()
+                ],
             },
             headers=_NO_CACHE,
         )

@@ -8,6 +8,10 @@ as bytes (``image`` when the console asked for it, else the RGB ``overlay``, the
 slice place for the strip and the latest pixels of a bounded number of slices, and fans every slice out to the watching
 pages' :class:`Watcher` s.
 
+A RESULT's ``scores`` and ``series_scores`` (a model's image-level heads) travel in its description. A RESULT
+without a mask that carries scores (a classifier served beside the segmentation model) becomes a description
+without pixels, kept per series and model beside the slices, so it never takes the place of the slice drawn.
+
 Nothing here can slow the runtime: the SUB socket drops at its high-water mark on the runtime's side
 (PUB never blocks), and a watcher never queues pixels: it holds the *newest* slice waiting for its page
 and sends it only when the page has painted the previous one (drop to newest). Only the small JSON
@@ -24,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Sequence
@@ -48,6 +53,7 @@ CHANGE_LEGEND: tuple[dict[str, Any], ...] = tuple(
     {"name": name, "code": CHANGE_CODES.get(name), "colour": list(CHANGE_COLOURS[name])} for name in CHANGE_CLASSES
 )
 _TEXT_LIMIT = 300  # characters of a wire string (a reason, a source) the page shows
+_MODELS_PER_SERIES = 8  # score-only models remembered per series (one runtime serves a few)
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,77 @@ def _change_meta(change: SeriesChange | None) -> dict[str, Any] | None:
     }
 
 
+_SCORE_CLASSES = 16  # classes per score head the page shows (a RESULT carries at most 96 over all heads)
+
+
+def _finite(value: float) -> float | None:
+    return round(float(value), 6) if math.isfinite(value) else None
+
+
+def _scores_meta(header: Result) -> dict[str, Any]:
+    """A RESULT's ``scores`` and ``series_scores`` as the page shows them: names as single bounded lines (the
+    page inserts them as text), probabilities rounded, at most ``_SCORE_CLASSES`` classes per head."""
+    return {
+        "scores": [
+            {
+                "head": printable(s.head, 64),
+                "top": printable(s.top, 64),
+                "operating_point": printable(s.operating_point, 64),
+                "classes": [
+                    {
+                        "name": printable(c.name, 64),
+                        "probability": _finite(c.probability),
+                        "threshold": _finite(c.threshold),
+                        "decision": bool(c.decision),
+                    }
+                    for c in s.classes[:_SCORE_CLASSES]
+                ],
+            }
+            for s in header.scores
+        ],
+        "series_scores": [
+            {
+                "head": printable(s.head, 64),
+                "aggregation": printable(s.aggregation, 16),
+                "slices": s.slices,
+                "classes": [
+                    {
+                        "name": printable(c.name, 64),
+                        "score": _finite(c.score),
+                        "threshold": _finite(c.threshold),
+                        "decision": bool(c.decision),
+                        "slices_positive": c.slices_positive,
+                    }
+                    for c in s.classes[:_SCORE_CLASSES]
+                ],
+            }
+            for s in header.series_scores
+        ],
+    }
+
+
+def _score_slice(seq: int, header: Result, received: float) -> LiveSlice | None:
+    """A RESULT without a mask that carries scores (a classifier's): a description without pixels, kept per
+    model beside the series' slices (see :meth:`LiveFeed._remember`); None when it has no scores either."""
+    if not header.scores and not header.series_scores:
+        return None
+    key = f"{header.position_mm:.3f}" if header.position_mm is not None else f"#{header.index}"
+    meta = {
+        "type": "scores",
+        "seq": seq,
+        "series": header.series,
+        "key": key,
+        "index": header.index,
+        "position_mm": header.position_mm,
+        "model": printable(header.model, 128),
+        "timings_ms": {"total": header.timings_ms.total, "infer": header.timings_ms.infer},
+        "replied_at": header.replied_at,
+        "received_at": received,
+        **_scores_meta(header),
+    }
+    return LiveSlice(seq, header.series, key, meta, None, None)
+
+
 def _plane(entry: tuple[Any, Any] | None, rows: int, cols: int) -> bytes | None:
     """A raw uint8 (rows, cols) frame's bytes, or None when ``entry`` is absent or not that."""
     if entry is None:
@@ -139,7 +216,7 @@ def _live_slice(seq: int, header: Result, frames: Sequence[Any], received: float
     mask_info, mask = by_name.get("mask", (None, None))
     base = by_name.get("image") or by_name.get("overlay")
     if mask_info is None or mask_info.encoding != "raw" or mask_info.dtype != "uint8" or not mask_info.shape:
-        return None  # nothing to draw from: the console asked for no mask
+        return _score_slice(seq, header, received)  # nothing to draw from: no mask (asked for none, a classifier)
     rows, cols = mask_info.shape[:2]
     if len(mask) != rows * cols:
         raise ProtocolError("mask frame does not match its shape")
@@ -188,6 +265,7 @@ def _live_slice(seq: int, header: Result, frames: Sequence[Any], received: float
         },
         "change": _change_meta(header.change),
         "change_frame": change is not None,
+        **_scores_meta(header),
     }
     return LiveSlice(seq, header.series, key, meta, image, bytes(mask), change)
 
@@ -245,6 +323,8 @@ class _Series:
     uid: str
     slices: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)  # key -> meta, by arrival
     latest: dict[str, Any] | None = None
+    # model -> key -> description of a RESULT without pixels (a classifier's scores), by arrival
+    scores: dict[str, OrderedDict[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 class LiveFeed:
@@ -366,6 +446,9 @@ class LiveFeed:
             gone, _ = self.series.popitem(last=False)
             for key in [k for k in self._retained if k[0] == gone]:
                 self._forget((gone, key[1]))
+        if item.mask is None:  # a classifier's scores: beside the slices, never in place of the one drawn there
+            self._remember_scores(s, item)
+            return
         s.slices.pop(item.key, None)
         s.slices[item.key] = item.meta
         while len(s.slices) > self.limits.max_slices:
@@ -377,6 +460,18 @@ class LiveFeed:
             self._retained_bytes += item.nbytes
             while self._retained_bytes > self.limits.retain_bytes and self._retained:
                 self._forget(next(iter(self._retained)))
+
+    def _remember_scores(self, s: _Series, item: LiveSlice) -> None:
+        model = str(item.meta["model"])
+        held = s.scores.get(model)
+        if held is None:
+            if len(s.scores) >= _MODELS_PER_SERIES:
+                return
+            held = s.scores[model] = OrderedDict()
+        held.pop(item.key, None)
+        held[item.key] = item.meta
+        while len(held) > self.limits.max_slices:
+            held.popitem(last=False)
 
     def _forget(self, key: tuple[str, str]) -> None:
         old = self._retained.pop(key, None)
@@ -394,7 +489,13 @@ class LiveFeed:
             "type": "hello",
             "change_classes": list(CHANGE_LEGEND),
             "series": [
-                {"uid": s.uid, "slices": list(s.slices.values()), "latest": s.latest} for s in self.series.values()
+                {
+                    "uid": s.uid,
+                    "slices": list(s.slices.values()),
+                    "latest": s.latest,
+                    "scores": [meta for held in s.scores.values() for meta in held.values()],
+                }
+                for s in self.series.values()
             ],
         }
 

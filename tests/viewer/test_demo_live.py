@@ -43,6 +43,15 @@ def test_demo_live_serves_the_page_while_replaying_and_stops_on_ctrl_c(tmp_path)
                 return json.load(r)
 
         wait_until(lambda: state()["received"] >= 10, timeout=60, what="the replay reaching the viewer")
+        # both shipped models: the segmentation draws the series, the classifier's scores arrive beside it
+        wait_until(
+            lambda: any(
+                m.startswith("ms-lesion-classifier-demo@") for s in state()["series"] for m in s["score_models"]
+            ),
+            timeout=60,
+            what="the demo classifier's scores reaching the viewer",
+        )
+        assert any((s["latest"] or {}).get("model", "").startswith("ms-lesion-demo@") for s in state()["series"])
         with urllib.request.urlopen(f"{url}?token={token}", timeout=10) as r:
             assert "scanedge" in r.read().decode()
         with pytest.raises(urllib.error.HTTPError) as refused:  # the token is what opens it

@@ -211,3 +211,41 @@ def test_the_view_command_refuses_a_port_in_use(viewer, capsys):
 
     code = scanedge_main(["view", "--subscribe", "tcp://127.0.0.1:5556", "--port", str(viewer.port)])
     assert code == 2 and "another --port" in capsys.readouterr().err
+
+
+def test_a_classifiers_scores_are_kept_per_model_beside_the_slice_they_do_not_replace():
+    from scanedge.imaging.heads import ClassScore, HeadScore, SeriesClassScore, SeriesScore
+
+    feed = LiveFeed("tcp://127.0.0.1:1")
+    mask = FrameInfo(name="mask", encoding="raw", dtype="uint8", shape=[2, 2])
+    seg = Result(version=1, id=1, series="s", model="seg@1", frames=(mask,), position_mm=4.0, timings_ms=Timings())
+    assert feed.handle([b"s", encode(seg), b"\0\1\0\0"]) is not None
+    score = HeadScore("h", (ClassScore("lesion", 0.75, 0.5, True), ClassScore("x" * 500, 0.1, 0.5, False)), "lesion")
+    total = SeriesScore("h", "max", 1, (SeriesClassScore("lesion", 0.75, 0.5, True, 1),))
+    cls = Result(
+        version=1, id=2, series="s", model="cls@1", position_mm=4.0, timings_ms=Timings(),
+        scores=(score,), series_scores=(total,),
+    )  # fmt: skip
+    item = feed.handle([b"s", encode(cls)])
+    assert item is not None and item.image is None and item.mask is None and item.meta["type"] == "scores"
+    held = feed.series["s"]
+    assert held.slices["4.000"]["model"] == "seg@1" and held.latest["model"] == "seg@1"  # the slice drawn stays
+    (kept,) = held.scores["cls@1"].values()
+    assert kept["scores"][0]["classes"][0] == {
+        "name": "lesion",
+        "probability": 0.75,
+        "threshold": 0.5,
+        "decision": True,
+    }
+    assert len(kept["scores"][0]["classes"][1]["name"]) == 64  # wire text bounded
+    assert kept["series_scores"][0]["classes"][0]["slices_positive"] == 1
+    assert feed.snapshot()["series"][0]["scores"] == [kept]
+    # the same place again replaces it; a RESULT with neither mask nor scores is not kept
+    feed.handle([b"s", encode(cls)])
+    assert len(held.scores["cls@1"]) == 1
+    assert feed.handle([b"s", encode(Result(version=1, id=3, series="s", model="n@1", timings_ms=Timings()))]) is None
+    # a bounded number of score-only models per series
+    for k in range(20):
+        other = Result(version=1, id=10 + k, series="s", model=f"m{k}@1", timings_ms=Timings(), scores=(score,))
+        feed.handle([b"s", encode(other)])
+    assert len(held.scores) == 8

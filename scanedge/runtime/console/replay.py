@@ -62,6 +62,9 @@ class ReplayConfig:
         roles: the input role of each series, in order (``("flair", "t1")``), for a model that takes several
             series of one study (docs/protocol.md section 3.2); empty: no role is sent (with ``dicom`` the
             runtime recognises roles from each file's sequence attributes).
+        also_models: further served models each slice is sent to as well (a classifier beside the
+            segmentation model): their RESULTs are published on the runtime's feed for viewers; the replay's
+            events and reports are the default model's.
     """
 
     endpoint: str
@@ -75,6 +78,7 @@ class ReplayConfig:
     timeout_s: float = 30.0
     max_loops: int | None = None
     roles: tuple[str, ...] = ()
+    also_models: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 < self.rate <= 10_000:
@@ -201,6 +205,12 @@ class _Send:
     n: int  # sends so far in this series (over loops)
 
 
+def _consume(future: Future[RemoteResult]) -> None:
+    """Collect a further model's answer so a failed one is not reported as never retrieved."""
+    if not future.cancelled():
+        future.exception()
+
+
 class Replay:
     """Stream series to a runtime at a scanner's pace (see the module's description)."""
 
@@ -283,6 +293,16 @@ class Replay:
             role=cfg.roles[send.series] if cfg.roles else None,
         )
         future.add_done_callback(lambda f: done.put((send, send.due, f)))
+        for model in cfg.also_models:  # answered and published by the runtime; nothing here waits for them
+            client.submit(
+                image,  # type: ignore[arg-type]
+                series=series.uid,
+                instance=item.slice.identity.sop_instance_uid,
+                index=item.slice.identity.instance_number,
+                outputs=(),
+                deadline_ms=cfg.deadline_ms,
+                model=model,
+            ).add_done_callback(_consume)
 
     def _event(self, send: _Send, intended: float, future: Future[RemoteResult]) -> SliceEvent:
         series = self.series[send.series]

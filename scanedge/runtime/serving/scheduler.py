@@ -3,8 +3,10 @@
 During acquisition a console can send slices faster than a CPU segments them. Queueing them all would
 show the radiographer findings that lag further and further behind the scan. Instead, each series has at
 most one *waiting* request: a newer slice replaces it, and the replaced one is handed back so the server
-answers it SUPERSEDED (never silently dropped). Series are served in the order they first queued, so
-one busy series cannot starve another. Requests without a series key queue plainly.
+answers it SUPERSEDED (never silently dropped). A series is keyed with its model: a runtime serving a
+classifier beside a segmentation model runs both on each slice, neither replacing the other. Series are
+served in the order they first queued, so one busy series cannot starve another. Requests without a
+series key queue plainly.
 """
 
 from __future__ import annotations
@@ -69,9 +71,9 @@ class LatestSliceScheduler:
         self._closed = False
 
     def submit(self, job: Job) -> Job | None:
-        """Queue ``job``; return the waiting job of the same series it supersedes, if any."""
+        """Queue ``job``; return the waiting job of the same series and model it supersedes, if any."""
         series = job.request.series
-        key: Any = ("series", series) if series and job.latest else ("anonymous", next(self._anonymous))
+        key: Any = ("series", series, job.model) if series and job.latest else ("anonymous", next(self._anonymous))
         with self._lock:
             if self._closed:
                 raise RuntimeError("scheduler is closed")

@@ -2,7 +2,10 @@
 // selected series with its findings drawn from the label mask (outline as vector paths, fill as
 // nearest-neighbour pixels), so both stay crisp at any zoom. When a series has been compared with its prior
 // study, its lesions are drawn in the colours of their change class instead (new, enlarging, ...), with a
-// legend, the prior's date and source, and the lesion load's trend. No framework, no build step. Every text
+// legend, the prior's date and source, and the lesion load's trend. A model's image-level scores (a classifier
+// served beside the segmentation model, or a segmentation model's own score head) are shown per model: this
+// slice's classes against their thresholds, the series' score and its trend over the slices as they came.
+// No framework, no build step. Every text
 // that came over the wire is inserted as text (textContent, fillText), never as markup.
 
 const PALETTE = [null, [255, 40, 40], [40, 200, 90], [40, 130, 255], [255, 200, 0], [200, 70, 255], [0, 220, 220]];
@@ -14,7 +17,7 @@ const MONTHS = ["January", "February", "March", "April", "May", "June", "July", 
 const state = {
   changeClasses: [], // [{name, code, colour}] from the viewer's hello: the shared change colours
 
-  series: new Map(), // uid -> {uid, tag, slices: Map(key -> meta), latest}
+  series: new Map(), // uid -> {uid, tag, slices: Map(key -> meta), latest, scores: Map(model -> Map(key -> meta))}
   selected: null, // uid painted; null until the first slice arrives (then the first series)
   pinned: null, // key of an earlier slice being looked at, or null: live
   current: null, // {meta, base, fill, outline}
@@ -96,6 +99,7 @@ function onText(message) {
     onFeed(message.feed);
     for (const s of message.series) {
       for (const meta of s.slices) remember(meta);
+      for (const meta of s.scores || []) remember(meta);
     }
     if (state.selected) send({ type: "select", series: state.selected });
   } else if (message.type === "slices") {
@@ -104,14 +108,37 @@ function onText(message) {
   renderSeries();
   renderLoad();
   renderChange();
+  renderScores();
   renderStrip();
 }
 
-function remember(meta) {
-  let s = state.series.get(meta.series);
+function seriesOf(uid) {
+  let s = state.series.get(uid);
   if (!s) {
-    s = { uid: meta.series, tag: `Scanner ${state.series.size + 1}`, slices: new Map(), latest: null };
-    state.series.set(meta.series, s);
+    s = { uid, tag: `Scanner ${state.series.size + 1}`, slices: new Map(), latest: null, scores: new Map() };
+    state.series.set(uid, s);
+  }
+  return s;
+}
+
+// A model's scores, kept per series, model and slice place: a classifier's RESULTs (no pixels) and the
+// scores of a segmentation model that has a score head alike.
+function rememberScores(s, meta) {
+  if (!(meta.scores && meta.scores.length) && !(meta.series_scores && meta.series_scores.length)) return;
+  let held = s.scores.get(meta.model);
+  if (!held) s.scores.set(meta.model, (held = new Map()));
+  held.set(meta.key, meta);
+}
+
+function remember(meta) {
+  const s = seriesOf(meta.series);
+  rememberScores(s, meta);
+  if (meta.type === "scores") {
+    if (state.selected === null) {
+      state.selected = meta.series;
+      send({ type: "select", series: meta.series });
+    }
+    return; // no pixels, no strip cell: the slice drawn there is the segmentation's
   }
   s.slices.set(meta.key, meta);
   if (!meta.pinned || !s.latest) s.latest = meta; // an earlier slice looked at again is not the series' newest
@@ -144,6 +171,7 @@ function onSlice(buffer) {
   renderSeries();
   renderLoad();
   renderChange();
+  renderScores();
   renderStrip();
   renderSlice(meta);
   const drawn = now();
@@ -355,6 +383,7 @@ function select(uid) {
   renderSeries();
   renderLoad();
   renderChange();
+  renderScores();
   renderStrip();
 }
 
@@ -494,6 +523,143 @@ function renderTrend(s, change) {
   load.dataset.percent = percent === null || percent === undefined ? "" : String(percent);
 }
 
+// --- a model's image-level scores -----------------------------------------------------------------------
+
+const MAX_SCORE_ROWS = 8; // classes listed per head (the most probable first); the trend follows the top one
+
+const pct = (v) => (v === null || v === undefined ? "-" : `${(100 * v).toFixed(1)} %`);
+
+function line(className, text) {
+  const p = document.createElement("p");
+  p.className = className;
+  p.textContent = text;
+  return p;
+}
+
+// "lesion 83.0 % ≥ 41.0 % → present": the class, its probability, its threshold, the decision.
+function classLine(kind, c, value) {
+  const p = document.createElement("p");
+  p.className = kind;
+  p.dataset.class = c.name;
+  p.dataset.decision = String(c.decision);
+  p.dataset.value = value === null || value === undefined ? "" : String(value);
+  const name = document.createElement("span");
+  name.textContent = `${c.name} ${pct(value)} `;
+  const rule = document.createElement("span");
+  rule.className = "what";
+  rule.textContent = `${c.decision ? "≥" : "<"} ${pct(c.threshold)} → `;
+  const decision = document.createElement("span");
+  decision.className = "decision";
+  decision.textContent = c.decision ? "present" : "absent";
+  p.append(name, rule, decision);
+  return p;
+}
+
+function renderScores() {
+  const s = state.series.get(state.selected);
+  const panel = $("scores");
+  const models = s ? [...s.scores.entries()] : [];
+  panel.hidden = !models.length;
+  if (!models.length) return;
+  const shown = state.current && state.current.meta.series === s.uid ? state.current.meta.key : null;
+  $("score-models").replaceChildren(
+    ...models.map(([model, held]) => {
+      const metas = [...held.values()].sort((a, b) => a.seq - b.seq);
+      const latest = metas[metas.length - 1];
+      const here = (shown !== null && held.get(shown)) || latest; // the painted slice's, else the newest
+      const box = document.createElement("div");
+      box.className = "score-model";
+      box.dataset.model = model;
+      const title = document.createElement("h3");
+      title.textContent = model;
+      box.append(title);
+      const where = here.position_mm !== null && here.position_mm !== undefined ? `z ${here.position_mm.toFixed(1)} mm` : `#${here.index}`;
+      box.append(line("what", `${here === latest && here.key !== shown ? "newest slice" : "this slice"} (${where})`));
+      for (const head of here.scores || []) {
+        const classes = [...head.classes].sort((a, b) => b.probability - a.probability).slice(0, MAX_SCORE_ROWS);
+        for (const c of classes) box.append(classLine("slice-score", c, c.probability));
+        if (head.operating_point) box.append(line("what", `operating point ${head.operating_point}`));
+      }
+      for (const head of latest.series_scores || []) {
+        box.append(line("what", `series (${head.aggregation} over ${head.slices} slice(s))`));
+        const classes = [...head.classes].sort((a, b) => b.score - a.score).slice(0, MAX_SCORE_ROWS);
+        for (const c of classes) {
+          const row = classLine("series-score", c, c.score);
+          row.lastChild.textContent += ` (on ${c.slices_positive} slice(s))`;
+          box.append(row);
+        }
+      }
+      box.append(scoreTrend(metas));
+      return box;
+    }),
+  );
+}
+
+// The series score of the first head's leading class as the slices arrived (solid), each slice's own
+// probability (dots) and the threshold (dashed).
+function scoreTrend(metas) {
+  const canvas = document.createElement("canvas");
+  canvas.className = "score-trend";
+  const first = metas[metas.length - 1].series_scores?.[0];
+  const lead = first && [...first.classes].sort((a, b) => b.score - a.score)[0];
+  const seriesPoints = [];
+  const slicePoints = [];
+  for (const m of metas) {
+    const sc = lead && m.series_scores?.[0]?.classes.find((c) => c.name === lead.name);
+    const sl = lead && m.scores?.[0]?.classes.find((c) => c.name === lead.name);
+    seriesPoints.push(sc ? sc.score : null);
+    slicePoints.push(sl ? sl.probability : null);
+  }
+  canvas.dataset.class = lead ? lead.name : "";
+  canvas.dataset.points = String(seriesPoints.filter((v) => v !== null).length);
+  canvas.dataset.series = JSON.stringify(seriesPoints);
+  canvas.dataset.slices = JSON.stringify(slicePoints);
+  canvas.title = lead ? `${lead.name}: series score (line) and each slice's probability (dots) as the slices arrived; dashed: threshold` : "";
+  requestAnimationFrame(() => paintTrend(canvas, seriesPoints, slicePoints, lead ? lead.threshold : null));
+  return canvas;
+}
+
+function paintTrend(canvas, seriesPoints, slicePoints, threshold) {
+  const dpr = window.devicePixelRatio || 1;
+  const width = Math.max(1, Math.round(canvas.clientWidth * dpr));
+  const height = Math.max(1, Math.round(canvas.clientHeight * dpr));
+  canvas.width = width;
+  canvas.height = height;
+  const ctx = canvas.getContext("2d");
+  const pad = 4 * dpr;
+  const n = seriesPoints.length;
+  const x = (i) => pad + (n > 1 ? (i / (n - 1)) * (width - 2 * pad) : 0);
+  const y = (v) => height - pad - v * (height - 2 * pad); // probability 0 at the bottom, 1 at the top
+  if (threshold !== null && threshold !== undefined) {
+    ctx.strokeStyle = "#8a94a3";
+    ctx.setLineDash([4 * dpr, 3 * dpr]);
+    ctx.lineWidth = dpr;
+    ctx.beginPath();
+    ctx.moveTo(pad, y(threshold));
+    ctx.lineTo(width - pad, y(threshold));
+    ctx.stroke();
+    ctx.setLineDash([]);
+  }
+  ctx.fillStyle = "#d8dde4";
+  slicePoints.forEach((v, i) => {
+    if (v === null) return;
+    ctx.beginPath();
+    ctx.arc(x(i), y(v), 1.6 * dpr, 0, 2 * Math.PI);
+    ctx.fill();
+  });
+  ctx.strokeStyle = "#ff3b30";
+  ctx.lineWidth = 1.5 * dpr;
+  ctx.beginPath();
+  let started = false;
+  seriesPoints.forEach((v, i) => {
+    if (v === null) return;
+    if (started) ctx.lineTo(x(i), y(v));
+    else ctx.moveTo(x(i), y(v));
+    started = true;
+  });
+  ctx.stroke();
+}
+
 function renderSlice(meta) {
   const where = meta.position_mm !== null ? `z ${meta.position_mm.toFixed(1)} mm` : `#${meta.index}`;
   $("slice-label").textContent = `${where}${meta.index !== null ? ` (image ${meta.index})` : ""}`;
@@ -591,6 +757,7 @@ function controls() {
   window.addEventListener("resize", () => {
     draw();
     renderChange();
+    renderScores();
   });
 }
 

@@ -9,8 +9,8 @@ from scanedge.runtime.serving.stats import LatencyHistogram
 from scanedge.runtime.wire.protocol import Segment
 
 
-def job(series: str, n: int, deadline: float | None = None) -> Job:
-    return Job(Segment(version=1, id=n, series=series), b"id", b"", "m", 10, deadline_mono=deadline, seq=n)
+def job(series: str, n: int, deadline: float | None = None, model: str = "m") -> Job:
+    return Job(Segment(version=1, id=n, series=series), b"id", b"", model, 10, deadline_mono=deadline, seq=n)
 
 
 def test_latest_slice_replaces_the_waiting_one_and_keeps_its_place():
@@ -21,6 +21,14 @@ def test_latest_slice_replaces_the_waiting_one_and_keeps_its_place():
     assert s.submit(job("", 4)) is None and s.submit(job("", 5)) is None  # no series: never superseded
     assert [s.take(0).seq for _ in range(4)] == [3, 2, 4, 5]
     assert s.take(0) is None
+
+
+def test_a_slice_for_another_model_of_the_series_supersedes_nothing():
+    s = LatestSliceScheduler()
+    assert s.submit(job("a", 1, model="seg")) is None
+    assert s.submit(job("a", 2, model="cls")) is None  # a classifier beside the segmentation: both run
+    assert s.submit(job("a", 3, model="cls")).seq == 2  # its own newer slice does replace it
+    assert [s.take(0).seq for _ in range(2)] == [1, 3]
 
 
 def test_expired_jobs_are_swept():

@@ -1,0 +1,167 @@
+"""The demo's second model, the slice classifier: its training module (a tiny run, exported and checked), the
+shipped model's evaluation reproduced from its evaluation JSON's command, and ``scanedge demo`` running it
+beside the segmentation model."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from scanedge.demo.classify import classify_slices, truth_figures
+from scanedge.demo.series import load_demo_patient
+from scanedge.imaging.files import load_slices
+from scanedge.manifest import load_manifest
+from scanedge.models import DEMO_CLASSIFIER_PATH, DEMO_MODEL_PATH
+from scanedge.runtime.core.pipeline import Pipeline
+
+EVALUATION = DEMO_CLASSIFIER_PATH.with_name(DEMO_CLASSIFIER_PATH.stem + ".evaluation.json")
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+
+
+def _raw_probability(model: Path, tensor: np.ndarray) -> float:
+    """The classifier's probability straight from ONNX Runtime (no scanedge): sigmoid of its logit."""
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    (logit,) = session.run(None, {"image": tensor})
+    assert logit.shape == (1, 1)
+    return float(_sigmoid(logit)[0, 0])
+
+
+def _through_scanedge_and_raw(model: Path, image: np.ndarray) -> tuple[float, float]:
+    from scanedge.imaging.preprocess import Preprocessor
+    from scanedge.imaging.slices import Slice
+
+    with Pipeline.open(model) as pipe:
+        result = pipe.run(Slice.from_array(image), overlay=False)
+        tensor, _ = Preprocessor(pipe.manifest)(Slice.from_array(image))
+    return result.scores[0].score("lesion").probability, _raw_probability(model, tensor)
+
+
+def test_the_shipped_classifier_is_small_and_its_manifest_states_its_operating_point():
+    assert DEMO_CLASSIFIER_PATH.stat().st_size < 400_000  # it ships inside the wheel beside the demo model
+    manifest, _ = load_manifest(DEMO_CLASSIFIER_PATH)
+    seg, _ = load_manifest(DEMO_MODEL_PATH)
+    assert manifest.output is None and manifest.classes == ()
+    (head,) = manifest.heads
+    assert (head.role, head.activation, head.aggregation) == ("score", "sigmoid", "max")
+    assert [c.name for c in head.classes] == ["lesion"]
+    # the same tensor as the segmentation model: input, size and intensity policies are the demo model's
+    assert (manifest.input, manifest.size, manifest.intensity) == (seg.input, seg.size, seg.intensity)
+    figures = json.loads(EVALUATION.read_text())
+    assert head.classes[0].threshold == figures["threshold"] == figures["validation"]["threshold"]
+    assert head.operating_point is not None
+    assert head.operating_point.sensitivity == pytest.approx(figures["sensitivity"])
+    assert head.operating_point.specificity == pytest.approx(figures["specificity"])
+    assert figures["validation"]["sensitivity"] >= 0.95  # the threshold's rule, on the validation subjects
+    assert figures["auc"] > 0.9 and figures["positive_slices"] > 0 and figures["negative_slices"] > 0
+
+
+def test_the_shipped_classifier_through_scanedge_equals_onnx_runtime(demo_series):
+    patient = load_demo_patient()
+    for k in (0, 10, 20):
+        ours, raw = _through_scanedge_and_raw(DEMO_CLASSIFIER_PATH, patient.pixels[k].astype(np.float32))
+        assert ours == pytest.approx(raw, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_the_evaluation_json_is_reproduced_by_its_command():
+    pytest.importorskip("nilearn", reason="the held-out subjects are synthesised with the 'train' extra")
+    from scanedge.demo import train_classifier
+
+    figures = json.loads(EVALUATION.read_text())
+    assert figures["command"] == "python -m scanedge.demo.train_classifier --evaluate-model"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert train_classifier.main(figures["command"].split()[3:]) == 0
+    again = json.loads(out.getvalue()[out.getvalue().index("{") :])
+    for key in ("positive_slices", "negative_slices", "slices", "subjects", "threshold"):
+        assert again[key] == figures[key], key
+    for key in ("auc", "sensitivity", "specificity"):
+        assert again[key] == pytest.approx(figures[key], abs=1e-9), key
+
+
+@pytest.mark.slow
+def test_a_tiny_training_run_exports_a_classifier_scanedge_serves_exactly(tmp_path):
+    pytest.importorskip("torch", reason="training needs the 'train' extra")
+    pytest.importorskip("nilearn", reason="training needs the 'train' extra")
+    from scanedge.demo import synth, train_classifier
+
+    out = tmp_path / "tiny.onnx"
+    argv = ["--samples", "24", "--steps", "3", "--batch", "4", "--crop", "128", "--workers", "1"]
+    argv += ["--out", str(out), "--checkpoint", str(tmp_path / "tiny.pt"), "--validation-subjects", "1"]
+    assert train_classifier.main([*argv, "--no-evaluate"]) == 0
+    manifest, _ = load_manifest(out)  # embedded, and it validates
+    assert manifest.name == "ms-lesion-classifier-demo" and manifest.heads[0].name == "lesion_present"
+    threshold = manifest.heads[0].classes[0].threshold
+    assert 0 <= threshold <= 1
+    image, _ = synth.synth_slice(
+        synth.load_anatomy(), synth.random_subject(np.random.default_rng(5)), [], 90, np.random.default_rng(6)
+    )
+    ours, raw = _through_scanedge_and_raw(out, image)
+    assert ours == pytest.approx(raw, abs=1e-6)
+
+
+def test_threshold_rule_auc_and_operating_figures():
+    from scanedge.demo.train_classifier import auc, choose_threshold, operating_figures
+
+    truth = np.array([1, 1, 1, 1, 0, 0, 0, 0], bool)
+    scores = np.array([0.9, 0.8, 0.4, 0.2, 0.5, 0.1, 0.05, 0.3])
+    assert auc(truth, scores) == pytest.approx(13 / 16)  # 13 of the 16 positive-negative pairs ordered right
+    assert auc(truth, np.where(truth, 1.0, 0.0)) == 1.0 and auc(truth, np.full(8, 0.5)) == 0.5
+    assert np.isnan(auc(np.ones(3, bool), np.ones(3)))
+    t = choose_threshold(truth, scores, target=0.75)  # the highest threshold keeping 3 of 4 positives
+    assert t == 0.4 and operating_figures(truth, scores, t) == {"sensitivity": 0.75, "specificity": 0.75}
+    assert choose_threshold(truth, scores, target=1.0) == 0.2
+    with pytest.raises(ValueError):
+        choose_threshold(np.zeros(3, bool), np.ones(3))
+
+
+def test_the_classifier_beside_the_demo_model_on_the_demo_series(demo_series):
+    loaded = load_slices([demo_series])
+    report = classify_slices(loaded)
+    assert report.model.startswith("ms-lesion-classifier-demo@") and len(report.slices) == len(loaded)
+    (uid,) = report.series
+    (series,) = report.series[uid]
+    p = report.probabilities("lesion_present", "lesion")
+    assert series.classes[0].score == pytest.approx(p.max())  # max over the slices
+    threshold = series.classes[0].threshold
+    assert series.classes[0].slices_positive == int(np.sum(p >= threshold))
+    figures = truth_figures(p >= threshold, load_demo_patient().labels)
+    assert figures["positive_slices"] + figures["negative_slices"] == len(loaded)
+    assert figures["sensitivity"] >= 0.8 and figures["specificity"] >= 0.8  # a held-out subject, never trained on
+
+
+def test_scanedge_demo_runs_both_models(demo_series, tmp_path, capsys):
+    from scanedge.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "classifier ms-lesion-classifier-demo@" in printed
+    assert "score lesion_present (max over 32 slice(s)): lesion" in printed
+    assert "classifier against the true labels: sensitivity" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["model"].startswith("ms-lesion-demo@")  # the segmentation's results as before
+    assert len(results["slices"]) == 32 and "scores" not in results["slices"][0]
+    cls = results["classifier"]
+    assert cls["model"].startswith("ms-lesion-classifier-demo@") and len(cls["slices"]) == 32
+    (entry,) = cls["series"]
+    (score,) = entry["series_scores"]
+    probabilities = [s["scores"][0]["classes"][0]["probability"] for s in cls["slices"]]
+    assert score["classes"][0]["score"] == pytest.approx(max(probabilities), abs=1e-6)
+    # the classifier is the demo's only: --no-classifier, or another --model, leaves it out
+    again = tmp_path / "plain"
+    assert main(["demo", "--out", str(again), "--no-classifier", "--no-check"]) == 0
+    assert "classifier" not in json.loads((again / "results.json").read_text())
+    assert "classifier ms-lesion" not in capsys.readouterr().out
+    other = tmp_path / "other"
+    assert main(["demo", "--out", str(other), "--model", str(DEMO_MODEL_PATH), "--no-check"]) == 0
+    assert "classifier" not in json.loads((other / "results.json").read_text())
