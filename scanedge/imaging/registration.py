@@ -276,7 +276,8 @@ def register(
         )
     transform = initial  # optimised in place, level after level
     # the step shrinks by this factor at each change of direction; the affine's 12 parameters need the slower
-    # decay (with 0.6 it stopped 1.2 mm off a known affine, with 0.8 0.1-0.2 mm: tests/imaging/test_registration.py)
+    # decay: with 0.6 it stopped 0.56 mm off a known affine (worst point 1.08 mm), with 0.8 0.07 mm
+    # (tests/imaging/test_registration.py, BENCHMARKS.md "Affine")
     relaxation = 0.8 if cfg.transform == "affine" else 0.6
     counter = {"iterations": 0, "budget": False}
     metric = float("nan")
