@@ -445,7 +445,7 @@ def find_prior_dimse(
                 f"cannot listen for the C-MOVE on {pacs.move_bind}:{pacs.move_port} "
                 f"({exc.strerror or type(exc).__name__}; is the port in use?)"
             ) from None
-        final, completed, comment = 0x0000, -1, ""
+        final, completed = 0x0000, -1  # the PACS's Error Comment is not quoted: free text, it might name the patient
         try:
             assoc = associate(STUDY_ROOT_MOVE)
             try:
@@ -454,7 +454,6 @@ def find_prior_dimse(
                         raise _NoPrior("C-MOVE got no answer in time (association aborted)")
                     final = int(status.Status)
                     completed = int(status.get("NumberOfCompletedSuboperations", completed) or 0)
-                    comment = _text(status, "ErrorComment")
             finally:
                 assoc.release()
         finally:
@@ -469,13 +468,12 @@ def find_prior_dimse(
         if final in _MOVE_REFUSALS:
             raise _NoPrior(f"C-MOVE of series {series_uid} refused: {_MOVE_REFUSALS[final]}")
         if final != 0x0000:
-            said = f", '{comment[:64]}'" if comment.isprintable() and comment else ""
             if completed <= 0 and not receiver.received:  # e.g. Orthanc answers 0xC000 for an unknown AE title
                 raise _NoPrior(
-                    f"C-MOVE of series {series_uid} to {dest} refused with status 0x{final:04X}{said} "
+                    f"C-MOVE of series {series_uid} to {dest} refused with status 0x{final:04X} "
                     f"before any image was sent ({register_hint})"
                 )
-            raise _NoPrior(f"C-MOVE of series {series_uid} ended with status 0x{final:04X}{said}")
+            raise _NoPrior(f"C-MOVE of series {series_uid} ended with status 0x{final:04X}")
         if not receiver.received or len(receiver.received) < completed:
             raise _NoPrior(
                 f"C-MOVE of series {series_uid} reported {max(completed, 0)} instances sent, "
