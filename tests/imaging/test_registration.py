@@ -89,6 +89,13 @@ def test_affine_recovers_known_scaling_and_shear_where_rigid_cannot() -> None:
     assert rigid.mean() > 2.0 and rigid.mean() > 5 * affine.mean()
 
 
+def test_spent_budget_stops_the_optimiser_and_skips_the_later_levels() -> None:
+    pair = make_pair(1)
+    result = register(pair.current, pair.geometry, pair.prior, pair.geometry, RegistrationConfig(time_budget_s=0.001))
+    assert result.stopped_by_budget and "budget" in result.reason
+    assert result.iterations == 1  # stopped at the first iteration of the first level; no later level begun
+
+
 def test_bad_input_and_config_are_typed_errors() -> None:
     with pytest.raises(InputError):
         VolumeGeometry(spacing=(0.0, 1.0, 1.0))
