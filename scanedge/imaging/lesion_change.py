@@ -27,9 +27,8 @@ sources do and do not say is in docs/followup.md, "Thresholds"):
   relapsing-remitting MS from controls on 3-D 3 T images. The MAGNIMS consensus guidelines (Filippi et al.,
   Lancet Neurol 2016;15:292-303) are the diagnostic context; a 3 mm rule in their text was not confirmed.
 - ``enlarge_fraction = 0.2``: a volume increase of at least 20 %. This is a convention of this module, not
-  a published figure: no source found defines "enlarging" by a volume percentage (the 2021
-  MAGNIMS-CMSC-NAIMS recommendations and automated tools detect new or enlarging lesions by reading or by
-  voxel-wise change, without one).
+  a published figure: no source checked (the 2021 MAGNIMS-CMSC-NAIMS recommendations as far as available,
+  two automated longitudinal tools) defines "enlarging" by a volume percentage.
 - ``shrink_fraction = 0.2``: the symmetric rule for shrinking (also a convention).
 - ``min_change_mm3 = 3``: changes smaller than this read stable whatever their fraction (a floor against
   one-voxel partial-volume differences; a convention).
