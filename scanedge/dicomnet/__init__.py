@@ -39,6 +39,8 @@ module                 owns
 ``stats``              the node's counters and its ``status.json``
 ``listener``           the node's life cycle: pools, folders, server, completion thread, recovery
 ``followup``           each series' prior (prior store, then PACS) and its live comparison with it
+``priors``             the patient's prior study from a PACS: C-FIND, then C-GET or C-MOVE, or QIDO/WADO-RS
+``prior_store``        the opt-in local store of segmented priors, keyed by an HMAC of the Patient ID
 =====================  ====================================================================
 """
 

@@ -1,10 +1,10 @@
 """Find and fetch the patient's prior study from a PACS, over DIMSE or DICOMweb.
 
 A prior is the latest study of the same patient dated strictly before the current study, holding a series that
-matches :class:`PriorRules`. Either way of asking (C-FIND + C-GET with pynetdicom, or QIDO-RS + WADO-RS with
-dicomweb-client) answers a :class:`PriorResult`: the prior, or "no prior" with the reason. A missing, slow,
-unreachable or erroring PACS never raises into the caller, and everything that comes back is bounded
-(:class:`PriorLimits`). Reasons and log lines carry UIDs and AE titles, never patient identifiers.
+matches :class:`PriorRules`. Every way of asking (C-FIND + C-GET or C-FIND + C-MOVE with pynetdicom, or
+QIDO-RS + WADO-RS with dicomweb-client) answers a :class:`PriorResult`: the prior, or "no prior" with the
+reason. A missing, slow, unreachable or erroring PACS never raises into the caller, and everything that comes
+back is bounded (:class:`PriorLimits`). Reasons and log lines carry UIDs and AE titles, never patient identifiers.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydicom import uid
 from pydicom.dataset import Dataset
@@ -25,6 +25,7 @@ __all__ = [
     "GET_STORAGE_CLASSES",
     "STUDY_ROOT_FIND",
     "STUDY_ROOT_GET",
+    "STUDY_ROOT_MOVE",
     "CurrentStudy",
     "DicomwebSource",
     "DimseSource",
@@ -117,16 +118,40 @@ class CurrentStudy:
 
 @dataclass(frozen=True)
 class DimseSource:
-    """A PACS spoken to with DIMSE (Study Root C-FIND, then C-GET)."""
+    """A PACS spoken to with DIMSE (Study Root C-FIND, then C-GET or C-MOVE of the chosen series).
+
+    ``retrieve="move"`` is for a PACS without C-GET: the PACS sends the series to our own AE title
+    (``move_aet``, default ``calling_aet``) on ``move_port``, where a Storage SCP listens only while the
+    retrieval runs. The PACS must know that AE title with this host's address and ``move_port``.
+    """
 
     host: str  # PACS address
     port: int  # PACS DICOM port
     called_aet: str  # the PACS's AE title
     calling_aet: str = "SCANEDGE"  # our AE title, as the PACS knows it
+    retrieve: Literal["get", "move"] = "get"  # how the chosen series is fetched
+    move_port: int = 0  # move: the port our temporary Storage SCP listens on (required for "move")
+    move_aet: str = ""  # move: the Move Destination AE title; empty = calling_aet
+    move_bind: str = "0.0.0.0"  # move: the address the temporary Storage SCP binds
+
+    def __post_init__(self) -> None:
+        if self.retrieve not in ("get", "move"):
+            raise ConfigError("prior retrieve must be 'get' or 'move'")
+        if self.retrieve == "move" and not 1 <= self.move_port <= 65535:
+            raise ConfigError("prior retrieve 'move' needs move_port in 1..65535 (our Storage SCP's port)")
+        aet = self.move_aet
+        if aet and (len(aet) > 16 or not aet.strip() or not aet.isprintable() or "\\" in aet):
+            raise ConfigError("prior move_aet must be 1..16 printable characters")
+
+    @property
+    def destination(self) -> str:
+        """The AE title a C-MOVE names as its destination (ours)."""
+        return self.move_aet or self.calling_aet
 
     def describe(self) -> str:
         """Protocol and address, as results and log lines name the source."""
-        return f"DIMSE {self.called_aet}@{self.host}:{self.port}"
+        how = f", C-MOVE to {self.destination}:{self.move_port}" if self.retrieve == "move" else ""
+        return f"DIMSE {self.called_aet}@{self.host}:{self.port}{how}"
 
 
 @dataclass(frozen=True)
@@ -252,10 +277,11 @@ def _search(
 # --- DIMSE ---
 
 
-#: Study Root Query/Retrieve Information Model - FIND and - GET (PS3.4 C.6.2)
+#: Study Root Query/Retrieve Information Model - FIND, - MOVE and - GET (PS3.4 C.6.2)
 STUDY_ROOT_FIND = UID("1.2.840.10008.5.1.4.1.2.2.1")
+STUDY_ROOT_MOVE = UID("1.2.840.10008.5.1.4.1.2.2.2")
 STUDY_ROOT_GET = UID("1.2.840.10008.5.1.4.1.2.2.3")
-#: the image storage classes a C-GET accepts (one presentation context each, SCP role)
+#: the image storage classes a C-GET or the C-MOVE destination accepts (one presentation context each)
 GET_STORAGE_CLASSES = (
     uid.MRImageStorage,
     uid.EnhancedMRImageStorage,
@@ -267,23 +293,73 @@ GET_STORAGE_CLASSES = (
 )
 
 
+#: C-MOVE statuses that name the cause (PS3.4 C.4.2.1.5); any other failure is quoted by its code
+_MOVE_REFUSALS = {
+    0xA701: "the PACS is out of resources (cannot count the matches)",
+    0xA702: "the PACS is out of resources (cannot perform the sub-operations)",
+    0xA900: "the PACS says the identifier does not match the SOP class",
+    0xFE00: "the PACS cancelled the C-MOVE",
+}
+
+
+class _Receiver:
+    """The C-STORE handler of a retrieval: keeps the instances of one series, refuses past the bounds."""
+
+    def __init__(self, series_uid: str, limits: PriorLimits) -> None:
+        self.series_uid = series_uid
+        self.limits = limits
+        self.received: list[Dataset] = []
+        self.refused: set[str] = set()
+
+    def __call__(self, event: Any) -> int:
+        size = len(event.request.DataSet.getvalue())
+        if len(self.received) >= self.limits.max_instances:
+            self.refused.add("count")
+            return 0xA700
+        if size > self.limits.max_instance_bytes:
+            self.refused.add("size")
+            return 0xA700
+        ds = event.dataset
+        if _text(ds, "SeriesInstanceUID") != self.series_uid:
+            self.refused.add("foreign")  # never mix another series' instance into the prior
+            return 0xC000
+        ds.file_meta = event.file_meta
+        self.received.append(ds)
+        return 0x0000
+
+    def check(self) -> None:
+        """Raise the reason if anything was refused (an incomplete prior is never compared against)."""
+        if "size" in self.refused:
+            raise _NoPrior(
+                f"an instance of series {self.series_uid} is larger than {self.limits.max_instance_bytes} bytes"
+            )
+        if "count" in self.refused:
+            raise _NoPrior(f"series {self.series_uid} has more than {self.limits.max_instances} instances")
+        if "foreign" in self.refused:
+            raise _NoPrior(f"the retrieval of series {self.series_uid} delivered instances of another series")
+
+
 def find_prior_dimse(
     current: CurrentStudy, pacs: DimseSource, rules: PriorRules | None = None, limits: PriorLimits | None = None
 ) -> PriorResult:
-    """Study Root C-FIND (study, then series level) and C-GET of the matching series; never raises."""
+    """Study Root C-FIND (study, then series level) and C-GET or C-MOVE (``pacs.retrieve``) of the matching
+    series; never raises."""
     from pynetdicom import AE, build_role, evt
 
     rules = rules or PriorRules()
     limits = limits or PriorLimits()
 
-    def associate(handlers: list[Any] | None = None) -> Any:
-        ae = AE(ae_title=pacs.calling_aet)
+    def new_ae(title: str) -> Any:
+        ae = AE(ae_title=title)
         for t in ("acse_timeout", "dimse_timeout", "network_timeout", "connection_timeout"):
             setattr(ae, t, limits.timeout_s)
-        ae.add_requested_context(STUDY_ROOT_FIND)
+        return ae
+
+    def associate(model: UID, handlers: list[Any] | None = None) -> Any:
+        ae = new_ae(pacs.calling_aet)
+        ae.add_requested_context(model)
         roles: list[Any] = []
-        if handlers is not None:
-            ae.add_requested_context(STUDY_ROOT_GET)
+        if handlers is not None:  # C-GET: the instances come back on this association, we are their SCP
             for sop in GET_STORAGE_CLASSES:
                 ae.add_requested_context(sop)
                 roles.append(build_role(sop, scp_role=True))
@@ -295,7 +371,7 @@ def find_prior_dimse(
         return assoc
 
     def find(query: Dataset, cap: int) -> list[Dataset]:
-        assoc = associate()
+        assoc = associate(STUDY_ROOT_FIND)
         out: list[Dataset] = []
         try:
             for status, ident in assoc.send_c_find(query, STUDY_ROOT_FIND):
@@ -331,44 +407,82 @@ def find_prior_dimse(
         q.SeriesDescription = ""
         return find(q, limits.max_series_per_study)
 
-    def fetch(study_uid: str, series_uid: str) -> list[Dataset]:
-        received: list[Dataset] = []
-        refused: list[str] = []
-
-        def on_store(event: Any) -> int:
-            size = len(event.request.DataSet.getvalue())
-            if len(received) >= limits.max_instances:
-                refused.append("count")
-                return 0xA700
-            if size > limits.max_instance_bytes:
-                refused.append("size")
-                return 0xA700
-            ds = event.dataset
-            ds.file_meta = event.file_meta
-            received.append(ds)
-            return 0x0000
-
+    def series_query(study_uid: str, series_uid: str) -> Dataset:
         q = Dataset()
         q.QueryRetrieveLevel = "SERIES"
         q.StudyInstanceUID = study_uid
         q.SeriesInstanceUID = series_uid
-        assoc = associate([(evt.EVT_C_STORE, on_store)])
+        return q
+
+    def fetch_get(study_uid: str, series_uid: str) -> list[Dataset]:
+        receiver = _Receiver(series_uid, limits)
+        assoc = associate(STUDY_ROOT_GET, [(evt.EVT_C_STORE, receiver)])
         final = 0x0000
         try:
-            for status, _ in assoc.send_c_get(q, STUDY_ROOT_GET):
+            for status, _ in assoc.send_c_get(series_query(study_uid, series_uid), STUDY_ROOT_GET):
                 if status is None or "Status" not in status:
                     raise _NoPrior("C-GET got no answer in time (association aborted)")
                 final = int(status.Status)
         finally:
             assoc.release()
-        if "size" in refused:
-            raise _NoPrior(f"an instance of series {series_uid} is larger than {limits.max_instance_bytes} bytes")
-        if "count" in refused:
-            raise _NoPrior(f"series {series_uid} has more than {limits.max_instances} instances")
+        receiver.check()
         if final != 0x0000:  # a part of the series missing: never compare against an incomplete prior
             raise _NoPrior(f"C-GET of series {series_uid} ended with status 0x{final:04X}")
-        return received
+        return receiver.received
 
+    def fetch_move(study_uid: str, series_uid: str) -> list[Dataset]:
+        dest = pacs.destination
+        receiver = _Receiver(series_uid, limits)
+        scp = new_ae(dest)
+        scp.require_called_aet = True  # only associations addressed to our destination AE title
+        scp.maximum_associations = 2
+        for sop in GET_STORAGE_CLASSES:
+            scp.add_supported_context(sop)
+        try:
+            scp.start_server((pacs.move_bind, pacs.move_port), block=False, evt_handlers=[(evt.EVT_C_STORE, receiver)])
+        except OSError as exc:
+            raise _NoPrior(
+                f"cannot listen for the C-MOVE on {pacs.move_bind}:{pacs.move_port} "
+                f"({exc.strerror or type(exc).__name__}; is the port in use?)"
+            ) from None
+        final, completed = 0x0000, -1  # the PACS's Error Comment is not quoted: free text, it might name the patient
+        try:
+            assoc = associate(STUDY_ROOT_MOVE)
+            try:
+                for status, _ in assoc.send_c_move(series_query(study_uid, series_uid), dest, STUDY_ROOT_MOVE):
+                    if status is None or "Status" not in status:
+                        raise _NoPrior("C-MOVE got no answer in time (association aborted)")
+                    final = int(status.Status)
+                    completed = int(status.get("NumberOfCompletedSuboperations", completed) or 0)
+            finally:
+                assoc.release()
+        finally:
+            scp.shutdown()  # the listener closed and any association the PACS still holds aborted
+        receiver.check()
+        register_hint = f"is {dest} registered in the PACS with this host and port {pacs.move_port}?"
+        if final == 0xA801:
+            raise _NoPrior(
+                f"C-MOVE of series {series_uid} refused: the PACS does not know the move destination {dest} "
+                f"({register_hint})"
+            )
+        if final in _MOVE_REFUSALS:
+            raise _NoPrior(f"C-MOVE of series {series_uid} refused: {_MOVE_REFUSALS[final]}")
+        if final != 0x0000:
+            if completed <= 0 and not receiver.received:  # e.g. Orthanc answers 0xC000 for an unknown AE title
+                raise _NoPrior(
+                    f"C-MOVE of series {series_uid} to {dest} refused with status 0x{final:04X} "
+                    f"before any image was sent ({register_hint})"
+                )
+            raise _NoPrior(f"C-MOVE of series {series_uid} ended with status 0x{final:04X}")
+        if not receiver.received or len(receiver.received) < completed:
+            raise _NoPrior(
+                f"C-MOVE of series {series_uid} reported {max(completed, 0)} instances sent, "
+                f"{len(receiver.received)} arrived at {dest} on port {pacs.move_port} "
+                "(does the PACS send that AE title to this host and port?)"
+            )
+        return receiver.received
+
+    fetch = fetch_move if pacs.retrieve == "move" else fetch_get
     return _search(pacs.describe(), rules, current, limits, list_studies, list_series, fetch)
 
 

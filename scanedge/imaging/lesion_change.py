@@ -18,15 +18,20 @@ Classes (a prior and a current lesion *correspond* when they share at least ``mi
   >= ``enlarge_fraction`` / <= -``shrink_fraction`` / in between, and by at least ``min_change_mm3``
   (smaller changes are within partial-volume noise and read stable).
 
-Default thresholds and their sources (check them against your protocol; they are configurable):
+Default thresholds and their sources (check them against your protocol; they are configurable; what the
+sources do and do not say is in docs/followup.md, "Thresholds"):
 
-- ``min_volume_mm3 = 14``: a sphere of 3 mm diameter. MAGNIMS counts a lesion from 3 mm in its long
-  axis (Filippi et al., Lancet Neurol 2016;15:292-303; kept in the 2021 MAGNIMS-CMSC-NAIMS
-  recommendations, Wattjes et al., Lancet Neurol 2021;20:653-670).
-- ``enlarge_fraction = 0.2``: a volume increase of at least 20 %, a common operational definition of an
-  enlarging T2 lesion in automated longitudinal analysis; the consensus papers describe enlargement
-  qualitatively, so this value is a convention, not a consensus number.
-- ``shrink_fraction = 0.2``: the symmetric rule for shrinking.
+- ``min_volume_mm3 = 14``: the volume of a sphere 3 mm across (14.1 mm³). MS diagnostic criteria count a
+  white-matter lesion from 3 mm in diameter; Grahl et al. (Mult Scler Relat Disord 2019;29:124-129) note
+  that this threshold was stipulated rather than derived, and found about 3 mm the size that best told
+  relapsing-remitting MS from controls on 3-D 3 T images. The MAGNIMS consensus guidelines (Filippi et al.,
+  Lancet Neurol 2016;15:292-303) are the diagnostic context; a 3 mm rule in their text was not confirmed.
+- ``enlarge_fraction = 0.2``: a volume increase of at least 20 %. This is a convention of this module, not
+  a published figure: no source checked (the 2021 MAGNIMS-CMSC-NAIMS recommendations as far as available,
+  two automated longitudinal tools) defines "enlarging" by a volume percentage.
+- ``shrink_fraction = 0.2``: the symmetric rule for shrinking (also a convention).
+- ``min_change_mm3 = 3``: changes smaller than this read stable whatever their fraction (a floor against
+  one-voxel partial-volume differences; a convention).
 
 A registration whose quality is not ``good`` (see :mod:`scanedge.imaging.registration`) withholds all
 change labels: the report then carries only the current load and ``withheld`` with the reason.

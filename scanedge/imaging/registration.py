@@ -1,16 +1,20 @@
-"""Rigid registration of a prior study's volume onto the current one, with a verdict on its quality.
+"""Rigid (or affine) registration of a prior study's volume onto the current one, with a verdict on its quality.
 
 Follow-up comparison is only as good as the alignment: a lesion "appears" wherever the prior was moved
 wrongly. So the result never stops at a transform: it says how well the volumes agree after resampling
 (:attr:`RegistrationResult.quality`), and a ``poor`` or ``failed`` registration makes the change step
 withhold its labels (:func:`scanedge.imaging.lesion_change.compare`).
 
-Method: SimpleITK, Mattes mutual information (32 bins, 20 % random sampling of the current volume's voxels
-but at most ``max_samples`` = 100 000 (this bounds the time of large volumes), fixed seed: the same inputs
-give the same answer), regular-step gradient descent over a 3-D Euler (rigid) or affine transform,
-initialised by aligning the volumes' intensity centres of mass, three resolution levels (shrink 4, 2, 1;
-smoothing 2, 1, 0 voxels). Bounded: at most ``max_iterations`` per level, and a wall-time budget checked
-after every iteration (the optimiser is stopped once it is spent; the result says so).
+Method: SimpleITK, Mattes mutual information (32 bins, 20 % random sampling of each level's current-volume
+voxels but at most ``max_samples`` = 30 000 (this bounds the time of large volumes), fixed seed: the same
+inputs give the same answer; the moving image's gradient by central differences at the samples),
+regular-step gradient descent (step relaxation 0.6, affine 0.8) over a 3-D Euler (rigid) or affine
+transform, initialised by aligning the volumes' intensity centres of mass, three resolution levels (both
+volumes smoothed by a recursive Gaussian of 2, 1, 0 voxels and shrunk 4, 2, 1 times; one optimisation per
+level, each starting where the last ended). Bounded: at most ``max_iterations`` per level, and a wall-time
+budget checked after every iteration (the optimiser is stopped once it is spent, and no further level is
+begun; the result says so). Why this pyramid and gradient, with the figures measured before and after:
+BENCHMARKS.md, "Follow-up registration".
 
 Quality: the head masks (voxels above ``head_fraction`` x the volume's 99th percentile) of the current
 volume and the resampled prior overlap with a Dice of at least ``min_head_dice`` (default 0.85), and the
@@ -93,7 +97,7 @@ class RegistrationConfig:
     time_budget_s: float = 5.0
     histogram_bins: int = 32
     sampling_fraction: float = 0.2
-    max_samples: int = 100_000
+    max_samples: int = 30_000
     head_fraction: float = 0.1
     min_head_dice: float = 0.85
     max_metric: float = -0.2
@@ -187,6 +191,22 @@ def _affine_from_matrix(matrix: np.ndarray) -> Any:
     return transform
 
 
+#: the resolution pyramid: (shrink factor, Gaussian sigma in voxels of the full-resolution grid) per level
+_LEVELS = ((4, 2.0), (2, 1.0), (1, 0.0))
+
+
+def _level(image: Any, shrink: int, sigma: float) -> Any:
+    """One pyramid level of an image: smoothed (recursive Gaussian, ``sigma`` voxels) then shrunk.
+
+    The pyramid is made here rather than by ``ImageRegistrationMethod``'s own levels: that one smooths with a
+    discrete Gaussian kernel (several times slower on a 256x256x32 series) and keeps the moving image at full
+    size on every level, so each level began by computing the moving image's gradient over all its voxels."""
+    sitk = _sitk()
+    if sigma > 0:
+        image = sitk.SmoothingRecursiveGaussian(image, [sigma * s for s in image.GetSpacing()])
+    return sitk.Shrink(image, [max(1, min(shrink, n)) for n in image.GetSize()]) if shrink > 1 else image
+
+
 def _head(volume: np.ndarray, fraction: float) -> np.ndarray:
     finite = volume[np.isfinite(volume)]
     if finite.size == 0:
@@ -254,31 +274,43 @@ def register(
         initial = sitk.CenteredTransformInitializer(
             fixed, moving, base, sitk.CenteredTransformInitializerFilter.GEOMETRY
         )
-    method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=cfg.histogram_bins)
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(min(cfg.sampling_fraction, cfg.max_samples / current.size), cfg.seed)
-    method.SetInterpolator(sitk.sitkLinear)
-    method.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=2.0, minStep=1e-4, numberOfIterations=cfg.max_iterations, relaxationFactor=0.6
-    )
-    method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel([4, 2, 1])
-    method.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
-    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
-    method.SetInitialTransform(initial, inPlace=False)
+    transform = initial  # optimised in place, level after level
+    # the step shrinks by this factor at each change of direction; the affine's 12 parameters need the slower
+    # decay: with 0.6 it stopped 0.56 mm off a known affine (worst point 1.08 mm), with 0.8 0.07 mm
+    # (tests/imaging/test_registration.py, BENCHMARKS.md "Affine")
+    relaxation = 0.8 if cfg.transform == "affine" else 0.6
     counter = {"iterations": 0, "budget": False}
-
-    def _tick() -> None:
-        counter["iterations"] += 1
-        if time.monotonic() - started > cfg.time_budget_s:
-            counter["budget"] = True
-            method.StopRegistration()
-
-    method.AddCommand(sitk.sitkIterationEvent, _tick)
+    metric = float("nan")
     try:
-        final = method.Execute(fixed, moving)
-        metric = float(method.GetMetricValue())
+        for shrink, sigma in _LEVELS:
+            if counter["budget"]:
+                break
+            level_fixed, level_moving = _level(fixed, shrink, sigma), _level(moving, shrink, sigma)
+            method = sitk.ImageRegistrationMethod()
+            method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=cfg.histogram_bins)
+            method.SetMetricSamplingStrategy(method.RANDOM)
+            voxels = int(np.prod(level_fixed.GetSize()))
+            method.SetMetricSamplingPercentage(min(cfg.sampling_fraction, cfg.max_samples / voxels), cfg.seed)
+            method.SetInterpolator(sitk.sitkLinear)
+            # the moving image's gradient by central differences at the sampled points, not a Gaussian gradient
+            # image of every voxel made before each level: faster for sparse samples, and more accurate
+            method.SetMetricUseMovingImageGradientFilter(False)
+            method.SetMetricUseFixedImageGradientFilter(False)
+            method.SetOptimizerAsRegularStepGradientDescent(
+                learningRate=2.0, minStep=1e-4, numberOfIterations=cfg.max_iterations, relaxationFactor=relaxation
+            )
+            method.SetOptimizerScalesFromPhysicalShift()
+            method.SetInitialTransform(transform, inPlace=True)
+
+            def _tick(method: Any = method) -> None:
+                counter["iterations"] += 1
+                if time.monotonic() - started > cfg.time_budget_s:
+                    counter["budget"] = True
+                    method.StopRegistration()
+
+            method.AddCommand(sitk.sitkIterationEvent, _tick)
+            method.Execute(level_fixed, level_moving)
+            metric = float(method.GetMetricValue())
     except RuntimeError as exc:
         return RegistrationResult(
             matrix=tuple(tuple(r) for r in np.eye(4).tolist()),
@@ -290,13 +322,7 @@ def register(
             quality="failed",
             reason=f"optimiser failed: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}",
         )
-    composite = sitk.CompositeTransform(final)
-    composite.FlattenTransform()
-    inner = composite.GetNthTransform(0) if composite.GetNumberOfTransforms() == 1 else final
-    try:
-        matrix = _matrix(inner.Downcast())
-    except (AttributeError, RuntimeError):
-        matrix = _matrix(initial)
+    matrix = _matrix(transform)
     resampled = resample_volume(prior, prior_geometry, current.shape, current_geometry, matrix)
     dice = _dice(_head(np.asarray(current, dtype=float), cfg.head_fraction), _head(resampled, cfg.head_fraction))
     seconds = time.monotonic() - started

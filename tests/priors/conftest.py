@@ -11,7 +11,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from tests.orthanc import Orthanc, orthanc_server
+from tests.orthanc import Orthanc, free_port, orthanc_server
 
 CLIENT_AET = "SCANEDGETEST"
 PATIENT = "PRIOR-PAT-4711"
@@ -67,13 +67,16 @@ class PacsContent:
     mid_study: str
     new_study: str
     other_study: str
+    move_port: int = 0  # where CLIENT_AET listens for a C-MOVE, as Orthanc's DicomModalities says
 
 
 @pytest.fixture(scope="package")
 def pacs() -> Iterator[PacsContent]:
     """Patient PATIENT: 2024 study (FLAIR brain + T1 brain), 2025 study (spine only), 2026 study (current);
-    patient OTHER: a 2025 FLAIR brain study that must never be chosen."""
-    with orthanc_server(CLIENT_AET, 104) as orthanc:
+    patient OTHER: a 2025 FLAIR brain study that must never be chosen. Orthanc knows CLIENT_AET at
+    127.0.0.1:move_port, the C-MOVE destination."""
+    move_port = free_port()
+    with orthanc_server(CLIENT_AET, move_port) as orthanc:
         uids = {
             k: generate_uid() for k in ("old", "old_flair", "old_t1", "mid", "mid_se", "new", "new_se", "o", "o_se")
         }
@@ -89,4 +92,6 @@ def pacs() -> Iterator[PacsContent]:
                 orthanc.upload(
                     mr_instance(patient, uids[study], uids[se], date, body_part=body, description=desc, index=i)
                 )
-        yield PacsContent(orthanc, uids["old"], uids["old_flair"], uids["old_t1"], uids["mid"], uids["new"], uids["o"])
+        yield PacsContent(
+            orthanc, uids["old"], uids["old_flair"], uids["old_t1"], uids["mid"], uids["new"], uids["o"], move_port
+        )

@@ -5,8 +5,11 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import pytest
+from pydicom.uid import MRImageStorage
+from pynetdicom import AE, evt
 
 from scanedge.dicomnet.priors import (
     CurrentStudy,
@@ -30,11 +33,28 @@ def _dimse(current: CurrentStudy, pacs: PacsContent, rules: PriorRules, limits: 
     return find_prior_dimse(current, src, rules, limits)
 
 
+def _move(current: CurrentStudy, pacs: PacsContent, rules: PriorRules, limits: PriorLimits) -> PriorResult:
+    return find_prior_dimse(current, _move_source(pacs), rules, limits)
+
+
+def _move_source(pacs: PacsContent, move_aet: str = "") -> DimseSource:
+    return DimseSource(
+        "127.0.0.1",
+        pacs.orthanc.dicom_port,
+        pacs.orthanc.aet,
+        calling_aet=CLIENT_AET,
+        retrieve="move",
+        move_port=pacs.move_port,
+        move_bind="127.0.0.1",
+        move_aet=move_aet,
+    )
+
+
 def _web(current: CurrentStudy, pacs: PacsContent, rules: PriorRules, limits: PriorLimits) -> PriorResult:
     return find_prior_dicomweb(current, DicomwebSource(pacs.orthanc.dicomweb_url), rules, limits)
 
 
-both = pytest.mark.parametrize("find", [_dimse, _web], ids=["dimse", "dicomweb"])
+both = pytest.mark.parametrize("find", [_dimse, _move, _web], ids=["dimse", "dimse-move", "dicomweb"])
 
 
 def _current(pacs: PacsContent, patient: str = PATIENT, body_part: str = "BRAIN") -> CurrentStudy:
@@ -158,3 +178,101 @@ def test_erroring_dicomweb_is_no_prior(pacs: PacsContent) -> None:
     """A DICOMweb root that does not exist on the server (Orthanc answers 404): no prior, the status as reason."""
     res = find_prior_dicomweb(_current(pacs), DicomwebSource(f"{pacs.orthanc.url}/no-such-root"))
     assert not res.found and res.reason == "PACS answered HTTP 404"
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT of past retrievals allowed, a listener not
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def test_move_stops_its_storage_scp(pacs: PacsContent) -> None:
+    """The C-MOVE destination listens only while the retrieval runs: the port is free before and after."""
+    assert _port_free(pacs.move_port)
+    res = _move(_current(pacs), pacs, PriorRules(description_regex="flair"), PriorLimits())
+    assert res.found, res.reason
+    assert "C-MOVE to SCANEDGETEST" in res.source
+    assert _port_free(pacs.move_port)
+
+
+def test_move_to_unknown_destination_is_no_prior(pacs: PacsContent) -> None:
+    """Orthanc knows no modality STRANGER: it refuses the move (1.10 answers 0xC000, not the standard's 0xA801,
+    and sends nothing), and the reason says what to register."""
+    src = _move_source(pacs, move_aet="STRANGER")
+    res = find_prior_dimse(_current(pacs), src, PriorRules(description_regex="flair"), PriorLimits(timeout_s=5))
+    assert not res.found
+    assert "to STRANGER refused with status 0xC000 before any image was sent" in res.reason
+    assert f"is STRANGER registered in the PACS with this host and port {pacs.move_port}?" in res.reason
+
+
+def test_move_port_busy_is_no_prior(pacs: PacsContent) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        src = DimseSource(
+            "127.0.0.1",
+            pacs.orthanc.dicom_port,
+            pacs.orthanc.aet,
+            calling_aet=CLIENT_AET,
+            retrieve="move",
+            move_port=port,
+            move_bind="127.0.0.1",
+        )
+        res = find_prior_dimse(_current(pacs), src, PriorRules(description_regex="flair"), PriorLimits(timeout_s=5))
+    assert not res.found
+    assert f"cannot listen for the C-MOVE on 127.0.0.1:{port}" in res.reason and "in use" in res.reason
+
+
+def _elsewhere(pacs: PacsContent) -> DimseSource:
+    """CLIENT_AET listening on a port Orthanc does not send to."""
+    return DimseSource(
+        "127.0.0.1",
+        pacs.orthanc.dicom_port,
+        pacs.orthanc.aet,
+        calling_aet=CLIENT_AET,
+        retrieve="move",
+        move_port=free_port(),
+        move_bind="127.0.0.1",
+    )
+
+
+def test_move_destination_unreachable_for_the_pacs_is_no_prior(pacs: PacsContent) -> None:
+    """Orthanc sends CLIENT_AET's images to move_port, where nothing listens: it cannot connect and fails."""
+    res = find_prior_dimse(_current(pacs), _elsewhere(pacs), PriorRules(description_regex="flair"), PriorLimits())
+    assert not res.found and "before any image was sent" in res.reason
+
+
+def test_move_sent_to_another_listener_is_no_prior(pacs: PacsContent) -> None:
+    """Another Storage SCP answers as CLIENT_AET at the registered port and takes the images: Orthanc reports
+    success, nothing reached this retrieval, and it says so instead of comparing against an empty prior."""
+    decoy = AE(ae_title=CLIENT_AET)
+    decoy.add_supported_context(MRImageStorage)
+    taken: list[str] = []
+
+    def keep(event: Any) -> int:
+        taken.append(str(event.dataset.SOPInstanceUID))
+        return 0x0000
+
+    decoy.start_server(("127.0.0.1", pacs.move_port), block=False, evt_handlers=[(evt.EVT_C_STORE, keep)])
+    try:
+        res = find_prior_dimse(_current(pacs), _elsewhere(pacs), PriorRules(description_regex="flair"), PriorLimits())
+    finally:
+        decoy.shutdown()
+    assert len(taken) == 3
+    assert not res.found
+    assert "reported 3 instances sent, 0 arrived at SCANEDGETEST" in res.reason
+
+
+def test_move_config_is_checked() -> None:
+    with pytest.raises(ConfigError):
+        DimseSource("pacs", 104, "PACS", retrieve="move")  # no port for our Storage SCP
+    with pytest.raises(ConfigError):
+        DimseSource("pacs", 104, "PACS", retrieve="post")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        DimseSource("pacs", 104, "PACS", retrieve="move", move_port=11112, move_aet="A" * 17)
+    assert DimseSource("pacs", 104, "PACS", calling_aet="ME", retrieve="move", move_port=11112).destination == "ME"
