@@ -23,7 +23,7 @@ import json
 import multiprocessing as mp
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from scanedge.demo import synth
 from scanedge.demo.assets import DEMO_MODEL_PATH, DEMO_PATIENT_PATH, demo_manifest
 from scanedge.imaging.preprocess import Preprocessor
 from scanedge.imaging.slices import Slice
+from scanedge.manifest import Manifest
 
 __all__ = [
     "evaluate",
@@ -40,6 +41,8 @@ __all__ = [
     "lesion_metrics",
     "main",
     "make_training_set",
+    "preprocess_slice",
+    "subject_volume",
     "train",
     "write_demo_patient",
 ]
@@ -95,7 +98,8 @@ def _build_network() -> Any:  # torch is imported lazily: the runtime never need
 _PRE: Preprocessor | None = None
 
 
-def _preprocess(image: np.ndarray) -> np.ndarray:
+def preprocess_slice(image: np.ndarray) -> np.ndarray:
+    """A synthetic slice through scanedge's own preprocessor, as inference will see it (256x256 float32)."""
     global _PRE
     if _PRE is None:
         _PRE = Preprocessor(demo_manifest())
@@ -111,10 +115,11 @@ def _training_sample(seed: int) -> tuple[np.ndarray, np.ndarray]:
     count = 0 if rng.random() < 0.08 else int(rng.integers(2, 45))
     lesions = synth.random_lesions(anatomy, rng, count, z_range=(z - 8, z + 9))
     image, label = synth.synth_slice(anatomy, subject, lesions, z, rng)
-    return _preprocess(image).astype(np.float16), label
+    return preprocess_slice(image).astype(np.float16), label
 
 
-def _subject_volume(seed: int, zs: tuple[int, ...], deform: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def subject_volume(seed: int, zs: tuple[int, ...], deform: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """A held-out subject from ``seed``: its raw slices at ``zs`` and their lesion labels, each (len(zs), h, w)."""
     rng = np.random.default_rng(seed)
     anatomy = synth.load_anatomy()
     subject = synth.random_subject(rng, deform=deform)
@@ -123,15 +128,21 @@ def _subject_volume(seed: int, zs: tuple[int, ...], deform: float = 1.0) -> tupl
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
-def make_training_set(samples: int, seed: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
+def make_training_set(
+    samples: int,
+    seed: int,
+    workers: int,
+    sample: Callable[[int], tuple[np.ndarray, np.ndarray]] = _training_sample,
+) -> tuple[np.ndarray, np.ndarray]:
     """``samples`` preprocessed synthetic slices (float16) and their lesion labels (uint8), each (samples,
-    256, 256), synthesised by ``workers`` processes; one random subject per slice, derived from ``seed``."""
+    256, 256), synthesised by ``workers`` processes; one random subject per slice, derived from ``seed``.
+    ``sample`` makes one from its seed (a module-level function: the worker processes look it up by name)."""
     seeds = [seed * 1_000_003 + i for i in range(samples)]
     images = np.empty((samples, 256, 256), np.float16)
     labels = np.empty((samples, 256, 256), np.uint8)
     start = time.perf_counter()
     with mp.get_context("fork").Pool(workers) as pool:
-        for i, (img, lab) in enumerate(pool.imap(_training_sample, seeds, chunksize=16)):
+        for i, (img, lab) in enumerate(pool.imap(sample, seeds, chunksize=16)):
             images[i], labels[i] = img, lab
             if (i + 1) % 500 == 0 or i + 1 == samples:
                 print(f"  synthesised {i + 1}/{samples} slices ({time.perf_counter() - start:.0f} s)", flush=True)
@@ -185,8 +196,9 @@ def train(images: np.ndarray, labels: np.ndarray, steps: int, batch: int, crop: 
     return net
 
 
-def export(net: Any, out: Path) -> None:
-    """Export ``net`` to ONNX (opset 17, fixed 1x1x256x256 input) at ``out`` with the demo manifest embedded."""
+def export(net: Any, out: Path, manifest: Manifest | None = None, output_name: str = "logits") -> None:
+    """Export ``net`` to ONNX (opset 17, fixed 1x1x256x256 input ``image``, output ``output_name``) at ``out``
+    with ``manifest`` (default: the demo manifest) embedded."""
     import onnx
     import torch
 
@@ -200,14 +212,14 @@ def export(net: Any, out: Path) -> None:
         str(tmp),
         dynamo=False,
         input_names=["image"],
-        output_names=["logits"],
+        output_names=[output_name],
         opset_version=17,
         do_constant_folding=True,
     )
     model = onnx.load(str(tmp))
     tmp.unlink()
     onnx.checker.check_model(model)
-    embed_manifest(model, demo_manifest(), out)
+    embed_manifest(model, manifest if manifest is not None else demo_manifest(), out)
 
 
 # --- evaluation ----------------------------------------------------------------------------------------
@@ -243,7 +255,7 @@ def evaluate(model_path: Path) -> dict[str, float]:
     truths, preds = [], []
     with Pipeline.open(model_path) as pipe:
         for k, seed in enumerate(HELD_OUT_SEEDS):
-            images, labels = _subject_volume(seed, zs)
+            images, labels = subject_volume(seed, zs)
             preds.append(np.stack([pipe.run(Slice.from_array(img), overlay=False).mask for img in images]))
             truths.append(labels)
             print(f"  held-out subject {k + 1}/{len(HELD_OUT_SEEDS)}: {labels.sum()} lesion voxels", flush=True)
@@ -260,7 +272,7 @@ def evaluate(model_path: Path) -> dict[str, float]:
 
 def write_demo_patient(path: Path) -> None:
     """The demo patient: a held-out subject, mild deformation, stored as MR-like int16 values."""
-    images, labels = _subject_volume(DEMO_PATIENT_SEED, DEMO_SLICES, deform=0.3)
+    images, labels = subject_volume(DEMO_PATIENT_SEED, DEMO_SLICES, deform=0.3)
     scale = 1800.0 / float(np.percentile(images, 99.9))
     stored = np.clip(np.rint(images * scale), 0, 32767).astype(np.int16)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import sys
 import time
 from collections.abc import Sequence
@@ -33,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from scanedge.demo import synth
-from scanedge.demo.train import HELD_OUT_SEEDS, _preprocess, _subject_volume
+from scanedge.demo import train as segmentation_training
+from scanedge.demo.train import HELD_OUT_SEEDS, preprocess_slice, subject_volume
 from scanedge.manifest import ClassSpec, HeadSpec, Manifest, OperatingPoint
 from scanedge.models import DEMO_CLASSIFIER_PATH
 
@@ -148,22 +148,13 @@ def _training_sample(seed: int) -> tuple[np.ndarray, np.ndarray]:
     count = 0 if rng.random() < 0.3 else int(rng.integers(1, 25))
     lesions = synth.random_lesions(anatomy, rng, count, z_range=(z - 10, z + 11)) if count else []
     image, label = synth.synth_slice(anatomy, subject, lesions, z, rng)
-    return _preprocess(image).astype(np.float16), label.astype(np.uint8)
+    return preprocess_slice(image).astype(np.float16), label.astype(np.uint8)
 
 
 def make_training_set(samples: int, seed: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
     """``samples`` preprocessed synthetic slices (float16) and their lesion labels (uint8), each (samples, 256,
-    256), synthesised by ``workers`` processes from ``seed``."""
-    seeds = [seed * 1_000_003 + i for i in range(samples)]
-    images = np.empty((samples, 256, 256), np.float16)
-    labels = np.empty((samples, 256, 256), np.uint8)
-    start = time.perf_counter()
-    with mp.get_context("fork").Pool(workers) as pool:
-        for i, (img, lab) in enumerate(pool.imap(_training_sample, seeds, chunksize=16)):
-            images[i], labels[i] = img, lab
-            if (i + 1) % 500 == 0 or i + 1 == samples:
-                print(f"  synthesised {i + 1}/{samples} slices ({time.perf_counter() - start:.0f} s)", flush=True)
-    return images, labels
+    256), synthesised by ``workers`` processes from ``seed``, as the demo model's are (this module's sampling)."""
+    return segmentation_training.make_training_set(samples, seed, workers, sample=_training_sample)
 
 
 # --- training ----------------------------------------------------------------------------------------
@@ -214,27 +205,7 @@ def train(images: np.ndarray, labels: np.ndarray, steps: int, batch: int, crop: 
 def export(net: Any, out: Path, manifest: Manifest) -> None:
     """Export ``net`` to ONNX (opset 17, fixed 1x1x256x256 input, output ``lesion_present`` [1, 1] logits) at
     ``out`` with ``manifest`` embedded."""
-    import onnx
-    import torch
-
-    from scanedge.manifest import embed_manifest
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp.onnx")
-    torch.onnx.export(
-        net,
-        (torch.zeros(1, 1, 256, 256),),
-        str(tmp),
-        dynamo=False,
-        input_names=["image"],
-        output_names=[HEAD],
-        opset_version=17,
-        do_constant_folding=True,
-    )
-    model = onnx.load(str(tmp))
-    tmp.unlink()
-    onnx.checker.check_model(model)
-    embed_manifest(model, manifest, out)
+    segmentation_training.export(net, out, manifest, output_name=HEAD)
 
 
 # --- evaluation ----------------------------------------------------------------------------------------
@@ -284,7 +255,7 @@ def slice_scores(model_path: Path, seeds: Sequence[int], zs: Sequence[int] = CLA
     truth, scores = [], []
     with Pipeline.open(model_path) as pipe:
         for k, seed in enumerate(seeds):
-            images, labels = _subject_volume(seed, tuple(zs))
+            images, labels = subject_volume(seed, tuple(zs))
             for img, lab in zip(images, labels):
                 result = pipe.run(Slice.from_array(img), overlay=False)
                 scores.append(result.scores[0].score(CLASS).probability)

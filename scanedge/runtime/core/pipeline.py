@@ -331,6 +331,20 @@ class Pipeline:
         outputs = self.engine.infer({self.manifest.input.name: tensor})
         self._check_outputs(outputs, tensor.shape)
         t3 = time.perf_counter()
+        return self._finish(slice_, outputs, info, scope, overlay, (t0, t1, t2, t3))
+
+    def _finish(
+        self,
+        slice_: Slice,
+        outputs: dict[str, np.ndarray],
+        info: Any,
+        scope: Any,
+        overlay: bool | OverlayConfig,
+        marks: tuple[float, float, float, float],
+    ) -> SliceResult:
+        """Decode, draw and time a slice's result (``marks``: the clock at start, after decoding, after
+        preprocessing and after inference): the common end of :meth:`run` and :meth:`run_inputs`."""
+        t0, t1, t2, t3 = marks
         post, heads = self._decode(outputs, info, slice_.geometry)
         t4 = time.perf_counter()
         image = None
@@ -441,31 +455,7 @@ class Pipeline:
         outputs = self.engine.infer(tensors)
         self._check_outputs(outputs, next(iter(tensors.values())).shape)
         t3 = time.perf_counter()
-        post, heads = self._decode(outputs, info, reference.geometry)
-        t4 = time.perf_counter()
-        image = None
-        if overlay is not False:
-            image = self._render(reference, post, heads, overlay)
-        t5 = time.perf_counter()
-        timings = StageTimings(
-            decode_ms=(t1 - t0) * 1e3,
-            preprocess_ms=(t2 - t1) * 1e3,
-            infer_ms=(t3 - t2) * 1e3,
-            postprocess_ms=(t4 - t3) * 1e3,
-            overlay_ms=(t5 - t4) * 1e3,
-            total_ms=(t5 - t0) * 1e3,
-        )
-        return SliceResult(
-            reference.identity,
-            self.model_label,
-            post.mask,
-            post.probabilities,
-            post.findings,
-            image,
-            timings,
-            scope,
-            heads,
-        )
+        return self._finish(reference, outputs, info, scope, overlay, (t0, t1, t2, t3))
 
     def _assemble(
         self, slices: Mapping[str, Slice], contexts: Mapping[str, Sequence[Slice]]
