@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from scanedge.errors import MissingInputError, ProtocolError, ScanedgeError
-from scanedge.imaging.overlay import OverlayConfig, display_image
+from scanedge.imaging.overlay import OverlayConfig
 from scanedge.imaging.slices import Slice, SliceLimits
 from scanedge.log_budget import LogBudget
 from scanedge.manifest import Manifest
@@ -28,8 +28,15 @@ from scanedge.runtime.core.pairing import PairingBuffer, pair_position
 from scanedge.runtime.core.pipeline import Pipeline
 from scanedge.runtime.serving.scheduler import Job
 from scanedge.runtime.serving.series_store import SeriesStore
-from scanedge.runtime.serving.workers import DEFERRED, Outcome, error_outcome, expired_outcome, outcome_of
-from scanedge.runtime.wire.payloads import overlay_options, pipeline_reply, result_frames, slice_from_request
+from scanedge.runtime.serving.workers import (
+    DEFERRED,
+    Outcome,
+    error_outcome,
+    expired_outcome,
+    outcome_of,
+    result_reply_for,
+)
+from scanedge.runtime.wire.payloads import overlay_options, slice_from_request
 from scanedge.runtime.wire.protocol import Echo, PairedInputs, Partner, Timings, result_reply
 
 __all__ = ["MultiInputServing"]
@@ -222,49 +229,20 @@ class MultiInputServing:
             overlay=(overlay_options(req, self._overlay) or True) if want_overlay else False,
             ignore_scope=req.ignore_scope,
         )
-        image = display_image(reference) if "image" in req.outputs else None
-        if image is reference.pixels and job.shm is not None and job.shm.pixels is not None:
-            image = image.copy()
-        arrays = {"mask": result.mask, "overlay": result.overlay, "probabilities": result.probabilities, "image": image}
-        infos, payload, encode_ms = result_frames(req.outputs, arrays, req.overlay_encoding)
-        if job.shm is not None:
-            infos, payload = job.shm.place(infos, payload)
-        ident = reference.identity
-        series = req.series or ident.series_uid
-        number = _number(job, reference)
-        load = None
-        t_series = time.perf_counter()
-        if self._series_store is not None and series:
-            classes = tuple(c.name for c in manifest.classes)
-            load = self._series_store.update(series, job.model, classes, result.mask, reference.geometry, number)
-        series_ms = (time.perf_counter() - t_series) * 1e3
-        header = pipeline_reply(
-            Echo(req.id, series, req.instance or ident.sop_instance_uid, number, req.sent_at),
-            result,
-            model=pipe.model_label,
-            backend=pipe.engine.backend,
-            frames=infos,
-            queue_ms=queue_ms,
-            decode_ms=decode_ms,
-            encode_ms=encode_ms,
-            series_ms=series_ms,
-            received_mono=job.received_mono,
-            received_at=job.received_at,
-            runtime=self._runtime,
-            position_mm=reference.geometry.position_along_normal,
-            series_load=None if load is None else load.rounded(),
-            inputs=PairedInputs(
-                role=ref_role,
-                partners=tuple(
-                    Partner(
-                        role=role,
-                        series=s.identity.series_uid,
-                        instance=s.identity.sop_instance_uid,
-                        position_mm=_rounded(pair_position(reference, s)),
-                    )
-                    for role, s in partners.items()
-                ),
+        inputs = PairedInputs(
+            role=ref_role,
+            partners=tuple(
+                Partner(
+                    role=role,
+                    series=s.identity.series_uid,
+                    instance=s.identity.sop_instance_uid,
+                    position_mm=_rounded(pair_position(reference, s)),
+                )
+                for role, s in partners.items()
             ),
+        )
+        header, payload = result_reply_for(
+            job, pipe, result, reference, queue_ms, decode_ms, self._runtime, self._series_store, inputs=inputs
         )
         return outcome_of(header, tuple(payload))
 

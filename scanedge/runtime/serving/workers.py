@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Any
 from scanedge.errors import EngineTimeoutError, ScanedgeError, redacted_traceback
 from scanedge.imaging.heads import SeriesScore
 from scanedge.imaging.overlay import OverlayConfig, display_image
-from scanedge.imaging.slices import SliceLimits
+from scanedge.imaging.slices import Slice, SliceLimits
 from scanedge.log_budget import LogBudget
-from scanedge.runtime.core.pipeline import Pipeline
+from scanedge.runtime.core.pipeline import Pipeline, SliceResult
 from scanedge.runtime.serving.keep_warm import ArrivalPacer, KeepWarmConfig
 from scanedge.runtime.serving.scheduler import Job, LatestSliceScheduler
 from scanedge.runtime.serving.series_store import SeriesStore
 from scanedge.runtime.wire.payloads import overlay_options, pipeline_reply, result_frames, slice_from_request
-from scanedge.runtime.wire.protocol import Echo, Error, Result, encode, error_reply
+from scanedge.runtime.wire.protocol import Echo, Error, PairedInputs, Result, encode, error_reply
 
 __all__ = [
     "DEFERRED",
@@ -39,6 +39,7 @@ __all__ = [
     "expired_outcome",
     "internal_outcome",
     "outcome_of",
+    "result_reply_for",
     "run_job",
 ]
 if TYPE_CHECKING:
@@ -127,59 +128,82 @@ def run_job(
             overlay=(overlay_options(req, overlay) or True) if want_overlay else False,
             ignore_scope=req.ignore_scope,
         )
-        image = display_image(slice_) if "image" in req.outputs else None
-        if image is slice_.pixels and job.shm is not None and job.shm.pixels is not None:
-            # 8-bit pixels are shown as they are: these are the console's shared memory (or this thread's
-            # scratch copy of it), which the reply, sent without copying, must not go on reading
-            image = image.copy()
-        arrays = {"mask": result.mask, "overlay": result.overlay, "probabilities": result.probabilities, "image": image}
-        # the model's own saliency map (its first saliency head), 0-1 over the slice; no frame without one
-        arrays["saliency"] = result.saliency[0].normalized() if result.saliency else None
-        ident = slice_.identity
-        series = req.series or ident.series_uid
-        change = None
-        if followups is not None and series and pipe.manifest.output is not None:
-            answer = followups.add(series, job.model, slice_, result.mask)
-            change, arrays["change"] = answer.change, answer.plane
-        infos, payload, encode_ms = result_frames(req.outputs, arrays, req.overlay_encoding)
-        if job.shm is not None:  # outputs the console wants in its shared memory (protocol section 12)
-            infos, payload = job.shm.place(infos, payload)
-        number = req.index if req.index is not None else ident.instance_number
-        load = None
-        series_scores: tuple[SeriesScore, ...] = ()
-        t_series = time.perf_counter()
-        if series_store is not None and series and pipe.manifest.output is not None:
-            classes = tuple(c.name for c in pipe.manifest.classes)
-            load = series_store.update(series, job.model, classes, result.mask, slice_.geometry, number)
-        if series_store is not None and series and result.scores:
-            series_scores = series_store.update_scores(
-                series, job.model, pipe.manifest.heads, result.scores, slice_.geometry, number
-            )
-        series_ms = (time.perf_counter() - t_series) * 1e3
-        position = slice_.geometry.position_along_normal
-        header = pipeline_reply(
-            Echo(req.id, series, req.instance or ident.sop_instance_uid, number, req.sent_at),
-            result,
-            model=pipe.model_label,
-            backend=pipe.engine.backend,
-            frames=infos,
-            queue_ms=queue_ms,
-            decode_ms=decode_ms,
-            encode_ms=encode_ms,
-            series_ms=series_ms,
-            received_mono=job.received_mono,
-            received_at=job.received_at,
-            runtime=runtime,
-            position_mm=position,
-            series_load=None if load is None else load.rounded(),
-            series_scores=series_scores,
-            change=change,
+        header, payload = result_reply_for(
+            job, pipe, result, slice_, queue_ms, decode_ms, runtime, series_store, followups
         )
     except ScanedgeError as exc:
         if failure_log is None or failure_log.allow(exc.code):
             log.warning("request %r (series %s) failed: %s %s", req.id, req.series or "-", exc.code, exc.message)
         return error_outcome(job, exc, runtime=runtime)
     return _outcome(header, tuple(payload))
+
+
+def result_reply_for(
+    job: Job,
+    pipe: Pipeline,
+    result: SliceResult,
+    slice_: Slice,
+    queue_ms: float,
+    decode_ms: float,
+    runtime: str,
+    series_store: SeriesStore | None = None,
+    followups: SeriesFollowups | None = None,
+    inputs: PairedInputs | None = None,
+) -> tuple[Result, list[Any]]:
+    """The RESULT header and payload frames of one slice's ``result``, with what the series holds (lesion load,
+    scores, the change against its prior) updated by it: one builder for one-input and multi-input models
+    (``inputs``: the roles that went into it)."""
+    req = job.request
+    image = display_image(slice_) if "image" in req.outputs else None
+    if image is slice_.pixels and job.shm is not None and job.shm.pixels is not None:
+        # 8-bit pixels are shown as they are: these are the console's shared memory (or this thread's
+        # scratch copy of it), which the reply, sent without copying, must not go on reading
+        image = image.copy()
+    arrays = {"mask": result.mask, "overlay": result.overlay, "probabilities": result.probabilities, "image": image}
+    # the model's own saliency map (its first saliency head), 0-1 over the slice; no frame without one
+    arrays["saliency"] = result.saliency[0].normalized() if result.saliency else None
+    ident = slice_.identity
+    series = req.series or ident.series_uid
+    change = None
+    if followups is not None and series and pipe.manifest.output is not None:
+        answer = followups.add(series, job.model, slice_, result.mask)
+        change, arrays["change"] = answer.change, answer.plane
+    infos, payload, encode_ms = result_frames(req.outputs, arrays, req.overlay_encoding)
+    if job.shm is not None:  # outputs the console wants in its shared memory (protocol section 12)
+        infos, payload = job.shm.place(infos, payload)
+    number = req.index if req.index is not None else ident.instance_number
+    load = None
+    series_scores: tuple[SeriesScore, ...] = ()
+    t_series = time.perf_counter()
+    if series_store is not None and series and pipe.manifest.output is not None:
+        classes = tuple(c.name for c in pipe.manifest.classes)
+        load = series_store.update(series, job.model, classes, result.mask, slice_.geometry, number)
+    if series_store is not None and series and result.scores:
+        series_scores = series_store.update_scores(
+            series, job.model, pipe.manifest.heads, result.scores, slice_.geometry, number
+        )
+    series_ms = (time.perf_counter() - t_series) * 1e3
+    position = slice_.geometry.position_along_normal
+    header = pipeline_reply(
+        Echo(req.id, series, req.instance or ident.sop_instance_uid, number, req.sent_at),
+        result,
+        model=pipe.model_label,
+        backend=pipe.engine.backend,
+        frames=infos,
+        queue_ms=queue_ms,
+        decode_ms=decode_ms,
+        encode_ms=encode_ms,
+        series_ms=series_ms,
+        received_mono=job.received_mono,
+        received_at=job.received_at,
+        runtime=runtime,
+        position_mm=position,
+        series_load=None if load is None else load.rounded(),
+        series_scores=series_scores,
+        change=change,
+        inputs=inputs,
+    )
+    return header, payload
 
 
 class Worker:
