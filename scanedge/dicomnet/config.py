@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scanedge.dicomnet.admission import AdmissionPolicy
-from scanedge.dicomnet.forward import ForwardTarget, check_ae_title
+from scanedge.dicomnet.forward import DicomwebTarget, ForwardTarget, check_ae_title
 from scanedge.dicomnet.outputs import check_output_names
 from scanedge.dicomnet.outputs.seg import SegmentationKind
 from scanedge.dicomnet.series import SeriesLimits
@@ -37,7 +37,8 @@ class ListenerConfig:
             durable), one folder per output (``seg/``: SEGs), ``outbox/`` (waiting to be forwarded) and
             ``status.json``.
         outputs: what is made from each completed series, by name (:data:`scanedge.dicomnet.outputs.OUTPUTS`).
-        forward: where the outputs are also sent by C-STORE; None: written only.
+        forward: where the outputs are also sent: by C-STORE (:class:`ForwardTarget`) or by DICOMweb STOW-RS
+            (:class:`DicomwebTarget`); None: written only.
         publish: PUB endpoint for the live feed (docs/protocol.md section 9); None: no feed.
         insecure: allow a non-loopback ``publish`` endpoint (the feed is not encrypted).
         series_timeout_s: a series with no new instance for this long is complete.
@@ -73,7 +74,7 @@ class ListenerConfig:
     port: int = 11112
     out: Path = Path("scanedge-dicom-out")
     outputs: tuple[str, ...] = ("seg",)
-    forward: ForwardTarget | None = None
+    forward: ForwardTarget | DicomwebTarget | None = None
     publish: str | None = None
     insecure: bool = False
     series_timeout_s: float = 10.0

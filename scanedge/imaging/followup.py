@@ -30,7 +30,7 @@ from scanedge.imaging.registration import (
     register,
     resample_labels,
 )
-from scanedge.imaging.slices import Slice
+from scanedge.imaging.slices import Slice, SliceGeometry
 
 __all__ = [
     "CHANGE_CLASSES",
@@ -44,6 +44,7 @@ __all__ = [
     "change_image",
     "compare_series",
     "volume_from_slices",
+    "volume_geometry",
 ]
 
 #: pixel value of each change class in a ``change`` frame (0: no tracked lesion; disappeared lesions have no
@@ -212,16 +213,28 @@ def volume_from_slices(slices: Sequence[Slice]) -> tuple[np.ndarray, VolumeGeome
     if not slices:
         raise InputError("no slices to stack")
     shape = slices[0].shape[:2]
-    first = slices[0].geometry
+    if any(s.shape[:2] != shape for s in slices):
+        raise InputError("every slice of a volume needs the same shape, a position and a pixel spacing")
+    geometry, order = volume_geometry([s.geometry for s in slices])
+    volume = np.stack([np.asarray(slices[i].pixels, dtype=np.float32).reshape(shape) for i in order])
+    return volume, geometry, order
+
+
+def volume_geometry(planes: Sequence[SliceGeometry]) -> tuple[VolumeGeometry, list[int]]:
+    """Where the planes of one series sit as a volume, and the index in ``planes`` of each z plane: what
+    :func:`volume_from_slices` needs of its slices, for callers that hold only the headers (the DICOM node's
+    SR output). Same rules: one orientation, a position and pixel spacing each, no two at one position."""
+    if not planes:
+        raise InputError("no slices to stack")
+    first = planes[0]
     if first.image_orientation is None or first.pixel_spacing is None:
         raise InputError("a volume needs every slice's orientation and pixel spacing")
     orientation = np.asarray(first.image_orientation, dtype=float)
     row, col = orientation[:3], orientation[3:]
     normal = np.cross(row, col)
     keyed: list[tuple[float, int]] = []
-    for i, s in enumerate(slices):
-        g = s.geometry
-        if s.shape[:2] != shape or g.image_position is None or g.pixel_spacing is None:
+    for i, g in enumerate(planes):
+        if g.image_position is None or g.pixel_spacing is None:
             raise InputError("every slice of a volume needs the same shape, a position and a pixel spacing")
         if g.image_orientation is None or not np.allclose(g.image_orientation, orientation, atol=1e-4):
             raise InputError("every slice of a volume needs the same orientation")
@@ -233,7 +246,7 @@ def volume_from_slices(slices: Sequence[Slice]) -> tuple[np.ndarray, VolumeGeome
         raise InputError("two slices of a volume share one position")
     spacing_z = float(np.median(gaps)) if len(gaps) else float(first.slice_thickness or 1.0)
     row_mm, col_mm = first.pixel_spacing
-    origin = np.asarray(slices[order[0]].geometry.image_position, dtype=float)
+    origin = np.asarray(planes[order[0]].image_position, dtype=float)
     # SimpleITK's direction columns are x (along a row: the row cosines), y (down a column), z (the normal)
     direction = np.stack([row, col, normal], axis=1)
     geometry = VolumeGeometry(
@@ -241,8 +254,7 @@ def volume_from_slices(slices: Sequence[Slice]) -> tuple[np.ndarray, VolumeGeome
         origin=(float(origin[0]), float(origin[1]), float(origin[2])),
         direction=tuple(float(v) for v in direction.ravel()),
     )
-    volume = np.stack([np.asarray(slices[i].pixels, dtype=np.float32).reshape(shape) for i in order])
-    return volume, geometry, order
+    return geometry, order
 
 
 def change_image(tracking_plane: np.ndarray, report: ChangeReport) -> np.ndarray:
