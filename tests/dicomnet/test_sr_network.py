@@ -9,8 +9,11 @@ until Orthanc is started there. Every wait is on a condition.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,11 +22,13 @@ import highdicom as hd
 import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
+from pynetdicom import AE
 
 import tests.orthanc as orthanc_module
 from scanedge.dicomnet.forward import DicomwebTarget, Forwarder, ForwardTarget, parse_dicomweb_target
 from scanedge.errors import ConfigError
-from tests.dicomnet.test_durability import demo, new_series, send
+from tests.dicomnet.conftest import free_port, needs_dcmtk, responses, storescu
+from tests.dicomnet.test_durability import ROOT, demo, new_series, send
 from tests.orthanc import ORTHANC_AET, Orthanc, orthanc_server
 from tests.waiting import wait_until
 
@@ -143,6 +148,51 @@ def test_stow_to_an_unreachable_server_keeps_the_object_and_delivers_it_once_the
             assert back.PixelData == ds.PixelData
         finally:
             assert again.stop(grace_s=0) == 0
+
+
+@needs_dcmtk
+def test_storescu_to_dicom_listen_with_the_sr_output_puts_seg_lesion_seg_and_sr_into_orthanc_by_stow(orthanc, tmp_path):
+    """The issue's "done when", without a prior: dcmtk's storescu sends the demo series to the
+    ``scanedge dicom-listen`` command, which STOWs its SEG, lesion SEG and SR into Orthanc."""
+    port, out, log = free_port(), tmp_path / "out", tmp_path / "node.log"
+    args = ["--port", str(port), "--out", str(out), "--series-timeout", "1", "--output", "seg", "--output", "sr"]
+    args += ["--forward-dicomweb", orthanc.dicomweb_url, "--complete-on-release"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with open(log, "ab") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "scanedge", "dicom-listen", *args], stdout=sink, stderr=sink, env=env
+        )
+    try:
+        wait_until(lambda: proc.poll() is not None or echo(port), timeout=120, interval=0.1, what="the node to listen")
+        assert proc.poll() is None, log.read_text()[-3000:]
+        folder = tmp_path / "series"
+        folder.mkdir()
+        series = new_series(demo(SLICES))
+        for i, ds in enumerate(series):
+            ds.save_as(folder / f"{i:03d}.dcm", enforce_file_format=True)
+        sent = storescu(port, *sorted(folder.iterdir()))
+        assert responses(sent) == ["Success"] * SLICES, sent.stdout + sent.stderr
+        study = str(series[0].StudyInstanceUID)
+        wait_until(lambda: len(retrieved(orthanc, study)) == 3, timeout=180, what="SEG, lesion SEG and SR in Orthanc")
+        in_pacs = retrieved(orthanc, study)
+        lesion_seg = next(ds for ds in in_pacs.values() if str(ds.SeriesDescription).startswith("scanedge lesions"))
+        sr = next(ds for ds in in_pacs.values() if ds.Modality == "SR")
+        assert sorted(ds.Modality for ds in in_pacs.values()) == ["SEG", "SEG", "SR"]
+        check_report(sr, lesion_seg, str(series[0].SeriesInstanceUID))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    assert "forwarded" in log.read_text() and not list((out / "outbox").glob("*.dcm"))
+
+
+def echo(port: int) -> bool:
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title="SCANEDGE")
+    if not assoc.is_established:
+        return False
+    assoc.release()
+    return True
 
 
 @pytest.mark.parametrize("url", ["pacs:8042/dicom-web", "ftp://pacs/dicom-web", "http:///dicom-web"])
