@@ -250,3 +250,26 @@ def test_the_sr_output_is_configured_from_the_node_and_names_lesion_classes():
     assert isinstance(sr, SrOutput) and sr.settings.device_serial_number == "NODE" and sr.forwarded
     assert lesion_labels(manifest()) == (1,)
     assert sr.counters(OutputStats(1, 2, 3)) == {"srs_written": 1, "sr_failures": 2, "sr_retries": 3}
+
+
+def test_a_lesion_seg_read_back_is_a_prior_whose_lesions_keep_their_tracking_uids(chain, tmp_path):
+    """The contract the node's follow-up relies on: the next study's prior, taken from this lesion SEG."""
+    series, comparison = chain[1]
+    seg_path, _ = build(series, comparison, tmp_path)
+    seg = hd.seg.segread(seg_path)
+    tracking = np.asarray(
+        seg.get_pixels_by_source_instance(
+            [sop for sop, _ in frames_of(series)],
+            combine_segments=True,
+            relabel=False,
+            assert_missing_frames_are_empty=False,
+        ),
+        dtype=np.int32,
+    )
+    uids = {int(n): str(seg.get_segment_description(n).tracking_uid) for n in seg.segment_numbers}
+    pair = make_pair(3)
+    prior = PriorVolume("1.2.3", series.series_uid, "20250101", pair.current, comparison.geometry, tracking, uids)
+    again = compare_series(pair.current, pair.geometry, pair.current_mask, prior)
+    assert again.status == "compared"
+    assert dict(again.report.uids) == dict(comparison.report.uids)
+    assert {lesion.change for lesion in again.report.lesions} == {"stable"}

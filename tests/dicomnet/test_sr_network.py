@@ -9,6 +9,7 @@ until Orthanc is started there. Every wait is on a condition.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -148,6 +149,18 @@ def test_stow_to_an_unreachable_server_keeps_the_object_and_delivers_it_once_the
             assert back.PixelData == ds.PixelData
         finally:
             assert again.stop(grace_s=0) == 0
+
+
+def test_a_stow_answered_with_an_http_error_is_kept_and_retried(orthanc, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, "scanedge.dicomnet")
+    source = tmp_path / "one.dcm"
+    pydicom.dcmread(pydicom.data.get_testdata_file("MR_small.dcm")).save_as(source)
+    target = DicomwebTarget(f"{orthanc.url}/no-such-root")  # Orthanc answers 404 there
+    forwarder = Forwarder(target, tmp_path / "outbox", retry_initial_s=0.05, retry_max_s=0.2, timeout_s=5).start()
+    queued = forwarder.submit(source)
+    wait_until(lambda: forwarder.failed_attempts >= 2, timeout=60, what="two refused STOW-RS attempts")
+    assert forwarder.stop(grace_s=0) == 1 and queued.exists()
+    assert "STOW-RS failed (HTTPError, HTTP 404)" in caplog.text
 
 
 @needs_dcmtk
