@@ -34,8 +34,8 @@ class ListenerConfig:
             scanner-facing address only on a protected network.
         port: the TCP port (0: any free one, see :attr:`DicomListener.port`).
         out: the only folder anything is written to: ``spool/`` (received images until their outputs are
-            durable), one folder per output (``seg/``: SEGs), ``outbox/`` (waiting to be forwarded) and
-            ``status.json``.
+            durable), one folder per output (``seg/``: SEGs; ``sr/``: lesion SEGs and SRs), ``outbox/`` (waiting
+            to be forwarded) and ``status.json``.
         outputs: what is made from each completed series, by name (:data:`scanedge.dicomnet.outputs.OUTPUTS`).
         forward: where the outputs are also sent: by C-STORE (:class:`ForwardTarget`) or by DICOMweb STOW-RS
             (:class:`DicomwebTarget`); None: written only.

@@ -189,7 +189,7 @@ def series_tracking(series: OpenSeries, model: str, manifest: Manifest) -> Compa
         return known
     from scanedge.imaging.followup import compare_series, volume_geometry
 
-    groups = [g for g in _groups(series) if len(g[0].frames) == 1 and len(g) >= 1]
+    groups = [g for g in _groups(series) if len(g[0].frames) == 1]
     candidates = []
     for group in groups:
         try:
@@ -270,6 +270,9 @@ def build_lesion_seg(
     sops = [sop for sop, _ in tracked.frames]
     if len(tracked.frames) != tracking.shape[0]:
         raise InputError(f"{tracking.shape[0]} tracking planes for {len(tracked.frames)} frames")
+    missing = [sop for sop in dict.fromkeys(sops) if sop not in series.instances]
+    if missing:
+        raise InputError(f"the tracked plane of instance {missing[0]} is not held for the series")
     if len(set(sops)) == len(sops):
         sources: list[HeldInstance] = [series.instances[sop] for sop in sops]
         pixels = tracking
@@ -465,7 +468,7 @@ def _series_group(tracked: ComparedSeries | None, why_not: str, algorithm: Any, 
         finding_type=_concept(_LESION),
         algorithm_id=algorithm,
         measurements=measurements,
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(_own("comparison"), _own(comparison.status))],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(_own("comparison"), _status_concept(comparison.status))],
     )
     items = group[0].ContentSequence
     if prior is not None:
@@ -485,6 +488,11 @@ def _series_group(tracked: ComparedSeries | None, why_not: str, algorithm: Any, 
     elif comparison.status == "withheld":
         items.append(_text("reason", f"change withheld: {comparison.reason}"))
     return group
+
+
+def _status_concept(status: str) -> Any:
+    """The comparison's status as a code; a comparison still under way (never at completion) reads not tracked."""
+    return _own(status if status in ("compared", "withheld", "no_prior") else "not_tracked")
 
 
 def build_report(
