@@ -22,7 +22,7 @@ from pydicom.uid import generate_uid
 from scanedge.demo.followup import make_pair
 from scanedge.dicomnet import ListenerConfig
 from scanedge.dicomnet.outputs import OutputStats, make_outputs
-from scanedge.dicomnet.outputs.sr import NO_FOLLOWUP_REASON, SrConfig, SrOutput, lesion_labels
+from scanedge.dicomnet.outputs.sr import NO_FOLLOWUP_REASON, SrConfig, SrOutput, build_lesion_seg, lesion_labels
 from scanedge.dicomnet.series import ComparedSeries, HeldFrame, HeldInstance, OpenSeries, pack
 from scanedge.imaging.followup import PriorVolume, SeriesComparison, compare_series
 from scanedge.imaging.lesion_change import initial_tracking
@@ -273,3 +273,45 @@ def test_a_lesion_seg_read_back_is_a_prior_whose_lesions_keep_their_tracking_uid
     assert again.status == "compared"
     assert dict(again.report.uids) == dict(comparison.report.uids)
     assert {lesion.change for lesion in again.report.lesions} == {"stable"}
+
+
+def test_the_lesion_seg_of_a_multi_frame_image_maps_each_tracked_plane_to_its_source_frame(tmp_path):
+    """Tracked planes in another order than the frames (z order): each segment lands on its own frame."""
+    from scanedge.imaging.lesion_change import ChangeReport
+    from scanedge.imaging.registration import VolumeGeometry
+    from tests.dicomnet.test_listener import enhanced_mr
+
+    header = pydicom.dcmread(enhanced_mr(tmp_path))
+    del header.PixelData
+    n, rows, cols = int(header.NumberOfFrames), int(header.Rows), int(header.Columns)
+    empty = pack(np.zeros((rows, cols), np.uint8))
+    held = HeldInstance(
+        str(header.SOPInstanceUID),
+        header,
+        1000,
+        tuple(HeldFrame((rows, cols), {manifest().name: empty}) for _ in range(n)),
+    )
+    series = OpenSeries(str(header.SeriesInstanceUID))
+    series.instances[held.sop_instance_uid] = held
+    order = list(range(n))[::-1]  # z plane k is frame n - k
+    tracking = np.zeros((n, rows, cols), np.int32)
+    tracking[1, 10:20, 10:20] = 1
+    tracking[2, 12:18, 12:18] = 1
+    tracking[n - 1, 30:40, 30:40] = 2
+    uids = {1: "2.25.1001", 2: "2.25.1002"}
+    report = ChangeReport((), tracking, uids, 0.0, 0.0, withheld="test")
+    comparison = SeriesComparison("no_prior", "test", report, None, None, VolumeGeometry(spacing=(1.0, 1.0, 2.0)))
+    tracked = ComparedSeries(comparison, tuple((held.sop_instance_uid, i + 1) for i in order))
+    seg = build_lesion_seg(series, manifest().name, manifest(), tracked, SrConfig())
+    path = tmp_path / "lesions.dcm"
+    seg.save_as(path, enforce_file_format=True)
+    back = hd.seg.segread(path)
+    got = back.get_pixels_by_source_frame(
+        source_sop_instance_uid=held.sop_instance_uid,
+        source_frame_numbers=[i + 1 for i in order],
+        combine_segments=True,
+        relabel=False,
+        assert_missing_frames_are_empty=True,  # frames without a lesion are omitted, as DICOM allows
+    )
+    np.testing.assert_array_equal(np.asarray(got), tracking)
+    assert {s.SegmentNumber: s.TrackingUID for s in back.SegmentSequence} == uids
