@@ -315,3 +315,15 @@ def test_the_lesion_seg_of_a_multi_frame_image_maps_each_tracked_plane_to_its_so
     )
     np.testing.assert_array_equal(np.asarray(got), tracking)
     assert {s.SegmentNumber: s.TrackingUID for s in back.SegmentSequence} == uids
+
+
+def test_a_series_past_the_voxel_bound_is_not_tracked_without_follow_up(tmp_path, monkeypatch):
+    import scanedge.dicomnet.outputs.sr as sr_module
+
+    monkeypatch.setattr(sr_module, "MAX_VOXELS", 4 * 32 * 32 - 1)
+    series = held_series(np.ones((4, 32, 32), np.uint8), (1.0, 1.0, 3.0), generate_uid(), "20260101")
+    seg, sr_path = build(series, None, tmp_path)
+    assert seg is None
+    (load,) = hd.sr.srread(sr_path).content.get_image_measurement_groups()
+    texts = [str(item.TextValue) for item in load[0].ContentSequence if item.ValueType == "TEXT"]
+    assert "not tracked: the series has 4096 voxels; at most 4095 are tracked without follow-up" in texts

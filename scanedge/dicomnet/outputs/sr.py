@@ -36,7 +36,7 @@ import numpy as np
 from scanedge.dicomnet.outputs.base import DicomOutput
 from scanedge.dicomnet.outputs.seg import _fill_type2, _groups, derived_uid
 from scanedge.dicomnet.series import ComparedSeries, HeldInstance, OpenSeries, unpack
-from scanedge.errors import InputError
+from scanedge.errors import InputError, ScanedgeError
 from scanedge.manifest import CodedConcept, Manifest
 from scanedge.version import __version__
 
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHANGE_CONCEPTS",
     "LESION_SEG_DESCRIPTION",
+    "MAX_VOXELS",
     "NO_FOLLOWUP_REASON",
     "SCHEME",
     "SrConfig",
@@ -63,6 +64,8 @@ log = logging.getLogger("scanedge.dicomnet")
 LESION_SEG_DESCRIPTION = "scanedge lesions"
 #: the reason an SR gives when the node compares without follow-up
 NO_FOLLOWUP_REASON = "follow-up not configured"
+#: voxels a series may have to be tracked here without follow-up (the follow-up's own default bound)
+MAX_VOXELS = 48 * 1024 * 1024
 #: the private coding scheme of the concepts no standard code names (docs/followup.md lists them)
 SCHEME = "99SCANEDGE"
 _LESION = CodedConcept("52988006", "SCT", "Lesion")
@@ -183,7 +186,7 @@ def series_tracking(series: OpenSeries, model: str, manifest: Manifest) -> Compa
     """The series' tracked lesions for ``model``: the follow-up's comparison when there is one, else the held
     masks compared with no prior (:data:`NO_FOLLOWUP_REASON`), with Tracking UIDs derived from the series,
     the model and the label (the same on every retry). InputError when the series is no volume (no
-    single-frame images of one orientation and shape with plane geometry)."""
+    single-frame images of one orientation and shape with plane geometry) or past :data:`MAX_VOXELS`."""
     known = series.comparisons.get(model)
     if known is not None:
         return known
@@ -191,16 +194,21 @@ def series_tracking(series: OpenSeries, model: str, manifest: Manifest) -> Compa
 
     groups = [g for g in _groups(series) if len(g[0].frames) == 1]
     candidates = []
+    why = "no single-frame images"
     for group in groups:
         try:
             planes = [_plane_geometry(inst.header) for inst in group]
             geometry, order = volume_geometry(planes)
-        except Exception:
+        except ScanedgeError as exc:
+            why = exc.message
             continue
         candidates.append((len(group), group, geometry, order))
     if not candidates:
-        raise InputError("no single-frame images with plane geometry (position, orientation, pixel spacing)")
+        raise InputError(f"the series is no volume ({why})")
     _, group, geometry, order = max(candidates, key=lambda c: c[0])
+    voxels = len(group) * group[0].frames[0].shape[0] * group[0].frames[0].shape[1]
+    if voxels > MAX_VOXELS:
+        raise InputError(f"the series has {voxels} voxels; at most {MAX_VOXELS} are tracked without follow-up")
     labels = lesion_labels(manifest)
     shape = group[0].frames[0].shape
     masks = []
