@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from scanedge.dicomnet.admission import AdmissionPolicy
-from scanedge.dicomnet.forward import DicomwebTarget, ForwardTarget, check_ae_title
+from scanedge.dicomnet.forward import ForwardTarget, check_ae_title
 from scanedge.dicomnet.outputs import check_output_names
 from scanedge.dicomnet.outputs.seg import SegmentationKind
 from scanedge.dicomnet.series import SeriesLimits
@@ -20,6 +21,9 @@ from scanedge.errors import ConfigError
 from scanedge.imaging.overlay import OverlayConfig
 from scanedge.imaging.slices import DEFAULT_LIMITS, SliceLimits
 from scanedge.runtime.wire.endpoints import parse_endpoint
+
+if TYPE_CHECKING:  # the STOW-RS target, beside the C-STORE one
+    from scanedge.dicomnet.forward import DicomwebTarget
 
 __all__ = ["ListenerConfig"]
 
