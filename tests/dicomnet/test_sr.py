@@ -7,6 +7,7 @@ real headers and packed masks as the node holds them. Real dcmtk, real highdicom
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 from functools import cache
@@ -327,3 +328,44 @@ def test_a_series_past_the_voxel_bound_is_not_tracked_without_follow_up(tmp_path
     (load,) = hd.sr.srread(sr_path).content.get_image_measurement_groups()
     texts = [str(item.TextValue) for item in load[0].ContentSequence if item.ValueType == "TEXT"]
     assert "not tracked: the series has 4096 voxels; at most 4095 are tracked without follow-up" in texts
+
+
+def test_a_model_without_a_lesion_class_is_logged_at_start_and_tracks_every_foreground_class(tmp_path, caplog):
+    from scanedge.manifest import ClassSpec
+
+    organs = manifest().replace(classes=(ClassSpec("background", (0, 0, 0)), ClassSpec("liver", (0, 200, 0))))
+    assert lesion_labels(organs) == ()
+    with caplog.at_level(logging.WARNING, "scanedge.dicomnet"):
+        SrOutput(SrConfig()).check_model("organs", organs)
+    assert "no class is coded SCT 52988006 Lesion" in caplog.text and "(liver)" in caplog.text
+    mask = np.zeros((4, 32, 32), np.uint8)
+    mask[1:3, 8:16, 8:16] = 1
+    series = held_series(mask, (1.0, 1.0, 3.0), generate_uid(), "20260101")
+    for inst in series.instances.values():  # the same masks, held under this model's name
+        inst.frames[0].masks["organs"] = inst.frames[0].masks[manifest().name]
+    objects, problems = SrOutput(SrConfig()).build(series, "organs", organs)
+    assert problems == [] and [o.Modality for o in objects] == ["SEG", "SR"]
+    assert len(objects[0].SegmentSequence) == 1
+
+
+def test_withheld_change_is_stated_with_its_reason_and_no_lesion_gets_a_class(tmp_path):
+    from scanedge.imaging.lesion_change import compare
+
+    pair = make_pair(3)
+    spacing = pair.geometry.spacing
+    reason = "registration poor: head-mask Dice 0.5 < 0.85"
+    empty = np.zeros(pair.current_mask.shape, np.int32)
+    report = compare(empty, {}, pair.current_mask, spacing, withhold=reason)
+    tracking, uids = initial_tracking(pair.prior_mask, spacing)
+    prior = PriorVolume("1.2.3.4", "1.2.3.4.5", "20240101", pair.prior, pair.geometry, tracking, uids)
+    withheld = SeriesComparison("withheld", reason, report, prior, None, pair.geometry)
+    series = held_series(pair.current_mask, spacing, generate_uid(), "20260101")
+    seg_path, sr_path = build(series, withheld, tmp_path)
+    assert seg_path is not None
+    sr = hd.sr.srread(sr_path)
+    assert {change_of(g) for g in groups(sr)} == {"not-assessed"} and len(groups(sr)) == len(report.uids)
+    (load,) = sr.content.get_image_measurement_groups()
+    texts = [str(item.TextValue) for item in load[0].ContentSequence if item.ValueType == "TEXT"]
+    assert f"change withheld: {reason}" in texts and "prior study of 20240101, study 1.2.3.4" in texts
+    names = {m.name.value for m in load.get_measurements()}
+    assert names == {"lesion-load"}  # no load change, no counts: nothing was compared
