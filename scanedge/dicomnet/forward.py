@@ -90,6 +90,10 @@ class DicomwebTarget:
             raise ConfigError(
                 f"--forward-dicomweb takes an http(s) URL, e.g. http://pacs:8042/dicom-web, got {self.url!r}"
             )
+        try:
+            import dicomweb_client  # noqa: F401
+        except ImportError:
+            raise ConfigError("--forward-dicomweb needs dicomweb-client: pip install 'scanedge[priors]'") from None
 
     def __str__(self) -> str:
         return f"DICOMweb {self.url}"

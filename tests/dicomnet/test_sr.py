@@ -369,3 +369,15 @@ def test_withheld_change_is_stated_with_its_reason_and_no_lesion_gets_a_class(tm
     assert f"change withheld: {reason}" in texts and "prior study of 20240101, study 1.2.3.4" in texts
     names = {m.name.value for m in load.get_measurements()}
     assert names == {"lesion-load"}  # no load change, no counts: nothing was compared
+
+
+def test_without_the_followup_extra_the_sr_output_is_refused_at_start_with_the_install_hint(monkeypatch):
+    import sys
+
+    from scanedge.errors import ConfigError
+
+    for name in ("scanedge.imaging.followup", "scanedge.imaging.lesion_change"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setitem(sys.modules, "scipy", None)  # as if SciPy were not installed
+    with pytest.raises(ConfigError, match=r"pip install 'scanedge\[followup\]'"):
+        make_outputs(ListenerConfig(outputs=("sr",)))

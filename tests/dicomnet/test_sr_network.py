@@ -212,3 +212,11 @@ def echo(port: int) -> bool:
 def test_a_dicomweb_target_needs_an_http_url(url):
     with pytest.raises(ConfigError, match="http"):
         parse_dicomweb_target(url)
+
+
+def test_without_dicomweb_client_forward_dicomweb_is_refused_with_the_install_hint(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "dicomweb_client", None)  # as if it were not installed
+    with pytest.raises(ConfigError, match=r"pip install 'scanedge\[priors\]'"):
+        parse_dicomweb_target("http://pacs:8042/dicom-web")

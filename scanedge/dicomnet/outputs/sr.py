@@ -36,7 +36,7 @@ import numpy as np
 from scanedge.dicomnet.outputs.base import DicomOutput
 from scanedge.dicomnet.outputs.seg import _fill_type2, _groups, derived_uid
 from scanedge.dicomnet.series import ComparedSeries, HeldInstance, OpenSeries, unpack
-from scanedge.errors import InputError, ScanedgeError
+from scanedge.errors import ConfigError, InputError, ScanedgeError
 from scanedge.manifest import CodedConcept, Manifest
 from scanedge.version import __version__
 
@@ -577,7 +577,15 @@ class SrOutput(DicomOutput):
 
     @classmethod
     def from_config(cls, config: ListenerConfig) -> SrOutput:
-        """The node's AE title is the objects' Device Serial Number and the SR's device observer."""
+        """The node's AE title is the objects' Device Serial Number and the SR's device observer. ConfigError at
+        start when the lesion tracking it needs (the ``followup`` extra: SciPy) is not installed."""
+        try:
+            import scanedge.imaging.followup  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(
+                f"the sr output tracks lesions with the followup extra ({exc.name or 'a module'} is missing): "
+                "pip install 'scanedge[followup]'"
+            ) from None
         return cls(SrConfig(device_serial_number=config.ae_title))
 
     def describe(self) -> str:
