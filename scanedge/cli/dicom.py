@@ -139,7 +139,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     forward = p.add_mutually_exclusive_group()
     forward.add_argument(
-        "--forward", default=None, metavar="AE@HOST:PORT", help="also send each SEG there by C-STORE (default: none)"
+        "--forward",
+        default=None,
+        metavar="AE@HOST:PORT",
+        help="also send each written object (SEG, SR) there by C-STORE (default: none)",
     )
     forward.add_argument(
         "--forward-dicomweb",
