@@ -58,6 +58,7 @@ def cmd_dicom_listen(args: argparse.Namespace) -> int:
         return _print_status(args.out)
 
     from scanedge.dicomnet import DicomListener, ListenerConfig, parse_forward_target
+    from scanedge.dicomnet.forward import parse_dicomweb_target
     from scanedge.dicomnet.series import SeriesLimits
     from scanedge.errors import ConfigError
     from scanedge.log_budget import configure_logging
@@ -75,7 +76,12 @@ def cmd_dicom_listen(args: argparse.Namespace) -> int:
         bind=args.bind,
         port=args.port,
         out=args.out,
-        forward=parse_forward_target(args.forward) if args.forward else None,
+        forward=parse_forward_target(args.forward)
+        if args.forward
+        else parse_dicomweb_target(args.forward_dicomweb)
+        if args.forward_dicomweb
+        else None,
+        outputs=tuple(args.output) or ("seg",),
         publish=args.publish,
         insecure=args.insecure,
         series_timeout_s=args.series_timeout,
@@ -170,8 +176,27 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="print the status.json a node writing to --out last wrote (series waiting, retries, last error, "
         "spool size) and exit (default: off)",
     )
+    forward = p.add_mutually_exclusive_group()
+    forward.add_argument(
+        "--forward",
+        default=None,
+        metavar="AE@HOST:PORT",
+        help="also send each written object (SEG, SR) there by C-STORE (default: none)",
+    )
+    forward.add_argument(
+        "--forward-dicomweb",
+        default=None,
+        metavar="URL",
+        help="also send each output object to this DICOMweb root by STOW-RS, e.g. http://pacs:8042/dicom-web "
+        "(from the same outbox, retried alike; default: none)",
+    )
     p.add_argument(
-        "--forward", default=None, metavar="AE@HOST:PORT", help="also send each SEG there by C-STORE (default: none)"
+        "--output",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="what to make of each completed series (repeatable): seg (the model's SEG), sr (a lesion SEG and a "
+        "TID 1500 Measurement Report of the tracked lesions; docs/followup.md) (default: seg)",
     )
     p.add_argument(
         "--series-timeout",

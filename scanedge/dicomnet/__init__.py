@@ -32,8 +32,8 @@ module                 owns
 ``intake``             one image segmented by every model, published live, spooled, held
 ``series``             the bounded buffer of open series' instances (headers and masks) until they complete
 ``spool``              received images fsync'd before Success, kept until their outputs are durable
-``outputs``            what is made of a completed series: the output contract, the SEG, the writer
-``forward``            delivering written objects by C-STORE, retried from an on-disk outbox
+``outputs``            what is made of a completed series: the output contract, the SEG, the SR, the writer
+``forward``            delivering written objects by C-STORE or STOW-RS, retried from an on-disk outbox
 ``admission``          which connections are kept and for how long, association slots, message byte caps
 ``publisher``          the PUB socket, owned by one thread
 ``stats``              the node's counters and its ``status.json``
@@ -47,15 +47,23 @@ module                 owns
 from __future__ import annotations
 
 from scanedge.dicomnet.config import ListenerConfig
-from scanedge.dicomnet.forward import Forwarder, ForwardTarget, parse_forward_target
+from scanedge.dicomnet.forward import (
+    DicomwebTarget,
+    Forwarder,
+    ForwardTarget,
+    parse_dicomweb_target,
+    parse_forward_target,
+)
 from scanedge.dicomnet.listener import DicomListener
 from scanedge.dicomnet.stats import ListenerStats
 
 __all__ = [
     "DicomListener",
+    "DicomwebTarget",
     "ForwardTarget",
     "Forwarder",
     "ListenerConfig",
     "ListenerStats",
+    "parse_dicomweb_target",
     "parse_forward_target",
 ]

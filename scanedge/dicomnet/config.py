@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from scanedge.dicomnet.admission import AdmissionPolicy
 from scanedge.dicomnet.followup import FollowupConfig
@@ -21,6 +22,9 @@ from scanedge.errors import ConfigError
 from scanedge.imaging.overlay import OverlayConfig
 from scanedge.imaging.slices import DEFAULT_LIMITS, SliceLimits
 from scanedge.runtime.wire.endpoints import parse_endpoint
+
+if TYPE_CHECKING:  # the STOW-RS target, beside the C-STORE one
+    from scanedge.dicomnet.forward import DicomwebTarget
 
 __all__ = ["ListenerConfig"]
 
@@ -35,10 +39,11 @@ class ListenerConfig:
             scanner-facing address only on a protected network.
         port: the TCP port (0: any free one, see :attr:`DicomListener.port`).
         out: the only folder anything is written to: ``spool/`` (received images until their outputs are
-            durable), one folder per output (``seg/``: SEGs), ``outbox/`` (waiting to be forwarded) and
-            ``status.json``.
+            durable), one folder per output (``seg/``: SEGs; ``sr/``: lesion SEGs and SRs), ``outbox/`` (waiting
+            to be forwarded) and ``status.json``.
         outputs: what is made from each completed series, by name (:data:`scanedge.dicomnet.outputs.OUTPUTS`).
-        forward: where the outputs are also sent by C-STORE; None: written only.
+        forward: where the outputs are also sent: by C-STORE (:class:`ForwardTarget`) or by DICOMweb STOW-RS
+            (:class:`DicomwebTarget`); None: written only.
         publish: PUB endpoint for the live feed (docs/protocol.md section 9); None: no feed.
         insecure: allow a non-loopback ``publish`` endpoint (the feed is not encrypted).
         series_timeout_s: a series with no new instance for this long is complete.
@@ -76,7 +81,7 @@ class ListenerConfig:
     port: int = 11112
     out: Path = Path("scanedge-dicom-out")
     outputs: tuple[str, ...] = ("seg",)
-    forward: ForwardTarget | None = None
+    forward: ForwardTarget | DicomwebTarget | None = None
     publish: str | None = None
     insecure: bool = False
     series_timeout_s: float = 10.0

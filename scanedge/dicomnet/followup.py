@@ -44,6 +44,7 @@ from scanedge.dicomnet.priors import (
     find_prior_dimse,
 )
 from scanedge.errors import ConfigError
+from scanedge.imaging.followup import require_followup_extra
 from scanedge.imaging.registration import RegistrationConfig, VolumeGeometry
 from scanedge.imaging.slices import DEFAULT_LIMITS, Slice, SliceLimits
 
@@ -184,13 +185,10 @@ class NodeFollowup:
         limits: SliceLimits = DEFAULT_LIMITS,
         max_series: int = 64,
     ) -> None:
-        import importlib.util
 
         from scanedge.runtime.core.followup import LiveConfig
 
-        missing = [m for m in ("scipy", "SimpleITK") if importlib.util.find_spec(m) is None]
-        if missing:
-            raise ConfigError(f"follow-up needs {' and '.join(missing)}: pip install 'scanedge[followup]'")
+        require_followup_extra("follow-up")
         self.config = config
         name = config.model or next(iter(manifests))
         if name not in manifests:

@@ -1,8 +1,11 @@
-"""Delivering written DICOM objects by C-STORE, from an outbox folder, retried until they arrive.
+"""Delivering written DICOM objects by C-STORE or DICOMweb STOW-RS, from an outbox folder, retried until they arrive.
 
 An object to forward is first linked (or copied) into ``OUT/outbox/`` and only removed from there once
-the destination has answered its C-STORE with success (or a warning status). A failure (no association,
-a refused one, a failure status) is logged with the attempt number and retried with exponential backoff
+the destination has answered its C-STORE with success (or a warning status), or its STOW-RS request with
+the object stored (a :class:`DicomwebTarget`: one HTTP request per object, bounded by the timeout, never
+retried inside the HTTP client). A failure (no association, a refused one, a failure status, no HTTP
+answer, an HTTP error, the object in the answer's Failed SOP Sequence) is logged with the attempt number
+and retried with exponential backoff
 (1 s doubling to ``retry_max_s``), for as long as the listener runs; whatever is still in the outbox when
 it stops is logged as pending and sent first when it starts again. Nothing is lost silently.
 """
@@ -18,11 +21,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from scanedge.dicomnet.spool import private_folder
 from scanedge.errors import ConfigError, DicomNetworkError, redacted_traceback
 
-__all__ = ["ForwardTarget", "Forwarder", "parse_forward_target"]
+__all__ = ["DicomwebTarget", "ForwardTarget", "Forwarder", "parse_dicomweb_target", "parse_forward_target"]
 
 log = logging.getLogger("scanedge.dicomnet")
 
@@ -68,15 +72,47 @@ def parse_forward_target(text: str) -> ForwardTarget:
     return ForwardTarget(ae, host[1:-1] if host.startswith("[") and host.endswith("]") else host, int(port))
 
 
+@dataclass(frozen=True)
+class DicomwebTarget:
+    """Where results are sent on by DICOMweb STOW-RS.
+
+    Attributes:
+        url: the server's DICOMweb root (``http://pacs:8042/dicom-web``); STOW-RS posts to ``URL/studies``.
+    """
+
+    url: str
+
+    def __post_init__(self) -> None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or len(self.url) > 2048:
+            raise ConfigError(
+                f"--forward-dicomweb takes an http(s) URL, e.g. http://pacs:8042/dicom-web, got {self.url!r}"
+            )
+        try:
+            import dicomweb_client  # noqa: F401
+        except ImportError:
+            raise ConfigError("--forward-dicomweb needs dicomweb-client: pip install 'scanedge[priors]'") from None
+
+    def __str__(self) -> str:
+        return f"DICOMweb {self.url}"
+
+
+def parse_dicomweb_target(text: str) -> DicomwebTarget:
+    """A DICOMweb root URL as a :class:`DicomwebTarget` (no trailing slash); ConfigError when malformed."""
+    return DicomwebTarget(text.rstrip("/"))
+
+
 class Forwarder:
-    """A thread that C-STOREs the files in an outbox to one destination, with retries.
+    """A thread that sends the files in an outbox to one destination (C-STORE or STOW-RS), with retries.
 
     ``calling_ae`` is this node's AE title; ``timeout_s`` bounds each association's steps.
     """
 
     def __init__(
         self,
-        target: ForwardTarget,
+        target: ForwardTarget | DicomwebTarget,
         outbox: Path,
         *,
         calling_ae: str = "SCANEDGE",
@@ -201,7 +237,7 @@ class Forwarder:
         self._push(path, attempts, due)
 
     def _send(self, path: Path) -> None:
-        """One C-STORE of ``path``; DicomNetworkError naming what failed."""
+        """One C-STORE (or STOW-RS) of ``path``; DicomNetworkError naming what failed."""
         from pydicom import dcmread
         from pynetdicom import AE
 
@@ -214,6 +250,9 @@ class Forwarder:
             return  # removed by hand from the outbox: nothing left to deliver
         except Exception as exc:
             raise DicomNetworkError(f"{path.name} cannot be read back ({type(exc).__name__})") from exc
+        if isinstance(self.target, DicomwebTarget):
+            self._stow(ds, self.target)
+            return
         ae = AE(ae_title=self.calling_ae)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_s
         ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
@@ -236,3 +275,32 @@ class Forwarder:
                 log.warning("%s answered %s with warning status 0x%04X", self.target, path.name, code)
             return
         raise DicomNetworkError(f"C-STORE answered with failure status 0x{code:04X}")
+
+    def _stow(self, ds: Any, target: DicomwebTarget) -> None:
+        """One STOW-RS request with ``ds``; DicomNetworkError unless the server answers that it stored it."""
+        from dicomweb_client.api import DICOMwebClient
+
+        # one request, bounded; dicomweb-client would otherwise retry a failure itself, up to minutes
+        client = DICOMwebClient(url=target.url, timeout=self.timeout_s)
+        client.set_http_retry_params(retry=False)
+        try:
+            answer = client.store_instances([ds])
+        except Exception as exc:  # requests' errors (connection, timeout, HTTP status): their messages name URLs
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            raise DicomNetworkError(
+                f"STOW-RS failed ({type(exc).__name__}{f', HTTP {status}' if status else ''})"
+            ) from exc
+        failed = [str(item.get("ReferencedSOPInstanceUID", "")) for item in answer.get("FailedSOPSequence", [])]
+        if str(ds.SOPInstanceUID) in failed:
+            item = next(
+                i
+                for i in answer.FailedSOPSequence
+                if str(i.get("ReferencedSOPInstanceUID", "")) == str(ds.SOPInstanceUID)
+            )
+            reason = item.get("FailureReason")
+            raise DicomNetworkError(
+                "STOW-RS refused the object" + (f" (failure reason 0x{int(reason):04X})" if reason is not None else "")
+            )
+        stored = {str(item.get("ReferencedSOPInstanceUID", "")) for item in answer.get("ReferencedSOPSequence", [])}
+        if str(ds.SOPInstanceUID) not in stored:
+            raise DicomNetworkError("STOW-RS answer does not list the object as stored")

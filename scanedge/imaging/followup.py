@@ -14,6 +14,8 @@ encodes it as it is. :data:`CHANGE_CODES` are the pixel values of a RESULT's ``c
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -21,7 +23,7 @@ from typing import Literal
 import msgspec
 import numpy as np
 
-from scanedge.errors import InputError
+from scanedge.errors import ConfigError, InputError
 from scanedge.imaging.lesion_change import ChangeClass, ChangeConfig, ChangeReport, LesionChange, compare
 from scanedge.imaging.registration import (
     RegistrationConfig,
@@ -30,12 +32,13 @@ from scanedge.imaging.registration import (
     register,
     resample_labels,
 )
-from scanedge.imaging.slices import Slice
+from scanedge.imaging.slices import Slice, SliceGeometry
 
 __all__ = [
     "CHANGE_CLASSES",
     "CHANGE_CODES",
     "CHANGE_COLOURS",
+    "FOLLOWUP_EXTRA",
     "ChangeCounts",
     "ComparisonStatus",
     "PriorVolume",
@@ -43,12 +46,17 @@ __all__ = [
     "SeriesComparison",
     "change_image",
     "compare_series",
+    "require_followup_extra",
     "volume_from_slices",
+    "volume_geometry",
 ]
 
 #: pixel value of each change class in a ``change`` frame (0: no tracked lesion; disappeared lesions have no
 #: current pixels)
 CHANGE_CODES: dict[ChangeClass, int] = {"new": 1, "enlarging": 2, "stable": 3, "shrinking": 4, "merged": 5, "split": 6}
+#: how to install what comparing with a prior needs (SciPy labels lesions, SimpleITK registers)
+FOLLOWUP_EXTRA = "pip install 'scanedge[followup]'"
+
 #: display colour (RGB) of each change class, the same in overlays, the viewer's legend and reports
 CHANGE_COLOURS: dict[ChangeClass, tuple[int, int, int]] = {
     "new": (255, 59, 48),  # red
@@ -65,6 +73,20 @@ CHANGE_CLASSES: tuple[ChangeClass, ...] = ("new", "enlarging", "stable", "shrink
 #: where a comparison stands: looking for the prior, aligning it, compared, change labels withheld (the
 #: registration was not good enough), or no prior (reason says why)
 ComparisonStatus = Literal["searching", "registering", "compared", "withheld", "no_prior"]
+
+
+def require_followup_extra(what: str, modules: Sequence[str] = ("scipy", "SimpleITK")) -> None:
+    """ConfigError naming the ``followup`` extra when a module ``what`` needs is not installed (checked at start,
+    so a node or command refuses clearly instead of failing on its first series)."""
+
+    def installed(name: str) -> bool:
+        if name in sys.modules:  # None there: known not to import
+            return sys.modules[name] is not None
+        return importlib.util.find_spec(name) is not None
+
+    missing = [m for m in modules if not installed(m)]
+    if missing:
+        raise ConfigError(f"{what} needs {' and '.join(missing)}: {FOLLOWUP_EXTRA}")
 
 
 class ChangeCounts(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -212,16 +234,28 @@ def volume_from_slices(slices: Sequence[Slice]) -> tuple[np.ndarray, VolumeGeome
     if not slices:
         raise InputError("no slices to stack")
     shape = slices[0].shape[:2]
-    first = slices[0].geometry
+    if any(s.shape[:2] != shape for s in slices):
+        raise InputError("every slice of a volume needs the same shape, a position and a pixel spacing")
+    geometry, order = volume_geometry([s.geometry for s in slices])
+    volume = np.stack([np.asarray(slices[i].pixels, dtype=np.float32).reshape(shape) for i in order])
+    return volume, geometry, order
+
+
+def volume_geometry(planes: Sequence[SliceGeometry]) -> tuple[VolumeGeometry, list[int]]:
+    """Where the planes of one series sit as a volume, and the index in ``planes`` of each z plane: what
+    :func:`volume_from_slices` needs of its slices, for callers that hold only the headers (the DICOM node's
+    SR output). Same rules: one orientation, a position and pixel spacing each, no two at one position."""
+    if not planes:
+        raise InputError("no slices to stack")
+    first = planes[0]
     if first.image_orientation is None or first.pixel_spacing is None:
         raise InputError("a volume needs every slice's orientation and pixel spacing")
     orientation = np.asarray(first.image_orientation, dtype=float)
     row, col = orientation[:3], orientation[3:]
     normal = np.cross(row, col)
     keyed: list[tuple[float, int]] = []
-    for i, s in enumerate(slices):
-        g = s.geometry
-        if s.shape[:2] != shape or g.image_position is None or g.pixel_spacing is None:
+    for i, g in enumerate(planes):
+        if g.image_position is None or g.pixel_spacing is None:
             raise InputError("every slice of a volume needs the same shape, a position and a pixel spacing")
         if g.image_orientation is None or not np.allclose(g.image_orientation, orientation, atol=1e-4):
             raise InputError("every slice of a volume needs the same orientation")
@@ -233,7 +267,7 @@ def volume_from_slices(slices: Sequence[Slice]) -> tuple[np.ndarray, VolumeGeome
         raise InputError("two slices of a volume share one position")
     spacing_z = float(np.median(gaps)) if len(gaps) else float(first.slice_thickness or 1.0)
     row_mm, col_mm = first.pixel_spacing
-    origin = np.asarray(slices[order[0]].geometry.image_position, dtype=float)
+    origin = np.asarray(planes[order[0]].image_position, dtype=float)
     # SimpleITK's direction columns are x (along a row: the row cosines), y (down a column), z (the normal)
     direction = np.stack([row, col, normal], axis=1)
     geometry = VolumeGeometry(
@@ -241,8 +275,7 @@ def volume_from_slices(slices: Sequence[Slice]) -> tuple[np.ndarray, VolumeGeome
         origin=(float(origin[0]), float(origin[1]), float(origin[2])),
         direction=tuple(float(v) for v in direction.ravel()),
     )
-    volume = np.stack([np.asarray(slices[i].pixels, dtype=np.float32).reshape(shape) for i in order])
-    return volume, geometry, order
+    return geometry, order
 
 
 def change_image(tracking_plane: np.ndarray, report: ChangeReport) -> np.ndarray:

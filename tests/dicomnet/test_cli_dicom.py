@@ -25,6 +25,8 @@ def test_every_option_has_help_with_its_default():
         (["--max-series", "0"], "--max-series"),
         (["--max-pending", "0"], "max_pending"),
         (["--associate-timeout", "0"], "associate_timeout_s"),
+        (["--forward-dicomweb", "pacs:8042/dicom-web"], "http(s) URL"),
+        (["--output", "nope"], "unknown output"),
     ],
 )
 def test_settings_that_cannot_work_are_one_line_errors(args, message, tmp_path, capsys):

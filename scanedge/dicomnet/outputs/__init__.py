@@ -12,6 +12,7 @@ module      owns
 ``base``    the contract of an output (:class:`DicomOutput`) and its counters
 ``seg``     DICOM Segmentations built with highdicom (the ``seg`` output)
 ``scores``  a classification model's series scores as JSON (the ``scores`` output)
+``sr``      tracked lesions: a lesion SEG and a TID 1500 Measurement Report (the ``sr`` output)
 ``writer``  building, writing, forwarding and retrying every output of a completed series
 ==========  ======================================================================
 """
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING
 from scanedge.dicomnet.outputs.base import DicomOutput, OutputStats
 from scanedge.dicomnet.outputs.scores import ScoresOutput
 from scanedge.dicomnet.outputs.seg import SegOutput
+from scanedge.dicomnet.outputs.sr import SrOutput
 from scanedge.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -35,6 +37,7 @@ __all__ = ["OUTPUTS", "DicomOutput", "OutputStats", "check_output_names", "make_
 OUTPUTS: dict[str, type[DicomOutput]] = {
     SegOutput.name: SegOutput,
     ScoresOutput.name: ScoresOutput,  # a classification model's series scores as JSON (until the SR)
+    SrOutput.name: SrOutput,  # tracked lesions: lesion SEG + TID 1500 SR
 }
 
 

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from scanedge.errors import ConfigError, InputError, PriorMismatchError
+from scanedge.errors import InputError, PriorMismatchError
 from scanedge.imaging.encode import encode_image
 from scanedge.imaging.files import LoadedSlice, SkippedFile
+from scanedge.imaging.followup import require_followup_extra as check_followup_extra
 from scanedge.imaging.series import context_window
 from scanedge.imaging.slices import Slice
 
@@ -46,20 +47,12 @@ __all__ = [
 ]
 
 CHANGE_MONTAGE_NAME = "change-montage.png"
+
+
 #: the extra that brings what registration and lesion change need
-FOLLOWUP_EXTRA = "pip install 'scanedge[followup]'"
-
-
 def require_followup_extra() -> None:
     """Raise ConfigError naming the ``followup`` extra when SimpleITK or scipy is missing."""
-    missing = []
-    for module, name in (("SimpleITK", "SimpleITK"), ("scipy.ndimage", "scipy")):
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append(name)
-    if missing:
-        raise ConfigError(f"comparing with a prior needs {' and '.join(missing)}: {FOLLOWUP_EXTRA}")
+    check_followup_extra("comparing with a prior")
 
 
 @dataclass(frozen=True)

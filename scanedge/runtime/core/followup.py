@@ -43,6 +43,7 @@ from scanedge.imaging.followup import (
     SeriesComparison,
     change_image,
     compare_series,
+    require_followup_extra,
     volume_from_slices,
 )
 from scanedge.imaging.lesion_change import ChangeConfig
@@ -415,11 +416,8 @@ class SeriesFollowups:
     ) -> None:
         if lookups < 1 or registrations < 1 or max_series < 1 or not idle_s > 0:
             raise ConfigError("follow-up lookups, registrations and max_series must be >= 1, idle_s > 0")
-        import importlib.util
 
-        missing = [m for m in ("scipy", "SimpleITK") if importlib.util.find_spec(m) is None]
-        if missing:
-            raise ConfigError(f"follow-up needs {' and '.join(missing)}: pip install 'scanedge[followup]'")
+        require_followup_extra("follow-up")
         self.provider = provider
         self.config = config or LiveConfig()
         self.max_series = max_series
