@@ -14,17 +14,15 @@ from typing import Any
 
 import highdicom as hd
 import pydicom
-import pytest
 from dicomweb_client.api import DICOMwebClient
 
+import scanedge.dicomnet.followup as followup
+import tests.dicomnet.test_followup as live
 from scanedge.dicomnet.forward import DicomwebTarget
 from scanedge.dicomnet.priors import DicomwebSource
 from tests.dicomnet.conftest import needs_dcmtk, responses, storescu
 from tests.orthanc import orthanc_server
 from tests.waiting import wait_until
-
-followup = pytest.importorskip("scanedge.dicomnet.followup", reason="needs the node's follow-up")
-live = pytest.importorskip("tests.dicomnet.test_followup", reason="needs the follow-up tests' study helpers")
 
 pytestmark = needs_dcmtk
 SLICES = 16
