@@ -86,49 +86,68 @@ def orthanc_server(client_aet: str, client_port: int) -> Iterator[Orthanc]:
     """Run Orthanc until the block ends; ``client_aet`` at 127.0.0.1:``client_port`` is a known modality."""
     require_orthanc()
     with tempfile.TemporaryDirectory(prefix="scanedge-orthanc-") as tmp:
-        server = Orthanc(dicom_port=free_port(), http_port=free_port())
-        config = {
-            "Name": "scanedge-test",
-            "StorageDirectory": str(Path(tmp, "db")),
-            "IndexDirectory": str(Path(tmp, "db")),
-            "DicomAet": server.aet,
-            "DicomPort": server.dicom_port,
-            "HttpPort": server.http_port,
-            "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
-            "DicomCheckCalledAet": True,
-            "DicomModalities": {
-                "scanedge": {
-                    "AET": client_aet,
-                    "Host": "127.0.0.1",
-                    "Port": client_port,
-                    "AllowEcho": True,
-                    "AllowFind": True,
-                    "AllowGet": True,
-                    "AllowMove": True,
-                    "AllowStore": True,
-                }
-            },
-            "Plugins": [str(DICOMWEB_PLUGIN)],
-            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-        }
-        cfg = Path(tmp, "orthanc.json")
-        cfg.write_text(json.dumps(config))
-        log = open(Path(tmp, "orthanc.log"), "wb")
-        proc = subprocess.Popen([str(ORTHANC_BIN), str(cfg)], stdout=log, stderr=subprocess.STDOUT)
+        # a free port can be taken by another process before Orthanc binds it (tests run beside each other):
+        # an Orthanc that exits while starting is started again on fresh ports, twice at most
+        for attempt in range(3):
+            with _started(tmp, client_aet, client_port) as server:
+                if server is None:
+                    if attempt == 2:
+                        raise AssertionError(f"Orthanc exited three times: {_log_tail(tmp)}")
+                    continue
+                yield server
+                return
+
+
+def _log_tail(tmp: str) -> str:
+    return Path(tmp, "orthanc.log").read_text(errors="replace")[-2000:]
+
+
+@contextmanager
+def _started(tmp: str, client_aet: str, client_port: int) -> Iterator[Orthanc | None]:
+    """One Orthanc run on fresh ports; None when it exited while starting (its log kept for the message)."""
+    dicom_port = free_port()
+    http_port = free_port()
+    while http_port == dicom_port:
+        http_port = free_port()
+    server = Orthanc(dicom_port=dicom_port, http_port=http_port)
+    config = {
+        "Name": "scanedge-test",
+        "StorageDirectory": str(Path(tmp, "db")),
+        "IndexDirectory": str(Path(tmp, "db")),
+        "DicomAet": server.aet,
+        "DicomPort": server.dicom_port,
+        "HttpPort": server.http_port,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomCheckCalledAet": True,
+        "DicomModalities": {
+            "scanedge": {
+                "AET": client_aet,
+                "Host": "127.0.0.1",
+                "Port": client_port,
+                "AllowEcho": True,
+                "AllowFind": True,
+                "AllowGet": True,
+                "AllowMove": True,
+                "AllowStore": True,
+            }
+        },
+        "Plugins": [str(DICOMWEB_PLUGIN)],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+    }
+    cfg = Path(tmp, "orthanc.json")
+    cfg.write_text(json.dumps(config))
+    log = open(Path(tmp, "orthanc.log"), "wb")
+    proc = subprocess.Popen([str(ORTHANC_BIN), str(cfg)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: _answers(server.url) or proc.poll() is not None, timeout=60, interval=0.1, what="Orthanc")
+        yield None if proc.poll() is not None else server
+    finally:
+        proc.terminate()
         try:
-            wait_until(
-                lambda: _answers(server.url) or proc.poll() is not None, timeout=60, interval=0.1, what="Orthanc"
-            )
-            if proc.poll() is not None:
-                raise AssertionError(f"Orthanc exited: {Path(tmp, 'orthanc.log').read_text(errors='replace')[-2000:]}")
-            yield server
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
-            shutil.rmtree(Path(tmp, "db"), ignore_errors=True)
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        shutil.rmtree(Path(tmp, "db"), ignore_errors=True)
