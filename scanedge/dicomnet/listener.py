@@ -44,6 +44,7 @@ from scanedge.dicomnet.handlers import AssociationHandlers, Refusal, check_uids
 from scanedge.dicomnet.intake import Intake
 from scanedge.dicomnet.outputs import OutputStats, make_outputs
 from scanedge.dicomnet.outputs.writer import OutputWriter
+from scanedge.dicomnet.pairing_intake import PairingIntake, check_multi_input_models
 from scanedge.dicomnet.publisher import ResultPublisher
 from scanedge.dicomnet.series import OpenSeriesBuffer
 from scanedge.dicomnet.spool import Spool, private_folder
@@ -164,6 +165,7 @@ class DicomListener:
                 busy_timeout_s=cfg.busy_timeout_s,
                 probabilities=any(o.needs_probabilities for o in self.outputs),
             )
+            self._pair_multi_input(self._intake)
             self._start_server(self._intake)
         except BaseException:
             self._close_parts()
@@ -215,6 +217,8 @@ class DicomListener:
             self._server = None
         if self._completer.is_alive():
             self._completer.join()
+        if self._intake is not None and self._intake.pairing is not None:
+            self._intake.pairing.stop()
         for series in self.store.drain():
             self._writer.add(series, "the listener is stopping")
         for item in list(self._writer.pending):  # one more try each; what fails stays spooled for the next start
@@ -257,7 +261,6 @@ class DicomListener:
                 self._pipelines.append(pipe)
                 pipes.append(pipe)
             name = pipes[0].manifest.name
-            _refuse_multi_input(pipes[0].manifest)
             if name in self._manifests:
                 raise ConfigError(f"two models are named {name!r}; each model needs its own manifest name")
             self._manifests[name] = pipes[0].manifest
@@ -267,6 +270,16 @@ class DicomListener:
             self._pools[name] = pool
             for output in self.outputs:
                 output.check_model(name, pipes[0].manifest)
+
+    def _pair_multi_input(self, intake: Intake) -> None:
+        """A multi-input model (manifest ``inputs``) is served alone, its images paired across the series of a
+        study (:mod:`scanedge.dicomnet.pairing_intake`)."""
+        name = check_multi_input_models(self._manifests)
+        if name is not None:
+            intake.pairing = PairingIntake(intake, name, self._manifests[name], idle_s=self.config.series_timeout_s)
+            log.info(
+                "model %s takes roles %s: series of one study are paired", name, ", ".join(self._manifests[name].roles)
+            )
 
     def _prepare_out(self) -> None:
         out = self.config.out
@@ -331,6 +344,8 @@ class DicomListener:
             try:
                 for series in self.store.complete(cfg.series_timeout_s, on_release=cfg.complete_on_release):
                     self._writer.add(series, "completed early to make room" if series.early else "complete")
+                if self._intake is not None and self._intake.pairing is not None:
+                    self._intake.pairing.expire_due()
                 self._writer.attempt_due(self._stop)
                 if time.monotonic() - self._status_at >= 1.0:
                     self._write_status("running")
@@ -407,17 +422,6 @@ class DicomListener:
             except OSError as exc:
                 tmp.unlink(missing_ok=True)
                 log.debug("status file %s not updated: %s", self._status_path, exc.strerror)
-
-
-def _refuse_multi_input(manifest: Manifest) -> None:
-    """The node segments each image as it is stored and writes one SEG per series from those masks; a model
-    that takes several series of one study at once (manifest ``inputs``) would need its reference series
-    held until the partner series arrives. Refused at start, clearly, rather than failing every C-STORE."""
-    if manifest.inputs is not None:
-        raise ConfigError(
-            f"model {manifest.name} takes several series of one study ({', '.join(manifest.roles)}); the DICOM node "
-            "serves one-input models only. Serve it with `scanedge serve` (docs/protocol.md section 3.2)"
-        )
 
 
 def _check_installed() -> None:
