@@ -392,6 +392,8 @@ class DicomListener:
         with self._lock:
             pending = self._writer.status(now)
             counters = self.stats.counters(self.outputs)
+            if self._intake is not None and self._intake.pairing is not None:  # a multi-input model's
+                counters["missing_input"] = self.stats.missing_input
             last_error = self.stats.last_error
         return {
             "state": state,

@@ -164,6 +164,7 @@ class PairingIntake:
             with self._lock:
                 partners = self._partners(ref)
                 if partners is None:
+                    self._check_room(ref)
                     self._parked.append(ref)
                     log.debug("instance %s of series %s waits for its partner series", instance_uid, series_uid)
                     return
@@ -224,6 +225,18 @@ class PairingIntake:
                 return None
             found.append(partners)
         return found
+
+    def _check_room(self, ref: _Reference) -> None:
+        """CapacityError (0xA700, not taken) when parking ``ref`` would pass the pairing bounds: parked reference
+        images keep their pixels, at most ``pairing.max_slices`` frames and ``pairing.max_bytes`` bytes in all."""
+        policy = self.inputs.pairing
+        frames = sum(len(r.slices) for r in self._parked) + len(ref.slices)
+        nbytes = sum(s.pixels.nbytes for r in self._parked for s in r.slices) + sum(s.pixels.nbytes for s in ref.slices)
+        if frames > policy.max_slices or nbytes > policy.max_bytes:
+            raise CapacityError(
+                f"{len(self._parked)} reference image(s) already wait for their partner series (at most "
+                f"{policy.max_slices} frames, {policy.max_bytes} bytes); send the partner series first or later"
+            )
 
     # --- a parked reference's end -------------------------------------------------------------------------
 

@@ -46,7 +46,8 @@ class ListenerStats:
         outputs: per output name, what it wrote, failed and retried (``outputs["seg"].written``: SEG files
             written to ``out/seg``).
         missing_input: reference images of a multi-input model that got no mask: their partner slice did not
-            come within the wait, or cannot be paired (MISSING_INPUT; the log names role, series and position).
+            come within the wait, or cannot be paired (MISSING_INPUT; the log names role, series and position);
+            in ``status.json`` only when the node serves such a model.
         last_error: the latest output or spool failure, for the status file ("" when none).
     """
 
@@ -74,7 +75,6 @@ class ListenerStats:
             "recovered": self.recovered,
             "unrecoverable": self.unrecoverable,
             "series_completed": self.series_completed,
-            "missing_input": self.missing_input,
         }
         for output in outputs:
             counters.update(output.counters(self.outputs[output.name]))

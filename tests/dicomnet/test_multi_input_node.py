@@ -226,3 +226,15 @@ def test_the_scu_sees_success_for_a_reference_image_before_its_partner_exists(tm
         assert node._intake.pairing.parked == 0 and node.stats.results == 1
     finally:
         scu.release()
+
+
+def test_reference_images_waiting_for_partners_are_bounded_and_past_the_bound_not_taken(tmp_path, listener):
+    path = tmp_path / "bounded.onnx"
+    inputs = two_role_inputs(pairing={"wait_s": 300.0, "max_slices": 2})
+    embed_manifest(conv_model(2, WEIGHTS), simple_manifest(inputs=inputs), path)
+    node = listener([path], series_timeout_s=30.0)
+    study = Study()
+    answers = send(node.port, Study.datasets(study.flair[:3]))
+    assert [s for s, _ in answers] == [0, 0, 0xA700]
+    assert answers[2][1].startswith("OUT_OF_RESOURCES: 2 reference image(s) already wait")
+    assert len(spooled(node.config.out)) == 2  # what was refused is not kept; what was acknowledged is
