@@ -113,7 +113,7 @@ def referenced(seg_path) -> set[str]:
 def test_two_series_interleaved_and_shuffled_give_the_flair_series_a_seg_of_paired_masks(
     tmp_path, listener, associations
 ):
-    path = model(tmp_path, wait_s=60.0)
+    path = model(tmp_path, wait_s=20.0)  # the spool empties 20.5 s after the study's last image
     node = listener([path], series_timeout_s=0.5)
     study = Study()
     flair, t1 = Study.datasets(study.flair), Study.datasets(study.t1)
