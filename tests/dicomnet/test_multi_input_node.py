@@ -238,3 +238,28 @@ def test_reference_images_waiting_for_partners_are_bounded_and_past_the_bound_no
     assert [s for s, _ in answers] == [0, 0, 0xA700]
     assert answers[2][1].startswith("OUT_OF_RESOURCES: 2 reference image(s) already wait")
     assert len(spooled(node.config.out)) == 2  # what was refused is not kept; what was acknowledged is
+
+
+def test_a_node_started_on_the_spool_a_crashed_node_left_pairs_what_it_finds_there(tmp_path, listener):
+    """What a ``kill -9`` leaves: every acknowledged FLAIR and T1 image fsync'd in the spool, no SEG. The spool
+    is copied while the first node still runs (nothing written at its stop can reach the copy)."""
+    path = model(tmp_path, wait_s=5.0)
+    first = listener([path], series_timeout_s=300.0, out=tmp_path / "crashed")
+    study = Study()
+    both = Study.datasets(study.flair) + Study.datasets(study.t1)
+    random.Random(7).shuffle(both)
+    assert [s for s, _ in send(first.port, both)] == [0] * (2 * SLICES)
+    assert first.stats.results == SLICES and not first.written
+    left = tmp_path / "restarted" / "spool"
+    left.mkdir(parents=True, mode=0o700)
+    for f in spooled(first.config.out):
+        (left / f.name).write_bytes(f.read_bytes())
+    assert len(list(left.glob("*.dcm"))) == 2 * SLICES
+
+    second = listener([path], series_timeout_s=0.5, out=tmp_path / "restarted")
+    (seg_path,) = wait_until(lambda: list(second.written), timeout=60, what="the FLAIR series' SEG")
+    uids = [s.identity.sop_instance_uid for s in study.flair]
+    assert referenced(seg_path) == set(uids)
+    assert np.array_equal(seg_masks(seg_path, uids), expected_masks(path, study) == 1)
+    assert second.stats.recovered == 2 * SLICES and second.stats.missing_input == 0
+    wait_until(lambda: not spooled(second.config.out), timeout=60, what="the spool emptied once the study is idle")
