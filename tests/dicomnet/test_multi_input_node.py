@@ -263,3 +263,43 @@ def test_a_node_started_on_the_spool_a_crashed_node_left_pairs_what_it_finds_the
     assert np.array_equal(seg_masks(seg_path, uids), expected_masks(path, study) == 1)
     assert second.stats.recovered == 2 * SLICES and second.stats.missing_input == 0
     wait_until(lambda: not spooled(second.config.out), timeout=60, what="the spool emptied once the study is idle")
+
+
+def test_each_paired_flair_slice_is_published_live_with_its_mask_and_no_t1_slice_is(tmp_path, listener):
+    import zmq
+
+    from scanedge.runtime.wire.payloads import arrays_from_frames
+    from scanedge.runtime.wire.protocol import Result, decode_reply
+
+    path = model(tmp_path, wait_s=60.0)
+    node = listener([path], publish="tcp://127.0.0.1:*", series_timeout_s=60.0)
+    study, probe = Study(), Study(seed=2)
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    for topic in (study.flair_uid, study.t1_uid, probe.flair_uid):
+        sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
+    sub.connect(node.publish_endpoint)
+    try:
+        pair = Study.datasets(probe.t1[:1]) + Study.datasets(probe.flair[:1])
+        wait_until(lambda: send(node.port, pair) and sub.poll(200), timeout=30, what="the feed to go live")
+        sub.setsockopt(zmq.UNSUBSCRIBE, probe.flair_uid.encode())
+        while sub.poll(200):
+            sub.recv_multipart()
+        both = Study.datasets(study.flair) + Study.datasets(study.t1)
+        random.Random(8).shuffle(both)
+        assert [s for s, _ in send(node.port, both)] == [0] * (2 * SLICES)
+        received = []
+        while len(received) < SLICES:
+            assert sub.poll(30_000), f"only {len(received)} RESULTs arrived"
+            received.append(sub.recv_multipart())
+        assert not sub.poll(500)  # none for the T1 series (published, they would be among those above)
+    finally:
+        sub.close()
+    expected = dict(zip((s.identity.sop_instance_uid for s in study.flair), expected_masks(path, study)))
+    assert len(received) == SLICES
+    for topic, head, *payload in received:
+        header = decode_reply(head)
+        assert isinstance(header, Result) and topic.decode() == header.series == study.flair_uid
+        assert [f.name for f in header.frames] == ["mask", "overlay", "image"]
+        assert np.array_equal(arrays_from_frames(header.frames, payload)["mask"], expected[header.instance])
+    assert {decode_reply(h).instance for _, h, *_ in received} == set(expected)
