@@ -220,7 +220,7 @@ class DicomListener:
         if self._intake is not None and self._intake.pairing is not None:
             self._intake.pairing.stop()
         for series in self.store.drain():
-            self._writer.add(series, "the listener is stopping")
+            self._writer.add(series, "the listener is stopping" + self._pairing_note(series.series_uid))
         for item in list(self._writer.pending):  # one more try each; what fails stays spooled for the next start
             self._writer.attempt(item, time.monotonic())
         if self._writer.pending:
@@ -280,6 +280,10 @@ class DicomListener:
             log.info(
                 "model %s takes roles %s: series of one study are paired", name, ", ".join(self._manifests[name].roles)
             )
+
+    def _pairing_note(self, series_uid: str) -> str:
+        pairing = self._intake.pairing if self._intake is not None else None
+        return pairing.completion_note(series_uid) if pairing is not None else ""
 
     def _prepare_out(self) -> None:
         out = self.config.out
@@ -343,7 +347,8 @@ class DicomListener:
         while not self._stop.wait(interval):
             try:
                 for series in self.store.complete(cfg.series_timeout_s, on_release=cfg.complete_on_release):
-                    self._writer.add(series, "completed early to make room" if series.early else "complete")
+                    why = "completed early to make room" if series.early else "complete"
+                    self._writer.add(series, why + self._pairing_note(series.series_uid))
                 if self._intake is not None and self._intake.pairing is not None:
                     self._intake.pairing.expire_due()
                 self._writer.attempt_due(self._stop)

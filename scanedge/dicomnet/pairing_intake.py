@@ -30,6 +30,7 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,9 @@ from scanedge.runtime.core.pairing import PairingBuffer, slices_by_role
 __all__ = ["PairingIntake", "check_multi_input_models"]
 
 log = logging.getLogger("scanedge.dicomnet")
+
+#: series whose unpaired slices are remembered for their SEG's log line (the oldest forgotten past it)
+_NOTED_SERIES = 1024
 
 
 @dataclass(eq=False)
@@ -112,6 +116,7 @@ class PairingIntake:
         self._lock = threading.Lock()  # parked references, kept files, and adding to the buffer
         self._parked: list[_Reference] = []
         self._files: dict[str, _StudyFiles] = {}
+        self._unpaired: OrderedDict[str, int] = OrderedDict()  # series -> reference images without a mask
 
     @property
     def parked(self) -> int:
@@ -313,6 +318,12 @@ class PairingIntake:
                 len(parked),
             )
 
+    def completion_note(self, series_uid: str) -> str:
+        """What the log line of a completed series' SEG adds: how many of its images got no mask (and forgets it)."""
+        with self._lock:
+            unpaired = self._unpaired.pop(series_uid, 0)
+        return f"; {unpaired} image(s) without their partner (MISSING_INPUT) are not in it" if unpaired else ""
+
     # --- outcomes -----------------------------------------------------------------------------------------
 
     def _missing(self, ref: _Reference, error: MissingInputError) -> None:
@@ -329,6 +340,9 @@ class PairingIntake:
             error.message,
         )
         with self._lock:
+            self._unpaired[ref.series_uid] = self._unpaired.pop(ref.series_uid, 0) + 1
+            while len(self._unpaired) > _NOTED_SERIES:
+                self._unpaired.popitem(last=False)
             files = self._files.setdefault(ref.study, _StudyFiles())
             files.paths.append(ref.path)
             files.last = time.monotonic()

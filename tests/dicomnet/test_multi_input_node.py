@@ -149,7 +149,7 @@ def test_two_series_interleaved_and_shuffled_give_the_flair_series_a_seg_of_pair
 
 
 def test_a_missing_partner_is_missing_input_named_and_counted_and_the_node_serves_on(tmp_path, listener, caplog):
-    caplog.set_level(logging.WARNING, "scanedge.dicomnet")
+    caplog.set_level(logging.INFO, "scanedge.dicomnet")
     path = model(tmp_path, wait_s=0.5)
     node = listener([path], series_timeout_s=0.5)
     study = Study()
@@ -161,7 +161,9 @@ def test_a_missing_partner_is_missing_input_named_and_counted_and_the_node_serve
     paired = [s.identity.sop_instance_uid for s in study.flair[:4]]
     assert referenced(seg_path) == set(paired)  # the SEG covers the paired slices
     assert np.array_equal(seg_masks(seg_path, paired), expected_masks(path, study)[:4] == 1)
-    lines = [r.getMessage() for r in caplog.records if "MISSING_INPUT" in r.getMessage()]
+    written = [r.getMessage() for r in caplog.records if "SEG written" in r.getMessage()]
+    assert "2 image(s) without their partner (MISSING_INPUT) are not in it" in written[0]
+    lines = [r.getMessage() for r in caplog.records if "gets no mask" in r.getMessage()]
     assert len(lines) == 2
     for s, line in zip(study.flair[4:], sorted(lines, key=lambda m: "20.00 mm" in m)):
         assert "role 't1'" in line and study.flair_uid in line and s.identity.sop_instance_uid in line
@@ -188,7 +190,7 @@ def test_a_partner_in_another_frame_of_reference_is_not_paired_and_the_reason_is
     assert [s for s, _ in send(node.port, t1 + flair)] == [0] * (2 * SLICES)
     wait_until(lambda: node.stats.missing_input == SLICES, timeout=60, what="every FLAIR slice unpaired")
     assert node.stats.results == 0
-    lines = [r.getMessage() for r in caplog.records if "MISSING_INPUT" in r.getMessage()]
+    lines = [r.getMessage() for r in caplog.records if "gets no mask" in r.getMessage()]
     assert len(lines) == SLICES and all("another frame of reference" in m for m in lines)
 
 
