@@ -30,6 +30,7 @@ module                 owns
 ``statuses``           C-STORE status codes for each typed failure
 ``handlers``           pynetdicom's event handlers (C-ECHO, C-STORE, ...), the checks and refusals
 ``intake``             one image segmented by every model, published live, spooled, held
+``pairing_intake``     a multi-input model's images: partners held, reference images paired or waiting
 ``series``             the bounded buffer of open series' instances (headers and masks) until they complete
 ``spool``              received images fsync'd before Success, kept until their outputs are durable
 ``outputs``            what is made of a completed series: the output contract, the SEG, the SR, the writer

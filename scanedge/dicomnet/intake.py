@@ -89,6 +89,8 @@ class Intake:
         self.probabilities = probabilities
         self.followup = followup
         self._ids = itertools.count(1)
+        #: a multi-input model's pairing (:mod:`scanedge.dicomnet.pairing_intake`), set by the listener; None: one input
+        self.pairing: Any = None
 
     def hold(
         self,
@@ -107,6 +109,20 @@ class Intake:
         """Segment (publishing live), spool durably (unless ``spooled`` already is), then hold for the outputs.
 
         Raises what the C-STORE status will say; a spooled copy of an instance that is not held is removed."""
+        if self.pairing is not None:  # a multi-input model: paired with its partner series first
+            self.pairing.hold(
+                ds,
+                data,
+                slices,
+                series_uid,
+                instance_uid,
+                association,
+                received_at,
+                received_mono,
+                decode_ms,
+                spooled=spooled,
+            )
+            return
         self.store.begin(series_uid, association, identity(ds))
         if self.followup is not None:
             self.followup.begin(series_uid, ds)  # the prior lookup starts with the series' first instance

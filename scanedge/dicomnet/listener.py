@@ -45,6 +45,7 @@ from scanedge.dicomnet.handlers import AssociationHandlers, Refusal, check_uids
 from scanedge.dicomnet.intake import Intake
 from scanedge.dicomnet.outputs import OutputStats, make_outputs
 from scanedge.dicomnet.outputs.writer import OutputWriter
+from scanedge.dicomnet.pairing_intake import PairingIntake, check_multi_input_models
 from scanedge.dicomnet.publisher import ResultPublisher
 from scanedge.dicomnet.series import OpenSeries, OpenSeriesBuffer
 from scanedge.dicomnet.spool import Spool, private_folder
@@ -176,6 +177,7 @@ class DicomListener:
                 probabilities=any(o.needs_probabilities for o in self.outputs),
                 followup=self.followup,
             )
+            self._pair_multi_input(self._intake)
             self._start_server(self._intake)
         except BaseException:
             self._close_parts()
@@ -228,8 +230,10 @@ class DicomListener:
             self._server = None
         if self._completer.is_alive():
             self._completer.join()
+        if self._intake is not None and self._intake.pairing is not None:
+            self._intake.pairing.stop()
         for series in self.store.drain():
-            self._completed(series, "the listener is stopping")
+            self._completed(series, "the listener is stopping" + self._pairing_note(series.series_uid))
         for item in list(self._writer.pending):  # one more try each; what fails stays spooled for the next start
             self._writer.attempt(item, time.monotonic())
         if self._writer.pending:
@@ -272,7 +276,6 @@ class DicomListener:
                 self._pipelines.append(pipe)
                 pipes.append(pipe)
             name = pipes[0].manifest.name
-            _refuse_multi_input(pipes[0].manifest)
             if name in self._manifests:
                 raise ConfigError(f"two models are named {name!r}; each model needs its own manifest name")
             self._manifests[name] = pipes[0].manifest
@@ -282,6 +285,20 @@ class DicomListener:
             self._pools[name] = pool
             for output in self.outputs:
                 output.check_model(name, pipes[0].manifest)
+
+    def _pair_multi_input(self, intake: Intake) -> None:
+        """A multi-input model (manifest ``inputs``) is served alone, its images paired across the series of a
+        study (:mod:`scanedge.dicomnet.pairing_intake`)."""
+        name = check_multi_input_models(self._manifests)
+        if name is not None:
+            intake.pairing = PairingIntake(intake, name, self._manifests[name], idle_s=self.config.series_timeout_s)
+            log.info(
+                "model %s takes roles %s: series of one study are paired", name, ", ".join(self._manifests[name].roles)
+            )
+
+    def _pairing_note(self, series_uid: str) -> str:
+        pairing = self._intake.pairing if self._intake is not None else None
+        return pairing.completion_note(series_uid) if pairing is not None else ""
 
     def _prepare_out(self) -> None:
         out = self.config.out
@@ -345,7 +362,10 @@ class DicomListener:
         while not self._stop.wait(interval):
             try:
                 for series in self.store.complete(cfg.series_timeout_s, on_release=cfg.complete_on_release):
-                    self._completed(series, "completed early to make room" if series.early else "complete")
+                    why = "completed early to make room" if series.early else "complete"
+                    self._completed(series, why + self._pairing_note(series.series_uid))
+                if self._intake is not None and self._intake.pairing is not None:
+                    self._intake.pairing.expire_due()
                 self._writer.attempt_due(self._stop)
                 if time.monotonic() - self._status_at >= 1.0:
                     self._write_status("running")
@@ -398,6 +418,8 @@ class DicomListener:
         with self._lock:
             pending = self._writer.status(now)
             counters = self.stats.counters(self.outputs)
+            if self._intake is not None and self._intake.pairing is not None:  # a multi-input model's
+                counters["missing_input"] = self.stats.missing_input
             last_error = self.stats.last_error
         return {
             "state": state,
@@ -428,17 +450,6 @@ class DicomListener:
             except OSError as exc:
                 tmp.unlink(missing_ok=True)
                 log.debug("status file %s not updated: %s", self._status_path, exc.strerror)
-
-
-def _refuse_multi_input(manifest: Manifest) -> None:
-    """The node segments each image as it is stored and writes one SEG per series from those masks; a model
-    that takes several series of one study at once (manifest ``inputs``) would need its reference series
-    held until the partner series arrives. Refused at start, clearly, rather than failing every C-STORE."""
-    if manifest.inputs is not None:
-        raise ConfigError(
-            f"model {manifest.name} takes several series of one study ({', '.join(manifest.roles)}); the DICOM node "
-            "serves one-input models only. Serve it with `scanedge serve` (docs/protocol.md section 3.2)"
-        )
 
 
 def _check_installed() -> None:

@@ -45,6 +45,9 @@ class ListenerStats:
         series_pending: completed series whose outputs are not all durable yet (waiting for a retry).
         outputs: per output name, what it wrote, failed and retried (``outputs["seg"].written``: SEG files
             written to ``out/seg``).
+        missing_input: reference images of a multi-input model that got no mask: their partner slice did not
+            come within the wait, or cannot be paired (MISSING_INPUT; the log names role, series and position);
+            in ``status.json`` only when the node serves such a model.
         last_error: the latest output or spool failure, for the status file ("" when none).
     """
 
@@ -60,6 +63,7 @@ class ListenerStats:
     series_pending: int = 0
     outputs: dict[str, OutputStats] = field(default_factory=dict)
     last_error: str = ""
+    missing_input: int = 0
 
     def counters(self, outputs: Sequence[DicomOutput]) -> dict[str, Any]:
         """The counters as ``status.json`` names them, each output's after ``series_completed``."""
