@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from scanedge.dicomnet.followup import ChangeUpdate, NodeFollowup
     from scanedge.imaging.followup import SeriesChange
 
-__all__ = ["PUBLISHED_OUTPUTS", "Intake", "drop_pixels", "identity", "quantised"]
+__all__ = ["PUBLISHED_OUTPUTS", "Intake", "drop_pixels", "identity", "quantised", "update_message"]
 
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float Pixel Data
 #: the frames each published RESULT carries (section 4's names); ``change`` once the slice has been compared
@@ -261,24 +261,31 @@ class Intake:
         if self.publisher is None:
             return
         for item in updates:
-            infos, payload, _ = result_frames(("change",), {"change": item.plane}, "raw")
-            now = time.time()
-            header = Result(
-                version=PROTOCOL_VERSION,
-                id=next(self._ids),
-                series=series_uid,
-                instance=item.instance,
-                index=item.index,
-                model=item.model,
-                frames=infos,
-                received_at=now,
-                replied_at=now,
-                runtime=self.runtime_id,
-                position_mm=item.position_mm,
-                change=item.change,
-                update=True,
-            )
-            self.publisher.publish([publish_topic(series_uid), encode(header), *payload])
+            self.publisher.publish(update_message(next(self._ids), series_uid, item, self.runtime_id))
+
+
+def update_message(request_id: int, series_uid: str, item: ChangeUpdate, runtime: str) -> list[Any]:
+    """The published message of one change update (docs/protocol.md section 9): topic, a RESULT with the slice's
+    series, instance, index, position and model, its ``change`` and ``update`` true, and the ``change`` frame as
+    its only frame (none while the slice is not compared)."""
+    infos, payload, _ = result_frames(("change",), {"change": item.plane}, "raw")
+    now = time.time()
+    header = Result(
+        version=PROTOCOL_VERSION,
+        id=request_id,
+        series=series_uid,
+        instance=item.instance,
+        index=item.index,
+        model=item.model,
+        frames=infos,
+        received_at=now,
+        replied_at=now,
+        runtime=runtime,
+        position_mm=item.position_mm,
+        change=item.change,
+        update=True,
+    )
+    return [publish_topic(series_uid), encode(header), *payload]
 
 
 def identity(ds: Any) -> tuple[str, str]:
