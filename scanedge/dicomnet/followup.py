@@ -21,11 +21,12 @@ converge or a series past the memory bound leaves the series segmented as usual,
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -57,6 +58,7 @@ if TYPE_CHECKING:  # scipy and SimpleITK (the followup extra) are imported only 
 
 __all__ = [
     "LESION_SEG_DESCRIPTION",
+    "ChangeUpdate",
     "FollowupConfig",
     "NodeFollowup",
     "lesion_mask",
@@ -86,6 +88,9 @@ class FollowupConfig:
         registrations: comparisons at once over all series.
         model: the model whose masks are compared (manifest name); None: the first model.
         lesion_class: the class compared (a class name of that model); None: every foreground class.
+        updates_per_comparison: after a live comparison, at most this many slices already published are
+            republished with their new change plane (the rest follow after the next comparison); the
+            comparison at completion republishes every slice whose plane changed.
     """
 
     pacs: DimseSource | None = None
@@ -102,8 +107,11 @@ class FollowupConfig:
     registrations: int = 1
     model: str | None = None
     lesion_class: str | None = None
+    updates_per_comparison: int = 64
 
     def __post_init__(self) -> None:
+        if self.updates_per_comparison < 1:
+            raise ConfigError("follow-up updates_per_comparison must be >= 1")
         if self.pacs is None and self.dicomweb is None and self.store is None:
             raise ConfigError("follow-up needs a prior source: a PACS (DIMSE or DICOMweb) or a prior store")
         if self.lookups < 1 or self.registrations < 1 or self.reregister_every < 1 or self.min_slices < 0:
@@ -156,11 +164,57 @@ def prior_from_record(record: PriorRecord, source: str, rules: str) -> PriorVolu
     )
 
 
+@dataclass(frozen=True)
+class ChangeUpdate:
+    """A slice already published, to be published again with where its series' comparison stands now
+    (docs/protocol.md section 9, change updates).
+
+    Attributes:
+        instance: its SOP Instance UID.
+        index: the ``index`` its RESULT carried.
+        position_mm: the ``position_mm`` its RESULT carried.
+        model: the ``model`` its RESULT carried.
+        change: the series against its prior, as this slice's RESULT would carry it now.
+        plane: the slice's change codes (the ``change`` frame), or None while it is not compared.
+    """
+
+    instance: str
+    index: int | None
+    position_mm: float | None
+    model: str
+    change: SeriesChange
+    plane: np.ndarray | None
+
+
+#: receives a series' change updates, in order (called with the series' publication lock held)
+UpdateSink = Callable[[str, Sequence[ChangeUpdate]], None]
+_MAX_SHOWN = 8192  # slices of one series remembered as published (a longer series' later slices get no update)
+
+
+@dataclass(frozen=True)
+class _Shown:
+    instance: str
+    index: int | None
+    position_mm: float | None
+    model: str
+    digest: bytes | None  # of the change plane published last; None: no lesion pixel shown (no plane or all 0)
+
+
+def _digest(plane: np.ndarray | None) -> bytes | None:
+    if plane is None or not plane.any():
+        return None
+    return hashlib.blake2b(np.ascontiguousarray(plane).tobytes(), digest_size=16).digest()
+
+
 @dataclass
 class _Tracked:
     engine: LiveComparison
     patient_id: str  # for the prior store's key only: never logged
     current: CurrentStudy
+    # the slices published (by slice key) and their plane; guarded by ``order``, which also orders this series'
+    # publications: a live RESULT and the updates after a comparison are handed to the publisher in that order
+    shown: OrderedDict[Hashable, _Shown] = field(default_factory=OrderedDict)
+    order: threading.Lock = field(default_factory=threading.Lock)
 
 
 class NodeFollowup:
@@ -214,6 +268,8 @@ class NodeFollowup:
         self._lookups = ThreadPoolExecutor(config.lookups, thread_name_prefix="scanedge-prior")
         self._lock = threading.Lock()
         self._series: OrderedDict[str, _Tracked] = OrderedDict()
+        #: where change updates go (the intake's publisher); None: no updates (nothing is published)
+        self.sink: UpdateSink | None = None
 
     def close(self) -> None:
         """Stop taking lookups; those running end within their own timeouts."""
@@ -237,6 +293,7 @@ class NodeFollowup:
                 series_description=_text(ds, "SeriesDescription"),
             )
             tracked = _Tracked(LiveComparison(series_uid, self.live, self._gate), current.patient_id, current)
+            tracked.engine.on_compared = lambda: self._republish(series_uid, tracked, final=False)
             self._series[series_uid] = tracked
             while len(self._series) > self.max_series:
                 old, _ = self._series.popitem(last=False)
@@ -265,6 +322,32 @@ class NodeFollowup:
         answer = tracked.engine.answer(slice_)
         return answer.change, answer.plane
 
+    def publish(
+        self,
+        series_uid: str,
+        model: str,
+        slice_: Slice,
+        shown: tuple[str, int | None, str],
+        send: Callable[[SeriesChange | None, np.ndarray | None], None],
+    ) -> None:
+        """Publish one frame's RESULT: ``send`` is called with what it carries (:meth:`answer`) and the slice is
+        remembered as published (``shown``: instance, index, model label), so a later comparison republishes it
+        (:class:`ChangeUpdate`). ``send`` runs under the series' publication lock, ordered with its updates."""
+        from scanedge.runtime.core.followup import slice_key
+
+        tracked = self._get(series_uid) if model == self.model else None
+        if tracked is None:
+            send(None, None)
+            return
+        with tracked.order:
+            answer = tracked.engine.answer(slice_)
+            send(answer.change, answer.plane)
+            key = slice_key(slice_)
+            if key in tracked.shown or len(tracked.shown) < _MAX_SHOWN:
+                instance, index, label = shown
+                position = slice_.geometry.position_along_normal
+                tracked.shown[key] = _Shown(instance, index, position, label, _digest(answer.plane))
+
     # --- at completion (the completion thread) -------------------------------------------------------
 
     def complete(self, series: OpenSeries) -> None:
@@ -277,6 +360,7 @@ class NodeFollowup:
             return
         try:
             outcome = tracked.engine.complete(self.config.wait_s)
+            self._republish(series.series_uid, tracked, final=True)
             if outcome.comparison is None:
                 _log.info("series %s not compared: %s", series.series_uid, outcome.change.reason)
                 return
@@ -293,6 +377,43 @@ class NodeFollowup:
                 self._put(tracked, series.series_uid, outcome)
         except Exception as exc:  # a bug must not keep the series' outputs from being written
             _log.error("series %s: follow-up at completion failed (%s)", series.series_uid, type(exc).__name__)
+
+    # --- change updates (a comparison's thread, or the completion thread) ---------------------------
+
+    def _republish(self, series_uid: str, tracked: _Tracked, *, final: bool) -> None:
+        """After a comparison: the published slices whose change plane differs from the one they were last
+        published with (at most ``updates_per_comparison`` unless ``final``), and one more (the slice published
+        last) so that every subscriber sees the series' status and counts; never raises."""
+        sink = self.sink
+        if sink is None:
+            return
+        try:
+            with tracked.order:
+                keys = list(tracked.shown)
+            if not keys:
+                return
+            answers = {key: tracked.engine.answer_at(key) for key in keys}  # the planes, outside the lock
+            limit = None if final else self.config.updates_per_comparison
+            with tracked.order:
+                updates: list[ChangeUpdate] = []
+                last = next(reversed(tracked.shown))
+                for key, answer in answers.items():
+                    shown = tracked.shown.get(key)
+                    if shown is None:
+                        continue
+                    digest = _digest(answer.plane)
+                    if digest == shown.digest and key != last:
+                        continue
+                    if limit is not None and len(updates) >= limit and key != last:
+                        continue  # left for the next comparison: its digest still differs then
+                    tracked.shown[key] = _Shown(shown.instance, shown.index, shown.position_mm, shown.model, digest)
+                    change = answer.change
+                    updates.append(
+                        ChangeUpdate(shown.instance, shown.index, shown.position_mm, shown.model, change, answer.plane)
+                    )
+                sink(series_uid, updates)
+        except Exception as exc:  # an update lost must not break the comparison or the outputs
+            _log.warning("series %s: change updates not published (%s)", series_uid, type(exc).__name__)
 
     # --- inside ----------------------------------------------------------------------------------------
 

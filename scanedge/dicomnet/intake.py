@@ -17,11 +17,12 @@ import itertools
 import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+import numpy as np
 
 from scanedge.dicomnet.publisher import ResultPublisher
 from scanedge.dicomnet.series import HeldFrame, HeldInstance, OpenSeriesBuffer, pack
@@ -35,12 +36,13 @@ from scanedge.imaging.slices import Slice
 from scanedge.manifest import Manifest
 from scanedge.runtime.core.pipeline import Pipeline, SliceResult
 from scanedge.runtime.wire.payloads import pipeline_reply, result_frames
-from scanedge.runtime.wire.protocol import Echo, encode, publish_topic
+from scanedge.runtime.wire.protocol import PROTOCOL_VERSION, Echo, Result, encode, publish_topic
 
 if TYPE_CHECKING:
-    from scanedge.dicomnet.followup import NodeFollowup
+    from scanedge.dicomnet.followup import ChangeUpdate, NodeFollowup
+    from scanedge.imaging.followup import SeriesChange
 
-__all__ = ["PUBLISHED_OUTPUTS", "Intake", "drop_pixels", "identity", "quantised"]
+__all__ = ["PUBLISHED_OUTPUTS", "Intake", "drop_pixels", "identity", "quantised", "update_message"]
 
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float Pixel Data
 #: the frames each published RESULT carries (section 4's names); ``change`` once the slice has been compared
@@ -91,6 +93,8 @@ class Intake:
         self._ids = itertools.count(1)
         #: a multi-input model's pairing (:mod:`scanedge.dicomnet.pairing_intake`), set by the listener; None: one input
         self.pairing: Any = None
+        if followup is not None and publisher is not None:
+            followup.sink = self.publish_updates
 
     def hold(
         self,
@@ -194,7 +198,7 @@ class Intake:
                     if not publish:
                         continue
                     index = slice_.identity.instance_number if len(slices) == 1 else i + 1
-                    self._publish(
+                    self.publish_result(
                         name,
                         pipe,
                         result,
@@ -213,7 +217,7 @@ class Intake:
             HeldFrame(slice_.shape[:2], masks[i], probabilities[i], scores[i]) for i, slice_ in enumerate(slices)
         )
 
-    def _publish(
+    def publish_result(
         self,
         name: str,
         pipe: Pipeline,
@@ -232,32 +236,72 @@ class Intake:
             self.stats.results += 1
         if self.publisher is None:
             return
-        change, plane = (None, None) if self.followup is None else self.followup.answer(series_uid, name, slice_)
-        arrays = {
-            "mask": result.mask,
-            "overlay": result.overlay,
-            "probabilities": result.probabilities,
-            "image": display_image(slice_),
-            "change": plane,
-        }
-        infos, payload, encode_ms = result_frames(PUBLISHED_OUTPUTS, arrays, "raw")
-        header = pipeline_reply(
-            Echo(next(self._ids), series_uid, instance_uid, index, None),
-            result,
-            model=pipe.model_label,
-            backend=pipe.engine.backend,
-            frames=infos,
-            queue_ms=queue_ms,
-            decode_ms=decode_ms,
-            encode_ms=encode_ms,
-            received_mono=received_mono,
-            received_at=received_at,
-            runtime=self.runtime_id,
-            position_mm=slice_.geometry.position_along_normal,
-        )
-        if change is not None:
-            header = msgspec.structs.replace(header, change=change)
-        self.publisher.publish([publish_topic(series_uid), encode(header), *payload])
+
+        def send(change: SeriesChange | None, plane: np.ndarray | None) -> None:
+            assert self.publisher is not None
+            arrays = {
+                "mask": result.mask,
+                "overlay": result.overlay,
+                "probabilities": result.probabilities,
+                "image": display_image(slice_),
+                "change": plane,
+            }
+            infos, payload, encode_ms = result_frames(PUBLISHED_OUTPUTS, arrays, "raw")
+            header = pipeline_reply(
+                Echo(next(self._ids), series_uid, instance_uid, index, None),
+                result,
+                model=pipe.model_label,
+                backend=pipe.engine.backend,
+                frames=infos,
+                queue_ms=queue_ms,
+                decode_ms=decode_ms,
+                encode_ms=encode_ms,
+                received_mono=received_mono,
+                received_at=received_at,
+                runtime=self.runtime_id,
+                position_mm=slice_.geometry.position_along_normal,
+            )
+            if change is not None:
+                header = msgspec.structs.replace(header, change=change)
+            self.publisher.publish([publish_topic(series_uid), encode(header), *payload])
+
+        if self.followup is None:
+            send(None, None)
+        else:  # ordered with the change updates of its series (docs/protocol.md section 9)
+            self.followup.publish(series_uid, name, slice_, (instance_uid, index, pipe.model_label), send)
+
+    def publish_updates(self, series_uid: str, updates: Sequence[ChangeUpdate]) -> None:
+        """Publish a series' change updates (docs/protocol.md section 9): per slice, a RESULT with its
+        series, instance, index and ``change``, ``update`` true, and its ``change`` frame as its only frame (none
+        while the slice is not compared). Called by the follow-up after a comparison, off the C-STORE path."""
+        if self.publisher is None:
+            return
+        for item in updates:
+            self.publisher.publish(update_message(next(self._ids), series_uid, item, self.runtime_id))
+
+
+def update_message(request_id: int, series_uid: str, item: ChangeUpdate, runtime: str) -> list[Any]:
+    """The published message of one change update (docs/protocol.md section 9): topic, a RESULT with the slice's
+    series, instance, index, position and model, its ``change`` and ``update`` true, and the ``change`` frame as
+    its only frame (none while the slice is not compared)."""
+    infos, payload, _ = result_frames(("change",), {"change": item.plane}, "raw")
+    now = time.time()
+    header = Result(
+        version=PROTOCOL_VERSION,
+        id=request_id,
+        series=series_uid,
+        instance=item.instance,
+        index=item.index,
+        model=item.model,
+        frames=infos,
+        received_at=now,
+        replied_at=now,
+        runtime=runtime,
+        position_mm=item.position_mm,
+        change=item.change,
+        update=True,
+    )
+    return [publish_topic(series_uid), encode(header), *payload]
 
 
 def identity(ds: Any) -> tuple[str, str]:

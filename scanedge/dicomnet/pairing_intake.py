@@ -368,7 +368,7 @@ class PairingIntake:
                 frames.append(HeldFrame(slice_.shape[:2], {self.model: pack(result.mask)}, probabilities, scores))
                 if ref.publish:
                     index = slice_.identity.instance_number if len(ref.slices) == 1 else i + 1
-                    intake._publish(
+                    intake.publish_result(
                         self.model,
                         pipe,
                         result,

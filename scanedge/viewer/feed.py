@@ -17,6 +17,12 @@ Nothing here can slow the runtime: the SUB socket drops at its high-water mark o
 and sends it only when the page has painted the previous one (drop to newest). Only the small JSON
 descriptions are queued per page, and that queue is bounded too.
 
+A change update (a RESULT with ``update`` true, docs/protocol.md section 9: the DICOM node's comparison with the
+prior ended after the slice was published) changes a slice already received: its description takes the update's
+``change`` (and its ``change`` frame, or none), its image and mask stay, and a page that shows that slice is
+sent it again to repaint; the series' newest description takes the update's ``change`` too, so the status,
+legend and trend follow the comparison. An update of a slice the viewer never received is ignored.
+
 A runtime that restarts is followed without restarting the viewer: ZeroMQ reconnects the SUB socket by
 itself, a monitor on it tells whether a runtime is connected at all (pages show "stale" while none is),
 and a RESULT carrying another ``runtime`` id than the last one makes every page follow the new runtime's
@@ -278,6 +284,7 @@ class Watcher:
         self.pinned: tuple[str, str] | None = None  # (series, key) the page asked to look at
         self.texts: deque[dict[str, Any]] = deque(maxlen=limits.page_queue)
         self.pixels: LiveSlice | None = None  # newest slice to paint, replaced by newer ones (drop to newest)
+        self.showing: tuple[str, str] | None = None  # (series, key) of the slice the page was sent last
         self.awaiting_paint = False
         self.dropped = 0
         self.status_changed = True  # the page is told the feed's status (connected, runtime) with the next wake
@@ -310,7 +317,25 @@ class Watcher:
             return None
         item, self.pixels = self.pixels, None
         self.awaiting_paint = True
+        self.showing = (item.series, item.key)
         return item
+
+    def offer_update(self, item: LiveSlice) -> None:
+        """Queue a change update's description and, when the page shows that slice (live or pinned) and no
+        other slice waits to be painted, make the updated slice the one to paint next. Never blocks."""
+        self.texts.append(item.meta)
+        place = (item.series, item.key)
+        shown = self.pinned if self.pinned is not None else self.showing
+        waiting = self.pixels is not None and (self.pixels.series, self.pixels.key) != place
+        if item.image and shown == place and not waiting:
+            self.pixels = (
+                item
+                if self.pinned is None
+                else LiveSlice(
+                    item.seq, item.series, item.key, {**item.meta, "pinned": True}, item.image, item.mask, item.change
+                )
+            )
+        self.wake.set()
 
     def painted(self) -> None:
         """The page has painted the last slice sent: the next one may go (see :meth:`take_pixels`)."""
@@ -420,7 +445,10 @@ class LiveFeed:
             if not isinstance(header, Result):
                 raise ProtocolError("only RESULTs are published")
             self._seq += 1
-            item = _live_slice(self._seq, header, frames[2:], time.time())
+            if header.update:
+                item = self._update(self._seq, header, frames[2:])
+            else:
+                item = _live_slice(self._seq, header, frames[2:], time.time())
         except ProtocolError as exc:
             self.malformed += 1
             if self.malformed <= 10:
@@ -433,10 +461,43 @@ class LiveFeed:
                 log.warning("a new runtime (%s) publishes on %s; pages follow it", header.runtime, self.endpoint)
             self.runtime = header.runtime
             self._changed(new_runtime=replaced)
-        if item is not None:
+        if item is not None and header.update:
+            for w in self.watchers:
+                w.offer_update(item)
+        elif item is not None:
             self._remember(item)
             for w in self.watchers:
                 w.offer(item)
+        return item
+
+    def _update(self, seq: int, header: Result, frames: Sequence[Any]) -> LiveSlice | None:
+        """A change update applied to the slice it names (see the module docstring); None when the viewer does
+        not hold that slice."""
+        if len(frames) != len(header.frames):
+            raise ProtocolError(f"RESULT lists {len(header.frames)} frames but carries {len(frames)}")
+        s = self.series.get(header.series)
+        key = f"{header.position_mm:.3f}" if header.position_mm is not None else f"#{header.index}"
+        old = s.slices.get(key) if s is not None else None
+        if s is None or old is None or header.change is None:
+            return None
+        by_name = {info.name: (info, frame) for info, frame in zip(header.frames, frames)}
+        plane = _plane(by_name.get("change"), int(old["rows"]), int(old["cols"]))
+        change = _change_meta(header.change)
+        meta = {**old, "seq": seq, "change": change, "change_frame": plane is not None, "update": True}
+        meta["replied_at"], meta["received_at"] = header.replied_at, time.time()
+        s.slices[key] = meta  # in place: an update does not make a slice the newest
+        if s.latest is not None and s.latest.get("key") == key:
+            s.latest = meta
+        elif s.latest is not None:  # the series' status, counts and load as the comparison stands now
+            own = (s.latest.get("change") or {}).get("slice_counts")
+            s.latest = {**s.latest, "change": {**(change or {}), "slice_counts": own}}
+        kept = self._retained.get((header.series, key))
+        if kept is None:
+            return LiveSlice(seq, header.series, key, meta, None, None, None)
+        item = LiveSlice(seq, header.series, key, meta, kept.image, kept.mask, plane)
+        self._forget((header.series, key))
+        self._retained[(header.series, key)] = item
+        self._retained_bytes += item.nbytes
         return item
 
     def _remember(self, item: LiveSlice) -> None:

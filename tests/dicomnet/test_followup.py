@@ -34,7 +34,7 @@ from scanedge.dicomnet.prior_store import PriorStoreConfig
 from scanedge.dicomnet.priors import DicomwebSource, DimseSource, PriorLimits
 from scanedge.dicomnet.series import OpenSeries
 from scanedge.imaging.dicom import slices_from_dicom
-from scanedge.imaging.followup import CHANGE_CODES
+from scanedge.imaging.followup import CHANGE_CODES, change_image
 from scanedge.imaging.lesion_change import initial_tracking
 from scanedge.runtime.core.pipeline import Pipeline
 from scanedge.runtime.wire.payloads import arrays_from_frames
@@ -95,14 +95,35 @@ def recorded(node: DicomListener) -> list[OpenSeries]:
     return done
 
 
-def results(sub: zmq.Socket, count: int) -> list[tuple[Result, dict[str, Any]]]:
-    out: list[tuple[Result, dict[str, Any]]] = []
+Received = list[tuple[Result, dict[str, Any]]]
+
+
+def results(sub: zmq.Socket, count: int, updates: Received | None = None) -> Received:
+    """The next ``count`` live RESULTs of the feed; change updates (``update`` true) in between go to ``updates``."""
+    out: Received = []
     while len(out) < count:
         assert sub.poll(60_000), f"only {len(out)} RESULTs arrived"
         _, head, *payload = sub.recv_multipart()
         header = decode_reply(head)
         assert isinstance(header, Result)
-        out.append((header, arrays_from_frames(header.frames, payload)))
+        got = (header, arrays_from_frames(header.frames, payload))
+        if not header.update:
+            out.append(got)
+        elif updates is not None:
+            updates.append(got)
+    return out
+
+
+def change_updates(sub: zmq.Socket, done: Callable[[Received], bool]) -> Received:
+    """Change updates (``update`` true) from the feed until ``done`` says enough came; live RESULTs are skipped."""
+    out: Received = []
+    while not done(out):
+        assert sub.poll(120_000), f"only {len(out)} change updates arrived"
+        _, head, *payload = sub.recv_multipart()
+        header = decode_reply(head)
+        assert isinstance(header, Result)
+        if header.update:
+            out.append((header, arrays_from_frames(header.frames, payload)))
     return out
 
 
@@ -217,7 +238,7 @@ def test_a_follow_up_series_is_compared_live_with_its_prior_from_the_pacs(
         )
         sender = threading.Thread(target=storescu, args=(node.port, *paths[16:], paths[5]))
         sender.start()
-        later = results(sub, 17)
+        later = results(sub, 17)  # change updates in between are left out
         sender.join()
     finally:
         sub.close()
@@ -243,6 +264,98 @@ def test_a_follow_up_series_is_compared_live_with_its_prior_from_the_pacs(
     assert {sop for sop, _ in compared.frames} == {str(ds.SOPInstanceUID) for ds in current}
     assert any(p.parent.name == "seg" for p in node.written)
     assert PATIENT not in caplog.text
+
+
+def test_a_series_sent_whole_before_its_comparison_gets_change_updates_once_compared_at_completion(
+    listener: Callable[..., DicomListener], pacs: Pacs, tmp_path: Path
+) -> None:
+    config = replace(dimse(pacs.orthanc.dicom_port, pacs.orthanc.aet), min_slices=0)  # compared at completion only
+    node = listener(publish="tcp://127.0.0.1:*", complete_on_release=True, followup=config)
+    done = recorded(node)
+    current = study("20260105")
+    series = str(current[0].SeriesInstanceUID)
+    paths = files(current, tmp_path / "current")
+    sub = live_subscription(node, tmp_path, series.encode())
+    try:
+        assert responses(storescu(node.port, *paths)) == ["Success"] * 32
+        live = results(sub, 32)
+        wait_until(lambda: any(s.series_uid == series for s in done), timeout=300, what="the comparison")
+        (completed,) = [s for s in done if s.series_uid == series]
+        assert node.followup is not None
+        compared = completed.comparisons[node.followup.model]
+        assert compared.comparison.status == "compared", compared.comparison.reason
+        report = compared.comparison.report
+        planes = {sop: change_image(report.tracking[z], report) for z, (sop, _) in enumerate(compared.frames)}
+        last = live[-1][0].instance
+        expected = {sop for sop, plane in planes.items() if plane.any()} | {last}
+        assert len(expected) > 1, "the demo series has lesions"
+        updates = change_updates(sub, lambda got: {h.instance for h, _ in got} >= expected)
+    finally:
+        sub.close()
+    for header, arrays in live:  # every slice was published before any comparison
+        assert header.change is not None and header.change.status in ("searching", "registering")
+        assert "change" not in arrays
+    # one update per slice whose change plane is not empty, and the slice published last (the summary) last
+    assert sorted(h.instance for h, _ in updates) == sorted(expected) and updates[-1][0].instance == last
+    index_of = {h.instance: h.index for h, _ in live}
+    for header, arrays in updates:
+        assert header.update and header.series == series and header.index == index_of[header.instance]
+        assert header.change is not None and header.change.status == "compared"
+        assert header.change.prior_date == "20240301" and header.change.counts is not None
+        assert [f.name for f in header.frames] == ["change"] and not header.findings
+        np.testing.assert_array_equal(arrays["change"], planes[header.instance])
+
+
+@pytest.mark.parametrize("limit", [64, 2])
+def test_a_live_comparison_ending_after_the_last_slice_is_published_as_change_updates(
+    listener: Callable[..., DicomListener], pacs: Pacs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int
+) -> None:
+    import scanedge.runtime.core.followup as engine
+
+    gate = threading.Event()
+    real = engine.compare_series
+
+    def held(*args: Any, **kwargs: Any) -> Any:  # fault injection: a registration slower than the scanner
+        assert gate.wait(300)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "compare_series", held)
+    config = replace(
+        dimse(pacs.orthanc.dicom_port, pacs.orthanc.aet),
+        min_slices=8,
+        reregister_every=64,
+        updates_per_comparison=limit,
+    )
+    node = listener(publish="tcp://127.0.0.1:*", series_timeout_s=600, followup=config)
+    current = study("20260105")
+    series = str(current[0].SeriesInstanceUID)
+    sub = live_subscription(node, tmp_path, series.encode())
+    try:
+        assert responses(storescu(node.port, *files(current, tmp_path / "current"))) == ["Success"] * 32
+        live = results(sub, 32)
+        gate.set()
+        last = live[-1][0].instance
+        updates = change_updates(sub, lambda got: any(h.instance == last for h, _ in got))
+    finally:
+        sub.close()
+    for header, _ in live:
+        assert header.change is not None and header.change.status in ("searching", "registering")
+    followup = node.followup
+    assert followup is not None
+    # what the comparison says of each slice now is what its update carried; slices with lesions got one
+    now = {str(ds.SOPInstanceUID): followup.answer(series, followup.model, slices_from_dicom(ds)[0]) for ds in current}
+    order = [h.instance for h, _ in live]  # the order the slices were published in
+    changed = [sop for sop in order if (plane := now[sop][1]) is not None and plane.any() and sop != last]
+    assert len(changed) > 2, "the demo series has lesions on several slices"
+    # the slices whose plane changed, in publication order, at most ``limit`` of them; the last slice last
+    assert [h.instance for h, _ in updates] == [*changed[:limit], last]
+    for header, arrays in updates:
+        change, plane = now[header.instance]
+        assert header.update and header.change == change and change is not None and change.status == "compared"
+        if plane is None:  # outside the slab compared: the series' summary, no frame
+            assert "change" not in arrays
+        else:
+            np.testing.assert_array_equal(arrays["change"], plane)
 
 
 @pytest.mark.parametrize("protocol", ["dimse", "dicomweb"])

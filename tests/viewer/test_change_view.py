@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 
 from scanedge.demo.followup import make_pair
+from scanedge.dicomnet.followup import ChangeUpdate
+from scanedge.dicomnet.intake import update_message
 from scanedge.dicomnet.publisher import ResultPublisher
 from scanedge.imaging.followup import (
     CHANGE_CODES,
@@ -286,6 +288,68 @@ def test_the_page_draws_change_classes_with_the_legend_the_prior_and_the_trend(
     (tmp_path / "viewer-change.png").write_bytes(png)
     if os.environ.get("SCANEDGE_UPDATE_SCREENSHOTS"):
         shutil.copy(tmp_path / "viewer-change.png", ROOT / "docs" / "images" / "viewer-change.png")
+    assert not errors, errors
+
+
+def test_change_updates_turn_slices_published_while_registering_into_compared_and_keep_their_image(
+    pairs, publisher, change_viewer, browser_page
+):
+    page, errors = browser_page
+    open_page(page, change_viewer, publisher, pairs)
+    pair, comparison = pairs["compared"]
+    series, slices = "1.2.3.5", pair.current.shape[0]
+    page.fill("#opacity", "1")
+    page.dispatch_event("#opacity", "input")
+    # the whole series published before its comparison ended: every slice "registering", no change frame
+    registering = SeriesChange(status="registering", prior_date="20250101", source="prior store")
+    for z in range(slices):
+        publish_slice(publisher, series, pair, z, registering, None)
+    page.wait_for_selector(f"#series-list li[data-uid='{series}']", timeout=30_000)
+    page.click(f"#series-list li[data-uid='{series}']")
+    wait_until(lambda: page.locator("#strip .cell").count() == slices, timeout=30, what="every slice described")
+    page.wait_for_function(f"document.body.dataset.paintedIndex === '{slices}'", timeout=30_000)
+    assert page.text_content("#change-status") == "aligning the prior study of 1 January 2025…"
+    last = slices - 1
+    mask = pair.current_mask[last]
+    background = inside((mask == 0).astype(np.uint8) * 9, 9)  # a pixel of the image far from any lesion
+    before = canvas_rgb(page, *background)
+    painted = page.evaluate("document.body.dataset.painted")
+    # the comparison ends: the node's change updates, the slices with change pixels and the newest last
+    planes = {z: change_image(comparison.report.tracking[z], comparison.report) for z in range(slices)}
+    updated = [z for z in range(last) if planes[z].any()] + [last]
+    assert 13 in updated and 10 in updated
+    for n, z in enumerate(updated):
+        item = ChangeUpdate(
+            f"{series}.{z + 1}",
+            z + 1,
+            z * pair.geometry.spacing[2],
+            "ms-lesion-demo@1",
+            comparison.summary(z),
+            planes[z],
+        )
+        publisher.publish(update_message(1000 + n, series, item, "dicom-node-test"))
+    page.wait_for_function("document.getElementById('change-status').dataset.status === 'compared'", timeout=30_000)
+    assert page.text_content("#change-status") == "compared with 1 January 2025"
+    expected = comparison.summary()
+    assert expected.counts is not None
+    for name in ("new", "enlarging", "stable", "shrinking", "disappeared", "merged", "split"):
+        assert page.text_content(f"#change-legend tr[data-class='{name}'] td.series") == str(
+            getattr(expected.counts, name)
+        ), name
+    assert f"{expected.load_change_percent:+.1f} %" in (page.text_content("#load-change") or "")
+    assert page.locator("#trend").get_attribute("data-points") == str(len(updated))
+    # the slice shown was painted again from its update: the same image, now with the change layer
+    page.wait_for_function(f"document.body.dataset.painted !== '{painted}'", timeout=30_000)
+    assert page.evaluate("document.body.dataset.overlay") == "change"
+    assert canvas_rgb(page, *background) == before
+    assert page.evaluate("document.body.dataset.paintedIndex") == str(slices)
+    # an earlier slice looked at again: its image, mask and its update's change colours
+    show(page, series, 13)
+    col, row = inside(planes[13], CHANGE_CODES["new"])
+    assert close(canvas_rgb(page, col, row), CHANGE_COLOURS["new"])
+    assert page.text_content("#change-legend tr[data-class='new'] td.slice") == "1"
+    marked = page.evaluate("[...document.querySelectorAll('#strip .cell')].map((c) => c.dataset.change || '')")
+    assert marked[13] == "new" and marked[10] == "enlarging"
     assert not errors, errors
 
 

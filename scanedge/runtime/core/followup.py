@@ -183,6 +183,9 @@ class LiveComparison:
         self._failure: str | None = None
         self._last_start = 0  # slices held when the last comparison started
         self._closed = False
+        #: called (no argument, in the comparison's background thread, before the next comparison may start)
+        #: each time a live comparison ends, compared or not: the node republishes the slices' change with it
+        self.on_compared: Callable[[], None] | None = None
 
     # --- input ---------------------------------------------------------------------------------------
 
@@ -245,7 +248,10 @@ class LiveComparison:
 
     def answer(self, slice_: Slice) -> LiveAnswer:
         """Where the comparison stands for ``slice_``, and its change plane once a compared volume holds it."""
-        key = slice_key(slice_)
+        return self.answer_at(slice_key(slice_))
+
+    def answer_at(self, key: Hashable) -> LiveAnswer:
+        """:meth:`answer` for the slice at ``key`` (:func:`slice_key`), held or not."""
         with self._lock:
             status = self._status()
             if status is not None:
@@ -331,12 +337,19 @@ class LiveComparison:
         except BaseException as exc:  # a background thread must never die silently
             done, failure = None, f"comparison failed ({type(exc).__name__})"
         with self._lock:
-            self._running = False
             if done is not None:
                 self._done = done
                 self._failure = None
             elif failure and self._done is None:
                 self._failure = failure
+            listener = self.on_compared
+        if listener is not None:  # still "running": the next comparison's listener call comes after this one
+            try:
+                listener()
+            except Exception as exc:
+                _log.warning("series %s: the comparison listener failed (%s)", self.series_uid, type(exc).__name__)
+        with self._lock:
+            self._running = False
             self._idle.notify_all()
             self._maybe_start()  # slices that came meanwhile
 

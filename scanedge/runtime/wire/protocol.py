@@ -356,6 +356,7 @@ class Result(_Message, tag="RESULT", frozen=True):
     series_scores: tuple[SeriesScore, ...] = ()  # added within version 1: per score head, the series so far
     change: SeriesChange | None = None  # added within version 1: the series against its prior so far
     inputs: PairedInputs | None = None  # added within version 1: the roles of a multi-input model (section 3.2)
+    update: bool = False  # added within version 1: a published change update of a slice already published (9)
 
 
 class Error(_Message, tag="ERROR", frozen=True):

@@ -98,7 +98,7 @@ function onText(message) {
     if (Array.isArray(message.change_classes)) state.changeClasses = message.change_classes;
     onFeed(message.feed);
     for (const s of message.series) {
-      for (const meta of s.slices) remember(meta);
+      for (const meta of s.slices) remember({ ...meta, update: false }); // in arrival order: the last is the newest
       for (const meta of s.scores || []) remember(meta);
     }
     if (state.selected) send({ type: "select", series: state.selected });
@@ -130,8 +130,25 @@ function rememberScores(s, meta) {
   held.set(meta.key, meta);
 }
 
+// A change update (docs/protocol.md section 9: the comparison with the prior ended after the slice came) for a
+// slice already described: the slice takes its change where it stands, and the series' newest description its
+// status, counts and load (keeping that slice's own counts), so the panel and trend follow the comparison.
+function rememberUpdate(s, meta) {
+  if (!s.slices.has(meta.key)) return;
+  s.slices.set(meta.key, meta);
+  if (!s.latest || s.latest.key === meta.key) s.latest = meta;
+  else {
+    const own = s.latest.change ? s.latest.change.slice_counts : null;
+    s.latest = { ...s.latest, change: meta.change ? { ...meta.change, slice_counts: own } : s.latest.change };
+  }
+}
+
 function remember(meta) {
   const s = seriesOf(meta.series);
+  if (meta.update && meta.type === "slice") {
+    rememberUpdate(s, meta);
+    return;
+  }
   rememberScores(s, meta);
   if (meta.type === "scores") {
     if (state.selected === null) {
@@ -179,7 +196,7 @@ function onSlice(buffer) {
   requestAnimationFrame(() =>
     setTimeout(() => {
       const painted = now();
-      const latency = meta.pinned || !meta.replied_at ? null : painted - meta.replied_at * 1000;
+      const latency = meta.pinned || meta.update || !meta.replied_at ? null : painted - meta.replied_at * 1000;
       window.scanedgeTimings.push({ seq: meta.seq, replied: meta.replied_at * 1000, viewer: meta.received_at * 1000, arrived, drawn, painted });
       if (window.scanedgeTimings.length > 500) window.scanedgeTimings.shift();
       if (latency !== null) {

@@ -208,3 +208,24 @@ def test_global_gate_bounds_concurrent_comparisons(pair: FollowupPair, monkeypat
     for engine in engines:
         assert engine.complete(timeout_s=120).change.status == "compared"
     assert most == 1
+
+
+def test_the_comparison_listener_hears_each_live_comparison_with_its_answers_ready(pair: FollowupPair) -> None:
+    """``on_compared`` (the DICOM node's change updates) runs after each live comparison, sees its answers, may
+    call back into the engine, and a listener that raises stops nothing."""
+    slices = slices_of(pair.current, pair)
+    engine = LiveComparison("1.2.20", LiveConfig(min_slices=8, reregister_every=8))
+    heard: list[str] = []
+
+    def listener() -> None:
+        heard.append(engine.answer(slices[4]).change.status)
+        raise RuntimeError("a subscriber's bug")
+
+    engine.on_compared = listener
+    for z in range(len(slices)):
+        engine.add(slices[z], pair.current_mask[z])
+    engine.set_prior(prior_of(pair))
+    wait_until(lambda: heard, timeout=120, what="the first live comparison")
+    outcome = engine.complete(timeout_s=120)  # waits for a comparison in flight and its listener
+    assert heard and set(heard) == {"compared"}
+    assert outcome.comparison is not None and outcome.change.status == "compared"
