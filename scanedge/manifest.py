@@ -35,6 +35,7 @@ __all__ = [
     "AppliesTo",
     "ClassSpec",
     "CodedConcept",
+    "FollowupSpec",
     "HeadSpec",
     "InputRole",
     "InputSpec",
@@ -599,6 +600,39 @@ def _check_heads(manifest: Manifest) -> None:
 
 
 @dataclass(frozen=True)
+class FollowupSpec:
+    """How a follow-up of this model's series finds and reads the prior (``scanedge dicom-listen
+    --prior-...``; its own flags win over this section).
+
+    Attributes:
+        prior_description: the prior series' Series Description must contain a match of this regular
+            expression (case-insensitive); None: any description.
+        same_body_part: the prior series has the current series' Body Part Examined.
+        same_modality: the prior series has the current series' Modality.
+        lesion_class: the class whose lesions are compared; None: every foreground class.
+    """
+
+    prior_description: str | None = None
+    same_body_part: bool = True
+    same_modality: bool = True
+    lesion_class: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.prior_description is not None:
+            if not isinstance(self.prior_description, str) or len(self.prior_description) > 256:
+                raise _fail("followup.prior_description", "must be a regular expression of at most 256 characters")
+            try:
+                re.compile(self.prior_description)
+            except re.error as exc:
+                raise _fail("followup.prior_description", f"is not a regular expression: {exc}") from None
+        for name in ("same_body_part", "same_modality"):
+            if not isinstance(getattr(self, name), bool):
+                raise _fail(f"followup.{name}", "must be true or false")
+        if self.lesion_class is not None and (not isinstance(self.lesion_class, str) or not self.lesion_class):
+            raise _fail("followup.lesion_class", "must be a class name")
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A validated, immutable description of one model (a segmentation, a classifier, or both, see
     ``heads``). ``classes[0]`` is background.
@@ -625,6 +659,8 @@ class Manifest:
             saliency maps, more masks. Empty (the default): ``output`` is the model's only head.
         inputs: several sequences as input (roles, assembly, pairing; :mod:`scanedge.manifest_inputs`);
             None: one input, one series, as before the section existed.
+        followup: how a follow-up finds the prior of this model's series and which class it compares
+            (:class:`FollowupSpec`); None: the node's flags alone.
     """
 
     name: str
@@ -643,6 +679,7 @@ class Manifest:
     not_for_clinical_use: bool = False
     heads: tuple[HeadSpec, ...] = ()
     inputs: InputsSpec | None = None
+    followup: FollowupSpec | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -658,6 +695,9 @@ class Manifest:
             )
         object.__setattr__(self, "classes", tuple(self.classes))
         _check_heads(self)
+        if self.followup is not None and self.followup.lesion_class is not None:
+            if self.followup.lesion_class not in [c.name for c in self.classes[1:]]:
+                raise _fail("followup.lesion_class", f"{self.followup.lesion_class!r} is not a foreground class")
         if self.output is None:
             if self.classes:
                 raise _fail("classes", "are the mask's classes; a model without a mask output (output: null) has none")
@@ -774,6 +814,8 @@ class Manifest:
             del out["inputs"]
         else:
             out["inputs"] = self.inputs.to_dict()
+        if self.followup is None:
+            del out["followup"]
         return out
 
     def to_json(self, *, indent: int | None = 2) -> str:
@@ -810,6 +852,9 @@ class Manifest:
             raw_inputs = data.pop("inputs", None)
             if raw_inputs is not None:
                 sections["inputs"] = _build(InputsSpec, raw_inputs, "inputs")
+            raw_followup = data.pop("followup", None)
+            if raw_followup is not None:
+                sections["followup"] = _build(FollowupSpec, raw_followup, "followup")
             raw_classes = data.pop("classes", None)
             if not isinstance(raw_classes, list):
                 raise _fail("classes", "must be a list of {name, color, threshold} objects")

@@ -21,6 +21,7 @@ converge or a series past the memory bound leaves the series segmented as usual,
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import queue
@@ -64,6 +65,7 @@ __all__ = [
     "lesion_mask",
     "prior_from_record",
     "read_lesion_seg",
+    "with_manifest_rules",
 ]
 
 _log = logging.getLogger("scanedge.dicomnet")
@@ -129,6 +131,25 @@ class FollowupConfig:
         elif self.dicomweb is not None:
             parts.append(self.dicomweb.describe())
         return " then ".join(parts) + f" ({self.rules.describe()})"
+
+
+def with_manifest_rules(config: FollowupConfig, manifest: Manifest) -> FollowupConfig:
+    """``config`` with what the model's manifest declares (its ``followup`` section) where the node was given
+    nothing: the prior-matching rules when ``config.rules`` are the defaults, the compared class when none
+    was named. The node's own flags always win."""
+    spec = manifest.followup
+    if spec is None:
+        return config
+    changes: dict[str, Any] = {}
+    if config.rules == PriorRules():
+        changes["rules"] = PriorRules(
+            same_modality=spec.same_modality,
+            same_body_part=spec.same_body_part,
+            description_regex=spec.prior_description,
+        )
+    if config.lesion_class is None and spec.lesion_class is not None:
+        changes["lesion_class"] = spec.lesion_class
+    return dataclasses.replace(config, **changes) if changes else config
 
 
 def lesion_mask(mask: np.ndarray, labels: Sequence[int] | None) -> np.ndarray:
@@ -243,10 +264,10 @@ class NodeFollowup:
         from scanedge.runtime.core.followup import LiveConfig
 
         require_followup_extra("follow-up")
-        self.config = config
         name = config.model or next(iter(manifests))
         if name not in manifests:
             raise ConfigError(f"follow-up model {name!r} is not one of the node's models ({', '.join(manifests)})")
+        self.config = config = with_manifest_rules(config, manifests[name])
         self.model = name
         classes = [c.name for c in manifests[name].classes]
         if config.lesion_class is not None and config.lesion_class not in classes[1:]:

@@ -195,7 +195,7 @@ class DicomListener:
             ", ".join(f"{o.describe()} to {self._writer.folders[o.name]}" for o in self.outputs),
             f", forwarded to {cfg.forward}" if cfg.forward else "",
             (f", results published on {self.publish_endpoint}" if self._publisher else "")
-            + (f"; follow-up against priors from {cfg.followup.describe()}" if cfg.followup else ""),
+            + (f"; follow-up against priors from {self.followup.config.describe()}" if self.followup else ""),
             cfg.series_timeout_s,
             " or when released" if cfg.complete_on_release else "",
         )

@@ -466,3 +466,46 @@ def test_dicom_listen_prior_flags_make_the_followup_config(tmp_path: Path, capsy
     assert main(["dicom-listen", "--out", str(tmp_path / "out"), "--prior-pacs", "PACS@nowhere"]) == 2
     err = capsys.readouterr().err
     assert "--prior-pacs takes AE@HOST:PORT" in err and "Traceback" not in err
+
+
+def test_the_manifest_followup_section_sets_the_rules_and_class_unless_the_node_was_given_its_own(tmp_path):
+    from scanedge.demo.assets import demo_manifest
+    from scanedge.dicomnet.followup import NodeFollowup, with_manifest_rules
+    from scanedge.dicomnet.priors import PriorRules
+    from scanedge.manifest import FollowupSpec, Manifest
+
+    lesion = demo_manifest().classes[1].name
+    spec = FollowupSpec(prior_description="FLAIR", same_body_part=False, lesion_class=lesion)
+    manifest = demo_manifest().replace(followup=spec)
+    assert Manifest.from_json(manifest.to_json()).followup == spec  # round trip
+    assert "followup" not in demo_manifest().to_dict()  # a manifest without it reads as before
+    config = FollowupConfig(store=PriorStoreConfig(root=tmp_path / "store"))
+    node = NodeFollowup(config, {manifest.name: manifest}, {})
+    try:
+        assert node.config.rules == PriorRules(same_body_part=False, description_regex="FLAIR")
+        assert node.config.lesion_class == lesion and node.labels == (1,)
+        assert "FLAIR" in node.config.describe()
+    finally:
+        node.close()
+    given = replace(config, rules=PriorRules(description_regex="T2"))
+    assert with_manifest_rules(given, manifest).rules == given.rules  # the node's flags win
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"prior_description": "(unclosed"}, "regular expression"),
+        ({"same_body_part": "yes"}, "true or false"),
+        ({"lesion_class": "background"}, "not a foreground class"),
+        ({"lesion_class": "nope"}, "not a foreground class"),
+        ({"surprise": 1}, "surprise"),
+    ],
+)
+def test_a_bad_followup_section_is_refused_with_its_field(section, message):
+    from scanedge.demo.assets import demo_manifest
+    from scanedge.errors import ManifestInvalidError
+    from scanedge.manifest import Manifest
+
+    data = {**demo_manifest().to_dict(), "followup": section}
+    with pytest.raises(ManifestInvalidError, match=message):
+        Manifest.from_dict(data)
