@@ -1,4 +1,4 @@
-"""The ``scores`` output: a classification model's series scores as a small JSON file, until the SR lands.
+"""The ``scores`` output: a classification model's series scores as a small JSON file (the SR reports them too).
 
 For each completed series and each model with score heads (manifest ``heads``), one file
 ``scores/<series UID>.<model>.scores.json`` holds every score head over the series (aggregated as the
@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from scanedge.dicomnet.outputs.base import DicomOutput, OutputStats
 from scanedge.dicomnet.series import OpenSeries
-from scanedge.imaging.heads import SeriesScores
+from scanedge.imaging.heads import SeriesScore, SeriesScores
 from scanedge.manifest import Manifest
 
 if TYPE_CHECKING:
     from scanedge.dicomnet.config import ListenerConfig
 
-__all__ = ["SCORES_FORMAT", "ScoreReport", "ScoresOutput", "series_score_report"]
+__all__ = ["SCORES_FORMAT", "ScoreReport", "ScoresOutput", "series_head_scores", "series_score_report"]
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +52,15 @@ class ScoreReport:
         return "scores-" + hashlib.sha256(f"{self.series_uid}\0{self.model}".encode()).hexdigest()[:32]
 
 
-def series_score_report(series: OpenSeries, model: str, manifest: Manifest) -> dict[str, Any] | None:
-    """The JSON document for ``model``'s scores over ``series``; None when the model has no score heads or no
-    frame of the series has scores. Frames are placed by instance number (frames of a multi-frame instance
-    by their order within it), as the lesion load places slices without geometry."""
+def series_head_scores(
+    series: OpenSeries, model: str, manifest: Manifest
+) -> tuple[tuple[SeriesScore, ...], list[dict[str, Any]]]:
+    """``model``'s score heads over ``series`` (aggregated as the manifest says) and the frames' scores as
+    JSON; nothing when the model has no score heads or no frame of the series has scores. Frames are placed
+    by instance number (frames of a multi-frame instance by their order within it), as the lesion load
+    places slices without geometry. The one aggregation behind both the scores JSON and the SR."""
     if not manifest.score_heads:
-        return None
+        return (), []
     aggregate = SeriesScores(manifest.heads)
     frames = []
     for inst in series.instances.values():
@@ -76,13 +79,22 @@ def series_score_report(series: OpenSeries, model: str, manifest: Manifest) -> d
                 }
             )
     if not frames:
+        return (), []
+    return aggregate.scores(), frames
+
+
+def series_score_report(series: OpenSeries, model: str, manifest: Manifest) -> dict[str, Any] | None:
+    """The JSON document for ``model``'s scores over ``series`` (:func:`series_head_scores`); None when the
+    model has no score heads or no frame of the series has scores."""
+    head_scores, frames = series_head_scores(series, model, manifest)
+    if not frames:
         return None
     return {
         "format": SCORES_FORMAT,
         "series_uid": series.series_uid,
         "model": f"{manifest.name}@{manifest.version}",
         "not_for_clinical_use": manifest.not_for_clinical_use,
-        "series_scores": [s.to_dict() for s in aggregate.scores()],
+        "series_scores": [s.to_dict() for s in head_scores],
         "frames": frames,
     }
 

@@ -14,7 +14,10 @@ For each completed series and model :class:`SrOutput` writes two objects to ``OU
   change in mm3 and %, the count of each change class, what it was compared with (prior study date and
   UID), the matching rules and the registration's verdict, or why there is no prior or why change is
   withheld. The model (name, version, sha256 of its ONNX graph) is named in every group's algorithm
-  identification and in the Contributing Equipment Sequence of both objects.
+  identification and in the Contributing Equipment Sequence of both objects. A model with score heads gets
+one more group per head (each class's series probability, aggregated by the ``scores`` output's own code,
+and its decision coded SCT Positive / Negative); a model with score heads and no mask gets an SR of those
+groups alone and no lesion SEG.
 
 The comparison is the node's follow-up (``series.comparisons[model]``); without follow-up the series'
 held masks are compared with no prior here (reason ``follow-up not configured``), so the output works on
@@ -28,12 +31,14 @@ classes and the figures no standard code names.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from scanedge.dicomnet.outputs.base import DicomOutput
+from scanedge.dicomnet.outputs.scores import series_head_scores
 from scanedge.dicomnet.outputs.seg import _fill_type2, _groups, derived_uid
 from scanedge.dicomnet.series import ComparedSeries, HeldInstance, OpenSeries, unpack
 from scanedge.errors import InputError, ScanedgeError
@@ -43,6 +48,7 @@ from scanedge.version import __version__
 
 if TYPE_CHECKING:
     from scanedge.dicomnet.config import ListenerConfig
+    from scanedge.imaging.heads import SeriesScore
     from scanedge.imaging.lesion_change import LesionChange
 
 __all__ = [
@@ -102,7 +108,13 @@ _CONCEPTS: dict[str, tuple[str, str]] = {
     "registration": ("registration", "Registration"),
     "reason": ("reason", "Reason"),
     "source": ("prior-source", "Prior source"),
+    "aggregation": ("aggregation", "Series aggregation"),
+    "thresholds": ("thresholds", "Decision thresholds"),
+    "operating point": ("operating-point", "Operating point"),
 }
+#: a score head class's decision over the series: SNOMED CT Positive / Negative
+_POSITIVE = CodedConcept("10828004", "SCT", "Positive")
+_NEGATIVE = CodedConcept("260385009", "SCT", "Negative")
 _COUNT_CLASSES = ("new", "enlarging", "stable", "shrinking", "disappeared", "merged", "split")
 
 
@@ -239,7 +251,7 @@ def _algorithm(manifest: Manifest) -> Any:
     )
 
 
-def _equipment(manifest: Manifest, settings: SrConfig) -> Any:
+def _equipment(manifest: Manifest, settings: SrConfig, what: str = "lesions segmented") -> Any:
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -251,8 +263,8 @@ def _equipment(manifest: Manifest, settings: SrConfig) -> Any:
         software_versions=[f"scanedge {__version__}"[:64], f"{manifest.name} {manifest.version}"[:64]],
         device_serial_number=settings.device_serial_number[:64],
         contribution_description=(
-            f"lesions segmented by model {manifest.name} {manifest.version} (ONNX graph sha256 {sha}) "
-            f"and tracked by scanedge {__version__}"
+            f"{what} by model {manifest.name} {manifest.version} (ONNX graph sha256 {sha}) "
+            f"and reported by scanedge {__version__}"
         )[:1024],
     )
 
@@ -499,6 +511,51 @@ def _series_group(tracked: ComparedSeries | None, why_not: str, algorithm: Any, 
     return group
 
 
+def _score_groups(
+    head_scores: Sequence[SeriesScore], manifest: Manifest, algorithm: Any, series_uid: str, model: str
+) -> list[Any]:
+    """One TID 1501 group per score head: per class its series probability (NUM, UCUM 1) and decision (SCT
+    Positive / Negative), then the aggregation, the thresholds and the operating point as TEXT."""
+    import highdicom as hd
+
+    points = {h.name: h.operating_point for h in manifest.score_heads}
+    groups: list[Any] = []
+    for head in head_scores:
+        measurements = [
+            hd.sr.Measurement(
+                name=_code(f"probability-{i}"[:16], f"Probability of {c.name}"[:64]),
+                value=round(float(c.score), 6),
+                unit=_code("1", "no units", "UCUM"),
+            )
+            for i, c in enumerate(head.classes, start=1)
+        ]
+        decisions = [
+            hd.sr.QualitativeEvaluation(
+                name=_code(f"decision-{i}"[:16], f"Decision: {c.name}"[:64]),
+                value=_concept(_POSITIVE if c.decision else _NEGATIVE),
+            )
+            for i, c in enumerate(head.classes, start=1)
+        ]
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=derived_uid("score-head", series_uid, model, head.head), identifier=head.head[:64]
+            ),
+            algorithm_id=algorithm,
+            measurements=measurements,
+            qualitative_evaluations=decisions,
+        )
+        items = group[0].ContentSequence
+        items.append(_text("aggregation", f"{head.aggregation} over {head.slices} slices"))
+        items.append(_text("thresholds", "; ".join(f"{c.name} >= {c.threshold:g}" for c in head.classes)))
+        point = points.get(head.head)
+        if point is not None:
+            pairs = (("sensitivity", point.sensitivity), ("specificity", point.specificity))
+            stated = [f"{k} {v:g}" for k, v in pairs if v is not None]
+            items.append(_text("operating point", point.name + (f" ({', '.join(stated)})" if stated else "")))
+        groups.append(group)
+    return groups
+
+
 def _status_concept(status: str) -> Any:
     """The comparison's status as a code; a comparison still under way (never at completion) reads not tracked."""
     return _own(status if status in ("compared", "withheld", "no_prior") else "not_tracked")
@@ -512,18 +569,23 @@ def build_report(
     seg: Any | None,
     settings: SrConfig,
     why_not: str = "",
+    head_scores: Sequence[SeriesScore] = (),
 ) -> Any:
     """The TID 1500 Measurement Report (Comprehensive 3D SR) of a series' tracked lesions; ``tracked`` None
-    (with ``why_not``) gives a report that says why no lesion is tracked."""
+    (with ``why_not``) gives a report that says why no lesion is tracked. ``head_scores`` adds a group per
+    score head; a model without a mask output gets those groups only."""
     import highdicom as hd
     from pydicom.dataset import Dataset
     from pydicom.sr.codedict import codes
 
     algorithm = _algorithm(manifest)
+    lesions = getattr(manifest, "output", None) is not None
     groups: list[Any] = []
-    if tracked is not None and seg is not None:
+    if lesions and tracked is not None and seg is not None:
         groups = _lesion_groups(tracked, seg, manifest, algorithm, series.series_uid)
-    groups.append(_series_group(tracked, why_not, algorithm, series.series_uid, model))
+    if lesions:
+        groups.append(_series_group(tracked, why_not, algorithm, series.series_uid, model))
+    groups.extend(_score_groups(head_scores, manifest, algorithm, series.series_uid, model))
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -547,6 +609,7 @@ def build_report(
         _fill_type2(header)
     evidence = [*headers, *([seg] if seg is not None else [])]
     identity = (series.series_uid, model, manifest.name, manifest.version)
+    kind = "lesion" if lesions else "score"
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=content[0],
@@ -556,8 +619,8 @@ def build_report(
         instance_number=1,
         manufacturer=settings.manufacturer[:64],
         is_complete=True,
-        series_description=f"scanedge lesion report {manifest.name} {manifest.version}"[:64],
-        contributing_equipment=[_equipment(manifest, settings)],
+        series_description=f"scanedge {kind} report {manifest.name} {manifest.version}"[:64],
+        contributing_equipment=[_equipment(manifest, settings, "lesions segmented" if lesions else "series scored")],
     )
     scheme = Dataset()
     scheme.CodingSchemeDesignator = SCHEME
@@ -590,7 +653,10 @@ class SrOutput(DicomOutput):
     def check_model(self, model: str, manifest: Manifest) -> None:
         """A model without a lesion class has every foreground class tracked as lesions: say so once."""
         if getattr(manifest, "output", None) is None:
-            log.warning("model %s has no mask output: it gets no lesion SEG or SR", model)
+            if manifest.score_heads:
+                log.info("model %s has no mask output: its SR reports its score heads (no lesion SEG)", model)
+            else:
+                log.warning("model %s has neither a mask output nor score heads: it gets no lesion SEG or SR", model)
             return
         if not lesion_labels(manifest):
             log.warning(
@@ -602,9 +668,13 @@ class SrOutput(DicomOutput):
 
     def build(self, series: OpenSeries, model: str, manifest: Manifest) -> tuple[list[Any], list[str]]:
         """The lesion SEG (when a lesion is tracked) and the SR of ``model`` for ``series``; a series that is no
-        volume gets an SR saying why its lesions are not tracked."""
+        volume gets an SR saying why its lesions are not tracked. Score heads add their groups (a model with
+        score heads and no mask: an SR of those groups alone, when it scored the series)."""
+        head_scores, _ = series_head_scores(series, model, manifest)
         if getattr(manifest, "output", None) is None:
-            return [], []
+            if not head_scores:
+                return [], []
+            return [build_report(series, model, manifest, None, None, self.settings, head_scores=head_scores)], []
         try:
             tracked: ComparedSeries | None = series_tracking(series, model, manifest)
             why_not = ""
@@ -616,5 +686,5 @@ class SrOutput(DicomOutput):
                 seg = build_lesion_seg(series, model, manifest, tracked, self.settings)
             except InputError as exc:
                 tracked, why_not = None, exc.message
-        report = build_report(series, model, manifest, tracked, seg, self.settings, why_not)
+        report = build_report(series, model, manifest, tracked, seg, self.settings, why_not, head_scores)
         return [*([seg] if seg is not None else []), report], []

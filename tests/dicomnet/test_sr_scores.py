@@ -1,0 +1,128 @@
+"""The sr output of a classification model: real C-STOREs to a real node, its SR read back with highdicom and
+dcmtk's dsrdump, every group's figures checked against the ``scores`` JSON the same node writes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+
+from scanedge.manifest import load_manifest
+from tests.dicomnet.conftest import listener  # noqa: F401 - the node fixture
+from tests.dicomnet.test_durability import demo, new_series, send
+from tests.heads.conftest import head_models  # noqa: F401 - the test models
+from tests.waiting import wait_until
+
+pytest.importorskip("pynetdicom", reason="the DICOM node needs the 'dicomnet' extra")
+pytest.importorskip("scipy", reason="the sr output needs the 'followup' extra")
+hd = pytest.importorskip("highdicom")
+
+POSITIVE, NEGATIVE = ("10828004", "SCT"), ("260385009", "SCT")
+
+
+def run_node(listener, model: Path, outputs: tuple[str, ...]) -> tuple[Any, list[pydicom.Dataset], Path]:  # noqa: F811
+    """One four-slice series through a node with ``outputs``; the node, the series and the output folder."""
+    node = listener([model], series_timeout_s=0.3, outputs=outputs)
+    series = new_series(demo(4))
+    assert [s for s, _ in send(node.port, series)] == [0, 0, 0, 0]
+    out = node.config.out
+
+    def written() -> bool:
+        return bool(list((out / "scores").glob("*.json")) and srs(out) and not node.spool.files)
+
+    wait_until(written, timeout=60, what="the scores JSON and the SR")
+    return node, series, out
+
+
+def srs(out: Path) -> list[Path]:
+    """The SRs of ``out/sr`` (not the lesion SEGs)."""
+    return [
+        p for p in sorted((out / "sr").glob("*.dcm")) if pydicom.dcmread(p, stop_before_pixels=True).Modality == "SR"
+    ]
+
+
+def texts(group: Any) -> dict[str, str]:
+    """A group's TEXT items by concept meaning."""
+    return {
+        item.ConceptNameCodeSequence[0].CodeMeaning: item.TextValue
+        for item in group[0].ContentSequence
+        if item.ValueType == "TEXT"
+    }
+
+
+def check_score_groups(report: Any, doc: dict[str, Any], manifest: Any) -> None:
+    """Each score head of the JSON has a group with its figures, decisions, aggregation, thresholds, model."""
+    groups = {g.tracking_identifier: g for g in report.get_image_measurement_groups()}
+    assert doc["series_scores"]
+    for head in doc["series_scores"]:
+        group = groups[head["head"]]
+        nums = {m.name.meaning: m for m in group.get_measurements()}
+        evaluations = {
+            e.name.meaning: e.value
+            for e in group.get_qualitative_evaluations()
+            if e.name.scheme_designator == "99SCANEDGE"
+        }
+        assert len(nums) == len(evaluations) == len(head["classes"])
+        for cls in head["classes"]:
+            num = nums[f"Probability of {cls['name']}"]
+            assert float(num.value) == cls["score"]
+            assert (num.unit.value, num.unit.scheme_designator) == ("1", "UCUM")
+            decision = evaluations[f"Decision: {cls['name']}"]
+            assert (decision.value, decision.scheme_designator) == (POSITIVE if cls["decision"] else NEGATIVE)
+        text = texts(group)
+        assert text["Series aggregation"] == f"{head['aggregation']} over {head['slices']} slices"
+        assert text["Decision thresholds"] == "; ".join(f"{c['name']} >= {c['threshold']:g}" for c in head["classes"])
+        assert text["Algorithm Name"] == manifest.name and text["Algorithm Version"] == manifest.version
+        spec = next(h for h in manifest.score_heads if h.name == head["head"])
+        if spec.operating_point is None:
+            assert "Operating point" not in text
+        else:
+            assert text["Operating point"].startswith(spec.operating_point.name)
+
+
+def test_a_classifier_gets_an_sr_of_its_series_scores_equal_to_the_scores_json(listener, head_models):  # noqa: F811
+    model = head_models["classifier+manifest"]
+    node, series, out = run_node(listener, model, ("scores", "sr"))
+    manifest, _ = load_manifest(model)
+    (doc_path,) = (out / "scores").glob("*.json")
+    doc = json.loads(doc_path.read_text())
+    (sr_path,) = srs(out)
+    assert len(list((out / "sr").glob("*.dcm"))) == 1  # no mask: no lesion SEG
+    sr = hd.sr.srread(sr_path)
+    assert sr.SeriesDescription.startswith("scanedge score report test-classifier")
+    report = sr.content
+    groups = report.get_image_measurement_groups()
+    assert [g.tracking_identifier for g in groups] == ["class_logits"]  # one per score head, no lesion load
+    check_score_groups(report, doc, manifest)
+    assert texts(groups[0])["Operating point"] == "triage (sensitivity 0.95, specificity 0.8)"
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence
+    assert {e.ReferencedSOPInstanceUID for e in evidence} == {ds.SOPInstanceUID for ds in series}
+    node.stop()
+    status = json.loads((out / "status.json").read_text())
+    assert status["sr_failures"] == 0 and status["score_report_failures"] == 0
+
+    if shutil.which("dsrdump") is not None:
+        proc = subprocess.run(["dsrdump", str(sr_path)], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr  # strict: no warning, no error
+        assert "(10828004,SCT," in proc.stdout or "(260385009,SCT," in proc.stdout
+        assert '"class_logits"' in proc.stdout and "(1,UCUM," in proc.stdout
+
+
+def test_a_mask_and_score_model_gets_the_score_groups_beside_its_lesion_groups(listener, head_models):  # noqa: F811
+    model = head_models["mask_score+manifest"]
+    node, _, out = run_node(listener, model, ("scores", "sr"))
+    manifest, _ = load_manifest(model)
+    (doc_path,) = (out / "scores").glob("*.json")
+    doc = json.loads(doc_path.read_text())
+    (sr_path,) = srs(out)
+    sr = hd.sr.srread(sr_path)
+    report = sr.content
+    names = [g.tracking_identifier for g in report.get_image_measurement_groups()]
+    assert names[0] == "lesion load" and "abnormal_logit" in names
+    check_score_groups(report, doc, manifest)
+    node.stop()
