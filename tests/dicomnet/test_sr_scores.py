@@ -106,11 +106,12 @@ def test_a_classifier_gets_an_sr_of_its_series_scores_equal_to_the_scores_json(l
     status = json.loads((out / "status.json").read_text())
     assert status["sr_failures"] == 0 and status["score_report_failures"] == 0
 
-    if shutil.which("dsrdump") is not None:
-        proc = subprocess.run(["dsrdump", str(sr_path)], capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 0 and proc.stderr == "", proc.stderr  # strict: no warning, no error
-        assert "(10828004,SCT," in proc.stdout or "(260385009,SCT," in proc.stdout
-        assert '"class_logits"' in proc.stdout and "(1,UCUM," in proc.stdout
+    # dcmtk reads it strictly (.ci/run installs dcmtk; the SR tests need it)
+    assert shutil.which("dsrdump") is not None, "dsrdump (Debian's dcmtk) is needed: apt-get install dcmtk"
+    proc = subprocess.run(["dsrdump", str(sr_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr  # strict: no warning, no error
+    assert "(10828004,SCT," in proc.stdout or "(260385009,SCT," in proc.stdout
+    assert '"class_logits"' in proc.stdout and "(1,UCUM," in proc.stdout
 
 
 def test_a_mask_and_score_model_gets_the_score_groups_beside_its_lesion_groups(listener, head_models):  # noqa: F811
