@@ -328,7 +328,10 @@ def test_change_updates_turn_slices_published_while_registering_into_compared_an
             planes[z],
         )
         publisher.publish(update_message(1000 + n, series, item, "dicom-node-test"))
+    # the page takes the updates one by one: wait until the last has been applied (one trend point per
+    # updated slice), then read what it shows
     page.wait_for_function("document.getElementById('change-status').dataset.status === 'compared'", timeout=30_000)
+    page.wait_for_function(f"document.getElementById('trend').dataset.points === '{len(updated)}'", timeout=30_000)
     assert page.text_content("#change-status") == "compared with 1 January 2025"
     expected = comparison.summary()
     assert expected.counts is not None
@@ -337,7 +340,6 @@ def test_change_updates_turn_slices_published_while_registering_into_compared_an
             getattr(expected.counts, name)
         ), name
     assert f"{expected.load_change_percent:+.1f} %" in (page.text_content("#load-change") or "")
-    assert page.locator("#trend").get_attribute("data-points") == str(len(updated))
     # the slice shown was painted again from its update: the same image, now with the change layer
     page.wait_for_function(f"document.body.dataset.painted !== '{painted}'", timeout=30_000)
     assert page.evaluate("document.body.dataset.overlay") == "change"
