@@ -21,7 +21,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 import numpy as np
 
 from scanedge.dicomnet.publisher import ResultPublisher
@@ -260,9 +259,8 @@ class Intake:
                 received_at=received_at,
                 runtime=self.runtime_id,
                 position_mm=slice_.geometry.position_along_normal,
+                change=change,
             )
-            if change is not None:
-                header = msgspec.structs.replace(header, change=change)
             self.publisher.publish([publish_topic(series_uid), encode(header), *payload])
 
         if self.followup is None:
