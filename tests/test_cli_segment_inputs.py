@@ -140,4 +140,4 @@ def test_roles_options_that_cannot_work_are_refused_before_any_work(model_path, 
     assert main(["segment", "--model", str(model_path), "--roles", "flair", "--out", str(tmp_path / "o2")]) == 2
     assert "ROLE=PATH" in capsys.readouterr().err
     assert main(["segment", "--model", str(model_path), "--out", str(tmp_path / "o3")]) == 2
-    assert "name the files or folders to segment" in capsys.readouterr().err
+    assert "name the files or folders of slices" in capsys.readouterr().err

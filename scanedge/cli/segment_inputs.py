@@ -50,7 +50,7 @@ def input_paths(args: argparse.Namespace) -> list[Path]:
     for extra in named_roles(args).values():
         paths += [p for p in extra if p not in paths]
     if not paths:
-        raise ConfigError("name the files or folders to segment (or --roles ROLE=PATH for each input role)")
+        raise ConfigError("name the files or folders of slices (or --roles ROLE=PATH for each input role)")
     return paths
 
 
