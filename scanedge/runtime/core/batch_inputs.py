@@ -39,7 +39,15 @@ from scanedge.runtime.core.pairing import PairingBuffer, slices_by_role
 from scanedge.runtime.core.pipeline import Pipeline, SliceResult
 from scanedge.safe_text import printable
 
-__all__ = ["RoleSeries", "StudyInputs", "assign_roles", "segment_study_to_folder"]
+__all__ = [
+    "RoleSeries",
+    "StudyInputs",
+    "assign_roles",
+    "check_role_names",
+    "paired_slices",
+    "pairing_buffer",
+    "segment_study_to_folder",
+]
 
 How = Literal["named", "recognised", "reference"]
 #: series descriptions quoted in an error, at most (a folder may hold a whole study)
@@ -89,6 +97,7 @@ class StudyInputs:
         slices: per role, its slices in series order.
         paired: reference slices segmented with every partner.
         missing: reference slices without a partner (each listed as a skipped ``MISSING_INPUT``).
+        missing_names: their file names (``name#frame`` for a frame), in the order met.
     """
 
     inputs: InputsSpec
