@@ -183,8 +183,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--data",
         type=Path,
         default=None,
-        help="folder of slices to compare on (required; for a multi-input model the study's series, or give them "
-        "with --roles)",
+        help="folder of slices to compare on; for a multi-input model the study's series (default: none, "
+        "required unless --roles names every role's ROLE=PATH)",
     )
     add_roles_arg(p)
     p.add_argument("--manifest", type=Path, default=None, help="manifest JSON to use (default: the engine's own)")

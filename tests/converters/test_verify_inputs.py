@@ -101,3 +101,15 @@ def test_int8_calibration_of_a_multi_input_model_is_refused_with_the_way_out(tmp
     manifest, _ = load_manifest(ref)
     with pytest.raises(ConversionError, match="convert it to fp16"):
         CalibrationSlices(manifest, [Study().flair[0]])
+
+
+def test_verify_takes_each_roles_folder_with_roles_instead_of_data(tmp_path, capsys):
+    ref, _ = models(tmp_path, "channels")
+    study, rng = Study(), random.Random(13)
+    write_series(study.flair, tmp_path / "a", rng, SeriesDescription="sag 1")  # recognised by no rule
+    write_series(study.t1, tmp_path / "b", rng, SeriesDescription="sag 2")
+    roles = ["--roles", f"flair={tmp_path / 'a'}", f"t1={tmp_path / 'b'}"]
+    assert main(["verify", str(ref), "--reference", str(ref), *roles, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["agreement"]["slices"] == 6
+    assert f"role t1: series {study.t1_uid}" in captured.err and "named" in captured.err
