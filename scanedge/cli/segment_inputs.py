@@ -56,11 +56,9 @@ def input_paths(args: argparse.Namespace) -> list[Path]:
 
 def study_inputs(manifest: Manifest, loaded: tuple[LoadedSlice, ...], args: argparse.Namespace) -> StudyInputs:
     """The series of ``loaded`` assigned to ``manifest``'s roles (``--roles`` first, then recognition)."""
-    from scanedge.runtime.core.batch_inputs import assign_roles, check_role_names
+    from scanedge.runtime.core.batch_inputs import assign_roles
 
-    named = named_roles(args)
-    check_role_names(manifest, list(named))
-    return assign_roles(manifest, loaded, named)
+    return assign_roles(manifest, loaded, named_roles(args))
 
 
 def segment_study(

@@ -166,10 +166,10 @@ def assign_roles(
     folders whose slices fill it whatever their attributes (``--roles t1=DIR``).
 
     MissingInputError when a role is filled by no series (naming the role and the descriptions seen);
-    KeyError is never raised for a named role the model lacks: the caller checks names first
-    (:func:`check_role_names`).
+    ConfigError for a named role the model does not take (:func:`check_role_names`).
     """
     inputs = manifest.inputs
+    check_role_names(manifest, list(named or {}))
     if inputs is None:
         raise ValueError(f"model {manifest.name} has one input; its slices need no roles")
     folders = {role: [Path(p).resolve() for p in paths] for role, paths in (named or {}).items()}
@@ -203,7 +203,7 @@ def assign_roles(
 
 def _role_of(
     inputs: InputsSpec, items: Sequence[LoadedSlice], folders: Mapping[str, Sequence[Path]]
-) -> tuple[str | None, How]:
+) -> tuple[str | None, How | Literal[""]]:
     for role, paths in folders.items():
         if all(_under(i.path, paths) for i in items):
             return role, "named"
@@ -212,7 +212,7 @@ def _role_of(
         return recognised, "recognised"
     if not inputs.reference.has_rules:
         return inputs.reference.role, "reference"
-    return None, "reference"
+    return None, ""
 
 
 def check_role_names(manifest: Manifest, names: Sequence[str]) -> None:
