@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from scanedge.bench.inputs import role_sets
 from scanedge.bench.report import BenchReport
 from scanedge.bench.stats import RunMonitor, summarize
 from scanedge.engines import EngineConfig, OrtSessionLoader, open_engine
@@ -74,7 +75,11 @@ def _model_info(path: Path) -> dict[str, Any]:
         manifest, _ = load_manifest(path, verify_sha=False)
     except Exception:  # engine files without manifests are still benchmarkable
         return {"path": str(path)}
-    return {"path": str(path), "name": manifest.name, "version": manifest.version, "sha256": manifest.onnx_sha256}
+    out: dict[str, Any] = {"path": str(path), "name": manifest.name, "version": manifest.version}
+    out["sha256"] = manifest.onnx_sha256
+    if manifest.roles:  # a multi-input model (manifest inputs): every role is fed each iteration
+        out["roles"] = list(manifest.roles)
+    return out
 
 
 def _finish(report: BenchReport, wall: float, monitor: RunMonitor, figure: str) -> BenchReport:
@@ -114,18 +119,21 @@ def bench_engine(
     ``baseline_model`` does that for another model instead (e.g. the fp32 original of an int8 engine).
     """
     path = Path(model)
-    eng = open_engine(path, options, name=_model_info(path).get("name"))
+    info = _model_info(path)
+    eng = open_engine(path, options, name=info.get("name"))
     with eng:
-        spec = eng.input_specs[0]
-        dims = list(shape) if shape else list(spec.shape)
-        if batch is not None:
-            dims[0] = batch
-        if any(not isinstance(d, int) or d < 1 for d in dims):
-            raise ConfigError(f"input {spec.name!r} has dynamic dims {spec.shape}; give --shape, e.g. 1x1x256x256")
-        sizes = cast("list[int]", dims)  # all positive ints, checked just above
-        feeds = {spec.name: np.random.default_rng(0).standard_normal(sizes).astype(spec.dtype)}
-        for s in eng.input_specs[1:]:
-            raise ConfigError(f"edge-bench engine drives single-input models; {s.name!r} is a second input")
+        feeds: dict[str, np.ndarray] = {}
+        shapes: dict[str, list[int]] = {}
+        rng = np.random.default_rng(0)
+        for spec in eng.input_specs:  # every graph input: a multi-input model's roles are all fed
+            dims = list(shape) if shape else list(spec.shape)
+            if batch is not None:
+                dims[0] = batch
+            if any(not isinstance(d, int) or d < 1 for d in dims):
+                raise ConfigError(f"input {spec.name!r} has dynamic dims {spec.shape}; give --shape, e.g. 1x1x256x256")
+            shapes[spec.name] = cast("list[int]", dims)  # all positive ints, checked just above
+            feeds[spec.name] = rng.standard_normal(shapes[spec.name]).astype(spec.dtype)
+        sizes = next(iter(shapes.values()))
         reference = Path(baseline_model) if baseline_model is not None else path
         session = _plain_session(reference, options) if baseline or baseline_model is not None else None
         for _ in range(run.warmup):
@@ -146,7 +154,9 @@ def bench_engine(
         report = BenchReport(
             mode="engine",
             settings={
-                "shape": dims,
+                "shape": sizes,
+                **({"inputs": shapes} if len(shapes) > 1 else {}),
+                **({"roles": info["roles"]} if info.get("roles") else {}),
                 "threads": options.threads,
                 "count": i,
                 "warmup": run.warmup,
@@ -154,7 +164,7 @@ def bench_engine(
             },
             samples={"infer": samples},
             engine=eng.describe(),
-            model=_model_info(path),
+            model=info,
             throughput_per_s=len(samples) * sizes[0] / (sum(samples) / 1e3),
             timeline=timeline,
         )
@@ -164,6 +174,27 @@ def bench_engine(
                 what = f"plain InferenceSession.run of {reference.name}, same inputs"
             report.baseline = baseline_block(base, samples, what)
     return _finish(report, wall, monitor, "infer")
+
+
+def _encoded(item: Slice | dict[str, Slice]) -> bytes | dict[str, bytes]:
+    """A slice (or one per role) as DICOM bytes."""
+    return {role: encode_dicom(s) for role, s in item.items()} if isinstance(item, dict) else encode_dicom(item)
+
+
+def _model_feeds(pipe: Pipeline, sets: Sequence[Slice | dict[str, Slice]]) -> list[dict[str, np.ndarray]]:
+    """The graph feeds the pipeline builds for each input (one tensor, or every role's), copied."""
+    from scanedge.imaging.preprocess import Preprocessor
+    from scanedge.imaging.role_inputs import RoleAssembler
+
+    out = []
+    if pipe.manifest.inputs is not None:
+        assemble = RoleAssembler(pipe.manifest)
+        for item in sets:
+            feeds, _ = assemble(cast("dict[str, Slice]", item))
+            out.append({n: v.copy() for n, v in feeds.items()})
+        return out
+    pre = Preprocessor(pipe.manifest)
+    return [{pipe.manifest.input.name: pre(cast("Slice", s))[0].copy()} for s in sets]
 
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "overlay")
@@ -215,25 +246,33 @@ def bench_pipeline(
     baseline: bool = False,
     progress: Progress | None = None,
 ) -> BenchReport:
-    """Time the in-process pipeline per stage; inputs cycle through ``slices`` (as DICOM bytes with ``dicom``)."""
+    """Time the in-process pipeline per stage; inputs cycle through ``slices`` (as DICOM bytes with ``dicom``).
+
+    A multi-input model (manifest ``inputs``) is timed through ``run_inputs``: each slice is the reference and
+    every other role gets a synthetic partner on its grid (:func:`~scanedge.bench.inputs.role_sets`), so
+    decoding, preprocessing and the feeds cover every role; pairing itself is not in the figures.
+    """
     path = Path(model) if model is not None else default_model_path()
     # speed, not validity: a demo slice resized to 64x64 has 4 mm pixels, outside the demo model's scope; the
     # scope is still checked (its cost is measured), it just does not refuse
     pipe = Pipeline.open(path, options=options, config=PipelineConfig(ignore_scope=True))
     with pipe:
-        inputs: list[Any] = [encode_dicom(s) for s in slices] if dicom else list(slices)
+        roles = pipe.manifest.roles
+        # a multi-input model gets one slice per role: each bench slice and synthetic partners on its grid
+        sets: list[Any] = role_sets(slices, roles) if roles else list(slices)
+        inputs: list[Any] = [_encoded(x) for x in sets] if dicom else sets
         session: Any = _plain_session(path, options) if baseline else None
-        tensors = []
+        feeds: list[dict[str, np.ndarray]] = []
         if session is not None:  # the baseline sees exactly the tensors the pipeline's engine sees
-            from scanedge.imaging.preprocess import Preprocessor
+            feeds = _model_feeds(pipe, sets)
 
-            pre = Preprocessor(pipe.manifest)
-            tensors = [pre(s)[0].copy() for s in slices]
-        name = pipe.manifest.input.name
+        def segment(item: Any) -> Any:
+            return pipe.run_inputs(item, overlay=overlay) if roles else pipe.run(item, overlay=overlay)
+
         for i in range(run.warmup):
-            pipe.run(inputs[i % len(inputs)], overlay=overlay)
+            segment(inputs[i % len(inputs)])
             if session is not None:
-                session.run(None, {name: tensors[i % len(tensors)]})
+                session.run(None, feeds[i % len(feeds)])
         samples: dict[str, list[float]] = {k: [] for k in (*STAGES, "outside_model", "total")}
         if dicom:
             samples["decode_pydicom"] = []  # the same bytes through pydicom's Dataset, beside the fast reader
@@ -241,19 +280,21 @@ def bench_pipeline(
             del samples["decode"]
 
         def measured(i: int) -> None:
-            t = pipe.run(inputs[i % len(inputs)], overlay=overlay).timings
+            t = segment(inputs[i % len(inputs)]).timings
             for stage in STAGES:
                 if stage in samples:
                     samples[stage].append(getattr(t, f"{stage}_ms"))
             samples["total"].append(t.total_ms)
             samples["outside_model"].append(t.total_ms - t.infer_ms)
             if dicom:
+                item = inputs[i % len(inputs)]
                 t0 = time.perf_counter()
-                slices_from_dicom(inputs[i % len(inputs)], limits=pipe.config.limits, fast=False)
+                for data in item.values() if roles else (item,):
+                    slices_from_dicom(data, limits=pipe.config.limits, fast=False)
                 samples["decode_pydicom"].append((time.perf_counter() - t0) * 1e3)
 
         def raw_run(i: int) -> None:
-            session.run(None, {name: tensors[i % len(tensors)]})
+            session.run(None, feeds[i % len(feeds)])
 
         monitor = RunMonitor()
         start = time.perf_counter()
@@ -270,6 +311,7 @@ def bench_pipeline(
                 "count": i,
                 "warmup": run.warmup,
                 "distinct_slices": len(slices),
+                **({"roles": list(roles), "partners": "synthetic, on the reference grid"} if roles else {}),
                 "baseline": baseline,
             },
             samples=samples,

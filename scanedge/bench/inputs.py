@@ -7,6 +7,8 @@ do more work when there are lesions to count and draw); uniform noise would flat
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -15,7 +17,7 @@ from scanedge.errors import ConfigError
 from scanedge.imaging.files import load_slices
 from scanedge.imaging.slices import Slice, SliceGeometry, SliceIdentity
 
-__all__ = ["DEFAULT_SIZE", "bench_slices", "parse_size"]
+__all__ = ["DEFAULT_SIZE", "bench_slices", "parse_size", "role_sets"]
 
 #: slice size of the demo-patient inputs unless one is asked for: a typical MR/CT matrix
 DEFAULT_SIZE = "512x512"
@@ -64,4 +66,23 @@ def bench_slices(
                 window_width=float(np.percentile(px, 99.5) * 1.2),
             )
         )
+    return out
+
+
+def role_sets(slices: Sequence[Slice], roles: Sequence[str]) -> list[dict[str, Slice]]:
+    """One slice per role for each of ``slices``, which are the reference (first role): every other role gets a
+    partner on the same grid with other contrast (the reference's intensities mirrored within their range, a
+    different mirror per role), so each role's normalisation sees an image of its own, as a T1 beside a FLAIR.
+    What a multi-input model is benchmarked with (``edge-bench pipeline``); the partners need no resampling."""
+    out = []
+    for s in slices:
+        px = s.pixels
+        low, high = (float(px.min()), float(px.max())) if px.size else (0.0, 0.0)
+        item = {roles[0]: s}
+        for k, role in enumerate(roles[1:], start=1):
+            mirrored = (high + low) - px.astype(np.float32) + (k - 1) * (high - low) * 0.05
+            partner = np.clip(mirrored, low, high).astype(px.dtype)
+            ident = replace(s.identity, series_uid=f"{s.identity.series_uid}-{role}", sop_instance_uid="")
+            item[role] = replace(s, pixels=np.ascontiguousarray(partner), identity=ident)
+        out.append(item)
     return out

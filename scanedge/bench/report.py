@@ -236,6 +236,10 @@ class BenchReport:
             parts.append(f"engine {backend} {self.engine.get('providers', '')}".rstrip())
         if parts:
             console.print(Text("; ".join(parts)))
+        roles = (self.model or {}).get("roles")
+        if roles:  # a multi-input model (manifest inputs)
+            how = "random tensors" if self.mode == "engine" else "each slice with partners made on its grid"
+            console.print(Text(f"model takes {len(roles)} input roles ({', '.join(roles)}): every role fed ({how})"))
         if self.baseline and "overhead_ms" in self.baseline:
             console.print(Text(describe_overhead(self.baseline)))
         probe = (self.engine.get("threads_auto") or {}).get("probe_ms") or self.engine.get("threads_probe_ms")

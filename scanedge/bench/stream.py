@@ -396,6 +396,7 @@ def bench_stream(slices: Sequence[Slice], settings: StreamConfig, progress: Prog
         else:
             with Client(settings.endpoint, ClientConfig(timeout_s=5.0, retries=0)) as probe:
                 pong = probe.ping()
+        _refuse_multi_input(pong)
         target = _Target(endpoints, pong, spawned[0] if spawned else None, versus)
         report = _run(slices, settings, target, progress)
     finally:
@@ -405,6 +406,20 @@ def bench_stream(slices: Sequence[Slice], settings: StreamConfig, progress: Prog
     if spawned:
         report.settings["spawned_exit_code"] = next((c for c in codes if c), codes[0])
     return report
+
+
+def _refuse_multi_input(pong: Pong) -> None:
+    """ConfigError when the model streamed to takes several series at once (PONG ``roles``): each of its
+    results needs a slice of every role, sent as separate SEGMENTs and paired in the runtime, which the stream
+    bench's one-request-one-reply timing cannot express."""
+    served = next((m for m in pong.models if m.name == pong.default_model), pong.models[0] if pong.models else None)
+    if served is not None and served.roles:
+        raise ConfigError(
+            f"model {served.name} takes {len(served.roles)} input roles ({', '.join(served.roles)}), paired in the "
+            "runtime; edge-bench stream times one-input models. Time it in process with `edge-bench pipeline "
+            "--model MODEL` (every stage, every role) or `edge-bench engine MODEL`, or stream a study to the "
+            "runtime with `scanedge replay --roles ROLE,ROLE` (its end-to-end latency per slice)"
+        )
 
 
 def _variant_clients(settings: StreamConfig, endpoints: dict[str, str]) -> dict[str, Client]:

@@ -37,10 +37,12 @@ __all__ = [
     "overlay_options",
     "parse_color",
     "parse_numbers",
+    "parse_roles",
     "parse_size",
     "pipeline_config",
     "read_slices",
     "remote_options",
+    "role_names",
     "slice_limits",
     "split_list",
     "threads_argument",
@@ -287,3 +289,46 @@ def parse_size(text: str, option: str) -> tuple[int, int]:
         if h >= 1 and w >= 1:
             return h, w
     raise ConfigError(f"{option} takes HEIGHTxWIDTH, e.g. 256x256; got {text!r}")
+
+
+def role_names(text: str | None, option: str = "--roles") -> tuple[str, ...]:
+    """'FLAIR, t1' -> ('flair', 't1'): a multi-input model's role names (manifest ``inputs``), lower-cased,
+    each a valid role name; () for None. Shared by ``scanedge replay --roles`` and ``segment``/``verify``."""
+    from scanedge.manifest_inputs import ROLE_PATTERN
+
+    names = tuple(n.lower() for n in split_list(text))
+    bad = [n for n in names if not ROLE_PATTERN.fullmatch(n)]
+    if bad:
+        raise ConfigError(f"{option}: {bad[0]!r} is not a role name (a letter, then letters, digits or _)")
+    return names
+
+
+def parse_roles(tokens: Sequence[str] | None, paths: Sequence[Path], option: str = "--roles") -> dict[str, list[Path]]:
+    """``--roles`` of ``segment`` and ``verify``: which files or folders fill which input role.
+
+    Either ``ROLE=PATH`` tokens (``flair=study/3 t1=study/5``; a role may be named more than once), or one
+    ``ROLE,ROLE`` list giving the role of each of ``paths`` in order, as ``scanedge replay --roles`` does.
+    {} without the option (the series are then recognised by the manifest's rules).
+    """
+    if not tokens:
+        return {}
+    out: dict[str, list[Path]] = {}
+    if len(tokens) == 1 and "=" not in tokens[0]:
+        names = role_names(tokens[0], option)
+        if len(names) != len(paths):
+            raise ConfigError(
+                f"{option} {tokens[0]} names {len(names)} role(s) for {len(paths)} path(s); give one role per "
+                "path, in order, or ROLE=PATH for each"
+            )
+        for name, path in zip(names, paths):
+            out.setdefault(name, []).append(Path(path))
+        return out
+    for token in tokens:
+        name, sep, where = token.partition("=")
+        if not sep or not where.strip():
+            raise ConfigError(f"{option} takes ROLE=PATH for each role (e.g. flair=study/3 t1=study/5), got {token!r}")
+        (role,) = role_names(name, option) or ("",)
+        if not role:
+            raise ConfigError(f"{option} {token!r} names no role before '='")
+        out.setdefault(role, []).append(Path(where.strip()))
+    return out

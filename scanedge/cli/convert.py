@@ -6,9 +6,12 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from scanedge.cli.arguments import add_engine_args, engine_options, literal, read_slices
+from scanedge.cli.segment_inputs import add_roles_arg
 from scanedge.console import make_console, user_values
+from scanedge.errors import ConfigError
 
 __all__ = ["add_parsers", "cmd_convert", "cmd_export_triton", "cmd_verify"]
 
@@ -49,8 +52,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from scanedge.converters.verify import Thresholds, judge, measure_engine_file
 
     console = make_console()
-    with console.status("reading slices ..."):
-        slices = [item.slice for item in read_slices([args.data])][: args.limit]
+    slices = _verify_slices(args, console)
     with console.status(f"running both models on {len(slices)} slice(s) ..."):
         manifest, agreement = measure_engine_file(
             args.engine_file,
@@ -91,6 +93,44 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 0
     out.print("[red]FAIL[/] " + literal("; ".join(verdict.failures)))
     return 1
+
+
+def _verify_slices(args: argparse.Namespace, console: Any) -> Any:
+    """What verify compares on: the slices of ``--data``, or for a multi-input model (manifest ``inputs``) each
+    reference slice with its partners, the roles recognised (or named with ``--roles``) and paired as
+    ``scanedge segment`` does (:mod:`scanedge.cli.segment_inputs`)."""
+    from scanedge.manifest import load_manifest
+
+    manifest, _ = load_manifest(args.engine_file, args.manifest, verify_sha=False)
+    args.paths = [args.data] if args.data is not None else []
+    if manifest.inputs is None:
+        if args.roles:
+            raise ConfigError(f"--roles names input roles; model {manifest.name} takes one input and has none")
+        if args.data is None:
+            raise ConfigError("--data names the folder of slices to compare on")
+        with console.status("reading slices ..."):
+            return [item.slice for item in read_slices([args.data])][: args.limit]
+    from scanedge.cli.segment_inputs import input_paths, study_inputs
+    from scanedge.errors import MissingInputError
+    from scanedge.runtime.core.batch_inputs import paired_slices, pairing_buffer
+
+    with console.status("reading and pairing the study's series ..."):
+        study = study_inputs(manifest, tuple(read_slices(input_paths(args))), args)
+        buffer = pairing_buffer(study)
+        sets: list[dict[str, Any]] = []
+        for item in study.references:
+            if len(sets) >= args.limit:
+                break
+            try:
+                sets.append(paired_slices(study, buffer, item.slice))
+                study.paired += 1
+            except MissingInputError:
+                study.missing += 1
+    for line in study.lines()[:-1]:
+        console.print(literal(line))
+    left = f"; {study.missing} reference slice(s) without a partner left out" if study.missing else ""
+    console.print(f"model takes {len(manifest.roles)} roles: comparing on {len(sets)} paired slice set(s){left}")
+    return sets
 
 
 def cmd_export_triton(args: argparse.Namespace) -> int:
@@ -139,7 +179,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("verify", help="compare an engine's segmentations with the reference ONNX model")
     p.add_argument("engine_file", type=Path, metavar="ENGINE", help="converted ONNX model or TensorRT plan")
     p.add_argument("--reference", type=Path, required=True, help="the original ONNX model (required)")
-    p.add_argument("--data", type=Path, required=True, help="folder of slices to compare on (required)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="folder of slices to compare on; for a multi-input model the study's series (default: none, "
+        "required unless --roles names every role's ROLE=PATH)",
+    )
+    add_roles_arg(p)
     p.add_argument("--manifest", type=Path, default=None, help="manifest JSON to use (default: the engine's own)")
     p.add_argument("--min-dice", type=float, default=None, help="default: 0.99 for fp16, 0.97 for int8, 0.999 for fp32")
     p.add_argument(

@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scanedge.cli.arguments import literal
+from scanedge.cli.arguments import literal, role_names
 from scanedge.console import make_console, user_values
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             outputs=tuple(o.strip() for o in args.outputs.split(",") if o.strip()),
             dicom=args.dicom,
             deadline_ms=args.deadline_ms,
-            roles=tuple(r.strip() for r in (args.roles or "").split(",") if r.strip()),
+            roles=role_names(args.roles),
         )
     with err.status("reading and ordering the series ..."):
         series = read_series(args.paths, dicom=args.dicom)

@@ -23,6 +23,7 @@ from scanedge.cli.arguments import (
     slice_limits,
 )
 from scanedge.cli.live import add_live_args
+from scanedge.cli.segment_inputs import add_roles_arg, input_paths
 from scanedge.console import EXIT_SKIPPED, LazyProgress, make_console, print_table
 from scanedge.errors import ConfigError
 
@@ -99,7 +100,12 @@ def _segment(
 
     with _open_pipeline(args, console) as pipe:
         with LazyProgress(console, "segmenting", delay_s=1.0) as progress:
-            report = segment_to_folder(pipe, scan.loaded, output, progress, scan.skipped)
+            if pipe.manifest.inputs is not None or getattr(args, "roles", None):  # several series: segment_inputs
+                from scanedge.cli.segment_inputs import segment_study
+
+                report, _ = segment_study(args, pipe, scan, output, progress, console)
+            else:
+                report = segment_to_folder(pipe, scan.loaded, output, progress, scan.skipped)
         _print_skipped(report.skipped[len(scan.skipped) :], console)  # refused by the model: out of scope, ...
         outcome = _compare(args, pipe, report, prior, console) if prior is not None else None
     return report, outcome
@@ -246,7 +252,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     console = make_console()
     output = _output(args, montage=args.montage, keep_masks=args.prior is not None)
     prior = _read_prior(args, console)
-    scan = _read(args, list(args.paths), console)
+    scan = _read(args, input_paths(args), console)
     if prior is not None and prior.loaded:  # a prior that must not be compared is refused before any work
         from scanedge.runtime.core.batch_followup import check_prior, series_facts
 
@@ -467,7 +473,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "(not DICOM, not an image, outside the model's scope, ...) is named with its error code and skipped; "
         f"the others are segmented. Exit status: 0 all segmented, {EXIT_SKIPPED} some skipped, 2 none could be.",
     )
-    p.add_argument("paths", nargs="+", type=Path, help="files or folders (searched recursively)")
+    p.add_argument("paths", nargs="*", type=Path, help="files or folders (searched recursively)")
+    add_roles_arg(p)
     p.add_argument(
         "--out", type=Path, default=DEFAULT_SEGMENT_OUT, help=f"result folder (default: {DEFAULT_SEGMENT_OUT})"
     )

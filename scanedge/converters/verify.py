@@ -8,8 +8,9 @@ other thresholds without rerunning anything.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from scanedge.imaging.heads import HeadDecoder, HeadScore, MaskHead
 from scanedge.imaging.metrics import Overlap, overlap
 from scanedge.imaging.postprocess import Postprocessor
 from scanedge.imaging.preprocess import Preprocessor
+from scanedge.imaging.role_inputs import RoleAssembler
 from scanedge.imaging.series import context_window
 from scanedge.imaging.slices import Slice
 from scanedge.manifest import HeadSpec, Manifest, load_manifest
@@ -27,6 +29,7 @@ __all__ = [
     "DEFAULT_MIN_DECISION_AGREEMENT",
     "DEFAULT_MIN_DICE",
     "Agreement",
+    "Compared",
     "HeadAgreement",
     "Thresholds",
     "Verdict",
@@ -118,26 +121,53 @@ class Verdict:
     failures: tuple[str, ...]
 
 
-def measure_agreement(candidate: Engine, reference: Engine, manifest: Manifest, slices: Sequence[Slice]) -> Agreement:
+#: what is compared: slices of a one-input model, or one slice per role (on the reference grid) of a
+#: multi-input model (manifest ``inputs``), as pairing gives them
+Compared = Sequence[Slice] | Sequence[Mapping[str, Slice]]
+
+
+def _feeds(manifest: Manifest, slices: Compared) -> Iterator[tuple[dict[str, np.ndarray], Any, Any]]:
+    """(graph feeds, preprocessing info, reference geometry) per compared item, built as the runtime builds them:
+    one preprocessed tensor, or every role's (:class:`~scanedge.imaging.role_inputs.RoleAssembler`)."""
+    if manifest.inputs is None:
+        pre = Preprocessor(manifest)
+        k = manifest.input.context_slices
+        series = [s for s in slices if isinstance(s, Slice)]
+        if len(series) != len(slices):
+            raise ConfigError(f"model {manifest.name} takes one input; compare it on slices, not on sets of roles")
+        for i, s in enumerate(series):
+            tensor, info = pre(s, context_window(series, i, k))
+            yield {manifest.input.name: tensor}, info, s.geometry
+        return
+    assemble = RoleAssembler(manifest)
+    reference = manifest.inputs.reference.role
+    for item in slices:
+        if isinstance(item, Slice) or set(item) != set(manifest.roles):
+            raise ConfigError(
+                f"model {manifest.name} takes the roles {', '.join(manifest.roles)} together; compare it on one "
+                "slice per role (paired onto the reference grid)"
+            )
+        feeds, info = assemble(item)
+        yield feeds, info, item[reference].geometry
+
+
+def measure_agreement(candidate: Engine, reference: Engine, manifest: Manifest, slices: Compared) -> Agreement:
     """Run both active engines on identical preprocessed tensors and compare masks and probabilities, and
-    every further head (:class:`HeadAgreement`)."""
-    pre = Preprocessor(manifest)
+    every further head (:class:`HeadAgreement`). A multi-input model gets every graph input, from one
+    slice per role."""
     post = Postprocessor(manifest) if manifest.output is not None else None
     heads = HeadDecoder(manifest)
-    name_in = manifest.input.name
     classes = [c.name for c in manifest.classes[1:]]
     pooled = dict.fromkeys(classes, Overlap())  # a = reference, b = candidate
     max_diff, sum_diff, n_probs, same, total = 0.0, 0.0, 0, 0, 0
     per_head = {h.name: _HeadTally(h) for h in manifest.heads if h.role != "saliency"}
-    k = manifest.input.context_slices
-    for i, s in enumerate(slices):
-        tensor, info = pre(s, context_window(slices, i, k))
-        ref_out = {n: v.copy() for n, v in reference.infer({name_in: tensor}).items()}
-        cand_out = {n: v.copy() for n, v in candidate.infer({name_in: tensor}).items()}
+    for feeds, info, geometry in _feeds(manifest, slices):
+        ref_out = {n: v.copy() for n, v in reference.infer(feeds).items()}
+        cand_out = {n: v.copy() for n, v in candidate.infer(feeds).items()}
         if post is not None:
             name_out = manifest.mask_output.name
-            ref = post(ref_out[name_out], info, s.geometry)
-            cand = post(cand_out[name_out], info, s.geometry)
+            ref = post(ref_out[name_out], info, geometry)
+            cand = post(cand_out[name_out], info, geometry)
             diff = np.abs(ref.probabilities - cand.probabilities)
             max_diff = max(max_diff, float(diff.max()))
             sum_diff += float(diff.sum(dtype=np.float64))
@@ -147,7 +177,7 @@ def measure_agreement(candidate: Engine, reference: Engine, manifest: Manifest, 
             for label, name in enumerate(classes, start=1):
                 pooled[name] += overlap(ref.mask == label, cand.mask == label)
         if per_head:
-            ref_heads, cand_heads = heads(ref_out, info, s.geometry), heads(cand_out, info, s.geometry)
+            ref_heads, cand_heads = heads(ref_out, info, geometry), heads(cand_out, info, geometry)
             for a, b in zip(ref_heads.scores, cand_heads.scores):
                 per_head[a.head].add_scores(a, b)
             for m, n in zip(ref_heads.masks, cand_heads.masks):
@@ -194,7 +224,7 @@ class _HeadTally:
 def measure_engine_file(
     engine_path: str | os.PathLike[str],
     reference_path: str | os.PathLike[str],
-    slices: Sequence[Slice],
+    slices: Compared,
     *,
     manifest_path: str | os.PathLike[str] | None = None,
     options: EngineConfig = EngineConfig(),
@@ -212,6 +242,8 @@ def measure_engine_file(
         raise ConfigError("the engine and the reference model have different classes; they cannot be compared")
     if manifest.heads != ref_manifest.heads:
         raise ConfigError("the engine and the reference model declare different heads; they cannot be compared")
+    if manifest.roles != ref_manifest.roles:
+        raise ConfigError("the engine and the reference model take different input roles; they cannot be compared")
     with (
         open_engine(engine_path, options, onnx_sha256=manifest.onnx_sha256, name=manifest.name) as cand,
         open_engine(reference_path, EngineConfig(backend="ort", threads=options.threads)) as ref,

@@ -29,7 +29,7 @@ from scanedge.imaging.postprocess import ClassFindings
 from scanedge.imaging.series import context_window
 from scanedge.imaging.series_summary import LatencyPercentiles, SeriesSummary, summarize_series
 from scanedge.imaging.slices import SliceGeometry
-from scanedge.runtime.core.pipeline import Pipeline, StageTimings
+from scanedge.runtime.core.pipeline import Pipeline, SliceResult, StageTimings
 
 __all__ = ["BatchOutput", "BatchReport", "SegmentedSlice", "prepare_output_dir", "segment_to_folder"]
 
@@ -202,9 +202,12 @@ def segment_to_folder(
     output: BatchOutput,
     progress: Callable[[int, int], None] | None = None,
     skipped: Sequence[SkippedFile] = (),
+    run: Callable[[int, LoadedSlice], SliceResult] | None = None,
 ) -> BatchReport:
     """Segment ``loaded`` (in series order, as :func:`~scanedge.imaging.files.scan_slices` gives them) with
     ``pipe`` and write the files ``output`` asks for; ``progress(done, total)`` is called after each slice.
+    ``run(i, item)`` segments one slice instead of ``pipe.run`` (a multi-input model's slices with their
+    partners: :mod:`scanedge.runtime.core.batch_inputs`).
 
     A slice the pipeline refuses (:data:`SLICE_ERRORS`: out of scope, non-finite output, ...) is added to
     ``skipped`` (files the caller could not read, listed in the report as given) and the batch goes on.
@@ -224,7 +227,7 @@ def segment_to_folder(
     k = pipe.manifest.input.context_slices
     for i, item in enumerate(loaded):
         try:
-            result = pipe.run(item.slice, context=context_window(series, i, k))
+            result = run(i, item) if run is not None else pipe.run(item.slice, context=context_window(series, i, k))
         except SLICE_ERRORS as exc:
             refused.append(SkippedFile.of(item.name, item.path, exc))
         else:

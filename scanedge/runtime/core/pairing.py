@@ -313,13 +313,14 @@ class PairingBuffer:
             )
         return best
 
-    def missing(self, reference: Slice, waited: float) -> MissingInputError:
-        """The MISSING_INPUT error for ``reference`` after ``waited`` s: which role lacks a slice where, and
-        which of its series are held (raised, not returned, when the role can never be paired)."""
+    def missing(self, reference: Slice, waited: float | None) -> MissingInputError:
+        """The MISSING_INPUT error for ``reference`` after ``waited`` s (None: no wait, every slice was held
+        from the start, as in a batch): which role lacks a slice where, and which of its series are held
+        (raised, not returned, when the role can never be paired)."""
         with self._cond:
             return self._missing_locked(reference, waited)
 
-    def _missing_locked(self, reference: Slice, waited: float) -> MissingInputError:
+    def _missing_locked(self, reference: Slice, waited: float | None) -> MissingInputError:
         lacking = []
         for role in self.inputs.names[1:]:
             candidates = self._candidates(reference, role)
@@ -332,8 +333,8 @@ class PairingBuffer:
             where = f"position {at:.2f} mm"
         return MissingInputError(
             f"{' and '.join(lacking)} has no slice at {where} (within {self.policy.tolerance_mm:g} mm) for "
-            f"reference slice {_where(reference)} of study {reference.identity.study_uid or '(none)'} after "
-            f"waiting {waited:g} s"
+            f"reference slice {_where(reference)} of study {reference.identity.study_uid or '(none)'}"
+            + ("" if waited is None else f" after waiting {waited:g} s")
         )
 
 

@@ -27,6 +27,7 @@ from scanedge.imaging.heads import DecodedHeads, HeadDecoder, HeadScore, MaskHea
 from scanedge.imaging.overlay import OverlayConfig, OverlayRenderer, display_image
 from scanedge.imaging.postprocess import ClassFindings, Postprocessed, Postprocessor
 from scanedge.imaging.preprocess import Preprocessor
+from scanedge.imaging.role_inputs import RoleAssembler
 from scanedge.imaging.scope import UNCHECKED, ScopeVerdict, require_scope
 from scanedge.imaging.score_overlay import draw_saliency, draw_scores
 from scanedge.imaging.series import context_window
@@ -182,16 +183,6 @@ class SliceResult:
 SliceInput = Slice | np.ndarray | bytes | bytearray | memoryview
 
 
-def _role_preprocessors(manifest: Manifest) -> dict[str, Preprocessor] | None:
-    """One preprocessor per role of a multi-input model, each with that role's normalisation."""
-    if manifest.inputs is None:
-        return None
-    return {
-        role: Preprocessor(manifest.replace(inputs=None, intensity=manifest.intensity_for(role)))
-        for role in manifest.roles
-    }
-
-
 class Pipeline:
     """One model, ready to segment slices. Build with :meth:`open` or from an engine + manifest."""
 
@@ -236,8 +227,7 @@ class Pipeline:
         self._post = Postprocessor(manifest) if manifest.output is not None else None
         self._overlay = OverlayRenderer(manifest, self.config.overlay) if manifest.output is not None else None
         self._heads = HeadDecoder(manifest)
-        self._roles = _role_preprocessors(manifest)
-        self._stacked: dict[tuple[int, ...], np.ndarray] = {}
+        self._roles = RoleAssembler(manifest) if manifest.inputs is not None else None
         self.model_label = f"{manifest.name}@{manifest.version}"
         self._where = f"model {self.model_label} on {engine.name}"  # names the engine when its scores are wrong
         self._last: tuple[Slice, Sequence[Slice]] | None = None  # for keep_warm()
@@ -317,7 +307,7 @@ class Pipeline:
         """
         if self._roles is not None:
             raise MissingInputError(
-                f"model {self.model_label} takes the roles {', '.join(self._roles)} together; one slice alone "
+                f"model {self.model_label} takes the roles {', '.join(self._roles.roles)} together; one slice alone "
                 "cannot be segmented (run_inputs() takes a slice per role)"
             )
         t0 = time.perf_counter()
@@ -429,9 +419,9 @@ class Pipeline:
         order) or separate graph inputs, as the manifest says. The result is on the reference slice.
         MissingInputError when a role is missing; InvalidSliceError when a role's grid differs.
         """
-        roles = self._roles
-        if roles is None:
+        if self._roles is None:
             raise InvalidSliceError(f"model {self.model_label} has one input; segment its slices with run()")
+        roles = self._roles.roles
         missing = [r for r in roles if r not in sources]
         if missing:
             raise MissingInputError(f"model {self.model_label} needs role(s) {', '.join(missing)} for this slice")
@@ -450,36 +440,12 @@ class Pipeline:
         ignore = self.config.ignore_scope if ignore_scope is None else ignore_scope
         scope = require_scope(self.manifest.applies_to, reference, self.model_label, ignore=ignore)
         t1 = time.perf_counter()
-        tensors, info = self._assemble(slices, contexts or {})
+        tensors, info = self._roles(slices, contexts)
         t2 = time.perf_counter()
         outputs = self.engine.infer(tensors)
         self._check_outputs(outputs, next(iter(tensors.values())).shape)
         t3 = time.perf_counter()
         return self._finish(reference, outputs, info, scope, overlay, (t0, t1, t2, t3))
-
-    def _assemble(
-        self, slices: Mapping[str, Slice], contexts: Mapping[str, Sequence[Slice]]
-    ) -> tuple[dict[str, np.ndarray], Any]:
-        """The graph's feeds: each role preprocessed with its own normalisation, stacked or named."""
-        assert self._roles is not None
-        names = self.manifest.graph_inputs()
-        parts = []
-        info = None
-        for role, pre in self._roles.items():
-            tensor, role_info = pre(slices[role], contexts.get(role, ()))
-            info = info or role_info
-            parts.append(tensor)
-        assert info is not None
-        if len(names) > 1:  # named: one input per role (each preprocessor owns its buffer)
-            return dict(zip(names, parts)), info
-        axis = 1 if self.manifest.input.layout == "NCHW" else 3
-        shape = list(parts[0].shape)
-        shape[axis] = sum(p.shape[axis] for p in parts)
-        stacked = self._stacked.get(tuple(shape))
-        if stacked is None:
-            stacked = self._stacked[tuple(shape)] = np.empty(shape, np.float32)
-        np.concatenate(parts, axis=axis, out=stacked)
-        return {names[0]: stacked}, info
 
     def keep_warm(self) -> bool:
         """Run the last slice through the whole pipeline again, result discarded, so that caches, threads

@@ -1,0 +1,88 @@
+"""edge-bench on models that take several series at once (manifest ``inputs``): every role fed, per stage."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from scanedge.bench.inprocess import RunLength, bench_engine, bench_pipeline
+from scanedge.bench.inputs import bench_slices, role_sets
+from scanedge.cli.bench import main as bench_main
+from scanedge.engines import EngineConfig
+from scanedge.manifest import embed_manifest
+from scanedge.runtime.core.pipeline import Pipeline
+from tests.conftest import conv_model, simple_manifest
+from tests.converters.test_verify_inputs import named_manifest
+from tests.runtime.core.test_multi_input import WEIGHTS, named_inputs_model, two_role_inputs
+
+ONE_THREAD = EngineConfig(threads=1)
+STAGES = {"preprocess", "infer", "postprocess", "overlay", "outside_model", "total"}
+
+
+@pytest.fixture(params=["channels", "named"])
+def two_input_model(request, tmp_path):
+    path = tmp_path / f"{request.param}.onnx"
+    if request.param == "channels":
+        embed_manifest(conv_model(2, WEIGHTS), simple_manifest(inputs=two_role_inputs()), path)
+    else:
+        embed_manifest(named_inputs_model(), named_manifest(), path)
+    return path
+
+
+def test_role_sets_give_every_role_its_own_image_on_the_reference_grid():
+    slices = bench_slices((64, 64), limit=2)
+    sets = role_sets(slices, ("flair", "t1", "t2"))
+    for s, item in zip(slices, sets):
+        assert list(item) == ["flair", "t1", "t2"] and item["flair"] is s
+        for role in ("t1", "t2"):
+            assert item[role].shape == s.shape and item[role].geometry == s.geometry
+            assert not np.array_equal(item[role].pixels, s.pixels)
+        assert not np.array_equal(item["t1"].pixels, item["t2"].pixels)
+
+
+def test_pipeline_bench_times_every_stage_of_a_two_input_model(two_input_model, capsys):
+    slices = bench_slices((64, 64), limit=3)
+    r = bench_pipeline(slices, two_input_model, options=ONE_THREAD, run=RunLength(count=12, warmup=2), baseline=True)
+    figures = r.figures()
+    assert set(figures) == STAGES and figures["total"].count == 12
+    assert figures["total"].median >= figures["infer"].median > 0
+    assert r.model["roles"] == ["flair", "t1"] and r.settings["roles"] == ["flair", "t1"]
+    assert r.baseline["figures"]["session.run"]["count"] == 12
+    # what was timed is run_inputs on those sets: the same masks as the pipeline gives them
+    with Pipeline.open(two_input_model, options=ONE_THREAD) as pipe:
+        assert pipe.run_inputs(role_sets(slices, pipe.manifest.roles)[0]).mask.shape == (64, 64)
+    dicom = bench_pipeline(slices, two_input_model, options=ONE_THREAD, dicom=True, run=RunLength(count=4, warmup=1))
+    assert {"decode", "decode_pydicom"} <= set(dicom.figures())  # every role's bytes decoded
+
+
+def test_engine_bench_feeds_every_graph_input(tmp_path):
+    path = tmp_path / "named.onnx"
+    embed_manifest(named_inputs_model(), named_manifest(), path)
+    r = bench_engine(path, options=ONE_THREAD, run=RunLength(count=10, warmup=1), baseline=True)
+    assert r.figures()["infer"].count == 10
+    assert r.settings["inputs"] == {"flair": [1, 1, 256, 256], "t1": [1, 1, 256, 256]}
+    assert r.settings["roles"] == ["flair", "t1"] and r.baseline["figures"]["session.run"]["count"] == 10
+
+
+def test_the_cli_reports_per_stage_figures_and_the_roles(two_input_model, tmp_path, capsys):
+    argv = ["pipeline", "--model", str(two_input_model), "--size", "64x64", "--count", "8", "--warmup", "1"]
+    assert bench_main([*argv, "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("│")[1].strip() for line in out.splitlines() if line.startswith("│")}
+    assert rows == STAGES  # a row of figures per stage
+    assert "model takes 2 input roles (flair, t1): every role fed (each slice with partners made on its grid)" in out
+    report_path = tmp_path / "engine.json"
+    argv = ["engine", str(two_input_model), "--count", "5", "--warmup", "1", "--json", str(report_path)]
+    assert bench_main([*argv, "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "model takes 2 input roles (flair, t1): every role fed (random tensors)" in out
+    assert json.loads(report_path.read_text())["model"]["roles"] == ["flair", "t1"]
+
+
+def test_stream_names_what_to_use_for_a_multi_input_model(two_input_model, capsys):
+    argv = ["stream", "--spawn", "--model", str(two_input_model), "--size", "64x64", "--count", "5"]
+    assert bench_main([*argv, "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "takes 2 input roles (flair, t1)" in err and "edge-bench pipeline" in err and "replay --roles" in err
