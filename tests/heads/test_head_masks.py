@@ -23,6 +23,7 @@ from scanedge.runtime.wire.protocol import MAX_HEADER_BYTES, MaskHeadInfo, Resul
 from tests.dicomnet.conftest import listener  # noqa: F401 - the node fixture
 from tests.heads.conftest import sample_slices, two_mask_manifest
 from tests.runtime.conftest import running_server
+from tests.waiting import wait_until
 
 LIVER = CodedConcept("10200004", "SCT", "Liver")
 ORGAN = CodedConcept("123037004", "SCT", "Anatomical Structure")
@@ -33,7 +34,8 @@ HOSTILE_CLASS = "liver\x1b]0;pwned\x07\r\n" + "y" * 200
 
 def _three_mask_graph(path: Path, organs: str = "organs", empty: bool = False) -> onnx.ModelProto:
     """The two-mask graph with a third output ``vessels`` (-organs), ``organs`` renamed to ``organs``, and with
-    ``empty`` a fourth, ``empty``: logits of -100 everywhere (a head that never finds anything)."""
+    ``empty`` two more: ``empty``, logits of -100 everywhere (a head that never finds anything), and
+    ``organ_score``, the organs' mean logits (a score head, so the node's scores JSON is written)."""
     raw = onnx.load(str(path))
     graph = raw.graph
     if organs != "organs":
@@ -59,6 +61,8 @@ def _three_mask_graph(path: Path, organs: str = "organs", empty: bool = False) -
             ]
         )
         graph.output.append(helper.make_tensor_value_info("empty", onnx.TensorProto.FLOAT, shape))
+        graph.node.append(helper.make_node("ReduceMean", [organs], ["organ_score"], axes=[2, 3], keepdims=0))
+        graph.output.append(helper.make_tensor_value_info("organ_score", onnx.TensorProto.FLOAT, shape[:2]))
     return raw
 
 
@@ -79,7 +83,8 @@ def three_mask_manifest(organs: str = "organs", liver: str = "liver", empty: boo
     )
     if empty:
         nothing = (ClassSpec("background", (0, 0, 0)), ClassSpec("nothing"), ClassSpec("never"))
-        heads += (HeadSpec("empty", "mask", activation="sigmoid", classes=nothing),)
+        score = HeadSpec("organ_score", "score", activation="sigmoid", classes=(ClassSpec("a"), ClassSpec("b")))
+        heads += (HeadSpec("empty", "mask", activation="sigmoid", classes=nothing), score)
     return base.replace(name="test-three-masks", heads=heads)
 
 
@@ -204,10 +209,10 @@ def test_segment_keeps_hostile_head_names_out_of_file_names_and_reports(three_ma
 
 
 def _node_seg(start, model: Path, count: int = 4, **changes):
-    """Send a new demo series of ``count`` images to a node serving ``model``; its SEG (highdicom) and sources."""
+    """Send a new demo series of ``count`` images to a node serving ``model``: its SEG (highdicom), the
+    sources, and the node's output folder."""
     hd = pytest.importorskip("highdicom")
     from tests.dicomnet.test_durability import demo, new_series, send
-    from tests.waiting import wait_until
 
     node = start([model], series_timeout_s=0.3, **changes)
     series = new_series(demo(count))
@@ -215,7 +220,7 @@ def _node_seg(start, model: Path, count: int = 4, **changes):
     seg_dir = node.config.out / "seg"
     wait_until(lambda: list(seg_dir.glob("*.dcm")) and node.spool.files == 0, timeout=60, what="the SEG")
     (path,) = seg_dir.glob("*.dcm")
-    return hd.seg.segread(path), series
+    return hd.seg.segread(path), series, node.config.out
 
 
 def _expected(model: Path, series) -> list:
@@ -240,7 +245,7 @@ def _segment_planes(seg, series, numbers):
 
 
 def test_the_nodes_seg_has_each_heads_classes_as_segments(listener, three_masks):  # noqa: F811
-    seg, series = _node_seg(listener, three_masks["plain"])
+    seg, series, _ = _node_seg(listener, three_masks["plain"])
     described = [(d.segment_number, d.segment_label) for d in seg.SegmentSequence]
     assert described == [(1, "lesion"), (2, "organs: liver"), (3, "organs: kidney"), (4, "vessels: vessel")]
     liver = seg.SegmentSequence[1]
@@ -259,10 +264,97 @@ def test_the_nodes_seg_has_each_heads_classes_as_segments(listener, three_masks)
 
 
 def test_hostile_names_stay_bounded_in_seg_labels_and_an_empty_head_keeps_its_segments(listener, three_masks):  # noqa: F811
-    seg, series = _node_seg(listener, three_masks["hostile"], count=2)
+    seg, series, out = _node_seg(listener, three_masks["hostile"], count=2, outputs=("seg", "scores"))
     labels = [str(d.segment_label) for d in seg.SegmentSequence]
     assert labels[:2] == ["lesion", labels[1]] and labels[1].startswith("head1: liver")
     assert labels[2:] == ["head1: kidney", "vessels: vessel", "empty: nothing", "empty: never"]
     assert all(len(x) <= 64 and x.isprintable() and "\\" not in x for x in labels)
     planes = _segment_planes(seg, series, [5, 6])
     assert not planes.any()  # the empty head's segments are described, with no pixel
+    wait_until(lambda: list((out / "scores").glob("*.json")), timeout=60, what="the scores JSON")
+    (path,) = (out / "scores").glob("*.json")
+    frames = {f["sop_instance_uid"]: f for f in json.loads(path.read_text())["frames"]}
+    for ds, result in zip(series, _expected(three_masks["hostile"], series)):
+        heads = frames[str(ds.SOPInstanceUID)]["mask_heads"]
+        assert [h["head"] for h in heads] == ["head1", "vessels", "empty"]
+        for head, local in zip(heads, result.mask_heads):
+            assert [f["pixels"] for f in head["findings"]] == [f.pixels for f in local.findings]
+
+
+def test_head_masks_come_as_frames_beside_a_mask_in_shared_memory(three_masks, tmp_path: Path):
+    from scanedge.runtime.console.client import ClientConfig
+
+    pixels = sample_slices(1)[0]
+    with Pipeline.open(three_masks["plain"]) as pipe:
+        want = pipe.run(pixels, overlay=False)
+    with (
+        running_server([three_masks["plain"]], bind=f"ipc://{tmp_path}/rt.ipc") as server,
+        Client(server.endpoint, ClientConfig(shared_memory=True)) as client,
+    ):
+        wait_until(lambda: client.shared_memory_active, what="the shared-memory region")
+        r = client.segment(pixels, outputs=("mask", "head_masks"))
+        placed = {f.name: f.region for f in r.header.frames}
+        assert placed["mask"] is not None and placed["mask:organs"] is None and placed["mask:vessels"] is None
+        np.testing.assert_array_equal(r.mask, want.mask)
+        for head in want.mask_heads:
+            np.testing.assert_array_equal(r.head_masks[head.label], head.mask)
+
+
+def test_pong_lists_at_most_a_bounded_number_of_head_class_names():
+    from scanedge.manifest import OutputSpec
+    from scanedge.runtime.serving.server import _model_info
+    from scanedge.runtime.wire.protocol import PONG_HEAD_CLASS_CHARS, Pong
+
+    classes = tuple(ClassSpec(f"{k:03d}" + "c" * 200) for k in range(255))
+    heads = tuple(HeadSpec(f"head-{k}", "mask", classes=classes) for k in range(15))
+    manifest = two_mask_manifest().replace(heads=heads, output=OutputSpec("logits"))
+    info = _model_info(manifest)
+    assert [h.label for h in info.mask_heads] == [f"head-{k}" for k in range(15)]
+    listed = sum(len(c) for h in info.mask_heads for c in h.classes)
+    assert 0 < listed <= PONG_HEAD_CLASS_CHARS and all(len(c) <= 64 for h in info.mask_heads for c in h.classes)
+    assert sum(len(h.classes) + h.omitted for h in info.mask_heads) == 15 * 255
+    assert info.mask_heads[0].classes[0] == classes[0].name[:61] + "..."
+    assert len(encode(Pong(version=1, id=1, models=(info,)))) < MAX_HEADER_BYTES
+
+
+def test_the_nodes_fractional_seg_has_each_heads_probabilities(listener, three_masks):  # noqa: F811
+    import cv2
+
+    seg, series, _ = _node_seg(listener, three_masks["plain"], count=2, segmentation="fractional")
+    assert [d.segment_number for d in seg.SegmentSequence] == [1, 2, 3, 4]
+    uids = [str(ds.SOPInstanceUID) for ds in series]
+    stored = seg.get_pixels_by_source_instance(
+        uids, segment_numbers=[2, 3, 4], assert_missing_frames_are_empty=True, rescale_fractional=False
+    )
+    for i, result in enumerate(_expected(three_masks["plain"], series)):
+        organs, vessels = result.mask_heads
+        rows, cols = organs.mask.shape
+        planes = [*organs.probabilities, vessels.probabilities[1]]  # sigmoid: both; softmax: the foreground
+        for k, plane in enumerate(planes):
+            resized = cv2.resize(plane, (cols, rows), interpolation=cv2.INTER_LINEAR)
+            np.testing.assert_array_equal(stored[i, ..., k], np.rint(np.clip(resized, 0, 1) * 255).astype(np.uint8))
+
+
+def test_the_node_publishes_head_masks_with_each_result(listener, three_masks, tmp_path: Path):  # noqa: F811
+    from scanedge.runtime.wire.payloads import arrays_from_frames, head_masks_from_arrays
+    from tests.dicomnet.test_durability import demo, new_series, send
+    from tests.dicomnet.test_listener import live_subscription
+
+    node = listener([three_masks["plain"]], publish="tcp://127.0.0.1:*", series_timeout_s=60)
+    series = new_series(demo(2))
+    sub = live_subscription(node, tmp_path, str(series[0].SeriesInstanceUID).encode())
+    try:
+        assert [s for s, _ in send(node.port, series)] == [0, 0]
+        received = []
+        while len(received) < len(series):
+            assert sub.poll(30_000), f"only {len(received)} RESULTs arrived"
+            received.append(sub.recv_multipart())
+    finally:
+        sub.close()
+    want = {str(ds.SOPInstanceUID): r for ds, r in zip(series, _expected(three_masks["plain"], series))}
+    for _, head, *payload in received:
+        header = decode_reply(head)
+        assert [f.name for f in header.frames] == ["mask", "overlay", "image", "mask:organs", "mask:vessels"]
+        heads = head_masks_from_arrays(arrays_from_frames(header.frames, payload))
+        for local in want[header.instance].mask_heads:
+            np.testing.assert_array_equal(heads[local.label], local.mask)
