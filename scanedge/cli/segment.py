@@ -487,7 +487,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--force", action="store_true", help="replace the results of an earlier run in --out (default: refuse)"
     )
-    p.add_argument("--save-masks", action="store_true", help="also write each label mask as .npy (default: off)")
+    p.add_argument(
+        "--save-masks",
+        action="store_true",
+        help="also write each label mask (and each further mask head's) as .npy (default: off)",
+    )
     p.add_argument("--montage", action="store_true", help="also write montage.png, every overlay tiled (default: off)")
     p.add_argument("--json", action="store_true", help="print results.json on stdout instead of the summary")
     g = p.add_argument_group("follow-up (needs scanedge[followup])")

@@ -347,6 +347,8 @@ def quantised(result: SliceResult, manifest: Manifest) -> Any:
     """The foreground classes' probabilities on the slice's grid, as uint8 (x 255), for FRACTIONAL SEGs."""
     import numpy as np
 
+    if manifest.output is None:  # no mask output: no planes (its further mask heads are held on their own)
+        return np.zeros((0, *result.mask.shape), np.uint8)
     planes = result.probabilities_on_slice(
         1 if manifest.output is not None and manifest.output.activation == "softmax" else 0
     )

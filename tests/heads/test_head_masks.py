@@ -97,6 +97,11 @@ def three_masks(head_models, tmp_path_factory) -> dict[str, Path]:
         graph = _three_mask_graph(head_models["two_masks"], organs, empty)
         embed_manifest(graph, three_mask_manifest(organs, liver, empty), target)
         out[key] = target
+    # no mask output of its own: the further mask heads are all it segments
+    target = folder / "heads-only.onnx"
+    headless = three_mask_manifest().replace(output=None, classes=())
+    embed_manifest(_three_mask_graph(head_models["two_masks"]), headless, target)
+    out["heads-only"] = target
     return out
 
 
@@ -318,8 +323,6 @@ def test_pong_lists_at_most_a_bounded_number_of_head_class_names():
 
 
 def test_the_nodes_fractional_seg_has_each_heads_probabilities(listener, three_masks):  # noqa: F811
-    import cv2
-
     seg, series, _ = _node_seg(listener, three_masks["plain"], count=2, segmentation="fractional")
     assert [d.segment_number for d in seg.SegmentSequence] == [1, 2, 3, 4]
     uids = [str(ds.SOPInstanceUID) for ds in series]
@@ -328,11 +331,9 @@ def test_the_nodes_fractional_seg_has_each_heads_probabilities(listener, three_m
     )
     for i, result in enumerate(_expected(three_masks["plain"], series)):
         organs, vessels = result.mask_heads
-        rows, cols = organs.mask.shape
         planes = [*organs.probabilities, vessels.probabilities[1]]  # sigmoid: both; softmax: the foreground
         for k, plane in enumerate(planes):
-            resized = cv2.resize(plane, (cols, rows), interpolation=cv2.INTER_LINEAR)
-            np.testing.assert_array_equal(stored[i, ..., k], np.rint(np.clip(resized, 0, 1) * 255).astype(np.uint8))
+            np.testing.assert_array_equal(stored[i, ..., k], _quantised(plane, organs.mask.shape))
 
 
 def test_the_node_publishes_head_masks_with_each_result(listener, three_masks, tmp_path: Path):  # noqa: F811
@@ -358,3 +359,29 @@ def test_the_node_publishes_head_masks_with_each_result(listener, three_masks, t
         heads = head_masks_from_arrays(arrays_from_frames(header.frames, payload))
         for local in want[header.instance].mask_heads:
             np.testing.assert_array_equal(heads[local.label], local.mask)
+
+
+@pytest.mark.parametrize("kind", ["binary", "fractional"])
+def test_a_model_without_a_mask_output_gets_a_seg_of_its_heads(listener, three_masks, kind):  # noqa: F811
+    seg, series, _ = _node_seg(listener, three_masks["heads-only"], count=2, segmentation=kind)
+    described = [(d.segment_number, d.segment_label) for d in seg.SegmentSequence]
+    assert described == [(1, "organs: liver"), (2, "organs: kidney"), (3, "vessels: vessel")]
+    planes = _segment_planes(seg, series, [1, 2, 3])
+    for i, result in enumerate(_expected(three_masks["heads-only"], series)):
+        organs, vessels = result.mask_heads
+        if kind == "binary":
+            np.testing.assert_array_equal(planes[i, ..., 0], organs.mask == 1)
+            np.testing.assert_array_equal(planes[i, ..., 2], vessels.mask == 1)
+        else:
+            np.testing.assert_allclose(planes[i, ..., 0], _quantised(organs.probabilities[0], organs.mask.shape) / 255)
+            np.testing.assert_allclose(
+                planes[i, ..., 2], _quantised(vessels.probabilities[1], vessels.mask.shape) / 255
+            )
+
+
+def _quantised(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A probability plane on the slice's grid as the node keeps it for a FRACTIONAL SEG (0-255)."""
+    import cv2
+
+    resized = cv2.resize(plane, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    return np.rint(np.clip(resized, 0, 1) * 255).astype(np.uint8)

@@ -391,7 +391,7 @@ class ModelInput(Struct, frozen=True):
     width: int | None
 
 
-class MaskHeadInfo(Struct, frozen=True, omit_defaults=True):
+class MaskHeadInfo(Struct, frozen=True):
     """A served model's further mask head in PONG (section 5): its ``label`` (the name its RESULT frames
     carry after ``mask:``), its ``classes`` (background first; label value k is ``classes[k]``), its
     ``activation``, and ``omitted``: classes left off the end of ``classes`` to keep PONG small."""
