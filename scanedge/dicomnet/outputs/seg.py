@@ -356,9 +356,8 @@ class SegOutput(DicomOutput):
             log.warning("model %s has no mask output (a classifier): it gets no SEG; see the scores output", model)
             return
         classes = [c.name for c in manifest.classes[1:] if c.property_type is None]
-        uncoded = [printable(c, 64) for c in classes] + [
-            label for label, spec in _head_segments(manifest) if spec.property_type is None
-        ]
+        classes += [label for label, spec in _head_segments(manifest) if spec.property_type is None]
+        uncoded = [_segment_label(c) for c in classes]
         if uncoded:
             log.warning(
                 "model %s: class(es) %s have no coded concepts in the manifest; their SEG segments are "
