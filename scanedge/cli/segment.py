@@ -29,7 +29,7 @@ from scanedge.errors import ConfigError
 
 if TYPE_CHECKING:
     from scanedge.imaging.files import SliceScan
-    from scanedge.imaging.heads import SeriesScore
+    from scanedge.imaging.heads import MaskHeadLoad, SeriesScore
     from scanedge.imaging.series_summary import SeriesSummary
     from scanedge.runtime.core.batch import BatchOutput, BatchReport
     from scanedge.runtime.core.batch_followup import FollowupOutcome
@@ -193,6 +193,7 @@ def _series_line(s: SeriesSummary) -> str:
             "over slices"
         )
     parts += [_score_text(score) for score in s.scores]
+    parts += [_mask_head_text(head) for head in s.mask_heads]
     return f"{s.label}: {s.slices} slice(s); " + "; ".join(parts)
 
 
@@ -203,6 +204,18 @@ def _score_text(score: SeriesScore) -> str:
         for c in score.classes
     )
     return f"score {score.head} ({score.aggregation} over {score.slices} slice(s)): {classes}"
+
+
+def _mask_head_text(head: MaskHeadLoad) -> str:
+    """``head organs: liver 1 region(s) in 3-D, 5328 mm³; kidney 0 region(s) in 3-D``: a further mask head's
+    load over the series (names as one printable line, at most 64 characters each)."""
+    from scanedge.safe_text import printable
+
+    classes = []
+    for c in head.lesion_load.classes:
+        volume = f", {_volume(c.volume_mm3)} mm³" if c.volume_mm3 is not None else ""
+        classes.append(f"{printable(c.name, 64)} {c.lesions} region(s) in 3-D{volume}")
+    return f"head {head.label}: " + ", ".join(classes)
 
 
 def _exit_status(report: BatchReport, console: Any, outcome: FollowupOutcome | None = None) -> int:
@@ -481,7 +494,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--force", action="store_true", help="replace the results of an earlier run in --out (default: refuse)"
     )
-    p.add_argument("--save-masks", action="store_true", help="also write each label mask as .npy (default: off)")
+    p.add_argument(
+        "--save-masks",
+        action="store_true",
+        help="also write each label mask (and each further mask head's) as .npy (default: off)",
+    )
     p.add_argument("--montage", action="store_true", help="also write montage.png, every overlay tiled (default: off)")
     p.add_argument("--json", action="store_true", help="print results.json on stdout instead of the summary")
     g = p.add_argument_group("follow-up (needs scanedge[followup])")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from scanedge.dicomnet.publisher import ResultPublisher
-from scanedge.dicomnet.series import HeldFrame, HeldInstance, OpenSeriesBuffer, pack
+from scanedge.dicomnet.series import HeldFrame, HeldInstance, HeldMaskHead, OpenSeriesBuffer, pack
 from scanedge.dicomnet.spool import Spool
 from scanedge.dicomnet.stats import ListenerStats
 from scanedge.errors import CapacityError, ScanedgeError
@@ -34,19 +34,19 @@ from scanedge.imaging.series import context_window
 from scanedge.imaging.slices import Slice
 from scanedge.manifest import Manifest
 from scanedge.runtime.core.pipeline import Pipeline, SliceResult
-from scanedge.runtime.wire.payloads import pipeline_reply, result_frames
+from scanedge.runtime.wire.payloads import head_mask_frames, pipeline_reply, result_frames
 from scanedge.runtime.wire.protocol import PROTOCOL_VERSION, Echo, Result, encode, publish_topic
 
 if TYPE_CHECKING:
     from scanedge.dicomnet.followup import ChangeUpdate, NodeFollowup
     from scanedge.imaging.followup import SeriesChange
 
-__all__ = ["PUBLISHED_OUTPUTS", "Intake", "drop_pixels", "identity", "quantised", "update_message"]
+__all__ = ["PUBLISHED_OUTPUTS", "Intake", "drop_pixels", "held_mask_heads", "identity", "quantised", "update_message"]
 
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float Pixel Data
 #: the frames each published RESULT carries (section 4's names); ``change`` once the slice has been compared
-#: with the prior (follow-up on)
-PUBLISHED_OUTPUTS = ("mask", "overlay", "image", "change")
+#: with the prior (follow-up on), ``mask:LABEL`` per further mask head of the model
+PUBLISHED_OUTPUTS = ("mask", "overlay", "image", "change", "head_masks")
 
 
 class Intake:
@@ -173,6 +173,7 @@ class Intake:
         masks: list[dict[str, bytes]] = [{} for _ in slices]
         probabilities: list[dict[str, bytes]] = [{} for _ in slices]
         scores: list[dict[str, tuple[HeadScore, ...]]] = [{} for _ in slices]
+        heads: list[dict[str, tuple[HeldMaskHead, ...]]] = [{} for _ in slices]
         for name, pool in self.pools.items():
             try:
                 pipe = pool.get(timeout=self.busy_timeout_s)
@@ -194,6 +195,8 @@ class Intake:
                         probabilities[i][name] = pack(quantised(result, pipe.manifest))
                     if result.scores:
                         scores[i][name] = result.scores
+                    if result.mask_heads:
+                        heads[i][name] = held_mask_heads(result, self.probabilities)
                     if not publish:
                         continue
                     index = slice_.identity.instance_number if len(slices) == 1 else i + 1
@@ -213,7 +216,8 @@ class Intake:
             finally:
                 pool.put(pipe)
         return tuple(
-            HeldFrame(slice_.shape[:2], masks[i], probabilities[i], scores[i]) for i, slice_ in enumerate(slices)
+            HeldFrame(slice_.shape[:2], masks[i], probabilities[i], scores[i], heads[i])
+            for i, slice_ in enumerate(slices)
         )
 
     def publish_result(
@@ -245,7 +249,7 @@ class Intake:
                 "image": display_image(slice_),
                 "change": plane,
             }
-            infos, payload, encode_ms = result_frames(PUBLISHED_OUTPUTS, arrays, "raw")
+            infos, payload, encode_ms = result_frames(PUBLISHED_OUTPUTS, arrays, "raw", head_mask_frames(result))
             header = pipeline_reply(
                 Echo(next(self._ids), series_uid, instance_uid, index, None),
                 result,
@@ -318,10 +322,33 @@ def drop_pixels(ds: Any) -> int:
     return dropped
 
 
+def held_mask_heads(result: SliceResult, probabilities: bool) -> tuple[HeldMaskHead, ...]:
+    """What the node holds of a frame's further mask heads for its SEG: each head's packed label mask, with
+    ``probabilities`` its foreground probabilities on the slice's grid as uint8 (x 255), and its findings."""
+    import cv2
+    import numpy as np
+
+    out = []
+    for head in result.mask_heads:
+        planes = b""
+        if probabilities:
+            rows, cols = head.mask.shape
+            # one plane per foreground class: the last ones (a softmax head's first plane is its background)
+            channels = head.probabilities[head.probabilities.shape[0] - len(head.findings) :]
+            resized = [cv2.resize(p, (cols, rows), interpolation=cv2.INTER_LINEAR) for p in channels]
+            stacked = np.stack(resized) if resized else np.zeros((0, rows, cols), np.float32)
+            planes = pack(np.rint(np.clip(stacked, 0.0, 1.0) * 255).astype(np.uint8))
+        findings = tuple(f.to_dict() for f in head.findings)
+        out.append(HeldMaskHead(head.label or head.head, pack(head.mask), planes, findings))
+    return tuple(out)
+
+
 def quantised(result: SliceResult, manifest: Manifest) -> Any:
     """The foreground classes' probabilities on the slice's grid, as uint8 (x 255), for FRACTIONAL SEGs."""
     import numpy as np
 
+    if manifest.output is None:  # no mask output: no planes (its further mask heads are held on their own)
+        return np.zeros((0, *result.mask.shape), np.uint8)
     planes = result.probabilities_on_slice(
         1 if manifest.output is not None and manifest.output.activation == "softmax" else 0
     )

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scanedge.dicomnet.intake import Intake, drop_pixels, identity, quantised
+from scanedge.dicomnet.intake import Intake, drop_pixels, held_mask_heads, identity, quantised
 from scanedge.dicomnet.series import HeldFrame, HeldInstance, pack
 from scanedge.errors import CapacityError, ConfigError, MissingInputError, ScanedgeError, redacted_traceback
 from scanedge.imaging.slices import Slice
@@ -365,7 +365,10 @@ class PairingIntake:
                 result = pipe.run_inputs(slices_by_role(slice_, partners, self.inputs), overlay=live)
                 probabilities = {self.model: pack(quantised(result, pipe.manifest))} if intake.probabilities else {}
                 scores = {self.model: result.scores} if result.scores else {}
-                frames.append(HeldFrame(slice_.shape[:2], {self.model: pack(result.mask)}, probabilities, scores))
+                heads = {self.model: held_mask_heads(result, intake.probabilities)} if result.mask_heads else {}
+                frames.append(
+                    HeldFrame(slice_.shape[:2], {self.model: pack(result.mask)}, probabilities, scores, heads)
+                )
                 if ref.publish:
                     index = slice_.identity.instance_number if len(ref.slices) == 1 else i + 1
                     intake.publish_result(

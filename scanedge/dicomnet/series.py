@@ -55,6 +55,7 @@ __all__ = [
     "ComparedSeries",
     "HeldFrame",
     "HeldInstance",
+    "HeldMaskHead",
     "OpenSeries",
     "OpenSeriesBuffer",
     "SeriesLimits",
@@ -103,17 +104,43 @@ class HeldFrame:
         masks: model name -> :func:`pack`-ed label mask.
         probabilities: model name -> :func:`pack`-ed (classes-1, rows, cols) probabilities x 255, or empty.
         scores: model name -> the frame's score heads (models with score heads only; for the ``scores`` output).
+        heads: model name -> the frame's further mask heads, in manifest order (models with mask heads only;
+            for the SEG's head segments).
     """
 
     shape: tuple[int, int]
     masks: dict[str, bytes]
     probabilities: dict[str, bytes] = field(default_factory=dict)
     scores: dict[str, tuple[HeadScore, ...]] = field(default_factory=dict)
+    heads: dict[str, tuple[HeldMaskHead, ...]] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
         """Bytes held for this frame."""
-        return sum(map(len, self.masks.values())) + sum(map(len, self.probabilities.values()))
+        held = sum(map(len, self.masks.values())) + sum(map(len, self.probabilities.values()))
+        return held + sum(h.nbytes for heads in self.heads.values() for h in heads)
+
+
+@dataclass(frozen=True, eq=False)
+class HeldMaskHead:
+    """One further mask head's result on one frame, as the SEG needs it.
+
+    Attributes:
+        label: the head's label (:func:`~scanedge.imaging.heads.head_labels`).
+        mask: the :func:`pack`-ed label mask on the frame's grid.
+        probabilities: the :func:`pack`-ed (classes-1, rows, cols) probabilities x 255 (FRACTIONAL), or empty.
+        findings: the head's findings on the frame (JSON-ready, as :meth:`MaskHead.to_dict` has them).
+    """
+
+    label: str
+    mask: bytes
+    probabilities: bytes = b""
+    findings: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (the findings are a few hundred bytes at most per class: counted as 256 each)."""
+        return len(self.mask) + len(self.probabilities) + 256 * len(self.findings)
 
 
 @dataclass(frozen=True, eq=False)

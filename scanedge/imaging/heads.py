@@ -16,6 +16,7 @@ re-sent to the same place replaces the earlier one.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import count
@@ -25,27 +26,35 @@ import cv2
 import msgspec
 import numpy as np
 
-from scanedge.imaging.lesion_load import DEFAULT_MAX_SLICES, SliceKey, slice_key
+from scanedge.imaging.lesion_load import DEFAULT_MAX_SLICES, LesionLoad, SliceKey, slice_key
 from scanedge.imaging.postprocess import ClassFindings, Postprocessor
 from scanedge.imaging.preprocess import PreprocessInfo
 from scanedge.imaging.slices import SliceGeometry
 from scanedge.manifest import HeadSpec, Manifest
 
 __all__ = [
+    "MAX_HEAD_LABEL",
     "WIRE_SCORE_CLASSES",
     "ClassScore",
     "DecodedHeads",
     "HeadDecoder",
     "HeadScore",
     "MaskHead",
+    "MaskHeadLoad",
     "SaliencyMap",
     "SeriesClassScore",
     "SeriesScore",
     "SeriesScores",
     "aggregate",
     "for_wire",
+    "head_labels",
     "score_probabilities",
 ]
+
+#: longest head name shown as it is outside scanedge (a RESULT frame's name, a file name, a DICOM SEG segment
+#: label of 64 characters with the class name after it); a longer one is named by its place instead
+MAX_HEAD_LABEL = 32
+_FILE_SAFE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 #: most classes one RESULT carries over all its score heads, for the slice and again for the series (a RESULT
 #: header is at most 64 KiB); a head with more carries its most probable classes and counts the rest
@@ -195,20 +204,50 @@ class MaskHead:
     """A further mask head's answer for one slice, read as the manifest's ``output`` is.
 
     Attributes:
-        head: the head's name.
+        head: the head's name (its graph output, as the manifest gives it).
         mask: (rows, cols) uint8 labels on the slice's grid (0 background, k the head's class k).
         probabilities: (channels, h, w) float32 on the model's grid.
         findings: per foreground class of the head, in label order.
+        label: the head's name as readers outside see it (:func:`head_labels`): in RESULT frame names
+            (``mask:LABEL``), PONG, DICOM SEG segment labels and reports; "" when built by hand.
     """
 
     head: str
     mask: np.ndarray
     probabilities: np.ndarray
     findings: tuple[ClassFindings, ...]
+    label: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: the head's name and its findings."""
-        return {"head": self.head, "findings": [f.to_dict() for f in self.findings]}
+        """JSON-ready: the head's name, its label (when it differs from the name) and its findings."""
+        out: dict[str, Any] = {"head": self.head}
+        if self.label and self.label != self.head:
+            out["label"] = self.label
+        out["findings"] = [f.to_dict() for f in self.findings]
+        return out
+
+
+@dataclass(frozen=True)
+class MaskHeadLoad:
+    """A further mask head over a series: its 3-D load per foreground class, as the main mask's lesion load.
+
+    Attributes:
+        head: the head's name (its graph output).
+        label: the head's label (:func:`head_labels`), as reports show it.
+        lesion_load: its classes' connected 3-D regions and volumes over the series' slices.
+    """
+
+    head: str
+    label: str
+    lesion_load: LesionLoad
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``head``, ``label`` when it differs, ``lesion_load``."""
+        out: dict[str, Any] = {"head": self.head}
+        if self.label != self.head:
+            out["label"] = self.label
+        out["lesion_load"] = self.lesion_load.to_dict()
+        return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -256,6 +295,7 @@ class HeadDecoder:
         self._scores = manifest.score_heads
         self._saliency = tuple(h for h in manifest.heads if h.role == "saliency")
         self._masks = tuple((h, Postprocessor(manifest.mask_manifest(h))) for h in manifest.mask_heads)
+        self._labels = head_labels([h.name for h in manifest.mask_heads])
 
     @property
     def empty(self) -> bool:
@@ -273,9 +313,9 @@ class HeadDecoder:
             for h in self._saliency
         )
         masks = []
-        for head, post in self._masks:
+        for (head, post), label in zip(self._masks, self._labels):
             done = post(outputs[head.name], info, geometry)
-            masks.append(MaskHead(head.name, done.mask, done.probabilities, done.findings))
+            masks.append(MaskHead(head.name, done.mask, done.probabilities, done.findings, label))
         return DecodedHeads(scores, saliency, tuple(masks))
 
     def _saliency_map(self, values: np.ndarray, score: HeadScore, info: PreprocessInfo) -> np.ndarray:
@@ -288,6 +328,28 @@ class HeadDecoder:
         crop = plane[: max(1, round(sh * vh / mh)), : max(1, round(sw * vw / mw))].astype(np.float32)
         rows, cols = info.slice_shape
         return cv2.resize(crop, (cols, rows), interpolation=cv2.INTER_LINEAR)
+
+
+def head_labels(names: Sequence[str], *, file_safe: bool = False) -> tuple[str, ...]:
+    """The further mask heads' names (``names``, in manifest order) as readers outside scanedge see them.
+
+    A name is kept when it is 1-:data:`MAX_HEAD_LABEL` printable characters without a backslash (a DICOM
+    value separator); with ``file_safe``, when it is 1-:data:`MAX_HEAD_LABEL` of ``A-Z a-z 0-9 . _ -`` not
+    starting with a dot. Any other name (graph outputs are arbitrary strings) becomes ``head<k>``, k its place
+    among the mask heads, 1 first. Labels are unique: should a kept name equal a replaced one, every head is
+    named by its place."""
+
+    def kept(name: str) -> bool:
+        if not 0 < len(name) <= MAX_HEAD_LABEL:
+            return False
+        if file_safe:
+            return _FILE_SAFE.fullmatch(name) is not None
+        return name.isprintable() and "\\" not in name
+
+    labels = tuple(name if kept(name) else f"head{k}" for k, name in enumerate(names, start=1))
+    if len(set(labels)) != len(labels):
+        labels = tuple(f"head{k}" for k in range(1, len(names) + 1))
+    return labels
 
 
 def for_wire(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scanedge.imaging.heads import SeriesScore
+from scanedge.imaging.heads import MaskHeadLoad, SeriesScore
 from scanedge.imaging.lesion_load import LesionLoad
 from scanedge.imaging.postprocess import ClassFindings
 from scanedge.imaging.series import slice_spacing
@@ -114,6 +114,8 @@ class SeriesSummary:
             when the caller did not accumulate it.
         scores: the model's score heads over the series (:class:`~scanedge.imaging.heads.SeriesScore`);
             empty for a model without score heads.
+        mask_heads: the model's further mask heads over the series (:class:`~scanedge.imaging.heads.MaskHeadLoad`);
+            empty for a model without them (or when the caller did not accumulate them).
     """
 
     series_uid: str
@@ -126,6 +128,7 @@ class SeriesSummary:
     modality: str = ""
     lesion_load: LesionLoad | None = None
     scores: tuple[SeriesScore, ...] = ()
+    mask_heads: tuple[MaskHeadLoad, ...] = ()
 
     @property
     def label(self) -> str:
@@ -162,6 +165,8 @@ class SeriesSummary:
             out["lesion_load"] = self.lesion_load.to_dict()
         if self.scores:
             out["scores"] = [s.to_dict() for s in self.scores]
+        if self.mask_heads:
+            out["mask_heads"] = [h.to_dict() for h in self.mask_heads]
         return out
 
 

@@ -71,13 +71,15 @@ def series_head_scores(
                 continue
             key = None if number is None else int(number) * 100_000 + f
             aggregate.add(scores, None, key)
-            frames.append(
-                {
-                    "sop_instance_uid": inst.sop_instance_uid,
-                    "frame": f + 1,
-                    "scores": [s.to_dict() for s in scores],
-                }
-            )
+            entry: dict[str, Any] = {
+                "sop_instance_uid": inst.sop_instance_uid,
+                "frame": f + 1,
+                "scores": [s.to_dict() for s in scores],
+            }
+            heads = frame.heads.get(model)
+            if heads:  # the further mask heads' findings on the frame (their pixels are in the SEG)
+                entry["mask_heads"] = [{"head": h.label, "findings": list(h.findings)} for h in heads]
+            frames.append(entry)
     if not frames:
         return (), []
     return aggregate.scores(), frames

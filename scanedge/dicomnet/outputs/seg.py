@@ -19,7 +19,9 @@ retry writes the same object under the same name, not a second one.
 Each SEG references every source instance it covers (and so the source series, study and
 frame of reference), describes every foreground class of the model as a segment with its coded property
 category and type from the manifest, and names the algorithm: the model's name and version, and the
-scanedge version that ran it.
+scanedge version that ran it. A model's further mask heads (manifest ``heads`` of role ``mask``) add their
+foreground classes as further segments of the same SEG, numbered on after the model's own, labelled
+``HEAD: CLASS`` (one printable line of at most 64 characters), coded from the head's classes.
 
 ``binary``: one bit per pixel and class, from the label mask. ``fractional``: the class probability per
 pixel (``PROBABILITY``, 8 bits), from the model's probabilities resized to the slice.
@@ -37,8 +39,10 @@ import numpy as np
 
 from scanedge._moved import forward_names
 from scanedge.dicomnet.outputs.base import DicomOutput
-from scanedge.dicomnet.series import HeldInstance, OpenSeries, unpack
+from scanedge.dicomnet.series import HeldFrame, HeldInstance, OpenSeries, unpack
+from scanedge.imaging.heads import head_labels
 from scanedge.manifest import ClassSpec, CodedConcept, Manifest
+from scanedge.safe_text import printable
 from scanedge.version import __version__
 
 if TYPE_CHECKING:
@@ -102,7 +106,8 @@ def _code(concept: CodedConcept) -> Any:
 
 
 def segment_descriptions(manifest: Manifest) -> list[Any]:
-    """One highdicom SegmentDescription per foreground class (segment number = label value)."""
+    """One highdicom SegmentDescription per foreground class (segment number = label value), then one per
+    foreground class of each further mask head, numbered on in manifest order, labelled ``HEAD: CLASS``."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -115,13 +120,28 @@ def segment_descriptions(manifest: Manifest) -> list[Any]:
     out = []
     for label, spec in enumerate(manifest.classes[1:], start=1):
         out.append(_description(hd, label, spec, algorithm))
+    for name, spec in _head_segments(manifest):
+        out.append(_description(hd, len(out) + 1, spec, algorithm, name))
     return out
 
 
-def _description(hd: Any, label: int, spec: ClassSpec, algorithm: Any) -> Any:
+def _head_segments(manifest: Manifest) -> list[tuple[str, ClassSpec]]:
+    """Each further mask head's foreground classes as (segment label, class), in segment order."""
+    heads = manifest.mask_heads
+    labels = head_labels([h.name for h in heads])
+    return [(f"{label}: {spec.name}", spec) for head, label in zip(heads, labels) for spec in head.classes[1:]]
+
+
+def _segment_label(text: str) -> str:
+    """A Segment Label (LO): one printable line of at most 64 characters without a backslash (the value
+    separator); never empty."""
+    return printable(text, 64).replace("\\", "/") or "segment"
+
+
+def _description(hd: Any, label: int, spec: ClassSpec, algorithm: Any, name: str | None = None) -> Any:
     return hd.seg.SegmentDescription(
         segment_number=label,
-        segment_label=spec.name[:64],
+        segment_label=_segment_label(spec.name if name is None else name),
         segmented_property_category=_code(spec.property_category or GENERIC_CATEGORY),
         segmented_property_type=_code(spec.property_type or GENERIC_TYPE),
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
@@ -183,11 +203,45 @@ def derived_uid(*parts: str) -> str:
 
 def _pixels(sources: Sequence[HeldInstance], model: str, manifest: Manifest, kind: SegmentationKind) -> np.ndarray:
     frames = [f for inst in sources for f in inst.frames]
+    if manifest.mask_heads:
+        return _stacked_pixels(frames, model, manifest, kind)
     if kind == "binary":
         return np.stack([unpack(f.masks[model], f.shape) for f in frames])
     planes = manifest.num_classes - 1
     stacked = np.stack([unpack(f.probabilities[model], (planes, *f.shape)) for f in frames])  # (n, k, r, c)
     return np.moveaxis(stacked, 1, -1).astype(np.float32) / np.float32(255)
+
+
+def _stacked_pixels(frames: Sequence[HeldFrame], model: str, manifest: Manifest, kind: SegmentationKind) -> np.ndarray:
+    """(frames, rows, cols, segments): the model's classes, then each further mask head's, one plane per
+    segment (a head's classes may overlap the model's, so one label map cannot hold them). Binary planes
+    are 0/1 uint8, fractional ones float32 probabilities. A frame without a head's result (segmented before
+    the model had the head) has that head's planes empty."""
+    main = len(manifest.classes[1:]) if manifest.output is not None else 0
+    counts = [len(h.classes) - 1 for h in manifest.mask_heads]
+    rows, cols = frames[0].shape
+    dtype = np.uint8 if kind == "binary" else np.float32
+    out = np.zeros((len(frames), rows, cols, main + sum(counts)), dtype)
+    for i, f in enumerate(frames):
+        heads = f.heads.get(model, ())
+        if kind == "binary":
+            labels = unpack(f.masks[model], f.shape)
+            for k in range(main):
+                out[i, ..., k] = labels == k + 1
+        elif main:
+            out[i, ..., :main] = np.moveaxis(unpack(f.probabilities[model], (main, *f.shape)), 0, -1) / np.float32(255)
+        start = main
+        for j, count in enumerate(counts):
+            if j < len(heads):
+                if kind == "binary":
+                    labels = unpack(heads[j].mask, f.shape)
+                    for k in range(count):
+                        out[i, ..., start + k] = labels == k + 1
+                elif heads[j].probabilities:
+                    planes = unpack(heads[j].probabilities, (count, *f.shape))
+                    out[i, ..., start : start + count] = np.moveaxis(planes, 0, -1) / np.float32(255)
+            start += count
+    return out
 
 
 def _fill_type2(header: Any) -> None:
@@ -298,10 +352,12 @@ class SegOutput(DicomOutput):
 
     def check_model(self, model: str, manifest: Manifest) -> None:
         """Classes without coded concepts get a generic description in the SEG: say so once, at start."""
-        if manifest.output is None:
+        if manifest.output is None and not manifest.mask_heads:
             log.warning("model %s has no mask output (a classifier): it gets no SEG; see the scores output", model)
             return
-        uncoded = [c.name for c in manifest.classes[1:] if c.property_type is None]
+        classes = [c.name for c in manifest.classes[1:] if c.property_type is None]
+        classes += [label for label, spec in _head_segments(manifest) if spec.property_type is None]
+        uncoded = [_segment_label(c) for c in classes]
         if uncoded:
             log.warning(
                 "model %s: class(es) %s have no coded concepts in the manifest; their SEG segments are "
@@ -312,8 +368,8 @@ class SegOutput(DicomOutput):
 
     def build(self, series: OpenSeries, model: str, manifest: Manifest) -> tuple[list[Any], list[str]]:
         """The SEGs of ``model`` for ``series`` and the instances that got none (:func:`build_segmentations`);
-        none for a model without a mask output."""
-        if manifest.output is None:
+        none for a model without a mask output or further mask head."""
+        if manifest.output is None and not manifest.mask_heads:
             return [], []
         return build_segmentations(series, model, manifest, self.settings)
 

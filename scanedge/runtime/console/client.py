@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,7 +38,12 @@ from scanedge.manifest import CODE_STRING
 from scanedge.runtime.console.client_io import ClientIo
 from scanedge.runtime.console.shm_client import Block, ConsoleRegion
 from scanedge.runtime.wire.endpoints import parse_endpoint
-from scanedge.runtime.wire.payloads import arrays_from_frames, geometry_from_slice, wire_array
+from scanedge.runtime.wire.payloads import (
+    arrays_from_frames,
+    geometry_from_slice,
+    head_masks_from_arrays,
+    wire_array,
+)
 from scanedge.runtime.wire.protocol import (
     Pong,
     Result,
@@ -107,6 +112,8 @@ class RemoteResult:
             that compares series with their priors; None otherwise.
         change_image: (rows, cols) uint8 change codes of this slice (``scanedge.imaging.followup.CHANGE_CODES``;
             0: no tracked lesion), when ``change`` was requested and the series has been compared.
+        head_masks: per further mask head of the model, by its label (PONG ``models[].mask_heads``), its
+            (rows, cols) uint8 labels on the slice's grid, when ``head_masks`` was requested; empty otherwise.
         round_trip_ms: send to reply as this client measured it.
         header: the RESULT header as received.
     """
@@ -131,6 +138,7 @@ class RemoteResult:
     saliency: np.ndarray | None = None  # the model's saliency map, 0-1 on the slice's grid (output "saliency")
     change: SeriesChange | None = None
     change_image: np.ndarray | None = None
+    head_masks: dict[str, np.ndarray] = field(default_factory=dict)  # further mask heads by label (output "head_masks")
 
     def finding(self, name: str) -> ClassFindings:
         """The findings of the class called ``name`` (KeyError if the model has no such class)."""
@@ -177,6 +185,7 @@ def _remote_result(
         saliency=arrays.get("saliency"),
         change=header.change,
         change_image=arrays.get("change"),
+        head_masks=head_masks_from_arrays(arrays),
     )
 
 
@@ -267,7 +276,8 @@ class Client:
             deadline_ms: after this long in the runtime's queue the request is answered EXPIRED.
             outputs: payload frames wanted back: ``mask``, ``overlay``, ``probabilities``, ``image`` (the
                 windowed 8-bit slice, for viewers that draw the overlay themselves), ``change`` (the slice's
-                change codes, once its series has been compared with a prior; absent before).
+                change codes, once its series has been compared with a prior; absent before), ``head_masks``
+                (each further mask head's labels, in ``RemoteResult.head_masks``).
             overlay_encoding: ``raw`` (fastest), ``jpeg`` or ``png``.
             overlay_options: how the overlay is drawn (default: the runtime's).
             publish: also publish the result on the runtime's PUB socket.

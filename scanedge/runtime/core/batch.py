@@ -22,13 +22,14 @@ from scanedge.errors import ConfigError, EngineInputError, InputError, NonFinite
 from scanedge.imaging.annotate import stamp_not_for_clinical_use
 from scanedge.imaging.encode import ImageFormat, encode_image
 from scanedge.imaging.files import LoadedSlice, SkippedFile
-from scanedge.imaging.heads import SeriesScores
+from scanedge.imaging.heads import MaskHeadLoad, SeriesScores, head_labels
 from scanedge.imaging.lesion_load import SeriesLesionLoad
 from scanedge.imaging.montage import montage, tile_label
 from scanedge.imaging.postprocess import ClassFindings
 from scanedge.imaging.series import context_window
 from scanedge.imaging.series_summary import LatencyPercentiles, SeriesSummary, summarize_series
 from scanedge.imaging.slices import SliceGeometry
+from scanedge.manifest import Manifest
 from scanedge.runtime.core.pipeline import Pipeline, SliceResult, StageTimings
 
 __all__ = ["BatchOutput", "BatchReport", "SegmentedSlice", "prepare_output_dir", "segment_to_folder"]
@@ -42,8 +43,9 @@ class BatchOutput:
     """Where results go and what is kept.
 
     ``out_dir`` receives ``<name>.overlay.png|jpg`` per slice and ``results.json``; ``save_masks`` adds
-    ``<name>.mask.npy``; ``montage`` adds ``montage.png`` (every overlay tiled, ``montage_columns`` per
-    row); ``keep_masks`` keeps each label mask in memory on its :class:`SegmentedSlice`.
+    ``<name>.mask.npy`` (and ``<name>.<head>.mask.npy`` per further mask head); ``montage`` adds
+    ``montage.png`` (every overlay tiled, ``montage_columns`` per row); ``keep_masks`` keeps each label mask
+    in memory on its :class:`SegmentedSlice`.
 
     A folder that already holds results (a ``results.json``) is refused unless ``overwrite``, which first
     removes what an earlier run wrote there (overlays, masks, montage, results.json; nothing else).
@@ -72,6 +74,7 @@ class SegmentedSlice:
         timings: how long each pipeline stage took.
         overlay_path: the overlay file written for it.
         mask_path: its ``.npy`` label mask; None unless ``BatchOutput.save_masks``.
+        head_mask_paths: per further mask head of the model, its ``.npy`` label mask (with ``save_masks``).
     """
 
     source: LoadedSlice
@@ -81,13 +84,22 @@ class SegmentedSlice:
     overlay_path: Path
     mask_path: Path | None = None
     mask: np.ndarray | None = None  # (rows, cols) uint8 labels, only with BatchOutput.keep_masks
+    head_mask_paths: tuple[Path, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The slice's entry in ``results.json``."""
-        record = {"file": str(self.source.path), "name": self.source.name, "overlay": str(self.overlay_path)}
+        record: dict[str, Any] = {
+            "file": str(self.source.path),
+            "name": self.source.name,
+            "overlay": str(self.overlay_path),
+        }
         record.update(self.result)
         if self.mask_path is not None:
             record["mask"] = str(self.mask_path)
+        if self.head_mask_paths:
+            record["mask_heads"] = [
+                {**head, "mask": str(path)} for head, path in zip(record["mask_heads"], self.head_mask_paths)
+            ]
         return record
 
 
@@ -181,6 +193,54 @@ def _write(path: Path, data: bytes | str) -> None:
         raise ConfigError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from exc
 
 
+class _HeadMasks:
+    """A batch's further mask heads: each slice's head masks written beside its mask (``<stem>.<head>.mask.npy``,
+    the head's file-safe label) and each series' 3-D load per head, as the main mask's."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.heads = manifest.mask_heads
+        self.labels = head_labels([h.name for h in self.heads])
+        self.files = head_labels([h.name for h in self.heads], file_safe=True)
+        self.loads: dict[str, tuple[SeriesLesionLoad, ...]] = {}
+
+    def add(self, result: SliceResult, item: LoadedSlice, out: Path, stem: str, save: bool) -> tuple[Path, ...]:
+        """Add one slice's head masks to its series' loads; with ``save`` write them; their paths."""
+        if not self.heads:
+            return ()
+        uid = item.slice.identity.series_uid
+        loads = self.loads.get(uid)
+        if loads is None:
+            loads = self.loads[uid] = tuple(SeriesLesionLoad(tuple(c.name for c in h.classes)) for h in self.heads)
+        paths = []
+        for head, load, token in zip(result.mask_heads, loads, self.files):
+            load.add(head.mask, *_placement(item))
+            if save:
+                path = out / f"{stem}.{token}.mask.npy"
+                try:
+                    np.save(path, head.mask)
+                except OSError as exc:
+                    raise ConfigError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from exc
+                paths.append(path)
+        return tuple(paths)
+
+    def summarize(self, summaries: tuple[SeriesSummary, ...]) -> tuple[SeriesSummary, ...]:
+        """``summaries`` with each series' head loads."""
+        if not self.loads:
+            return summaries
+        return tuple(
+            replace(
+                s,
+                mask_heads=tuple(
+                    MaskHeadLoad(h.name, label, load.load())
+                    for h, label, load in zip(self.heads, self.labels, self.loads[s.series_uid])
+                ),
+            )
+            if s.series_uid in self.loads
+            else s
+            for s in summaries
+        )
+
+
 def _placement(item: LoadedSlice) -> tuple[SliceGeometry, int | None]:
     """Geometry and number that place a slice in its series' 3-D load. Frames of one multi-frame object
     without positions share its instance number; they are placed by their order within it instead."""
@@ -221,6 +281,7 @@ def segment_to_folder(
     labels = []
     loads: dict[str, SeriesLesionLoad] = {}  # 3-D lesion load per series, accumulated slice by slice
     series_scores: dict[str, SeriesScores] = {}  # score heads per series, aggregated slice by slice
+    head_masks = _HeadMasks(pipe.manifest)  # further mask heads: files and loads per series
     classes = tuple(c.name for c in pipe.manifest.classes)
     research_only = pipe.manifest.not_for_clinical_use
     series = [item.slice for item in loaded]
@@ -261,6 +322,7 @@ def segment_to_folder(
                     overlay_path=overlay_path,
                     mask_path=mask_path,
                     mask=result.mask if output.keep_masks else None,
+                    head_mask_paths=head_masks.add(result, item, out, stem, output.save_masks),
                 )
             )
         if progress is not None:
@@ -276,6 +338,7 @@ def segment_to_folder(
             replace(s, scores=series_scores[s.series_uid].scores()) if s.series_uid in series_scores else s
             for s in summaries
         )
+    summaries = head_masks.summarize(summaries)
     montage_path = None
     if overlays:
         montage_path = out / MONTAGE_NAME

@@ -30,6 +30,7 @@ import zmq
 
 from scanedge.engines import Engine, EngineConfig
 from scanedge.errors import ConfigError, RuntimeStateError
+from scanedge.imaging.heads import head_labels
 from scanedge.imaging.overlay import OverlayConfig
 from scanedge.imaging.slices import DEFAULT_LIMITS, SliceLimits
 from scanedge.log_budget import LogBudget
@@ -45,8 +46,15 @@ from scanedge.runtime.serving.shm import SHM_MODES, RegionTable, ShmMode
 from scanedge.runtime.serving.stats import RuntimeStats
 from scanedge.runtime.serving.workers import Outcome, WorkerPool, run_job
 from scanedge.runtime.wire.endpoints import parse_endpoint
-from scanedge.runtime.wire.protocol import EngineStatus, ModelInfo, ModelInput
+from scanedge.runtime.wire.protocol import (
+    PONG_HEAD_CLASS_CHARS,
+    EngineStatus,
+    MaskHeadInfo,
+    ModelInfo,
+    ModelInput,
+)
 from scanedge.runtime.wire.security import CurveServerKeys
+from scanedge.safe_text import printable
 
 if TYPE_CHECKING:  # the follow-up needs scipy and SimpleITK: imported only when a prior provider is given
     from scanedge.runtime.core.followup import LiveConfig, PriorProvider, SeriesFollowups
@@ -166,7 +174,26 @@ def _model_info(m: Manifest, engine: dict[str, Any] | None = None) -> ModelInfo:
         threads=engine.get("threads"),
         threads_probe_ms=auto["probe_ms"] if auto and auto.get("probe_ms") else None,
         roles=m.roles,
+        mask_heads=_mask_head_infos(m),
     )
+
+
+def _mask_head_infos(m: Manifest) -> tuple[MaskHeadInfo, ...]:
+    """PONG's view of the further mask heads: each head's label and class names (one printable line of at
+    most 64 characters each), at most :data:`PONG_HEAD_CLASS_CHARS` characters of names over all heads."""
+    heads = m.mask_heads
+    budget = PONG_HEAD_CLASS_CHARS
+    out = []
+    for head, label in zip(heads, head_labels([h.name for h in heads])):
+        names = []
+        for c in head.classes:
+            name = printable(c.name, 64)
+            if len(name) > budget:
+                break
+            budget -= len(name)
+            names.append(name)
+        out.append(MaskHeadInfo(label, tuple(names), head.activation, len(head.classes) - len(names)))
+    return tuple(out)
 
 
 def _bind(socket: zmq.Socket, endpoint: str) -> str:

@@ -27,7 +27,13 @@ from scanedge.runtime.core.pipeline import Pipeline, SliceResult
 from scanedge.runtime.serving.keep_warm import ArrivalPacer, KeepWarmConfig
 from scanedge.runtime.serving.scheduler import Job, LatestSliceScheduler
 from scanedge.runtime.serving.series_store import SeriesStore
-from scanedge.runtime.wire.payloads import overlay_options, pipeline_reply, result_frames, slice_from_request
+from scanedge.runtime.wire.payloads import (
+    head_mask_frames,
+    overlay_options,
+    pipeline_reply,
+    result_frames,
+    slice_from_request,
+)
 from scanedge.runtime.wire.protocol import Echo, Error, PairedInputs, Result, encode, error_reply
 
 __all__ = [
@@ -168,7 +174,7 @@ def result_reply_for(
     if followups is not None and series and pipe.manifest.output is not None:
         answer = followups.add(series, job.model, slice_, result.mask)
         change, arrays["change"] = answer.change, answer.plane
-    infos, payload, encode_ms = result_frames(req.outputs, arrays, req.overlay_encoding)
+    infos, payload, encode_ms = result_frames(req.outputs, arrays, req.overlay_encoding, head_mask_frames(result))
     if job.shm is not None:  # outputs the console wants in its shared memory (protocol section 12)
         infos, payload = job.shm.place(infos, payload)
     number = req.index if req.index is not None else ident.instance_number

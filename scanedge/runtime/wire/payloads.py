@@ -25,6 +25,7 @@ from scanedge.imaging.lesion_load import LesionLoad
 from scanedge.imaging.overlay import OverlayConfig
 from scanedge.imaging.slices import Slice, SliceAcquisition, SliceGeometry, SliceIdentity, SliceLimits
 from scanedge.runtime.wire.protocol import (
+    HEAD_MASK_PREFIX,
     WIRE_DTYPES,
     Echo,
     Finding,
@@ -44,6 +45,8 @@ __all__ = [
     "arrays_from_frames",
     "check_raw_payload",
     "geometry_from_slice",
+    "head_mask_frames",
+    "head_masks_from_arrays",
     "overlay_options",
     "pipeline_reply",
     "result_frames",
@@ -153,21 +156,47 @@ def overlay_options(req: Segment, defaults: OverlayConfig) -> OverlayConfig | No
     return OverlayConfig(**{**defaults.__dict__, **{k: v for k, v in changes.items() if v is not None}})
 
 
+def head_mask_frames(result: SliceResult) -> tuple[tuple[str, np.ndarray], ...]:
+    """A result's further mask heads as ``head_masks`` frames: (frame name ``mask:LABEL``, uint8 labels on
+    the slice's grid), in manifest order (docs/protocol.md section 4)."""
+    return tuple((HEAD_MASK_PREFIX + (m.label or m.head), m.mask) for m in result.mask_heads)
+
+
+def head_masks_from_arrays(arrays: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The further mask heads among a RESULT's arrays (:func:`arrays_from_frames`), by head label, in frame
+    order; a frame that is not a 2-D uint8 array is left out (a reader ignores what it cannot use)."""
+    return {
+        name[len(HEAD_MASK_PREFIX) :]: arr
+        for name, arr in arrays.items()
+        if name.startswith(HEAD_MASK_PREFIX) and isinstance(arr, np.ndarray) and arr.dtype == np.uint8 and arr.ndim == 2
+    }
+
+
 def result_frames(
     outputs: Sequence[str],
     arrays: dict[str, np.ndarray | None],
     overlay_encoding: str,
+    head_masks: Sequence[tuple[str, np.ndarray]] = (),
 ) -> tuple[tuple[FrameInfo, ...], list[Any], float]:
     """The RESULT's ``frames`` entries, its payload frames in the same order, and the ms spent encoding
     (exactly 0 unless a JPEG/PNG overlay was asked for).
 
     An output asked for but missing from ``arrays`` or None there gets no frame: a ``change`` frame exists
     only once the series has been compared with a prior (docs/protocol.md section 4), so a console asking
-    for it earlier, or of a runtime that compares nothing, gets the other outputs alone."""
+    for it earlier, or of a runtime that compares nothing, gets the other outputs alone. ``head_masks``
+    (:func:`head_mask_frames`) become one frame each where ``outputs`` names ``head_masks``; none for a model
+    without further mask heads."""
     infos: list[FrameInfo] = []
     payload: list[Any] = []
     encode_ms = 0.0
     for name in dict.fromkeys(outputs):
+        if name == "head_masks":
+            for frame_name, labels in head_masks:
+                infos.append(
+                    FrameInfo(name=frame_name, encoding="raw", dtype=labels.dtype.name, shape=list(labels.shape))
+                )
+                payload.append(labels)
+            continue
         arr = arrays.get(name)
         if arr is None:
             continue

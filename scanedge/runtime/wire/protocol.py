@@ -44,10 +44,12 @@ from scanedge.imaging.lesion_load import LesionLoad
 from scanedge.safe_text import printable
 
 __all__ = [
+    "HEAD_MASK_PREFIX",
     "MAX_HEADER_BYTES",
     "MESSAGE_TYPES",
     "NAME_PATTERN",
     "OUTPUT_NAMES",
+    "PONG_HEAD_CLASS_CHARS",
     "PROTOCOL_VERSION",
     "SHM_DIR",
     "STATUS_FOR_CODE",
@@ -61,6 +63,7 @@ __all__ = [
     "Geometry",
     "Histogram",
     "Limits",
+    "MaskHeadInfo",
     "ModelInfo",
     "ModelInput",
     "OutputsAt",
@@ -106,7 +109,12 @@ MAX_HEADER_BYTES = 64 * 1024
 REQUEST_TYPES = ("SEGMENT", "PING", "STATS", "SHM_REGISTER", "SHM_UNREGISTER", "SHM_STATUS")
 REPLY_TYPES = ("RESULT", "ERROR", "PONG", "STATS_REPLY", "SHM_REGIONS")
 MESSAGE_TYPES = REQUEST_TYPES + REPLY_TYPES
-OUTPUT_NAMES = ("mask", "overlay", "probabilities", "image", "saliency", "change")
+OUTPUT_NAMES = ("mask", "overlay", "probabilities", "image", "saliency", "change", "head_masks")
+#: the frame name of a further mask head's labels is this prefix and the head's label (``mask:organs``)
+HEAD_MASK_PREFIX = "mask:"
+#: most characters of class names PONG lists over one model's further mask heads (a header is at most
+#: 64 KiB); classes past it are counted in ``omitted``
+PONG_HEAD_CLASS_CHARS = 16 * 1024
 #: dtypes a raw pixel frame may carry (always little-endian on the wire)
 WIRE_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 #: reply ``status`` of the scheduling outcomes; every other error code has status "error"
@@ -128,7 +136,7 @@ Width = Annotated[float, Meta(gt=0.0, le=1e10)]
 Fraction = Annotated[float, Meta(ge=0.0, le=1.0)]
 Epoch = Annotated[float, Meta(ge=0.0, le=1e11)]
 DeadlineMs = Annotated[float, Meta(gt=0.0, le=86_400_000.0)]
-OutputName = Literal["mask", "overlay", "probabilities", "image", "saliency", "change"]
+OutputName = Literal["mask", "overlay", "probabilities", "image", "saliency", "change", "head_masks"]
 Count = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 ShmName = Annotated[str, Meta(min_length=1, max_length=255)]  # its form is checked where it is opened
 ByteCount = Annotated[int, Meta(ge=0, le=2**48)]
@@ -383,6 +391,17 @@ class ModelInput(Struct, frozen=True):
     width: int | None
 
 
+class MaskHeadInfo(Struct, frozen=True):
+    """A served model's further mask head in PONG (section 5): its ``label`` (the name its RESULT frames
+    carry after ``mask:``), its ``classes`` (background first; label value k is ``classes[k]``), its
+    ``activation``, and ``omitted``: classes left off the end of ``classes`` to keep PONG small."""
+
+    label: str
+    classes: tuple[str, ...]
+    activation: str = "softmax"
+    omitted: int = 0
+
+
 class ModelInfo(Struct, frozen=True):
     """A served model as PONG describes it (section 5)."""
 
@@ -397,6 +416,7 @@ class ModelInfo(Struct, frozen=True):
     threads: int | None = None  # intra-op threads per worker; null: the backend's default (or not ORT)
     threads_probe_ms: dict[str, float] | None = None  # --threads auto: median ms per thread count measured
     roles: tuple[str, ...] = ()  # section 3.2: the input roles of a multi-input model, reference first
+    mask_heads: tuple[MaskHeadInfo, ...] = ()  # section 4: further mask heads (output and frames "head_masks")
 
 
 class WorkerHealth(Struct, frozen=True):
