@@ -274,13 +274,14 @@ def test_on_a_full_disk_images_are_refused_a700_and_the_seg_is_retried_once_spac
 class Node:
     """``scanedge dicom-listen`` as a process of its own, on a fixed port and --out."""
 
-    def __init__(self, port: int, out: Path, log: Path) -> None:
-        self.port, self.out, self.log = port, out, log
+    def __init__(self, port: int, out: Path, log: Path, args: Sequence[str] = ()) -> None:
+        self.port, self.out, self.log, self.args = port, out, log, tuple(args)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         args = ["--port", str(self.port), "--out", str(self.out), "--series-timeout", "1", "--log-level", "info"]
+        args += self.args
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "scanedge", "dicom-listen", *args], stdout=log, stderr=log, env=env
