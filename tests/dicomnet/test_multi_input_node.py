@@ -438,3 +438,47 @@ def test_a_node_killed_mid_study_finishes_both_fates_of_every_image_it_answered_
             assert node.terminate() == 0
     assert "segmenting them again" in node.log.read_text()
     assert "ANON-1" not in node.log.read_text()
+
+
+def test_beside_a_one_input_model_each_model_publishes_its_results_and_only_paired_ones_carry_inputs(
+    tmp_path, listener
+):
+    import zmq
+
+    from scanedge.runtime.wire.protocol import Result, decode_reply
+
+    pair, single = model(tmp_path, wait_s=60.0), one_input_model(tmp_path)
+    node = listener([pair, single], publish="tcp://127.0.0.1:*", series_timeout_s=60.0)
+    study, probe = Study(), Study(seed=2)
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    for topic in (study.flair_uid, study.t1_uid, probe.t1_uid):
+        sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
+    sub.connect(node.publish_endpoint)
+    try:
+        warm = Study.datasets(probe.t1[:1])
+        wait_until(lambda: send(node.port, warm) and sub.poll(200), timeout=30, what="the feed to go live")
+        sub.setsockopt(zmq.UNSUBSCRIBE, probe.t1_uid.encode())
+        while sub.poll(200):
+            sub.recv_multipart()
+        both = Study.datasets(study.t1[:2]) + Study.datasets(study.flair[:2])
+        assert [s for s, _ in send(node.port, both)] == [0] * 4
+        received = []
+        while len(received) < 6:  # the one-input model's 4, the paired model's 2
+            assert sub.poll(30_000), f"only {len(received)} RESULTs arrived"
+            received.append(decode_reply(sub.recv_multipart()[1]))
+        assert not sub.poll(500)
+    finally:
+        sub.close()
+    assert all(isinstance(r, Result) for r in received)
+    one = sorted((r.series, r.instance) for r in received if r.model.startswith("one-input"))
+    sent = [(s.identity.series_uid, s.identity.sop_instance_uid) for s in study.t1[:2] + study.flair[:2]]
+    assert one == sorted(sent) and all(r.inputs is None for r in received if r.model.startswith("one-input"))
+    paired = [r for r in received if r.model.startswith("test-model")]
+    assert sorted(r.instance for r in paired) == sorted(s.identity.sop_instance_uid for s in study.flair[:2])
+    partner = {f.identity.sop_instance_uid: t.identity.sop_instance_uid for f, t in zip(study.flair, study.t1)}
+    for r in paired:
+        assert r.inputs is not None and r.inputs.role == "flair"
+        assert [(p.role, p.series, p.instance) for p in r.inputs.partners] == [
+            ("t1", study.t1_uid, partner[r.instance])
+        ]
