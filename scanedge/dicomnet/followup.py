@@ -89,7 +89,8 @@ class FollowupConfig:
         wait_s: at completion, how long the outputs wait for the lookup and a comparison in flight.
         lookups: prior lookups at once (threads).
         registrations: comparisons at once over all series.
-        model: the model whose masks are compared (manifest name); None: the first model.
+        model: the model whose masks are compared (manifest name, a one-input model); None: the first one-input
+            model.
         lesion_class: the class compared (a class name of that model); None: every foreground class.
         updates_per_comparison: after a live comparison, at most this many slices already published are
             republished with their new change plane (the rest follow after the next comparison); the
@@ -265,9 +266,15 @@ class NodeFollowup:
         from scanedge.runtime.core.followup import LiveConfig
 
         require_followup_extra("follow-up")
-        name = config.model or next(iter(manifests))
+        one_input = [n for n, m in manifests.items() if m.inputs is None]
+        name = config.model or (one_input or list(manifests))[0]
         if name not in manifests:
             raise ConfigError(f"follow-up model {name!r} is not one of the node's models ({', '.join(manifests)})")
+        if manifests[name].inputs is not None:  # its masks come from pairs of series, never one series alone
+            raise ConfigError(
+                f"follow-up compares one series with its prior; model {name!r} takes several series of one study: "
+                "serve a one-input model beside it for follow-up"
+            )
         self.config = config = with_manifest_rules(config, manifests[name])
         self.model = name
         classes = [c.name for c in manifests[name].classes]

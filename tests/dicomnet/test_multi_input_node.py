@@ -8,6 +8,7 @@ for every slice, the mask the pipeline gives for that slice and its T1 partner c
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import random
 import threading
@@ -482,3 +483,20 @@ def test_beside_a_one_input_model_each_model_publishes_its_results_and_only_pair
         assert [(p.role, p.series, p.instance) for p in r.inputs.partners] == [
             ("t1", study.t1_uid, partner[r.instance])
         ]
+
+
+def test_follow_up_compares_the_one_input_model_beside_a_multi_input_one_and_never_the_multi_input_one(tmp_path):
+    from scanedge.dicomnet.followup import FollowupConfig, NodeFollowup
+    from scanedge.dicomnet.prior_store import PriorStoreConfig
+    from scanedge.manifest import load_manifest
+
+    pair, single = model(tmp_path, wait_s=1.0), one_input_model(tmp_path)
+    manifests = {"test-model": load_manifest(pair)[0], "one-input": load_manifest(single)[0]}
+    config = FollowupConfig(store=PriorStoreConfig(tmp_path / "priors"))
+    followup = NodeFollowup(config, manifests, {})
+    try:
+        assert followup.model == "one-input"  # the first one-input model, though listed second
+    finally:
+        followup.close()
+    with pytest.raises(ConfigError, match=r"model 'test-model' takes several series of one study"):
+        NodeFollowup(dataclasses.replace(config, model="test-model"), manifests, {})
