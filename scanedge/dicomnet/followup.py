@@ -45,8 +45,9 @@ from scanedge.dicomnet.priors import (
     find_prior_dicomweb,
     find_prior_dimse,
 )
-from scanedge.errors import ConfigError
+from scanedge.errors import ConfigError, InputError
 from scanedge.imaging.followup import require_followup_extra
+from scanedge.imaging.lesion_seg import LESION_SEG_DESCRIPTION, is_lesion_seg_dataset, lesion_seg_from_dataset
 from scanedge.imaging.registration import RegistrationConfig, VolumeGeometry
 from scanedge.imaging.slices import DEFAULT_LIMITS, Slice, SliceLimits
 
@@ -88,7 +89,8 @@ class FollowupConfig:
         wait_s: at completion, how long the outputs wait for the lookup and a comparison in flight.
         lookups: prior lookups at once (threads).
         registrations: comparisons at once over all series.
-        model: the model whose masks are compared (manifest name); None: the first model.
+        model: the model whose masks are compared (manifest name, a one-input model); None: the first one-input
+            model.
         lesion_class: the class compared (a class name of that model); None: every foreground class.
         updates_per_comparison: after a live comparison, at most this many slices already published are
             republished with their new change plane (the rest follow after the next comparison); the
@@ -264,9 +266,15 @@ class NodeFollowup:
         from scanedge.runtime.core.followup import LiveConfig
 
         require_followup_extra("follow-up")
-        name = config.model or next(iter(manifests))
+        one_input = [n for n, m in manifests.items() if m.inputs is None]
+        name = config.model or (one_input or list(manifests))[0]
         if name not in manifests:
             raise ConfigError(f"follow-up model {name!r} is not one of the node's models ({', '.join(manifests)})")
+        if manifests[name].inputs is not None:  # its masks come from pairs of series, never one series alone
+            raise ConfigError(
+                f"follow-up compares one series with its prior; model {name!r} takes several series of one study: "
+                "serve a one-input model beside it for follow-up"
+            )
         self.config = config = with_manifest_rules(config, manifests[name])
         self.model = name
         classes = [c.name for c in manifests[name].classes]
@@ -604,35 +612,22 @@ class NodeFollowup:
             pool.put(pipe)
 
 
-#: a lesion SEG's Series Description starts with this (THE LESION SEG CONTRACT, docs/dicom-node.md)
-LESION_SEG_DESCRIPTION = "scanedge lesions"
 _MAX_SEGS = 4  # lesion SEG series read per prior study
 
 
 def read_lesion_seg(ds: Any, series_uid: str, slices: Sequence[Slice]) -> tuple[np.ndarray, dict[int, str]] | None:
     """A scanedge lesion SEG (one segment per tracked lesion, each with its Tracking UID) as the tracking volume
     on the grid of ``slices`` (the prior series, in z order) and its UIDs; None when ``ds`` is not a scanedge
-    lesion SEG of ``series_uid``."""
-    import highdicom as hd
-
-    if _text(ds, "Manufacturer") != "scanedge" or not _text(ds, "SeriesDescription").startswith(LESION_SEG_DESCRIPTION):
+    lesion SEG of ``series_uid`` or does not fit the series (logged: the next candidate is tried). Read by
+    :func:`scanedge.imaging.lesion_seg.lesion_seg_from_dataset`, the reader batch follow-up uses for files."""
+    if not is_lesion_seg_dataset(ds, series_uid):
         return None
-    referenced = {str(item.get("SeriesInstanceUID", "")) for item in ds.get("ReferencedSeriesSequence", [])}
-    if series_uid not in referenced:
+    try:
+        seg = lesion_seg_from_dataset(ds, slices, name=f"lesion SEG {_text(ds, 'SOPInstanceUID')}")
+    except InputError as exc:
+        _log.info("%s", exc.message)
         return None
-    seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
-    uids: dict[int, str] = {}
-    for number in seg.segment_numbers:
-        uid = seg.get_segment_description(number).tracking_uid
-        if not uid:
-            return None  # a lesion SEG tracks every segment
-        uids[int(number)] = str(uid)
-    sources = [s.identity.sop_instance_uid for s in slices]
-    labels = seg.get_pixels_by_source_instance(
-        sources, combine_segments=True, relabel=False, assert_missing_frames_are_empty=False
-    )
-    tracking = np.asarray(labels, dtype=np.int32).reshape(len(slices), *slices[0].shape)
-    return tracking, uids
+    return seg.tracking, seg.uids
 
 
 def _segs_dimse(pacs: DimseSource, study_uid: str, limits: PriorLimits) -> list[tuple[str, Any]]:

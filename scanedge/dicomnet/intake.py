@@ -35,7 +35,7 @@ from scanedge.imaging.slices import Slice
 from scanedge.manifest import Manifest
 from scanedge.runtime.core.pipeline import Pipeline, SliceResult
 from scanedge.runtime.wire.payloads import head_mask_frames, pipeline_reply, result_frames
-from scanedge.runtime.wire.protocol import PROTOCOL_VERSION, Echo, Result, encode, publish_topic
+from scanedge.runtime.wire.protocol import PROTOCOL_VERSION, Echo, PairedInputs, Result, encode, publish_topic
 
 if TYPE_CHECKING:
     from scanedge.dicomnet.followup import ChangeUpdate, NodeFollowup
@@ -112,7 +112,7 @@ class Intake:
         """Segment (publishing live), spool durably (unless ``spooled`` already is), then hold for the outputs.
 
         Raises what the C-STORE status will say; a spooled copy of an instance that is not held is removed."""
-        if self.pairing is not None:  # a multi-input model: paired with its partner series first
+        if self.pairing is not None:  # a multi-input model: its images paired across the series of a study
             self.pairing.hold(
                 ds,
                 data,
@@ -126,6 +126,39 @@ class Intake:
                 spooled=spooled,
             )
             return
+        self.hold_one_input(
+            ds,
+            data,
+            slices,
+            series_uid,
+            instance_uid,
+            association,
+            received_at,
+            received_mono,
+            decode_ms,
+            spooled=spooled,
+        )
+
+    def hold_one_input(
+        self,
+        ds: Any,
+        data: bytes,
+        slices: list[Slice],
+        series_uid: str,
+        instance_uid: str,
+        association: int,
+        received_at: float,
+        received_mono: float,
+        decode_ms: float,
+        *,
+        spooled: Path | None = None,
+        fates: int = 1,
+    ) -> Path:
+        """:meth:`hold` by the one-input models: segment, spool, hold in the series; returns the spooled file.
+
+        ``fates``: how many owners the spooled file has, this series' outputs being one; the others (a
+        multi-input model's pairing) each :meth:`~scanedge.dicomnet.spool.Spool.remove` it once done. Their
+        references are taken before the image is held, so the series' outputs can never delete it first."""
         self.store.begin(series_uid, association, identity(ds))
         if self.followup is not None:
             self.followup.begin(series_uid, ds)  # the prior lookup starts with the series' first instance
@@ -135,28 +168,35 @@ class Intake:
                 slices, series_uid, instance_uid, received_at, received_mono, decode_ms, publish=spooled is None
             )
             if path is None:
-                try:
-                    path = self.spool.write(instance_uid, data)
-                except ScanedgeError as exc:
-                    with self.lock:
-                        self.stats.spool_failures += 1
-                        self.stats.last_error = f"{exc.code}: {exc.message}"
-                    raise
+                path = self.spool_image(instance_uid, data, fates)
+            elif fates > 1:
+                self.spool.share(path, fates - 1)
             header_bytes = len(data) - drop_pixels(ds)
             held = HeldInstance(instance_uid, ds, max(0, header_bytes), frames, spooled=path)
         except BaseException:
             self.store.finish(series_uid, None)
             if path is not None and spooled is None:
-                self.spool.remove([path])
+                self.spool.discard(path)
             raise
         try:
             replaced = self.store.finish(series_uid, held)
         except BaseException:
             if spooled is None:
-                self.spool.remove([path])
+                self.spool.discard(path)
             raise
         if replaced is not None and replaced.spooled is not None:  # the earlier of two copies: as in the SEG
             self.spool.remove([replaced.spooled])
+        return path
+
+    def spool_image(self, instance_uid: str, data: bytes, fates: int = 1) -> Path:
+        """Write a received image durably into the spool (counted and named in the status when the disk refuses)."""
+        try:
+            return self.spool.write(instance_uid, data, fates=fates)
+        except ScanedgeError as exc:
+            with self.lock:
+                self.stats.spool_failures += 1
+                self.stats.last_error = f"{exc.code}: {exc.message}"
+            raise
 
     def segment(
         self,
@@ -169,12 +209,15 @@ class Intake:
         *,
         publish: bool = True,
     ) -> tuple[HeldFrame, ...]:
-        """Every frame through every model, each RESULT published as soon as it is ready (``publish``)."""
+        """Every frame through every one-input model, each RESULT published as soon as it is ready (``publish``);
+        a multi-input model's frames are run by its pairing (:mod:`scanedge.dicomnet.pairing_intake`)."""
         masks: list[dict[str, bytes]] = [{} for _ in slices]
         probabilities: list[dict[str, bytes]] = [{} for _ in slices]
         scores: list[dict[str, tuple[HeadScore, ...]]] = [{} for _ in slices]
         heads: list[dict[str, tuple[HeldMaskHead, ...]]] = [{} for _ in slices]
         for name, pool in self.pools.items():
+            if self.pairing is not None and name == self.pairing.model:
+                continue
             try:
                 pipe = pool.get(timeout=self.busy_timeout_s)
             except queue.Empty:
@@ -233,8 +276,10 @@ class Intake:
         received_mono: float,
         queue_ms: float,
         decode_ms: float,
+        inputs: PairedInputs | None = None,
     ) -> None:
-        """One frame's RESULT, built by the protocol's builders and published (section 9)."""
+        """One frame's RESULT, built by the protocol's builders and published (section 9); ``inputs``: a
+        multi-input model's roles (section 3.2, :func:`~scanedge.runtime.wire.payloads.paired_inputs`)."""
         with self.lock:
             self.stats.results += 1
         if self.publisher is None:
@@ -264,6 +309,7 @@ class Intake:
                 runtime=self.runtime_id,
                 position_mm=slice_.geometry.position_along_normal,
                 change=change,
+                inputs=inputs,
             )
             self.publisher.publish([publish_topic(series_uid), encode(header), *payload])
 

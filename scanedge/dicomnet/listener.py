@@ -287,13 +287,17 @@ class DicomListener:
                 output.check_model(name, pipes[0].manifest)
 
     def _pair_multi_input(self, intake: Intake) -> None:
-        """A multi-input model (manifest ``inputs``) is served alone, its images paired across the series of a
-        study (:mod:`scanedge.dicomnet.pairing_intake`)."""
+        """A multi-input model (manifest ``inputs``; one per node) has its images paired across the series of a
+        study, beside the one-input models every image also goes through (:mod:`scanedge.dicomnet.pairing_intake`)."""
         name = check_multi_input_models(self._manifests)
         if name is not None:
             intake.pairing = PairingIntake(intake, name, self._manifests[name], idle_s=self.config.series_timeout_s)
+            beside = intake.pairing.beside
             log.info(
-                "model %s takes roles %s: series of one study are paired", name, ", ".join(self._manifests[name].roles)
+                "model %s takes roles %s: series of one study are paired%s",
+                name,
+                ", ".join(self._manifests[name].roles),
+                f"; every image also goes through {', '.join(beside)}" if beside else "",
             )
 
     def _pairing_note(self, series_uid: str) -> str:

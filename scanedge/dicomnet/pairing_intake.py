@@ -17,11 +17,20 @@ each received image (its role: the one the manifest's recognition rules give, el
   attributes). Its series' SEG covers the slices that were paired. A partner in another frame of reference
   is refused at once the same way (never paired).
 
+Beside one-input models (``--model`` given several times), every image has two fates: it goes through each
+one-input model as any image does (RESULTs published, held in its series for their SEGs) *and*, as above,
+is held for pairing (a partner) or paired (a reference, whose held frames then carry both models' results).
+The spooled file is shared by its fates (:meth:`~scanedge.dicomnet.spool.Spool.share`): a partner image's
+file leaves the spool only once its series' outputs are durable *and* its study is done pairing; a
+reference image answered MISSING_INPUT stays held for the one-input models' outputs, and leaves with them.
+
 Durability: a parked reference image keeps its series open (it counts as in flight) and stays in the spool;
-at stop it is left there and the next start pairs it again with the partners recovered from the spool. A
-partner image leaves the spool when its study has been idle for the series timeout plus the wait (no
+at stop it is left there and the next start pairs it again with the partners recovered from the spool (beside
+one-input models, its one-input results are held for their outputs at stop, and the file kept all the same).
+A partner image leaves the spool when its study has been idle for the series timeout plus the wait (no
 reference slice can need it any more); a reference image answered MISSING_INPUT leaves it then too (its
-outcome is final and counted).
+outcome is final and counted). After a crash every spooled file is replayed through every fate: an output
+written before the crash is written again, under the same UID.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from scanedge.errors import CapacityError, ConfigError, MissingInputError, Scane
 from scanedge.imaging.slices import Slice
 from scanedge.manifest import Manifest
 from scanedge.runtime.core.pairing import PairingBuffer, slices_by_role
+from scanedge.runtime.wire.payloads import paired_inputs
 
 __all__ = ["PairingIntake", "check_multi_input_models"]
 
@@ -65,6 +75,11 @@ class _Reference:
     path: Path
     publish: bool
     deadline: float
+    own: tuple[HeldFrame, ...] | None = None  # beside one-input models: their results for its frames
+
+    def held(self, frames: tuple[HeldFrame, ...]) -> tuple[str, HeldInstance]:
+        """(series, what to hold for its outputs) with ``frames``."""
+        return self.series_uid, HeldInstance(self.instance_uid, self.ds, self.header_bytes, frames, spooled=self.path)
 
     @property
     def study(self) -> str:
@@ -80,15 +95,15 @@ class _StudyFiles:
 
 
 def check_multi_input_models(manifests: dict[str, Manifest]) -> str | None:
-    """The name of the one multi-input model among ``manifests`` (None when there is none); ConfigError when a
-    multi-input model is served with other models (each image would need two fates: paired or not)."""
+    """The name of the one multi-input model among ``manifests`` (None when there is none; one-input models may
+    be served beside it); ConfigError when several are (one node pairs for one multi-input model)."""
     multi = [name for name, m in manifests.items() if m.inputs is not None]
     if not multi:
         return None
-    if len(manifests) > 1:
+    if len(multi) > 1:
         raise ConfigError(
-            f"model {multi[0]} takes several series of one study ({', '.join(manifests[multi[0]].roles)}); "
-            "the DICOM node serves such a model on its own: run a second node for the other models"
+            f"models {', '.join(multi)} each take several series of one study; the DICOM node pairs the series "
+            "of one multi-input model: run a node per multi-input model"
         )
     return multi[0]
 
@@ -113,6 +128,8 @@ class PairingIntake:
         self.buffer = PairingBuffer(manifest.inputs)
         self.wait_s = self.inputs.pairing.wait_s
         self.idle_s = idle_s
+        #: the one-input models served beside it: every image goes through them too
+        self.beside = tuple(name for name in intake.pools if name != model)
         self._lock = threading.Lock()  # parked references, kept files, and adding to the buffer
         self._parked: list[_Reference] = []
         self._files: dict[str, _StudyFiles] = {}
@@ -144,12 +161,31 @@ class PairingIntake:
         Returns once the image is durably spooled (and, if it could be paired, segmented and held)."""
         role = self.inputs.recognise(slices[0]) or self.inputs.reference.role
         if role != self.inputs.reference.role:
-            self._hold_partner(role, data, slices, instance_uid, spooled)
+            self._hold_partner(
+                role,
+                ds,
+                data,
+                slices,
+                series_uid,
+                instance_uid,
+                association,
+                received_at,
+                received_mono,
+                decode_ms,
+                spooled,
+            )
             return
-        store = self.intake.store
-        store.begin(series_uid, association, identity(ds))
+        intake = self.intake
+        intake.store.begin(series_uid, association, identity(ds))
+        if self.beside and intake.followup is not None:
+            intake.followup.begin(series_uid, ds)
         path = spooled
         try:
+            own = None
+            if self.beside:  # the first fate: every one-input model, as for any image
+                own = intake.segment(
+                    slices, series_uid, instance_uid, received_at, received_mono, decode_ms, publish=spooled is None
+                )
             if path is None:
                 path = self._spool(instance_uid, data)
             header_bytes = max(0, len(data) - drop_pixels(ds))
@@ -165,6 +201,7 @@ class PairingIntake:
                 path,
                 publish=spooled is None,
                 deadline=time.monotonic() + self.wait_s,
+                own=own,
             )
             with self._lock:
                 partners = self._partners(ref)
@@ -173,35 +210,58 @@ class PairingIntake:
                     self._parked.append(ref)
                     log.debug("instance %s of series %s waits for its partner series", instance_uid, series_uid)
                     return
-            if isinstance(partners, MissingInputError):
-                self._missing(ref, partners)
-                return
-            held = self._segment(ref, partners)
+            held = None if isinstance(partners, MissingInputError) else self._segment(ref, partners)
         except BaseException:
-            store.finish(series_uid, None)
+            intake.store.finish(series_uid, None)
             if path is not None and spooled is None:
-                self.intake.spool.remove([path])
+                intake.spool.discard(path)
             raise
         try:
-            self._keep(held)
+            if held is None:
+                assert isinstance(partners, MissingInputError)
+                self._missing(ref, partners)
+            else:
+                self._keep(held)
         except BaseException:
             if spooled is None:
-                self.intake.spool.remove([path])
+                intake.spool.discard(path)
             raise
 
     def _spool(self, instance_uid: str, data: bytes) -> Path:
-        try:
-            return self.intake.spool.write(instance_uid, data)
-        except ScanedgeError as exc:
-            with self.intake.lock:
-                self.intake.stats.spool_failures += 1
-                self.intake.stats.last_error = f"{exc.code}: {exc.message}"
-            raise
+        return self.intake.spool_image(instance_uid, data)
 
     def _hold_partner(
-        self, role: str, data: bytes, slices: list[Slice], instance_uid: str, spooled: Path | None
+        self,
+        role: str,
+        ds: Any,
+        data: bytes,
+        slices: list[Slice],
+        series_uid: str,
+        instance_uid: str,
+        association: int,
+        received_at: float,
+        received_mono: float,
+        decode_ms: float,
+        spooled: Path | None,
     ) -> None:
-        path = spooled if spooled is not None else self._spool(instance_uid, data)
+        """Hold a partner image for pairing; beside one-input models, first segmented and held in its series by
+        them (its spooled file then has two owners, taken before either can let it go)."""
+        if self.beside:
+            path = self.intake.hold_one_input(
+                ds,
+                data,
+                slices,
+                series_uid,
+                instance_uid,
+                association,
+                received_at,
+                received_mono,
+                decode_ms,
+                spooled=spooled,
+                fates=2,
+            )
+        else:
+            path = spooled if spooled is not None else self._spool(instance_uid, data)
         study = slices[0].identity.study_uid
         with self._lock:
             for s in slices:
@@ -253,13 +313,31 @@ class PairingIntake:
                 return
             held = self._segment(ref, found)
         except Exception as exc:  # answered Success already: it stays spooled for the next start
-            self.intake.store.finish(ref.series_uid, None)
             self._failed(ref, exc)
+            self._unsegmented(ref)
             return
         try:
             self._keep(held)
         except Exception as exc:
             self._failed(ref, exc)
+
+    def _unsegmented(self, ref: _Reference) -> None:
+        """A parked reference image ends without this model's result, its file left in the spool for the next
+        start; beside one-input models their results are held all the same (their outputs written), the file
+        keeping one more owner than they release."""
+        if ref.own is None:
+            self.intake.store.finish(ref.series_uid, None)
+            return
+        self.intake.spool.share(ref.path)
+        try:
+            self._keep(ref.held(ref.own))
+        except Exception as exc:
+            log.error(
+                "instance %s of series %s: its one-input results could not be held (%s); it stays in the spool",
+                ref.instance_uid,
+                ref.series_uid,
+                exc.message if isinstance(exc, ScanedgeError) else type(exc).__name__,
+            )
 
     def _failed(self, ref: _Reference, exc: Exception) -> None:
         """A parked image answered Success already that could not be segmented: logged, left in the spool."""
@@ -311,7 +389,7 @@ class PairingIntake:
         with self._lock:
             parked, self._parked = self._parked, []
         for ref in parked:
-            self.intake.store.finish(ref.series_uid, None)
+            self._unsegmented(ref)
         if parked:
             log.warning(
                 "%d image(s) still waiting for their partner series stay in the spool; paired at the next start",
@@ -322,13 +400,20 @@ class PairingIntake:
         """What the log line of a completed series' SEG adds: how many of its images got no mask (and forgets it)."""
         with self._lock:
             unpaired = self._unpaired.pop(series_uid, 0)
-        return f"; {unpaired} image(s) without their partner (MISSING_INPUT) are not in it" if unpaired else ""
+        if not unpaired:
+            return ""
+        where = f"model {self.model}'s outputs" if self.beside else "it"
+        return f"; {unpaired} image(s) without their partner (MISSING_INPUT) are not in {where}"
 
     # --- outcomes -----------------------------------------------------------------------------------------
 
     def _missing(self, ref: _Reference, error: MissingInputError) -> None:
-        """No mask for this reference image: counted, logged (UIDs and positions only); its file is final."""
-        self.intake.store.finish(ref.series_uid, None)
+        """No mask for this reference image: counted, logged (UIDs and positions only); its file is final (beside
+        one-input models it is held for their outputs and leaves the spool with them)."""
+        if ref.own is not None:
+            self._keep(ref.held(ref.own))
+        else:
+            self.intake.store.finish(ref.series_uid, None)
         with self.intake.lock:
             self.intake.stats.missing_input += 1
             self.intake.stats.last_error = f"{error.code}: {error.message}"
@@ -343,9 +428,10 @@ class PairingIntake:
             self._unpaired[ref.series_uid] = self._unpaired.pop(ref.series_uid, 0) + 1
             while len(self._unpaired) > _NOTED_SERIES:
                 self._unpaired.popitem(last=False)
-            files = self._files.setdefault(ref.study, _StudyFiles())
-            files.paths.append(ref.path)
-            files.last = time.monotonic()
+            if ref.own is None:
+                files = self._files.setdefault(ref.study, _StudyFiles())
+                files.paths.append(ref.path)
+                files.last = time.monotonic()
 
     def _segment(self, ref: _Reference, found: list[dict[str, Slice]]) -> tuple[str, HeldInstance]:
         """Run every frame with its partners and publish each RESULT; (series, what to hold for its SEG)."""
@@ -363,11 +449,18 @@ class PairingIntake:
             live = ref.publish and intake.publisher is not None
             for i, (slice_, partners) in enumerate(zip(ref.slices, found)):
                 result = pipe.run_inputs(slices_by_role(slice_, partners, self.inputs), overlay=live)
+                own = ref.own[i] if ref.own is not None else HeldFrame(slice_.shape[:2], {})
                 probabilities = {self.model: pack(quantised(result, pipe.manifest))} if intake.probabilities else {}
                 scores = {self.model: result.scores} if result.scores else {}
                 heads = {self.model: held_mask_heads(result, intake.probabilities)} if result.mask_heads else {}
                 frames.append(
-                    HeldFrame(slice_.shape[:2], {self.model: pack(result.mask)}, probabilities, scores, heads)
+                    HeldFrame(
+                        slice_.shape[:2],
+                        {**own.masks, self.model: pack(result.mask)},
+                        {**own.probabilities, **probabilities},
+                        {**own.scores, **scores},
+                        {**own.heads, **heads},
+                    )
                 )
                 if ref.publish:
                     index = slice_.identity.instance_number if len(ref.slices) == 1 else i + 1
@@ -383,10 +476,11 @@ class PairingIntake:
                         ref.received_mono,
                         queue_ms,
                         ref.decode_ms,
+                        inputs=paired_inputs(self.inputs.reference.role, slice_, partners),
                     )
         finally:
             pool.put(pipe)
-        return ref.series_uid, HeldInstance(ref.instance_uid, ref.ds, ref.header_bytes, tuple(frames), spooled=ref.path)
+        return ref.held(tuple(frames))
 
     def _keep(self, held: tuple[str, HeldInstance]) -> None:
         """Hold a segmented image in its series (ends its in-flight count); the copy it replaces leaves the spool."""

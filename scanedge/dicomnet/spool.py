@@ -8,6 +8,12 @@ segments them again and completes their series (:meth:`DicomListener._recover`).
 removed only once every SEG that references it is itself durably written (and linked into the forwarding
 outbox), so the spool holds patient images no longer than it must.
 
+One image may have several fates: beside one-input models, a multi-input model's partner image is held in
+its series for their SEGs *and* kept for pairing (:mod:`scanedge.dicomnet.pairing_intake`). Each fate holds
+a reference to the file (:meth:`Spool.share`); :meth:`Spool.remove` drops one and deletes the file with
+the last, so the file lives until every fate is done. References are counted in memory only: after a
+crash every spooled file is replayed through every fate again.
+
 Names are ``<nanoseconds>-<SOP Instance UID>.dcm``: sorting them gives the order of arrival, so on
 recovery a re-sent instance replaces its earlier copy exactly as it did live. Temporary files
 (``.*.partial``) are what a crash left mid-write; they were never answered Success and are removed.
@@ -79,6 +85,7 @@ class Spool:
         self.folder = folder
         self._lock = threading.Lock()
         self._sizes: dict[Path, int] = {}
+        self._refs: dict[Path, int] = {}  # files with more than one fate still to finish: how many
         self.write_failures = 0
 
     def open(self) -> list[Path]:
@@ -91,10 +98,12 @@ class Spool:
         files = sorted(p for p in self.folder.glob("*.dcm") if p.is_file())
         with self._lock:
             self._sizes = {p: p.stat().st_size for p in files}
+            self._refs.clear()
         return files
 
-    def write(self, sop_instance_uid: str, data: bytes) -> Path:
-        """Spool one received object durably; SpoolError (0xA700) when the disk refuses."""
+    def write(self, sop_instance_uid: str, data: bytes, *, fates: int = 1) -> Path:
+        """Spool one received object durably, for ``fates`` owners (each calls :meth:`remove` once it is done);
+        SpoolError (0xA700) when the disk refuses."""
         path = self.folder / f"{time.time_ns():020d}-{sop_instance_uid}.dcm"
         try:
             write_durably(path, lambda tmp: tmp.write_bytes(data))
@@ -107,12 +116,30 @@ class Spool:
             ) from None
         with self._lock:
             self._sizes[path] = len(data)
+            if fates > 1:
+                self._refs[path] = fates
         return path
 
+    def share(self, path: Path, more: int = 1) -> None:
+        """``path`` gets ``more`` owners besides those it has (a spooled file taking one more fate)."""
+        with self._lock:
+            self._refs[path] = self._refs.get(path, 1) + more
+
+    def owners(self, path: Path) -> int:
+        """How many fates still hold ``path`` (1 for a file no fate shares)."""
+        with self._lock:
+            return self._refs.get(path, 1)
+
     def remove(self, paths: Iterable[Path]) -> None:
-        """Delete spooled files whose SEGs are durable (a file already gone is fine)."""
+        """One owner of each spooled file is done (its SEGs are durable): the file is deleted once its last
+        owner is (a file already gone is fine)."""
         removed = False
         for path in paths:
+            with self._lock:
+                left = self._refs.pop(path, 1) - 1
+                if left > 0:
+                    self._refs[path] = left
+                    continue
             try:
                 path.unlink()
                 removed = True
@@ -128,6 +155,13 @@ class Spool:
                 fsync_dir(self.folder)
             except OSError as exc:
                 log.warning("the spool folder could not be synced after removing files: %s", exc.strerror)
+
+    def discard(self, path: Path) -> None:
+        """Delete a file just spooled for an image that was not taken after all (never answered Success),
+        whatever fates it was written for."""
+        with self._lock:
+            self._refs.pop(path, None)
+        self.remove([path])
 
     @property
     def files(self) -> int:

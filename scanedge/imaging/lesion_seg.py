@@ -9,6 +9,10 @@ than from fresh ones, so a lesion keeps its Tracking UID from study to study.
 Frames are placed on the source slices by the SOP Instance UID each frame derives from (its Derivation
 Image / Source Image reference) or, without one, by its Image Position (Patient). Bounded: the file's size
 and frame count are checked before pixels are decoded.
+
+One reader for every caller: :func:`read_lesion_seg` takes a file (batch follow-up), :func:`lesion_seg_from_dataset`
+a dataset already received (the DICOM node's follow-up, from a PACS); :func:`is_lesion_seg_dataset` is the
+header test both use.
 """
 
 from __future__ import annotations
@@ -23,7 +27,14 @@ import numpy as np
 from scanedge.errors import InputError
 from scanedge.imaging.slices import DEFAULT_LIMITS, Slice, SliceLimits
 
-__all__ = ["LesionSeg", "is_lesion_seg", "read_lesion_seg"]
+__all__ = [
+    "LESION_SEG_DESCRIPTION",
+    "LesionSeg",
+    "is_lesion_seg",
+    "is_lesion_seg_dataset",
+    "lesion_seg_from_dataset",
+    "read_lesion_seg",
+]
 
 #: what the Series Description of a scanedge lesion SEG starts with
 LESION_SEG_DESCRIPTION = "scanedge lesions"
@@ -60,10 +71,15 @@ def is_lesion_seg(path: Path, series_uid: str) -> bool:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER)
     except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError, KeyError):
         return False
+    return is_lesion_seg_dataset(ds, series_uid)
+
+
+def is_lesion_seg_dataset(ds: Any, series_uid: str) -> bool:
+    """Whether the dataset ``ds`` is a scanedge lesion SEG of the series ``series_uid`` (its headers)."""
     return (
-        str(ds.get("Modality", "")) == "SEG"
-        and str(ds.get("Manufacturer", "")) == "scanedge"
-        and str(ds.get("SeriesDescription", "")).startswith(LESION_SEG_DESCRIPTION)
+        str(ds.get("Modality", "") or "").strip() == "SEG"
+        and str(ds.get("Manufacturer", "") or "").strip() == "scanedge"
+        and str(ds.get("SeriesDescription", "") or "").strip().startswith(LESION_SEG_DESCRIPTION)
         and series_uid in _referenced_series(ds)
     )
 
@@ -101,40 +117,50 @@ def read_lesion_seg(path: Path, slices: Sequence[Slice], limits: SliceLimits = D
         ds = pydicom.dcmread(path)
     except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
         raise InputError(f"{path.name} cannot be read as DICOM ({type(exc).__name__})") from exc
+    return lesion_seg_from_dataset(ds, slices, limits, name=path.name)
+
+
+def lesion_seg_from_dataset(
+    ds: Any, slices: Sequence[Slice], limits: SliceLimits = DEFAULT_LIMITS, *, name: str = "the lesion SEG"
+) -> LesionSeg:
+    """The lesion SEG ``ds`` (a pydicom Dataset with its pixels) on the grid of ``slices``; ``name`` is what
+    errors call it. Raises InputError as :func:`read_lesion_seg` does."""
+    if not slices:
+        raise InputError("no source slices to place the lesion SEG on")
     segments = list(ds.get("SegmentSequence", []))
     if not segments or len(segments) > MAX_SEGMENTS:
-        raise InputError(f"{path.name} has {len(segments)} segments (1..{MAX_SEGMENTS} expected)")
+        raise InputError(f"{name} has {len(segments)} segments (1..{MAX_SEGMENTS} expected)")
     number_to_label: dict[int, int] = {}
     uids: dict[int, str] = {}
     for segment in sorted(segments, key=lambda s: int(s.get("SegmentNumber", 0))):
         uid = str(segment.get("TrackingUID", "") or "")
         if not uid:
-            raise InputError(f"{path.name}: segment {segment.get('SegmentNumber')} has no Tracking UID")
+            raise InputError(f"{name}: segment {segment.get('SegmentNumber')} has no Tracking UID")
         label = len(uids) + 1
         number_to_label[int(segment.SegmentNumber)] = label
         uids[label] = uid
     rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if (rows, cols) != slices[0].shape[:2]:
-        raise InputError(f"{path.name}: frames of {rows}x{cols} do not fit the {slices[0].shape[:2]} source slices")
+        raise InputError(f"{name}: frames of {rows}x{cols} do not fit the {slices[0].shape[:2]} source slices")
     if frames > len(slices) * len(segments) or rows * cols * frames > limits.max_decoded_bytes:
-        raise InputError(f"{path.name}: {frames} frames are more than its source and segments allow")
+        raise InputError(f"{name}: {frames} frames are more than its source and segments allow")
     per_frame = list(ds.get("PerFrameFunctionalGroupsSequence", []))
     if len(per_frame) != frames:
-        raise InputError(f"{path.name}: {len(per_frame)} per-frame descriptions for {frames} frames")
+        raise InputError(f"{name}: {len(per_frame)} per-frame descriptions for {frames} frames")
     by_uid = {s.identity.sop_instance_uid: z for z, s in enumerate(slices) if s.identity.sop_instance_uid}
     positions = [s.geometry.image_position for s in slices]
     try:
         pixels = np.asarray(ds.pixel_array).reshape(frames, rows, cols)
     except Exception as exc:  # pydicom's decoders raise many types for broken pixel data
-        raise InputError(f"{path.name}: its pixel data cannot be decoded ({type(exc).__name__})") from exc
+        raise InputError(f"{name}: its pixel data cannot be decoded ({type(exc).__name__})") from exc
     tracking = np.zeros((len(slices), rows, cols), dtype=np.int32)
     for i, frame in enumerate(per_frame):
         ident = frame.get("SegmentIdentificationSequence", [])
         number = int(ident[0].ReferencedSegmentNumber) if ident else 0
         frame_label = number_to_label.get(number)
         if frame_label is None:
-            raise InputError(f"{path.name}: frame {i + 1} names segment {number}, which it does not describe")
+            raise InputError(f"{name}: frame {i + 1} names segment {number}, which it does not describe")
         z: int | None = by_uid.get(_frame_source(frame))
         if z is None:
             where = _frame_position(frame)
@@ -145,6 +171,6 @@ def read_lesion_seg(path: Path, slices: Sequence[Slice], limits: SliceLimits = D
             ]
             z = near[0] if near else None
         if z is None:
-            raise InputError(f"{path.name}: frame {i + 1} matches no slice of its source series")
+            raise InputError(f"{name}: frame {i + 1} matches no slice of its source series")
         tracking[z][pixels[i] > 0] = frame_label
     return LesionSeg(str(ds.SOPInstanceUID), tracking, uids)

@@ -172,6 +172,28 @@ def test_what_an_earlier_run_spooled_is_segmented_again_at_start_and_gets_its_se
     wait_until(lambda: not list((out / "spool").iterdir()), timeout=30, what="the spool to empty")
 
 
+def test_a_spooled_file_shared_by_two_fates_leaves_the_spool_with_the_last_one(tmp_path):
+    """A multi-input model's partner image beside one-input models: its series' outputs and its pairing each
+    own the file; whichever finishes first, the file stays until the other is done too."""
+    from scanedge.dicomnet.spool import Spool
+
+    spool = Spool(tmp_path / "spool")
+    spool.open()
+    shared = spool.write("1.2.3", b"DICM" * 8, fates=2)
+    recovered = spool.write("1.2.4", b"DICM" * 8)
+    spool.share(recovered)  # a file found at start, taken by a second fate as it is replayed
+    for path in (shared, recovered):
+        assert spool.owners(path) == 2
+        spool.remove([path])
+        assert path.exists() and spool.owners(path) == 1 and spool.files == 2 - (path == recovered)
+        spool.remove([path])
+        assert not path.exists()
+    assert spool.files == 0
+    refused = spool.write("1.2.5", b"DICM" * 8, fates=2)
+    spool.discard(refused)  # not taken after all: gone whatever fates it was written for
+    assert not refused.exists() and spool.files == 0
+
+
 def test_a_resent_instance_replaces_its_spooled_copy(listener):
     node = listener(series_timeout_s=60)
     (ds,) = new_series(demo(1))
@@ -274,13 +296,14 @@ def test_on_a_full_disk_images_are_refused_a700_and_the_seg_is_retried_once_spac
 class Node:
     """``scanedge dicom-listen`` as a process of its own, on a fixed port and --out."""
 
-    def __init__(self, port: int, out: Path, log: Path) -> None:
-        self.port, self.out, self.log = port, out, log
+    def __init__(self, port: int, out: Path, log: Path, args: Sequence[str] = ()) -> None:
+        self.port, self.out, self.log, self.args = port, out, log, tuple(args)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         args = ["--port", str(self.port), "--out", str(self.out), "--series-timeout", "1", "--log-level", "info"]
+        args += self.args
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "scanedge", "dicom-listen", *args], stdout=log, stderr=log, env=env

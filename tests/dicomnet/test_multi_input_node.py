@@ -7,9 +7,12 @@ for every slice, the mask the pipeline gives for that slice and its T1 partner c
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import random
 import threading
+from pathlib import Path
 
 import highdicom as hd
 import numpy as np
@@ -22,11 +25,11 @@ from scanedge.errors import ConfigError
 from scanedge.imaging.dicom import dataset_from_slice
 from scanedge.imaging.slices import Slice, SliceAcquisition, SliceGeometry, SliceIdentity
 from scanedge.manifest import embed_manifest
-from scanedge.models import DEMO_MODEL_PATH
 from scanedge.runtime.core.pairing import resample_onto
 from scanedge.runtime.core.pipeline import Pipeline
 from tests.conftest import conv_model, simple_manifest
-from tests.dicomnet.test_durability import Scu, send, spooled
+from tests.dicomnet.conftest import free_port
+from tests.dicomnet.test_durability import Node, Scu, send, spooled, stream
 from tests.runtime.core.test_multi_input import WEIGHTS, two_role_inputs
 from tests.waiting import wait_until
 
@@ -210,9 +213,11 @@ def test_a_restarted_node_pairs_the_reference_images_it_acknowledged_with_partne
     assert np.array_equal(seg_masks(seg_path, uids), expected_masks(path, study) == 1)
 
 
-def test_a_multi_input_model_is_served_alone(tmp_path, listener):
-    with pytest.raises(ConfigError, match=r"several series of one study \(flair, t1\).*on its own"):
-        listener([model(tmp_path, wait_s=1.0), DEMO_MODEL_PATH])
+def test_one_node_pairs_for_one_multi_input_model(tmp_path, listener):
+    other = tmp_path / "other_pair.onnx"
+    embed_manifest(conv_model(2, WEIGHTS), simple_manifest(name="other-pair", inputs=two_role_inputs()), other)
+    with pytest.raises(ConfigError, match=r"models test-model, other-pair each take several series.*node per"):
+        listener([model(tmp_path, wait_s=1.0), other])
 
 
 def test_the_scu_sees_success_for_a_reference_image_before_its_partner_exists(tmp_path, listener):
@@ -298,10 +303,200 @@ def test_each_paired_flair_slice_is_published_live_with_its_mask_and_no_t1_slice
     finally:
         sub.close()
     expected = dict(zip((s.identity.sop_instance_uid for s in study.flair), expected_masks(path, study)))
+    partner = {f.identity.sop_instance_uid: t for f, t in zip(study.flair, study.t1)}
     assert len(received) == SLICES
     for topic, head, *payload in received:
         header = decode_reply(head)
         assert isinstance(header, Result) and topic.decode() == header.series == study.flair_uid
         assert [f.name for f in header.frames] == ["mask", "overlay", "image"]
         assert np.array_equal(arrays_from_frames(header.frames, payload)["mask"], expected[header.instance])
+        # which slice filled each role, as the runtime's multi-input RESULTs say it (docs/protocol.md 3.2)
+        t1 = partner[header.instance]
+        assert header.inputs is not None and header.inputs.role == "flair" and not header.inputs.held
+        (p,) = header.inputs.partners
+        assert (p.role, p.series, p.instance) == ("t1", study.t1_uid, t1.identity.sop_instance_uid)
+        assert header.position_mm is not None and p.position_mm == pytest.approx(header.position_mm + 0.3, abs=1e-3)
     assert {decode_reply(h).instance for _, h, *_ in received} == set(expected)
+
+
+# --- beside one-input models: every image has two fates ------------------------------------------------------
+
+
+def one_input_model(tmp_path) -> Path:
+    path = tmp_path / "one_input.onnx"
+    embed_manifest(conv_model(), simple_manifest(name="one-input"), path)
+    return path
+
+
+def one_input_masks(path, slices: list[Slice]) -> dict[str, np.ndarray]:
+    """Each slice's mask from the one-input model directly, by SOP Instance UID."""
+    with Pipeline.open(path) as pipe:
+        return {s.identity.sop_instance_uid: pipe.run(s, overlay=False).mask for s in slices}
+
+
+def segs(folder: Path) -> list[tuple[str, str, dict[str, np.ndarray]]]:
+    """Every SEG in ``folder``: (model name, referenced series, its segment-1 mask per referenced instance)."""
+    out = []
+    for path in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        uids = sorted(referenced(path))
+        masks = seg_masks(path, uids)
+        out.append(
+            (
+                str(ds.ManufacturerModelName),
+                str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID),
+                {uid: masks[i] for i, uid in enumerate(uids)},
+            )
+        )
+    return out
+
+
+def covered(found: list[tuple[str, str, dict[str, np.ndarray]]], model_name: str, series: str) -> dict[str, np.ndarray]:
+    """The masks ``model_name``'s SEGs of ``series`` hold, by instance, over all of them."""
+    return {uid: m for name, s, masks in found if name == model_name and s == series for uid, m in masks.items()}
+
+
+def check_both_fates(found, pair: Path, single: Path, study: Study, *, paired: int = SLICES) -> None:
+    """The one-input model's SEGs cover both series, each slice's mask as the model gives it; the multi-input
+    model's cover the first ``paired`` FLAIR slices with their paired masks, and nothing of the T1 series."""
+    for slices, series in ((study.flair, study.flair_uid), (study.t1, study.t1_uid)):
+        expected = one_input_masks(single, slices)
+        got = covered(found, "one-input", series)
+        assert set(got) == set(expected), series
+        assert all(np.array_equal(got[uid], expected[uid] == 1) for uid in expected)
+    pairs = dict(zip((s.identity.sop_instance_uid for s in study.flair), expected_masks(pair, study)))
+    got = covered(found, "test-model", study.flair_uid)
+    assert set(got) == {s.identity.sop_instance_uid for s in study.flair[:paired]}
+    assert all(np.array_equal(got[uid], pairs[uid] == 1) for uid in got)
+    assert not covered(found, "test-model", study.t1_uid)
+
+
+def test_beside_a_one_input_model_every_image_is_segmented_by_it_and_paired_for_the_two_input_one(tmp_path, listener):
+    pair, single = model(tmp_path, wait_s=2.0), one_input_model(tmp_path)
+    node = listener([pair, single], series_timeout_s=0.5)
+    study = Study()
+    both = Study.datasets(study.flair) + Study.datasets(study.t1)
+    random.Random(11).shuffle(both)
+    assert [s for s, _ in send(node.port, both)] == [0] * (2 * SLICES)
+
+    wait_until(lambda: len(node.written) == 3, timeout=90, what="two one-input SEGs and the paired FLAIR SEG")
+    check_both_fates(segs(node.folders["seg"]), pair, single, study)
+    assert node.stats.results == 3 * SLICES and node.stats.missing_input == 0
+    wait_until(lambda: not spooled(node.config.out), timeout=60, what="the spool emptied once every fate is done")
+
+
+def test_beside_a_one_input_model_a_reference_image_without_partner_keeps_its_one_input_seg(tmp_path, listener):
+    pair, single = model(tmp_path, wait_s=0.5), one_input_model(tmp_path)
+    node = listener([pair, single], series_timeout_s=0.5)
+    study = Study()
+    sent = Study.datasets(study.flair) + Study.datasets(study.t1[:4])  # T1 slices 5 and 6 never come
+    assert [s for s, _ in send(node.port, sent)] == [0] * (SLICES + 4)
+
+    wait_until(lambda: node.stats.missing_input == 2, timeout=60, what="two MISSING_INPUTs")
+    wait_until(lambda: len(node.written) == 3, timeout=90, what="two one-input SEGs and the paired FLAIR SEG")
+    partial = copy.copy(study)  # the T1 series as sent: its first four slices
+    partial.t1 = study.t1[:4]
+    check_both_fates(segs(node.folders["seg"]), pair, single, partial, paired=4)
+    wait_until(lambda: not spooled(node.config.out), timeout=60, what="the spool emptied once every fate is done")
+
+
+@pytest.mark.slow
+def test_a_node_killed_mid_study_finishes_both_fates_of_every_image_it_answered_success(tmp_path):
+    """A real ``dicom-listen`` with both models. The T1 series arrives and gets its one-input SEG; the node is
+    killed with SIGKILL (its T1 images still spooled: pairing holds them); started again, it gets half the FLAIR
+    series and is killed right after a Success; started again, it gets the rest. Every image answered Success
+    ends in both models' SEGs (the one-input one for both series, the paired one for FLAIR) and the spool empties."""
+    pair, single = model(tmp_path, wait_s=20.0), one_input_model(tmp_path)
+    out = tmp_path / "out"
+    node = Node(free_port(), out, tmp_path / "node.log", ["--model", str(pair), "--model", str(single)])
+    study = Study()
+    t1, flair = Study.datasets(study.t1), Study.datasets(study.flair)
+    node.start()
+    try:
+        assert len(stream(node.port, t1, None, node)) == SLICES
+        wait_until(lambda: covered(segs(out / "seg"), "one-input", study.t1_uid), timeout=90, what="the T1 series' SEG")
+        node.kill()
+        assert len(spooled(out)) == SLICES  # its SEG is durable, yet pairing still owns every T1 image
+
+        node.start()
+        answered = stream(node.port, flair, SLICES // 2, node)
+        assert len(answered) == SLICES // 2 and node.proc is not None and node.proc.poll() is not None
+        node.start()
+        rest = [ds for ds in flair if str(ds.SOPInstanceUID) not in answered]
+        assert len(stream(node.port, rest, None, node)) == len(rest)
+
+        def done() -> bool:
+            found = segs(out / "seg")
+            return len(covered(found, "test-model", study.flair_uid)) == SLICES and all(
+                len(covered(found, "one-input", s)) == SLICES for s in (study.flair_uid, study.t1_uid)
+            )
+
+        wait_until(done, timeout=180, interval=0.5, what="both models' SEGs over every image")
+        check_both_fates(segs(out / "seg"), pair, single, study)
+        wait_until(lambda: not spooled(out), timeout=120, what="the spool emptied once every fate is done")
+    finally:
+        if node.proc is not None and node.proc.poll() is None:
+            assert node.terminate() == 0
+    assert "segmenting them again" in node.log.read_text()
+    assert "ANON-1" not in node.log.read_text()
+
+
+def test_beside_a_one_input_model_each_model_publishes_its_results_and_only_paired_ones_carry_inputs(
+    tmp_path, listener
+):
+    import zmq
+
+    from scanedge.runtime.wire.protocol import Result, decode_reply
+
+    pair, single = model(tmp_path, wait_s=60.0), one_input_model(tmp_path)
+    node = listener([pair, single], publish="tcp://127.0.0.1:*", series_timeout_s=60.0)
+    study, probe = Study(), Study(seed=2)
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    for topic in (study.flair_uid, study.t1_uid, probe.t1_uid):
+        sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
+    sub.connect(node.publish_endpoint)
+    try:
+        warm = Study.datasets(probe.t1[:1])
+        wait_until(lambda: send(node.port, warm) and sub.poll(200), timeout=30, what="the feed to go live")
+        sub.setsockopt(zmq.UNSUBSCRIBE, probe.t1_uid.encode())
+        while sub.poll(200):
+            sub.recv_multipart()
+        both = Study.datasets(study.t1[:2]) + Study.datasets(study.flair[:2])
+        assert [s for s, _ in send(node.port, both)] == [0] * 4
+        received = []
+        while len(received) < 6:  # the one-input model's 4, the paired model's 2
+            assert sub.poll(30_000), f"only {len(received)} RESULTs arrived"
+            received.append(decode_reply(sub.recv_multipart()[1]))
+        assert not sub.poll(500)
+    finally:
+        sub.close()
+    assert all(isinstance(r, Result) for r in received)
+    one = sorted((r.series, r.instance) for r in received if r.model.startswith("one-input"))
+    sent = [(s.identity.series_uid, s.identity.sop_instance_uid) for s in study.t1[:2] + study.flair[:2]]
+    assert one == sorted(sent) and all(r.inputs is None for r in received if r.model.startswith("one-input"))
+    paired = [r for r in received if r.model.startswith("test-model")]
+    assert sorted(r.instance for r in paired) == sorted(s.identity.sop_instance_uid for s in study.flair[:2])
+    partner = {f.identity.sop_instance_uid: t.identity.sop_instance_uid for f, t in zip(study.flair, study.t1)}
+    for r in paired:
+        assert r.inputs is not None and r.inputs.role == "flair"
+        assert [(p.role, p.series, p.instance) for p in r.inputs.partners] == [
+            ("t1", study.t1_uid, partner[r.instance])
+        ]
+
+
+def test_follow_up_compares_the_one_input_model_beside_a_multi_input_one_and_never_the_multi_input_one(tmp_path):
+    from scanedge.dicomnet.followup import FollowupConfig, NodeFollowup
+    from scanedge.dicomnet.prior_store import PriorStoreConfig
+    from scanedge.manifest import load_manifest
+
+    pair, single = model(tmp_path, wait_s=1.0), one_input_model(tmp_path)
+    manifests = {"test-model": load_manifest(pair)[0], "one-input": load_manifest(single)[0]}
+    config = FollowupConfig(store=PriorStoreConfig(tmp_path / "priors"))
+    followup = NodeFollowup(config, manifests, {})
+    try:
+        assert followup.model == "one-input"  # the first one-input model, though listed second
+    finally:
+        followup.close()
+    with pytest.raises(ConfigError, match=r"model 'test-model' takes several series of one study"):
+        NodeFollowup(dataclasses.replace(config, model="test-model"), manifests, {})

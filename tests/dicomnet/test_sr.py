@@ -371,13 +371,17 @@ def test_withheld_change_is_stated_with_its_reason_and_no_lesion_gets_a_class(tm
     assert names == {"lesion-load"}  # no load change, no counts: nothing was compared
 
 
-def test_without_the_followup_extra_the_sr_output_is_refused_at_start_with_the_install_hint(monkeypatch):
+def test_without_the_followup_extra_a_mask_model_is_refused_by_the_sr_output_with_the_install_hint(monkeypatch):
+    """Lesions are tracked in masks (SciPy); a classifier's SR needs none of it (test_sr_scores runs one)."""
     import sys
 
     from scanedge.errors import ConfigError
+    from tests.heads.conftest import classifier_manifest
 
     for name in ("scanedge.imaging.followup", "scanedge.imaging.lesion_change"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     monkeypatch.setitem(sys.modules, "scipy", None)  # as if SciPy were not installed
-    with pytest.raises(ConfigError, match=r"pip install 'scanedge\[followup\]'"):
-        make_outputs(ListenerConfig(outputs=("sr",)))
+    (sr,) = make_outputs(ListenerConfig(outputs=("sr",)))
+    sr.check_model("test-classifier", classifier_manifest())
+    with pytest.raises(ConfigError, match=r"model demo has a mask\) needs scipy: pip install 'scanedge\[followup\]'"):
+        sr.check_model("demo", load_manifest(DEMO_MODEL_PATH)[0])

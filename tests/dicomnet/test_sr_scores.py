@@ -3,19 +3,23 @@ dcmtk's dsrdump, every group's figures checked against the ``scores`` JSON the s
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import onnx
 import pydicom
 import pytest
 
-from scanedge.manifest import load_manifest
+from scanedge.manifest import ClassSpec, CodedConcept, embed_manifest, load_manifest
 from tests.dicomnet.conftest import listener  # noqa: F401 - the node fixture
-from tests.dicomnet.test_durability import demo, new_series, send
-from tests.heads.conftest import head_models  # noqa: F401 - the test models
+from tests.dicomnet.test_durability import ROOT, demo, new_series, send
+from tests.heads.conftest import classifier_manifest, head_models  # noqa: F401 - the test models
 from tests.waiting import wait_until
 
 pytest.importorskip("pynetdicom", reason="the DICOM node needs the 'dicomnet' extra")
@@ -65,7 +69,7 @@ def check_score_groups(report: Any, doc: dict[str, Any], manifest: Any) -> None:
         evaluations = {
             e.name.meaning: e.value
             for e in group.get_qualitative_evaluations()
-            if e.name.scheme_designator == "99SCANEDGE"
+            if e.name.meaning.startswith("Decision")
         }
         assert len(nums) == len(evaluations) == len(head["classes"])
         for cls in head["classes"]:
@@ -127,3 +131,114 @@ def test_a_mask_and_score_model_gets_the_score_groups_beside_its_lesion_groups(l
     assert names[0] == "lesion load" and "abnormal_logit" in names
     check_score_groups(report, doc, manifest)
     node.stop()
+
+
+HEMORRHAGE = CodedConcept("50960005", "SCT", "Hemorrhage")
+ABNORMAL = CodedConcept("49755003", "SCT", "Morphologically abnormal structure")
+
+
+def coded_classifier(head_models: dict[str, Path], folder: Path) -> Path:  # noqa: F811
+    """The test classifier whose ``bleed`` class is coded (SCT Hemorrhage); ``normal`` and ``mass`` are not."""
+    manifest = classifier_manifest()
+    score, saliency = manifest.heads
+
+    def coded(c: ClassSpec) -> ClassSpec:
+        return dataclasses.replace(c, property_category=ABNORMAL, property_type=HEMORRHAGE) if c.name == "bleed" else c
+
+    manifest = manifest.replace(heads=(dataclasses.replace(score, classes=tuple(map(coded, score.classes))), saliency))
+    path = folder / "coded_classifier.onnx"
+    embed_manifest(onnx.load(str(head_models["classifier"])), manifest, path)
+    return path
+
+
+def test_a_score_class_coded_in_the_manifest_names_its_sr_items_with_its_code(listener, head_models, tmp_path):  # noqa: F811
+    model = coded_classifier(head_models, tmp_path)
+    node, _, out = run_node(listener, model, ("scores", "sr"))
+    manifest, _ = load_manifest(model)
+    (doc_path,) = (out / "scores").glob("*.json")
+    (sr_path,) = srs(out)
+    report = hd.sr.srread(sr_path).content
+    check_score_groups(report, json.loads(doc_path.read_text()), manifest)  # the figures, keyed by meaning
+    (group,) = report.get_image_measurement_groups()
+    names = [(m.name.value, m.name.scheme_designator, m.name.meaning) for m in group.get_measurements()]
+    assert names == [
+        ("probability-1", "99SCANEDGE", "Probability of normal"),
+        ("50960005", "SCT", "Probability of bleed"),
+        ("probability-3", "99SCANEDGE", "Probability of mass"),
+    ]
+    decisions = [
+        (e.name.value, e.name.scheme_designator, e.name.meaning)
+        for e in group.get_qualitative_evaluations()
+        if e.name.meaning.startswith("Decision")  # not the algorithm's own items
+    ]
+    assert decisions == [
+        ("decision-1", "99SCANEDGE", "Decision: normal"),
+        ("50960005", "SCT", "Decision: bleed"),
+        ("decision-3", "99SCANEDGE", "Decision: mass"),
+    ]
+    node.stop()
+    proc = subprocess.run(["dsrdump", "+Pc", str(sr_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr  # strict: no warning, no error
+    assert '(50960005,SCT,"Probability of bleed")' in proc.stdout
+    assert '(50960005,SCT,"Decision: bleed")' in proc.stdout
+
+
+#: a node with only a classifier and the sr output, in a process where SciPy cannot be imported
+_NO_SCIPY = """
+import json, sys
+sys.modules["scipy"] = None  # as if SciPy were not installed: any import of it fails
+from pathlib import Path
+from scanedge.dicomnet import DicomListener, ListenerConfig
+from scanedge.runtime.core.model_spec import ModelSpec
+from tests.dicomnet.test_durability import demo, new_series, send
+from tests.waiting import wait_until
+
+config = ListenerConfig(port=0, out=Path(sys.argv[2]), series_timeout_s=0.3, outputs=("sr",))
+node = DicomListener([ModelSpec(Path(sys.argv[1]))], config).start()
+try:
+    statuses = [s for s, _ in send(node.port, new_series(demo(4)))]
+    wait_until(lambda: node.written and not node.spool.files, timeout=60, what="the SR")
+finally:
+    node.stop()
+print(json.dumps({"statuses": statuses, "written": [str(p) for p in node.written],
+                  "failures": node.stats.outputs["sr"].failures, "scipy_blocked": sys.modules["scipy"] is None}))
+"""
+
+
+def test_a_classifier_only_node_writes_its_sr_without_scipy(head_models, tmp_path):  # noqa: F811
+    proc = subprocess.run(
+        [sys.executable, "-c", _NO_SCIPY, str(head_models["classifier+manifest"]), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["statuses"] == [0] * 4 and result["failures"] == 0 and result["scipy_blocked"]
+    (sr_path,) = map(Path, result["written"])
+    sr = hd.sr.srread(sr_path)
+    assert [g.tracking_identifier for g in sr.content.get_image_measurement_groups()] == ["class_logits"]
+
+
+def test_a_mask_model_with_the_sr_output_is_refused_at_start_without_scipy(head_models, tmp_path):  # noqa: F811
+    script = _NO_SCIPY.split("config = ")[0] + (
+        "from scanedge.errors import ConfigError\n"
+        "try:\n"
+        "    DicomListener([ModelSpec(Path(sys.argv[1]))], ListenerConfig(port=0, out=Path(sys.argv[2]), "
+        "outputs=('sr',))).start()\n"
+        "except ConfigError as exc:\n"
+        "    print(exc.message)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(head_models["mask_score+manifest"]), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "lesion tracking (model test-mask-score has a mask) needs scipy" in proc.stdout
+    assert "pip install 'scanedge[followup]'" in proc.stdout

@@ -511,19 +511,37 @@ def _series_group(tracked: ComparedSeries | None, why_not: str, algorithm: Any, 
     return group
 
 
+def _class_concepts(manifest: Manifest, head: str) -> dict[str, CodedConcept]:
+    """A score head's classes coded in the manifest (``property_type``), by class name."""
+    spec = next((h for h in manifest.score_heads if h.name == head), None)
+    classes = spec.classes if spec is not None else ()
+    return {c.name: c.property_type for c in classes if c.property_type is not None}
+
+
+def _class_code(concept: CodedConcept | None, own: str, meaning: str) -> Any:
+    """A score class's item named by the class's own coded concept (its code and scheme; the meaning names the
+    class and what the item says of it), or by scanedge's private code when the manifest codes none."""
+    if concept is None:
+        return _code(own[:16], meaning[:64])
+    return _code(concept.value, meaning[:64], concept.scheme)
+
+
 def _score_groups(
     head_scores: Sequence[SeriesScore], manifest: Manifest, algorithm: Any, series_uid: str, model: str
 ) -> list[Any]:
     """One TID 1501 group per score head: per class its series probability (NUM, UCUM 1) and decision (SCT
-    Positive / Negative), then the aggregation, the thresholds and the operating point as TEXT."""
+    Positive / Negative), then the aggregation, the thresholds and the operating point as TEXT. Both items of a
+    class are named by its ``property_type`` when the manifest gives one (private 99SCANEDGE codes otherwise);
+    their meanings name the class (``Probability of bleed``, ``Decision: bleed``)."""
     import highdicom as hd
 
     points = {h.name: h.operating_point for h in manifest.score_heads}
     groups: list[Any] = []
     for head in head_scores:
+        coded = _class_concepts(manifest, head.head)
         measurements = [
             hd.sr.Measurement(
-                name=_code(f"probability-{i}"[:16], f"Probability of {c.name}"[:64]),
+                name=_class_code(coded.get(c.name), f"probability-{i}", f"Probability of {c.name}"),
                 value=round(float(c.score), 6),
                 unit=_code("1", "no units", "UCUM"),
             )
@@ -531,7 +549,7 @@ def _score_groups(
         ]
         decisions = [
             hd.sr.QualitativeEvaluation(
-                name=_code(f"decision-{i}"[:16], f"Decision: {c.name}"[:64]),
+                name=_class_code(coded.get(c.name), f"decision-{i}", f"Decision: {c.name}"),
                 value=_concept(_POSITIVE if c.decision else _NEGATIVE),
             )
             for i, c in enumerate(head.classes, start=1)
@@ -641,9 +659,8 @@ class SrOutput(DicomOutput):
 
     @classmethod
     def from_config(cls, config: ListenerConfig) -> SrOutput:
-        """The node's AE title is the objects' Device Serial Number and the SR's device observer. ConfigError at
-        start when the lesion tracking it needs (the ``followup`` extra: SciPy) is not installed."""
-        require_followup_extra("the sr output's lesion tracking", ("scipy",))
+        """The node's AE title is the objects' Device Serial Number and the SR's device observer (whether the
+        lesion tracking's SciPy is needed depends on the models: :meth:`check_model`)."""
         return cls(SrConfig(device_serial_number=config.ae_title))
 
     def describe(self) -> str:
@@ -658,6 +675,9 @@ class SrOutput(DicomOutput):
             else:
                 log.warning("model %s has neither a mask output nor score heads: it gets no lesion SEG or SR", model)
             return
+        # lesions are tracked in masks: ConfigError at start when the followup extra (SciPy) is not installed; a
+        # classifier's SR (score groups alone) needs none of it
+        require_followup_extra(f"the sr output's lesion tracking (model {model} has a mask)", ("scipy",))
         if not lesion_labels(manifest):
             log.warning(
                 "model %s: no class is coded SCT 52988006 Lesion or named like 'lesion'; its SR tracks every "

@@ -5,6 +5,10 @@ each of them is kept here, the same for every output: each object is fsync'd int
 its SOP Instance UID and handed to the forwarder; a series whose objects are not all durable keeps its
 spooled images and is retried with backoff (``retry_initial_s`` doubling to ``retry_max_s``), the objects
 already durable being skipped; once all are, its spooled images leave the spool.
+
+Each model's outputs are built from the instances that model has results for: beside one-input models, a
+multi-input model has none for its partner series (no output of it for them) and none for a reference image
+answered MISSING_INPUT (left out of its outputs only).
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +31,7 @@ from scanedge.errors import redacted_traceback
 from scanedge.imaging.dicom.quiet import pydicom_quiet  # its records and warnings quote values
 from scanedge.manifest import Manifest
 
-__all__ = ["OutputWriter", "PendingSeries", "outputs_label"]
+__all__ = ["OutputWriter", "PendingSeries", "outputs_label", "results_of"]
 
 log = logging.getLogger("scanedge.dicomnet")
 
@@ -34,6 +39,17 @@ log = logging.getLogger("scanedge.dicomnet")
 def outputs_label(outputs: Sequence[DicomOutput]) -> str:
     """What logs call the outputs together: ``SEG``, ``SEG/SR``."""
     return "/".join(o.label for o in outputs)
+
+
+def results_of(series: OpenSeries, model: str) -> OpenSeries | None:
+    """``series`` as far as ``model`` has results for it: the series itself when every instance has them, a copy
+    holding only those that do, None when none does."""
+    instances = OrderedDict(
+        (uid, inst) for uid, inst in series.instances.items() if all(model in f.masks for f in inst.frames)
+    )
+    if len(instances) == len(series.instances):
+        return series
+    return replace(series, instances=instances) if instances else None
 
 
 @dataclass(eq=False)
@@ -170,9 +186,12 @@ class OutputWriter:
         counts = self.stats.outputs[output.name]
         problems: list[str] = []
         for model, manifest in self.models.items():
+            series = results_of(item.series, model)
+            if series is None:
+                continue
             try:
                 with pydicom_quiet():
-                    objects, skipped = output.build(item.series, model, manifest)
+                    objects, skipped = output.build(series, model, manifest)
             except Exception as exc:  # highdicom refuses sources it cannot reference; the message may quote them
                 with self.lock:
                     counts.failures += 1
@@ -186,7 +205,7 @@ class OutputWriter:
                 key = (output.name, str(obj.SOPInstanceUID))
                 if key in item.done:
                     continue
-                failure = self._save(output, obj, item.series, model, item.why)
+                failure = self._save(output, obj, series, model, item.why)
                 if failure:
                     problems.append(failure)
                 else:

@@ -24,7 +24,7 @@ from scanedge.imaging.overlay import OverlayConfig
 from scanedge.imaging.slices import Slice, SliceLimits
 from scanedge.log_budget import LogBudget
 from scanedge.manifest import Manifest
-from scanedge.runtime.core.pairing import PairingBuffer, pair_position
+from scanedge.runtime.core.pairing import PairingBuffer
 from scanedge.runtime.core.pipeline import Pipeline
 from scanedge.runtime.serving.scheduler import Job
 from scanedge.runtime.serving.series_store import SeriesStore
@@ -36,8 +36,8 @@ from scanedge.runtime.serving.workers import (
     outcome_of,
     result_reply_for,
 )
-from scanedge.runtime.wire.payloads import overlay_options, slice_from_request
-from scanedge.runtime.wire.protocol import Echo, PairedInputs, Partner, Timings, result_reply
+from scanedge.runtime.wire.payloads import overlay_options, paired_inputs, slice_from_request
+from scanedge.runtime.wire.protocol import Echo, PairedInputs, Timings, result_reply
 
 __all__ = ["MultiInputServing"]
 
@@ -229,18 +229,7 @@ class MultiInputServing:
             overlay=(overlay_options(req, self._overlay) or True) if want_overlay else False,
             ignore_scope=req.ignore_scope,
         )
-        inputs = PairedInputs(
-            role=ref_role,
-            partners=tuple(
-                Partner(
-                    role=role,
-                    series=s.identity.series_uid,
-                    instance=s.identity.sop_instance_uid,
-                    position_mm=_rounded(pair_position(reference, s)),
-                )
-                for role, s in partners.items()
-            ),
-        )
+        inputs = paired_inputs(ref_role, reference, partners)
         header, payload = result_reply_for(
             job, pipe, result, reference, queue_ms, decode_ms, self._runtime, self._series_store, inputs=inputs
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from scanedge.imaging.heads import SeriesScore, for_wire
 from scanedge.imaging.lesion_load import LesionLoad
 from scanedge.imaging.overlay import OverlayConfig
 from scanedge.imaging.slices import Slice, SliceAcquisition, SliceGeometry, SliceIdentity, SliceLimits
+from scanedge.runtime.core.pairing import pair_position
 from scanedge.runtime.wire.protocol import (
     HEAD_MASK_PREFIX,
     WIRE_DTYPES,
@@ -32,6 +33,7 @@ from scanedge.runtime.wire.protocol import (
     FrameInfo,
     Geometry,
     PairedInputs,
+    Partner,
     Result,
     Segment,
     Timings,
@@ -48,6 +50,7 @@ __all__ = [
     "head_mask_frames",
     "head_masks_from_arrays",
     "overlay_options",
+    "paired_inputs",
     "pipeline_reply",
     "result_frames",
     "slice_from_request",
@@ -261,6 +264,28 @@ def geometry_from_slice(geometry: SliceGeometry) -> dict[str, Any] | None:
         if v is not None
     }
     return fields or None
+
+
+def paired_inputs(role: str, reference: Slice, partners: Mapping[str, Slice]) -> PairedInputs:
+    """What a multi-input RESULT says about its inputs (docs/protocol.md section 3.2): the reference ``role`` and,
+    per partner role, the series, instance and place along the reference slice's normal (mm) of the slice it was
+    paired with. The runtime's multi-input serving and the DICOM node both answer with it."""
+    return PairedInputs(
+        role=role,
+        partners=tuple(
+            Partner(
+                role=name,
+                series=s.identity.series_uid,
+                instance=s.identity.sop_instance_uid,
+                position_mm=_rounded_mm(pair_position(reference, s)),
+            )
+            for name, s in partners.items()
+        ),
+    )
+
+
+def _rounded_mm(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def pipeline_reply(
