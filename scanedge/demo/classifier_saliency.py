@@ -2,15 +2,18 @@
 
 The classifier ends in convolution features ``F`` (64 x 8 x 8 for a 256 x 256 slice), a global **max** pool per
 channel, and a linear layer: ``logit = sum_c w_c * max_hw F_c + b``. With a global *average* pool the class
-activation map (``sum_c w_c * F_c``) would average to the logit; with a max pool it would not, so the map added
+activation map (``sum_c w_c * F_c``) would average to the logit; with a max pool it does not, so the map added
 here is the class activation map of what the pool actually passes on: each channel's weighted maximum, placed
-where that maximum lies (a maximum reached at several places is shared equally between them)::
+where that maximum lies (a maximum reached at several places is shared equally between them), for the
+channels that speak *for* the class (``w_c > 0``)::
 
-    saliency[h, w] = sum_c w_c * F_c[h, w] * [F_c[h, w] == max F_c] / count_c
+    saliency[h, w] = sum_c max(w_c, 0) * F_c[h, w] * [F_c[h, w] == max F_c] / count_c
 
-It sums exactly to ``logit - b``: every part of the score sits at one place of the map, and nothing else is in
-it. The nodes are added beside the existing ones, reading the last stage's features; every node and weight the
-score is computed by is left untouched, so the scores stay bit-identical (``tests/demo/test_classifier.py``).
+Its sum is exactly the evidence for the class that reaches the logit (``logit = sum(saliency) - evidence
+against + b``): every part of it sits at one place of the map, and nothing else is in it; where no such channel
+peaks the map is 0. The nodes are added beside the existing ones, reading the last stage's features; every node
+and weight the score is computed by is left untouched, so the scores stay bit-identical
+(``tests/demo/test_classifier.py``).
 
     python -m scanedge.demo.classifier_saliency     # adds the output to the shipped model (once; idempotent)
 """
@@ -71,20 +74,27 @@ def add_saliency_output(model: Any, score_output: str) -> None:
     w = numpy_helper.to_array(weights[gemm.input[1]]).astype(np.float32)  # [classes, channels]
     features = pool.input[0]
     p = _PREFIX
-    graph.initializer.append(numpy_helper.from_array(w.reshape(w.shape[0], w.shape[1], 1, 1), p + "weight"))
+    evidence = np.maximum(w, 0.0).reshape(w.shape[0], w.shape[1], 1, 1)  # the channels speaking for the class
+    graph.initializer.append(numpy_helper.from_array(evidence, p + "weight"))
     graph.initializer.append(numpy_helper.from_array(np.array([2, 3], np.int64), p + "axes"))  # ReduceSum's (opset 13+)
     graph.node.extend(
         [
             helper.make_node("ReduceMax", [features], [p + "max"], axes=[2, 3], keepdims=1, name=p + "ReduceMax"),
             helper.make_node("Equal", [features, p + "max"], [p + "at_max"], name=p + "Equal"),
             helper.make_node("Cast", [p + "at_max"], [p + "at_max_f"], to=onnx.TensorProto.FLOAT, name=p + "Cast"),
-            helper.make_node("ReduceSum", [p + "at_max_f", p + "axes"], [p + "count"], keepdims=1, name=p + "ReduceSum"),
+            helper.make_node(
+                "ReduceSum", [p + "at_max_f", p + "axes"], [p + "count"], keepdims=1, name=p + "ReduceSum"
+            ),
             helper.make_node("Div", [p + "at_max_f", p + "count"], [p + "share"], name=p + "Div"),
             helper.make_node("Mul", [features, p + "share"], [p + "routed"], name=p + "Mul"),
-            helper.make_node("Conv", [p + "routed", p + "weight"], [SALIENCY_HEAD], kernel_shape=[1, 1], name=p + "Conv"),
+            helper.make_node(
+                "Conv", [p + "routed", p + "weight"], [SALIENCY_HEAD], kernel_shape=[1, 1], name=p + "Conv"
+            ),
         ]
     )
-    graph.output.append(helper.make_tensor_value_info(SALIENCY_HEAD, onnx.TensorProto.FLOAT, [1, w.shape[0], None, None]))
+    graph.output.append(
+        helper.make_tensor_value_info(SALIENCY_HEAD, onnx.TensorProto.FLOAT, [1, w.shape[0], None, None])
+    )
     onnx.checker.check_model(model)
 
 

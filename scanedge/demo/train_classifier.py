@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 
 from scanedge.demo import synth
-from scanedge.demo.classifier_saliency import add_saliency_output, saliency_head
 from scanedge.demo import train as segmentation_training
+from scanedge.demo.classifier_saliency import add_saliency_output, saliency_head
 from scanedge.demo.train import HELD_OUT_SEEDS, preprocess_slice, subject_volume
 from scanedge.manifest import ClassSpec, HeadSpec, Manifest, OperatingPoint
 from scanedge.models import DEMO_CLASSIFIER_PATH

@@ -211,25 +211,32 @@ def test_the_saliency_output_leaves_the_score_graph_and_its_scores_bit_identical
         assert old.tobytes() == new.tobytes()  # bit-identical: the AUC and operating figures stay valid
 
 
-def test_the_saliency_map_decomposes_the_logit_and_lies_on_the_lesions(demo_series):
-    """The map is the score's own: it sums to the logit less the bias, and it is higher on lesion pixels."""
+def test_the_saliency_map_holds_the_evidence_for_the_class_and_lies_on_the_lesions(demo_series):
+    """The map is the score's own: it sums to the evidence for the class that reaches the logit (the positive
+    weights times the pooled features), it is never negative, and it is higher on lesion pixels."""
     import onnx
-    from onnx import numpy_helper
+    from onnx import helper, numpy_helper
 
     from scanedge.imaging.preprocess import Preprocessor
     from scanedge.imaging.slices import Slice
 
-    bias = next(numpy_helper.to_array(t) for t in onnx.load(str(DEMO_CLASSIFIER_PATH)).graph.initializer if t.name == "head.bias")
+    model = onnx.load(str(DEMO_CLASSIFIER_PATH))
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    w, bias = weights["head.weight"][0].astype(np.float64), float(weights["head.bias"][0])
+    pooled = next(n.output[0] for n in model.graph.node if n.op_type == "ReduceMax" and not n.name.startswith("/sal"))
+    model.graph.output.append(helper.make_tensor_value_info(pooled, onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     manifest, _ = load_manifest(DEMO_CLASSIFIER_PATH)
-    session = ort.InferenceSession(str(DEMO_CLASSIFIER_PATH), providers=["CPUExecutionProvider"])
     patient = load_demo_patient()
     inside_higher = lesion_slices = 0
     with Pipeline.open(DEMO_CLASSIFIER_PATH) as pipe:
         for image, labels in zip(patient.pixels, patient.labels):
             tensor, _ = Preprocessor(manifest)(Slice.from_array(image.astype(np.float32)))
-            logit, saliency = session.run(None, {"image": tensor})
-            assert saliency.shape == (1, 1, 8, 8)
-            assert float(saliency.sum()) + float(bias[0]) == pytest.approx(float(logit[0, 0]), abs=1e-4)
+            logit, saliency, features = session.run(None, {"image": tensor})
+            assert saliency.shape == (1, 1, 8, 8) and saliency.min() >= 0
+            g = features[0].astype(np.float64)  # what the max pool passes on, per channel
+            assert float(logit[0, 0]) == pytest.approx(w @ g + bias, abs=1e-4)
+            assert float(saliency.sum()) == pytest.approx(np.maximum(w, 0) @ g, abs=1e-4)
             result = pipe.run(Slice.from_array(image.astype(np.float32)), overlay=False)
             (sal,) = result.saliency
             assert (sal.head, sal.of) == ("lesion_present_saliency", "lesion_present")

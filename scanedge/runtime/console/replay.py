@@ -54,7 +54,8 @@ class ReplayConfig:
         rate: slices per second per series (a scanner reconstructs about 10).
         loop: start each series again when it ends, until stopped (or ``max_loops``).
         jitter_ms: each send moves by a uniform random amount within +-jitter (seeded by ``seed``).
-        outputs: reply frames asked for; ``image`` lets a viewer on the PUB feed draw the overlay itself.
+        outputs: reply frames asked for; ``image`` lets a viewer on the PUB feed draw the overlay itself, and
+            ``saliency`` the model's own saliency map (only a model with a saliency head sends one).
         dicom: send each file's DICOM bytes instead of raw pixels with their geometry.
         deadline_ms: per-slice deadline in the runtime's queue (None: none).
         timeout_s: how long one reply may take before it counts as failed.
@@ -63,8 +64,8 @@ class ReplayConfig:
             series of one study (docs/protocol.md section 3.2); empty: no role is sent (with ``dicom`` the
             runtime recognises roles from each file's sequence attributes).
         also_models: further served models each slice is sent to as well (a classifier beside the
-            segmentation model): their RESULTs are published on the runtime's feed for viewers; the replay's
-            events and reports are the default model's.
+            segmentation model): their RESULTs (scores, and the ``saliency`` frame of a model that has one) are
+            published on the runtime's feed for viewers; the replay's events and reports are the default model's.
     """
 
     endpoint: str
@@ -72,7 +73,7 @@ class ReplayConfig:
     loop: bool = False
     jitter_ms: float = 0.0
     seed: int = 0
-    outputs: tuple[str, ...] = ("mask", "image")
+    outputs: tuple[str, ...] = ("mask", "image", "saliency")
     dicom: bool = False
     deadline_ms: float | None = None
     timeout_s: float = 30.0
@@ -299,7 +300,7 @@ class Replay:
                 series=series.uid,
                 instance=item.slice.identity.sop_instance_uid,
                 index=item.slice.identity.instance_number,
-                outputs=(),
+                outputs=("saliency",),  # no frame from a model without a saliency head
                 deadline_ms=cfg.deadline_ms,
                 model=model,
             ).add_done_callback(_consume)

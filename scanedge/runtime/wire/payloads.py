@@ -157,13 +157,15 @@ def result_frames(
     outputs: Sequence[str],
     arrays: dict[str, np.ndarray | None],
     overlay_encoding: str,
+    saliency_of: str = "",
 ) -> tuple[tuple[FrameInfo, ...], list[Any], float]:
     """The RESULT's ``frames`` entries, its payload frames in the same order, and the ms spent encoding
     (exactly 0 unless a JPEG/PNG overlay was asked for).
 
     An output asked for but missing from ``arrays`` or None there gets no frame: a ``change`` frame exists
     only once the series has been compared with a prior (docs/protocol.md section 4), so a console asking
-    for it earlier, or of a runtime that compares nothing, gets the other outputs alone."""
+    for it earlier, or of a runtime that compares nothing, gets the other outputs alone. A ``saliency`` frame's
+    entry names the score head it explains (``saliency_of``) in ``of``."""
     infos: list[FrameInfo] = []
     payload: list[Any] = []
     encode_ms = 0.0
@@ -178,7 +180,8 @@ def result_frames(
             infos.append(FrameInfo(name=name, encoding=overlay_encoding, bytes=len(data)))
             payload.append(data)
             continue
-        infos.append(FrameInfo(name=name, encoding="raw", dtype=arr.dtype.name, shape=list(arr.shape)))
+        of = (saliency_of or None) if name == "saliency" else None
+        infos.append(FrameInfo(name=name, encoding="raw", dtype=arr.dtype.name, shape=list(arr.shape), of=of))
         payload.append(arr)
     return tuple(infos), payload, encode_ms
 
