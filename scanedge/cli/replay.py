@@ -140,8 +140,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the jitter (default: 0)")
     p.add_argument(
         "--outputs",
-        default="mask,image",
-        help="reply frames (default: mask,image; what a viewer on the PUB feed draws from)",
+        default="mask,image,saliency",
+        help="reply frames (default: mask,image,saliency; what a viewer on the PUB feed draws from)",
     )
     p.add_argument(
         "--dicom", action="store_true", help="send the DICOM files' bytes instead of raw pixels (default: raw pixels)"

@@ -33,6 +33,7 @@ import numpy as np
 
 from scanedge.demo import synth
 from scanedge.demo import train as segmentation_training
+from scanedge.demo.classifier_saliency import add_saliency_output, saliency_head
 from scanedge.demo.train import HELD_OUT_SEEDS, preprocess_slice, subject_volume
 from scanedge.manifest import ClassSpec, HeadSpec, Manifest, OperatingPoint
 from scanedge.models import DEMO_CLASSIFIER_PATH
@@ -68,7 +69,8 @@ def classifier_manifest(
     threshold: float = 0.5, sensitivity: float | None = None, specificity: float | None = None
 ) -> Manifest:
     """The classifier's manifest: the demo model's input, size and intensity (so both see the same tensor),
-    no mask output, one sigmoid score head ``lesion_present`` with class ``lesion`` at ``threshold``."""
+    no mask output, one sigmoid score head ``lesion_present`` with class ``lesion`` at ``threshold``, and its
+    saliency head ``lesion_present_saliency``."""
     from scanedge.demo.assets import demo_manifest
 
     seg = demo_manifest()
@@ -102,6 +104,7 @@ def classifier_manifest(
                 aggregation="max",
                 operating_point=point,
             ),
+            saliency_head(HEAD),  # the graph's second output, added by export (classifier_saliency)
         ),
     )
 
@@ -203,9 +206,17 @@ def train(images: np.ndarray, labels: np.ndarray, steps: int, batch: int, crop: 
 
 
 def export(net: Any, out: Path, manifest: Manifest) -> None:
-    """Export ``net`` to ONNX (opset 17, fixed 1x1x256x256 input, output ``lesion_present`` [1, 1] logits) at
+    """Export ``net`` to ONNX (opset 17, fixed 1x1x256x256 input, output ``lesion_present`` [1, 1] logits, and
+    its saliency map ``lesion_present_saliency`` [1, 1, 8, 8], :mod:`scanedge.demo.classifier_saliency`) at
     ``out`` with ``manifest`` embedded."""
+    import onnx
+
+    from scanedge.manifest import embed_manifest
+
     segmentation_training.export(net, out, manifest, output_name=HEAD)
+    model = onnx.load(str(out))
+    add_saliency_output(model, HEAD)
+    embed_manifest(model, manifest, out)
 
 
 # --- evaluation ----------------------------------------------------------------------------------------

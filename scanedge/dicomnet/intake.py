@@ -45,8 +45,9 @@ __all__ = ["PUBLISHED_OUTPUTS", "Intake", "drop_pixels", "held_mask_heads", "ide
 
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float Pixel Data
 #: the frames each published RESULT carries (section 4's names); ``change`` once the slice has been compared
-#: with the prior (follow-up on), ``mask:LABEL`` per further mask head of the model
-PUBLISHED_OUTPUTS = ("mask", "overlay", "image", "change", "head_masks")
+#: with the prior (follow-up on); ``saliency`` when the model declares a saliency head; ``mask:LABEL`` per further
+#: mask head of the model
+PUBLISHED_OUTPUTS = ("mask", "overlay", "image", "change", "saliency", "head_masks")
 
 
 class Intake:
@@ -293,8 +294,12 @@ class Intake:
                 "probabilities": result.probabilities,
                 "image": display_image(slice_),
                 "change": plane,
+                "saliency": result.saliency[0].normalized() if result.saliency else None,
             }
-            infos, payload, encode_ms = result_frames(PUBLISHED_OUTPUTS, arrays, "raw", head_mask_frames(result))
+            of = result.saliency[0].of if result.saliency else ""
+            infos, payload, encode_ms = result_frames(
+                PUBLISHED_OUTPUTS, arrays, "raw", head_mask_frames(result), saliency_of=of
+            )
             header = pipeline_reply(
                 Echo(next(self._ids), series_uid, instance_uid, index, None),
                 result,

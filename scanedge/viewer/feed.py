@@ -12,6 +12,13 @@ A RESULT's ``scores`` and ``series_scores`` (a model's image-level heads) travel
 without a mask that carries scores (a classifier served beside the segmentation model) becomes a description
 without pixels, kept per series and model beside the slices, so it never takes the place of the slice drawn.
 
+A RESULT's ``saliency`` frame (the model's own saliency map, float32 0-1 on the slice's grid, docs/protocol.md
+section 4) is kept quantised to uint8 with the slice's pixels and counted against ``retain_bytes`` like them. A
+classifier's map, which comes without a mask, joins the segmentation's slice of the same place and instance,
+whichever arrives first (a map that comes first waits, at most ``_WAITING_MAPS`` of them; a page showing the
+slice is sent it again), and stays with that image when it is segmented again. A map whose shape is not the
+image's is never drawn: it is counted in ``saliency_refused`` and the slice says why.
+
 Nothing here can slow the runtime: the SUB socket drops at its high-water mark on the runtime's side
 (PUB never blocks), and a watcher never queues pixels: it holds the *newest* slice waiting for its page
 and sends it only when the page has painted the previous one (drop to newest). Only the small JSON
@@ -38,7 +45,7 @@ import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import zmq
@@ -49,7 +56,7 @@ from scanedge.imaging.followup import CHANGE_CLASSES, CHANGE_CODES, CHANGE_COLOU
 from scanedge.runtime.wire.protocol import Result, decode_reply
 from scanedge.safe_text import printable
 
-__all__ = ["CHANGE_LEGEND", "FeedLimits", "LiveFeed", "LiveSlice", "Watcher", "pack_slice"]
+__all__ = ["CHANGE_LEGEND", "FeedLimits", "LiveFeed", "LiveSlice", "Watcher", "pack_slice", "quantised_saliency"]
 
 log = logging.getLogger("scanedge.viewer")
 
@@ -60,6 +67,7 @@ CHANGE_LEGEND: tuple[dict[str, Any], ...] = tuple(
 )
 _TEXT_LIMIT = 300  # characters of a wire string (a reason, a source) the page shows
 _MODELS_PER_SERIES = 8  # score-only models remembered per series (one runtime serves a few)
+_WAITING_MAPS = 64  # classifiers' saliency maps waiting for the segmentation's slice of their place
 
 
 @dataclass(frozen=True)
@@ -92,20 +100,63 @@ class LiveSlice:
     image: bytes | None  # uint8 grey (rows, cols) or RGB (rows, cols, 3)
     mask: bytes | None  # uint8 labels (rows, cols)
     change: bytes | None = None  # uint8 change codes (rows, cols), when the RESULT had a ``change`` frame
+    saliency: bytes | None = None  # uint8 saliency 0-255 (its own rows, cols), the model's own map when it has one
+    instance: str = ""  # the RESULT's instance: a classifier's map joins the slice of the same place and instance
 
     @property
     def nbytes(self) -> int:
-        """Pixel bytes it holds (image, mask, change): what it counts against ``FeedLimits.retain_bytes``."""
-        return len(self.image or b"") + len(self.mask or b"") + len(self.change or b"")
+        """Pixel bytes it holds (image, mask, change, saliency): what it counts against ``retain_bytes``."""
+        return len(self.image or b"") + len(self.mask or b"") + len(self.change or b"") + len(self.saliency or b"")
 
 
 def pack_slice(item: LiveSlice) -> bytes:
-    """The binary WebSocket message for a slice: u32 little-endian JSON length, JSON, image, mask, and the
-    change codes when ``meta["change_frame"]`` is true."""
+    """The binary WebSocket message for a slice: u32 little-endian JSON length, JSON, image, mask, the change
+    codes when ``meta["change_frame"]`` is true, and the saliency map (uint8, rows x cols) when ``meta["saliency"]``
+    is set."""
     import json
 
     head = json.dumps(item.meta, separators=(",", ":")).encode()
-    return len(head).to_bytes(4, "little") + head + (item.image or b"") + (item.mask or b"") + (item.change or b"")
+    sal = (item.saliency or b"") if item.meta.get("saliency") else b""
+    return (
+        len(head).to_bytes(4, "little") + head + (item.image or b"") + (item.mask or b"") + (item.change or b"") + sal
+    )
+
+
+def quantised_saliency(info: Any, frame: Any) -> tuple[bytes, tuple[int, int]]:
+    """A ``saliency`` frame (raw float32 [rows, cols], 0-1) as uint8 0-255 bytes and its shape; values outside
+    0-1 are clipped, NaN counts as 0. :class:`ProtocolError` when the frame is not such a map."""
+    import numpy as np
+
+    shape = list(info.shape or ())
+    if info.encoding != "raw" or info.dtype != "float32" or len(shape) != 2 or min(shape) < 1:
+        raise ProtocolError("a saliency frame is a raw float32 [rows, cols] map")
+    rows, cols = int(shape[0]), int(shape[1])
+    if len(frame) != rows * cols * 4:
+        raise ProtocolError("the saliency frame does not match its shape")
+    values = np.nan_to_num(np.frombuffer(frame, "<f4"), nan=0.0, posinf=1.0, neginf=0.0)
+    return (np.clip(values, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).tobytes(), (rows, cols)
+
+
+@dataclass(frozen=True)
+class _Saliency:
+    """A classifier's map for one slice place, waiting for the segmentation's slice there."""
+
+    instance: str
+    meta: dict[str, Any]  # model, of, top (what the page's legend says)
+    shape: tuple[int, int]
+    data: bytes
+
+
+def _saliency_meta(header: Result, info: Any) -> dict[str, Any]:
+    """Whose map it is, as the page's legend names it: model, the score head it explains (the frame's ``of``;
+    the only score head when a runtime does not say) and that head's top class on this slice."""
+    of = info.of if isinstance(info.of, str) and info.of else (header.scores[0].head if len(header.scores) == 1 else "")
+    head = next((s for s in header.scores if s.head == of), None)
+    return {
+        "model": printable(header.model, 128),
+        "of": printable(of, 64),
+        "top": printable(head.top, 64) if head is not None else "",
+    }
 
 
 def _counts(counts: ChangeCounts | None) -> dict[str, int] | None:
@@ -181,9 +232,10 @@ def _scores_meta(header: Result) -> dict[str, Any]:
     }
 
 
-def _score_slice(seq: int, header: Result, received: float) -> LiveSlice | None:
+def _score_slice(seq: int, header: Result, received: float, sal: tuple[Any, Any] | None = None) -> LiveSlice | None:
     """A RESULT without a mask that carries scores (a classifier's): a description without pixels, kept per
-    model beside the series' slices (see :meth:`LiveFeed._remember`); None when it has no scores either."""
+    model beside the series' slices (see :meth:`LiveFeed._remember`), with its saliency map when ``sal`` (the
+    frame's entry and bytes) is one; None when it has no scores either."""
     if not header.scores and not header.series_scores:
         return None
     key = f"{header.position_mm:.3f}" if header.position_mm is not None else f"#{header.index}"
@@ -199,8 +251,18 @@ def _score_slice(seq: int, header: Result, received: float) -> LiveSlice | None:
         "replied_at": header.replied_at,
         "received_at": received,
         **_scores_meta(header),
+        "saliency": None,
+        "saliency_refused": None,
     }
-    return LiveSlice(seq, header.series, key, meta, None, None)
+    item = LiveSlice(seq, header.series, key, meta, None, None, instance=header.instance)
+    if sal is not None:
+        try:
+            item.saliency, shape = quantised_saliency(*sal)
+        except ProtocolError as exc:
+            meta["saliency_refused"] = exc.message
+        else:
+            meta["saliency"] = {**_saliency_meta(header, sal[0]), "rows": shape[0], "cols": shape[1]}
+    return item
 
 
 def _plane(entry: tuple[Any, Any] | None, rows: int, cols: int) -> bytes | None:
@@ -222,7 +284,10 @@ def _live_slice(seq: int, header: Result, frames: Sequence[Any], received: float
     mask_info, mask = by_name.get("mask", (None, None))
     base = by_name.get("image") or by_name.get("overlay")
     if mask_info is None or mask_info.encoding != "raw" or mask_info.dtype != "uint8" or not mask_info.shape:
-        return _score_slice(seq, header, received)  # nothing to draw from: no mask (asked for none, a classifier)
+        # nothing to draw from: no mask (asked for none, a classifier)
+        return _score_slice(seq, header, received, by_name.get("saliency"))
+    if not header.findings and header.scores:  # a model without a mask output (a classifier): its mask is empty
+        return _score_slice(seq, header, received, by_name.get("saliency"))
     rows, cols = mask_info.shape[:2]
     if len(mask) != rows * cols:
         raise ProtocolError("mask frame does not match its shape")
@@ -272,8 +337,34 @@ def _live_slice(seq: int, header: Result, frames: Sequence[Any], received: float
         "change": _change_meta(header.change),
         "change_frame": change is not None,
         **_scores_meta(header),
+        "saliency": None,
+        "saliency_refused": None,
     }
-    return LiveSlice(seq, header.series, key, meta, image, bytes(mask), change)
+    item = LiveSlice(seq, header.series, key, meta, image, bytes(mask), change, instance=header.instance)
+    sal = by_name.get("saliency")
+    if sal is not None:
+        try:
+            data, shape = quantised_saliency(*sal)
+            _join(item, _Saliency(header.instance, _saliency_meta(header, sal[0]), shape, data))
+        except ProtocolError as exc:
+            meta["saliency_refused"] = exc.message
+    return item
+
+
+def _join(item: LiveSlice, sal: _Saliency) -> None:
+    """Give ``item`` the map ``sal`` when its shape is the image's; otherwise say in its description why not.
+    Raises nothing: a refused map leaves the slice as it was, without a heat map."""
+    rows, cols = int(item.meta["rows"]), int(item.meta["cols"])
+    if sal.shape != (rows, cols):
+        item.saliency = None
+        item.meta["saliency"] = None
+        item.meta["saliency_refused"] = (
+            f"saliency map {sal.shape[0]}x{sal.shape[1]} is not the image's {rows}x{cols}: not drawn"
+        )
+        return
+    item.saliency = sal.data
+    item.meta["saliency"] = dict(sal.meta)
+    item.meta["saliency_refused"] = None
 
 
 class Watcher:
@@ -321,20 +412,18 @@ class Watcher:
         return item
 
     def offer_update(self, item: LiveSlice) -> None:
-        """Queue a change update's description and, when the page shows that slice (live or pinned) and no
-        other slice waits to be painted, make the updated slice the one to paint next. Never blocks."""
+        """Queue an update's description (a change update, or a classifier's saliency map joining a slice) and,
+        when the page shows that slice (live or pinned) and no other slice waits to be painted, or that very
+        slice waits, make the updated slice the one to paint next. Never blocks."""
         self.texts.append(item.meta)
         place = (item.series, item.key)
         shown = self.pinned if self.pinned is not None else self.showing
-        waiting = self.pixels is not None and (self.pixels.series, self.pixels.key) != place
-        if item.image and shown == place and not waiting:
-            self.pixels = (
-                item
-                if self.pinned is None
-                else LiveSlice(
-                    item.seq, item.series, item.key, {**item.meta, "pinned": True}, item.image, item.mask, item.change
-                )
-            )
+        if self.pixels is not None:  # a slice waits to be sent: the update replaces it when it is that slice
+            due = (self.pixels.series, self.pixels.key) == place
+        else:
+            due = shown == place
+        if item.image and due:
+            self.pixels = item if self.pinned is None else replace(item, meta={**item.meta, "pinned": True})
         self.wake.set()
 
     def painted(self) -> None:
@@ -365,6 +454,11 @@ class LiveFeed:
         self.paint_ms: deque[float] = deque(maxlen=2000)  # publish-to-paint as the pages measured it
         self._retained: OrderedDict[tuple[str, str], LiveSlice] = OrderedDict()
         self._retained_bytes = 0
+        # classifiers' saliency maps that came before the segmentation's slice of their place (at most
+        # _WAITING_MAPS, oldest dropped first; their bytes count against retain_bytes with the retained slices')
+        self._saliency: OrderedDict[tuple[str, str], _Saliency] = OrderedDict()
+        self._saliency_bytes = 0
+        self.saliency_refused = 0  # saliency maps not drawn: not the image's shape, or not a 0-1 float32 map
         self._seq = 0
         self._task: asyncio.Task | None = None
         self._monitor: asyncio.Task | None = None
@@ -465,9 +559,16 @@ class LiveFeed:
             for w in self.watchers:
                 w.offer_update(item)
         elif item is not None:
-            self._remember(item)
+            joined = self._remember(item)
             for w in self.watchers:
                 w.offer(item)
+                if joined is not None:
+                    w.offer_update(joined)
+            refused = item.meta.get("saliency_refused") or (joined.meta.get("saliency_refused") if joined else None)
+            if refused:
+                self.saliency_refused += 1
+                if self.saliency_refused <= 10:
+                    log.warning("not drawing a saliency map of series %s: %s", item.series, refused)
         return item
 
     def _update(self, seq: int, header: Result, frames: Sequence[Any]) -> LiveSlice | None:
@@ -494,22 +595,37 @@ class LiveFeed:
         kept = self._retained.get((header.series, key))
         if kept is None:
             return LiveSlice(seq, header.series, key, meta, None, None, None)
-        item = LiveSlice(seq, header.series, key, meta, kept.image, kept.mask, plane)
+        item = replace(kept, seq=seq, meta=meta, change=plane)
         self._forget((header.series, key))
         self._retained[(header.series, key)] = item
         self._retained_bytes += item.nbytes
         return item
 
-    def _remember(self, item: LiveSlice) -> None:
+    def _remember(self, item: LiveSlice) -> LiveSlice | None:
+        """Keep ``item``; returns the retained slice a classifier's saliency map has just joined (to be sent
+        to the pages showing it again), if any."""
         s = self.series.pop(item.series, None) or _Series(item.series)
         self.series[item.series] = s  # most recently updated last
         while len(self.series) > self.limits.max_series:
             gone, _ = self.series.popitem(last=False)
             for key in [k for k in self._retained if k[0] == gone]:
                 self._forget((gone, key[1]))
+            for key in [k for k in self._saliency if k[0] == gone]:
+                self._forget_saliency(key)
         if item.mask is None:  # a classifier's scores: beside the slices, never in place of the one drawn there
             self._remember_scores(s, item)
-            return
+            return self._keep_saliency(s, item)
+        place = (item.series, item.key)
+        if item.saliency is None and item.meta.get("saliency_refused") is None:
+            waiting = self._saliency.get(place)
+            before = self._retained.get(place)
+            if waiting is not None and waiting.instance == item.instance:
+                _join(item, waiting)
+                self._forget_saliency(place)
+            elif before is not None and before.saliency is not None and before.instance == item.instance:
+                # the same image segmented again (a replay's next pass): its classifier's map still holds
+                item.saliency = before.saliency
+                item.meta["saliency"] = before.meta["saliency"]
         s.slices.pop(item.key, None)
         s.slices[item.key] = item.meta
         while len(s.slices) > self.limits.max_slices:
@@ -519,8 +635,56 @@ class LiveFeed:
             self._forget((item.series, item.key))
             self._retained[(item.series, item.key)] = item
             self._retained_bytes += item.nbytes
-            while self._retained_bytes > self.limits.retain_bytes and self._retained:
+            self._trim()
+        return None
+
+    def _keep_saliency(self, s: _Series, item: LiveSlice) -> LiveSlice | None:
+        """A classifier's map: kept for its slice place and joined to the retained slice of that place and
+        instance, which is returned (its description updated where the series keeps it)."""
+        info = item.meta.get("saliency")
+        if item.saliency is None or not info:
+            return None
+        place = (item.series, item.key)
+        sal = _Saliency(
+            item.instance, {k: info[k] for k in ("model", "of", "top")}, (info["rows"], info["cols"]), item.saliency
+        )
+        self._forget_saliency(place)
+        kept = self._retained.get(place)
+        joined = None
+        if kept is None or kept.instance != item.instance:  # the slice has not come yet: the map waits for it
+            self._saliency[place] = sal
+            self._saliency_bytes += len(sal.data)
+            while len(self._saliency) > _WAITING_MAPS:
+                self._forget_saliency(next(iter(self._saliency)))
+        else:
+            meta = {**kept.meta, "seq": item.seq, "update": True}
+            joined = replace(kept, seq=item.seq, meta=meta)
+            _join(joined, sal)
+            if item.key in s.slices:  # in place: a map does not make a slice the newest
+                s.slices[item.key] = meta
+            if s.latest is not None and s.latest.get("key") == item.key:
+                s.latest = meta
+            self._forget(place)
+            self._retained[place] = joined
+            self._retained_bytes += joined.nbytes
+        self._trim()
+        return joined
+
+    def _trim(self) -> None:
+        """Drop the oldest retained slices, then the oldest waiting saliency maps, while the bytes kept exceed
+        ``retain_bytes``."""
+        while self._retained_bytes + self._saliency_bytes > self.limits.retain_bytes:
+            if self._retained:
                 self._forget(next(iter(self._retained)))
+            elif self._saliency:
+                self._forget_saliency(next(iter(self._saliency)))
+            else:
+                return
+
+    def _forget_saliency(self, key: tuple[str, str]) -> None:
+        old = self._saliency.pop(key, None)
+        if old is not None:
+            self._saliency_bytes -= len(old.data)
 
     def _remember_scores(self, s: _Series, item: LiveSlice) -> None:
         model = str(item.meta["model"])

@@ -30,7 +30,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 def _raw_probability(model: Path, tensor: np.ndarray) -> float:
     """The classifier's probability straight from ONNX Runtime (no scanedge): sigmoid of its logit."""
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    (logit,) = session.run(None, {"image": tensor})
+    (logit,) = session.run(["lesion_present"], {"image": tensor})
     assert logit.shape == (1, 1)
     return float(_sigmoid(logit)[0, 0])
 
@@ -50,7 +50,8 @@ def test_the_shipped_classifier_is_small_and_its_manifest_states_its_operating_p
     manifest, _ = load_manifest(DEMO_CLASSIFIER_PATH)
     seg, _ = load_manifest(DEMO_MODEL_PATH)
     assert manifest.output is None and manifest.classes == ()
-    (head,) = manifest.heads
+    head, saliency = manifest.heads
+    assert (saliency.role, saliency.of) == ("saliency", "lesion_present")  # the model's own map, its 2nd output
     assert (head.role, head.activation, head.aggregation) == ("score", "sigmoid", "max")
     assert [c.name for c in head.classes] == ["lesion"]
     # the same tensor as the segmentation model: input, size and intensity policies are the demo model's
@@ -165,3 +166,83 @@ def test_scanedge_demo_runs_both_models(demo_series, tmp_path, capsys):
     other = tmp_path / "other"
     assert main(["demo", "--out", str(other), "--model", str(DEMO_MODEL_PATH), "--no-check"]) == 0
     assert "classifier" not in json.loads((other / "results.json").read_text())
+
+
+#: the shipped classifier's graph before its saliency output was added (its manifest's onnx_sha256 then)
+_SCORE_GRAPH_SHA256 = "ffb7367168c39a52699979c178495fbbf6702be49e4701dd96634db766cacfe1"
+
+
+def _without_saliency(path: Path) -> object:
+    """The shipped graph with the saliency output and every node and weight added for it removed."""
+    import onnx
+
+    from scanedge.demo.classifier_saliency import SALIENCY_HEAD
+
+    model = onnx.load(str(path))
+    g = model.graph
+    keep = [n for n in g.node if not n.name.startswith("/saliency/")]
+    weights = [t for t in g.initializer if not t.name.startswith("/saliency/")]
+    outputs = [o for o in g.output if o.name != SALIENCY_HEAD]
+    assert len(keep) < len(g.node) and len(outputs) == 1  # there was something to take away
+    del g.node[:], g.initializer[:], g.output[:]
+    g.node.extend(keep)
+    g.initializer.extend(weights)
+    g.output.extend(outputs)
+    return model
+
+
+def test_the_saliency_output_leaves_the_score_graph_and_its_scores_bit_identical(demo_series):
+    from scanedge.demo.classifier_saliency import SALIENCY_HEAD
+    from scanedge.imaging.preprocess import Preprocessor
+    from scanedge.imaging.slices import Slice
+    from scanedge.manifest import graph_sha256
+
+    plain = _without_saliency(DEMO_CLASSIFIER_PATH)
+    assert graph_sha256(plain) == _SCORE_GRAPH_SHA256  # what is left is the graph that was evaluated, byte for byte
+    before = ort.InferenceSession(plain.SerializeToString(), providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
+    now = ort.InferenceSession(str(DEMO_CLASSIFIER_PATH), providers=["CPUExecutionProvider"])
+    assert [o.name for o in now.get_outputs()] == ["lesion_present", SALIENCY_HEAD]
+    manifest, _ = load_manifest(DEMO_CLASSIFIER_PATH)
+    pre = Preprocessor(manifest)
+    for image in load_demo_patient().pixels:
+        tensor, _ = pre(Slice.from_array(image.astype(np.float32)))
+        (old,) = before.run(None, {"image": tensor})
+        new, _ = now.run(None, {"image": tensor})
+        assert old.tobytes() == new.tobytes()  # bit-identical: the AUC and operating figures stay valid
+
+
+def test_the_saliency_map_holds_the_evidence_for_the_class_and_lies_on_the_lesions(demo_series):
+    """The map is the score's own: it sums to the evidence for the class that reaches the logit (the positive
+    weights times the pooled features), it is never negative, and it is higher on lesion pixels."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from scanedge.imaging.preprocess import Preprocessor
+    from scanedge.imaging.slices import Slice
+
+    model = onnx.load(str(DEMO_CLASSIFIER_PATH))
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    w, bias = weights["head.weight"][0].astype(np.float64), float(weights["head.bias"][0])
+    pooled = next(n.output[0] for n in model.graph.node if n.op_type == "ReduceMax" and not n.name.startswith("/sal"))
+    model.graph.output.append(helper.make_tensor_value_info(pooled, onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    manifest, _ = load_manifest(DEMO_CLASSIFIER_PATH)
+    patient = load_demo_patient()
+    inside_higher = lesion_slices = 0
+    with Pipeline.open(DEMO_CLASSIFIER_PATH) as pipe:
+        for image, labels in zip(patient.pixels, patient.labels):
+            tensor, _ = Preprocessor(manifest)(Slice.from_array(image.astype(np.float32)))
+            logit, saliency, features = session.run(None, {"image": tensor})
+            assert saliency.shape == (1, 1, 8, 8) and saliency.min() >= 0
+            g = features[0].astype(np.float64)  # what the max pool passes on, per channel
+            assert float(logit[0, 0]) == pytest.approx(w @ g + bias, abs=1e-4)
+            assert float(saliency.sum()) == pytest.approx(np.maximum(w, 0) @ g, abs=1e-4)
+            result = pipe.run(Slice.from_array(image.astype(np.float32)), overlay=False)
+            (sal,) = result.saliency
+            assert (sal.head, sal.of) == ("lesion_present_saliency", "lesion_present")
+            assert sal.values.shape == image.shape
+            if labels.any():
+                lesion_slices += 1
+                shown = sal.normalized()
+                inside_higher += int(shown[labels > 0].mean() > shown[labels == 0].mean())
+    assert lesion_slices >= 10 and inside_higher == lesion_slices

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,7 +55,8 @@ class ReplayConfig:
         rate: slices per second per series (a scanner reconstructs about 10).
         loop: start each series again when it ends, until stopped (or ``max_loops``).
         jitter_ms: each send moves by a uniform random amount within +-jitter (seeded by ``seed``).
-        outputs: reply frames asked for; ``image`` lets a viewer on the PUB feed draw the overlay itself.
+        outputs: reply frames asked for; ``image`` lets a viewer on the PUB feed draw the overlay itself, and
+            ``saliency`` the model's own saliency map (only a model with a saliency head sends one).
         dicom: send each file's DICOM bytes instead of raw pixels with their geometry.
         deadline_ms: per-slice deadline in the runtime's queue (None: none).
         timeout_s: how long one reply may take before it counts as failed.
@@ -63,8 +65,10 @@ class ReplayConfig:
             series of one study (docs/protocol.md section 3.2); empty: no role is sent (with ``dicom`` the
             runtime recognises roles from each file's sequence attributes).
         also_models: further served models each slice is sent to as well (a classifier beside the
-            segmentation model): their RESULTs are published on the runtime's feed for viewers; the replay's
-            events and reports are the default model's.
+            segmentation model): their RESULTs (scores, and the ``saliency`` frame of a model that has one) are
+            published on the runtime's feed for viewers; the replay's events and reports are the default model's.
+            A run ends once their answers are in too (each waited for up to ``timeout_s``), so the last slice's
+            reach the feed.
     """
 
     endpoint: str
@@ -72,7 +76,7 @@ class ReplayConfig:
     loop: bool = False
     jitter_ms: float = 0.0
     seed: int = 0
-    outputs: tuple[str, ...] = ("mask", "image")
+    outputs: tuple[str, ...] = ("mask", "image", "saliency")
     dicom: bool = False
     deadline_ms: float | None = None
     timeout_s: float = 30.0
@@ -224,6 +228,8 @@ class Replay:
         self.series = list(series)
         self.settings = settings
         self._rng = random.Random(settings.seed)
+        self._further: set[Future[RemoteResult]] = set()  # further models' requests not answered yet
+        self._further_lock = threading.Lock()
 
     def run(
         self, on_slice: Callable[[SliceEvent], None] | None = None, stop: threading.Event | None = None
@@ -274,6 +280,9 @@ class Replay:
                 if rest or (cfg.loop and (cfg.max_loops is None or passes < cfg.max_loops)):
                     heapq.heappush(plan, planned(send.series, nxt))
         finally:
+            with self._further_lock:
+                further = list(self._further)
+            wait_for_futures(further, timeout=cfg.timeout_s)  # sent and answered (so published) before closing
             for c in clients:
                 c.close()
         return reports
@@ -293,16 +302,25 @@ class Replay:
             role=cfg.roles[send.series] if cfg.roles else None,
         )
         future.add_done_callback(lambda f: done.put((send, send.due, f)))
-        for model in cfg.also_models:  # answered and published by the runtime; nothing here waits for them
-            client.submit(
+        for model in cfg.also_models:  # answered and published by the runtime; waited for only at the end
+            further = client.submit(
                 image,  # type: ignore[arg-type]
                 series=series.uid,
                 instance=item.slice.identity.sop_instance_uid,
                 index=item.slice.identity.instance_number,
-                outputs=(),
+                outputs=("saliency",),  # no frame from a model without a saliency head
                 deadline_ms=cfg.deadline_ms,
                 model=model,
-            ).add_done_callback(_consume)
+            )
+            with self._further_lock:
+                self._further.add(further)
+            further.add_done_callback(self._answered)
+
+    def _answered(self, future: Future[RemoteResult]) -> None:
+        """A further model's request answered (or failed): collected, and no longer waited for."""
+        _consume(future)
+        with self._further_lock:
+            self._further.discard(future)
 
     def _event(self, send: _Send, intended: float, future: Future[RemoteResult]) -> SliceEvent:
         series = self.series[send.series]

@@ -174,7 +174,10 @@ def result_reply_for(
     if followups is not None and series and pipe.manifest.output is not None:
         answer = followups.add(series, job.model, slice_, result.mask)
         change, arrays["change"] = answer.change, answer.plane
-    infos, payload, encode_ms = result_frames(req.outputs, arrays, req.overlay_encoding, head_mask_frames(result))
+    of = result.saliency[0].of if result.saliency else ""
+    infos, payload, encode_ms = result_frames(
+        req.outputs, arrays, req.overlay_encoding, head_mask_frames(result), saliency_of=of
+    )
     if job.shm is not None:  # outputs the console wants in its shared memory (protocol section 12)
         infos, payload = job.shm.place(infos, payload)
     number = req.index if req.index is not None else ident.instance_number

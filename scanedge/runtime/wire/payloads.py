@@ -180,6 +180,7 @@ def result_frames(
     arrays: dict[str, np.ndarray | None],
     overlay_encoding: str,
     head_masks: Sequence[tuple[str, np.ndarray]] = (),
+    saliency_of: str = "",
 ) -> tuple[tuple[FrameInfo, ...], list[Any], float]:
     """The RESULT's ``frames`` entries, its payload frames in the same order, and the ms spent encoding
     (exactly 0 unless a JPEG/PNG overlay was asked for).
@@ -188,7 +189,8 @@ def result_frames(
     only once the series has been compared with a prior (docs/protocol.md section 4), so a console asking
     for it earlier, or of a runtime that compares nothing, gets the other outputs alone. ``head_masks``
     (:func:`head_mask_frames`) become one frame each where ``outputs`` names ``head_masks``; none for a model
-    without further mask heads."""
+    without further mask heads. A ``saliency`` frame's entry names the
+    score head it explains (``saliency_of``) in ``of``."""
     infos: list[FrameInfo] = []
     payload: list[Any] = []
     encode_ms = 0.0
@@ -210,7 +212,8 @@ def result_frames(
             infos.append(FrameInfo(name=name, encoding=overlay_encoding, bytes=len(data)))
             payload.append(data)
             continue
-        infos.append(FrameInfo(name=name, encoding="raw", dtype=arr.dtype.name, shape=list(arr.shape)))
+        of = (saliency_of or None) if name == "saliency" else None
+        infos.append(FrameInfo(name=name, encoding="raw", dtype=arr.dtype.name, shape=list(arr.shape), of=of))
         payload.append(arr)
     return tuple(infos), payload, encode_ms
 

@@ -315,6 +315,7 @@ class FrameInfo(Struct, frozen=True, omit_defaults=True):
     bytes: int | None = None
     region: str | None = None
     offset: int | None = None
+    of: str | None = None  # a ``saliency`` frame: the score head it explains (section 4)
 
 
 class Partner(Struct, frozen=True, omit_defaults=True):

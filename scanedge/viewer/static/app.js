@@ -5,6 +5,8 @@
 // legend, the prior's date and source, and the lesion load's trend. A model's image-level scores (a classifier
 // served beside the segmentation model, or a segmentation model's own score head) are shown per model: this
 // slice's classes against their thresholds, the series' score and its trend over the slices as they came.
+// When a model gives its own saliency map (a RESULT's `saliency` frame), it is drawn as a heat map under the
+// slice's findings, behind a switch, with a legend naming the model, head and class; never without a frame.
 // No framework, no build step. Every text
 // that came over the wire is inserted as text (textContent, fillText), never as markup.
 
@@ -178,8 +180,11 @@ function onSlice(buffer) {
   const image = new Uint8Array(buffer, 4 + headLength, imageBytes);
   const mask = new Uint8Array(buffer, 4 + headLength + imageBytes, pixels);
   const codes = meta.change_frame ? new Uint8Array(buffer, 4 + headLength + imageBytes + pixels, pixels) : null;
+  const salAt = 4 + headLength + imageBytes + pixels + (codes ? pixels : 0);
+  const saliency = meta.saliency && buffer.byteLength >= salAt + pixels ? new Uint8Array(buffer, salAt, pixels) : null;
   remember(meta);
   state.current = { meta, base: baseCanvas(meta, image), fill: fillCanvas(meta, mask, labelColour), outline: outlinePath(meta, mask) };
+  if (saliency) state.current.heat = heatCanvas(meta, saliency);
   if (codes) {
     const keys = overlayKeys(mask, codes);
     Object.assign(state.current, { changeFill: fillCanvas(meta, keys, keyColour), changeOutline: outlinePath(meta, keys) });
@@ -189,6 +194,7 @@ function onSlice(buffer) {
   renderLoad();
   renderChange();
   renderScores();
+  renderSaliency();
   renderStrip();
   renderSlice(meta);
   const drawn = now();
@@ -243,6 +249,42 @@ function baseCanvas(meta, image) {
       out[j + 2] = image[k + 2];
       out[j + 3] = 255;
     }
+  }
+  ctx.putImageData(rgba, 0, 0);
+  return canvas;
+}
+
+// The heat map's colours, low to high (dark blue, cyan, green, yellow, red), as a 256-entry table; values below
+// HEAT_FLOOR stay untinted and the opacity grows with the value, so the slice stays readable under the map.
+const HEAT_STOPS = [[0, [20, 40, 160]], [0.35, [0, 190, 230]], [0.6, [60, 220, 60]], [0.8, [255, 220, 0]], [1, [255, 30, 20]]];
+const HEAT_FLOOR = 0.25;
+const HEAT_ALPHA = [0.2, 0.65]; // opacity just above the floor, and at the map's maximum
+const HEAT_LUT = Array.from({ length: 256 }, (_, i) => {
+  const v = i / 255;
+  const k = HEAT_STOPS.findIndex(([at]) => at >= v);
+  if (k <= 0) return HEAT_STOPS[0][1];
+  const [a, ca] = HEAT_STOPS[k - 1];
+  const [b, cb] = HEAT_STOPS[k];
+  const t = (v - a) / (b - a);
+  return ca.map((c, j) => Math.round(c + t * (cb[j] - c)));
+});
+
+function heatCanvas(meta, values) {
+  const canvas = document.createElement("canvas");
+  canvas.width = meta.cols;
+  canvas.height = meta.rows;
+  const ctx = canvas.getContext("2d");
+  const rgba = ctx.createImageData(meta.cols, meta.rows);
+  const out = rgba.data;
+  const floor = Math.round(HEAT_FLOOR * 255);
+  for (let i = 0, j = 0; i < values.length; i++, j += 4) {
+    const v = values[i];
+    if (v < floor) continue;
+    const colour = HEAT_LUT[v];
+    out[j] = colour[0];
+    out[j + 1] = colour[1];
+    out[j + 2] = colour[2];
+    out[j + 3] = Math.round(255 * (HEAT_ALPHA[0] + ((HEAT_ALPHA[1] - HEAT_ALPHA[0]) * (v - floor)) / (255 - floor)));
   }
   ctx.putImageData(rgba, 0, 0);
   return canvas;
@@ -345,6 +387,9 @@ function draw() {
   window.scanedgeView = { scale, x0, y0 }; // where image pixel (c, r) lands on the canvas: x0 + c * scale, ...
   ctx.imageSmoothingEnabled = true;
   ctx.drawImage(cur.base, 0, 0);
+  const heat = Boolean(cur.heat) && $("show-saliency").checked;
+  document.body.dataset.saliency = cur.heat ? (heat ? "on" : "off") : "none";
+  if (heat) ctx.drawImage(cur.heat, 0, 0); // smoothed: the map is coarser than the slice
   const byChange = Boolean(cur.changeFill) && $("show-change").checked;
   document.body.dataset.overlay = byChange ? "change" : "labels";
   if ($("show-fill").checked) {
@@ -497,39 +542,8 @@ function renderTrend(s, change) {
   canvas.dataset.series = JSON.stringify(points);
   canvas.dataset.last = points.length ? String(points[points.length - 1]) : "";
   canvas.dataset.prior = priorLoad === null ? "" : String(priorLoad);
-  const dpr = window.devicePixelRatio || 1;
-  const width = Math.max(1, Math.round(canvas.clientWidth * dpr));
-  const height = Math.max(1, Math.round(canvas.clientHeight * dpr));
-  canvas.width = width;
-  canvas.height = height;
-  const ctx = canvas.getContext("2d");
-  ctx.clearRect(0, 0, width, height);
   const top = Math.max(1, ...points, priorLoad ?? 0) * 1.1;
-  const pad = 4 * dpr;
-  const head = 14 * dpr; // room for the scale's label above the plot
-  const y = (v) => height - pad - (v / top) * (height - pad - head);
-  const x = (i) => pad + (points.length > 1 ? (i / (points.length - 1)) * (width - 2 * pad) : 0);
-  ctx.font = `${10 * dpr}px system-ui, sans-serif`;
-  ctx.fillStyle = "#8a94a3";
-  ctx.fillText(`${top.toFixed(0)} mm³`, pad, pad + 9 * dpr);
-  if (priorLoad !== null) {
-    ctx.strokeStyle = "#8a94a3";
-    ctx.setLineDash([4 * dpr, 3 * dpr]);
-    ctx.lineWidth = dpr;
-    ctx.beginPath();
-    ctx.moveTo(pad, y(priorLoad));
-    ctx.lineTo(width - pad, y(priorLoad));
-    ctx.stroke();
-    ctx.setLineDash([]);
-    ctx.fillText("prior", width - pad - 26 * dpr, y(priorLoad) - 3 * dpr);
-  }
-  if (points.length) {
-    ctx.strokeStyle = "#ff3b30";
-    ctx.lineWidth = 1.5 * dpr;
-    ctx.beginPath();
-    points.forEach((v, i) => (i ? ctx.lineTo(x(i), y(v)) : ctx.moveTo(x(i), y(v))));
-    ctx.stroke();
-  }
+  plotTrend(canvas, { line: points, top, scale: `${top.toFixed(0)} mm³`, reference: priorLoad, referenceLabel: "prior" });
   const current = change.current_load_mm3;
   const percent = change.load_change_percent;
   let text = current === null || current === undefined ? "-" : `${current.toFixed(1)} mm³ now`;
@@ -538,6 +552,30 @@ function renderTrend(s, change) {
   const load = $("load-change");
   load.textContent = text;
   load.dataset.percent = percent === null || percent === undefined ? "" : String(percent);
+}
+
+// --- a model's own saliency map -------------------------------------------------------------------------
+
+// The legend of the painted slice's saliency map (whose it is: model, score head, class) and why a map was not
+// drawn; hidden when the slice has neither. Every name in it came over the wire and is inserted as text.
+function renderSaliency() {
+  const meta = state.current && state.current.meta;
+  const info = meta && meta.saliency;
+  const refused = meta && meta.saliency_refused;
+  $("saliency").hidden = !info && !refused;
+  const legend = $("saliency-legend");
+  legend.hidden = !info;
+  $("saliency-scale").hidden = !info;
+  $("saliency-switch").hidden = !info;
+  if (info) {
+    const what = info.of ? `for ${info.of}${info.top ? `, class ${info.top}` : ""}` : "for its score";
+    legend.textContent = `The model's own saliency map ${what} (${info.model}): where it looked, not a segmentation.`;
+    legend.dataset.of = info.of;
+    legend.dataset.model = info.model;
+  }
+  const why = $("saliency-refused");
+  why.hidden = !refused;
+  why.textContent = refused ? `saliency map not shown: ${refused}` : "";
 }
 
 // --- a model's image-level scores -----------------------------------------------------------------------
@@ -632,33 +670,44 @@ function scoreTrend(metas) {
   canvas.dataset.series = JSON.stringify(seriesPoints);
   canvas.dataset.slices = JSON.stringify(slicePoints);
   canvas.title = lead ? `${lead.name}: series score (line) and each slice's probability (dots) as the slices arrived; dashed: threshold` : "";
-  requestAnimationFrame(() => paintTrend(canvas, seriesPoints, slicePoints, lead ? lead.threshold : null));
+  const reference = lead ? lead.threshold : null;
+  requestAnimationFrame(() => plotTrend(canvas, { line: seriesPoints, dots: slicePoints, top: 1, reference }));
   return canvas;
 }
 
-function paintTrend(canvas, seriesPoints, slicePoints, threshold) {
+// One trend plot, sized to its box at the device's pixel ratio, values from 0 (bottom) to `top`: `line` as a
+// red polyline and `dots` as dots, point i of n at the i-th of n even steps (null values skipped); `reference`
+// a dashed horizontal line (with `referenceLabel` at its right end); `scale` a label above the plot. The load
+// trend (against the prior) and each model's score trend (against its threshold) are both drawn by it.
+function plotTrend(canvas, { line, dots = [], top, scale = "", reference = null, referenceLabel = "" }) {
   const dpr = window.devicePixelRatio || 1;
   const width = Math.max(1, Math.round(canvas.clientWidth * dpr));
   const height = Math.max(1, Math.round(canvas.clientHeight * dpr));
   canvas.width = width;
   canvas.height = height;
   const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, width, height);
   const pad = 4 * dpr;
-  const n = seriesPoints.length;
+  const head = scale ? 14 * dpr : pad; // room for the scale's label above the plot
+  const n = Math.max(line.length, dots.length);
   const x = (i) => pad + (n > 1 ? (i / (n - 1)) * (width - 2 * pad) : 0);
-  const y = (v) => height - pad - v * (height - 2 * pad); // probability 0 at the bottom, 1 at the top
-  if (threshold !== null && threshold !== undefined) {
+  const y = (v) => height - pad - (v / top) * (height - pad - head);
+  ctx.font = `${10 * dpr}px system-ui, sans-serif`;
+  ctx.fillStyle = "#8a94a3";
+  if (scale) ctx.fillText(scale, pad, pad + 9 * dpr);
+  if (reference !== null && reference !== undefined) {
     ctx.strokeStyle = "#8a94a3";
     ctx.setLineDash([4 * dpr, 3 * dpr]);
     ctx.lineWidth = dpr;
     ctx.beginPath();
-    ctx.moveTo(pad, y(threshold));
-    ctx.lineTo(width - pad, y(threshold));
+    ctx.moveTo(pad, y(reference));
+    ctx.lineTo(width - pad, y(reference));
     ctx.stroke();
     ctx.setLineDash([]);
+    if (referenceLabel) ctx.fillText(referenceLabel, width - pad - 26 * dpr, y(reference) - 3 * dpr);
   }
   ctx.fillStyle = "#d8dde4";
-  slicePoints.forEach((v, i) => {
+  dots.forEach((v, i) => {
     if (v === null) return;
     ctx.beginPath();
     ctx.arc(x(i), y(v), 1.6 * dpr, 0, 2 * Math.PI);
@@ -668,7 +717,7 @@ function paintTrend(canvas, seriesPoints, slicePoints, threshold) {
   ctx.lineWidth = 1.5 * dpr;
   ctx.beginPath();
   let started = false;
-  seriesPoints.forEach((v, i) => {
+  line.forEach((v, i) => {
     if (v === null) return;
     if (started) ctx.lineTo(x(i), y(v));
     else ctx.moveTo(x(i), y(v));
@@ -737,7 +786,11 @@ function renderStrip() {
 // --- controls -----------------------------------------------------------------------------------------
 
 function controls() {
-  for (const id of ["show-outline", "show-fill", "show-change", "opacity"]) $(id).addEventListener("input", draw);
+  for (const id of ["show-outline", "show-fill", "show-change", "show-saliency", "opacity"]) $(id).addEventListener("input", draw);
+  const bar = $("saliency-bar"); // the heat map's colours, low to high, as the legend's bar
+  bar.style.background = `linear-gradient(to right, ${HEAT_LUT.filter((_, i) => i % 32 === 0 || i === 255)
+    .map((c) => `rgb(${c[0]}, ${c[1]}, ${c[2]})`)
+    .join(", ")})`;
   $("zoom").addEventListener("input", () => {
     state.zoom = Number($("zoom").value);
     draw();

@@ -116,3 +116,43 @@ def test_the_command_prints_a_line_per_slice_and_the_summary(shuffled_series, ca
     assert all("superseded" in line for line in lines if line not in served)
     assert f"sent 32, ok {len(served)}, superseded {32 - len(served)}, failed 0" in out
     assert "end-to-end latency: p50" in out and f"lesion load over {len(served)} slices" in out
+
+
+def test_a_further_model_is_asked_for_its_saliency_map_to_the_last_slice(shuffled_series):
+    """Each slice also goes to the classifier (``also_models``) with its ``saliency`` output, and the run ends
+    with those answers in: the last slice's classifier RESULT, with its map, is on the feed when it returns."""
+    import zmq
+
+    from scanedge.manifest import load_manifest
+    from scanedge.models import DEMO_CLASSIFIER_PATH, DEMO_MODEL_PATH
+    from scanedge.runtime.console.client import Client
+    from scanedge.runtime.wire.protocol import Result, decode_reply
+    from tests.waiting import wait_until
+
+    name = load_manifest(DEMO_CLASSIFIER_PATH)[0].name
+    (series,) = read_series([shuffled_series])
+    with running_server([DEMO_MODEL_PATH, DEMO_CLASSIFIER_PATH], publish="tcp://127.0.0.1:*") as srv:
+        sub = zmq.Context.instance().socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(srv.publish_endpoint or "")
+        try:
+            with Client(srv.endpoint) as probe:  # the PUB drops until the subscription reaches it
+
+                def subscribed() -> bool:
+                    probe.segment(series.slices[0].slice, series="probe", outputs=(), model=name)
+                    return bool(sub.poll(200))
+
+                wait_until(subscribed, timeout=30, what="the subscription")
+            Replay([series], ReplayConfig(endpoint=srv.endpoint, rate=200, also_models=(name,))).run()
+            published: dict[str, Result] = {}
+            while sub.poll(2000):  # what the run published, to the last message
+                header = decode_reply(sub.recv_multipart()[1])
+                if isinstance(header, Result) and header.series == series.uid and header.model.startswith(name):
+                    published[header.instance] = header
+        finally:
+            sub.close()
+    last = series.slices[-1].slice.identity.sop_instance_uid
+    assert last in published  # the last slice's classifier RESULT, sent just before the run ended
+    assert [f.name for f in published[last].frames] == ["saliency"]
+    assert published[last].frames[0].of == "lesion_present"
