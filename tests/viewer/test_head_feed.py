@@ -4,10 +4,25 @@ from __future__ import annotations
 
 import numpy as np
 
+from scanedge.runtime.console.client import Client
+from scanedge.runtime.console.replay import _models_with_heads
 from scanedge.runtime.wire.payloads import result_frames
-from scanedge.runtime.wire.protocol import Echo, Finding, FrameInfo, HeadClass, Timings, encode, result_reply
+from scanedge.runtime.wire.protocol import (
+    FRAME_HEAD_CLASS_CHARS,
+    Echo,
+    Finding,
+    FrameInfo,
+    HeadClass,
+    Timings,
+    encode,
+    result_reply,
+)
+from scanedge.safe_text import printable
 from scanedge.viewer import FeedLimits, LiveFeed
 from scanedge.viewer.feed import MAX_HEADS, pack_slice
+from tests.heads.conftest import head_models, sample_slices  # noqa: F401 - the networks three_masks builds on
+from tests.heads.test_head_masks import HOSTILE_CLASS, three_masks  # noqa: F401 - the three-mask models
+from tests.runtime.conftest import running_server
 
 ROWS, COLS = 16, 24
 ORGANS = (HeadClass("background", (0, 0, 0)), HeadClass("liver", (0, 200, 0)), HeadClass("kidney", (255, 0, 0)))
@@ -123,3 +138,24 @@ def test_head_masks_count_against_retain_bytes():
     assert kept == [6, 7, 8, 9]  # the newest, each with its head
     assert all(feed.retained("s", f"{z:.3f}").heads == _organs().tobytes() for z in kept)  # type: ignore[union-attr]
     assert feed._retained_bytes == 4 * per_slice
+
+
+def test_the_runtimes_head_frames_list_classes_and_replay_asks_only_models_with_heads(
+    three_masks,  # noqa: F811
+    head_models,  # noqa: F811
+):
+    """Over real ZeroMQ: each ``mask:<label>`` entry names the head's classes and colours (hostile names as one
+    bounded line), and the replay adds ``head_masks`` only for a model whose PONG lists mask heads."""
+    slice_ = sample_slices(1)[0]
+    with running_server([three_masks["hostile"], head_models["mask_score+manifest"]]) as server:
+        with Client(server.endpoint) as client:
+            r = client.segment(slice_, outputs=("mask", "head_masks"))
+            entries = {f.name: f for f in r.header.frames}
+            organs = entries["mask:head1"].classes
+            assert organs is not None and [c.color for c in organs] == [(0, 0, 0), (0, 200, 0), (255, 0, 0)]
+            assert organs[1].name == printable(HOSTILE_CLASS, FRAME_HEAD_CLASS_CHARS) and len(organs[1].name) <= 32
+            assert [c.name for c in entries["mask:vessels"].classes or ()] == ["background", "vessel"]
+            assert entries["mask"].classes is None  # the main mask's entry is as it was
+            assert _models_with_heads(client, 10.0) == frozenset({"", "test-three-masks"})
+    with running_server([head_models["mask_score+manifest"]]) as server, Client(server.endpoint) as client:
+        assert _models_with_heads(client, 10.0) == frozenset()  # never asked of a model without heads
