@@ -298,7 +298,7 @@ class Intake:
             }
             of = result.saliency[0].of if result.saliency else ""
             infos, payload, encode_ms = result_frames(
-                PUBLISHED_OUTPUTS, arrays, "raw", head_mask_frames(result), saliency_of=of
+                PUBLISHED_OUTPUTS, arrays, "raw", head_mask_frames(result, pipe.manifest), saliency_of=of
             )
             header = pipeline_reply(
                 Echo(next(self._ids), series_uid, instance_uid, index, None),

@@ -49,6 +49,8 @@ class OverlayConfig:
         heatmap: show the foreground probability as a colour map (viridis) with a colour bar, instead of
             the fill.
         heatmap_alpha: the heat map's opacity.
+        heads: draw the model's further mask heads (manifest ``heads`` of role ``mask``) as dashed outlines in
+            their classes' colours, named in the top-right corner (:mod:`scanedge.imaging.head_overlay`).
     """
 
     alpha: float = 0.25
@@ -59,6 +61,7 @@ class OverlayConfig:
     heatmap: bool = False
     heatmap_alpha: float = 0.6
     heatmap_floor: float = 0.05  # probabilities below this are not tinted
+    heads: bool = True
 
     def __post_init__(self) -> None:
         for name in ("alpha", "heatmap_alpha", "heatmap_floor"):

@@ -68,6 +68,7 @@ def create_app(feed: LiveFeed) -> Starlette:
                 "received": feed.received,
                 "malformed": feed.malformed,
                 "saliency_refused": feed.saliency_refused,
+                "heads_refused": feed.heads_refused,
                 "pages": len(feed.watchers),
                 "dropped_for_pages": sum(w.dropped for w in feed.watchers),
                 "publish_to_paint_ms": feed.latency(),

@@ -19,6 +19,13 @@ whichever arrives first (a map that comes first waits, at most ``_WAITING_MAPS``
 slice is sent it again), and stays with that image when it is segmented again. A map whose shape is not the
 image's is never drawn: it is counted in ``saliency_refused`` and the slice says why.
 
+A RESULT's ``mask:<label>`` frames (a model's further mask heads, docs/protocol.md section 4) are kept with the
+slice too, uint8 labels as they came, counted against ``retain_bytes``: at most :data:`MAX_HEADS` of them, each
+described by its label, its classes (name and colour, from the frame's entry) and its labelled pixels; a head
+without a labelled pixel keeps its description and no bytes (there is nothing to draw). A frame whose shape is not
+the image's, that is not a uint8 plane, or past the first :data:`MAX_HEADS` is not kept: it is counted in
+``heads_refused`` and the slice says why, by the same shape check as a saliency map's.
+
 Nothing here can slow the runtime: the SUB socket drops at its high-water mark on the runtime's side
 (PUB never blocks), and a watcher never queues pixels: it holds the *newest* slice waiting for its page
 and sends it only when the page has painted the previous one (drop to newest). Only the small JSON
@@ -53,10 +60,19 @@ import zmq.asyncio
 
 from scanedge.errors import ProtocolError
 from scanedge.imaging.followup import CHANGE_CLASSES, CHANGE_CODES, CHANGE_COLOURS, ChangeCounts, SeriesChange
-from scanedge.runtime.wire.protocol import Result, decode_reply
+from scanedge.runtime.wire.protocol import HEAD_MASK_PREFIX, Result, decode_reply
 from scanedge.safe_text import printable
 
-__all__ = ["CHANGE_LEGEND", "FeedLimits", "LiveFeed", "LiveSlice", "Watcher", "pack_slice", "quantised_saliency"]
+__all__ = [
+    "CHANGE_LEGEND",
+    "MAX_HEADS",
+    "FeedLimits",
+    "LiveFeed",
+    "LiveSlice",
+    "Watcher",
+    "pack_slice",
+    "quantised_saliency",
+]
 
 log = logging.getLogger("scanedge.viewer")
 
@@ -68,6 +84,9 @@ CHANGE_LEGEND: tuple[dict[str, Any], ...] = tuple(
 _TEXT_LIMIT = 300  # characters of a wire string (a reason, a source) the page shows
 _MODELS_PER_SERIES = 8  # score-only models remembered per series (one runtime serves a few)
 _WAITING_MAPS = 64  # classifiers' saliency maps waiting for the segmentation's slice of their place
+#: further mask heads kept per slice (a model has at most 16; a publisher sending more is refused past these)
+MAX_HEADS = 16
+_HEAD_CLASSES = 16  # classes per head the page is told of (a frame entry lists at most 16)
 
 
 @dataclass(frozen=True)
@@ -102,24 +121,31 @@ class LiveSlice:
     change: bytes | None = None  # uint8 change codes (rows, cols), when the RESULT had a ``change`` frame
     saliency: bytes | None = None  # uint8 saliency 0-255 (its own rows, cols), the model's own map when it has one
     instance: str = ""  # the RESULT's instance: a classifier's map joins the slice of the same place and instance
+    heads: bytes | None = None  # further mask heads' uint8 labels, (rows, cols) each, those with pixels, in order
 
     @property
     def nbytes(self) -> int:
-        """Pixel bytes it holds (image, mask, change, saliency): what it counts against ``retain_bytes``."""
-        return len(self.image or b"") + len(self.mask or b"") + len(self.change or b"") + len(self.saliency or b"")
+        """Pixel bytes it holds (image, mask, change, saliency, head masks): what it counts against
+        ``retain_bytes``."""
+        return (
+            len(self.image or b"")
+            + len(self.mask or b"")
+            + len(self.change or b"")
+            + len(self.saliency or b"")
+            + len(self.heads or b"")
+        )
 
 
 def pack_slice(item: LiveSlice) -> bytes:
     """The binary WebSocket message for a slice: u32 little-endian JSON length, JSON, image, mask, the change
-    codes when ``meta["change_frame"]`` is true, and the saliency map (uint8, rows x cols) when ``meta["saliency"]``
-    is set."""
+    codes when ``meta["change_frame"]`` is true, the saliency map (uint8, rows x cols) when ``meta["saliency"]``
+    is set, then one uint8 (rows x cols) plane per entry of ``meta["heads"]`` with ``pixels`` above 0, in order."""
     import json
 
     head = json.dumps(item.meta, separators=(",", ":")).encode()
     sal = (item.saliency or b"") if item.meta.get("saliency") else b""
-    return (
-        len(head).to_bytes(4, "little") + head + (item.image or b"") + (item.mask or b"") + (item.change or b"") + sal
-    )
+    parts = (item.image, item.mask, item.change, sal, item.heads)
+    return len(head).to_bytes(4, "little") + head + b"".join(p for p in parts if p)
 
 
 def quantised_saliency(info: Any, frame: Any) -> tuple[bytes, tuple[int, int]]:
@@ -348,19 +374,68 @@ def _live_slice(seq: int, header: Result, frames: Sequence[Any], received: float
             _join(item, _Saliency(header.instance, _saliency_meta(header, sal[0]), shape, data))
         except ProtocolError as exc:
             meta["saliency_refused"] = exc.message
+    _keep_heads(item, [(info, frame) for info, frame in zip(header.frames, frames) if _is_head(info.name)])
     return item
+
+
+def _is_head(name: str) -> bool:
+    return name.startswith(HEAD_MASK_PREFIX) and len(name) > len(HEAD_MASK_PREFIX)
+
+
+def _head_classes(info: Any) -> list[dict[str, Any]]:
+    """A ``mask:<label>`` frame entry's classes as the page shows them: each name one bounded line (the page
+    inserts it as text), its colour; ``[]`` when the entry lists none (the page then uses its own colours)."""
+    listed = info.classes or ()
+    return [{"name": printable(c.name, 32), "colour": list(c.color)} for c in listed[:_HEAD_CLASSES]]
+
+
+def _keep_heads(item: LiveSlice, entries: Sequence[tuple[Any, Any]]) -> None:
+    """Give ``item`` its further mask heads (``mask:<label>`` frames, in frame order): ``meta["heads"]`` lists
+    each head kept, ``item.heads`` holds the planes of those with labelled pixels; a frame that is not the
+    image's uint8 plane, or past :data:`MAX_HEADS`, is refused and ``meta["heads_refused"]`` says why."""
+    import numpy as np
+
+    meta = item.meta
+    kept: list[dict[str, Any]] = []
+    planes: list[bytes] = []
+    refused: list[str] = []
+    for n, (info, frame) in enumerate(entries):
+        if n >= MAX_HEADS:
+            refused.append(f"{len(entries) - n} head mask(s) past the {MAX_HEADS} a slice keeps: not drawn")
+            break
+        label = printable(info.name[len(HEAD_MASK_PREFIX) :], 64)
+        shape = tuple(int(d) for d in (info.shape or ()))
+        why = _misfit(f"head mask {label}", shape, meta) if len(shape) == 2 else f"head mask {label} is not 2-D"
+        plane = None if why else _plane((info, frame), *shape)
+        if why or plane is None:
+            refused.append(why or f"head mask {label} is not raw uint8 labels: not drawn")
+            continue
+        pixels = int(np.count_nonzero(np.frombuffer(plane, np.uint8)))
+        kept.append({"label": label, "classes": _head_classes(info), "pixels": pixels})
+        if pixels:
+            planes.append(plane)
+    meta["heads"] = kept
+    meta["heads_refused"] = refused or None
+    item.heads = b"".join(planes) or None
+
+
+def _misfit(what: str, shape: tuple[int, int], meta: dict[str, Any]) -> str | None:
+    """Why a layer of ``shape`` cannot be drawn on the slice ``meta`` describes (not the image's shape), or None.
+    Saliency maps and further mask heads alike are drawn only on the grid of the image under them."""
+    rows, cols = int(meta["rows"]), int(meta["cols"])
+    if tuple(shape) == (rows, cols):
+        return None
+    return f"{what} {shape[0]}x{shape[1]} is not the image's {rows}x{cols}: not drawn"
 
 
 def _join(item: LiveSlice, sal: _Saliency) -> None:
     """Give ``item`` the map ``sal`` when its shape is the image's; otherwise say in its description why not.
     Raises nothing: a refused map leaves the slice as it was, without a heat map."""
-    rows, cols = int(item.meta["rows"]), int(item.meta["cols"])
-    if sal.shape != (rows, cols):
+    why = _misfit("saliency map", sal.shape, item.meta)
+    if why is not None:
         item.saliency = None
         item.meta["saliency"] = None
-        item.meta["saliency_refused"] = (
-            f"saliency map {sal.shape[0]}x{sal.shape[1]} is not the image's {rows}x{cols}: not drawn"
-        )
+        item.meta["saliency_refused"] = why
         return
     item.saliency = sal.data
     item.meta["saliency"] = dict(sal.meta)
@@ -459,6 +534,7 @@ class LiveFeed:
         self._saliency: OrderedDict[tuple[str, str], _Saliency] = OrderedDict()
         self._saliency_bytes = 0
         self.saliency_refused = 0  # saliency maps not drawn: not the image's shape, or not a 0-1 float32 map
+        self.heads_refused = 0  # slices with a further mask head not kept: not the image's shape or dtype, too many
         self._seq = 0
         self._task: asyncio.Task | None = None
         self._monitor: asyncio.Task | None = None
@@ -569,6 +645,11 @@ class LiveFeed:
                 self.saliency_refused += 1
                 if self.saliency_refused <= 10:
                     log.warning("not drawing a saliency map of series %s: %s", item.series, refused)
+            heads_refused = item.meta.get("heads_refused")
+            if heads_refused:
+                self.heads_refused += 1
+                if self.heads_refused <= 10:
+                    log.warning("not drawing head masks of series %s: %s", item.series, "; ".join(heads_refused))
         return item
 
     def _update(self, seq: int, header: Result, frames: Sequence[Any]) -> LiveSlice | None:

@@ -56,7 +56,9 @@ class ReplayConfig:
         loop: start each series again when it ends, until stopped (or ``max_loops``).
         jitter_ms: each send moves by a uniform random amount within +-jitter (seeded by ``seed``).
         outputs: reply frames asked for; ``image`` lets a viewer on the PUB feed draw the overlay itself, and
-            ``saliency`` the model's own saliency map (only a model with a saliency head sends one).
+            ``saliency`` the model's own saliency map (only a model with a saliency head sends one). ``head_masks``
+            is added for every model whose PONG entry lists further mask heads (``models[].mask_heads``), so a
+            viewer draws them too; a runtime whose PONG lists none (or that predates them) is never asked.
         dicom: send each file's DICOM bytes instead of raw pixels with their geometry.
         deadline_ms: per-slice deadline in the runtime's queue (None: none).
         timeout_s: how long one reply may take before it counts as failed.
@@ -215,6 +217,18 @@ def _consume(future: Future[RemoteResult]) -> None:
         future.exception()
 
 
+def _models_with_heads(client: Client, timeout_s: float) -> frozenset[str]:
+    """The served models whose PONG entry lists further mask heads, by name, and "" when the default model is
+    among them; none when the runtime does not answer the PING in time (its slices are then sent as asked)."""
+    try:
+        pong = client.ping(timeout=timeout_s)
+    except ScanedgeError:
+        return frozenset()
+    names = {m.name for m in pong.models if m.mask_heads}
+    default = pong.default_model or (pong.models[0].name if pong.models else "")
+    return frozenset(names | ({""} if default in names else set()))
+
+
 class Replay:
     """Stream series to a runtime at a scanner's pace (see the module's description)."""
 
@@ -230,6 +244,7 @@ class Replay:
         self._rng = random.Random(settings.seed)
         self._further: set[Future[RemoteResult]] = set()  # further models' requests not answered yet
         self._further_lock = threading.Lock()
+        self._with_heads: frozenset[str] = frozenset()  # models ("" the default) PONG lists mask heads for
 
     def run(
         self, on_slice: Callable[[SliceEvent], None] | None = None, stop: threading.Event | None = None
@@ -241,6 +256,12 @@ class Replay:
         reports = [SeriesReport(s.uid, len(s.slices)) for s in self.series]
         done: queue.SimpleQueue[tuple[_Send, float, Future[RemoteResult]]] = queue.SimpleQueue()
         clients = [Client(cfg.endpoint, ClientConfig(timeout_s=cfg.timeout_s)) for _ in self.series]
+        try:  # asked before the schedule starts, so the first slices' latencies do not include it
+            self._with_heads = _models_with_heads(clients[0], min(cfg.timeout_s, 10.0))
+        except BaseException:
+            for c in clients:
+                c.close()
+            raise
         period = 1.0 / cfg.rate
         start = time.perf_counter() + 0.05
 
@@ -297,7 +318,7 @@ class Replay:
             series=series.uid,
             instance=item.slice.identity.sop_instance_uid,
             index=item.slice.identity.instance_number,
-            outputs=cfg.outputs,
+            outputs=self._outputs("", cfg.outputs),
             deadline_ms=cfg.deadline_ms,
             role=cfg.roles[send.series] if cfg.roles else None,
         )
@@ -308,13 +329,19 @@ class Replay:
                 series=series.uid,
                 instance=item.slice.identity.sop_instance_uid,
                 index=item.slice.identity.instance_number,
-                outputs=("saliency",),  # no frame from a model without a saliency head
+                outputs=self._outputs(model, ("saliency",)),  # no frame from a model without a saliency head
                 deadline_ms=cfg.deadline_ms,
                 model=model,
             )
             with self._further_lock:
                 self._further.add(further)
             further.add_done_callback(self._answered)
+
+    def _outputs(self, model: str, outputs: tuple[str, ...]) -> tuple[str, ...]:
+        """``outputs`` with ``head_masks`` added when ``model`` ("" the default) has further mask heads."""
+        if model in self._with_heads and "head_masks" not in outputs:
+            return (*outputs, "head_masks")
+        return outputs
 
     def _answered(self, future: Future[RemoteResult]) -> None:
         """A further model's request answered (or failed): collected, and no longer waited for."""

@@ -22,6 +22,7 @@ from scanedge.errors import ConfigError, EngineInputError, InputError, NonFinite
 from scanedge.imaging.annotate import stamp_not_for_clinical_use
 from scanedge.imaging.encode import ImageFormat, encode_image
 from scanedge.imaging.files import LoadedSlice, SkippedFile
+from scanedge.imaging.head_overlay import head_legend
 from scanedge.imaging.heads import MaskHeadLoad, SeriesScores, head_labels
 from scanedge.imaging.lesion_load import SeriesLesionLoad
 from scanedge.imaging.montage import montage, tile_label
@@ -342,7 +343,8 @@ def segment_to_folder(
     montage_path = None
     if overlays:
         montage_path = out / MONTAGE_NAME
-        legend = [(c.name, c.color) for c in pipe.manifest.classes[1:]]
+        legend = [(c.name, c.color) for c in pipe.manifest.classes[1:]] + head_legend(pipe.manifest)
+        dashed = "; dashed outline = further mask head (label: class)" if pipe.manifest.mask_heads else ""
         sheet = montage(
             overlays,
             output.montage_columns,
@@ -350,7 +352,8 @@ def segment_to_folder(
             legend=legend,
             not_for_clinical_use=research_only,
             notes=[
-                f"{pipe.model_label}: {len(overlays)} slice(s); outline = finding, #n = instance, mm along the normal"
+                f"{pipe.model_label}: {len(overlays)} slice(s); outline = finding{dashed}, #n = instance, "
+                "mm along the normal"
             ],
         )
         _write(montage_path, encode_image(sheet, "png"))

@@ -23,6 +23,7 @@ from scanedge.engines import Engine, EngineConfig, open_engine
 from scanedge.errors import InvalidSliceError, ManifestMismatchError, MissingInputError, NonFiniteOutputError
 from scanedge.imaging.dicom import slices_from_dicom, warm_up_decoding
 from scanedge.imaging.encode import ImageFormat, encode_image
+from scanedge.imaging.head_overlay import HeadOverlay
 from scanedge.imaging.heads import DecodedHeads, HeadDecoder, HeadScore, MaskHead, SaliencyMap
 from scanedge.imaging.overlay import OverlayConfig, OverlayRenderer, display_image
 from scanedge.imaging.postprocess import ClassFindings, Postprocessed, Postprocessor
@@ -227,6 +228,7 @@ class Pipeline:
         self._post = Postprocessor(manifest) if manifest.output is not None else None
         self._overlay = OverlayRenderer(manifest, self.config.overlay) if manifest.output is not None else None
         self._heads = HeadDecoder(manifest)
+        self._head_overlay = HeadOverlay(manifest)
         self._roles = RoleAssembler(manifest) if manifest.inputs is not None else None
         self.model_label = f"{manifest.name}@{manifest.version}"
         self._where = f"model {self.model_label} on {engine.name}"  # names the engine when its scores are wrong
@@ -390,7 +392,8 @@ class Pipeline:
     def _render(
         self, slice_: Slice, post: Postprocessed, heads: DecodedHeads, overlay: bool | OverlayConfig
     ) -> np.ndarray:
-        """The mask overlay (when the model has a mask output), then the saliency heat map and the scores."""
+        """The mask overlay (when the model has a mask output), then the saliency heat map, the further mask
+        heads' dashed outlines and the scores."""
         opts = overlay if isinstance(overlay, OverlayConfig) else None
         if self._overlay is not None:
             image = self._overlay.render(slice_, post.mask, post.probabilities, opts)
@@ -399,6 +402,9 @@ class Pipeline:
             image = cv2.cvtColor(shown, cv2.COLOR_GRAY2RGB) if shown.ndim == 2 else shown.copy()
         for saliency in heads.saliency:
             draw_saliency(image, saliency)
+        drawing = opts or self.config.overlay
+        if heads.masks and drawing.heads:
+            self._head_overlay.draw(image, heads.masks, drawing.contour_thickness)
         if heads.scores:
             draw_scores(image, heads.scores, self.manifest)
         return image

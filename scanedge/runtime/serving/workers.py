@@ -176,7 +176,7 @@ def result_reply_for(
         change, arrays["change"] = answer.change, answer.plane
     of = result.saliency[0].of if result.saliency else ""
     infos, payload, encode_ms = result_frames(
-        req.outputs, arrays, req.overlay_encoding, head_mask_frames(result), saliency_of=of
+        req.outputs, arrays, req.overlay_encoding, head_mask_frames(result, pipe.manifest), saliency_of=of
     )
     if job.shm is not None:  # outputs the console wants in its shared memory (protocol section 12)
         infos, payload = job.shm.place(infos, payload)

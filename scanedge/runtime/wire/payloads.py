@@ -24,14 +24,18 @@ from scanedge.imaging.heads import SeriesScore, for_wire
 from scanedge.imaging.lesion_load import LesionLoad
 from scanedge.imaging.overlay import OverlayConfig
 from scanedge.imaging.slices import Slice, SliceAcquisition, SliceGeometry, SliceIdentity, SliceLimits
+from scanedge.manifest import Manifest
 from scanedge.runtime.core.pairing import pair_position
 from scanedge.runtime.wire.protocol import (
+    FRAME_HEAD_CLASS_CHARS,
+    FRAME_HEAD_CLASSES,
     HEAD_MASK_PREFIX,
     WIRE_DTYPES,
     Echo,
     Finding,
     FrameInfo,
     Geometry,
+    HeadClass,
     PairedInputs,
     Partner,
     Result,
@@ -39,6 +43,7 @@ from scanedge.runtime.wire.protocol import (
     Timings,
     result_reply,
 )
+from scanedge.safe_text import printable
 
 if TYPE_CHECKING:
     from scanedge.runtime.core.pipeline import SliceResult
@@ -159,10 +164,25 @@ def overlay_options(req: Segment, defaults: OverlayConfig) -> OverlayConfig | No
     return OverlayConfig(**{**defaults.__dict__, **{k: v for k, v in changes.items() if v is not None}})
 
 
-def head_mask_frames(result: SliceResult) -> tuple[tuple[str, np.ndarray], ...]:
+def head_mask_frames(
+    result: SliceResult, manifest: Manifest | None = None
+) -> tuple[tuple[str, np.ndarray, tuple[HeadClass, ...]], ...]:
     """A result's further mask heads as ``head_masks`` frames: (frame name ``mask:LABEL``, uint8 labels on
-    the slice's grid), in manifest order (docs/protocol.md section 4)."""
-    return tuple((HEAD_MASK_PREFIX + (m.label or m.head), m.mask) for m in result.mask_heads)
+    the slice's grid, the head's classes for the frame's entry), in manifest order (docs/protocol.md section 4).
+    The classes (name and colour, at most :data:`FRAME_HEAD_CLASSES`) come from ``manifest``; none without it."""
+    specs = {h.name: h for h in manifest.mask_heads} if manifest is not None else {}
+    out = []
+    for m in result.mask_heads:
+        spec = specs.get(m.head)
+        classes = (
+            tuple(
+                HeadClass(printable(c.name, FRAME_HEAD_CLASS_CHARS), c.color) for c in spec.classes[:FRAME_HEAD_CLASSES]
+            )
+            if spec is not None
+            else ()
+        )
+        out.append((HEAD_MASK_PREFIX + (m.label or m.head), m.mask, classes))
+    return tuple(out)
 
 
 def head_masks_from_arrays(arrays: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -179,7 +199,7 @@ def result_frames(
     outputs: Sequence[str],
     arrays: dict[str, np.ndarray | None],
     overlay_encoding: str,
-    head_masks: Sequence[tuple[str, np.ndarray]] = (),
+    head_masks: Sequence[tuple[str, np.ndarray] | tuple[str, np.ndarray, tuple[HeadClass, ...]]] = (),
     saliency_of: str = "",
 ) -> tuple[tuple[FrameInfo, ...], list[Any], float]:
     """The RESULT's ``frames`` entries, its payload frames in the same order, and the ms spent encoding
@@ -188,7 +208,8 @@ def result_frames(
     An output asked for but missing from ``arrays`` or None there gets no frame: a ``change`` frame exists
     only once the series has been compared with a prior (docs/protocol.md section 4), so a console asking
     for it earlier, or of a runtime that compares nothing, gets the other outputs alone. ``head_masks``
-    (:func:`head_mask_frames`) become one frame each where ``outputs`` names ``head_masks``; none for a model
+    (:func:`head_mask_frames`) become one frame each where ``outputs`` names ``head_masks`` (their entries list
+    the head's classes when given); none for a model
     without further mask heads. A ``saliency`` frame's entry names the
     score head it explains (``saliency_of``) in ``of``."""
     infos: list[FrameInfo] = []
@@ -196,9 +217,16 @@ def result_frames(
     encode_ms = 0.0
     for name in dict.fromkeys(outputs):
         if name == "head_masks":
-            for frame_name, labels in head_masks:
+            for frame_name, labels, *listed in head_masks:
+                classes = listed[0] if listed and listed[0] else None
                 infos.append(
-                    FrameInfo(name=frame_name, encoding="raw", dtype=labels.dtype.name, shape=list(labels.shape))
+                    FrameInfo(
+                        name=frame_name,
+                        encoding="raw",
+                        dtype=labels.dtype.name,
+                        shape=list(labels.shape),
+                        classes=classes,
+                    )
                 )
                 payload.append(labels)
             continue

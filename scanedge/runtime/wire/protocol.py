@@ -44,6 +44,8 @@ from scanedge.imaging.lesion_load import LesionLoad
 from scanedge.safe_text import printable
 
 __all__ = [
+    "FRAME_HEAD_CLASSES",
+    "FRAME_HEAD_CLASS_CHARS",
     "HEAD_MASK_PREFIX",
     "MAX_HEADER_BYTES",
     "MESSAGE_TYPES",
@@ -61,6 +63,7 @@ __all__ = [
     "Finding",
     "FrameInfo",
     "Geometry",
+    "HeadClass",
     "Histogram",
     "Limits",
     "MaskHeadInfo",
@@ -304,6 +307,24 @@ class Finding(Struct, frozen=True):
     mean_probability: float
 
 
+_Channel = Annotated[int, Meta(ge=0, le=255)]
+#: classes a ``mask:<label>`` frame entry lists (background first; a head with more lists its first ones)
+FRAME_HEAD_CLASSES = 16
+#: characters of a class name in a ``mask:<label>`` frame entry
+FRAME_HEAD_CLASS_CHARS = 32
+
+
+class HeadClass(Struct, frozen=True):
+    """A further mask head's class as its ``mask:<label>`` frame entry lists it (section 4): its name (one
+    printable line, at most :data:`FRAME_HEAD_CLASS_CHARS` characters) and its manifest colour (RGB), so a
+    subscriber that never sent a PING (a viewer) can name and colour the head's label values."""
+
+    name: Annotated[str, Meta(max_length=256)]
+    color: tuple[
+        Annotated[int, Meta(ge=0, le=255)], Annotated[int, Meta(ge=0, le=255)], Annotated[int, Meta(ge=0, le=255)]
+    ]
+
+
 class FrameInfo(Struct, frozen=True, omit_defaults=True):
     """One output of a RESULT: raw frames have dtype and shape, encoded ones their byte count. An output
     written into shared memory (section 12) has ``region`` and ``offset`` (and ``bytes``) and no frame."""
@@ -316,6 +337,8 @@ class FrameInfo(Struct, frozen=True, omit_defaults=True):
     region: str | None = None
     offset: int | None = None
     of: str | None = None  # a ``saliency`` frame: the score head it explains (section 4)
+    # a ``mask:<label>`` frame: the head's classes, background first (section 4; at most FRAME_HEAD_CLASSES)
+    classes: Annotated[tuple[HeadClass, ...], Meta(max_length=256)] | None = None
 
 
 class Partner(Struct, frozen=True, omit_defaults=True):

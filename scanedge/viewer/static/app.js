@@ -7,6 +7,8 @@
 // slice's classes against their thresholds, the series' score and its trend over the slices as they came.
 // When a model gives its own saliency map (a RESULT's `saliency` frame), it is drawn as a heat map under the
 // slice's findings, behind a switch, with a legend naming the model, head and class; never without a frame.
+// A model's further mask heads (its `mask:<label>` frames) are drawn over the findings as dashed outlines in the
+// colours their frames' entries give, each head behind a switch of its own named by its label and classes.
 // No framework, no build step. Every text
 // that came over the wire is inserted as text (textContent, fillText), never as markup.
 
@@ -185,6 +187,7 @@ function onSlice(buffer) {
   remember(meta);
   state.current = { meta, base: baseCanvas(meta, image), fill: fillCanvas(meta, mask, labelColour), outline: outlinePath(meta, mask) };
   if (saliency) state.current.heat = heatCanvas(meta, saliency);
+  state.current.heads = headLayers(meta, buffer, salAt + (saliency ? pixels : 0));
   if (codes) {
     const keys = overlayKeys(mask, codes);
     Object.assign(state.current, { changeFill: fillCanvas(meta, keys, keyColour), changeOutline: outlinePath(meta, keys) });
@@ -195,6 +198,7 @@ function onSlice(buffer) {
   renderChange();
   renderScores();
   renderSaliency();
+  renderHeads();
   renderStrip();
   renderSlice(meta);
   const drawn = now();
@@ -407,6 +411,7 @@ function draw() {
       ctx.stroke(path);
     }
   }
+  drawHeads(ctx, dpr, scale);
 }
 
 // --- the panels ---------------------------------------------------------------------------------------
@@ -576,6 +581,97 @@ function renderSaliency() {
   const why = $("saliency-refused");
   why.hidden = !refused;
   why.textContent = refused ? `saliency map not shown: ${refused}` : "";
+}
+
+// --- a model's further mask heads ------------------------------------------------------------------------
+
+const HEAD_DASH = [4, 3]; // screen pixels on and off along a head's outline: dashed, unlike the findings' solid line
+const headsOff = new Set(); // labels of the heads switched off: a switch holds for the next slices too
+
+// The painted slice's further mask heads (meta.heads, in frame order), each with its outlines per label value;
+// a head with no labelled pixel came without a plane and has none. Planes follow the saliency map in the message.
+function headLayers(meta, buffer, at) {
+  const pixels = meta.rows * meta.cols;
+  const layers = [];
+  for (const head of meta.heads || []) {
+    let outline = null;
+    if (head.pixels > 0 && buffer.byteLength >= at + pixels) {
+      outline = outlinePath(meta, new Uint8Array(buffer, at, pixels));
+      at += pixels;
+    }
+    layers.push({ head, outline });
+  }
+  return layers;
+}
+
+// A head's colour for label value k: its frame entry's class colour, else the page's own palette.
+function headColour(head, k) {
+  const c = head.classes && head.classes[k];
+  return c && Array.isArray(c.colour) ? c.colour : labelColour(k);
+}
+
+function headClassNames(head) {
+  return (head.classes || []).slice(1).map((c) => c.name);
+}
+
+function drawHeads(ctx, dpr, scale) {
+  const layers = (state.current && state.current.heads) || [];
+  let drawn = 0;
+  ctx.lineWidth = (1.5 * dpr) / scale;
+  ctx.setLineDash(HEAD_DASH.map((v) => (v * dpr) / scale));
+  for (const { head, outline } of layers) {
+    if (!outline || headsOff.has(head.label)) continue;
+    for (const [k, path] of outline) {
+      const colour = headColour(head, k);
+      ctx.strokeStyle = `rgb(${colour[0]}, ${colour[1]}, ${colour[2]})`;
+      ctx.stroke(path);
+    }
+    drawn += 1;
+  }
+  ctx.setLineDash([]);
+  document.body.dataset.heads = String(drawn);
+}
+
+// One switch per head of the painted slice, named by its label and class names (as text), a dashed swatch per
+// class in its colour; why a head mask was refused, when one was.
+function renderHeads() {
+  const meta = state.current && state.current.meta;
+  const layers = (state.current && state.current.heads) || [];
+  const refused = (meta && meta.heads_refused) || [];
+  $("heads").hidden = !layers.length && !refused.length;
+  $("head-switches").replaceChildren(
+    ...layers.map(({ head }) => {
+      const label = document.createElement("label");
+      label.className = "head-switch";
+      label.dataset.head = head.label;
+      const box = document.createElement("input");
+      box.type = "checkbox";
+      box.checked = !headsOff.has(head.label);
+      box.addEventListener("input", () => {
+        if (box.checked) headsOff.delete(head.label);
+        else headsOff.add(head.label);
+        draw();
+      });
+      const name = document.createElement("span");
+      name.className = "head-name";
+      const classes = headClassNames(head);
+      name.textContent = ` ${head.label}${classes.length ? `: ${classes.join(", ")}` : ""}`;
+      label.append(box, name);
+      (head.classes || []).slice(1).forEach((c, i) => {
+        const swatch = document.createElement("span");
+        swatch.className = "head-swatch";
+        const colour = headColour(head, i + 1);
+        swatch.style.borderColor = `rgb(${colour[0]}, ${colour[1]}, ${colour[2]})`;
+        swatch.title = c.name;
+        label.append(swatch);
+      });
+      if (!head.pixels) label.append(document.createTextNode(" (nothing on this slice)"));
+      return label;
+    }),
+  );
+  const why = $("heads-refused");
+  why.hidden = !refused.length;
+  why.textContent = refused.length ? `not shown: ${refused.join("; ")}` : "";
 }
 
 // --- a model's image-level scores -----------------------------------------------------------------------
