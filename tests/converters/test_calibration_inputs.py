@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -133,3 +134,20 @@ def test_bad_roles_are_refused_before_anything_is_read(tmp_path, study_dir, conv
         err = capsys.readouterr().err
         assert "[BAD_CONFIG]" in err and message in err, (argv, err)
     assert not out.exists()
+
+
+def test_sets_outside_the_models_scope_are_left_out_and_said(tmp_path):
+    from scanedge.demo.assets import demo_manifest
+
+    ref, _ = models(tmp_path, "channels")
+    manifest, _ = load_manifest(ref)
+    manifest = manifest.replace(applies_to=demo_manifest().applies_to)  # MR only
+    study = Study()
+    sets = [{"flair": f, "t1": resample_onto(t, f)} for f, t in zip(study.flair, study.t1)]
+    sets[0]["flair"] = replace(sets[0]["flair"], identity=replace(sets[0]["flair"].identity, modality="CT"))
+    reader = CalibrationFeeds(manifest, sets)
+    assert (reader.count, reader.excluded) == (5, 1)
+    assert "left out 1 calibration slice set(s) outside the model's scope" in reader.notes[0]
+    ct_only = [{r: replace(s, identity=replace(s.identity, modality="CT")) for r, s in item.items()} for item in sets]
+    with pytest.raises(ConversionError, match="none of the calibration slice sets is inside the model's scope"):
+        CalibrationFeeds(manifest, ct_only)
