@@ -113,6 +113,28 @@ def test_paced_consoles_each_stream_their_own_study(tmp_path, capsys):
     assert report["settings"]["partner_replies"]["held"] == sent  # one partner per reference slice, each held
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--dicom", "--baseline", "--transport", "tcp,ipc", "--payload", "frames,shm", "--count", "10"],
+        ["--rate", "20", "--vs-flat-out", "--count", "10"],
+    ],
+    ids=["dicom-baseline-variants", "vs-flat-out"],
+)
+def test_every_stream_loop_sends_sets(tmp_path, capsys, extra):
+    path = tmp_path / "channels.onnx"
+    embed_manifest(conv_model(2, WEIGHTS), simple_manifest(inputs=two_role_inputs()), path)
+    argv = ["stream", "--spawn", "--model", str(path), "--size", "64x64", "--warmup", "1", *extra]
+    report, _ = stream_report(argv, tmp_path, capsys)
+    counts, replies = report["counts"], report["settings"]["partner_replies"]
+    assert counts["error"] == 0 and replies["error"] == 0 and replies["held"] == replies["sent"] > 0
+    if "--baseline" in extra:  # three variants of 10, each a set, and the in-process pipeline through run_inputs
+        assert counts["ok"] == 30 and replies["sent"] == 30 and report["settings"]["input"] == "dicom"
+        assert report["baseline"]["figures"]["in-process"]["count"] == 10
+    else:  # the paced sets and as many flat-out sets, each with its partner
+        assert counts["ok"] == 10 and replies["sent"] >= 20 and report["baseline"]["figures"]["flat out"]["count"] > 0
+
+
 def test_a_runtime_answering_missing_input_is_counted_as_errors_by_code(tmp_path, capsys, monkeypatch):
     """Fault: the console numbers its partner slices apart from its reference slices; raw slices without a position
     pair by number, so the runtime holds each partner and answers each reference slice MISSING_INPUT once its
