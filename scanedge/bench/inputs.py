@@ -73,7 +73,8 @@ def role_sets(slices: Sequence[Slice], roles: Sequence[str]) -> list[dict[str, S
     """One slice per role for each of ``slices``, which are the reference (first role): every other role gets a
     partner on the same grid with other contrast (the reference's intensities mirrored within their range, a
     different mirror per role), so each role's normalisation sees an image of its own, as a T1 beside a FLAIR.
-    What a multi-input model is benchmarked with (``edge-bench pipeline``); the partners need no resampling."""
+    What a multi-input model is benchmarked with (``edge-bench pipeline``, and ``stream``, which sends each partner
+    as its own SEGMENT before the reference's); the partners need no resampling."""
     out = []
     for s in slices:
         px = s.pixels

@@ -238,7 +238,11 @@ class BenchReport:
             console.print(Text("; ".join(parts)))
         roles = (self.model or {}).get("roles")
         if roles:  # a multi-input model (manifest inputs)
-            how = "random tensors" if self.mode == "engine" else "each slice with partners made on its grid"
+            how = {
+                "engine": "random tensors",
+                "stream": "each reference slice sent after a partner SEGMENT per role, made on its grid; latency "
+                "from the set's first SEGMENT to the reference's RESULT",
+            }.get(self.mode, "each slice with partners made on its grid")
             console.print(Text(f"model takes {len(roles)} input roles ({', '.join(roles)}): every role fed ({how})"))
         if self.baseline and "overhead_ms" in self.baseline:
             console.print(Text(describe_overhead(self.baseline)))

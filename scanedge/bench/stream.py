@@ -17,6 +17,14 @@ The spawned runtime's CPU time is sampled too.
 blocks of :data:`VS_FLAT_BLOCK` slices at ``rate`` alternate with blocks of as many slices flat out, so
 both see the same machine at the same time (the flat-out figures are the report's baseline).
 
+A multi-input model (PONG ``roles``, manifest ``inputs``) is streamed as a console streams a study: each
+bench slice is a reference slice, and every other role gets a partner made on its grid
+(:func:`~scanedge.bench.inputs.role_sets`). For each reference slice the console sends the partner roles'
+SEGMENTs, then the reference's (:func:`~scanedge.runtime.console.replay.submit_set`, what ``scanedge replay
+--roles`` sends), each console in a study of its own; ``total`` runs from the first SEGMENT of the set (its
+intended time when paced) to the reference's RESULT, so it holds the partners' sending and holding too. The
+partners' own replies (``held``) are counted apart; a reference answered ``MISSING_INPUT`` is an error by code.
+
 Variants: one run can drive the same runtime over several transports (tcp, ipc) and payloads (frames, or
 shared memory: docs/protocol.md section 12), each from its own connection, in alternating blocks with the
 in-process baseline, so that every variant and the baseline see the same machine noise.
@@ -42,20 +50,22 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scanedge._moved import forward_names
 from scanedge.bench.inprocess import RunLength, baseline_block, drive
+from scanedge.bench.inputs import role_sets
 from scanedge.bench.interrupt import StoppableRun, polled_interrupts
 from scanedge.bench.report import BenchReport
 from scanedge.bench.stats import RunMonitor, summarize
 from scanedge.engines import EngineConfig, RemoteConfig
-from scanedge.errors import BusyError, ConfigError, ExpiredError, ScanedgeError, SupersededError
+from scanedge.errors import BusyError, ConfigError, ExpiredError, MissingInputError, ScanedgeError, SupersededError
 from scanedge.imaging.dicom import encode_dicom
 from scanedge.imaging.slices import Slice
 from scanedge.runtime.console.client import Client, ClientConfig, RemoteResult
+from scanedge.runtime.console.replay import RoleSlice, submit_set
 from scanedge.runtime.wire.protocol import Pong
 
 if TYPE_CHECKING:  # imported lazily where used: only the baseline needs a local pipeline
@@ -324,6 +334,31 @@ class _Recorder:
         self.done = 0
         self.submitted = 0
         self.late_after_ms = late_after_ms
+        #: a multi-input model's partner SEGMENTs: sent, answered held, failed (and why, by code)
+        self.partners = {"sent": 0, "held": 0, "error": 0}
+        self.partner_errors: dict[str, int] = {}
+
+    def partner_callback(self) -> Callable[[Future[RemoteResult]], None]:
+        """Count a partner SEGMENT sent; the callback counts its reply (held for pairing, or an error by code)."""
+        with self.lock:
+            self.partners["sent"] += 1
+
+        def record(future: Future[RemoteResult]) -> None:
+            with self.lock:
+                exc = future.exception()
+                if exc is None:
+                    self.partners["held"] += 1
+                else:
+                    self.partners["error"] += 1
+                    code = getattr(exc, "code", type(exc).__name__)
+                    self.partner_errors[code] = self.partner_errors.get(code, 0) + 1
+
+        return record
+
+    def partners_pending(self) -> int:
+        """Partner SEGMENTs not answered yet."""
+        with self.lock:
+            return self.partners["sent"] - self.partners["held"] - self.partners["error"]
 
     def callback(self, intended: float, sent: float, start: float) -> Callable[[Future[RemoteResult]], None]:
         with self.lock:
@@ -366,6 +401,72 @@ def _payloads(slices: Sequence[Slice], dicom: bool) -> list[Any]:
     return [encode_dicom(s) for s in slices] if dicom else list(slices)
 
 
+@dataclass(frozen=True, eq=False)
+class _Paired:
+    """One reference slice of a multi-input model with a partner per role, as each series key sends it.
+
+    Attributes:
+        by_series: per series key (``console-0``, ...; ``""`` for the warm-up and the in-process baseline), the
+            reference and its partners, reference first, each in the key's own study, partners in series
+            ``KEY-ROLE`` (the SEGMENT's ``series``), every slice with a SOP Instance UID of its own (a partner
+            sent again replaces itself in the runtime's pairing buffer instead of piling up).
+    """
+
+    by_series: dict[str, tuple[RoleSlice, ...]]
+
+    def sources(self) -> dict[str, Slice | bytes]:
+        """Every role's slice (or DICOM bytes), for :meth:`Pipeline.run_inputs`."""
+        return {str(r.role): r.image for r in self.by_series[""]}
+
+
+def _role_payloads(slices: Sequence[Slice], roles: Sequence[str], keys: Sequence[str], dicom: bool) -> list[_Paired]:
+    """Each of ``slices`` as a reference slice with partners made on its grid, per series key (see :class:`_Paired`)."""
+    from pydicom.uid import generate_uid
+
+    studies = {key: generate_uid(entropy_srcs=["scanedge edge-bench stream", key]) for key in keys}
+    out = []
+    for i, item in enumerate(role_sets(slices, roles)):
+        by_series: dict[str, tuple[RoleSlice, ...]] = {}
+        for key in keys:
+            parts = []
+            for role, s in item.items():
+                series = key if role == roles[0] else f"{key}-{role}"
+                sop = generate_uid(entropy_srcs=["scanedge edge-bench stream", key, role, str(i)])
+                uid = generate_uid(entropy_srcs=["scanedge edge-bench stream", key, role])  # a DICOM object's own
+                ident = replace(s.identity, study_uid=studies[key], series_uid=uid, sop_instance_uid=sop)
+                sent = replace(s, identity=ident)
+                parts.append(RoleSlice(role, encode_dicom(sent) if dicom else sent, sent, series))
+            by_series[key] = tuple(parts)
+        out.append(_Paired(by_series))
+    return out
+
+
+def _series_keys(settings: StreamConfig) -> list[str]:
+    """Every series key a run sends under: the warm-up's, each console's, each variant's."""
+    consoles = [f"console-{k}" for k in range(settings.consoles)]
+    variants = [f"console-{variant_name(t, p)}" for t, p in settings.variants]
+    return list(dict.fromkeys(["", *consoles, *variants]))
+
+
+def _ignore_reply(future: Future[RemoteResult]) -> None:
+    """Collect a warm-up partner's reply (its outcome is not measured)."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _submit(
+    client: Client, payload: Any, series: str, kw: dict[str, Any], rec: _Recorder | None
+) -> Future[RemoteResult]:
+    """Send one slice, or a multi-input model's set (partners, then the reference, on this connection); the
+    future is the slice's (the reference's) RESULT. ``rec`` counts the partners' replies (None: not counted)."""
+    if not isinstance(payload, _Paired):
+        return client.submit(payload, series=series, **kw)
+    partners, reference = submit_set(client, payload.by_series[series], **kw)
+    for future in partners:
+        future.add_done_callback(rec.partner_callback() if rec is not None else _ignore_reply)
+    return reference
+
+
 def bench_stream(slices: Sequence[Slice], settings: StreamConfig, progress: Progress | None = None) -> BenchReport:
     """Stream ``slices`` (cycled) to ``settings.endpoint``, or to runtimes spawned for the run, and report
     end-to-end latency per request with the runtime's own stage timings and the transport between them;
@@ -396,8 +497,7 @@ def bench_stream(slices: Sequence[Slice], settings: StreamConfig, progress: Prog
         else:
             with Client(settings.endpoint, ClientConfig(timeout_s=5.0, retries=0)) as probe:
                 pong = probe.ping()
-        _refuse_multi_input(pong)
-        target = _Target(endpoints, pong, spawned[0] if spawned else None, versus)
+        target = _Target(endpoints, pong, spawned[0] if spawned else None, versus, _served_roles(pong))
         report = _run(slices, settings, target, progress)
     finally:
         codes = [r.close() for r in spawned]
@@ -408,18 +508,10 @@ def bench_stream(slices: Sequence[Slice], settings: StreamConfig, progress: Prog
     return report
 
 
-def _refuse_multi_input(pong: Pong) -> None:
-    """ConfigError when the model streamed to takes several series at once (PONG ``roles``): each of its
-    results needs a slice of every role, sent as separate SEGMENTs and paired in the runtime, which the stream
-    bench's one-request-one-reply timing cannot express."""
+def _served_roles(pong: Pong) -> tuple[str, ...]:
+    """The input roles of the model streamed to (PONG ``roles``, reference first); () for a one-input model."""
     served = next((m for m in pong.models if m.name == pong.default_model), pong.models[0] if pong.models else None)
-    if served is not None and served.roles:
-        raise ConfigError(
-            f"model {served.name} takes {len(served.roles)} input roles ({', '.join(served.roles)}), paired in the "
-            "runtime; edge-bench stream times one-input models. Time it in process with `edge-bench pipeline "
-            "--model MODEL` (every stage, every role) or `edge-bench engine MODEL`, or stream a study to the "
-            "runtime with `scanedge replay --roles ROLE,ROLE` (its end-to-end latency per slice)"
-        )
+    return tuple(served.roles) if served is not None and served.roles else ()
 
 
 def _variant_clients(settings: StreamConfig, endpoints: dict[str, str]) -> dict[str, Client]:
@@ -451,12 +543,14 @@ class _Target:
         pong: the first runtime's answer to PING (engine, models).
         spawned: the first runtime when it was spawned for the run (its CPU and memory are sampled).
         versus: the side-by-side runtime, or None.
+        roles: the input roles of the model streamed to (a multi-input model), reference first; () for one input.
     """
 
     endpoints: list[dict[str, str]]
     pong: Pong
     spawned: SpawnedRuntime | None = None
     versus: SpawnedRuntime | None = None
+    roles: tuple[str, ...] = ()
 
 
 @dataclass(eq=False)
@@ -510,6 +604,10 @@ class _Consoles:
     def rec(self) -> _Recorder:
         """The first variant's recorder: console 0's and every other console's."""
         return self.recs[self.names[0]]
+
+    def recorders(self) -> list[_Recorder]:
+        """Every recorder of the run: the variants', the flat-out blocks' and the side-by-side runtime's."""
+        return [*self.recs.values(), self.flat, self.versus_rec]
 
     def others(self) -> list[Client]:
         """The connections of the variants after the first."""
@@ -581,7 +679,10 @@ def _request_options(settings: StreamConfig) -> dict[str, Any]:
 
 def _run(slices: Sequence[Slice], settings: StreamConfig, target: _Target, progress: Progress | None) -> BenchReport:
     """Connect the consoles, measure, close them, and report."""
-    payloads = _payloads(slices, settings.dicom)
+    if target.roles:
+        payloads: list[Any] = _role_payloads(slices, target.roles, _series_keys(settings), settings.dicom)
+    else:
+        payloads = _payloads(slices, settings.dicom)
     consoles = _Consoles.open(settings, target)
     baseline = _InProcessBaseline()
     try:
@@ -625,9 +726,9 @@ def _warm_up(consoles: _Consoles, payloads: Sequence[Any], kw: dict[str, Any], r
         for warm in (clients[i % len(clients)], consoles.versus_client, *consoles.others()):
             if warm is not None and not run.stopped():
                 try:
-                    warm.segment(payloads[i % len(payloads)], **kw)
-                except (ExpiredError, BusyError):  # a tight --deadline-ms or a busy runtime: warm anyway
-                    pass
+                    _submit(warm, payloads[i % len(payloads)], "", kw, None).result()
+                except (ExpiredError, BusyError, MissingInputError):  # a tight --deadline-ms, a busy runtime or
+                    pass  # a runtime that cannot pair: warm anyway (the measured run counts them)
 
 
 def _drive(
@@ -674,6 +775,9 @@ def _drain(consoles: _Consoles, sent: int, interrupted: bool) -> int:
     else:
         rec = consoles.rec
         _wait_all(rec, sent if len(consoles.variants) == 1 else rec.done, timeout=60)
+    end = time.monotonic() + (3 if interrupted else 30)  # partners are answered at once: their count is complete
+    while any(r.partners_pending() for r in consoles.recorders()) and time.monotonic() < end:
+        time.sleep(0.005)
     return sent
 
 
@@ -693,13 +797,19 @@ def _report(
         settings=_run_settings(slices, settings, target, consoles.names, measured.sent),
         samples=samples,
         engine=_engine_section(target.pong),
-        model={"name": model.name, "version": model.version, "sha256": model.onnx_sha256},
+        model={
+            "name": model.name,
+            "version": model.version,
+            "sha256": model.onnx_sha256,
+            **({"roles": list(target.roles)} if target.roles else {}),
+        },
         counts=dict(rec.counts),
         throughput_per_s=rec.counts["ok"] / wall if wall > 0 else None,
         wall_s=wall,
         timeline=rec.timeline,
     )
     _merge_variant_counts(report, consoles)
+    _add_partners(report, consoles, target.roles)
     _add_server_cpu(report, measured)
     _add_baselines(report, settings, samples, consoles, baseline)
     _add_server_rss(report, target.spawned)
@@ -771,6 +881,29 @@ def _merge_variant_counts(report: BenchReport, consoles: _Consoles) -> None:
             rec.errors[code] = rec.errors.get(code, 0) + n
     if rec.errors:
         report.counts.update({f"error.{k}": v for k, v in rec.errors.items()})
+
+
+def _add_partners(report: BenchReport, consoles: _Consoles, roles: Sequence[str]) -> None:
+    """A multi-input model's run: the roles and what was timed (settings), the partner SEGMENTs' replies (held,
+    failed by code), and a warning when any partner failed."""
+    if not roles:
+        return
+    partners = {"sent": 0, "held": 0, "error": 0}
+    errors: dict[str, int] = {}
+    for rec in consoles.recorders():
+        with rec.lock:
+            for k in partners:
+                partners[k] += rec.partners[k]
+            for code, n in rec.partner_errors.items():
+                errors[code] = errors.get(code, 0) + n
+    report.settings["roles"] = list(roles)
+    report.settings["partners"] = "synthetic, on the reference grid; sent before each reference slice"
+    report.settings["latency"] = "from the first SEGMENT of each reference slice's set to the reference's RESULT"
+    report.settings["partner_replies"] = {**partners, "errors": errors}
+    report.counts["partners_held"] = partners["held"]
+    report.counts.update({f"partner_error.{code}": n for code, n in errors.items()})
+    if partners["error"]:
+        report.warnings.append(f"{partners['error']} of {partners['sent']} partner SEGMENT(s) failed: {errors}")
 
 
 def _add_server_cpu(report: BenchReport, measured: _Measured) -> None:
@@ -896,14 +1029,19 @@ def _settled(future: Future[RemoteResult]) -> None:
 def _one_flat_out(client: Client, payload: Any, series: str, kw: dict[str, Any], rec: _Recorder, start: float) -> None:
     """Send one slice closed loop (intended = sent = now), recorded by ``rec``, and wait for its reply."""
     t = time.perf_counter()
-    future = client.submit(payload, series=series, **kw)
+    future = _submit(client, payload, series, kw, rec)
     future.add_done_callback(rec.callback(t, t, start))
     _settled(future)
 
 
 def _in_process_step(pipe: Pipeline, payload: Any, kw: dict[str, Any], outside_model: list[float]) -> Any:
     """One in-process baseline run; its time outside the model goes to ``outside_model``; returns its timings."""
-    t = pipe.run(payload, overlay="overlay" in kw["outputs"]).timings
+    overlay = "overlay" in kw["outputs"]
+    t = (
+        pipe.run_inputs(payload.sources(), overlay=overlay)
+        if isinstance(payload, _Paired)
+        else pipe.run(payload, overlay=overlay)
+    ).timings
     outside_model.append(t.total_ms - t.infer_ms)
     return t
 
@@ -1017,7 +1155,7 @@ def _paced_vs_flat_out(
 
     def send(recorder: _Recorder, intended: float) -> Future[RemoteResult]:
         actual = time.perf_counter()
-        future = client.submit(payloads[(n_paced + n_flat) % len(payloads)], series="console-0", **kw)
+        future = _submit(client, payloads[(n_paced + n_flat) % len(payloads)], "console-0", kw, recorder)
         future.add_done_callback(recorder.callback(intended, actual, start))
         return future
 
@@ -1078,7 +1216,7 @@ def _drive_consoles(
             else:
                 intended = time.perf_counter()
             actual = time.perf_counter()
-            future = client.submit(payloads[n % len(payloads)], series=f"console-{k}", **kw)
+            future = _submit(client, payloads[n % len(payloads)], f"console-{k}", kw, rec)
             future.add_done_callback(rec.callback(intended, actual, start))
             n += 1
             sent[k] = n

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from scanedge.converters.convert import ConvertConfig, convert
 
     console = make_console()
+    calibration, sets = _calibration(args, console)
     with user_values():
         options = ConvertConfig(
             target=args.target,
             precision=args.precision,
-            calibration=args.calibration,
+            calibration=calibration,
             calibration_limit=args.calibration_limit,
             shapes=args.shapes,
             out_dir=args.out,
@@ -38,13 +40,57 @@ def cmd_convert(args: argparse.Namespace) -> int:
             console.print(literal(message))
             status.update(literal(message))
 
-        result = convert(args.model, options, manifest_path=args.manifest, say=say)
+        result = convert(args.model, options, manifest_path=args.manifest, say=say, calibration_sets=sets)
     console.print(
         f"[bold]{literal(result.output)}[/] ({options.target}, {options.precision}) in "
         f"{time.perf_counter() - t0:.1f} s; check the result with: "
-        + literal(f"scanedge verify {result.output} --reference {args.model} --data SLICES")
+        + literal(f"scanedge verify {result.output} --reference {args.model} --data {'STUDY' if sets else 'SLICES'}")
     )
     return 0
+
+
+def _calibration(args: argparse.Namespace, console: Any) -> tuple[Path | None, list[dict[str, Any]] | None]:
+    """The calibration folder, and for a multi-input model converted to int8 its study paired: one slice per
+    role at each reference slice (:func:`~scanedge.cli.segment_inputs.paired_study`, the runtime's pairing), so
+    the converter calibrates on the feeds the runtime will build. ``--roles`` is checked (syntax, the model's
+    role names, the paths) before anything is read."""
+    from scanedge.cli.segment_inputs import named_roles
+    from scanedge.manifest import load_manifest
+
+    args.paths = [args.calibration] if args.calibration is not None else []
+    named = named_roles(args)  # a malformed --roles is refused here, before the model is even read
+    manifest, _ = load_manifest(args.model, args.manifest, verify_sha=False)
+    if manifest.inputs is None or args.precision != "int8":
+        if named and manifest.inputs is None:
+            raise ConfigError(f"--roles names input roles; model {manifest.name} takes one input and has none")
+        if named:
+            raise ConfigError("--roles names each role's calibration series; only --precision int8 calibrates")
+        return args.calibration, None
+    from scanedge.runtime.core.batch_inputs import check_role_names
+
+    check_role_names(manifest, list(named))
+    for role, paths in named.items():
+        for path in paths:
+            if not path.exists():
+                raise ConfigError(f"--roles {role}={path}: no such file or folder")
+    if args.calibration is None and not named:
+        raise ConfigError(
+            f"int8 needs calibration data: model {manifest.name} takes the roles {', '.join(manifest.roles)}, so "
+            "give --calibration STUDY (a folder with every role's series) or --roles ROLE=DIR for each role"
+        )
+    from scanedge.cli.segment_inputs import paired_study
+
+    with console.status("reading and pairing the calibration study's series ..."):
+        study, sets = paired_study(manifest, args, args.calibration_limit)
+    for line in study.lines()[:-1]:
+        console.print(literal(line))
+    left = f"; {study.missing} reference slice(s) without a partner left out" if study.missing else ""
+    console.print(f"model takes {len(manifest.roles)} roles: calibrating on {len(sets)} paired slice set(s){left}")
+    folders = [Path(p) for p in args.paths] + [p for paths in named.values() for p in paths]
+    where = (
+        args.calibration if args.calibration is not None else Path(os.path.commonpath([p.resolve() for p in folders]))
+    )
+    return where, sets
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -110,22 +156,10 @@ def _verify_slices(args: argparse.Namespace, console: Any) -> Any:
             raise ConfigError("--data names the folder of slices to compare on")
         with console.status("reading slices ..."):
             return [item.slice for item in read_slices([args.data])][: args.limit]
-    from scanedge.cli.segment_inputs import input_paths, study_inputs
-    from scanedge.errors import MissingInputError
-    from scanedge.runtime.core.batch_inputs import paired_slices, pairing_buffer
+    from scanedge.cli.segment_inputs import paired_study
 
     with console.status("reading and pairing the study's series ..."):
-        study = study_inputs(manifest, tuple(read_slices(input_paths(args))), args)
-        buffer = pairing_buffer(study)
-        sets: list[dict[str, Any]] = []
-        for item in study.references:
-            if len(sets) >= args.limit:
-                break
-            try:
-                sets.append(paired_slices(study, buffer, item.slice))
-                study.paired += 1
-            except MissingInputError:
-                study.missing += 1
+        study, sets = paired_study(manifest, args, args.limit)
     for line in study.lines()[:-1]:
         console.print(literal(line))
     left = f"; {study.missing} reference slice(s) without a partner left out" if study.missing else ""
@@ -160,9 +194,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--calibration",
         type=Path,
-        help=f"folder of slices for int8 calibration, at least {MIN_CALIBRATION_SLICES} inside the model's scope "
-        "(default: none; required for int8)",
+        help=f"folder of slices for int8 calibration, at least {MIN_CALIBRATION_SLICES} inside the model's scope; "
+        "for a multi-input model the study's series, paired as the runtime pairs them (default: none; required for "
+        "int8 unless --roles names every role's ROLE=DIR)",
     )
+    add_roles_arg(p)
     p.add_argument(
         "--calibration-limit", type=int, default=200, help="use at most this many calibration slices (default: 200)"
     )

@@ -17,12 +17,13 @@ from scanedge.errors import ConfigError
 
 if TYPE_CHECKING:
     from scanedge.imaging.files import LoadedSlice, SliceScan
+    from scanedge.imaging.slices import Slice
     from scanedge.manifest import Manifest
     from scanedge.runtime.core.batch import BatchOutput, BatchReport
     from scanedge.runtime.core.batch_inputs import StudyInputs
     from scanedge.runtime.core.pipeline import Pipeline
 
-__all__ = ["add_roles_arg", "input_paths", "named_roles", "segment_study", "study_inputs"]
+__all__ = ["add_roles_arg", "input_paths", "named_roles", "paired_study", "segment_study", "study_inputs"]
 
 
 def add_roles_arg(p: argparse.ArgumentParser) -> None:
@@ -59,6 +60,31 @@ def study_inputs(manifest: Manifest, loaded: tuple[LoadedSlice, ...], args: argp
     from scanedge.runtime.core.batch_inputs import assign_roles
 
     return assign_roles(manifest, loaded, named_roles(args))
+
+
+def paired_study(
+    manifest: Manifest, args: argparse.Namespace, limit: int
+) -> tuple[StudyInputs, list[dict[str, Slice]]]:
+    """The study under ``args.paths`` (and ``--roles``) read, its series assigned to ``manifest``'s roles and its
+    reference slices paired as ``scanedge segment`` pairs them: at most ``limit`` sets, one slice per role on the
+    reference grid (``verify`` compares on them, ``convert`` calibrates on them). A reference slice without a
+    partner is left out and counted in ``missing``; a role no series fills is a MissingInputError naming it."""
+    from scanedge.cli.arguments import read_slices
+    from scanedge.errors import MissingInputError
+    from scanedge.runtime.core.batch_inputs import paired_slices, pairing_buffer
+
+    study = study_inputs(manifest, tuple(read_slices(input_paths(args))), args)
+    buffer = pairing_buffer(study)
+    sets: list[dict[str, Slice]] = []
+    for item in study.references:
+        if len(sets) >= limit:
+            break
+        try:
+            sets.append(paired_slices(study, buffer, item.slice))
+            study.paired += 1
+        except MissingInputError:
+            study.missing += 1
+    return study, sets
 
 
 def segment_study(

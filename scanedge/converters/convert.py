@@ -10,17 +10,18 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from scanedge._moved import forward_names
-from scanedge.converters.calibration import CalibrationSlices
+from scanedge.converters.calibration import CalibrationFeeds, CalibrationReader, CalibrationSlices
 from scanedge.converters.checks import CheckReport, check_onnx
 from scanedge.converters.precision import PRECISIONS, to_fp16, to_int8
 from scanedge.engines import EngineConfig, OrtSessionLoader
 from scanedge.errors import ConversionError, EngineError
+from scanedge.imaging.slices import Slice
 from scanedge.manifest import Manifest, embed_manifest, load_manifest
 
 __all__ = ["ConversionResult", "ConvertConfig", "convert", "ort_optimize"]
@@ -114,12 +115,16 @@ def convert(
     *,
     manifest_path: str | os.PathLike[str] | None = None,
     say: Callable[[str], None] = lambda _: None,
+    calibration_sets: Iterable[Mapping[str, Slice]] | None = None,
 ) -> ConversionResult:
     """Convert the ONNX model at ``model_path`` as ``options`` say: check, simplify, change precision,
     optimize for ONNX Runtime or build a TensorRT plan.
 
     ``manifest_path``: a manifest file to use instead of the one embedded in (or next to) the model.
-    ``say`` receives one line per step as it starts and finishes. Raises ConversionError when a step
+    ``say`` receives one line per step as it starts and finishes. ``calibration_sets``: a multi-input model's
+    int8 calibration data, one slice per role for each reference slice, partners on its grid (``scanedge
+    convert`` pairs the study in ``options.calibration`` with the runtime's pairing); each becomes a feed of
+    every graph input, assembled as the runtime assembles it. Raises ConversionError when a step
     fails, a ModelError (ManifestMissingError, ...) for a missing or mismatched manifest, and
     DeviceUnavailableError for the TensorRT target without a usable GPU.
     """
@@ -158,13 +163,27 @@ def convert(
         elif options.precision == "int8":
             calibration = options.calibration
             assert calibration is not None  # ConvertConfig refuses int8 without it
-            reader = step(
-                f"calibration data from {calibration}",
-                lambda: CalibrationSlices(manifest, calibration, options.calibration_limit),
-            )
+            reader: CalibrationReader
+            if calibration_sets is not None:
+                sets = calibration_sets
+                reader = step(
+                    f"calibration data: paired slice sets of {', '.join(manifest.roles)} from {calibration}",
+                    lambda: CalibrationFeeds(manifest, sets, options.calibration_limit),
+                )
+            else:
+                reader = step(
+                    f"calibration data from {calibration}",
+                    lambda: CalibrationSlices(manifest, calibration, options.calibration_limit),
+                )
             for note in reader.notes:
                 say(f"warning: {note}")
-            say(f"calibrating on {reader.count} slice(s) through the runtime's own preprocessing")
+            if calibration_sets is not None:
+                say(
+                    f"calibrating on {reader.count} paired slice set(s), every role through the runtime's own "
+                    "preprocessing and assembly"
+                )
+            else:
+                say(f"calibrating on {reader.count} slice(s) through the runtime's own preprocessing")
             model = step(
                 "int8 quantization (QDQ)", lambda: to_int8(model, reader, Path(tmp) / "int8.onnx", options.target)
             )

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from scanedge.converters.calibration import CalibrationSlices
+from scanedge.converters.calibration import CalibrationReader
 from scanedge.engines.ort_session import import_onnxruntime
 from scanedge.errors import ConversionError
 
@@ -33,7 +33,7 @@ def to_fp16(model: Any) -> Any:
         raise ConversionError(f"fp16 conversion failed: {exc}") from exc
 
 
-def to_int8(model: Any, calibration: CalibrationSlices, out_path: str | os.PathLike[str], target: str = "ort") -> Any:
+def to_int8(model: Any, calibration: CalibrationReader, out_path: str | os.PathLike[str], target: str = "ort") -> Any:
     """Static int8 quantization in QDQ format, per-channel symmetric int8 weights, calibrated on slices.
 
     Activations: TensorRT only takes symmetric int8 (zero point 0), so the TensorRT target gets that;

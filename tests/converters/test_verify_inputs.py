@@ -94,12 +94,12 @@ def test_verify_names_a_missing_role_and_refuses_roles_for_a_one_input_model(tmp
     assert "takes one input" in capsys.readouterr().err
 
 
-def test_int8_calibration_of_a_multi_input_model_is_refused_with_the_way_out(tmp_path):
+def test_one_series_calibration_of_a_multi_input_model_is_refused_with_the_way_out(tmp_path):
     ref, _ = models(tmp_path, "channels")
     from scanedge.manifest import load_manifest
 
     manifest, _ = load_manifest(ref)
-    with pytest.raises(ConversionError, match="convert it to fp16"):
+    with pytest.raises(ConversionError, match=r"--calibration STUDY or --roles ROLE=DIR.*CalibrationFeeds"):
         CalibrationSlices(manifest, [Study().flair[0]])
 
 

@@ -22,8 +22,9 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_for_futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from scanedge._moved import forward_names
 from scanedge.errors import ConfigError, ScanedgeError, SupersededError
@@ -38,11 +39,14 @@ __all__ = [
     "Replay",
     "ReplayConfig",
     "ReplaySeries",
+    "RoleSlice",
     "SeriesReport",
     "SliceEvent",
     "group_series",
     "read_series",
     "rename_repeats",
+    "submit_set",
+    "submit_slice",
 ]
 
 
@@ -312,23 +316,18 @@ class Replay:
         cfg = self.settings
         series = self.series[send.series]
         item = series.slices[send.n % len(series.slices)]
-        image: object = item.path.read_bytes() if cfg.dicom else item.slice
-        future = client.submit(
-            image,  # type: ignore[arg-type]
-            series=series.uid,
-            instance=item.slice.identity.sop_instance_uid,
-            index=item.slice.identity.instance_number,
-            outputs=self._outputs("", cfg.outputs),
-            deadline_ms=cfg.deadline_ms,
-            role=cfg.roles[send.series] if cfg.roles else None,
+        sent = RoleSlice(
+            cfg.roles[send.series] if cfg.roles else None,
+            item.path.read_bytes() if cfg.dicom else item.slice,
+            item.slice,
+            series.uid,
         )
+        future = submit_slice(client, sent, outputs=self._outputs("", cfg.outputs), deadline_ms=cfg.deadline_ms)
         future.add_done_callback(lambda f: done.put((send, send.due, f)))
         for model in cfg.also_models:  # answered and published by the runtime; waited for only at the end
-            further = client.submit(
-                image,  # type: ignore[arg-type]
-                series=series.uid,
-                instance=item.slice.identity.sop_instance_uid,
-                index=item.slice.identity.instance_number,
+            further = submit_slice(
+                client,
+                replace(sent, role=None),
                 outputs=self._outputs(model, ("saliency",)),  # no frame from a model without a saliency head
                 deadline_ms=cfg.deadline_ms,
                 model=model,
@@ -382,6 +381,49 @@ class Replay:
             report.failed += 1
             code = getattr(event.error, "code", type(event.error).__name__)
             report.errors[code] = report.errors.get(code, 0) + 1
+
+
+@dataclass(frozen=True, eq=False)
+class RoleSlice:
+    """One slice as a console sends it.
+
+    Attributes:
+        role: its input role for a multi-input model (docs/protocol.md section 3.2); None: none sent.
+        image: what goes on the wire: the slice itself (raw pixels with its geometry, identity, study and frame
+            of reference), or its DICOM object's bytes.
+        slice: the slice (its SOP Instance UID and Instance Number go with the request).
+        series: the series key sent.
+    """
+
+    role: str | None
+    image: Slice | bytes
+    slice: Slice
+    series: str
+
+
+def submit_slice(client: Client, sent: RoleSlice, **options: Any) -> Future[RemoteResult]:
+    """Send one slice (its instance UID, instance number and role with it); ``options`` go to
+    :meth:`Client.submit` (``outputs``, ``deadline_ms``, ``model``, ...). What :class:`Replay` sends per slice."""
+    return client.submit(
+        sent.image,
+        series=sent.series,
+        instance=sent.slice.identity.sop_instance_uid,
+        index=sent.slice.identity.instance_number,
+        role=sent.role,
+        **options,
+    )
+
+
+def submit_set(
+    client: Client, roles: Sequence[RoleSlice], **options: Any
+) -> tuple[list[Future[RemoteResult]], Future[RemoteResult]]:
+    """Send a multi-input model's reference slice with its partners on one connection: every partner role's
+    SEGMENT first (the runtime holds it and answers at once, section 3.2), then the reference's (``roles[0]``),
+    which the runtime answers once it has paired them. Returns (the partners' futures, the reference's)."""
+    if len(roles) < 2 or any(r.role is None for r in roles):
+        raise ConfigError("a set is a reference slice and at least one partner, each with its role")
+    partners = [submit_slice(client, partner, **options) for partner in roles[1:]]
+    return partners, submit_slice(client, roles[0], **options)
 
 
 def read_series(paths: Sequence[str | Path], *, dicom: bool = False) -> list[ReplaySeries]:

@@ -316,13 +316,13 @@ def test_a_two_channel_network_exported_from_torch_gets_both_sequences_normalise
         assert np.abs(other.probabilities - result.probabilities).max() > 1e-3  # the T1 channel counts
 
 
-def test_int8_calibration_of_a_multi_input_model_is_refused_and_fp16_converts(tmp_path):
+def test_one_series_calibration_of_a_multi_input_model_is_refused_and_fp16_converts(tmp_path):
     from scanedge.converters.calibration import CalibrationSlices
     from scanedge.converters.convert import ConvertConfig, convert
     from scanedge.errors import ConversionError
 
     manifest = two_channel_manifest()
-    with pytest.raises(ConversionError, match=r"several at once \(flair, t1\).*fp16"):
+    with pytest.raises(ConversionError, match=r"several series at once \(flair, t1\).*paired"):
         CalibrationSlices(manifest, [Slice.from_array(np.zeros((8, 8), np.int16))] * 30)
     path = tmp_path / "two.onnx"
     embed_manifest(conv_model(2, WEIGHTS), manifest, path)
