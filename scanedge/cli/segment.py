@@ -361,6 +361,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if classified is not None:
         _print_classifier(out, classified, check=args.check and len(classified.slices) == len(scan.loaded))
     montage = report.montage_path.name if report.montage_path else "-"
+    if classified is not None and classified.montage_path is not None:
+        montage += f", the classifier's: {classified.montage_path.name}"
     out.print(f"overlays: [bold]{literal(args.out)}[/] (one per slice, montage: {literal(montage)}; results.json)")
     return _exit_status(report, console)
 
@@ -419,7 +421,10 @@ def _demo_classifier(args: argparse.Namespace, scan: SliceScan, report: BatchRep
     segmented = {s.source.name for s in report.slices}
     with console.status("classifying the slices with the demo classifier ..."):
         classified = classify_slices(
-            [i for i in scan.loaded if i.name in segmented], DEMO_CLASSIFIER_PATH, engine_options(args)
+            [i for i in scan.loaded if i.name in segmented],
+            DEMO_CLASSIFIER_PATH,
+            engine_options(args),
+            montage_dir=report.results_path.parent if report.montage_path is not None else None,
         )
     data = json.loads(report.results_path.read_text())
     tmp = report.results_path.with_suffix(".json.tmp")

@@ -2,24 +2,34 @@
 segmentation model on the same slices, through the same scanedge pipeline.
 
 ``scanedge demo`` runs it after the segmentation and adds its per-slice and series scores to the report and
-to ``results.json`` (key ``classifier``); ``scanedge demo --live`` serves it beside the segmentation model
-(:mod:`scanedge.cli.live`). Its evaluation ships next to it in ``scanedge/models``.
+to ``results.json`` (key ``classifier``), and tiles its overlays (the scores written on each slice under the
+model's own saliency map) into ``classifier-montage.png``; ``scanedge demo --live`` serves it beside the
+segmentation model (:mod:`scanedge.cli.live`). Its evaluation ships next to it in ``scanedge/models``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
+from scanedge.imaging.encode import encode_image
 from scanedge.imaging.files import LoadedSlice
-from scanedge.imaging.heads import HeadScore, SeriesScore, SeriesScores
+from scanedge.imaging.heads import HeadScore, SaliencyMap, SeriesScore, SeriesScores
+from scanedge.imaging.montage import MAX_TILE, TileLabel, montage, tile_label
+from scanedge.imaging.overlay import display_image
+from scanedge.imaging.score_overlay import draw_saliency
+from scanedge.imaging.slices import Slice
 from scanedge.models import DEMO_CLASSIFIER_PATH
 
-__all__ = ["ClassifiedSlice", "ClassifierReport", "classify_slices", "truth_figures"]
+__all__ = ["CLASSIFIER_MONTAGE_NAME", "ClassifiedSlice", "ClassifierReport", "classify_slices", "truth_figures"]
+
+#: the classifier's overlays tiled, beside the segmentation's ``montage.png``
+CLASSIFIER_MONTAGE_NAME = "classifier-montage.png"
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,7 @@ class ClassifierReport:
     path: Path  # the classifier's ONNX file
     slices: tuple[ClassifiedSlice, ...]  # every slice classified, in slice order
     series: dict[str, tuple[SeriesScore, ...]]  # Series Instance UID -> its heads' scores over its slices
+    montage_path: Path | None = None  # the classifier's overlays tiled, when asked for
 
     def probabilities(self, head: str, name: str) -> np.ndarray:
         """The probability of class ``name`` of head ``head`` on every slice, in slice order."""
@@ -83,19 +94,31 @@ class ClassifierReport:
 
 
 def classify_slices(
-    slices: Sequence[LoadedSlice], model: Path = DEMO_CLASSIFIER_PATH, options: Any = None
+    slices: Sequence[LoadedSlice],
+    model: Path = DEMO_CLASSIFIER_PATH,
+    options: Any = None,
+    *,
+    montage_dir: Path | None = None,
 ) -> ClassifierReport:
     """Run the classifier at ``model`` on ``slices`` (series order); series scores per series UID, each slice
     placed as the runtime places it (a slice re-sent to the same place replaces itself). ``options``: the
-    engine's options (:class:`~scanedge.runtime.core.engines.EngineOptions`), default the pipeline's."""
+    engine's options (:class:`~scanedge.runtime.core.engines.EngineOptions`), default the pipeline's.
+    ``montage_dir``: also write :data:`CLASSIFIER_MONTAGE_NAME` there, each slice's overlay (its scores, and
+    the model's own saliency map when the manifest declares one) shrunk to a tile as it is made, so a long
+    series never holds full-size overlays."""
     from scanedge.runtime.core.pipeline import Pipeline
 
     per_series: dict[str, SeriesScores] = {}
     done: list[ClassifiedSlice] = []
+    tiles: list[np.ndarray] = []
+    labels: list[TileLabel] = []
     with Pipeline.open(model, options=options) as pipe:
         for item in slices:
             ident = item.slice.identity
             result = pipe.run(item.slice, overlay=False)
+            if montage_dir is not None:
+                tiles.append(_tile(item.slice, result.saliency))
+                labels.append(_scored_label(tile_label(item.slice), result.scores))
             series = ident.series_uid or ""
             store = per_series.setdefault(series, SeriesScores(pipe.manifest.heads))
             store.add(result.scores, item.slice.geometry, ident.instance_number)
@@ -104,7 +127,41 @@ def classify_slices(
                 ClassifiedSlice(item.name, series, ident.instance_number, result.scores, t.infer_ms, t.total_ms)
             )
         label = f"{pipe.manifest.name}@{pipe.manifest.version}"
-    return ClassifierReport(label, model, tuple(done), {uid: s.scores() for uid, s in per_series.items()})
+        research_only = pipe.manifest.not_for_clinical_use
+        saliency = any(h.role == "saliency" for h in pipe.manifest.heads)
+    path = None
+    if montage_dir is not None and tiles:
+        path = Path(montage_dir) / CLASSIFIER_MONTAGE_NAME
+        drawn = "class p+ decided present, p- absent" + ("; heat = the model's own saliency map" if saliency else "")
+        sheet = montage(tiles, 8, labels=labels, not_for_clinical_use=research_only, notes=[f"{label}: {drawn}"])
+        path.write_bytes(encode_image(sheet, "png"))
+    by_series = {uid: s.scores() for uid, s in per_series.items()}
+    return ClassifierReport(label, model, tuple(done), by_series, path)
+
+
+def _scored_label(label: TileLabel, scores: Sequence[HeadScore]) -> TileLabel:
+    """The tile's label with each score head's top class, its probability and decision (``+`` present, ``-``
+    absent), as the overlay writes them (:func:`~scanedge.imaging.score_overlay.score_lines`)."""
+    parts = [label.title]
+    for head in scores:
+        top = head.score(head.top)
+        parts.append(f"{top.name} {top.probability:.2f}{'+' if top.decision else '-'}")
+    return replace(label, title="  ".join(p for p in parts if p))
+
+
+def _tile(slice_: Slice, saliency: Sequence[SaliencyMap]) -> np.ndarray:
+    """The slice as displayed, under the model's own saliency map when it gives one, shrunk (area) so its longer
+    side is at most the montage's largest tile. Its scores go into the tile's label, where they are legible."""
+    image = display_image(slice_)
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if saliency:
+        draw_saliency(image, saliency[0])
+    rows, cols = image.shape[:2]
+    scale = MAX_TILE / max(rows, cols)
+    if scale >= 1:
+        return image
+    return cv2.resize(image, (max(1, round(cols * scale)), max(1, round(rows * scale))), interpolation=cv2.INTER_AREA)
 
 
 def truth_figures(decisions: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -140,6 +140,45 @@ def test_the_classifier_beside_the_demo_model_on_the_demo_series(demo_series):
     assert figures["sensitivity"] >= 0.8 and figures["specificity"] >= 0.8  # a held-out subject, never trained on
 
 
+def test_the_classifier_montage_shows_the_models_own_map_and_its_decisions(demo_series, tmp_path):
+    import cv2
+
+    from scanedge.imaging.montage import TileLabel
+    from scanedge.imaging.overlay import display_image
+
+    loaded = load_slices([demo_series])[:2]
+    report = classify_slices(loaded, montage_dir=tmp_path)
+    assert report.montage_path == tmp_path / "classifier-montage.png"
+    sheet = cv2.imread(str(report.montage_path))[:, :, ::-1]
+    # each tile is the slice as displayed, tinted only by the model's own map: grey where the map is low,
+    # coloured where it is high (the overlay's scores text is left out: the tile's label carries it)
+    with Pipeline.open(DEMO_CLASSIFIER_PATH) as pipe:
+        first = pipe.run(loaded[0].slice, overlay=False)
+    values = first.saliency[0].normalized()
+    grey = cv2.cvtColor(display_image(loaded[0].slice), cv2.COLOR_GRAY2RGB)
+    below_label = slice(48, None)  # the tile's label covers its top rows
+    found = cv2.matchTemplate(sheet, grey[below_label].copy(), cv2.TM_SQDIFF)
+    assert found.shape[0] > 1  # the tile is where the grey slice is, but tinted: the closest match
+    y, x = np.unravel_index(np.argmin(found), found.shape)
+    rows, cols = grey.shape[:2]
+    tile = sheet[y : y + rows - 48, x : x + cols].astype(int)
+    spread = tile.max(axis=2) - tile.min(axis=2)  # 0 on grey pixels
+    hot = np.argwhere(values[below_label] >= 0.9)
+    cold = np.argwhere(values[below_label] < 0.05)
+    rim = 32  # orientation letters are drawn along the tile's edges
+    cold = cold[(cold[:, 0] < rows - 48 - rim) & (cold[:, 1] >= rim) & (cold[:, 1] < cols - rim)]
+    assert len(hot) and len(cold)
+    assert all(spread[r, c] > 30 for r, c in hot)  # tinted where the model looked
+    assert all(spread[r, c] == 0 for r, c in cold)  # the slice as displayed elsewhere
+    assert np.array_equal(tile[cold[:, 0], cold[:, 1]], grey[below_label][cold[:, 0], cold[:, 1]])
+    # the decision is written in the tile's label (+ present, - absent)
+    from scanedge.demo.classify import _scored_label
+
+    label = _scored_label(TileLabel("#1"), first.scores)
+    top = first.scores[0].classes[0]
+    assert label.title == f"#1  lesion {top.probability:.2f}{'+' if top.decision else '-'}"
+
+
 def test_scanedge_demo_runs_both_models(demo_series, tmp_path, capsys):
     from scanedge.cli import main
 
@@ -158,10 +197,15 @@ def test_scanedge_demo_runs_both_models(demo_series, tmp_path, capsys):
     (score,) = entry["series_scores"]
     probabilities = [s["scores"][0]["classes"][0]["probability"] for s in cls["slices"]]
     assert score["classes"][0]["score"] == pytest.approx(max(probabilities), abs=1e-6)
+    assert (out / "classifier-montage.png").is_file() and "the classifier's: classifier-montage.png" in printed
+    # --force replaces an earlier run's pictures, the classifier's montage among them
+    assert main(["demo", "--out", str(out), "--no-classifier", "--no-check", "--force"]) == 0
+    assert not (out / "classifier-montage.png").exists()
     # the classifier is the demo's only: --no-classifier, or another --model, leaves it out
     again = tmp_path / "plain"
     assert main(["demo", "--out", str(again), "--no-classifier", "--no-check"]) == 0
     assert "classifier" not in json.loads((again / "results.json").read_text())
+    assert not (again / "classifier-montage.png").exists()
     assert "classifier ms-lesion" not in capsys.readouterr().out
     other = tmp_path / "other"
     assert main(["demo", "--out", str(other), "--model", str(DEMO_MODEL_PATH), "--no-check"]) == 0

@@ -153,6 +153,8 @@ def _file_stem(item: LoadedSlice) -> str:
 _OUTPUT_PATTERNS: tuple[str, ...] = ("*.overlay.png", "*.overlay.jpg", "*.mask.npy", MONTAGE_NAME, RESULTS_NAME)
 #: what a follow-up (``--prior``) adds: change pictures per slice and their montage
 _OUTPUT_PATTERNS += ("*.change.png", "change-montage.png")
+#: what the demo's classifier adds beside the demo model (scanedge.demo.classify)
+_OUTPUT_PATTERNS += ("classifier-montage.png",)
 
 
 def prepare_output_dir(output: BatchOutput) -> Path:
