@@ -102,17 +102,12 @@ class SeriesVolume:
         self.add_plane(tensor[0].copy(), key)
 
     def add_plane(self, plane: np.ndarray, key: SliceKey | None) -> None:
-        """Keep a plane made earlier (:meth:`make_plane`) at ``key`` (None: a place of its own)."""
+        """Keep a plane made earlier (:meth:`SeriesModel.plane`) at ``key`` (None: a place of its own)."""
         key = key or ("anon", next(self._anon))
         if key not in self._planes and len(self._planes) >= self.spec.max_slices:
             self.dropped += 1
             return
         self._planes[key] = plane
-
-    def make_plane(self, slice_: Slice) -> np.ndarray:
-        """The plane of ``slice_`` (C, height, width) float32, not kept (for holders that keep it themselves)."""
-        tensor, _ = self._pre(slice_)
-        return tensor[0].copy()
 
     def __len__(self) -> int:
         return len(self._planes)
@@ -165,6 +160,7 @@ class SeriesModel:
         self.channels = manifest.input.channels_per_plane
         self._manifest = manifest
         self._lock = threading.Lock()
+        self._pre = Preprocessor(_plane_manifest(manifest, self.spec))
         where = f"series model {path.name} of head {head.name!r}"
         if not path.is_file():
             raise ModelFileError(f"{where}: file not found (the manifest's series_model.path is {self.spec.path!r})")
@@ -215,6 +211,16 @@ class SeriesModel:
                 )
             if tensor.dtype.kind != "f":
                 raise ManifestMismatchError(f"{where}: {what} {tensor.name!r} is {tensor.dtype}, not floating point")
+
+    def plane(self, slice_: Slice) -> np.ndarray:
+        """The plane ``slice_`` gives the volume ((C, height, width) float32, a copy), for holders that keep the
+        planes themselves (:meth:`SeriesVolume.add_plane`). One thread at a time (the pipeline's owner)."""
+        tensor, _ = self._pre(slice_)
+        return tensor[0].copy()
+
+    def volume(self) -> SeriesVolume:
+        """An empty volume for one series of this model."""
+        return SeriesVolume(self._manifest, self.head)
 
     def close(self) -> None:
         """Release the engine."""

@@ -353,3 +353,35 @@ def expected_series_probability(folder: Path, slices_in_order: list[np.ndarray])
     session = ort.InferenceSession(str(folder / "volume_classifier.onnx"), providers=["CPUExecutionProvider"])
     (logit,) = session.run(["abnormal_3d"], {"volume": volume.numpy().astype(np.float32)})
     return float(1.0 / (1.0 + np.exp(-float(logit[0, 0]))))
+
+
+def nan_volume_classifier(path: Path) -> Path:
+    """A series model with the test model's input and output that always answers NaN (0 / 0): a real faulty
+    graph, for the failure path without patching scanedge."""
+    d, h, w = VOLUME_SIZE
+    zero = numpy_helper.from_array(np.zeros((1, 1), np.float32), "zero")
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["volume"], ["mean"], axes=[2, 3, 4], keepdims=0),
+            helper.make_node("Mul", ["mean", "zero"], ["nothing"]),
+            helper.make_node("Div", ["nothing", "zero"], ["abnormal_3d"]),
+        ],
+        "nan-volume",
+        [helper.make_tensor_value_info("volume", TensorProto.FLOAT, [1, 1, d, h, w])],
+        [helper.make_tensor_value_info("abnormal_3d", TensorProto.FLOAT, [1, 1])],
+        initializer=[zero],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def failing_series_model_dir(head_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """As :func:`series_model_dir`, with a series model that answers NaN and the model named ``test-nan-series``."""
+    folder = tmp_path_factory.mktemp("nan-series-model")
+    nan_volume_classifier(folder / "volume_classifier.onnx")
+    manifest = series_model_manifest().replace(name="test-nan-series")
+    _embed(onnx.load(str(head_models["mask_score"])), manifest, folder / "model.onnx")
+    return folder

@@ -283,6 +283,7 @@ class Replay:
         series = self.series[send.series]
         item = series.slices[send.n % len(series.slices)]
         image: object = item.path.read_bytes() if cfg.dicom else item.slice
+        last = send.n % len(series.slices) == len(series.slices) - 1  # the series is complete with it
         future = client.submit(
             image,  # type: ignore[arg-type]
             series=series.uid,
@@ -291,6 +292,7 @@ class Replay:
             outputs=cfg.outputs,
             deadline_ms=cfg.deadline_ms,
             role=cfg.roles[send.series] if cfg.roles else None,
+            last=last,
         )
         future.add_done_callback(lambda f: done.put((send, send.due, f)))
         for model in cfg.also_models:  # answered and published by the runtime; nothing here waits for them
@@ -302,6 +304,7 @@ class Replay:
                 outputs=(),
                 deadline_ms=cfg.deadline_ms,
                 model=model,
+                last=last,
             ).add_done_callback(_consume)
 
     def _event(self, send: _Send, intended: float, future: Future[RemoteResult]) -> SliceEvent:

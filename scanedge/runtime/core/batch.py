@@ -23,11 +23,11 @@ from scanedge.imaging.annotate import stamp_not_for_clinical_use
 from scanedge.imaging.encode import ImageFormat, encode_image
 from scanedge.imaging.files import LoadedSlice, SkippedFile
 from scanedge.imaging.heads import MaskHeadLoad, SeriesScore, SeriesScores, head_labels
-from scanedge.imaging.series_model import SeriesVolume
 from scanedge.imaging.lesion_load import SeriesLesionLoad
 from scanedge.imaging.montage import montage, tile_label
 from scanedge.imaging.postprocess import ClassFindings
 from scanedge.imaging.series import context_window
+from scanedge.imaging.series_model import SeriesVolume
 from scanedge.imaging.series_summary import LatencyPercentiles, SeriesSummary, summarize_series
 from scanedge.imaging.slices import SliceGeometry
 from scanedge.manifest import Manifest

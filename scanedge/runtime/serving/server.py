@@ -41,6 +41,7 @@ from scanedge.runtime.serving.io_loop import IoLoop, LoopConfig
 from scanedge.runtime.serving.keep_warm import KeepWarmConfig
 from scanedge.runtime.serving.multi_input import MultiInputServing
 from scanedge.runtime.serving.scheduler import Job, LatestSliceScheduler
+from scanedge.runtime.serving.series_completion import SeriesCompletions
 from scanedge.runtime.serving.series_store import SeriesStore, SeriesStoreConfig
 from scanedge.runtime.serving.shm import SHM_MODES, RegionTable, ShmMode
 from scanedge.runtime.serving.stats import RuntimeStats
@@ -240,6 +241,7 @@ class _Serving:
     pub: zmq.Socket | None = None
     pool: WorkerPool | None = None
     loop: IoLoop | None = None
+    completions: SeriesCompletions | None = None  # series model runs at a series' last slice
     multi: MultiInputServing | None = None  # pairing for models with several inputs
 
     def backend(self, model: str) -> str:
@@ -413,6 +415,7 @@ class Server:
         self._open_sockets(serving)
         failure_log = LogBudget("failed slice(s)")
         serving.multi = multi = self._multi_input(serving, failure_log)
+        serving.completions = completions = SeriesCompletions(serving.wake.emit)
         serving.pool = WorkerPool(
             cfg.workers,
             self._scheduler,
@@ -421,7 +424,15 @@ class Server:
                 multi.process(job, pipe)
                 if multi is not None and multi.serves(job.model)
                 else run_job(
-                    job, pipe, cfg.limits, cfg.overlay, self.runtime_id, failure_log, self.series_store, self.followups
+                    job,
+                    pipe,
+                    cfg.limits,
+                    cfg.overlay,
+                    self.runtime_id,
+                    failure_log,
+                    self.series_store,
+                    self.followups,
+                    completions,
                 )
             ),
             serving.wake.emit,
@@ -542,6 +553,8 @@ class Server:
         stuck = serving.pool.join(max(1.0, cfg.shutdown_grace_s))
         if serving.multi is not None:
             serving.multi.close()
+        if serving.completions is not None:
+            serving.completions.close()  # the runs still pending are answered first
         self.wedged_workers = [w.thread.name for w in stuck]
         if stuck:
             log.error("%d worker(s) still stuck in inference at exit: %s", len(stuck), ", ".join(self.wedged_workers))

@@ -234,6 +234,7 @@ class Segment(_Message, tag="SEGMENT", omit_defaults=True, frozen=True):
     role: RoleName | None = None  # section 3.2: which input of a multi-input model this slice is
     study: Key = ""  # section 3.2: Study Instance UID of raw pixels (pairs series of one study)
     frame_of_reference: Key = ""  # section 3.2: Frame of Reference UID of raw pixels
+    last: bool = False  # the series' last slice: the series is complete (a series model runs on it, section 4)
 
 
 class Ping(_Message, tag="PING", frozen=True):
