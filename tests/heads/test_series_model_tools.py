@@ -15,9 +15,10 @@ import pytest
 from tests.heads.conftest import expected_series_probability
 
 
-def _by_position(paths: list[Path]) -> list[np.ndarray]:
-    """The DICOM files' pixels ordered along their normal (as the series model's volume orders them)."""
-    read = [pydicom.dcmread(p) for p in paths]
+def _by_position(items: list) -> list[np.ndarray]:
+    """The DICOM files' (or datasets') pixels ordered along their normal (as the series model's volume orders
+    them)."""
+    read = [p if isinstance(p, pydicom.Dataset) else pydicom.dcmread(p) for p in items]
 
     def along(ds) -> float:
         o = np.asarray(ds.ImageOrientationPatient, float)
