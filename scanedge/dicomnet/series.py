@@ -83,7 +83,7 @@ class SeriesLimits:
 
     Attributes:
         max_series: series open at once.
-        max_bytes: header bytes plus compressed masks held over all open series.
+        max_bytes: header bytes plus compressed masks (and series-model planes) held over all open series.
         max_frames: frames (slices) per series.
     """
 
