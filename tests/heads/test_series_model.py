@@ -219,3 +219,65 @@ def test_series_model_open_needs_a_declaration(head_models):
     from tests.heads.conftest import mask_score_manifest
 
     assert SeriesModel.open(mask_score_manifest(), head_models["mask_score"].parent) is None
+
+
+def _held_volume(pipe: Pipeline, count: int = 4):
+    head = pipe.manifest.series_model_head
+    assert head is not None and pipe.series_model is not None
+    volume, scores = pipe.series_model.volume(), SeriesScores(pipe.manifest.heads)
+    for i, p in enumerate(sample_slices(count)):
+        s = at(p, float(i))
+        volume.add_plane(pipe.series_model.plane(s), ("pos", float(i)))
+        scores.add(pipe.run(s, overlay=False).scores, s.geometry)
+    return volume, scores.scores()
+
+
+def test_the_runtime_holds_at_most_max_volumes(series_model_dir):
+    from scanedge.runtime.serving.series_store import SeriesStore, SeriesStoreConfig
+
+    store = SeriesStore(SeriesStoreConfig(max_volumes=2))
+    with Pipeline.open(series_model_dir / "model.onnx") as pipe:
+        model = pipe.series_model
+        assert model is not None
+        plane = model.plane(at(sample_slices(1)[0], 0.0))
+        for series in ("a", "b", "c"):
+            store.add_plane(series, "m", model, plane, ("pos", 0.0))
+        store.add_plane("a", "m", model, plane, ("pos", 1.0))  # a dropped volume collects nothing more
+        assert store.volumes_dropped == 1 and store.nbytes >= 2 * plane.nbytes
+        assert store.take_volume("a", "m") is None
+        held = store.take_volume("c", "m")
+        assert held is not None and len(held) == 1
+        store.add_plane("a", "m", model, plane, ("pos", 0.0))  # after its completion the series collects anew
+        again = store.take_volume("a", "m")
+        assert again is not None and len(again) == 1
+
+
+def test_series_completions_answer_every_job_once_and_are_bounded(series_model_dir):
+    from scanedge.runtime.serving.series_completion import SeriesCompletions
+    from scanedge.runtime.wire.protocol import Result
+    from tests.waiting import wait_until
+
+    answered: list = []
+    completions = SeriesCompletions(lambda job, outcome: answered.append((job, outcome)), max_pending=1)
+    with Pipeline.open(series_model_dir / "model.onnx") as pipe:
+        model = pipe.series_model
+        assert model is not None
+        volume, provisional = _held_volume(pipe)
+        header = Result(version=1, id=1, series="s", series_scores=provisional)
+        now = completions.submit("job-1", model, None, provisional, header, [np.zeros(3)])  # volume dropped
+        assert now is not None and now.header.series_scores[0].series_model.code == "OUT_OF_RESOURCES"
+        assert completions.submit("job-2", model, volume, provisional, header, [np.zeros(3)]) is None
+        wait_until(lambda: len(answered) == 1, timeout=30, what="the series model's run")
+        (job, outcome), expected = answered[0], model.complete(volume, provisional)
+        (got,) = outcome.header.series_scores
+        assert job == "job-2" and got.classes == expected[0].classes and got.aggregation == "series_model"
+        assert got.series_model.status == "done" and got.series_model.slices == 4
+        full = SeriesCompletions(lambda job, outcome: answered.append((job, outcome)), max_pending=0)
+        busy = full.submit("job-4", model, volume, provisional, header, [])  # no room: answered at once
+        assert busy is not None and busy.header.series_scores[0].series_model.code == "OUT_OF_RESOURCES"
+        assert busy.header.series_scores[0].provisional and full.refused == 1
+        full.close()
+        completions.close()
+        late = completions.submit("job-3", model, volume, provisional, header, [])  # stopped: answered at once
+        assert late is not None and late.header.series_scores[0].series_model.code == "RUNTIME_STATE"
+    assert len(answered) == 1
