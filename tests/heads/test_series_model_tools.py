@@ -133,3 +133,28 @@ def test_replay_marks_each_series_last_slice(series_model_dir, demo_series, tmp_
     assert score.series_model.slices == len(served)
     assert score.classes[0].score == pytest.approx(expected_series_probability(series_model_dir, served), abs=1e-5)
     assert all(e.result.header.series_scores[0].provisional for e in answered if e is not last)
+
+
+def test_convert_carries_the_series_model_beside_the_converted_model(series_model_dir, tmp_path: Path):
+    """The converted slice model opens with its series model (copied unchanged) and gives the same series score."""
+    from scanedge.converters.convert import ConvertConfig, convert
+    from scanedge.runtime.core.pipeline import Pipeline
+    from tests.heads.conftest import sample_slices
+
+    result = convert(series_model_dir / "model.onnx", ConvertConfig(precision="fp16", out_dir=tmp_path / "fp16"))
+    copied = tmp_path / "fp16" / "volume_classifier.onnx"
+    assert copied.read_bytes() == (series_model_dir / "volume_classifier.onnx").read_bytes()
+    from scanedge.imaging.heads import SeriesScores
+
+    slices = _positioned(sample_slices(5))
+    scores = []
+    for model in (series_model_dir / "model.onnx", result.output):
+        with Pipeline.open(model) as pipe:
+            assert pipe.series_model is not None
+            volume = pipe.series_model.volume()
+            for s in slices:
+                volume.add_plane(pipe.series_model.plane(s), ("pos", s.geometry.position_along_normal))
+            (score,) = pipe.series_model.complete(volume, SeriesScores(pipe.manifest.heads).scores())
+            scores.append(score)
+    assert all(s.series_model is not None and s.series_model.status == "done" for s in scores)
+    assert scores[0].classes == scores[1].classes  # the planes and the 3-D model are the same: the same score
