@@ -107,7 +107,10 @@ def test_runtime_answers_the_last_slice_with_the_series_models_score(
         (again,) = r.header.series_scores
         assert again.series_model is not None and again.series_model.status == "done"
         assert again.classes[0].score == pytest.approx(expected, abs=1e-5)
-        assert client.ping().models  # alive
+        pong = {m.name: m for m in client.ping().models}  # alive, and says which model wants "last"
+        assert pong["test-mask-score"].series_model is not None
+        assert pong["test-mask-score"].series_model.head == "abnormal_logit"
+        assert pong["test-mask-score"].series_model.input == (6, 16, 16)
 
 
 def test_replay_marks_each_series_last_slice(series_model_dir, demo_series, tmp_path: Path):

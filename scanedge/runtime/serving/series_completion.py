@@ -81,7 +81,10 @@ class SeriesCompletions:
         room); ``scores`` are the series' scores so far, unabridged. Returns the outcome to send now when the run
         cannot wait (too many pending, or ``volume`` None); otherwise None: the job is answered from here."""
         if volume is None:
-            why = "the series' volume was dropped: more series were collecting at once than the runtime holds"
+            why = (
+                "the series' volume is not held: dropped to make room (more series collecting at once than the "
+                "runtime holds), or the series was forgotten (idle or evicted)"
+            )
             return self._answer(header, payload, failed_run(scores, model, CapacityError.code, why))
         with self._lock:
             busy = self._pending >= self.max_pending

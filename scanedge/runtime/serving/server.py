@@ -53,6 +53,7 @@ from scanedge.runtime.wire.protocol import (
     MaskHeadInfo,
     ModelInfo,
     ModelInput,
+    SeriesModelInfo,
 )
 from scanedge.runtime.wire.security import CurveServerKeys
 from scanedge.safe_text import printable
@@ -176,7 +177,17 @@ def _model_info(m: Manifest, engine: dict[str, Any] | None = None) -> ModelInfo:
         threads_probe_ms=auto["probe_ms"] if auto and auto.get("probe_ms") else None,
         roles=m.roles,
         mask_heads=_mask_head_infos(m),
+        series_model=_series_model_info(m),
     )
+
+
+def _series_model_info(m: Manifest) -> SeriesModelInfo | None:
+    """PONG's view of a score head's 3-D series model: the head (one printable line) and the model's input."""
+    head = m.series_model_head
+    if head is None or head.series_model is None:
+        return None
+    spec = head.series_model
+    return SeriesModelInfo(printable(head.name, 64), (spec.depth, spec.height, spec.width))
 
 
 def _mask_head_infos(m: Manifest) -> tuple[MaskHeadInfo, ...]:

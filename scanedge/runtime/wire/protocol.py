@@ -79,6 +79,7 @@ __all__ = [
     "Rescale",
     "Result",
     "Segment",
+    "SeriesModelInfo",
     "ShmRegions",
     "ShmRegister",
     "ShmStatus",
@@ -403,6 +404,14 @@ class MaskHeadInfo(Struct, frozen=True):
     omitted: int = 0
 
 
+class SeriesModelInfo(Struct, frozen=True):
+    """PONG ``models[].series_model`` (section 5): the score head whose series score a 3-D series model gives
+    when a SEGMENT says ``last`` (section 4), and that model's input (depth, height, width)."""
+
+    head: str
+    input: tuple[int, int, int]
+
+
 class ModelInfo(Struct, frozen=True):
     """A served model as PONG describes it (section 5)."""
 
@@ -418,6 +427,7 @@ class ModelInfo(Struct, frozen=True):
     threads_probe_ms: dict[str, float] | None = None  # --threads auto: median ms per thread count measured
     roles: tuple[str, ...] = ()  # section 3.2: the input roles of a multi-input model, reference first
     mask_heads: tuple[MaskHeadInfo, ...] = ()  # section 4: further mask heads (output and frames "head_masks")
+    series_model: SeriesModelInfo | None = None  # section 4: a score head's 3-D series model (SEGMENT "last")
 
 
 class WorkerHealth(Struct, frozen=True):
