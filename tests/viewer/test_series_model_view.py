@@ -4,12 +4,14 @@ model is said so beside the provisional score. Real PUB socket, real headless Ch
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from scanedge.dicomnet.publisher import ResultPublisher
 from scanedge.imaging.heads import ClassScore, HeadScore, SeriesClassScore, SeriesModelRun, SeriesScore
 from scanedge.runtime.wire.protocol import Echo, Timings, encode, publish_topic, result_reply
 from scanedge.viewer import Viewer, ViewerConfig
+from tests.heads.conftest import head_models, series_model_dir  # noqa: F401 - the test models
 from tests.viewer.test_score_view import _scores_of, pytestmark  # noqa: F401 - skipped without chromium
 from tests.waiting import wait_until
 
@@ -96,4 +98,49 @@ def test_the_page_marks_provisional_and_final_series_scores(browser_page, outcom
                 assert shown["series"][0]["value"] == pytest.approx(0.7)
     finally:
         publisher.close()
+    assert not errors, errors
+
+
+def test_a_runtimes_series_model_score_reaches_the_page_final(browser_page, series_model_dir):  # noqa: F811
+    """A real runtime serving a model whose score head has a series model: slices sent one by one, the last with
+    ``last``; the page shows the provisional score, then the final one the runtime answered."""
+    from scanedge.runtime.console.client import Client
+    from tests.heads.conftest import sample_slices
+    from tests.heads.test_series_model_tools import _positioned
+    from tests.runtime.conftest import running_server
+
+    page, errors = browser_page
+    slices = _positioned(sample_slices(6, seed=4))
+    with (
+        running_server([series_model_dir / "model.onnx"], publish="tcp://127.0.0.1:*") as server,
+        Viewer(ViewerConfig(subscribe=server.publish_endpoint or "", port=0)) as viewer,
+        Client(server.endpoint) as client,
+    ):
+        page.goto(viewer.page_url)
+        page.wait_for_selector("#connection[data-state=live]", timeout=60_000)
+
+        def subscribed() -> bool:
+            if viewer.feed.received == 0:
+                client.segment(np.zeros((8, 8), np.float32), series="probe", outputs=())
+            return viewer.feed.received > 0
+
+        wait_until(subscribed, timeout=30, what="the viewer's subscription")
+        replies = [client.segment(s, series="vol-page", outputs=("mask", "image")).header for s in slices[:-1]]
+        page.click("#series-list li[data-uid='vol-page']")
+        page.wait_for_function(
+            "() => document.querySelector('#score-models canvas')?.dataset.points === '5'", timeout=30_000
+        )
+        assert _label(page)[0] == "pending"
+        final = client.segment(slices[-1], series="vol-page", outputs=("mask", "image"), last=True).header
+        page.wait_for_function(
+            "() => document.querySelector('#score-models canvas')?.dataset.points === '6'", timeout=30_000
+        )
+        status, text = _label(page)
+        (score,) = final.series_scores
+        assert score.series_model is not None and score.series_model.status == "done"
+        assert status == "done" and text == "series (final: 3-D series model on 6 slice(s))"
+        shown = _scores_of(page, "test-mask-score@1.0.0")
+        assert shown["series"][0]["value"] == pytest.approx(score.classes[0].score, abs=1e-6)
+        assert shown["trend"][-1] == pytest.approx(score.classes[0].score, abs=1e-6)
+        assert shown["trend"][:-1] == pytest.approx([r.series_scores[0].classes[0].score for r in replies], abs=1e-6)
     assert not errors, errors
