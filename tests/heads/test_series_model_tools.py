@@ -138,6 +138,27 @@ def test_replay_marks_each_series_last_slice(series_model_dir, demo_series, tmp_
     assert all(e.result.header.series_scores[0].provisional for e in answered if e is not last)
 
 
+def test_replay_reports_the_series_models_score(series_model_dir, demo_series, tmp_path: Path, capsys):
+    """``scanedge replay`` against ``scanedge serve``'s runtime: the summary names the 3-D model's score."""
+    from scanedge.cli import main
+    from tests.runtime.conftest import running_server
+
+    data = tmp_path / "in"
+    data.mkdir()
+    for path in sorted(demo_series.glob("*.dcm"))[4:10]:
+        shutil.copy(path, data / path.name)
+    with running_server([series_model_dir / "model.onnx"]) as server:
+        rc = main(
+            ["replay", str(data), "--endpoint", server.endpoint, "--rate", "40", "--json", str(tmp_path / "r.json")]
+        )
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "score abnormal_logit (3-D series model on" in printed
+    (report,) = json.loads((tmp_path / "r.json").read_text())["series"]
+    (score,) = report["series_scores"]
+    assert score["aggregation"] == "series_model" and score["series_model"]["status"] == "done"
+
+
 def test_convert_carries_the_series_model_beside_the_converted_model(series_model_dir, tmp_path: Path):
     """The converted slice model opens with its series model (copied unchanged) and gives the same series score."""
     from scanedge.converters.convert import ConvertConfig, convert
