@@ -32,6 +32,7 @@ __all__ = [
     "CODE_STRING",
     "METADATA_KEY",
     "SCHEMA_VERSION",
+    "SERIES_MODEL_AGGREGATION",
     "AppliesTo",
     "ClassSpec",
     "CodedConcept",
@@ -46,6 +47,7 @@ __all__ = [
     "OperatingPoint",
     "OutputSpec",
     "PairingPolicy",
+    "SeriesModelSpec",
     "SizePolicy",
     "check_head_output",
     "check_model_io",
@@ -69,6 +71,8 @@ OutputKind = Literal["logits", "probabilities"]
 Activation = Literal["softmax", "sigmoid"]
 HeadRole = Literal["mask", "score", "saliency"]
 Aggregation = Literal["max", "mean", "noisy_or"]
+#: the ``aggregation`` a series score states when a score head's series model gave it (never a manifest value)
+SERIES_MODEL_AGGREGATION = "series_model"
 
 
 def _fail(what: str, problem: str) -> ManifestInvalidError:
@@ -435,6 +439,93 @@ MAX_SCORE_CLASSES = 1000
 MAX_SCORE_NAME = 64
 
 
+#: a series model's fixed input: depth (slices after resampling) and each in-plane side
+MAX_SERIES_DEPTH = 512
+MAX_SERIES_SIDE = 1024
+#: most planes a series model's volume holds per series, and most values (planes x height x width x colour
+#: channels) held per series: 2^26 float32 values are 256 MiB
+MAX_SERIES_SLICES = 2048
+MAX_SERIES_VALUES = 1 << 26
+_SERIES_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*")
+
+
+@dataclass(frozen=True)
+class SeriesModelSpec:
+    """A score head's 3-D model: run once on the whole series when it completes, its answer is the head's
+    series score (the slices' aggregate stands in until then).
+
+    Each slice is normalised by the manifest's own ``intensity`` rules and resized to ``height`` x ``width``
+    (``size.interpolation``) as it arrives and kept; at completion the planes, ordered along the slices'
+    normal (else by instance number), are resampled linearly to ``depth`` and given to the model as one
+    float32 tensor [1, C, depth, height, width] (C: 1 for grey, 3 for a colour ``input.color``). The model
+    answers [1, classes] for the head's classes, in the head's order, read by ``kind`` and ``activation``.
+
+    Attributes:
+        path: the ONNX file, relative to the manifest (its folder: the model's, for an embedded or sidecar
+            manifest); plain relative names only (``a-z A-Z 0-9 . _ -`` and ``/``, no ``..``).
+        depth, height, width: the model's fixed input size.
+        input: the graph input's name.
+        output: the graph output's name.
+        kind, activation: how the output is read, as a score head's.
+        onnx_sha256: :func:`graph_sha256` of the file; checked when it is loaded, when set.
+        max_slices: planes held per series (a slice at a new place past it is counted as dropped).
+    """
+
+    path: str
+    depth: int
+    height: int
+    width: int
+    input: str = "volume"
+    output: str = "logits"
+    kind: OutputKind = "logits"
+    activation: Activation = "softmax"
+    onnx_sha256: str | None = None
+    max_slices: int = 512
+
+    def __post_init__(self) -> None:
+        where = "series_model"
+        if (
+            not isinstance(self.path, str)
+            or len(self.path) > 256
+            or not _SERIES_PATH.fullmatch(self.path)
+            or ".." in self.path.split("/")
+        ):
+            raise _fail(f"{where}.path", "must be a relative file name beside the manifest (a-z 0-9 . _ - /, no ..)")
+        for name, most in (("depth", MAX_SERIES_DEPTH), ("height", MAX_SERIES_SIDE), ("width", MAX_SERIES_SIDE)):
+            _positive_int(f"{where}.{name}", getattr(self, name))
+            if getattr(self, name) > most:
+                raise _fail(f"{where}.{name}", f"{getattr(self, name)} is more than {most}")
+        _positive_int(f"{where}.max_slices", self.max_slices)
+        if self.max_slices > MAX_SERIES_SLICES:
+            raise _fail(f"{where}.max_slices", f"{self.max_slices} is more than {MAX_SERIES_SLICES}")
+        for name in ("input", "output"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not 1 <= len(value) <= 256:
+                raise _fail(f"{where}.{name}", "must be a graph tensor name of 1-256 characters")
+        _choice(f"{where}.kind", self.kind, ("logits", "probabilities"))
+        _choice(f"{where}.activation", self.activation, ("softmax", "sigmoid"))
+        if self.onnx_sha256 is not None and (
+            not isinstance(self.onnx_sha256, str)
+            or len(self.onnx_sha256) != 64
+            or any(c not in "0123456789abcdef" for c in self.onnx_sha256)
+        ):
+            raise _fail(f"{where}.onnx_sha256", "must be 64 lower-case hex digits")
+        # what one series holds (planes) and one run takes (the resampled volume), for 3 colour channels at most
+        for what, values in (
+            ("max_slices x height x width", self.max_slices * self.height * self.width * 3),
+            ("depth x height x width", self.depth * self.height * self.width * 3),
+        ):
+            if values > MAX_SERIES_VALUES * 3:
+                raise _fail(where, f"{what} is more than {MAX_SERIES_VALUES} values (256 MiB as float32)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values; ``onnx_sha256`` left out while unset."""
+        out = dataclasses.asdict(self)
+        if self.onnx_sha256 is None:
+            del out["onnx_sha256"]
+        return out
+
+
 @dataclass(frozen=True)
 class OperatingPoint:
     """The operating point a score head's thresholds were chosen at, as its makers validated it.
@@ -493,6 +584,8 @@ class HeadSpec:
             slices were independent).
         operating_point: what a score head's thresholds mean (:class:`OperatingPoint`); optional.
         of: for a saliency head, the name of the score head it explains.
+        series_model: for a score head, a 3-D model whose answer on the completed series is the head's series
+            score (:class:`SeriesModelSpec`); ``aggregation`` then gives the provisional score until it runs.
     """
 
     name: str
@@ -503,6 +596,7 @@ class HeadSpec:
     aggregation: Aggregation = "max"
     operating_point: OperatingPoint | None = None
     of: str = ""
+    series_model: SeriesModelSpec | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -529,6 +623,17 @@ class HeadSpec:
             raise _fail(where, "aggregation and operating_point belong to score heads")
         if self.role != "saliency" and self.of:
             raise _fail(f"{where}.of", "only a saliency head explains another head")
+        if isinstance(self.series_model, Mapping):
+            object.__setattr__(
+                self, "series_model", _build(SeriesModelSpec, self.series_model, f"{where}.series_model")
+            )
+        elif self.series_model is not None and not isinstance(self.series_model, SeriesModelSpec):
+            raise _fail(f"{where}.series_model", "must be an object {path, depth, height, width, ...}")
+        if self.series_model is not None:
+            if self.role != "score":
+                raise _fail(f"{where}.series_model", "only a score head has a series model")
+            if self.series_model.activation == "softmax" and len(classes) < 2:
+                raise _fail(f"{where}.series_model.activation", "softmax needs 2 or more classes; use sigmoid")
         if self.role == "mask" and not 2 <= len(classes) <= 255:
             raise _fail(f"{where}.classes", "a mask head needs 2 to 255 classes (background first)")
         if self.role == "score":
@@ -569,6 +674,8 @@ class HeadSpec:
                 out["operating_point"] = dataclasses.asdict(self.operating_point)
         if self.role == "saliency":
             out["of"] = self.of
+        if self.series_model is not None:
+            out["series_model"] = self.series_model.to_dict()
         return out
 
 
@@ -595,6 +702,11 @@ def _check_heads(manifest: Manifest) -> None:
             if h.of in explained:
                 raise _fail(f"heads[{h.name}].of", f"{h.of!r} already has a saliency head")
             explained.add(h.of)
+    with_series = [h.name for h in heads if h.series_model is not None]
+    if len(with_series) > 1:
+        raise _fail("heads", f"at most one score head has a series_model; {with_series} do")
+    if with_series and manifest.inputs is not None:
+        raise _fail(f"heads[{with_series[0]}].series_model", "is not supported for a model with several inputs")
     if manifest.output is None and not any(h.role in ("mask", "score") for h in heads):
         raise _fail("output", "a model without a mask output (output: null) needs a score or mask head in heads")
 
@@ -776,6 +888,11 @@ class Manifest:
     def score_heads(self) -> tuple[HeadSpec, ...]:
         """The image-level classification heads, in manifest order."""
         return tuple(h for h in self.heads if h.role == "score")
+
+    @property
+    def series_model_head(self) -> HeadSpec | None:
+        """The score head with a 3-D series model (at most one); None when no head declares one."""
+        return next((h for h in self.heads if h.series_model is not None), None)
 
     @property
     def mask_heads(self) -> tuple[HeadSpec, ...]:

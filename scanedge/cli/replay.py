@@ -65,6 +65,10 @@ def summary_lines(report: SeriesReport, tag: str) -> list[str]:
                 f"{tag}     {c.name}: {c.lesions} lesion(s), {volume}, largest {largest} over "
                 f"{c.largest_slices} slice(s), on {c.slices_with_finding} slice(s)"
             )
+    if report.scores:
+        from scanedge.cli.segment import _score_text  # the segment report's wording, for the same scores
+
+        lines += [f"{tag}   {_score_text(score)}" for score in report.scores]
     return lines
 
 

@@ -203,6 +203,15 @@ def _score_text(score: SeriesScore) -> str:
         f"{c.name} {c.score:.2f}" + (f" POSITIVE (on {c.slices_positive} slice(s))" if c.decision else "")
         for c in score.classes
     )
+    run = score.series_model
+    if run is not None and run.status == "done":  # one answer for the volume: no slice counts
+        d, h, w = run.input
+        how = f"3-D series model on {run.slices} slice(s) resampled to {d}x{h}x{w}, {run.ms:.1f} ms"
+        classes = ", ".join(f"{c.name} {c.score:.2f}" + (" POSITIVE" if c.decision else "") for c in score.classes)
+        return f"score {score.head} ({how}): {classes}"
+    if run is not None:  # the model could not run: the slices' aggregate, said to be provisional
+        failed = f"; series model failed: {run.code}" if run.status == "failed" else ""
+        return f"score {score.head} (provisional {score.aggregation} over {score.slices} slice(s){failed}): {classes}"
     return f"score {score.head} ({score.aggregation} over {score.slices} slice(s)): {classes}"
 
 

@@ -8,6 +8,7 @@ Each step is timed and reported through ``say``.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -20,7 +21,7 @@ from scanedge.converters.calibration import CalibrationFeeds, CalibrationReader,
 from scanedge.converters.checks import CheckReport, check_onnx
 from scanedge.converters.precision import PRECISIONS, to_fp16, to_int8
 from scanedge.engines import EngineConfig, OrtSessionLoader
-from scanedge.errors import ConversionError, EngineError
+from scanedge.errors import ConversionError, EngineError, ModelFileError
 from scanedge.imaging.slices import Slice
 from scanedge.manifest import Manifest, embed_manifest, load_manifest
 
@@ -198,6 +199,7 @@ def convert(
     onnx_out = out_dir / f"{stem}.{options.precision}.onnx"
     stamped = embed_manifest(model, converted, onnx_out)
     say(f"wrote {onnx_out} ({onnx_out.stat().st_size / 1e6:.2f} MB)")
+    _carry_series_model(manifest, path if manifest_path is None else Path(manifest_path), out_dir, say)
     output = onnx_out
     if options.target == "tensorrt":
         from scanedge.converters.tensorrt_build import build_plan, parse_shapes
@@ -210,6 +212,21 @@ def convert(
             ),
         )
     return ConversionResult(output, onnx_out, stamped, report, tuple(steps))
+
+
+def _carry_series_model(manifest: Manifest, source: Path, out_dir: Path, say: Callable[[str], None]) -> None:
+    """A score head's 3-D series model is its own ONNX file, named relative to the manifest: copied unchanged
+    beside the converted model (same relative path), so that the converted model opens with it."""
+    head = manifest.series_model_head
+    if head is None or head.series_model is None:
+        return
+    src, dst = source.parent / head.series_model.path, out_dir / head.series_model.path
+    if not src.is_file():
+        raise ModelFileError(f"series model {head.series_model.path!r} of head {head.name!r} not found beside {source}")
+    if src.resolve() != dst.resolve():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        say(f"copied the series model {head.series_model.path} beside it (unchanged, fp32)")
 
 
 #: earlier names of configuration classes (every frozen configuration is now called ...Config)

@@ -29,6 +29,7 @@ from scanedge.dicomnet.spool import Spool
 from scanedge.dicomnet.stats import ListenerStats
 from scanedge.errors import CapacityError, ScanedgeError
 from scanedge.imaging.heads import HeadScore
+from scanedge.imaging.lesion_load import SliceKey, slice_key
 from scanedge.imaging.overlay import display_image
 from scanedge.imaging.series import context_window
 from scanedge.imaging.slices import Slice
@@ -41,7 +42,16 @@ if TYPE_CHECKING:
     from scanedge.dicomnet.followup import ChangeUpdate, NodeFollowup
     from scanedge.imaging.followup import SeriesChange
 
-__all__ = ["PUBLISHED_OUTPUTS", "Intake", "drop_pixels", "held_mask_heads", "identity", "quantised", "update_message"]
+__all__ = [
+    "PUBLISHED_OUTPUTS",
+    "Intake",
+    "drop_pixels",
+    "frame_key",
+    "held_mask_heads",
+    "identity",
+    "quantised",
+    "update_message",
+]
 
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float Pixel Data
 #: the frames each published RESULT carries (section 4's names); ``change`` once the slice has been compared
@@ -216,6 +226,7 @@ class Intake:
         probabilities: list[dict[str, bytes]] = [{} for _ in slices]
         scores: list[dict[str, tuple[HeadScore, ...]]] = [{} for _ in slices]
         heads: list[dict[str, tuple[HeldMaskHead, ...]]] = [{} for _ in slices]
+        planes: list[dict[str, tuple[SliceKey | None, np.ndarray]]] = [{} for _ in slices]
         for name, pool in self.pools.items():
             if self.pairing is not None and name == self.pairing.model:
                 continue
@@ -241,6 +252,8 @@ class Intake:
                         scores[i][name] = result.scores
                     if result.mask_heads:
                         heads[i][name] = held_mask_heads(result, self.probabilities)
+                    if pipe.series_model is not None:  # the frame's plane of the series model's volume
+                        planes[i][name] = (frame_key(slice_, i, len(slices)), pipe.series_model.plane(slice_))
                     if not publish:
                         continue
                     index = slice_.identity.instance_number if len(slices) == 1 else i + 1
@@ -260,7 +273,7 @@ class Intake:
             finally:
                 pool.put(pipe)
         return tuple(
-            HeldFrame(slice_.shape[:2], masks[i], probabilities[i], scores[i], heads[i])
+            HeldFrame(slice_.shape[:2], masks[i], probabilities[i], scores[i], heads[i], planes[i])
             for i, slice_ in enumerate(slices)
         )
 
@@ -355,6 +368,15 @@ def update_message(request_id: int, series_uid: str, item: ChangeUpdate, runtime
         update=True,
     )
     return [publish_topic(series_uid), encode(header), *payload]
+
+
+def frame_key(slice_: Slice, i: int, frames: int) -> SliceKey | None:
+    """Where a frame sits in its series' series-model volume: its position along the normal; without one its
+    instance number (a multi-frame instance's frames in their order within it, as the scores JSON places them)."""
+    number = slice_.identity.instance_number
+    if number is not None and frames > 1:
+        number = int(number) * 100_000 + i
+    return slice_key(slice_.geometry, number)
 
 
 def identity(ds: Any) -> tuple[str, str]:

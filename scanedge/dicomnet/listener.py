@@ -44,6 +44,7 @@ from scanedge.dicomnet.forward import Forwarder
 from scanedge.dicomnet.handlers import AssociationHandlers, Refusal, check_uids
 from scanedge.dicomnet.intake import Intake
 from scanedge.dicomnet.outputs import OutputStats, make_outputs
+from scanedge.dicomnet.outputs.scores import series_head_scores
 from scanedge.dicomnet.outputs.writer import OutputWriter
 from scanedge.dicomnet.pairing_intake import PairingIntake, check_multi_input_models
 from scanedge.dicomnet.publisher import ResultPublisher
@@ -52,6 +53,7 @@ from scanedge.dicomnet.spool import Spool, private_folder
 from scanedge.errors import ConfigError, ScanedgeError, redacted_traceback
 from scanedge.imaging.dicom import read_dataset, slices_from_dicom
 from scanedge.imaging.dicom.quiet import pydicom_quiet  # its records and warnings quote values
+from scanedge.imaging.series_model import SeriesModel
 from scanedge.manifest import Manifest
 from scanedge.runtime.core.model_spec import ModelSpec
 from scanedge.runtime.core.pipeline import Pipeline, PipelineConfig
@@ -94,6 +96,7 @@ class DicomListener:
         self._manifests: dict[str, Manifest] = {}  # by model name, filled by start()
         self._writer.models = self._manifests
         self._pools: dict[str, queue.Queue[Pipeline]] = {}
+        self._series_models: dict[str, SeriesModel] = {}  # by model name: score heads' 3-D models
         self._pipelines: list[Pipeline] = []
         self._gate: Gate | None = None
         self._stop = threading.Event()
@@ -283,6 +286,8 @@ class DicomListener:
             for pipe in pipes:
                 pool.put(pipe)
             self._pools[name] = pool
+            if pipes[0].series_model is not None:  # run by the completion thread only
+                self._series_models[name] = pipes[0].series_model
             for output in self.outputs:
                 output.check_model(name, pipes[0].manifest)
 
@@ -377,10 +382,39 @@ class DicomListener:
                 log.error("internal error completing series: %s", redacted_traceback(exc))
 
     def _completed(self, series: OpenSeries, why: str) -> None:
-        """A completed series: compared with its prior (follow-up on), then its outputs are due."""
+        """A completed series: compared with its prior (follow-up on), its series models run, then its outputs
+        are due."""
         if self.followup is not None:
             self.followup.complete(series)
+        for name, model in self._series_models.items():
+            try:
+                self._run_series_model(series, name, model)
+            except Exception as exc:  # a bug: the outputs are still written, with the provisional scores
+                log.error("series model of %s on series %s: %s", name, series.series_uid, redacted_traceback(exc))
         self._writer.add(series, why)
+
+    def _run_series_model(self, series: OpenSeries, name: str, model: SeriesModel) -> None:
+        """``model`` (model ``name``'s score head's 3-D model) on the planes the series' frames hold; its answer, or
+        the typed failure with the provisional score, goes into ``series.series_scores`` for the outputs."""
+        provisional, _ = series_head_scores(series, name, self._manifests[name])
+        if not provisional:  # the model scored no frame of this series (refused, or another model's series)
+            return
+        volume = model.volume()
+        for inst in series.instances.values():
+            for frame in inst.frames:
+                held = frame.planes.get(name)
+                if held is not None:
+                    volume.add_plane(held[1], held[0])
+        series.series_scores[name] = scores = model.complete(volume, provisional)
+        run = next(s.series_model for s in scores if s.series_model is not None)
+        log.info(
+            "series %s: %s series model %s on %d frame(s)%s",
+            series.series_uid,
+            name,
+            run.status,
+            run.slices,
+            f" ({run.code})" if run.code else f" in {run.ms:.1f} ms",
+        )
 
     def _recover(self) -> None:
         """Segment again what an earlier run spooled and answered Success for, and hold it in its series

@@ -460,6 +460,7 @@ class PairingIntake:
                         {**own.probabilities, **probabilities},
                         {**own.scores, **scores},
                         {**own.heads, **heads},
+                        own.planes,
                     )
                 )
                 if ref.publish:

@@ -46,7 +46,8 @@ import numpy as np
 
 from scanedge._moved import forward_names
 from scanedge.errors import CapacityError, SeriesConflictError
-from scanedge.imaging.heads import HeadScore
+from scanedge.imaging.heads import HeadScore, SeriesScore
+from scanedge.imaging.lesion_load import SliceKey
 
 if TYPE_CHECKING:  # the follow-up needs scipy and SimpleITK (the followup extra); the node runs without them
     from scanedge.imaging.followup import SeriesComparison
@@ -82,7 +83,7 @@ class SeriesLimits:
 
     Attributes:
         max_series: series open at once.
-        max_bytes: header bytes plus compressed masks held over all open series.
+        max_bytes: header bytes plus compressed masks (and series-model planes) held over all open series.
         max_frames: frames (slices) per series.
     """
 
@@ -106,6 +107,8 @@ class HeldFrame:
         scores: model name -> the frame's score heads (models with score heads only; for the ``scores`` output).
         heads: model name -> the frame's further mask heads, in manifest order (models with mask heads only;
             for the SEG's head segments).
+        planes: model name -> the frame's place and its plane of the model's series-model volume (models with a
+            series model only: :mod:`scanedge.imaging.series_model`), run when the series completes.
     """
 
     shape: tuple[int, int]
@@ -113,11 +116,13 @@ class HeldFrame:
     probabilities: dict[str, bytes] = field(default_factory=dict)
     scores: dict[str, tuple[HeadScore, ...]] = field(default_factory=dict)
     heads: dict[str, tuple[HeldMaskHead, ...]] = field(default_factory=dict)
+    planes: dict[str, tuple[SliceKey | None, np.ndarray]] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
         """Bytes held for this frame."""
         held = sum(map(len, self.masks.values())) + sum(map(len, self.probabilities.values()))
+        held += sum(plane.nbytes for _, plane in self.planes.values())
         return held + sum(h.nbytes for heads in self.heads.values() for h in heads)
 
 
@@ -195,6 +200,8 @@ class OpenSeries:
         identity: (Patient ID, Study Instance UID) every instance of it must share; set by the first one.
         comparisons: per model name, the series compared with its prior at completion (set by the node's
             follow-up before the outputs are built; empty when follow-up is off).
+        series_scores: per model with a series model, the series' scores with that model's answer, set at
+            completion before the outputs are built (the scores JSON and the SR report them).
     """
 
     series_uid: str
@@ -206,6 +213,7 @@ class OpenSeries:
     early: bool = False
     identity: tuple[str, str] | None = None
     comparisons: dict[str, ComparedSeries] = field(default_factory=dict)
+    series_scores: dict[str, tuple[SeriesScore, ...]] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:

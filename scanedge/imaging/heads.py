@@ -43,6 +43,7 @@ __all__ = [
     "MaskHeadLoad",
     "SaliencyMap",
     "SeriesClassScore",
+    "SeriesModelRun",
     "SeriesScore",
     "SeriesScores",
     "aggregate",
@@ -137,16 +138,49 @@ class SeriesClassScore(msgspec.Struct, frozen=True):
     slices_positive: int
 
 
+class SeriesModelRun(msgspec.Struct, frozen=True):
+    """Where a score head's 3-D series model stands for one series (:mod:`scanedge.imaging.series_model`).
+
+    Attributes:
+        status: ``pending`` (the series is not complete: the score is the slices' provisional aggregate),
+            ``done`` (the score is the model's) or ``failed`` (it could not run: ``code`` and ``message``
+            say why; the score stays the provisional aggregate).
+        code: the error code of a failure (``ENGINE_FAILED``, ``NON_FINITE_OUTPUT``, ...); "" otherwise.
+        message: what failed, in words (no patient data); "" otherwise.
+        slices: planes the volume was built from (held so far while ``pending``).
+        input: the model's input size (depth, height, width).
+        ms: milliseconds the run took (building the volume and inference); 0 until it ran.
+    """
+
+    status: str
+    code: str = ""
+    message: str = ""
+    slices: int = 0
+    input: tuple[int, int, int] = (0, 0, 0)
+    ms: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; ``code`` and ``message`` only for a failure."""
+        out: dict[str, Any] = {"status": self.status, "slices": self.slices, "input": list(self.input)}
+        out["ms"] = round(self.ms, 3)
+        if self.code or self.message:
+            out["code"], out["message"] = self.code, self.message
+        return out
+
+
 class SeriesScore(msgspec.Struct, frozen=True):
     """A score head over a series' slices so far; RESULT's ``series_scores`` entries on the wire.
 
     Attributes:
         head: the head's name.
-        aggregation: ``max``, ``mean`` or ``noisy_or``.
+        aggregation: ``max``, ``mean`` or ``noisy_or``; ``series_model`` when the head's 3-D model gave it.
         slices: slices held (a slice re-sent to the same place counts once).
         classes: one :class:`SeriesClassScore` per class, in the head's order.
         dropped_slices: slices at new places refused once ``max_slices`` were held.
         omitted: on the wire, how many of the head's classes were left out (the lowest scores).
+        provisional: the head has a series model that has not given this score (not yet, or it failed):
+            the classes are the slices' aggregate standing in for it.
+        series_model: for a head with a series model, where it stands; None for any other head.
     """
 
     head: str
@@ -155,25 +189,32 @@ class SeriesScore(msgspec.Struct, frozen=True):
     classes: tuple[SeriesClassScore, ...]
     dropped_slices: int = 0
     omitted: int = 0
+    provisional: bool = False
+    series_model: SeriesModelRun | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready, scores rounded to 1e-6."""
-        return {
+        """JSON-ready, scores rounded to 1e-6 (``provisional`` and ``series_model`` only for a head with a
+        series model, so other heads read as before)."""
+        out: dict[str, Any] = {
             "head": self.head,
             "aggregation": self.aggregation,
             "slices": self.slices,
             "dropped_slices": self.dropped_slices,
-            "classes": [
-                {
-                    "name": c.name,
-                    "score": round(c.score, 6),
-                    "threshold": c.threshold,
-                    "decision": c.decision,
-                    "slices_positive": c.slices_positive,
-                }
-                for c in self.classes
-            ],
         }
+        if self.series_model is not None:
+            out["provisional"] = self.provisional
+            out["series_model"] = self.series_model.to_dict()
+        out["classes"] = [
+            {
+                "name": c.name,
+                "score": round(c.score, 6),
+                "threshold": c.threshold,
+                "decision": c.decision,
+                "slices_positive": c.slices_positive,
+            }
+            for c in self.classes
+        ]
+        return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -382,6 +423,8 @@ def for_wire(
                 tuple(t.classes[i] for i in kept),
                 t.dropped_slices,
                 len(t.classes) - len(kept),
+                t.provisional,
+                t.series_model,
             )
         )
     return tuple(slim), tuple(slim_series)
@@ -446,5 +489,19 @@ class SeriesScores:
                 score = aggregate(values, head.aggregation)
                 positive = sum(1 for v in values if v >= c.threshold)
                 classes.append(SeriesClassScore(c.name, score, c.threshold, score >= c.threshold, positive))
-            out.append(SeriesScore(head.name, head.aggregation, len(per_slice), tuple(classes), self.dropped))
+            run = None
+            if head.series_model is not None:
+                spec = head.series_model
+                run = SeriesModelRun("pending", slices=len(per_slice), input=(spec.depth, spec.height, spec.width))
+            out.append(
+                SeriesScore(
+                    head.name,
+                    head.aggregation,
+                    len(per_slice),
+                    tuple(classes),
+                    self.dropped,
+                    provisional=run is not None,
+                    series_model=run,
+                )
+            )
         return tuple(out)

@@ -60,6 +60,7 @@ import zmq.asyncio
 
 from scanedge.errors import ProtocolError
 from scanedge.imaging.followup import CHANGE_CLASSES, CHANGE_CODES, CHANGE_COLOURS, ChangeCounts, SeriesChange
+from scanedge.imaging.heads import SeriesScore
 from scanedge.runtime.wire.protocol import HEAD_MASK_PREFIX, Result, decode_reply
 from scanedge.safe_text import printable
 
@@ -252,9 +253,27 @@ def _scores_meta(header: Result) -> dict[str, Any]:
                     }
                     for c in s.classes[:_SCORE_CLASSES]
                 ],
+                **_series_model_meta(s),
             }
             for s in header.series_scores
         ],
+    }
+
+
+def _series_model_meta(score: SeriesScore) -> dict[str, Any]:
+    """A head with a 3-D series model: whether its score is still the provisional slice aggregate and where the
+    model stands (code strings and numbers only: its message stays in the runtime's log and results)."""
+    run = score.series_model
+    if run is None:
+        return {}
+    return {
+        "provisional": bool(score.provisional),
+        "series_model": {
+            "status": printable(run.status, 16),
+            "code": printable(run.code, 32),
+            "slices": run.slices,
+            "ms": _finite(run.ms),
+        },
     }
 
 

@@ -263,3 +263,125 @@ def sample_slices(count: int = 6, seed: int = 3) -> list[np.ndarray]:
         blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (2 + i) ** 2)) * (1 + i)
         out.append((blob + rng.normal(0, 0.2, (SIZE, SIZE))).astype(np.float32))
     return out
+
+
+#: the test series model's input: depth x height x width (slices are 32x32; planes are resized to 16x16)
+VOLUME_SIZE = (6, 16, 16)
+
+
+def volume_classifier(path: Path, scale: float = 3.0) -> Path:
+    """A small 3-D classifier (Conv3d -> ReLU -> global mean -> Linear), input ``volume`` [1, 1, 6, 16, 16],
+    output ``abnormal_3d`` [1, 1] (one logit), exported by torch (skips where torch is not installed)."""
+    torch = pytest.importorskip("torch")
+
+    class Volume(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = torch.nn.Conv3d(1, 4, 3, padding=1)
+            self.score = torch.nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.score(torch.relu(self.features(x)).mean(dim=(2, 3, 4))) * scale
+
+    torch.manual_seed(11)
+    module = Volume().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (torch.zeros(1, 1, *VOLUME_SIZE),),
+            str(path),
+            input_names=["volume"],
+            output_names=["abnormal_3d"],
+            dynamo=False,
+            opset_version=17,
+        )
+    return path
+
+
+def series_model_manifest(**series: object) -> Manifest:
+    """:func:`mask_score_manifest` (max aggregation, z-scored slices) whose score head has the series model
+    ``volume_classifier.onnx`` beside it (``series`` overrides its declaration)."""
+    base = mask_score_manifest("max").replace(intensity=IntensityPolicy(mode="zscore"))
+    head = base.heads[0].to_dict()
+    d, h, w = VOLUME_SIZE
+    head["series_model"] = {
+        "path": "volume_classifier.onnx",
+        "depth": d,
+        "height": h,
+        "width": w,
+        "input": "volume",
+        "output": "abnormal_3d",
+        "activation": "sigmoid",
+        **series,
+    }
+    data = base.to_dict()
+    data["heads"] = [head]
+    return Manifest.from_dict(data)
+
+
+@pytest.fixture(scope="session")
+def series_model_dir(head_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with ``model.onnx`` (the mask + score model, :func:`series_model_manifest` embedded, the
+    series model's sha256 in it) and ``volume_classifier.onnx`` beside it."""
+    from scanedge.manifest import graph_sha256
+
+    folder = tmp_path_factory.mktemp("series-model")
+    volume = volume_classifier(folder / "volume_classifier.onnx")
+    manifest = series_model_manifest(onnx_sha256=graph_sha256(onnx.load(str(volume))))
+    _embed(onnx.load(str(head_models["mask_score"])), manifest, folder / "model.onnx")
+    return folder
+
+
+def expected_series_probability(folder: Path, slices_in_order: list[np.ndarray]) -> float:
+    """The series model's probability for slices given in their order along the normal, computed without
+    scanedge: each slice resized bilinearly to 16x16 (half-pixel centres) and z-scored, the stack resampled
+    trilinearly to the model's depth (torch ``interpolate``, ``align_corners=False``), run through an
+    InferenceSession, sigmoid."""
+    torch = pytest.importorskip("torch")
+    import onnxruntime as ort
+
+    _, h, w = VOLUME_SIZE
+    planes = []
+    for pixels in slices_in_order:
+        t = torch.from_numpy(pixels.astype(np.float32))[None, None]
+        p = torch.nn.functional.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+        p = p.astype(np.float64)
+        planes.append(((p - p.mean()) / max(p.std(), 1e-6)).astype(np.float32))
+    stack = torch.from_numpy(np.stack(planes))[None, None]  # [1, 1, N, h, w]
+    volume = torch.nn.functional.interpolate(stack, size=VOLUME_SIZE, mode="trilinear", align_corners=False)
+    session = ort.InferenceSession(str(folder / "volume_classifier.onnx"), providers=["CPUExecutionProvider"])
+    (logit,) = session.run(["abnormal_3d"], {"volume": volume.numpy().astype(np.float32)})
+    return float(1.0 / (1.0 + np.exp(-float(logit[0, 0]))))
+
+
+def nan_volume_classifier(path: Path) -> Path:
+    """A series model with the test model's input and output that always answers NaN (0 / 0): a real faulty
+    graph, for the failure path without patching scanedge."""
+    d, h, w = VOLUME_SIZE
+    zero = numpy_helper.from_array(np.zeros((1, 1), np.float32), "zero")
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["volume"], ["mean"], axes=[2, 3, 4], keepdims=0),
+            helper.make_node("Mul", ["mean", "zero"], ["nothing"]),
+            helper.make_node("Div", ["nothing", "zero"], ["abnormal_3d"]),
+        ],
+        "nan-volume",
+        [helper.make_tensor_value_info("volume", TensorProto.FLOAT, [1, 1, d, h, w])],
+        [helper.make_tensor_value_info("abnormal_3d", TensorProto.FLOAT, [1, 1])],
+        initializer=[zero],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def failing_series_model_dir(head_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """As :func:`series_model_dir`, with a series model that answers NaN and the model named ``test-nan-series``."""
+    folder = tmp_path_factory.mktemp("nan-series-model")
+    nan_volume_classifier(folder / "volume_classifier.onnx")
+    manifest = series_model_manifest().replace(name="test-nan-series")
+    _embed(onnx.load(str(head_models["mask_score"])), manifest, folder / "model.onnx")
+    return folder

@@ -2,7 +2,8 @@
 
 For each completed series and each model with score heads (manifest ``heads``), one file
 ``scores/<series UID>.<model>.scores.json`` holds every score head over the series (aggregated as the
-manifest says: ``max``, ``mean`` or ``noisy_or``) and per frame its class probabilities and decisions. It is
+manifest says: ``max``, ``mean`` or ``noisy_or``; a head with a series model: that 3-D model's answer on the
+completed series, ``aggregation: "series_model"``) and per frame its class probabilities and decisions. It is
 not DICOM and is never forwarded; a model without score heads gets no file (logged once at start). The
 format is documented in docs/dicom-node.md ("Series scores"). UIDs only: no patient identifiers.
 """
@@ -58,7 +59,8 @@ def series_head_scores(
     """``model``'s score heads over ``series`` (aggregated as the manifest says) and the frames' scores as
     JSON; nothing when the model has no score heads or no frame of the series has scores. Frames are placed
     by instance number (frames of a multi-frame instance by their order within it), as the lesion load
-    places slices without geometry. The one aggregation behind both the scores JSON and the SR."""
+    places slices without geometry. The one aggregation behind both the scores JSON and the SR; a head with a
+    series model has the answer the node's completion got from it (``series.series_scores``)."""
     if not manifest.score_heads:
         return (), []
     aggregate = SeriesScores(manifest.heads)
@@ -82,7 +84,7 @@ def series_head_scores(
             frames.append(entry)
     if not frames:
         return (), []
-    return aggregate.scores(), frames
+    return series.series_scores.get(model) or aggregate.scores(), frames
 
 
 def series_score_report(series: OpenSeries, model: str, manifest: Manifest) -> dict[str, Any] | None:

@@ -563,7 +563,7 @@ def _score_groups(
             qualitative_evaluations=decisions,
         )
         items = group[0].ContentSequence
-        items.append(_text("aggregation", f"{head.aggregation} over {head.slices} slices"))
+        items.append(_text("aggregation", _aggregation_text(head)))
         items.append(_text("thresholds", "; ".join(f"{c.name} >= {c.threshold:g}" for c in head.classes)))
         point = points.get(head.head)
         if point is not None:
@@ -572,6 +572,19 @@ def _score_groups(
             items.append(_text("operating point", point.name + (f" ({', '.join(stated)})" if stated else "")))
         groups.append(group)
     return groups
+
+
+def _aggregation_text(head: SeriesScore) -> str:
+    """How the head's series score was made: its slices' aggregate, or its 3-D series model (and when that model
+    could not run, why, beside the provisional aggregate)."""
+    run = head.series_model
+    if run is not None and run.status == "done":
+        d, h, w = run.input
+        return f"3-D series model on {run.slices} slices resampled to {d}x{h}x{w}"
+    text = f"{head.aggregation} over {head.slices} slices"
+    if run is not None:
+        text = f"provisional {text}; series model {run.status}" + (f": {run.code}" if run.code else "")
+    return text
 
 
 def _status_concept(status: str) -> Any:

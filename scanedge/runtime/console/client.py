@@ -263,6 +263,7 @@ class Client:
         timeout: float | None = None,
         ignore_scope: bool = False,
         role: str | None = None,
+        last: bool = False,
     ) -> Future[RemoteResult]:
         """Send one slice; the future holds its :class:`RemoteResult`.
 
@@ -287,6 +288,8 @@ class Client:
                 photometric interpretation are sent along so that raw pixels are checked like DICOM.
             role: which input of a multi-input model this slice is (``flair``, ``t1``; docs/protocol.md
                 section 3.2). A Slice's Study and Frame of Reference UIDs are sent along for pairing.
+            last: this is the series' last slice: the series is complete, and the reply's ``series_scores``
+                carry the score of a score head's 3-D series model (docs/protocol.md section 4).
 
         The future raises the runtime's error as the same scanedge exception class as in-process code
         (e.g. :class:`NotDicomError`), :class:`SupersededError` / :class:`ExpiredError` /
@@ -342,6 +345,8 @@ class Client:
             fields["ignore_scope"] = True
         if role is not None:
             fields["role"] = role
+        if last:
+            fields["last"] = True
         fields["sent_at"] = time.time()
         request_id = self._next_id()
         shared = self._place(request_id, fields, payload, pixels)

@@ -29,6 +29,7 @@ from typing import Any
 from scanedge._moved import forward_names
 from scanedge.errors import ConfigError, ScanedgeError, SupersededError
 from scanedge.imaging.files import LoadedSlice
+from scanedge.imaging.heads import SeriesScore
 from scanedge.imaging.lesion_load import LesionLoad
 from scanedge.imaging.series_summary import LatencyPercentiles
 from scanedge.imaging.slices import Slice
@@ -175,6 +176,8 @@ class SeriesReport:
         latencies_ms: each RESULT's latency in ms from its intended send time, in arrival order.
         load: the runtime's series lesion load, from the last RESULT holding the most slices; None
             when no RESULT carried one.
+        scores: the runtime's series scores from the reply to the series' last slice (which carries a series
+            model's answer), else from the latest RESULT; empty when no RESULT carried any.
     """
 
     uid: str
@@ -186,6 +189,7 @@ class SeriesReport:
     errors: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
     load: LesionLoad | None = None
+    scores: tuple[SeriesScore, ...] = ()
 
     def latency(self) -> LatencyPercentiles | None:
         """Percentiles of :attr:`latencies_ms`; None when no slice was answered with a RESULT."""
@@ -205,6 +209,7 @@ class SeriesReport:
             "errors": dict(self.errors),
             "latency_ms": None if latency is None else latency.to_dict(),
             "series_load": None if self.load is None else self.load.to_dict(),
+            **({"series_scores": [s.to_dict() for s in self.scores]} if self.scores else {}),
         }
 
 
@@ -322,7 +327,10 @@ class Replay:
             item.slice,
             series.uid,
         )
-        future = submit_slice(client, sent, outputs=self._outputs("", cfg.outputs), deadline_ms=cfg.deadline_ms)
+        last = send.n % len(series.slices) == len(series.slices) - 1  # the series is complete with it
+        future = submit_slice(
+            client, sent, outputs=self._outputs("", cfg.outputs), deadline_ms=cfg.deadline_ms, last=last
+        )
         future.add_done_callback(lambda f: done.put((send, send.due, f)))
         for model in cfg.also_models:  # answered and published by the runtime; waited for only at the end
             further = submit_slice(
@@ -331,6 +339,7 @@ class Replay:
                 outputs=self._outputs(model, ("saliency",)),  # no frame from a model without a saliency head
                 deadline_ms=cfg.deadline_ms,
                 model=model,
+                last=last,
             )
             with self._further_lock:
                 self._further.add(further)
@@ -375,6 +384,10 @@ class Replay:
             load = event.result.series_load
             if load is not None and (report.load is None or load.slices >= report.load.slices):
                 report.load = load
+            scores = event.result.header.series_scores
+            final = any(s.series_model is not None and s.series_model.status != "pending" for s in report.scores)
+            if scores and (event.position == event.count - 1 or not final):
+                report.scores = scores
         elif event.superseded:
             report.superseded += 1
         else:

@@ -23,11 +23,12 @@ from scanedge.imaging.annotate import stamp_not_for_clinical_use
 from scanedge.imaging.encode import ImageFormat, encode_image
 from scanedge.imaging.files import LoadedSlice, SkippedFile
 from scanedge.imaging.head_overlay import head_legend
-from scanedge.imaging.heads import MaskHeadLoad, SeriesScores, head_labels
+from scanedge.imaging.heads import MaskHeadLoad, SeriesScore, SeriesScores, head_labels
 from scanedge.imaging.lesion_load import SeriesLesionLoad
 from scanedge.imaging.montage import montage, tile_label
 from scanedge.imaging.postprocess import ClassFindings
 from scanedge.imaging.series import context_window
+from scanedge.imaging.series_model import SeriesVolume
 from scanedge.imaging.series_summary import LatencyPercentiles, SeriesSummary, summarize_series
 from scanedge.imaging.slices import SliceGeometry
 from scanedge.manifest import Manifest
@@ -244,6 +245,17 @@ class _HeadMasks:
         )
 
 
+def _series_scores(pipe: Pipeline, scores: SeriesScores, volume: SeriesVolume | None) -> tuple[SeriesScore, ...]:
+    """A read series' scores: the score head with a series model gets that model's answer on the whole series
+    (every slice has been read: the series is complete); the others their slices' aggregate."""
+    held = scores.scores()
+    if volume is None:
+        return held
+    if pipe.series_model is None:  # a pipeline built from an engine without its series model
+        return held
+    return pipe.series_model.complete(volume, held)
+
+
 def _placement(item: LoadedSlice) -> tuple[SliceGeometry, int | None]:
     """Geometry and number that place a slice in its series' 3-D load. Frames of one multi-frame object
     without positions share its instance number; they are placed by their order within it instead."""
@@ -284,6 +296,8 @@ def segment_to_folder(
     labels = []
     loads: dict[str, SeriesLesionLoad] = {}  # 3-D lesion load per series, accumulated slice by slice
     series_scores: dict[str, SeriesScores] = {}  # score heads per series, aggregated slice by slice
+    volumes: dict[str, SeriesVolume] = {}  # a score head's series model: its planes per series
+    series_head = pipe.manifest.series_model_head
     head_masks = _HeadMasks(pipe.manifest)  # further mask heads: files and loads per series
     classes = tuple(c.name for c in pipe.manifest.classes)
     research_only = pipe.manifest.not_for_clinical_use
@@ -300,6 +314,8 @@ def segment_to_folder(
                 loads.setdefault(uid, SeriesLesionLoad(classes)).add(result.mask, *_placement(item))
             if result.scores:
                 series_scores.setdefault(uid, SeriesScores(pipe.manifest.heads)).add(result.scores, *_placement(item))
+            if series_head is not None:
+                volumes.setdefault(uid, SeriesVolume(pipe.manifest, series_head)).add(item.slice, _placement(item)[1])
             stem = _file_stem(item)
             overlay_path = out / f"{stem}.overlay.{suffix}"
             picture: np.ndarray = result.overlay  # type: ignore[assignment]  # run draws overlays by default
@@ -338,7 +354,9 @@ def segment_to_folder(
     )
     if series_scores:
         summaries = tuple(
-            replace(s, scores=series_scores[s.series_uid].scores()) if s.series_uid in series_scores else s
+            replace(s, scores=_series_scores(pipe, series_scores[s.series_uid], volumes.get(s.series_uid)))
+            if s.series_uid in series_scores
+            else s
             for s in summaries
         )
     summaries = head_masks.summarize(summaries)

@@ -32,6 +32,7 @@ from scanedge.imaging.role_inputs import RoleAssembler
 from scanedge.imaging.scope import UNCHECKED, ScopeVerdict, require_scope
 from scanedge.imaging.score_overlay import draw_saliency, draw_scores
 from scanedge.imaging.series import context_window
+from scanedge.imaging.series_model import SeriesModel
 from scanedge.imaging.slices import DEFAULT_LIMITS, Slice, SliceIdentity, SliceLimits, all_finite
 from scanedge.manifest import Manifest, check_head_output, check_model_io, check_model_output, load_manifest
 
@@ -194,8 +195,12 @@ class Pipeline:
         config: PipelineConfig | None = None,
         *,
         owns_engine: bool = False,
+        series_model: SeriesModel | None = None,
     ) -> None:
         self.manifest = manifest
+        #: the 3-D model of the score head that declares one (manifest ``series_model``), run at series completion
+        #: by whoever holds the series' volume (:mod:`scanedge.imaging.series_model`); None without one
+        self.series_model = series_model
         self.config = config or PipelineConfig()
         self.engine = engine
         self._owns_engine = owns_engine
@@ -254,10 +259,18 @@ class Pipeline:
             man = manifest
         else:
             man, _ = load_manifest(path, manifest)
-        eng = open_engine(
-            path, options if options is not None else EngineConfig(), onnx_sha256=man.onnx_sha256, name=man.name
-        )
-        return cls(eng, man, config, owns_engine=True)
+        # a series model's path is relative to the manifest: its file, or the model's folder (embedded, sidecar)
+        folder = Path(manifest).parent if isinstance(manifest, (str, os.PathLike)) else path.parent
+        series = SeriesModel.open(man, folder, options)
+        try:
+            eng = open_engine(
+                path, options if options is not None else EngineConfig(), onnx_sha256=man.onnx_sha256, name=man.name
+            )
+            return cls(eng, man, config, owns_engine=True, series_model=series)
+        except BaseException:
+            if series is not None:
+                series.close()
+            raise
 
     def _fixed_input_shape(self) -> tuple[int, ...]:
         spec, size = self.manifest.input, self.manifest.size
@@ -269,6 +282,8 @@ class Pipeline:
         """Release the engine if this pipeline opened it (an engine passed in stays the caller's)."""
         if self._owns_engine:
             self.engine.deactivate()
+            if self.series_model is not None:
+                self.series_model.close()
 
     def __enter__(self) -> Pipeline:
         return self

@@ -21,7 +21,8 @@ import numpy as np
 
 from scanedge.errors import ConfigError
 from scanedge.imaging.heads import HeadScore, SeriesScore, SeriesScores
-from scanedge.imaging.lesion_load import DEFAULT_MAX_SLICES, LesionLoad, SeriesLesionLoad
+from scanedge.imaging.lesion_load import DEFAULT_MAX_SLICES, LesionLoad, SeriesLesionLoad, SliceKey
+from scanedge.imaging.series_model import SeriesModel, SeriesVolume
 from scanedge.imaging.slices import SliceGeometry
 from scanedge.manifest import HeadSpec
 
@@ -36,14 +37,18 @@ class SeriesStoreConfig:
         idle_s: a series with no slice for this long is forgotten (its last RESULT had its final load).
         max_series: most series (per model) held at once; the least recently updated goes first.
         max_slices: most slices held per series (slices at new places past it are counted as dropped).
+        max_volumes: most series collecting a series model's volume at once (each up to the model's
+            ``max_slices x height x width`` float32 values); the least recently updated one's volume is dropped
+            past it, and its series model then answers ``OUT_OF_RESOURCES`` at completion.
     """
 
     idle_s: float = 600.0
     max_series: int = 64
     max_slices: int = DEFAULT_MAX_SLICES
+    max_volumes: int = 8
 
     def __post_init__(self) -> None:
-        if not self.idle_s > 0 or self.max_series < 1 or self.max_slices < 1:
+        if not self.idle_s > 0 or self.max_series < 1 or self.max_slices < 1 or self.max_volumes < 1:
             raise ConfigError("series idle time must be > 0 s, and the series and slice caps at least 1")
 
 
@@ -58,6 +63,10 @@ class SeriesStore:
         # a model without a mask output (a classifier) holds scores only: no lesion load
         self._series: OrderedDict[tuple[str, str], tuple[float, SeriesLesionLoad | None]] = OrderedDict()
         self._scores: dict[tuple[str, str], SeriesScores] = {}  # held and forgotten with the series' entry
+        # a series model's planes per series (LRU, at most max_volumes), and the series whose volume was dropped
+        self._volumes: OrderedDict[tuple[str, str], SeriesVolume] = OrderedDict()
+        self._lost: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self.volumes_dropped = 0
 
     def update(
         self,
@@ -88,6 +97,7 @@ class SeriesStore:
         while len(self._series) > self.config.max_series:
             gone, _ = self._series.popitem(last=False)
             self._scores.pop(gone, None)
+            self._volumes.pop(gone, None)
             self.evicted += 1
 
     def update_scores(
@@ -112,6 +122,34 @@ class SeriesStore:
             if held is None:
                 held = self._scores[key] = SeriesScores(heads, max_slices=self.config.max_slices)
             return held.add(scores, geometry, instance_number)
+
+    def add_plane(
+        self, series: str, model: str, series_model: SeriesModel, plane: np.ndarray, key: SliceKey | None
+    ) -> None:
+        """Keep one served slice's plane (:meth:`SeriesModel.plane`) in its series' volume. A series whose
+        volume was dropped (more than ``max_volumes`` collecting at once) collects nothing until it completes."""
+        ident = (series, model)
+        with self._lock:
+            if ident in self._lost:
+                return
+            volume = self._volumes.pop(ident, None)
+            if volume is None:
+                volume = series_model.volume()
+            self._volumes[ident] = volume
+            volume.add_plane(plane, key)
+            while len(self._volumes) > self.config.max_volumes:
+                gone, _ = self._volumes.popitem(last=False)
+                self._lost[gone] = None
+                self.volumes_dropped += 1
+                while len(self._lost) > 4 * self.config.max_series:
+                    self._lost.popitem(last=False)
+
+    def take_volume(self, series: str, model: str) -> SeriesVolume | None:
+        """The series' volume at its completion, no longer held (the series collects anew if it is sent again);
+        None when it was dropped to make room (or nothing was collected)."""
+        with self._lock:
+            self._lost.pop((series, model), None)
+            return self._volumes.pop((series, model), None)
 
     def get_scores(self, series: str, model: str) -> tuple[SeriesScore, ...]:
         """The score heads of ``series`` under ``model`` as held now; empty when none are held."""
@@ -139,6 +177,7 @@ class SeriesStore:
                 break
             del self._series[key]
             self._scores.pop(key, None)
+            self._volumes.pop(key, None)
             gone += 1
         self.evicted += gone
         return gone
@@ -151,6 +190,5 @@ class SeriesStore:
     def nbytes(self) -> int:
         """Approximate bytes held by every series."""
         with self._lock:
-            return sum(load.nbytes for _, load in self._series.values() if load is not None) + sum(
-                s.nbytes for s in self._scores.values()
-            )
+            held = sum(load.nbytes for _, load in self._series.values() if load is not None)
+            return held + sum(s.nbytes for s in self._scores.values()) + sum(v.nbytes for v in self._volumes.values())

@@ -41,6 +41,7 @@ from scanedge.runtime.serving.io_loop import IoLoop, LoopConfig
 from scanedge.runtime.serving.keep_warm import KeepWarmConfig
 from scanedge.runtime.serving.multi_input import MultiInputServing
 from scanedge.runtime.serving.scheduler import Job, LatestSliceScheduler
+from scanedge.runtime.serving.series_completion import SeriesCompletions
 from scanedge.runtime.serving.series_store import SeriesStore, SeriesStoreConfig
 from scanedge.runtime.serving.shm import SHM_MODES, RegionTable, ShmMode
 from scanedge.runtime.serving.stats import RuntimeStats
@@ -52,6 +53,7 @@ from scanedge.runtime.wire.protocol import (
     MaskHeadInfo,
     ModelInfo,
     ModelInput,
+    SeriesModelInfo,
 )
 from scanedge.runtime.wire.security import CurveServerKeys
 from scanedge.safe_text import printable
@@ -175,7 +177,17 @@ def _model_info(m: Manifest, engine: dict[str, Any] | None = None) -> ModelInfo:
         threads_probe_ms=auto["probe_ms"] if auto and auto.get("probe_ms") else None,
         roles=m.roles,
         mask_heads=_mask_head_infos(m),
+        series_model=_series_model_info(m),
     )
+
+
+def _series_model_info(m: Manifest) -> SeriesModelInfo | None:
+    """PONG's view of a score head's 3-D series model: the head (one printable line) and the model's input."""
+    head = m.series_model_head
+    if head is None or head.series_model is None:
+        return None
+    spec = head.series_model
+    return SeriesModelInfo(printable(head.name, 64), (spec.depth, spec.height, spec.width))
 
 
 def _mask_head_infos(m: Manifest) -> tuple[MaskHeadInfo, ...]:
@@ -240,6 +252,7 @@ class _Serving:
     pub: zmq.Socket | None = None
     pool: WorkerPool | None = None
     loop: IoLoop | None = None
+    completions: SeriesCompletions | None = None  # series model runs at a series' last slice
     multi: MultiInputServing | None = None  # pairing for models with several inputs
 
     def backend(self, model: str) -> str:
@@ -413,6 +426,7 @@ class Server:
         self._open_sockets(serving)
         failure_log = LogBudget("failed slice(s)")
         serving.multi = multi = self._multi_input(serving, failure_log)
+        serving.completions = completions = SeriesCompletions(serving.wake.emit)
         serving.pool = WorkerPool(
             cfg.workers,
             self._scheduler,
@@ -421,7 +435,15 @@ class Server:
                 multi.process(job, pipe)
                 if multi is not None and multi.serves(job.model)
                 else run_job(
-                    job, pipe, cfg.limits, cfg.overlay, self.runtime_id, failure_log, self.series_store, self.followups
+                    job,
+                    pipe,
+                    cfg.limits,
+                    cfg.overlay,
+                    self.runtime_id,
+                    failure_log,
+                    self.series_store,
+                    self.followups,
+                    completions,
                 )
             ),
             serving.wake.emit,
@@ -542,6 +564,8 @@ class Server:
         stuck = serving.pool.join(max(1.0, cfg.shutdown_grace_s))
         if serving.multi is not None:
             serving.multi.close()
+        if serving.completions is not None:
+            serving.completions.close()  # the runs still pending are answered first
         self.wedged_workers = [w.thread.name for w in stuck]
         if stuck:
             log.error("%d worker(s) still stuck in inference at exit: %s", len(stuck), ", ".join(self.wedged_workers))

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from scanedge.errors import EngineTimeoutError, ScanedgeError, redacted_traceback
 from scanedge.imaging.heads import SeriesScore
+from scanedge.imaging.lesion_load import slice_key
 from scanedge.imaging.overlay import OverlayConfig, display_image
 from scanedge.imaging.slices import Slice, SliceLimits
 from scanedge.log_budget import LogBudget
@@ -50,6 +51,7 @@ __all__ = [
 ]
 if TYPE_CHECKING:
     from scanedge.runtime.core.followup import SeriesFollowups
+    from scanedge.runtime.serving.series_completion import SeriesCompletions
 
 
 log = logging.getLogger("scanedge.runtime")
@@ -114,11 +116,14 @@ def run_job(
     failure_log: LogBudget | None = None,
     series_store: SeriesStore | None = None,
     followups: SeriesFollowups | None = None,
+    completions: SeriesCompletions | None = None,
 ) -> Outcome:
     """Segment one job's slice and build its RESULT; a typed failure becomes its ERROR (logged within
     ``failure_log``'s budget: failures are the peer's to cause). With a ``series_store``, a slice of a
     series also updates that series' lesion load, which the RESULT carries; with ``followups``, its
-    comparison with the series' prior (``change``, and the ``change`` frame when asked for)."""
+    comparison with the series' prior (``change``, and the ``change`` frame when asked for). A series' last
+    slice (``last``) to a model with a series model is answered by ``completions`` once it has run
+    (:data:`DEFERRED` here)."""
     req = job.request
     start = time.monotonic()
     if job.expired(start):
@@ -141,6 +146,12 @@ def run_job(
         if failure_log is None or failure_log.allow(exc.code):
             log.warning("request %r (series %s) failed: %s %s", req.id, req.series or "-", exc.code, exc.message)
         return error_outcome(job, exc, runtime=runtime)
+    series = header.series
+    if req.last and completions is not None and series_store is not None and pipe.series_model is not None and series:
+        volume = series_store.take_volume(series, job.model)
+        scores = series_store.get_scores(series, job.model)
+        now = completions.submit(job, pipe.series_model, volume, scores, header, payload)
+        return DEFERRED if now is None else now
     return _outcome(header, tuple(payload))
 
 
@@ -191,6 +202,9 @@ def result_reply_for(
         series_scores = series_store.update_scores(
             series, job.model, pipe.manifest.heads, result.scores, slice_.geometry, number
         )
+    if series_store is not None and series and pipe.series_model is not None:  # a score head's 3-D model
+        plane = pipe.series_model.plane(slice_)
+        series_store.add_plane(series, job.model, pipe.series_model, plane, slice_key(slice_.geometry, number))
     series_ms = (time.perf_counter() - t_series) * 1e3
     position = slice_.geometry.position_along_normal
     header = pipeline_reply(

@@ -82,6 +82,7 @@ __all__ = [
     "Rescale",
     "Result",
     "Segment",
+    "SeriesModelInfo",
     "ShmRegions",
     "ShmRegister",
     "ShmStatus",
@@ -237,6 +238,7 @@ class Segment(_Message, tag="SEGMENT", omit_defaults=True, frozen=True):
     role: RoleName | None = None  # section 3.2: which input of a multi-input model this slice is
     study: Key = ""  # section 3.2: Study Instance UID of raw pixels (pairs series of one study)
     frame_of_reference: Key = ""  # section 3.2: Frame of Reference UID of raw pixels
+    last: bool = False  # the series' last slice: the series is complete (a series model runs on it, section 4)
 
 
 class Ping(_Message, tag="PING", frozen=True):
@@ -426,6 +428,14 @@ class MaskHeadInfo(Struct, frozen=True):
     omitted: int = 0
 
 
+class SeriesModelInfo(Struct, frozen=True):
+    """PONG ``models[].series_model`` (section 5): the score head whose series score a 3-D series model gives
+    when a SEGMENT says ``last`` (section 4), and that model's input (depth, height, width)."""
+
+    head: str
+    input: tuple[int, int, int]
+
+
 class ModelInfo(Struct, frozen=True):
     """A served model as PONG describes it (section 5)."""
 
@@ -441,6 +451,7 @@ class ModelInfo(Struct, frozen=True):
     threads_probe_ms: dict[str, float] | None = None  # --threads auto: median ms per thread count measured
     roles: tuple[str, ...] = ()  # section 3.2: the input roles of a multi-input model, reference first
     mask_heads: tuple[MaskHeadInfo, ...] = ()  # section 4: further mask heads (output and frames "head_masks")
+    series_model: SeriesModelInfo | None = None  # section 4: a score head's 3-D series model (SEGMENT "last")
 
 
 class WorkerHealth(Struct, frozen=True):

@@ -732,11 +732,18 @@ function renderScores() {
         if (head.operating_point) box.append(line("what", `operating point ${head.operating_point}`));
       }
       for (const head of latest.series_scores || []) {
-        box.append(line("what", `series (${head.aggregation} over ${head.slices} slice(s))`));
+        const run = head.series_model; // a 3-D series model: final once it ran on the complete series
+        const final = run && run.status === "done";
+        let how = `${head.aggregation} over ${head.slices} slice(s)`;
+        if (final) how = `final: 3-D series model on ${run.slices} slice(s)`;
+        else if (run) how = `provisional ${how}; series model ${run.status}${run.code ? ` ${run.code}` : ""}`;
+        const label = line("what", `series (${how})`);
+        if (run) label.dataset.seriesModel = run.status;
+        box.append(label);
         const classes = [...head.classes].sort((a, b) => b.score - a.score).slice(0, MAX_SCORE_ROWS);
         for (const c of classes) {
           const row = classLine("series-score", c, c.score);
-          row.lastChild.textContent += ` (on ${c.slices_positive} slice(s))`;
+          if (!final) row.lastChild.textContent += ` (on ${c.slices_positive} slice(s))`;
           box.append(row);
         }
       }
