@@ -73,3 +73,23 @@ def test_a_series_model_that_decides_otherwise_fails(series_model_dir, demo_seri
     assert any(f.startswith("series model of abnormal_logit: decisions agree on 0.0000") for f in report["failures"])
     # the slice model's own heads are the same file: they agree
     assert report["agreement"]["heads"]["abnormal_logit"]["decision_agreement"] == 1.0
+
+
+def test_fp16_converts_the_series_model_and_verify_compares_it(series_model_dir, demo_series, tmp_path, capsys):
+    from scanedge.converters.convert import ConvertConfig, convert
+    from scanedge.runtime.core.pipeline import Pipeline
+
+    result = convert(series_model_dir / "model.onnx", ConvertConfig(precision="fp16", out_dir=tmp_path / "fp16"))
+    spec = result.manifest.heads[0].series_model
+    assert spec is not None and spec.path == "volume_classifier.fp16.onnx"
+    half = onnx.load(str(tmp_path / "fp16" / spec.path))
+    assert spec.onnx_sha256 == graph_sha256(half)
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in half.graph.initializer)
+    assert half.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # float32 I/O kept
+    with Pipeline.open(result.output) as pipe:  # the runtime opens the converted model with its fp16 series model
+        assert pipe.series_model is not None and pipe.series_model.path.name == spec.path
+    code, report, text = _verify(result.output, series_model_dir / "model.onnx", demo_series, capsys)
+    assert code == 0, text
+    series = report["agreement"]["series_model"]
+    assert series["unchanged"] is False and series["decision_agreement"] == 1.0
+    assert 0 < series["max_abs_diff"] < 0.01  # fp16 weights: close to, and not the same as, fp32
