@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,10 +32,12 @@ from scanedge.manifest import (
     Manifest,
     OutputKind,
     OutputSpec,
+    SeriesModelSpec,
     SizePolicy,
     check_model_io,
     embed_manifest,
     graph_sha256,
+    load_onnx_model,
     sidecar_path,
 )
 from scanedge.model_graph import Dim, TensorInfo, graph_io
@@ -43,6 +45,7 @@ from scanedge.model_graph import Dim, TensorInfo, graph_io
 __all__ = [
     "DEFAULT_PALETTE",
     "ManifestInitConfig",
+    "attach_series_model",
     "draft_manifest",
     "draft_manifest_with_notes",
     "guess_layout",
@@ -320,6 +323,136 @@ def _inputs_section(roles: Sequence[tuple[str, str]]) -> InputsSpec | None:
         return None
     named = any(i for _, i in roles)
     return InputsSpec(roles=tuple(InputRole(r, input=i) for r, i in roles), assembly="named" if named else "channels")
+
+
+def _relative_name(volume: Path, folder: Path) -> str:
+    """``volume``'s path relative to the manifest's ``folder`` as the manifest names it (``/``-separated);
+    ConfigError for a file outside that folder (the manifest names its series model beside it or below)."""
+    try:
+        rel = volume.resolve().relative_to(folder.resolve())
+    except ValueError:
+        raise ConfigError(
+            f"series model {volume} is not in the manifest's folder {folder} (or below it): the manifest names it "
+            "by a relative path, so move or copy it beside the model first"
+        ) from None
+    return rel.as_posix()
+
+
+def attach_series_model(
+    manifest: Manifest,
+    volume_path: str | os.PathLike[str],
+    manifest_folder: str | os.PathLike[str],
+    *,
+    head: str | None = None,
+    size: tuple[int, int, int] | None = None,
+) -> tuple[Manifest, list[str]]:
+    """``manifest`` with a score head's ``series_model`` section written from the 3-D ONNX graph at
+    ``volume_path``, and one note per thing read, taken or guessed.
+
+    The graph's first input gives ``input`` and its depth x height x width (``size`` when its dimensions are
+    dynamic, or to confirm static ones); its output ([1, C] or [N, C]; the first 2-D one when there are
+    several) gives ``output``, its class count checked against the head's. ``kind`` and ``activation`` are
+    read from the graph when the output comes from a Softmax or Sigmoid node, else taken from the head. The
+    path is written relative to ``manifest_folder`` (the folder of the file the manifest will be in), with
+    the graph's sha256. ``head``: the score head's name (default: the only score head).
+
+    Raises ConfigError for a missing file, a file outside the folder, or a dynamic size without ``size``;
+    ManifestMismatchError when the graph contradicts the manifest (channels, classes, rank, dtype).
+    """
+    path = Path(volume_path)
+    if not path.is_file():
+        raise ConfigError(f"series model {path}: no such file")
+    scores = [h for h in manifest.heads if h.role == "score"]
+    if head is None:
+        if len(scores) != 1:
+            raise ConfigError(
+                f"name the score head the series model answers for (HEAD=FILE): the model has {len(scores)} score "
+                f"heads {[h.name for h in scores]}"
+            )
+        target = scores[0]
+    else:
+        found = [h for h in scores if h.name == head]
+        if not found:
+            raise ConfigError(
+                f"no score head {head!r} to give a series model; the score heads are {[h.name for h in scores]}"
+            )
+        target = found[0]
+    rel = _relative_name(path, Path(manifest_folder))
+    model = load_onnx_model(path, load_external_data=True)
+    inputs, outputs = graph_io(model)
+    where = f"series model {path.name}"
+    if not inputs or not outputs:
+        raise ModelError(f"{where}: the ONNX graph declares no inputs or no outputs")
+    inp = inputs[0]
+    notes: list[str] = []
+    if len(inputs) > 1:
+        notes.append(f"{where}: {len(inputs)} inputs; using the first, {inp.name!r}")
+    if len(inp.shape) != 5:
+        raise ManifestMismatchError(
+            f"{where}: input {inp.name!r} is {list(inp.shape)}; a series model takes [1, channels, depth, height, "
+            "width]"
+        )
+    channels = manifest.input.channels_per_plane
+    c = inp.shape[1]
+    if isinstance(c, int) and c > 0 and c != channels:
+        raise ManifestMismatchError(
+            f"{where}: input {inp.name!r} has {c} channel(s); the model's {manifest.input.color} slices give {channels}"
+        )
+    declared = inp.shape[2:]
+    static = all(isinstance(d, int) and d > 0 for d in declared)
+    if size is not None:
+        if static and tuple(declared) != tuple(size):
+            raise ManifestMismatchError(
+                f"{where}: input {inp.name!r} is {list(inp.shape)}; --series-size {'x'.join(map(str, size))} "
+                "contradicts it"
+            )
+        dhw = size
+        notes.append(f"{where}: volume {'x'.join(map(str, dhw))} (depth x height x width) as given")
+    elif static:
+        dhw = (int(declared[0]), int(declared[1]), int(declared[2]))  # type: ignore[arg-type]
+        notes.append(f"{where}: volume {'x'.join(map(str, dhw))} (depth x height x width) read from the graph")
+    else:
+        raise ConfigError(
+            f"{where}: input {inp.name!r} is {list(inp.shape)}; its depth, height or width is dynamic, so the "
+            "volume size cannot be inferred: give --series-size DEPTHxHEIGHTxWIDTH"
+        )
+    two_d = [t for t in outputs if len(t.shape) == 2]
+    if not two_d:
+        raise ManifestMismatchError(
+            f"{where}: no [1, classes] output; its outputs are {[(t.name, list(t.shape)) for t in outputs]}"
+        )
+    out = two_d[0]
+    if len(outputs) > 1:
+        notes.append(f"{where}: {len(outputs)} outputs; reading {out.name!r}, the first [N, C] one")
+    n = out.shape[1]
+    if isinstance(n, int) and n > 0 and n != len(target.classes):
+        raise ManifestMismatchError(
+            f"{where}: output {out.name!r} is {list(out.shape)}: {n} class(es), and head {target.name!r} has "
+            f"{len(target.classes)} ({', '.join(c.name for c in target.classes)})"
+        )
+    if not isinstance(n, int) or n <= 0:
+        notes.append(f"{where}: output {out.name!r} {list(out.shape)} has a dynamic class count; checked when loaded")
+    for t in (inp, out):
+        if not t.dtype.startswith("float"):
+            raise ManifestMismatchError(f"{where}: {t.name!r} is {t.dtype}, not floating point")
+    kind, activation, why = guess_score_activation(model, out)
+    if not why.startswith("read from the graph"):
+        kind, activation, why = target.kind, target.activation, f"as head {target.name!r} reads its slices"
+    notes.append(f"{where}: output {out.name!r} {list(out.shape)}, {kind} with {activation} ({why})")
+    spec = SeriesModelSpec(
+        path=rel,
+        depth=dhw[0],
+        height=dhw[1],
+        width=dhw[2],
+        input=inp.name,
+        output=out.name,
+        kind=kind,
+        activation=activation,
+        onnx_sha256=graph_sha256(model),
+    )
+    notes.append(f"{where}: the series score of head {target.name!r}, path {rel!r} (relative to the manifest)")
+    heads = tuple(replace(h, series_model=spec) if h.name == target.name else h for h in manifest.heads)
+    return manifest.replace(heads=heads), notes
 
 
 def write_manifest(

@@ -24,6 +24,7 @@ from scanedge.engines import EngineConfig, OrtSessionLoader, open_engine
 from scanedge.errors import ConfigError
 from scanedge.imaging.dicom import encode_dicom, slices_from_dicom
 from scanedge.imaging.overlay import OverlayConfig
+from scanedge.imaging.series_model import SeriesModel
 from scanedge.imaging.slices import Slice
 from scanedge.manifest import load_manifest
 from scanedge.runtime.core.pipeline import Pipeline, PipelineConfig, default_model_path
@@ -197,6 +198,40 @@ def _model_feeds(pipe: Pipeline, sets: Sequence[Slice | dict[str, Slice]]) -> li
     return [{pipe.manifest.input.name: pre(cast("Slice", s))[0].copy()} for s in sets]
 
 
+class _SeriesModelTiming:
+    """A score head's series model timed as the runtime runs it: each slice's plane as it is served, and at
+    the end of every cycle through the bench's slices (one series) the completion: the volume built from the
+    planes held and the model's run."""
+
+    def __init__(self, model: SeriesModel, slices: Sequence[Slice]) -> None:
+        self.model = model
+        self.slices = list(slices)
+        self.volume = model.volume()
+
+    def slice(self, i: int, planes: list[float], runs: list[float]) -> None:
+        """Serve bench slice ``i``: keep its plane (timed into ``planes``); at its series' last slice, run the
+        model on the volume (timed into ``runs``)."""
+        n = len(self.slices)
+        t0 = time.perf_counter()
+        self.volume.add_plane(self.model.plane(self.slices[i % n]), ("idx", i % n))
+        planes.append((time.perf_counter() - t0) * 1e3)
+        if (i + 1) % n == 0:
+            t0 = time.perf_counter()
+            self.model.run(self.volume.volume())
+            runs.append((time.perf_counter() - t0) * 1e3)
+
+    def describe(self) -> dict[str, Any]:
+        """The report's ``settings.series_model``."""
+        spec = self.model.spec
+        return {
+            "head": self.model.head.name,
+            "path": spec.path,
+            "input": [1, self.model.channels, spec.depth, spec.height, spec.width],
+            "slices_per_series": len(self.slices),
+            "timed": "series_plane per slice; series_model once per series, at completion (volume + run)",
+        }
+
+
 STAGES = ("decode", "preprocess", "infer", "postprocess", "overlay")
 #: measured and baseline iterations alternate in blocks of this many: per-iteration alternation makes
 #: two ONNX Runtime thread pools (each spinning after its run) fight over the cores, which a real
@@ -251,6 +286,12 @@ def bench_pipeline(
     A multi-input model (manifest ``inputs``) is timed through ``run_inputs``: each slice is the reference and
     every other role gets a synthetic partner on its grid (:func:`~scanedge.bench.inputs.role_sets`), so
     decoding, preprocessing and the feeds cover every role; pairing itself is not in the figures.
+
+    A model whose score head has a 3-D series model (manifest ``series_model``) is timed as the runtime runs
+    it: ``series_plane`` per slice (its plane for the series' volume, outside the slice's ``total``) and
+    ``series_model`` once per series, at its completion (the volume resampled from the planes of the bench's
+    slices, each cycle through them one series, and the model's run); ``settings.series_model`` says the
+    head, the volume and the slice count.
     """
     path = Path(model) if model is not None else default_model_path()
     # speed, not validity: a demo slice resized to 64x64 has 4 mm pixels, outside the demo model's scope; the
@@ -269,11 +310,16 @@ def bench_pipeline(
         def segment(item: Any) -> Any:
             return pipe.run_inputs(item, overlay=overlay) if roles else pipe.run(item, overlay=overlay)
 
+        series = _SeriesModelTiming(pipe.series_model, sets) if pipe.series_model is not None else None
         for i in range(run.warmup):
             segment(inputs[i % len(inputs)])
+            if series is not None:
+                series.slice(i, [], [])
             if session is not None:
                 session.run(None, feeds[i % len(feeds)])
         samples: dict[str, list[float]] = {k: [] for k in (*STAGES, "outside_model", "total")}
+        if series is not None:
+            samples["series_plane"], samples["series_model"] = [], []
         if dicom:
             samples["decode_pydicom"] = []  # the same bytes through pydicom's Dataset, beside the fast reader
         else:
@@ -286,6 +332,8 @@ def bench_pipeline(
                     samples[stage].append(getattr(t, f"{stage}_ms"))
             samples["total"].append(t.total_ms)
             samples["outside_model"].append(t.total_ms - t.infer_ms)
+            if series is not None:
+                series.slice(i, samples["series_plane"], samples["series_model"])
             if dicom:
                 item = inputs[i % len(inputs)]
                 t0 = time.perf_counter()
@@ -312,6 +360,7 @@ def bench_pipeline(
                 "warmup": run.warmup,
                 "distinct_slices": len(slices),
                 **({"roles": list(roles), "partners": "synthetic, on the reference grid"} if roles else {}),
+                **({"series_model": series.describe()} if series is not None else {}),
                 "baseline": baseline,
             },
             samples=samples,

@@ -244,6 +244,16 @@ class BenchReport:
                 "from the set's first SEGMENT to the reference's RESULT",
             }.get(self.mode, "each slice with partners made on its grid")
             console.print(Text(f"model takes {len(roles)} input roles ({', '.join(roles)}): every role fed ({how})"))
+        series = self.settings.get("series_model")
+        if isinstance(series, dict):  # a score head's 3-D series model (edge-bench pipeline)
+            size = "x".join(str(d) for d in series.get("input", [])[2:])
+            console.print(
+                Text(
+                    f"series model of head {series.get('head')}: series_model is one run per series of "
+                    f"{series.get('slices_per_series')} slice(s) at its completion (a {size} volume, built and run); "
+                    "series_plane is each slice's plane, beside its total"
+                )
+            )
         if self.baseline and "overhead_ms" in self.baseline:
             console.print(Text(describe_overhead(self.baseline)))
         probe = (self.engine.get("threads_auto") or {}).get("probe_ms") or self.engine.get("threads_probe_ms")

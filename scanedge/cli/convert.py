@@ -134,6 +134,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if head.dice:
             line += ", Dice " + ", ".join(f"{literal(k)} {v:.4f}" for k, v in head.dice.items())
         out.print(line)
+    series = agreement.series_model
+    if series is not None and series.unchanged:
+        out.print(
+            f"  series model of {literal(series.head)}: unchanged (same sha256 {series.candidate_sha256[:12]}...)"
+        )
+    elif series is not None:
+        out.print(
+            f"  series model of {literal(series.head)} on the {series.slices} slices as one series "
+            f"({'x'.join(map(str, series.input))} volume): max |diff| {series.max_abs_diff:.4f}, decisions agree on "
+            f"{series.decision_agreement:.2%} of classes"
+        )
     if verdict.passed:
         out.print(f"[green]PASS[/] (Dice >= {thresholds.min_dice})")
         return 0

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 
 from scanedge.cli.arguments import literal, parse_color, parse_numbers, parse_size, split_list
 from scanedge.console import make_console, print_error
+from scanedge.errors import ConfigError
 
 if TYPE_CHECKING:
-    from scanedge.manifest import AppliesTo, IntensityPolicy
+    from scanedge.manifest import AppliesTo, IntensityPolicy, Manifest
 
 __all__ = ["add_parsers", "cmd_inspect", "cmd_manifest_init"]
 
@@ -84,6 +85,24 @@ def _applies_to(args: argparse.Namespace) -> AppliesTo:
     )
 
 
+def _series_model(args: argparse.Namespace, manifest: Manifest) -> tuple[Manifest, list[str]]:
+    """``--series-model [HEAD=]FILE`` (and ``--series-size``): the score head's 3-D model, read from its graph,
+    named relative to the folder the manifest is written in."""
+    from scanedge.manifest_init import attach_series_model
+
+    head, sep, file = args.series_model.partition("=")
+    if not sep:
+        head, file = "", head
+    size = None
+    if args.series_size:
+        parts = args.series_size.lower().split("x")
+        if len(parts) != 3 or not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
+            raise ConfigError(f"--series-size takes DEPTHxHEIGHTxWIDTH, e.g. 32x64x64; got {args.series_size!r}")
+        size = (int(parts[0]), int(parts[1]), int(parts[2]))
+    folder = Path(args.out).parent if args.out is not None and not args.sidecar else Path(args.model).parent
+    return attach_series_model(manifest, Path(file.strip()), folder, head=head.strip() or None, size=size)
+
+
 def cmd_manifest_init(args: argparse.Namespace) -> int:
     """Draft a manifest from the graph and the options, check it against the graph, embed it (or a sidecar)."""
     from scanedge.manifest import load_onnx_model
@@ -122,6 +141,11 @@ def cmd_manifest_init(args: argparse.Namespace) -> int:
     )
     model = load_onnx_model(args.model, load_external_data=True)
     manifest, notes = draft_manifest_with_notes(model, options)
+    if args.series_model:
+        manifest, more = _series_model(args, manifest)
+        notes += more
+    elif args.series_size:
+        raise ConfigError("--series-size is the size of a series model's volume: give --series-model too")
     written = write_manifest(model, manifest, args.model, sidecar=args.sidecar, out_path=args.out)
     console = make_console()
     for note in notes:  # each graph output: the role given to it and why, or why it is not read
@@ -212,6 +236,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="how slice scores combine over a series (default: max)",
     )
     g.add_argument("--saliency-output", help="a 4-D output that is the score head's saliency map (default: none)")
+    g.add_argument(
+        "--series-model",
+        metavar="[HEAD=]FILE",
+        help="a 3-D ONNX model of the whole series whose answer is the score head's series score, in the model's "
+        "folder or below; HEAD: which score head (default: the only one) (default: none)",
+    )
+    g.add_argument(
+        "--series-size",
+        metavar="DxHxW",
+        help="the series model's volume, depth x height x width, when its input is dynamic (default: from its graph)",
+    )
     g = m.add_argument_group("intensity")
     g.add_argument(
         "--intensity",

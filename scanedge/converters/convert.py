@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +23,7 @@ from scanedge.converters.precision import PRECISIONS, to_fp16, to_int8
 from scanedge.engines import EngineConfig, OrtSessionLoader
 from scanedge.errors import ConversionError, EngineError, ModelFileError
 from scanedge.imaging.slices import Slice
-from scanedge.manifest import Manifest, embed_manifest, load_manifest
+from scanedge.manifest import Manifest, embed_manifest, graph_sha256, load_manifest
 
 __all__ = ["ConversionResult", "ConvertConfig", "convert", "ort_optimize"]
 
@@ -197,9 +197,10 @@ def convert(
         description=(manifest.description + f" [converted by scanedge: {options.precision}, {options.target}]").strip(),
     )
     onnx_out = out_dir / f"{stem}.{options.precision}.onnx"
+    source = path if manifest_path is None else Path(manifest_path)
+    converted = _carry_series_model(converted, source, out_dir, options.precision, say)
     stamped = embed_manifest(model, converted, onnx_out)
     say(f"wrote {onnx_out} ({onnx_out.stat().st_size / 1e6:.2f} MB)")
-    _carry_series_model(manifest, path if manifest_path is None else Path(manifest_path), out_dir, say)
     output = onnx_out
     if options.target == "tensorrt":
         from scanedge.converters.tensorrt_build import build_plan, parse_shapes
@@ -214,19 +215,43 @@ def convert(
     return ConversionResult(output, onnx_out, stamped, report, tuple(steps))
 
 
-def _carry_series_model(manifest: Manifest, source: Path, out_dir: Path, say: Callable[[str], None]) -> None:
-    """A score head's 3-D series model is its own ONNX file, named relative to the manifest: copied unchanged
-    beside the converted model (same relative path), so that the converted model opens with it."""
+def _carry_series_model(
+    manifest: Manifest, source: Path, out_dir: Path, precision: str, say: Callable[[str], None]
+) -> Manifest:
+    """A score head's 3-D series model is its own ONNX file, named relative to the manifest: written beside
+    the converted model so that the converted model opens with it. fp16: converted too (float32 I/O kept),
+    as ``<name>.fp16.onnx``, the manifest's path and sha256 pointing at it (when the conversion fails, the
+    fp32 file is kept and said); fp32 and int8: copied unchanged (int8 would need volumes to calibrate on).
+    Returns the manifest naming the file written."""
+    import onnx
+
     head = manifest.series_model_head
     if head is None or head.series_model is None:
-        return
-    src, dst = source.parent / head.series_model.path, out_dir / head.series_model.path
+        return manifest
+    spec = head.series_model
+    src = source.parent / spec.path
     if not src.is_file():
-        raise ModelFileError(f"series model {head.series_model.path!r} of head {head.name!r} not found beside {source}")
+        raise ModelFileError(f"series model {spec.path!r} of head {head.name!r} not found beside {source}")
+    if precision == "fp16":
+        name = spec.path[: -len(".onnx")] if spec.path.endswith(".onnx") else spec.path
+        try:
+            half = to_fp16(onnx.load(str(src)))
+        except ConversionError as exc:
+            say(f"warning: the series model {spec.path} stays fp32: {exc.message}")
+        else:
+            dst = out_dir / f"{name}.fp16.onnx"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            onnx.save(half, str(dst))
+            say(f"converted the series model {spec.path} to fp16 beside it: {name}.fp16.onnx (float32 I/O kept)")
+            fp16 = replace(spec, path=f"{name}.fp16.onnx", onnx_sha256=graph_sha256(half))
+            heads = tuple(replace(h, series_model=fp16) if h.name == head.name else h for h in manifest.heads)
+            return manifest.replace(heads=heads)
+    dst = out_dir / spec.path
     if src.resolve() != dst.resolve():
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
-        say(f"copied the series model {head.series_model.path} beside it (unchanged, fp32)")
+        say(f"copied the series model {spec.path} beside it (unchanged, fp32)")
+    return manifest
 
 
 #: earlier names of configuration classes (every frozen configuration is now called ...Config)

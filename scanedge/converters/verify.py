@@ -7,15 +7,17 @@ other thresholds without rerunning anything.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from scanedge.engines import Engine, EngineConfig, open_engine
-from scanedge.errors import ConfigError
+from scanedge.errors import ConfigError, ModelFileError
 from scanedge.imaging.heads import HeadDecoder, HeadScore, MaskHead
 from scanedge.imaging.metrics import Overlap, overlap
 from scanedge.imaging.postprocess import Postprocessor
@@ -31,11 +33,13 @@ __all__ = [
     "Agreement",
     "Compared",
     "HeadAgreement",
+    "SeriesModelAgreement",
     "Thresholds",
     "Verdict",
     "judge",
     "measure_agreement",
     "measure_engine_file",
+    "measure_series_model",
 ]
 
 DEFAULT_MIN_DICE = {"fp32": 0.999, "fp16": 0.99, "int8": 0.97}
@@ -62,6 +66,31 @@ class HeadAgreement:
 
 
 @dataclass(frozen=True)
+class SeriesModelAgreement:
+    """How a candidate's 3-D series model (a score head's ``series_model``) differs from the reference's on
+    the verification series: every compared slice as one series, its volume built as the runtime builds it.
+
+    Attributes:
+        head: the score head it answers for.
+        unchanged: the two files are byte for byte the same (``convert`` copies it): nothing was run.
+        candidate_sha256, reference_sha256: the files' sha256.
+        slices: planes the volume was built from (0 when unchanged).
+        input: the volume (depth, height, width).
+        max_abs_diff: the largest difference between the two models' probabilities for the series.
+        decision_agreement: the fraction of the head's classes decided alike (None when unchanged).
+    """
+
+    head: str
+    unchanged: bool
+    candidate_sha256: str
+    reference_sha256: str
+    slices: int = 0
+    input: tuple[int, int, int] = (0, 0, 0)
+    max_abs_diff: float = 0.0
+    decision_agreement: float | None = None
+
+
+@dataclass(frozen=True)
 class Agreement:
     """How a candidate engine's output differs from the reference's on the same inputs.
 
@@ -71,6 +100,7 @@ class Agreement:
         reference_pixels: per foreground class, the reference's foreground pixels over all slices (a Dice
             over a handful of pixels means little).
         heads: per further head of the manifest (saliency maps are not compared), by name.
+        series_model: the score head's 3-D series model, when the manifest declares one.
     """
 
     slices: int
@@ -80,6 +110,7 @@ class Agreement:
     pixel_agreement: float  # fraction of mask pixels with the same label
     reference_pixels: dict[str, int] = field(default_factory=dict)
     heads: dict[str, HeadAgreement] = field(default_factory=dict)
+    series_model: SeriesModelAgreement | None = None
 
     def to_dict(self) -> dict:
         """Every field by name, for JSON reports."""
@@ -221,6 +252,76 @@ class _HeadTally:
         return HeadAgreement(self.head.role, self.max_diff, agreement, dice)
 
 
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def measure_series_model(
+    candidate: Manifest,
+    candidate_folder: Path,
+    reference: Manifest,
+    reference_folder: Path,
+    slices: Compared,
+    options: EngineConfig = EngineConfig(),
+) -> SeriesModelAgreement | None:
+    """Compare the candidate's series model (its path relative to ``candidate_folder``) with the reference's
+    on ``slices`` taken as one series (planes made by the reference manifest's preprocessing, ordered and
+    resampled as :class:`~scanedge.imaging.series_model.SeriesVolume` does); None without a series model.
+    Identical files are reported unchanged and not run. Both are opened as the runtime opens them (their
+    declarations checked, a missing file a ModelFileError)."""
+    from scanedge.imaging.heads import SeriesModelRun
+    from scanedge.imaging.series_model import SeriesModel, series_model_score
+
+    ref_head, cand_head = reference.series_model_head, candidate.series_model_head
+    if ref_head is None or ref_head.series_model is None or cand_head is None or cand_head.series_model is None:
+        return None
+    ref_path = reference_folder / ref_head.series_model.path
+    cand_path = candidate_folder / cand_head.series_model.path
+    for path, whose in ((ref_path, "reference"), (cand_path, "candidate")):
+        if not path.is_file():
+            raise ModelFileError(f"the {whose}'s series model {path.name} of head {ref_head.name!r} was not found")
+    ref_sha, cand_sha = _file_sha256(ref_path), _file_sha256(cand_path)
+    if ref_sha == cand_sha:
+        return SeriesModelAgreement(ref_head.name, True, cand_sha, ref_sha)
+    series = [s for s in slices if isinstance(s, Slice)]
+    if not series:
+        raise ConfigError("the series model is compared on a series of slices, and none were given")
+    spec = ref_head.series_model
+    ref_model = SeriesModel(reference, ref_path, options)
+    try:
+        cand_model = SeriesModel(candidate, cand_path, options)
+        try:
+            volume = ref_model.volume()
+            for s in series:
+                volume.add(s, s.identity.instance_number)
+            tensor = volume.volume()
+            run = SeriesModelRun("done", slices=len(volume), input=(spec.depth, spec.height, spec.width))
+            a = series_model_score(ref_head, ref_model.run(tensor), len(volume), 0, run)
+            b = series_model_score(cand_head, cand_model.run(tensor), len(volume), 0, run)
+        finally:
+            cand_model.close()
+    finally:
+        ref_model.close()
+    diff = max(abs(x.score - y.score) for x, y in zip(a.classes, b.classes))
+    same = sum(x.decision == y.decision for x, y in zip(a.classes, b.classes)) / len(a.classes)
+    return SeriesModelAgreement(ref_head.name, False, cand_sha, ref_sha, len(volume), run.input, diff, same)
+
+
+def _comparable(heads: Sequence[HeadSpec]) -> tuple[HeadSpec, ...]:
+    """Heads as two models must share them to be compared: a series model's file may differ (a converted
+    one, named and hashed by its own manifest; :func:`measure_series_model` compares what it answers)."""
+    return tuple(
+        replace(h, series_model=replace(h.series_model, path="series.onnx", onnx_sha256=None))
+        if h.series_model is not None
+        else h
+        for h in heads
+    )
+
+
 def measure_engine_file(
     engine_path: str | os.PathLike[str],
     reference_path: str | os.PathLike[str],
@@ -240,7 +341,7 @@ def measure_engine_file(
     ref_manifest, _ = load_manifest(reference_path)
     if [c.name for c in manifest.classes] != [c.name for c in ref_manifest.classes]:
         raise ConfigError("the engine and the reference model have different classes; they cannot be compared")
-    if manifest.heads != ref_manifest.heads:
+    if _comparable(manifest.heads) != _comparable(ref_manifest.heads):
         raise ConfigError("the engine and the reference model declare different heads; they cannot be compared")
     if manifest.roles != ref_manifest.roles:
         raise ConfigError("the engine and the reference model take different input roles; they cannot be compared")
@@ -248,7 +349,16 @@ def measure_engine_file(
         open_engine(engine_path, options, onnx_sha256=manifest.onnx_sha256, name=manifest.name) as cand,
         open_engine(reference_path, EngineConfig(backend="ort", threads=options.threads)) as ref,
     ):
-        return manifest, measure_agreement(cand, ref, ref_manifest, slices)
+        agreement = measure_agreement(cand, ref, ref_manifest, slices)
+    series = measure_series_model(
+        manifest,
+        Path(manifest_path if manifest_path is not None else engine_path).parent,
+        ref_manifest,
+        Path(reference_path).parent,
+        slices,
+        EngineConfig(backend="ort", threads=options.threads),
+    )
+    return manifest, replace(agreement, series_model=series)
 
 
 def judge(agreement: Agreement, thresholds: Thresholds) -> Verdict:
@@ -270,6 +380,17 @@ def judge(agreement: Agreement, thresholds: Thresholds) -> Verdict:
             )
         if thresholds.max_abs_diff is not None and head.max_abs_diff > thresholds.max_abs_diff:
             failures.append(f"{name}: max |probability difference| {head.max_abs_diff:.4f} > {thresholds.max_abs_diff}")
+    series = agreement.series_model
+    if series is not None and not series.unchanged:
+        name = f"series model of {series.head}"
+        if series.decision_agreement is not None and series.decision_agreement < thresholds.min_decision_agreement:
+            failures.append(
+                f"{name}: decisions agree on {series.decision_agreement:.4f} < {thresholds.min_decision_agreement}"
+            )
+        if thresholds.max_abs_diff is not None and series.max_abs_diff > thresholds.max_abs_diff:
+            failures.append(
+                f"{name}: max |probability difference| {series.max_abs_diff:.4f} > {thresholds.max_abs_diff}"
+            )
     if agreement.slices == 0:
         failures.append("no slices were compared")
     return Verdict(not failures, tuple(failures))

@@ -160,13 +160,14 @@ def test_replay_reports_the_series_models_score(series_model_dir, demo_series, t
 
 
 def test_convert_carries_the_series_model_beside_the_converted_model(series_model_dir, tmp_path: Path):
-    """The converted slice model opens with its series model (copied unchanged) and gives the same series score."""
+    """The converted slice model opens with its series model (fp32: copied unchanged) and gives the same series
+    score (fp16 converts the series model too: tests/heads/test_series_model_verify.py)."""
     from scanedge.converters.convert import ConvertConfig, convert
     from scanedge.runtime.core.pipeline import Pipeline
     from tests.heads.conftest import sample_slices
 
-    result = convert(series_model_dir / "model.onnx", ConvertConfig(precision="fp16", out_dir=tmp_path / "fp16"))
-    copied = tmp_path / "fp16" / "volume_classifier.onnx"
+    result = convert(series_model_dir / "model.onnx", ConvertConfig(precision="fp32", out_dir=tmp_path / "fp32"))
+    copied = tmp_path / "fp32" / "volume_classifier.onnx"
     assert copied.read_bytes() == (series_model_dir / "volume_classifier.onnx").read_bytes()
     from scanedge.imaging.heads import SeriesScores
 
