@@ -30,6 +30,7 @@ pixel (``PROBABILITY``, 8 bits), from the model's probabilities resized to the s
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,11 +52,14 @@ if TYPE_CHECKING:
 __all__ = [
     "GENERIC_CATEGORY",
     "GENERIC_TYPE",
+    "HeadSegment",
     "SegOutput",
     "SegmentationConfig",
     "SegmentationKind",
     "build_segmentations",
     "derived_uid",
+    "head_segments",
+    "seg_instance_uid",
     "segment_descriptions",
 ]
 
@@ -120,16 +124,43 @@ def segment_descriptions(manifest: Manifest) -> list[Any]:
     out = []
     for label, spec in enumerate(manifest.classes[1:], start=1):
         out.append(_description(hd, label, spec, algorithm))
-    for name, spec in _head_segments(manifest):
-        out.append(_description(hd, len(out) + 1, spec, algorithm, name))
+    for segment in head_segments(manifest):
+        out.append(_description(hd, segment.number, segment.spec, algorithm, segment.segment_label))
     return out
 
 
-def _head_segments(manifest: Manifest) -> list[tuple[str, ClassSpec]]:
-    """Each further mask head's foreground classes as (segment label, class), in segment order."""
+@dataclass(frozen=True)
+class HeadSegment:
+    """One foreground class of a further mask head as a segment of the node's SEG (what the SR references).
+
+    Attributes:
+        number: its Segment Number: after the model's own classes, in manifest order.
+        head: the head's name (its graph output).
+        head_label: the head's label (:func:`~scanedge.imaging.heads.head_labels`).
+        label: the class's label value in the head's mask (1 first).
+        spec: the class.
+        segment_label: ``HEAD: CLASS`` as the SEG's Segment Label has it (bounded, printable).
+    """
+
+    number: int
+    head: str
+    head_label: str
+    label: int
+    spec: ClassSpec
+    segment_label: str
+
+
+def head_segments(manifest: Manifest) -> list[HeadSegment]:
+    """Each further mask head's foreground classes as segments of the node's SEG, in segment order: the one
+    numbering the SEG and the SR share."""
     heads = manifest.mask_heads
     labels = head_labels([h.name for h in heads])
-    return [(f"{label}: {spec.name}", spec) for head, label in zip(heads, labels) for spec in head.classes[1:]]
+    number = itertools.count(len(manifest.classes[1:]) + 1)
+    return [
+        HeadSegment(next(number), head.name, label, k, spec, _segment_label(f"{label}: {spec.name}"))
+        for head, label in zip(heads, labels)
+        for k, spec in enumerate(head.classes[1:], start=1)
+    ]
 
 
 def _segment_label(text: str) -> str:
@@ -199,6 +230,11 @@ def derived_uid(*parts: str) -> str:
     """A UID (2.25 form, from a hash) that is the same whenever ``parts`` are."""
     digest = hashlib.sha256("\x1f".join(parts).encode()).digest()[:16]
     return f"2.25.{int.from_bytes(digest, 'big')}"
+
+
+def seg_instance_uid(model: str, manifest: Manifest, kind: SegmentationKind, sources: Sequence[str]) -> str:
+    """The SOP Instance UID of ``model``'s SEG of the source instances ``sources`` (UIDs), of ``kind``."""
+    return derived_uid("seg", model, manifest.name, manifest.version, kind, *sorted(sources))
 
 
 def _pixels(sources: Sequence[HeldInstance], model: str, manifest: Manifest, kind: SegmentationKind) -> np.ndarray:
@@ -315,7 +351,7 @@ def _build(
         segment_descriptions=descriptions,
         series_instance_uid=derived_uid("seg-series", series.series_uid, *algorithm),
         series_number=series_number,
-        sop_instance_uid=derived_uid("seg", *algorithm, *sorted(inst.sop_instance_uid for inst in sources)),
+        sop_instance_uid=seg_instance_uid(model, manifest, settings.kind, [inst.sop_instance_uid for inst in sources]),
         instance_number=1,
         manufacturer=settings.manufacturer[:64],
         manufacturer_model_name=manifest.name[:64],
@@ -356,7 +392,7 @@ class SegOutput(DicomOutput):
             log.warning("model %s has no mask output (a classifier): it gets no SEG; see the scores output", model)
             return
         classes = [c.name for c in manifest.classes[1:] if c.property_type is None]
-        classes += [label for label, spec in _head_segments(manifest) if spec.property_type is None]
+        classes += [h.segment_label for h in head_segments(manifest) if h.spec.property_type is None]
         uncoded = [_segment_label(c) for c in classes]
         if uncoded:
             log.warning(

@@ -17,7 +17,11 @@ For each completed series and model :class:`SrOutput` writes two objects to ``OU
   identification and in the Contributing Equipment Sequence of both objects. A model with score heads gets
 one more group per head (each class's series probability, aggregated by the ``scores`` output's own code,
 and its decision coded SCT Positive / Negative); a model with score heads and no mask gets an SR of those
-groups alone and no lesion SEG.
+groups alone and no lesion SEG. A model with further mask heads gets one group per head class (TID 1411): its
+volume over the series in mm3 (the same 3-D load :class:`~scanedge.imaging.heads.MaskHeadLoad` that ``scanedge
+segment`` reports), its count of connected 3-D regions, its finding coded from the class's ``property_type`` and
+``property_category``, and a reference to the class's segment of the node's SEG (the SEG output's own object:
+built with its builder and numbering, written by the ``seg`` output, or beside the SR when the node has none).
 
 The comparison is the node's follow-up (``series.comparisons[model]``); without follow-up the series'
 held masks are compared with no prior here (reason ``follow-up not configured``), so the output works on
@@ -39,10 +43,22 @@ import numpy as np
 
 from scanedge.dicomnet.outputs.base import DicomOutput
 from scanedge.dicomnet.outputs.scores import series_head_scores
-from scanedge.dicomnet.outputs.seg import _fill_type2, _groups, derived_uid
+from scanedge.dicomnet.outputs.seg import (
+    HeadSegment,
+    SegmentationConfig,
+    SegmentationKind,
+    _fill_type2,
+    _groups,
+    build_segmentations,
+    derived_uid,
+    head_segments,
+    seg_instance_uid,
+)
 from scanedge.dicomnet.series import ComparedSeries, HeldInstance, OpenSeries, unpack
 from scanedge.errors import InputError, ScanedgeError
 from scanedge.imaging.followup import require_followup_extra
+from scanedge.imaging.heads import MaskHeadLoad, head_labels
+from scanedge.imaging.lesion_load import SeriesLesionLoad
 from scanedge.manifest import CodedConcept, Manifest
 from scanedge.version import __version__
 
@@ -111,6 +127,8 @@ _CONCEPTS: dict[str, tuple[str, str]] = {
     "aggregation": ("aggregation", "Series aggregation"),
     "thresholds": ("thresholds", "Decision thresholds"),
     "operating point": ("operating-point", "Operating point"),
+    "regions": ("regions", "Number of connected 3-D regions"),
+    "mask head": ("mask-head", "Mask head class"),
 }
 #: a score head class's decision over the series: SNOMED CT Positive / Negative
 _POSITIVE = CodedConcept("10828004", "SCT", "Positive")
@@ -141,11 +159,16 @@ class SrConfig:
         series_number_offset: the lesion SEG's Series Number is the source's plus this, the SR's plus this + 1.
         manufacturer: Manufacturer of both objects (the software that made them).
         device_serial_number: their Device Serial Number and the SR's device observer (the node's AE title).
+        segmentation: the kind of the node's SEG whose segments the mask head groups reference (the ``seg``
+            output's ``--segmentation``; binary when the node has no ``seg`` output).
+        seg_output: whether the node's ``seg`` output writes that SEG; if not, the SR output writes it itself.
     """
 
     series_number_offset: int = 2000
     manufacturer: str = "scanedge"
     device_serial_number: str = "scanedge"
+    segmentation: SegmentationKind = "binary"
+    seg_output: bool = False
 
 
 def lesion_labels(manifest: Manifest) -> tuple[int, ...]:
@@ -587,6 +610,138 @@ def _aggregation_text(head: SeriesScore) -> str:
     return text
 
 
+@dataclass(frozen=True, eq=False)
+class _HeadSection:
+    """What the SR reports of a model's further mask heads for one series.
+
+    Attributes:
+        loads: each head's 3-D load over ``sources``' frames, by head name.
+        segments: the head classes as segments of the node's SEG (:func:`~scanedge.dicomnet.outputs.seg.head_segments`).
+        seg: the node's SEG of ``sources`` (holding those segments), or None when none could be built.
+        why_not: why ``seg`` is None.
+    """
+
+    loads: dict[str, MaskHeadLoad]
+    segments: tuple[HeadSegment, ...]
+    seg: Any | None
+    why_not: str = ""
+
+
+def _instance_number(header: Any) -> int | None:
+    number = getattr(header, "InstanceNumber", None)
+    try:
+        return int(number) if number is not None and str(number).strip() else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _mask_head_loads(sources: Sequence[HeldInstance], model: str, manifest: Manifest) -> dict[str, MaskHeadLoad]:
+    """Each further mask head's :class:`MaskHeadLoad` over the frames of ``sources``, placed as decoding places
+    them (a multi-frame image's frames without positions by their order in it, as ``scanedge segment`` does); a
+    frame segmented before the model had the head is not counted."""
+    from scanedge.imaging.dicom.decode import frame_geometry
+    from scanedge.imaging.slices import SliceGeometry
+
+    heads = manifest.mask_heads
+    labels = head_labels([h.name for h in heads])
+    loads = [SeriesLesionLoad(tuple(c.name for c in h.classes)) for h in heads]
+    for inst in sources:
+        number = _instance_number(inst.header)
+        for index, frame in enumerate(inst.frames):
+            try:
+                geometry = frame_geometry(inst.header, index)
+            except ScanedgeError:  # values out of physical bounds: placed by number, no volume
+                geometry = SliceGeometry()
+            place = number
+            if len(inst.frames) > 1 and geometry.position_along_normal is None:
+                place = (number or 0) * 100_000 + index
+            held = frame.heads.get(model, ())
+            for held_head, load in zip(held, loads):
+                load.add(unpack(held_head.mask, frame.shape), geometry, place)
+    return {h.name: MaskHeadLoad(h.name, label, load.load()) for h, label, load in zip(heads, labels, loads)}
+
+
+def _head_section(series: OpenSeries, model: str, manifest: Manifest, settings: SrConfig) -> _HeadSection:
+    """The node's SEG of the series' largest group of images (the SEG output's own builder, so the very object
+    and UID it writes) and the heads' loads over that group's frames; without a SEG, the loads over the largest
+    group and why there is none."""
+    config = SegmentationConfig(kind=settings.segmentation, device_serial_number=settings.device_serial_number)
+    segments = tuple(head_segments(manifest))
+    groups = sorted(_groups(series), key=lambda g: -sum(len(inst.frames) for inst in g))
+    if not groups:
+        raise InputError("the series holds no image")
+    built, _ = build_segmentations(series, model, manifest, config)
+    by_uid = {str(seg.SOPInstanceUID): seg for seg in built}
+    for group in groups:
+        uid = seg_instance_uid(model, manifest, config.kind, [inst.sop_instance_uid for inst in group])
+        if uid in by_uid:
+            return _HeadSection(_mask_head_loads(group, model, manifest), segments, by_uid[uid])
+    why = "no SEG could be built for the series' largest group of images"
+    return _HeadSection(_mask_head_loads(groups[0], model, manifest), segments, None, why)
+
+
+def _mask_head_groups(heads: _HeadSection, algorithm: Any, series_uid: str, model: str) -> list[Any]:
+    """One group per further mask head class: TID 1411 referencing the class's segment of the node's SEG (TID
+    1501 with the reason when there is no SEG), its volume over the series in mm3 (0 when the head found
+    nothing; left out, with the reason, when the slices have no spacing), its count of connected 3-D regions,
+    its finding coded from the class (``property_type``, ``property_category``, ``anatomic_region``) or
+    named by the private code ``segment-N`` whose meaning is the segment label."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    groups: list[Any] = []
+    for segment in heads.segments:
+        load = heads.loads[segment.head].lesion_load
+        figures = load.classes[segment.label - 1]
+        spec = segment.spec
+        measurements = []
+        if figures.volume_mm3 is not None:
+            measurements.append(_mm3(codes.SCT.Volume, figures.volume_mm3))
+        measurements.append(
+            hd.sr.Measurement(
+                name=_own("regions"),
+                value=figures.lesions,
+                unit=_code("{regions}", "regions", "UCUM"),
+            )
+        )
+        common: dict[str, Any] = {
+            "tracking_identifier": hd.sr.TrackingIdentifier(
+                uid=derived_uid("mask-head", series_uid, model, segment.head, str(segment.label)),
+                identifier=segment.segment_label,
+            ),
+            "finding_type": _concept(spec.property_type)
+            if spec.property_type is not None
+            else _code(f"segment-{segment.number}", segment.segment_label),
+            "finding_category": None if spec.property_category is None else _concept(spec.property_category),
+            "finding_sites": None
+            if spec.anatomic_region is None
+            else [hd.sr.FindingSite(anatomic_location=_concept(spec.anatomic_region))],
+            "algorithm_id": algorithm,
+            "measurements": measurements,
+        }
+        group: Any
+        if heads.seg is not None:
+            group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                referenced_segment=hd.sr.ReferencedSegment(
+                    sop_class_uid=heads.seg.SOPClassUID,
+                    sop_instance_uid=heads.seg.SOPInstanceUID,
+                    segment_number=segment.number,
+                    source_series=hd.sr.SourceSeriesForSegmentation(series_uid),
+                ),
+                **common,
+            )
+        else:
+            group = hd.sr.MeasurementsAndQualitativeEvaluations(**common)
+        items = group[0].ContentSequence
+        items.append(_text("mask head", segment.segment_label))
+        if figures.volume_mm3 is None:
+            items.append(_text("reason", "volume not known: the slices have no pixel spacing or slice spacing"))
+        if heads.seg is None:
+            items.append(_text("reason", heads.why_not))
+        groups.append(group)
+    return groups
+
+
 def _status_concept(status: str) -> Any:
     """The comparison's status as a code; a comparison still under way (never at completion) reads not tracked."""
     return _own(status if status in ("compared", "withheld", "no_prior") else "not_tracked")
@@ -601,10 +756,12 @@ def build_report(
     settings: SrConfig,
     why_not: str = "",
     head_scores: Sequence[SeriesScore] = (),
+    heads: _HeadSection | None = None,
 ) -> Any:
     """The TID 1500 Measurement Report (Comprehensive 3D SR) of a series' tracked lesions; ``tracked`` None
     (with ``why_not``) gives a report that says why no lesion is tracked. ``head_scores`` adds a group per
-    score head; a model without a mask output gets those groups only."""
+    score head, ``heads`` one per further mask head class; a model without a mask output gets those groups
+    only."""
     import highdicom as hd
     from pydicom.dataset import Dataset
     from pydicom.sr.codedict import codes
@@ -617,6 +774,8 @@ def build_report(
     if lesions:
         groups.append(_series_group(tracked, why_not, algorithm, series.series_uid, model))
     groups.extend(_score_groups(head_scores, manifest, algorithm, series.series_uid, model))
+    if heads is not None:
+        groups.extend(_mask_head_groups(heads, algorithm, series.series_uid, model))
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -639,8 +798,11 @@ def build_report(
     for header in headers:
         _fill_type2(header)
     evidence = [*headers, *([seg] if seg is not None else [])]
+    if heads is not None and heads.seg is not None:
+        evidence.append(heads.seg)
     identity = (series.series_uid, model, manifest.name, manifest.version)
-    kind = "lesion" if lesions else "score"
+    kind = "lesion" if lesions else "score" if heads is None else "finding"
+    what = "lesions segmented" if lesions else "series scored" if heads is None else "series segmented"
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=content[0],
@@ -651,7 +813,7 @@ def build_report(
         manufacturer=settings.manufacturer[:64],
         is_complete=True,
         series_description=f"scanedge {kind} report {manifest.name} {manifest.version}"[:64],
-        contributing_equipment=[_equipment(manifest, settings, "lesions segmented" if lesions else "series scored")],
+        contributing_equipment=[_equipment(manifest, settings, what)],
     )
     scheme = Dataset()
     scheme.CodingSchemeDesignator = SCHEME
@@ -673,8 +835,17 @@ class SrOutput(DicomOutput):
     @classmethod
     def from_config(cls, config: ListenerConfig) -> SrOutput:
         """The node's AE title is the objects' Device Serial Number and the SR's device observer (whether the
-        lesion tracking's SciPy is needed depends on the models: :meth:`check_model`)."""
-        return cls(SrConfig(device_serial_number=config.ae_title))
+        lesion tracking's SciPy is needed depends on the models: :meth:`check_model`). The mask head groups
+        reference the SEG the node's ``seg`` output writes (its kind); a node without one gets that SEG (binary)
+        from this output."""
+        seg_output = "seg" in config.outputs
+        return cls(
+            SrConfig(
+                device_serial_number=config.ae_title,
+                segmentation=config.segmentation if seg_output else "binary",
+                seg_output=seg_output,
+            )
+        )
 
     def describe(self) -> str:
         """``lesion SEGs and TID 1500 SRs``."""
@@ -683,8 +854,8 @@ class SrOutput(DicomOutput):
     def check_model(self, model: str, manifest: Manifest) -> None:
         """A model without a lesion class has every foreground class tracked as lesions: say so once."""
         if getattr(manifest, "output", None) is None:
-            if manifest.score_heads:
-                log.info("model %s has no mask output: its SR reports its score heads (no lesion SEG)", model)
+            if manifest.score_heads or manifest.mask_heads:
+                log.info("model %s has no mask output: its SR reports its further heads (no lesion SEG)", model)
             else:
                 log.warning("model %s has neither a mask output nor score heads: it gets no lesion SEG or SR", model)
             return
@@ -702,12 +873,19 @@ class SrOutput(DicomOutput):
     def build(self, series: OpenSeries, model: str, manifest: Manifest) -> tuple[list[Any], list[str]]:
         """The lesion SEG (when a lesion is tracked) and the SR of ``model`` for ``series``; a series that is no
         volume gets an SR saying why its lesions are not tracked. Score heads add their groups (a model with
-        score heads and no mask: an SR of those groups alone, when it scored the series)."""
+        score heads and no mask: an SR of those groups alone, when it scored the series). Further mask heads add a
+        group per head class, referencing the node's SEG, which this output writes too when the node has no
+        ``seg`` output."""
         head_scores, _ = series_head_scores(series, model, manifest)
+        heads = _head_section(series, model, manifest, self.settings) if manifest.mask_heads else None
+        head_seg = [heads.seg] if heads is not None and heads.seg is not None and not self.settings.seg_output else []
         if getattr(manifest, "output", None) is None:
-            if not head_scores:
+            if not head_scores and heads is None:
                 return [], []
-            return [build_report(series, model, manifest, None, None, self.settings, head_scores=head_scores)], []
+            report = build_report(
+                series, model, manifest, None, None, self.settings, head_scores=head_scores, heads=heads
+            )
+            return [*head_seg, report], []
         try:
             tracked: ComparedSeries | None = series_tracking(series, model, manifest)
             why_not = ""
@@ -719,5 +897,5 @@ class SrOutput(DicomOutput):
                 seg = build_lesion_seg(series, model, manifest, tracked, self.settings)
             except InputError as exc:
                 tracked, why_not = None, exc.message
-        report = build_report(series, model, manifest, tracked, seg, self.settings, why_not, head_scores)
-        return [*([seg] if seg is not None else []), report], []
+        report = build_report(series, model, manifest, tracked, seg, self.settings, why_not, head_scores, heads)
+        return [*([seg] if seg is not None else []), *head_seg, report], []

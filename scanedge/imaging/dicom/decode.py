@@ -46,7 +46,14 @@ from scanedge.imaging.dicom.quiet import pydicom_quiet
 from scanedge.imaging.dicom.tags import attr, int_attr, pixel_keyword
 from scanedge.imaging.slices import DEFAULT_LIMITS, Slice, SliceAcquisition, SliceGeometry, SliceIdentity, SliceLimits
 
-__all__ = ["SUPPORTED_PHOTOMETRIC", "fast_slices", "invert_monochrome1", "slices_from_dicom", "warm_up_decoding"]
+__all__ = [
+    "SUPPORTED_PHOTOMETRIC",
+    "fast_slices",
+    "frame_geometry",
+    "invert_monochrome1",
+    "slices_from_dicom",
+    "warm_up_decoding",
+]
 
 SUPPORTED_PHOTOMETRIC = (
     "MONOCHROME1",
@@ -522,6 +529,12 @@ def _geometry(ds: Any, groups: tuple[Any, Any], index: int) -> SliceGeometry:
         image_orientation=_floats(attr(orientation, "ImageOrientationPatient"), 6),  # type: ignore[arg-type]
         slice_location=_first(attr(ds, "SliceLocation")),
     )
+
+
+def frame_geometry(ds: Any, index: int = 0) -> SliceGeometry:
+    """Frame ``index``'s geometry exactly as decoding gives it to a slice, from a header held without its pixels
+    (the DICOM node's SR places each frame's further mask heads in the series' 3-D load with it)."""
+    return _geometry(ds, _functional_groups(ds), index)
 
 
 def invert_monochrome1(
