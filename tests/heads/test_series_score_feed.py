@@ -144,3 +144,61 @@ def test_the_nodes_feed_carries_live_series_scores_and_the_series_models_final_s
         assert {u.series_scores[0].series_model.status for u in ends} == {"done", "failed"}
     finally:
         sub.close()
+
+
+def _paired_score_model(tmp_path):
+    """The node tests' FLAIR + T1 model (a 1x1 convolution, tests/dicomnet/test_multi_input_node.py) with a softmax
+    score head ``pooled``: the slice's logits maxed over the image (a real graph, two outputs)."""
+    import onnx
+    from onnx import helper
+
+    from scanedge.manifest import ClassSpec, HeadSpec, embed_manifest
+    from tests.conftest import conv_model, simple_manifest
+    from tests.runtime.core.test_multi_input import WEIGHTS, two_role_inputs
+
+    model = conv_model(2, WEIGHTS)
+    model.graph.node.append(helper.make_node("ReduceMax", ["logits"], ["pooled"], axes=[2, 3], keepdims=0))
+    model.graph.output.append(helper.make_tensor_value_info("pooled", onnx.TensorProto.FLOAT, [1, 2]))
+    onnx.checker.check_model(model)
+    head = HeadSpec(
+        "pooled",
+        "score",
+        activation="softmax",
+        classes=(ClassSpec("normal", threshold=0.5), ClassSpec("lesion", threshold=0.5)),
+        aggregation="mean",
+    )
+    manifest = simple_manifest(inputs=two_role_inputs(pairing={"wait_s": 60.0}), heads=(head,))
+    path = tmp_path / "flair_t1_scored.onnx"
+    embed_manifest(model, manifest, path)
+    return path, manifest
+
+
+def test_paired_slices_of_a_multi_input_model_carry_their_series_scores(listener, tmp_path):  # noqa: F811
+    from tests.dicomnet.test_multi_input_node import SLICES, Study
+
+    path, manifest = _paired_score_model(tmp_path)
+    node = listener([path], publish="tcp://127.0.0.1:*", series_timeout_s=60.0)
+    study, probe = Study(), Study(seed=2)
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    for topic in (study.flair_uid, probe.flair_uid):
+        sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
+    sub.connect(node.publish_endpoint)
+    try:
+        pair = Study.datasets(probe.t1[:1]) + Study.datasets(probe.flair[:1])
+        wait_until(lambda: send(node.port, pair) and sub.poll(200), timeout=30, what="the feed to go live")
+        sub.setsockopt(zmq.UNSUBSCRIBE, probe.flair_uid.encode())
+        both = Study.datasets(study.flair) + Study.datasets(study.t1)
+        random.Random(3).shuffle(both)
+        assert [s for s, _ in send(node.port, both)] == [0] * (2 * SLICES)
+        results, _ = _receive(sub, study.flair_uid, SLICES, 0)
+    finally:
+        sub.close()
+    independent = SeriesScores(manifest.heads)
+    for n, header in enumerate(results, 1):
+        assert header.inputs is not None and header.inputs.role == "flair"  # a paired slice
+        assert header.scores and header.series_scores == independent.add(header.scores, None, header.index)
+        (score,) = header.series_scores
+        assert score.slices == n and score.series_model is None and score.aggregation == "mean"
+        lesion = [h.scores[0].classes[1].probability for h in results[:n]]
+        assert score.classes[1].score == pytest.approx(sum(lesion) / n, abs=1e-9)
