@@ -714,7 +714,8 @@ class LiveFeed:
         """A series-score update (see the module docstring): the slice's scores description as held (a
         classifier's, or the slice of that model), with the update's ``series_scores``, kept with the model's scores."""
         model = printable(header.model, 128)
-        old = s.scores.get(model, {}).get(key)
+        held = s.scores.get(model)
+        old = held.get(key) if held is not None else None
         drawn = s.slices.get(key)
         if old is None and drawn is not None and drawn.get("model") == header.model:
             old = {"scores": drawn.get("scores") or []}
