@@ -8,7 +8,9 @@ held. What a new output needs kept per frame is computed in :meth:`Intake.segmen
 
 Every frame's RESULT is built by the protocol's own builders (:func:`~scanedge.runtime.wire.protocol.result_reply`,
 :func:`~scanedge.runtime.wire.payloads.result_frames`) and published as docs/protocol.md section 9 says; the
-``id`` is a number the node counts up.
+``id`` is a number the node counts up. A model with score heads has each RESULT carry its series' ``series_scores``
+so far (kept in the open series, :meth:`~scanedge.dicomnet.series.OpenSeriesBuffer.add_scores`); a head's 3-D
+series model's final score goes out at completion as a series-score update (:meth:`Intake.publish_series_scores`).
 """
 
 from __future__ import annotations
