@@ -8,7 +8,9 @@ held. What a new output needs kept per frame is computed in :meth:`Intake.segmen
 
 Every frame's RESULT is built by the protocol's own builders (:func:`~scanedge.runtime.wire.protocol.result_reply`,
 :func:`~scanedge.runtime.wire.payloads.result_frames`) and published as docs/protocol.md section 9 says; the
-``id`` is a number the node counts up.
+``id`` is a number the node counts up. A model with score heads has each RESULT carry its series' ``series_scores``
+so far (kept in the open series, :meth:`~scanedge.dicomnet.series.OpenSeriesBuffer.add_scores`); a head's 3-D
+series model's final score goes out at completion as a series-score update (:meth:`Intake.publish_series_scores`).
 """
 
 from __future__ import annotations
@@ -24,11 +26,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from scanedge.dicomnet.publisher import ResultPublisher
-from scanedge.dicomnet.series import HeldFrame, HeldInstance, HeldMaskHead, OpenSeriesBuffer, pack
+from scanedge.dicomnet.series import (
+    HeldFrame,
+    HeldInstance,
+    HeldMaskHead,
+    OpenSeries,
+    OpenSeriesBuffer,
+    ShownSlice,
+    frame_number_key,
+    pack,
+)
 from scanedge.dicomnet.spool import Spool
 from scanedge.dicomnet.stats import ListenerStats
 from scanedge.errors import CapacityError, ScanedgeError
-from scanedge.imaging.heads import HeadScore
+from scanedge.imaging.heads import HeadScore, SeriesScore, for_wire
 from scanedge.imaging.lesion_load import SliceKey, slice_key
 from scanedge.imaging.overlay import display_image
 from scanedge.imaging.series import context_window
@@ -50,6 +61,7 @@ __all__ = [
     "held_mask_heads",
     "identity",
     "quantised",
+    "series_scores_message",
     "update_message",
 ]
 
@@ -254,9 +266,12 @@ class Intake:
                         heads[i][name] = held_mask_heads(result, self.probabilities)
                     if pipe.series_model is not None:  # the frame's plane of the series model's volume
                         planes[i][name] = (frame_key(slice_, i, len(slices)), pipe.series_model.plane(slice_))
+                    index = slice_.identity.instance_number if len(slices) == 1 else i + 1
+                    series_scores = self.live_series_scores(
+                        name, pipe, result, slice_, series_uid, instance_uid, i, index, published=publish
+                    )
                     if not publish:
                         continue
-                    index = slice_.identity.instance_number if len(slices) == 1 else i + 1
                     self.publish_result(
                         name,
                         pipe,
@@ -269,6 +284,7 @@ class Intake:
                         received_mono,
                         queue_ms,
                         decode_ms,
+                        series_scores=series_scores,
                     )
             finally:
                 pool.put(pipe)
@@ -276,6 +292,32 @@ class Intake:
             HeldFrame(slice_.shape[:2], masks[i], probabilities[i], scores[i], heads[i], planes[i])
             for i, slice_ in enumerate(slices)
         )
+
+    def live_series_scores(
+        self,
+        name: str,
+        pipe: Pipeline,
+        result: SliceResult,
+        slice_: Slice,
+        series_uid: str,
+        instance_uid: str,
+        frame: int,
+        index: int | None,
+        *,
+        published: bool,
+    ) -> tuple[SeriesScore, ...]:
+        """The series' scores under model ``name`` with this frame's (its ``frame``-th of its instance) added:
+        what its published RESULT carries (docs/protocol.md section 9). Kept in the open series
+        (:meth:`OpenSeriesBuffer.add_scores`) only while the node publishes; ``published``: the frame's RESULT is
+        published (recovered frames count in the scores, but an update never names them)."""
+        if self.publisher is None or not result.scores:
+            return ()
+        shown = None
+        if published:
+            position = slice_.geometry.position_along_normal
+            shown = ShownSlice(instance_uid, index, None if position is None else round(position, 4), pipe.model_label)
+        place = frame_number_key(slice_.identity.instance_number, frame)
+        return self.store.add_scores(series_uid, name, pipe.manifest.heads, result.scores, place, shown)
 
     def publish_result(
         self,
@@ -291,9 +333,11 @@ class Intake:
         queue_ms: float,
         decode_ms: float,
         inputs: PairedInputs | None = None,
+        series_scores: Sequence[SeriesScore] = (),
     ) -> None:
         """One frame's RESULT, built by the protocol's builders and published (section 9); ``inputs``: a
-        multi-input model's roles (section 3.2, :func:`~scanedge.runtime.wire.payloads.paired_inputs`)."""
+        multi-input model's roles (section 3.2, :func:`~scanedge.runtime.wire.payloads.paired_inputs`);
+        ``series_scores``: its series' scores so far (:meth:`live_series_scores`)."""
         with self.lock:
             self.stats.results += 1
         if self.publisher is None:
@@ -326,6 +370,7 @@ class Intake:
                 received_at=received_at,
                 runtime=self.runtime_id,
                 position_mm=slice_.geometry.position_along_normal,
+                series_scores=series_scores,
                 change=change,
                 inputs=inputs,
             )
@@ -345,29 +390,59 @@ class Intake:
         for item in updates:
             self.publisher.publish(update_message(next(self._ids), series_uid, item, self.runtime_id))
 
+    def publish_series_scores(self, series: OpenSeries, name: str) -> bool:
+        """Publish a completed series' final scores under model ``name`` (its series model's answer, or its failed
+        status: ``series.series_scores``) as an update of the frame the node published last for that model
+        (docs/protocol.md section 9, series-score update); False when there is nothing to publish (no feed, no
+        final scores, or no frame of the series published for that model). The completion thread calls it."""
+        scores = series.series_scores.get(name)
+        shown = series.shown.get(name)
+        if self.publisher is None or not scores or shown is None:
+            return False
+        message = series_scores_message(next(self._ids), series.series_uid, shown, scores, self.runtime_id)
+        self.publisher.publish(message)
+        return True
+
 
 def update_message(request_id: int, series_uid: str, item: ChangeUpdate, runtime: str) -> list[Any]:
     """The published message of one change update (docs/protocol.md section 9): topic, a RESULT with the slice's
     series, instance, index, position and model, its ``change`` and ``update`` true, and the ``change`` frame as
     its only frame (none while the slice is not compared)."""
     infos, payload, _ = result_frames(("change",), {"change": item.plane}, "raw")
+    shown = ShownSlice(item.instance, item.index, item.position_mm, item.model)
+    header = _update_header(request_id, series_uid, shown, runtime, frames=infos, change=item.change)
+    return [publish_topic(series_uid), encode(header), *payload]
+
+
+def series_scores_message(
+    request_id: int, series_uid: str, shown: ShownSlice, scores: Sequence[SeriesScore], runtime: str
+) -> list[Any]:
+    """The published message of a series-score update (docs/protocol.md section 9): topic, and a RESULT naming the
+    slice ``shown`` (series, instance, index, position and model as its RESULT carried them) with the series' final
+    ``series_scores`` (bounded as every RESULT's) and ``update`` true; no frames, no slice ``scores``."""
+    _, wire = for_wire((), scores)
+    header = _update_header(request_id, series_uid, shown, runtime, series_scores=wire)
+    return [publish_topic(series_uid), encode(header)]
+
+
+def _update_header(request_id: int, series_uid: str, shown: ShownSlice, runtime: str, **carried: Any) -> Result:
+    """An update's RESULT: the published slice it names, ``update`` true, and what it ``carried`` (its change and
+    frames, or the series' scores); findings empty, timings zero."""
     now = time.time()
-    header = Result(
+    return Result(
         version=PROTOCOL_VERSION,
         id=request_id,
         series=series_uid,
-        instance=item.instance,
-        index=item.index,
-        model=item.model,
-        frames=infos,
+        instance=shown.instance,
+        index=shown.index,
+        model=shown.model,
         received_at=now,
         replied_at=now,
         runtime=runtime,
-        position_mm=item.position_mm,
-        change=item.change,
+        position_mm=shown.position_mm,
         update=True,
+        **carried,
     )
-    return [publish_topic(series_uid), encode(header), *payload]
 
 
 def frame_key(slice_: Slice, i: int, frames: int) -> SliceKey | None:

@@ -389,6 +389,8 @@ class DicomListener:
         for name, model in self._series_models.items():
             try:
                 self._run_series_model(series, name, model)
+                if self._intake is not None:  # the live feed's series score turns final (or failed)
+                    self._intake.publish_series_scores(series, name)
             except Exception as exc:  # a bug: the outputs are still written, with the provisional scores
                 log.error("series model of %s on series %s: %s", name, series.series_uid, redacted_traceback(exc))
         self._writer.add(series, why)

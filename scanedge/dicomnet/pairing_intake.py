@@ -463,8 +463,11 @@ class PairingIntake:
                         own.planes,
                     )
                 )
+                index = slice_.identity.instance_number if len(ref.slices) == 1 else i + 1
+                series_scores = intake.live_series_scores(
+                    self.model, pipe, result, slice_, ref.series_uid, ref.instance_uid, i, index, published=ref.publish
+                )
                 if ref.publish:
-                    index = slice_.identity.instance_number if len(ref.slices) == 1 else i + 1
                     intake.publish_result(
                         self.model,
                         pipe,
@@ -478,6 +481,7 @@ class PairingIntake:
                         queue_ms,
                         ref.decode_ms,
                         inputs=paired_inputs(self.inputs.reference.role, slice_, partners),
+                        series_scores=series_scores,
                     )
         finally:
             pool.put(pipe)

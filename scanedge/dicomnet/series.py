@@ -46,8 +46,9 @@ import numpy as np
 
 from scanedge._moved import forward_names
 from scanedge.errors import CapacityError, SeriesConflictError
-from scanedge.imaging.heads import HeadScore, SeriesScore
+from scanedge.imaging.heads import HeadScore, SeriesScore, SeriesScores
 from scanedge.imaging.lesion_load import SliceKey
+from scanedge.manifest import HeadSpec
 
 if TYPE_CHECKING:  # the follow-up needs scipy and SimpleITK (the followup extra); the node runs without them
     from scanedge.imaging.followup import SeriesComparison
@@ -60,6 +61,8 @@ __all__ = [
     "OpenSeries",
     "OpenSeriesBuffer",
     "SeriesLimits",
+    "ShownSlice",
+    "frame_number_key",
     "pack",
     "unpack",
 ]
@@ -75,6 +78,31 @@ def pack(array: np.ndarray) -> bytes:
 def unpack(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
     """The uint8 array :func:`pack` compressed, with its shape."""
     return np.frombuffer(zlib.decompress(data), np.uint8).reshape(shape)
+
+
+def frame_number_key(instance_number: int | None, frame: int) -> int | None:
+    """Where a frame's scores sit in its series' score aggregate: its instance's number and its order within
+    the instance (None without a number: a place of its own). The node's live ``series_scores`` and its
+    completed series' scores JSON and SR place frames by this one rule, so the last live score is theirs."""
+    return None if instance_number is None else int(instance_number) * 100_000 + frame
+
+
+@dataclass(frozen=True)
+class ShownSlice:
+    """A frame's RESULT as the node published it: what a later update of its series names (docs/protocol.md
+    section 9).
+
+    Attributes:
+        instance: its SOP Instance UID.
+        index: its ``index``.
+        position_mm: its ``position_mm``.
+        model: its ``model`` (name@version).
+    """
+
+    instance: str
+    index: int | None
+    position_mm: float | None
+    model: str
 
 
 @dataclass(frozen=True)
@@ -202,6 +230,9 @@ class OpenSeries:
             follow-up before the outputs are built; empty when follow-up is off).
         series_scores: per model with a series model, the series' scores with that model's answer, set at
             completion before the outputs are built (the scores JSON and the SR report them).
+        live_scores: per model with score heads, the series' scores over the frames segmented so far, which the
+            node's published RESULTs carry (kept only while it publishes; at most ``max_frames`` places each).
+        shown: per model, the frame whose RESULT the node published last (the series-score update names it).
     """
 
     series_uid: str
@@ -214,6 +245,8 @@ class OpenSeries:
     identity: tuple[str, str] | None = None
     comparisons: dict[str, ComparedSeries] = field(default_factory=dict)
     series_scores: dict[str, tuple[SeriesScore, ...]] = field(default_factory=dict)
+    live_scores: dict[str, SeriesScores] = field(default_factory=dict)
+    shown: dict[str, ShownSlice] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
@@ -307,6 +340,31 @@ class OpenSeriesBuffer:
             series.instances.move_to_end(instance.sop_instance_uid)
             self._bytes += need
             return old
+
+    def add_scores(
+        self,
+        series_uid: str,
+        model: str,
+        heads: tuple[HeadSpec, ...],
+        scores: tuple[HeadScore, ...],
+        place: int | None,
+        shown: ShownSlice | None = None,
+    ) -> tuple[SeriesScore, ...]:
+        """Add one frame's ``scores`` under ``model`` to its open series' live scores (``place``:
+        :func:`frame_number_key`) and return the series' scores with it; ``shown``: the frame's RESULT is being
+        published. Between :meth:`begin` and :meth:`finish` of the frame's instance; () when the series is not
+        open. Memory: at most ``max_frames`` places x classes x 8 bytes per model, less than the frames' own
+        scores the series holds, so it is not counted apart."""
+        with self._lock:
+            series = self._open.get(series_uid)
+            if series is None:
+                return ()
+            live = series.live_scores.get(model)
+            if live is None:
+                live = series.live_scores[model] = SeriesScores(heads, max_slices=self.limits.max_frames)
+            if shown is not None:
+                series.shown[model] = shown
+            return live.add(scores, None, place)
 
     def released(self, association: int) -> None:
         """An association was released: series it sent, and no other open association is sending, end."""

@@ -37,6 +37,13 @@ prior ended after the slice was published) changes a slice already received: its
 sent it again to repaint; the series' newest description takes the update's ``change`` too, so the status,
 legend and trend follow the comparison. An update of a slice the viewer never received is ignored.
 
+A series-score update (an update RESULT with ``series_scores`` and no ``change``: the DICOM node's final series
+score once a head's 3-D series model ran, or failed, at completion) becomes a description without pixels of the
+slice it names, kept with that model's scores (the slice's own ``scores`` taken from what the viewer holds of
+it), marked ``scores_update``: the page's score panel takes its ``series_scores`` as the series' newest, and the
+trend's point for that slice moves to it. Nothing is repainted. An update for a series the viewer never
+received is ignored.
+
 A runtime that restarts is followed without restarting the viewer: ZeroMQ reconnects the SUB socket by
 itself, a monitor on it tells whether a runtime is connected at all (pages show "stale" while none is),
 and a RESULT carrying another ``runtime`` id than the last one makes every page follow the new runtime's
@@ -678,6 +685,8 @@ class LiveFeed:
             raise ProtocolError(f"RESULT lists {len(header.frames)} frames but carries {len(frames)}")
         s = self.series.get(header.series)
         key = f"{header.position_mm:.3f}" if header.position_mm is not None else f"#{header.index}"
+        if s is not None and header.change is None and header.series_scores:
+            return self._score_update(seq, s, key, header)
         old = s.slices.get(key) if s is not None else None
         if s is None or old is None or header.change is None:
             return None
@@ -685,7 +694,7 @@ class LiveFeed:
         plane = _plane(by_name.get("change"), int(old["rows"]), int(old["cols"]))
         change = _change_meta(header.change)
         meta = {**old, "seq": seq, "change": change, "change_frame": plane is not None, "update": True}
-        meta["replied_at"], meta["received_at"] = header.replied_at, time.time()
+        meta["replied_at"], meta["received_at"], meta["scores_update"] = header.replied_at, time.time(), False
         s.slices[key] = meta  # in place: an update does not make a slice the newest
         if s.latest is not None and s.latest.get("key") == key:
             s.latest = meta
@@ -699,6 +708,38 @@ class LiveFeed:
         self._forget((header.series, key))
         self._retained[(header.series, key)] = item
         self._retained_bytes += item.nbytes
+        return item
+
+    def _score_update(self, seq: int, s: _Series, key: str, header: Result) -> LiveSlice:
+        """A series-score update (see the module docstring): the slice's scores description as held (a
+        classifier's, or the slice of that model), with the update's ``series_scores``, kept with the model's scores."""
+        model = printable(header.model, 128)
+        held = s.scores.get(model)
+        old = held.get(key) if held is not None else None
+        drawn = s.slices.get(key)
+        if old is None and drawn is not None and drawn.get("model") == header.model:
+            old = {"scores": drawn.get("scores") or []}
+        meta = {
+            **(old or {}),
+            "type": "scores",
+            "seq": seq,
+            "series": header.series,
+            "key": key,
+            "index": header.index,
+            "position_mm": header.position_mm,
+            "model": model,
+            "timings_ms": {"total": header.timings_ms.total, "infer": header.timings_ms.infer},
+            "replied_at": header.replied_at,
+            "received_at": time.time(),
+            "scores": (old or {}).get("scores") or [],
+            "series_scores": _scores_meta(header)["series_scores"],
+            "update": True,
+            "scores_update": True,
+        }
+        meta.setdefault("saliency", None)
+        meta.setdefault("saliency_refused", None)
+        item = LiveSlice(seq, header.series, key, meta, None, None, instance=header.instance)
+        self._remember_scores(s, item)
         return item
 
     def _remember(self, item: LiveSlice) -> LiveSlice | None:

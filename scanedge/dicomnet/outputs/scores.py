@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from scanedge.dicomnet.outputs.base import DicomOutput, OutputStats
-from scanedge.dicomnet.series import OpenSeries
+from scanedge.dicomnet.series import OpenSeries, frame_number_key
 from scanedge.imaging.heads import SeriesScore, SeriesScores
 from scanedge.manifest import Manifest
 
@@ -71,8 +71,7 @@ def series_head_scores(
             scores = frame.scores.get(model)
             if not scores:
                 continue
-            key = None if number is None else int(number) * 100_000 + f
-            aggregate.add(scores, None, key)
+            aggregate.add(scores, None, frame_number_key(number, f))
             entry: dict[str, Any] = {
                 "sop_instance_uid": inst.sop_instance_uid,
                 "frame": f + 1,

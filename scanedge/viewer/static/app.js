@@ -126,12 +126,18 @@ function seriesOf(uid) {
 }
 
 // A model's scores, kept per series, model and slice place: a classifier's RESULTs (no pixels) and the
-// scores of a segmentation model that has a score head alike.
+// scores of a segmentation model that has a score head alike. A series-score update (the DICOM node's final
+// series score, docs/protocol.md section 9) keeps the slice's own scores held there and takes its series
+// scores; a description older than the one held (a slice looked at again) never replaces it.
 function rememberScores(s, meta) {
   if (!(meta.scores && meta.scores.length) && !(meta.series_scores && meta.series_scores.length)) return;
   let held = s.scores.get(meta.model);
   if (!held) s.scores.set(meta.model, (held = new Map()));
-  held.set(meta.key, meta);
+  const old = held.get(meta.key);
+  if (old && meta.pinned && old.seq > meta.seq) return;
+  if (old && meta.scores_update) {
+    held.set(meta.key, { ...old, seq: meta.seq, series_scores: meta.series_scores, update: true, scores_update: true });
+  } else held.set(meta.key, meta);
 }
 
 // A change update (docs/protocol.md section 9: the comparison with the prior ended after the slice came) for a
