@@ -73,7 +73,8 @@ class SeriesModelAgreement:
     Attributes:
         head: the score head it answers for.
         unchanged: the two files are byte for byte the same (``convert`` copies it): nothing was run.
-        candidate_sha256, reference_sha256: the files' sha256.
+        candidate_sha256: the candidate's file's sha256.
+        reference_sha256: the reference's file's sha256.
         slices: planes the volume was built from (0 when unchanged).
         input: the volume (depth, height, width).
         max_abs_diff: the largest difference between the two models' probabilities for the series.
