@@ -284,24 +284,36 @@ def _series_model_meta(score: SeriesScore) -> dict[str, Any]:
     }
 
 
+def _place(header: Result) -> str:
+    """Where a RESULT's slice sits in its series: its position along the normal, else its index."""
+    return f"{header.position_mm:.3f}" if header.position_mm is not None else f"#{header.index}"
+
+
+def _described(kind: str, seq: int, header: Result, received: float) -> dict[str, Any]:
+    """What every slice or scores description starts with: its place, the RESULT's times, and ``type``."""
+    return {
+        "type": kind,
+        "seq": seq,
+        "series": header.series,
+        "key": _place(header),
+        "index": header.index,
+        "position_mm": header.position_mm,
+        "timings_ms": {"total": header.timings_ms.total, "infer": header.timings_ms.infer},
+        "replied_at": header.replied_at,
+        "received_at": received,
+    }
+
+
 def _score_slice(seq: int, header: Result, received: float, sal: tuple[Any, Any] | None = None) -> LiveSlice | None:
     """A RESULT without a mask that carries scores (a classifier's): a description without pixels, kept per
     model beside the series' slices (see :meth:`LiveFeed._remember`), with its saliency map when ``sal`` (the
     frame's entry and bytes) is one; None when it has no scores either."""
     if not header.scores and not header.series_scores:
         return None
-    key = f"{header.position_mm:.3f}" if header.position_mm is not None else f"#{header.index}"
+    key = _place(header)
     meta = {
-        "type": "scores",
-        "seq": seq,
-        "series": header.series,
-        "key": key,
-        "index": header.index,
-        "position_mm": header.position_mm,
+        **_described("scores", seq, header, received),
         "model": printable(header.model, 128),
-        "timings_ms": {"total": header.timings_ms.total, "infer": header.timings_ms.infer},
-        "replied_at": header.replied_at,
-        "received_at": received,
         **_scores_meta(header),
         "saliency": None,
         "saliency_refused": None,
@@ -355,14 +367,9 @@ def _live_slice(seq: int, header: Result, frames: Sequence[Any], received: float
                 channels = None
     change = _plane(by_name.get("change"), rows, cols)
     load = header.series_load
-    key = f"{header.position_mm:.3f}" if header.position_mm is not None else f"#{header.index}"
+    key = _place(header)
     meta = {
-        "type": "slice",
-        "seq": seq,
-        "series": header.series,
-        "key": key,
-        "index": header.index,
-        "position_mm": header.position_mm,
+        **_described("slice", seq, header, received),
         "rows": rows,
         "cols": cols,
         "channels": channels,
@@ -371,9 +378,6 @@ def _live_slice(seq: int, header: Result, frames: Sequence[Any], received: float
             {"label": f.label, "name": f.name, "pixels": f.pixels, "components": f.components} for f in header.findings
         ],
         "lesion_pixels": sum(f.pixels for f in header.findings),
-        "timings_ms": {"total": header.timings_ms.total, "infer": header.timings_ms.infer},
-        "replied_at": header.replied_at,
-        "received_at": received,
         "series_load": None
         if load is None
         else {
@@ -684,7 +688,7 @@ class LiveFeed:
         if len(frames) != len(header.frames):
             raise ProtocolError(f"RESULT lists {len(header.frames)} frames but carries {len(frames)}")
         s = self.series.get(header.series)
-        key = f"{header.position_mm:.3f}" if header.position_mm is not None else f"#{header.index}"
+        key = _place(header)
         if s is not None and header.change is None and header.series_scores:
             return self._score_update(seq, s, key, header)
         old = s.slices.get(key) if s is not None else None
@@ -721,16 +725,9 @@ class LiveFeed:
             old = {"scores": drawn.get("scores") or []}
         meta = {
             **(old or {}),
-            "type": "scores",
-            "seq": seq,
-            "series": header.series,
+            **_described("scores", seq, header, time.time()),
             "key": key,
-            "index": header.index,
-            "position_mm": header.position_mm,
             "model": model,
-            "timings_ms": {"total": header.timings_ms.total, "infer": header.timings_ms.infer},
-            "replied_at": header.replied_at,
-            "received_at": time.time(),
             "scores": (old or {}).get("scores") or [],
             "series_scores": _scores_meta(header)["series_scores"],
             "update": True,
