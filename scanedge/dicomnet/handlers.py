@@ -32,7 +32,7 @@ from typing import Any
 from scanedge.dicomnet.admission import MessageMeter, stop_reading
 from scanedge.dicomnet.config import ListenerConfig
 from scanedge.dicomnet.contexts import SEGMENTED_SOP_CLASSES, sop_class_name
-from scanedge.dicomnet.intake import Intake
+from scanedge.dicomnet.intake import Intake, ReceivedImage
 from scanedge.dicomnet.series import OpenSeriesBuffer
 from scanedge.dicomnet.stats import ListenerStats
 from scanedge.dicomnet.statuses import SUCCESS, status_dataset, status_for
@@ -173,7 +173,9 @@ class AssociationHandlers:
         decode_ms = (time.perf_counter() - t0) * 1e3
         series_uid, instance_uid = uids
         self.intake.hold(
-            ds, data, slices, series_uid, instance_uid, id(event.assoc), received_at, received_mono, decode_ms
+            ReceivedImage(
+                ds, data, slices, series_uid, instance_uid, id(event.assoc), received_at, received_mono, decode_ms
+            )
         )
         log.debug(
             "stored instance %s of series %s from %s (%d frame(s))", instance_uid, series_uid, peer(event), len(slices)

@@ -20,6 +20,7 @@ import queue
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PUBLISHED_OUTPUTS",
     "Intake",
+    "ReceivedImage",
     "drop_pixels",
     "frame_key",
     "held_mask_heads",
@@ -70,6 +72,33 @@ _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Doub
 #: with the prior (follow-up on); ``saliency`` when the model declares a saliency head; ``mask:LABEL`` per further
 #: mask head of the model
 PUBLISHED_OUTPUTS = ("mask", "overlay", "image", "change", "saliency", "head_masks")
+
+
+@dataclass(frozen=True)
+class ReceivedImage:
+    """One image as the node took it in: read and decoded, not yet segmented, spooled or held.
+
+    Attributes:
+        ds: its dataset (pixel data still in it).
+        data: its Part-10 bytes, as they go into the spool.
+        slices: its frames, decoded.
+        series_uid, instance_uid: its Series and SOP Instance UIDs, checked.
+        association: the association it came on (the series' completion counts associations).
+        received_at: wall-clock time it came in; received_mono: the same on the monotonic clock.
+        decode_ms: time spent reading and decoding it.
+        spooled: where it already lies in the spool (an image recovered after a restart); None: not yet.
+    """
+
+    ds: Any
+    data: bytes
+    slices: list[Slice]
+    series_uid: str
+    instance_uid: str
+    association: int
+    received_at: float
+    received_mono: float
+    decode_ms: float
+    spooled: Path | None = None
 
 
 class Intake:
@@ -118,70 +147,24 @@ class Intake:
         if followup is not None and publisher is not None:
             followup.sink = self.publish_updates
 
-    def hold(
-        self,
-        ds: Any,
-        data: bytes,
-        slices: list[Slice],
-        series_uid: str,
-        instance_uid: str,
-        association: int,
-        received_at: float,
-        received_mono: float,
-        decode_ms: float,
-        *,
-        spooled: Path | None = None,
-    ) -> None:
-        """Segment (publishing live), spool durably (unless ``spooled`` already is), then hold for the outputs.
+    def hold(self, image: ReceivedImage) -> None:
+        """Segment (publishing live), spool durably (unless ``image.spooled`` already is), then hold for the outputs.
 
         Raises what the C-STORE status will say; a spooled copy of an instance that is not held is removed."""
         if self.pairing is not None:  # a multi-input model: its images paired across the series of a study
-            self.pairing.hold(
-                ds,
-                data,
-                slices,
-                series_uid,
-                instance_uid,
-                association,
-                received_at,
-                received_mono,
-                decode_ms,
-                spooled=spooled,
-            )
+            self.pairing.hold(image)
             return
-        self.hold_one_input(
-            ds,
-            data,
-            slices,
-            series_uid,
-            instance_uid,
-            association,
-            received_at,
-            received_mono,
-            decode_ms,
-            spooled=spooled,
-        )
+        self.hold_one_input(image)
 
-    def hold_one_input(
-        self,
-        ds: Any,
-        data: bytes,
-        slices: list[Slice],
-        series_uid: str,
-        instance_uid: str,
-        association: int,
-        received_at: float,
-        received_mono: float,
-        decode_ms: float,
-        *,
-        spooled: Path | None = None,
-        fates: int = 1,
-    ) -> Path:
+    def hold_one_input(self, image: ReceivedImage, *, fates: int = 1) -> Path:
         """:meth:`hold` by the one-input models: segment, spool, hold in the series; returns the spooled file.
 
         ``fates``: how many owners the spooled file has, this series' outputs being one; the others (a
         multi-input model's pairing) each :meth:`~scanedge.dicomnet.spool.Spool.remove` it once done. Their
         references are taken before the image is held, so the series' outputs can never delete it first."""
+        ds, data, slices, spooled = image.ds, image.data, image.slices, image.spooled
+        series_uid, instance_uid, association = image.series_uid, image.instance_uid, image.association
+        received_at, received_mono, decode_ms = image.received_at, image.received_mono, image.decode_ms
         self.store.begin(series_uid, association, identity(ds))
         if self.followup is not None:
             self.followup.begin(series_uid, ds)  # the prior lookup starts with the series' first instance

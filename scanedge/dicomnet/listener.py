@@ -42,7 +42,7 @@ from scanedge.dicomnet.contexts import add_supported_contexts
 from scanedge.dicomnet.followup import NodeFollowup
 from scanedge.dicomnet.forward import Forwarder
 from scanedge.dicomnet.handlers import AssociationHandlers, Refusal, check_uids
-from scanedge.dicomnet.intake import Intake
+from scanedge.dicomnet.intake import Intake, ReceivedImage
 from scanedge.dicomnet.outputs import OutputStats, make_outputs
 from scanedge.dicomnet.outputs.scores import series_head_scores
 from scanedge.dicomnet.outputs.writer import OutputWriter
@@ -435,7 +435,18 @@ class DicomListener:
                     slices = slices_from_dicom(ds, limits=self.config.limits)
                     t = time.time()
                     intake.hold(
-                        ds, data, slices, series_uid, instance_uid, _RECOVERY, t, time.monotonic(), 0.0, spooled=path
+                        ReceivedImage(
+                            ds,
+                            data,
+                            slices,
+                            series_uid,
+                            instance_uid,
+                            _RECOVERY,
+                            t,
+                            time.monotonic(),
+                            0.0,
+                            spooled=path,
+                        )
                     )
             except Exception as exc:  # left where it is, counted, and named in the status: never removed unread
                 with self._lock:

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scanedge.dicomnet.intake import Intake, drop_pixels, held_mask_heads, identity, quantised
+from scanedge.dicomnet.intake import Intake, ReceivedImage, drop_pixels, held_mask_heads, identity, quantised
 from scanedge.dicomnet.series import HeldFrame, HeldInstance, pack
 from scanedge.errors import CapacityError, ConfigError, MissingInputError, ScanedgeError, redacted_traceback
 from scanedge.imaging.slices import Slice
@@ -143,38 +143,16 @@ class PairingIntake:
 
     # --- taking in one image ------------------------------------------------------------------------------
 
-    def hold(
-        self,
-        ds: Any,
-        data: bytes,
-        slices: list[Slice],
-        series_uid: str,
-        instance_uid: str,
-        association: int,
-        received_at: float,
-        received_mono: float,
-        decode_ms: float,
-        *,
-        spooled: Path | None = None,
-    ) -> None:
+    def hold(self, image: ReceivedImage) -> None:
         """Intake.hold for a multi-input model: hold a partner, segment or park a reference (module docstring).
         Returns once the image is durably spooled (and, if it could be paired, segmented and held)."""
-        role = self.inputs.recognise(slices[0]) or self.inputs.reference.role
+        role = self.inputs.recognise(image.slices[0]) or self.inputs.reference.role
         if role != self.inputs.reference.role:
-            self._hold_partner(
-                role,
-                ds,
-                data,
-                slices,
-                series_uid,
-                instance_uid,
-                association,
-                received_at,
-                received_mono,
-                decode_ms,
-                spooled,
-            )
+            self._hold_partner(role, image)
             return
+        ds, data, slices, spooled = image.ds, image.data, image.slices, image.spooled
+        series_uid, instance_uid, association = image.series_uid, image.instance_uid, image.association
+        received_at, received_mono, decode_ms = image.received_at, image.received_mono, image.decode_ms
         intake = self.intake
         intake.store.begin(series_uid, association, identity(ds))
         if self.beside and intake.followup is not None:
@@ -230,36 +208,12 @@ class PairingIntake:
     def _spool(self, instance_uid: str, data: bytes) -> Path:
         return self.intake.spool_image(instance_uid, data)
 
-    def _hold_partner(
-        self,
-        role: str,
-        ds: Any,
-        data: bytes,
-        slices: list[Slice],
-        series_uid: str,
-        instance_uid: str,
-        association: int,
-        received_at: float,
-        received_mono: float,
-        decode_ms: float,
-        spooled: Path | None,
-    ) -> None:
+    def _hold_partner(self, role: str, image: ReceivedImage) -> None:
         """Hold a partner image for pairing; beside one-input models, first segmented and held in its series by
         them (its spooled file then has two owners, taken before either can let it go)."""
+        slices, spooled, instance_uid, data = image.slices, image.spooled, image.instance_uid, image.data
         if self.beside:
-            path = self.intake.hold_one_input(
-                ds,
-                data,
-                slices,
-                series_uid,
-                instance_uid,
-                association,
-                received_at,
-                received_mono,
-                decode_ms,
-                spooled=spooled,
-                fates=2,
-            )
+            path = self.intake.hold_one_input(image, fates=2)
         else:
             path = spooled if spooled is not None else self._spool(instance_uid, data)
         study = slices[0].identity.study_uid
