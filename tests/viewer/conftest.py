@@ -69,3 +69,18 @@ def browser_page():
             yield page, errors
         finally:
             context.close()
+
+
+#: for a test module that drives the page in Chromium: skipped, saying why, where Debian's chromium is missing
+needs_chromium = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium; .ci/run installs it)"
+)
+
+
+@pytest.fixture
+def two_models() -> Iterator[Server]:
+    """The runtime as ``demo --live`` starts it: the demo model (the default) and the demo classifier."""
+    from scanedge.models import DEMO_CLASSIFIER_PATH, DEMO_MODEL_PATH
+
+    with running_server([DEMO_MODEL_PATH, DEMO_CLASSIFIER_PATH], publish="tcp://127.0.0.1:*") as srv:
+        yield srv

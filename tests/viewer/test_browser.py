@@ -14,18 +14,15 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 
 from scanedge.runtime.console.replay import Replay, ReplayConfig, read_series
-from tests.viewer.conftest import CHROMIUM
+from tests.viewer.conftest import needs_chromium
 from tests.waiting import wait_until
 
 OVERLAY_RGB = (255, 40, 40)  # the demo model's lesion colour, the page's first label colour
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium; .ci/run installs it)"
-)
+pytestmark = needs_chromium
 
 
 def overlay_pixels(png: bytes) -> int:

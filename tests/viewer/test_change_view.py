@@ -36,7 +36,7 @@ from scanedge.runtime.wire.payloads import result_frames
 from scanedge.runtime.wire.protocol import Echo, Finding, FrameInfo, Timings, encode, publish_topic, result_reply
 from scanedge.viewer import LiveFeed, Viewer, ViewerConfig
 from scanedge.viewer.feed import pack_slice
-from tests.viewer.conftest import CHROMIUM
+from tests.viewer.conftest import needs_chromium
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,9 +44,7 @@ HOSTILE_SOURCE = '<img src=x onerror="document.body.dataset.pwned=1">PACS'
 HOSTILE_REASON = "<script>document.body.dataset.pwned=2</script><b>PACS</b> said no"
 LABEL_RED = (255, 40, 40)  # the page's colour of mask label 1 (the plain overlay)
 
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium; .ci/run installs it)"
-)
+pytestmark = needs_chromium
 
 
 def _prior(pair, volume: np.ndarray | None = None, source: str = "prior store") -> PriorVolume:

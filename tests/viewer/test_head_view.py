@@ -12,10 +12,7 @@ drawn, hostile labels and class names shown as text, and a head mask of another 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import pytest
 
 from scanedge.dicomnet.publisher import ResultPublisher
 from scanedge.runtime.console.replay import Replay, ReplayConfig, SliceEvent, read_series
@@ -25,7 +22,7 @@ from scanedge.viewer import Viewer, ViewerConfig
 from tests.heads.conftest import head_models  # noqa: F401 - the networks three_masks builds on
 from tests.heads.test_head_masks import three_masks  # noqa: F401 - the three-mask models
 from tests.runtime.conftest import running_server
-from tests.viewer.conftest import CHROMIUM
+from tests.viewer.conftest import needs_chromium
 from tests.viewer.test_change_view import canvas_rgb
 from tests.viewer.test_saliency_view import _layers
 from tests.waiting import wait_until
@@ -36,9 +33,7 @@ ROWS = COLS = 64
 ORGANS = (HeadClass("background", (0, 0, 0)), HeadClass("liver", (0, 200, 0)), HeadClass("kidney", (255, 200, 0)))
 VESSELS = (HeadClass("background", (0, 0, 0)), HeadClass(HOSTILE_CLASS, (0, 0, 255)))
 
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium; .ci/run installs it)"
-)
+pytestmark = needs_chromium
 
 #: pixels of the painted canvas that are clearly one colour: green (g above r and b), blue (b above r and g)
 COUNT = """(which) => {

@@ -15,24 +15,20 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from scanedge.dicomnet.publisher import ResultPublisher
 from scanedge.imaging.heads import ClassScore, HeadScore
 from scanedge.manifest import load_manifest
-from scanedge.models import DEMO_CLASSIFIER_PATH, DEMO_MODEL_PATH
+from scanedge.models import DEMO_CLASSIFIER_PATH
 from scanedge.runtime.console.client import Client
 from scanedge.runtime.console.replay import Replay, ReplayConfig, SliceEvent, read_series
-from scanedge.runtime.serving.server import Server
 from scanedge.runtime.wire.payloads import result_frames
 from scanedge.runtime.wire.protocol import Echo, Finding, Timings, encode, publish_topic, result_reply
 from scanedge.viewer import Viewer, ViewerConfig
-from tests.runtime.conftest import running_server
-from tests.viewer.conftest import CHROMIUM
+from tests.viewer.conftest import needs_chromium
 from tests.viewer.test_change_view import canvas_rgb, close
 from tests.waiting import wait_until
 
@@ -40,16 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HOSTILE_HEAD = '<img src=x onerror="document.body.dataset.pwned=1">lesion_head'
 HOSTILE_MODEL = "<b>cls</b>@1"
 
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium; .ci/run installs it)"
-)
-
-
-@pytest.fixture
-def two_models() -> Iterator[Server]:
-    """The runtime as ``demo --live`` starts it: the demo model (the default) and the demo classifier."""
-    with running_server([DEMO_MODEL_PATH, DEMO_CLASSIFIER_PATH], publish="tcp://127.0.0.1:*") as srv:
-        yield srv
+pytestmark = needs_chromium
 
 
 def _layers(page, fill: bool, outline: bool, saliency: bool | None = None) -> None:

@@ -16,7 +16,6 @@ import itertools
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,29 +24,18 @@ import pytest
 from scanedge.dicomnet.publisher import ResultPublisher
 from scanedge.imaging.heads import ClassScore, HeadScore, SeriesClassScore, SeriesScore
 from scanedge.manifest import load_manifest
-from scanedge.models import DEMO_CLASSIFIER_PATH, DEMO_MODEL_PATH
+from scanedge.models import DEMO_CLASSIFIER_PATH
 from scanedge.runtime.console.client import Client
 from scanedge.runtime.console.replay import Replay, ReplayConfig, SliceEvent, read_series
-from scanedge.runtime.serving.server import Server
 from scanedge.runtime.wire.protocol import Echo, Timings, encode, publish_topic, result_reply
 from scanedge.viewer import Viewer, ViewerConfig
-from tests.runtime.conftest import running_server
-from tests.viewer.conftest import CHROMIUM
+from tests.viewer.conftest import needs_chromium
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 HOSTILE_CLASS = '<img src=x onerror="document.body.dataset.pwned=1">bleed'
 
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium; .ci/run installs it)"
-)
-
-
-@pytest.fixture
-def two_models() -> Iterator[Server]:
-    """The runtime as ``demo --live`` starts it: the demo model (the default) and the demo classifier."""
-    with running_server([DEMO_MODEL_PATH, DEMO_CLASSIFIER_PATH], publish="tcp://127.0.0.1:*") as srv:
-        yield srv
+pytestmark = needs_chromium
 
 
 def _classifier_label() -> str:
