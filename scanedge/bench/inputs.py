@@ -12,15 +12,18 @@ from dataclasses import replace
 
 import cv2
 import numpy as np
+from pydicom.uid import generate_uid
 
 from scanedge.errors import ConfigError
 from scanedge.imaging.files import load_slices
 from scanedge.imaging.slices import Slice, SliceGeometry, SliceIdentity
 
-__all__ = ["DEFAULT_SIZE", "bench_slices", "parse_size", "role_sets"]
+__all__ = ["BENCH_SERIES_UID", "DEFAULT_SIZE", "bench_slices", "parse_size", "role_sets"]
 
 #: slice size of the demo-patient inputs unless one is asked for: a typical MR/CT matrix
 DEFAULT_SIZE = "512x512"
+#: the demo-patient inputs' Series Instance UID: a valid UI (``--dicom`` writes it into each object), the same every run
+BENCH_SERIES_UID = generate_uid(prefix=None, entropy_srcs=["scanedge edge-bench demo-patient series"])
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -61,7 +64,7 @@ def bench_slices(
             Slice.from_array(
                 np.ascontiguousarray(resized, np.int16),
                 geometry=SliceGeometry(pixel_spacing=spacing, slice_location=float(patient.z_mm[i])),
-                identity=SliceIdentity(series_uid="bench", instance_number=i + 1),
+                identity=SliceIdentity(series_uid=BENCH_SERIES_UID, instance_number=i + 1),
                 window_center=float(np.percentile(px, 60)),
                 window_width=float(np.percentile(px, 99.5) * 1.2),
             )
@@ -83,7 +86,8 @@ def role_sets(slices: Sequence[Slice], roles: Sequence[str]) -> list[dict[str, S
         for k, role in enumerate(roles[1:], start=1):
             mirrored = (high + low) - px.astype(np.float32) + (k - 1) * (high - low) * 0.05
             partner = np.clip(mirrored, low, high).astype(px.dtype)
-            ident = replace(s.identity, series_uid=f"{s.identity.series_uid}-{role}", sop_instance_uid="")
+            series = generate_uid(prefix=None, entropy_srcs=[s.identity.series_uid or "", role])  # a valid UI per role
+            ident = replace(s.identity, series_uid=series, sop_instance_uid="")
             item[role] = replace(s, pixels=np.ascontiguousarray(partner), identity=ident)
         out.append(item)
     return out
