@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import onnx
 import pytest
@@ -222,3 +223,15 @@ def test_a_bind_address_without_scheme_is_one_line_with_the_fix(capsys):
     err = _one_line(capsys.readouterr().err)
     assert "'localhost:5568' has no scheme; did you mean tcp://localhost:5568?" in err
     assert "beyond this machine" not in err
+
+
+def test_model_names_the_shipped_models_and_a_file_of_that_name_wins(tmp_path, monkeypatch):
+    from scanedge.cli.arguments import model_file
+    from scanedge.models import DEMO_CLASSIFIER_PATH, DEMO_MODEL_PATH
+
+    monkeypatch.chdir(tmp_path)
+    assert model_file("demo") == DEMO_MODEL_PATH
+    assert model_file("demo-classifier") == DEMO_CLASSIFIER_PATH
+    assert model_file("lesions.onnx") == Path("lesions.onnx")  # a path stays a path, checked where it is opened
+    (tmp_path / "demo").write_bytes(b"")
+    assert model_file("demo") == Path("demo")

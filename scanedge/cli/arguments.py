@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENGINE_CHOICES",
+    "SHIPPED_MODELS",
     "add_engine_args",
     "add_limit_args",
     "add_model_args",
@@ -34,6 +35,7 @@ __all__ = [
     "add_remote_args",
     "engine_options",
     "literal",
+    "model_file",
     "overlay_options",
     "parse_color",
     "parse_numbers",
@@ -68,13 +70,32 @@ def threads_argument(text: str) -> int | str:
 
 threads_argument.__name__ = "threads"  # argparse names the type in its message: "invalid threads value: 'x'"
 
+# --- models ------------------------------------------------------------------------------------------------
+
+#: the names ``--model`` takes for the models shipped in ``scanedge/models`` (a file of that name wins)
+SHIPPED_MODELS = ("demo", "demo-classifier")
+
+
+def model_file(text: str) -> Path:
+    """``--model``'s type: a model file, or ``demo`` / ``demo-classifier`` for the shipped models (so the demo
+    model can be served beside another without knowing where the package lies). A file called so wins."""
+    path = Path(text)
+    if text in SHIPPED_MODELS and not path.exists():
+        from scanedge.models import DEMO_CLASSIFIER_PATH, DEMO_MODEL_PATH
+
+        return DEMO_MODEL_PATH if text == "demo" else DEMO_CLASSIFIER_PATH
+    return path
+
+
 # --- argument groups -------------------------------------------------------------------------------------
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """--model, --manifest and --ignore-scope: one model, default the shipped demo model."""
     g = p.add_argument_group("model")
-    g.add_argument("--model", type=Path, default=None, help="ONNX model (default: the shipped demo model)")
+    g.add_argument(
+        "--model", type=model_file, default=None, help="ONNX model, or demo / demo-classifier (default: demo)"
+    )
     g.add_argument(
         "--manifest", type=Path, default=None, help="manifest JSON overriding the model's own (default: none)"
     )

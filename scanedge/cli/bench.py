@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 
-from scanedge.cli.arguments import add_engine_args, engine_options
+from scanedge.cli.arguments import add_engine_args, engine_options, model_file
 from scanedge.console import LazyProgress, make_console, run_command, user_values
 from scanedge.errors import ConfigError
 
@@ -356,7 +356,9 @@ def build_parser(prog: str = "edge-bench") -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_engine)
 
     p = sub.add_parser("pipeline", help="the in-process pipeline, per stage")
-    p.add_argument("--model", type=Path, default=None, help="ONNX model (default: the shipped demo model)")
+    p.add_argument(
+        "--model", type=model_file, default=None, help="ONNX model, or demo / demo-classifier (default: demo)"
+    )
     _add_inputs(p)
     p.add_argument("--dicom", action="store_true", help="feed DICOM bytes, adding the decode stage (default: raw)")
     p.add_argument("--no-overlay", action="store_true", help="skip overlay rendering (default: drawn)")
@@ -368,7 +370,9 @@ def build_parser(prog: str = "edge-bench") -> argparse.ArgumentParser:
     p.add_argument(
         "--endpoint", help="a running runtime, e.g. tcp://127.0.0.1:5555, instead of --spawn (default: none)"
     )
-    p.add_argument("--model", type=Path, default=None, help="model for --spawn (default: the demo model)")
+    p.add_argument(
+        "--model", type=model_file, default=None, help="model for --spawn, or demo / demo-classifier (default: demo)"
+    )
     p.add_argument("--workers", type=int, default=1, help="workers of a spawned runtime (default: 1)")
     _add_inputs(p)
     p.add_argument("--dicom", action="store_true", help="send DICOM bytes instead of raw pixel frames (default: raw)")
@@ -429,7 +433,9 @@ def build_parser(prog: str = "edge-bench") -> argparse.ArgumentParser:
         "--endpoint",
         help="a running runtime, e.g. tcp://127.0.0.1:5555, instead of --spawn; no process metrics (default: none)",
     )
-    p.add_argument("--model", type=Path, default=None, help="model for --spawn (default: the demo model)")
+    p.add_argument(
+        "--model", type=model_file, default=None, help="model for --spawn, or demo / demo-classifier (default: demo)"
+    )
     p.add_argument("--workers", type=int, default=1, help="workers of a spawned runtime (default: 1)")
     p.add_argument("--duration", type=float, default=120.0, help="seconds of load (default: 120)")
     p.add_argument("--consoles", type=int, default=3, help="concurrent consoles, each its own series (default: 3)")

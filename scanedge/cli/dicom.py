@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from scanedge.cli.arguments import add_engine_args, add_limit_args, engine_options, slice_limits
+from scanedge.cli.arguments import add_engine_args, add_limit_args, engine_options, model_file, slice_limits
 
 if TYPE_CHECKING:
     from scanedge.dicomnet.followup import FollowupConfig
@@ -162,7 +162,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default="127.0.0.1",
         help="address to listen on (default: 127.0.0.1, this machine only; DICOM is unencrypted)",
     )
-    p.add_argument("--model", type=Path, action="append", default=[], help="model to run (repeatable; default: demo)")
+    p.add_argument(
+        "--model",
+        type=model_file,
+        action="append",
+        default=[],
+        help="model to run: a file, or demo / demo-classifier for the shipped ones (repeatable; default: demo)",
+    )
     p.add_argument(
         "--out",
         type=Path,

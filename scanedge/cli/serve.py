@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from scanedge.cli.arguments import add_engine_args, add_limit_args, engine_options, literal
+from scanedge.cli.arguments import add_engine_args, add_limit_args, engine_options, literal, model_file
 from scanedge.console import make_console
 from scanedge.errors import ConfigError
 
@@ -120,7 +120,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register ``serve`` and ``keys generate|allow``."""
     p = sub.add_parser("serve", help="run the streaming runtime (ZeroMQ; docs/protocol.md)")
     p.add_argument(
-        "--model", type=Path, action="append", default=[], help="model to serve (repeatable; default: the demo model)"
+        "--model",
+        type=model_file,
+        action="append",
+        default=[],
+        help="model to serve: a file, or demo / demo-classifier for the shipped ones (repeatable; default: demo)",
     )
     p.add_argument(
         "--bind", default="tcp://127.0.0.1:5555", help="ROUTER endpoint for consoles (default: tcp://127.0.0.1:5555)"
