@@ -230,6 +230,8 @@ class OutputWriter:
         with self.lock:
             self.stats.outputs[output.name].written += 1
             self.written.append(path)
+        # an output may write objects of several kinds (the sr output: a lesion SEG beside its SR): named by each's
+        modality = getattr(obj, "Modality", None)
         log.info(
             "series %s %s: %d instance(s), %d frame(s); %s %s written to %s",
             series.series_uid,
@@ -237,7 +239,7 @@ class OutputWriter:
             len(series.instances),
             series.frames,
             model,
-            output.label,
+            modality if modality in ("SEG", "SR") else output.label,
             path,
         )
         return ""
