@@ -82,9 +82,11 @@ class ReceivedImage:
         ds: its dataset (pixel data still in it).
         data: its Part-10 bytes, as they go into the spool.
         slices: its frames, decoded.
-        series_uid, instance_uid: its Series and SOP Instance UIDs, checked.
+        series_uid: its Series Instance UID, checked.
+        instance_uid: its SOP Instance UID, checked.
         association: the association it came on (the series' completion counts associations).
-        received_at: wall-clock time it came in; received_mono: the same on the monotonic clock.
+        received_at: wall-clock time it came in.
+        received_mono: the same on the monotonic clock.
         decode_ms: time spent reading and decoding it.
         spooled: where it already lies in the spool (an image recovered after a restart); None: not yet.
     """
