@@ -237,7 +237,9 @@ class SaliencyMap:
         lo, hi, _, _ = cv2.minMaxLoc(self.values)
         if not hi > lo:
             return np.zeros_like(self.values)
-        return ((self.values - lo) / (hi - lo)).astype(np.float32)
+        scaled = self.values - np.float32(lo)  # float32, the one copy: scaled in place
+        scaled /= np.float32(hi - lo)
+        return scaled
 
 
 @dataclass(frozen=True, eq=False)

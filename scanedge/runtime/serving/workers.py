@@ -177,8 +177,10 @@ def result_reply_for(
         # scratch copy of it), which the reply, sent without copying, must not go on reading
         image = image.copy()
     arrays = {"mask": result.mask, "overlay": result.overlay, "probabilities": result.probabilities, "image": image}
-    # the model's own saliency map (its first saliency head), 0-1 over the slice; no frame without one
-    arrays["saliency"] = result.saliency[0].normalized() if result.saliency else None
+    # the model's own saliency map (its first saliency head), 0-1 over the slice; no frame without one, and
+    # scaled (a float32 copy of the slice's size) only for a console that asked for it
+    asked_saliency = result.saliency and "saliency" in req.outputs
+    arrays["saliency"] = result.saliency[0].normalized() if asked_saliency else None
     ident = slice_.identity
     series = req.series or ident.series_uid
     change = None
@@ -187,7 +189,11 @@ def result_reply_for(
         change, arrays["change"] = answer.change, answer.plane
     of = result.saliency[0].of if result.saliency else ""
     infos, payload, encode_ms = result_frames(
-        req.outputs, arrays, req.overlay_encoding, head_mask_frames(result, pipe.manifest), saliency_of=of
+        req.outputs,
+        arrays,
+        req.overlay_encoding,
+        head_mask_frames(result, pipe.manifest) if "head_masks" in req.outputs else (),
+        saliency_of=of,
     )
     if job.shm is not None:  # outputs the console wants in its shared memory (protocol section 12)
         infos, payload = job.shm.place(infos, payload)
